@@ -1,0 +1,97 @@
+// Command kura stores, pulls and mounts container images file by file.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// globalOptions are the flags every subcommand sees.
+type globalOptions struct {
+	root  string
+	json  bool
+	debug bool
+}
+
+var global globalOptions
+
+var rootCmd = &cobra.Command{
+	Use:           "kura",
+	Short:         "Store, pull and mount container images file by file",
+	SilenceUsage:  true,
+	SilenceErrors: true,
+}
+
+func init() {
+	rootCmd.PersistentFlags().StringVar(&global.root, "root", defaultRoot(), "store directory")
+	rootCmd.PersistentFlags().BoolVar(&global.json, "json", false, "print machine-readable JSON")
+	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr")
+	rootCmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+}
+
+// defaultRoot is /var/lib/kura for root and $XDG_DATA_HOME/kura otherwise.
+func defaultRoot() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/kura"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "kura")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".local", "share", "kura")
+}
+
+// usageError marks a bad command line (exit 2).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// exactArgs is cobra.ExactArgs with a usage-class error.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+// rangeArgs is cobra.RangeArgs with a usage-class error.
+func rangeArgs(min, max int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.RangeArgs(min, max)(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := rootCmd.ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kura: %v\n", err)
+		var ue usageError
+		if errors.As(err, &ue) || isCobraUsage(err) {
+			os.Exit(errdefs.ExitUsage)
+		}
+		os.Exit(errdefs.ExitCode(err))
+	}
+}
+
+// isCobraUsage recognises cobra's own errors for unknown commands.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	return len(msg) > 16 && msg[:16] == "unknown command "
+}

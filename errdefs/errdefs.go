@@ -1,0 +1,51 @@
+// Package errdefs defines the few error classes every Kura package uses, so that callers can
+// test them with errors.Is and the CLI can map them to exit codes.
+package errdefs
+
+import "errors"
+
+var (
+	// ErrNotFound: the named thing (object, layer, image, ref, blob) does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: the thing exists already; ingests treat it as success.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrInvalid: input is malformed or hostile (bad JSON, traversal, size over a bound, ...).
+	ErrInvalid = errors.New("invalid input")
+	// ErrDigestMismatch: content does not match the digest (or size) it was expected to have.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrUnsupported: a valid request that this build, kernel or server cannot do.
+	ErrUnsupported = errors.New("unsupported")
+	// ErrPermission: the operation needs privileges the process lacks.
+	ErrPermission = errors.New("permission denied")
+)
+
+// Exit codes of the kura binary. Scripts can rely on them.
+const (
+	ExitOK          = 0
+	ExitFailure     = 1 // anything not classified below
+	ExitUsage       = 2 // bad command line
+	ExitNotFound    = 3
+	ExitInvalid     = 4 // hostile or malformed input
+	ExitVerify      = 5 // digest or size mismatch
+	ExitUnsupported = 6
+	ExitPermission  = 77 // as sysexits EX_NOPERM
+)
+
+// ExitCode maps an error to the exit code the CLI returns.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrDigestMismatch):
+		return ExitVerify
+	case errors.Is(err, ErrInvalid):
+		return ExitInvalid
+	case errors.Is(err, ErrNotFound):
+		return ExitNotFound
+	case errors.Is(err, ErrUnsupported):
+		return ExitUnsupported
+	case errors.Is(err, ErrPermission):
+		return ExitPermission
+	}
+	return ExitFailure
+}
