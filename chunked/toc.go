@@ -1,0 +1,54 @@
+// Package chunked reads and writes zstd:chunked layers, the containers/storage format in which every
+// regular file is its own run of zstd frames and a table of contents (TOC) plus tar-split data sit in
+// skippable frames at the end of an ordinary tar+zstd blob.
+package chunked
+
+import "time"
+
+// Entry types of a TOC.
+const (
+	TypeReg        = "reg"
+	TypeChunk      = "chunk"
+	TypeLink       = "hardlink"
+	TypeChar       = "char"
+	TypeBlock      = "block"
+	TypeDir        = "dir"
+	TypeFifo       = "fifo"
+	TypeSymlink    = "symlink"
+	ChunkTypeData  = ""
+	ChunkTypeZeros = "zeros"
+)
+
+// TOC is the table of contents of a zstd:chunked layer (the "manifest" in containers/storage).
+type TOC struct {
+	Version int     `json:"version"`
+	Entries []Entry `json:"entries"`
+	// TarSplitDigest is the sha256 of the compressed tar-split bytes; empty in the old format.
+	TarSplitDigest string `json:"tarSplitDigest,omitempty"`
+}
+
+// Entry is one TOC record: a tar entry, or (Type == TypeChunk) a further chunk of the preceding
+// regular file. The field order and JSON names match containers/storage so that the encoded TOC
+// is byte-identical to the reference writer's.
+type Entry struct {
+	Type        string            `json:"type"`
+	Name        string            `json:"name"`
+	Linkname    string            `json:"linkName,omitempty"`
+	Mode        int64             `json:"mode,omitempty"`
+	Size        int64             `json:"size,omitempty"`
+	UID         int               `json:"uid,omitempty"`
+	GID         int               `json:"gid,omitempty"`
+	ModTime     *time.Time        `json:"modtime,omitempty"`
+	AccessTime  *time.Time        `json:"accesstime,omitempty"`
+	ChangeTime  *time.Time        `json:"changetime,omitempty"`
+	Devmajor    int64             `json:"devMajor,omitempty"`
+	Devminor    int64             `json:"devMinor,omitempty"`
+	Xattrs      map[string]string `json:"xattrs,omitempty"` // values are base64
+	Digest      string            `json:"digest,omitempty"`
+	Offset      int64             `json:"offset,omitempty"`
+	EndOffset   int64             `json:"endOffset,omitempty"`
+	ChunkSize   int64             `json:"chunkSize,omitempty"`
+	ChunkOffset int64             `json:"chunkOffset,omitempty"`
+	ChunkDigest string            `json:"chunkDigest,omitempty"`
+	ChunkType   string            `json:"chunkType,omitempty"`
+}
