@@ -1,0 +1,32 @@
+# Kura — build, test, demo. `make test` is what CI runs (see .ci/run).
+GO ?= go
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all setup build test test-unit test-interop demo clean
+
+all: build
+
+# Installs Debian packages and Go modules the tests and demo need (idempotent; root on a fresh machine).
+setup:
+	bash scripts/setup.sh
+
+build:
+	$(GO) build -o bin/kura ./cmd/kura
+
+# The whole test suite: unit, conformance, real registry, real mounts, interop with the reference compressor.
+test: setup
+	$(MAKE) test-unit test-interop
+
+test-unit:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-interop:
+	@if [ -f interop/go.mod ]; then cd interop && $(GO) test -count=1 -timeout 20m ./...; fi
+
+# The main job end to end, offline: local registry, two sample images, push, pull, savings, mount (root).
+demo: setup build
+	bash scripts/demo.sh
+
+clean:
+	rm -rf bin

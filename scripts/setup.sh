@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything Kura's tests, demo and benchmarks need on a fresh Debian 12 machine (run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$PATH
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs=(zstd tar fsverity erofs-utils skopeo podman docker-registry xfsprogs runc debootstrap)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+go mod download
+if [ -f interop/go.mod ]; then (cd interop && go mod download); fi
