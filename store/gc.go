@@ -1,0 +1,288 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// GCResult counts what gc removed.
+type GCResult struct {
+	Images, Layers, Objects, TempFiles, Variants int
+	BytesFreed                                   int64
+}
+
+// reach is the mark phase: everything reachable from refs.
+type reach struct {
+	images  map[digest.Digest]Image
+	layers  map[digest.Digest]bool
+	objects map[digest.Digest]bool
+}
+
+func (s *Store) mark(ctx context.Context) (*reach, error) {
+	r := &reach{images: map[digest.Digest]Image{}, layers: map[digest.Digest]bool{}, objects: map[digest.Digest]bool{}}
+	refs, err := s.Refs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	for name, id := range refs {
+		img, err := s.Image(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("gc: ref %s: %w (run fsck)", name, err)
+		}
+		r.images[id] = img
+		for _, l := range img.Layers {
+			if r.layers[l] {
+				continue
+			}
+			toc, err := s.LayerTOC(ctx, l)
+			if err != nil {
+				return nil, fmt.Errorf("gc: image %s: %w (run fsck)", id, err)
+			}
+			objs, err := TOCObjects(toc)
+			if err != nil {
+				return nil, fmt.Errorf("gc: layer %s: %w", l, err)
+			}
+			r.layers[l] = true
+			for _, o := range objs {
+				r.objects[o] = true
+			}
+		}
+	}
+	return r, nil
+}
+
+// GC removes every image, layer and object not reachable from a ref, all temp files, and
+// hardlink-checkout variants no checkout uses any more. It takes the exclusive lock, so it waits
+// for running imports and pulls, and they wait for it. Sweeping runs in reverse write order
+// (images, then layers, then objects) so a crash mid-gc leaves a consistent store.
+func (s *Store) GC(ctx context.Context) (GCResult, error) {
+	unlock, err := s.Lock(ctx)
+	if err != nil {
+		return GCResult{}, err
+	}
+	defer unlock()
+	var res GCResult
+	r, err := s.mark(ctx)
+	if err != nil {
+		return res, err
+	}
+	images, err := s.Images(ctx)
+	if err != nil {
+		return res, err
+	}
+	for _, id := range images {
+		if _, ok := r.images[id]; !ok {
+			if err := s.DeleteImage(ctx, id); err != nil {
+				return res, err
+			}
+			res.Images++
+		}
+	}
+	layers, err := s.Layers(ctx)
+	if err != nil {
+		return res, err
+	}
+	for _, l := range layers {
+		if !r.layers[l] {
+			if err := s.DeleteLayer(ctx, l); err != nil {
+				return res, err
+			}
+			res.Layers++
+		}
+	}
+	var dead []Info
+	if err := s.Walk(ctx, func(i Info) error {
+		if !r.objects[i.Digest] {
+			dead = append(dead, i)
+		}
+		return nil
+	}); err != nil {
+		return res, err
+	}
+	for _, i := range dead {
+		if err := s.Delete(ctx, i.Digest); err != nil {
+			return res, err
+		}
+		res.Objects++
+		res.BytesFreed += i.Size
+	}
+	n, err := s.removeTemps()
+	if err != nil {
+		return res, err
+	}
+	res.TempFiles = n
+	v, freed, err := s.sweepVariants()
+	res.Variants, res.BytesFreed = v, res.BytesFreed+freed
+	if err != nil {
+		return res, err
+	}
+	return res, s.syncFS()
+}
+
+// removeTemps deletes everything in tmp/. Only under the exclusive lock: then no ingest is running
+// and every temp file is a leftover of a crash.
+func (s *Store) removeTemps() (int, error) {
+	dir := filepath.Join(s.root, dirTmp)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		os.Chmod(p, 0o700) // committed-dir leftovers are read-only
+		if err := os.RemoveAll(p); err != nil {
+			return 0, fmt.Errorf("removing temp file: %w", err)
+		}
+	}
+	return len(ents), nil
+}
+
+// sweepVariants removes checkout variants whose only link is the store's own.
+func (s *Store) sweepVariants() (int, int64, error) {
+	dir := filepath.Join(s.root, dirVariants)
+	var n int
+	var freed int64
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 {
+			if err := os.Remove(p); err == nil {
+				n++
+				freed += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n, freed, err
+}
+
+// ImageUsage is one image's share of the store.
+type ImageUsage struct {
+	Image Image
+	Names []string
+	// Logical is the sum of the image's regular file sizes over all its layers.
+	Logical int64
+	// Unique is the size of the objects no other image uses.
+	Unique int64
+}
+
+// Usage is what df reports.
+type Usage struct {
+	Images []ImageUsage
+	// Logical is the sum of every image's logical size.
+	Logical int64
+	// Physical is the bytes the store holds: objects plus metadata files.
+	Physical      int64
+	ObjectBytes   int64
+	MetadataBytes int64
+	Objects       int
+}
+
+// DedupRatio is Logical / Physical.
+func (u Usage) DedupRatio() float64 {
+	if u.Physical == 0 {
+		return 0
+	}
+	return float64(u.Logical) / float64(u.Physical)
+}
+
+// Usage computes df figures. It takes the shared lock.
+func (s *Store) Usage(ctx context.Context) (Usage, error) {
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return Usage{}, err
+	}
+	defer unlock()
+	var u Usage
+	sizes := map[digest.Digest]int64{}
+	if err := s.Walk(ctx, func(i Info) error {
+		sizes[i.Digest] = i.Size
+		u.ObjectBytes += i.Size
+		u.Objects++
+		return nil
+	}); err != nil {
+		return u, err
+	}
+	for _, d := range []string{dirLayers, dirImages, dirRefs} {
+		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				if fi, err := e.Info(); err == nil {
+					u.MetadataBytes += fi.Size()
+				}
+			}
+			return nil
+		})
+	}
+	u.Physical = u.ObjectBytes + u.MetadataBytes
+
+	refs, err := s.Refs(ctx)
+	if err != nil {
+		return u, err
+	}
+	names := map[digest.Digest][]string{}
+	for n, id := range refs {
+		names[id] = append(names[id], n)
+	}
+	ids, err := s.Images(ctx)
+	if err != nil {
+		return u, err
+	}
+	layerObjs := map[digest.Digest][]digest.Digest{}
+	layerSize := map[digest.Digest]int64{}
+	users := map[digest.Digest]int{} // object → number of images using it
+	imgObjs := make([]map[digest.Digest]bool, len(ids))
+	for i, id := range ids {
+		img, err := s.Image(ctx, id)
+		if err != nil {
+			return u, err
+		}
+		sort.Strings(names[id])
+		iu := ImageUsage{Image: img, Names: names[id]}
+		imgObjs[i] = map[digest.Digest]bool{}
+		for _, l := range img.Layers {
+			if _, ok := layerObjs[l]; !ok {
+				meta, err := s.Layer(ctx, l)
+				if err != nil {
+					return u, err
+				}
+				toc, err := s.LayerTOC(ctx, l)
+				if err != nil {
+					return u, err
+				}
+				objs, err := TOCObjects(toc)
+				if err != nil {
+					return u, err
+				}
+				layerObjs[l], layerSize[l] = objs, meta.ContentSize
+			}
+			iu.Logical += layerSize[l]
+			for _, o := range layerObjs[l] {
+				imgObjs[i][o] = true
+			}
+		}
+		for o := range imgObjs[i] {
+			users[o]++
+		}
+		u.Logical += iu.Logical
+		u.Images = append(u.Images, iu)
+	}
+	for i := range u.Images {
+		for o := range imgObjs[i] {
+			if users[o] == 1 {
+				u.Images[i].Unique += sizes[o]
+			}
+		}
+	}
+	return u, nil
+}

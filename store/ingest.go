@@ -1,0 +1,389 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// memLimit is how much of an object a writer keeps in memory before it spills to a temp file.
+// Small objects that turn out to be stored already are then never written at all.
+const memLimit = 1 << 20
+
+// Ingest implements Ingester. Each committed object is fsynced, renamed into place and its
+// directory fsynced; to ingest many objects at once use a Batch, which syncs the file system
+// twice per batch instead of twice per object.
+func (s *Store) Ingest(ctx context.Context, expected digest.Digest, size int64) (Writer, error) {
+	return s.newWriter(ctx, nil, expected, size)
+}
+
+func (s *Store) newWriter(ctx context.Context, b *Batch, expected digest.Digest, size int64) (Writer, error) {
+	if err := s.requireLock(); err != nil {
+		return nil, err
+	}
+	if expected != "" {
+		if err := checkDigest(expected); err != nil {
+			return nil, err
+		}
+		if b != nil && b.has(expected) || s.HasObject(expected) {
+			return nil, fmt.Errorf("object %s: %w", expected, errdefs.ErrAlreadyExists)
+		}
+	}
+	if size < -1 {
+		return nil, fmt.Errorf("object size %d: %w", size, errdefs.ErrInvalid)
+	}
+	return &writer{s: s, batch: b, expected: expected, size: size, h: sha256.New()}, nil
+}
+
+// WriteObject copies r into the store as one object and returns its digest; an object that
+// exists already is success.
+func WriteObject(ctx context.Context, ing Ingester, r io.Reader, expected digest.Digest, size int64) (digest.Digest, error) {
+	w, err := ing.Ingest(ctx, expected, size)
+	if errors.Is(err, errdefs.ErrAlreadyExists) {
+		return expected, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		w.Abort()
+		return "", fmt.Errorf("writing object: %w", err)
+	}
+	d, err := w.Commit(ctx)
+	if err != nil {
+		w.Abort()
+		return "", err
+	}
+	return d, nil
+}
+
+type writer struct {
+	s        *Store
+	batch    *Batch
+	expected digest.Digest
+	size     int64
+
+	h    hash.Hash
+	n    int64
+	buf  []byte
+	f    *os.File // temp file once spilled
+	done bool
+}
+
+func (w *writer) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, errors.New("store: write after commit or abort")
+	}
+	if w.size >= 0 && w.n+int64(len(p)) > w.size {
+		return 0, fmt.Errorf("object %s: more than the expected %d bytes: %w", w.expected, w.size, errdefs.ErrDigestMismatch)
+	}
+	w.h.Write(p)
+	w.n += int64(len(p))
+	if w.f == nil && len(w.buf)+len(p) <= memLimit {
+		w.buf = append(w.buf, p...)
+		return len(p), nil
+	}
+	if w.f == nil {
+		if err := w.spill(); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := w.f.Write(p); err != nil {
+		return 0, fmt.Errorf("writing temp object: %w", err)
+	}
+	return len(p), nil
+}
+
+func (w *writer) spill() error {
+	f, err := os.CreateTemp(filepath.Join(w.s.root, dirTmp), "obj-")
+	if err != nil {
+		return fmt.Errorf("creating temp object: %w", err)
+	}
+	w.f = f
+	if _, err := f.Write(w.buf); err != nil {
+		return fmt.Errorf("writing temp object: %w", err)
+	}
+	w.buf = nil
+	return nil
+}
+
+func (w *writer) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.buf = nil
+	if w.f != nil {
+		name := w.f.Name()
+		w.f.Close()
+		if err := os.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing temp object: %w", err)
+		}
+	}
+	return nil
+}
+
+func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
+	if w.done {
+		return "", errors.New("store: commit after commit or abort")
+	}
+	if w.size >= 0 && w.n != w.size {
+		w.Abort()
+		return "", fmt.Errorf("object %s: got %d bytes, expected %d: %w", w.expected, w.n, w.size, errdefs.ErrDigestMismatch)
+	}
+	d := digest.NewDigest(digest.SHA256, w.h)
+	if w.expected != "" && d != w.expected {
+		w.Abort()
+		return "", fmt.Errorf("object: got digest %s, expected %s: %w", d, w.expected, errdefs.ErrDigestMismatch)
+	}
+	if err := ctx.Err(); err != nil {
+		w.Abort()
+		return "", err
+	}
+	dst, _ := w.s.ObjectPath(d)
+	if (w.batch != nil && w.batch.has(d)) || exists(dst) {
+		w.Abort()
+		return d, nil
+	}
+	if w.f == nil {
+		if err := w.spill(); err != nil {
+			w.Abort()
+			return "", err
+		}
+	}
+	f := w.f
+	w.done = true
+	fail := func(err error) (digest.Digest, error) {
+		f.Close()
+		os.Remove(f.Name())
+		return "", err
+	}
+	// Read-only before it gets its name: a visible object is never writable.
+	if err := f.Chmod(0o444); err != nil {
+		return fail(fmt.Errorf("object %s: %w", d, err))
+	}
+	if w.batch != nil {
+		if err := f.Close(); err != nil {
+			return fail(fmt.Errorf("object %s: %w", d, err))
+		}
+		w.batch.add(d, f.Name())
+		return d, nil
+	}
+	if err := f.Sync(); err != nil {
+		return fail(fmt.Errorf("syncing object %s: %w", d, err))
+	}
+	if err := f.Close(); err != nil {
+		return fail(fmt.Errorf("object %s: %w", d, err))
+	}
+	if err := placeObject(f.Name(), dst, true); err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("object %s: %w", d, err)
+	}
+	return d, nil
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
+// placeObject renames a verified temp file to its object name without replacing an existing
+// object (another process may have committed the same content: that is success). With sync, the
+// fan-out directory is fsynced so the name survives a crash.
+func placeObject(tmp, dst string, sync bool) error {
+	dir := filepath.Dir(dst)
+	err := renameNoReplace(tmp, dst)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return err
+		}
+		if sync {
+			if err := syncDir(filepath.Dir(dir)); err != nil {
+				return err
+			}
+		}
+		err = renameNoReplace(tmp, dst)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return os.Remove(tmp)
+	}
+	if err != nil {
+		return err
+	}
+	if sync {
+		return syncDir(dir)
+	}
+	return nil
+}
+
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+		// File systems without RENAME_NOREPLACE: link fails on an existing name too.
+		if err := os.Link(from, to); err != nil {
+			return err
+		}
+		return os.Remove(from)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// syncFS flushes the whole file system holding the store.
+func (s *Store) syncFS() error {
+	f, err := os.Open(s.root)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", s.root, err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes a small metadata file: temp file in tmpDir, fsync, rename over dst,
+// fsync dst's directory.
+func writeFileAtomic(tmpDir, dst string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(tmpDir, "meta-")
+	if err != nil {
+		return err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return err
+	}
+	ok = true
+	return syncDir(filepath.Dir(dst))
+}
+
+// Batch ingests many objects with two file-system syncs in all: objects are verified and written
+// to temp files, then Commit syncs the file system (all data durable), renames every temp file to
+// its object name and syncs again (all names durable). Until Commit no object of the batch is
+// visible; a crash leaves only temp files.
+type Batch struct {
+	s       *Store
+	mu      sync.Mutex
+	pending map[digest.Digest]string
+	done    bool
+}
+
+// NewBatch starts a batch. The caller must hold a store lock until Commit or Abort.
+func (s *Store) NewBatch() *Batch {
+	return &Batch{s: s, pending: map[digest.Digest]string{}}
+}
+
+// Ingest is Store.Ingest within the batch.
+func (b *Batch) Ingest(ctx context.Context, expected digest.Digest, size int64) (Writer, error) {
+	return b.s.newWriter(ctx, b, expected, size)
+}
+
+// Has says whether d is stored or pending in this batch.
+func (b *Batch) Has(d digest.Digest) bool { return b.has(d) || b.s.HasObject(d) }
+
+func (b *Batch) has(d digest.Digest) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.pending[d]
+	return ok
+}
+
+func (b *Batch) add(d digest.Digest, tmp string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.pending[d]; ok {
+		os.Remove(tmp)
+		return
+	}
+	b.pending[d] = tmp
+}
+
+// Commit makes every object of the batch visible and durable.
+func (b *Batch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return errors.New("store: batch already finished")
+	}
+	b.done = true
+	if len(b.pending) == 0 {
+		return nil
+	}
+	if err := b.s.syncFS(); err != nil {
+		b.abortLocked()
+		return err
+	}
+	for d, tmp := range b.pending {
+		if err := ctx.Err(); err != nil {
+			b.abortLocked()
+			return err
+		}
+		dst, _ := b.s.ObjectPath(d)
+		if err := placeObject(tmp, dst, false); err != nil {
+			b.abortLocked()
+			return fmt.Errorf("object %s: %w", d, err)
+		}
+		delete(b.pending, d)
+	}
+	return b.s.syncFS()
+}
+
+// Abort removes the batch's temp files.
+func (b *Batch) Abort() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	b.abortLocked()
+	return nil
+}
+
+func (b *Batch) abortLocked() {
+	for d, tmp := range b.pending {
+		os.Remove(tmp)
+		delete(b.pending, d)
+	}
+}

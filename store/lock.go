@@ -1,0 +1,72 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RLock takes the store's shared lock: readers, ingests and imports hold it, as many at a time as
+// like, across processes. An import holds it from its first object to its ref so that gc (which
+// needs the exclusive lock) never sees a half-written image. Call the returned function to release.
+func (s *Store) RLock(ctx context.Context) (func(), error) { return s.lock(ctx, unix.LOCK_SH) }
+
+// Lock takes the store's exclusive lock (gc, fsck --repair): it waits for every holder of the
+// shared lock to finish.
+func (s *Store) Lock(ctx context.Context) (func(), error) { return s.lock(ctx, unix.LOCK_EX) }
+
+// lock opens the lock file anew for every lock: flock locks belong to the open file description,
+// so two locks in one process conflict exactly as two processes' locks do.
+func (s *Store) lock(ctx context.Context, how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.root, fileLock), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening store lock: %w", err)
+	}
+	// Poll with LOCK_NB so that a cancelled context stops the wait; a blocking flock cannot be
+	// interrupted.
+	wait := time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			f.Close()
+			return nil, fmt.Errorf("locking store %s: %w", s.root, err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			f.Close()
+			return nil, fmt.Errorf("waiting for store lock: %w", ctx.Err())
+		case <-t.C:
+		}
+		if wait < 100*time.Millisecond {
+			wait *= 2
+		}
+	}
+	s.held.Add(1)
+	var done bool
+	return func() {
+		if done {
+			return
+		}
+		done = true
+		s.held.Add(-1)
+		f.Close() // closing the description drops the flock
+	}, nil
+}
+
+// requireLock guards writes: a writer that forgot the lock could race with gc.
+func (s *Store) requireLock() error {
+	if s.held.Load() <= 0 {
+		return errors.New("store: write without holding the store lock (call RLock or Lock first)")
+	}
+	return nil
+}

@@ -1,0 +1,631 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Files of a layer directory.
+const (
+	layerJSON     = "layer.json"
+	layerTOC      = "toc.json.zst"
+	layerTarSplit = "tar-split.json.zst"
+	layerVerity   = "verity"
+
+	imageJSON    = "image.json"
+	manifestJSON = "manifest.json"
+	configJSON   = "config.json"
+
+	// maxMetaSize bounds any decompressed metadata file the store reads back (TOC, tar-split,
+	// manifest, config); the reference refuses TOCs over 150 MiB.
+	maxMetaSize = 1 << 30
+	maxRefName  = 255
+)
+
+// Layer describes a stored layer. Its TOC lists every entry with the same fields and rollsum
+// chunk digests as a zstd:chunked TOC, and its tar-split rebuilds the exact tar (hence DiffID).
+type Layer struct {
+	DiffID digest.Digest `json:"diffID"`
+	// TarSize is the size of the uncompressed tar.
+	TarSize int64 `json:"tarSize"`
+	// ContentSize is the sum of the sizes of the layer's regular files (hardlinks counted once).
+	ContentSize int64     `json:"contentSize"`
+	Created     time.Time `json:"created"`
+}
+
+// Image describes a stored image: its manifest, config and layer DiffIDs.
+type Image struct {
+	// ID is the manifest digest.
+	ID     digest.Digest   `json:"id"`
+	Config digest.Digest   `json:"config"`
+	Layers []digest.Digest `json:"diffIDs"`
+	// Created comes from the config (zero when absent); Imported is when the store got it.
+	Created  time.Time `json:"created,omitzero"`
+	Imported time.Time `json:"imported"`
+}
+
+func (s *Store) layerDir(diffID digest.Digest) (string, error) {
+	if err := checkDigest(diffID); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, dirLayers, diffID.Encoded()), nil
+}
+
+func (s *Store) imageDir(id digest.Digest) (string, error) {
+	if err := checkDigest(id); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, dirImages, id.Encoded()), nil
+}
+
+// zstdBytes compresses b.
+func zstdBytes(b []byte) []byte {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+	defer enc.Close()
+	return enc.EncodeAll(b, nil)
+}
+
+// readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize.
+func readZstd(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxMetaSize))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	b, err := io.ReadAll(io.LimitReader(dec, maxMetaSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxMetaSize {
+		return nil, fmt.Errorf("%s: over %d bytes: %w", path, maxMetaSize, errdefs.ErrInvalid)
+	}
+	return b, nil
+}
+
+// commitDir makes a directory of metadata files appear at dst atomically: files are written and
+// fsynced in a temp directory, which is renamed into place. An existing dst is success (the same
+// key names the same content).
+func (s *Store) commitDir(dst string, files map[string][]byte) error {
+	tmp, err := os.MkdirTemp(filepath.Join(s.root, dirTmp), "dir-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp) // no-op after a successful rename
+	for name, data := range files {
+		p := filepath.Join(tmp, name)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		if err != nil {
+			return err
+		}
+		_, err = f.Write(data)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(tmp, 0o500); err != nil {
+		return err
+	}
+	if err := syncDir(tmp); err != nil {
+		return err
+	}
+	if err := renameNoReplace(tmp, dst); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// removeDir makes a metadata directory disappear atomically (rename into tmp), then deletes it.
+func (s *Store) removeDir(dir string) error {
+	tmp := filepath.Join(s.root, dirTmp, "rm-"+filepath.Base(filepath.Dir(dir))+"-"+filepath.Base(dir))
+	if err := os.Rename(dir, tmp); err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	os.Chmod(tmp, 0o700)
+	return os.RemoveAll(tmp)
+}
+
+// PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
+// TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
+func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	dir, err := s.layerDir(l.DiffID)
+	if err != nil {
+		return err
+	}
+	if exists(dir) {
+		return nil
+	}
+	objs, err := TOCObjects(toc)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.DiffID, err)
+	}
+	for _, d := range objs {
+		if !s.HasObject(d) {
+			return fmt.Errorf("layer %s: object %s: %w", l.DiffID, d, errdefs.ErrNotFound)
+		}
+	}
+	if l.Created.IsZero() {
+		l.Created = time.Now().UTC()
+	}
+	meta, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	tocJSON, err := json.Marshal(toc)
+	if err != nil {
+		return err
+	}
+	files := map[string][]byte{
+		layerJSON:     meta,
+		layerTOC:      zstdBytes(tocJSON),
+		layerTarSplit: zstdBytes(tarSplit),
+	}
+	if s.verity != nil {
+		tab, err := s.verityTable(ctx, objs)
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", l.DiffID, err)
+		}
+		files[layerVerity] = tab
+	}
+	// TODO(verity): when package verity lands, cmd/kura passes store.WithVerity(verity.File).
+	if err := s.commitDir(dir, files); err != nil {
+		return fmt.Errorf("writing layer %s: %w", l.DiffID, err)
+	}
+	s.invalidateChunks()
+	return nil
+}
+
+// verityTable is "<object sha256 hex> <fs-verity digest>\n" per object, sorted.
+func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, error) {
+	var buf bytes.Buffer
+	for _, d := range objs {
+		f, err := s.Open(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		v, err := s.verity(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("fs-verity digest of %s: %w", d, err)
+		}
+		fmt.Fprintf(&buf, "%s %s\n", d.Encoded(), v)
+	}
+	return buf.Bytes(), nil
+}
+
+// VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the
+// layer was committed; ErrNotFound if the store recorded none.
+func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]digest.Digest, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, layerVerity))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("fs-verity table of layer %s: %w", diffID, errdefs.ErrNotFound)
+		}
+		return nil, err
+	}
+	m := map[digest.Digest]digest.Digest{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		obj, v, ok := strings.Cut(line, " ")
+		if !ok {
+			return nil, fmt.Errorf("fs-verity table of layer %s: bad line %q: %w", diffID, line, errdefs.ErrInvalid)
+		}
+		m[digest.NewDigestFromEncoded(digest.SHA256, obj)] = digest.Digest(v)
+	}
+	return m, nil
+}
+
+// TOCObjects lists the distinct object digests a TOC references, sorted.
+func TOCObjects(toc *chunked.TOC) ([]digest.Digest, error) {
+	seen := map[digest.Digest]bool{}
+	for i := range toc.Entries {
+		e := &toc.Entries[i]
+		if e.Type != chunked.TypeReg || e.Size == 0 {
+			continue
+		}
+		d, err := digest.Parse(e.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("TOC entry %q: digest %q: %w", e.Name, e.Digest, errdefs.ErrInvalid)
+		}
+		seen[d] = true
+	}
+	out := make([]digest.Digest, 0, len(seen))
+	for d := range seen {
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out, nil
+}
+
+// Layer returns a stored layer's record.
+func (s *Store) Layer(ctx context.Context, diffID digest.Digest) (Layer, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return Layer{}, err
+	}
+	var l Layer
+	if err := readJSON(filepath.Join(dir, layerJSON), &l); err != nil {
+		return Layer{}, fmt.Errorf("layer %s: %w", diffID, err)
+	}
+	if l.DiffID != diffID {
+		return Layer{}, fmt.Errorf("layer %s: record says %s: %w", diffID, l.DiffID, errdefs.ErrInvalid)
+	}
+	return l, nil
+}
+
+// HasLayer says whether the layer is stored.
+func (s *Store) HasLayer(diffID digest.Digest) bool {
+	dir, err := s.layerDir(diffID)
+	return err == nil && exists(filepath.Join(dir, layerJSON))
+}
+
+// LayerTOC returns a stored layer's TOC.
+func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TOC, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readZstd(filepath.Join(dir, layerTOC))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("TOC of layer %s: %w", diffID, err)
+	}
+	var toc chunked.TOC
+	if err := json.Unmarshal(b, &toc); err != nil {
+		return nil, fmt.Errorf("TOC of layer %s: %v: %w", diffID, err, errdefs.ErrInvalid)
+	}
+	return &toc, nil
+}
+
+// LayerTarSplit returns a stored layer's tar-split JSON stream.
+func (s *Store) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]byte, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return nil, err
+	}
+	b, err := readZstd(filepath.Join(dir, layerTarSplit))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
+	}
+	return b, nil
+}
+
+// Layers lists the DiffIDs of all stored layers.
+func (s *Store) Layers(ctx context.Context) ([]digest.Digest, error) {
+	return listDigests(filepath.Join(s.root, dirLayers))
+}
+
+// DeleteLayer removes a layer record; objects stay until gc. Needs the exclusive lock.
+func (s *Store) DeleteLayer(ctx context.Context, diffID digest.Digest) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return err
+	}
+	if err := s.removeDir(dir); err != nil {
+		return fmt.Errorf("deleting layer %s: %w", diffID, err)
+	}
+	s.invalidateChunks()
+	return nil
+}
+
+func listDigests(dir string) ([]digest.Digest, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	for _, e := range ents {
+		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+		if d.Validate() == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s: %w", filepath.Base(path), errdefs.ErrNotFound)
+		}
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %v: %w", path, err, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// PutImage records an image from its manifest and config bytes. Every layer the config names must
+// be stored already (layer metadata → image). It returns the image, whose ID is the manifest digest.
+func (s *Store) PutImage(ctx context.Context, manifest, config []byte) (Image, error) {
+	if err := s.requireLock(); err != nil {
+		return Image{}, err
+	}
+	img, err := ParseImage(manifest, config)
+	if err != nil {
+		return Image{}, err
+	}
+	for _, d := range img.Layers {
+		if !s.HasLayer(d) {
+			return Image{}, fmt.Errorf("image %s: layer %s: %w", img.ID, d, errdefs.ErrNotFound)
+		}
+	}
+	dir, _ := s.imageDir(img.ID)
+	if exists(dir) {
+		return s.Image(ctx, img.ID)
+	}
+	img.Imported = time.Now().UTC()
+	meta, err := json.Marshal(img)
+	if err != nil {
+		return Image{}, err
+	}
+	if err := s.commitDir(dir, map[string][]byte{imageJSON: meta, manifestJSON: manifest, configJSON: config}); err != nil {
+		return Image{}, fmt.Errorf("writing image %s: %w", img.ID, err)
+	}
+	return img, nil
+}
+
+// ParseImage checks a manifest and its config against each other and returns the image they
+// describe (Imported unset).
+func ParseImage(manifest, config []byte) (Image, error) {
+	var m ocispec.Manifest
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		return Image{}, fmt.Errorf("manifest: %v: %w", err, errdefs.ErrInvalid)
+	}
+	id := digest.FromBytes(manifest)
+	if m.Config.Digest != digest.FromBytes(config) || m.Config.Size != int64(len(config)) {
+		return Image{}, fmt.Errorf("image %s: config is %s (%d bytes), manifest expects %s (%d bytes): %w",
+			id, digest.FromBytes(config), len(config), m.Config.Digest, m.Config.Size, errdefs.ErrDigestMismatch)
+	}
+	var c ocispec.Image
+	if err := json.Unmarshal(config, &c); err != nil {
+		return Image{}, fmt.Errorf("image %s: config: %v: %w", id, err, errdefs.ErrInvalid)
+	}
+	if len(c.RootFS.DiffIDs) != len(m.Layers) {
+		return Image{}, fmt.Errorf("image %s: %d layers but %d diff_ids: %w", id, len(m.Layers), len(c.RootFS.DiffIDs), errdefs.ErrInvalid)
+	}
+	img := Image{ID: id, Config: m.Config.Digest, Layers: c.RootFS.DiffIDs}
+	for _, d := range img.Layers {
+		if err := checkDigest(d); err != nil {
+			return Image{}, fmt.Errorf("image %s: %w", id, err)
+		}
+	}
+	if c.Created != nil {
+		img.Created = c.Created.UTC()
+	}
+	return img, nil
+}
+
+// Image returns a stored image.
+func (s *Store) Image(ctx context.Context, id digest.Digest) (Image, error) {
+	dir, err := s.imageDir(id)
+	if err != nil {
+		return Image{}, err
+	}
+	var img Image
+	if err := readJSON(filepath.Join(dir, imageJSON), &img); err != nil {
+		return Image{}, fmt.Errorf("image %s: %w", id, err)
+	}
+	if img.ID != id {
+		return Image{}, fmt.Errorf("image %s: record says %s: %w", id, img.ID, errdefs.ErrInvalid)
+	}
+	return img, nil
+}
+
+// ImageManifest and ImageConfig return the stored bytes.
+func (s *Store) ImageManifest(ctx context.Context, id digest.Digest) ([]byte, error) {
+	return s.imageFile(id, manifestJSON)
+}
+
+// ImageConfig returns the stored config bytes of an image.
+func (s *Store) ImageConfig(ctx context.Context, id digest.Digest) ([]byte, error) {
+	return s.imageFile(id, configJSON)
+}
+
+func (s *Store) imageFile(id digest.Digest, name string) ([]byte, error) {
+	dir, err := s.imageDir(id)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("image %s: %w", id, errdefs.ErrNotFound)
+	}
+	return b, err
+}
+
+// Images lists the IDs of all stored images.
+func (s *Store) Images(ctx context.Context) ([]digest.Digest, error) {
+	return listDigests(filepath.Join(s.root, dirImages))
+}
+
+// DeleteImage removes an image record; its layers and objects stay until gc.
+func (s *Store) DeleteImage(ctx context.Context, id digest.Digest) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	dir, err := s.imageDir(id)
+	if err != nil {
+		return err
+	}
+	if err := s.removeDir(dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("image %s: %w", id, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("deleting image %s: %w", id, err)
+	}
+	return nil
+}
+
+// checkRefName bounds ref names; they are stored path-escaped, one file each.
+func checkRefName(name string) error {
+	if name == "" || len(name) > maxRefName {
+		return fmt.Errorf("ref name %q: empty or over %d bytes: %w", name, maxRefName, errdefs.ErrInvalid)
+	}
+	for _, r := range name {
+		if r < 0x21 || r == 0x7f {
+			return fmt.Errorf("ref name %q: control or space character: %w", name, errdefs.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+func (s *Store) refPath(name string) string {
+	return filepath.Join(s.root, dirRefs, url.PathEscape(name))
+}
+
+// SetRef points name at a stored image (image → ref), replacing any previous target.
+func (s *Store) SetRef(ctx context.Context, name string, id digest.Digest) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	if err := checkRefName(name); err != nil {
+		return err
+	}
+	if _, err := s.Image(ctx, id); err != nil {
+		return fmt.Errorf("ref %s: %w", name, err)
+	}
+	if err := writeFileAtomic(filepath.Join(s.root, dirTmp), s.refPath(name), []byte(id.String()+"\n"), 0o444); err != nil {
+		return fmt.Errorf("writing ref %s: %w", name, err)
+	}
+	return nil
+}
+
+// Ref returns the image a name points at.
+func (s *Store) Ref(ctx context.Context, name string) (digest.Digest, error) {
+	if err := checkRefName(name); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(s.refPath(name))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("ref %s: %w", name, errdefs.ErrNotFound)
+		}
+		return "", fmt.Errorf("ref %s: %w", name, err)
+	}
+	d, err := digest.Parse(strings.TrimSpace(string(b)))
+	if err != nil {
+		return "", fmt.Errorf("ref %s: %v: %w", name, err, errdefs.ErrInvalid)
+	}
+	return d, nil
+}
+
+// Refs maps every ref name to its image.
+func (s *Store) Refs(ctx context.Context) (map[string]digest.Digest, error) {
+	ents, err := os.ReadDir(filepath.Join(s.root, dirRefs))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]digest.Digest{}
+	for _, e := range ents {
+		name, err := url.PathUnescape(e.Name())
+		if err != nil {
+			continue // fsck reports it
+		}
+		d, err := s.Ref(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = d
+	}
+	return out, nil
+}
+
+// DeleteRef removes a ref; the image stays until gc.
+func (s *Store) DeleteRef(ctx context.Context, name string) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	if err := checkRefName(name); err != nil {
+		return err
+	}
+	p := s.refPath(name)
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("ref %s: %w", name, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("deleting ref %s: %w", name, err)
+	}
+	return syncDir(filepath.Dir(p))
+}
+
+// ResolveImage finds an image by ref name, full ID, or a unique prefix (≥ 4 hex digits) of its ID.
+func (s *Store) ResolveImage(ctx context.Context, nameOrID string) (Image, error) {
+	if checkRefName(nameOrID) == nil {
+		if id, err := s.Ref(ctx, nameOrID); err == nil {
+			return s.Image(ctx, id)
+		} else if !errors.Is(err, errdefs.ErrNotFound) {
+			return Image{}, err
+		}
+	}
+	hex := strings.TrimPrefix(nameOrID, "sha256:")
+	if len(hex) >= 4 && strings.Trim(hex, "0123456789abcdef") == "" {
+		ids, err := s.Images(ctx)
+		if err != nil {
+			return Image{}, err
+		}
+		var match []digest.Digest
+		for _, id := range ids {
+			if strings.HasPrefix(id.Encoded(), hex) {
+				match = append(match, id)
+			}
+		}
+		if len(match) == 1 {
+			return s.Image(ctx, match[0])
+		}
+		if len(match) > 1 {
+			return Image{}, fmt.Errorf("image %q: ambiguous prefix: %w", nameOrID, errdefs.ErrInvalid)
+		}
+	}
+	return Image{}, fmt.Errorf("image %q: %w", nameOrID, errdefs.ErrNotFound)
+}

@@ -1,0 +1,262 @@
+// Package store owns Kura's content-addressed local store on disk: objects named by the sha256 of
+// their content, layer metadata (TOC and tar-split, keyed by DiffID), images (manifest and config)
+// and refs, with crash-safe writes and flock-based locking. docs/design.md specifies the format.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Directory names under the store root (see docs/design.md).
+const (
+	dirObjects  = "objects"
+	dirLayers   = "layers"
+	dirImages   = "images"
+	dirRefs     = "refs"
+	dirTmp      = "tmp"
+	dirVariants = "variants"
+	fileLock    = "lock"
+	fileVersion = "version"
+
+	formatVersion = "kura-store 1\n"
+)
+
+// Info describes one stored object.
+type Info struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// Provider reads objects by digest.
+type Provider interface {
+	// Stat returns the object's info, or an error wrapping errdefs.ErrNotFound.
+	Stat(ctx context.Context, d digest.Digest) (Info, error)
+	// Open opens the object read-only.
+	Open(ctx context.Context, d digest.Digest) (*os.File, error)
+}
+
+// Ingester adds objects.
+type Ingester interface {
+	// Ingest starts writing one object. expected may be empty (the content names itself) and size
+	// may be -1 (unknown). When expected is given and already stored, Ingest returns an error
+	// wrapping errdefs.ErrAlreadyExists, which callers treat as success.
+	Ingest(ctx context.Context, expected digest.Digest, size int64) (Writer, error)
+}
+
+// Writer receives the bytes of one object being ingested.
+type Writer interface {
+	Write(p []byte) (int, error)
+	// Commit verifies size and digest and makes the object visible. An object that exists
+	// already (written concurrently by another ingest) is success.
+	Commit(ctx context.Context) (digest.Digest, error)
+	// Abort discards everything written; it leaves no trace.
+	Abort() error
+}
+
+// ChunkLocation says where a chunk of some file is stored: inside object Object, at Offset.
+type ChunkLocation struct {
+	Object digest.Digest
+	Offset int64
+	Size   int64
+}
+
+// ChunkFinder finds stored bytes by the digest of a chunk (the TOC chunkDigest), so that a partial
+// pull can reuse chunks of large files that changed elsewhere.
+type ChunkFinder interface {
+	FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error)
+}
+
+// Manager lists and removes objects.
+type Manager interface {
+	Walk(ctx context.Context, fn func(Info) error) error
+	Delete(ctx context.Context, d digest.Digest) error
+}
+
+// ObjectStore is the full object role set; *Store implements it.
+type ObjectStore interface {
+	Provider
+	Ingester
+	Manager
+}
+
+// VerityFunc computes the fs-verity digest of an object file (package verity). The store records
+// it once per object so composefs need not recompute it.
+type VerityFunc func(f *os.File) (digest.Digest, error)
+
+// Store is a store rooted at one directory. It is safe for concurrent use by goroutines and by
+// several processes (see Lock, RLock).
+type Store struct {
+	root   string
+	verity VerityFunc
+
+	held atomic.Int32 // locks held through this handle; writes require one
+
+	chunksMu sync.Mutex
+	chunks   *chunkIndex
+}
+
+// Option configures Open.
+type Option func(*Store)
+
+// WithVerity records the fs-verity digest of every object when its layer is committed.
+func WithVerity(f VerityFunc) Option { return func(s *Store) { s.verity = f } }
+
+// Open opens (creating if needed) the store at root.
+func Open(root string, opts ...Option) (*Store, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("store root %q: %w", root, err)
+	}
+	s := &Store{root: abs}
+	for _, o := range opts {
+		o(s)
+	}
+	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
+			return nil, fmt.Errorf("creating store %s: %w", abs, err)
+		}
+	}
+	vpath := filepath.Join(abs, fileVersion)
+	b, err := os.ReadFile(vpath)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := writeFileAtomic(filepath.Join(abs, dirTmp), vpath, []byte(formatVersion), 0o444); err != nil {
+			return nil, fmt.Errorf("creating store %s: %w", abs, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("opening store %s: %w", abs, err)
+	case string(b) != formatVersion:
+		return nil, fmt.Errorf("store %s has format %q, this build reads %q: %w", abs, b, formatVersion, errdefs.ErrUnsupported)
+	}
+	return s, nil
+}
+
+// Root is the store directory.
+func (s *Store) Root() string { return s.root }
+
+// ObjectPath is where the object with digest d lives (whether or not it exists). Checkout and
+// composefs use it to reflink or reference the file directly.
+func (s *Store) ObjectPath(d digest.Digest) (string, error) {
+	if err := checkDigest(d); err != nil {
+		return "", err
+	}
+	h := d.Encoded()
+	return filepath.Join(s.root, dirObjects, h[:2], h[2:]), nil
+}
+
+// checkDigest accepts only well-formed sha256 digests, the only kind the store names things by.
+func checkDigest(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("digest %q: %v: %w", d, err, errdefs.ErrInvalid)
+	}
+	if d.Algorithm() != digest.SHA256 {
+		return fmt.Errorf("digest %q: only sha256 is stored: %w", d, errdefs.ErrUnsupported)
+	}
+	return nil
+}
+
+// Stat implements Provider.
+func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
+	p, err := s.ObjectPath(d)
+	if err != nil {
+		return Info{}, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Info{}, fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
+		}
+		return Info{}, fmt.Errorf("object %s: %w", d, err)
+	}
+	return Info{Digest: d, Size: fi.Size()}, nil
+}
+
+// HasObject says whether object d is stored (one stat).
+func (s *Store) HasObject(d digest.Digest) bool {
+	_, err := s.Stat(context.Background(), d)
+	return err == nil
+}
+
+// Open implements Provider.
+func (s *Store) Open(ctx context.Context, d digest.Digest) (*os.File, error) {
+	p, err := s.ObjectPath(d)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("object %s: %w", d, err)
+	}
+	return f, nil
+}
+
+// Walk implements Manager: it calls fn for every object, in no particular order.
+func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
+	base := filepath.Join(s.root, dirObjects)
+	fans, err := os.ReadDir(base)
+	if err != nil {
+		return fmt.Errorf("listing objects: %w", err)
+	}
+	for _, fan := range fans {
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(base, fan.Name()))
+		if err != nil {
+			return fmt.Errorf("listing objects: %w", err)
+		}
+		for _, e := range ents {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d := digest.NewDigestFromEncoded(digest.SHA256, fan.Name()+e.Name())
+			if d.Validate() != nil {
+				continue // fsck reports stray names
+			}
+			fi, err := e.Info()
+			if err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return fmt.Errorf("object %s: %w", d, err)
+			}
+			if err := fn(Info{Digest: d, Size: fi.Size()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Delete implements Manager. Callers must hold the exclusive lock: a concurrent import may be
+// about to reference the object.
+func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
+	if err := s.requireLock(); err != nil {
+		return err
+	}
+	p, err := s.ObjectPath(d)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("deleting object %s: %w", d, err)
+	}
+	return nil
+}
