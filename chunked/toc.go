@@ -52,3 +52,30 @@ type Entry struct {
 	ChunkDigest string            `json:"chunkDigest,omitempty"`
 	ChunkType   string            `json:"chunkType,omitempty"`
 }
+
+// Annotation keys on a zstd:chunked layer descriptor. The current names (io.github.containers.*) are
+// what containers/storage reads today; the old names (io.containers.*) are the only ones podman 4.x
+// (containers/storage ≤ 1.45) recognises, so the writer emits both sets.
+const (
+	AnnotationTOCDigest        = "io.github.containers.zstd-chunked.manifest-checksum"
+	AnnotationTOCPosition      = "io.github.containers.zstd-chunked.manifest-position"
+	AnnotationTarSplitPosition = "io.github.containers.zstd-chunked.tarsplit-position"
+	AnnotationOldTOCDigest     = "io.containers.zstd-chunked.manifest-checksum"
+	AnnotationOldTOCPosition   = "io.containers.zstd-chunked.manifest-position"
+	// AnnotationEstargzTOC marks an eStargz layer; a layer carrying it and ours is refused.
+	AnnotationEstargzTOC = "containerd.io/snapshot/stargz/toc.digest"
+)
+
+// MediaTypeLayer is the OCI media type of a zstd:chunked layer: an ordinary tar+zstd blob.
+const MediaTypeLayer = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+// manifestTypeCRFS is the only TOC type: the CRFS-like JSON TOC.
+const manifestTypeCRFS = 1
+
+// timeOrNil leaves zero times out of the TOC, as the reference does.
+func timeOrNil(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

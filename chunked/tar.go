@@ -1,0 +1,253 @@
+package chunked
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"hash/crc64"
+	"io"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	vtar "github.com/vbatts/tar-split/archive/tar"
+	"github.com/vbatts/tar-split/tar/asm"
+	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// paxXattrPrefix marks extended attributes among PAX records.
+const paxXattrPrefix = "SCHILY.xattr."
+
+// tocType maps a tar type flag to the TOC entry type.
+func tocType(flag byte) (string, error) {
+	switch flag {
+	case tar.TypeReg:
+		return TypeReg, nil
+	case tar.TypeLink:
+		return TypeLink, nil
+	case tar.TypeChar:
+		return TypeChar, nil
+	case tar.TypeBlock:
+		return TypeBlock, nil
+	case tar.TypeDir:
+		return TypeDir, nil
+	case tar.TypeFifo:
+		return TypeFifo, nil
+	case tar.TypeSymlink:
+		return TypeSymlink, nil
+	}
+	return "", fmt.Errorf("tar entry type %q: %w", flag, errdefs.ErrUnsupported)
+}
+
+// EntryFromHeader maps a tar header to a TOC entry's metadata fields exactly as the reference
+// writer does. Digest, offsets and chunk fields are left empty.
+func EntryFromHeader(hdr *tar.Header) (Entry, error) {
+	typ, err := tocType(hdr.Typeflag)
+	if err != nil {
+		return Entry{}, fmt.Errorf("%q: %w", hdr.Name, err)
+	}
+	var xattrs map[string]string
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, paxXattrPrefix); ok {
+			if xattrs == nil {
+				xattrs = map[string]string{}
+			}
+			xattrs[name] = base64.StdEncoding.EncodeToString([]byte(v))
+		}
+	}
+	return Entry{
+		Type:       typ,
+		Name:       hdr.Name,
+		Linkname:   hdr.Linkname,
+		Mode:       hdr.Mode,
+		Size:       hdr.Size,
+		UID:        hdr.Uid,
+		GID:        hdr.Gid,
+		ModTime:    timeOrNil(hdr.ModTime),
+		AccessTime: timeOrNil(hdr.AccessTime),
+		ChangeTime: timeOrNil(hdr.ChangeTime),
+		Devmajor:   hdr.Devmajor,
+		Devminor:   hdr.Devminor,
+		Xattrs:     xattrs,
+	}, nil
+}
+
+// stdHeader converts a header of the tar-split fork of archive/tar to the standard type.
+func stdHeader(h *vtar.Header) *tar.Header {
+	return &tar.Header{
+		Typeflag:   h.Typeflag,
+		Name:       h.Name,
+		Linkname:   h.Linkname,
+		Size:       h.Size,
+		Mode:       h.Mode,
+		Uid:        h.Uid,
+		Gid:        h.Gid,
+		Uname:      h.Uname,
+		Gname:      h.Gname,
+		ModTime:    h.ModTime,
+		AccessTime: h.AccessTime,
+		ChangeTime: h.ChangeTime,
+		Devmajor:   h.Devmajor,
+		Devminor:   h.Devminor,
+		Xattrs:     h.Xattrs, //nolint:staticcheck // kept for callers that still read it
+		PAXRecords: h.PAXRecords,
+		Format:     tar.Format(h.Format),
+	}
+}
+
+// ChunkEntries returns the TOC entries of a regular file laid out as the reference does: base
+// (from EntryFromHeader) with Digest set, then, if the file has more than one chunk, chunk fields
+// on base for chunk 0 and one TypeChunk entry per further chunk. frames, if not nil, holds the
+// compressed offset of each chunk's zstd frame followed by the file's end offset
+// (len(chunks)+1 values); without a blob (e.g. in a store) pass nil and offsets stay zero.
+func ChunkEntries(base Entry, fileDigest digest.Digest, chunks []Chunk, frames []int64) []Entry {
+	base.Digest = fileDigest.String()
+	if frames != nil && len(frames) == len(chunks)+1 && len(chunks) > 0 {
+		base.Offset = frames[0]
+		base.EndOffset = frames[len(chunks)]
+	}
+	entries := []Entry{base}
+	if len(chunks) < 2 {
+		return entries
+	}
+	for i, c := range chunks {
+		if i > 0 {
+			entries = append(entries, Entry{Type: TypeChunk, Name: base.Name, ChunkOffset: c.Offset})
+		}
+		e := &entries[i]
+		e.ChunkSize = c.Size
+		e.ChunkDigest = c.Digest.String()
+		if c.Zeros {
+			e.ChunkType = ChunkTypeZeros
+		}
+		if frames != nil && len(frames) == len(chunks)+1 {
+			e.Offset = frames[i]
+		}
+	}
+	return entries
+}
+
+// walkTar parses an uncompressed tar stream once, writing its tar-split JSON to tarSplit the way
+// the reference does (asm.NewInputTarStream). For every entry it calls fn with the header, the
+// raw bytes preceding the payload (previous padding, extension records, header; only valid during
+// the call) and the payload. At the end it calls tail with everything after the last payload
+// (raw: the padding and end-of-archive blocks the tar reader consumed; rest: trailing bytes it
+// did not), which it must read to EOF.
+func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []byte, payload io.Reader) error, tail func(raw []byte, rest io.Reader) error) (retErr error) {
+	its, done, err := asm.NewInputTarStreamWithDone(r, storage.NewJSONPacker(tarSplit), nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		its.Close()
+		if doneErr := <-done; doneErr != nil && retErr == nil {
+			retErr = fmt.Errorf("splitting tar: %w: %w", errdefs.ErrInvalid, doneErr)
+		}
+	}()
+	tr := vtar.NewReader(its)
+	tr.RawAccounting = true
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading tar: %w: %w", errdefs.ErrInvalid, err)
+		}
+		if err := fn(hdr, tr.RawBytes(), tr); err != nil {
+			return err
+		}
+		// Drain what fn left so the next header is found.
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			return fmt.Errorf("reading tar: %w: %w", errdefs.ErrInvalid, err)
+		}
+	}
+	if err := tail(tr.RawBytes(), its); err != nil {
+		return err
+	}
+	// Make sure the tar-split goroutine saw everything even if tail stopped early.
+	if _, err := io.Copy(io.Discard, its); err != nil {
+		return err
+	}
+	return nil
+}
+
+// WalkTar reads an uncompressed tar stream to EOF (trailing zero blocks included), writes its
+// tar-split JSON stream to tarSplit exactly as the reference writer does (so RebuildTar gives back
+// the bit-exact tar) and calls fn for every entry. fn may read the payload of regular files; what
+// it leaves is drained.
+func WalkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *tar.Header, payload io.Reader) error) error {
+	return walkTar(r, tarSplit,
+		func(hdr *vtar.Header, _ []byte, payload io.Reader) error { return fn(stdHeader(hdr), payload) },
+		func(_ []byte, rest io.Reader) error { _, err := io.Copy(io.Discard, rest); return err })
+}
+
+// crcTable is the CRC-64 table tar-split uses for file payload checksums.
+var crcTable = crc64.MakeTable(crc64.ISO)
+
+// RebuildTar writes the exact tar stream described by a tar-split JSON stream, taking file
+// contents from open (called once per regular file with content, with the size tar-split
+// records). Each file must deliver exactly that many bytes and match tar-split's CRC-64, else
+// the error wraps errdefs.ErrDigestMismatch.
+func RebuildTar(tarSplit io.Reader, open func(name string, size int64) (io.ReadCloser, error), w io.Writer) error {
+	up := storage.NewJSONUnpacker(tarSplit)
+	crc := crc64.New(crcTable)
+	buf := make([]byte, 128<<10)
+	for {
+		e, err := up.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reading tar-split: %w: %w", errdefs.ErrInvalid, err)
+		}
+		switch e.Type {
+		case storage.SegmentType:
+			if _, err := w.Write(e.Payload); err != nil {
+				return err
+			}
+		case storage.FileType:
+			if e.Size < 0 {
+				return fmt.Errorf("tar-split entry %q has size %d: %w", e.GetName(), e.Size, errdefs.ErrInvalid)
+			}
+			if e.Size == 0 {
+				continue
+			}
+			if err := copyFile(e, open, w, crc, buf); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("tar-split entry type %d: %w", e.Type, errdefs.ErrInvalid)
+		}
+	}
+}
+
+func copyFile(e *storage.Entry, open func(string, int64) (io.ReadCloser, error), w io.Writer, crc interface {
+	io.Writer
+	Sum([]byte) []byte
+	Reset()
+}, buf []byte) error {
+	name := e.GetName()
+	rc, err := open(name, e.Size)
+	if err != nil {
+		return fmt.Errorf("opening %q: %w", name, err)
+	}
+	defer rc.Close()
+	crc.Reset()
+	n, err := io.CopyBuffer(io.MultiWriter(w, crc), struct{ io.Reader }{io.LimitReader(rc, e.Size)}, buf)
+	if err != nil {
+		return fmt.Errorf("copying %q: %w", name, err)
+	}
+	if n != e.Size {
+		return fmt.Errorf("%q: tar-split says %d bytes, got %d: %w", name, e.Size, n, errdefs.ErrDigestMismatch)
+	}
+	if extra, _ := rc.Read(buf[:1]); extra > 0 {
+		return fmt.Errorf("%q: longer than the %d bytes tar-split records: %w", name, e.Size, errdefs.ErrDigestMismatch)
+	}
+	if !bytes.Equal(crc.Sum(nil), e.Payload) {
+		return fmt.Errorf("%q: content does not match tar-split's CRC-64: %w", name, errdefs.ErrDigestMismatch)
+	}
+	return nil
+}
