@@ -1,0 +1,200 @@
+// Package verity computes fs-verity file digests in user space (sha256, 4096-byte blocks, no salt), the
+// digest the kernel reports with FS_IOC_MEASURE_VERITY and overlayfs checks against a metacopy xattr.
+package verity
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// BlockSize is the Merkle tree block size; 4096 is what composefs and the kernel default use.
+const BlockSize = 4096
+
+// Size is the length of a digest in bytes.
+const Size = sha256.Size
+
+const hashesPerBlock = BlockSize / Size
+
+// Digest is an fs-verity sha256 digest. It is not the sha256 of the content.
+type Digest [Size]byte
+
+// String returns the digest as 64 lowercase hex digits, as `fsverity digest` prints it.
+func (d Digest) String() string { return hex.EncodeToString(d[:]) }
+
+// IsZero reports whether d is the zero value (no digest).
+func (d Digest) IsZero() bool { return d == Digest{} }
+
+// ParseDigest parses 64 hex digits.
+func ParseDigest(s string) (Digest, error) {
+	var d Digest
+	if len(s) != 2*Size {
+		return d, fmt.Errorf("fs-verity digest %q: want %d hex digits, got %d: %w", s, 2*Size, len(s), errdefs.ErrInvalid)
+	}
+	if _, err := hex.Decode(d[:], []byte(s)); err != nil {
+		return d, fmt.Errorf("fs-verity digest %q: %v: %w", s, err, errdefs.ErrInvalid)
+	}
+	return d, nil
+}
+
+// Hasher computes an fs-verity digest over everything written to it. It keeps one partial block
+// per Merkle tree level, so memory stays small for any file size. The zero value is not usable;
+// call New.
+type Hasher struct {
+	h      hash.Hash
+	size   uint64
+	block  []byte     // partial data block
+	levels [][]byte   // per level: hashes waiting to fill a tree block
+	counts []uint64   // per level: hashes ever added
+	sum    [Size]byte // scratch
+}
+
+// New returns a Hasher for an empty file.
+func New() *Hasher {
+	return &Hasher{h: sha256.New(), block: make([]byte, 0, BlockSize)}
+}
+
+// Write adds content; it never fails.
+func (v *Hasher) Write(p []byte) (int, error) {
+	n := len(p)
+	v.size += uint64(n)
+	for len(p) > 0 {
+		if len(v.block) == 0 && len(p) >= BlockSize {
+			v.addHash(0, v.hashBlock(p[:BlockSize]))
+			p = p[BlockSize:]
+			continue
+		}
+		k := copy(v.block[len(v.block):BlockSize], p)
+		v.block = v.block[:len(v.block)+k]
+		p = p[k:]
+		if len(v.block) == BlockSize {
+			v.addHash(0, v.hashBlock(v.block))
+			v.block = v.block[:0]
+		}
+	}
+	return n, nil
+}
+
+// hashBlock hashes one block, zero-padded to BlockSize.
+func (v *Hasher) hashBlock(b []byte) []byte {
+	v.h.Reset()
+	v.h.Write(b)
+	if len(b) < BlockSize {
+		var zero [BlockSize]byte
+		v.h.Write(zero[:BlockSize-len(b)])
+	}
+	return v.h.Sum(v.sum[:0])
+}
+
+// addHash appends a hash to a level, hashing the level's block into the next level when it fills.
+func (v *Hasher) addHash(level int, sum []byte) {
+	for len(v.levels) <= level {
+		v.levels = append(v.levels, make([]byte, 0, BlockSize))
+		v.counts = append(v.counts, 0)
+	}
+	v.levels[level] = append(v.levels[level], sum...)
+	v.counts[level]++
+	if len(v.levels[level]) == BlockSize {
+		full := v.levels[level]
+		v.levels[level] = full[:0]
+		v.addHash(level+1, v.hashBlock(full))
+	}
+}
+
+// Size returns the number of bytes written so far.
+func (v *Hasher) Size() uint64 { return v.size }
+
+// Digest returns the fs-verity digest of what was written. It does not change the state, so
+// writing may continue.
+func (v *Hasher) Digest() Digest {
+	c := v.clone()
+	var root [64]byte
+	if len(c.block) > 0 {
+		c.addHash(0, c.hashBlock(c.block))
+	}
+	// The root is the single hash of the first level that has exactly one; every level below it
+	// gets its last partial block hashed (zero-padded) into the next.
+	for level := 0; level < len(c.levels); level++ {
+		if c.counts[level] == 1 {
+			copy(root[:], c.levels[level][:Size])
+			break
+		}
+		if len(c.levels[level]) > 0 {
+			partial := c.levels[level]
+			c.levels[level] = partial[:0]
+			c.addHash(level+1, c.hashBlock(partial))
+		}
+	}
+	// struct fsverity_descriptor: version, hash algorithm, log2(block size), salt size,
+	// reserved u32, data size u64 LE, root hash[64], salt[32], reserved[144].
+	var desc [256]byte
+	desc[0] = 1
+	desc[1] = 1 // FS_VERITY_HASH_ALG_SHA256
+	desc[2] = 12
+	binary.LittleEndian.PutUint64(desc[8:], v.size)
+	copy(desc[16:80], root[:])
+	return sha256.Sum256(desc[:])
+}
+
+func (v *Hasher) clone() *Hasher {
+	c := &Hasher{h: sha256.New(), size: v.size, block: append(make([]byte, 0, BlockSize), v.block...)}
+	for i := range v.levels {
+		c.levels = append(c.levels, append(make([]byte, 0, BlockSize), v.levels[i]...))
+		c.counts = append(c.counts, v.counts[i])
+	}
+	return c
+}
+
+// FromReader returns the digest of everything r yields.
+func FromReader(r io.Reader) (Digest, error) {
+	h := New()
+	if _, err := io.CopyBuffer(h, r, make([]byte, 256<<10)); err != nil {
+		return Digest{}, fmt.Errorf("computing fs-verity digest: %w", err)
+	}
+	return h.Digest(), nil
+}
+
+// FromBytes returns the digest of b.
+func FromBytes(b []byte) Digest {
+	h := New()
+	h.Write(b)
+	return h.Digest()
+}
+
+// FromFile returns the digest of the file at path (its content, as `fsverity digest` computes it).
+func FromFile(path string) (Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Digest{}, fmt.Errorf("computing fs-verity digest: %w", err)
+	}
+	defer f.Close()
+	d, err := FromReader(f)
+	if err != nil {
+		return Digest{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return d, nil
+}
+
+// MetacopyXattr returns the 36-byte value of trusted.overlay.metacopy that asks overlayfs to check
+// an object's fs-verity digest: struct ovl_metacopy {version 0, len 36, flags 0, algo sha256}.
+func MetacopyXattr(d Digest) []byte {
+	v := make([]byte, 4+Size)
+	v[0] = 0
+	v[1] = byte(len(v))
+	v[2] = 0
+	v[3] = 1 // FS_VERITY_HASH_ALG_SHA256
+	copy(v[4:], d[:])
+	return v
+}
+
+// ObjectPath returns the object name composefs uses for a digest: "xx/rest" in hex.
+func ObjectPath(d Digest) string {
+	s := d.String()
+	return s[:2] + "/" + s[2:]
+}
