@@ -243,8 +243,11 @@ func copyFile(e *storage.Entry, open func(string, int64) (io.ReadCloser, error),
 	if n != e.Size {
 		return fmt.Errorf("%q: tar-split says %d bytes, got %d: %w", name, e.Size, n, errdefs.ErrDigestMismatch)
 	}
-	if extra, _ := rc.Read(buf[:1]); extra > 0 {
+	// Reading to EOF also collects a verifying reader's verdict.
+	if extra, err := io.ReadFull(rc, buf[:1]); extra > 0 {
 		return fmt.Errorf("%q: longer than the %d bytes tar-split records: %w", name, e.Size, errdefs.ErrDigestMismatch)
+	} else if err != io.EOF {
+		return fmt.Errorf("reading %q: %w", name, err)
 	}
 	if !bytes.Equal(crc.Sum(nil), e.Payload) {
 		return fmt.Errorf("%q: content does not match tar-split's CRC-64: %w", name, errdefs.ErrDigestMismatch)

@@ -1,0 +1,656 @@
+package chunked
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	vtar "github.com/vbatts/tar-split/archive/tar"
+	"github.com/vbatts/tar-split/tar/asm"
+	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// ReadOption configures Locate* and Parse.
+type ReadOption func(*readOptions)
+
+type readOptions struct {
+	maxMetadata int64
+}
+
+// defaultReadOptions holds every reader default.
+func defaultReadOptions() readOptions {
+	return readOptions{
+		maxMetadata: 150 << 20, // the reference's bound for TOC and tar-split, compressed or not
+	}
+}
+
+// WithMaxMetadataSize bounds the TOC and the tar-split, each compressed and uncompressed.
+func WithMaxMetadataSize(n int64) ReadOption { return func(o *readOptions) { o.maxMetadata = n } }
+
+func readOpts(opts []ReadOption) readOptions {
+	o := defaultReadOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// Range is a byte range of a blob.
+type Range struct {
+	Offset, Length int64
+}
+
+// End is the offset just past the range.
+func (r Range) End() int64 { return r.Offset + r.Length }
+
+// Location says where a layer's metadata lies in its blob. A registry puller fetches TOC and
+// TarSplit (adjacent in blobs we and the reference write) in one ranged request, then calls Parse.
+type Location struct {
+	TOC             Range
+	TOCUncompressed int64
+	// TOCDigest is the annotation's digest of the compressed TOC. It is empty when the location
+	// came from the footer, which authenticates nothing; Parse then trusts the bytes as given.
+	TOCDigest digest.Digest
+	// TarSplit is zero when the layer has none (old format).
+	TarSplit             Range
+	TarSplitUncompressed int64
+}
+
+// Ranges returns the ranges to fetch: TOC, then tar-split if any.
+func (l Location) Ranges() []Range {
+	if l.TarSplit.Length == 0 {
+		return []Range{l.TOC}
+	}
+	return []Range{l.TOC, l.TarSplit}
+}
+
+// IsChunked reports whether the annotations mark a zstd:chunked layer (current or old names).
+func IsChunked(ann map[string]string) bool {
+	_, cur := ann[AnnotationTOCDigest]
+	_, old := ann[AnnotationOldTOCDigest]
+	return cur || old
+}
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errdefs.ErrInvalid}, args...)...)
+}
+
+// LocateFromAnnotations finds TOC and tar-split from a layer descriptor's annotations (current
+// names first, then the old io.containers.* ones). It fails with ErrNotFound if the layer is not
+// zstd:chunked and ErrInvalid if the annotations are malformed or point outside the blob.
+func LocateFromAnnotations(ann map[string]string, blobSize int64, opts ...ReadOption) (Location, error) {
+	o := readOpts(opts)
+	if _, ok := ann[AnnotationEstargzTOC]; ok && IsChunked(ann) {
+		return Location{}, invalidf("layer carries both eStargz and zstd:chunked annotations")
+	}
+	digestKey, posKey := AnnotationTOCDigest, AnnotationTOCPosition
+	if _, ok := ann[digestKey]; !ok {
+		digestKey, posKey = AnnotationOldTOCDigest, AnnotationOldTOCPosition
+	}
+	ds, ok := ann[digestKey]
+	if !ok {
+		return Location{}, fmt.Errorf("no zstd:chunked annotations: %w", errdefs.ErrNotFound)
+	}
+	d, err := digest.Parse(ds)
+	if err != nil || d.Algorithm() != digest.SHA256 {
+		return Location{}, invalidf("annotation %s: %q is not a sha256 digest", digestKey, ds)
+	}
+	pos, ok := ann[posKey]
+	if !ok {
+		return Location{}, fmt.Errorf("annotation %s missing: %w (the TOC must be located from the footer)", posKey, errdefs.ErrNotFound)
+	}
+	v, err := parseNumbers(pos, 4)
+	if err != nil {
+		return Location{}, invalidf("annotation %s=%q: %v", posKey, pos, err)
+	}
+	if v[3] != manifestTypeCRFS {
+		return Location{}, fmt.Errorf("annotation %s: manifest type %d: %w", posKey, v[3], errdefs.ErrUnsupported)
+	}
+	loc := Location{TOC: Range{v[0], v[1]}, TOCUncompressed: v[2], TOCDigest: d}
+	if digestKey == AnnotationTOCDigest {
+		if tsp, ok := ann[AnnotationTarSplitPosition]; ok {
+			v, err := parseNumbers(tsp, 3)
+			if err != nil {
+				return Location{}, invalidf("annotation %s=%q: %v", AnnotationTarSplitPosition, tsp, err)
+			}
+			loc.TarSplit, loc.TarSplitUncompressed = Range{v[0], v[1]}, v[2]
+		}
+	}
+	return loc, loc.check(blobSize, o)
+}
+
+func parseNumbers(s string, n int) ([]int64, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) != n {
+		return nil, fmt.Errorf("want %d numbers separated by ':'", n)
+	}
+	v := make([]int64, n)
+	for i, p := range parts {
+		x, err := strconv.ParseInt(p, 10, 64)
+		if err != nil || x < 0 {
+			return nil, fmt.Errorf("%q is not a non-negative integer", p)
+		}
+		v[i] = x
+	}
+	return v, nil
+}
+
+// check bounds the location by the blob and the size limit.
+func (l Location) check(blobSize int64, o readOptions) error {
+	rs := []struct {
+		name         string
+		r            Range
+		uncompressed int64
+	}{{"TOC", l.TOC, l.TOCUncompressed}, {"tar-split", l.TarSplit, l.TarSplitUncompressed}}
+	for i, x := range rs {
+		if i == 1 && x.r.Length == 0 && x.uncompressed == 0 && x.r.Offset == 0 {
+			continue // no tar-split
+		}
+		if x.r.Length <= 0 || x.uncompressed <= 0 {
+			return invalidf("%s has length %d, uncompressed %d", x.name, x.r.Length, x.uncompressed)
+		}
+		if x.r.Length > o.maxMetadata || x.uncompressed > o.maxMetadata {
+			return invalidf("%s of %d bytes (%d uncompressed) exceeds the %d-byte limit", x.name, x.r.Length, x.uncompressed, o.maxMetadata)
+		}
+		if x.r.Offset < skippableHeaderSize || x.r.Offset > blobSize || x.r.Length > blobSize-x.r.Offset {
+			return invalidf("%s range %d+%d lies outside the %d-byte blob", x.name, x.r.Offset, x.r.Length, blobSize)
+		}
+	}
+	return nil
+}
+
+// LocateFromFooter finds TOC and tar-split from the last bytes of a blob (FooterFetchSize of
+// them, fewer if the blob is shorter), in the 64-byte or old 40-byte footer form. The footer is
+// not authenticated: TOCDigest stays empty.
+func LocateFromFooter(tail []byte, blobSize int64, opts ...ReadOption) (Location, error) {
+	o := readOpts(opts)
+	f, _, err := parseFooter(tail)
+	if err != nil {
+		return Location{}, err
+	}
+	const maxInt = 1<<63 - 1
+	for _, v := range []uint64{f.tocOffset, f.tocLen, f.tocUncompressed, f.tarSplitOffset, f.tarSplitLen, f.tarSplitUncompressed} {
+		if v > maxInt {
+			return Location{}, invalidf("footer value %d out of range", v)
+		}
+	}
+	loc := Location{
+		TOC: Range{int64(f.tocOffset), int64(f.tocLen)}, TOCUncompressed: int64(f.tocUncompressed),
+		TarSplit: Range{int64(f.tarSplitOffset), int64(f.tarSplitLen)}, TarSplitUncompressed: int64(f.tarSplitUncompressed),
+	}
+	return loc, loc.check(blobSize, o)
+}
+
+// Layer is a parsed and validated zstd:chunked layer: its TOC and (if any) tar-split, checked
+// against each other and against the blob bounds.
+type Layer struct {
+	TOC       *TOC
+	TOCDigest digest.Digest // of the compressed TOC; empty when located by footer
+	// TarSplit is the uncompressed tar-split JSON; nil for the old format, whose DiffID cannot be
+	// verified after a partial pull.
+	TarSplit []byte
+	// Files are the regular files with content, in TOC order.
+	Files []File
+	// DataEnd is where the zstd frames of the tar stream end (the TOC's skippable frame starts).
+	DataEnd int64
+}
+
+// File is a regular file with content and where its frames lie.
+type File struct {
+	Entry  *Entry // the reg entry, in TOC.Entries
+	Digest digest.Digest
+	// Range is the file's compressed frames [Offset, EndOffset).
+	Range  Range
+	Chunks []FileChunk // at least one; a single chunk covers the file
+}
+
+// FileChunk is one chunk of a file: a run of whole frames.
+type FileChunk struct {
+	Offset int64 // in the file
+	Size   int64
+	Digest digest.Digest // as the TOC records it; for single-chunk files the file digest
+	Zeros  bool
+	Range  Range // compressed frames
+}
+
+// Parse validates and decodes a layer's metadata: tocBlob and tarSplitBlob are the bytes of
+// loc.TOC and loc.TarSplit (tarSplitBlob nil if loc has none). It enforces the containers/storage
+// security rules: TOC digest equals the annotation, tar-split digest equals the TOC's
+// tarSplitDigest, and TOC and tar-split describe the same entries; plus entry names without
+// traversal, no duplicates, frames inside the data and in order, and chunks tiling each file.
+func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Layer, error) {
+	o := readOpts(opts)
+	if int64(len(tocBlob)) != loc.TOC.Length {
+		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
+	}
+	if loc.TOCDigest != "" {
+		if got := digest.FromBytes(tocBlob); got != loc.TOCDigest {
+			return nil, fmt.Errorf("TOC digest %s, annotation says %s: %w", got, loc.TOCDigest, errdefs.ErrDigestMismatch)
+		}
+	}
+	tocJSON, err := decompressBounded(tocBlob, loc.TOCUncompressed, o.maxMetadata)
+	if err != nil {
+		return nil, fmt.Errorf("TOC: %w", err)
+	}
+	toc, err := ParseTOC(tocJSON)
+	if err != nil {
+		return nil, err
+	}
+	layer := &Layer{TOC: toc, TOCDigest: loc.TOCDigest, DataEnd: loc.TOC.Offset - skippableHeaderSize}
+	if loc.TarSplit.Length > 0 && loc.TarSplit.Offset < loc.TOC.End() && loc.TarSplit.End() > loc.TOC.Offset-skippableHeaderSize {
+		return nil, invalidf("tar-split range overlaps the TOC")
+	}
+	if err := layer.index(); err != nil {
+		return nil, err
+	}
+	if toc.TarSplitDigest == "" {
+		return layer, nil // old format: no tar-split
+	}
+	want, err := digest.Parse(toc.TarSplitDigest)
+	if err != nil {
+		return nil, invalidf("TOC tarSplitDigest %q: %v", toc.TarSplitDigest, err)
+	}
+	if loc.TarSplit.Length == 0 || tarSplitBlob == nil {
+		return nil, invalidf("TOC names a tar-split but the layer does not locate one")
+	}
+	if int64(len(tarSplitBlob)) != loc.TarSplit.Length {
+		return nil, invalidf("tar-split is %d bytes, location says %d", len(tarSplitBlob), loc.TarSplit.Length)
+	}
+	if got := want.Algorithm().FromBytes(tarSplitBlob); got != want {
+		return nil, fmt.Errorf("tar-split digest %s, TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
+	}
+	ts, err := decompressBounded(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata)
+	if err != nil {
+		return nil, fmt.Errorf("tar-split: %w", err)
+	}
+	if err := CheckTarSplit(toc, ts); err != nil {
+		return nil, err
+	}
+	layer.TarSplit = ts
+	return layer, nil
+}
+
+// maxWindow bounds the decoder's memory; writers of this format use 8 MiB windows. Output is
+// bounded separately by the expected size, so a zstd bomb stops at size+1 bytes.
+const maxWindow = 64 << 20
+
+// decompressBounded decompresses a metadata blob that must be exactly size bytes (≤ limit).
+func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, invalidf("%d uncompressed bytes exceed the %d-byte limit", size, limit)
+	}
+	d, err := zstd.NewReader(bytes.NewReader(blob), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out := make([]byte, 0, min(size, 16<<20))
+	buf := bytes.NewBuffer(out)
+	n, err := io.Copy(buf, io.LimitReader(d, size+1))
+	if err != nil {
+		return nil, invalidf("decompressing: %v", err)
+	}
+	if n != size {
+		return nil, invalidf("decompressed to %d bytes, expected %d", n, size)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are
+// skipped, trailing data is an error. It checks the structure (see Parse) but no offsets.
+func ParseTOC(b []byte) (*TOC, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var toc TOC
+	if err := dec.Decode(&toc); err != nil {
+		return nil, invalidf("decoding TOC: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, invalidf("trailing data after the TOC")
+	}
+	if toc.Version != 1 {
+		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
+	}
+	return &toc, nil
+}
+
+// CheckName rejects absolute names and names with ".." components.
+func CheckName(name string) error {
+	if name == "" {
+		return invalidf("empty entry name")
+	}
+	if strings.HasPrefix(name, "/") {
+		return invalidf("absolute entry name %q", name)
+	}
+	for _, c := range strings.Split(name, "/") {
+		if c == ".." {
+			return invalidf("entry name %q escapes the layer", name)
+		}
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return invalidf("entry name %q contains NUL", name)
+	}
+	return nil
+}
+
+// cleanName is the name under which duplicates are detected.
+func cleanName(name string) string {
+	return strings.TrimPrefix(path.Clean("/"+name), "/")
+}
+
+// index validates entries and builds Files.
+func (l *Layer) index() error {
+	entries := l.TOC.Entries
+	seen := make(map[string]struct{}, len(entries))
+	var prevEnd int64
+	for i := 0; i < len(entries); i++ {
+		e := &entries[i]
+		if err := CheckName(e.Name); err != nil {
+			return fmt.Errorf("TOC entry %d: %w", i, err)
+		}
+		switch e.Type {
+		case TypeReg, TypeLink, TypeChar, TypeBlock, TypeDir, TypeFifo, TypeSymlink:
+		case TypeChunk:
+			return invalidf("TOC entry %d (%q): chunk without a preceding regular file", i, e.Name)
+		default:
+			return invalidf("TOC entry %d (%q): unknown type %q", i, e.Name, e.Type)
+		}
+		if e.Type == TypeLink {
+			if err := CheckName(e.Linkname); err != nil {
+				return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
+			}
+		}
+		cn := cleanName(e.Name)
+		if _, dup := seen[cn]; dup {
+			return invalidf("TOC has duplicate entries for %q", e.Name)
+		}
+		seen[cn] = struct{}{}
+		if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
+			return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
+		}
+		if e.Type != TypeReg || e.Size == 0 {
+			if e.Offset != 0 || e.EndOffset != 0 {
+				// Harmless in the reference's output, but nothing should be fetched for it.
+				if e.Type != TypeReg {
+					return invalidf("TOC entry %q of type %s has frame offsets", e.Name, e.Type)
+				}
+			}
+			if e.Type == TypeReg && e.Size == 0 && i+1 < len(entries) && entries[i+1].Type == TypeChunk {
+				return invalidf("empty file %q has chunks", e.Name)
+			}
+			continue
+		}
+		f, next, err := l.fileAt(i)
+		if err != nil {
+			return err
+		}
+		if f.Range.Offset < prevEnd {
+			return invalidf("frames of %q start at %d, before the previous file's end %d", e.Name, f.Range.Offset, prevEnd)
+		}
+		prevEnd = f.Range.End()
+		l.Files = append(l.Files, f)
+		i = next - 1
+	}
+	return nil
+}
+
+// fileAt builds the File of the reg entry at i and returns the index after its chunk entries.
+func (l *Layer) fileAt(i int) (File, int, error) {
+	entries := l.TOC.Entries
+	e := &entries[i]
+	d, err := digest.Parse(e.Digest)
+	if err != nil || d.Algorithm() != digest.SHA256 {
+		return File{}, 0, invalidf("file %q: digest %q is not a sha256 digest", e.Name, e.Digest)
+	}
+	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
+		return File{}, 0, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
+	}
+	f := File{Entry: e, Digest: d, Range: Range{e.Offset, e.EndOffset - e.Offset}}
+	j := i + 1
+	for j < len(entries) && entries[j].Type == TypeChunk {
+		if entries[j].Name != e.Name {
+			return File{}, 0, invalidf("chunk entry for %q follows file %q", entries[j].Name, e.Name)
+		}
+		j++
+	}
+	if j == i+1 {
+		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
+			return File{}, 0, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
+		}
+		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
+		if e.ChunkDigest != "" {
+			cd, err := digest.Parse(e.ChunkDigest)
+			if err != nil {
+				return File{}, 0, invalidf("file %q: chunk digest %q: %v", e.Name, e.ChunkDigest, err)
+			}
+			f.Chunks[0].Digest = cd
+		}
+		f.Chunks[0].Zeros = e.ChunkType == ChunkTypeZeros
+		return f, j, nil
+	}
+	var off int64
+	for k := i; k < j; k++ {
+		c := &entries[k]
+		if c.ChunkOffset != off {
+			return File{}, 0, invalidf("file %q: chunk at %d, expected %d (chunks must tile the file)", e.Name, c.ChunkOffset, off)
+		}
+		if c.ChunkSize <= 0 || c.ChunkSize > e.Size-off {
+			return File{}, 0, invalidf("file %q: chunk of %d bytes at %d overruns the %d-byte file", e.Name, c.ChunkSize, off, e.Size)
+		}
+		cd, err := digest.Parse(c.ChunkDigest)
+		if err != nil || cd.Algorithm() != digest.SHA256 {
+			return File{}, 0, invalidf("file %q: chunk digest %q is not a sha256 digest", e.Name, c.ChunkDigest)
+		}
+		switch c.ChunkType {
+		case ChunkTypeData, ChunkTypeZeros:
+		default:
+			return File{}, 0, invalidf("file %q: unknown chunk type %q", e.Name, c.ChunkType)
+		}
+		end := e.EndOffset
+		if k+1 < j {
+			end = entries[k+1].Offset
+		}
+		start := c.Offset
+		if k == i {
+			start = e.Offset
+		}
+		if start < e.Offset || start >= end || end > e.EndOffset {
+			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
+		}
+		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
+			Zeros: c.ChunkType == ChunkTypeZeros, Range: Range{start, end - start}})
+		off += c.ChunkSize
+	}
+	if off != e.Size {
+		return File{}, 0, invalidf("file %q: chunks cover %d bytes, file has %d", e.Name, off, e.Size)
+	}
+	return f, j, nil
+}
+
+// CheckTarSplit verifies that the TOC and the uncompressed tar-split describe the same entries:
+// the same set of names, no duplicates, and equal type, name, link name, mode, size, owner,
+// times, device numbers and xattrs.
+func CheckTarSplit(toc *TOC, tarSplit []byte) error {
+	pending := map[string]*Entry{}
+	for i := range toc.Entries {
+		e := &toc.Entries[i]
+		if e.Type == TypeChunk {
+			continue
+		}
+		if _, dup := pending[e.Name]; dup {
+			return invalidf("TOC has duplicate entries for %q", e.Name)
+		}
+		pending[e.Name] = e
+	}
+	err := asm.IterateHeaders(storage.NewJSONUnpacker(bytes.NewReader(tarSplit)), func(hdr *vtar.Header) error {
+		e, ok := pending[hdr.Name]
+		if !ok {
+			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
+		}
+		delete(pending, hdr.Name)
+		want, err := EntryFromHeader(stdHeader(hdr))
+		if err != nil {
+			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
+		}
+		if err := sameMetadata(e, &want); err != nil {
+			return invalidf("TOC and tar-split disagree on %q: %v", hdr.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, errdefs.ErrInvalid) || errors.Is(err, errdefs.ErrUnsupported) {
+			return err
+		}
+		return invalidf("tar-split: %v", err)
+	}
+	for name := range pending {
+		return invalidf("TOC entry %q is missing from the tar-split", name)
+	}
+	return nil
+}
+
+// sameMetadata compares the fields the reference compares (not digests, offsets, chunks).
+func sameMetadata(a, b *Entry) error {
+	switch {
+	case a.Type != b.Type:
+		return fmt.Errorf("type %q != %q", a.Type, b.Type)
+	case a.Name != b.Name:
+		return fmt.Errorf("name %q != %q", a.Name, b.Name)
+	case a.Linkname != b.Linkname:
+		return fmt.Errorf("linkName %q != %q", a.Linkname, b.Linkname)
+	case a.Mode != b.Mode:
+		return fmt.Errorf("mode %#o != %#o", a.Mode, b.Mode)
+	case a.Size != b.Size:
+		return fmt.Errorf("size %d != %d", a.Size, b.Size)
+	case a.UID != b.UID:
+		return fmt.Errorf("uid %d != %d", a.UID, b.UID)
+	case a.GID != b.GID:
+		return fmt.Errorf("gid %d != %d", a.GID, b.GID)
+	case !sameTime(a.ModTime, b.ModTime):
+		return fmt.Errorf("modtime %v != %v", a.ModTime, b.ModTime)
+	case !sameTime(a.AccessTime, b.AccessTime):
+		return fmt.Errorf("accesstime %v != %v", a.AccessTime, b.AccessTime)
+	case !sameTime(a.ChangeTime, b.ChangeTime):
+		return fmt.Errorf("changetime %v != %v", a.ChangeTime, b.ChangeTime)
+	case a.Devmajor != b.Devmajor:
+		return fmt.Errorf("devMajor %d != %d", a.Devmajor, b.Devmajor)
+	case a.Devminor != b.Devminor:
+		return fmt.Errorf("devMinor %d != %d", a.Devminor, b.Devminor)
+	case !maps.Equal(a.Xattrs, b.Xattrs):
+		return fmt.Errorf("xattrs %q != %q", a.Xattrs, b.Xattrs)
+	}
+	return nil
+}
+
+// sameTime treats nil, the zero time and the Unix epoch alike, as the reference does (tar cannot
+// tell them apart).
+func sameTime(a, b *time.Time) bool {
+	norm := func(t *time.Time) *time.Time {
+		if t != nil && (t.IsZero() || t.Equal(time.Unix(0, 0))) {
+			return nil
+		}
+		return t
+	}
+	a, b = norm(a), norm(b)
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}
+
+// DecodeFrames decompresses the zstd frames of one file or chunk from r into w, refusing more
+// than size bytes (no decompression bombs), and checks that the content has the given size and
+// digest. Bytes reach w before the digest is known: treat them as unverified until it returns nil.
+func DecodeFrames(r io.Reader, size int64, want digest.Digest, w io.Writer) error {
+	if err := want.Validate(); err != nil {
+		return invalidf("digest %q: %v", want, err)
+	}
+	d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	v := want.Verifier()
+	n, err := io.Copy(io.MultiWriter(w, v), io.LimitReader(d, size+1))
+	if err != nil {
+		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
+			return fmt.Errorf("frames decompress beyond %d bytes: %w", size, errdefs.ErrDigestMismatch)
+		}
+		return invalidf("decompressing frames: %v", err)
+	}
+	if n != size {
+		return fmt.Errorf("frames decompress to %d bytes, expected %d: %w", n, size, errdefs.ErrDigestMismatch)
+	}
+	if !v.Verified() {
+		return fmt.Errorf("content does not match %s: %w", want, errdefs.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// ReadFile writes the verified content of f, read from blob, to w.
+func ReadFile(blob io.ReaderAt, f *File, w io.Writer) error {
+	if err := DecodeFrames(io.NewSectionReader(blob, f.Range.Offset, f.Range.Length), f.Entry.Size, f.Digest, w); err != nil {
+		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
+	}
+	return nil
+}
+
+// ReadChunk writes the verified content of one chunk, read from blob, to w.
+func ReadChunk(blob io.ReaderAt, c *FileChunk, w io.Writer) error {
+	if err := DecodeFrames(io.NewSectionReader(blob, c.Range.Offset, c.Range.Length), c.Size, c.Digest, w); err != nil {
+		return fmt.Errorf("chunk at %d: %w", c.Offset, err)
+	}
+	return nil
+}
+
+// File returns the regular file with content named name, if any.
+func (l *Layer) File(name string) *File {
+	for i := range l.Files {
+		if l.Files[i].Entry.Name == name {
+			return &l.Files[i]
+		}
+	}
+	return nil
+}
+
+// RebuildTar writes the layer's exact tar stream from its tar-split and the file frames in blob,
+// checking every file's digest; its sha256 is the DiffID. It fails with ErrUnsupported for
+// layers without tar-split.
+func (l *Layer) RebuildTar(blob io.ReaderAt, w io.Writer) error {
+	if l.TarSplit == nil {
+		return fmt.Errorf("layer has no tar-split, its tar cannot be rebuilt: %w", errdefs.ErrUnsupported)
+	}
+	byName := make(map[string]*File, len(l.Files))
+	for i := range l.Files {
+		byName[l.Files[i].Entry.Name] = &l.Files[i]
+	}
+	return RebuildTar(bytes.NewReader(l.TarSplit), func(name string, size int64) (io.ReadCloser, error) {
+		f, ok := byName[name]
+		if !ok || f.Entry.Size != size {
+			return nil, invalidf("tar-split file %q (%d bytes) has no matching TOC file", name, size)
+		}
+		pr, pw := io.Pipe()
+		go func() { pw.CloseWithError(ReadFile(blob, f, pw)) }()
+		return pr, nil
+	}, w)
+}
+
+// DiffID rebuilds the tar (see RebuildTar) and returns its digest.
+func (l *Layer) DiffID(blob io.ReaderAt) (digest.Digest, error) {
+	h := sha256.New()
+	if err := l.RebuildTar(blob, h); err != nil {
+		return "", err
+	}
+	return digest.NewDigest(digest.SHA256, h), nil
+}
