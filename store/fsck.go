@@ -169,7 +169,7 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 		if err != nil {
 			return r, err
 		}
-		return r, s.syncFS()
+		return r, nil
 	}
 	tmps, err := os.ReadDir(filepath.Join(s.root, dirTmp))
 	if err != nil {

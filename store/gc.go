@@ -122,7 +122,7 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 	if err != nil {
 		return res, err
 	}
-	return res, s.syncFS()
+	return res, nil
 }
 
 // removeTemps deletes everything in tmp/. Only under the exclusive lock: then no ingest is running

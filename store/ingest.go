@@ -181,8 +181,10 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		w.batch.add(d, f.Name())
 		return d, nil
 	}
-	if err := f.Sync(); err != nil {
-		return fail(fmt.Errorf("syncing object %s: %w", d, err))
+	if !w.s.noSync {
+		if err := f.Sync(); err != nil {
+			return fail(fmt.Errorf("syncing object %s: %w", d, err))
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fail(fmt.Errorf("object %s: %w", d, err))
@@ -255,19 +257,6 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// syncFS flushes the whole file system holding the store.
-func (s *Store) syncFS() error {
-	f, err := os.Open(s.root)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncfs %s: %w", s.root, err)
-	}
-	return nil
-}
-
 // writeFileAtomic writes a small metadata file: temp file in tmpDir, fsync, rename over dst,
 // fsync dst's directory.
 func writeFileAtomic(tmpDir, dst string, data []byte, mode os.FileMode) error {
@@ -301,10 +290,10 @@ func writeFileAtomic(tmpDir, dst string, data []byte, mode os.FileMode) error {
 	return syncDir(filepath.Dir(dst))
 }
 
-// Batch ingests many objects with two file-system syncs in all: objects are verified and written
-// to temp files, then Commit syncs the file system (all data durable), renames every temp file to
-// its object name and syncs again (all names durable). Until Commit no object of the batch is
-// visible; a crash leaves only temp files.
+// Batch ingests many objects at once: objects are verified and written to temp files without
+// waiting for the disk, then Commit fsyncs them all together (all data durable), renames every
+// temp file to its object name and fsyncs the directories (all names durable). Until Commit no
+// object of the batch is visible; a crash leaves only temp files.
 type Batch struct {
 	s       *Store
 	mu      sync.Mutex
@@ -342,7 +331,9 @@ func (b *Batch) add(d digest.Digest, tmp string) {
 	b.pending[d] = tmp
 }
 
-// Commit makes every object of the batch visible and durable.
+// Commit makes every object of the batch visible and durable: it fsyncs the temp files (many at
+// once, so the file system can group the journal commits), renames them, then fsyncs the fan-out
+// directories it touched.
 func (b *Batch) Commit(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -353,23 +344,87 @@ func (b *Batch) Commit(ctx context.Context) error {
 	if len(b.pending) == 0 {
 		return nil
 	}
-	if err := b.s.syncFS(); err != nil {
+	tmps := make([]string, 0, len(b.pending))
+	for _, tmp := range b.pending {
+		tmps = append(tmps, tmp)
+	}
+	if err := b.s.parallel(ctx, tmps, syncFile); err != nil {
 		b.abortLocked()
 		return err
 	}
+	dirs := map[string]bool{}
 	for d, tmp := range b.pending {
 		if err := ctx.Err(); err != nil {
 			b.abortLocked()
 			return err
 		}
 		dst, _ := b.s.ObjectPath(d)
+		if !exists(filepath.Dir(dst)) {
+			dirs[filepath.Join(b.s.root, dirObjects)] = true
+		}
 		if err := placeObject(tmp, dst, false); err != nil {
 			b.abortLocked()
 			return fmt.Errorf("object %s: %w", d, err)
 		}
+		dirs[filepath.Dir(dst)] = true
 		delete(b.pending, d)
 	}
-	return b.s.syncFS()
+	list := make([]string, 0, len(dirs))
+	for d := range dirs {
+		list = append(list, d)
+	}
+	return b.s.parallel(ctx, list, syncDir)
+}
+
+// parallel runs fn on every path with a few workers; fsyncs issued together are cheaper.
+func (s *Store) parallel(ctx context.Context, paths []string, fn func(string) error) error {
+	if s.noSync {
+		return nil
+	}
+	const workers = 16
+	ch := make(chan string)
+	errc := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range min(workers, len(paths)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var first error
+			for p := range ch {
+				if err := fn(p); err != nil && first == nil {
+					first = err
+				}
+			}
+			errc <- first
+		}()
+	}
+	for _, p := range paths {
+		if ctx.Err() != nil {
+			break
+		}
+		ch <- p
+	}
+	close(ch)
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", p, err)
+	}
+	return nil
 }
 
 // Abort removes the batch's temp files.

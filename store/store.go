@@ -99,6 +99,7 @@ type VerityFunc func(f *os.File) (digest.Digest, error)
 type Store struct {
 	root   string
 	verity VerityFunc
+	noSync bool
 
 	held atomic.Int32 // locks held through this handle; writes require one
 
@@ -111,6 +112,10 @@ type Option func(*Store)
 
 // WithVerity records the fs-verity digest of every object when its layer is committed.
 func WithVerity(f VerityFunc) Option { return func(s *Store) { s.verity = f } }
+
+// WithoutSync skips fsync of objects: for tests and fuzzing only, where a power loss does not
+// matter. Ordering and verification are unchanged.
+func WithoutSync() Option { return func(s *Store) { s.noSync = true } }
 
 // Open opens (creating if needed) the store at root.
 func Open(root string, opts ...Option) (*Store, error) {

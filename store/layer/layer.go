@@ -1,0 +1,271 @@
+// Package layer moves tar layers into and out of the store: Import splits a layer (tar, tar+gzip,
+// tar+zstd, zstd:chunked read as a plain stream) into one object per distinct file content plus a
+// TOC and tar-split; Export rebuilds the bit-exact tar, whose sha256 is the DiffID.
+package layer
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
+)
+
+// Bounds on hostile input.
+const (
+	maxNameLen = 4096 // PATH_MAX
+	maxEntries = 10_000_000
+)
+
+// Options for Import.
+type Options struct {
+	// DiffID, if set, is what the layer's tar must hash to; a mismatch stores nothing.
+	DiffID digest.Digest
+}
+
+// Import reads one layer from r and stores it: objects first (in one batch), then the layer
+// metadata. It returns the stored layer. The caller holds the store's shared lock (and keeps
+// holding it until the image that uses the layer is recorded).
+func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (store.Layer, error) {
+	if opts.DiffID != "" && s.HasLayer(opts.DiffID) {
+		return s.Layer(ctx, opts.DiffID)
+	}
+	plain, err := chunked.Decompress(r)
+	if err != nil {
+		return store.Layer{}, fmt.Errorf("layer: %w", err)
+	}
+	defer plain.Close()
+
+	batch := s.NewBatch()
+	committed := false
+	defer func() {
+		if !committed {
+			batch.Abort()
+		}
+	}()
+	diff := sha256.New()
+	counted := &countingReader{r: io.TeeReader(plain, diff)}
+	var tarSplit bytes.Buffer
+	toc := &chunked.TOC{Version: 1}
+	var content int64
+	seen := map[string]bool{}
+
+	err = chunked.WalkTar(counted, &tarSplit, func(hdr *tar.Header, payload io.Reader) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if len(toc.Entries) >= maxEntries {
+			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
+		}
+		clean, err := CleanName(hdr.Name)
+		if err != nil {
+			return err
+		}
+		if seen[clean] {
+			return fmt.Errorf("entry %q appears twice: %w", hdr.Name, errdefs.ErrInvalid)
+		}
+		seen[clean] = true
+		if hdr.Typeflag == tar.TypeLink || hdr.Typeflag == tar.TypeSymlink {
+			if len(hdr.Linkname) > maxNameLen || hdr.Linkname == "" {
+				return fmt.Errorf("entry %q: link target empty or over %d bytes: %w", hdr.Name, maxNameLen, errdefs.ErrInvalid)
+			}
+		}
+		if hdr.Typeflag == tar.TypeLink {
+			_, err := CleanName(hdr.Linkname)
+			if err != nil {
+				return fmt.Errorf("hardlink %q: %w", hdr.Name, err)
+			}
+			// A target in a lower layer is legal; checkout refuses targets missing from the tree.
+		}
+		e, err := chunked.EntryFromHeader(hdr)
+		if err != nil {
+			return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errdefs.ErrInvalid)
+		}
+		if e.Type != chunked.TypeReg || hdr.Size == 0 {
+			toc.Entries = append(toc.Entries, e)
+			return nil
+		}
+		if hdr.Size < 0 {
+			return fmt.Errorf("entry %q: size %d: %w", hdr.Name, hdr.Size, errdefs.ErrInvalid)
+		}
+		entries, err := storeFile(ctx, batch, e, payload, hdr.Size)
+		if err != nil {
+			return fmt.Errorf("entry %q: %w", hdr.Name, err)
+		}
+		toc.Entries = append(toc.Entries, entries...)
+		content += hdr.Size
+		return nil
+	})
+	if err != nil {
+		return store.Layer{}, classify(err)
+	}
+	// The DiffID covers every byte of the tar stream, including anything after the archive end.
+	if _, err := io.Copy(io.Discard, counted); err != nil {
+		return store.Layer{}, classify(err)
+	}
+	// A lenient tar reader accepts some truncated archives (e.g. missing padding) whose tar-split
+	// then cannot rebuild every byte; such a layer could never be exported, so refuse it.
+	if n, err := tarSplitLength(tarSplit.Bytes()); err != nil || n != counted.n {
+		return store.Layer{}, fmt.Errorf("layer: tar stream of %d bytes, tar-split accounts for %d (%v): truncated or malformed: %w", counted.n, n, err, errdefs.ErrInvalid)
+	}
+	diffID := digest.NewDigest(digest.SHA256, diff)
+	if opts.DiffID != "" && diffID != opts.DiffID {
+		return store.Layer{}, fmt.Errorf("layer: tar hashes to %s, expected DiffID %s: %w", diffID, opts.DiffID, errdefs.ErrDigestMismatch)
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return store.Layer{}, fmt.Errorf("layer %s: %w", diffID, err)
+	}
+	committed = true
+	l := store.Layer{DiffID: diffID, TarSize: counted.n, ContentSize: content}
+	if err := s.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
+		return store.Layer{}, err
+	}
+	return s.Layer(ctx, diffID)
+}
+
+// storeFile writes one regular file's payload as an object while cutting it into the same
+// rollsum chunks as a zstd:chunked writer, and returns its TOC entries.
+func storeFile(ctx context.Context, b *store.Batch, e chunked.Entry, payload io.Reader, size int64) ([]chunked.Entry, error) {
+	w, err := b.Ingest(ctx, "", size)
+	if err != nil {
+		return nil, err
+	}
+	var chunks []chunked.Chunk
+	cw := chunked.NewChunkWriter(w, func(c chunked.Chunk) error {
+		chunks = append(chunks, c)
+		return nil
+	})
+	n, err := io.Copy(cw, payload)
+	if err == nil {
+		err = cw.Close()
+	}
+	if err == nil && n != size {
+		err = fmt.Errorf("declares %d bytes but holds %d: %w", size, n, errdefs.ErrInvalid)
+	}
+	if err != nil {
+		w.Abort()
+		return nil, err
+	}
+	d, err := w.Commit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return chunked.ChunkEntries(e, d, chunks, nil), nil
+}
+
+// classify marks truncated or malformed tar streams as invalid input.
+func classify(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, tar.ErrHeader) || errors.Is(err, tar.ErrFieldTooLong) {
+		return fmt.Errorf("layer: %v: %w", err, errdefs.ErrInvalid)
+	}
+	return fmt.Errorf("layer: %w", err)
+}
+
+// CleanName turns a tar entry name into a clean relative path ("./a/b/" → "a/b"), rejecting
+// names that are absolute, climb out with "..", contain NUL, or exceed PATH_MAX. The root
+// itself is ".".
+func CleanName(name string) (string, error) {
+	if len(name) > maxNameLen {
+		return "", fmt.Errorf("name of %d bytes is over PATH_MAX: %w", len(name), errdefs.ErrInvalid)
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", fmt.Errorf("name %q contains NUL: %w", name, errdefs.ErrInvalid)
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", fmt.Errorf("absolute name %q: %w", name, errdefs.ErrInvalid)
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("name %q climbs out with \"..\": %w", name, errdefs.ErrInvalid)
+		}
+	}
+	return path.Clean(name), nil
+}
+
+// tarSplitLength is the number of tar bytes a tar-split stream rebuilds: raw segments plus file
+// payloads.
+func tarSplitLength(ts []byte) (int64, error) {
+	var n int64
+	dec := json.NewDecoder(bytes.NewReader(ts))
+	for {
+		var e struct {
+			Type    int    `json:"type"`
+			Size    int64  `json:"size"`
+			Payload []byte `json:"payload"`
+		}
+		if err := dec.Decode(&e); err == io.EOF {
+			return n, nil
+		} else if err != nil {
+			return n, err
+		}
+		switch e.Type {
+		case 1:
+			n += e.Size
+		case 2:
+			n += int64(len(e.Payload))
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Export writes the layer's exact tar stream to w, rebuilt from its tar-split and objects, and
+// checks that it hashes to the DiffID.
+func Export(ctx context.Context, s *store.Store, diffID digest.Digest, w io.Writer) error {
+	toc, err := s.LayerTOC(ctx, diffID)
+	if err != nil {
+		return err
+	}
+	ts, err := s.LayerTarSplit(ctx, diffID)
+	if err != nil {
+		return err
+	}
+	byName := map[string]digest.Digest{}
+	for _, e := range toc.Entries {
+		if e.Type == chunked.TypeReg && e.Size > 0 {
+			d, err := digest.Parse(e.Digest)
+			if err != nil {
+				return fmt.Errorf("layer %s: entry %q: %v: %w", diffID, e.Name, err, errdefs.ErrInvalid)
+			}
+			byName[e.Name] = d
+		}
+	}
+	h := sha256.New()
+	err = chunked.RebuildTar(bytes.NewReader(ts), func(name string, size int64) (io.ReadCloser, error) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		d, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("file %q is in the tar-split but not the TOC: %w", name, errdefs.ErrInvalid)
+		}
+		return s.Open(ctx, d)
+	}, io.MultiWriter(w, h))
+	if err != nil {
+		return fmt.Errorf("exporting layer %s: %w", diffID, err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
+		return fmt.Errorf("exporting layer %s: rebuilt tar hashes to %s: %w", diffID, got, errdefs.ErrDigestMismatch)
+	}
+	return nil
+}

@@ -1,0 +1,265 @@
+package layer_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+// testdata finds ../shared/testdata next to the module root, or skips.
+func testdata(t testing.TB, rel string) string {
+	t.Helper()
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Skip("module root not found")
+		}
+		dir = parent
+	}
+	p := filepath.Join(dir, "..", "shared", "testdata", rel)
+	if _, err := os.Stat(p); err != nil {
+		t.Skipf("testdata %s absent: %v", p, err)
+	}
+	return p
+}
+
+func newStore(t testing.TB) *store.Store {
+	t.Helper()
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := s.RLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock)
+	return s
+}
+
+func readFile(t testing.TB, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func gz(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func zst(t testing.TB, b []byte) []byte {
+	enc, _ := zstd.NewWriter(nil)
+	return enc.EncodeAll(b, nil)
+}
+
+// sameEntries compares a store TOC with the reference compressor's, ignoring the compressed
+// offsets a store has no use for.
+func sameEntries(t *testing.T, got, want *chunked.TOC) {
+	t.Helper()
+	if len(got.Entries) != len(want.Entries) {
+		t.Fatalf("TOC has %d entries, reference %d", len(got.Entries), len(want.Entries))
+	}
+	for i := range want.Entries {
+		g, w := got.Entries[i], want.Entries[i]
+		w.Offset, w.EndOffset = 0, 0
+		gj, _ := json.Marshal(g)
+		wj, _ := json.Marshal(w)
+		if !bytes.Equal(gj, wj) {
+			t.Fatalf("entry %d:\n got %s\nwant %s", i, gj, wj)
+		}
+	}
+}
+
+func TestImportExportTestdata(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{"mixed", "real"} {
+		t.Run(name, func(t *testing.T) {
+			tarBytes := readFile(t, testdata(t, "zstd-chunked/"+name+".tar"))
+			var refTOC chunked.TOC
+			if err := json.Unmarshal(readFile(t, testdata(t, "zstd-chunked/"+name+".toc.json")), &refTOC); err != nil {
+				t.Fatal(err)
+			}
+			diffID := digest.FromBytes(tarBytes)
+			s := newStore(t)
+			inputs := map[string][]byte{
+				"tar":          tarBytes,
+				"tar+gzip":     gz(t, tarBytes),
+				"tar+zstd":     zst(t, tarBytes),
+				"zstd:chunked": readFile(t, testdata(t, "zstd-chunked/"+name+".zstd-chunked")),
+			}
+			for kind, in := range inputs {
+				// A fresh store per kind so that each really ingests.
+				s := newStore(t)
+				l, err := layer.Import(ctx, s, bytes.NewReader(in), layer.Options{DiffID: diffID})
+				if err != nil {
+					t.Fatalf("%s: %v", kind, err)
+				}
+				if l.DiffID != diffID || l.TarSize != int64(len(tarBytes)) {
+					t.Fatalf("%s: layer %+v, want DiffID %s size %d", kind, l, diffID, len(tarBytes))
+				}
+				toc, err := s.LayerTOC(ctx, diffID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sameEntries(t, toc, &refTOC)
+				var out bytes.Buffer
+				if err := layer.Export(ctx, s, diffID, &out); err != nil {
+					t.Fatalf("%s: export: %v", kind, err)
+				}
+				if !bytes.Equal(out.Bytes(), tarBytes) {
+					t.Fatalf("%s: exported tar differs from the original", kind)
+				}
+			}
+			// Importing twice stores nothing new.
+			if _, err := layer.Import(ctx, s, bytes.NewReader(tarBytes), layer.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			before := countObjects(t, s)
+			if _, err := layer.Import(ctx, s, bytes.NewReader(tarBytes), layer.Options{}); err != nil {
+				t.Fatal(err)
+			}
+			if after := countObjects(t, s); after != before {
+				t.Fatalf("re-import changed object count %d → %d", before, after)
+			}
+			if r, err := s.Fsck(ctx, false); err != nil || !r.Clean() {
+				t.Fatalf("fsck: %v %v", r.Problems, err)
+			}
+		})
+	}
+}
+
+func countObjects(t *testing.T, s *store.Store) int {
+	n := 0
+	if err := s.Walk(context.Background(), func(store.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestImportWrongDiffID(t *testing.T) {
+	s := newStore(t)
+	tarBytes := readFile(t, testdata(t, "zstd-chunked/mixed.tar"))
+	_, err := layer.Import(context.Background(), s, bytes.NewReader(tarBytes), layer.Options{DiffID: digest.FromString("x")})
+	if !errors.Is(err, errdefs.ErrDigestMismatch) {
+		t.Fatalf("err = %v, want ErrDigestMismatch", err)
+	}
+	if n := countObjects(t, s); n != 0 {
+		t.Fatalf("%d objects visible after a failed import", n)
+	}
+	if ls, _ := s.Layers(context.Background()); len(ls) != 0 {
+		t.Fatalf("layers visible after a failed import: %v", ls)
+	}
+}
+
+type tarEntry struct {
+	hdr  tar.Header
+	data string
+	// short writes only this many payload bytes (a declared size larger than the data).
+	short int
+}
+
+func makeTar(t testing.TB, entries []tarEntry) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.hdr
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if h.Typeflag == tar.TypeReg && h.Size == 0 {
+			h.Size = int64(len(e.data))
+		}
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(e.data))
+	}
+	if entries != nil && entries[len(entries)-1].short > 0 {
+		// Truncated archive: stop in the middle of the last payload.
+		return buf.Bytes()[:buf.Len()-int(entries[len(entries)-1].hdr.Size)+entries[len(entries)-1].short-1]
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func TestImportHostile(t *testing.T) {
+	long := strings.Repeat("a/", 2100) + "f"
+	cases := map[string][]tarEntry{
+		"absolute":  {{hdr: tar.Header{Name: "/etc/passwd"}, data: "x"}},
+		"dotdot":    {{hdr: tar.Header{Name: "a/../../etc/passwd"}, data: "x"}},
+		"duplicate": {{hdr: tar.Header{Name: "f"}, data: "1"}, {hdr: tar.Header{Name: "./f"}, data: "2"}},
+		"hardlink-out": {
+			{hdr: tar.Header{Name: "f"}, data: "1"},
+			{hdr: tar.Header{Name: "l", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"}},
+		},
+		"hardlink-abs": {{hdr: tar.Header{Name: "l", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}}},
+		"too-long":     {{hdr: tar.Header{Name: long}, data: "x"}},
+		"short-data":   {{hdr: tar.Header{Name: "f", Size: 100000}, data: strings.Repeat("z", 100000), short: 5000}},
+	}
+	for name, entries := range cases {
+		t.Run(name, func(t *testing.T) {
+			s := newStore(t)
+			_, err := layer.Import(context.Background(), s, bytes.NewReader(makeTar(t, entries)), layer.Options{})
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Fatalf("err = %v, want ErrInvalid", err)
+			}
+			if n := countObjects(t, s); n != 0 {
+				t.Fatalf("%d objects visible after a rejected layer", n)
+			}
+			ents, _ := os.ReadDir(filepath.Join(s.Root(), "tmp"))
+			if len(ents) != 0 {
+				t.Fatalf("temp files left: %d", len(ents))
+			}
+		})
+	}
+}
+
+// FuzzImport feeds arbitrary bytes as a layer: never a panic, and whatever is accepted exports
+// back bit-exactly.
+func FuzzImport(f *testing.F) {
+	f.Add(readFile(f, testdata(f, "zstd-chunked/mixed.tar"))[:20000])
+	f.Add(makeTar(f, []tarEntry{{hdr: tar.Header{Name: "a"}, data: "hello"}}))
+	f.Add([]byte{})
+	s := newStore(f)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		l, err := layer.Import(context.Background(), s, bytes.NewReader(in), layer.Options{})
+		if err != nil {
+			return
+		}
+		h := sha256.New()
+		if err := layer.Export(context.Background(), s, l.DiffID, h); err != nil {
+			t.Fatalf("accepted layer does not export: %v", err)
+		}
+	})
+}
