@@ -1,0 +1,5 @@
+package interop
+
+import "archive/tar"
+
+type tarHeader = tar.Header
