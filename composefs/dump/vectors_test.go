@@ -1,0 +1,168 @@
+package dump
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/kura-oci/kura/composefs"
+)
+
+// vectorDir finds ../shared/testdata/composefs next to the module root.
+func vectorDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Skip("module root not found")
+		}
+		dir = parent
+	}
+	vd := filepath.Join(dir, "..", "shared", "testdata", "composefs")
+	if _, err := os.Stat(vd); err != nil {
+		t.Skipf("composefs vectors not found at %s", vd)
+	}
+	return vd
+}
+
+// readVector returns the uncompressed dump. A vector whose whole content is the name of another
+// vector is a git symlink stored as a file (special_v1.dump -> special.dump).
+func readVector(t testing.TB, dir, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(b); len(b) < 256 && !strings.ContainsAny(s, " \n") && s != name {
+		if _, err := os.Stat(filepath.Join(dir, s)); err == nil {
+			return readVector(t, dir, s)
+		}
+	}
+	if strings.HasSuffix(name, ".gz") {
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err = io.ReadAll(zr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b
+}
+
+var nonStrict = map[string]bool{
+	"no-newline.dump":                      true,
+	"longlink.dump":                        true,
+	"honggfuzz-longlink-unterminated.dump": true,
+}
+
+type vector struct {
+	name    string
+	dump    []byte
+	sha256  string
+	opts    []composefs.Option
+	version string
+}
+
+func vectors(t testing.TB) []vector {
+	dir := vectorDir(t)
+	shas, _ := filepath.Glob(filepath.Join(dir, "*.sha256"))
+	var vs []vector
+	for _, s := range shas {
+		name := strings.TrimSuffix(filepath.Base(s), ".sha256")
+		if st, err := os.Stat(filepath.Join(dir, name)); err != nil || st.Size() == 0 {
+			continue // no input for this checksum here
+		}
+		want, _ := os.ReadFile(s)
+		v := vector{name: name, dump: readVector(t, dir, name), sha256: strings.TrimSpace(string(want))}
+		if ver, err := os.ReadFile(filepath.Join(dir, name+".version")); err == nil {
+			n, err := strconv.Atoi(strings.TrimSpace(string(ver)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.version = strconv.Itoa(n)
+			v.opts = []composefs.Option{composefs.WithMinVersion(n), composefs.WithMaxVersion(n)}
+		}
+		vs = append(vs, v)
+	}
+	if len(vs) == 0 {
+		t.Skip("no composefs vectors")
+	}
+	return vs
+}
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func TestVectorsImageChecksum(t *testing.T) {
+	hasFsck := exec.Command("fsck.erofs", "--help").Run() == nil || lookPath("fsck.erofs")
+	for _, v := range vectors(t) {
+		t.Run(v.name, func(t *testing.T) {
+			root, err := Parse(bytes.NewReader(v.dump), !nonStrict[v.name])
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			img, err := composefs.BuildImage(root, v.opts...)
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			if got := sum(img); got != v.sha256 {
+				t.Errorf("image sha256 %s, mkcomposefs wrote %s", got, v.sha256)
+			}
+			if hasFsck {
+				path := filepath.Join(t.TempDir(), "img")
+				if err := os.WriteFile(path, img, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if out, err := exec.Command("fsck.erofs", path).CombinedOutput(); err != nil {
+					t.Errorf("fsck.erofs: %v\n%s", err, out)
+				}
+			}
+		})
+	}
+}
+
+func lookPath(name string) bool {
+	_, err := exec.LookPath(name)
+	return err == nil
+}
+
+func TestShouldFailVectors(t *testing.T) {
+	dir := vectorDir(t)
+	files, _ := filepath.Glob(filepath.Join(dir, "should-fail-*.dump"))
+	if len(files) == 0 {
+		t.Skip("no should-fail vectors")
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			b := readVector(t, dir, name)
+			root, err := Parse(bytes.NewReader(b), true)
+			if err == nil {
+				// Some inputs are only rejected when written, like mkcomposefs does.
+				_, err = composefs.BuildImage(root)
+			}
+			if err == nil {
+				t.Fatalf("%s accepted", name)
+			}
+			t.Logf("rejected: %v", err)
+		})
+	}
+}
