@@ -60,12 +60,14 @@ func Verify(ctx context.Context, blob io.ReaderAt, desc Descriptor, opts ...Read
 		return nil, err
 	}
 	diffID := sha256.New()
-	_, err = io.Copy(diffID, ctxReader{ctx, zr})
+	_, zErr := io.Copy(diffID, ctxReader{ctx, zr})
 	zr.Close()
-	if err != nil {
-		return nil, fmt.Errorf("decompressing the blob: %w: %w", errdefs.ErrInvalid, err)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	if _, err := io.Copy(blobDigest, sr); err != nil { // bytes after the last frame, if any
+	// The blob digest comes first: a blob that is not the one described is reported as such
+	// even when it does not decompress.
+	if _, err := io.Copy(blobDigest, sr); err != nil { // bytes the decoder did not read, if any
 		return nil, err
 	}
 	if n, _ := blob.ReadAt(make([]byte, 1), desc.Size); n > 0 {
@@ -73,6 +75,9 @@ func Verify(ctx context.Context, blob io.ReaderAt, desc Descriptor, opts ...Read
 	}
 	if got := digest.NewDigest(digest.SHA256, blobDigest); got != desc.Digest {
 		return nil, fmt.Errorf("blob digest %s, descriptor says %s: %w", got, desc.Digest, errdefs.ErrDigestMismatch)
+	}
+	if zErr != nil {
+		return nil, fmt.Errorf("decompressing the blob: %w: %w", errdefs.ErrInvalid, zErr)
 	}
 	if got := digest.NewDigest(digest.SHA256, diffID); desc.DiffID != "" && got != desc.DiffID {
 		return nil, fmt.Errorf("decompressed blob has DiffID %s, descriptor says %s: %w", got, desc.DiffID, errdefs.ErrDigestMismatch)
