@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/errdefs"
 )
 
 // vectorDir finds ../shared/testdata/composefs next to the module root.
@@ -126,6 +128,33 @@ func TestVectorsImageChecksum(t *testing.T) {
 			if got := sum(img); got != v.sha256 {
 				t.Errorf("image sha256 %s, mkcomposefs wrote %s", got, v.sha256)
 			}
+			// image -> tree -> image, and image -> dump -> tree -> image, give the same bytes.
+			back, err := composefs.ReadImage(img)
+			if err != nil {
+				t.Fatalf("reading image back: %v", err)
+			}
+			img2, err := composefs.BuildImage(back, v.opts...)
+			if err != nil {
+				t.Fatalf("rebuilding from image: %v", err)
+			}
+			if !bytes.Equal(img, img2) {
+				t.Errorf("image -> tree -> image differs")
+			}
+			var d bytes.Buffer
+			if err := Write(&d, back); err != nil {
+				t.Fatal(err)
+			}
+			root2, err := Parse(bytes.NewReader(d.Bytes()), !nonStrict[v.name])
+			if err != nil {
+				t.Fatalf("parsing dump of image: %v", err)
+			}
+			img3, err := composefs.BuildImage(root2, v.opts...)
+			if err != nil {
+				t.Fatalf("building from dump of image: %v", err)
+			}
+			if !bytes.Equal(img, img3) {
+				t.Errorf("image -> dump -> image differs")
+			}
 			if hasFsck {
 				path := filepath.Join(t.TempDir(), "img")
 				if err := os.WriteFile(path, img, 0o644); err != nil {
@@ -154,15 +183,22 @@ func TestShouldFailVectors(t *testing.T) {
 		name := filepath.Base(f)
 		t.Run(name, func(t *testing.T) {
 			b := readVector(t, dir, name)
-			root, err := Parse(bytes.NewReader(b), true)
-			if err == nil {
-				// Some inputs are only rejected when written, like mkcomposefs does.
-				_, err = composefs.BuildImage(root)
+			// Rejected in strict mode, and also without it, so each is rejected for its own
+			// fault and not just for a missing final newline.
+			for _, strict := range []bool{true, false} {
+				root, err := Parse(bytes.NewReader(b), strict)
+				if err == nil {
+					// Some inputs are only rejected when written, like mkcomposefs does.
+					_, err = composefs.BuildImage(root)
+				}
+				if err == nil {
+					t.Fatalf("%s accepted (strict=%v)", name, strict)
+				}
+				if !errors.Is(err, errdefs.ErrInvalid) {
+					t.Errorf("strict=%v: error %v is not ErrInvalid", strict, err)
+				}
+				t.Logf("strict=%v rejected: %v", strict, err)
 			}
-			if err == nil {
-				t.Fatalf("%s accepted", name)
-			}
-			t.Logf("rejected: %v", err)
 		})
 	}
 }
