@@ -265,3 +265,18 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	}
 	return nil
 }
+
+// VariantPath is where a hardlink checkout keeps the copy of an object that carries one set of
+// metadata (key digests content + metadata; see package checkout). gc removes variants that no
+// checkout links to any more.
+func (s *Store) VariantPath(key digest.Digest) (string, error) {
+	if err := checkDigest(key); err != nil {
+		return "", err
+	}
+	h := key.Encoded()
+	return filepath.Join(s.root, dirVariants, h[:2], h[2:]), nil
+}
+
+// TempDir is the store's directory for files being written; anything in it may be removed by gc
+// and fsck --repair (under the exclusive lock).
+func (s *Store) TempDir() string { return filepath.Join(s.root, dirTmp) }
