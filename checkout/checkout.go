@@ -213,7 +213,11 @@ func (c *checkout) openDir(dir string) (int, error) {
 		if perr != nil {
 			return -1, perr
 		}
-		if err := unix.Mkdirat(pfd, base, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := unix.Mkdirat(pfd, base, 0o755); errors.Is(err, unix.EEXIST) {
+			// Something that is not a directory is there: a symlink pointing nowhere inside the
+			// root (possibly to the host, which never counts).
+			return -1, fmt.Errorf("parent %q is a symlink that leads nowhere inside the tree: %w", dir, errdefs.ErrInvalid)
+		} else if err != nil {
 			return -1, fmt.Errorf("creating directory %q: %w", dir, err)
 		}
 		fd, err = unix.Openat2(c.root, dir, &unix.OpenHow{
@@ -368,8 +372,9 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 			}
 		}
 		// A later entry replaces an earlier one, a directory with all its contents.
-		c.dropParents()
-		if err := removeAllAt(pfd, base); err != nil {
+		err := removeAllAt(pfd, base)
+		c.dropParents() // cached fds may name what was just removed
+		if err != nil {
 			return err
 		}
 		delete(c.dirs, name)
