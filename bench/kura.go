@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// ---------------------------------------------------------------------------
+// KURA HOOKS. The kura command lines the harness runs live here and only
+// here; adjust them when the CLI lands. Each hook is skipped, with a clear
+// message in the report, while `kura help <command>` does not know it.
+//
+// Assumed syntax (global --root selects the store):
+//   kura --root STORE push oci:LAYOUT:TAG REGISTRY/REPO:TAG
+//   kura --root STORE pull REGISTRY/REPO:TAG
+//   kura --root STORE mount REGISTRY/REPO:TAG MOUNTPOINT
+//   kura --root STORE umount MOUNTPOINT        (else plain umount(2))
+// ---------------------------------------------------------------------------
+
+// kuraRegistryFlags are extra flags for push and pull against the plain-HTTP
+// loopback registry (e.g. "--insecure" if the CLI wants one).
+var kuraRegistryFlags = []string{}
+
+func kuraPushArgs(store, layout, tag, ref string) []string {
+	return append(append([]string{"--root", store, "push"}, kuraRegistryFlags...), "oci:"+layout+":"+tag, ref)
+}
+
+func kuraPullArgs(store, ref string) []string {
+	return append(append([]string{"--root", store, "pull"}, kuraRegistryFlags...), ref)
+}
+
+func kuraMountArgs(store, ref, mountpoint string) []string {
+	return []string{"--root", store, "mount", ref, mountpoint}
+}
+
+func kuraUmountArgs(store, mountpoint string) []string {
+	return []string{"--root", store, "umount", mountpoint}
+}
+
+// kuraRepo is where kura pushes its own zstd:chunked images (with tar-split,
+// both annotation sets); skopeo's old-format images are in appRepo.
+const kuraRepo = "bench/kura"
+
+// END OF KURA HOOKS.
+// ---------------------------------------------------------------------------
+
+// kuraHas reports whether the kura binary knows a subcommand. Cobra exits 0
+// for unknown help topics (and prints the root help when there are no
+// subcommands at all), so the subcommand's own usage line must be there.
+func kuraHas(bin, sub string) bool {
+	if bin == "" {
+		return false
+	}
+	out, err := exec.Command(bin, "help", sub).CombinedOutput()
+	return err == nil && strings.Contains(string(out), "kura "+sub)
+}
+
+func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult {
+	sys := &SystemResult{Name: "kura"}
+	skip := func(why string) *SystemResult {
+		log.Printf("kura: SKIPPED: %s", why)
+		sys.Skipped, sys.SkipReason = true, why
+		return sys
+	}
+	if cfg.kura == "" {
+		return skip("no kura binary (run.sh builds ./cmd/kura; the build failed or -kura was not given)")
+	}
+	if !kuraHas(cfg.kura, "pull") {
+		return skip(fmt.Sprintf("`%s help pull` does not know the command: kura pull is not implemented yet", cfg.kura))
+	}
+	store := filepath.Join(cfg.work, "kura-store")
+	if err := removeTree(store); err != nil {
+		return skip("cleaning the kura store: " + err.Error())
+	}
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return skip(err.Error())
+	}
+	kura := func(label string, args ...string) error {
+		cmd := exec.CommandContext(ctx, cfg.kura, args...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("kura %s: %w: %s", label, err, tail(string(b), 1000))
+		}
+		return nil
+	}
+
+	repo := appRepo
+	if kuraHas(cfg.kura, "push") {
+		// A separate store for pushing, so the pull store starts empty.
+		pushStore := filepath.Join(cfg.work, "kura-push-store")
+		_ = removeTree(pushStore)
+		repo = kuraRepo
+		for _, v := range c.Versions {
+			mark := p.Begin("kura push " + v.Name)
+			start := time.Now()
+			err := kura("push", kuraPushArgs(pushStore, v.Layout, v.Name, p.Addr+"/"+kuraRepo+":"+v.Name)...)
+			if err != nil {
+				sys.Notes = append(sys.Notes, err.Error()+"; pulling skopeo's images instead")
+				repo = appRepo
+				break
+			}
+			log.Printf("kura push %s: %.1fs, uploaded %.1f MB", v.Name, time.Since(start).Seconds(), mb(sumTraffic(p.Since(mark)).Uploaded))
+		}
+		_ = removeTree(pushStore)
+	} else {
+		sys.Notes = append(sys.Notes, "kura push not implemented: kura pulls skopeo's old-format zstd:chunked images")
+	}
+
+	var refs []string
+	for _, v := range c.Versions {
+		ref := p.Addr + "/" + repo + ":" + v.Name
+		refs = append(refs, ref)
+		mark := p.Begin("kura pull " + v.Name)
+		start := time.Now()
+		err := kura("pull", kuraPullArgs(store, ref)...)
+		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark))}
+		p.Begin("")
+		if err != nil {
+			r.Error = err.Error()
+			sys.Pulls = append(sys.Pulls, r)
+			sys.Notes = append(sys.Notes, "pull failed: "+err.Error())
+			log.Printf("kura: %v", err)
+			return sys
+		}
+		if r.Traffic.Received == 0 && len(sys.Pulls) == 0 {
+			sys.Notes = append(sys.Notes, "kura pull "+v.Name+" exited 0 but fetched nothing through the proxy: check the hook's command line in kura.go")
+		}
+		r.DiskAfter, _ = duBytes(store)
+		log.Printf("kura pull %s: %.1fs, requested %.2f MB, received %.2f MB, disk %.1f MB",
+			v.Name, r.Seconds, mb(r.Traffic.Requested), mb(r.Traffic.Received), mb(r.DiskAfter))
+		sys.Pulls = append(sys.Pulls, r)
+	}
+
+	if !kuraHas(cfg.kura, "mount") {
+		sys.Notes = append(sys.Notes, "page cache skipped: kura mount is not implemented yet")
+		log.Printf("kura: page cache SKIPPED: kura mount is not implemented yet")
+		return sys
+	}
+	sys.PageCache = kuraPageCache(ctx, cfg, store, refs, kura)
+	return sys
+}
+
+// kuraPageCache mounts every version and reads the same file set from each.
+func kuraPageCache(ctx context.Context, cfg config, store string, refs []string, kura func(string, ...string) error) *PageCache {
+	pc := &PageCache{Method: "kura mount", Containers: len(refs)}
+	start := time.Now()
+	mntRoot := filepath.Join(cfg.work, "kura-mnt")
+	_ = removeTree(mntRoot)
+	var mounts []string
+	defer func() {
+		hasUmount := kuraHas(cfg.kura, "umount")
+		for _, m := range mounts {
+			if hasUmount && kura("umount", kuraUmountArgs(store, m)...) == nil {
+				continue
+			}
+			_ = exec.Command("umount", m).Run()
+		}
+		_ = removeTree(mntRoot)
+	}()
+	for i, r := range refs {
+		m := filepath.Join(mntRoot, fmt.Sprintf("c%d", i))
+		if err := os.MkdirAll(m, 0o755); err != nil {
+			pc.Error = err.Error()
+			return pc
+		}
+		if err := kura("mount", kuraMountArgs(store, r, m)...); err != nil {
+			pc.Error = err.Error()
+			return pc
+		}
+		mounts = append(mounts, m)
+	}
+	delta, err := cachedDelta(func() error {
+		for _, m := range mounts {
+			if err := readTrees(m, cfg.readSet); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	pc.CachedDelta = delta
+	if err != nil {
+		pc.Error = err.Error()
+	}
+	pc.Resident, _ = residentBytes(store)
+	pc.Seconds = time.Since(start).Seconds()
+	_ = ctx
+	return pc
+}
+
+// cleanupStores removes what a run leaves in the work dir besides the caches
+// (rootfs, corpus) that make the next run fast.
+func cleanupStores(cfg config) {
+	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "registry"} {
+		_ = removeTree(filepath.Join(cfg.work, d))
+	}
+}

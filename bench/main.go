@@ -1,0 +1,164 @@
+// Command bench measures what pulling, storing and running ten versions of
+// one application image costs: bytes over the wire per pull, wall time, disk
+// after N versions and page cache used by ten containers, for podman 4.3.1
+// (zstd:chunked partial pulls, with and without hard links) and for kura,
+// against the same local registry in the same run, next to the floor (the
+// compressed bytes of the files really new in each version).
+//
+// It owns the whole run: corpus, registry, counting proxy, baselines, report.
+// See README.md for what each figure means.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+// config is the run's parameters, all defaults in one place.
+type config struct {
+	work     string // large scratch: rootfs cache, corpus, registry, stores
+	out      string // small results: JSON, Markdown, PNG
+	versions int
+	quick    bool
+	mirror   string
+	kura     string // kura binary; empty or unusable means the kura hooks are skipped
+	readSet  []string
+	keep     bool // keep stores after the run (for inspection)
+}
+
+func main() {
+	log.SetFlags(log.Ltime)
+	log.SetPrefix("bench: ")
+	cfg := config{readSet: []string{"/usr/lib", "/usr/sbin"}}
+	flag.StringVar(&cfg.work, "work", "/var/tmp/kura-bench", "scratch directory (several GB)")
+	flag.StringVar(&cfg.out, "out", "out", "directory for results.json, results.md, chart.png")
+	flag.IntVar(&cfg.versions, "versions", 0, "number of image versions (default 10, 3 with -quick)")
+	flag.BoolVar(&cfg.quick, "quick", false, "smoke test: fewer versions, smaller application")
+	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror for debootstrap")
+	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
+	flag.Parse()
+	if cfg.versions == 0 {
+		cfg.versions = 10
+		if cfg.quick {
+			cfg.versions = 3
+		}
+	}
+	if cfg.versions < 2 || cfg.versions > 50 {
+		log.Fatalf("-versions %d: want 2..50", cfg.versions)
+	}
+	if os.Geteuid() != 0 {
+		log.Fatal("must run as root (debootstrap, podman storage, drop_caches, mounts)")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(ctx context.Context, cfg config) error {
+	start := time.Now()
+	for _, d := range []string{cfg.work, cfg.out} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	res := &Results{Started: start, Quick: cfg.quick, ReadSet: cfg.readSet}
+	res.Tools = toolVersions()
+
+	base, err := ensureRootfs(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	corpus, err := buildCorpus(ctx, cfg, base)
+	if err != nil {
+		return err
+	}
+	res.Versions = corpus.summaries()
+	res.Phases = append(res.Phases, phase("corpus ready", start))
+
+	reg, err := startRegistry(ctx, filepath.Join(cfg.work, "registry"))
+	if err != nil {
+		return err
+	}
+	defer reg.Stop()
+	proxy, err := startProxy(reg.Addr)
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+	log.Printf("registry %s behind counting proxy %s", reg.Addr, proxy.Addr)
+
+	pushStart := time.Now()
+	push, pushTraffic, err := skopeoPushAll(ctx, corpus, proxy)
+	if err != nil {
+		return err
+	}
+	res.Push, res.PushUploaded, res.PushSeconds = push, pushTraffic.Uploaded, time.Since(pushStart).Seconds()
+	res.Phases = append(res.Phases, phase("skopeo push done", start))
+
+	for _, hardLinks := range []bool{false, true} {
+		sys, err := runPodman(ctx, cfg, corpus, proxy, hardLinks)
+		if err != nil {
+			return err
+		}
+		res.Systems = append(res.Systems, *sys)
+		res.Phases = append(res.Phases, phase(sys.Name+" done", start))
+	}
+
+	kuraSys := runKura(ctx, cfg, corpus, proxy)
+	res.Systems = append(res.Systems, *kuraSys)
+	res.Phases = append(res.Phases, phase("kura hooks done", start))
+
+	res.Finished = time.Now()
+	res.TotalSeconds = time.Since(start).Seconds()
+	proxy.Close()
+	reg.Stop()
+	if !cfg.keep {
+		cleanupStores(cfg)
+	}
+	return writeReport(cfg, res)
+}
+
+func phase(name string, start time.Time) Phase {
+	log.Printf("== %s (%.0fs)", name, time.Since(start).Seconds())
+	return Phase{Name: name, Seconds: time.Since(start).Seconds()}
+}
+
+// toolVersions records what was measured, since figures depend on versions.
+func toolVersions() map[string]string {
+	out := map[string]string{}
+	for name, args := range map[string][]string{
+		"podman":   {"podman", "--version"},
+		"skopeo":   {"skopeo", "--version"},
+		"runc":     {"runc", "--version"},
+		"kernel":   {"uname", "-r"},
+		"registry": {"dpkg-query", "-W", "-f", "${Version}", "docker-registry"},
+	} {
+		b, err := exec.Command(args[0], args[1:]...).Output()
+		if err != nil {
+			out[name] = fmt.Sprintf("unknown (%v)", err)
+			continue
+		}
+		out[name] = firstLine(string(b))
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	for i, c := range s {
+		if c == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}

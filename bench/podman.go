@@ -1,0 +1,396 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// PushResult is one skopeo (or kura) push.
+type PushResult struct {
+	Version        string   `json:"version"`
+	Tool           string   `json:"tool"`
+	Seconds        float64  `json:"seconds"`
+	CompressedSize int64    `json:"compressedSize"` // the layer blob in the registry
+	MediaType      string   `json:"mediaType"`
+	Annotations    []string `json:"annotations"` // layer annotation keys
+}
+
+// PullResult is one pull of one version.
+type PullResult struct {
+	Version   string  `json:"version"`
+	Seconds   float64 `json:"seconds"`
+	Traffic   Traffic `json:"traffic"`
+	DiskAfter int64   `json:"diskAfter"` // du -sb of the store after this pull
+	Skipped   string  `json:"skipped,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// PageCache is the page cache ten containers (or mounts) use for the read set.
+type PageCache struct {
+	Method      string  `json:"method"`
+	Containers  int     `json:"containers"`
+	CachedDelta int64   `json:"cachedDelta"` // /proc/meminfo Cached after - before, readers
+	Overhead    int64   `json:"overhead"`    // same for containers that read nothing
+	Resident    int64   `json:"resident"`    // mincore of the store's files after the readers
+	Seconds     float64 `json:"seconds"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// SystemResult is everything measured for one puller configuration.
+type SystemResult struct {
+	Name       string       `json:"name"`
+	Skipped    bool         `json:"skipped"`
+	SkipReason string       `json:"skipReason,omitempty"`
+	Pulls      []PullResult `json:"pulls"`
+	PageCache  *PageCache   `json:"pageCache,omitempty"`
+	Notes      []string     `json:"notes,omitempty"`
+}
+
+const appRepo = "bench/app"
+
+// skopeoPushAll pushes every version as zstd:chunked with skopeo 1.9 (the old
+// zstd:chunked format that podman 4.3 can pull partially). skopeo compresses
+// on one core, so two pushes run at a time.
+func skopeoPushAll(ctx context.Context, c *Corpus, p *proxy) ([]PushResult, Traffic, error) {
+	out := make([]PushResult, len(c.Versions))
+	errs := make([]error, len(c.Versions))
+	mark := p.Begin("skopeo push")
+	sem := make(chan struct{}, 2)
+	var wg sync.WaitGroup
+	for i, v := range c.Versions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			start := time.Now()
+			cmd := exec.CommandContext(ctx, "skopeo", "copy", "--quiet",
+				"--dest-compress-format", "zstd:chunked", "--dest-tls-verify=false",
+				"oci:"+v.Layout+":"+v.Name, "docker://"+p.Addr+"/"+appRepo+":"+v.Name)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				errs[i] = fmt.Errorf("skopeo push %s: %w\n%s", v.Name, err, b)
+				return
+			}
+			r := PushResult{Version: v.Name, Tool: "skopeo", Seconds: time.Since(start).Seconds()}
+			if err := inspectLayer(ctx, p.Addr, appRepo, v.Name, &r); err != nil {
+				errs[i] = err
+				return
+			}
+			log.Printf("push %s: %.1fs, layer %.1f MB %s", v.Name, r.Seconds, mb(r.CompressedSize), r.MediaType)
+			out[i] = r
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, Traffic{}, err
+	}
+	traffic := sumTraffic(p.Since(mark))
+	p.Begin("")
+	return out, traffic, nil
+}
+
+// inspectLayer reads the pushed manifest to learn the layer's compressed size
+// and which zstd:chunked annotations the writer put on it.
+func inspectLayer(ctx context.Context, addr, repo, tag string, r *PushResult) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetching manifest %s:%s: %w", repo, tag, err)
+	}
+	defer resp.Body.Close()
+	var m struct {
+		Layers []struct {
+			MediaType   string            `json:"mediaType"`
+			Size        int64             `json:"size"`
+			Annotations map[string]string `json:"annotations"`
+		} `json:"layers"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&m); err != nil || len(m.Layers) != 1 {
+		return fmt.Errorf("manifest %s:%s: want one layer (status %s, err %v)", repo, tag, resp.Status, err)
+	}
+	r.CompressedSize, r.MediaType = m.Layers[0].Size, m.Layers[0].MediaType
+	for k := range m.Layers[0].Annotations {
+		r.Annotations = append(r.Annotations, k)
+	}
+	return nil
+}
+
+// podmanEnv is one private podman installation: storage, configuration and
+// the flags every command needs.
+type podmanEnv struct {
+	dir, root, runroot string
+	env                []string
+}
+
+func newPodmanEnv(cfg config, hardLinks bool, registryAddr string) (*podmanEnv, error) {
+	dir := filepath.Join(cfg.work, fmt.Sprintf("podman-hardlinks-%v", hardLinks))
+	if err := removeTree(dir); err != nil {
+		return nil, err
+	}
+	e := &podmanEnv{dir: dir, root: filepath.Join(dir, "root"), runroot: filepath.Join(dir, "runroot")}
+	for _, d := range []string{e.root, e.runroot, filepath.Join(dir, "tmp")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	files := map[string]string{
+		"storage.conf": fmt.Sprintf(`[storage]
+driver = "overlay"
+graphroot = %q
+runroot = %q
+
+[storage.options]
+pull_options = {enable_partial_images = "true", use_hard_links = "%v"}
+`, e.root, e.runroot, hardLinks),
+		"registries.conf": fmt.Sprintf(`unqualified-search-registries = []
+
+[[registry]]
+location = %q
+insecure = true
+`, registryAddr),
+		// No systemd here: cgroupfs and a file event log; crun fails on this
+		// cgroup setup, runc works.
+		"containers.conf": fmt.Sprintf(`[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+tmp_dir = %q
+`, filepath.Join(dir, "tmp")),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	e.env = append(os.Environ(),
+		"CONTAINERS_STORAGE_CONF="+filepath.Join(dir, "storage.conf"),
+		"CONTAINERS_REGISTRIES_CONF="+filepath.Join(dir, "registries.conf"),
+		"CONTAINERS_CONF="+filepath.Join(dir, "containers.conf"))
+	return e, nil
+}
+
+func (e *podmanEnv) args(a ...string) []string {
+	return append([]string{"--root", e.root, "--runroot", e.runroot, "--storage-driver", "overlay"}, a...)
+}
+
+func (e *podmanEnv) command(ctx context.Context, a ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "podman", e.args(a...)...)
+	cmd.Env = e.env
+	return cmd
+}
+
+// skippedRE matches podman's progress line "skipped: 61.2MiB = 93.26%".
+var skippedRE = regexp.MustCompile(`skipped: ([0-9.]+ ?[KMGT]?i?B) = ([0-9.]+)%`)
+
+// pull runs podman pull under script(1): podman prints its "skipped:"
+// figure only when stdout is a terminal.
+func (e *podmanEnv) pull(ctx context.Context, ref string) (string, error) {
+	line := "podman " + shellJoin(e.args("pull", "--tls-verify=false", ref))
+	cmd := exec.CommandContext(ctx, "script", "-qfec", line, "/dev/null")
+	cmd.Env = append(e.env, "TERM=xterm", "COLUMNS=200")
+	out, err := cmd.CombinedOutput()
+	_ = os.WriteFile(filepath.Join(e.dir, "pull-"+filepath.Base(strings.ReplaceAll(ref, ":", "-"))+".log"), out, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("podman pull %s: %w\n%s", ref, err, tail(string(out), 2000))
+	}
+	skipped := ""
+	for _, m := range skippedRE.FindAllStringSubmatch(string(out), -1) {
+		skipped = m[1] + " = " + m[2] + "%" // the last progress update is the final one
+	}
+	return skipped, nil
+}
+
+// runPodman pulls every version in order into a fresh podman storage and
+// measures traffic, time, disk, then page cache with one container each.
+func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks bool) (*SystemResult, error) {
+	sys := &SystemResult{Name: fmt.Sprintf("podman use_hard_links=%v", hardLinks)}
+	e, err := newPodmanEnv(cfg, hardLinks, p.Addr)
+	if err != nil {
+		return nil, err
+	}
+	var refs []string
+	for _, v := range c.Versions {
+		ref := p.Addr + "/" + appRepo + ":" + v.Name
+		refs = append(refs, ref)
+		mark := p.Begin(sys.Name + " pull " + v.Name)
+		start := time.Now()
+		skipped, err := e.pull(ctx, ref)
+		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark)), Skipped: skipped}
+		p.Begin("")
+		if err != nil {
+			return nil, err
+		}
+		if r.DiskAfter, err = duBytes(e.root); err != nil {
+			return nil, err
+		}
+		log.Printf("%s pull %s: %.1fs, requested %.2f MB, received %.2f MB (%d requests, %d ranges, %d plain blob GETs), skipped %q, disk %.1f MB",
+			sys.Name, v.Name, r.Seconds, mb(r.Traffic.Requested), mb(r.Traffic.Received), r.Traffic.Requests,
+			r.Traffic.Ranges, r.Traffic.PlainBlobGets, r.Skipped, mb(r.DiskAfter))
+		sys.Pulls = append(sys.Pulls, r)
+	}
+	sys.PageCache = podmanPageCache(ctx, cfg, e, refs)
+	if !cfg.keep {
+		// Free the storage now; the next configuration needs the disk and
+		// page cache figures must not mix.
+		if err := removeTree(e.dir); err != nil {
+			sys.Notes = append(sys.Notes, "cleanup: "+err.Error())
+		}
+	}
+	return sys, nil
+}
+
+// podmanPageCache runs one container per version, each reading the same file
+// set, and reports the page cache they add. If podman run fails here, it
+// falls back to podman image mount and reads the mounted trees.
+func podmanPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []string) *PageCache {
+	pc := &PageCache{Method: "podman run (runc)", Containers: len(refs)}
+	start := time.Now()
+	readCmd := "find " + strings.Join(cfg.readSet, " ") + " -type f -print0 | xargs -0 cat > /dev/null"
+	run := func(ref string, script string) error {
+		cmd := e.command(ctx, "run", "--rm", "--runtime", "runc", "--network=none",
+			"--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000", ref, "sh", "-c", script)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("podman run %s: %w: %s", ref, err, tail(string(b), 500))
+		}
+		return nil
+	}
+	// Warm podman's own binaries so they do not count.
+	if err := run(refs[0], "true"); err != nil {
+		log.Printf("podman run does not work here (%v); using podman image mount", err)
+		pc.Error = err.Error()
+		return podmanMountPageCache(ctx, cfg, e, refs, pc)
+	}
+	overhead, err := cachedDelta(func() error {
+		for _, r := range refs {
+			if err := run(r, "true"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		pc.Error = err.Error()
+		return pc
+	}
+	delta, err := cachedDelta(func() error {
+		for _, r := range refs {
+			if err := run(r, readCmd); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		pc.Error = err.Error()
+		return pc
+	}
+	pc.Overhead, pc.CachedDelta = overhead, delta
+	pc.Resident, err = residentBytes(filepath.Join(e.root, "overlay"))
+	if err != nil {
+		pc.Error = err.Error()
+	}
+	pc.Seconds = time.Since(start).Seconds()
+	log.Printf("page cache %s: Cached +%.1f MB (containers alone +%.1f MB), store resident %.1f MB",
+		pc.Method, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Resident))
+	return pc
+}
+
+func podmanMountPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []string, pc *PageCache) *PageCache {
+	pc.Method = "podman image mount"
+	start := time.Now()
+	var mounts []string
+	defer func() {
+		_ = e.command(context.Background(), "image", "unmount", "--all").Run()
+	}()
+	for _, r := range refs {
+		b, err := e.command(ctx, "image", "mount", r).Output()
+		if err != nil {
+			pc.Error += "; podman image mount: " + err.Error()
+			return pc
+		}
+		mounts = append(mounts, strings.TrimSpace(string(b)))
+	}
+	delta, err := cachedDelta(func() error {
+		for _, m := range mounts {
+			if err := readTrees(m, cfg.readSet); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	pc.CachedDelta = delta
+	if err != nil {
+		pc.Error += "; " + err.Error()
+	}
+	pc.Resident, _ = residentBytes(filepath.Join(e.root, "overlay"))
+	pc.Seconds = time.Since(start).Seconds()
+	return pc
+}
+
+// removeTree unmounts anything left mounted below dir by an earlier run
+// (overlay mounts of podman) and removes it.
+func removeTree(dir string) error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var mounts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			mounts = append(mounts, fields[4])
+		}
+	}
+	f.Close()
+	for i := len(mounts) - 1; i >= 0; i-- {
+		if err := syscall.Unmount(mounts[i], syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmounting %s: %w", mounts[i], err)
+		}
+	}
+	return os.RemoveAll(dir)
+}
+
+// duBytes is `du -sb`: apparent sizes, each hard-linked inode counted once.
+func duBytes(dir string) (int64, error) {
+	b, err := exec.Command("du", "-sb", dir).Output()
+	if err != nil {
+		return 0, fmt.Errorf("du %s: %w", dir, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("du %s: no output", dir)
+	}
+	return strconv.ParseInt(f[0], 10, 64)
+}
+
+func shellJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "…" + s[len(s)-n:]
+	}
+	return s
+}

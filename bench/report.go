@@ -1,0 +1,295 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+)
+
+// Results is everything one run measured (results.json).
+type Results struct {
+	Started      time.Time         `json:"started"`
+	Finished     time.Time         `json:"finished"`
+	TotalSeconds float64           `json:"totalSeconds"`
+	Quick        bool              `json:"quick"`
+	Tools        map[string]string `json:"tools"`
+	ReadSet      []string          `json:"readSet"`
+	Versions     []Version         `json:"versions"`
+	Push         []PushResult      `json:"push"`
+	PushSeconds  float64           `json:"pushSeconds"`  // all pushes, two at a time
+	PushUploaded int64             `json:"pushUploaded"` // request body bytes of all pushes
+	Systems      []SystemResult    `json:"systems"`
+	Phases       []Phase           `json:"phases"`
+}
+
+// Phase is the time since start at which a part of the run ended.
+type Phase struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+}
+
+func writeReport(cfg config, res *Results) error {
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.out, "results.json"), b, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.out, "results.md"), []byte(markdown(res)), 0o644); err != nil {
+		return err
+	}
+	if err := chart(res, filepath.Join(cfg.out, "chart.png")); err != nil {
+		return fmt.Errorf("drawing chart: %w", err)
+	}
+	log.Printf("results in %s (results.json, results.md, chart.png); total %.0fs", cfg.out, res.TotalSeconds)
+	return nil
+}
+
+func mbs(n int64) string { return fmt.Sprintf("%.2f", mb(n)) }
+
+// updateSums returns the bytes received over all update pulls (versions
+// 1..N-1) and the floor for the same pulls.
+func updateReceived(s SystemResult) (recv int64, n int) {
+	for i, p := range s.Pulls {
+		if i > 0 && p.Error == "" {
+			recv += p.Traffic.Received
+			n++
+		}
+	}
+	return recv, n
+}
+
+func markdown(res *Results) string {
+	var sb strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&sb, format, a...) }
+	n := len(res.Versions)
+	w("### Benchmark: %d versions of one application image, one squashed layer each\n\n", n)
+	w("Run %s, total %.0f s on this machine; %s; %s; registry %s; kernel %s.\n\n",
+		res.Started.UTC().Format("2006-01-02 15:04 MST"), res.TotalSeconds, res.Tools["podman"], res.Tools["skopeo"],
+		res.Tools["registry"], res.Tools["kernel"])
+
+	var floorUpd int64
+	for i, v := range res.Versions {
+		if i > 0 {
+			floorUpd += v.FloorBytes
+		}
+	}
+	w("#### Summary (MB = 10^6 bytes)\n\n")
+	w("| puller | first pull received | update pulls received (sum of %d) | × floor | mean update pull time s | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
+	w("|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range res.Systems {
+		if s.Skipped {
+			w("| %s | skipped: %s | | | | | |\n", s.Name, s.SkipReason)
+			continue
+		}
+		recv, k := updateReceived(s)
+		var secs float64
+		for i, p := range s.Pulls {
+			if i > 0 {
+				secs += p.Seconds
+			}
+		}
+		first, disk := "", ""
+		if len(s.Pulls) > 0 {
+			first = mbs(s.Pulls[0].Traffic.Received)
+			disk = mbs(s.Pulls[len(s.Pulls)-1].DiskAfter)
+		}
+		ratio, mean := "", ""
+		if k > 0 && floorUpd > 0 {
+			ratio = fmt.Sprintf("%.1f", float64(recv)/float64(floorUpd))
+			mean = fmt.Sprintf("%.2f", secs/float64(k))
+		}
+		pc := "—"
+		if s.PageCache != nil {
+			pc = fmt.Sprintf("%s (%s) / %s", mbs(s.PageCache.CachedDelta), mbs(s.PageCache.CachedDelta-s.PageCache.Overhead), mbs(s.PageCache.Resident))
+		}
+		w("| %s | %s | %s | %s | %s | %s | %s |\n", s.Name, first, mbs(recv), ratio, mean, disk, pc)
+	}
+	var unique, readSet int64
+	if n > 0 {
+		unique, readSet = res.Versions[n-1].UniqueBytes, res.Versions[n-1].ReadSetBytes
+	}
+	w("| floor | %s | %s | 1.0 | | %s (distinct file contents) | %s (one copy of the read set) |\n\n",
+		mbs(res.Versions[0].FloorBytes), mbs(floorUpd), mbs(unique), mbs(readSet))
+
+	w("#### Corpus\n\n| version | layer tar MB | zstd:chunked blob MB (skopeo) | push s | files | new files | new MB | floor MB (zstd-10 of new files) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	for i, v := range res.Versions {
+		blob, secs := "", ""
+		if i < len(res.Push) {
+			blob, secs = mbs(res.Push[i].CompressedSize), fmt.Sprintf("%.1f", res.Push[i].Seconds)
+		}
+		w("| %s | %s | %s | %s | %d | %d | %s | %s |\n", v.Name, mbs(v.LayerSize), blob, secs, v.Files, v.NewFiles, mbs(v.NewBytes), mbs(v.FloorBytes))
+	}
+	w("\nAll %d pushes (skopeo, two at a time): %.0f s, %s MB uploaded.\n\n", len(res.Push), res.PushSeconds, mbs(res.PushUploaded))
+
+	for _, s := range res.Systems {
+		if s.Skipped {
+			continue
+		}
+		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s | disk after MB | podman \"skipped\" | floor MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n", s.Name)
+		for i, p := range s.Pulls {
+			floor := ""
+			if i < n {
+				floor = mbs(res.Versions[i].FloorBytes)
+			}
+			w("| %s | %s | %s | %d | %d | %d | %.2f | %s | %s | %s |\n", p.Version, mbs(p.Traffic.Requested), mbs(p.Traffic.Received),
+				p.Traffic.Requests, p.Traffic.Ranges, p.Traffic.IgnoredRange, p.Seconds, mbs(p.DiskAfter), p.Skipped, floor)
+		}
+		if s.PageCache != nil {
+			pc := s.PageCache
+			w("\nPage cache (%s, %d readers of %s): Cached Δ %s MB (the same containers reading nothing: %s MB); resident in the store's files %s MB; one copy of the read set is %s MB.",
+				pc.Method, pc.Containers, strings.Join(res.ReadSet, " "), mbs(pc.CachedDelta), mbs(pc.Overhead), mbs(pc.Resident), mbs(readSet))
+			if pc.Error != "" {
+				w(" Error: %s", pc.Error)
+			}
+			w("\n")
+		}
+		for _, note := range s.Notes {
+			w("\nNote: %s\n", note)
+		}
+		w("\n")
+	}
+	w("Phases (s since start): ")
+	for i, p := range res.Phases {
+		if i > 0 {
+			w("; ")
+		}
+		w("%s %.0f", p.Name, p.Seconds)
+	}
+	w(".\n")
+	return sb.String()
+}
+
+var palette = []color.Color{
+	color.RGBA{R: 0xd6, G: 0x60, B: 0x4d, A: 0xff},
+	color.RGBA{R: 0xf4, G: 0xa5, B: 0x82, A: 0xff},
+	color.RGBA{R: 0x21, G: 0x66, B: 0xac, A: 0xff},
+	color.RGBA{R: 0x44, G: 0x44, B: 0x44, A: 0xff},
+}
+
+// chart draws bytes received per update pull (grouped bars) and disk after N
+// versions (lines), each puller next to the floor.
+func chart(res *Results, path string) error {
+	n := len(res.Versions)
+	type series struct {
+		name  string
+		pulls plotter.Values // MB received, versions 1..n-1
+		disk  plotter.XYs    // MB after 1..n versions
+	}
+	var ss []series
+	for _, s := range res.Systems {
+		if s.Skipped || len(s.Pulls) == 0 {
+			continue
+		}
+		se := series{name: s.Name}
+		for i, p := range s.Pulls {
+			if i > 0 {
+				se.pulls = append(se.pulls, mb(p.Traffic.Received))
+			}
+			se.disk = append(se.disk, plotter.XY{X: float64(i + 1), Y: mb(p.DiskAfter)})
+		}
+		for len(se.pulls) < n-1 {
+			se.pulls = append(se.pulls, 0)
+		}
+		ss = append(ss, se)
+	}
+	fl := series{name: "floor"}
+	for i, v := range res.Versions {
+		if i > 0 {
+			fl.pulls = append(fl.pulls, mb(v.FloorBytes))
+		}
+		fl.disk = append(fl.disk, plotter.XY{X: float64(i + 1), Y: mb(v.UniqueBytes)})
+	}
+	ss = append(ss, fl)
+
+	bars := plot.New()
+	bars.Title.Text = "Received per update pull"
+	bars.Y.Label.Text = "MB"
+	bars.X.Label.Text = "version pulled (after the previous ones)"
+	groups := max(1, n-1)
+	width := vg.Points(min(60, 340/float64(groups)) / float64(len(ss)))
+	for i, se := range ss {
+		bc, err := plotter.NewBarChart(se.pulls, width)
+		if err != nil {
+			return err
+		}
+		bc.Color = palette[i%len(palette)]
+		bc.LineStyle.Width = 0
+		bc.Offset = width * vg.Length(float64(i)-float64(len(ss)-1)/2)
+		bars.Add(bc)
+		bars.Legend.Add(se.name, bc)
+	}
+	var names []string
+	for _, v := range res.Versions[1:] {
+		names = append(names, v.Name)
+	}
+	bars.NominalX(names...)
+	var top float64
+	for _, se := range ss {
+		for _, v := range se.pulls {
+			top = max(top, v)
+		}
+	}
+	bars.Y.Min, bars.Y.Max = 0, top*1.3 // room for the legend
+	bars.Legend.Top = true
+	bars.Legend.Left = true
+	bars.Add(plotter.NewGrid())
+
+	disk := plot.New()
+	disk.Title.Text = "Disk after N versions"
+	disk.Y.Label.Text = "MB (du -sb)"
+	disk.X.Label.Text = "versions pulled"
+	disk.Y.Min = 0
+	var dtop float64
+	for _, se := range ss {
+		for _, p := range se.disk {
+			dtop = max(dtop, p.Y)
+		}
+	}
+	disk.Y.Max = dtop * 1.3
+	for i, se := range ss {
+		l, pts, err := plotter.NewLinePoints(se.disk)
+		if err != nil {
+			return err
+		}
+		l.Color, pts.Color = palette[i%len(palette)], palette[i%len(palette)]
+		l.Width = vg.Points(2)
+		disk.Add(l, pts)
+		label := se.name
+		if se.name == "floor" {
+			label = "floor (distinct file contents)"
+		}
+		disk.Legend.Add(label, l, pts)
+	}
+	disk.Legend.Top = true
+	disk.Legend.Left = true
+	disk.Add(plotter.NewGrid())
+
+	img := vgimg.NewWith(vgimg.UseWH(vg.Inch*13, vg.Inch*5.5), vgimg.UseDPI(110))
+	dc := draw.New(img)
+	t := draw.Tiles{Rows: 1, Cols: 2, PadX: vg.Inch * 0.4, PadTop: vg.Inch * 0.1, PadBottom: vg.Inch * 0.1, PadLeft: vg.Inch * 0.1, PadRight: vg.Inch * 0.2}
+	cs := plot.Align([][]*plot.Plot{{bars, disk}}, t, dc)
+	bars.Draw(cs[0][0])
+	disk.Draw(cs[0][1])
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
