@@ -67,7 +67,8 @@ func ReadImageFile(path string) (*Node, error) {
 // ReadImage turns a composefs image back into the tree it was written from: overlay xattrs
 // become payloads, digests and whiteouts again, and the root's whiteout stubs are dropped. Like
 // libcomposefs it walks depth first, so the first name of a hard-linked inode carries it.
-// Hostile images give an error wrapping errdefs.ErrInvalid, never a panic.
+// Hostile images give an error wrapping errdefs.ErrInvalid, never a panic. Xattr values in the
+// tree share memory with img.
 func ReadImage(img []byte) (*Node, error) {
 	if _, err := ReadImageInfo(img); err != nil {
 		return nil, err
@@ -83,6 +84,7 @@ func ReadImage(img []byte) (*Node, error) {
 		xattrs:    uint64(le.Uint32(sb[44:])) * blkSize,
 		buildTime: Timespec{Sec: int64(le.Uint64(sb[24:])), Nsec: le.Uint32(sb[32:])},
 		seen:      map[uint64]*Node{},
+		dirBudget: uint64(len(img)),
 	}
 	if r.meta >= uint64(len(img)) || r.xattrs >= uint64(len(img)) {
 		return nil, fmt.Errorf("EROFS metadata outside the image: %w", errdefs.ErrInvalid)
@@ -98,6 +100,13 @@ func ReadImage(img []byte) (*Node, error) {
 }
 
 type reader struct {
+	// dirBudget bounds the directory bytes parsed: in a sane image every directory block
+	// belongs to one directory, so the total never exceeds the image size.
+	dirBudget uint64
+	// xattrs of the inode being read: name index and space account.
+	xindex   map[string]int
+	xaccount int
+
 	img       []byte
 	meta      uint64
 	xattrs    uint64
@@ -275,6 +284,7 @@ func (r *reader) node(nid uint64, depth int) (*Node, error) {
 		}
 	}
 	if icount > 0 {
+		r.xindex, r.xaccount = map[string]int{}, 0
 		if err := r.readXattrs(n, off+isize, xsize); err != nil {
 			return nil, fmt.Errorf("inode %d: %w", nid, err)
 		}
@@ -283,6 +293,10 @@ func (r *reader) node(nid uint64, depth int) (*Node, error) {
 }
 
 func (r *reader) readDirBlock(dir *Node, b []byte, depth int) error {
+	if uint64(len(b)) > r.dirBudget {
+		return bad("directories overlap")
+	}
+	r.dirBudget -= uint64(len(b))
 	if len(b) < direntSize {
 		if len(b) == 0 {
 			return nil
@@ -416,19 +430,25 @@ func (r *reader) addXattr(n *Node, idx uint8, suffix, value []byte) error {
 	case len(name) >= len(xOverlayPrefix) && name[:len(xOverlayPrefix)] == xOverlayPrefix:
 		return nil
 	}
-	if err := checkXattr(name, value); err != nil {
+	if err := CheckXattr(name, value); err != nil {
 		return bad("%v", err)
 	}
-	v := append([]byte(nil), value...)
-	for i := range n.Xattrs {
-		if n.Xattrs[i].Name == name {
-			n.Xattrs[i].Value = v
-			return nil
+	// Values alias the image (a shared value may be referenced by every inode); the full
+	// slice expression keeps appends from writing into it.
+	v := value[:len(value):len(value)]
+	if i, ok := r.xindex[name]; ok {
+		r.xaccount -= 7 + len(name) + len(n.Xattrs[i].Value)
+		n.Xattrs[i].Value = v
+	} else {
+		r.xindex[name] = len(n.Xattrs)
+		n.Xattrs = append(n.Xattrs, Xattr{Name: name, Value: v})
+		if len(n.Xattrs) == 1 {
+			r.xaccount += xattrHdrSize
 		}
 	}
-	if xattrAccount(n.Xattrs, name, len(v)) > 65535 {
+	r.xaccount += 7 + len(name) + len(v)
+	if r.xaccount > 65535 {
 		return bad("xattrs of inode exceed 65535 bytes")
 	}
-	n.Xattrs = append(n.Xattrs, Xattr{Name: name, Value: v})
 	return nil
 }

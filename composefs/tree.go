@@ -225,7 +225,7 @@ func (n *Node) Xattr(name string) ([]byte, bool) {
 
 // SetXattr sets or replaces an xattr, enforcing the reference's limits on names and total size.
 func (n *Node) SetXattr(name string, value []byte) error {
-	if err := checkXattr(name, value); err != nil {
+	if err := CheckXattr(name, value); err != nil {
 		return err
 	}
 	size := xattrAccount(n.Xattrs, name, len(value))
@@ -242,7 +242,8 @@ func (n *Node) SetXattr(name string, value []byte) error {
 	return nil
 }
 
-func checkXattr(name string, value []byte) error {
+// CheckXattr checks an xattr name (1..255 bytes, no NUL) and value (at most 64 KiB).
+func CheckXattr(name string, value []byte) error {
 	if name == "" || len(name) > MaxXattrNameLen {
 		return fmt.Errorf("xattr name of %d bytes, want 1..%d: %w", len(name), MaxXattrNameLen, errdefs.ErrInvalid)
 	}

@@ -289,7 +289,7 @@ func newWnode(n *Node) (*wnode, error) {
 	}
 	seen := make(map[string]bool, len(n.Xattrs))
 	for _, x := range n.Xattrs {
-		if err := checkXattr(x.Name, x.Value); err != nil {
+		if err := CheckXattr(x.Name, x.Value); err != nil {
 			return nil, err
 		}
 		if seen[x.Name] {

@@ -21,6 +21,9 @@ const maxLine = 4 << 20
 
 const maxXattrPart = 65535
 
+// maxXattrsSize is libcomposefs' bound on one inode's xattr space from external input.
+const maxXattrsSize = 65535 / 2
+
 // Parse reads a dump into a tree. In strict mode (libcomposefs' CFS_PARSE_STRICT) it also rejects a
 // missing final newline, device numbers on non-devices and symlinks whose size or content does not
 // match their target.
@@ -258,6 +261,10 @@ func (p *parser) line(line []byte) error {
 	if len(rest) > maxXattrPart {
 		return invalid("xattrs of %d bytes, at most %d allowed", len(rest), maxXattrPart)
 	}
+	// Xattrs are set one by one like lcfs_node_set_xattr: a repeated name replaces the value, and
+	// the running space account is checked after every one.
+	index := map[string]int{}
+	account := 0
 	for len(rest) > 0 {
 		var x []byte
 		if j := bytes.IndexByte(rest, ' '); j >= 0 {
@@ -277,8 +284,29 @@ func (p *parser) line(line []byte) error {
 		if err != nil {
 			return err
 		}
-		if err := n.SetXattr(string(key), value); err != nil {
+		if err := composefs.CheckXattr(string(key), value); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
+		}
+		i, dup := index[string(key)]
+		if dup {
+			account -= 7 + len(key) + len(n.Xattrs[i].Value)
+			if len(n.Xattrs) == 1 {
+				account = 0
+			}
+		}
+		entry := 7 + len(key) + len(value)
+		if account == 0 {
+			entry += 12
+		}
+		if account+entry > maxXattrsSize {
+			return invalid("%s: xattrs of more than %d bytes", path, maxXattrsSize)
+		}
+		account += entry
+		if dup {
+			n.Xattrs[i].Value = value
+		} else {
+			index[string(key)] = len(n.Xattrs)
+			n.Xattrs = append(n.Xattrs, composefs.Xattr{Name: string(key), Value: value})
 		}
 	}
 	return nil

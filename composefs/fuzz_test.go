@@ -1,0 +1,65 @@
+package composefs_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/dump"
+)
+
+func vectorDir(t testing.TB) string {
+	t.Helper()
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		if filepath.Dir(dir) == dir {
+			t.Skip("module root not found")
+		}
+		dir = filepath.Dir(dir)
+	}
+	vd := filepath.Join(dir, "..", "shared", "testdata", "composefs")
+	if _, err := os.Stat(vd); err != nil {
+		t.Skipf("composefs vectors not found at %s", vd)
+	}
+	return vd
+}
+
+// FuzzReadImage feeds hostile images to the reader (seeded with images of the small vectors); it
+// must never panic, and what it accepts must build again.
+func FuzzReadImage(f *testing.F) {
+	dir := vectorDir(f)
+	files, _ := filepath.Glob(filepath.Join(dir, "*.dump"))
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil || len(b) > 64<<10 {
+			continue
+		}
+		root, err := dump.Parse(bytes.NewReader(b), false)
+		if err != nil {
+			continue
+		}
+		if img, err := composefs.BuildImage(root); err == nil {
+			f.Add(img)
+		}
+	}
+	f.Fuzz(func(t *testing.T, img []byte) {
+		root, err := composefs.ReadImage(img)
+		if err != nil {
+			return
+		}
+		if _, err := composefs.BuildImage(root); err != nil {
+			// Hostile images may hold trees the writer refuses (e.g. too-big xattrs); that
+			// must be a clean error.
+			return
+		}
+		var d bytes.Buffer
+		if err := dump.Write(&d, root); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
