@@ -1,0 +1,256 @@
+package composefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/verity"
+)
+
+// dirOptions of FromDir; defaults are set in FromDir only.
+type dirOptions struct {
+	digestStore string
+}
+
+// DirOption changes how FromDir builds a tree.
+type DirOption func(*dirOptions)
+
+// WithDigestStore copies the content of every external file into dir, named by its fs-verity
+// digest ("xx/rest"), the object directory the image is mounted with.
+func WithDigestStore(dir string) DirOption { return func(o *dirOptions) { o.digestStore = dir } }
+
+// FromDir builds the tree of the directory dir like mkcomposefs does: metadata and xattrs from
+// lstat and llistxattr, regular files of 1..InlineThreshold bytes inline, larger ones as
+// references to an object named by their fs-verity digest, with that digest. Unlike mkcomposefs
+// it keeps hard links (files with the same inode) as hard links, with Nlink counting their names.
+func FromDir(ctx context.Context, dir string, opts ...DirOption) (*Node, error) {
+	o := dirOptions{}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.digestStore != "" {
+		if err := os.MkdirAll(o.digestStore, 0o755); err != nil {
+			return nil, fmt.Errorf("creating digest store: %w", err)
+		}
+	}
+	b := &dirBuilder{ctx: ctx, opts: o, inodes: map[devIno]*Node{}}
+	root, err := b.node(dir)
+	if err != nil {
+		return nil, err
+	}
+	if !root.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory: %w", dir, errdefs.ErrInvalid)
+	}
+	if err := b.walk(root, dir); err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+type devIno struct{ dev, ino uint64 }
+
+type dirBuilder struct {
+	ctx    context.Context
+	opts   dirOptions
+	inodes map[devIno]*Node
+}
+
+func (b *dirBuilder) walk(n *Node, path string) error {
+	if err := b.ctx.Err(); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		return fmt.Errorf("reading directory: %w", err)
+	}
+	for _, e := range ents {
+		p := filepath.Join(path, e.Name())
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return fmt.Errorf("lstat %s: %w", p, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+			key := devIno{uint64(st.Dev), st.Ino}
+			if t := b.inodes[key]; t != nil {
+				t.Nlink++
+				if err := n.AddChild(e.Name(), &Node{HardlinkTo: t}); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		c, err := b.node(p)
+		if err != nil {
+			return err
+		}
+		if c.Mode&ModeTypeMask != ModeDir && st.Nlink > 1 {
+			b.inodes[devIno{uint64(st.Dev), st.Ino}] = c
+		}
+		if err := n.AddChild(e.Name(), c); err != nil {
+			return err
+		}
+		if c.IsDir() {
+			if err := b.walk(c, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (b *dirBuilder) node(path string) (*Node, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, fmt.Errorf("lstat %s: %w", path, err)
+	}
+	n := &Node{
+		Mode:  st.Mode,
+		UID:   st.Uid,
+		GID:   st.Gid,
+		Nlink: 1,
+		Rdev:  uint32(st.Rdev),
+		Mtime: Timespec{Sec: st.Mtim.Sec, Nsec: uint32(st.Mtim.Nsec)},
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		n.Size = uint64(st.Size)
+		if err := b.content(n, path); err != nil {
+			return nil, err
+		}
+	case unix.S_IFLNK:
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil, fmt.Errorf("reading symlink: %w", err)
+		}
+		n.Payload = target
+		n.Size = uint64(len(target))
+	}
+	xs, err := readXattrs(path)
+	if err != nil {
+		return nil, err
+	}
+	n.Xattrs = xs
+	return n, nil
+}
+
+func (b *dirBuilder) content(n *Node, path string) error {
+	if n.Size == 0 {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("reading file: %w", err)
+	}
+	defer f.Close()
+	if n.Size <= InlineThreshold {
+		buf := make([]byte, n.Size)
+		if _, err := io.ReadFull(f, buf); err != nil {
+			return fmt.Errorf("reading %s: %w", path, err)
+		}
+		n.Content = buf
+		return nil
+	}
+	var d verity.Digest
+	if b.opts.digestStore == "" {
+		if d, err = verity.FromReader(f); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	} else if d, err = storeObject(b.opts.digestStore, f); err != nil {
+		return fmt.Errorf("storing %s: %w", path, err)
+	}
+	n.Digest = &d
+	n.Payload = verity.ObjectPath(d)
+	return nil
+}
+
+// storeObject copies r into dir under its fs-verity digest, hashing while copying. The object
+// appears only complete: written to a temporary file, synced, made read-only, then renamed.
+func storeObject(dir string, r io.Reader) (verity.Digest, error) {
+	tmp, err := os.CreateTemp(dir, ".tmp-")
+	if err != nil {
+		return verity.Digest{}, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	h := verity.New()
+	if _, err := io.Copy(io.MultiWriter(tmp, h), r); err != nil {
+		return verity.Digest{}, err
+	}
+	d := h.Digest()
+	final := filepath.Join(dir, verity.ObjectPath(d))
+	if _, err := os.Lstat(final); err == nil {
+		return d, nil
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return d, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return d, err
+	}
+	if err := tmp.Close(); err != nil {
+		return d, err
+	}
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return d, err
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return d, err
+	}
+	return d, nil
+}
+
+// readXattrs lists all xattrs of path without following a symlink.
+func readXattrs(path string) ([]Xattr, error) {
+	buf := make([]byte, 4096)
+	var n int
+	for {
+		var err error
+		n, err = unix.Llistxattr(path, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, 2*len(buf))
+			continue
+		}
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing xattrs of %s: %w", path, err)
+		}
+		break
+	}
+	var xs []Xattr
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if name == "" {
+			continue
+		}
+		val := make([]byte, 256)
+		for {
+			k, err := unix.Lgetxattr(path, name, val)
+			if errors.Is(err, unix.ERANGE) {
+				val = make([]byte, 2*len(val))
+				if len(val) > 1<<17 {
+					return nil, fmt.Errorf("xattr %s of %s too large: %w", name, path, errdefs.ErrInvalid)
+				}
+				continue
+			}
+			if errors.Is(err, syscall.ENODATA) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("reading xattr %s of %s: %w", name, path, err)
+			}
+			xs = append(xs, Xattr{Name: name, Value: append([]byte(nil), val[:k]...)})
+			break
+		}
+	}
+	return xs, nil
+}

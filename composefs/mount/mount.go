@@ -1,0 +1,339 @@
+// Package mount mounts composefs images: a Plan says what will be mounted and how (EROFS image,
+// overlayfs with data-only object layers, verity policy, fallbacks) and can be inspected without
+// privileges; Mount performs a plan and Unmount undoes it.
+package mount
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Verity is the overlayfs verity policy for objects.
+type Verity string
+
+const (
+	// VerityOff does not check objects.
+	VerityOff Verity = "off"
+	// VerityOn checks objects whose metacopy xattr has a digest, when they have fs-verity.
+	VerityOn Verity = "on"
+	// VerityRequire refuses to read any object without a matching fs-verity digest.
+	VerityRequire Verity = "require"
+)
+
+// overlaySource is what /proc/mounts shows as the overlay's source.
+const overlaySource = "composefs"
+
+// Param is one fsconfig(2) parameter; an empty Value is a flag.
+type Param struct {
+	Key   string
+	Value string
+}
+
+// Plan describes a composefs mount. Build it with NewPlan; every field is plain data.
+type Plan struct {
+	// Image is the composefs EROFS image file.
+	Image string
+	// ObjectDirs are the data-only lower layers holding the objects the image redirects to.
+	ObjectDirs []string
+	// Target is where the overlay is mounted.
+	Target string
+	// Verity is the overlay's verity policy.
+	Verity Verity
+	// UpperDir and WorkDir, when set, make the mount writable.
+	UpperDir, WorkDir string
+	// ImageMountDir is where the EROFS image is mounted before the overlay takes it as a lower
+	// layer; it is detached right after. Empty means a fresh temporary directory.
+	ImageMountDir string
+	// EROFS are the fsconfig parameters of the EROFS mount: source, ro, and noacl unless the
+	// image has ACLs.
+	EROFS []Param
+}
+
+// Option changes a plan.
+type Option func(*Plan)
+
+// WithVerity sets the verity policy (default VerityOff).
+func WithVerity(v Verity) Option { return func(p *Plan) { p.Verity = v } }
+
+// WithUpper makes the mount writable with an upper and a work directory on the same filesystem.
+func WithUpper(upper, work string) Option {
+	return func(p *Plan) { p.UpperDir, p.WorkDir = upper, work }
+}
+
+// WithImageMountDir mounts the EROFS image at dir instead of a temporary directory.
+func WithImageMountDir(dir string) Option { return func(p *Plan) { p.ImageMountDir = dir } }
+
+// NewPlan plans mounting image with its objects in objectDirs at target. It reads the image
+// header (for the ACL flag) but needs no privileges.
+func NewPlan(image string, objectDirs []string, target string, opts ...Option) (*Plan, error) {
+	p := &Plan{Image: image, ObjectDirs: objectDirs, Target: target, Verity: VerityOff}
+	for _, o := range opts {
+		o(p)
+	}
+	switch p.Verity {
+	case VerityOff, VerityOn, VerityRequire:
+	default:
+		return nil, fmt.Errorf("verity mode %q, want off, on or require: %w", p.Verity, errdefs.ErrInvalid)
+	}
+	if len(p.ObjectDirs) == 0 {
+		return nil, fmt.Errorf("composefs mount of %s: no object directory: %w", image, errdefs.ErrInvalid)
+	}
+	if (p.UpperDir == "") != (p.WorkDir == "") {
+		return nil, fmt.Errorf("composefs mount: upper and work directory go together: %w", errdefs.ErrInvalid)
+	}
+	info, err := readInfo(image)
+	if err != nil {
+		return nil, err
+	}
+	p.EROFS = []Param{{"source", image}, {"ro", ""}}
+	if !info.HasACL {
+		p.EROFS = append(p.EROFS, Param{"noacl", ""})
+	}
+	return p, nil
+}
+
+func readInfo(image string) (composefs.ImageInfo, error) {
+	f, err := os.Open(image)
+	if err != nil {
+		return composefs.ImageInfo{}, fmt.Errorf("opening composefs image: %w", err)
+	}
+	defer f.Close()
+	hdr := make([]byte, 4096)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return composefs.ImageInfo{}, fmt.Errorf("reading composefs image %s: %v: %w", image, err, errdefs.ErrInvalid)
+	}
+	info, err := composefs.ReadImageInfo(hdr)
+	if err != nil {
+		return info, fmt.Errorf("%s: %w", image, err)
+	}
+	return info, nil
+}
+
+// ReadOnly reports whether the overlay is mounted read-only (it is unless it has an upper dir).
+func (p *Plan) ReadOnly() bool { return p.UpperDir == "" }
+
+// Overlay returns the fsconfig parameters of the overlay mount over the EROFS image mounted at
+// imageMount, for the new mount API (paths need no escaping there).
+func (p *Plan) Overlay(imageMount string) []Param {
+	ps := []Param{{"source", overlaySource}, {"metacopy", "on"}, {"redirect_dir", "on"}}
+	if p.Verity != VerityOff {
+		ps = append(ps, Param{"verity", string(p.Verity)})
+	}
+	ps = append(ps, Param{"lowerdir+", imageMount})
+	for _, d := range p.ObjectDirs {
+		ps = append(ps, Param{"datadir+", d})
+	}
+	if p.UpperDir != "" {
+		ps = append(ps, Param{"upperdir", p.UpperDir}, Param{"workdir", p.WorkDir})
+	}
+	return ps
+}
+
+// LegacyOverlay returns mount(2) options for kernels without lowerdir+/datadir+: data-only
+// layers after "::" (Linux 6.5), or, with dataOnly false, plain lower layers after ":" that the
+// image's opaque root and 00..ff whiteouts hide.
+func (p *Plan) LegacyOverlay(imageMount string, dataOnly bool) string {
+	sep := ":"
+	if dataOnly {
+		sep = "::"
+	}
+	lower := escapeOption(imageMount)
+	for _, d := range p.ObjectDirs {
+		lower += sep + escapeOption(d)
+	}
+	opts := "metacopy=on,redirect_dir=on,lowerdir=" + lower
+	if p.UpperDir != "" {
+		opts += ",upperdir=" + escapeOption(p.UpperDir) + ",workdir=" + escapeOption(p.WorkDir)
+	}
+	if p.Verity != VerityOff {
+		opts += ",verity=" + string(p.Verity)
+	}
+	return opts
+}
+
+// escapeOption escapes commas (and backslashes) in a path inside a mount option string.
+func escapeOption(s string) string {
+	return strings.NewReplacer(`\`, `\\`, ",", `\,`).Replace(s)
+}
+
+// permissionHint explains what to do without root.
+const permissionHint = "mounting composefs needs root (CAP_SYS_ADMIN); use `kura checkout` to materialise the image in a directory instead"
+
+// Mount performs the plan: mount the EROFS image privately, mount the overlay at the target,
+// then detach the EROFS mount (the overlay keeps it alive).
+func Mount(ctx context.Context, p *Plan) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("mounting %s at %s: %s: %w", p.Image, p.Target, permissionHint, errdefs.ErrPermission)
+	}
+	staging := p.ImageMountDir
+	if staging == "" {
+		if staging, err = os.MkdirTemp("", ".composefs-"); err != nil {
+			return fmt.Errorf("mounting composefs: %w", err)
+		}
+		defer os.Remove(staging)
+	}
+	if err := mountEROFS(p, staging); err != nil {
+		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Image), err)
+	}
+	defer func() {
+		if uerr := unix.Unmount(staging, unix.MNT_DETACH); uerr != nil && err == nil {
+			err = fmt.Errorf("detaching EROFS mount %s: %w", staging, uerr)
+		}
+	}()
+	if err := mountOverlay(p, staging); err != nil {
+		return wrapMountErr(fmt.Sprintf("mounting composefs overlay at %s", p.Target), err)
+	}
+	return nil
+}
+
+func wrapMountErr(what string, err error) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%s: %v; %s: %w", what, err, permissionHint, errdefs.ErrPermission)
+	}
+	if errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOSYS) {
+		return fmt.Errorf("%s: kernel lacks support: %v: %w", what, err, errdefs.ErrUnsupported)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Unmount unmounts a composefs mount at target.
+func Unmount(target string) error {
+	if err := unix.Unmount(target, 0); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("unmounting %s: %v: %w", target, err, errdefs.ErrPermission)
+		}
+		if errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmounting %s: not a mount point: %w", target, errdefs.ErrNotFound)
+		}
+		return fmt.Errorf("unmounting %s: %w", target, err)
+	}
+	return nil
+}
+
+// fsMount configures a filesystem with fsopen/fsconfig and attaches it at target.
+func fsMount(fstype string, params []Param, attrs int, target string) error {
+	fd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fsopen %s: %w", fstype, err)
+	}
+	defer unix.Close(fd)
+	for _, p := range params {
+		if p.Value == "" {
+			err = unix.FsconfigSetFlag(fd, p.Key)
+		} else {
+			err = unix.FsconfigSetString(fd, p.Key, p.Value)
+		}
+		if err != nil {
+			return fmt.Errorf("fsconfig %s %s: %w", fstype, p.Key, err)
+		}
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fmt.Errorf("creating %s: %w", fstype, err)
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attrs)
+	if err != nil {
+		return fmt.Errorf("fsmount %s: %w", fstype, err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount %s to %s: %w", fstype, target, err)
+	}
+	return nil
+}
+
+func mountEROFS(p *Plan, target string) error {
+	err := fsMount("erofs", p.EROFS, unix.MOUNT_ATTR_RDONLY, target)
+	if errors.Is(err, unix.ENOSYS) {
+		return legacyEROFS(p, p.Image, target)
+	}
+	if !errors.Is(err, unix.ENOTBLK) {
+		return err
+	}
+	// The kernel cannot mount EROFS from a file (before 6.12): go through a loop device.
+	loop, lerr := attachLoop(p.Image)
+	if lerr != nil {
+		return fmt.Errorf("%v; loop device: %w", err, lerr)
+	}
+	defer loop.Close() // autoclear: the device goes away with the mount
+	params := append([]Param{{"source", loop.Name()}}, p.EROFS[1:]...)
+	return fsMount("erofs", params, unix.MOUNT_ATTR_RDONLY, target)
+}
+
+func legacyEROFS(p *Plan, source, target string) error {
+	data := ""
+	for _, prm := range p.EROFS {
+		if prm.Key == "noacl" {
+			data = "noacl"
+		}
+	}
+	return unix.Mount(source, target, "erofs", unix.MS_RDONLY, data)
+}
+
+// attachLoop attaches image read-only to a free loop device with direct I/O and autoclear.
+func attachLoop(image string) (*os.File, error) {
+	img, err := os.Open(image)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer ctl.Close()
+	for tries := 0; tries < 8; tries++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return nil, fmt.Errorf("LOOP_CTL_GET_FREE: %w", err)
+		}
+		dev, err := os.OpenFile(fmt.Sprintf("/dev/loop%d", n), os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		cfg := unix.LoopConfig{Fd: uint32(img.Fd()), Size: 4096}
+		cfg.Info.Flags = unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR | unix.LO_FLAGS_DIRECT_IO
+		copy(cfg.Info.File_name[:], image)
+		if err := unix.IoctlLoopConfigure(int(dev.Fd()), &cfg); err != nil {
+			dev.Close()
+			if errors.Is(err, unix.EBUSY) {
+				continue // another process took it first
+			}
+			return nil, fmt.Errorf("LOOP_CONFIGURE: %w", err)
+		}
+		return dev, nil
+	}
+	return nil, fmt.Errorf("no free loop device: %w", unix.EBUSY)
+}
+
+func mountOverlay(p *Plan, imageMount string) error {
+	attrs := 0
+	flags := uintptr(0)
+	if p.ReadOnly() {
+		attrs = unix.MOUNT_ATTR_RDONLY
+		flags = unix.MS_RDONLY
+	}
+	err := fsMount("overlay", p.Overlay(imageMount), attrs, p.Target)
+	if err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)) {
+		return err
+	}
+	// Older kernels: no lowerdir+/datadir+ (6.7) or no new mount API.
+	lerr := unix.Mount(overlaySource, p.Target, "overlay", flags, p.LegacyOverlay(imageMount, true))
+	if errors.Is(lerr, unix.EINVAL) {
+		lerr = unix.Mount(overlaySource, p.Target, "overlay", flags, p.LegacyOverlay(imageMount, false))
+	}
+	if lerr != nil {
+		return fmt.Errorf("%v; legacy mount: %w", err, lerr)
+	}
+	return nil
+}

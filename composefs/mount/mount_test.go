@@ -1,0 +1,358 @@
+package mount
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/verity"
+)
+
+// makeSource generates a tree with every kind of inode composefs stores.
+func makeSource(t *testing.T, dir string) {
+	t.Helper()
+	rng := rand.New(rand.NewSource(42))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := func(name string, size int, mode os.FileMode) {
+		data := make([]byte, size)
+		rng.Read(data)
+		must(os.WriteFile(filepath.Join(dir, name), data, mode))
+		must(os.Chmod(filepath.Join(dir, name), mode))
+	}
+	must(os.MkdirAll(filepath.Join(dir, "a/b/c"), 0o755))
+	must(os.MkdirAll(filepath.Join(dir, "empty-dir"), 0o700))
+	file("empty", 0, 0o644)
+	file("one", 1, 0o600)
+	file("a/inline64", 64, 0o644)
+	file("a/ext65", 65, 0o755)
+	file("a/b/block", 4096, 0o644)
+	file("a/b/c/big", 3<<20+123, 0o640)
+	file("same1", 5000, 0o644)
+	must(os.WriteFile(filepath.Join(dir, "same2"), mustRead(t, filepath.Join(dir, "same1")), 0o644))
+	must(os.Link(filepath.Join(dir, "a/b/block"), filepath.Join(dir, "hardlink-block")))
+	must(os.Link(filepath.Join(dir, "one"), filepath.Join(dir, "a/hardlink-one")))
+	must(os.Symlink("a/b/block", filepath.Join(dir, "symlink")))
+	must(os.Symlink(strings.Repeat("long/", 600)+"target", filepath.Join(dir, "a/long-symlink")))
+	must(unix.Mknod(filepath.Join(dir, "a/whiteout"), unix.S_IFCHR|0o644, 0))
+	must(unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
+	must(os.Lchown(filepath.Join(dir, "a/ext65"), 1000, 1001))
+	must(os.Lchown(filepath.Join(dir, "symlink"), 70000, 70001))
+	must(unix.Setxattr(filepath.Join(dir, "a/inline64"), "user.small", []byte("v"), 0))
+	must(unix.Setxattr(filepath.Join(dir, "a/b/c/big"), "user.big", bytes.Repeat([]byte{0xAB}, 2000), 0))
+	must(unix.Setxattr(filepath.Join(dir, "a"), "user.dir", []byte("dir=value"), 0))
+	must(unix.Setxattr(filepath.Join(dir, "same1"), "user.shared", []byte("x"), 0))
+	must(unix.Setxattr(filepath.Join(dir, "same2"), "user.shared", []byte("x"), 0))
+	// Distinct times with nanoseconds, set children before parents.
+	var paths []string
+	must(filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		paths = append(paths, p)
+		return err
+	}))
+	sort.Sort(sort.Reverse(sort.StringSlice(paths)))
+	for i, p := range paths {
+		ts := []unix.Timespec{unix.NsecToTimespec(int64(1600000000+i) * 1e9), unix.NsecToTimespec(int64(1600000000+i)*1e9 + int64(i*7919+1))}
+		must(unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW))
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func buildImage(t *testing.T, src, objects string) string {
+	t.Helper()
+	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := composefs.BuildImage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "image.cfs")
+	if err := os.WriteFile(path, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func userXattrs(t *testing.T, p string) map[string]string {
+	buf := make([]byte, 65536)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		t.Fatalf("listxattr %s: %v", p, err)
+	}
+	m := map[string]string{}
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		v := make([]byte, 65536)
+		k, err := unix.Lgetxattr(p, name, v)
+		if err != nil {
+			t.Fatalf("getxattr %s %s: %v", p, name, err)
+		}
+		m[name] = string(v[:k])
+	}
+	return m
+}
+
+func needRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+}
+
+func TestMountMatchesSource(t *testing.T) {
+	needRoot(t)
+	src, objects, target := t.TempDir(), t.TempDir(), t.TempDir()
+	makeSource(t, src)
+	image := buildImage(t, src, objects)
+	plan, err := NewPlan(image, []string{objects}, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Mount(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Unmount(target); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	// The private EROFS mount is detached: nothing but the overlay refers to the image.
+	overlayMounted := false
+	for _, line := range strings.Split(string(mustRead(t, "/proc/self/mountinfo")), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if strings.Contains(f[4], ".composefs-") {
+			t.Errorf("EROFS staging mount still attached: %s", line)
+		}
+		if f[4] == target && strings.Contains(line, " - overlay composefs ") {
+			overlayMounted = true
+		}
+	}
+	if !overlayMounted {
+		t.Fatalf("overlay not mounted at %s", target)
+	}
+
+	inodes := map[uint64]uint64{} // source inode -> mounted inode, for hard links
+	checked := 0
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		m := filepath.Join(target, rel)
+		var ss, ms unix.Stat_t
+		if err := unix.Lstat(p, &ss); err != nil {
+			return err
+		}
+		if err := unix.Lstat(m, &ms); err != nil {
+			t.Errorf("%s: %v", rel, err)
+			return nil
+		}
+		checked++
+		if ss.Mode&unix.S_IFMT == unix.S_IFCHR && ss.Rdev == 0 {
+			// A whiteout shows as an xattr whiteout: an empty file that overlayfs treats as a
+			// whiteout when this mount is itself a lower layer.
+			if ms.Mode != unix.S_IFREG|ss.Mode&0o7777 || ms.Size != 0 {
+				t.Errorf("%s: whiteout shows as mode %o size %d", rel, ms.Mode, ms.Size)
+			}
+			if _, err := unix.Lgetxattr(m, "trusted.overlay.whiteout", nil); err != nil {
+				t.Errorf("%s: no trusted.overlay.whiteout: %v", rel, err)
+			}
+			if v := userXattrs(t, m); v["user.overlay.whiteout"] != "" || len(v) != 1 {
+				t.Errorf("%s: user xattrs %q", rel, v)
+			}
+			if v := userXattrs(t, filepath.Dir(m)); v["user.overlay.opaque"] != "x" {
+				t.Errorf("%s: parent not marked as holding whiteouts: %q", rel, v)
+			}
+			return nil
+		}
+		if ss.Mode != ms.Mode || ss.Uid != ms.Uid || ss.Gid != ms.Gid {
+			t.Errorf("%s: mode/owner %o %d:%d, source %o %d:%d", rel, ms.Mode, ms.Uid, ms.Gid, ss.Mode, ss.Uid, ss.Gid)
+		}
+		if ss.Mtim != ms.Mtim {
+			t.Errorf("%s: mtime %v, source %v", rel, ms.Mtim, ss.Mtim)
+		}
+		if ss.Nlink != ms.Nlink {
+			t.Errorf("%s: nlink %d, source %d", rel, ms.Nlink, ss.Nlink)
+		}
+		if ss.Rdev != ms.Rdev {
+			t.Errorf("%s: rdev %d, source %d", rel, ms.Rdev, ss.Rdev)
+		}
+		mx := userXattrs(t, m)
+		delete(mx, "user.overlay.whiteouts") // marks a directory holding whiteouts
+		delete(mx, "user.overlay.opaque")
+		if sx := userXattrs(t, p); !equalMaps(sx, mx) {
+			t.Errorf("%s: user xattrs %q, source %q", rel, mx, sx)
+		}
+		switch ss.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			if ss.Size != ms.Size {
+				t.Errorf("%s: size %d, source %d", rel, ms.Size, ss.Size)
+			}
+			if !bytes.Equal(mustRead(t, p), mustRead(t, m)) {
+				t.Errorf("%s: content differs", rel)
+			}
+			if ss.Nlink > 1 {
+				if prev, ok := inodes[ss.Ino]; ok && prev != ms.Ino {
+					t.Errorf("%s: hard link has inode %d, its other name %d", rel, ms.Ino, prev)
+				}
+				inodes[ss.Ino] = ms.Ino
+			}
+		case unix.S_IFLNK:
+			st, _ := os.Readlink(p)
+			mt, err := os.Readlink(m)
+			if err != nil || st != mt {
+				t.Errorf("%s: symlink %q (%v), source %q", rel, mt, err, st)
+			}
+		case unix.S_IFDIR:
+			se, _ := os.ReadDir(p)
+			me, _ := os.ReadDir(m)
+			if len(se) != len(me) {
+				t.Errorf("%s: %d entries, source %d", rel, len(me), len(se))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 19 {
+		t.Fatalf("only %d paths compared", checked)
+	}
+	// The object directories are hidden by the image's opaque root.
+	if _, err := os.Lstat(filepath.Join(target, "00")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("object dir stub 00 visible: %v", err)
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func TestVerityRequireFailsClosed(t *testing.T) {
+	needRoot(t)
+	src, objects, target := t.TempDir(), t.TempDir(), t.TempDir()
+	makeSource(t, src)
+	image := buildImage(t, src, objects)
+	plan, err := NewPlan(image, []string{objects}, target, WithVerity(VerityRequire))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasParam(plan.Overlay("/m"), "verity", "require") || !strings.HasSuffix(plan.LegacyOverlay("/m", true), ",verity=require") {
+		t.Fatalf("verity=require missing from %v / %s", plan.Overlay("/m"), plan.LegacyOverlay("/m", true))
+	}
+	// Every external file carries its fs-verity digest in the metacopy xattr.
+	tree, err := composefs.ReadImageFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := tree.LookupPath("a/b/c/big")
+	want, err := verity.FromFile(filepath.Join(src, "a/b/c/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if big == nil || big.Digest == nil || *big.Digest != want || big.Payload != verity.ObjectPath(want) {
+		t.Fatalf("a/b/c/big: digest/payload not the fs-verity digest %s", want)
+	}
+	if err := Mount(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	defer Unmount(target)
+	// This kernel has no fs-verity, so no object can prove its digest: reads must fail.
+	_, err = os.ReadFile(filepath.Join(target, "a/b/c/big"))
+	if !errors.Is(err, unix.EIO) {
+		t.Fatalf("reading an object under verity=require without fs-verity: %v, want EIO", err)
+	}
+	// Inline files live in the image itself and stay readable.
+	if got := mustRead(t, filepath.Join(target, "a/inline64")); !bytes.Equal(got, mustRead(t, filepath.Join(src, "a/inline64"))) {
+		t.Fatal("inline file differs")
+	}
+}
+
+func hasParam(ps []Param, k, v string) bool {
+	for _, p := range ps {
+		if p.Key == k && p.Value == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestPlanWithoutRoot(t *testing.T) {
+	src, objects := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), bytes.Repeat([]byte("x"), 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	image := buildImage(t, src, objects)
+	plan, err := NewPlan(image, []string{"/objs,1"}, "/mnt", WithUpper("/up", "/work"), WithVerity(VerityOn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEROFS := []Param{{"source", image}, {"ro", ""}, {"noacl", ""}}
+	if !equalParams(plan.EROFS, wantEROFS) {
+		t.Errorf("EROFS params %v, want %v", plan.EROFS, wantEROFS)
+	}
+	wantOverlay := []Param{{"source", "composefs"}, {"metacopy", "on"}, {"redirect_dir", "on"}, {"verity", "on"},
+		{"lowerdir+", "/run/img"}, {"datadir+", "/objs,1"}, {"upperdir", "/up"}, {"workdir", "/work"}}
+	if got := plan.Overlay("/run/img"); !equalParams(got, wantOverlay) {
+		t.Errorf("overlay params %v, want %v", got, wantOverlay)
+	}
+	if got, want := plan.LegacyOverlay("/run/img", true), `metacopy=on,redirect_dir=on,lowerdir=/run/img::/objs\,1,upperdir=/up,workdir=/work,verity=on`; got != want {
+		t.Errorf("legacy options %s, want %s", got, want)
+	}
+	if plan.ReadOnly() {
+		t.Error("plan with upper dir is read-only")
+	}
+	if _, err := NewPlan(image, nil, "/mnt"); err == nil {
+		t.Error("plan without object dir accepted")
+	}
+	if _, err := NewPlan(image, []string{"/o"}, "/mnt", WithVerity("maybe")); err == nil {
+		t.Error("bad verity mode accepted")
+	}
+}
+
+func equalParams(a, b []Param) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
