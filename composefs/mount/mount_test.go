@@ -355,4 +355,3 @@ func equalParams(a, b []Param) bool {
 	}
 	return true
 }
-
