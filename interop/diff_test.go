@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"os/exec"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -165,5 +166,24 @@ func TestDeterministicAcrossConcurrency(t *testing.T) {
 		if !bytes.Equal(one, many) {
 			t.Fatalf("concurrency %d output differs from concurrency 1", n)
 		}
+	}
+}
+
+// The zstd CLI decompresses our blob of the generated tar back to the input.
+func TestZstdCLIOnGeneratedTar(t *testing.T) {
+	zstdBin, err := exec.LookPath("zstd")
+	if err != nil {
+		t.Skip("zstd CLI not installed")
+	}
+	in := genTar(t, 5)
+	blob, _ := ours(t, in)
+	cmd := exec.Command(zstdBin, "-d", "-c")
+	cmd.Stdin = bytes.NewReader(blob)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out, in) {
+		t.Fatalf("zstd -d gives %d bytes, input has %d", len(out), len(in))
 	}
 }
