@@ -45,7 +45,14 @@ func main() {
 	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror for debootstrap")
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
+	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
+	if *reportOnly {
+		if err := rewriteReport(cfg); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if cfg.versions == 0 {
 		cfg.versions = 10
 		if cfg.quick {

@@ -196,14 +196,15 @@ func (e *podmanEnv) command(ctx context.Context, a ...string) *exec.Cmd {
 }
 
 // skippedRE matches podman's progress line "skipped: 61.2MiB = 93.26%".
-var skippedRE = regexp.MustCompile(`skipped: ([0-9.]+ ?[KMGT]?i?B) = ([0-9.]+)%`)
+var skippedRE = regexp.MustCompile(`skipped: ([0-9.]+ ?[KMGTkmgt]?i?[Bb]) = ([0-9.]+)%`)
 
 // pull runs podman pull under script(1): podman prints its "skipped:"
 // figure only when stdout is a terminal.
 func (e *podmanEnv) pull(ctx context.Context, ref string) (string, error) {
-	line := "podman " + shellJoin(e.args("pull", "--tls-verify=false", ref))
+	// A pty from script(1) has no size; without one the bars are cut to "…".
+	line := "stty cols 200 rows 50; podman " + shellJoin(e.args("pull", "--tls-verify=false", ref))
 	cmd := exec.CommandContext(ctx, "script", "-qfec", line, "/dev/null")
-	cmd.Env = append(e.env, "TERM=xterm", "COLUMNS=200")
+	cmd.Env = append(e.env, "TERM=xterm")
 	out, err := cmd.CombinedOutput()
 	_ = os.WriteFile(filepath.Join(e.dir, "pull-"+filepath.Base(strings.ReplaceAll(ref, ":", "-"))+".log"), out, 0o644)
 	if err != nil {

@@ -57,6 +57,19 @@ func writeReport(cfg config, res *Results) error {
 	return nil
 }
 
+// rewriteReport redraws the Markdown and the chart from a results.json.
+func rewriteReport(cfg config) error {
+	b, err := os.ReadFile(filepath.Join(cfg.out, "results.json"))
+	if err != nil {
+		return err
+	}
+	var res Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("parsing results.json: %w", err)
+	}
+	return writeReport(cfg, &res)
+}
+
 func mbs(n int64) string { return fmt.Sprintf("%.2f", mb(n)) }
 
 // updateSums returns the bytes received over all update pulls (versions
@@ -172,11 +185,18 @@ func markdown(res *Results) string {
 	return sb.String()
 }
 
-var palette = []color.Color{
-	color.RGBA{R: 0xd6, G: 0x60, B: 0x4d, A: 0xff},
-	color.RGBA{R: 0xf4, G: 0xa5, B: 0x82, A: 0xff},
-	color.RGBA{R: 0x21, G: 0x66, B: 0xac, A: 0xff},
-	color.RGBA{R: 0x44, G: 0x44, B: 0x44, A: 0xff},
+// colorFor keeps each puller's colour the same in every chart.
+func colorFor(name string) color.Color {
+	switch {
+	case name == "floor":
+		return color.RGBA{R: 0x44, G: 0x44, B: 0x44, A: 0xff}
+	case strings.HasPrefix(name, "kura"):
+		return color.RGBA{R: 0x21, G: 0x66, B: 0xac, A: 0xff}
+	case strings.Contains(name, "use_hard_links=true"):
+		return color.RGBA{R: 0xf4, G: 0xa5, B: 0x82, A: 0xff}
+	default:
+		return color.RGBA{R: 0xd6, G: 0x60, B: 0x4d, A: 0xff}
+	}
 }
 
 // chart draws bytes received per update pull (grouped bars) and disk after N
@@ -215,7 +235,12 @@ func chart(res *Results, path string) error {
 	ss = append(ss, fl)
 
 	bars := plot.New()
+	bars.Add(plotter.NewGrid())
 	bars.Title.Text = "Received per update pull"
+	if len(res.Systems) > 0 && len(res.Systems[0].Pulls) > 0 {
+		bars.Title.Text = fmt.Sprintf("Received per update pull (first pull: %s %.0f MB, floor %.0f MB)",
+			res.Systems[0].Name, mb(res.Systems[0].Pulls[0].Traffic.Received), mb(res.Versions[0].FloorBytes))
+	}
 	bars.Y.Label.Text = "MB"
 	bars.X.Label.Text = "version pulled (after the previous ones)"
 	groups := max(1, n-1)
@@ -225,7 +250,7 @@ func chart(res *Results, path string) error {
 		if err != nil {
 			return err
 		}
-		bc.Color = palette[i%len(palette)]
+		bc.Color = colorFor(se.name)
 		bc.LineStyle.Width = 0
 		bc.Offset = width * vg.Length(float64(i)-float64(len(ss)-1)/2)
 		bars.Add(bc)
@@ -245,9 +270,9 @@ func chart(res *Results, path string) error {
 	bars.Y.Min, bars.Y.Max = 0, top*1.3 // room for the legend
 	bars.Legend.Top = true
 	bars.Legend.Left = true
-	bars.Add(plotter.NewGrid())
 
 	disk := plot.New()
+	disk.Add(plotter.NewGrid())
 	disk.Title.Text = "Disk after N versions"
 	disk.Y.Label.Text = "MB (du -sb)"
 	disk.X.Label.Text = "versions pulled"
@@ -259,12 +284,12 @@ func chart(res *Results, path string) error {
 		}
 	}
 	disk.Y.Max = dtop * 1.3
-	for i, se := range ss {
+	for _, se := range ss {
 		l, pts, err := plotter.NewLinePoints(se.disk)
 		if err != nil {
 			return err
 		}
-		l.Color, pts.Color = palette[i%len(palette)], palette[i%len(palette)]
+		l.Color, pts.Color = colorFor(se.name), colorFor(se.name)
 		l.Width = vg.Points(2)
 		disk.Add(l, pts)
 		label := se.name
@@ -275,7 +300,6 @@ func chart(res *Results, path string) error {
 	}
 	disk.Legend.Top = true
 	disk.Legend.Left = true
-	disk.Add(plotter.NewGrid())
 
 	img := vgimg.NewWith(vgimg.UseWH(vg.Inch*13, vg.Inch*5.5), vgimg.UseDPI(110))
 	dc := draw.New(img)
