@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/kura-oci/kura/auth"
+	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/registry"
+)
+
+// registryFlags are the options every command that talks to a registry shares.
+type registryFlags struct {
+	creds     string
+	authfile  string
+	tlsVerify bool
+	platform  string
+}
+
+func (f *registryFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.creds, "creds", "", "credentials USER[:PASSWORD] for the registry")
+	cmd.Flags().StringVar(&f.authfile, "authfile", "", "path of an auth file (default: podman's lookup order)")
+	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates")
+	cmd.Flags().StringVar(&f.platform, "platform", "", "OS/ARCH[/VARIANT] to choose from an index (default: this host)")
+}
+
+// client builds a registry client from the flags.
+func (f *registryFlags) client() (*registry.Client, error) {
+	var kopts []auth.Option
+	if f.authfile != "" {
+		kopts = append(kopts, auth.WithAuthFile(f.authfile))
+	}
+	if f.creds != "" {
+		kopts = append(kopts, auth.WithCreds(f.creds))
+	}
+	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithTLSVerify(f.tlsVerify)}
+	if f.platform != "" {
+		p, err := parsePlatform(f.platform)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, registry.WithPlatform(p))
+	}
+	return registry.New(opts...), nil
+}
+
+func parsePlatform(s string) (ocispec.Platform, error) {
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return ocispec.Platform{}, usageError{fmt.Errorf("platform %q: want OS/ARCH[/VARIANT]", s)}
+	}
+	p := ocispec.Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+func init() {
+	var rf registryFlags
+	var jobs int
+	var full bool
+	var name string
+	cmd := &cobra.Command{
+		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG]",
+		Short: "Pull an image into the store, fetching only the files it lacks",
+		Long: `Pull an image into the store. zstd:chunked layers are pulled partially: Kura fetches the table of
+contents, then only the files and chunks the store lacks, with HTTP Range requests, and verifies
+each file and the layer DiffID. Other layers are streamed whole into the store.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, err := imageref.Parse(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			client, err := rf.client()
+			if err != nil {
+				return err
+			}
+			src, err := pull.NewSource(ref, client)
+			if err != nil {
+				return err
+			}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			opts := []pull.Option{pull.WithJobs(jobs), pull.WithName(name)}
+			if full {
+				opts = append(opts, pull.WithoutPartial())
+			}
+			if !global.json {
+				opts = append(opts, pull.WithProgress(progress.Auto(os.Stderr)))
+			}
+			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
+			if err != nil {
+				return err
+			}
+			if global.json {
+				return printJSON(cmd.OutOrStdout(), rep)
+			}
+			for _, l := range rep.Layers {
+				if l.Note != "" {
+					fmt.Fprintf(os.Stderr, "%s: %s\n", l.Digest.Encoded()[:12], l.Note)
+				}
+			}
+			skipped := rep.BlobBytes - rep.BytesRequested
+			pct := 0.0
+			if rep.BlobBytes > 0 {
+				pct = 100 * float64(skipped) / float64(rep.BlobBytes)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", rep.Name, rep.Image)
+			fmt.Fprintf(cmd.OutOrStdout(), "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused, %.2fs\n",
+				humanBytes(rep.BlobBytes), humanBytes(rep.BytesRequested), humanBytes(rep.BytesReceived), pct,
+				rep.FilesReused, rep.ChunksReused, rep.Seconds)
+			return nil
+		},
+	}
+	rf.register(cmd)
+	cmd.Flags().IntVar(&jobs, "jobs", min(3, runtime.NumCPU()+1), "layers pulled at once")
+	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
+	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
+	rootCmd.AddCommand(cmd)
+}

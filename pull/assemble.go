@@ -1,0 +1,199 @@
+package pull
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/store"
+)
+
+// assembler turns fetched frames and local chunks into store objects. Files made of one
+// remote piece are decompressed straight into a store writer. Files of several pieces are
+// assembled in a sparse temp file (zeros chunks stay holes) by offset, so pieces may arrive in
+// any order and from concurrent requests; the last piece to land moves the file into the store,
+// where its sha256 is verified.
+type assembler struct {
+	ctx   context.Context
+	s     *store.Store
+	batch *store.Batch
+	bar   progress.Bar
+
+	byOffset map[int64]remotePiece // compressed offset → piece; read-only once fetching starts
+	mu       sync.Mutex
+	temps    []string
+}
+
+type pendingFile struct {
+	file      *chunked.File
+	path      string // temp file; empty for single-piece files
+	remaining atomic.Int32
+}
+
+type remotePiece struct {
+	pf    *pendingFile
+	chunk chunked.FileChunk
+}
+
+// prepare writes local chunks into temp files (re-hashing them; a chunk that no longer matches
+// is fetched instead) and indexes the pieces to fetch. It may change piece kinds in plan.
+func (a *assembler) prepare(plan *Plan) error {
+	a.byOffset = map[int64]remotePiece{}
+	for i := range plan.Files {
+		fp := &plan.Files[i]
+		pf := &pendingFile{file: fp.File}
+		if len(fp.Pieces) == 1 && fp.Pieces[0].Kind == PieceRemote {
+			pf.remaining.Store(1)
+			a.byOffset[fp.Pieces[0].Chunk.Range.Offset] = remotePiece{pf: pf, chunk: fp.Pieces[0].Chunk}
+			continue
+		}
+		f, err := os.CreateTemp(a.s.TempDir(), "pull-")
+		if err != nil {
+			return fmt.Errorf("assembling %q: %w", fp.File.Entry.Name, err)
+		}
+		pf.path = f.Name()
+		a.temps = append(a.temps, pf.path)
+		err = a.writeLocal(f, fp)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("assembling %q: %w", fp.File.Entry.Name, err)
+		}
+		var remote int32
+		for _, pc := range fp.Pieces {
+			if pc.Kind == PieceRemote {
+				remote++
+				a.byOffset[pc.Chunk.Range.Offset] = remotePiece{pf: pf, chunk: pc.Chunk}
+			}
+		}
+		pf.remaining.Store(remote)
+		if remote == 0 {
+			if err := a.finish(pf); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// writeLocal sizes the temp file (holes for zeros) and copies in the chunks found in the store.
+func (a *assembler) writeLocal(f *os.File, fp *FilePlan) error {
+	if err := f.Truncate(fp.File.Entry.Size); err != nil {
+		return err
+	}
+	for j := range fp.Pieces {
+		pc := &fp.Pieces[j]
+		if pc.Kind != PieceLocal {
+			continue
+		}
+		if err := a.copyLocal(f, pc); err != nil {
+			if errors.Is(err, errdefs.ErrDigestMismatch) || errors.Is(err, errdefs.ErrNotFound) {
+				pc.Kind = PieceRemote // the store copy changed or vanished: fetch it instead
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *assembler) copyLocal(dst *os.File, pc *Piece) error {
+	src, err := a.s.Open(a.ctx, pc.Local.Object)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	h := sha256.New()
+	w := io.MultiWriter(io.NewOffsetWriter(dst, pc.Chunk.Offset), h)
+	n, err := io.Copy(w, io.NewSectionReader(src, pc.Local.Offset, pc.Chunk.Size))
+	if err != nil {
+		return err
+	}
+	if n != pc.Chunk.Size || digest.NewDigest(digest.SHA256, h) != pc.Chunk.Digest {
+		return fmt.Errorf("local chunk %s in %s: %w", pc.Chunk.Digest, pc.Local.Object, errdefs.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// receive is the GetRanges callback: it decompresses one range into its file.
+func (a *assembler) receive(r registry.Range, rd io.Reader) error {
+	rp, ok := a.byOffset[r.Offset]
+	if !ok || rp.chunk.Range.Length != r.Length {
+		return fmt.Errorf("received range [%d, %d) that was not asked for: %w", r.Offset, r.End(), errdefs.ErrInvalid)
+	}
+	defer a.bar.Add(r.Length)
+	if rp.pf.path == "" {
+		return a.stream(rp, rd)
+	}
+	f, err := os.OpenFile(rp.pf.path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = chunked.DecodeFrames(rd, rp.chunk.Size, rp.chunk.Digest, io.NewOffsetWriter(f, rp.chunk.Offset))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("file %q: %w", rp.pf.file.Entry.Name, err)
+	}
+	if rp.pf.remaining.Add(-1) == 0 {
+		return a.finish(rp.pf)
+	}
+	return nil
+}
+
+// stream decompresses a single-piece file straight into the store.
+func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
+	f := rp.pf.file
+	w, err := a.batch.Ingest(a.ctx, f.Digest, f.Entry.Size)
+	if errors.Is(err, errdefs.ErrAlreadyExists) {
+		return nil // another layer of this pull stored it meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	if err := chunked.DecodeFrames(rd, f.Entry.Size, f.Digest, w); err != nil {
+		w.Abort()
+		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
+	}
+	if _, err := w.Commit(a.ctx); err != nil {
+		w.Abort()
+		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
+	}
+	return nil
+}
+
+// finish moves an assembled temp file into the store, which checks its sha256.
+func (a *assembler) finish(pf *pendingFile) error {
+	f, err := os.Open(pf.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := store.WriteObject(a.ctx, a.batch, f, pf.file.Digest, pf.file.Entry.Size); err != nil {
+		return fmt.Errorf("file %q: %w", pf.file.Entry.Name, err)
+	}
+	return os.Remove(pf.path)
+}
+
+// cleanup removes temp files that were not finished.
+func (a *assembler) cleanup() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.temps {
+		os.Remove(p)
+	}
+	a.temps = nil
+}

@@ -1,0 +1,387 @@
+package pull
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+// Layer pull modes, as reported.
+const (
+	ModePresent = "present" // the store had the layer
+	ModePartial = "partial" // only missing files and chunks were fetched
+	ModeFull    = "full"    // the blob was streamed whole into the store's ingest
+)
+
+// LayerReport is what pulling one layer cost.
+type LayerReport struct {
+	Digest         digest.Digest `json:"digest"`
+	DiffID         digest.Digest `json:"diffID"`
+	Mode           string        `json:"mode"`
+	Note           string        `json:"note,omitempty"`
+	BlobBytes      int64         `json:"blobBytes"`
+	BytesRequested int64         `json:"bytesRequested"`
+	BytesReceived  int64         `json:"bytesReceived"`
+	FilesReused    int           `json:"filesReused"`
+	ChunksReused   int           `json:"chunksReused"`
+	ObjectsWritten int           `json:"objectsWritten"`
+	RangesIgnored  bool          `json:"rangesIgnored,omitempty"`
+	Seconds        float64       `json:"seconds"`
+}
+
+// Report is what a pull did, per layer and in total.
+type Report struct {
+	Image          digest.Digest `json:"image"`
+	Name           string        `json:"name"`
+	Layers         []LayerReport `json:"layers"`
+	BlobBytes      int64         `json:"blobBytes"`
+	BytesRequested int64         `json:"bytesRequested"`
+	BytesReceived  int64         `json:"bytesReceived"`
+	FilesReused    int           `json:"filesReused"`
+	ChunksReused   int           `json:"chunksReused"`
+	ObjectsWritten int           `json:"objectsWritten"`
+	Seconds        float64       `json:"seconds"`
+}
+
+// Option configures Pull. All defaults are in defaultOptions.
+type Option func(*options)
+
+type options struct {
+	jobs      int
+	name      string
+	progress  progress.Reporter
+	noPartial bool
+}
+
+func defaultOptions() options {
+	return options{jobs: 3, progress: progress.Nop}
+}
+
+// WithJobs bounds how many layers are pulled at once (default 3).
+func WithJobs(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.jobs = n
+		}
+	}
+}
+
+// WithName sets the ref the image is stored under (default: the source's name).
+func WithName(name string) Option { return func(o *options) { o.name = name } }
+
+// WithProgress reports per-layer progress.
+func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
+
+// WithoutPartial pulls every layer whole (for comparison and as a last resort).
+func WithoutPartial() Option { return func(o *options) { o.noPartial = true } }
+
+// Pull brings the image src names into the store: layers (partially where they are
+// zstd:chunked), then the image record, then the ref. It holds the store's shared lock.
+func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Report, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	start := time.Now()
+	img, err := src.Resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name := o.name
+	if name == "" {
+		name = img.Name
+	}
+	if name == "" {
+		return nil, fmt.Errorf("the image has no name; give one: %w", errdefs.ErrInvalid)
+	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(img.Manifest.Layers) {
+		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	}
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	rep := &Report{Name: name, Layers: make([]LayerReport, len(diffIDs))}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	seen := map[digest.Digest]bool{}
+	for i, desc := range img.Manifest.Layers {
+		diffID := diffIDs[i]
+		if seen[diffID] {
+			rep.Layers[i] = LayerReport{Digest: desc.Digest, DiffID: diffID, Mode: ModePresent, BlobBytes: desc.Size}
+			continue
+		}
+		seen[diffID] = true
+		g.Go(func() error {
+			lr, err := pullLayer(gctx, s, src, desc, diffID, o)
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", desc.Digest, err)
+			}
+			rep.Layers[i] = lr
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.SetRef(ctx, name, stored.ID); err != nil {
+		return nil, err
+	}
+	rep.Image = stored.ID
+	for _, l := range rep.Layers {
+		rep.BlobBytes += l.BlobBytes
+		rep.BytesRequested += l.BytesRequested
+		rep.BytesReceived += l.BytesReceived
+		rep.FilesReused += l.FilesReused
+		rep.ChunksReused += l.ChunksReused
+		rep.ObjectsWritten += l.ObjectsWritten
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// errNeedFull asks for a full pull of a layer that cannot be pulled partially.
+type errNeedFull struct{ reason string }
+
+func (e errNeedFull) Error() string { return e.reason }
+
+func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, o options) (LayerReport, error) {
+	start := time.Now()
+	lr := LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size}
+	bar := o.progress.Bar(shortDigest(desc.Digest))
+	bar.SetTotal(desc.Size)
+	if s.HasLayer(diffID) {
+		lr.Mode = ModePresent
+		bar.Skip(desc.Size)
+		bar.Done("already present")
+		return lr, nil
+	}
+	var err error
+	if chunked.IsChunked(desc.Annotations) && !o.noPartial {
+		err = pullPartial(ctx, s, src, desc, diffID, &lr, bar)
+		var nf errNeedFull
+		if errors.As(err, &nf) {
+			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: nf.reason + "; pulled in full",
+				BytesRequested: lr.BytesRequested, BytesReceived: lr.BytesReceived}
+			err = pullFull(ctx, s, src, desc, diffID, &lr, bar)
+		}
+	} else {
+		err = pullFull(ctx, s, src, desc, diffID, &lr, bar)
+	}
+	if err != nil {
+		bar.Done("failed: " + err.Error())
+		return lr, err
+	}
+	bar.Done("")
+	lr.Seconds = time.Since(start).Seconds()
+	return lr, nil
+}
+
+func shortDigest(d digest.Digest) string {
+	if e := d.Encoded(); len(e) > 12 {
+		return e[:12]
+	}
+	return d.String()
+}
+
+// pullFull streams the whole blob into the store's ingest, which dedups file by file and
+// checks the DiffID; the blob digest is checked at EOF.
+func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar) error {
+	lr.Mode = ModeFull
+	rc, err := src.OpenBlob(ctx, desc)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	cr := &countingReader{r: rc, bar: bar}
+	if _, err := layer.Import(ctx, s, cr, layer.Options{DiffID: diffID}); err != nil {
+		return err
+	}
+	// Read past the end of the tar (skippable frames, padding) so the blob digest is checked.
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		return fmt.Errorf("blob %s: %w", desc.Digest, err)
+	}
+	lr.BytesRequested += desc.Size
+	lr.BytesReceived += cr.n
+	lr.ObjectsWritten = -1 // unknown: the ingest dedups internally
+	return nil
+}
+
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	bar progress.Bar
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	c.bar.Add(int64(n))
+	return n, err
+}
+
+// pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store
+// lacks, assembles each missing object, and checks the DiffID of the tar rebuilt from tar-split.
+func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar) error {
+	lr.Mode = ModePartial
+	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size)
+	if err != nil {
+		return err
+	}
+	if loc.TarSplit.Length == 0 {
+		return errNeedFull{"zstd:chunked layer in the old format (no tar-split): its DiffID cannot be verified after a partial pull"}
+	}
+	meta := map[int64][]byte{}
+	var mu sync.Mutex
+	var ranges []registry.Range
+	for _, r := range loc.Ranges() {
+		ranges = append(ranges, registry.Range{Offset: r.Offset, Length: r.Length})
+	}
+	mrep, err := src.GetRanges(ctx, desc, ranges, func(r registry.Range, rd io.Reader) error {
+		b, err := io.ReadAll(io.LimitReader(rd, r.Length))
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		meta[r.Offset] = b
+		mu.Unlock()
+		return nil
+	})
+	addRangeReport(lr, mrep)
+	if errors.Is(err, registry.ErrRangesUnsupported) {
+		return errNeedFull{"the registry serves no byte ranges"}
+	}
+	if err != nil {
+		return fmt.Errorf("fetching TOC: %w", err)
+	}
+	l, err := chunked.Parse(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset])
+	if err != nil {
+		return err
+	}
+	plan := MakePlan(l.Files, storeHave{ctx: ctx, s: s})
+	lr.FilesReused, lr.ChunksReused = plan.ReusedFiles, plan.ReusedChunks
+
+	batch := s.NewBatch()
+	committed := false
+	defer func() {
+		if !committed {
+			batch.Abort()
+		}
+	}()
+	asm := &assembler{ctx: ctx, s: s, batch: batch, bar: bar}
+	if err := asm.prepare(plan); err != nil {
+		asm.cleanup()
+		return err
+	}
+	if ranges := plan.Ranges(); len(ranges) > 0 {
+		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
+		addRangeReport(lr, drep)
+		err = ferr
+	}
+	asm.cleanup()
+	if errors.Is(err, registry.ErrRangesUnsupported) {
+		return errNeedFull{"the registry serves no byte ranges"}
+	}
+	if err != nil {
+		return fmt.Errorf("fetching files: %w", err)
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return err
+	}
+	committed = true
+	lr.ObjectsWritten = len(plan.Files)
+	bar.Skip(desc.Size - lr.BytesRequested)
+
+	tarSize, err := checkDiffID(ctx, s, l, diffID)
+	if err != nil {
+		return err
+	}
+	var content int64
+	for _, e := range l.TOC.Entries {
+		if e.Type == chunked.TypeReg {
+			content += e.Size
+		}
+	}
+	return s.PutLayer(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content}, l.TOC, l.TarSplit)
+}
+
+func addRangeReport(lr *LayerReport, r registry.RangeReport) {
+	lr.BytesRequested += r.BytesRequested
+	lr.BytesReceived += r.BytesReceived
+	lr.RangesIgnored = lr.RangesIgnored || r.RangesIgnored
+}
+
+// checkDiffID rebuilds the layer's tar from its tar-split and the stored objects and compares
+// its sha256 with the DiffID the config promises.
+func checkDiffID(ctx context.Context, s *store.Store, l *chunked.Layer, diffID digest.Digest) (int64, error) {
+	byName := make(map[string]digest.Digest, len(l.Files))
+	for _, f := range l.Files {
+		byName[f.Entry.Name] = f.Digest
+	}
+	h := sha256.New()
+	cw := &countingWriter{w: h}
+	err := chunked.RebuildTar(bytes.NewReader(l.TarSplit), func(name string, size int64) (io.ReadCloser, error) {
+		d, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)
+		}
+		return s.Open(ctx, d)
+	}, cw)
+	if err != nil {
+		return 0, fmt.Errorf("rebuilding the tar: %w", err)
+	}
+	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
+		return 0, fmt.Errorf("rebuilt tar hashes to %s, the config says %s: %w", got, diffID, errdefs.ErrDigestMismatch)
+	}
+	return cw.n, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// storeHave answers Have from the store.
+type storeHave struct {
+	ctx context.Context
+	s   *store.Store
+}
+
+func (h storeHave) HasObject(d digest.Digest) bool { return h.s.HasObject(d) }
+
+func (h storeHave) FindChunk(d digest.Digest, size int64) (ChunkLocation, bool) {
+	loc, err := h.s.FindChunk(h.ctx, d, size)
+	if err != nil {
+		return ChunkLocation{}, false
+	}
+	return ChunkLocation{Object: loc.Object, Offset: loc.Offset}, true
+}
