@@ -38,6 +38,13 @@ const (
 	// Redirect answers 307 to a blob store on another loopback host, which serves ranges itself
 	// and records whether an Authorization header reached it.
 	Redirect
+	// RejectAllRanges answers Status to every request carrying a Range header.
+	RejectAllRanges
+	// CorruptBody flips the first body byte of blob answers (digest checks must catch it).
+	CorruptBody
+	// CorruptManifest appends a space to manifest bodies: still JSON, another digest. It applies
+	// to manifest GETs instead of blob GETs.
+	CorruptManifest
 )
 
 // Fault is one proxy behaviour. Times > 0 limits it to the first Times blob GETs after SetFault;
@@ -136,7 +143,7 @@ func (p *Proxy) StoreAuthorizations() []string {
 func (p *Proxy) take() (Fault, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fault.Kind == None {
+	if p.fault.Kind == None || p.fault.Kind == CorruptManifest {
 		return p.fault, false
 	}
 	if p.fault.Times > 0 {
@@ -188,7 +195,20 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
+func isManifestGET(r *http.Request) bool {
+	return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/")
+}
+
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	if isManifestGET(r) {
+		p.mu.Lock()
+		corrupt := p.fault.Kind == CorruptManifest
+		p.mu.Unlock()
+		if corrupt {
+			p.serveCorruptManifest(w, r)
+			return
+		}
+	}
 	if !isBlobGET(r) {
 		p.forward(w, r, r.Header, -1)
 		return
@@ -218,6 +238,14 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	case DropAfter:
 		cw.limit = f.AfterBytes
 		p.forward(cw, r, r.Header, -1)
+	case RejectAllRanges:
+		if r.Header.Get("Range") != "" {
+			http.Error(cw, "ranges are not supported", f.Status)
+			return
+		}
+		p.forward(cw, r, r.Header, -1)
+	case CorruptBody:
+		p.forward(&flipWriter{countingWriter: cw}, r, r.Header, -1)
 	case ServerError:
 		http.Error(cw, "injected failure", http.StatusInternalServerError)
 	case TooManyRequests:
@@ -263,6 +291,44 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, h http.Header, _
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// flipWriter flips the first body byte.
+type flipWriter struct {
+	*countingWriter
+	done bool
+}
+
+func (w *flipWriter) Write(b []byte) (int, error) {
+	if !w.done && len(b) > 0 {
+		w.done = true
+		c := append([]byte(nil), b...)
+		c[0] ^= 0xff
+		return w.countingWriter.Write(c)
+	}
+	return w.countingWriter.Write(b)
+}
+
+func (p *Proxy) serveCorruptManifest(w http.ResponseWriter, r *http.Request) {
+	out, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, p.upstream+r.URL.RequestURI(), nil)
+	out.Header = r.Header.Clone()
+	resp, err := p.client.Do(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for k, vs := range resp.Header {
+		w.Header()[k] = vs
+	}
+	if resp.StatusCode == http.StatusOK {
+		body = append(body, ' ')
+		w.Header().Del("Docker-Content-Digest")
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(resp.StatusCode)
+	w.Write(body)
 }
 
 // fetchWhole GETs the whole blob upstream with the client's credentials; on failure it relays

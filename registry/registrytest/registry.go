@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -96,7 +97,9 @@ func New(t testing.TB, opts ...Option) *Registry {
 		"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
 	}
 	cfg.Auth = configuration.Auth{"token": configuration.Parameters{
-		"realm": tokenSrv.URL + "/token", "service": service, "issuer": issuer, "rootcertbundle": bundle,
+		// By name, not 127.0.0.1: go-containerregistry refuses realms on private IP literals
+		// other than the registry's own host:port. A separate host, as with Docker Hub.
+		"realm": "http://localhost:" + portOf(tokenSrv.Listener.Addr().String()) + "/token", "service": service, "issuer": issuer, "rootcertbundle": bundle,
 	}}
 	cfg.HTTP.RelativeURLs = true
 	ctx, cancel := context.WithCancel(context.Background())
@@ -108,6 +111,11 @@ func New(t testing.TB, opts ...Option) *Registry {
 	r.Proxy = newProxy(t, r.direct.URL)
 	r.Host = r.Proxy.host
 	return r
+}
+
+func portOf(hostport string) string {
+	_, port, _ := net.SplitHostPort(hostport)
+	return port
 }
 
 // TokenRequests counts token-server answers (a sign of the auth handshake being reused or not).

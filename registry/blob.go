@@ -1,0 +1,235 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/imageref"
+)
+
+// FetchBlob streams a whole blob. The reader yields at most desc.Size bytes and returns an error
+// wrapping errdefs.ErrDigestMismatch at EOF when the size or digest differ, so only a read that
+// ended in io.EOF delivered verified content. A connection lost mid-body is resumed with a Range
+// request from where it stopped.
+func (c *Client) FetchBlob(ctx context.Context, repo imageref.Repository, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	if err := checkDescriptor(desc); err != nil {
+		return nil, fmt.Errorf("blob of %s: %w", repo, err)
+	}
+	rc, err := c.repo(ctx, repo, false)
+	if err != nil {
+		return nil, err
+	}
+	r := &resumingReader{ctx: ctx, c: c, client: rc.client, url: rc.url(repo, "blobs", desc.Digest.String()), size: desc.Size}
+	if err := r.open(); err != nil {
+		return nil, err
+	}
+	return &verifyingReader{r: r, closer: r, want: desc.Digest, size: desc.Size, h: desc.Digest.Algorithm().Hash()}, nil
+}
+
+// resumingReader reads a blob from offset 0 to size, re-requesting "bytes=pos-" after a failure.
+type resumingReader struct {
+	ctx    context.Context
+	c      *Client
+	client *http.Client
+	url    string
+	size   int64
+
+	body     io.ReadCloser
+	pos      int64
+	failures int // consecutive failures without progress
+}
+
+func (r *resumingReader) open() error {
+	req, err := http.NewRequestWithContext(r.ctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		return fmt.Errorf("blob %s: %v: %w", r.url, err, errdefs.ErrInvalid)
+	}
+	if r.pos > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", r.pos))
+	}
+	resp, err := r.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("fetching blob: %w", err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		// Full body (also when a resume was ignored): skip what we already have.
+		if r.pos > 0 {
+			if _, err := io.CopyN(io.Discard, resp.Body, r.pos); err != nil {
+				resp.Body.Close()
+				return fmt.Errorf("skipping %d bytes of a restarted blob download: %w", r.pos, err)
+			}
+		}
+	case resp.StatusCode == http.StatusPartialContent && r.pos > 0:
+		cr, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || cr.start != r.pos || (cr.total >= 0 && cr.total != r.size) {
+			resp.Body.Close()
+			return fmt.Errorf("resuming blob at %d: answer has Content-Range %q: %w", r.pos, resp.Header.Get("Content-Range"), errdefs.ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("fetching blob: %w", newHTTPError(resp))
+	}
+	r.body = resp.Body
+	return nil
+}
+
+func (r *resumingReader) Read(p []byte) (int, error) {
+	for {
+		if r.body == nil {
+			if err := r.open(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := r.body.Read(p)
+		r.pos += int64(n)
+		if n > 0 {
+			r.failures = 0
+		}
+		if err == nil || err == io.EOF && r.pos >= r.size {
+			return n, err
+		}
+		// A body that ends early (io.EOF before size, io.ErrUnexpectedEOF, a reset) is resumed.
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		r.body.Close()
+		r.body = nil
+		if !isTransient(r.ctx, err) || r.failures+1 >= r.c.opts.retries {
+			return n, fmt.Errorf("reading blob at offset %d: %w", r.pos, err)
+		}
+		r.failures++
+		r.c.stats.retries.Add(1)
+		if n > 0 {
+			return n, nil
+		}
+		if err := sleep(r.ctx, backoff(&r.c.opts, r.failures-1)); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func (r *resumingReader) Close() error {
+	if r.body != nil {
+		return r.body.Close()
+	}
+	return nil
+}
+
+// verifyingReader limits a stream to size bytes and checks the digest at EOF.
+type verifyingReader struct {
+	r      io.Reader
+	closer io.Closer
+	want   digest.Digest
+	size   int64
+	h      hash.Hash
+	n      int64
+	err    error
+}
+
+func (v *verifyingReader) Read(p []byte) (int, error) {
+	if v.err != nil {
+		return 0, v.err
+	}
+	// Read one byte past size so an oversized stream is detected rather than truncated.
+	if rem := v.size - v.n + 1; int64(len(p)) > rem {
+		p = p[:rem]
+	}
+	n, err := v.r.Read(p)
+	v.n += int64(n)
+	if v.n > v.size {
+		v.err = fmt.Errorf("blob %s: more than the expected %d bytes: %w", v.want, v.size, errdefs.ErrDigestMismatch)
+		return 0, v.err
+	}
+	v.h.Write(p[:n])
+	if errors.Is(err, io.EOF) {
+		switch got := digest.NewDigest(v.want.Algorithm(), v.h); {
+		case v.n != v.size:
+			v.err = fmt.Errorf("blob %s: got %d bytes, want %d: %w", v.want, v.n, v.size, errdefs.ErrDigestMismatch)
+		case got != v.want:
+			v.err = fmt.Errorf("blob %s: content has digest %s: %w", v.want, got, errdefs.ErrDigestMismatch)
+		default:
+			v.err = io.EOF
+		}
+		return n, v.err
+	}
+	if err != nil {
+		v.err = err
+	}
+	return n, err
+}
+
+func (v *verifyingReader) Close() error { return v.closer.Close() }
+
+// contentRange is "bytes start-end/total" (end inclusive; total -1 for "*").
+type contentRange struct{ start, end, total int64 }
+
+func parseContentRange(s string) (contentRange, error) {
+	bad := fmt.Errorf("Content-Range %q: %w", s, errdefs.ErrInvalid)
+	rest, ok := cutPrefixFold(s, "bytes ")
+	if !ok {
+		return contentRange{}, bad
+	}
+	rng, total, ok := cut(rest, '/')
+	if !ok {
+		return contentRange{}, bad
+	}
+	a, b, ok := cut(rng, '-')
+	if !ok {
+		return contentRange{}, bad
+	}
+	var cr contentRange
+	var err error
+	if cr.start, err = parseUint(a); err != nil {
+		return contentRange{}, bad
+	}
+	if cr.end, err = parseUint(b); err != nil || cr.end < cr.start {
+		return contentRange{}, bad
+	}
+	if total == "*" {
+		cr.total = -1
+	} else if cr.total, err = parseUint(total); err != nil || cr.total <= cr.end {
+		return contentRange{}, bad
+	}
+	return cr, nil
+}
+
+func parseUint(s string) (int64, error) {
+	if s == "" || s[0] == '+' || s[0] == '-' {
+		return 0, strconv.ErrSyntax
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+func cut(s string, sep byte) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == sep {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) {
+		return s, false
+	}
+	for i := 0; i < len(prefix); i++ {
+		a, b := s[i], prefix[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if a != b {
+			return s, false
+		}
+	}
+	return s[len(prefix):], true
+}

@@ -1,0 +1,89 @@
+package registry
+
+import (
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Option configures a Client. All defaults live in defaultOptions.
+type Option func(*options)
+
+type options struct {
+	keychain         authn.Keychain
+	tlsVerify        bool
+	platform         ocispec.Platform
+	maxManifestSize  int64
+	maxConfigSize    int64
+	parallel         int
+	maxSpans         int
+	rangesPerRequest int
+	mergeGap         int64
+	retries          int
+	backoff          time.Duration
+	maxBackoff       time.Duration
+	maxRetryAfter    time.Duration
+	transport        http.RoundTripper
+	userAgent        string
+}
+
+func defaultOptions() options {
+	return options{
+		keychain:         authn.NewMultiKeychain(), // anonymous
+		tlsVerify:        true,
+		platform:         ocispec.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH},
+		maxManifestSize:  4 << 20,
+		maxConfigSize:    16 << 20,
+		parallel:         4,
+		maxSpans:         1024,
+		rangesPerRequest: 128,
+		mergeGap:         1024,
+		retries:          5,
+		backoff:          200 * time.Millisecond,
+		maxBackoff:       10 * time.Second,
+		maxRetryAfter:    60 * time.Second,
+		userAgent:        "kura",
+	}
+}
+
+// WithKeychain supplies credentials (e.g. auth.NewKeychain()). Default: anonymous.
+func WithKeychain(k authn.Keychain) Option { return func(o *options) { o.keychain = k } }
+
+// WithTLSVerify(false) accepts self-signed certificates and lets the client fall back to plain
+// HTTP. (Loopback and private addresses may always fall back to HTTP, as in go-containerregistry.)
+func WithTLSVerify(v bool) Option { return func(o *options) { o.tlsVerify = v } }
+
+// WithPlatform chooses the image of an index. Default: this host's OS and architecture, any variant.
+func WithPlatform(p ocispec.Platform) Option { return func(o *options) { o.platform = p } }
+
+// WithMaxManifestSize bounds manifests and indexes (default 4 MiB).
+func WithMaxManifestSize(n int64) Option { return func(o *options) { o.maxManifestSize = n } }
+
+// WithParallel bounds concurrent range requests per GetRanges call (default 4).
+func WithParallel(n int) Option { return func(o *options) { o.parallel = max(1, n) } }
+
+// WithMaxRanges caps the merged ranges per blob (default 1024): past it the smallest gaps are
+// filled in.
+func WithMaxRanges(n int) Option { return func(o *options) { o.maxSpans = max(1, n) } }
+
+// WithRangesPerRequest caps the ranges in one request's Range header (default 128), which keeps
+// the header under the 8 KiB many front ends accept.
+func WithRangesPerRequest(n int) Option { return func(o *options) { o.rangesPerRequest = max(1, n) } }
+
+// WithMergeGap merges ranges whose gap is at most n bytes (default 1024).
+func WithMergeGap(n int64) Option { return func(o *options) { o.mergeGap = max(0, n) } }
+
+// WithRetry sets the attempts per request (default 5) and the first backoff (default 200ms,
+// doubling up to 10s).
+func WithRetry(attempts int, backoff time.Duration) Option {
+	return func(o *options) { o.retries, o.backoff = max(1, attempts), backoff }
+}
+
+// WithTransport replaces the base transport (default: a clone of http.DefaultTransport).
+func WithTransport(t http.RoundTripper) Option { return func(o *options) { o.transport = t } }
+
+// WithUserAgent sets the User-Agent header.
+func WithUserAgent(ua string) Option { return func(o *options) { o.userAgent = ua } }

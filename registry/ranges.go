@@ -1,0 +1,419 @@
+package registry
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/imageref"
+)
+
+// ErrRangesUnsupported: the registry refused range requests even one range at a time. The
+// caller should pull the blob whole. Errors carrying it also wrap errdefs.ErrUnsupported.
+var ErrRangesUnsupported = errors.New("registry does not serve byte ranges of this blob")
+
+// RangeReport tells what one GetRanges call cost and which fallbacks it took.
+type RangeReport struct {
+	Ranges int `json:"ranges"` // ranges asked for
+	Spans  int `json:"spans"`  // after merging
+	// Requests are HTTP requests sent, retries included.
+	Requests int64 `json:"requests"`
+	// BytesRequested sums the byte ranges asked for (merged gaps included, resumptions too).
+	BytesRequested int64 `json:"bytesRequested"`
+	// BytesReceived are body bytes read from the network.
+	BytesReceived int64 `json:"bytesReceived"`
+	Retries       int64 `json:"retries"`
+	// RangesIgnored: the server answered 200 with the whole blob; the ranges were cut out of
+	// that stream (never downloaded twice), and BytesReceived reaches up to the last range.
+	RangesIgnored bool `json:"rangesIgnored"`
+	// Splits counts halvings of the ranges per request after 400/416/501 answers.
+	Splits int64 `json:"splits"`
+}
+
+// GetRanges fetches byte ranges of a blob and calls fn once per range with a reader of exactly
+// that range's bytes. Ranges may come in any order but must not overlap and must lie within
+// blob.Size. Within one request ranges arrive in ascending offset order; requests run in
+// parallel (WithParallel), so fn is called concurrently unless WithParallel(1), in which case
+// all calls come in ascending offset order. fn need not read its reader to the end.
+//
+// Ranges are merged (MergeRanges) and sent up to WithRangesPerRequest per request. A 200
+// answer is used as the whole blob (RangesIgnored); 400/416/501 halve the ranges per request,
+// and a refusal of a single range returns ErrRangesUnsupported; lost connections, 5xx and 429
+// are retried, resuming a partly received range. A 206 whose Content-Range differs from what
+// was asked is an error wrapping errdefs.ErrInvalid. The caller verifies the content (the
+// digests of the files it extracts); GetRanges only guarantees the offsets.
+func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob ocispec.Descriptor, ranges []Range, fn func(Range, io.Reader) error) (RangeReport, error) {
+	rep := RangeReport{Ranges: len(ranges)}
+	if err := checkDescriptor(blob); err != nil {
+		return rep, fmt.Errorf("ranges of a blob in %s: %w", repo, err)
+	}
+	if err := checkRanges(ranges, blob.Size); err != nil {
+		return rep, fmt.Errorf("ranges of blob %s: %w", blob.Digest, err)
+	}
+	if len(ranges) == 0 {
+		return rep, nil
+	}
+	spans := MergeRanges(ranges, c.opts.mergeGap, c.opts.maxSpans)
+	rep.Spans = len(spans)
+	rc, err := c.repo(ctx, repo, false)
+	if err != nil {
+		return rep, err
+	}
+	cc := &callCounters{}
+	ctx, cancel := context.WithCancel(withCall(ctx, cc))
+	defer cancel()
+	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn}
+	j.limit.Store(int64(c.opts.rangesPerRequest))
+
+	err = j.run(spans, cancel)
+	rep.Requests, rep.BytesReceived, rep.Retries = cc.requests.Load(), cc.bytesReceived.Load(), cc.retries.Load()
+	rep.BytesRequested, rep.Splits, rep.RangesIgnored = j.bytesRequested.Load(), j.splits.Load(), j.ignored.Load()
+	if err != nil {
+		return rep, fmt.Errorf("ranges of blob %s in %s: %w", blob.Digest, repo, err)
+	}
+	return rep, nil
+}
+
+func checkRanges(ranges []Range, size int64) error {
+	sorted := slices.Clone(ranges)
+	slices.SortFunc(sorted, func(a, b Range) int { return cmp.Compare(a.Offset, b.Offset) })
+	for i, r := range sorted {
+		if r.Offset < 0 || r.Length <= 0 || r.Length > size || r.Offset > size-r.Length {
+			return fmt.Errorf("range %d+%d outside a blob of %d bytes: %w", r.Offset, r.Length, size, errdefs.ErrInvalid)
+		}
+		if i > 0 && sorted[i-1].End() > r.Offset {
+			return fmt.Errorf("ranges %d+%d and %d+%d overlap: %w", sorted[i-1].Offset, sorted[i-1].Length, r.Offset, r.Length, errdefs.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// rangeJob is one GetRanges call, shared by its workers.
+type rangeJob struct {
+	c      *Client
+	ctx    context.Context
+	client *http.Client
+	url    string
+	size   int64
+	fn     func(Range, io.Reader) error
+
+	limit          atomic.Int64 // ranges per request, halved on refusals
+	bytesRequested atomic.Int64
+	splits         atomic.Int64
+	ignored        atomic.Bool
+}
+
+// run sends the first batch alone: its answer tells whether the server honours ranges. If it
+// answered 200, that one stream serves every range; otherwise the other batches go in parallel.
+func (j *rangeJob) run(spans []Span, cancel func()) error {
+	per := int(j.limit.Load())
+	first := spans[:min(per, len(spans))]
+	rest := spans[len(first):]
+	w := &worker{j: j}
+	err := w.run(first)
+	if err == nil && w.full && len(rest) > 0 {
+		err = w.run(rest)
+		rest = nil
+	}
+	w.close()
+	if err != nil || len(rest) == 0 {
+		return err
+	}
+
+	var (
+		mu       sync.Mutex
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	batches := make(chan []Span)
+	for range min(j.c.opts.parallel, (len(rest)+per-1)/per) {
+		wg.Go(func() {
+			w := &worker{j: j}
+			defer w.close()
+			for b := range batches {
+				if err := w.run(b); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					cancel()
+					return
+				}
+				w.close()
+			}
+		})
+	}
+feed:
+	for len(rest) > 0 {
+		n := min(per, len(rest))
+		select {
+		case batches <- rest[:n]:
+			rest = rest[n:]
+		case <-j.ctx.Done():
+			break feed
+		}
+	}
+	close(batches)
+	wg.Wait()
+	if firstErr == nil && j.ctx.Err() != nil {
+		firstErr = j.ctx.Err()
+	}
+	return firstErr
+}
+
+// worker reads spans in order from a sequence of range requests, reopening after failures.
+type worker struct {
+	j    *rangeJob
+	todo []Span // todo[0] is being read
+	pos  int64  // next blob offset wanted
+
+	src      *rangeSource
+	full     bool // the open source is a 200 whole-blob answer
+	part     io.Reader
+	partPos  int64 // blob offset of the part's next byte
+	partEnd  int64
+	failures int   // consecutive failures without progress
+	err      error // sticky: a stream failure fn might have swallowed
+}
+
+func (w *worker) run(spans []Span) error {
+	w.todo = spans
+	for len(w.todo) > 0 {
+		sp := w.todo[0]
+		w.pos = max(w.pos, sp.Offset)
+		for _, r := range sp.Ranges {
+			if err := w.skipTo(r.Offset); err != nil {
+				return err
+			}
+			lr := &io.LimitedReader{R: w, N: r.Length}
+			err := w.j.fn(r, lr)
+			if w.err != nil {
+				return w.err
+			}
+			if err != nil {
+				return fmt.Errorf("handling range %d+%d: %w", r.Offset, r.Length, err)
+			}
+			if err := w.skipTo(r.End()); err != nil {
+				return err
+			}
+		}
+		if err := w.endSpan(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// skipTo reads and discards up to blob offset off within the current span.
+func (w *worker) skipTo(off int64) error {
+	var buf [32 << 10]byte
+	for w.pos < off {
+		if _, err := w.Read(buf[:min(int64(len(buf)), off-w.pos)]); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *worker) endSpan() error {
+	w.todo = w.todo[1:]
+	if w.full || w.src == nil {
+		return nil
+	}
+	// A part longer than its Content-Range is as wrong as a shorter one.
+	if w.src.mr != nil {
+		var b [1]byte
+		if n, _ := w.part.Read(b[:]); n > 0 {
+			w.err = protocolError("multipart part for bytes ending at %d carries more bytes than its Content-Range", w.partEnd)
+			return w.err
+		}
+	}
+	w.part = nil
+	if w.src.exhausted() {
+		w.closeSrc()
+	}
+	return nil
+}
+
+// Read reads the current span from w.pos, resuming after transient failures.
+func (w *worker) Read(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	end := w.todo[0].End()
+	if w.pos >= end {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > end-w.pos {
+		p = p[:end-w.pos]
+	}
+	for {
+		n, err := w.readSome(p)
+		if n > 0 {
+			w.failures = 0
+			return n, nil
+		}
+		if err == nil {
+			continue
+		}
+		var perr errProtocol
+		if errors.As(err, &perr) || !isTransient(w.j.ctx, err) || w.failures+1 >= w.j.c.opts.retries {
+			w.err = err
+			return 0, err
+		}
+		w.closeSrc()
+		w.failures++
+		w.j.c.stats.retries.Add(1)
+		if cc := callOf(w.j.ctx); cc != nil {
+			cc.retries.Add(1)
+		}
+		if err := sleep(w.j.ctx, backoff(&w.j.c.opts, w.failures-1)); err != nil {
+			w.err = err
+			return 0, err
+		}
+	}
+}
+
+// readSome reads at most len(p) bytes at w.pos from the open part, opening what is needed.
+func (w *worker) readSome(p []byte) (int, error) {
+	if w.src == nil {
+		if err := w.open(); err != nil {
+			return 0, err
+		}
+	}
+	if w.part == nil {
+		part, start, end, err := w.src.nextPart()
+		if err != nil {
+			return 0, err
+		}
+		w.part, w.partPos, w.partEnd = part, start, end
+	}
+	if w.partPos > w.pos || w.pos >= w.partEnd {
+		return 0, protocolError("answer part covers %d-%d, need offset %d", w.partPos, w.partEnd, w.pos)
+	}
+	if w.partPos < w.pos { // a whole-blob answer: skip the bytes between ranges
+		n, err := io.CopyN(io.Discard, w.part, w.pos-w.partPos)
+		w.partPos += n
+		if err != nil {
+			return 0, w.partEOF(err)
+		}
+	}
+	if avail := w.partEnd - w.partPos; int64(len(p)) > avail {
+		p = p[:avail]
+	}
+	n, err := w.part.Read(p)
+	w.partPos += int64(n)
+	w.pos += int64(n)
+	if n > 0 {
+		return n, nil
+	}
+	return 0, w.partEOF(err)
+}
+
+// partEOF classifies the end of a part before the bytes it promised: a multipart part that
+// ends at its boundary is short (a wrong answer); a body that ends early was cut (retry).
+func (w *worker) partEOF(err error) error {
+	if err == nil {
+		return nil
+	}
+	if err == io.EOF {
+		if w.src.mr != nil {
+			return protocolError("multipart part ended at %d before its Content-Range end %d", w.partPos, w.partEnd)
+		}
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// open sends a request for the rest of the current span and as many following spans as the
+// ranges-per-request limit allows.
+func (w *worker) open() error {
+	j := w.j
+	for {
+		n := min(int(j.limit.Load()), len(w.todo))
+		want := make([]contentRange, n)
+		var hdr strings.Builder
+		hdr.WriteString("bytes=")
+		var asked int64
+		for i := range n {
+			start := w.todo[i].Offset
+			if i == 0 {
+				start = w.pos
+			}
+			want[i] = contentRange{start: start, end: w.todo[i].End() - 1, total: j.size}
+			if i > 0 {
+				hdr.WriteByte(',')
+			}
+			hdr.WriteString(strconv.FormatInt(want[i].start, 10) + "-" + strconv.FormatInt(want[i].end, 10))
+			asked += want[i].end - want[i].start + 1
+		}
+		req, err := http.NewRequestWithContext(j.ctx, http.MethodGet, j.url, nil)
+		if err != nil {
+			return errProtocol{err}
+		}
+		req.Header.Set("Range", hdr.String())
+		j.bytesRequested.Add(asked)
+		j.c.stats.bytesRequested.Add(asked)
+		resp, err := j.client.Do(req)
+		if err != nil {
+			return errProtocol{fmt.Errorf("requesting %d ranges: %w", n, err)} // the transport retried already
+		}
+		switch resp.StatusCode {
+		case http.StatusPartialContent:
+			src, err := newRangeSource(resp.Header.Get("Content-Type"), resp.Header.Get("Content-Range"), resp.Body, want, j.size)
+			if err != nil {
+				resp.Body.Close()
+				return err
+			}
+			w.src, w.full = src, false
+			return nil
+		case http.StatusOK:
+			if !j.ignored.Swap(true) {
+				j.c.stats.rangesIgnored.Add(1)
+			}
+			w.src, w.full = &rangeSource{body: resp.Body, size: j.size, full: true}, true
+			return nil
+		case http.StatusBadRequest, http.StatusRequestedRangeNotSatisfiable, http.StatusNotImplemented:
+			err := newHTTPError(resp)
+			if n == 1 {
+				j.c.stats.rangesUnsupported.Add(1)
+				return errProtocol{fmt.Errorf("%w (a single range was refused: %v): %w", ErrRangesUnsupported, err, errdefs.ErrUnsupported)}
+			}
+			// Fewer ranges per request from now on, for every worker of this blob.
+			for {
+				cur := j.limit.Load()
+				if cur <= int64(n/2) || j.limit.CompareAndSwap(cur, int64(max(1, n/2))) {
+					break
+				}
+			}
+			j.splits.Add(1)
+			j.c.stats.rangeSplits.Add(1)
+		default:
+			return errProtocol{fmt.Errorf("requesting %d ranges: %w", n, newHTTPError(resp))}
+		}
+	}
+}
+
+func (w *worker) closeSrc() {
+	if w.src != nil {
+		w.src.close()
+	}
+	w.src, w.part, w.full = nil, nil, false
+}
+
+func (w *worker) close() { w.closeSrc() }
