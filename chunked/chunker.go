@@ -88,8 +88,7 @@ func (c *cutter) write(p []byte) error {
 		}
 		start := i
 		for i < len(p) && p[i] != 0 {
-			c.rs.roll(p[i])
-			i++
+			i = c.rollUntilSplit(p, i)
 			if c.rs.atSplit() {
 				if err := c.emitData(p[start:i]); err != nil {
 					return err
@@ -107,6 +106,33 @@ func (c *cutter) write(p []byte) error {
 		}
 	}
 	return nil
+}
+
+// rollUntilSplit rolls the non-zero bytes of p from i on and returns the index after the last
+// one rolled: the first zero byte, the end of p, or just after a split point. It is roll() and
+// atSplit() with the state in registers: this loop sees every content byte.
+func (c *cutter) rollUntilSplit(p []byte, i int) int {
+	const mask = 1<<rollsumBits - 1
+	rs := &c.rs
+	s1, s2, pos := rs.s1, rs.s2, rs.pos
+	win := &rs.window
+	for ; i < len(p); i++ {
+		b := p[i]
+		if b == 0 {
+			break
+		}
+		drop := uint32(win[pos&(rollsumWindow-1)])
+		s1 += uint32(b) - drop
+		s2 += s1 - rollsumWindow*(drop+rollsumOffset)
+		win[pos&(rollsumWindow-1)] = b
+		pos++
+		if s2&mask == mask {
+			i++
+			break
+		}
+	}
+	rs.s1, rs.s2, rs.pos = s1, s2, pos&(rollsumWindow-1)
+	return i
 }
 
 func (c *cutter) emitData(p []byte) error {

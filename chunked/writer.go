@@ -284,6 +284,7 @@ type chunkedWriter struct {
 	streamBuf []byte
 	tailMark  int // ≥ 0 while the tail is read: bytes of the open frame to Write, not ReadFrom
 
+	free      chan *job // finished jobs whose buffers can be reused
 	fileHash  hash.Hash
 	inFile    bool // the current entry's content started
 	collected chan collectResult
@@ -296,16 +297,18 @@ type collectResult struct {
 
 func newChunkedWriter(ctx context.Context, out *countWriter, o writerOptions) *chunkedWriter {
 	inflight := 2*o.concurrency + 2
-	return &chunkedWriter{
+	cw := &chunkedWriter{
 		ctx: ctx, out: out, o: o,
 		ordered:   make(chan *job, inflight),
 		work:      make(chan *job, inflight),
 		failed:    make(chan struct{}),
 		fileHash:  sha256.New(),
 		collected: make(chan collectResult, 1),
-		cur:       &job{done: make(chan struct{})},
+		free:      make(chan *job, inflight+1),
 		tailMark:  -1,
 	}
+	cw.cur = cw.newJob()
+	return cw
 }
 
 // run converts the tar stream and returns the TOC and the compressed tar-split.
@@ -544,6 +547,26 @@ func (cw *chunkedWriter) closeFrame(chunk, zeros bool) error {
 	return nil
 }
 
+// newJob returns an empty job, reusing the buffers of a finished one if there is one.
+func (cw *chunkedWriter) newJob() *job {
+	select {
+	case j := <-cw.free:
+		*j = job{done: make(chan struct{}), in: j.in[:0], frames: j.frames[:0], events: j.events[:0], out: j.out}
+		j.out.Reset()
+		return j
+	default:
+		return &job{done: make(chan struct{}), in: make([]byte, 0, jobTarget+jobTarget/4)}
+	}
+}
+
+// recycle offers a written job's buffers for reuse.
+func (cw *chunkedWriter) recycle(j *job) {
+	select {
+	case cw.free <- j:
+	default:
+	}
+}
+
 // submit hands the current job (its closed frames and events) to the workers and collector.
 // The open frame must be empty.
 func (cw *chunkedWriter) submit() error {
@@ -551,7 +574,7 @@ func (cw *chunkedWriter) submit() error {
 	if len(j.frames) == 0 && len(j.events) == 0 {
 		return nil
 	}
-	cw.cur = &job{done: make(chan struct{}), in: make([]byte, 0, jobTarget+jobTarget/4)}
+	cw.cur = cw.newJob()
 	cw.openStart = 0
 	if err := cw.send(cw.ordered, j); err != nil {
 		return err
@@ -697,6 +720,9 @@ func (cw *chunkedWriter) collect() {
 				}
 				inFile, chunks, frames, fileOff = false, chunks[:0], frames[:0], 0
 			}
+		}
+		if j.stream == nil {
+			cw.recycle(j)
 		}
 	}
 	cw.collected <- collectResult{entries: entries, err: err}
