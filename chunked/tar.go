@@ -11,7 +11,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	vtar "github.com/vbatts/tar-split/archive/tar"
-	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -129,25 +128,28 @@ func ChunkEntries(base Entry, fileDigest digest.Digest, chunks []Chunk, frames [
 	return entries
 }
 
-// walkTar parses an uncompressed tar stream once, writing its tar-split JSON to tarSplit the way
-// the reference does (asm.NewInputTarStream). For every entry it calls fn with the header, the
-// raw bytes preceding the payload (previous padding, extension records, header; only valid during
-// the call) and the payload. At the end it calls tail with everything after the last payload
-// (raw: the padding and end-of-archive blocks the tar reader consumed; rest: trailing bytes it
-// did not), which it must read to EOF.
-func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []byte, payload io.Reader) error, tail func(raw []byte, rest io.Reader) error) (retErr error) {
-	its, done, err := asm.NewInputTarStreamWithDone(r, storage.NewJSONPacker(tarSplit), nil)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		its.Close()
-		if doneErr := <-done; doneErr != nil && retErr == nil {
-			retErr = fmt.Errorf("splitting tar: %w: %w", errdefs.ErrInvalid, doneErr)
+// walkTar parses an uncompressed tar stream once and writes its tar-split JSON to tarSplit with
+// the same entries, in the same order, as tar-split's asm.NewInputTarStream emits them (which the
+// reference uses), without asm's second parse and pipe. For every entry it calls fn with the
+// header, the raw bytes preceding the payload (previous padding, extension records, header; only
+// valid during the call) and the payload. At the end it calls tail with the raw bytes the tar
+// reader consumed after the last payload (padding, end-of-archive blocks) and the trailing bytes
+// it did not (rest, which tail must read to EOF).
+func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []byte, payload io.Reader) error, tail func(raw []byte, rest io.Reader) error) error {
+	packer := storage.NewJSONPacker(tarSplit)
+	segment := func(b []byte) error {
+		if len(b) == 0 {
+			return nil
 		}
-	}()
-	tr := vtar.NewReader(its)
+		if _, err := packer.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: b}); err != nil {
+			return fmt.Errorf("recording tar-split: %w: %w", errdefs.ErrInvalid, err)
+		}
+		return nil
+	}
+	tr := vtar.NewReader(r)
 	tr.RawAccounting = true
+	crc := crc64.New(crcTable)
+	var pending []byte // raw bytes seen after a payload, before the next header's
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -156,22 +158,69 @@ func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []by
 		if err != nil {
 			return fmt.Errorf("reading tar: %w: %w", errdefs.ErrInvalid, err)
 		}
-		if err := fn(hdr, tr.RawBytes(), tr); err != nil {
+		raw := tr.RawBytes()
+		if err := segment(raw); err != nil {
+			return err
+		}
+		if len(pending) > 0 {
+			raw = append(pending, raw...)
+			pending = nil
+		}
+		crc.Reset()
+		payload := io.TeeReader(tr, crc)
+		if err := fn(hdr, raw, payload); err != nil {
 			return err
 		}
 		// Drain what fn left so the next header is found.
-		if _, err := io.Copy(io.Discard, tr); err != nil {
+		if _, err := io.Copy(io.Discard, payload); err != nil {
 			return fmt.Errorf("reading tar: %w: %w", errdefs.ErrInvalid, err)
 		}
+		e := storage.Entry{Type: storage.FileType, Size: hdr.Size}
+		if hdr.Size > 0 {
+			e.Payload = crc.Sum(nil)
+		}
+		e.SetName(hdr.Name)
+		if _, err := packer.AddEntry(e); err != nil {
+			return fmt.Errorf("recording tar-split for %q: %w: %w", hdr.Name, errdefs.ErrInvalid, err)
+		}
+		if b := tr.RawBytes(); len(b) > 0 {
+			if err := segment(b); err != nil {
+				return err
+			}
+			pending = bytes.Clone(b)
+		}
 	}
-	if err := tail(tr.RawBytes(), its); err != nil {
+	raw := tr.RawBytes()
+	if err := segment(raw); err != nil {
 		return err
 	}
-	// Make sure the tar-split goroutine saw everything even if tail stopped early.
-	if _, err := io.Copy(io.Discard, its); err != nil {
+	raw = append(pending, raw...)
+	rest := &segmentingReader{r: r, segment: segment}
+	if err := tail(raw, rest); err != nil {
+		return err
+	}
+	// Make sure tar-split saw everything even if tail stopped early.
+	if _, err := io.Copy(io.Discard, rest); err != nil {
 		return err
 	}
 	return nil
+}
+
+// segmentingReader records every read of the bytes after the archive as a tar-split segment, in
+// reads of at most 1 MiB as asm does.
+type segmentingReader struct {
+	r       io.Reader
+	segment func([]byte) error
+}
+
+func (s *segmentingReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p[:min(len(p), 1<<20)])
+	if n > 0 {
+		if serr := s.segment(p[:n]); serr != nil {
+			return n, serr
+		}
+	}
+	return n, err
 }
 
 // WalkTar reads an uncompressed tar stream to EOF (trailing zero blocks included), writes its
