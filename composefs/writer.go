@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/verity"
@@ -408,7 +410,7 @@ func (iw *imageWriter) computeTree(root *wnode) {
 			}
 			n.nlink = nlink
 		}
-		sort.Slice(n.xattrs, func(a, b int) bool { return n.xattrs[a].name < n.xattrs[b].name })
+		slices.SortFunc(n.xattrs, func(a, b wxattr) int { return strings.Compare(a.name, b.name) })
 		if n.mtime.Sec < iw.minMtime.Sec || n.mtime.Sec == iw.minMtime.Sec && n.mtime.Nsec < iw.minMtime.Nsec {
 			iw.minMtime = n.mtime
 		}
@@ -429,16 +431,21 @@ func (iw *imageWriter) computeTree(root *wnode) {
 // computeSharedXattrs puts every (name, value) pair used by more than one inode in the shared
 // table, in libcomposefs' canonical order.
 func (iw *imageWriter) computeSharedXattrs() {
-	byKey := map[string]*sharedXattr{}
+	// Two-level index (name, then value) so lookups of existing pairs allocate nothing.
+	byKey := map[string]map[string]*sharedXattr{}
 	var all []*sharedXattr
 	for _, n := range iw.nodes {
 		for i := range n.xattrs {
 			x := &n.xattrs[i]
-			k := x.name + "\x00" + string(x.value)
-			s := byKey[k]
+			vals := byKey[x.name]
+			if vals == nil {
+				vals = map[string]*sharedXattr{}
+				byKey[x.name] = vals
+			}
+			s := vals[string(x.value)]
 			if s == nil {
 				s = &sharedXattr{name: x.name, value: x.value}
-				byKey[k] = s
+				vals[string(x.value)] = s
 				all = append(all, s)
 			}
 			s.count++
