@@ -1,0 +1,75 @@
+package chunked
+
+import (
+	"archive/tar"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The writer streams: converting a large layer needs memory independent of its size.
+func TestConvertMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("converts 512 MiB")
+	}
+	const total = 512 << 20
+	pr, pw := io.Pipe()
+	go func() {
+		rng := rand.NewChaCha8([32]byte{1})
+		tw := tar.NewWriter(pw)
+		buf := make([]byte, 1<<20)
+		for i := 0; i < total/(32<<20); i++ {
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "f" + string(rune('a'+i)), Size: 32 << 20, Mode: 0o644}); err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			for n := 0; n < 32<<20; n += len(buf) {
+				rng.Read(buf)
+				if i%2 == 1 {
+					for j := range buf[:len(buf)/2] {
+						buf[j] = 'a' + buf[j]%4 // compressible half
+					}
+				}
+				if _, err := tw.Write(buf); err != nil {
+					pw.CloseWithError(err)
+					return
+				}
+			}
+		}
+		pw.CloseWithError(tw.Close())
+	}()
+
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	desc, err := Convert(t.Context(), pr, io.Discard, WithLevel(1))
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("converted %d bytes into %d, peak heap in use %d MiB", total, desc.Size, peak.Load()>>20)
+	if peak.Load() > 160<<20 {
+		t.Fatalf("peak heap %d MiB for a %d MiB layer: not streaming", peak.Load()>>20, total>>20)
+	}
+}
