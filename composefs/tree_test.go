@@ -64,7 +64,9 @@ func TestWriterRejectsBadTrees(t *testing.T) {
 		"outside link":    func(r *Node) { r.AddChild("x", &Node{HardlinkTo: &Node{Mode: ModeRegular}}) },
 		"dir link":        func(r *Node) { s := NewDir(0o755); r.AddChild("s", s); r.AddChild("x", &Node{HardlinkTo: s}) },
 		"duplicate xattr": func(r *Node) { r.Xattrs = []Xattr{{"user.a", nil}, {"user.a", nil}} },
-		"long payload":    func(r *Node) { r.AddChild("x", &Node{Mode: ModeRegular, Size: 100, Payload: string(make([]byte, 5000))}) },
+		"long payload": func(r *Node) {
+			r.AddChild("x", &Node{Mode: ModeRegular, Size: 100, Payload: string(make([]byte, 5000))})
+		},
 	}
 	for name, mutate := range cases {
 		root := NewDir(0o755)

@@ -7,14 +7,17 @@ import (
 	"io/fs"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -354,4 +357,50 @@ func equalParams(a, b []Param) bool {
 		}
 	}
 	return true
+}
+
+// TestMountWithoutRoot checks the error an unprivileged user gets. As root it re-runs itself as
+// nobody.
+func TestMountWithoutRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		image := os.Getenv("KURA_TEST_IMAGE")
+		if image == "" {
+			src, objects := t.TempDir(), t.TempDir()
+			image = buildImage(t, src, objects)
+		}
+		plan, err := NewPlan(image, []string{"/nonexistent"}, "/nonexistent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = Mount(context.Background(), plan)
+		if !errors.Is(err, errdefs.ErrPermission) || !strings.Contains(err.Error(), "kura checkout") {
+			t.Fatalf("unprivileged mount: %v, want ErrPermission suggesting kura checkout", err)
+		}
+		return
+	}
+	dir, err := os.MkdirTemp("", "kura-nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "mount.test")
+	if err := os.WriteFile(exe, mustRead(t, os.Args[0]), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	image := buildImage(t, src, t.TempDir())
+	if err := os.WriteFile(filepath.Join(dir, "image"), mustRead(t, image), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run", "^TestMountWithoutRoot$", "-test.v")
+	cmd.Env = append(os.Environ(), "KURA_TEST_IMAGE="+filepath.Join(dir, "image"))
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS") {
+		t.Fatalf("as nobody: %v\n%s", err, out)
+	}
 }
