@@ -28,6 +28,7 @@ type options struct {
 	maxRetryAfter    time.Duration
 	transport        http.RoundTripper
 	userAgent        string
+	chunkSize        int64
 }
 
 func defaultOptions() options {
@@ -46,6 +47,7 @@ func defaultOptions() options {
 		maxBackoff:       10 * time.Second,
 		maxRetryAfter:    60 * time.Second,
 		userAgent:        "kura",
+		chunkSize:        16 << 20,
 	}
 }
 
@@ -87,3 +89,6 @@ func WithTransport(t http.RoundTripper) Option { return func(o *options) { o.tra
 
 // WithUserAgent sets the User-Agent header.
 func WithUserAgent(ua string) Option { return func(o *options) { o.userAgent = ua } }
+
+// WithChunkSize sets the PATCH size of blob uploads (default 16 MiB).
+func WithChunkSize(n int64) Option { return func(o *options) { o.chunkSize = max(1, n) } }
