@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/verity"
 )
@@ -85,5 +87,12 @@ func TestReadImageRejectsGarbage(t *testing.T) {
 		if _, err := ReadImage(img); err == nil {
 			t.Errorf("garbage of %d bytes accepted", len(img))
 		}
+	}
+}
+
+func TestObjectPath(t *testing.T) {
+	d := digest.FromString("hello")
+	if got := ObjectPath(d); got != d.Encoded()[:2]+"/"+d.Encoded()[2:] {
+		t.Fatalf("ObjectPath %s", got)
 	}
 }
