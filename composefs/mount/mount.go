@@ -234,6 +234,10 @@ func fsMount(fstype string, params []Param, attrs int, target string) error {
 		} else {
 			err = unix.FsconfigSetString(fd, p.Key, p.Value)
 		}
+		if err != nil && p.Key == "verity" && p.Value == string(VerityOn) {
+			// Like libcomposefs: verity=on is best effort, only require must be honoured.
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("fsconfig %s %s: %w", fstype, p.Key, err)
 		}
