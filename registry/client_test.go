@@ -503,3 +503,25 @@ func TestResolveRejects(t *testing.T) {
 		t.Fatalf("missing tag: err = %v", err)
 	}
 }
+
+func TestTLSVerify(t *testing.T) {
+	reg := registrytest.New(t, registrytest.WithTLS())
+	blob := []byte("over https with a self-signed certificate")
+	desc := reg.PushBlob(t, repoPath, blob)
+	repo := imageref.Repository{Domain: reg.Host, Path: repoPath}
+	creds := registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password)))
+
+	strict := registry.New(creds, registry.WithRetry(1, time.Millisecond))
+	if _, err := strict.FetchBlob(context.Background(), repo, desc); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("self-signed registry with verification on: err = %v, want a certificate error", err)
+	}
+	lax := registry.New(creds, registry.WithTLSVerify(false))
+	rc, err := lax.FetchBlob(context.Background(), repo, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := io.ReadAll(rc); err != nil || !bytes.Equal(got, blob) {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}

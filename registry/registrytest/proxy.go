@@ -82,14 +82,19 @@ type Proxy struct {
 	storeAuth []string
 }
 
-func newProxy(t testing.TB, upstream string) *Proxy {
+func newProxy(t testing.TB, upstream string, useTLS bool) *Proxy {
 	p := &Proxy{
 		upstream: upstream,
 		// No redirects, no connection reuse surprises: one upstream request per client request.
 		client: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		stash:  map[string][]byte{},
 	}
-	srv := httptest.NewServer(http.HandlerFunc(p.serve))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
+	if useTLS {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	t.Cleanup(srv.Close)
 	p.host = srv.Listener.Addr().String()
 

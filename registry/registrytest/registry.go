@@ -59,6 +59,7 @@ type Registry struct {
 	key           ed25519.PrivateKey
 	kid           string
 	anonymous     bool
+	tls           bool
 	direct        *httptest.Server
 }
 
@@ -67,6 +68,10 @@ type Option func(*Registry)
 
 // AllowAnonymousPull lets clients without credentials get pull tokens.
 func AllowAnonymousPull() Option { return func(r *Registry) { r.anonymous = true } }
+
+// WithTLS serves the proxy and the token server over HTTPS with httptest's self-signed
+// certificate, as a registry a client reaches only with TLS verification off.
+func WithTLS() Option { return func(r *Registry) { r.tls = true } }
 
 var quietLogs sync.Once
 
@@ -88,7 +93,14 @@ func New(t testing.TB, opts ...Option) *Registry {
 	bundle := filepath.Join(t.TempDir(), "token-root.pem")
 	writeCert(t, bundle, pub, priv)
 
-	tokenSrv := httptest.NewServer(http.HandlerFunc(r.serveToken))
+	tokenSrv := httptest.NewUnstartedServer(http.HandlerFunc(r.serveToken))
+	scheme := "http"
+	if r.tls {
+		tokenSrv.StartTLS()
+		scheme = "https"
+	} else {
+		tokenSrv.Start()
+	}
 	t.Cleanup(tokenSrv.Close)
 
 	cfg := &configuration.Configuration{}
@@ -99,7 +111,7 @@ func New(t testing.TB, opts ...Option) *Registry {
 	cfg.Auth = configuration.Auth{"token": configuration.Parameters{
 		// By name, not 127.0.0.1: go-containerregistry refuses realms on private IP literals
 		// other than the registry's own host:port. A separate host, as with Docker Hub.
-		"realm": "http://localhost:" + portOf(tokenSrv.Listener.Addr().String()) + "/token", "service": service, "issuer": issuer, "rootcertbundle": bundle,
+		"realm": scheme + "://localhost:" + portOf(tokenSrv.Listener.Addr().String()) + "/token", "service": service, "issuer": issuer, "rootcertbundle": bundle,
 	}}
 	cfg.HTTP.RelativeURLs = true
 	ctx, cancel := context.WithCancel(context.Background())
@@ -108,7 +120,7 @@ func New(t testing.TB, opts ...Option) *Registry {
 	t.Cleanup(func() { r.direct.Close(); cancel() })
 	r.DirectHost = r.direct.Listener.Addr().String()
 
-	r.Proxy = newProxy(t, r.direct.URL)
+	r.Proxy = newProxy(t, r.direct.URL, r.tls)
 	r.Host = r.Proxy.host
 	return r
 }
