@@ -124,7 +124,7 @@ func Convert(ctx context.Context, r io.Reader, w io.Writer, opts ...Option) (Des
 	if err != nil {
 		return Descriptor{}, err
 	}
-	ann, err := writeMetadata(out, toc, tarSplit, o.level)
+	ann, err := writeMetadata(out, toc, tarSplit)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -157,6 +157,7 @@ func newEncoder(level int) (*zstd.Encoder, error) {
 
 // tarSplitBlob is the compressed tar-split with its digest and uncompressed size.
 type tarSplitBlob struct {
+	enc    *zstd.Encoder // that compressed it, for reuse
 	data   []byte
 	digest digest.Digest
 	size   int64
@@ -164,16 +165,13 @@ type tarSplitBlob struct {
 
 // writeMetadata appends the TOC, tar-split and footer skippable frames and returns the
 // annotations that locate them.
-func writeMetadata(out *countWriter, toc *TOC, ts tarSplitBlob, level int) (map[string]string, error) {
+func writeMetadata(out *countWriter, toc *TOC, ts tarSplitBlob) (map[string]string, error) {
 	toc.TarSplitDigest = ts.digest.String()
 	tocJSON, err := json.Marshal(toc)
 	if err != nil {
 		return nil, err
 	}
-	enc, err := newEncoder(level)
-	if err != nil {
-		return nil, err
-	}
+	enc := ts.enc // done with the tar-split; reusing it spares another encoder's tables
 	// The stream API, as the reference uses, so multi-block TOCs come out identical too.
 	var buf bytes.Buffer
 	enc.Reset(&buf)
@@ -356,7 +354,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 		return nil, tarSplitBlob{}, err
 	}
 	return &TOC{Version: 1, Entries: res.entries},
-		tarSplitBlob{data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.n}, nil
+		tarSplitBlob{enc: tsEnc, data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.n}, nil
 }
 
 var errAborted = errors.New("conversion aborted")
