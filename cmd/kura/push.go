@@ -1,0 +1,145 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/push"
+)
+
+// pushFlags are the options push and copy share.
+type pushFlags struct {
+	format string
+	level  int
+	jobs   int
+}
+
+func (f *pushFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.format, "format", string(push.ZstdChunked), "layer compression: zstd:chunked, zstd or gzip")
+	cmd.Flags().IntVar(&f.level, "level", 0, "compression level (default: 10 for zstd:chunked, 3 for zstd, 6 for gzip)")
+	cmd.Flags().IntVar(&f.jobs, "jobs", min(3, runtime.NumCPU()+1), "layers compressed and sent at once")
+}
+
+func (f *pushFlags) options() ([]push.Option, error) {
+	format, err := push.ParseFormat(f.format)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	opts := []push.Option{push.WithFormat(format), push.WithLevel(f.level), push.WithJobs(f.jobs)}
+	if !global.json {
+		opts = append(opts, push.WithProgress(progress.Auto(os.Stderr)))
+	}
+	return opts, nil
+}
+
+func printPushReport(w io.Writer, rep *push.Report) error {
+	if global.json {
+		return printJSON(w, rep)
+	}
+	fmt.Fprintf(w, "%s %s\n", rep.Destination, rep.Image)
+	fmt.Fprintf(w, "%d layers (%s), %s: %d sent (%s), %d existed, %d mounted, %.2fs\n",
+		len(rep.Layers), rep.Format, humanBytes(rep.Size), rep.Uploaded, humanBytes(rep.BytesSent), rep.Existed, rep.Mounted, rep.Seconds)
+	return nil
+}
+
+func init() {
+	var rf registryFlags
+	var pf pushFlags
+	cmd := &cobra.Command{
+		Use:   "push IMAGE [docker://]HOST/REPO[:TAG] | oci:DIR[:TAG]",
+		Short: "Push a stored image to a registry or an OCI layout, recompressing its layers",
+		Long: `Push an image from the store. Each layer's tar is rebuilt from the store and compressed
+(zstd:chunked by default, so that others can pull it partially), several layers at once; blobs the
+registry has already are not sent again. The config is sent unchanged: recompression keeps DiffIDs.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, err := imageref.Parse(args[1])
+			if err != nil {
+				return usageError{err}
+			}
+			opts, err := pf.options()
+			if err != nil {
+				return err
+			}
+			client, err := rf.client()
+			if err != nil {
+				return err
+			}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			dest, err := push.NewDestination(ref, client, s.TempDir())
+			if err != nil {
+				return err
+			}
+			rep, err := push.Push(cmd.Context(), s, args[0], dest, opts...)
+			if err != nil {
+				return err
+			}
+			return printPushReport(cmd.OutOrStdout(), rep)
+		},
+	}
+	rf.register(cmd)
+	pf.register(cmd)
+	rootCmd.AddCommand(cmd)
+
+	var crf registryFlags
+	var cpf pushFlags
+	copyCmd := &cobra.Command{
+		Use:   "copy SRC DEST",
+		Short: "Copy an image between registries and OCI layouts, recompressing its layers",
+		Long: `Copy an image from SRC to DEST (docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) without
+the store. Every layer (tar, gzip, zstd or zstd:chunked) is decompressed and compressed again
+(zstd:chunked by default), several layers at once, and checked against the config's DiffIDs:
+Kura's answer to skopeo copy --dest-compress-format zstd:chunked.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			srcRef, err := imageref.Parse(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			destRef, err := imageref.Parse(args[1])
+			if err != nil {
+				return usageError{err}
+			}
+			opts, err := cpf.options()
+			if err != nil {
+				return err
+			}
+			client, err := crf.client()
+			if err != nil {
+				return err
+			}
+			src, err := pull.NewSource(srcRef, client)
+			if err != nil {
+				return err
+			}
+			// Blobs that come out identical (the same tar, format and level) may be linked from the
+			// source repository instead of uploaded when both live in one registry.
+			var mountFrom []imageref.Repository
+			if srcRef.Transport == imageref.Docker && destRef.Transport == imageref.Docker && srcRef.Domain == destRef.Domain {
+				mountFrom = append(mountFrom, srcRef.Repository())
+			}
+			dest, err := push.NewDestination(destRef, client, "", mountFrom...)
+			if err != nil {
+				return err
+			}
+			rep, err := push.Copy(cmd.Context(), src, dest, opts...)
+			if err != nil {
+				return err
+			}
+			return printPushReport(cmd.OutOrStdout(), rep)
+		},
+	}
+	crf.register(copyCmd)
+	cpf.register(copyCmd)
+	rootCmd.AddCommand(copyCmd)
+}

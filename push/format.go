@@ -1,0 +1,153 @@
+package push
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/klauspost/pgzip"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Format is the compression of the layers written.
+type Format string
+
+// Formats, named as skopeo's --dest-compress-format names them.
+const (
+	ZstdChunked Format = "zstd:chunked"
+	Zstd        Format = "zstd"
+	Gzip        Format = "gzip"
+)
+
+// ParseFormat accepts "zstd:chunked", "zstd" and "gzip".
+func ParseFormat(s string) (Format, error) {
+	switch f := Format(s); f {
+	case ZstdChunked, Zstd, Gzip:
+		return f, nil
+	}
+	return "", fmt.Errorf("compression format %q: want zstd:chunked, zstd or gzip: %w", s, errdefs.ErrInvalid)
+}
+
+// MediaType is the OCI layer media type of the format.
+func (f Format) MediaType() string {
+	if f == Gzip {
+		return ocispec.MediaTypeImageLayerGzip
+	}
+	return ocispec.MediaTypeImageLayerZstd
+}
+
+// DefaultLevel is the level the reference tools use: containers/storage compresses zstd:chunked
+// at zstd level 10, containers/image plain zstd at klauspost's default (zstd 3) and gzip at
+// level 6 (pgzip's default).
+func (f Format) DefaultLevel() int {
+	switch f {
+	case ZstdChunked:
+		return 10
+	case Zstd:
+		return 3
+	}
+	return 6
+}
+
+// checkLevel bounds a level for the format.
+func (f Format) checkLevel(level int) error {
+	lo, hi := 1, 22
+	if f == Gzip {
+		hi = 9
+	}
+	if level < lo || level > hi {
+		return fmt.Errorf("%s level %d not in %d–%d: %w", f, level, lo, hi, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// gzipBlockSize fixes pgzip's block size: the output depends on it, not on how many blocks are
+// compressed at once.
+const gzipBlockSize = 1 << 20
+
+// compress reads a tar stream (plain, gzip or zstd) from r and writes it to w in format f.
+// The descriptor it returns carries the blob's digest and size, the DiffID of the tar and, for
+// zstd:chunked, the TOC annotations. The bytes written depend on f and level only, never on
+// concurrency.
+func compress(ctx context.Context, r io.Reader, w io.Writer, f Format, level, concurrency int) (chunked.Descriptor, error) {
+	if f == ZstdChunked {
+		return chunked.Convert(ctx, r, w, chunked.WithLevel(level), chunked.WithConcurrency(concurrency))
+	}
+	tar, err := chunked.Decompress(r)
+	if err != nil {
+		return chunked.Descriptor{}, err
+	}
+	defer tar.Close()
+	blobHash := sha256.New()
+	out := &countingWriter{w: io.MultiWriter(w, blobHash)}
+	buffered := bufio.NewWriterSize(out, 1<<20)
+	var enc io.WriteCloser
+	switch f {
+	case Zstd:
+		enc, err = zstd.NewWriter(buffered, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
+			zstd.WithEncoderConcurrency(max(1, concurrency)))
+	case Gzip:
+		var gz *pgzip.Writer
+		gz, err = pgzip.NewWriterLevel(buffered, level)
+		if err == nil {
+			// A fixed header: no time stamp (pgzip would write the zero time.Time's), no name.
+			gz.ModTime = time.Unix(0, 0)
+			err = gz.SetConcurrency(gzipBlockSize, max(1, concurrency))
+		}
+		enc = gz
+	default:
+		err = fmt.Errorf("compression format %q: %w", f, errdefs.ErrUnsupported)
+	}
+	if err != nil {
+		return chunked.Descriptor{}, err
+	}
+	diffHash := sha256.New()
+	if _, err := io.Copy(enc, &ctxReader{ctx: ctx, r: io.TeeReader(tar, diffHash)}); err != nil {
+		enc.Close()
+		return chunked.Descriptor{}, err
+	}
+	if err := enc.Close(); err != nil {
+		return chunked.Descriptor{}, err
+	}
+	if err := buffered.Flush(); err != nil {
+		return chunked.Descriptor{}, err
+	}
+	return chunked.Descriptor{
+		MediaType: f.MediaType(),
+		Digest:    digest.NewDigest(digest.SHA256, blobHash),
+		Size:      out.n,
+		DiffID:    digest.NewDigest(digest.SHA256, diffHash),
+	}, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ctxReader stops a long copy when ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

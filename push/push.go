@@ -1,0 +1,375 @@
+// Package push owns writing images out: layers from the store (Push) or from another registry
+// or OCI layout (Copy) are recompressed (zstd:chunked, zstd or gzip), several layers at once,
+// and sent to a registry (HEAD first, cross-repository mount, chunked resumable uploads) or
+// written to an OCI layout, followed by the config and an OCI manifest.
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+// LayerReport is what writing one layer did.
+type LayerReport struct {
+	Digest digest.Digest `json:"digest"`
+	DiffID digest.Digest `json:"diffID"`
+	Size   int64         `json:"size"`
+	// Status is StatusUploaded, StatusExisted, StatusMounted, StatusWritten or StatusDuplicate.
+	Status string `json:"status"`
+	// InputBytes are the bytes read to make the layer: the tar, or the source blob.
+	InputBytes int64   `json:"inputBytes"`
+	Seconds    float64 `json:"seconds"`
+}
+
+// Report is what a push or copy did, per layer and in total.
+type Report struct {
+	// Image is the digest of the manifest written.
+	Image       digest.Digest `json:"image"`
+	Destination string        `json:"destination"`
+	Format      Format        `json:"format"`
+	Level       int           `json:"level"`
+	Layers      []LayerReport `json:"layers"`
+	// Size sums the layer blobs; BytesSent those uploaded or written.
+	Size      int64   `json:"size"`
+	BytesSent int64   `json:"bytesSent"`
+	Uploaded  int     `json:"uploaded"`
+	Existed   int     `json:"existed"`
+	Mounted   int     `json:"mounted"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// Option configures Push and Copy. All defaults are in defaultOptions.
+type Option func(*options)
+
+type options struct {
+	format      Format
+	level       int // 0: the format's default
+	jobs        int
+	concurrency int
+	progress    progress.Reporter
+}
+
+func defaultOptions() options {
+	return options{format: ZstdChunked, jobs: 3, concurrency: runtime.GOMAXPROCS(0), progress: progress.Nop}
+}
+
+// WithFormat sets the layer compression (default zstd:chunked).
+func WithFormat(f Format) Option { return func(o *options) { o.format = f } }
+
+// WithLevel sets the compression level (default: Format.DefaultLevel).
+func WithLevel(level int) Option { return func(o *options) { o.level = level } }
+
+// WithJobs bounds how many layers are compressed and sent at once (default 3).
+func WithJobs(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.jobs = n
+		}
+	}
+}
+
+// WithConcurrency bounds the compressors working on one layer (default GOMAXPROCS). The
+// output does not depend on it.
+func WithConcurrency(n int) Option {
+	return func(o *options) {
+		if n > 0 {
+			o.concurrency = n
+		}
+	}
+}
+
+// WithProgress reports per-layer progress.
+func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
+
+// source is one image to write, whichever side it comes from.
+type source struct {
+	manifest ocispec.Manifest // for its annotations
+	config   []byte
+	layers   []layerSource
+}
+
+type layerSource struct {
+	diffID digest.Digest
+	// size is the byte count open delivers, for progress (the tar or the source blob).
+	size int64
+	// open streams the layer: a tar, or a blob compressed any way chunked.Decompress knows.
+	// Reading it to EOF checks it.
+	open func(ctx context.Context) (io.ReadCloser, error)
+}
+
+// Push writes the stored image named nameOrID (a ref, an ID or a unique ID prefix) to dest.
+// Layers are rebuilt from the store's objects and recompressed; the config is sent unchanged
+// (the DiffIDs of recompressed layers are those of the same tars). It holds the store's shared
+// lock, so gc cannot remove what is being read.
+func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination, opts ...Option) (*Report, error) {
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	img, err := s.ResolveImage(ctx, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	mb, err := s.ImageManifest(ctx, img.ID)
+	if err != nil {
+		return nil, err
+	}
+	config, err := s.ImageConfig(ctx, img.ID)
+	if err != nil {
+		return nil, err
+	}
+	m, err := registry.ParseManifest(mb)
+	if err != nil {
+		return nil, fmt.Errorf("stored manifest of %s: %w", img.ID, err)
+	}
+	src := source{manifest: m, config: config}
+	for _, diffID := range img.Layers {
+		l, err := s.Layer(ctx, diffID)
+		if err != nil {
+			return nil, err
+		}
+		src.layers = append(src.layers, layerSource{diffID: diffID, size: l.TarSize, open: func(ctx context.Context) (io.ReadCloser, error) {
+			pr, pw := io.Pipe()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				pw.CloseWithError(layer.Export(ctx, s, diffID, pw))
+			}()
+			return &exportReader{PipeReader: pr, done: done}, nil
+		}})
+	}
+	return write(ctx, src, dest, opts)
+}
+
+// Copy writes the image src names to dest without the store: each source layer (plain, gzip,
+// zstd or zstd:chunked) is streamed, decompressed, recompressed and checked against the
+// config's DiffID.
+func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option) (*Report, error) {
+	img, err := src.Resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(img.Manifest.Layers) {
+		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	}
+	s := source{manifest: img.Manifest, config: img.ConfigBytes}
+	for i, desc := range img.Manifest.Layers {
+		s.layers = append(s.layers, layerSource{diffID: diffIDs[i], size: desc.Size, open: func(ctx context.Context) (io.ReadCloser, error) {
+			return src.OpenBlob(ctx, desc)
+		}})
+	}
+	return write(ctx, s, dest, opts)
+}
+
+// write is the pipeline both commands share: layers (a bounded number at once), then the
+// config, then the manifest, so the manifest never names a blob the destination lacks.
+func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.level == 0 {
+		o.level = o.format.DefaultLevel()
+	}
+	if err := o.format.checkLevel(o.level); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	rep := &Report{Destination: dest.String(), Format: o.format, Level: o.level, Layers: make([]LayerReport, len(src.layers))}
+	descs := make([]ocispec.Descriptor, len(src.layers))
+
+	// A layer listed twice is made once; later copies wait for the first.
+	type once struct {
+		done chan struct{}
+		i    int
+	}
+	first := map[digest.Digest]*once{}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	var dups []int
+	for i, ls := range src.layers {
+		if ls.diffID != "" {
+			if _, ok := first[ls.diffID]; ok {
+				dups = append(dups, i)
+				continue
+			}
+			first[ls.diffID] = &once{i: i}
+		}
+		g.Go(func() error {
+			lr, desc, err := writeLayer(gctx, ls, dest, o)
+			if err != nil {
+				return fmt.Errorf("layer %d (%s): %w", i+1, ls.diffID, err)
+			}
+			rep.Layers[i], descs[i] = lr, desc
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for _, i := range dups {
+		j := first[src.layers[i].diffID].i
+		descs[i] = descs[j]
+		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: src.layers[i].diffID, Size: descs[j].Size, Status: StatusDuplicate}
+	}
+
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
+	if _, err := dest.PutBlob(ctx, cfgDesc, src.config); err != nil {
+		return nil, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+	}
+	m := ocispec.Manifest{
+		Versioned:   specs.Versioned{SchemaVersion: 2},
+		MediaType:   ocispec.MediaTypeImageManifest,
+		Config:      cfgDesc,
+		Layers:      descs,
+		Annotations: src.manifest.Annotations,
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	mDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(body), Size: int64(len(body))}
+	if err := dest.PutManifest(ctx, mDesc, body); err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	rep.Image = mDesc.Digest
+	for _, l := range rep.Layers {
+		rep.Size += l.Size
+		switch l.Status {
+		case StatusUploaded, StatusWritten:
+			rep.Uploaded++
+			rep.BytesSent += l.Size
+		case StatusExisted:
+			rep.Existed++
+		case StatusMounted:
+			rep.Mounted++
+		}
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, nil
+}
+
+// writeLayer compresses one layer into the destination.
+func writeLayer(ctx context.Context, ls layerSource, dest Destination, o options) (LayerReport, ocispec.Descriptor, error) {
+	start := time.Now()
+	name := "layer"
+	if ls.diffID != "" {
+		name = shortDigest(ls.diffID)
+	}
+	bar := o.progress.Bar(name)
+	bar.SetTotal(ls.size)
+	lr, desc, err := writeLayerBar(ctx, ls, dest, o, bar)
+	if err != nil {
+		bar.Done("failed: " + err.Error())
+		return lr, desc, err
+	}
+	lr.Seconds = time.Since(start).Seconds()
+	bar.Done(lr.Status + " " + shortDigest(lr.Digest))
+	return lr, desc, nil
+}
+
+func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o options, bar progress.Bar) (LayerReport, ocispec.Descriptor, error) {
+	lr := LayerReport{DiffID: ls.diffID}
+	rc, err := ls.open(ctx)
+	if err != nil {
+		return lr, ocispec.Descriptor{}, err
+	}
+	defer rc.Close()
+	in := &countingReader{r: rc, bar: bar}
+	var mu sync.Mutex // the bar is fed from the compressor and, later, the uploader
+	compressed := false
+	var sent int64
+	write := func(w io.Writer) (chunked.Descriptor, error) {
+		d, err := compress(ctx, in, w, o.format, o.level, o.concurrency)
+		if err != nil {
+			return d, err
+		}
+		// Read to the end (trailing frames, padding) so that a verified source checks its digest.
+		if _, err := io.Copy(io.Discard, in); err != nil {
+			return d, fmt.Errorf("reading the source layer: %w", err)
+		}
+		if ls.diffID != "" && d.DiffID != ls.diffID {
+			return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
+		}
+		mu.Lock()
+		compressed = true
+		// From here the bar follows the upload of the compressed blob.
+		bar.SetTotal(in.n + d.Size)
+		mu.Unlock()
+		return d, nil
+	}
+	d, status, err := dest.PutLayer(ctx, write, func(n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if compressed {
+			sent += n
+			bar.Add(n)
+		}
+	})
+	lr.InputBytes = in.n
+	if err != nil {
+		return lr, ocispec.Descriptor{}, err
+	}
+	mu.Lock()
+	if status == StatusUploaded || status == StatusWritten {
+		bar.Add(d.Size - sent) // a layout is written while compressing, before the bar follows it
+	} else {
+		bar.Skip(d.Size)
+	}
+	mu.Unlock()
+	lr.Digest, lr.Size, lr.Status, lr.DiffID = d.Digest, d.Size, status, d.DiffID
+	return lr, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations}, nil
+}
+
+// exportReader is the read side of a layer export; Close waits for the exporter to stop, so no
+// store read outlives Push (and its lock).
+type exportReader struct {
+	*io.PipeReader
+	done chan struct{}
+}
+
+func (e *exportReader) Close() error {
+	e.PipeReader.Close()
+	<-e.done
+	return nil
+}
+
+type countingReader struct {
+	r   io.Reader
+	n   int64
+	bar progress.Bar
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	c.bar.Add(int64(n))
+	return n, err
+}
+
+func shortDigest(d digest.Digest) string {
+	if e := d.Encoded(); len(e) > 12 {
+		return e[:12]
+	}
+	return d.String()
+}
