@@ -65,6 +65,8 @@ type Version struct {
 // Corpus is the ordered list of versions.
 type Corpus struct {
 	Dir      string
+	Kind     string // "full" or "quick"
+	Stamp    string // generator and shape; equal stamps mean equal layers
 	Versions []*Version
 }
 
@@ -84,8 +86,8 @@ func buildCorpus(ctx context.Context, cfg config, base string) (*Corpus, error) 
 	if cfg.quick {
 		shape, kind = quickShape, "quick"
 	}
-	c := &Corpus{Dir: filepath.Join(cfg.work, "corpus-"+kind)}
 	stamp := fmt.Sprintf("%s %+v readset=%v", corpusFormat, shape, cfg.readSet)
+	c := &Corpus{Dir: filepath.Join(cfg.work, "corpus-"+kind), Kind: kind, Stamp: stamp}
 	if vs, ok := loadCorpus(c.Dir, cfg.versions, stamp); ok {
 		log.Printf("corpus: %d cached versions in %s", len(vs), c.Dir)
 		c.Versions = vs

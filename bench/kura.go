@@ -13,22 +13,26 @@ import (
 
 // ---------------------------------------------------------------------------
 // KURA HOOKS. The kura command lines the harness runs live here and only
-// here; adjust them when the CLI lands. Each hook is skipped, with a clear
+// here; adjust them when the CLI changes. Each hook is skipped, with a clear
 // message in the report, while `kura help <command>` does not know it.
 //
-// Assumed syntax (global --root selects the store):
-//   kura --root STORE push oci:LAYOUT:TAG REGISTRY/REPO:TAG
-//   kura --root STORE pull REGISTRY/REPO:TAG
-//   kura --root STORE mount REGISTRY/REPO:TAG MOUNTPOINT
-//   kura --root STORE umount MOUNTPOINT        (else plain umount(2))
+// Syntax (global --root selects the store):
+//   kura copy --tls-verify=false oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG   (the push: layout -> registry)
+//   kura --root STORE pull --tls-verify=false REGISTRY/REPO:TAG
+//   kura --root STORE mount REGISTRY/REPO:TAG MOUNTPOINT     (not in the CLI yet)
+//   kura --root STORE umount MOUNTPOINT                      (else plain umount(2))
+//   kura --root STORE checkout --link hardlink IMAGE DIR     (page cache while mount is missing)
 // ---------------------------------------------------------------------------
 
 // kuraRegistryFlags are extra flags for push and pull against the plain-HTTP
-// loopback registry (e.g. "--insecure" if the CLI wants one).
-var kuraRegistryFlags = []string{}
+// loopback registry.
+var kuraRegistryFlags = []string{"--tls-verify=false"}
+
+// kuraPushCmd is the subcommand that sends an OCI layout to a registry.
+const kuraPushCmd = "copy"
 
 func kuraPushArgs(store, layout, tag, ref string) []string {
-	return append(append([]string{"--root", store, "push"}, kuraRegistryFlags...), "oci:"+layout+":"+tag, ref)
+	return append(append([]string{"--root", store, kuraPushCmd}, kuraRegistryFlags...), "oci:"+layout+":"+tag, "docker://"+ref)
 }
 
 func kuraPullArgs(store, ref string) []string {
@@ -41,6 +45,10 @@ func kuraMountArgs(store, ref, mountpoint string) []string {
 
 func kuraUmountArgs(store, mountpoint string) []string {
 	return []string{"--root", store, "umount", mountpoint}
+}
+
+func kuraCheckoutArgs(store, ref, dir string) []string {
+	return []string{"--root", store, "checkout", "--link", "hardlink", ref, dir}
 }
 
 // kuraRepo is where kura pushes its own zstd:chunked images (with tar-split,
@@ -90,7 +98,7 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult
 	}
 
 	repo := appRepo
-	if kuraHas(cfg.kura, "push") {
+	if kuraHas(cfg.kura, kuraPushCmd) {
 		// A separate store for pushing, so the pull store starts empty.
 		pushStore := filepath.Join(cfg.work, "kura-push-store")
 		_ = removeTree(pushStore)
@@ -98,17 +106,25 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult
 		for _, v := range c.Versions {
 			mark := p.Begin("kura push " + v.Name)
 			start := time.Now()
-			err := kura("push", kuraPushArgs(pushStore, v.Layout, v.Name, p.Addr+"/"+kuraRepo+":"+v.Name)...)
+			err := kura(kuraPushCmd, kuraPushArgs(pushStore, v.Layout, v.Name, p.Addr+"/"+kuraRepo+":"+v.Name)...)
 			if err != nil {
 				sys.Notes = append(sys.Notes, err.Error()+"; pulling skopeo's images instead")
 				repo = appRepo
 				break
 			}
-			log.Printf("kura push %s: %.1fs, uploaded %.1f MB", v.Name, time.Since(start).Seconds(), mb(sumTraffic(p.Since(mark)).Uploaded))
+			r := PushResult{Version: v.Name, Tool: "kura " + kuraPushCmd, Seconds: time.Since(start).Seconds()}
+			uploaded := sumTraffic(p.Since(mark)).Uploaded
+			p.Begin("inspect")
+			if err := inspectLayer(ctx, p.Addr, kuraRepo, v.Name, &r); err != nil {
+				sys.Notes = append(sys.Notes, err.Error())
+			}
+			log.Printf("kura push %s: %.1fs, uploaded %.1f MB, layer %.1f MB", v.Name, r.Seconds, mb(uploaded), mb(r.CompressedSize))
+			sys.Push = append(sys.Push, r)
 		}
+		p.Begin("")
 		_ = removeTree(pushStore)
 	} else {
-		sys.Notes = append(sys.Notes, "kura push not implemented: kura pulls skopeo's old-format zstd:chunked images")
+		sys.Notes = append(sys.Notes, "kura "+kuraPushCmd+" not implemented: kura pulls skopeo's old-format zstd:chunked images")
 	}
 
 	var refs []string
@@ -136,13 +152,52 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult
 		sys.Pulls = append(sys.Pulls, r)
 	}
 
-	if !kuraHas(cfg.kura, "mount") {
+	switch {
+	case kuraHas(cfg.kura, "mount"):
+		sys.PageCache = kuraPageCache(ctx, cfg, store, refs, kura)
+	case kuraHas(cfg.kura, "checkout"):
+		sys.Notes = append(sys.Notes, "kura mount is not implemented yet: page cache measured on hardlinked checkouts (kura checkout --link hardlink)")
+		sys.PageCache = kuraCheckoutPageCache(cfg, store, refs, kura)
+	default:
 		sys.Notes = append(sys.Notes, "page cache skipped: kura mount is not implemented yet")
 		log.Printf("kura: page cache SKIPPED: kura mount is not implemented yet")
-		return sys
 	}
-	sys.PageCache = kuraPageCache(ctx, cfg, store, refs, kura)
 	return sys
+}
+
+// kuraCheckoutPageCache checks every version out with hard links into the
+// store and reads the same file set from each tree.
+func kuraCheckoutPageCache(cfg config, store string, refs []string, kura func(string, ...string) error) *PageCache {
+	pc := &PageCache{Method: "kura checkout --link hardlink", Containers: len(refs)}
+	start := time.Now()
+	root := filepath.Join(cfg.work, "kura-checkout")
+	_ = removeTree(root)
+	defer removeTree(root)
+	var trees []string
+	for i, r := range refs {
+		dir := filepath.Join(root, fmt.Sprintf("c%d", i))
+		if err := kura("checkout", kuraCheckoutArgs(store, r, dir)...); err != nil {
+			pc.Error = err.Error()
+			return pc
+		}
+		trees = append(trees, dir)
+	}
+	delta, err := cachedDelta(func() error {
+		for _, t := range trees {
+			if err := readTrees(t, cfg.readSet); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	pc.CachedDelta = delta
+	if err != nil {
+		pc.Error = err.Error()
+	}
+	pc.Resident, _ = residentBytes(store)
+	pc.Seconds = time.Since(start).Seconds()
+	log.Printf("page cache %s: Cached +%.1f MB, store resident %.1f MB", pc.Method, mb(pc.CachedDelta), mb(pc.Resident))
+	return pc
 }
 
 // kuraPageCache mounts every version and reads the same file set from each.
@@ -195,7 +250,8 @@ func kuraPageCache(ctx context.Context, cfg config, store string, refs []string,
 // cleanupStores removes what a run leaves in the work dir besides the caches
 // (rootfs, corpus) that make the next run fast.
 func cleanupStores(cfg config) {
-	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "registry"} {
+	// The registry stays: its skopeo pushes are reused by the next run.
+	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "kura-checkout"} {
 		_ = removeTree(filepath.Join(cfg.work, d))
 	}
 }

@@ -32,6 +32,8 @@ type config struct {
 	kura     string // kura binary; empty or unusable means the kura hooks are skipped
 	readSet  []string
 	keep     bool // keep stores after the run (for inspection)
+
+	freshRegistry bool // push again even if the registry holds this corpus
 }
 
 func main() {
@@ -45,6 +47,7 @@ func main() {
 	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror for debootstrap")
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
+	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
 	if *reportOnly {
@@ -93,7 +96,12 @@ func run(ctx context.Context, cfg config) error {
 	res.Versions = corpus.summaries()
 	res.Phases = append(res.Phases, phase("corpus ready", start))
 
-	reg, err := startRegistry(ctx, filepath.Join(cfg.work, "registry"))
+	regRoot := filepath.Join(cfg.work, "registry-"+corpus.Kind)
+	cached, cacheErr := loadPushCache(regRoot, corpus)
+	if cfg.freshRegistry || cacheErr != nil {
+		cached = nil
+	}
+	reg, err := startRegistry(ctx, regRoot, cached == nil)
 	if err != nil {
 		return err
 	}
@@ -105,12 +113,21 @@ func run(ctx context.Context, cfg config) error {
 	defer proxy.Close()
 	log.Printf("registry %s behind counting proxy %s", reg.Addr, proxy.Addr)
 
-	pushStart := time.Now()
-	push, pushTraffic, err := skopeoPushAll(ctx, corpus, proxy)
-	if err != nil {
-		return err
+	if cached != nil {
+		log.Printf("push: reusing skopeo's pushes from %s (same corpus); -fresh-registry pushes again", cached.When.Format(time.RFC3339))
+		res.Push, res.PushUploaded, res.PushSeconds = cached.Push, cached.Uploaded, cached.Seconds
+		res.PushReusedFrom = &cached.When
+	} else {
+		pushStart := time.Now()
+		push, pushTraffic, err := skopeoPushAll(ctx, corpus, proxy)
+		if err != nil {
+			return err
+		}
+		res.Push, res.PushUploaded, res.PushSeconds = push, pushTraffic.Uploaded, time.Since(pushStart).Seconds()
+		if err := savePushCache(regRoot, corpus, res); err != nil {
+			return err
+		}
 	}
-	res.Push, res.PushUploaded, res.PushSeconds = push, pushTraffic.Uploaded, time.Since(pushStart).Seconds()
 	res.Phases = append(res.Phases, phase("skopeo push done", start))
 
 	for _, hardLinks := range []bool{false, true} {

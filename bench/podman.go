@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,7 @@ type SystemResult struct {
 	Name       string       `json:"name"`
 	Skipped    bool         `json:"skipped"`
 	SkipReason string       `json:"skipReason,omitempty"`
+	Push       []PushResult `json:"push,omitempty"` // when this system pushed its own images
 	Pulls      []PullResult `json:"pulls"`
 	PageCache  *PageCache   `json:"pageCache,omitempty"`
 	Notes      []string     `json:"notes,omitempty"`
@@ -73,10 +75,10 @@ func skopeoPushAll(ctx context.Context, c *Corpus, p *proxy) ([]PushResult, Traf
 	sem := make(chan struct{}, 2)
 	var wg sync.WaitGroup
 	for i, v := range c.Versions {
+		sem <- struct{}{} // taken here so versions start in order
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
 			defer func() { <-sem }()
 			start := time.Now()
 			cmd := exec.CommandContext(ctx, "skopeo", "copy", "--quiet",
@@ -394,4 +396,48 @@ func tail(s string, n int) string {
 		return "…" + s[len(s)-n:]
 	}
 	return s
+}
+
+// pushCache records that a registry root holds a corpus pushed by skopeo, so
+// a rerun can skip the slowest step (skopeo compresses on one core).
+type pushCache struct {
+	Stamp    string       `json:"stamp"`
+	Layers   []string     `json:"layers"` // uncompressed layer digests, in version order
+	When     time.Time    `json:"when"`
+	Push     []PushResult `json:"push"`
+	Seconds  float64      `json:"seconds"`
+	Uploaded int64        `json:"uploaded"`
+}
+
+func corpusLayers(c *Corpus) []string {
+	var l []string
+	for _, v := range c.Versions {
+		l = append(l, v.LayerDigest.String())
+	}
+	return l
+}
+
+func loadPushCache(root string, c *Corpus) (*pushCache, error) {
+	b, err := os.ReadFile(filepath.Join(root, "pushed.json"))
+	if err != nil {
+		return nil, err
+	}
+	var pc pushCache
+	if err := json.Unmarshal(b, &pc); err != nil {
+		return nil, err
+	}
+	if pc.Stamp != c.Stamp || !slices.Equal(pc.Layers, corpusLayers(c)) || len(pc.Push) != len(c.Versions) {
+		return nil, fmt.Errorf("registry holds another corpus")
+	}
+	return &pc, nil
+}
+
+func savePushCache(root string, c *Corpus, res *Results) error {
+	pc := pushCache{Stamp: c.Stamp, Layers: corpusLayers(c), When: res.Started, Push: res.Push,
+		Seconds: res.PushSeconds, Uploaded: res.PushUploaded}
+	b, err := json.MarshalIndent(pc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(root, "pushed.json"), b, 0o644)
 }

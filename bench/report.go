@@ -29,8 +29,11 @@ type Results struct {
 	Push         []PushResult      `json:"push"`
 	PushSeconds  float64           `json:"pushSeconds"`  // all pushes, two at a time
 	PushUploaded int64             `json:"pushUploaded"` // request body bytes of all pushes
-	Systems      []SystemResult    `json:"systems"`
-	Phases       []Phase           `json:"phases"`
+	// PushReusedFrom is set when the registry already held this corpus from
+	// the run at that time, so nothing was pushed in this one.
+	PushReusedFrom *time.Time     `json:"pushReusedFrom,omitempty"`
+	Systems        []SystemResult `json:"systems"`
+	Phases         []Phase        `json:"phases"`
 }
 
 // Phase is the time since start at which a part of the run ended.
@@ -145,7 +148,11 @@ func markdown(res *Results) string {
 		}
 		w("| %s | %s | %s | %s | %d | %d | %s | %s |\n", v.Name, mbs(v.LayerSize), blob, secs, v.Files, v.NewFiles, mbs(v.NewBytes), mbs(v.FloorBytes))
 	}
-	w("\nAll %d pushes (skopeo, two at a time): %.0f s, %s MB uploaded.\n\n", len(res.Push), res.PushSeconds, mbs(res.PushUploaded))
+	w("\nAll %d pushes (skopeo, two at a time): %.0f s, %s MB uploaded", len(res.Push), res.PushSeconds, mbs(res.PushUploaded))
+	if res.PushReusedFrom != nil {
+		w(" (in the run of %s; this run reused that registry content)", res.PushReusedFrom.UTC().Format(time.RFC3339))
+	}
+	w(".\n\n")
 
 	for _, s := range res.Systems {
 		if s.Skipped {
@@ -168,6 +175,15 @@ func markdown(res *Results) string {
 				w(" Error: %s", pc.Error)
 			}
 			w("\n")
+		}
+		if len(s.Push) > 0 {
+			var secs float64
+			var parts []string
+			for _, p := range s.Push {
+				secs += p.Seconds
+				parts = append(parts, fmt.Sprintf("%s %s MB", p.Version, mbs(p.CompressedSize)))
+			}
+			w("\nPushes by %s (one at a time): %.0f s in all; layer blobs: %s.\n", s.Push[0].Tool, secs, strings.Join(parts, ", "))
 		}
 		for _, note := range s.Notes {
 			w("\nNote: %s\n", note)
