@@ -314,11 +314,11 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 	if size > limit {
 		return nil, invalidf("%d uncompressed bytes exceed the %d-byte limit", size, limit)
 	}
-	d, err := zstd.NewReader(bytes.NewReader(blob), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+	d, err := getDecoder(bytes.NewReader(blob))
 	if err != nil {
 		return nil, err
 	}
-	defer d.Close()
+	defer putDecoder(d)
 	out := make([]byte, 0, min(size, 16<<20))
 	buf := bytes.NewBuffer(out)
 	n, err := io.Copy(buf, io.LimitReader(d, size+1))
@@ -599,11 +599,11 @@ func DecodeFrames(r io.Reader, size int64, want digest.Digest, w io.Writer) erro
 	if err := want.Validate(); err != nil {
 		return invalidf("digest %q: %v", want, err)
 	}
-	d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+	d, err := getDecoder(r)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer putDecoder(d)
 	v := want.Verifier()
 	n, err := io.Copy(io.MultiWriter(w, v), io.LimitReader(d, size+1))
 	if err != nil {

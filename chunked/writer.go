@@ -158,6 +158,7 @@ func newEncoder(level int) (*zstd.Encoder, error) {
 // tarSplitBlob is the compressed tar-split with its digest and uncompressed size.
 type tarSplitBlob struct {
 	enc    *zstd.Encoder // that compressed it, for reuse
+	level  int
 	data   []byte
 	digest digest.Digest
 	size   int64
@@ -182,6 +183,7 @@ func writeMetadata(out *countWriter, toc *TOC, ts tarSplitBlob) (map[string]stri
 		return nil, err
 	}
 	tocZ := buf.Bytes()
+	putEncoder(ts.level, enc)
 
 	tocOff := out.n + skippableHeaderSize
 	if err := writeSkippable(out, tocZ); err != nil {
@@ -323,7 +325,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 
 	tsDigest := sha256.New()
 	var tsBuf bytes.Buffer
-	tsEnc, err := newEncoder(cw.o.level)
+	tsEnc, err := getEncoder(cw.o.level)
 	if err != nil {
 		return nil, tarSplitBlob{}, err
 	}
@@ -354,7 +356,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 		return nil, tarSplitBlob{}, err
 	}
 	return &TOC{Version: 1, Entries: res.entries},
-		tarSplitBlob{enc: tsEnc, data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.n}, nil
+		tarSplitBlob{enc: tsEnc, level: cw.o.level, data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.n}, nil
 }
 
 var errAborted = errors.New("conversion aborted")
@@ -592,15 +594,18 @@ func (cw *chunkedWriter) send(ch chan *job, j *job) error {
 }
 
 func (cw *chunkedWriter) worker() {
-	enc, err := newEncoder(cw.o.level)
+	enc, err := getEncoder(cw.o.level)
 	for j := range cw.work {
-		if err != nil {
+		if err == nil {
+			err = compressJob(enc, j)
 			j.err = err
-			close(j.done)
-			continue
+		} else {
+			j.err = err
 		}
-		j.err = compressJob(enc, j)
 		close(j.done)
+	}
+	if err == nil {
+		putEncoder(cw.o.level, enc)
 	}
 }
 
@@ -660,7 +665,7 @@ func (cw *chunkedWriter) collect() {
 			}
 			if enc == nil {
 				var e error
-				if enc, e = newEncoder(cw.o.level); e != nil {
+				if enc, e = getEncoder(cw.o.level); e != nil {
 					fail(e)
 					for range j.stream {
 					}
@@ -722,6 +727,9 @@ func (cw *chunkedWriter) collect() {
 		if j.stream == nil {
 			cw.recycle(j)
 		}
+	}
+	if enc != nil && err == nil {
+		putEncoder(cw.o.level, enc)
 	}
 	cw.collected <- collectResult{entries: entries, err: err}
 }
