@@ -337,7 +337,7 @@ var rootfsOnce struct {
 	err  error
 }
 
-// rootfsTar is a tar of a real root filesystem subset (system dirs and the Go tree), made once
+// rootfsTar is a tar of a real root filesystem subset (/etc, /usr/bin, /usr/sbin), made once
 // per test binary with GNU tar; KURA_ROOTFS_TAR names a ready one.
 func rootfsTar(t testing.TB) string {
 	t.Helper()
@@ -352,7 +352,7 @@ func rootfsTar(t testing.TB) string {
 		}
 		p := filepath.Join(dir, "rootfs.tar")
 		var dirs []string
-		for _, d := range []string{"etc", "usr/bin", "usr/sbin", "usr/local/go"} {
+		for _, d := range []string{"etc", "usr/bin", "usr/sbin"} {
 			if _, err := os.Stat("/" + d); err == nil {
 				dirs = append(dirs, d)
 			}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -17,6 +18,17 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 )
+
+// bufPool recycles the write buffers of spilled objects (one layer may have thousands).
+var bufPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 256<<10) }}
+
+func (w *writer) releaseBuf() {
+	if w.bw != nil {
+		w.bw.Reset(nil)
+		bufPool.Put(w.bw)
+		w.bw = nil
+	}
+}
 
 // memLimit is how much of an object a writer keeps in memory before it spills to a temp file.
 // Small objects that turn out to be stored already are then never written at all.
@@ -78,7 +90,8 @@ type writer struct {
 	h    hash.Hash
 	n    int64
 	buf  []byte
-	f    *os.File // temp file once spilled
+	f    *os.File      // temp file once spilled
+	bw   *bufio.Writer // buffers f: callers may write in small pieces
 	done bool
 }
 
@@ -100,7 +113,7 @@ func (w *writer) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	if _, err := w.f.Write(p); err != nil {
+	if _, err := w.bw.Write(p); err != nil {
 		return 0, fmt.Errorf("writing temp object: %w", err)
 	}
 	return len(p), nil
@@ -112,6 +125,8 @@ func (w *writer) spill() error {
 		return fmt.Errorf("creating temp object: %w", err)
 	}
 	w.f = f
+	w.bw = bufPool.Get().(*bufio.Writer)
+	w.bw.Reset(f)
 	if _, err := f.Write(w.buf); err != nil {
 		return fmt.Errorf("writing temp object: %w", err)
 	}
@@ -125,6 +140,7 @@ func (w *writer) Abort() error {
 	}
 	w.done = true
 	w.buf = nil
+	w.releaseBuf()
 	if w.f != nil {
 		name := w.f.Name()
 		w.f.Close()
@@ -169,6 +185,11 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		f.Close()
 		os.Remove(f.Name())
 		return "", err
+	}
+	err := w.bw.Flush()
+	w.releaseBuf()
+	if err != nil {
+		return fail(fmt.Errorf("writing temp object: %w", err))
 	}
 	// Read-only before it gets its name: a visible object is never writable.
 	if err := f.Chmod(0o444); err != nil {
