@@ -1,6 +1,16 @@
 // Package chunked reads and writes zstd:chunked layers, the containers/storage format in which every
 // regular file is its own run of zstd frames and a table of contents (TOC) plus tar-split data sit in
 // skippable frames at the end of an ordinary tar+zstd blob.
+//
+// Writing: Convert (writer.go) turns a tar stream into a blob byte-identical to the reference
+// writer's, compressing frames in parallel. The pieces it is built from serve the store too:
+// ChunkWriter cuts file content like the reference (chunker.go); EntryFromHeader, WalkTar,
+// ChunkEntries and RebuildTar map tar to TOC entries and tar-split and back (tar.go).
+//
+// Reading: LocateFromAnnotations / LocateFromFooter say which byte ranges hold the metadata, Parse
+// authenticates and validates them into a Layer (reader.go), DecodeFrames / ReadFile / ReadChunk
+// decode verified content, Layer.RebuildTar gives the DiffID, and Verify checks a whole blob
+// (verify.go).
 package chunked
 
 import "time"
