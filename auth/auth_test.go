@@ -174,3 +174,26 @@ func TestBadFiles(t *testing.T) {
 		t.Fatalf("identity token: %+v %v", c, err)
 	}
 }
+
+// FuzzLookup feeds arbitrary auth files to the lookup: it must fail only with ErrInvalid and
+// never panic.
+func FuzzLookup(f *testing.F) {
+	root := f.TempDir()
+	for _, k := range []string{"HOME", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG"} {
+		f.Setenv(k, root)
+	}
+	f.Setenv("REGISTRY_AUTH_FILE", "")
+	f.Add([]byte(`{"auths":{"r.io":{"auth":"dTpw"}}}`), "r.io/a/b")
+	f.Add([]byte(`{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"docker.io":{"identitytoken":"t"}}}`), "docker.io/library/x")
+	f.Add([]byte(`{"auths":{"r.io/a":{"username":"u","password":"p"}}}`), "r.io/a")
+	f.Fuzz(func(t *testing.T, data []byte, repo string) {
+		p := filepath.Join(t.TempDir(), "auth.json")
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := NewKeychain(WithAuthFile(p)).Lookup(repo)
+		if err != nil && !errors.Is(err, errdefs.ErrInvalid) {
+			t.Fatalf("unclassified error %v", err)
+		}
+	})
+}
