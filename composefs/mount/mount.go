@@ -256,8 +256,17 @@ func fsMount(fstype string, params []Param, attrs int, target string) error {
 	return nil
 }
 
+// Test hooks that force the fallbacks this kernel would not take by itself.
+var (
+	forceLoop          bool
+	forceLegacyOverlay bool
+)
+
 func mountEROFS(p *Plan, target string) error {
-	err := fsMount("erofs", p.EROFS, unix.MOUNT_ATTR_RDONLY, target)
+	var err error = unix.ENOTBLK
+	if !forceLoop {
+		err = fsMount("erofs", p.EROFS, unix.MOUNT_ATTR_RDONLY, target)
+	}
 	if errors.Is(err, unix.ENOSYS) {
 		return legacyEROFS(p, p.Image, target)
 	}
@@ -327,7 +336,10 @@ func mountOverlay(p *Plan, imageMount string) error {
 		attrs = unix.MOUNT_ATTR_RDONLY
 		flags = unix.MS_RDONLY
 	}
-	err := fsMount("overlay", p.Overlay(imageMount), attrs, p.Target)
+	var err error = unix.EINVAL
+	if !forceLegacyOverlay {
+		err = fsMount("overlay", p.Overlay(imageMount), attrs, p.Target)
+	}
 	if err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS)) {
 		return err
 	}

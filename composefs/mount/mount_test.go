@@ -404,3 +404,47 @@ func TestMountWithoutRoot(t *testing.T) {
 		t.Fatalf("as nobody: %v\n%s", err, out)
 	}
 }
+
+// TestMountFallbacks mounts through a loop device and with legacy overlay options, the paths
+// older kernels take, and reads a file through them.
+func TestMountFallbacks(t *testing.T) {
+	needRoot(t)
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skip("no loop devices")
+	}
+	src, objects := t.TempDir(), t.TempDir()
+	makeSource(t, src)
+	image := buildImage(t, src, objects)
+	forceLoop, forceLegacyOverlay = true, true
+	defer func() { forceLoop, forceLegacyOverlay = false, false }()
+	target := t.TempDir()
+	plan, err := NewPlan(image, []string{objects}, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Mount(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := Unmount(target); err != nil {
+			t.Error(err)
+		}
+	}()
+	if got, want := mustRead(t, filepath.Join(target, "a/b/c/big")), mustRead(t, filepath.Join(src, "a/b/c/big")); !bytes.Equal(got, want) {
+		t.Fatal("content through loop device and legacy overlay differs")
+	}
+	backing, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	attached := false
+	for _, b := range backing {
+		if strings.TrimSpace(string(mustRead(t, b))) == image {
+			attached = true
+		}
+	}
+	if !attached {
+		t.Errorf("no loop device backed by %s", image)
+	}
+	info := string(mustRead(t, "/proc/self/mountinfo"))
+	if !strings.Contains(info, target+" ") || !strings.Contains(info, "lowerdir=") {
+		t.Errorf("legacy overlay not visible in mountinfo")
+	}
+}
