@@ -1,7 +1,10 @@
 package registry
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -51,4 +54,85 @@ func TestSelectPlatform(t *testing.T) {
 	if _, err := SelectPlatform(idx, ocispec.Platform{OS: "linux", Architecture: "amd64"}); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("missing platform: %v", err)
 	}
+}
+
+// jsonSeeds adds the JSON documents of the shared testdata (OCI layouts, descriptors) and a few
+// hostile ones as fuzz seeds; testdata is optional here.
+func jsonSeeds(f *testing.F) {
+	for _, s := range []string{
+		`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"digest":"` + okDigest + `","size":1,"platform":{"os":"linux","architecture":"amd64"}}]}`,
+		`{"schemaVersion":2,"config":{"digest":"` + okDigest + `","size":1},"layers":[{"digest":"` + okDigest + `","size":-1}]}`,
+		`{"schemaVersion":2,"manifests":[{"digest":"sha256:../../etc","size":7}]}`,
+		`{"schemaVersion":1}`, `null`, `[]`, `{"schemaVersion":2e999}`,
+	} {
+		f.Add([]byte(s))
+	}
+	dir, _ := os.Getwd()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		if filepath.Dir(dir) == dir {
+			return
+		}
+		dir = filepath.Dir(dir)
+	}
+	filepath.WalkDir(filepath.Join(dir, "..", "shared", "testdata"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil && info.Size() < 1<<16 {
+			if b, err := os.ReadFile(p); err == nil && json.Valid(b) {
+				f.Add(b)
+			}
+		}
+		return nil
+	})
+}
+
+// FuzzParseManifest: manifests come from registries untrusted. Parsing never panics, fails only
+// with the package's error classes, and accepts only valid descriptors.
+func FuzzParseManifest(f *testing.F) {
+	jsonSeeds(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseManifest(b)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrUnsupported) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		if m.SchemaVersion != 2 || len(m.Layers) > maxLayers {
+			t.Fatalf("accepted schema %d with %d layers", m.SchemaVersion, len(m.Layers))
+		}
+		for _, d := range append(m.Layers, m.Config) {
+			if d.Digest.Validate() != nil || d.Size < 0 {
+				t.Fatalf("accepted descriptor %+v", d)
+			}
+		}
+	})
+}
+
+// FuzzParseIndex: the same for indexes; every accepted entry's own platform selects an entry.
+func FuzzParseIndex(f *testing.F) {
+	jsonSeeds(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		idx, err := ParseIndex(b)
+		if err != nil {
+			if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrUnsupported) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		for _, d := range idx.Manifests {
+			if d.Digest.Validate() != nil || d.Size < 0 {
+				t.Fatalf("accepted descriptor %+v", d)
+			}
+			if d.Platform != nil {
+				if got, err := SelectPlatform(idx, *d.Platform); err != nil || got.Platform == nil {
+					t.Fatalf("platform %+v of an entry not selectable: %v", *d.Platform, err)
+				}
+			}
+		}
+	})
 }
