@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -69,7 +71,7 @@ func kuraHas(bin, sub string) bool {
 	return err == nil && strings.Contains(string(out), "kura "+sub)
 }
 
-func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult {
+func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot string) *SystemResult {
 	sys := &SystemResult{Name: "kura"}
 	skip := func(why string) *SystemResult {
 		log.Printf("kura: SKIPPED: %s", why)
@@ -99,32 +101,17 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy) *SystemResult
 
 	repo := appRepo
 	if kuraHas(cfg.kura, kuraPushCmd) {
-		// A separate store for pushing, so the pull store starts empty.
-		pushStore := filepath.Join(cfg.work, "kura-push-store")
-		_ = removeTree(pushStore)
-		repo = kuraRepo
-		for _, v := range c.Versions {
-			mark := p.Begin("kura push " + v.Name)
-			start := time.Now()
-			err := kura(kuraPushCmd, kuraPushArgs(pushStore, v.Layout, v.Name, p.Addr+"/"+kuraRepo+":"+v.Name)...)
-			if err != nil {
-				sys.Notes = append(sys.Notes, err.Error()+"; pulling skopeo's images instead")
-				repo = appRepo
-				break
-			}
-			r := PushResult{Version: v.Name, Tool: "kura " + kuraPushCmd, Seconds: time.Since(start).Seconds()}
-			uploaded := sumTraffic(p.Since(mark)).Uploaded
-			p.Begin("inspect")
-			if err := inspectLayer(ctx, p.Addr, kuraRepo, v.Name, &r); err != nil {
-				sys.Notes = append(sys.Notes, err.Error())
-			}
-			log.Printf("kura push %s: %.1fs, uploaded %.1f MB, layer %.1f MB", v.Name, r.Seconds, mb(uploaded), mb(r.CompressedSize))
-			sys.Push = append(sys.Push, r)
+		pushes, err := kuraPushAll(ctx, cfg, c, p, regRoot, kura)
+		if err != nil {
+			sys.Notes = append(sys.Notes, err.Error()+"; pulling skopeo's images instead")
+		} else {
+			repo, sys.Push = kuraRepo, pushes
 		}
-		p.Begin("")
-		_ = removeTree(pushStore)
 	} else {
 		sys.Notes = append(sys.Notes, "kura "+kuraPushCmd+" not implemented: kura pulls skopeo's old-format zstd:chunked images")
+	}
+	if repo == appRepo {
+		sys.Notes = append(sys.Notes, "skopeo's images are in the old zstd:chunked format (no tar-split), which kura pulls whole")
 	}
 
 	var refs []string
@@ -254,4 +241,59 @@ func cleanupStores(cfg config) {
 	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "kura-checkout"} {
 		_ = removeTree(filepath.Join(cfg.work, d))
 	}
+}
+
+// kuraPushAll sends every version's layout to kuraRepo with kura, two at a
+// time, or reuses the pushes an earlier run made of the same corpus.
+func kuraPushAll(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot string, kura func(string, ...string) error) ([]PushResult, error) {
+	cachePath := filepath.Join(regRoot, "pushed-kura.json")
+	if pc, err := loadPushCacheFile(cachePath, c); err == nil {
+		log.Printf("kura: reusing its pushes from %s (same corpus)", pc.When.Format(time.RFC3339))
+		return pc.Push, nil
+	}
+	// Start from a repository the registry has never seen for kura.
+	_ = os.Remove(cachePath)
+	if err := os.RemoveAll(filepath.Join(regRoot, "data/docker/registry/v2/repositories", kuraRepo)); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	mark := p.Begin("kura push")
+	out := make([]PushResult, len(c.Versions))
+	errs := make([]error, len(c.Versions))
+	sem := make(chan struct{}, 2)
+	var wg sync.WaitGroup
+	for i, v := range c.Versions {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			t := time.Now()
+			ref := p.Addr + "/" + kuraRepo + ":" + v.Name
+			if err := kura(kuraPushCmd, kuraPushArgs(filepath.Join(cfg.work, "kura-push-store"), v.Layout, v.Name, ref)...); err != nil {
+				errs[i] = err
+				return
+			}
+			r := PushResult{Version: v.Name, Tool: "kura " + kuraPushCmd, Seconds: time.Since(t).Seconds()}
+			if err := inspectLayer(ctx, p.Addr, kuraRepo, v.Name, &r); err != nil {
+				errs[i] = err
+				return
+			}
+			log.Printf("kura push %s: %.1fs, layer %.1f MB", v.Name, r.Seconds, mb(r.CompressedSize))
+			out[i] = r
+		}()
+	}
+	wg.Wait()
+	uploaded := sumTraffic(p.Since(mark)).Uploaded
+	p.Begin("")
+	_ = removeTree(filepath.Join(cfg.work, "kura-push-store"))
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	pc := pushCache{Stamp: c.Stamp, Layers: corpusLayers(c), When: start, Push: out,
+		Seconds: time.Since(start).Seconds(), Uploaded: uploaded}
+	if err := writePushCacheFile(cachePath, pc); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

@@ -33,7 +33,8 @@ type config struct {
 	readSet  []string
 	keep     bool // keep stores after the run (for inspection)
 
-	freshRegistry bool // push again even if the registry holds this corpus
+	freshRegistry bool          // push again even if the registry holds this corpus
+	kuraBudget    time.Duration // wall time allowed for all kura steps
 }
 
 func main() {
@@ -47,6 +48,7 @@ func main() {
 	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror for debootstrap")
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
+	flag.DurationVar(&cfg.kuraBudget, "kura-budget", 8*time.Minute, "wall time allowed for all kura steps (keeps the run bounded)")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
@@ -137,9 +139,15 @@ func run(ctx context.Context, cfg config) error {
 		}
 		res.Systems = append(res.Systems, *sys)
 		res.Phases = append(res.Phases, phase(sys.Name+" done", start))
+		writePartial(cfg, res, start)
 	}
 
-	kuraSys := runKura(ctx, cfg, corpus, proxy)
+	kuraCtx, cancel := context.WithTimeout(ctx, cfg.kuraBudget)
+	kuraSys := runKura(kuraCtx, cfg, corpus, proxy, regRoot)
+	if kuraCtx.Err() == context.DeadlineExceeded {
+		kuraSys.Notes = append(kuraSys.Notes, fmt.Sprintf("kura steps stopped after the %s budget (-kura-budget)", cfg.kuraBudget))
+	}
+	cancel()
 	res.Systems = append(res.Systems, *kuraSys)
 	res.Phases = append(res.Phases, phase("kura hooks done", start))
 
@@ -151,6 +159,15 @@ func run(ctx context.Context, cfg config) error {
 		cleanupStores(cfg)
 	}
 	return writeReport(cfg, res)
+}
+
+// writePartial saves what is known so far, so an interrupted run still
+// leaves figures behind.
+func writePartial(cfg config, res *Results, start time.Time) {
+	res.TotalSeconds = time.Since(start).Seconds()
+	if err := writeReport(cfg, res); err != nil {
+		log.Printf("writing partial results: %v", err)
+	}
 }
 
 func phase(name string, start time.Time) Phase {

@@ -418,7 +418,11 @@ func corpusLayers(c *Corpus) []string {
 }
 
 func loadPushCache(root string, c *Corpus) (*pushCache, error) {
-	b, err := os.ReadFile(filepath.Join(root, "pushed.json"))
+	return loadPushCacheFile(filepath.Join(root, "pushed.json"), c)
+}
+
+func loadPushCacheFile(path string, c *Corpus) (*pushCache, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -427,17 +431,20 @@ func loadPushCache(root string, c *Corpus) (*pushCache, error) {
 		return nil, err
 	}
 	if pc.Stamp != c.Stamp || !slices.Equal(pc.Layers, corpusLayers(c)) || len(pc.Push) != len(c.Versions) {
-		return nil, fmt.Errorf("registry holds another corpus")
+		return nil, fmt.Errorf("%s: the registry holds another corpus", path)
 	}
 	return &pc, nil
 }
 
 func savePushCache(root string, c *Corpus, res *Results) error {
-	pc := pushCache{Stamp: c.Stamp, Layers: corpusLayers(c), When: res.Started, Push: res.Push,
-		Seconds: res.PushSeconds, Uploaded: res.PushUploaded}
+	return writePushCacheFile(filepath.Join(root, "pushed.json"), pushCache{Stamp: c.Stamp, Layers: corpusLayers(c),
+		When: res.Started, Push: res.Push, Seconds: res.PushSeconds, Uploaded: res.PushUploaded})
+}
+
+func writePushCacheFile(path string, pc pushCache) error {
 	b, err := json.MarshalIndent(pc, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(root, "pushed.json"), b, 0o644)
+	return os.WriteFile(path, b, 0o644)
 }

@@ -29,15 +29,12 @@ type registry struct {
 }
 
 // startRegistry starts a registry on root and waits until /v2/ answers. With
-// fresh, root is wiped first; otherwise only kura's repository is dropped, so
-// kura pushes into a registry that knows none of its blobs for that repo.
+// fresh, root is wiped first.
 func startRegistry(ctx context.Context, root string, fresh bool) (*registry, error) {
 	if fresh {
 		if err := os.RemoveAll(root); err != nil {
 			return nil, err
 		}
-	} else if err := os.RemoveAll(filepath.Join(root, "data/docker/registry/v2/repositories", kuraRepo)); err != nil {
-		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Join(root, "data"), 0o755); err != nil {
 		return nil, err
