@@ -108,6 +108,13 @@ func TestGetRangesMultipart(t *testing.T) {
 	if rep.Requests != 1 || rep.Ranges != 9 || rep.Spans != 8 || rep.RangesIgnored || rep.BytesRequested != 7*100+115 {
 		t.Fatalf("report %+v", rep)
 	}
+	// The auth handshake is done once per repository and its token reused.
+	if _, err := f.getRanges(t, c, spread(2)); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.reg.TokenRequests(); n != 1 {
+		t.Fatalf("%d token requests, want 1", n)
+	}
 }
 
 func TestGetRangesIgnoreRange(t *testing.T) {
