@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -280,6 +281,15 @@ func TestVerifyDescriptor(t *testing.T) {
 	d.DiffID = digest.FromString("other")
 	_, err := Verify(t.Context(), bytes.NewReader(s.blob), d)
 	wantErr(t, err, errdefs.ErrDigestMismatch, "wrong DiffID")
+	// Annotations pointing elsewhere than the footer (re-signed so only that differs).
+	d = s.desc
+	d.Annotations = map[string]string{}
+	for k, v := range s.desc.Annotations {
+		d.Annotations[k] = v
+	}
+	d.Annotations[AnnotationTarSplitPosition] = fmt.Sprintf("%d:%d:%d", s.loc.TarSplit.Offset, s.loc.TarSplit.Length, s.loc.TarSplitUncompressed+1)
+	_, err = Verify(t.Context(), bytes.NewReader(s.blob), d)
+	wantErr(t, err, errdefs.ErrInvalid, "annotations disagreeing with the footer")
 	d = s.desc
 	d.Digest = digest.FromString("other")
 	_, err = Verify(t.Context(), bytes.NewReader(s.blob), d)

@@ -82,6 +82,25 @@ func Verify(ctx context.Context, blob io.ReaderAt, desc Descriptor, opts ...Read
 	if got := digest.NewDigest(digest.SHA256, diffID); desc.DiffID != "" && got != desc.DiffID {
 		return nil, fmt.Errorf("decompressed blob has DiffID %s, descriptor says %s: %w", got, desc.DiffID, errdefs.ErrDigestMismatch)
 	}
+	if IsChunked(desc.Annotations) {
+		// A reader without the annotations goes by the footer: it must find the same metadata.
+		loc, err := LocateFromAnnotations(desc.Annotations, desc.Size, opts...)
+		if err != nil {
+			return nil, err
+		}
+		tail := make([]byte, min(desc.Size, FooterFetchSize))
+		if _, err := blob.ReadAt(tail, desc.Size-int64(len(tail))); err != nil {
+			return nil, fmt.Errorf("reading footer: %w", err)
+		}
+		floc, err := LocateFromFooter(tail, desc.Size, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("footer: %w", err)
+		}
+		if floc.TOC != loc.TOC || floc.TOCUncompressed != loc.TOCUncompressed ||
+			(floc.TarSplit.Length > 0 && (floc.TarSplit != loc.TarSplit || floc.TarSplitUncompressed != loc.TarSplitUncompressed)) {
+			return nil, invalidf("footer locates TOC %+v and tar-split %+v, annotations %+v and %+v", floc.TOC, floc.TarSplit, loc.TOC, loc.TarSplit)
+		}
+	}
 	l, _, err := Open(blob, desc.Size, desc.Annotations, opts...)
 	if err != nil {
 		return nil, err
