@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/verity"
 )
 
 // bufPool recycles the write buffers of spilled objects (one layer may have thousands).
@@ -56,7 +57,11 @@ func (s *Store) newWriter(ctx context.Context, b *Batch, expected digest.Digest,
 	if size < -1 {
 		return nil, fmt.Errorf("object size %d: %w", size, errdefs.ErrInvalid)
 	}
-	return &writer{s: s, batch: b, expected: expected, size: size, h: sha256.New()}, nil
+	w := &writer{s: s, batch: b, expected: expected, size: size, h: sha256.New()}
+	if s.verity {
+		w.vh = verity.New()
+	}
+	return w, nil
 }
 
 // WriteObject copies r into the store as one object and returns its digest; an object that
@@ -88,6 +93,7 @@ type writer struct {
 	size     int64
 
 	h    hash.Hash
+	vh   *verity.Hasher // nil unless the store records fs-verity digests
 	n    int64
 	buf  []byte
 	f    *os.File      // temp file once spilled
@@ -103,6 +109,9 @@ func (w *writer) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("object %s: more than the expected %d bytes: %w", w.expected, w.size, errdefs.ErrDigestMismatch)
 	}
 	w.h.Write(p)
+	if w.vh != nil {
+		w.vh.Write(p)
+	}
 	w.n += int64(len(p))
 	if w.f == nil && len(w.buf)+len(p) <= memLimit {
 		w.buf = append(w.buf, p...)
@@ -167,6 +176,9 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 	if err := ctx.Err(); err != nil {
 		w.Abort()
 		return "", err
+	}
+	if w.vh != nil {
+		w.s.verities.Store(d, w.vh.Digest())
 	}
 	dst, _ := w.s.ObjectPath(d)
 	if (w.batch != nil && w.batch.has(d)) || exists(dst) {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/verity"
 )
 
 // Files of a layer directory.
@@ -197,14 +198,13 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 		layerTOC:      zstdBytes(tocJSON),
 		layerTarSplit: zstdBytes(tarSplit),
 	}
-	if s.verity != nil {
+	if s.verity {
 		tab, err := s.verityTable(ctx, objs)
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", l.DiffID, err)
 		}
 		files[layerVerity] = tab
 	}
-	// TODO(verity): when package verity lands, cmd/kura passes store.WithVerity(verity.File).
 	if err := s.commitDir(dir, files); err != nil {
 		return fmt.Errorf("writing layer %s: %w", l.DiffID, err)
 	}
@@ -212,18 +212,23 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 	return nil
 }
 
-// verityTable is "<object sha256 hex> <fs-verity digest>\n" per object, sorted.
+// verityTable is "<object sha256 hex> <fs-verity digest hex>\n" per object, sorted.
 func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, error) {
 	var buf bytes.Buffer
 	for _, d := range objs {
-		f, err := s.Open(ctx, d)
-		if err != nil {
-			return nil, err
-		}
-		v, err := s.verity(f)
-		f.Close()
-		if err != nil {
-			return nil, fmt.Errorf("fs-verity digest of %s: %w", d, err)
+		var v verity.Digest
+		if c, ok := s.verities.LoadAndDelete(d); ok {
+			v = c.(verity.Digest)
+		} else {
+			f, err := s.Open(ctx, d)
+			if err != nil {
+				return nil, err
+			}
+			v, err = verity.FromReader(f)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("fs-verity digest of %s: %w", d, err)
+			}
 		}
 		fmt.Fprintf(&buf, "%s %s\n", d.Encoded(), v)
 	}
@@ -231,8 +236,8 @@ func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, 
 }
 
 // VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the
-// layer was committed; ErrNotFound if the store recorded none.
-func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]digest.Digest, error) {
+// layer was committed; ErrNotFound if the store recorded none (opened without WithVerity).
+func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]verity.Digest, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return nil, err
@@ -244,13 +249,17 @@ func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[di
 		}
 		return nil, err
 	}
-	m := map[digest.Digest]digest.Digest{}
+	m := map[digest.Digest]verity.Digest{}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
 		obj, v, ok := strings.Cut(line, " ")
-		if !ok {
+		vd, err := verity.ParseDigest(v)
+		if !ok || err != nil {
 			return nil, fmt.Errorf("fs-verity table of layer %s: bad line %q: %w", diffID, line, errdefs.ErrInvalid)
 		}
-		m[digest.NewDigestFromEncoded(digest.SHA256, obj)] = digest.Digest(v)
+		m[digest.NewDigestFromEncoded(digest.SHA256, obj)] = vd
 	}
 	return m, nil
 }

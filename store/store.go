@@ -90,16 +90,15 @@ type ObjectStore interface {
 	Manager
 }
 
-// VerityFunc computes the fs-verity digest of an object file (package verity). The store records
-// it once per object so composefs need not recompute it.
-type VerityFunc func(f *os.File) (digest.Digest, error)
-
 // Store is a store rooted at one directory. It is safe for concurrent use by goroutines and by
 // several processes (see Lock, RLock).
 type Store struct {
 	root   string
-	verity VerityFunc
+	verity bool
 	noSync bool
+	// verities holds fs-verity digests computed while objects streamed through writers, so
+	// PutLayer need not read them again (object digest → verity.Digest).
+	verities sync.Map
 
 	held atomic.Int32 // locks held through this handle; writes require one
 
@@ -110,8 +109,9 @@ type Store struct {
 // Option configures Open.
 type Option func(*Store)
 
-// WithVerity records the fs-verity digest of every object when its layer is committed.
-func WithVerity(f VerityFunc) Option { return func(s *Store) { s.verity = f } }
+// WithVerity records the fs-verity digest of every object of a layer when the layer is
+// committed (computed while the object streams in, else by reading it), for composefs.
+func WithVerity() Option { return func(s *Store) { s.verity = true } }
 
 // WithoutSync skips fsync of objects: for tests and fuzzing only, where a power loss does not
 // matter. Ordering and verification are unchanged.

@@ -87,7 +87,8 @@ func init() {
 }
 
 func openStore() (*store.Store, error) {
-	return store.Open(global.root) // TODO(verity): store.WithVerity(...) once package verity lands
+	// fs-verity digests are recorded at import so composefs can reference objects by them.
+	return store.Open(global.root, store.WithVerity())
 }
 
 func runImport(cmd *cobra.Command, src, name string) error {

@@ -20,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
+	"github.com/kura-oci/kura/verity"
 )
 
 // testdata finds ../shared/testdata next to the module root, or skips.
@@ -262,4 +263,38 @@ func FuzzImport(f *testing.F) {
 			t.Fatalf("accepted layer does not export: %v", err)
 		}
 	})
+}
+
+func TestVerityTable(t *testing.T) {
+	ctx := context.Background()
+	s, err := store.Open(t.TempDir(), store.WithoutSync(), store.WithVerity())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, _ := s.RLock(ctx)
+	defer unlock()
+	l, err := layer.Import(ctx, s, bytes.NewReader(readFile(t, testdata(t, "zstd-chunked/mixed.tar"))), layer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.VerityDigests(ctx, l.DiffID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	s.Walk(ctx, func(i store.Info) error {
+		n++
+		p, _ := s.ObjectPath(i.Digest)
+		want, err := verity.FromFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m[i.Digest] != want {
+			t.Errorf("object %s: recorded fs-verity digest %s, file has %s", i.Digest, m[i.Digest], want)
+		}
+		return nil
+	})
+	if n == 0 || len(m) != n {
+		t.Fatalf("%d objects, %d verity digests", n, len(m))
+	}
 }
