@@ -1,0 +1,498 @@
+package reliability
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/store"
+)
+
+// killPoints is how many random kill points each crash drill tries: 10 in CI, 50 with
+// KURA_DRILLS=long.
+func killPoints() int {
+	if longDrills() {
+		return 50
+	}
+	return 10
+}
+
+var (
+	kuraOnce sync.Once
+	kuraBin  string
+	kuraErr  error
+)
+
+// kura builds the real binary once per test process.
+func kura(t testing.TB) string {
+	t.Helper()
+	kuraOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kura-drills-")
+		if err != nil {
+			kuraErr = err
+			return
+		}
+		kuraBin = filepath.Join(dir, "kura")
+		out, err := exec.Command("go", "build", "-o", kuraBin, "github.com/kura-oci/kura/cmd/kura").CombinedOutput()
+		if err != nil {
+			kuraErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if kuraErr != nil {
+		t.Fatal(kuraErr)
+	}
+	return kuraBin
+}
+
+// run runs kura to completion and returns its combined output.
+func run(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(kura(t), args...).CombinedOutput()
+	return string(out), err
+}
+
+func mustRun(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := run(t, args...)
+	if err != nil {
+		t.Fatalf("kura %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// runKilled starts kura and sends it SIGKILL after delay (the fault: a random point of its run,
+// drawn from the measured length of an uninterrupted run). It reports whether the kill landed
+// before the command finished on its own.
+func runKilled(t testing.TB, delay time.Duration, args ...string) bool {
+	t.Helper()
+	cmd := exec.Command(kura(t), args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+		return false
+	case <-time.After(delay):
+		cmd.Process.Kill()
+		<-done
+		return true
+	}
+}
+
+// timed runs kura once to completion and returns how long it took.
+func timed(t testing.TB, args ...string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	mustRun(t, args...)
+	return time.Since(start)
+}
+
+// drillImage is an image of zstd:chunked layers for the drills, pushed to a registry.
+type drillImage struct {
+	name     string
+	diffIDs  []digest.Digest
+	manifest digest.Digest
+}
+
+// genLayer makes a layer of files: seed decides the content, so equal seeds share files.
+func genLayer(t testing.TB, seed int64, files int) []byte {
+	rng := rand.New(rand.NewSource(seed))
+	var entries []tarEntry
+	entries = append(entries, dir(fmt.Sprintf("l%d/", seed)))
+	for i := 0; i < files; i++ {
+		size := 1 + rng.Intn(64<<10)
+		if i%20 == 0 {
+			size = 1 << 20
+		}
+		b := make([]byte, size)
+		for j := range b {
+			b[j] = "abcdefghij\n"[rng.Intn(11)]
+		}
+		rng.Read(b[:size/3])
+		e := reg(fmt.Sprintf("l%d/f%04d", seed, i), 0o644, "")
+		e.content, e.hdr.Size = b, int64(size)
+		entries = append(entries, e)
+	}
+	return tarOf(t, entries...)
+}
+
+// pushDrillImage converts layer tars with the product's writer and pushes them as repo:latest.
+func pushDrillImage(t testing.TB, reg *registrytest.Registry, repo string, tars ...[]byte) drillImage {
+	t.Helper()
+	img := drillImage{name: reg.Host + "/" + repo + ":latest"}
+	var descs []ocispec.Descriptor
+	for _, tb := range tars {
+		var blob bytes.Buffer
+		d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg.PushBlob(t, repo, blob.Bytes())
+		descs = append(descs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations})
+		img.diffIDs = append(img.diffIDs, d.DiffID)
+	}
+	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
+		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}})
+	reg.PushBlob(t, repo, cfg)
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: descs,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}}
+	m.SchemaVersion = 2
+	mb, _ := json.Marshal(m)
+	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
+	img.manifest = digest.FromBytes(mb)
+	return img
+}
+
+func pullArgs(root string, img drillImage) []string {
+	return []string{"pull", "docker://" + img.name, "--creds", registrytest.Username + ":" + registrytest.Password,
+		"--tls-verify=false", "--root", root, "--json"}
+}
+
+// fsckClean runs kura fsck; temp files left by the kill are allowed, problems are not.
+func fsckClean(t testing.TB, root string) {
+	t.Helper()
+	out := mustRun(t, "fsck", "--root", root, "--json")
+	var rep store.FsckReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("fsck output %q: %v", out, err)
+	}
+	if !rep.Clean() {
+		t.Fatalf("fsck: %v", rep.Problems)
+	}
+}
+
+// checkImage opens the store and checks that the image is recorded under its manifest digest and
+// that every layer exports to its DiffID (the same result as an uninterrupted pull).
+func checkImage(t testing.TB, root string, img drillImage) {
+	t.Helper()
+	s, err := store.Open(root, store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ResolveImage(context.Background(), img.name)
+	if err != nil {
+		t.Fatalf("image %s: %v", img.name, err)
+	}
+	if got.ID != img.manifest {
+		t.Fatalf("image %s is %s, want %s", img.name, got.ID, img.manifest)
+	}
+	for _, d := range img.diffIDs {
+		if e, err := exportDigest(t, s, d); err != nil || e != d {
+			t.Fatalf("layer %s exports to %s: %v", d, e, err)
+		}
+	}
+}
+
+// drillSetup is a registry with three images sharing layers pairwise: A = L1+L2, B = L2+L3,
+// C = L1+L3.
+func drillSetup(t testing.TB) (*registrytest.Registry, []drillImage) {
+	t.Helper()
+	reg := registrytest.New(t)
+	l1, l2, l3 := genLayer(t, 1, 40), genLayer(t, 2, 40), genLayer(t, 3, 40)
+	return reg, []drillImage{pushDrillImage(t, reg, "a", l1, l2), pushDrillImage(t, reg, "b", l2, l3), pushDrillImage(t, reg, "c", l1, l3)}
+}
+
+type drillCount struct{ tried, killed, passed int }
+
+func (d drillCount) String() string {
+	return fmt.Sprintf("%d kill points tried (%d landed before the end), %d recovered", d.tried, d.killed, d.passed)
+}
+
+// TestCrashDuringPull kills kura pull at random points. After each kill fsck is clean, and the
+// retried pull stores the identical image. Half of the points pull into a store that holds a
+// sibling image (a partial pull with reuse); the other half into an empty store.
+func TestCrashDuringPull(t *testing.T) {
+	_, imgs := drillSetup(t)
+	work := t.TempDir()
+	seeded := filepath.Join(work, "seeded")
+	mustRun(t, pullArgs(seeded, imgs[1])...)
+	d := timed(t, pullArgs(filepath.Join(work, "measure"), imgs[0])...)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var c drillCount
+	for i := 0; i < killPoints(); i++ {
+		root := filepath.Join(work, fmt.Sprint("p", i))
+		if i%2 == 1 {
+			copyDir(t, seeded, root)
+		}
+		delay := time.Duration(rng.Int63n(int64(d)))
+		c.tried++
+		if runKilled(t, delay, pullArgs(root, imgs[0])...) {
+			c.killed++
+		}
+		fsckClean(t, root)
+		mustRun(t, pullArgs(root, imgs[0])...)
+		fsckClean(t, root)
+		checkImage(t, root, imgs[0])
+		c.passed++
+		os.RemoveAll(root)
+	}
+	t.Logf("pull (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
+// TestCrashDuringGC kills kura gc at random points in a store where gc has much to remove. After
+// each kill fsck is clean, the retried gc succeeds, and the store holds exactly what an
+// uninterrupted gc leaves.
+func TestCrashDuringGC(t *testing.T) {
+	_, imgs := drillSetup(t)
+	work := t.TempDir()
+	template := filepath.Join(work, "template")
+	for _, img := range imgs {
+		mustRun(t, pullArgs(template, img)...)
+	}
+	mustRun(t, "rmi", "--root", template, imgs[0].name, imgs[2].name)
+	ref := filepath.Join(work, "ref")
+	copyDir(t, template, ref)
+	d := timed(t, "gc", "--root", ref)
+	want := objectSet(t, ref)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var c drillCount
+	for i := 0; i < killPoints(); i++ {
+		root := filepath.Join(work, fmt.Sprint("g", i))
+		copyDir(t, template, root)
+		c.tried++
+		if runKilled(t, time.Duration(rng.Int63n(int64(d))), "gc", "--root", root) {
+			c.killed++
+		}
+		fsckClean(t, root)
+		mustRun(t, "gc", "--root", root)
+		fsckClean(t, root)
+		if got := objectSet(t, root); got != want {
+			t.Fatalf("after a killed and a retried gc the store differs from an uninterrupted gc:\n%s\nwant\n%s", got, want)
+		}
+		checkImage(t, root, imgs[1])
+		c.passed++
+		os.RemoveAll(root)
+	}
+	t.Logf("gc (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
+// TestCrashDuringComposefsBuild kills kura composefs build (with a digest store) at random points.
+// The output image is written atomically: after a kill it is absent or complete; the retried
+// build gives the same bytes and the same digest store as an uninterrupted one.
+func TestCrashDuringComposefsBuild(t *testing.T) {
+	_, imgs := drillSetup(t)
+	work := t.TempDir()
+	root := filepath.Join(work, "store")
+	mustRun(t, pullArgs(root, imgs[0])...)
+	tree := filepath.Join(work, "tree")
+	mustRun(t, "checkout", "--root", root, imgs[0].name, tree)
+	build := func(dir string) []string {
+		return []string{"composefs", "build", "--digest-store", filepath.Join(dir, "objects"), tree, filepath.Join(dir, "out.img")}
+	}
+	ref := filepath.Join(work, "ref")
+	os.MkdirAll(ref, 0o755)
+	d := timed(t, build(ref)...)
+	want := treeDigest(t, ref)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var c drillCount
+	for i := 0; i < killPoints(); i++ {
+		dir := filepath.Join(work, fmt.Sprint("c", i))
+		os.MkdirAll(dir, 0o755)
+		c.tried++
+		if runKilled(t, time.Duration(rng.Int63n(int64(d))), build(dir)...) {
+			c.killed++
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "out.img")); err == nil {
+			ok, _ := os.ReadFile(filepath.Join(ref, "out.img"))
+			if !bytes.Equal(b, ok) {
+				t.Fatalf("a killed build left a partial out.img (%d bytes, complete is %d)", len(b), len(ok))
+			}
+		}
+		mustRun(t, build(dir)...)
+		if got := treeDigest(t, dir); got != want {
+			t.Fatalf("killed then retried build differs from an uninterrupted one:\n%s\nwant\n%s", got, want)
+		}
+		c.passed++
+		os.RemoveAll(dir)
+	}
+	t.Logf("composefs build (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
+// TestConcurrentPullsAndGC runs three kura pulls of overlapping images while kura gc runs again
+// and again, in a loop whose every round first drops all names (so gc has everything to remove
+// that the pulls have not yet claimed). After each round fsck is clean and every image exports to
+// its DiffIDs and checks out.
+func TestConcurrentPullsAndGC(t *testing.T) {
+	_, imgs := drillSetup(t)
+	root := filepath.Join(t.TempDir(), "store")
+	rounds := 3
+	if longDrills() {
+		rounds = 15
+	}
+	gcRuns := 0
+	for r := 0; r < rounds; r++ {
+		if r > 0 {
+			mustRun(t, "rmi", "--root", root, imgs[0].name, imgs[1].name, imgs[2].name)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, len(imgs))
+		for _, img := range imgs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if out, err := run(t, pullArgs(root, img)...); err != nil {
+					errs <- fmt.Errorf("pull %s: %v\n%s", img.name, err, out)
+				}
+			}()
+		}
+		pullsDone := make(chan struct{})
+		go func() { wg.Wait(); close(pullsDone) }()
+	gcLoop:
+		for {
+			mustRun(t, "gc", "--root", root)
+			gcRuns++
+			select {
+			case <-pullsDone:
+				break gcLoop
+			default:
+			}
+		}
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		fsckClean(t, root)
+		for _, img := range imgs {
+			checkImage(t, root, img)
+		}
+	}
+	for _, img := range imgs {
+		mustRun(t, "checkout", "--root", root, img.name, filepath.Join(t.TempDir(), "rootfs"))
+	}
+	t.Logf("%d rounds of 3 concurrent pulls against %d gc runs: fsck clean, all images intact", rounds, gcRuns)
+}
+
+// TestFullDisk puts the store on a 64 MiB ext4 loop file system filled with ballast, so that a
+// pull does not fit. The pull fails saying so (ENOSPC), the store stays consistent, and once the
+// ballast is removed the same pull succeeds.
+func TestFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for the loop mount")
+	}
+	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	_, imgs := drillSetup(t)
+	work := t.TempDir()
+	img := filepath.Join(work, "fs.img")
+	mnt := filepath.Join(work, "mnt")
+	os.MkdirAll(mnt, 0o755)
+	if err := os.Truncate(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Skipf("loop mount not permitted here: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+
+	// Leave 4 MiB free: less than one layer of the image.
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(mnt, &st); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	ballast := filepath.Join(mnt, "ballast")
+	f, err := os.Create(ballast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for written := int64(0); written < free-4<<20; written += int64(len(chunk)) {
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	root := filepath.Join(mnt, "store")
+	out, err := run(t, pullArgs(root, imgs[0])...)
+	if err == nil {
+		t.Fatalf("the pull fitted in 4 MiB:\n%s", out)
+	}
+	if !strings.Contains(out, "no space left on device") {
+		t.Fatalf("the pull failed without saying the disk is full:\n%s", out)
+	}
+	t.Logf("pull on a full disk: %s", lastLine(out))
+	fsckClean(t, root)
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, pullArgs(root, imgs[0])...)
+	fsckClean(t, root)
+	checkImage(t, root, imgs[0])
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+// objectSet lists what a store holds (objects, layers, images, refs) by path, skipping temp
+// files and locks, which a killed run may leave or a run recreate.
+func objectSet(t testing.TB, root string) string {
+	t.Helper()
+	var sb strings.Builder
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.Contains(d.Name(), "tmp") || strings.Contains(d.Name(), "lock") {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		sb.WriteString(rel + "\n")
+		return nil
+	})
+	return sb.String()
+}
+
+// treeDigest lists every file under dir with the sha256 of its content.
+func treeDigest(t testing.TB, dir string) string {
+	t.Helper()
+	var sb strings.Builder
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		fmt.Fprintf(&sb, "%s %x\n", rel, sha256.Sum256(b))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb.String()
+}
+
+// copyDir copies a store (directories and regular files, modes kept).
+func copyDir(t testing.TB, from, to string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", from, to).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+}
+
