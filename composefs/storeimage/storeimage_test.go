@@ -1,0 +1,324 @@
+package storeimage
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/ociimport"
+	"github.com/kura-oci/kura/ocilayout"
+	"github.com/kura-oci/kura/store"
+)
+
+var mtime = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC)
+
+type ent struct {
+	hdr  tar.Header
+	data string
+}
+
+func reg(name, data string, mode int64) ent {
+	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}, data: data}
+}
+func dir(name string, mode int64) ent {
+	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: mode}}
+}
+func other(typ byte, name, link string) ent {
+	return ent{hdr: tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Linkname: link}}
+}
+
+func mkTar(t *testing.T, ents ...ent) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range ents {
+		h := e.hdr
+		h.ModTime, h.Format = mtime, tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, e.data)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+var big = strings.Repeat("a line of content that makes the file larger than the inline limit\n", 300)
+
+// layers of a test image: the second one whites out, makes a directory opaque and replaces things.
+func testLayers(t *testing.T) [][]byte {
+	x := reg("usr/bin/capable", big+"cap", 0o4755)
+	x.hdr.Uid, x.hdr.Gid = 1000, 70000
+	x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.comment": "hello"}
+	dev := other(tar.TypeChar, "dev/null", "")
+	dev.hdr.Devmajor, dev.hdr.Devminor, dev.hdr.Mode = 1, 3, 0o666
+	l1 := mkTar(t,
+		dir("etc/", 0o755), reg("etc/hostname", "kura\n", 0o644), reg("etc/old.conf", big, 0o600),
+		dir("etc/sub/", 0o700), reg("etc/sub/deep", "deep\n", 0o644),
+		dir("usr/", 0o755), dir("usr/bin/", 0o755), reg("usr/bin/tool", big+"tool", 0o755), x,
+		other(tar.TypeLink, "usr/bin/tool-hard", "usr/bin/tool"), other(tar.TypeSymlink, "usr/bin/link", "tool"),
+		reg("usr/bin/removed", big+"removed", 0o644), reg("usr/empty", "", 0o644),
+		dir("dev/", 0o755), dev, other(tar.TypeFifo, "dev/fifo", ""),
+		dir("var/", 0o755), dir("var/lib/", 0o755), reg("var/lib/becomes-dir", "x", 0o644),
+	)
+	l2 := mkTar(t,
+		dir("etc/", 0o750), reg("etc/.wh..wh..opq", "", 0o644), reg("etc/new.conf", big+"new", 0o640),
+		other(tar.TypeChar, "usr/bin/.wh.removed", ""),
+		reg("usr/bin/tool", big+"tool v2", 0o755),
+		dir("var/lib/becomes-dir/", 0o711), reg("var/lib/becomes-dir/inside", "inside\n", 0o644),
+	)
+	return [][]byte{l1, l2}
+}
+
+// importImage stores an image of uncompressed tar layers through an OCI layout.
+func importImage(t *testing.T, s *store.Store, layers [][]byte) store.Image {
+	t.Helper()
+	dir := t.TempDir()
+	w, err := ocilayout.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var descs []ocispec.Descriptor
+	var diffIDs []digest.Digest
+	for _, l := range layers {
+		d, err := w.PutBlob(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.MediaType = ocispec.MediaTypeImageLayer
+		descs = append(descs, d)
+		diffIDs = append(diffIDs, d.Digest)
+	}
+	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
+	cd, _ := w.PutBlob(cfg)
+	cd.MediaType = ocispec.MediaTypeImageConfig
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: descs}
+	m.SchemaVersion = 2
+	mb, _ := json.Marshal(m)
+	md, _ := w.PutBlob(mb)
+	md.MediaType = ocispec.MediaTypeImageManifest
+	if err := w.AddManifest(md, "test"); err != nil {
+		t.Fatal(err)
+	}
+	res, err := ociimport.Import(context.Background(), s, dir, "test", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Image
+}
+
+func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := importImage(t, s, testLayers(t))
+	root, err := Tree(context.Background(), s, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, gone := range []string{"/etc/hostname", "/etc/old.conf", "/etc/sub", "/usr/bin/removed", "/etc/.wh..wh..opq", "/usr/bin/.wh.removed"} {
+		if root.LookupPath(gone) != nil {
+			t.Errorf("%s is still there", gone)
+		}
+	}
+	for path, want := range map[string]uint32{"/etc/new.conf": unix.S_IFREG, "/var/lib/becomes-dir/inside": unix.S_IFREG,
+		"/usr/bin/link": unix.S_IFLNK, "/dev/null": unix.S_IFCHR, "/dev/fifo": unix.S_IFIFO} {
+		n := root.LookupPath(path)
+		if n == nil || n.Type() != want {
+			t.Errorf("%s: %+v, want type %o", path, n, want)
+		}
+	}
+	if n := root.LookupPath("/etc"); n.Mode&0o7777 != 0o750 {
+		t.Errorf("/etc mode %o, want the upper layer's 750", n.Mode)
+	}
+	tool, hard := root.LookupPath("/usr/bin/tool"), root.LookupPath("/usr/bin/tool-hard")
+	if hard.Target() == tool {
+		t.Error("the hard link follows the replaced file; it must keep the lower layer's content")
+	}
+	if tool.Digest == nil || !strings.HasPrefix(tool.Payload, tool.Payload[:2]+"/") {
+		t.Errorf("large file without object redirect: %+v", tool)
+	}
+	if n := root.LookupPath("/usr/bin/capable"); n.Mode&0o7777 != 0o4755 || n.UID != 1000 || n.GID != 70000 {
+		t.Errorf("capable: mode %o owner %d:%d", n.Mode, n.UID, n.GID)
+	}
+	var img1 bytes.Buffer
+	if err := composefs.WriteImage(&img1, root); err != nil {
+		t.Fatal(err)
+	}
+	var img2 bytes.Buffer
+	if err := Build(context.Background(), s, img, &img2); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(img1.Bytes(), img2.Bytes()) {
+		t.Error("two builds of the same image differ")
+	}
+}
+
+// fileInfo is what the mount and the checkout must agree on for one path.
+type fileInfo struct {
+	Mode          os.FileMode
+	UID, GID      uint32
+	Nlink         uint64
+	Mtime         int64
+	Size          int64
+	Content, Link string
+	Xattrs, Rdev  string
+}
+
+func walk(t *testing.T, root string) (map[string]fileInfo, [][]string) {
+	t.Helper()
+	out := map[string]fileInfo{}
+	inodes := map[uint64][]string{}
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == "." {
+			return nil
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		info := fileInfo{Mode: fi.Mode(), UID: st.Uid, GID: st.Gid, Mtime: st.Mtim.Nano()}
+		if !fi.IsDir() {
+			info.Nlink = st.Nlink
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			info.Size, info.Content = fi.Size(), fmt.Sprintf("%x", sha256.Sum256(b))
+			inodes[st.Ino] = append(inodes[st.Ino], rel)
+		case fi.Mode()&os.ModeSymlink != 0:
+			info.Link, _ = os.Readlink(p)
+		case fi.Mode()&os.ModeDevice != 0:
+			info.Rdev = fmt.Sprint(st.Rdev)
+		}
+		info.Xattrs = userXattrs(p)
+		out[rel] = info
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var groups [][]string
+	for _, names := range inodes {
+		if len(names) > 1 {
+			sort.Strings(names)
+			groups = append(groups, names)
+		}
+	}
+	sort.Slice(groups, func(i, j int) bool { return groups[i][0] < groups[j][0] })
+	return out, groups
+}
+
+func userXattrs(p string) string {
+	buf := make([]byte, 4096)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for _, name := range strings.Split(string(buf[:n]), "\x00") {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		v := make([]byte, 4096)
+		m, _ := unix.Lgetxattr(p, name, v)
+		parts = append(parts, name+"="+string(v[:max(m, 0)]))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+// TestMountEqualsCheckout mounts the composefs image of a stored image for real and compares the
+// whole tree with kura checkout of the same image.
+func TestMountEqualsCheckout(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	ctx := context.Background()
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := testLayers(t)
+	if b, err := os.ReadFile(filepath.Join(testdata(t), "zstd-chunked", "real.tar")); err == nil {
+		layers = append([][]byte{b}, layers...)
+	}
+	img := importImage(t, s, layers)
+	cfs, err := Ensure(ctx, s, img, filepath.Join(t.TempDir(), "composefs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.Mount(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.Unmount(target) })
+	co := filepath.Join(t.TempDir(), "co")
+	if _, err := checkout.Checkout(ctx, s, img, co, checkout.Options{Link: checkout.LinkCopy}); err != nil {
+		t.Fatal(err)
+	}
+	got, gotLinks := walk(t, target)
+	want, wantLinks := walk(t, co)
+	if len(got) != len(want) {
+		t.Errorf("mount has %d paths, checkout %d", len(got), len(want))
+	}
+	for p, w := range want {
+		if g, ok := got[p]; !ok {
+			t.Errorf("%s: missing in the mount", p)
+		} else if g != w {
+			t.Errorf("%s: mount %+v, checkout %+v", p, g, w)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			t.Errorf("%s: only in the mount", p)
+		}
+	}
+	if fmt.Sprint(gotLinks) != fmt.Sprint(wantLinks) {
+		t.Errorf("hard links: mount %v, checkout %v", gotLinks, wantLinks)
+	}
+	if _, ok := got["usr/bin/removed"]; ok {
+		t.Error("a whited-out file shows through the mount")
+	}
+}
+
+// testdata finds ../shared/testdata from the module root.
+func testdata(t *testing.T) string {
+	dir, _ := os.Getwd()
+	for i := 0; i < 5; i++ {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "..", "shared", "testdata")
+		}
+		dir = filepath.Dir(dir)
+	}
+	return ""
+}
