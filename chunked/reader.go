@@ -110,6 +110,27 @@ func invalidf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errdefs.ErrInvalid}, args...)...)
 }
 
+// ErrNeedFooter: the annotations carry a TOC digest but no position (allowed for the old
+// format). Locate by the footer, then set Location.TOCDigest from TOCDigest(annotations).
+var ErrNeedFooter = fmt.Errorf("no TOC position annotation, the footer must locate the TOC: %w", errdefs.ErrNotFound)
+
+// TOCDigest returns the TOC digest annotation (current name, else old).
+func TOCDigest(ann map[string]string) (digest.Digest, error) {
+	key := AnnotationTOCDigest
+	if _, ok := ann[key]; !ok {
+		key = AnnotationOldTOCDigest
+	}
+	ds, ok := ann[key]
+	if !ok {
+		return "", fmt.Errorf("no zstd:chunked annotations: %w", errdefs.ErrNotFound)
+	}
+	d, err := digest.Parse(ds)
+	if err != nil || d.Algorithm() != digest.SHA256 {
+		return "", invalidf("annotation %s: %q is not a sha256 digest", key, ds)
+	}
+	return d, nil
+}
+
 // LocateFromAnnotations finds TOC and tar-split from a layer descriptor's annotations (current
 // names first, then the old io.containers.* ones). It fails with ErrNotFound if the layer is not
 // zstd:chunked and ErrInvalid if the annotations are malformed or point outside the blob.
@@ -132,7 +153,7 @@ func LocateFromAnnotations(ann map[string]string, blobSize int64, opts ...ReadOp
 	}
 	pos, ok := ann[posKey]
 	if !ok {
-		return Location{}, fmt.Errorf("annotation %s missing: %w (the TOC must be located from the footer)", posKey, errdefs.ErrNotFound)
+		return Location{}, fmt.Errorf("annotation %s: %w", posKey, ErrNeedFooter)
 	}
 	v, err := parseNumbers(pos, 4)
 	if err != nil {

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"io"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/errdefs"
 )
 
 // parseBlob locates (by annotations if ann is not nil, else by footer) and parses blob.
@@ -139,4 +142,19 @@ func convert(t testing.TB, in []byte, opts ...Option) []byte {
 	return out.Bytes()
 }
 
-var _ = digest.SHA256
+// Old annotations without a position: the footer locates, the checksum annotation authenticates.
+func TestOpenOldAnnotationsWithoutPosition(t *testing.T) {
+	blob := readTestdata(t, filepath.Join("skopeo-1.9", "oci-layout", "blobs", "sha256", "1885488406a47daefb7e7c6be0e987ef3bcdc87fa9c318b639e6c69532b34e52"))
+	ann := map[string]string{AnnotationOldTOCDigest: "sha256:571210bbf60825db0a8586efaec09baf24292b57f0bedf3c1e66e82894bdedac"}
+	l, loc, err := Open(bytes.NewReader(blob), int64(len(blob)), ann)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loc.TOCDigest == "" || len(l.Files) != 9 {
+		t.Fatalf("TOC digest %q, %d files", loc.TOCDigest, len(l.Files))
+	}
+	ann[AnnotationOldTOCDigest] = digest.FromString("other").String()
+	if _, _, err := Open(bytes.NewReader(blob), int64(len(blob)), ann); !errors.Is(err, errdefs.ErrDigestMismatch) {
+		t.Fatalf("wrong checksum annotation: %v", err)
+	}
+}

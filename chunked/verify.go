@@ -3,6 +3,7 @@ package chunked
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 
@@ -17,14 +18,20 @@ import (
 func Open(blob io.ReaderAt, size int64, ann map[string]string, opts ...ReadOption) (*Layer, Location, error) {
 	var loc Location
 	var err error
-	if IsChunked(ann) {
+	byFooter := !IsChunked(ann)
+	if !byFooter {
 		loc, err = LocateFromAnnotations(ann, size, opts...)
-	} else {
+		byFooter = errors.Is(err, ErrNeedFooter)
+	}
+	if byFooter {
 		tail := make([]byte, min(size, FooterFetchSize))
 		if _, err := blob.ReadAt(tail, size-int64(len(tail))); err != nil {
 			return nil, Location{}, fmt.Errorf("reading footer: %w", err)
 		}
 		loc, err = LocateFromFooter(tail, size, opts...)
+		if err == nil && IsChunked(ann) {
+			loc.TOCDigest, err = TOCDigest(ann) // the footer is located, the annotation authenticates
+		}
 	}
 	if err != nil {
 		return nil, Location{}, err
@@ -82,12 +89,8 @@ func Verify(ctx context.Context, blob io.ReaderAt, desc Descriptor, opts ...Read
 	if got := digest.NewDigest(digest.SHA256, diffID); desc.DiffID != "" && got != desc.DiffID {
 		return nil, fmt.Errorf("decompressed blob has DiffID %s, descriptor says %s: %w", got, desc.DiffID, errdefs.ErrDigestMismatch)
 	}
-	if IsChunked(desc.Annotations) {
+	if loc, err := LocateFromAnnotations(desc.Annotations, desc.Size, opts...); err == nil {
 		// A reader without the annotations goes by the footer: it must find the same metadata.
-		loc, err := LocateFromAnnotations(desc.Annotations, desc.Size, opts...)
-		if err != nil {
-			return nil, err
-		}
 		tail := make([]byte, min(desc.Size, FooterFetchSize))
 		if _, err := blob.ReadAt(tail, desc.Size-int64(len(tail))); err != nil {
 			return nil, fmt.Errorf("reading footer: %w", err)
