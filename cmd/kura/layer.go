@@ -60,6 +60,9 @@ func init() {
 }
 
 func layerConvert(cmd *cobra.Command, in, out string, level int) (retErr error) {
+	if level < 1 || level > 22 {
+		return usageError{fmt.Errorf("--level %d: want 1-22", level)}
+	}
 	var src io.Reader = os.Stdin
 	if in != "-" {
 		f, err := os.Open(in)
