@@ -65,7 +65,7 @@ func TestImportThroughput(t *testing.T) {
 	mb := float64(fi.Size()) / (1 << 20)
 	// Interleave runs so that machine load hits both sides alike; report the best of each.
 	var bb, bk, bn time.Duration
-	for range 3 {
+	for range 2 {
 		b, k, n := base(), kura(), kura(store.WithoutSync())
 		if bb == 0 || b < bb {
 			bb = b
