@@ -319,13 +319,17 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return err
 	}
+	// The store keeps TOCs without blob offsets (it has no blob), whatever the layer came from.
+	toc := &chunked.TOC{Version: l.TOC.Version, Entries: make([]chunked.Entry, len(l.TOC.Entries))}
 	var content int64
-	for _, e := range l.TOC.Entries {
+	for i, e := range l.TOC.Entries {
+		e.Offset, e.EndOffset = 0, 0
+		toc.Entries[i] = e
 		if e.Type == chunked.TypeReg {
 			content += e.Size
 		}
 	}
-	return s.PutLayer(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content}, l.TOC, l.TarSplit)
+	return s.PutLayer(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content}, toc, l.TarSplit)
 }
 
 func addRangeReport(lr *LayerReport, r registry.RangeReport) {

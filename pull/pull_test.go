@@ -252,6 +252,20 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	if got, want := exportDigest(t, partial, v1.diffIDs[0]), exportDigest(t, full, v1.diffIDs[0]); got != want || got != v1.diffIDs[0] {
 		t.Fatalf("partial export %s, full export %s, DiffID %s", got, want, v1.diffIDs[0])
 	}
+	// Both ways of pulling record the same TOC: same entries, chunks and digests, no blob offsets.
+	tp, err := partial.LayerTOC(context.Background(), v1.diffIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf, err := full.LayerTOC(context.Background(), v1.diffIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	jp, _ := json.Marshal(tp.Entries)
+	jf, _ := json.Marshal(tf.Entries)
+	if !bytes.Equal(jp, jf) {
+		t.Fatalf("stored TOCs differ:\npartial %s\nfull    %s", jp[:min(len(jp), 600)], jf[:min(len(jf), 600)])
+	}
 	checkFsck(t, partial)
 	checkFsck(t, full)
 }
