@@ -198,12 +198,8 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 	rep := &Report{Destination: dest.String(), Format: o.format, Level: o.level, Layers: make([]LayerReport, len(src.layers))}
 	descs := make([]ocispec.Descriptor, len(src.layers))
 
-	// A layer listed twice is made once; later copies wait for the first.
-	type once struct {
-		done chan struct{}
-		i    int
-	}
-	first := map[digest.Digest]*once{}
+	// A layer listed twice is made once; later copies reuse the first one's descriptor.
+	first := map[digest.Digest]int{}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
 	var dups []int
@@ -213,7 +209,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 				dups = append(dups, i)
 				continue
 			}
-			first[ls.diffID] = &once{i: i}
+			first[ls.diffID] = i
 		}
 		g.Go(func() error {
 			lr, desc, err := writeLayer(gctx, ls, dest, o)
@@ -228,7 +224,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		return nil, err
 	}
 	for _, i := range dups {
-		j := first[src.layers[i].diffID].i
+		j := first[src.layers[i].diffID]
 		descs[i] = descs[j]
 		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: src.layers[i].diffID, Size: descs[j].Size, Status: StatusDuplicate}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -174,7 +175,7 @@ func parseUploadRange(v string) (int64, error) {
 	first, last, ok := strings.Cut(s, "-")
 	start, err1 := strconv.ParseInt(first, 10, 64)
 	end, err2 := strconv.ParseInt(last, 10, 64)
-	if !ok || err1 != nil || err2 != nil || start != 0 || end < 0 {
+	if !ok || err1 != nil || err2 != nil || start != 0 || end < 0 || end == math.MaxInt64 {
 		return 0, fmt.Errorf("upload status Range %q: %w", v, errdefs.ErrInvalid)
 	}
 	if end == 0 {
