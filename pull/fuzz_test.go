@@ -154,7 +154,7 @@ func FuzzPartialEqualsFull(f *testing.F) {
 // fuzzImage is buildImage for one layer, returning the writer's refusal instead of failing.
 func fuzzImage(tb []byte) (*testImage, error) {
 	var blob bytes.Buffer
-	d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob, chunked.WithConcurrency(1))
+	d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob, chunked.WithConcurrency(1), chunked.WithLevel(1))
 	if err != nil {
 		return nil, err
 	}
