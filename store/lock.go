@@ -18,7 +18,13 @@ func (s *Store) RLock(ctx context.Context) (func(), error) { return s.lock(ctx, 
 
 // Lock takes the store's exclusive lock (gc, fsck --repair): it waits for every holder of the
 // shared lock to finish.
-func (s *Store) Lock(ctx context.Context) (func(), error) { return s.lock(ctx, unix.LOCK_EX) }
+func (s *Store) Lock(ctx context.Context) (func(), error) {
+	if s.held.Load() > 0 {
+		// Waiting for every shared holder would include ourselves.
+		return nil, errors.New("store: exclusive lock requested through a handle that holds a lock (would deadlock)")
+	}
+	return s.lock(ctx, unix.LOCK_EX)
+}
 
 // lock opens the lock file anew for every lock: flock locks belong to the open file description,
 // so two locks in one process conflict exactly as two processes' locks do.

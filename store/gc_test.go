@@ -1,0 +1,181 @@
+package store_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand"
+	"os"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+func tarOf(t *testing.T, files map[string][]byte) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, name := range []string{"a", "b", "c", "big"} {
+		data, ok := files[name]
+		if !ok {
+			continue
+		}
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
+		tw.Write(data)
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+func image(t *testing.T, s *store.Store, name string, tarBytes []byte) store.Image {
+	t.Helper()
+	ctx := context.Background()
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	l, err := layer.Import(ctx, s, bytes.NewReader(tarBytes), layer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	config, _ := json.Marshal(ocispec.Image{RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{l.DiffID}}})
+	manifest, _ := json.Marshal(ocispec.Manifest{
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
+		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: l.DiffID, Size: l.TarSize}},
+	})
+	img, err := s.PutImage(ctx, manifest, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetRef(ctx, name, img.ID); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestUsageGCFsck(t *testing.T) {
+	ctx := context.Background()
+	// No lock held across the test: gc and fsck --repair take the exclusive lock themselves.
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 300<<10)
+	rand.New(rand.NewSource(1)).Read(big)
+	shared := []byte("shared content")
+	img1 := image(t, s, "one", tarOf(t, map[string][]byte{"a": shared, "b": []byte("only in one"), "big": big}))
+	image(t, s, "two", tarOf(t, map[string][]byte{"a": shared, "c": []byte("only in two!")}))
+
+	u, err := s.Usage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Objects != 4 || u.ObjectBytes != int64(len(shared)+len("only in one")+len(big)+len("only in two!")) {
+		t.Fatalf("usage %+v", u)
+	}
+	for _, iu := range u.Images {
+		want := int64(len("only in two!"))
+		if iu.Image.ID == img1.ID {
+			want = int64(len("only in one") + len(big))
+		}
+		if iu.Unique != want {
+			t.Errorf("image %v unique %d, want %d", iu.Names, iu.Unique, want)
+		}
+	}
+
+	// A large file's chunks are findable by chunk digest.
+	toc, _ := s.LayerTOC(ctx, img1.Layers[0])
+	found := false
+	for _, e := range toc.Entries {
+		if e.Type == chunked.TypeChunk {
+			loc, err := s.FindChunk(ctx, digest.Digest(e.ChunkDigest), e.ChunkSize)
+			if err != nil || loc.Offset != e.ChunkOffset {
+				t.Fatalf("FindChunk(%s) = %+v, %v", e.ChunkDigest, loc, err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Log("big file was a single chunk; FindChunk not exercised on chunk entries")
+	}
+
+	// gc keeps everything named; dropping "one" frees its unique objects only.
+	if r, err := s.GC(ctx); err != nil || r.Objects != 0 {
+		t.Fatalf("gc with all images named: %+v %v", r, err)
+	}
+	unlock, _ := s.RLock(ctx)
+	if err := s.DeleteRef(ctx, "one"); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	r, err := s.GC(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Images != 1 || r.Layers != 1 || r.Objects != 2 {
+		t.Fatalf("gc after dropping one: %+v", r)
+	}
+	if !s.HasObject(digest.FromBytes(shared)) {
+		t.Fatal("gc removed an object image two needs")
+	}
+
+	// fsck finds a damaged object; repair removes it and everything that depended on it.
+	rep, err := s.Fsck(ctx, false)
+	if err != nil || !rep.Clean() {
+		t.Fatalf("fsck of a good store: %v %v", rep.Problems, err)
+	}
+	p, _ := s.ObjectPath(digest.FromBytes(shared))
+	os.Chmod(p, 0o644)
+	os.WriteFile(p, []byte("tampered"), 0o444)
+	rep, _ = s.Fsck(ctx, false)
+	if rep.Clean() {
+		t.Fatal("fsck missed a damaged object")
+	}
+	rep, err = s.Fsck(ctx, true)
+	if err != nil || rep.Repaired == 0 {
+		t.Fatalf("fsck --repair: %+v %v", rep, err)
+	}
+	if rep, _ = s.Fsck(ctx, false); !rep.Clean() {
+		t.Fatalf("after repair: %v", rep.Problems)
+	}
+	if _, err := s.ResolveImage(ctx, "two"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("image two should be gone with its damaged object: %v", err)
+	}
+}
+
+func TestWriteNeedsLock(t *testing.T) {
+	s, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Ingest(context.Background(), "", -1); err == nil {
+		t.Fatal("ingest without a lock succeeded")
+	}
+}
+
+func TestRefNames(t *testing.T) {
+	s := newStore(t)
+	for _, bad := range []string{"", "has space", "new\nline", string(make([]byte, 300))} {
+		if err := s.SetRef(context.Background(), bad, digest.FromString("x")); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("SetRef(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := s.SetRef(context.Background(), "registry.example/a/b:tag", digest.FromString("x")); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("SetRef to a missing image = %v, want ErrNotFound", err)
+	}
+}
+
+func TestExclusiveWhileSharedRefused(t *testing.T) {
+	s := newStore(t) // holds the shared lock
+	if _, err := s.GC(context.Background()); err == nil {
+		t.Fatal("gc through a handle holding the shared lock did not refuse (it would deadlock)")
+	}
+}
