@@ -128,7 +128,9 @@ func markdown(res *Results) string {
 			mean = fmt.Sprintf("%.2f", secs/float64(k))
 		}
 		pc := "—"
-		if s.PageCache != nil {
+		if s.PageCache != nil && s.PageCache.Error != "" && s.PageCache.Resident == 0 {
+			pc = "failed (see below)"
+		} else if s.PageCache != nil {
 			pc = fmt.Sprintf("%s (%s) / %s", mbs(s.PageCache.CachedDelta), mbs(s.PageCache.CachedDelta-s.PageCache.Overhead), mbs(s.PageCache.Resident))
 		}
 		w("| %s | %s | %s | %s | %s | %s | %s |\n", s.Name, first, mbs(recv), ratio, mean, disk, pc)
@@ -183,7 +185,7 @@ func markdown(res *Results) string {
 				secs += p.Seconds
 				parts = append(parts, fmt.Sprintf("%s %s MB", p.Version, mbs(p.CompressedSize)))
 			}
-			w("\nPushes by %s (one at a time): %.0f s in all; layer blobs: %s.\n", s.Push[0].Tool, secs, strings.Join(parts, ", "))
+			w("\nPushes by %s (two at a time): per-push times sum to %.0f s; layer blobs: %s.\n", s.Push[0].Tool, secs, strings.Join(parts, ", "))
 		}
 		for _, note := range s.Notes {
 			w("\nNote: %s\n", note)
