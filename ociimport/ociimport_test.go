@@ -267,7 +267,7 @@ func TestCrashDuringImport(t *testing.T) {
 	t.Logf("full import takes %v", full)
 
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
-	const rounds = 8
+	const rounds = 16
 	var killedEarly int
 	for i := range rounds {
 		root := filepath.Join(work, fmt.Sprintf("s%d", i))
@@ -276,8 +276,8 @@ func TestCrashDuringImport(t *testing.T) {
 		// A random kill point is the point of this test; it is not synchronisation.
 		time.Sleep(at)
 		cmd.Process.Signal(syscall.SIGKILL)
-		err := cmd.Wait()
-		if err != nil {
+		died := cmd.Wait() != nil
+		if died {
 			killedEarly++
 		}
 		s := newStore(t, root)
@@ -303,7 +303,7 @@ func TestCrashDuringImport(t *testing.T) {
 		if err != nil || !rr.Clean() {
 			t.Fatalf("fsck --repair: %v %v", rr.Problems, err)
 		}
-		t.Logf("round %d: killed at %v (temp files left: %d)", i, at, r.TempFiles)
+		t.Logf("round %d: killed at %v (died: %v, temp files left: %d)", i, at, died, r.TempFiles)
 		os.RemoveAll(root)
 	}
 	if killedEarly == 0 {
