@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -331,5 +332,44 @@ func TestCheckoutNotEmpty(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "existing"), nil, 0o644)
 	if _, err := checkout.Checkout(context.Background(), s, img, dir, checkout.Options{}); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("checkout into a non-empty dir: %v", err)
+	}
+}
+
+// TestCheckoutDevicesNotPermitted drops CAP_MKNOD from this thread's effective set: device nodes
+// then fail with ErrPermission, or are left out with SkipDevices (fifos are still made).
+func TestCheckoutDevicesNotPermitted(t *testing.T) {
+	needRoot(t)
+	s := openStore(t, t.TempDir())
+	img := makeImage(t, s, readTar(t, "mixed.tar"))
+
+	// Capabilities are per thread: lock this goroutine to its thread and run the checkout here
+	// (Checkout makes its syscalls on the calling goroutine).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	saved := data
+	data[0].Effective &^= 1 << unix.CAP_MKNOD
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Skipf("capset: %v", err)
+	}
+	defer unix.Capset(&hdr, &saved[0])
+
+	_, err := checkout.Checkout(context.Background(), s, img, filepath.Join(t.TempDir(), "a"), checkout.Options{Link: checkout.LinkCopy})
+	if !errors.Is(err, errdefs.ErrPermission) {
+		t.Fatalf("without CAP_MKNOD: err = %v, want ErrPermission", err)
+	}
+	out := filepath.Join(t.TempDir(), "b")
+	if _, err := checkout.Checkout(context.Background(), s, img, out, checkout.Options{Link: checkout.LinkCopy, SkipDevices: true}); err != nil {
+		t.Fatalf("SkipDevices: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(out, "dev/null")); !os.IsNotExist(err) {
+		t.Fatalf("dev/null exists without CAP_MKNOD: %v", err)
+	}
+	if fi, err := os.Lstat(filepath.Join(out, "dev/fifo")); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
+		t.Fatalf("dev/fifo: %v %v", fi, err)
 	}
 }
