@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -16,13 +18,14 @@ import (
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/tarimage"
 )
 
 // Commands that work on the local store: import, images, rmi, checkout, df, gc, fsck.
 func init() {
 	importCmd := &cobra.Command{
-		Use:   "import oci:DIR[:TAG] [NAME]",
-		Short: "Import an image from an OCI image layout into the store",
+		Use:   "import oci:DIR[:TAG] [NAME] | import FILE.tar NAME",
+		Short: "Import an image from an OCI image layout, or a root filesystem tar (as podman import)",
 		Args:  rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -92,6 +95,9 @@ func openStore() (*store.Store, error) {
 }
 
 func runImport(cmd *cobra.Command, src, name string) error {
+	if !strings.HasPrefix(src, "oci:") {
+		return runImportTar(cmd, src, name)
+	}
 	ref, err := imageref.Parse(src)
 	if err != nil {
 		return usageError{err}
@@ -111,6 +117,38 @@ func runImport(cmd *cobra.Command, src, name string) error {
 		return printJSON(cmd.OutOrStdout(), map[string]any{"name": res.Name, "id": res.Image.ID, "newLayers": res.NewLayers})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d new layers)\n", res.Name, res.Image.ID, res.NewLayers)
+	return nil
+}
+
+// runImportTar makes a single-layer image from a tar (plain, gzip or zstd) or "-" for stdin.
+func runImportTar(cmd *cobra.Command, file, name string) error {
+	if name == "" {
+		return usageError{fmt.Errorf("importing a tar needs a NAME for the image")}
+	}
+	in := cmd.InOrStdin()
+	if file != "-" {
+		f, err := os.Open(file)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: no such file: %w", file, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	img, err := tarimage.Import(cmd.Context(), s, in, name, tarimage.Options{Comment: "imported from " + filepath.Base(file)})
+	if err != nil {
+		return err
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), map[string]any{"name": name, "id": img.ID})
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", name, img.ID)
 	return nil
 }
 
