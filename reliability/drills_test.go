@@ -358,6 +358,56 @@ func TestCrashDuringComposefsBuild(t *testing.T) {
 	t.Logf("composefs build (uninterrupted %v): %v; %d temp files left in digest stores (nothing removes them)", d.Round(time.Millisecond), c, leftTemps)
 }
 
+// TestCrashDuringPush kills kura push (store → registry, recompressing to zstd:chunked) at random
+// points, each into a fresh repository. After each kill the store's fsck is clean (push only
+// reads it, but holds its lock and writes temp files), and the retried push writes the same
+// manifest digest as an uninterrupted push, which then pulls back to the same image.
+func TestCrashDuringPush(t *testing.T) {
+	reg, imgs := drillSetup(t)
+	work := t.TempDir()
+	root := filepath.Join(work, "store")
+	mustRun(t, pullArgs(root, imgs[0])...)
+	push := func(repo string) []string {
+		return []string{"push", imgs[0].name, "docker://" + reg.Host + "/" + repo + ":latest", "--creds",
+			registrytest.Username + ":" + registrytest.Password, "--tls-verify=false", "--root", root, "--json",
+			"--level", "1"} // the fastest level: the drill is about the kill, not the ratio
+	}
+	pushedDigest := func(out string) digest.Digest {
+		var rep struct {
+			Image digest.Digest `json:"image"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Image == "" {
+			t.Fatalf("push output %q: %v", out, err)
+		}
+		return rep.Image
+	}
+	start := time.Now()
+	want := pushedDigest(mustRun(t, push("measure")...))
+	d := time.Since(start)
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var c drillCount
+	for i := 0; c.more(); i++ {
+		repo := fmt.Sprint("pushed", i)
+		c.tried++
+		if runKilled(t, killDelay(rng, d), push(repo)...) {
+			c.killed++
+		}
+		fsckClean(t, root)
+		if got := pushedDigest(mustRun(t, push(repo)...)); got != want {
+			t.Fatalf("retried push wrote manifest %s, an uninterrupted one %s", got, want)
+		}
+		c.passed++
+	}
+	// The last pushed copy pulls back to the same image (same DiffIDs; the manifest differs from
+	// the original because the layers were recompressed).
+	back := drillImage{name: reg.Host + "/" + fmt.Sprint("pushed", c.tried-1) + ":latest", diffIDs: imgs[0].diffIDs, manifest: want}
+	other := filepath.Join(work, "back")
+	mustRun(t, pullArgs(other, back)...)
+	checkImage(t, other, back)
+	c.check(t, "push")
+	t.Logf("push (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
 // TestConcurrentPullsAndGC runs three kura pulls of overlapping images while kura gc runs again
 // and again, in a loop whose every round first drops all names (so gc has everything to remove
 // that the pulls have not yet claimed). After each round fsck is clean and every image exports to
