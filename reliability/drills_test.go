@@ -40,6 +40,14 @@ var (
 	kuraErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if kuraBin != "" {
+		os.RemoveAll(filepath.Dir(kuraBin))
+	}
+	os.Exit(code)
+}
+
 // kura builds the real binary once per test process.
 func kura(t testing.TB) string {
 	t.Helper()
