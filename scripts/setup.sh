@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(zstd tar fsverity erofs-utils skopeo podman docker-registry xfsprogs runc debootstrap)
+pkgs=(zstd tar jq curl fsverity erofs-utils skopeo podman docker-registry xfsprogs runc debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
