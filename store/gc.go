@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
@@ -14,7 +15,9 @@ import (
 // GCResult counts what gc removed.
 type GCResult struct {
 	Images, Layers, Objects, TempFiles, Variants int
-	BytesFreed                                   int64
+	// Composefs counts cached composefs images of removed images.
+	Composefs  int
+	BytesFreed int64
 }
 
 // reach is the mark phase: everything reachable from refs.
@@ -84,6 +87,9 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 			res.Images++
 		}
 	}
+	if res.Composefs, err = s.sweepComposefs(r); err != nil {
+		return res, err
+	}
 	layers, err := s.Layers(ctx)
 	if err != nil {
 		return res, err
@@ -123,6 +129,28 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 		return res, err
 	}
 	return res, nil
+}
+
+// sweepComposefs removes cached composefs images of images that are gone, and anything else in
+// the cache directory.
+func (s *Store) sweepComposefs(r *reach) (int, error) {
+	dir := filepath.Join(s.root, dirCompose)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		hex, ok := strings.CutSuffix(e.Name(), ".cfs")
+		if _, live := r.images[digest.NewDigestFromEncoded(digest.SHA256, hex)]; ok && live {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return n, fmt.Errorf("removing cached composefs image: %w", err)
+		}
+		n++
+	}
+	return n, nil
 }
 
 // removeTemps deletes everything in tmp/. Only under the exclusive lock: then no ingest is running

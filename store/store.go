@@ -26,6 +26,7 @@ const (
 	dirRefs     = "refs"
 	dirTmp      = "tmp"
 	dirVariants = "variants"
+	dirCompose  = "composefs"
 	fileLock    = "lock"
 	fileVersion = "version"
 
@@ -127,7 +128,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(s)
 	}
-	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants} {
+	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants, dirCompose} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
@@ -280,3 +281,12 @@ func (s *Store) VariantPath(key digest.Digest) (string, error) {
 // TempDir is the store's directory for files being written; anything in it may be removed by gc
 // and fsck --repair (under the exclusive lock).
 func (s *Store) TempDir() string { return filepath.Join(s.root, dirTmp) }
+
+// ComposefsPath is where the cached composefs image of image id lives (whether or not it exists).
+// The cache is derived data: gc removes the images of removed images, and a missing one is rebuilt.
+func (s *Store) ComposefsPath(id digest.Digest) (string, error) {
+	if err := checkDigest(id); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, dirCompose, id.Encoded()+".cfs"), nil
+}

@@ -38,7 +38,7 @@ per image and cached in the store. Needs root; without it, use kura checkout.`,
 			if err != nil {
 				return err
 			}
-			cfs, err := storeimage.Ensure(ctx, s, img, filepath.Join(s.Root(), "composefs"))
+			cfs, err := storeimage.Ensure(ctx, s, img)
 			if err != nil {
 				return err
 			}

@@ -320,8 +320,8 @@ func runGC(cmd *cobra.Command) error {
 	if global.json {
 		return printJSON(cmd.OutOrStdout(), r)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants; freed %s\n",
-		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, humanBytes(r.BytesFreed))
+	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants, %d composefs images; freed %s\n",
+		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, humanBytes(r.BytesFreed))
 	return nil
 }
 

@@ -45,7 +45,7 @@ func TestPageCacheIsShared(t *testing.T) {
 	}
 	var targets []string
 	for _, img := range []store.Image{v1, v2} {
-		cfs, err := Ensure(ctx, s, img, filepath.Join(s.Root(), "composefs"))
+		cfs, err := Ensure(ctx, s, img)
 		if err != nil {
 			t.Fatal(err)
 		}

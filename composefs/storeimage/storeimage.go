@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -332,17 +331,18 @@ func Build(ctx context.Context, s *store.Store, img store.Image, w io.Writer) er
 	return composefs.WriteImage(w, root)
 }
 
-// Ensure returns the path of img's composefs image in dir, building it first if it is missing.
-// The image is written to a temp file and renamed, so a crash never leaves a partial image.
-func Ensure(ctx context.Context, s *store.Store, img store.Image, dir string) (string, error) {
-	p := filepath.Join(dir, img.ID.Encoded()+".cfs")
+// Ensure returns the path of img's cached composefs image in the store, building it first if it
+// is missing. The image is written to a temp file and renamed, so a crash never leaves a partial
+// image. The caller holds the store's shared lock.
+func Ensure(ctx context.Context, s *store.Store, img store.Image) (string, error) {
+	p, err := s.ComposefsPath(img.ID)
+	if err != nil {
+		return "", err
+	}
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp(dir, ".tmp-")
+	f, err := os.CreateTemp(s.TempDir(), "composefs-")
 	if err != nil {
 		return "", err
 	}

@@ -173,6 +173,17 @@ func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
 	if !bytes.Equal(img1.Bytes(), img2.Bytes()) {
 		t.Error("two builds of the same image differ")
 	}
+	// The cached image is the same build, and gc keeps it while the image lives.
+	p, err := Ensure(context.Background(), s, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if cached, err := os.ReadFile(p); err != nil || !bytes.Equal(cached, img2.Bytes()) {
+		t.Fatalf("cached composefs image after gc: %v", err)
+	}
 }
 
 // fileInfo is what the mount and the checkout must agree on for one path.
@@ -269,7 +280,7 @@ func TestMountEqualsCheckout(t *testing.T) {
 		layers = append([][]byte{b}, layers...)
 	}
 	img := importImage(t, s, layers)
-	cfs, err := Ensure(ctx, s, img, filepath.Join(t.TempDir(), "composefs"))
+	cfs, err := Ensure(ctx, s, img)
 	if err != nil {
 		t.Fatal(err)
 	}
