@@ -121,7 +121,8 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot strin
 		mark := p.Begin("kura pull " + v.Name)
 		start := time.Now()
 		err := kura("pull", kuraPullArgs(store, ref)...)
-		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark))}
+		reqs := p.Since(mark)
+		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(reqs), Requests: reqs}
 		p.Begin("")
 		if err != nil {
 			r.Error = err.Error()

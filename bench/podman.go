@@ -39,6 +39,8 @@ type PullResult struct {
 	DiskAfter int64   `json:"diskAfter"` // du -sb of the store after this pull
 	Skipped   string  `json:"skipped,omitempty"`
 	Error     string  `json:"error,omitempty"`
+	// Requests is every request of this pull as the proxy saw it.
+	Requests []Request `json:"requests,omitempty"`
 }
 
 // PageCache is the page cache ten containers (or mounts) use for the read set.
@@ -234,7 +236,8 @@ func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks b
 		mark := p.Begin(sys.Name + " pull " + v.Name)
 		start := time.Now()
 		skipped, err := e.pull(ctx, ref)
-		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark)), Skipped: skipped}
+		reqs := p.Since(mark)
+		r := PullResult{Version: v.Name, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(reqs), Skipped: skipped, Requests: reqs}
 		p.Begin("")
 		if err != nil {
 			return nil, err

@@ -285,7 +285,7 @@ func chart(res *Results, path string) error {
 			top = max(top, v)
 		}
 	}
-	bars.Y.Min, bars.Y.Max = 0, top*1.3 // room for the legend
+	bars.Y.Min, bars.Y.Max = 0, top*1.45 // room for the legend
 	bars.Legend.Top = true
 	bars.Legend.Left = true
 
