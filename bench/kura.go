@@ -21,9 +21,9 @@ import (
 // Syntax (global --root selects the store):
 //   kura copy --tls-verify=false oci:LAYOUT:TAG docker://REGISTRY/REPO:TAG   (the push: layout -> registry)
 //   kura --root STORE pull --tls-verify=false REGISTRY/REPO:TAG
-//   kura --root STORE mount REGISTRY/REPO:TAG MOUNTPOINT     (not in the CLI yet)
+//   kura --root STORE mount REGISTRY/REPO:TAG MOUNTPOINT     (composefs)
 //   kura --root STORE umount MOUNTPOINT                      (else plain umount(2))
-//   kura --root STORE checkout --link hardlink IMAGE DIR     (page cache while mount is missing)
+//   kura --root STORE checkout --link hardlink IMAGE DIR     (page cache if mount is missing)
 // ---------------------------------------------------------------------------
 
 // kuraRegistryFlags are extra flags for push and pull against the plain-HTTP
