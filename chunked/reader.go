@@ -335,21 +335,23 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 	if size > limit {
 		return nil, invalidf("%d uncompressed bytes exceed the %d-byte limit", size, limit)
 	}
-	d, err := getDecoder(bytes.NewReader(blob))
+	// One call into a buffer of the announced size: no growth, no copies. The decoder refuses to
+	// produce more than the larger of size+1 bytes and one window, so a lying size cannot become a
+	// bomb (the window bound also applies to the window a frame asks for).
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow),
+		zstd.WithDecoderMaxMemory(max(uint64(size)+1, maxWindow)))
 	if err != nil {
 		return nil, err
 	}
-	defer putDecoder(d)
-	out := make([]byte, 0, min(size, 16<<20))
-	buf := bytes.NewBuffer(out)
-	n, err := io.Copy(buf, io.LimitReader(d, size+1))
+	defer d.Close()
+	out, err := d.DecodeAll(blob, make([]byte, 0, size))
 	if err != nil {
 		return nil, invalidf("decompressing: %v", err)
 	}
-	if n != size {
-		return nil, invalidf("decompressed to %d bytes, expected %d", n, size)
+	if int64(len(out)) != size {
+		return nil, invalidf("decompressed to %d bytes, expected %d", len(out), size)
 	}
-	return buf.Bytes(), nil
+	return out, nil
 }
 
 // ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are

@@ -219,6 +219,8 @@ func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, 
 		var v verity.Digest
 		if c, ok := s.verities.LoadAndDelete(d); ok {
 			v = c.(verity.Digest)
+		} else if r, ok := s.recordedVerity(ctx)[d]; ok {
+			v = r // recorded by another layer: objects never change, so neither does the digest
 		} else {
 			f, err := s.Open(ctx, d)
 			if err != nil {
@@ -233,6 +235,31 @@ func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, 
 		fmt.Fprintf(&buf, "%s %s\n", d.Encoded(), v)
 	}
 	return buf.Bytes(), nil
+}
+
+// recordedVerity returns the fs-verity digests every stored layer recorded, read once per
+// Store handle. A digest missing here (recorded later by another process) is only recomputed.
+func (s *Store) recordedVerity(ctx context.Context) map[digest.Digest]verity.Digest {
+	s.recordedMu.Lock()
+	defer s.recordedMu.Unlock()
+	if s.recorded != nil {
+		return s.recorded
+	}
+	s.recorded = map[digest.Digest]verity.Digest{}
+	layers, err := s.Layers(ctx)
+	if err != nil {
+		return s.recorded
+	}
+	for _, l := range layers {
+		m, err := s.VerityDigests(ctx, l)
+		if err != nil {
+			continue // no table, or a damaged one (fsck reports it): compute instead
+		}
+		for d, v := range m {
+			s.recorded[d] = v
+		}
+	}
+	return s.recorded
 }
 
 // VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the

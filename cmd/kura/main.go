@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -17,9 +18,10 @@ import (
 
 // globalOptions are the flags every subcommand sees.
 type globalOptions struct {
-	root  string
-	json  bool
-	debug bool
+	root       string
+	json       bool
+	debug      bool
+	cpuProfile string
 }
 
 var global globalOptions
@@ -35,7 +37,25 @@ func init() {
 	rootCmd.PersistentFlags().StringVar(&global.root, "root", defaultRoot(), "store directory")
 	rootCmd.PersistentFlags().BoolVar(&global.json, "json", false, "print machine-readable JSON")
 	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr")
+	rootCmd.PersistentFlags().StringVar(&global.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
+	rootCmd.PersistentFlags().MarkHidden("cpu-profile")
 	rootCmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+}
+
+// startProfile starts the CPU profile asked for with --cpu-profile; the returned function stops it.
+func startProfile() (func(), error) {
+	if global.cpuProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(global.cpuProfile)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // defaultRoot is /var/lib/kura for root and $XDG_DATA_HOME/kura otherwise.
@@ -78,7 +98,13 @@ func rangeArgs(min, max int) cobra.PositionalArgs {
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	stopProfile := func() {}
+	rootCmd.PersistentPreRunE = func(*cobra.Command, []string) (err error) {
+		stopProfile, err = startProfile()
+		return err
+	}
 	err := rootCmd.ExecuteContext(ctx)
+	stopProfile()
 	stop()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kura: %v\n", err)
