@@ -192,6 +192,10 @@ func parseNumbers(s string, n int) ([]int64, error) {
 }
 
 // check bounds the location by the blob and the size limit.
+// ErrMetadataTooLarge: a layer's TOC or tar-split is over the size bound. The layer may be
+// honest (very many files); a puller then reads it whole instead, as the reference does.
+var ErrMetadataTooLarge = errors.New("layer metadata over the size bound")
+
 func (l Location) check(blobSize int64, o readOptions) error {
 	rs := []struct {
 		name         string
@@ -206,7 +210,8 @@ func (l Location) check(blobSize int64, o readOptions) error {
 			return invalidf("%s has length %d, uncompressed %d", x.name, x.r.Length, x.uncompressed)
 		}
 		if x.r.Length > o.maxMetadata || x.uncompressed > o.maxMetadata {
-			return invalidf("%s of %d bytes (%d uncompressed) exceeds the %d-byte limit", x.name, x.r.Length, x.uncompressed, o.maxMetadata)
+			return fmt.Errorf("%s of %d bytes (%d uncompressed) exceeds the %d-byte limit: %w: %w",
+				x.name, x.r.Length, x.uncompressed, o.maxMetadata, ErrMetadataTooLarge, errdefs.ErrInvalid)
 		}
 		if x.r.Offset < skippableHeaderSize || x.r.Offset > blobSize || x.r.Length > blobSize-x.r.Offset {
 			return invalidf("%s range %d+%d lies outside the %d-byte blob", x.name, x.r.Offset, x.r.Length, blobSize)

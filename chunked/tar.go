@@ -206,15 +206,24 @@ func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []by
 	return nil
 }
 
+// MaxTrailer bounds the bytes a layer may carry after the end of its tar archive. Tools pad to a
+// record (10 KiB) or a little more; anything past the bound would only grow the tar-split (every
+// trailing byte is kept to rebuild the DiffID), so a compressed run of zeros there is a bomb.
+const MaxTrailer = 8 << 20
+
 // segmentingReader records every read of the bytes after the archive as a tar-split segment, in
 // reads of at most 1 MiB as asm does.
 type segmentingReader struct {
 	r       io.Reader
 	segment func([]byte) error
+	n       int64
 }
 
 func (s *segmentingReader) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p[:min(len(p), 1<<20)])
+	if s.n += int64(n); s.n > MaxTrailer {
+		return n, invalidf("more than %d bytes after the end of the tar archive", MaxTrailer)
+	}
 	if n > 0 {
 		if serr := s.segment(p[:n]); serr != nil {
 			return n, serr

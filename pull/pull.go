@@ -63,6 +63,7 @@ type Report struct {
 type Option func(*options)
 
 type options struct {
+	maxMeta   int64
 	jobs      int
 	name      string
 	progress  progress.Reporter
@@ -70,7 +71,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{jobs: 3, progress: progress.Nop}
+	return options{jobs: 3, progress: progress.Nop, maxMeta: 150 << 20}
 }
 
 // WithJobs bounds how many layers are pulled at once (default 3).
@@ -87,6 +88,10 @@ func WithName(name string) Option { return func(o *options) { o.name = name } }
 
 // WithProgress reports per-layer progress.
 func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
+
+// WithMaxMetadataSize bounds a layer's TOC and tar-split, compressed or not (default 150 MiB, the
+// reference's bound). Layers over it are pulled whole.
+func WithMaxMetadataSize(n int64) Option { return func(o *options) { o.maxMeta = n } }
 
 // WithoutPartial pulls every layer whole (for comparison and as a last resort).
 func WithoutPartial() Option { return func(o *options) { o.noPartial = true } }
@@ -181,7 +186,7 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	}
 	var err error
 	if chunked.IsChunked(desc.Annotations) && !o.noPartial {
-		err = pullPartial(ctx, s, src, desc, diffID, &lr, bar)
+		err = pullPartial(ctx, s, src, desc, diffID, &lr, bar, o)
 		var nf errNeedFull
 		if errors.As(err, &nf) {
 			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: nf.reason + "; pulled in full",
@@ -245,9 +250,13 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store
 // lacks, assembles each missing object, and checks the DiffID of the tar rebuilt from tar-split.
-func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar) error {
+func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
 	lr.Mode = ModePartial
-	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size)
+	bound := chunked.WithMaxMetadataSize(o.maxMeta)
+	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size, bound)
+	if errors.Is(err, chunked.ErrMetadataTooLarge) {
+		return errNeedFull{"its TOC or tar-split is over the size bound"}
+	}
 	if err != nil {
 		return err
 	}
@@ -277,7 +286,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return fmt.Errorf("fetching TOC: %w", err)
 	}
-	l, err := chunked.Parse(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset])
+	l, err := chunked.Parse(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset], bound)
 	if err != nil {
 		return err
 	}

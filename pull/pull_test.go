@@ -301,6 +301,23 @@ func TestPullOldFormatFallsBackToFull(t *testing.T) {
 	checkFsck(t, s)
 }
 
+func TestPullOversizedMetadataFallsBackToFull(t *testing.T) {
+	img := buildImage(t, tarOf(t, genTree(0)))
+	dir := t.TempDir()
+	img.writeLayout(t, dir, "x")
+	s := openStore(t)
+	rep, err := pullRef(t, s, "oci:"+dir+":x", nil, WithMaxMetadataSize(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, "over the size bound") {
+		t.Fatalf("layer with metadata over the bound: %+v", l)
+	}
+	if got := exportDigest(t, s, img.diffIDs[0]); got != img.diffIDs[0] {
+		t.Fatalf("exported %s, want %s", got, img.diffIDs[0])
+	}
+}
+
 func TestPullRejectsWrongDiffID(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	// A config that promises another DiffID: the rebuilt tar must not match.
