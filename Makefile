@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all setup build test test-unit test-interop demo clean
+.PHONY: all setup build test test-unit test-interop bench-smoke demo clean
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 
 # The whole test suite: unit, conformance, real registry, real mounts, interop with the reference compressor.
 test: setup
-	$(MAKE) test-unit test-interop
+	$(MAKE) test-unit test-interop bench-smoke
 
 test-unit:
 	$(GO) vet ./...
@@ -23,6 +23,11 @@ test-unit:
 
 test-interop:
 	@if [ -f interop/go.mod ]; then cd interop && $(GO) test -count=1 -timeout 20m ./...; fi
+
+# Microbenchmarks run once each, as a smoke test; the figures in BENCHMARKS.md come from the harnesses.
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./chunked ./verity
+	$(GO) test -run '^$$' -bench 'BuildCS9/kura' -benchtime 1x ./composefs/dump
 
 # The main job end to end, offline: local registry, two sample images, push, pull, savings, mount (root).
 demo: setup build
