@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -21,8 +22,9 @@ import (
 // ?digest=) without asking first whether the repository has it (StatBlob and MountBlob do
 // that). Unlike PushBlob it survives dropped connections: after a failed PATCH it asks the
 // registry how much of the upload it holds (GET on the upload URL, Range header) and continues
-// from there; when the session cannot be resumed (distribution refuses its own upload URL once
-// the stored size differs from the offset signed into it) it starts a new session from byte 0.
+// when the failed chunk arrived whole (only its answer was lost); otherwise (a chunk cut short,
+// a lost session) it starts a new session from byte 0, because the registry may still be writing
+// the cut chunk.
 // progress, if not nil, is told how many more bytes the registry has accepted (never counting a
 // byte twice). The registry verifies the digest on the final PUT.
 func (c *Client) UploadBlob(ctx context.Context, repo imageref.Repository, desc ocispec.Descriptor, blob io.ReaderAt, progress func(n int64)) error {
@@ -34,7 +36,15 @@ func (c *Client) UploadBlob(ctx context.Context, repo imageref.Repository, desc 
 		return err
 	}
 	u := &upload{c: c, rc: rc, repo: repo, desc: desc, blob: blob, progress: progress}
-	return u.run(ctx)
+	err = u.run(ctx)
+	if errors.Is(err, errdefs.ErrDigestMismatch) && ctx.Err() == nil {
+		// A PATCH cut mid-body may still be writing on the registry when the status query or the
+		// next PATCH arrives, and the two interleave: the registry then refuses the digest. Send
+		// the whole blob once more in a new session.
+		u.c.stats.retries.Add(1)
+		err = u.run(ctx)
+	}
+	return err
 }
 
 type upload struct {
@@ -56,7 +66,7 @@ func (u *upload) run(ctx context.Context) error {
 	failures := 0 // consecutive failures without progress
 	for off < u.desc.Size {
 		n := min(u.c.opts.chunkSize, u.desc.Size-off)
-		next, err := u.patch(ctx, loc, off, n)
+		next, sent, err := u.patch(ctx, loc, off, n)
 		if err == nil {
 			loc, off, failures = next, off+n, 0
 			u.report(off)
@@ -75,11 +85,17 @@ func (u *upload) run(ctx context.Context) error {
 			return err
 		}
 		u.c.stats.retries.Add(1)
-		if next, have, serr := u.status(ctx, loc); serr == nil && have <= u.desc.Size {
+		// Resume only when the registry holds the whole chunk (the answer was lost), or when not a
+		// byte of it left: then no handler of that PATCH is writing. A chunk cut short may still be
+		// being written, and a
+		// PATCH sent meanwhile interleaves with it (distribution then stores a blob that is not
+		// what the digest names), so anything else starts a new session.
+		if next, have, serr := u.status(ctx, loc); serr == nil && (have == off+n || sent == 0 && have == off) {
 			loc, off = next, have
+			u.report(off)
 			continue
 		}
-		// The session is lost or refuses to say: begin again.
+		// The session is lost, partial or refuses to say: begin again.
 		if loc, err = u.start(ctx); err != nil {
 			return err
 		}
@@ -112,29 +128,44 @@ func (u *upload) start(ctx context.Context) (string, error) {
 	return location(resp)
 }
 
-// patch sends bytes [off, off+n) of the blob.
-func (u *upload) patch(ctx context.Context, loc string, off, n int64) (string, error) {
-	body := func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(u.blob, off, n)), nil }
-	rd, _ := body()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, loc, rd)
+// patch sends bytes [off, off+n) of the blob. sent counts the body bytes the transport read,
+// so the caller knows whether any of the chunk can have reached the registry.
+func (u *upload) patch(ctx context.Context, loc string, off, n int64) (next string, sent int64, err error) {
+	body := &sentCounter{r: io.NewSectionReader(u.blob, off, n)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPatch, loc, body)
 	if err != nil {
-		return "", fmt.Errorf("upload URL %q: %v: %w", loc, err, errdefs.ErrInvalid)
+		return "", 0, fmt.Errorf("upload URL %q: %v: %w", loc, err, errdefs.ErrInvalid)
 	}
-	// GetBody lets the retrying transport resend the chunk after a network error.
-	req.GetBody = body
+	// No GetBody: the retrying transport must not resend a chunk whose first copy the registry may
+	// still be writing; run asks the registry what it holds instead.
 	req.ContentLength = n
 	req.Header.Set("Content-Type", "application/octet-stream")
 	req.Header.Set("Content-Range", strconv.FormatInt(off, 10)+"-"+strconv.FormatInt(off+n-1, 10))
 	resp, err := u.rc.client.Do(req)
 	if err != nil {
-		return "", err
+		return "", body.n.Load(), err
 	}
 	if resp.StatusCode != http.StatusAccepted {
-		return "", newHTTPError(resp)
+		return "", body.n.Load(), newHTTPError(resp)
 	}
 	resp.Body.Close()
-	return location(resp)
+	next, err = location(resp)
+	return next, body.n.Load(), err
 }
+
+// sentCounter counts what the transport read of a request body (possibly from another goroutine).
+type sentCounter struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (b *sentCounter) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+func (b *sentCounter) Close() error { return nil }
 
 // status asks how many bytes the session holds. The answer's Range is "0-END" (END inclusive);
 // distribution says "0-0" for an empty upload, so that answer is taken as zero bytes (at most
