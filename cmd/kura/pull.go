@@ -118,7 +118,7 @@ each file and the layer DiffID. Other layers are streamed whole into the store.`
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", rep.Name, rep.Image)
 			fmt.Fprintf(cmd.OutOrStdout(), "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused, %.2fs\n",
-				humanBytes(rep.BlobBytes), humanBytes(rep.BytesRequested), humanBytes(rep.BytesReceived), pct,
+				progress.HumanBytes(rep.BlobBytes), progress.HumanBytes(rep.BytesRequested), progress.HumanBytes(rep.BytesReceived), pct,
 				rep.FilesReused, rep.ChunksReused, rep.Seconds)
 			return nil
 		},

@@ -45,7 +45,7 @@ func printPushReport(w io.Writer, rep *push.Report) error {
 	}
 	fmt.Fprintf(w, "%s %s\n", rep.Destination, rep.Image)
 	fmt.Fprintf(w, "%d layers (%s), %s: %d sent (%s), %d existed, %d mounted, %.2fs\n",
-		len(rep.Layers), rep.Format, humanBytes(rep.Size), rep.Uploaded, humanBytes(rep.BytesSent), rep.Existed, rep.Mounted, rep.Seconds)
+		len(rep.Layers), rep.Format, progress.HumanBytes(rep.Size), rep.Uploaded, progress.HumanBytes(rep.BytesSent), rep.Existed, rep.Mounted, rep.Seconds)
 	return nil
 }
 

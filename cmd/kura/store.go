@@ -17,6 +17,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/ociimport"
+	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/tarimage"
 )
@@ -190,7 +191,7 @@ func runImages(cmd *cobra.Command) error {
 			created = r.Created.Format(time.DateTime)
 		}
 		for _, n := range names {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.ID.Encoded()[:12], created, humanBytes(r.Logical), humanBytes(r.Unique))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.ID.Encoded()[:12], created, progress.HumanBytes(r.Logical), progress.HumanBytes(r.Unique))
 		}
 	}
 	return tw.Flush()
@@ -293,8 +294,8 @@ func runDf(cmd *cobra.Command) error {
 		})
 	}
 	out := cmd.OutOrStdout()
-	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), humanBytes(u.Logical))
-	fmt.Fprintf(out, "store:    %s physical (%d objects %s + metadata %s)\n", humanBytes(u.Physical), u.Objects, humanBytes(u.ObjectBytes), humanBytes(u.MetadataBytes))
+	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), progress.HumanBytes(u.Logical))
+	fmt.Fprintf(out, "store:    %s physical (%d objects %s + metadata %s)\n", progress.HumanBytes(u.Physical), u.Objects, progress.HumanBytes(u.ObjectBytes), progress.HumanBytes(u.MetadataBytes))
 	fmt.Fprintf(out, "dedup:    %.2fx\n", u.DedupRatio())
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")
@@ -303,7 +304,7 @@ func runDf(cmd *cobra.Command) error {
 		if len(iu.Names) > 0 {
 			name = strings.Join(iu.Names, ",")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, iu.Image.ID.Encoded()[:12], humanBytes(iu.Logical), humanBytes(iu.Unique))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, iu.Image.ID.Encoded()[:12], progress.HumanBytes(iu.Logical), progress.HumanBytes(iu.Unique))
 	}
 	return tw.Flush()
 }
@@ -321,7 +322,7 @@ func runGC(cmd *cobra.Command) error {
 		return printJSON(cmd.OutOrStdout(), r)
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants, %d composefs images; freed %s\n",
-		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, humanBytes(r.BytesFreed))
+		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, progress.HumanBytes(r.BytesFreed))
 	return nil
 }
 
@@ -354,17 +355,4 @@ func runFsck(cmd *cobra.Command, repair bool) error {
 		return fmt.Errorf("fsck: %d problems: %w", len(r.Problems), errdefs.ErrDigestMismatch)
 	}
 	return nil
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
