@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -72,9 +71,9 @@ func (c *Client) MountBlob(ctx context.Context, repo, from imageref.Repository, 
 	return false, fmt.Errorf("mounting blob %s from %s into %s: %w", desc.Digest, from, repo, newHTTPError(resp))
 }
 
-// PushBlob uploads desc.Size bytes from r in chunks (POST, PATCH with Content-Range, PUT
-// ?digest=), unless the repository has the blob already. The registry verifies the digest.
-func (c *Client) PushBlob(ctx context.Context, repo imageref.Repository, desc ocispec.Descriptor, r io.Reader) error {
+// PushBlob uploads a blob unless the repository has it already (HEAD first); the upload itself is
+// UploadBlob's: chunked, resumable, verified by the registry.
+func (c *Client) PushBlob(ctx context.Context, repo imageref.Repository, desc ocispec.Descriptor, r io.ReaderAt) error {
 	if err := checkDescriptor(desc); err != nil {
 		return fmt.Errorf("pushing a blob to %s: %w", repo, err)
 	}
@@ -83,63 +82,7 @@ func (c *Client) PushBlob(ctx context.Context, repo imageref.Repository, desc oc
 	} else if !errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	rc, err := c.repo(ctx, repo, true)
-	if err != nil {
-		return err
-	}
-	loc, err := c.uploadStep(ctx, rc, http.MethodPost, rc.url(repo, "blobs", "uploads/"), nil, "", http.StatusAccepted)
-	if err != nil {
-		return fmt.Errorf("starting upload of %s to %s: %w", desc.Digest, repo, err)
-	}
-	buf := make([]byte, c.opts.chunkSize)
-	var off int64
-	for off < desc.Size {
-		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), desc.Size-off)])
-		if err != nil {
-			return fmt.Errorf("reading blob %s at %d: %w", desc.Digest, off, err)
-		}
-		cr := strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(off+int64(n)-1, 10)
-		if loc, err = c.uploadStep(ctx, rc, http.MethodPatch, loc, buf[:n], cr, http.StatusAccepted); err != nil {
-			return fmt.Errorf("uploading %s bytes %s to %s: %w", desc.Digest, cr, repo, err)
-		}
-		off += int64(n)
-	}
-	u, err := url.Parse(loc)
-	if err != nil {
-		return fmt.Errorf("upload location %q: %v: %w", loc, err, errdefs.ErrInvalid)
-	}
-	q := u.Query()
-	q.Set("digest", desc.Digest.String())
-	u.RawQuery = q.Encode()
-	if _, err := c.uploadStep(ctx, rc, http.MethodPut, u.String(), nil, "", http.StatusCreated); err != nil {
-		return fmt.Errorf("finishing upload of %s to %s: %w", desc.Digest, repo, err)
-	}
-	return nil
-}
-
-// uploadStep sends one upload request and returns the absolute Location to continue at.
-func (c *Client) uploadStep(ctx context.Context, rc *repoClient, method, u string, body []byte, contentRange string, want int) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
-	if err != nil {
-		return "", fmt.Errorf("%v: %w", err, errdefs.ErrInvalid)
-	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	if contentRange != "" {
-		req.Header.Set("Content-Range", contentRange)
-	}
-	resp, err := rc.client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != want {
-		return "", newHTTPError(resp)
-	}
-	resp.Body.Close()
-	loc, err := resp.Request.URL.Parse(resp.Header.Get("Location"))
-	if err != nil {
-		return "", fmt.Errorf("upload Location %q: %v: %w", resp.Header.Get("Location"), err, errdefs.ErrInvalid)
-	}
-	return loc.String(), nil
+	return c.UploadBlob(ctx, repo, desc, r, nil)
 }
 
 // PutManifest stores a manifest or index under tag (empty: by digest only) and returns its descriptor.
