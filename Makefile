@@ -2,7 +2,7 @@
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all setup build test test-unit test-interop bench-smoke demo clean
+.PHONY: all setup build test test-unit test-interop bench-smoke fuzz-smoke drills demo clean
 
 all: build
 
@@ -28,6 +28,15 @@ test-interop:
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./chunked ./verity
 	$(GO) test -run '^$$' -bench 'BuildCS9/kura' -benchtime 1x ./composefs/dump
+
+# Every fuzz target for a few seconds (the seed corpora already run in test-unit). Not part of
+# make test: go's fuzzer sometimes ends a very short run with "context deadline exceeded".
+fuzz-smoke:
+	FUZZTIME=5s SKIP_DRILLS=1 sh scripts/drills.sh
+
+# The long form of the reliability drills: hours of fuzzing and 50 kill points per command.
+drills:
+	sh scripts/drills.sh
 
 # The main job end to end, offline: local registry, two sample images, push, pull, savings, mount (root).
 demo: setup build

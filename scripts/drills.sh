@@ -7,6 +7,7 @@
 #   scripts/drills.sh                 # everything
 #   FUZZTIME=30s scripts/drills.sh    # a quick pass
 #   SKIP_FUZZ=1 scripts/drills.sh     # drills only
+#   FUZZTIME=5s SKIP_DRILLS=1 scripts/drills.sh   # the bounded fuzzing make test runs
 set -eu
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-10m}
@@ -21,5 +22,7 @@ if [ -z "${SKIP_FUZZ:-}" ]; then
 	done
 fi
 
-echo "== drills (KURA_DRILLS=long)"
-KURA_DRILLS=long go test ./reliability -count=1 -v -timeout 3h
+if [ -z "${SKIP_DRILLS:-}" ]; then
+	echo "== drills (KURA_DRILLS=long)"
+	KURA_DRILLS=long go test ./reliability -count=1 -v -timeout 3h
+fi
