@@ -22,30 +22,13 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	kuratestdata "github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
 
 // testdata finds ../shared/testdata next to the module root, or skips.
-func testdata(t testing.TB, rel string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("testdata %s absent: %v", p, err)
-	}
-	return p
-}
+func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
 
 func openStore(t testing.TB, root string) *store.Store {
 	t.Helper()

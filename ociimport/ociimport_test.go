@@ -24,6 +24,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	kuratestdata "github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -47,25 +48,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func testdata(t testing.TB, rel string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("testdata %s absent: %v", p, err)
-	}
-	return p
-}
+func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
 
 func readFile(t testing.TB, p string) []byte {
 	t.Helper()

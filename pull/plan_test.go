@@ -9,30 +9,11 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // testdataDir finds ../shared/testdata from the module root, or testdata/ inside it.
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	for _, p := range []string{filepath.Join(dir, "..", "shared", "testdata"), filepath.Join(dir, "testdata")} {
-		if _, err := os.Stat(filepath.Join(p, "zstd-chunked")); err == nil {
-			return p
-		}
-	}
-	t.Skip("shared testdata not found")
-	return ""
-}
+func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // loadLayer opens a reference blob with its descriptor's annotations.
 func loadLayer(t *testing.T, name string) *chunked.Layer {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -25,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
@@ -36,25 +36,7 @@ import (
 )
 
 // testdataDir finds ../shared/testdata from the module root.
-func testdataDir(t testing.TB) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata")
-	if _, err := os.Stat(filepath.Join(p, "zstd-chunked")); err != nil {
-		t.Skip("shared testdata not found at ../shared/testdata")
-	}
-	return p
-}
+func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // genTar makes a deterministic layer tar: directories, text and random files (a few large
 // enough to be chunked), a run of zeros, a symlink and a hardlink. seed picks the content;

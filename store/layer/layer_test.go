@@ -18,31 +18,14 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	kuratestdata "github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/verity"
 )
 
 // testdata finds ../shared/testdata next to the module root, or skips.
-func testdata(t testing.TB, rel string) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	p := filepath.Join(dir, "..", "shared", "testdata", rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Skipf("testdata %s absent: %v", p, err)
-	}
-	return p
-}
+func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
 
 func newStore(t testing.TB) *store.Store {
 	t.Helper()
