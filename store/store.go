@@ -141,7 +141,9 @@ func Open(root string, opts ...Option) (*Store, error) {
 	b, err := os.ReadFile(vpath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := writeFileAtomic(filepath.Join(abs, dirTmp), vpath, []byte(formatVersion), 0o444); err != nil {
+		// The temp file goes in the root, not tmp/: Open holds no lock yet, and a gc running in
+		// another process empties tmp/ under its exclusive lock.
+		if err := writeFileAtomic(abs, vpath, []byte(formatVersion), 0o444); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	case err != nil:
