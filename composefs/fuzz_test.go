@@ -8,26 +8,10 @@ import (
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/dump"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
-func vectorDir(t testing.TB) string {
-	t.Helper()
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Skip("module root not found")
-		}
-		dir = filepath.Dir(dir)
-	}
-	vd := filepath.Join(dir, "..", "shared", "testdata", "composefs")
-	if _, err := os.Stat(vd); err != nil {
-		t.Skipf("composefs vectors not found at %s", vd)
-	}
-	return vd
-}
+func vectorDir(t testing.TB) string { return testdata.Dir(t, "composefs") }
 
 // FuzzReadImage feeds hostile images to the reader (seeded with images of the small vectors); it
 // must never panic, and what it accepts must build again.

@@ -189,3 +189,17 @@ func (b *termBar) Skip(n int64)     { b.update(func(c *counts) { c.skipped += n 
 func (b *termBar) Done(status string) {
 	b.update(func(c *counts) { c.finished, c.status = true, status }, true)
 }
+
+// Reader counts the bytes read through it on a bar, and in N.
+type Reader struct {
+	R   io.Reader
+	Bar Bar
+	N   int64
+}
+
+func (c *Reader) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	c.N += int64(n)
+	c.Bar.Add(int64(n))
+	return n, err
+}

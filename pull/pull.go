@@ -221,7 +221,7 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 		return err
 	}
 	defer rc.Close()
-	cr := &countingReader{r: rc, bar: bar}
+	cr := &progress.Reader{R: rc, Bar: bar}
 	if _, err := layer.Import(ctx, s, cr, layer.Options{DiffID: diffID}); err != nil {
 		return err
 	}
@@ -230,22 +230,9 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 		return fmt.Errorf("blob %s: %w", desc.Digest, err)
 	}
 	lr.BytesRequested += desc.Size
-	lr.BytesReceived += cr.n
+	lr.BytesReceived += cr.N
 	lr.ObjectsWritten = -1 // unknown: the ingest dedups internally
 	return nil
-}
-
-type countingReader struct {
-	r   io.Reader
-	n   int64
-	bar progress.Bar
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	c.bar.Add(int64(n))
-	return n, err
 }
 
 // pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store

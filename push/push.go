@@ -291,7 +291,7 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 		return lr, ocispec.Descriptor{}, err
 	}
 	defer rc.Close()
-	in := &countingReader{r: rc, bar: bar}
+	in := &progress.Reader{R: rc, Bar: bar}
 	var mu sync.Mutex // the bar is fed from the compressor and, later, the uploader
 	compressed := false
 	var sent int64
@@ -310,7 +310,7 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 		mu.Lock()
 		compressed = true
 		// From here the bar follows the upload of the compressed blob.
-		bar.SetTotal(in.n + d.Size)
+		bar.SetTotal(in.N + d.Size)
 		mu.Unlock()
 		return d, nil
 	}
@@ -322,7 +322,7 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 			bar.Add(n)
 		}
 	})
-	lr.InputBytes = in.n
+	lr.InputBytes = in.N
 	if err != nil {
 		return lr, ocispec.Descriptor{}, err
 	}
@@ -348,19 +348,6 @@ func (e *exportReader) Close() error {
 	e.PipeReader.Close()
 	<-e.done
 	return nil
-}
-
-type countingReader struct {
-	r   io.Reader
-	n   int64
-	bar progress.Bar
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	c.bar.Add(int64(n))
-	return n, err
 }
 
 func shortDigest(d digest.Digest) string {

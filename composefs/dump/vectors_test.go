@@ -16,31 +16,11 @@ import (
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // vectorDir finds ../shared/testdata/composefs next to the module root.
-func vectorDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	vd := filepath.Join(dir, "..", "shared", "testdata", "composefs")
-	if _, err := os.Stat(vd); err != nil {
-		t.Skipf("composefs vectors not found at %s", vd)
-	}
-	return vd
-}
+func vectorDir(t testing.TB) string { return testdata.Dir(t, "composefs") }
 
 // readVector returns the uncompressed dump. A vector whose whole content is the name of another
 // vector is a git symlink stored as a file (special_v1.dump -> special.dump).
