@@ -164,3 +164,133 @@ func TestLayerIsDeterministic(t *testing.T) {
 		t.Fatalf("tar has %d files, version says %d", files, v1.Files)
 	}
 }
+
+func TestAnalyseReadSets(t *testing.T) {
+	base := fakeBase(t)
+	entries, err := scanBase(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readSet := []string{"/usr/lib", "/usr/sbin"}
+	c := &Corpus{Dir: t.TempDir()}
+	fl := newFloor()
+	defer fl.close()
+	for v := range 3 {
+		ver, err := buildVersion(c.Dir, v, base, entries, quickShape, readSet, fl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Versions = append(c.Versions, ver)
+	}
+	cfg := config{readSet: readSet}
+	for pass := range 2 { // the second pass reads the cache
+		sets, err := analyseReadSets(cfg, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dirs, common := sets[0], sets[1]
+		// apache2 and mod_rewrite change in every release, libapr only every
+		// third: it is the one file under /usr common to versions 0..2.
+		if want := []string{"usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2"}; !slices.Equal(common.Files, want) {
+			t.Fatalf("pass %d: common files %v, want %v", pass, common.Files, want)
+		}
+		if common.Bytes != 150<<10 || common.Pages != 38*4096 || common.Name != commonSetName {
+			t.Fatalf("pass %d: common set %+v", pass, common)
+		}
+		if dirs.Bytes != c.Versions[2].ReadSetBytes || dirs.NumFiles != 3 {
+			t.Fatalf("pass %d: dir set %+v, version says %d bytes", pass, dirs, c.Versions[2].ReadSetBytes)
+		}
+		if want := int64(3*(200<<10) + 3*(80<<10) + 150<<10); dirs.DistinctBytes != want {
+			t.Fatalf("pass %d: distinct bytes %d, want %d", pass, dirs.DistinctBytes, want)
+		}
+	}
+	if c.commonSet() != nil {
+		t.Fatal("commonSet before ReadSets are set")
+	}
+}
+
+func TestPositionLength(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"96000:812345:3000000:1", 812345, true},
+		{"1000:431000:5000000", 431000, true},
+		{"1000:431000", 0, false},
+		{"1:-5:3", 0, false},
+		{"a:b:c", 0, false},
+	} {
+		n, err := positionLength(tc.in)
+		if (err == nil) != tc.ok || n != tc.want {
+			t.Errorf("positionLength(%q) = %d, %v; want %d, ok %v", tc.in, n, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestColdMedian(t *testing.T) {
+	pulls := []ColdPull{
+		{Tool: coldKura, Seconds: 5}, {Tool: coldKura, Seconds: 3}, {Tool: coldKura, Seconds: 4},
+		{Tool: coldSkopeo, Seconds: 2}, {Tool: coldSkopeo, Seconds: 1}, {Tool: coldSkopeo, Seconds: 9, Error: "x"},
+	}
+	if m, n := coldMedian(pulls, coldKura); m != 4 || n != 3 {
+		t.Errorf("kura median %v of %d, want 4 of 3", m, n)
+	}
+	if m, n := coldMedian(pulls, coldSkopeo); m != 1.5 || n != 2 {
+		t.Errorf("skopeo median %v of %d, want 1.5 of 2 (failed pull left out)", m, n)
+	}
+	if _, n := coldMedian(pulls, coldPodman); n != 0 {
+		t.Errorf("podman: %d pulls, want 0", n)
+	}
+}
+
+func TestResidentBytesBy(t *testing.T) {
+	root := t.TempDir()
+	for name, size := range map[string]int{"objects/ab/cd": 3 * 4096, "composefs/x.cfs": 4096, "layers/l/toc": 10} {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, bytes.Repeat([]byte{1}, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A hard link is the same inode: counted once.
+	if err := os.Link(filepath.Join(root, "objects/ab/cd"), filepath.Join(root, "objects/ab/link")); err != nil {
+		t.Fatal(err)
+	}
+	// Just-written files are in the page cache (no drop_caches here).
+	by, err := residentBytesBy(root, kuraStorePart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if by["objects"] != 3*4096 || by["composefs images"] != 4096 || by["other"] != 4096 {
+		t.Fatalf("resident by part %v", by)
+	}
+	if all, err := residentBytes(root); err != nil || all != 5*4096 {
+		t.Fatalf("residentBytes = %d, %v; want %d", all, err, 5*4096)
+	}
+}
+
+func TestReadFiles(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "usr/lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/lib/a"), []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := readFiles(root, []string{"usr/lib/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := readFiles(root, []string{"usr/lib/missing"}); err == nil {
+		t.Fatal("reading a missing file succeeded")
+	}
+	list := filepath.Join(root, "list")
+	if err := writeFileList(list, []string{"usr/lib/a", "usr/b c"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(list); string(b) != "/usr/lib/a\x00/usr/b c\x00" {
+		t.Fatalf("list %q", b)
+	}
+}

@@ -68,6 +68,20 @@ type Corpus struct {
 	Kind     string // "full" or "quick"
 	Stamp    string // generator and shape; equal stamps mean equal layers
 	Versions []*Version
+	// ReadSets are what the page-cache readers read: the directories of the
+	// -readset, then the files common to all versions (analyseReadSets).
+	ReadSets []ReadSet
+}
+
+// commonSet is the read set of files identical in all versions, or nil when
+// it could not be worked out.
+func (c *Corpus) commonSet() *ReadSet {
+	for i := range c.ReadSets {
+		if c.ReadSets[i].Name == commonSetName && len(c.ReadSets[i].Files) > 0 {
+			return &c.ReadSets[i]
+		}
+	}
+	return nil
 }
 
 func (c *Corpus) summaries() []Version {

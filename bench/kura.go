@@ -114,6 +114,7 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot strin
 		sys.Notes = append(sys.Notes, "skopeo's images are in the old zstd:chunked format (no tar-split), which kura pulls whole")
 	}
 
+	sys.Repo = repo
 	var refs []string
 	for _, v := range c.Versions {
 		ref := p.Addr + "/" + repo + ":" + v.Name
@@ -142,10 +143,10 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot strin
 
 	switch {
 	case kuraHas(cfg.kura, "mount"):
-		sys.PageCache = kuraPageCache(ctx, cfg, store, refs, kura)
+		sys.PageCache = kuraPageCache(ctx, cfg, c, store, refs, kura)
 	case kuraHas(cfg.kura, "checkout"):
 		sys.Notes = append(sys.Notes, "kura mount is not implemented yet: page cache measured on hardlinked checkouts (kura checkout --link hardlink)")
-		sys.PageCache = kuraCheckoutPageCache(cfg, store, refs, kura)
+		sys.PageCache = kuraCheckoutPageCache(cfg, c, store, refs, kura)
 	default:
 		sys.Notes = append(sys.Notes, "page cache skipped: kura mount is not implemented yet")
 		log.Printf("kura: page cache SKIPPED: kura mount is not implemented yet")
@@ -155,7 +156,7 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot strin
 
 // kuraCheckoutPageCache checks every version out with hard links into the
 // store and reads the same file set from each tree.
-func kuraCheckoutPageCache(cfg config, store string, refs []string, kura func(string, ...string) error) *PageCache {
+func kuraCheckoutPageCache(cfg config, c *Corpus, store string, refs []string, kura func(string, ...string) error) *PageCache {
 	pc := &PageCache{Method: "kura checkout --link hardlink", Containers: len(refs)}
 	start := time.Now()
 	root := filepath.Join(cfg.work, "kura-checkout")
@@ -170,26 +171,13 @@ func kuraCheckoutPageCache(cfg config, store string, refs []string, kura func(st
 		}
 		trees = append(trees, dir)
 	}
-	delta, err := cachedDelta(func() error {
-		for _, t := range trees {
-			if err := readTrees(t, cfg.readSet); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	pc.CachedDelta = delta
-	if err != nil {
-		pc.Error = err.Error()
-	}
-	pc.Resident, _ = residentBytes(store)
+	kuraMeasure(cfg, c, pc, store, trees)
 	pc.Seconds = time.Since(start).Seconds()
-	log.Printf("page cache %s: Cached +%.1f MB, store resident %.1f MB", pc.Method, mb(pc.CachedDelta), mb(pc.Resident))
 	return pc
 }
 
 // kuraPageCache mounts every version and reads the same file set from each.
-func kuraPageCache(ctx context.Context, cfg config, store string, refs []string, kura func(string, ...string) error) *PageCache {
+func kuraPageCache(ctx context.Context, cfg config, c *Corpus, store string, refs []string, kura func(string, ...string) error) *PageCache {
 	pc := &PageCache{Method: "kura mount", Containers: len(refs)}
 	start := time.Now()
 	mntRoot := filepath.Join(cfg.work, "kura-mnt")
@@ -217,29 +205,66 @@ func kuraPageCache(ctx context.Context, cfg config, store string, refs []string,
 		}
 		mounts = append(mounts, m)
 	}
-	delta, err := cachedDelta(func() error {
-		for _, m := range mounts {
-			if err := readTrees(m, cfg.readSet); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	pc.CachedDelta = delta
-	if err != nil {
-		pc.Error = err.Error()
-	}
-	pc.Resident, _ = residentBytes(store)
+	kuraMeasure(cfg, c, pc, store, mounts)
 	pc.Seconds = time.Since(start).Seconds()
 	_ = ctx
 	return pc
+}
+
+// kuraMeasure reads the read sets from roots (one tree per version, last
+// version last) and fills pc: ten readers and one reader of the -readset
+// directories, then the same for the files common to all versions. The
+// store's resident pages are split into objects, composefs images, other.
+func kuraMeasure(cfg config, c *Corpus, pc *PageCache, store string, roots []string) {
+	read := func(roots []string, fn func(root string) error) func() error {
+		return func() error {
+			for _, r := range roots {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	dirs := func(root string) error { return readTrees(root, cfg.readSet) }
+	ten := measureResidency(len(roots), read(roots, dirs), store, kuraStorePart)
+	pc.CachedDelta, pc.Resident, pc.ResidentBy = ten.CachedDelta, ten.Resident, ten.ResidentBy
+	if ten.Error != "" {
+		pc.Error = ten.Error
+	}
+	log.Printf("page cache %s: Cached +%.1f MB, store resident %.1f MB %v", pc.Method, mb(pc.CachedDelta), mb(pc.Resident), pc.ResidentBy)
+	last := roots[len(roots)-1:]
+	one := measureResidency(1, read(last, dirs), store, kuraStorePart)
+	pc.One = &one
+	if common := c.commonSet(); common != nil {
+		files := func(root string) error { return readFiles(root, common.Files) }
+		ten := measureResidency(len(roots), read(roots, files), store, kuraStorePart)
+		one := measureResidency(1, read(last, files), store, kuraStorePart)
+		pc.CommonTen, pc.CommonOne = &ten, &one
+	}
+	logResidency(pc)
+}
+
+// kuraStorePart names the part of the store a file belongs to (rel is its
+// slash path in the store), for the page-cache breakdown.
+func kuraStorePart(rel string) string {
+	top, _, _ := strings.Cut(rel, "/")
+	switch top {
+	case "objects":
+		return "objects"
+	case "composefs":
+		return "composefs images"
+	case "variants":
+		return "checkout variants"
+	}
+	return "other"
 }
 
 // cleanupStores removes what a run leaves in the work dir besides the caches
 // (rootfs, corpus) that make the next run fast.
 func cleanupStores(cfg config) {
 	// The registry stays: its skopeo pushes are reused by the next run.
-	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "kura-checkout"} {
+	for _, d := range []string{"kura-store", "kura-push-store", "kura-mnt", "kura-checkout", "cold"} {
 		_ = removeTree(filepath.Join(cfg.work, d))
 	}
 }
@@ -250,6 +275,9 @@ func kuraPushAll(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot s
 	cachePath := filepath.Join(regRoot, "pushed-kura.json")
 	if pc, err := loadPushCacheFile(cachePath, c); err == nil {
 		log.Printf("kura: reusing its pushes from %s (same corpus)", pc.When.Format(time.RFC3339))
+		if err := refreshLayerInfo(ctx, p.Addr, kuraRepo, pc.Push); err != nil {
+			return nil, err
+		}
 		return pc.Push, nil
 	}
 	// Start from a repository the registry has never seen for kura.

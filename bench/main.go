@@ -96,6 +96,10 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	res.Versions = corpus.summaries()
+	if corpus.ReadSets, err = analyseReadSets(cfg, corpus); err != nil {
+		return fmt.Errorf("analysing read sets: %w", err)
+	}
+	res.ReadSets = corpus.ReadSets
 	res.Phases = append(res.Phases, phase("corpus ready", start))
 
 	regRoot := filepath.Join(cfg.work, "registry-"+corpus.Kind)
@@ -119,6 +123,9 @@ func run(ctx context.Context, cfg config) error {
 		log.Printf("push: reusing skopeo's pushes from %s (same corpus); -fresh-registry pushes again", cached.When.Format(time.RFC3339))
 		res.Push, res.PushUploaded, res.PushSeconds = cached.Push, cached.Uploaded, cached.Seconds
 		res.PushReusedFrom = &cached.When
+		if err := refreshLayerInfo(ctx, proxy.Addr, appRepo, res.Push); err != nil {
+			return err
+		}
 	} else {
 		pushStart := time.Now()
 		push, pushTraffic, err := skopeoPushAll(ctx, corpus, proxy)
@@ -150,6 +157,17 @@ func run(ctx context.Context, cfg config) error {
 	cancel()
 	res.Systems = append(res.Systems, *kuraSys)
 	res.Phases = append(res.Phases, phase("kura hooks done", start))
+
+	// Cold pulls of the first version, alternating tools, bounded like the
+	// kura steps.
+	kuraRef := ""
+	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
+		kuraRef = proxy.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
+	}
+	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, proxy, kuraRef)
+	cancel()
+	res.Phases = append(res.Phases, phase("cold pulls done", start))
 
 	res.Finished = time.Now()
 	res.TotalSeconds = time.Since(start).Seconds()

@@ -70,14 +70,60 @@ func meminfoCached() (int64, error) {
 	return 0, fmt.Errorf("no Cached line in /proc/meminfo")
 }
 
+// Residency is the page cache one group of readers left behind, measured
+// from dropped caches.
+type Residency struct {
+	Readers     int   `json:"readers"`
+	CachedDelta int64 `json:"cachedDelta"` // /proc/meminfo Cached after - before
+	Resident    int64 `json:"resident"`    // mincore of the store's files
+	// ResidentBy splits Resident by part of the store (kura: objects,
+	// composefs images, other).
+	ResidentBy map[string]int64 `json:"residentBy,omitempty"`
+	Error      string           `json:"error,omitempty"`
+}
+
+// measureResidency drops the page cache, runs the readers, and takes the
+// store's resident pages, split by classify when it is not nil.
+func measureResidency(readers int, read func() error, root string, classify func(rel string) string) Residency {
+	r := Residency{Readers: readers}
+	delta, err := cachedDelta(read)
+	r.CachedDelta = delta
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	by, err := residentBytesBy(root, classify)
+	if err != nil {
+		r.Error = err.Error()
+	}
+	for k, n := range by {
+		r.Resident += n
+		if classify == nil {
+			continue
+		}
+		if r.ResidentBy == nil {
+			r.ResidentBy = map[string]int64{}
+		}
+		r.ResidentBy[k] += n
+	}
+	return r
+}
+
 // residentBytes sums, with mincore(2), the page-cache-resident bytes of every
 // regular file under root, each inode once: the page cache that belongs to
 // this store, whatever else the machine is doing.
 func residentBytes(root string) (int64, error) {
+	by, err := residentBytesBy(root, nil)
+	return by[""], err
+}
+
+// residentBytesBy is residentBytes split by classify(path relative to root);
+// with a nil classify everything is under "".
+func residentBytesBy(root string, classify func(rel string) string) (map[string]int64, error) {
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]bool{}
 	page := int64(os.Getpagesize())
-	var total int64
+	total := map[string]int64{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if os.IsNotExist(err) || os.IsPermission(err) {
@@ -102,7 +148,12 @@ func residentBytes(root string) (int64, error) {
 		if err != nil {
 			return nil // a file that vanished or cannot be mapped holds no cache we can see
 		}
-		total += n * page
+		class := ""
+		if classify != nil {
+			rel, _ := filepath.Rel(root, p)
+			class = classify(filepath.ToSlash(rel))
+		}
+		total[class] += n * page
 		return nil
 	})
 	return total, err
@@ -150,6 +201,23 @@ func readTrees(root string, dirs []string) error {
 		})
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", root, err)
+		}
+	}
+	return nil
+}
+
+// readFiles reads the named files (slash paths relative to root).
+func readFiles(root string, files []string) error {
+	buf := make([]byte, 1<<20)
+	for _, name := range files {
+		f, err := os.Open(filepath.Join(root, filepath.FromSlash(name)))
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", root, err)
+		}
+		_, err = io.CopyBuffer(io.Discard, f, buf)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("reading %s/%s: %w", root, name, err)
 		}
 	}
 	return nil

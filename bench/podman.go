@@ -29,6 +29,33 @@ type PushResult struct {
 	CompressedSize int64    `json:"compressedSize"` // the layer blob in the registry
 	MediaType      string   `json:"mediaType"`
 	Annotations    []string `json:"annotations"` // layer annotation keys
+	// TOCSize and TarSplitSize are the compressed lengths of the blob's TOC
+	// and tar-split frames (from the position annotations; the new format's
+	// when both sets are there): the metadata a partial pull fetches besides
+	// file frames. TarSplitSize is 0 for the old format.
+	TOCSize      int64 `json:"tocSize"`
+	TarSplitSize int64 `json:"tarSplitSize"`
+}
+
+// Layer annotations giving the position of the zstd:chunked metadata frames
+// as "offset:length:uncompressed length[:type]".
+const (
+	annotationTOCPosition      = "io.github.containers.zstd-chunked.manifest-position"
+	annotationOldTOCPosition   = "io.containers.zstd-chunked.manifest-position"
+	annotationTarSplitPosition = "io.github.containers.zstd-chunked.tarsplit-position"
+)
+
+// positionLength returns the length field of a position annotation.
+func positionLength(v string) (int64, error) {
+	f := strings.Split(v, ":")
+	if len(f) < 3 {
+		return 0, fmt.Errorf("position %q: want offset:length:uncompressed[:type]", v)
+	}
+	n, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("position %q: bad length", v)
+	}
+	return n, nil
 }
 
 // PullResult is one pull of one version.
@@ -52,11 +79,22 @@ type PageCache struct {
 	Resident    int64   `json:"resident"`    // mincore of the store's files after the readers
 	Seconds     float64 `json:"seconds"`
 	Error       string  `json:"error,omitempty"`
+	// ResidentBy splits Resident by part of the store (kura: objects,
+	// composefs images, other).
+	ResidentBy map[string]int64 `json:"residentBy,omitempty"`
+	// One is a single reader (of the last version) of the same read set,
+	// measured the same way, so Resident / One.Resident is "ten against one".
+	One *Residency `json:"one,omitempty"`
+	// CommonTen and CommonOne are ten readers and one reader of the files
+	// whose content is the same in all versions (the common read set).
+	CommonTen *Residency `json:"commonTen,omitempty"`
+	CommonOne *Residency `json:"commonOne,omitempty"`
 }
 
 // SystemResult is everything measured for one puller configuration.
 type SystemResult struct {
 	Name       string       `json:"name"`
+	Repo       string       `json:"repo,omitempty"` // repository pulled (whose blobs' metadata counts)
 	Skipped    bool         `json:"skipped"`
 	SkipReason string       `json:"skipReason,omitempty"`
 	Push       []PushResult `json:"push,omitempty"` // when this system pushed its own images
@@ -128,9 +166,40 @@ func inspectLayer(ctx context.Context, addr, repo, tag string, r *PushResult) er
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&m); err != nil || len(m.Layers) != 1 {
 		return fmt.Errorf("manifest %s:%s: want one layer (status %s, err %v)", repo, tag, resp.Status, err)
 	}
-	r.CompressedSize, r.MediaType = m.Layers[0].Size, m.Layers[0].MediaType
-	for k := range m.Layers[0].Annotations {
+	l := m.Layers[0]
+	r.CompressedSize, r.MediaType, r.Annotations = l.Size, l.MediaType, nil
+	for k := range l.Annotations {
 		r.Annotations = append(r.Annotations, k)
+	}
+	slices.Sort(r.Annotations)
+	r.TOCSize, r.TarSplitSize = 0, 0
+	for _, k := range []string{annotationTOCPosition, annotationOldTOCPosition} {
+		if v, ok := l.Annotations[k]; ok {
+			n, err := positionLength(v)
+			if err != nil {
+				return fmt.Errorf("manifest %s:%s: %s: %w", repo, tag, k, err)
+			}
+			r.TOCSize = n
+			break
+		}
+	}
+	if v, ok := l.Annotations[annotationTarSplitPosition]; ok {
+		n, err := positionLength(v)
+		if err != nil {
+			return fmt.Errorf("manifest %s:%s: %s: %w", repo, tag, annotationTarSplitPosition, err)
+		}
+		r.TarSplitSize = n
+	}
+	return nil
+}
+
+// refreshLayerInfo reads the layer facts of pushes reused from an earlier
+// run again from the registry (the cache may predate some fields).
+func refreshLayerInfo(ctx context.Context, addr, repo string, pushes []PushResult) error {
+	for i := range pushes {
+		if err := inspectLayer(ctx, addr, repo, pushes[i].Version, &pushes[i]); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -142,8 +211,8 @@ type podmanEnv struct {
 	env                []string
 }
 
-func newPodmanEnv(cfg config, hardLinks bool, registryAddr string) (*podmanEnv, error) {
-	dir := filepath.Join(cfg.work, fmt.Sprintf("podman-hardlinks-%v", hardLinks))
+// newPodmanEnv sets up a private podman installation in dir, emptied first.
+func newPodmanEnv(dir string, hardLinks bool, registryAddr string) (*podmanEnv, error) {
 	if err := removeTree(dir); err != nil {
 		return nil, err
 	}
@@ -224,8 +293,8 @@ func (e *podmanEnv) pull(ctx context.Context, ref string) (string, error) {
 // runPodman pulls every version in order into a fresh podman storage and
 // measures traffic, time, disk, then page cache with one container each.
 func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks bool) (*SystemResult, error) {
-	sys := &SystemResult{Name: fmt.Sprintf("podman use_hard_links=%v", hardLinks)}
-	e, err := newPodmanEnv(cfg, hardLinks, p.Addr)
+	sys := &SystemResult{Name: fmt.Sprintf("podman use_hard_links=%v", hardLinks), Repo: appRepo}
+	e, err := newPodmanEnv(filepath.Join(cfg.work, fmt.Sprintf("podman-hardlinks-%v", hardLinks)), hardLinks, p.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +319,7 @@ func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks b
 			r.Traffic.Ranges, r.Traffic.PlainBlobGets, r.Skipped, mb(r.DiskAfter))
 		sys.Pulls = append(sys.Pulls, r)
 	}
-	sys.PageCache = podmanPageCache(ctx, cfg, e, refs)
+	sys.PageCache = podmanPageCache(ctx, cfg, c, e, refs)
 	if !cfg.keep {
 		// Free the storage now; the next configuration needs the disk and
 		// page cache figures must not mix.
@@ -264,13 +333,14 @@ func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks b
 // podmanPageCache runs one container per version, each reading the same file
 // set, and reports the page cache they add. If podman run fails here, it
 // falls back to podman image mount and reads the mounted trees.
-func podmanPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []string) *PageCache {
+func podmanPageCache(ctx context.Context, cfg config, c *Corpus, e *podmanEnv, refs []string) *PageCache {
 	pc := &PageCache{Method: "podman run (runc)", Containers: len(refs)}
 	start := time.Now()
 	readCmd := "find " + strings.Join(cfg.readSet, " ") + " -type f -print0 | xargs -0 cat > /dev/null"
-	run := func(ref string, script string) error {
-		cmd := e.command(ctx, "run", "--rm", "--runtime", "runc", "--network=none",
-			"--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000", ref, "sh", "-c", script)
+	run := func(ref string, script string, extra ...string) error {
+		args := append([]string{"run", "--rm", "--runtime", "runc", "--network=none",
+			"--ulimit", "nofile=20000:20000", "--ulimit", "nproc=1000:1000"}, extra...)
+		cmd := e.command(ctx, append(args, ref, "sh", "-c", script)...)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("podman run %s: %w: %s", ref, err, tail(string(b), 500))
 		}
@@ -307,14 +377,51 @@ func podmanPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []strin
 		return pc
 	}
 	pc.Overhead, pc.CachedDelta = overhead, delta
-	pc.Resident, err = residentBytes(filepath.Join(e.root, "overlay"))
+	layers := filepath.Join(e.root, "overlay")
+	pc.Resident, err = residentBytes(layers)
 	if err != nil {
 		pc.Error = err.Error()
 	}
-	pc.Seconds = time.Since(start).Seconds()
 	log.Printf("page cache %s: Cached +%.1f MB (containers alone +%.1f MB), store resident %.1f MB",
 		pc.Method, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Resident))
+
+	// The same measure for one container, then for the files every version
+	// has in common (a list bind-mounted into the container).
+	last := refs[len(refs)-1]
+	one := measureResidency(1, func() error { return run(last, readCmd) }, layers, nil)
+	pc.One = &one
+	if common := c.commonSet(); common != nil {
+		list := filepath.Join(e.dir, "common.list")
+		if err := writeFileList(list, common.Files); err != nil {
+			pc.Error = err.Error()
+			return pc
+		}
+		listArgs := []string{"-v", list + ":/kura-bench-common.list:ro"}
+		listCmd := "xargs -0 -a /kura-bench-common.list cat > /dev/null"
+		ten := measureResidency(len(refs), func() error {
+			for _, r := range refs {
+				if err := run(r, listCmd, listArgs...); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, layers, nil)
+		one := measureResidency(1, func() error { return run(last, listCmd, listArgs...) }, layers, nil)
+		pc.CommonTen, pc.CommonOne = &ten, &one
+	}
+	pc.Seconds = time.Since(start).Seconds()
+	logResidency(pc)
 	return pc
+}
+
+// logResidency prints the ten-against-one figures of a page cache measure.
+func logResidency(pc *PageCache) {
+	if pc.One != nil {
+		log.Printf("page cache %s, read set: ten readers %.1f MB, one %.1f MB resident", pc.Method, mb(pc.Resident), mb(pc.One.Resident))
+	}
+	if pc.CommonTen != nil && pc.CommonOne != nil {
+		log.Printf("page cache %s, common files: ten readers %.1f MB, one %.1f MB resident", pc.Method, mb(pc.CommonTen.Resident), mb(pc.CommonOne.Resident))
+	}
 }
 
 func podmanMountPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []string, pc *PageCache) *PageCache {

@@ -33,7 +33,12 @@ type Results struct {
 	// the run at that time, so nothing was pushed in this one.
 	PushReusedFrom *time.Time     `json:"pushReusedFrom,omitempty"`
 	Systems        []SystemResult `json:"systems"`
-	Phases         []Phase        `json:"phases"`
+	// ColdPulls are the alternating cold pulls of the first version by
+	// kura, podman and skopeo (copy to dir:).
+	ColdPulls []ColdPull `json:"coldPulls,omitempty"`
+	// ReadSets describe what the page-cache readers read, with their floors.
+	ReadSets []ReadSet `json:"readSets,omitempty"`
+	Phases   []Phase   `json:"phases"`
 }
 
 // Phase is the time since start at which a part of the run ended.
@@ -103,11 +108,11 @@ func markdown(res *Results) string {
 		}
 	}
 	w("#### Summary (MB = 10^6 bytes)\n\n")
-	w("| puller | first pull received | update pulls received (sum of %d) | × floor | mean update pull time s | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
-	w("|---|---:|---:|---:|---:|---:|---:|\n")
+	w("| puller | first pull received | first pull s | update pulls received (sum of %d) | × floor | floor incl. metadata (TOC + tar-split of the blobs pulled) | × floor incl. metadata | mean update pull time s | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
+	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range res.Systems {
 		if s.Skipped {
-			w("| %s | skipped: %s | | | | | |\n", s.Name, s.SkipReason)
+			w("| %s | skipped: %s | | | | | | | | |\n", s.Name, s.SkipReason)
 			continue
 		}
 		recv, k := updateReceived(s)
@@ -117,15 +122,21 @@ func markdown(res *Results) string {
 				secs += p.Seconds
 			}
 		}
-		first, disk := "", ""
+		first, firstSecs, disk := "", "", ""
 		if len(s.Pulls) > 0 {
 			first = mbs(s.Pulls[0].Traffic.Received)
+			firstSecs = fmt.Sprintf("%.2f", s.Pulls[0].Seconds)
 			disk = mbs(s.Pulls[len(s.Pulls)-1].DiskAfter)
 		}
 		ratio, mean := "", ""
 		if k > 0 && floorUpd > 0 {
-			ratio = fmt.Sprintf("%.1f", float64(recv)/float64(floorUpd))
+			ratio = fmt.Sprintf("%.2f", float64(recv)/float64(floorUpd))
 			mean = fmt.Sprintf("%.2f", secs/float64(k))
+		}
+		metaFloor, metaRatio := "", ""
+		if meta, ok := updateMetadata(res, s); ok && k > 0 {
+			metaFloor = fmt.Sprintf("%s (+%s)", mbs(floorUpd+meta), mbs(meta))
+			metaRatio = fmt.Sprintf("%.2f", float64(recv)/float64(floorUpd+meta))
 		}
 		pc := "—"
 		if s.PageCache != nil && s.PageCache.Error != "" && s.PageCache.Resident == 0 {
@@ -133,22 +144,28 @@ func markdown(res *Results) string {
 		} else if s.PageCache != nil {
 			pc = fmt.Sprintf("%s (%s) / %s", mbs(s.PageCache.CachedDelta), mbs(s.PageCache.CachedDelta-s.PageCache.Overhead), mbs(s.PageCache.Resident))
 		}
-		w("| %s | %s | %s | %s | %s | %s | %s |\n", s.Name, first, mbs(recv), ratio, mean, disk, pc)
+		w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.Name, first, firstSecs, mbs(recv), ratio, metaFloor, metaRatio, mean, disk, pc)
 	}
 	var unique, readSet int64
 	if n > 0 {
 		unique, readSet = res.Versions[n-1].UniqueBytes, res.Versions[n-1].ReadSetBytes
 	}
-	w("| floor | %s | %s | 1.0 | | %s (distinct file contents) | %s (one copy of the read set) |\n\n",
+	w("| floor | %s | | %s | 1.00 | | | | %s (distinct file contents) | %s (one copy of the read set) |\n\n",
 		mbs(res.Versions[0].FloorBytes), mbs(floorUpd), mbs(unique), mbs(readSet))
+	w("The floor is the zstd-10 size of the files new in each version. \"Floor incl. metadata\" adds, per update pull, the compressed TOC and tar-split of the blob that puller fetched (podman: skopeo's old-format blobs, TOC only, no tar-split; kura: its own blobs), read from the layer annotations.\n\n")
+	coldPullReport(w, res)
+	pageCacheReport(w, res)
 
-	w("#### Corpus\n\n| version | layer tar MB | zstd:chunked blob MB (skopeo) | push s | files | new files | new MB | floor MB (zstd-10 of new files) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	w("#### Corpus\n\n| version | layer tar MB | zstd:chunked blob MB (skopeo) | its TOC MB | push s | files | new files | new MB | floor MB (zstd-10 of new files) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i, v := range res.Versions {
-		blob, secs := "", ""
+		blob, toc, secs := "", "", ""
 		if i < len(res.Push) {
 			blob, secs = mbs(res.Push[i].CompressedSize), fmt.Sprintf("%.1f", res.Push[i].Seconds)
+			if res.Push[i].TOCSize > 0 {
+				toc = mbs(res.Push[i].TOCSize)
+			}
 		}
-		w("| %s | %s | %s | %s | %d | %d | %s | %s |\n", v.Name, mbs(v.LayerSize), blob, secs, v.Files, v.NewFiles, mbs(v.NewBytes), mbs(v.FloorBytes))
+		w("| %s | %s | %s | %s | %s | %d | %d | %s | %s |\n", v.Name, mbs(v.LayerSize), blob, toc, secs, v.Files, v.NewFiles, mbs(v.NewBytes), mbs(v.FloorBytes))
 	}
 	w("\nAll %d pushes (skopeo, two at a time): %.0f s, %s MB uploaded", len(res.Push), res.PushSeconds, mbs(res.PushUploaded))
 	if res.PushReusedFrom != nil {
@@ -160,14 +177,18 @@ func markdown(res *Results) string {
 		if s.Skipped {
 			continue
 		}
-		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s | disk after MB | podman \"skipped\" | floor MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n", s.Name)
+		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s | disk after MB | podman \"skipped\" | floor MB | floor incl. metadata MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n", s.Name)
+		pushes := systemPushes(res, s)
 		for i, p := range s.Pulls {
-			floor := ""
+			floor, metaFloor := "", ""
 			if i < n {
 				floor = mbs(res.Versions[i].FloorBytes)
+				if i < len(pushes) && pushes[i].TOCSize > 0 {
+					metaFloor = mbs(res.Versions[i].FloorBytes + pushes[i].TOCSize + pushes[i].TarSplitSize)
+				}
 			}
-			w("| %s | %s | %s | %d | %d | %d | %.2f | %s | %s | %s |\n", p.Version, mbs(p.Traffic.Requested), mbs(p.Traffic.Received),
-				p.Traffic.Requests, p.Traffic.Ranges, p.Traffic.IgnoredRange, p.Seconds, mbs(p.DiskAfter), p.Skipped, floor)
+			w("| %s | %s | %s | %d | %d | %d | %.2f | %s | %s | %s | %s |\n", p.Version, mbs(p.Traffic.Requested), mbs(p.Traffic.Received),
+				p.Traffic.Requests, p.Traffic.Ranges, p.Traffic.IgnoredRange, p.Seconds, mbs(p.DiskAfter), p.Skipped, floor, metaFloor)
 		}
 		if s.PageCache != nil {
 			pc := s.PageCache
@@ -183,7 +204,11 @@ func markdown(res *Results) string {
 			var parts []string
 			for _, p := range s.Push {
 				secs += p.Seconds
-				parts = append(parts, fmt.Sprintf("%s %s MB", p.Version, mbs(p.CompressedSize)))
+				part := fmt.Sprintf("%s %s MB", p.Version, mbs(p.CompressedSize))
+				if p.TOCSize > 0 {
+					part += fmt.Sprintf(" (TOC %s, tar-split %s)", mbs(p.TOCSize), mbs(p.TarSplitSize))
+				}
+				parts = append(parts, part)
 			}
 			w("\nPushes by %s (two at a time): per-push times sum to %.0f s; layer blobs: %s.\n", s.Push[0].Tool, secs, strings.Join(parts, ", "))
 		}
@@ -334,4 +359,153 @@ func chart(res *Results, path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// systemPushes are the pushes of the images a system pulled.
+func systemPushes(res *Results, s SystemResult) []PushResult {
+	if s.Repo == kuraRepo {
+		return s.Push
+	}
+	return res.Push
+}
+
+// updateMetadata sums the compressed TOC and tar-split sizes of the blobs of
+// versions 1..N-1 a system pulled; false when they are not known.
+func updateMetadata(res *Results, s SystemResult) (int64, bool) {
+	pushes := systemPushes(res, s)
+	if len(pushes) != len(res.Versions) {
+		return 0, false
+	}
+	var sum int64
+	for i, p := range pushes {
+		if p.TOCSize == 0 {
+			return 0, false
+		}
+		if i > 0 {
+			sum += p.TOCSize + p.TarSplitSize
+		}
+	}
+	return sum, true
+}
+
+// coldPullReport writes the cold-pull comparison: every round and the
+// ratios of the medians.
+func coldPullReport(w func(string, ...any), res *Results) {
+	if len(res.ColdPulls) == 0 {
+		return
+	}
+	first := ""
+	if len(res.Versions) > 0 {
+		first = res.Versions[0].Name
+	}
+	w("#### Cold pull of %s into an empty store\n\n", first)
+	w("Each tool pulls %s into a new empty destination, %d rounds, the order rotating each round (registry blobs already in the page cache). kura and skopeo fetch the same blob (kura's push); podman fetches skopeo's old-format push. `skopeo copy docker://… dir:` fetches the blob whole and writes it as one file, with no decompression or per-file work: the cost of moving the bytes.\n\n", first, coldRounds)
+	w("| round | tool | image | s | received MB | requests |\n|---:|---|---|---:|---:|---:|\n")
+	for _, p := range res.ColdPulls {
+		t := fmt.Sprintf("%.2f", p.Seconds)
+		if p.Error != "" {
+			t = "failed: " + tail(p.Error, 200)
+		}
+		repo := p.Ref
+		if i := strings.Index(repo, "/"); i >= 0 {
+			repo = repo[i+1:]
+		}
+		w("| %d | %s | %s | %s | %s | %d |\n", p.Round, p.Tool, repo, t, mbs(p.Traffic.Received), p.Traffic.Requests)
+	}
+	k, nk := coldMedian(res.ColdPulls, coldKura)
+	pm, np := coldMedian(res.ColdPulls, coldPodman)
+	sk, ns := coldMedian(res.ColdPulls, coldSkopeo)
+	w("\nMedians: kura %.2f s (%d), podman %.2f s (%d), skopeo copy to dir: %.2f s (%d).", k, nk, pm, np, sk, ns)
+	if nk > 0 && np > 0 && pm > 0 {
+		w(" **Kura / podman = %.2f×**.", k/pm)
+	}
+	if nk > 0 && ns > 0 && sk > 0 {
+		w(" **Kura / skopeo = %.2f×**.", k/sk)
+	}
+	w("\n\n")
+}
+
+// pageCacheReport writes ten readers against one reader, for both read
+// sets, with Kura's resident pages split into objects and composefs images.
+func pageCacheReport(w func(string, ...any), res *Results) {
+	have := false
+	for _, s := range res.Systems {
+		if s.PageCache != nil && s.PageCache.One != nil {
+			have = true
+		}
+	}
+	if !have {
+		return
+	}
+	var dirSet, common *ReadSet
+	for i := range res.ReadSets {
+		if res.ReadSets[i].Name == commonSetName {
+			common = &res.ReadSets[i]
+		} else if dirSet == nil {
+			dirSet = &res.ReadSets[i]
+		}
+	}
+	n := len(res.Versions)
+	w("#### Page cache: %d readers against one\n\n", n)
+	w("Resident pages of the store's files (mincore) after dropping caches and running the readers: one container or mount per version (%d), or one reader of the last version alone, measured the same way.\n\n", n)
+	w("| puller | read set | one reader MB | %d readers MB | %d / one | %d readers: objects / composefs images / other MB |\n|---|---|---:|---:|---:|---|\n", n, n, n)
+	row := func(name, set string, one, ten *Residency) {
+		if one == nil || ten == nil {
+			return
+		}
+		ratio := ""
+		if one.Resident > 0 {
+			ratio = fmt.Sprintf("%.2f", float64(ten.Resident)/float64(one.Resident))
+		}
+		split := ""
+		if ten.ResidentBy != nil {
+			split = fmt.Sprintf("%s / %s / %s", mbs(ten.ResidentBy["objects"]), mbs(ten.ResidentBy["composefs images"]),
+				mbs(ten.Resident-ten.ResidentBy["objects"]-ten.ResidentBy["composefs images"]))
+		}
+		errs := ""
+		for _, e := range []string{one.Error, ten.Error} {
+			if e != "" {
+				errs += " (error: " + tail(e, 200) + ")"
+			}
+		}
+		w("| %s | %s | %s | %s | %s | %s%s |\n", name, set, mbs(one.Resident), mbs(ten.Resident), ratio, split, errs)
+	}
+	dirName, commonName := strings.Join(res.ReadSet, " "), commonSetName
+	for _, s := range res.Systems {
+		pc := s.PageCache
+		if s.Skipped || pc == nil {
+			continue
+		}
+		ten := &Residency{Readers: pc.Containers, CachedDelta: pc.CachedDelta, Resident: pc.Resident, ResidentBy: pc.ResidentBy}
+		row(s.Name, dirName, pc.One, ten)
+		row(s.Name, commonName, pc.CommonOne, pc.CommonTen)
+	}
+	if dirSet != nil {
+		w("| floor | %s | %s (%s page-rounded) | %s (%s page-rounded: distinct contents over the %d versions) | | |\n",
+			dirName, mbs(dirSet.Bytes), mbs(dirSet.Pages), mbs(dirSet.DistinctBytes), mbs(dirSet.DistinctPages), n)
+	}
+	if common != nil {
+		w("| floor | %s (%d files) | %s (%s page-rounded) | same | 1.00 | |\n", commonName, common.NumFiles, mbs(common.Bytes), mbs(common.Pages))
+	}
+	w("\n")
+	// What Kura's pages above the floor are.
+	for _, s := range res.Systems {
+		pc := s.PageCache
+		if s.Skipped || pc == nil || pc.ResidentBy == nil || dirSet == nil {
+			continue
+		}
+		obj, cfs := pc.ResidentBy["objects"], pc.ResidentBy["composefs images"]
+		w("%s, %d readers of %s: %s MB resident = objects %s MB (the distinct contents they read, page-rounded: %s MB; %+.2f MB) + composefs images %s MB + other %s MB.",
+			s.Name, pc.Containers, dirName, mbs(pc.Resident), mbs(obj), mbs(dirSet.DistinctPages), mb(obj-dirSet.DistinctPages),
+			mbs(cfs), mbs(pc.Resident-obj-cfs))
+		if one := pc.One; one != nil && one.ResidentBy != nil {
+			w(" One reader: objects %s MB (one copy page-rounded: %s MB), composefs image %s MB.", mbs(one.ResidentBy["objects"]), mbs(dirSet.Pages), mbs(one.ResidentBy["composefs images"]))
+		}
+		if t, o := pc.CommonTen, pc.CommonOne; t != nil && o != nil && t.ResidentBy != nil && o.ResidentBy != nil && common != nil {
+			w(" Common files: %d readers objects %s MB, composefs images %s MB; one reader objects %s MB, composefs image %s MB (one copy page-rounded: %s MB).",
+				t.Readers, mbs(t.ResidentBy["objects"]), mbs(t.ResidentBy["composefs images"]), mbs(o.ResidentBy["objects"]),
+				mbs(o.ResidentBy["composefs images"]), mbs(common.DistinctPages))
+		}
+		w("\n\n")
+	}
 }

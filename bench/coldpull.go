@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// ColdPull is one pull of the first version into an empty store (or, for
+// skopeo, an empty directory).
+type ColdPull struct {
+	Tool    string  `json:"tool"`
+	Round   int     `json:"round"`
+	Ref     string  `json:"ref"`
+	Seconds float64 `json:"seconds"`
+	Traffic Traffic `json:"traffic"`
+	Error   string  `json:"error,omitempty"`
+}
+
+// The tools of the cold-pull comparison, as they appear in the report.
+const (
+	coldKura   = "kura pull"
+	coldPodman = "podman pull"
+	coldSkopeo = "skopeo copy to dir:"
+)
+
+// coldRounds is how many times each tool pulls; the order rotates each round
+// so no tool always goes first (or always last) after the others.
+const coldRounds = 3
+
+// runColdPulls times kura pull, podman pull and skopeo copy docker:// → dir:
+// of the first version, each into a new empty destination, coldRounds times,
+// alternating. kura and skopeo fetch the same blob (kuraRef: kura's own push
+// when it made one); podman fetches skopeo's old-format push (the one it
+// pulls partially), as in the rest of the run. skopeo copy to dir: fetches
+// the blob whole and writes it as one file: the cost of moving the bytes,
+// with no decompression or per-file work.
+func runColdPulls(ctx context.Context, cfg config, c *Corpus, p *proxy, kuraRef string) []ColdPull {
+	first := c.Versions[0].Name
+	podmanRef := p.Addr + "/" + appRepo + ":" + first
+	skopeoRef := kuraRef
+	if skopeoRef == "" {
+		skopeoRef = podmanRef
+	}
+	scratch := filepath.Join(cfg.work, "cold")
+	type tool struct {
+		name, ref string
+		pull      func(dir string) error
+	}
+	tools := []tool{
+		{coldPodman, podmanRef, func(dir string) error {
+			e, err := newPodmanEnv(dir, false, p.Addr)
+			if err != nil {
+				return err
+			}
+			_, err = e.pull(ctx, podmanRef)
+			return err
+		}},
+		{coldSkopeo, skopeoRef, func(dir string) error {
+			cmd := exec.CommandContext(ctx, "skopeo", "copy", "--quiet", "--src-tls-verify=false",
+				"docker://"+skopeoRef, "dir:"+filepath.Join(dir, "image"))
+			if b, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("skopeo copy %s: %w: %s", skopeoRef, err, tail(string(b), 500))
+			}
+			return nil
+		}},
+	}
+	if kuraRef != "" {
+		tools = append(tools, tool{coldKura, kuraRef, func(dir string) error {
+			store := filepath.Join(dir, "store")
+			if err := os.MkdirAll(store, 0o700); err != nil {
+				return err
+			}
+			cmd := exec.CommandContext(ctx, cfg.kura, kuraPullArgs(store, kuraRef)...)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("kura pull %s: %w: %s", kuraRef, err, tail(string(b), 500))
+			}
+			return nil
+		}})
+	}
+	var out []ColdPull
+	for round := range coldRounds {
+		for k := range tools {
+			t := tools[(k+round)%len(tools)]
+			if ctx.Err() != nil {
+				return out
+			}
+			dir := filepath.Join(scratch, "dest")
+			if err := removeTree(dir); err != nil {
+				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
+				continue
+			}
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
+				continue
+			}
+			mark := p.Begin(fmt.Sprintf("cold %s round %d", t.name, round+1))
+			start := time.Now()
+			err := t.pull(dir)
+			r := ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark))}
+			p.Begin("")
+			if err != nil {
+				r.Error = err.Error()
+				log.Printf("cold pull: %v", err)
+			}
+			log.Printf("cold pull round %d, %s: %.2fs, received %.2f MB", r.Round, t.name, r.Seconds, mb(r.Traffic.Received))
+			out = append(out, r)
+		}
+	}
+	_ = removeTree(scratch)
+	return out
+}
+
+// coldMedian is the median time of a tool's successful cold pulls, and how
+// many there were.
+func coldMedian(pulls []ColdPull, tool string) (float64, int) {
+	var s []float64
+	for _, p := range pulls {
+		if p.Tool == tool && p.Error == "" {
+			s = append(s, p.Seconds)
+		}
+	}
+	if len(s) == 0 {
+		return 0, 0
+	}
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2], len(s)
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2, len(s)
+}
