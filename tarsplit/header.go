@@ -1,0 +1,273 @@
+package tarsplit
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// sameEntry reports whether two TOC entries have the same tar metadata, exactly: a known
+// entry's header bytes can then be reused as they are.
+func sameEntry(a, b *chunked.Entry) bool {
+	return a.Type == b.Type && a.Name == b.Name && a.Linkname == b.Linkname && a.Mode == b.Mode &&
+		a.Size == b.Size && a.UID == b.UID && a.GID == b.GID &&
+		sameTime(a.ModTime, b.ModTime) && sameTime(a.AccessTime, b.AccessTime) && sameTime(a.ChangeTime, b.ChangeTime) &&
+		a.Devmajor == b.Devmajor && a.Devminor == b.Devminor && maps.Equal(a.Xattrs, b.Xattrs)
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Equal(*b)
+}
+
+// typeFlags maps TOC entry types back to tar type flags.
+var typeFlags = map[string]byte{
+	chunked.TypeReg:     tar.TypeReg,
+	chunked.TypeLink:    tar.TypeLink,
+	chunked.TypeChar:    tar.TypeChar,
+	chunked.TypeBlock:   tar.TypeBlock,
+	chunked.TypeDir:     tar.TypeDir,
+	chunked.TypeFifo:    tar.TypeFifo,
+	chunked.TypeSymlink: tar.TypeSymlink,
+}
+
+// paxXattrPrefix marks extended attributes among PAX records.
+const paxXattrPrefix = "SCHILY.xattr."
+
+// basicPAXKeys are the PAX records Go's writer derives from header fields.
+var basicPAXKeys = map[string]bool{
+	"path": true, "linkpath": true, "size": true, "uid": true, "gid": true,
+	"uname": true, "gname": true, "mtime": true, "atime": true, "ctime": true,
+}
+
+// parseRaw parses the bytes in front of one payload (extension headers and header).
+func parseRaw(raw []byte) (*tar.Header, error) {
+	r := bytes.NewReader(raw)
+	hdr, err := tar.NewReader(r).Next()
+	if err != nil {
+		return nil, fmt.Errorf("parsing header: %w: %w", errdefs.ErrInvalid, err)
+	}
+	if r.Len() != 0 {
+		return nil, fmt.Errorf("%d bytes after the header of %q: %w", r.Len(), hdr.Name, errdefs.ErrInvalid)
+	}
+	return hdr, nil
+}
+
+// owners names the users and groups of known entries.
+type owners interface {
+	uname(uid int) (string, bool)
+	gname(gid int) (string, bool)
+}
+
+// headerFromEntry builds the tar header a TOC entry describes. Fields the TOC does not record
+// come from tmpl if it is not nil (PAX records other than xattrs, when tmpl is the same file) and
+// from names (user and group names, as some known entry of the same owner has them).
+func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names owners) (*tar.Header, error) {
+	flag, ok := typeFlags[e.Type]
+	if !ok {
+		return nil, fmt.Errorf("%q: TOC entry type %q: %w", e.Name, e.Type, errdefs.ErrUnsupported)
+	}
+	h := &tar.Header{
+		Typeflag: flag, Name: e.Name, Linkname: e.Linkname, Size: e.Size, Mode: e.Mode,
+		Uid: e.UID, Gid: e.GID, Devmajor: e.Devmajor, Devminor: e.Devminor,
+	}
+	if e.ModTime != nil {
+		h.ModTime = *e.ModTime
+	}
+	if e.AccessTime != nil {
+		h.AccessTime = *e.AccessTime
+	}
+	if e.ChangeTime != nil {
+		h.ChangeTime = *e.ChangeTime
+	}
+	for k, v := range e.Xattrs {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q: xattr %q: %w: %w", e.Name, k, errdefs.ErrInvalid, err)
+		}
+		if h.PAXRecords == nil {
+			h.PAXRecords = map[string]string{}
+		}
+		h.PAXRecords[paxXattrPrefix+k] = string(b)
+	}
+	if tmpl != nil && tmpl.Uid == e.UID {
+		h.Uname = tmpl.Uname
+	} else if names != nil {
+		h.Uname, _ = names.uname(e.UID)
+	}
+	if tmpl != nil && tmpl.Gid == e.GID {
+		h.Gname = tmpl.Gname
+	} else if names != nil {
+		h.Gname, _ = names.gname(e.GID)
+	}
+	if tmpl != nil {
+		if sameName {
+			// Records the TOC does not show (file flags, creation times…) most likely stayed.
+			for k, v := range tmpl.PAXRecords {
+				if !basicPAXKeys[k] && !strings.HasPrefix(k, paxXattrPrefix) && !strings.HasPrefix(k, "GNU.sparse.") {
+					if h.PAXRecords == nil {
+						h.PAXRecords = map[string]string{}
+					}
+					h.PAXRecords[k] = v
+				}
+			}
+		}
+	}
+	return h, nil
+}
+
+// goFormats are the format choices a writer built on Go's archive/tar makes: none (Go picks
+// USTAR, else PAX, else GNU, rounding times to seconds) or one forced.
+var goFormats = []tar.Format{tar.FormatUnknown, tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU}
+
+// writeGo encodes hdr as Go's archive/tar writes it with the given format choice.
+func writeGo(hdr *tar.Header, format tar.Format) ([]byte, error) {
+	var buf bytes.Buffer
+	h := *hdr
+	h.Format = format
+	if err := tar.NewWriter(&buf).WriteHeader(&h); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// describes reports whether raw is one header that reads back as exactly e's metadata.
+func describes(raw []byte, e *chunked.Entry) bool {
+	hdr, err := parseRaw(raw)
+	if err != nil {
+		return false
+	}
+	got, err := chunked.EntryFromHeader(hdr)
+	return err == nil && sameEntry(&got, e)
+}
+
+// synthesize returns the header bytes for e as the writer that wrote tmpl (a known entry, or
+// nil) would write them: with Go's archive/tar in the format choice that reproduces tmpl's bytes
+// exactly, else by patching tmpl's header block in place. The result always reads back as e.
+func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
+	if tmpl == nil {
+		h, err := headerFromEntry(e, nil, false, names)
+		if err != nil {
+			return nil, err
+		}
+		if raw, err := writeGo(h, tar.FormatUnknown); err == nil && describes(raw, e) {
+			return raw, nil
+		}
+		return nil, fmt.Errorf("%q: no known entry to model its header on: %w", e.Name, errdefs.ErrUnsupported)
+	}
+	th, err := parseRaw(tmpl.raw)
+	if err != nil {
+		return nil, err
+	}
+	h, err := headerFromEntry(e, th, tmpl.entry.Name == e.Name, names)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range goFormats {
+		if again, err := writeGo(th, f); err != nil || !bytes.Equal(again, tmpl.raw) {
+			continue // not how tmpl was written
+		}
+		if raw, err := writeGo(h, f); err == nil && describes(raw, e) {
+			return raw, nil
+		}
+	}
+	if raw, ok := patchBlock(tmpl.raw, th, h); ok && describes(raw, e) {
+		return raw, nil
+	}
+	return nil, fmt.Errorf("%q: cannot write its header as the writer of %q did: %w", e.Name, tmpl.entry.Name, errdefs.ErrUnsupported)
+}
+
+// Offsets of the fields of a tar header block that patchBlock writes.
+const (
+	offName, lenName         = 0, 100
+	offMode, offUID, offGID  = 100, 108, 116
+	lenOctal8                = 8
+	offSize, offMtime        = 124, 136
+	lenOctal12               = 12
+	offChksum, lenChksum     = 148, 8
+	offFlag                  = 156
+	offLink, lenLink         = 157, 100
+	offUname, offGname       = 265, 297
+	lenOwnerName             = 32
+	offDevmajor, offDevminor = 329, 337
+)
+
+// patchBlock writes h into a copy of tmpl's single header block, for writers other than Go's
+// (GNU tar leaves device fields empty, for one). It gives up unless writing th, the template's
+// own header, reproduces tmpl exactly: then the fields are formatted as that writer does.
+func patchBlock(tmpl []byte, th, h *tar.Header) ([]byte, bool) {
+	if len(tmpl) != 512 {
+		return nil, false
+	}
+	again := bytes.Clone(tmpl)
+	if !writeFields(again, tmpl, th, th) || !bytes.Equal(again, tmpl) {
+		return nil, false
+	}
+	out := bytes.Clone(tmpl)
+	if !writeFields(out, tmpl, th, h) {
+		return nil, false
+	}
+	return out, true
+}
+
+// writeFields writes h's fields into blk: octal numbers zero-padded with a trailing NUL, names
+// NUL-padded, the checksum as six octal digits, NUL, space.
+func writeFields(blk, tmpl []byte, th, h *tar.Header) bool {
+	str := func(off, n int, s string) bool {
+		if len(s) > n || strings.IndexByte(s, 0) >= 0 {
+			return false
+		}
+		clear(blk[off : off+n])
+		copy(blk[off:], s)
+		return true
+	}
+	octal := func(off, n int, v int64) bool {
+		s := strconv.FormatInt(v, 8)
+		if v < 0 || len(s) > n-1 {
+			return false
+		}
+		copy(blk[off:], strings.Repeat("0", n-1-len(s))+s)
+		blk[off+n-1] = 0
+		return true
+	}
+	ok := str(offName, lenName, h.Name) && str(offLink, lenLink, h.Linkname) &&
+		str(offUname, lenOwnerName, h.Uname) && str(offGname, lenOwnerName, h.Gname) &&
+		octal(offMode, lenOctal8, h.Mode) && octal(offUID, lenOctal8, int64(h.Uid)) &&
+		octal(offGID, lenOctal8, int64(h.Gid)) && octal(offSize, lenOctal12, h.Size) &&
+		octal(offMtime, lenOctal12, h.ModTime.Unix())
+	if !ok || len(h.PAXRecords) > 0 || !h.AccessTime.IsZero() || !h.ChangeTime.IsZero() {
+		return false
+	}
+	if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock {
+		if !octal(offDevmajor, lenOctal8, h.Devmajor) || !octal(offDevminor, lenOctal8, h.Devminor) {
+			return false
+		}
+	} else if h.Devmajor != 0 || h.Devminor != 0 {
+		return false
+	}
+	if h.Typeflag == th.Typeflag {
+		blk[offFlag] = tmpl[offFlag] // e.g. an old '\x00' for a regular file
+	} else {
+		blk[offFlag] = h.Typeflag
+	}
+	copy(blk[offChksum:offChksum+lenChksum], "        ")
+	var sum int64
+	for _, c := range blk {
+		sum += int64(c)
+	}
+	if !octal(offChksum, lenChksum-1, sum) {
+		return false
+	}
+	blk[offChksum+lenChksum-1] = ' '
+	return true
+}

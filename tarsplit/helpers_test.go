@@ -1,0 +1,145 @@
+package tarsplit
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"hash/crc64"
+	"io"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// layer is a converted tar: what a puller would see (TOC, compressed tar-split) and what the
+// store would hold (the uncompressed tar-split).
+type layer struct {
+	toc        *chunked.TOC
+	tarSplit   []byte // uncompressed
+	compressed []byte // as in the blob
+	crcs       map[digest.Digest][]byte
+}
+
+func (l *layer) known() Known { return Known{TOC: l.toc, TarSplit: l.tarSplit} }
+
+// convert runs the writer over a tar and reads back its metadata as a puller does.
+func convert(t testing.TB, tarBytes []byte) *layer {
+	t.Helper()
+	var blob bytes.Buffer
+	if _, err := chunked.Convert(context.Background(), bytes.NewReader(tarBytes), &blob); err != nil {
+		t.Fatalf("converting: %v", err)
+	}
+	b := blob.Bytes()
+	loc, err := chunked.LocateFromFooter(b[len(b)-chunked.FooterFetchSize:], int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := b[loc.TarSplit.Offset:loc.TarSplit.End()]
+	l, err := chunked.Parse(loc, b[loc.TOC.Offset:loc.TOC.End()], ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &layer{toc: l.TOC, tarSplit: l.TarSplit, compressed: bytes.Clone(ts), crcs: contentCRCs(t, tarBytes)}
+}
+
+// contentCRCs maps every regular file's content digest to its tar-split CRC.
+func contentCRCs(t testing.TB, tarBytes []byte) map[digest.Digest][]byte {
+	t.Helper()
+	m := map[digest.Digest][]byte{}
+	tr := tar.NewReader(bytes.NewReader(tarBytes))
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return m
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Typeflag != tar.TypeReg || hdr.Size == 0 {
+			continue
+		}
+		h, c := sha256.New(), crc64.New(crc64.MakeTable(crc64.ISO))
+		if _, err := io.Copy(io.MultiWriter(h, c), tr); err != nil {
+			t.Fatal(err)
+		}
+		m[digest.NewDigest(digest.SHA256, h)] = c.Sum(nil)
+	}
+}
+
+// crcFunc serves CRCs of l's content and counts the calls.
+func (l *layer) crcFunc(calls *int) CRCFunc {
+	return func(d digest.Digest, size int64) ([]byte, error) {
+		*calls++
+		if c, ok := l.crcs[d]; ok {
+			return c, nil
+		}
+		return nil, errdefs.ErrNotFound
+	}
+}
+
+// checkPrediction predicts next's tar-split from known and reports whether it is exact; a
+// failure must be a clean error.
+func checkPrediction(t *testing.T, next *layer, known ...*layer) (Stats, bool) {
+	t.Helper()
+	var ks []Known
+	for _, k := range known {
+		ks = append(ks, k.known())
+	}
+	calls := 0
+	js, st, err := PredictJSON(next.toc, ks, next.crcFunc(&calls))
+	if err != nil {
+		if !errors.Is(err, errdefs.ErrUnsupported) && !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("prediction failed with an unclassified error: %v", err)
+		}
+		t.Logf("no prediction: %v", err)
+		return st, false
+	}
+	if calls != st.NewCRCs {
+		t.Errorf("CRCFunc called %d times, stats say %d", calls, st.NewCRCs)
+	}
+	compressed, tsJSON, err := Predict(next.toc, ks, next.crcFunc(&calls))
+	exact := bytes.Equal(js, next.tarSplit)
+	if exact != (err == nil) {
+		t.Errorf("JSON exact=%v but Predict's digest check says %v", exact, err)
+	}
+	if err == nil {
+		if !bytes.Equal(compressed, next.compressed) || !bytes.Equal(tsJSON, next.tarSplit) {
+			t.Errorf("Predict passed its digest check with other bytes")
+		}
+	} else if !errors.Is(err, errdefs.ErrDigestMismatch) {
+		t.Errorf("Predict: %v, want a digest mismatch", err)
+	}
+	if !exact {
+		diffTarSplit(t, js, next.tarSplit)
+	}
+	return st, exact
+}
+
+// diffTarSplit logs the first line where two tar-splits differ.
+func diffTarSplit(t *testing.T, got, want []byte) {
+	t.Helper()
+	g, w := bytes.Split(got, []byte("\n")), bytes.Split(want, []byte("\n"))
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var gl, wl []byte
+		if i < len(g) {
+			gl = g[i]
+		}
+		if i < len(w) {
+			wl = w[i]
+		}
+		if !bytes.Equal(gl, wl) {
+			t.Logf("line %d differs:\n got %.400s\nwant %.400s", i, gl, wl)
+			ge, _ := decodeLine(gl)
+			we, _ := decodeLine(wl)
+			if ge != nil && we != nil {
+				t.Logf("payloads:\n got %q\nwant %q", ge.Payload, we.Payload)
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,366 @@
+// Package tarsplit predicts a zstd:chunked layer's tar-split from its TOC and the tar-splits of
+// layers already stored, so that a partial pull of an update need not fetch it: headers of
+// unchanged entries are reused byte for byte, changed and new ones are written as the layer's
+// tar writer would, and file CRCs come from known content.
+package tarsplit
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// CRCFunc returns the tar-split checksum (CRC-64/ISO, 8 bytes big-endian, as hash/crc64's Sum)
+// of the content with digest d and size bytes. Predict calls it only for content no known layer
+// has, so a puller can compute it from the files it has just fetched.
+type CRCFunc func(d digest.Digest, size int64) ([]byte, error)
+
+// crcSize is the length of a CRC-64 checksum.
+const crcSize = 8
+
+// Stats says how a prediction was made.
+type Stats struct {
+	Reused      int // headers copied from a known entry with the same metadata
+	Synthesized int // headers written anew (changed or new entries)
+	NewCRCs     int // content CRCs asked of the CRCFunc
+}
+
+// Predict returns the tar-split of the layer whose TOC is toc, compressed as the writer
+// compresses it (zstd level 10), and its uncompressed JSON. The compressed bytes are checked
+// against the TOC's tarSplitDigest: on a mismatch the error wraps errdefs.ErrDigestMismatch and
+// the caller should fetch the real tar-split. known are layers already stored, most similar
+// first: where two hold the same name, the first wins.
+func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit []byte, err error) {
+	want, err := digest.Parse(toc.TarSplitDigest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
+	}
+	tarSplit, _, err = predict(toc, known, crc)
+	if err != nil {
+		return nil, nil, err
+	}
+	compressed, err = Compress(tarSplit)
+	if err != nil {
+		return nil, nil, err
+	}
+	if got := want.Algorithm().FromBytes(compressed); got != want {
+		return nil, nil, fmt.Errorf("predicted tar-split has digest %s, the TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
+	}
+	return compressed, tarSplit, nil
+}
+
+// PredictJSON returns the predicted uncompressed tar-split without compressing or checking it.
+// A wrong prediction still cannot go unnoticed if the caller rebuilds the tar and checks the
+// DiffID, which it must do anyway after a partial pull.
+func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
+	return predict(toc, known, crc)
+}
+
+func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
+	var st Stats
+	crcs := map[digest.Digest][]byte{}
+	layers := make([]*layerIndex, 0, len(known))
+	for i, k := range known {
+		idx, err := indexKnown(k, crcs)
+		if err != nil {
+			return nil, st, fmt.Errorf("known layer %d: %w", i, err)
+		}
+		layers = append(layers, idx)
+	}
+	ix := newTemplates(layers)
+	ix.crcs = crcs
+
+	var out bytes.Buffer
+	out.Grow(estimateSize(toc))
+	p := storage.NewJSONPacker(&out)
+	var (
+		seg      []byte
+		prevSize int64
+		first    = true
+		total    int64 // bytes of the tar stream so far
+	)
+	for i := range toc.Entries {
+		e := &toc.Entries[i]
+		if e.Type == chunked.TypeChunk {
+			continue
+		}
+		raw, name, reused, err := ix.header(e)
+		if err != nil {
+			return nil, st, err
+		}
+		if reused {
+			st.Reused++
+		} else {
+			st.Synthesized++
+		}
+		pad := 0
+		if !first {
+			pad = int(padding(prevSize))
+		}
+		seg = append(append(seg[:0], make([]byte, pad)...), raw...)
+		if _, err := p.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: seg}); err != nil {
+			return nil, st, fmt.Errorf("%q: %w: %w", e.Name, errdefs.ErrInvalid, err)
+		}
+		fe := storage.Entry{Type: storage.FileType, Size: e.Size}
+		fe.SetName(name)
+		if e.Size > 0 {
+			sum, err := ix.crc(e, crc, &st)
+			if err != nil {
+				return nil, st, err
+			}
+			fe.Payload = sum
+		}
+		if _, err := p.AddEntry(fe); err != nil {
+			if errors.Is(err, storage.ErrDuplicatePath) {
+				return nil, st, fmt.Errorf("%q: %w: %w", name, errdefs.ErrInvalid, err)
+			}
+			return nil, st, fmt.Errorf("%q: %w", name, err)
+		}
+		total += int64(len(seg)) + e.Size
+		prevSize, first = e.Size, false
+	}
+	if err := ix.tail(p, first, prevSize, total); err != nil {
+		return nil, st, err
+	}
+	return out.Bytes(), st, nil
+}
+
+// estimateSize guesses the JSON size to spare the buffer's growth: a header segment (base64)
+// and a file line per entry.
+func estimateSize(toc *chunked.TOC) int { return len(toc.Entries)*900 + 4096 }
+
+// templates indexes the known layers' entries for prediction.
+type templates struct {
+	layers []*layerIndex
+	crcs   map[digest.Digest][]byte
+	byName map[string][]*record
+	// byOwner models entries whose name no known layer has: an entry of the same type and
+	// owner, else of the same type, else any.
+	byOwner map[ownerKey]*record
+	byType  map[string]*record
+	anyRec  *record
+	// byUID and byGID find a known entry of an owner, whose header names it.
+	byUID, byGID map[int]*record
+	unames       map[int]string
+	gnames       map[int]string
+}
+
+type ownerKey struct {
+	typ      string
+	uid, gid int
+}
+
+func newTemplates(layers []*layerIndex) *templates {
+	ix := &templates{
+		layers:  layers,
+		byName:  map[string][]*record{},
+		byOwner: map[ownerKey]*record{},
+		byType:  map[string]*record{},
+		byUID:   map[int]*record{},
+		byGID:   map[int]*record{},
+		unames:  map[int]string{},
+		gnames:  map[int]string{},
+	}
+	n := 0
+	for _, l := range layers {
+		n += len(l.records)
+	}
+	ix.byName = make(map[string][]*record, n)
+	for _, l := range layers {
+		for i := range l.records {
+			r := &l.records[i]
+			e := r.entry
+			ix.byName[e.Name] = append(ix.byName[e.Name], r)
+			k := ownerKey{e.Type, e.UID, e.GID}
+			if _, ok := ix.byOwner[k]; !ok {
+				ix.byOwner[k] = r
+			}
+			if _, ok := ix.byType[e.Type]; !ok {
+				ix.byType[e.Type] = r
+			}
+			if ix.anyRec == nil {
+				ix.anyRec = r
+			}
+			if _, ok := ix.byUID[e.UID]; !ok {
+				ix.byUID[e.UID] = r
+			}
+			if _, ok := ix.byGID[e.GID]; !ok {
+				ix.byGID[e.GID] = r
+			}
+		}
+	}
+	return ix
+}
+
+// header returns the raw header bytes of e, the name tar-split records for it, and whether the
+// bytes were copied from a known entry.
+func (ix *templates) header(e *chunked.Entry) (raw []byte, name string, reused bool, err error) {
+	same := ix.byName[e.Name]
+	for _, r := range same {
+		if sameEntry(r.entry, e) {
+			return r.raw, r.name, true, nil
+		}
+	}
+	// A TOC name is lossy where the tar name is not UTF-8; only a reused header has the original.
+	if strings.ContainsRune(e.Name, utf8.RuneError) || strings.ContainsRune(e.Linkname, utf8.RuneError) {
+		return nil, "", false, fmt.Errorf("%q: name may not be the tar's (not UTF-8): %w", e.Name, errdefs.ErrUnsupported)
+	}
+	var tmpl *record
+	switch {
+	case len(same) > 0:
+		tmpl = same[0]
+	case ix.byOwner[ownerKey{e.Type, e.UID, e.GID}] != nil:
+		tmpl = ix.byOwner[ownerKey{e.Type, e.UID, e.GID}]
+	case ix.byType[e.Type] != nil:
+		tmpl = ix.byType[e.Type]
+	default:
+		tmpl = ix.anyRec
+	}
+	raw, err = synthesize(e, tmpl, ix)
+	if err != nil {
+		return nil, "", false, err
+	}
+	return raw, e.Name, false, nil
+}
+
+// uname returns the user name known entries of uid carry; headers are parsed on demand, as only
+// changed entries need names.
+func (ix *templates) uname(uid int) (string, bool) {
+	if n, ok := ix.unames[uid]; ok {
+		return n, true
+	}
+	r := ix.byUID[uid]
+	if r == nil {
+		return "", false
+	}
+	h, err := parseRaw(r.raw)
+	if err != nil {
+		return "", false
+	}
+	ix.unames[uid] = h.Uname
+	return h.Uname, true
+}
+
+// gname is uname for groups.
+func (ix *templates) gname(gid int) (string, bool) {
+	if n, ok := ix.gnames[gid]; ok {
+		return n, true
+	}
+	r := ix.byGID[gid]
+	if r == nil {
+		return "", false
+	}
+	h, err := parseRaw(r.raw)
+	if err != nil {
+		return "", false
+	}
+	ix.gnames[gid] = h.Gname
+	return h.Gname, true
+}
+
+// crc returns the tar-split checksum of e's content.
+func (ix *templates) crc(e *chunked.Entry, crc CRCFunc, st *Stats) ([]byte, error) {
+	if e.Type != chunked.TypeReg {
+		return nil, fmt.Errorf("%q: %s entry with %d bytes of content: %w", e.Name, e.Type, e.Size, errdefs.ErrUnsupported)
+	}
+	d, err := digest.Parse(e.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%q: digest %q: %w: %w", e.Name, e.Digest, errdefs.ErrInvalid, err)
+	}
+	if sum, ok := ix.crcs[d]; ok {
+		return sum, nil
+	}
+	if crc == nil {
+		return nil, fmt.Errorf("%q: content %s is not in a known layer: %w", e.Name, d, errdefs.ErrNotFound)
+	}
+	sum, err := crc(d, e.Size)
+	if err != nil {
+		return nil, fmt.Errorf("CRC of %q: %w", e.Name, err)
+	}
+	if len(sum) != crcSize {
+		return nil, fmt.Errorf("CRC of %q has %d bytes, want %d: %w", e.Name, len(sum), crcSize, errdefs.ErrInvalid)
+	}
+	st.NewCRCs++
+	ix.crcs[d] = sum
+	return sum, nil
+}
+
+// recordSize is the tar record GNU tar (and others) pad archives to, by default.
+const recordSize = 20 * 512
+
+// tail writes the segments after the last entry: its padding and the end of the archive as the
+// first known layer ends (Go's two zero blocks when none is known). Trailing zeros past them
+// that filled the known archive to a record fill this one to a record too.
+func (ix *templates) tail(p storage.Packer, empty bool, lastSize, total int64) error {
+	eof := make([]byte, 1024)
+	var rest [][]byte
+	var knownSize int64
+	if len(ix.layers) > 0 {
+		l := ix.layers[0]
+		eof, rest, knownSize = l.eof, l.rest, l.size
+	}
+	pad := 0
+	if !empty {
+		pad = int(padding(lastSize))
+	}
+	first := append(make([]byte, pad, pad+len(eof)), eof...)
+	segs := [][]byte{first}
+	total += int64(len(first))
+	if len(rest) > 0 && knownSize%recordSize == 0 && allZero(bytes.Join(rest, nil)) {
+		if n := (recordSize - total%recordSize) % recordSize; n > 0 {
+			segs = append(segs, make([]byte, n))
+		}
+	} else {
+		segs = append(segs, rest...)
+	}
+	for _, s := range segs {
+		if len(s) == 0 {
+			continue
+		}
+		if _, err := p.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: s}); err != nil {
+			return fmt.Errorf("tar-split tail: %w", err)
+		}
+	}
+	return nil
+}
+
+// Level is the zstd level the writer compresses tar-splits at (chunked's default).
+const Level = 10
+
+// encoders keeps level-10 encoders, whose match tables are costly to allocate.
+var encoders sync.Pool
+
+// Compress compresses a tar-split JSON stream as the writer does: one zstd stream at Level,
+// single-threaded, no content size in the frame header.
+func Compress(tarSplit []byte) ([]byte, error) {
+	enc, _ := encoders.Get().(*zstd.Encoder)
+	if enc == nil {
+		var err error
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(Level)), zstd.WithEncoderConcurrency(1))
+		if err != nil {
+			return nil, err
+		}
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(tarSplit)/8 + 1024)
+	enc.Reset(&buf)
+	if _, err := enc.Write(tarSplit); err != nil {
+		return nil, fmt.Errorf("compressing tar-split: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("compressing tar-split: %w", err)
+	}
+	enc.Reset(nil)
+	encoders.Put(enc)
+	return buf.Bytes(), nil
+}
