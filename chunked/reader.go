@@ -686,7 +686,7 @@ func (l *Layer) RebuildTar(blob io.ReaderAt, w io.Writer) error {
 	for i := range l.Files {
 		byName[l.Files[i].Entry.Name] = &l.Files[i]
 	}
-	return RebuildTar(bytes.NewReader(l.TarSplit), func(name string, size int64) (io.ReadCloser, error) {
+	return RebuildTar(l.TarSplit, func(name string, size int64) (io.ReadCloser, error) {
 		f, ok := byName[name]
 		if !ok || f.Entry.Size != size {
 			return nil, invalidf("tar-split file %q (%d bytes) has no matching TOC file", name, size)

@@ -1,7 +1,6 @@
 package pull
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -343,7 +342,7 @@ func checkDiffID(ctx context.Context, s *store.Store, l *chunked.Layer, diffID d
 	}
 	h := sha256.New()
 	cw := &countingWriter{w: h}
-	err := chunked.RebuildTar(bytes.NewReader(l.TarSplit), func(name string, size int64) (io.ReadCloser, error) {
+	err := chunked.RebuildTar(l.TarSplit, func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)

@@ -251,7 +251,7 @@ func Export(ctx context.Context, s *store.Store, diffID digest.Digest, w io.Writ
 		}
 	}
 	h := sha256.New()
-	err = chunked.RebuildTar(bytes.NewReader(ts), func(name string, size int64) (io.ReadCloser, error) {
+	err = chunked.RebuildTar(ts, func(name string, size int64) (io.ReadCloser, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
