@@ -165,7 +165,11 @@ func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("%q: no known entry to model its header on: %w", e.Name, errdefs.ErrUnsupported)
 	}
-	th, err := parseRaw(tmpl.raw)
+	traw, err := tmpl.header()
+	if err != nil {
+		return nil, err
+	}
+	th, err := parseRaw(traw)
 	if err != nil {
 		return nil, err
 	}
@@ -174,14 +178,14 @@ func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
 		return nil, err
 	}
 	for _, f := range goFormats {
-		if again, err := writeGo(th, f); err != nil || !bytes.Equal(again, tmpl.raw) {
+		if again, err := writeGo(th, f); err != nil || !bytes.Equal(again, traw) {
 			continue // not how tmpl was written
 		}
 		if raw, err := writeGo(h, f); err == nil && describes(raw, e) {
 			return raw, nil
 		}
 	}
-	if raw, ok := patchBlock(tmpl.raw, th, h); ok && describes(raw, e) {
+	if raw, ok := patchBlock(traw, th, h); ok && describes(raw, e) {
 		return raw, nil
 	}
 	return nil, fmt.Errorf("%q: cannot write its header as the writer of %q did: %w", e.Name, tmpl.entry.Name, errdefs.ErrUnsupported)

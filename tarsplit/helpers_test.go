@@ -134,10 +134,12 @@ func diffTarSplit(t *testing.T, got, want []byte) {
 		}
 		if !bytes.Equal(gl, wl) {
 			t.Logf("line %d differs:\n got %.400s\nwant %.400s", i, gl, wl)
-			ge, _ := decodeLine(gl)
-			we, _ := decodeLine(wl)
-			if ge != nil && we != nil {
-				t.Logf("payloads:\n got %q\nwant %q", ge.Payload, we.Payload)
+			ge, gerr := decodeLine(gl)
+			we, werr := decodeLine(wl)
+			if gerr == nil && werr == nil {
+				g, _ := ge.decoded()
+				w, _ := we.decoded()
+				t.Logf("payloads:\n got %q\nwant %q", g, w)
 			}
 			return
 		}

@@ -1,11 +1,9 @@
 package tarsplit
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
@@ -22,9 +20,33 @@ type Known struct {
 type record struct {
 	entry *chunked.Entry // the layer's TOC entry for it
 	name  string         // the name tar-split records (may differ from a lossy TOC name)
-	// raw is the entry's bytes before its payload: extension headers and header, without the
-	// padding of the entry before it.
-	raw []byte
+	// seg64 is the base64 text of the segment in front of the entry: the padding of the entry
+	// before it (pad bytes), then extension headers and header. segs holds the decoded bytes
+	// instead when tar-split recorded more than one segment there.
+	seg64 []byte
+	segs  []byte
+	pad   int
+	raw   []byte // the headers without the padding, decoded on first use
+}
+
+// header returns the entry's extension headers and header.
+func (r *record) header() ([]byte, error) {
+	if r.raw != nil {
+		return r.raw, nil
+	}
+	seg := r.segs
+	if seg == nil {
+		b, err := (&line{payload: r.seg64}).decoded()
+		if err != nil {
+			return nil, fmt.Errorf("tar-split segment before %q: %w: %w", r.entry.Name, errdefs.ErrInvalid, err)
+		}
+		seg = b
+	}
+	if len(seg) < r.pad+512 || !allZero(seg[:r.pad]) {
+		return nil, fmt.Errorf("tar-split entry %q is not preceded by padding and a header: %w", r.entry.Name, errdefs.ErrInvalid)
+	}
+	r.raw = seg[r.pad:]
+	return r.raw, nil
 }
 
 // layerIndex is what one known layer teaches about the layer to predict.
@@ -42,12 +64,22 @@ type layerIndex struct {
 // can be large, but a megabyte of them means a hostile or broken stream.
 const maxHeaderBytes = 1 << 20
 
+// decodedLen is the length of the bytes base64 text of a multiple of 4 characters encodes.
+func decodedLen(text []byte) int64 {
+	n := int64(len(text) / 4 * 3)
+	for i := len(text) - 1; i >= 0 && i >= len(text)-2 && text[i] == '='; i-- {
+		n--
+	}
+	return n
+}
+
 // padding is the number of zero bytes tar puts after a payload of n bytes.
 func padding(n int64) int64 { return (512 - n%512) % 512 }
 
 // indexKnown splits a known tar-split into per-entry records and pairs them with the TOC's
-// entries, which list the same tar entries in the same order (plus chunk entries).
-func indexKnown(k Known, crcs map[digest.Digest][]byte) (*layerIndex, error) {
+// entries, which list the same tar entries in the same order (plus chunk entries). It adds the
+// CRCs of the layer's content to crcs, by content digest.
+func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
 	if k.TOC == nil {
 		return nil, fmt.Errorf("known layer without a TOC: %w", errdefs.ErrInvalid)
 	}
@@ -59,55 +91,68 @@ func indexKnown(k Known, crcs map[digest.Digest][]byte) (*layerIndex, error) {
 	}
 	idx := &layerIndex{records: make([]record, 0, len(tocEntries))}
 	var (
-		segs     [][]byte // segments since the last file entry
-		segBytes int
+		segs     [][]byte // base64 texts of the segments since the last file entry
+		segText  int
 		prevSize int64 // payload size of the last file entry
 	)
 	up := newUnpacker(k.TarSplit)
 	for {
-		e, err := up.next()
+		l, err := up.next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading tar-split: %w: %w", errdefs.ErrInvalid, err)
 		}
-		switch e.Type {
+		switch l.typ {
 		case storage.SegmentType:
-			segs = append(segs, e.Payload)
-			segBytes += len(e.Payload)
-			idx.size += int64(len(e.Payload))
+			if len(l.payload) == 0 {
+				return nil, fmt.Errorf("tar-split has an empty segment: %w", errdefs.ErrInvalid)
+			}
+			segs = append(segs, l.payload)
+			segText += len(l.payload)
+			idx.size += decodedLen(l.payload)
+			if segText > maxHeaderBytes/3*4+8192 {
+				return nil, fmt.Errorf("tar-split has more than %d bytes between entries: %w", maxHeaderBytes, errdefs.ErrInvalid)
+			}
 		case storage.FileType:
 			i := len(idx.records)
 			if i >= len(tocEntries) {
 				return nil, fmt.Errorf("tar-split has more entries than the TOC's %d: %w", len(tocEntries), errdefs.ErrInvalid)
 			}
 			te := tocEntries[i]
-			if segBytes > maxHeaderBytes {
-				return nil, fmt.Errorf("tar-split has %d bytes before %q: %w", segBytes, te.Name, errdefs.ErrInvalid)
+			if len(segs) == 0 {
+				return nil, fmt.Errorf("tar-split entry %q has no header: %w", te.Name, errdefs.ErrInvalid)
 			}
-			pad := 0
+			if l.size != te.Size || l.size < 0 {
+				return nil, fmt.Errorf("tar-split says %q has %d bytes, the TOC %d: %w", te.Name, l.size, te.Size, errdefs.ErrInvalid)
+			}
+			r := record{entry: te, name: l.name}
 			if i > 0 {
-				pad = int(padding(prevSize))
+				r.pad = int(padding(prevSize))
 			}
-			raw := bytes.Join(segs, nil)
-			if len(raw) < pad+512 || !allZero(raw[:pad]) {
-				return nil, fmt.Errorf("tar-split entry %q is not preceded by padding and a header: %w", te.Name, errdefs.ErrInvalid)
+			if len(segs) == 1 {
+				r.seg64 = segs[0]
+			} else {
+				for _, s := range segs {
+					b, err := (&line{payload: s}).decoded()
+					if err != nil {
+						return nil, fmt.Errorf("tar-split segment before %q: %w: %w", te.Name, errdefs.ErrInvalid, err)
+					}
+					r.segs = append(r.segs, b...)
+				}
 			}
-			if e.Size != te.Size || e.Size < 0 {
-				return nil, fmt.Errorf("tar-split says %q has %d bytes, the TOC %d: %w", te.Name, e.Size, te.Size, errdefs.ErrInvalid)
-			}
-			idx.records = append(idx.records, record{entry: te, name: e.GetName(), raw: raw[pad:]})
-			segs, segBytes = segs[:0], 0
-			prevSize = e.Size
-			idx.size += e.Size
-			if e.Size > 0 && te.Type == chunked.TypeReg && len(e.Payload) == crcSize {
-				if d, err := digest.Parse(te.Digest); err == nil {
-					crcs[d] = e.Payload
+			idx.records = append(idx.records, r)
+			segs, segText = segs[:0], 0
+			prevSize = l.size
+			idx.size += l.size
+			if l.size > 0 && te.Type == chunked.TypeReg && te.Digest != "" {
+				if sum, err := l.decoded(); err == nil && len(sum) == crcSize {
+					crcs[te.Digest] = sum
 				}
 			}
 		default:
-			return nil, fmt.Errorf("tar-split entry type %d: %w", e.Type, errdefs.ErrInvalid)
+			return nil, fmt.Errorf("tar-split entry type %d: %w", l.typ, errdefs.ErrInvalid)
 		}
 	}
 	if len(idx.records) != len(tocEntries) {
@@ -116,16 +161,23 @@ func indexKnown(k Known, crcs map[digest.Digest][]byte) (*layerIndex, error) {
 	// The first segment after the last entry starts with its padding; the rest of that segment
 	// is the end of the archive as the tar reader consumed it, later segments are the trailing
 	// bytes in the reads tar-split happened to get.
-	if len(segs) > 0 {
-		pad := 0
-		if len(idx.records) > 0 {
-			pad = int(padding(prevSize))
+	for i, s := range segs {
+		b, err := (&line{payload: s}).decoded()
+		if err != nil {
+			return nil, fmt.Errorf("tar-split tail: %w: %w", errdefs.ErrInvalid, err)
 		}
-		if len(segs[0]) < pad || !allZero(segs[0][:pad]) {
-			return nil, fmt.Errorf("tar-split: the last entry's padding is missing: %w", errdefs.ErrInvalid)
+		if i == 0 {
+			pad := 0
+			if len(idx.records) > 0 {
+				pad = int(padding(prevSize))
+			}
+			if len(b) < pad || !allZero(b[:pad]) {
+				return nil, fmt.Errorf("tar-split: the last entry's padding is missing: %w", errdefs.ErrInvalid)
+			}
+			idx.eof = b[pad:]
+		} else {
+			idx.rest = append(idx.rest, b)
 		}
-		idx.eof = segs[0][pad:]
-		idx.rest = segs[1:]
 	}
 	return idx, nil
 }
@@ -137,35 +189,4 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// unpacker reads tar-split JSON lines. storage's unpacker decodes with encoding/json, which is
-// most of the cost of a prediction; lines as storage's packer writes them are decoded here
-// directly, anything else falls back to encoding/json.
-type unpacker struct {
-	rest []byte
-	line int
-}
-
-func newUnpacker(b []byte) *unpacker { return &unpacker{rest: b} }
-
-func (u *unpacker) next() (*storage.Entry, error) {
-	for len(u.rest) > 0 && (u.rest[0] == '\n' || u.rest[0] == ' ' || u.rest[0] == '\t' || u.rest[0] == '\r') {
-		u.rest = u.rest[1:]
-	}
-	if len(u.rest) == 0 {
-		return nil, io.EOF
-	}
-	line := u.rest
-	if i := bytes.IndexByte(line, '\n'); i >= 0 {
-		line, u.rest = line[:i], line[i+1:]
-	} else {
-		u.rest = nil
-	}
-	u.line++
-	e, err := decodeLine(line)
-	if err != nil {
-		return nil, fmt.Errorf("line %d: %w", u.line, err)
-	}
-	return e, nil
 }

@@ -6,7 +6,6 @@ package tarsplit
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
-	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
@@ -68,7 +66,7 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 
 func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
 	var st Stats
-	crcs := map[digest.Digest][]byte{}
+	crcs := map[string][]byte{}
 	layers := make([]*layerIndex, 0, len(known))
 	for i, k := range known {
 		idx, err := indexKnown(k, crcs)
@@ -81,8 +79,8 @@ func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error
 	ix.crcs = crcs
 
 	var out bytes.Buffer
-	out.Grow(estimateSize(toc))
-	p := storage.NewJSONPacker(&out)
+	out.Grow(estimateSize(toc, known))
+	p := newPacker(&out, len(toc.Entries))
 	var (
 		seg      []byte
 		prevSize int64
@@ -94,55 +92,66 @@ func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error
 		if e.Type == chunked.TypeChunk {
 			continue
 		}
-		raw, name, reused, err := ix.header(e)
-		if err != nil {
-			return nil, st, err
-		}
-		if reused {
-			st.Reused++
-		} else {
-			st.Synthesized++
-		}
 		pad := 0
 		if !first {
 			pad = int(padding(prevSize))
 		}
-		seg = append(append(seg[:0], make([]byte, pad)...), raw...)
-		if _, err := p.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: seg}); err != nil {
-			return nil, st, fmt.Errorf("%q: %w: %w", e.Name, errdefs.ErrInvalid, err)
-		}
-		fe := storage.Entry{Type: storage.FileType, Size: e.Size}
-		fe.SetName(name)
-		if e.Size > 0 {
-			sum, err := ix.crc(e, crc, &st)
+		name := e.Name
+		if r := ix.find(e); r != nil && r.seg64 != nil && r.pad == pad {
+			// The common case: the entry and the one before it are unchanged.
+			p.segment64(r.seg64)
+			total += decodedLen(r.seg64)
+			name = r.name
+			st.Reused++
+		} else {
+			var raw []byte
+			var err error
+			if r != nil {
+				raw, err = r.header()
+				name = r.name
+				st.Reused++
+			} else {
+				raw, err = ix.synthesize(e)
+				st.Synthesized++
+			}
 			if err != nil {
 				return nil, st, err
 			}
-			fe.Payload = sum
+			seg = append(append(seg[:0], make([]byte, pad)...), raw...)
+			p.segment(seg)
+			total += int64(len(seg))
 		}
-		if _, err := p.AddEntry(fe); err != nil {
-			if errors.Is(err, storage.ErrDuplicatePath) {
-				return nil, st, fmt.Errorf("%q: %w: %w", name, errdefs.ErrInvalid, err)
+		var sum []byte
+		if e.Size > 0 {
+			var err error
+			if sum, err = ix.crc(e, crc, &st); err != nil {
+				return nil, st, err
 			}
-			return nil, st, fmt.Errorf("%q: %w", name, err)
 		}
-		total += int64(len(seg)) + e.Size
+		if err := p.file(name, e.Size, sum); err != nil {
+			return nil, st, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
+		}
+		total += e.Size
 		prevSize, first = e.Size, false
 	}
-	if err := ix.tail(p, first, prevSize, total); err != nil {
-		return nil, st, err
-	}
+	ix.tail(p, first, prevSize, total)
 	return out.Bytes(), st, nil
 }
 
-// estimateSize guesses the JSON size to spare the buffer's growth: a header segment (base64)
-// and a file line per entry.
-func estimateSize(toc *chunked.TOC) int { return len(toc.Entries)*900 + 4096 }
+// estimateSize guesses the JSON size to spare the buffer's growth: about as large as the first
+// known tar-split, or a header segment (base64) and a file line per entry.
+func estimateSize(toc *chunked.TOC, known []Known) int {
+	n := len(toc.Entries) * 900
+	if len(known) > 0 {
+		n = max(n, len(known[0].TarSplit)+len(known[0].TarSplit)/16)
+	}
+	return min(n, 256<<20) + 4096
+}
 
 // templates indexes the known layers' entries for prediction.
 type templates struct {
 	layers []*layerIndex
-	crcs   map[digest.Digest][]byte
+	crcs   map[string][]byte // by content digest
 	byName map[string][]*record
 	// byOwner models entries whose name no known layer has: an entry of the same type and
 	// owner, else of the same type, else any.
@@ -202,35 +211,34 @@ func newTemplates(layers []*layerIndex) *templates {
 	return ix
 }
 
-// header returns the raw header bytes of e, the name tar-split records for it, and whether the
-// bytes were copied from a known entry.
-func (ix *templates) header(e *chunked.Entry) (raw []byte, name string, reused bool, err error) {
-	same := ix.byName[e.Name]
-	for _, r := range same {
+// find returns a known entry with e's name and metadata, whose header can be reused.
+func (ix *templates) find(e *chunked.Entry) *record {
+	for _, r := range ix.byName[e.Name] {
 		if sameEntry(r.entry, e) {
-			return r.raw, r.name, true, nil
+			return r
 		}
 	}
+	return nil
+}
+
+// synthesize writes e's header, modelled on the known entry of the same name if there is one,
+// else on one of the same type and owner.
+func (ix *templates) synthesize(e *chunked.Entry) ([]byte, error) {
 	// A TOC name is lossy where the tar name is not UTF-8; only a reused header has the original.
 	if strings.ContainsRune(e.Name, utf8.RuneError) || strings.ContainsRune(e.Linkname, utf8.RuneError) {
-		return nil, "", false, fmt.Errorf("%q: name may not be the tar's (not UTF-8): %w", e.Name, errdefs.ErrUnsupported)
+		return nil, fmt.Errorf("%q: name may not be the tar's (not UTF-8): %w", e.Name, errdefs.ErrUnsupported)
 	}
 	var tmpl *record
-	switch {
-	case len(same) > 0:
+	if same := ix.byName[e.Name]; len(same) > 0 {
 		tmpl = same[0]
-	case ix.byOwner[ownerKey{e.Type, e.UID, e.GID}] != nil:
-		tmpl = ix.byOwner[ownerKey{e.Type, e.UID, e.GID}]
-	case ix.byType[e.Type] != nil:
-		tmpl = ix.byType[e.Type]
-	default:
+	} else if r := ix.byOwner[ownerKey{e.Type, e.UID, e.GID}]; r != nil {
+		tmpl = r
+	} else if r := ix.byType[e.Type]; r != nil {
+		tmpl = r
+	} else {
 		tmpl = ix.anyRec
 	}
-	raw, err = synthesize(e, tmpl, ix)
-	if err != nil {
-		return nil, "", false, err
-	}
-	return raw, e.Name, false, nil
+	return synthesize(e, tmpl, ix)
 }
 
 // uname returns the user name known entries of uid carry; headers are parsed on demand, as only
@@ -243,7 +251,11 @@ func (ix *templates) uname(uid int) (string, bool) {
 	if r == nil {
 		return "", false
 	}
-	h, err := parseRaw(r.raw)
+	raw, err := r.header()
+	if err != nil {
+		return "", false
+	}
+	h, err := parseRaw(raw)
 	if err != nil {
 		return "", false
 	}
@@ -260,7 +272,11 @@ func (ix *templates) gname(gid int) (string, bool) {
 	if r == nil {
 		return "", false
 	}
-	h, err := parseRaw(r.raw)
+	raw, err := r.header()
+	if err != nil {
+		return "", false
+	}
+	h, err := parseRaw(raw)
 	if err != nil {
 		return "", false
 	}
@@ -273,12 +289,12 @@ func (ix *templates) crc(e *chunked.Entry, crc CRCFunc, st *Stats) ([]byte, erro
 	if e.Type != chunked.TypeReg {
 		return nil, fmt.Errorf("%q: %s entry with %d bytes of content: %w", e.Name, e.Type, e.Size, errdefs.ErrUnsupported)
 	}
+	if sum, ok := ix.crcs[e.Digest]; ok {
+		return sum, nil
+	}
 	d, err := digest.Parse(e.Digest)
 	if err != nil {
 		return nil, fmt.Errorf("%q: digest %q: %w: %w", e.Name, e.Digest, errdefs.ErrInvalid, err)
-	}
-	if sum, ok := ix.crcs[d]; ok {
-		return sum, nil
 	}
 	if crc == nil {
 		return nil, fmt.Errorf("%q: content %s is not in a known layer: %w", e.Name, d, errdefs.ErrNotFound)
@@ -291,7 +307,7 @@ func (ix *templates) crc(e *chunked.Entry, crc CRCFunc, st *Stats) ([]byte, erro
 		return nil, fmt.Errorf("CRC of %q has %d bytes, want %d: %w", e.Name, len(sum), crcSize, errdefs.ErrInvalid)
 	}
 	st.NewCRCs++
-	ix.crcs[d] = sum
+	ix.crcs[e.Digest] = sum
 	return sum, nil
 }
 
@@ -301,7 +317,7 @@ const recordSize = 20 * 512
 // tail writes the segments after the last entry: its padding and the end of the archive as the
 // first known layer ends (Go's two zero blocks when none is known). Trailing zeros past them
 // that filled the known archive to a record fill this one to a record too.
-func (ix *templates) tail(p storage.Packer, empty bool, lastSize, total int64) error {
+func (ix *templates) tail(p *packer, empty bool, lastSize, total int64) {
 	eof := make([]byte, 1024)
 	var rest [][]byte
 	var knownSize int64
@@ -327,11 +343,8 @@ func (ix *templates) tail(p storage.Packer, empty bool, lastSize, total int64) e
 		if len(s) == 0 {
 			continue
 		}
-		if _, err := p.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: s}); err != nil {
-			return fmt.Errorf("tar-split tail: %w", err)
-		}
+		p.segment(s)
 	}
-	return nil
 }
 
 // Level is the zstd level the writer compresses tar-splits at (chunked's default).
