@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"maps"
-	"strconv"
 	"strings"
 	"time"
 
@@ -153,7 +152,7 @@ func describes(raw []byte, e *chunked.Entry) bool {
 
 // synthesize returns the header bytes for e as the writer that wrote tmpl (a known entry, or
 // nil) would write them: with Go's archive/tar in the format choice that reproduces tmpl's bytes
-// exactly, else by patching tmpl's header block in place. The result always reads back as e.
+// exactly, else by patching tmpl's headers (patch.go). The result always reads back as e.
 func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
 	if tmpl == nil {
 		h, err := headerFromEntry(e, nil, false, names)
@@ -185,93 +184,8 @@ func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
 			return raw, nil
 		}
 	}
-	if raw, ok := patchBlock(traw, th, h); ok && describes(raw, e) {
+	if raw, ok := patchHeaders(traw, th, h); ok && describes(raw, e) {
 		return raw, nil
 	}
 	return nil, fmt.Errorf("%q: cannot write its header as the writer of %q did: %w", e.Name, tmpl.entry.Name, errdefs.ErrUnsupported)
-}
-
-// Offsets of the fields of a tar header block that patchBlock writes.
-const (
-	offName, lenName         = 0, 100
-	offMode, offUID, offGID  = 100, 108, 116
-	lenOctal8                = 8
-	offSize, offMtime        = 124, 136
-	lenOctal12               = 12
-	offChksum, lenChksum     = 148, 8
-	offFlag                  = 156
-	offLink, lenLink         = 157, 100
-	offUname, offGname       = 265, 297
-	lenOwnerName             = 32
-	offDevmajor, offDevminor = 329, 337
-)
-
-// patchBlock writes h into a copy of tmpl's single header block, for writers other than Go's
-// (GNU tar leaves device fields empty, for one). It gives up unless writing th, the template's
-// own header, reproduces tmpl exactly: then the fields are formatted as that writer does.
-func patchBlock(tmpl []byte, th, h *tar.Header) ([]byte, bool) {
-	if len(tmpl) != 512 {
-		return nil, false
-	}
-	again := bytes.Clone(tmpl)
-	if !writeFields(again, tmpl, th, th) || !bytes.Equal(again, tmpl) {
-		return nil, false
-	}
-	out := bytes.Clone(tmpl)
-	if !writeFields(out, tmpl, th, h) {
-		return nil, false
-	}
-	return out, true
-}
-
-// writeFields writes h's fields into blk: octal numbers zero-padded with a trailing NUL, names
-// NUL-padded, the checksum as six octal digits, NUL, space.
-func writeFields(blk, tmpl []byte, th, h *tar.Header) bool {
-	str := func(off, n int, s string) bool {
-		if len(s) > n || strings.IndexByte(s, 0) >= 0 {
-			return false
-		}
-		clear(blk[off : off+n])
-		copy(blk[off:], s)
-		return true
-	}
-	octal := func(off, n int, v int64) bool {
-		s := strconv.FormatInt(v, 8)
-		if v < 0 || len(s) > n-1 {
-			return false
-		}
-		copy(blk[off:], strings.Repeat("0", n-1-len(s))+s)
-		blk[off+n-1] = 0
-		return true
-	}
-	ok := str(offName, lenName, h.Name) && str(offLink, lenLink, h.Linkname) &&
-		str(offUname, lenOwnerName, h.Uname) && str(offGname, lenOwnerName, h.Gname) &&
-		octal(offMode, lenOctal8, h.Mode) && octal(offUID, lenOctal8, int64(h.Uid)) &&
-		octal(offGID, lenOctal8, int64(h.Gid)) && octal(offSize, lenOctal12, h.Size) &&
-		octal(offMtime, lenOctal12, h.ModTime.Unix())
-	if !ok || len(h.PAXRecords) > 0 || !h.AccessTime.IsZero() || !h.ChangeTime.IsZero() {
-		return false
-	}
-	if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock {
-		if !octal(offDevmajor, lenOctal8, h.Devmajor) || !octal(offDevminor, lenOctal8, h.Devminor) {
-			return false
-		}
-	} else if h.Devmajor != 0 || h.Devminor != 0 {
-		return false
-	}
-	if h.Typeflag == th.Typeflag {
-		blk[offFlag] = tmpl[offFlag] // e.g. an old '\x00' for a regular file
-	} else {
-		blk[offFlag] = h.Typeflag
-	}
-	copy(blk[offChksum:offChksum+lenChksum], "        ")
-	var sum int64
-	for _, c := range blk {
-		sum += int64(c)
-	}
-	if !octal(offChksum, lenChksum-1, sum) {
-		return false
-	}
-	blk[offChksum+lenChksum-1] = ' '
-	return true
 }
