@@ -11,6 +11,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
 )
@@ -294,4 +295,47 @@ func TestVerifyDescriptor(t *testing.T) {
 	d.Digest = digest.FromString("other")
 	_, err = Verify(t.Context(), bytes.NewReader(s.blob), d)
 	wantErr(t, err, errdefs.ErrDigestMismatch, "wrong digest")
+}
+
+// TestTarSplitFileEntries: every tar-split header must be followed by its own file entry. The
+// rebuilt tar takes content by the file entry's name, so a swapped name would put one file's
+// bytes under another's header.
+func TestTarSplitFileEntries(t *testing.T) {
+	s := newSample(t)
+	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() []storage.Entry {
+		es, err := DecodeTarSplit(js)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return es
+	}
+	if err := CheckTarSplitEntries(s.toc, fresh()); err != nil {
+		t.Fatalf("genuine tar-split: %v", err)
+	}
+	var files []int
+	es := fresh()
+	for i, e := range es {
+		if e.Type == storage.FileType && e.Size > 0 {
+			files = append(files, i)
+		}
+	}
+	if len(files) < 2 {
+		t.Fatal("sample has fewer than two files")
+	}
+	a, b := files[0], files[1]
+	es[a].Name, es[b].Name = es[b].Name, es[a].Name
+	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "swapped file entry names")
+	es = fresh()
+	es[a].Size++
+	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "file entry size")
+	es = fresh()
+	es = append(es[:a], es[a+1:]...)
+	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "missing file entry")
+	es = fresh()
+	es = append(es[:a+1], es[a:]...)
+	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "doubled file entry")
 }

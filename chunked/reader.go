@@ -16,7 +16,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	vtar "github.com/vbatts/tar-split/archive/tar"
-	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -250,6 +249,8 @@ type Layer struct {
 	// TarSplit is the uncompressed tar-split JSON; nil for the old format, whose DiffID cannot be
 	// verified after a partial pull.
 	TarSplit []byte
+	// TarSplitEntries is TarSplit decoded.
+	TarSplitEntries []storage.Entry
 	// Files are the regular files with content, in TOC order.
 	Files []File
 	// DataEnd is where the zstd frames of the tar stream end (the TOC's skippable frame starts).
@@ -284,6 +285,23 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 	if int64(len(tocBlob)) != loc.TOC.Length {
 		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
 	}
+	if loc.TarSplit.Length > 0 && loc.TarSplit.Offset < loc.TOC.End() && loc.TarSplit.End() > loc.TOC.Offset-skippableHeaderSize {
+		return nil, invalidf("tar-split range overlaps the TOC")
+	}
+	// The tar-split is hashed, decompressed and decoded on another core while the TOC is; what
+	// it yields is used only once the TOC has vouched for its digest.
+	var ts tarSplitResult
+	tsDone := make(chan struct{})
+	if loc.TarSplit.Length > 0 && tarSplitBlob != nil {
+		go func() {
+			defer close(tsDone)
+			ts = decodeTarSplitBlob(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata)
+		}()
+	} else {
+		close(tsDone)
+	}
+	defer func() { <-tsDone }()
+
 	if loc.TOCDigest != "" {
 		if got := digest.FromBytes(tocBlob); got != loc.TOCDigest {
 			return nil, fmt.Errorf("TOC digest %s, annotation says %s: %w", got, loc.TOCDigest, errdefs.ErrDigestMismatch)
@@ -298,9 +316,6 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 		return nil, err
 	}
 	layer := &Layer{TOC: toc, TOCDigest: loc.TOCDigest, DataEnd: loc.TOC.Offset - skippableHeaderSize}
-	if loc.TarSplit.Length > 0 && loc.TarSplit.Offset < loc.TOC.End() && loc.TarSplit.End() > loc.TOC.Offset-skippableHeaderSize {
-		return nil, invalidf("tar-split range overlaps the TOC")
-	}
 	if err := layer.index(); err != nil {
 		return nil, err
 	}
@@ -317,18 +332,41 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 	if int64(len(tarSplitBlob)) != loc.TarSplit.Length {
 		return nil, invalidf("tar-split is %d bytes, location says %d", len(tarSplitBlob), loc.TarSplit.Length)
 	}
-	if got := want.Algorithm().FromBytes(tarSplitBlob); got != want {
+	<-tsDone
+	got := ts.sha256
+	if want.Algorithm() != digest.SHA256 {
+		got = want.Algorithm().FromBytes(tarSplitBlob)
+	}
+	if got != want {
 		return nil, fmt.Errorf("tar-split digest %s, TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
 	}
-	ts, err := decompressBounded(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata)
-	if err != nil {
-		return nil, fmt.Errorf("tar-split: %w", err)
+	if ts.err != nil {
+		return nil, ts.err
 	}
-	if err := CheckTarSplit(toc, ts); err != nil {
+	if err := CheckTarSplitEntries(toc, ts.entries); err != nil {
 		return nil, err
 	}
-	layer.TarSplit = ts
+	layer.TarSplit, layer.TarSplitEntries = ts.json, ts.entries
 	return layer, nil
+}
+
+type tarSplitResult struct {
+	sha256  digest.Digest
+	json    []byte
+	entries []storage.Entry
+	err     error
+}
+
+func decodeTarSplitBlob(blob []byte, size, limit int64) (r tarSplitResult) {
+	r.sha256 = digest.FromBytes(blob)
+	if r.json, r.err = decompressBounded(blob, size, limit); r.err != nil {
+		r.err = fmt.Errorf("tar-split: %w", r.err)
+		return r
+	}
+	if r.entries, r.err = DecodeTarSplit(r.json); r.err != nil {
+		r.err = fmt.Errorf("tar-split: %w", r.err)
+	}
+	return r
 }
 
 // maxWindow bounds the decoder's memory; writers of this format use 8 MiB windows. Output is
@@ -533,7 +571,16 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 // the same set of names, no duplicates, and equal type, name, link name, mode, size, owner,
 // times, device numbers and xattrs.
 func CheckTarSplit(toc *TOC, tarSplit []byte) error {
-	pending := map[string]*Entry{}
+	entries, err := DecodeTarSplit(tarSplit)
+	if err != nil {
+		return err
+	}
+	return CheckTarSplitEntries(toc, entries)
+}
+
+// CheckTarSplitEntries is CheckTarSplit for a decoded tar-split.
+func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
+	pending := make(map[string]*Entry, len(toc.Entries))
 	for i := range toc.Entries {
 		e := &toc.Entries[i]
 		if e.Type == TypeChunk {
@@ -544,7 +591,7 @@ func CheckTarSplit(toc *TOC, tarSplit []byte) error {
 		}
 		pending[e.Name] = e
 	}
-	err := asm.IterateHeaders(storage.NewJSONUnpacker(bytes.NewReader(tarSplit)), func(hdr *vtar.Header) error {
+	err := tarSplitHeaders(entries, func(hdr *vtar.Header) error {
 		e, ok := pending[hdr.Name]
 		if !ok {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
@@ -567,6 +614,59 @@ func CheckTarSplit(toc *TOC, tarSplit []byte) error {
 	}
 	for name := range pending {
 		return invalidf("TOC entry %q is missing from the tar-split", name)
+	}
+	return nil
+}
+
+// tarSplitHeaders calls fn with the tar header each segment of a tar-split holds. As in
+// tar-split's asm.IterateHeaders, a segment is the previous file's padding followed by one
+// header with its extension records; segments after the last header hold the end of the archive.
+// Unlike IterateHeaders it also checks that every header is followed by its file entry, with
+// the same name and size: the rebuilt tar takes each file's content by that entry's name, so a
+// mismatch would put one file's content under another's header.
+func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error {
+	var padding int64
+	var r bytes.Reader
+	var open *vtar.Header // the last header, until its file entry
+	for i := range entries {
+		e := &entries[i]
+		switch e.Type {
+		case storage.FileType:
+			if open == nil {
+				return invalidf("tar-split file entry %q follows no header", e.GetName())
+			}
+			if e.GetName() != open.Name || e.Size != open.Size {
+				return invalidf("tar-split file entry %q (%d bytes) under the header of %q (%d bytes)", e.GetName(), e.Size, open.Name, open.Size)
+			}
+			open = nil
+		case storage.SegmentType:
+			p := e.Payload
+			if int64(len(p)) < padding {
+				return invalidf("tar-split segment of %d bytes, the previous file needs %d bytes of padding", len(p), padding)
+			}
+			r.Reset(p[padding:])
+			tr := vtar.NewReader(&r)
+			hdr, err := tr.Next()
+			if err == io.EOF {
+				padding = 0
+				continue
+			}
+			if err != nil {
+				return invalidf("tar header in tar-split: %v", err)
+			}
+			if open != nil {
+				return invalidf("tar-split header %q has no file entry", open.Name)
+			}
+			if err := fn(hdr); err != nil {
+				return err
+			}
+			open, padding = hdr, tr.ExpectedPadding()
+		default:
+			return invalidf("tar-split entry type %d", e.Type)
+		}
+	}
+	if open != nil {
+		return invalidf("tar-split header %q has no file entry", open.Name)
 	}
 	return nil
 }
@@ -686,7 +786,7 @@ func (l *Layer) RebuildTar(blob io.ReaderAt, w io.Writer) error {
 	for i := range l.Files {
 		byName[l.Files[i].Entry.Name] = &l.Files[i]
 	}
-	return RebuildTar(l.TarSplit, func(name string, size int64) (io.ReadCloser, error) {
+	return RebuildTarEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
 		f, ok := byName[name]
 		if !ok || f.Entry.Size != size {
 			return nil, invalidf("tar-split file %q (%d bytes) has no matching TOC file", name, size)

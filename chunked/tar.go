@@ -259,6 +259,11 @@ func RebuildTar(tarSplit []byte, open func(name string, size int64) (io.ReadClos
 	if err != nil {
 		return fmt.Errorf("reading tar-split: %w", err)
 	}
+	return RebuildTarEntries(entries, open, w)
+}
+
+// RebuildTarEntries is RebuildTar for a decoded tar-split.
+func RebuildTarEntries(entries []storage.Entry, open func(name string, size int64) (io.ReadCloser, error), w io.Writer) error {
 	for i := range entries {
 		e := &entries[i]
 		switch {

@@ -314,17 +314,13 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return err
 	}
-	// The store keeps TOCs without blob offsets (it has no blob), whatever the layer came from.
-	toc := &chunked.TOC{Version: l.TOC.Version, Entries: make([]chunked.Entry, len(l.TOC.Entries))}
 	var content int64
-	for i, e := range l.TOC.Entries {
-		e.Offset, e.EndOffset = 0, 0
-		toc.Entries[i] = e
-		if e.Type == chunked.TypeReg {
-			content += e.Size
-		}
+	for _, f := range l.Files {
+		content += f.Entry.Size
 	}
-	return s.PutLayer(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content}, toc, l.TarSplit)
+	// The blob's own TOC and tar-split frames, verified by Parse, are the layer's record.
+	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content},
+		l.TOC, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset])
 }
 
 func addRangeReport(lr *LayerReport, r registry.RangeReport) {
@@ -342,7 +338,7 @@ func checkDiffID(ctx context.Context, s *store.Store, l *chunked.Layer, diffID d
 	}
 	h := sha256.New()
 	cw := &countingWriter{w: h}
-	err := chunked.RebuildTar(l.TarSplit, func(name string, size int64) (io.ReadCloser, error) {
+	err := chunked.RebuildTarEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)

@@ -1,9 +1,15 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
-	"strings"
+	"os"
+	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 
@@ -11,18 +17,34 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// chunkIndex maps chunk digests to where the store holds those bytes. It is derived from the
-// layer TOCs (which already record every chunk's object, offset and size), so it needs no
-// on-disk state of its own and gc never has to sweep it; it is rebuilt when the set of layers
-// changes.
-type chunkIndex struct {
-	layers string // sorted DiffIDs the index was built from
-	m      map[chunkKey]ChunkLocation
-}
+// The chunk index maps the digests of the chunks of large files (TOC "chunk" entries) to where
+// the store holds those bytes, so that a pull can reuse chunks of files that changed. Whole
+// files need no index: a chunk that is a whole file is found as an object.
+//
+// It is derived from the layer TOCs and kept in one file, chunkIndexFile, as a cache: a binary
+// list of the layers it covers and of its records, sealed by a sha256. A missing, torn or
+// foreign file is rebuilt from the TOCs; layers the file does not cover are added from their
+// TOCs; records of deleted layers only linger until the next rebuild (FindChunk checks that the
+// object exists, and callers re-hash the bytes before use). PutLayer adds each new layer, so a
+// pull decodes no TOC of its own to find chunks. Nothing is fsynced: a crash leaves at worst an
+// old or unreadable cache.
+const chunkIndexFile = "chunk-index"
+
+var chunkIndexMagic = []byte("KURACIX1")
 
 type chunkKey struct {
-	d    digest.Digest
+	d    [sha256.Size]byte
 	size int64
+}
+
+type chunkIndex struct {
+	layers map[digest.Digest]bool
+	m      map[chunkKey]chunkRecord
+}
+
+type chunkRecord struct {
+	object [sha256.Size]byte
+	offset int64
 }
 
 func (s *Store) invalidateChunks() {
@@ -34,61 +56,224 @@ func (s *Store) invalidateChunks() {
 // FindChunk implements ChunkFinder. The bytes found are only a hint: callers re-hash them before
 // use, as the object may have been damaged since.
 func (s *Store) FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error) {
-	layers, err := s.Layers(ctx)
-	if err != nil {
-		return ChunkLocation{}, err
+	notFound := fmt.Errorf("chunk %s (%d bytes): %w", chunk, size, errdefs.ErrNotFound)
+	raw, ok := rawSHA256(chunk)
+	if !ok || size <= 0 {
+		return ChunkLocation{}, notFound
 	}
-	key := make([]string, len(layers))
-	for i, l := range layers {
-		key[i] = l.Encoded()
+	if info, err := s.Stat(ctx, chunk); err == nil && info.Size == size {
+		return ChunkLocation{Object: chunk, Size: size}, nil
 	}
-	k := strings.Join(key, ",")
-
 	s.chunksMu.Lock()
 	defer s.chunksMu.Unlock()
-	if s.chunks == nil || s.chunks.layers != k {
-		idx := &chunkIndex{layers: k, m: map[chunkKey]ChunkLocation{}}
-		for _, l := range layers {
-			toc, err := s.LayerTOC(ctx, l)
-			if err != nil {
-				continue // a layer deleted meanwhile; fsck reports damaged ones
-			}
-			addChunks(idx.m, toc)
-		}
-		s.chunks = idx
+	if err := s.refreshChunks(ctx); err != nil {
+		return ChunkLocation{}, err
 	}
-	loc, ok := s.chunks.m[chunkKey{chunk, size}]
-	if !ok || !s.HasObject(loc.Object) {
-		return ChunkLocation{}, fmt.Errorf("chunk %s (%d bytes): %w", chunk, size, errdefs.ErrNotFound)
+	r, ok := s.chunks.m[chunkKey{raw, size}]
+	if !ok {
+		return ChunkLocation{}, notFound
 	}
-	return loc, nil
+	obj := digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(r.object[:]))
+	if !s.HasObject(obj) {
+		return ChunkLocation{}, notFound
+	}
+	return ChunkLocation{Object: obj, Offset: r.offset, Size: size}, nil
 }
 
-func addChunks(m map[chunkKey]ChunkLocation, toc *chunked.TOC) {
-	var obj digest.Digest
+// refreshChunks makes s.chunks cover every stored layer: it loads the index file, adds the
+// layers it lacks from their TOCs, and rewrites the file if it added any. Callers hold chunksMu.
+func (s *Store) refreshChunks(ctx context.Context) error {
+	layers, err := s.Layers(ctx)
+	if err != nil {
+		return err
+	}
+	if s.chunks == nil {
+		s.chunks = s.loadChunkIndex()
+	}
+	idx := s.chunks
+	// Records of deleted layers would pile up: start over when layers went away.
+	if len(idx.layers) > 0 {
+		current := map[digest.Digest]bool{}
+		for _, l := range layers {
+			current[l] = true
+		}
+		for l := range idx.layers {
+			if !current[l] {
+				idx = newChunkIndex()
+				s.chunks = idx
+				break
+			}
+		}
+	}
+	added := false
+	for _, l := range layers {
+		if idx.layers[l] {
+			continue
+		}
+		toc, err := s.LayerTOC(ctx, l)
+		if err != nil {
+			continue // a layer deleted meanwhile; fsck reports damaged ones
+		}
+		idx.add(l, toc)
+		added = true
+	}
+	if added {
+		s.saveChunkIndex(idx)
+	}
+	return nil
+}
+
+func newChunkIndex() *chunkIndex {
+	return &chunkIndex{layers: map[digest.Digest]bool{}, m: map[chunkKey]chunkRecord{}}
+}
+
+// add records the chunks of the multi-chunk files of a layer.
+func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
+	idx.layers[layer] = true
+	var obj [sha256.Size]byte
+	var haveObj bool
+	put := func(d string, size, offset int64) {
+		c, err := digest.Parse(d)
+		if err != nil || size <= 0 {
+			return
+		}
+		raw, ok := rawSHA256(c)
+		if !ok {
+			return
+		}
+		k := chunkKey{raw, size}
+		if _, dup := idx.m[k]; !dup {
+			idx.m[k] = chunkRecord{object: obj, offset: offset}
+		}
+	}
 	for i := range toc.Entries {
 		e := &toc.Entries[i]
 		switch e.Type {
 		case chunked.TypeReg:
-			obj = ""
-			if d, err := digest.Parse(e.Digest); err == nil && e.Size > 0 {
-				obj = d
-				m[chunkKey{d, e.Size}] = ChunkLocation{Object: d, Offset: 0, Size: e.Size}
-			}
-			if obj != "" && e.ChunkDigest != "" {
-				if c, err := digest.Parse(e.ChunkDigest); err == nil && e.ChunkSize > 0 {
-					m[chunkKey{c, e.ChunkSize}] = ChunkLocation{Object: obj, Offset: 0, Size: e.ChunkSize}
-				}
-			}
-		case chunked.TypeChunk:
-			if obj == "" || e.ChunkDigest == "" || e.ChunkSize <= 0 {
+			haveObj = false
+			// Only files cut into several chunks have chunks worth indexing.
+			if e.Size == 0 || e.ChunkDigest == "" || i+1 >= len(toc.Entries) || toc.Entries[i+1].Type != chunked.TypeChunk {
 				continue
 			}
-			if c, err := digest.Parse(e.ChunkDigest); err == nil {
-				m[chunkKey{c, e.ChunkSize}] = ChunkLocation{Object: obj, Offset: e.ChunkOffset, Size: e.ChunkSize}
+			d, err := digest.Parse(e.Digest)
+			if err != nil {
+				continue
+			}
+			if obj, haveObj = rawSHA256(d); haveObj {
+				put(e.ChunkDigest, e.ChunkSize, 0)
+			}
+		case chunked.TypeChunk:
+			if haveObj && e.ChunkType != chunked.ChunkTypeZeros {
+				put(e.ChunkDigest, e.ChunkSize, e.ChunkOffset)
 			}
 		default:
-			obj = ""
+			haveObj = false
 		}
 	}
+}
+
+// indexLayerChunks adds a newly recorded layer to the index file, if the index is in use.
+func (s *Store) indexLayerChunks(layer digest.Digest, toc *chunked.TOC) {
+	s.chunksMu.Lock()
+	defer s.chunksMu.Unlock()
+	if s.chunks == nil {
+		s.chunks = s.loadChunkIndex()
+	}
+	s.chunks.add(layer, toc)
+	s.saveChunkIndex(s.chunks)
+}
+
+const chunkRecordSize = sha256.Size + 8 + sha256.Size + 8
+
+// loadChunkIndex reads the index file; anything unreadable gives an empty index.
+func (s *Store) loadChunkIndex() *chunkIndex {
+	idx := newChunkIndex()
+	b, err := os.ReadFile(filepath.Join(s.root, chunkIndexFile))
+	if err != nil || len(b) < len(chunkIndexMagic)+8+sha256.Size || !bytes.HasPrefix(b, chunkIndexMagic) {
+		return idx
+	}
+	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return idx
+	}
+	p := body[len(chunkIndexMagic):]
+	nl := int(binary.LittleEndian.Uint32(p))
+	p = p[4:]
+	if nl < 0 || len(p) < nl*sha256.Size+4 {
+		return idx
+	}
+	layers := map[digest.Digest]bool{}
+	for range nl {
+		layers[digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(p[:sha256.Size]))] = true
+		p = p[sha256.Size:]
+	}
+	nr := int(binary.LittleEndian.Uint32(p))
+	p = p[4:]
+	if nr < 0 || len(p) != nr*chunkRecordSize {
+		return idx
+	}
+	m := make(map[chunkKey]chunkRecord, nr)
+	for range nr {
+		var k chunkKey
+		var r chunkRecord
+		copy(k.d[:], p)
+		k.size = int64(binary.LittleEndian.Uint64(p[32:]))
+		copy(r.object[:], p[40:])
+		r.offset = int64(binary.LittleEndian.Uint64(p[72:]))
+		m[k] = r
+		p = p[chunkRecordSize:]
+	}
+	idx.layers, idx.m = layers, m
+	return idx
+}
+
+// saveChunkIndex writes the index file (temp file and rename; a failure only loses the cache).
+func (s *Store) saveChunkIndex(idx *chunkIndex) {
+	layers := make([]digest.Digest, 0, len(idx.layers))
+	for l := range idx.layers {
+		layers = append(layers, l)
+	}
+	slices.Sort(layers)
+	b := make([]byte, 0, len(chunkIndexMagic)+8+len(layers)*sha256.Size+len(idx.m)*chunkRecordSize+sha256.Size)
+	b = append(b, chunkIndexMagic...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(layers)))
+	for _, l := range layers {
+		raw, ok := rawSHA256(l)
+		if !ok {
+			return
+		}
+		b = append(b, raw[:]...)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(idx.m)))
+	for k, r := range idx.m {
+		b = append(b, k.d[:]...)
+		b = binary.LittleEndian.AppendUint64(b, uint64(k.size))
+		b = append(b, r.object[:]...)
+		b = binary.LittleEndian.AppendUint64(b, uint64(r.offset))
+	}
+	sum := sha256.Sum256(b)
+	b = append(b, sum[:]...)
+	f, err := os.CreateTemp(filepath.Join(s.root, dirTmp), "chunk-index-")
+	if err != nil {
+		return
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(s.root, chunkIndexFile))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+}
+
+func rawSHA256(d digest.Digest) ([sha256.Size]byte, bool) {
+	var raw [sha256.Size]byte
+	if d.Algorithm() != digest.SHA256 {
+		return raw, false
+	}
+	n, err := hex.Decode(raw[:], []byte(d.Encoded()))
+	return raw, err == nil && n == sha256.Size
 }

@@ -242,7 +242,8 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	}); err != nil {
 		return u, err
 	}
-	for _, d := range []string{dirLayers, dirImages, dirRefs} {
+	// Metadata is everything but objects: records, refs, the composefs images and the chunk index.
+	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile} {
 		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
 			if err == nil && !e.IsDir() {
 				if fi, err := e.Info(); err == nil {

@@ -163,6 +163,24 @@ func (s *Store) removeDir(dir string) error {
 // PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
 // TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
 func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
+	return s.putLayer(ctx, l, toc, func() ([]byte, []byte, error) {
+		tocJSON, err := json.Marshal(toc)
+		if err != nil {
+			return nil, nil, err
+		}
+		return zstdBytes(tocJSON), zstdBytes(tarSplit), nil
+	})
+}
+
+// PutLayerCompressed is PutLayer for metadata that a zstd:chunked blob holds already compressed:
+// its own TOC and tar-split frames, which the caller verified and decoded (toc is tocZst
+// decoded), are stored as they are, which saves encoding them again. Such a TOC keeps the blob's
+// frame offsets; nothing in the store reads them.
+func (s *Store) PutLayerCompressed(ctx context.Context, l Layer, toc *chunked.TOC, tocZst, tarSplitZst []byte) error {
+	return s.putLayer(ctx, l, toc, func() ([]byte, []byte, error) { return tocZst, tarSplitZst, nil })
+}
+
+func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, encode func() (tocZst, tarSplitZst []byte, err error)) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -189,14 +207,14 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 	if err != nil {
 		return err
 	}
-	tocJSON, err := json.Marshal(toc)
+	tocZst, tarSplitZst, err := encode()
 	if err != nil {
 		return err
 	}
 	files := map[string][]byte{
 		layerJSON:     meta,
-		layerTOC:      zstdBytes(tocJSON),
-		layerTarSplit: zstdBytes(tarSplit),
+		layerTOC:      tocZst,
+		layerTarSplit: tarSplitZst,
 	}
 	if s.verity {
 		tab, err := s.verityTable(ctx, objs)
@@ -208,7 +226,7 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 	if err := s.commitDir(dir, files); err != nil {
 		return fmt.Errorf("writing layer %s: %w", l.DiffID, err)
 	}
-	s.invalidateChunks()
+	s.indexLayerChunks(l.DiffID, toc)
 	return nil
 }
 
