@@ -400,18 +400,21 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 // ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are
 // skipped, trailing data is an error. It checks the structure (see Parse) but no offsets.
 func ParseTOC(b []byte) (*TOC, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	var toc TOC
-	if err := dec.Decode(&toc); err != nil {
-		return nil, invalidf("decoding TOC: %v", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, invalidf("trailing data after the TOC")
+	toc, ok := decodeTOCFast(b)
+	if !ok {
+		toc = new(TOC)
+		dec := json.NewDecoder(bytes.NewReader(b))
+		if err := dec.Decode(toc); err != nil {
+			return nil, invalidf("decoding TOC: %v", err)
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			return nil, invalidf("trailing data after the TOC")
+		}
 	}
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
 	}
-	return &toc, nil
+	return toc, nil
 }
 
 // CheckName rejects absolute names and names with ".." components.

@@ -62,7 +62,15 @@ func decodeTarSplitLine(line []byte, e *storage.Entry, slab *[]byte) bool {
 		s = rest[1:]
 		var val []byte
 		quoted := len(s) > 0 && s[0] == '"'
-		if quoted {
+		if quoted && (string(key) == "payload" || string(key) == "name_raw") {
+			// base64: the decoder rejects every byte JSON would have to escape, except the
+			// line breaks it skips, and a raw '\n' cannot be inside a line.
+			end := bytes.IndexByte(s[1:], '"')
+			if end < 0 || bytes.IndexByte(s[1:1+end], '\r') >= 0 {
+				return false
+			}
+			val, s = s[1:1+end], s[2+end:]
+		} else if quoted {
 			v, rest, ok := jsonSimpleString(s)
 			if !ok {
 				return false

@@ -1,6 +1,8 @@
 package pull
 
 import (
+	"sync"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
@@ -73,11 +75,12 @@ func (p *Plan) Ranges() []registry.Range {
 // MakePlan decides how to obtain every regular file of a layer that chunked.Parse validated
 // (so chunks tile their files and frames lie inside the blob).
 func MakePlan(files []chunked.File, have Have) *Plan {
+	present := haveObjects(files, have)
 	p := &Plan{}
-	planned := map[digest.Digest]bool{}
+	planned := make(map[digest.Digest]bool, len(files))
 	for i := range files {
 		f := &files[i]
-		if planned[f.Digest] || have.HasObject(f.Digest) {
+		if planned[f.Digest] || present[i] {
 			if !planned[f.Digest] {
 				p.ReusedFiles++
 				planned[f.Digest] = true
@@ -110,4 +113,21 @@ func MakePlan(files []chunked.File, have Have) *Plan {
 		p.Files = append(p.Files, fp)
 	}
 	return p
+}
+
+// haveObjects asks have about every file, several at a time: each answer is a stat, mostly
+// waiting on the kernel's path lookup.
+func haveObjects(files []chunked.File, have Have) []bool {
+	present := make([]bool, len(files))
+	const workers = 4
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(files); i += workers {
+				present[i] = have.HasObject(files[i].Digest)
+			}
+		})
+	}
+	wg.Wait()
+	return present
 }
