@@ -113,6 +113,7 @@ func runColdPulls(ctx context.Context, cfg config, c *Corpus, p *proxy, kuraRef 
 		}
 	}
 	_ = removeTree(scratch)
+	_ = removeTree(podmanRunroot(filepath.Join(scratch, "dest")))
 	return out
 }
 

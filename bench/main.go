@@ -48,7 +48,7 @@ func main() {
 	flag.StringVar(&cfg.mirror, "mirror", "http://deb.debian.org/debian", "Debian mirror for debootstrap")
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
-	flag.DurationVar(&cfg.kuraBudget, "kura-budget", 8*time.Minute, "wall time allowed for all kura steps (keeps the run bounded)")
+	flag.DurationVar(&cfg.kuraBudget, "kura-budget", 15*time.Minute, "wall time allowed for all kura steps (keeps the run bounded)")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -216,7 +217,10 @@ func newPodmanEnv(dir string, hardLinks bool, registryAddr string) (*podmanEnv, 
 	if err := removeTree(dir); err != nil {
 		return nil, err
 	}
-	e := &podmanEnv{dir: dir, root: filepath.Join(dir, "root"), runroot: filepath.Join(dir, "runroot")}
+	e := &podmanEnv{dir: dir, root: filepath.Join(dir, "root"), runroot: podmanRunroot(dir)}
+	if err := removeTree(e.runroot); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{e.root, e.runroot, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -256,6 +260,19 @@ tmp_dir = %q
 		"CONTAINERS_REGISTRIES_CONF="+filepath.Join(dir, "registries.conf"),
 		"CONTAINERS_CONF="+filepath.Join(dir, "containers.conf"))
 	return e, nil
+}
+
+// podmanRunroot is the run root of the podman installation in dir. podman
+// refuses a run root longer than 50 characters, which a work dir deeper than
+// the default would pass, so it lives under /run with a name derived from dir.
+func podmanRunroot(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return fmt.Sprintf("/run/kura-bench-%x", sum[:6])
+}
+
+// remove deletes the installation: storage, configuration and run root.
+func (e *podmanEnv) remove() error {
+	return errors.Join(removeTree(e.dir), removeTree(e.runroot))
 }
 
 func (e *podmanEnv) args(a ...string) []string {
@@ -323,7 +340,7 @@ func runPodman(ctx context.Context, cfg config, c *Corpus, p *proxy, hardLinks b
 	if !cfg.keep {
 		// Free the storage now; the next configuration needs the disk and
 		// page cache figures must not mix.
-		if err := removeTree(e.dir); err != nil {
+		if err := e.remove(); err != nil {
 			sys.Notes = append(sys.Notes, "cleanup: "+err.Error())
 		}
 	}
@@ -353,24 +370,14 @@ func podmanPageCache(ctx context.Context, cfg config, c *Corpus, e *podmanEnv, r
 		return podmanMountPageCache(ctx, cfg, e, refs, pc)
 	}
 	overhead, err := cachedDelta(func() error {
-		for _, r := range refs {
-			if err := run(r, "true"); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachRef(refs, func(r string) error { return run(r, "true") })
 	})
 	if err != nil {
 		pc.Error = err.Error()
 		return pc
 	}
 	delta, err := cachedDelta(func() error {
-		for _, r := range refs {
-			if err := run(r, readCmd); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachRef(refs, func(r string) error { return run(r, readCmd) })
 	})
 	if err != nil {
 		pc.Error = err.Error()
@@ -399,12 +406,7 @@ func podmanPageCache(ctx context.Context, cfg config, c *Corpus, e *podmanEnv, r
 		listArgs := []string{"-v", list + ":/kura-bench-common.list:ro"}
 		listCmd := "xargs -0 -a /kura-bench-common.list cat > /dev/null"
 		ten := measureResidency(len(refs), func() error {
-			for _, r := range refs {
-				if err := run(r, listCmd, listArgs...); err != nil {
-					return err
-				}
-			}
-			return nil
+			return eachRef(refs, func(r string) error { return run(r, listCmd, listArgs...) })
 		}, layers, nil)
 		one := measureResidency(1, func() error { return run(last, listCmd, listArgs...) }, layers, nil)
 		pc.CommonTen, pc.CommonOne = &ten, &one
@@ -422,6 +424,30 @@ func logResidency(pc *PageCache) {
 	if pc.CommonTen != nil && pc.CommonOne != nil {
 		log.Printf("page cache %s, common files: ten readers %.1f MB, one %.1f MB resident", pc.Method, mb(pc.CommonTen.Resident), mb(pc.CommonOne.Resident))
 	}
+}
+
+// containersAtOnce is how many page-cache containers run at the same time.
+// Starting a container is mostly waiting (runc, conmon, mounts), so two at
+// a time halve the phase; the page cache they leave is the same.
+const containersAtOnce = 2
+
+// eachRef runs fn for every ref, containersAtOnce at a time, and returns
+// all errors.
+func eachRef(refs []string, fn func(ref string) error) error {
+	errs := make([]error, len(refs))
+	sem := make(chan struct{}, containersAtOnce)
+	var wg sync.WaitGroup
+	for i, r := range refs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			errs[i] = fn(r)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func podmanMountPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []string, pc *PageCache) *PageCache {
