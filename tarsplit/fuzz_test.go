@@ -1,0 +1,71 @@
+package tarsplit
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/kura-oci/kura/chunked"
+)
+
+// FuzzPredict feeds hostile stored tar-splits to a prediction of the mixed vector's layer:
+// errors are fine, panics and inexact "successes" that claim reuse of bad bytes are not.
+func FuzzPredict(f *testing.F) {
+	tocJSON, err := readVectorFile("mixed.toc.json")
+	if err != nil {
+		f.Skip("mixed vector not found")
+	}
+	toc, err := chunked.ParseTOC(tocJSON)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ts, err := readVectorFile("mixed.tar-split.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(ts)
+	f.Add(ts[:len(ts)/2])
+	f.Add(bytes.Replace(ts, []byte(`"type":1`), []byte(`"type":2`), 3))
+	f.Add([]byte(`{"type":2,"payload":"AAAA","position":0}` + "\n"))
+	f.Fuzz(func(t *testing.T, tarSplit []byte) {
+		out, _, err := PredictJSON(toc, []Known{{TOC: toc, TarSplit: tarSplit}}, nil)
+		if err == nil && bytes.Equal(tarSplit, ts) && !bytes.Equal(out, ts) {
+			t.Fatal("the true tar-split did not predict itself")
+		}
+	})
+}
+
+// FuzzSynthesize writes an entry's header modelled on hostile template bytes: no panics, and
+// whatever comes out reads back as the entry.
+func FuzzSynthesize(f *testing.F) {
+	for _, flag := range []byte{'0', '5', '2'} {
+		h := headerBlock(flag)
+		f.Add(h, "etc/new", int64(10), int64(1714564800), int64(0o644))
+	}
+	f.Add(make([]byte, 1024), "x", int64(0), int64(0), int64(0))
+	f.Fuzz(func(t *testing.T, raw []byte, name string, size, mtime, mode int64) {
+		if len(raw) > 1<<16 {
+			return
+		}
+		mt := time.Unix(mtime, 0).UTC()
+		e := &chunked.Entry{Type: chunked.TypeReg, Name: name, Size: size, Mode: mode, ModTime: &mt}
+		tmpl := &record{entry: &chunked.Entry{Type: chunked.TypeReg, Name: "tmpl"}, raw: raw}
+		out, err := synthesize(e, tmpl, nil)
+		if err == nil && !describes(out, e) {
+			t.Fatalf("synthesized header does not read back as %+v", e)
+		}
+	})
+}
+
+// headerBlock is a plain ustar header of the given type, for seeds.
+func headerBlock(flag byte) []byte {
+	var buf bytes.Buffer
+	buf.Write(make([]byte, 0, 512))
+	b := make([]byte, 512)
+	copy(b, "etc/file")
+	copy(b[100:], "0000644\x000000000\x000000000\x0000000000005\x0014614427300\x00        ")
+	b[156] = flag
+	copy(b[257:], "ustar\x0000")
+	checksum(b)
+	return b
+}
