@@ -3,10 +3,13 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 )
 
@@ -292,5 +295,40 @@ func TestReadFiles(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(list); string(b) != "/usr/lib/a\x00/usr/b c\x00" {
 		t.Fatalf("list %q", b)
+	}
+}
+
+func TestEachRef(t *testing.T) {
+	var mu sync.Mutex
+	running, most, calls := 0, 0, 0
+	release := make(chan struct{})
+	refs := []string{"a", "b", "c", "d", "e"}
+	done := make(chan error)
+	go func() {
+		done <- eachRef(refs, func(r string) error {
+			mu.Lock()
+			running++
+			calls++
+			most = max(most, running)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			running--
+			mu.Unlock()
+			if r == "c" {
+				return errors.New("c failed")
+			}
+			return nil
+		})
+	}()
+	for range refs {
+		release <- struct{}{}
+	}
+	err := <-done
+	if calls != len(refs) || most > containersAtOnce {
+		t.Fatalf("%d calls, at most %d at once; want %d, at most %d", calls, most, len(refs), containersAtOnce)
+	}
+	if err == nil || !strings.Contains(err.Error(), "c failed") {
+		t.Fatalf("error %v, want c's", err)
 	}
 }
