@@ -22,7 +22,16 @@ func sameEntry(a, b *chunked.Entry) bool {
 		a.Devmajor == b.Devmajor && a.Devminor == b.Devminor && maps.Equal(a.Xattrs, b.Xattrs)
 }
 
+// sameTime treats nil, the zero time and the Unix epoch alike: a tar header writes all three as 0
+// (and TOC writers differ in which they record).
 func sameTime(a, b *time.Time) bool {
+	norm := func(t *time.Time) *time.Time {
+		if t != nil && (t.IsZero() || t.Equal(time.Unix(0, 0))) {
+			return nil
+		}
+		return t
+	}
+	a, b = norm(a), norm(b)
 	if a == nil || b == nil {
 		return a == b
 	}
@@ -80,6 +89,7 @@ func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names ow
 		Typeflag: flag, Name: e.Name, Linkname: e.Linkname, Size: e.Size, Mode: e.Mode,
 		Uid: e.UID, Gid: e.GID, Devmajor: e.Devmajor, Devminor: e.Devminor,
 	}
+	h.ModTime = time.Unix(0, 0) // what a header with no time holds
 	if e.ModTime != nil {
 		h.ModTime = *e.ModTime
 	}

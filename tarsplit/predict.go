@@ -39,8 +39,7 @@ type Stats struct {
 // the caller should fetch the real tar-split. known are layers already stored, most similar
 // first: where two hold the same name, the first wins.
 func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit []byte, err error) {
-	want, err := digest.Parse(toc.TarSplitDigest)
-	if err != nil {
+	if _, err := digest.Parse(toc.TarSplitDigest); err != nil {
 		return nil, nil, fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
 	}
 	tarSplit, _, err = predict(toc, known, crc)
@@ -51,10 +50,23 @@ func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit
 	if err != nil {
 		return nil, nil, err
 	}
-	if got := want.Algorithm().FromBytes(compressed); got != want {
-		return nil, nil, fmt.Errorf("predicted tar-split has digest %s, the TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
+	if err := CheckDigest(toc, compressed); err != nil {
+		return nil, nil, err
 	}
 	return compressed, tarSplit, nil
+}
+
+// CheckDigest checks compressed tar-split bytes against the TOC's tarSplitDigest; a mismatch
+// wraps errdefs.ErrDigestMismatch.
+func CheckDigest(toc *chunked.TOC, compressed []byte) error {
+	want, err := digest.Parse(toc.TarSplitDigest)
+	if err != nil {
+		return fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
+	}
+	if got := want.Algorithm().FromBytes(compressed); got != want {
+		return fmt.Errorf("predicted tar-split has digest %s, the TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
+	}
+	return nil
 }
 
 // PredictJSON returns the predicted uncompressed tar-split without compressing or checking it.

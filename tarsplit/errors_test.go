@@ -1,0 +1,101 @@
+package tarsplit
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Failures are clean and classified, so that a puller can tell "fetch the real one" from bugs.
+func TestPredictErrors(t *testing.T) {
+	mixed := convert(t, readVector(t, "mixed.tar"))
+	real := convert(t, readVector(t, "real.tar"))
+
+	// A stored tar-split that does not belong to its TOC.
+	_, _, err := PredictJSON(real.toc, []Known{{TOC: mixed.toc, TarSplit: real.tarSplit}}, nil)
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("mismatched known layer: %v, want ErrInvalid", err)
+	}
+	_, _, err = PredictJSON(real.toc, []Known{{TOC: nil, TarSplit: real.tarSplit}}, nil)
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("known layer without TOC: %v, want ErrInvalid", err)
+	}
+	// Content no known layer has, and no CRCFunc.
+	_, _, err = PredictJSON(real.toc, []Known{mixed.known()}, nil)
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("unknown content without CRCFunc: %v, want ErrNotFound", err)
+	}
+	// A CRCFunc that fails, or answers nonsense.
+	boom := errors.New("boom")
+	_, _, err = PredictJSON(real.toc, nil, func(digest.Digest, int64) ([]byte, error) { return nil, boom })
+	if !errors.Is(err, boom) {
+		t.Errorf("failing CRCFunc: %v", err)
+	}
+	_, _, err = PredictJSON(real.toc, nil, func(digest.Digest, int64) ([]byte, error) { return []byte{1}, nil })
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("short CRC: %v, want ErrInvalid", err)
+	}
+	// A TOC without a tar-split digest cannot be checked.
+	old := *real.toc
+	old.TarSplitDigest = ""
+	if _, _, err := Predict(&old, []Known{real.known()}, nil); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("no tarSplitDigest: %v, want ErrInvalid", err)
+	}
+	// Unknown entry types and duplicate names.
+	odd := &chunked.TOC{Version: 1, Entries: []chunked.Entry{{Type: "whiteout", Name: "x"}}}
+	if _, _, err := PredictJSON(odd, nil, nil); !errors.Is(err, errdefs.ErrUnsupported) {
+		t.Errorf("unknown type: %v, want ErrUnsupported", err)
+	}
+	dup := &chunked.TOC{Version: 1, Entries: []chunked.Entry{{Type: chunked.TypeDir, Name: "a/"}, {Type: chunked.TypeDir, Name: "a"}}}
+	if _, _, err := PredictJSON(dup, nil, nil); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("duplicate paths: %v, want ErrInvalid", err)
+	}
+}
+
+// A layer written at another zstd level has the same tar-split JSON but other compressed bytes:
+// PredictJSON is exact, Predict reports the mismatch.
+func TestPredictOtherLevel(t *testing.T) {
+	in := readVector(t, "mixed.tar")
+	var blob bytes.Buffer
+	if _, err := chunked.Convert(context.Background(), bytes.NewReader(in), &blob, chunked.WithLevel(3)); err != nil {
+		t.Fatal(err)
+	}
+	b := blob.Bytes()
+	loc, err := chunked.LocateFromFooter(b[len(b)-chunked.FooterFetchSize:], int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := chunked.Parse(loc, b[loc.TOC.Offset:loc.TOC.End()], b[loc.TarSplit.Offset:loc.TarSplit.End()])
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _, err := PredictJSON(l.TOC, []Known{{TOC: l.TOC, TarSplit: l.TarSplit}}, nil)
+	if err != nil || !bytes.Equal(js, l.TarSplit) {
+		t.Fatalf("PredictJSON: exact=%v, %v", bytes.Equal(js, l.TarSplit), err)
+	}
+	if _, _, err := Predict(l.TOC, []Known{{TOC: l.TOC, TarSplit: l.TarSplit}}, nil); !errors.Is(err, errdefs.ErrDigestMismatch) {
+		t.Errorf("Predict: %v, want ErrDigestMismatch", err)
+	}
+}
+
+// An empty archive and one of only directories.
+func TestPredictEmpty(t *testing.T) {
+	empty := convert(t, goTar(t, nil, tar.FormatUnknown))
+	if _, ok := checkPrediction(t, empty); !ok {
+		t.Error("empty archive not predicted from nothing")
+	}
+	if _, ok := checkPrediction(t, empty, empty); !ok {
+		t.Error("empty archive not predicted from itself")
+	}
+	dirs := convert(t, goTar(t, []file{{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "a/", Mode: 0o755, ModTime: base}}}, tar.FormatUnknown))
+	if _, ok := checkPrediction(t, dirs, empty); !ok {
+		t.Error("directory-only archive not predicted from the empty one")
+	}
+}
