@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -97,5 +98,41 @@ func TestPredictEmpty(t *testing.T) {
 	dirs := convert(t, goTar(t, []file{{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "a/", Mode: 0o755, ModTime: base}}}, tar.FormatUnknown))
 	if _, ok := checkPrediction(t, dirs, empty); !ok {
 		t.Error("directory-only archive not predicted from the empty one")
+	}
+}
+
+// OpenCRC computes what tar-split records, and refuses content of the wrong size.
+func TestOpenCRC(t *testing.T) {
+	l := convert(t, readVector(t, "real.tar"))
+	contents := map[digest.Digest][]byte{}
+	tr := tar.NewReader(bytes.NewReader(readVector(t, "real.tar")))
+	for {
+		hdr, err := tr.Next()
+		if err != nil {
+			break
+		}
+		b := new(bytes.Buffer)
+		if _, err := b.ReadFrom(tr); err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			contents[digest.FromBytes(b.Bytes())] = b.Bytes()
+		}
+	}
+	open := func(d digest.Digest) (io.ReadCloser, error) {
+		b, ok := contents[d]
+		if !ok {
+			return nil, errdefs.ErrNotFound
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	if _, ok := checkPredictionWith(t, l, OpenCRC(open)); !ok {
+		t.Error("prediction from nothing with OpenCRC not exact")
+	}
+	for d, b := range contents {
+		if _, err := OpenCRC(open)(d, int64(len(b))+1); !errors.Is(err, errdefs.ErrDigestMismatch) {
+			t.Errorf("short content: %v, want ErrDigestMismatch", err)
+		}
+		break
 	}
 }

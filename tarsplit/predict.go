@@ -1,7 +1,3 @@
-// Package tarsplit predicts a zstd:chunked layer's tar-split from its TOC and the tar-splits of
-// layers already stored, so that a partial pull of an update need not fetch it: headers of
-// unchanged entries are reused byte for byte, changed and new ones are written as the layer's
-// tar writer would, and file CRCs come from known content.
 package tarsplit
 
 import (

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testdata"
 )
 
@@ -199,6 +200,15 @@ func TestPredictGoUpdates(t *testing.T) {
 			v1 := treeV1(rng)
 			v2 := treeV2(v1, rng, tc.subSecond)
 			l1, l2 := convert(t, goTar(t, v1, tc.format)), convert(t, goTar(t, v2, tc.format))
+			chunks := 0
+			for _, e := range l2.toc.Entries {
+				if e.Type == chunked.TypeChunk {
+					chunks++
+				}
+			}
+			if chunks == 0 {
+				t.Fatal("no chunk entries: the big file should be cut in chunks")
+			}
 			st, ok := checkPrediction(t, l2, l1)
 			t.Logf("%+v", st)
 			if !ok {
