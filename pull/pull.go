@@ -276,7 +276,12 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return err
 	}
-	plan := MakePlan(l.Files, storeHave{ctx: ctx, s: s})
+	od, err := s.OpenObjectDir()
+	if err != nil {
+		return err
+	}
+	defer od.Close()
+	plan := MakePlan(l.Files, storeHave{ctx: ctx, s: s, od: od})
 	lr.FilesReused, lr.ChunksReused = plan.ReusedFiles, plan.ReusedChunks
 
 	batch := s.NewBatch()
@@ -310,7 +315,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	lr.ObjectsWritten = len(plan.Files)
 	bar.Skip(desc.Size - lr.BytesRequested)
 
-	tarSize, err := checkDiffID(ctx, s, l, diffID)
+	tarSize, err := checkDiffID(ctx, od, l, diffID)
 	if err != nil {
 		return err
 	}
@@ -331,7 +336,7 @@ func addRangeReport(lr *LayerReport, r registry.RangeReport) {
 
 // checkDiffID rebuilds the layer's tar from its tar-split and the stored objects and compares
 // its sha256 with the DiffID the config promises.
-func checkDiffID(ctx context.Context, s *store.Store, l *chunked.Layer, diffID digest.Digest) (int64, error) {
+func checkDiffID(ctx context.Context, od *store.ObjectDir, l *chunked.Layer, diffID digest.Digest) (int64, error) {
 	byName := make(map[string]digest.Digest, len(l.Files))
 	for _, f := range l.Files {
 		byName[f.Entry.Name] = f.Digest
@@ -343,7 +348,10 @@ func checkDiffID(ctx context.Context, s *store.Store, l *chunked.Layer, diffID d
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)
 		}
-		return s.Open(ctx, d)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return od.Open(d)
 	}, cw)
 	if err != nil {
 		return 0, fmt.Errorf("rebuilding the tar: %w", err)
@@ -369,9 +377,10 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 type storeHave struct {
 	ctx context.Context
 	s   *store.Store
+	od  *store.ObjectDir
 }
 
-func (h storeHave) HasObject(d digest.Digest) bool { return h.s.HasObject(d) }
+func (h storeHave) HasObject(d digest.Digest) bool { return h.od.Has(d) }
 
 func (h storeHave) FindChunk(d digest.Digest, size int64) (ChunkLocation, bool) {
 	loc, err := h.s.FindChunk(h.ctx, d, size)

@@ -195,10 +195,14 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, encode 
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.DiffID, err)
 	}
-	for _, d := range objs {
-		if !s.HasObject(d) {
-			return fmt.Errorf("layer %s: object %s: %w", l.DiffID, d, errdefs.ErrNotFound)
-		}
+	od, err := s.OpenObjectDir()
+	if err != nil {
+		return err
+	}
+	missing := od.Missing(objs)
+	od.Close()
+	if missing != "" {
+		return fmt.Errorf("layer %s: object %s: %w", l.DiffID, missing, errdefs.ErrNotFound)
 	}
 	if l.Created.IsZero() {
 		l.Created = time.Now().UTC()

@@ -1,0 +1,65 @@
+package store_test
+
+import (
+	"errors"
+	"io"
+	"os"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
+)
+
+// TestObjectDir: the fast lookups agree with the store: present objects are found with their
+// size and content, absent ones are ErrNotFound, and a symlink planted as an object is refused.
+func TestObjectDir(t *testing.T) {
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha"), "b": []byte("bravo!")}))
+	od, err := s.OpenObjectDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer od.Close()
+	a, b, absent := digest.FromString("alpha"), digest.FromString("bravo!"), digest.FromString("nope")
+	if n, err := od.Size(b); err != nil || n != 6 {
+		t.Fatalf("Size(b) = %d, %v", n, err)
+	}
+	if m := od.Missing([]digest.Digest{a, b}); m != "" {
+		t.Fatalf("Missing reports %s", m)
+	}
+	if m := od.Missing([]digest.Digest{a, absent, b}); m != absent {
+		t.Fatalf("Missing = %q, want %s", m, absent)
+	}
+	if _, err := od.Open(absent); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("Open(absent): %v", err)
+	}
+	if _, err := od.Open("sha256:../../etc"); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("Open(bad digest): %v", err)
+	}
+	rc, err := od.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || string(got) != "alpha" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	p, _ := s.ObjectPath(absent)
+	os.MkdirAll(p[:len(p)-62], 0o755)
+	if err := os.Symlink("/etc/passwd", p); err != nil {
+		t.Fatal(err)
+	}
+	if od.Has(absent) {
+		t.Fatal("a symlink counts as an object")
+	}
+	if rc, err := od.Open(absent); err == nil {
+		rc.Close()
+		t.Fatal("opened a symlink as an object")
+	}
+}
