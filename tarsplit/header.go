@@ -13,8 +13,8 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// sameEntry reports whether two TOC entries have the same tar metadata, exactly: a known
-// entry's header bytes can then be reused as they are.
+// sameEntry reports whether two TOC entries have the same tar metadata: a known entry's header
+// bytes can then be reused as they are.
 func sameEntry(a, b *chunked.Entry) bool {
 	return a.Type == b.Type && a.Name == b.Name && a.Linkname == b.Linkname && a.Mode == b.Mode &&
 		a.Size == b.Size && a.UID == b.UID && a.GID == b.GID &&
@@ -119,16 +119,14 @@ func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names ow
 	} else if names != nil {
 		h.Gname, _ = names.gname(e.GID)
 	}
-	if tmpl != nil {
-		if sameName {
-			// Records the TOC does not show (file flags, creation times…) most likely stayed.
-			for k, v := range tmpl.PAXRecords {
-				if !basicPAXKeys[k] && !strings.HasPrefix(k, paxXattrPrefix) && !strings.HasPrefix(k, "GNU.sparse.") {
-					if h.PAXRecords == nil {
-						h.PAXRecords = map[string]string{}
-					}
-					h.PAXRecords[k] = v
+	if tmpl != nil && sameName {
+		// Records the TOC does not show (file flags, creation times…) most likely stayed.
+		for k, v := range tmpl.PAXRecords {
+			if !basicPAXKeys[k] && !strings.HasPrefix(k, paxXattrPrefix) && !strings.HasPrefix(k, "GNU.sparse.") {
+				if h.PAXRecords == nil {
+					h.PAXRecords = map[string]string{}
 				}
+				h.PAXRecords[k] = v
 			}
 		}
 	}

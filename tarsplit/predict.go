@@ -1,6 +1,7 @@
 package tarsplit
 
 import (
+	"archive/tar"
 	"bytes"
 	"fmt"
 	"strings"
@@ -180,7 +181,6 @@ type ownerKey struct {
 func newTemplates(layers []*layerIndex) *templates {
 	ix := &templates{
 		layers:  layers,
-		byName:  map[string][]*record{},
 		byOwner: map[ownerKey]*record{},
 		byType:  map[string]*record{},
 		byUID:   map[int]*record{},
@@ -249,34 +249,22 @@ func (ix *templates) synthesize(e *chunked.Entry) ([]byte, error) {
 	return synthesize(e, tmpl, ix)
 }
 
-// uname returns the user name known entries of uid carry; headers are parsed on demand, as only
-// changed entries need names.
+// uname returns the user name known entries of uid carry.
 func (ix *templates) uname(uid int) (string, bool) {
-	if n, ok := ix.unames[uid]; ok {
-		return n, true
-	}
-	r := ix.byUID[uid]
-	if r == nil {
-		return "", false
-	}
-	raw, err := r.header()
-	if err != nil {
-		return "", false
-	}
-	h, err := parseRaw(raw)
-	if err != nil {
-		return "", false
-	}
-	ix.unames[uid] = h.Uname
-	return h.Uname, true
+	return ownerName(ix.byUID[uid], ix.unames, uid, func(h *tar.Header) string { return h.Uname })
 }
 
-// gname is uname for groups.
+// gname returns the group name known entries of gid carry.
 func (ix *templates) gname(gid int) (string, bool) {
-	if n, ok := ix.gnames[gid]; ok {
+	return ownerName(ix.byGID[gid], ix.gnames, gid, func(h *tar.Header) string { return h.Gname })
+}
+
+// ownerName reads an owner's name from the header of r, an entry of that owner, and caches it:
+// headers are parsed on demand, as only changed entries need names.
+func ownerName(r *record, cache map[int]string, id int, name func(*tar.Header) string) (string, bool) {
+	if n, ok := cache[id]; ok {
 		return n, true
 	}
-	r := ix.byGID[gid]
 	if r == nil {
 		return "", false
 	}
@@ -288,8 +276,8 @@ func (ix *templates) gname(gid int) (string, bool) {
 	if err != nil {
 		return "", false
 	}
-	ix.gnames[gid] = h.Gname
-	return h.Gname, true
+	cache[id] = name(h)
+	return cache[id], true
 }
 
 // crc returns the tar-split checksum of e's content.
