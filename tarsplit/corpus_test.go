@@ -131,3 +131,22 @@ func BenchmarkPredictJSON(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCompress compresses c1's tar-split of KURA_TARSPLIT_CORPUS as the writer does.
+func BenchmarkCompress(b *testing.B) {
+	dir := os.Getenv("KURA_TARSPLIT_CORPUS")
+	if dir == "" {
+		b.Skip("KURA_TARSPLIT_CORPUS not set")
+	}
+	c1, err := readBlobMetadata(filepath.Join(dir, "c1.zst"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(c1.tarSplit)))
+	b.ResetTimer()
+	for range b.N {
+		if _, err := Compress(c1.tarSplit); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
