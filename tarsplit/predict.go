@@ -101,6 +101,9 @@ func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error
 		if e.Type == chunked.TypeChunk {
 			continue
 		}
+		if e.Size < 0 {
+			return nil, st, fmt.Errorf("%q has size %d: %w", e.Name, e.Size, errdefs.ErrInvalid)
+		}
 		pad := 0
 		if !first {
 			pad = int(padding(prevSize))
