@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -352,13 +353,14 @@ const Level = 10
 // encoders keeps level-10 encoders, whose match tables are costly to allocate.
 var encoders sync.Pool
 
-// Compress compresses a tar-split JSON stream as the writer does: one zstd stream at Level,
-// single-threaded, no content size in the frame header.
+// Compress compresses a tar-split JSON stream as the writer does: one zstd stream at Level, no
+// content size in the frame header. The encoder's output does not depend on its concurrency;
+// two goroutines let reading input overlap compressing the block before.
 func Compress(tarSplit []byte) ([]byte, error) {
 	enc, _ := encoders.Get().(*zstd.Encoder)
 	if enc == nil {
 		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(Level)), zstd.WithEncoderConcurrency(1))
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(Level)), zstd.WithEncoderConcurrency(min(2, runtime.GOMAXPROCS(0))))
 		if err != nil {
 			return nil, err
 		}
