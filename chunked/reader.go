@@ -281,6 +281,32 @@ type FileChunk struct {
 // tarSplitDigest, and TOC and tar-split describe the same entries; plus entry names without
 // traversal, no duplicates, frames inside the data and in order, and chunks tiling each file.
 func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Layer, error) {
+	l, check, err := ParseDeferred(loc, tocBlob, tarSplitBlob, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := check(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// ParseDeferred is Parse without its last step, the entry-by-entry comparison of TOC and
+// tar-split, which it returns as check for the caller to run when it suits (a puller runs it
+// beside fetching). Until check returns nil the tar-split is authenticated but may disagree
+// with the TOC: nothing built from the layer may be recorded before.
+func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (l *Layer, check func() error, err error) {
+	l, err = parse(loc, tocBlob, tarSplitBlob, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if l.TarSplitEntries == nil {
+		return l, func() error { return nil }, nil
+	}
+	return l, func() error { return CheckTarSplitEntries(l.TOC, l.TarSplitEntries) }, nil
+}
+
+func parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Layer, error) {
 	o := readOpts(opts)
 	if int64(len(tocBlob)) != loc.TOC.Length {
 		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
@@ -343,8 +369,8 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 	if ts.err != nil {
 		return nil, ts.err
 	}
-	if err := CheckTarSplitEntries(toc, ts.entries); err != nil {
-		return nil, err
+	if ts.entries == nil {
+		ts.entries = []storage.Entry{} // an empty tar-split still has to be checked
 	}
 	layer.TarSplit, layer.TarSplitEntries = ts.json, ts.entries
 	return layer, nil

@@ -31,8 +31,11 @@ type assembler struct {
 	bar   progress.Bar
 
 	byOffset map[int64]remotePiece // compressed offset → piece; read-only once fetching starts
-	mu       sync.Mutex
-	temps    []string
+	// ready has a channel per planned object, closed once the object is in the batch (or the
+	// store): the DiffID check reads objects while others are still being fetched.
+	ready map[digest.Digest]chan struct{}
+	mu    sync.Mutex
+	temps []string
 }
 
 type pendingFile struct {
@@ -50,6 +53,10 @@ type remotePiece struct {
 // is fetched instead) and indexes the pieces to fetch. It may change piece kinds in plan.
 func (a *assembler) prepare(plan *Plan) error {
 	a.byOffset = map[int64]remotePiece{}
+	a.ready = make(map[digest.Digest]chan struct{}, len(plan.Files))
+	for i := range plan.Files {
+		a.ready[plan.Files[i].File.Digest] = make(chan struct{})
+	}
 	for i := range plan.Files {
 		fp := &plan.Files[i]
 		pf := &pendingFile{file: fp.File}
@@ -159,6 +166,7 @@ func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 	f := rp.pf.file
 	w, err := a.batch.Ingest(a.ctx, f.Digest, f.Entry.Size)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
+		close(a.ready[f.Digest])
 		return nil // another layer of this pull stored it meanwhile
 	}
 	if err != nil {
@@ -172,6 +180,7 @@ func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 		w.Abort()
 		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
 	}
+	close(a.ready[f.Digest])
 	return nil
 }
 
@@ -185,7 +194,31 @@ func (a *assembler) finish(pf *pendingFile) error {
 	if _, err := store.WriteObject(a.ctx, a.batch, f, pf.file.Digest, pf.file.Entry.Size); err != nil {
 		return fmt.Errorf("file %q: %w", pf.file.Entry.Name, err)
 	}
+	close(a.ready[pf.file.Digest])
 	return os.Remove(pf.path)
+}
+
+// open opens object d for the DiffID check: a planned object once it is ready (from the
+// batch, where it waits for the commit), any other from the store. It fails if fetching ended
+// (fetched closed) without the object.
+func (a *assembler) open(od *store.ObjectDir, d digest.Digest, fetched <-chan struct{}) (io.ReadCloser, error) {
+	if ch, planned := a.ready[d]; planned {
+		select {
+		case <-ch:
+		case <-fetched:
+			select {
+			case <-ch:
+			default:
+				return nil, fmt.Errorf("object %s was not fetched: %w", d, errdefs.ErrNotFound)
+			}
+		case <-a.ctx.Done():
+			return nil, a.ctx.Err()
+		}
+		if f, err := a.batch.OpenPending(d); err == nil {
+			return f, nil
+		}
+	}
+	return od.Open(d)
 }
 
 // cleanup removes temp files that were not finished.

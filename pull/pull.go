@@ -272,7 +272,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return fmt.Errorf("fetching TOC: %w", err)
 	}
-	l, err := chunked.Parse(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset], bound)
+	l, checkTarSplit, err := chunked.ParseDeferred(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset], bound)
 	if err != nil {
 		return err
 	}
@@ -296,11 +296,27 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		asm.cleanup()
 		return err
 	}
+	// While the missing files arrive, the other core compares TOC and tar-split and rebuilds
+	// the tar for the DiffID, waiting at each file still in flight (tar order is blob order).
+	fetched := make(chan struct{})
+	checked := make(chan error, 1)
+	go func() { checked <- checkTarSplit() }()
+	type rebuilt struct {
+		size int64
+		err  error
+	}
+	early := make(chan rebuilt, 1)
+	go func() {
+		n, err := checkDiffID(ctx, l, diffID, func(d digest.Digest) (io.ReadCloser, error) { return asm.open(od, d, fetched) })
+		early <- rebuilt{n, err}
+	}()
 	if ranges := plan.Ranges(); len(ranges) > 0 {
 		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
 		addRangeReport(lr, drep)
 		err = ferr
 	}
+	close(fetched)
+	checkErr, diff := <-checked, <-early
 	asm.cleanup()
 	if errors.Is(err, registry.ErrRangesUnsupported) {
 		return errNeedFull{"the registry serves no byte ranges"}
@@ -308,23 +324,32 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return fmt.Errorf("fetching files: %w", err)
 	}
+	if checkErr != nil {
+		return checkErr
+	}
+	if errors.Is(diff.err, errdefs.ErrDigestMismatch) {
+		return diff.err // from verified objects: the layer's metadata does not make its DiffID
+	}
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
 	committed = true
 	lr.ObjectsWritten = len(plan.Files)
 	bar.Skip(desc.Size - lr.BytesRequested)
-
-	tarSize, err := checkDiffID(ctx, od, l, diffID)
-	if err != nil {
-		return err
+	if diff.err != nil {
+		// The early rebuild could not read something (an object another layer of this pull
+		// was still writing, say); now that everything is stored, the store answers.
+		diff.size, diff.err = checkDiffID(ctx, l, diffID, od.Open)
+		if diff.err != nil {
+			return diff.err
+		}
 	}
 	var content int64
 	for _, f := range l.Files {
 		content += f.Entry.Size
 	}
 	// The blob's own TOC and tar-split frames, verified by Parse, are the layer's record.
-	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: tarSize, ContentSize: content},
+	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: diff.size, ContentSize: content},
 		l.TOC, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset])
 }
 
@@ -334,9 +359,9 @@ func addRangeReport(lr *LayerReport, r registry.RangeReport) {
 	lr.RangesIgnored = lr.RangesIgnored || r.RangesIgnored
 }
 
-// checkDiffID rebuilds the layer's tar from its tar-split and the stored objects and compares
-// its sha256 with the DiffID the config promises.
-func checkDiffID(ctx context.Context, od *store.ObjectDir, l *chunked.Layer, diffID digest.Digest) (int64, error) {
+// checkDiffID rebuilds the layer's tar from its tar-split and objects (opened by open) and
+// compares its sha256 with the DiffID the config promises.
+func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) (int64, error) {
 	byName := make(map[string]digest.Digest, len(l.Files))
 	for _, f := range l.Files {
 		byName[f.Entry.Name] = f.Digest
@@ -351,7 +376,7 @@ func checkDiffID(ctx context.Context, od *store.ObjectDir, l *chunked.Layer, dif
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		return od.Open(d)
+		return open(d)
 	}, cw)
 	if err != nil {
 		return 0, fmt.Errorf("rebuilding the tar: %w", err)

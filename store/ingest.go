@@ -354,6 +354,18 @@ func (b *Batch) has(d digest.Digest) bool {
 	return ok
 }
 
+// OpenPending opens object d if it is pending in the batch: written and verified, not yet
+// committed. Otherwise the error wraps ErrNotFound.
+func (b *Batch) OpenPending(d digest.Digest) (*os.File, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	tmp, ok := b.pending[d]
+	if !ok || b.done {
+		return nil, fmt.Errorf("object %s is not pending: %w", d, errdefs.ErrNotFound)
+	}
+	return os.Open(tmp)
+}
+
 func (b *Batch) add(d digest.Digest, tmp string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
