@@ -1,0 +1,88 @@
+package tarsplit_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarsplit"
+)
+
+// A puller that has the previous version of a layer predicts the new version's tar-split from
+// the new TOC instead of fetching it, and fetches it only if the prediction fails.
+func ExamplePredict() {
+	v1 := map[string]string{"etc/hostname": "kura\n", "etc/motd": "hello\n"}
+	v2 := map[string]string{"etc/hostname": "kura\n", "etc/motd": "hello, world\n"}
+
+	// The stored layer: its TOC and tar-split, as store.LayerTOC and store.LayerTarSplit give.
+	_, old := metadata(tarOf(v1))
+	// The new version's TOC, as fetched.
+	toc, real := metadata(tarOf(v2))
+
+	// Content no stored layer has: the puller has just fetched it, so it can read it back.
+	fetched := map[digest.Digest][]byte{digest.FromString(v2["etc/motd"]): []byte(v2["etc/motd"])}
+	crc := tarsplit.OpenCRC(func(d digest.Digest) (io.ReadCloser, error) {
+		b, ok := fetched[d]
+		if !ok {
+			return nil, errdefs.ErrNotFound
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	})
+	compressed, ts, err := tarsplit.Predict(toc, []tarsplit.Known{old}, crc)
+	switch {
+	case errors.Is(err, errdefs.ErrDigestMismatch):
+		fmt.Println("wrong prediction: fetch the tar-split")
+	case err != nil:
+		fmt.Println("no prediction, fetch the tar-split:", err)
+	default:
+		fmt.Println("predicted:", len(compressed) > 0, bytes.Equal(ts, real.TarSplit))
+	}
+	// Output: predicted: true true
+}
+
+// tarOf writes files with Go's archive/tar, sorted by name.
+func tarOf(files map[string]string) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(files[name])), ModTime: time.Unix(1714564800, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			panic(err)
+		}
+		if _, err := tw.Write([]byte(files[name])); err != nil {
+			panic(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		panic(err)
+	}
+	return buf.Bytes()
+}
+
+// metadata converts a tar and returns its TOC and tar-split as a puller sees them.
+func metadata(tarBytes []byte) (*chunked.TOC, tarsplit.Known) {
+	var blob bytes.Buffer
+	if _, err := chunked.Convert(context.Background(), bytes.NewReader(tarBytes), &blob); err != nil {
+		panic(err)
+	}
+	b := blob.Bytes()
+	loc, err := chunked.LocateFromFooter(b[len(b)-chunked.FooterFetchSize:], int64(len(b)))
+	if err != nil {
+		panic(err)
+	}
+	l, err := chunked.Parse(loc, b[loc.TOC.Offset:loc.TOC.End()], b[loc.TarSplit.Offset:loc.TarSplit.End()])
+	if err != nil {
+		panic(err)
+	}
+	return l.TOC, tarsplit.Known{TOC: l.TOC, TarSplit: l.TarSplit}
+}
