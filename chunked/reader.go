@@ -756,13 +756,26 @@ func DecodeFrames(r io.Reader, size int64, want digest.Digest, w io.Writer) erro
 	if err := want.Validate(); err != nil {
 		return invalidf("digest %q: %v", want, err)
 	}
+	v := want.Verifier()
+	if err := DecodeFramesUnverified(r, size, io.MultiWriter(w, v)); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("content does not match %s: %w", want, errdefs.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// DecodeFramesUnverified is DecodeFrames for a caller that verifies the content itself (a
+// store writer given the expected digest does): it decompresses exactly size bytes, and no
+// more, without hashing them.
+func DecodeFramesUnverified(r io.Reader, size int64, w io.Writer) error {
 	d, err := getDecoder(r)
 	if err != nil {
 		return err
 	}
 	defer putDecoder(d)
-	v := want.Verifier()
-	n, err := io.Copy(io.MultiWriter(w, v), io.LimitReader(d, size+1))
+	n, err := io.Copy(w, io.LimitReader(d, size+1))
 	if err != nil {
 		if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
 			return fmt.Errorf("frames decompress beyond %d bytes: %w", size, errdefs.ErrDigestMismatch)
@@ -771,9 +784,6 @@ func DecodeFrames(r io.Reader, size int64, want digest.Digest, w io.Writer) erro
 	}
 	if n != size {
 		return fmt.Errorf("frames decompress to %d bytes, expected %d: %w", n, size, errdefs.ErrDigestMismatch)
-	}
-	if !v.Verified() {
-		return fmt.Errorf("content does not match %s: %w", want, errdefs.ErrDigestMismatch)
 	}
 	return nil
 }

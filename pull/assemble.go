@@ -45,8 +45,9 @@ type pendingFile struct {
 }
 
 type remotePiece struct {
-	pf    *pendingFile
-	chunk chunked.FileChunk
+	pf     *pendingFile
+	chunk  chunked.FileChunk
+	pieces []Piece // a streamed file's pieces, in order
 }
 
 // prepare writes local chunks into temp files (re-hashing them; a chunk that no longer matches
@@ -60,6 +61,12 @@ func (a *assembler) prepare(plan *Plan) error {
 	for i := range plan.Files {
 		fp := &plan.Files[i]
 		pf := &pendingFile{file: fp.File}
+		if fp.Stream {
+			pf.remaining.Store(1)
+			a.byOffset[fp.File.Range.Offset] = remotePiece{pf: pf, chunk: chunked.FileChunk{
+				Size: fp.File.Entry.Size, Digest: fp.File.Digest, Range: fp.File.Range}, pieces: fp.Pieces}
+			continue
+		}
 		if len(fp.Pieces) == 1 && fp.Pieces[0].Kind == PieceRemote {
 			pf.remaining.Store(1)
 			a.byOffset[fp.Pieces[0].Chunk.Range.Offset] = remotePiece{pf: pf, chunk: fp.Pieces[0].Chunk}
@@ -161,7 +168,11 @@ func (a *assembler) receive(r registry.Range, rd io.Reader) error {
 	return nil
 }
 
-// stream decompresses a single-piece file straight into the store.
+// holeWriter is a store writer that can leave holes.
+type holeWriter interface{ WriteHole(n int64) error }
+
+// stream decompresses a file fetched as one range straight into the store, which verifies its
+// digest; a streamed file's zeros chunks become holes.
 func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 	f := rp.pf.file
 	w, err := a.batch.Ingest(a.ctx, f.Digest, f.Entry.Size)
@@ -172,7 +183,12 @@ func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if err := chunked.DecodeFrames(rd, f.Entry.Size, f.Digest, w); err != nil {
+	if len(rp.pieces) == 0 {
+		err = chunked.DecodeFramesUnverified(rd, f.Entry.Size, w)
+	} else {
+		err = decodePieces(rp.pieces, rd, w)
+	}
+	if err != nil {
 		w.Abort()
 		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
 	}
@@ -229,4 +245,25 @@ func (a *assembler) cleanup() {
 		os.Remove(p)
 	}
 	a.temps = nil
+}
+
+// decodePieces decodes a streamed file's chunks in order from rd, its contiguous frames.
+func decodePieces(pieces []Piece, rd io.Reader, w io.Writer) error {
+	hw, _ := w.(holeWriter)
+	for _, pc := range pieces {
+		frames := io.LimitReader(rd, pc.Chunk.Range.Length)
+		if pc.Kind == PieceZeros && hw != nil {
+			if _, err := io.Copy(io.Discard, frames); err != nil {
+				return err
+			}
+			if err := hw.WriteHole(pc.Chunk.Size); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := chunked.DecodeFramesUnverified(frames, pc.Chunk.Size, w); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -38,6 +38,10 @@ type ChunkLocation struct {
 type FilePlan struct {
 	File   *chunked.File
 	Pieces []Piece // in file order, tiling the file
+	// Stream is set when nothing of the file is in the store: it is fetched as one range (its
+	// frames are contiguous) and decoded chunk after chunk straight into the store, zeros
+	// chunks as holes, instead of being assembled piece by piece in a temp file.
+	Stream bool
 }
 
 // Have answers what the local store already holds.
@@ -63,6 +67,10 @@ type Plan struct {
 func (p *Plan) Ranges() []registry.Range {
 	var rs []registry.Range
 	for _, f := range p.Files {
+		if f.Stream {
+			rs = append(rs, registry.Range{Offset: f.File.Range.Offset, Length: f.File.Range.Length})
+			continue
+		}
 		for _, pc := range f.Pieces {
 			if pc.Kind == PieceRemote {
 				rs = append(rs, registry.Range{Offset: pc.Chunk.Range.Offset, Length: pc.Chunk.Range.Length})
@@ -110,6 +118,15 @@ func MakePlan(files []chunked.File, have Have) *Plan {
 			}
 			fp.Pieces[j] = pc
 		}
+		if len(f.Chunks) > 1 && streamable(&fp) {
+			fp.Stream = true
+			for _, pc := range fp.Pieces {
+				if pc.Kind == PieceZeros { // its tiny frame now comes along
+					p.SkippedBytes -= pc.Chunk.Range.Length
+					p.FetchBytes += pc.Chunk.Range.Length
+				}
+			}
+		}
 		p.Files = append(p.Files, fp)
 	}
 	return p
@@ -130,4 +147,17 @@ func haveObjects(files []chunked.File, have Have) []bool {
 	}
 	wg.Wait()
 	return present
+}
+
+// streamable says whether a file can be fetched as one range and decoded in order: no piece
+// comes from the store, and its chunks' frames follow each other.
+func streamable(fp *FilePlan) bool {
+	end := fp.File.Range.Offset
+	for _, pc := range fp.Pieces {
+		if pc.Kind == PieceLocal || pc.Chunk.Range.Offset != end {
+			return false
+		}
+		end = pc.Chunk.Range.End()
+	}
+	return end == fp.File.Range.End()
 }

@@ -3,7 +3,9 @@ package store
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -96,9 +98,10 @@ type writer struct {
 	vh   *verity.Hasher // nil unless the store records fs-verity digests
 	n    int64
 	buf  []byte
-	f    *os.File      // temp file once spilled
-	bw   *bufio.Writer // buffers f: callers may write in small pieces
-	done bool
+	f     *os.File      // temp file once spilled
+	bw    *bufio.Writer // buffers f: callers may write in small pieces
+	holes bool          // f has holes: its size is set at commit
+	done  bool
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -126,6 +129,52 @@ func (w *writer) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("writing temp object: %w", err)
 	}
 	return len(p), nil
+}
+
+// zeros is a source of zero bytes to hash.
+var zeros [64 << 10]byte
+
+// WriteHole appends n zero bytes. Once the object is in a file they become a hole where the
+// file system allows (a zeros chunk of a zstd:chunked layer costs no disk).
+func (w *writer) WriteHole(n int64) error {
+	if w.done {
+		return errors.New("store: write after commit or abort")
+	}
+	if n < 0 || w.size >= 0 && w.n+n > w.size {
+		return fmt.Errorf("object %s: more than the expected %d bytes: %w", w.expected, w.size, errdefs.ErrDigestMismatch)
+	}
+	if w.f == nil && int64(len(w.buf))+n <= memLimit {
+		for left := n; left > 0; {
+			k := min(left, int64(len(zeros)))
+			if _, err := w.Write(zeros[:k]); err != nil {
+				return err
+			}
+			left -= k
+		}
+		return nil
+	}
+	if w.f == nil {
+		if err := w.spill(); err != nil {
+			return err
+		}
+	}
+	for left := n; left > 0; {
+		k := min(left, int64(len(zeros)))
+		w.h.Write(zeros[:k])
+		if w.vh != nil {
+			w.vh.Write(zeros[:k])
+		}
+		left -= k
+	}
+	if err := w.bw.Flush(); err != nil {
+		return fmt.Errorf("writing temp object: %w", err)
+	}
+	if _, err := w.f.Seek(n, io.SeekCurrent); err != nil {
+		return fmt.Errorf("writing temp object: %w", err)
+	}
+	w.n += n
+	w.holes = true
+	return nil
 }
 
 func (w *writer) spill() error {
@@ -186,10 +235,22 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		return d, nil
 	}
 	if w.f == nil {
-		if err := w.spill(); err != nil {
-			w.Abort()
-			return "", err
+		// Most objects are small and still in memory: one create, write and close.
+		w.done = true
+		tmp, err := writeTemp(filepath.Join(w.s.root, dirTmp), w.buf, w.batch == nil && !w.s.noSync)
+		w.buf = nil
+		if err != nil {
+			return "", fmt.Errorf("object %s: %w", d, err)
 		}
+		if w.batch != nil {
+			w.batch.add(d, tmp)
+			return d, nil
+		}
+		if err := placeObject(tmp, dst, true); err != nil {
+			os.Remove(tmp)
+			return "", fmt.Errorf("object %s: %w", d, err)
+		}
+		return d, nil
 	}
 	f := w.f
 	w.done = true
@@ -200,6 +261,9 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 	}
 	err := w.bw.Flush()
 	w.releaseBuf()
+	if err == nil && w.holes {
+		err = f.Truncate(w.n) // a trailing hole has no bytes to end the file
+	}
 	if err != nil {
 		return fail(fmt.Errorf("writing temp object: %w", err))
 	}
@@ -227,6 +291,45 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		return "", fmt.Errorf("object %s: %w", d, err)
 	}
 	return d, nil
+}
+
+// writeTemp writes data to a new read-only temp file in dir with bare syscalls and returns its
+// path; with sync it is fsynced.
+func writeTemp(dir string, data []byte, sync bool) (string, error) {
+	var rnd [12]byte
+	for try := 0; ; try++ {
+		rand.Read(rnd[:])
+		p := dir + "/obj-" + hex.EncodeToString(rnd[:])
+		fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o444)
+		if err == unix.EEXIST && try < 10 {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("creating temp object: %w", err)
+		}
+		for b := data; len(b) > 0 && err == nil; {
+			var n int
+			n, err = unix.Write(fd, b)
+			if err == unix.EINTR {
+				err = nil
+				continue
+			}
+			if err == nil {
+				b = b[n:]
+			}
+		}
+		if err == nil && sync {
+			err = unix.Fsync(fd)
+		}
+		if cerr := unix.Close(fd); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			unix.Unlink(p)
+			return "", fmt.Errorf("writing temp object: %w", err)
+		}
+		return p, nil
+	}
 }
 
 func exists(p string) bool {

@@ -1,9 +1,11 @@
 package store_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"os"
+	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -61,5 +63,49 @@ func TestObjectDir(t *testing.T) {
 	if rc, err := od.Open(absent); err == nil {
 		rc.Close()
 		t.Fatal("opened a symlink as an object")
+	}
+}
+
+// TestWriteHole: holes written into an object read back as zeros, the digest covers them, and
+// a large object keeps them as holes on disk.
+func TestWriteHole(t *testing.T) {
+	ctx := t.Context()
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, _ := s.Lock(ctx)
+	defer unlock()
+	want := append(append(append([]byte("head"), make([]byte, 3<<20)...), []byte("tail")...), make([]byte, 8192)...)
+	w, err := s.Ingest(ctx, digest.FromBytes(want), int64(len(want)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw := w.(interface{ WriteHole(int64) error })
+	w.Write([]byte("head"))
+	if err := hw.WriteHole(3 << 20); err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte("tail"))
+	if err := hw.WriteHole(8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := hw.WriteHole(1); err == nil {
+		t.Fatal("a hole past the expected size was accepted")
+	}
+	if _, err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := s.ObjectPath(digest.FromBytes(want))
+	got, err := os.ReadFile(p)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back %d bytes, %v", len(got), err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 >= int64(len(want))/2 {
+		t.Fatalf("object of %d bytes uses %d bytes on disk: no holes", len(want), st.Blocks*512)
 	}
 }
