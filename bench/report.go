@@ -485,7 +485,8 @@ func pageCacheReport(w func(string, ...any), res *Results) {
 			dirName, mbs(dirSet.Bytes), mbs(dirSet.Pages), mbs(dirSet.DistinctBytes), mbs(dirSet.DistinctPages), n)
 	}
 	if common != nil {
-		w("| floor | %s (%d files) | %s (%s page-rounded) | same | 1.00 | |\n", commonName, common.NumFiles, mbs(common.Bytes), mbs(common.Pages))
+		w("| floor | %s (%d files) | %s (%s page-rounded; each distinct content once: %s) | the same | 1.00 | |\n",
+			commonName, common.NumFiles, mbs(common.Bytes), mbs(common.Pages), mbs(common.DistinctPages))
 	}
 	w("\n")
 	// What Kura's pages above the floor are.
