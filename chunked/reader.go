@@ -296,7 +296,7 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 // beside fetching). Until check returns nil the tar-split is authenticated but may disagree
 // with the TOC: nothing built from the layer may be recorded before.
 func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (l *Layer, check func() error, err error) {
-	l, err = parse(loc, tocBlob, tarSplitBlob, opts...)
+	l, err = parse(loc, tocBlob, tarSplitBlob, false, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -306,7 +306,16 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 	return l, func() error { return CheckTarSplitEntries(l.TOC, l.TarSplitEntries) }, nil
 }
 
-func parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Layer, error) {
+// ParseTOCOnly is Parse for a puller that obtains the tar-split otherwise (predicts it from a
+// stored layer, see package tarsplit): it checks and decodes the TOC alone. The Layer has no
+// tar-split; before anything built from it is trusted, a tar-split must be supplied and pass
+// CheckTarSplitEntries, and the tar rebuilt with it must hash to the DiffID.
+func ParseTOCOnly(loc Location, tocBlob []byte, opts ...ReadOption) (*Layer, error) {
+	loc.TarSplit, loc.TarSplitUncompressed = Range{}, 0
+	return parse(loc, tocBlob, nil, true, opts...)
+}
+
+func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...ReadOption) (*Layer, error) {
 	o := readOpts(opts)
 	if int64(len(tocBlob)) != loc.TOC.Length {
 		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
@@ -345,8 +354,8 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 	if err := layer.index(); err != nil {
 		return nil, err
 	}
-	if toc.TarSplitDigest == "" {
-		return layer, nil // old format: no tar-split
+	if toc.TarSplitDigest == "" || tocOnly {
+		return layer, nil // old format (no tar-split), or the caller brings its own
 	}
 	want, err := digest.Parse(toc.TarSplitDigest)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
@@ -19,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
+	"github.com/kura-oci/kura/tarsplit"
 )
 
 // Layer pull modes, as reported.
@@ -41,7 +43,9 @@ type LayerReport struct {
 	ChunksReused   int           `json:"chunksReused"`
 	ObjectsWritten int           `json:"objectsWritten"`
 	RangesIgnored  bool          `json:"rangesIgnored,omitempty"`
-	Seconds        float64       `json:"seconds"`
+	// TarSplitPredicted: the tar-split was predicted from a stored layer, not fetched.
+	TarSplitPredicted bool    `json:"tarSplitPredicted,omitempty"`
+	Seconds           float64 `json:"seconds"`
 }
 
 // Report is what a pull did, per layer and in total.
@@ -67,6 +71,7 @@ type options struct {
 	name      string
 	progress  progress.Reporter
 	noPartial bool
+	noPredict bool // tests: always fetch the tar-split
 }
 
 func defaultOptions() options {
@@ -125,6 +130,10 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	defer unlock()
 
 	rep := &Report{Name: name, Layers: make([]LayerReport, len(diffIDs))}
+	prev := make([]digest.Digest, len(diffIDs))
+	if !o.noPredict {
+		prev = predecessors(ctx, s, name, len(diffIDs))
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
 	seen := map[digest.Digest]bool{}
@@ -136,7 +145,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 		}
 		seen[diffID] = true
 		g.Go(func() error {
-			lr, err := pullLayer(gctx, s, src, desc, diffID, o)
+			lr, err := pullLayer(gctx, s, src, desc, diffID, prev[i], o)
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
 			}
@@ -172,7 +181,7 @@ type errNeedFull struct{ reason string }
 
 func (e errNeedFull) Error() string { return e.reason }
 
-func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, o options) (LayerReport, error) {
+func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, o options) (LayerReport, error) {
 	start := time.Now()
 	lr := LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size}
 	bar := o.progress.Bar(shortDigest(desc.Digest))
@@ -185,7 +194,7 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	}
 	var err error
 	if chunked.IsChunked(desc.Annotations) && !o.noPartial {
-		err = pullPartial(ctx, s, src, desc, diffID, &lr, bar, o)
+		err = pullPartial(ctx, s, src, desc, diffID, prev, &lr, bar, o)
 		var nf errNeedFull
 		if errors.As(err, &nf) {
 			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: nf.reason + "; pulled in full",
@@ -236,7 +245,7 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 
 // pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store
 // lacks, assembles each missing object, and checks the DiffID of the tar rebuilt from tar-split.
-func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
+func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
 	lr.Mode = ModePartial
 	bound := chunked.WithMaxMetadataSize(o.maxMeta)
 	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size, bound)
@@ -249,30 +258,26 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if loc.TarSplit.Length == 0 {
 		return errNeedFull{"zstd:chunked layer in the old format (no tar-split): its DiffID cannot be verified after a partial pull"}
 	}
-	meta := map[int64][]byte{}
-	var mu sync.Mutex
-	var ranges []registry.Range
-	for _, r := range loc.Ranges() {
-		ranges = append(ranges, registry.Range{Offset: r.Offset, Length: r.Length})
+	// An update of a stored layer needs no tar-split from the registry: it is predicted from
+	// the predecessor's (package tarsplit) and verified with the DiffID; only a wrong
+	// prediction costs a second request for the real one.
+	predict := prev != "" && s.HasLayer(prev)
+	want := loc.Ranges()
+	if predict {
+		want = []chunked.Range{loc.TOC}
 	}
-	mrep, err := src.GetRanges(ctx, desc, ranges, func(r registry.Range, rd io.Reader) error {
-		b, err := io.ReadAll(io.LimitReader(rd, r.Length))
-		if err != nil {
-			return err
-		}
-		mu.Lock()
-		meta[r.Offset] = b
-		mu.Unlock()
-		return nil
-	})
-	addRangeReport(lr, mrep)
-	if errors.Is(err, registry.ErrRangesUnsupported) {
-		return errNeedFull{"the registry serves no byte ranges"}
-	}
+	meta, err := fetchMeta(ctx, src, desc, want, lr)
 	if err != nil {
-		return fmt.Errorf("fetching TOC: %w", err)
+		return err
 	}
-	l, checkTarSplit, err := chunked.ParseDeferred(loc, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset], bound)
+	tocBlob := meta[loc.TOC.Offset]
+	var l *chunked.Layer
+	checkTarSplit := func() error { return nil }
+	if predict {
+		l, err = chunked.ParseTOCOnly(loc, tocBlob, bound)
+	} else {
+		l, checkTarSplit, err = chunked.ParseDeferred(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
+	}
 	if err != nil {
 		return err
 	}
@@ -296,19 +301,25 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		asm.cleanup()
 		return err
 	}
-	// While the missing files arrive, the other core compares TOC and tar-split and rebuilds
-	// the tar for the DiffID, waiting at each file still in flight (tar order is blob order).
+	// While the missing files arrive, the other core compares TOC and tar-split (predicting the
+	// tar-split first if so) and rebuilds the tar for the DiffID, waiting at each file still in
+	// flight (tar order is blob order).
 	fetched := make(chan struct{})
-	checked := make(chan error, 1)
-	go func() { checked <- checkTarSplit() }()
-	type rebuilt struct {
-		size int64
-		err  error
-	}
-	early := make(chan rebuilt, 1)
+	openEarly := func(d digest.Digest) (io.ReadCloser, error) { return asm.open(od, d, fetched) }
+	early := make(chan verdict, 1)
 	go func() {
-		n, err := checkDiffID(ctx, l, diffID, func(d digest.Digest) (io.ReadCloser, error) { return asm.open(od, d, fetched) })
-		early <- rebuilt{n, err}
+		if predict {
+			early <- predictAndCheck(ctx, s, prev, l, diffID, openEarly)
+			return
+		}
+		checked := make(chan error, 1)
+		go func() { checked <- checkTarSplit() }()
+		n, err := checkDiffID(ctx, l, diffID, openEarly)
+		cerr := <-checked
+		if cerr != nil {
+			err = cerr
+		}
+		early <- verdict{size: n, err: err, metadataErr: cerr}
 	}()
 	if ranges := plan.Ranges(); len(ranges) > 0 {
 		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
@@ -316,41 +327,155 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		err = ferr
 	}
 	close(fetched)
-	checkErr, diff := <-checked, <-early
+	v := <-early
 	asm.cleanup()
+	if v.metadataErr != nil {
+		return v.metadataErr // the root cause of whatever else failed
+	}
 	if errors.Is(err, registry.ErrRangesUnsupported) {
 		return errNeedFull{"the registry serves no byte ranges"}
 	}
 	if err != nil {
 		return fmt.Errorf("fetching files: %w", err)
 	}
-	if checkErr != nil {
-		return checkErr
-	}
-	if errors.Is(diff.err, errdefs.ErrDigestMismatch) {
-		return diff.err // from verified objects: the layer's metadata does not make its DiffID
+	if !predict && (errors.Is(v.err, errdefs.ErrInvalid) || errors.Is(v.err, errdefs.ErrDigestMismatch)) {
+		return v.err // TOC and tar-split disagree, or they do not make the DiffID
 	}
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
 	committed = true
 	lr.ObjectsWritten = len(plan.Files)
-	bar.Skip(desc.Size - lr.BytesRequested)
-	if diff.err != nil {
+	tarSplitZst := meta[loc.TarSplit.Offset]
+	switch {
+	case predict && v.err == nil:
+		lr.TarSplitPredicted = true
+		tarSplitZst = zstdFast(v.tarSplit)
+	case predict:
+		// A wrong or impossible prediction: fetch the real tar-split and check as usual.
+		lr.Note = "tar-split fetched: " + v.err.Error()
+		meta, err := fetchMeta(ctx, src, desc, []chunked.Range{loc.TarSplit}, lr)
+		if err != nil {
+			return err
+		}
+		tarSplitZst = meta[loc.TarSplit.Offset]
+		if l, checkTarSplit, err = chunked.ParseDeferred(loc, tocBlob, tarSplitZst, bound); err != nil {
+			return err
+		}
+		if err := checkTarSplit(); err != nil {
+			return err
+		}
+		v.size, v.err = checkDiffID(ctx, l, diffID, od.Open)
+	case v.err != nil:
 		// The early rebuild could not read something (an object another layer of this pull
 		// was still writing, say); now that everything is stored, the store answers.
-		diff.size, diff.err = checkDiffID(ctx, l, diffID, od.Open)
-		if diff.err != nil {
-			return diff.err
-		}
+		v.size, v.err = checkDiffID(ctx, l, diffID, od.Open)
 	}
+	if v.err != nil {
+		return v.err
+	}
+	bar.Skip(desc.Size - lr.BytesRequested)
 	var content int64
 	for _, f := range l.Files {
 		content += f.Entry.Size
 	}
-	// The blob's own TOC and tar-split frames, verified by Parse, are the layer's record.
-	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: diff.size, ContentSize: content},
-		l.TOC, meta[loc.TOC.Offset], meta[loc.TarSplit.Offset])
+	// The blob's own TOC frame, verified by the parse, is the layer's record, with the blob's
+	// tar-split frame (or the predicted one, verified by the DiffID).
+	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: v.size, ContentSize: content},
+		l.TOC, tocBlob, tarSplitZst)
+}
+
+// verdict is what the early check of a layer found.
+type verdict struct {
+	size        int64  // of the rebuilt tar
+	tarSplit    []byte // predicted, when it was
+	err         error
+	metadataErr error // TOC and fetched tar-split disagree
+}
+
+// predictAndCheck predicts the layer's tar-split from stored layer prev, checks it against the
+// TOC, and rebuilds the tar with it for the DiffID. Any error means: fetch the real one.
+func predictAndCheck(ctx context.Context, s *store.Store, prev digest.Digest, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+	toc, err := s.LayerTOC(ctx, prev)
+	if err != nil {
+		return verdict{err: err}
+	}
+	// A layer of another image shares too little to predict from.
+	names := make(map[string]bool, len(toc.Entries))
+	for i := range toc.Entries {
+		names[toc.Entries[i].Name] = true
+	}
+	shared := 0
+	for i := range l.TOC.Entries {
+		if names[l.TOC.Entries[i].Name] {
+			shared++
+		}
+	}
+	if shared < len(l.TOC.Entries)/2 {
+		return verdict{err: fmt.Errorf("stored layer %s shares %d of %d entries: nothing to predict from", prev, shared, len(l.TOC.Entries))}
+	}
+	known, err := s.LayerTarSplit(ctx, prev)
+	if err != nil {
+		return verdict{err: err}
+	}
+	ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{{TOC: toc, TarSplit: known}}, tarsplit.OpenCRC(open))
+	if err != nil {
+		return verdict{err: fmt.Errorf("predicting the tar-split: %w", err)}
+	}
+	entries, err := chunked.DecodeTarSplit(ts)
+	if err == nil {
+		err = chunked.CheckTarSplitEntries(l.TOC, entries)
+	}
+	if err != nil {
+		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
+	}
+	lp := *l
+	lp.TarSplit, lp.TarSplitEntries = ts, entries
+	n, err := checkDiffID(ctx, &lp, diffID, open)
+	if err != nil {
+		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
+	}
+	return verdict{size: n, tarSplit: ts}
+}
+
+// fetchMeta fetches metadata ranges of a blob whole, keyed by offset.
+func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []chunked.Range, lr *LayerReport) (map[int64][]byte, error) {
+	meta := map[int64][]byte{}
+	var mu sync.Mutex
+	ranges := make([]registry.Range, len(want))
+	for i, r := range want {
+		ranges[i] = registry.Range{Offset: r.Offset, Length: r.Length}
+	}
+	rep, err := src.GetRanges(ctx, desc, ranges, func(r registry.Range, rd io.Reader) error {
+		b, err := io.ReadAll(io.LimitReader(rd, r.Length))
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		meta[r.Offset] = b
+		mu.Unlock()
+		return nil
+	})
+	addRangeReport(lr, rep)
+	if errors.Is(err, registry.ErrRangesUnsupported) {
+		return nil, errNeedFull{"the registry serves no byte ranges"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetching TOC: %w", err)
+	}
+	for _, r := range want {
+		if int64(len(meta[r.Offset])) != r.Length {
+			return nil, fmt.Errorf("fetching metadata: got %d of %d bytes at %d: %w", len(meta[r.Offset]), r.Length, r.Offset, errdefs.ErrInvalid)
+		}
+	}
+	return meta, nil
+}
+
+// zstdFast compresses a predicted tar-split for the layer record (any zstd will do there).
+func zstdFast(b []byte) []byte {
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	defer enc.Close()
+	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
 }
 
 func addRangeReport(lr *LayerReport, r registry.RangeReport) {

@@ -1,0 +1,131 @@
+package pull
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kura-oci/kura/chunked"
+)
+
+// tarWith is tarOf with a hook on every header.
+func tarWith(t testing.TB, files []treeFile, edit func(*tar.Header)) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		hdr := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname, ModTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Format: tar.FormatPAX}
+		if f.typ == tar.TypeReg {
+			hdr.Size = int64(len(f.content))
+		}
+		edit(hdr)
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(f.content)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func tarSplitLength(t testing.TB, img *testImage) int64 {
+	t.Helper()
+	loc, err := chunked.LocateFromAnnotations(img.descs[0].Annotations, img.descs[0].Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loc.TarSplit.Length
+}
+
+// TestPullPredictsTarSplit: an update of an image in the store gets its tar-split predicted from
+// the previous version's, not fetched: exactly the tar-split's bytes fewer are requested than
+// by a pull that has nothing to predict from, and the layer exports to its DiffID.
+func TestPullPredictsTarSplit(t *testing.T) {
+	v0, v1 := buildImage(t, tarOf(t, genTree(0))), buildImage(t, tarOf(t, genTree(1)))
+	dir := t.TempDir()
+	v0.writeLayout(t, dir, "v0")
+	v1.writeLayout(t, dir, "v1")
+
+	s := openStore(t)
+	if _, err := pullRef(t, s, "oci:"+dir+":v0", nil); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := pullRef(t, s, "oci:"+dir+":v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Layers[0].TarSplitPredicted || rep.Layers[0].Note != "" {
+		t.Fatalf("update pull: predicted %v, note %q", rep.Layers[0].TarSplitPredicted, rep.Layers[0].Note)
+	}
+	if got := exportDigest(t, s, v1.diffIDs[0]); got != v1.diffIDs[0] {
+		t.Fatalf("export %s, DiffID %s", got, v1.diffIDs[0])
+	}
+	checkFsck(t, s)
+
+	// The same pull without prediction fetches the tar-split too.
+	s2 := openStore(t)
+	if _, err := pullRef(t, s2, "oci:"+dir+":v0", nil); err != nil {
+		t.Fatal(err)
+	}
+	rep2, err := pullRef(t, s2, "oci:"+dir+":v1", nil, func(o *options) { o.noPredict = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep2.Layers[0].TarSplitPredicted {
+		t.Fatal("predicted without a predecessor")
+	}
+	if d := rep2.BytesRequested - rep.BytesRequested; d != tarSplitLength(t, v1) {
+		t.Fatalf("prediction saved %d bytes, the tar-split is %d", d, tarSplitLength(t, v1))
+	}
+}
+
+// TestPullWrongPredictionFetchesTarSplit: when the new version's tar was written differently
+// (owner names the TOC does not record), the prediction fails the DiffID check, and the pull
+// fetches the real tar-split and completes, with a note.
+func TestPullWrongPredictionFetchesTarSplit(t *testing.T) {
+	v0 := buildImage(t, tarOf(t, genTree(0)))
+	v1 := buildImage(t, tarWith(t, genTree(1), func(h *tar.Header) { h.Uname, h.Gname = "alice", "staff" }))
+	dir := t.TempDir()
+	v0.writeLayout(t, dir, "v0")
+	v1.writeLayout(t, dir, "v1")
+	s := openStore(t)
+	if _, err := pullRef(t, s, "oci:"+dir+":v0", nil); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := pullRef(t, s, "oci:"+dir+":v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr := rep.Layers[0]
+	if lr.TarSplitPredicted || !strings.Contains(lr.Note, "tar-split fetched") {
+		t.Fatalf("predicted %v, note %q", lr.TarSplitPredicted, lr.Note)
+	}
+	if got := exportDigest(t, s, v1.diffIDs[0]); got != v1.diffIDs[0] {
+		t.Fatalf("export %s, DiffID %s", got, v1.diffIDs[0])
+	}
+	ts, err := s.LayerTarSplit(context.Background(), v1.diffIDs[0])
+	if err != nil || !bytes.Contains(ts, []byte("\"name\":")) {
+		t.Fatalf("stored tar-split: %v", err)
+	}
+	checkFsck(t, s)
+}
+
+func TestRepository(t *testing.T) {
+	for in, want := range map[string]string{
+		"host:5000/a/b:v2":         "host:5000/a/b",
+		"host:5000/a/b":            "host:5000/a/b",
+		"host/a@sha256:00":         "host/a",
+		"host/a:v1@sha256:00":      "host/a",
+		"oci:/var/tmp/layout:c1":   "oci:/var/tmp/layout",
+		"docker.io/library/debian": "docker.io/library/debian",
+	} {
+		if got := repository(in); got != want {
+			t.Errorf("repository(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
