@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -84,21 +83,21 @@ func zstdBytes(b []byte) []byte {
 	return enc.EncodeAll(b, nil)
 }
 
-// readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize.
+// readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole
+// and decoded in one call, into a buffer of the size its frame header announces.
 func readZstd(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	z, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxMetaSize))
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxMetaSize))
 	if err != nil {
 		return nil, err
 	}
 	defer dec.Close()
-	b, err := io.ReadAll(io.LimitReader(dec, maxMetaSize+1))
+	b, err := dec.DecodeAll(z, nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %v: %w", path, err, errdefs.ErrInvalid)
 	}
 	if len(b) > maxMetaSize {
 		return nil, fmt.Errorf("%s: over %d bytes: %w", path, maxMetaSize, errdefs.ErrInvalid)
@@ -370,11 +369,11 @@ func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TO
 		}
 		return nil, fmt.Errorf("TOC of layer %s: %w", diffID, err)
 	}
-	var toc chunked.TOC
-	if err := json.Unmarshal(b, &toc); err != nil {
-		return nil, fmt.Errorf("TOC of layer %s: %v: %w", diffID, err, errdefs.ErrInvalid)
+	toc, err := chunked.ParseTOC(b)
+	if err != nil {
+		return nil, fmt.Errorf("TOC of layer %s: %w", diffID, err)
 	}
-	return &toc, nil
+	return toc, nil
 }
 
 // LayerTarSplit returns a stored layer's tar-split JSON stream.
