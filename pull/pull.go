@@ -1,6 +1,7 @@
 package pull
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
@@ -263,8 +265,11 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	// prediction costs a second request for the real one.
 	predict := prev != "" && s.HasLayer(prev)
 	want := loc.Ranges()
+	var known chan knownLayer
 	if predict {
 		want = []chunked.Range{loc.TOC}
+		known = make(chan knownLayer, 1)
+		go func() { known <- loadKnown(ctx, s, prev) }()
 	}
 	meta, err := fetchMeta(ctx, src, desc, want, lr)
 	if err != nil {
@@ -309,7 +314,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	early := make(chan verdict, 1)
 	go func() {
 		if predict {
-			early <- predictAndCheck(ctx, s, prev, l, diffID, openEarly)
+			early <- predictAndCheck(ctx, <-known, l, diffID, openEarly)
 			return
 		}
 		checked := make(chan error, 1)
@@ -393,17 +398,36 @@ type verdict struct {
 	metadataErr error // TOC and fetched tar-split disagree
 }
 
-// predictAndCheck predicts the layer's tar-split from stored layer prev, checks it against the
-// TOC, and rebuilds the tar with it for the DiffID. Any error means: fetch the real one.
-func predictAndCheck(ctx context.Context, s *store.Store, prev digest.Digest, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+// knownLayer is a stored layer to predict a tar-split from.
+type knownLayer struct {
+	tarsplit.Known
+	err error
+}
+
+func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
 	toc, err := s.LayerTOC(ctx, prev)
 	if err != nil {
-		return verdict{err: err}
+		return knownLayer{err: err}
+	}
+	ts, err := s.LayerTarSplit(ctx, prev)
+	return knownLayer{Known: tarsplit.Known{TOC: toc, TarSplit: ts}, err: err}
+}
+
+// predictAndCheck predicts the layer's tar-split from a stored layer, checks it against the
+// TOC, and rebuilds the tar with it for the DiffID. Any error means: fetch the real one.
+//
+// The tar does not depend on tar-split's CRCs, which the prediction must compute for new
+// content, once fetched. So a first prediction with placeholder CRCs goes to the rebuild right
+// away, beside the fetch; a second one with the real CRCs, for the layer record, follows the
+// fetch and must equal the first but for those CRCs.
+func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+	if k.err != nil {
+		return verdict{err: k.err}
 	}
 	// A layer of another image shares too little to predict from.
-	names := make(map[string]bool, len(toc.Entries))
-	for i := range toc.Entries {
-		names[toc.Entries[i].Name] = true
+	names := make(map[string]bool, len(k.TOC.Entries))
+	for i := range k.TOC.Entries {
+		names[k.TOC.Entries[i].Name] = true
 	}
 	shared := 0
 	for i := range l.TOC.Entries {
@@ -412,30 +436,65 @@ func predictAndCheck(ctx context.Context, s *store.Store, prev digest.Digest, l 
 		}
 	}
 	if shared < len(l.TOC.Entries)/2 {
-		return verdict{err: fmt.Errorf("stored layer %s shares %d of %d entries: nothing to predict from", prev, shared, len(l.TOC.Entries))}
+		return verdict{err: fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(l.TOC.Entries))}
 	}
-	known, err := s.LayerTarSplit(ctx, prev)
+	predict := func(crc tarsplit.CRCFunc) ([]byte, []storage.Entry, error) {
+		ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{k.Known}, crc)
+		if err != nil {
+			return nil, nil, fmt.Errorf("predicting the tar-split: %w", err)
+		}
+		entries, err := chunked.DecodeTarSplit(ts)
+		return ts, entries, err
+	}
+	placeholder := func(digest.Digest, int64) ([]byte, error) { return make([]byte, 8), nil }
+	_, entries, err := predict(placeholder)
 	if err != nil {
 		return verdict{err: err}
 	}
-	ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{{TOC: toc, TarSplit: known}}, tarsplit.OpenCRC(open))
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicting the tar-split: %w", err)}
+	type final struct {
+		ts      []byte
+		entries []storage.Entry
+		err     error
 	}
-	entries, err := chunked.DecodeTarSplit(ts)
-	if err == nil {
-		err = chunked.CheckTarSplitEntries(l.TOC, entries)
-	}
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
-	}
+	record := make(chan final, 1)
+	go func() {
+		ts, es, err := predict(tarsplit.OpenCRC(open))
+		record <- final{ts, es, err}
+	}()
+	checked := make(chan error, 1)
+	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, entries) }()
 	lp := *l
-	lp.TarSplit, lp.TarSplitEntries = ts, entries
+	lp.TarSplitEntries = entries
 	n, err := checkDiffID(ctx, &lp, diffID, open)
+	if cerr := <-checked; err == nil {
+		err = cerr
+	}
+	f := <-record
+	if err == nil {
+		err = f.err
+	}
+	if err == nil && !sameButCRCs(entries, f.entries) {
+		err = errors.New("the two predictions differ")
+	}
 	if err != nil {
 		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return verdict{size: n, tarSplit: ts}
+	return verdict{size: n, tarSplit: f.ts}
+}
+
+// sameButCRCs says whether two decoded tar-splits agree on everything but file CRCs.
+func sameButCRCs(a, b []storage.Entry) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := &a[i], &b[i]
+		if x.Type != y.Type || x.Position != y.Position || x.Size != y.Size || x.GetName() != y.GetName() ||
+			x.Type == storage.SegmentType && !bytes.Equal(x.Payload, y.Payload) {
+			return false
+		}
+	}
+	return true
 }
 
 // fetchMeta fetches metadata ranges of a blob whole, keyed by offset.
