@@ -332,3 +332,28 @@ func TestEachRef(t *testing.T) {
 		t.Fatalf("error %v, want c's", err)
 	}
 }
+
+// The harness parses a few strings that come from the registry or the client:
+// Range headers (proxy) and position annotations (manifests).
+func FuzzRequestedBytes(f *testing.F) {
+	for _, s := range []string{"", "bytes=0-99", "bytes=0-99,200-299", "bytes=-50", "bytes=100-", "bytes=9-3", "items=0-9"} {
+		f.Add(s, int64(100))
+	}
+	f.Fuzz(func(t *testing.T, h string, body int64) {
+		n, got := requestedBytes(h, body)
+		if n < 0 || (n == 0 && got != body) {
+			t.Fatalf("requestedBytes(%q, %d) = %d ranges, %d bytes", h, body, n, got)
+		}
+	})
+}
+
+func FuzzPositionLength(f *testing.F) {
+	for _, s := range []string{"96000:812345:3000000:1", "1000:431000:5000000", "1:-5:3", "::"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if n, err := positionLength(s); n < 0 || (err != nil && n != 0) {
+			t.Fatalf("positionLength(%q) = %d, %v", s, n, err)
+		}
+	})
+}
