@@ -33,6 +33,21 @@ func tarWith(t testing.TB, files []treeFile, edit func(*tar.Header)) []byte {
 	return buf.Bytes()
 }
 
+// blobTarSplit is the uncompressed tar-split of an image's first layer.
+func blobTarSplit(t testing.TB, img *testImage) []byte {
+	t.Helper()
+	loc, err := chunked.LocateFromAnnotations(img.descs[0].Annotations, img.descs[0].Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := img.layers[0]
+	l, err := chunked.Parse(loc, b[loc.TOC.Offset:loc.TOC.End()], b[loc.TarSplit.Offset:loc.TarSplit.End()])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.TarSplit
+}
+
 func tarSplitLength(t testing.TB, img *testImage) int64 {
 	t.Helper()
 	loc, err := chunked.LocateFromAnnotations(img.descs[0].Annotations, img.descs[0].Size)
@@ -64,6 +79,14 @@ func TestPullPredictsTarSplit(t *testing.T) {
 	}
 	if got := exportDigest(t, s, v1.diffIDs[0]); got != v1.diffIDs[0] {
 		t.Fatalf("export %s, DiffID %s", got, v1.diffIDs[0])
+	}
+	// The stored tar-split is the blob's, CRCs included, though it was never fetched.
+	stored, err := s.LayerTarSplit(context.Background(), v1.diffIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if real := blobTarSplit(t, v1); !bytes.Equal(stored, real) {
+		t.Fatalf("stored tar-split (%d bytes) differs from the blob's (%d bytes)", len(stored), len(real))
 	}
 	checkFsck(t, s)
 

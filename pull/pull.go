@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +15,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
@@ -417,9 +418,8 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 // TOC, and rebuilds the tar with it for the DiffID. Any error means: fetch the real one.
 //
 // The tar does not depend on tar-split's CRCs, which the prediction must compute for new
-// content, once fetched. So a first prediction with placeholder CRCs goes to the rebuild right
-// away, beside the fetch; a second one with the real CRCs, for the layer record, follows the
-// fetch and must equal the first but for those CRCs.
+// content, once fetched. So the prediction is made with placeholder CRCs and goes to the
+// rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
 func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
 	if k.err != nil {
 		return verdict{err: k.err}
@@ -438,29 +438,21 @@ func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID
 	if shared < len(l.TOC.Entries)/2 {
 		return verdict{err: fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(l.TOC.Entries))}
 	}
-	predict := func(crc tarsplit.CRCFunc) ([]byte, []storage.Entry, error) {
-		ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{k.Known}, crc)
-		if err != nil {
-			return nil, nil, fmt.Errorf("predicting the tar-split: %w", err)
-		}
-		entries, err := chunked.DecodeTarSplit(ts)
-		return ts, entries, err
+	// Placeholder CRCs: "kura" and the number of the content, patched after the rebuild.
+	var pending []pendingCRC
+	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
+		b := binary.BigEndian.AppendUint32([]byte(crcMagic), uint32(len(pending)))
+		pending = append(pending, pendingCRC{d, size})
+		return b, nil
 	}
-	placeholder := func(digest.Digest, int64) ([]byte, error) { return make([]byte, 8), nil }
-	_, entries, err := predict(placeholder)
+	ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{k.Known}, placeholder)
 	if err != nil {
-		return verdict{err: err}
+		return verdict{err: fmt.Errorf("predicting the tar-split: %w", err)}
 	}
-	type final struct {
-		ts      []byte
-		entries []storage.Entry
-		err     error
+	entries, err := chunked.DecodeTarSplit(ts)
+	if err != nil {
+		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	record := make(chan final, 1)
-	go func() {
-		ts, es, err := predict(tarsplit.OpenCRC(open))
-		record <- final{ts, es, err}
-	}()
 	checked := make(chan error, 1)
 	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, entries) }()
 	lp := *l
@@ -469,32 +461,65 @@ func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID
 	if cerr := <-checked; err == nil {
 		err = cerr
 	}
-	f := <-record
 	if err == nil {
-		err = f.err
-	}
-	if err == nil && !sameButCRCs(entries, f.entries) {
-		err = errors.New("the two predictions differ")
+		err = patchCRCs(ts, pending, tarsplit.OpenCRC(open))
 	}
 	if err != nil {
 		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return verdict{size: n, tarSplit: f.ts}
+	return verdict{size: n, tarSplit: ts}
 }
 
-// sameButCRCs says whether two decoded tar-splits agree on everything but file CRCs.
-func sameButCRCs(a, b []storage.Entry) bool {
-	if len(a) != len(b) {
-		return false
+// crcMagic starts a placeholder CRC; the tar rebuilt for the DiffID does not depend on CRCs.
+const crcMagic = "kura"
+
+type pendingCRC struct {
+	d    digest.Digest
+	size int64
+}
+
+// patchCRCs overwrites, in place, every placeholder CRC in a predicted tar-split with the real
+// CRC of its content (the base64 texts have the same length). A placeholder left over, or
+// one that names no content, is an error.
+func patchCRCs(ts []byte, pending []pendingCRC, crc tarsplit.CRCFunc) error {
+	if len(pending) == 0 {
+		return nil
 	}
-	for i := range a {
-		x, y := &a[i], &b[i]
-		if x.Type != y.Type || x.Position != y.Position || x.Size != y.Size || x.GetName() != y.GetName() ||
-			x.Type == storage.SegmentType && !bytes.Equal(x.Payload, y.Payload) {
-			return false
+	real := make([][]byte, len(pending))
+	for i, p := range pending {
+		sum, err := crc(p.d, p.size)
+		if err != nil {
+			return err
 		}
+		real[i] = []byte(base64.StdEncoding.EncodeToString(sum))
 	}
-	return true
+	key := []byte(`"payload":"` + base64.StdEncoding.EncodeToString([]byte(crcMagic))[:5])
+	patched := 0
+	for off := 0; ; {
+		i := bytes.Index(ts[off:], key)
+		if i < 0 {
+			break
+		}
+		at := off + i + len(`"payload":"`)
+		off = at
+		var raw [8]byte
+		if at+12 >= len(ts) || ts[at+12] != '"' {
+			continue
+		}
+		if n, err := base64.StdEncoding.Decode(raw[:], ts[at:at+12]); err != nil || n != 8 || string(raw[:4]) != crcMagic {
+			continue
+		}
+		j := binary.BigEndian.Uint32(raw[4:])
+		if int(j) >= len(real) {
+			return fmt.Errorf("placeholder CRC %d of %d: %w", j, len(real), errdefs.ErrInvalid)
+		}
+		copy(ts[at:at+12], real[j])
+		patched++
+	}
+	if patched < len(pending) {
+		return fmt.Errorf("patched %d placeholder CRCs, made %d: %w", patched, len(pending), errdefs.ErrInvalid)
+	}
+	return nil
 }
 
 // fetchMeta fetches metadata ranges of a blob whole, keyed by offset.

@@ -95,7 +95,14 @@ func readZstd(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer dec.Close()
-	b, err := dec.DecodeAll(z, nil)
+	// Size the output from the frame header, or else generously: DecodeAll grows a short buffer
+	// in small steps. (A partial pull keeps the blob's frames, which may not record their size.)
+	size := min(int64(len(z))*32, maxMetaSize)
+	var hdr zstd.Header
+	if hdr.Decode(z) == nil && hdr.HasFCS && hdr.FrameContentSize <= maxMetaSize {
+		size = int64(hdr.FrameContentSize)
+	}
+	b, err := dec.DecodeAll(z, make([]byte, 0, size))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v: %w", path, err, errdefs.ErrInvalid)
 	}
@@ -162,7 +169,7 @@ func (s *Store) removeDir(dir string) error {
 // PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
 // TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
 func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
-	return s.putLayer(ctx, l, toc, func() ([]byte, []byte, error) {
+	return s.putLayer(ctx, l, toc, false, func() ([]byte, []byte, error) {
 		tocJSON, err := json.Marshal(toc)
 		if err != nil {
 			return nil, nil, err
@@ -171,15 +178,17 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 	})
 }
 
-// PutLayerCompressed is PutLayer for metadata that a zstd:chunked blob holds already compressed:
-// its own TOC and tar-split frames, which the caller verified and decoded (toc is tocZst
-// decoded), are stored as they are, which saves encoding them again. Such a TOC keeps the blob's
-// frame offsets; nothing in the store reads them.
+// PutLayerCompressed is PutLayer for a puller that holds the metadata compressed already (a
+// zstd:chunked blob's own TOC and tar-split frames, which it verified; toc is tocZst decoded):
+// they are stored as they are, which saves encoding them again. Such a TOC keeps the blob's frame
+// offsets; nothing in the store reads them. The caller vouches that every object the TOC names
+// is stored: it saw each one (or committed it) under the lock it still holds, which keeps gc
+// away, so the layer's thousands of objects are not looked up a second time.
 func (s *Store) PutLayerCompressed(ctx context.Context, l Layer, toc *chunked.TOC, tocZst, tarSplitZst []byte) error {
-	return s.putLayer(ctx, l, toc, func() ([]byte, []byte, error) { return tocZst, tarSplitZst, nil })
+	return s.putLayer(ctx, l, toc, true, func() ([]byte, []byte, error) { return tocZst, tarSplitZst, nil })
 }
 
-func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, encode func() (tocZst, tarSplitZst []byte, err error)) error {
+func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objectsSeen bool, encode func() (tocZst, tarSplitZst []byte, err error)) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -194,14 +203,16 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, encode 
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.DiffID, err)
 	}
-	od, err := s.OpenObjectDir()
-	if err != nil {
-		return err
-	}
-	missing := od.Missing(objs)
-	od.Close()
-	if missing != "" {
-		return fmt.Errorf("layer %s: object %s: %w", l.DiffID, missing, errdefs.ErrNotFound)
+	if !objectsSeen {
+		od, err := s.OpenObjectDir()
+		if err != nil {
+			return err
+		}
+		missing := od.Missing(objs)
+		od.Close()
+		if missing != "" {
+			return fmt.Errorf("layer %s: object %s: %w", l.DiffID, missing, errdefs.ErrNotFound)
+		}
 	}
 	if l.Created.IsZero() {
 		l.Created = time.Now().UTC()
