@@ -19,6 +19,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 )
 
 // ReadOption configures Locate* and Parse.
@@ -536,7 +537,7 @@ func (l *Layer) index() error {
 func (l *Layer) fileAt(i int) (File, int, error) {
 	entries := l.TOC.Entries
 	e := &entries[i]
-	d, err := digest.Parse(e.Digest)
+	d, err := digests.ParseSHA256(e.Digest)
 	if err != nil || d.Algorithm() != digest.SHA256 {
 		return File{}, 0, invalidf("file %q: digest %q is not a sha256 digest", e.Name, e.Digest)
 	}
@@ -557,7 +558,7 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		}
 		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
 		if e.ChunkDigest != "" {
-			cd, err := digest.Parse(e.ChunkDigest)
+			cd, err := digests.ParseSHA256(e.ChunkDigest)
 			if err != nil {
 				return File{}, 0, invalidf("file %q: chunk digest %q: %v", e.Name, e.ChunkDigest, err)
 			}
@@ -575,7 +576,7 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		if c.ChunkSize <= 0 || c.ChunkSize > e.Size-off {
 			return File{}, 0, invalidf("file %q: chunk of %d bytes at %d overruns the %d-byte file", e.Name, c.ChunkSize, off, e.Size)
 		}
-		cd, err := digest.Parse(c.ChunkDigest)
+		cd, err := digests.ParseSHA256(c.ChunkDigest)
 		if err != nil || cd.Algorithm() != digest.SHA256 {
 			return File{}, 0, invalidf("file %q: chunk digest %q is not a sha256 digest", e.Name, c.ChunkDigest)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
@@ -287,6 +288,12 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return err
 	}
+	// The prediction needs no file content (CRCs come later): it runs beside the planning.
+	var predicted chan prediction
+	if predict {
+		predicted = make(chan prediction, 1)
+		go func() { predicted <- predictTarSplit(<-known, l.TOC) }()
+	}
 	od, err := s.OpenObjectDir()
 	if err != nil {
 		return err
@@ -315,7 +322,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	early := make(chan verdict, 1)
 	go func() {
 		if predict {
-			early <- predictAndCheck(ctx, <-known, l, diffID, openEarly)
+			early <- predictAndCheck(ctx, predicted, l, diffID, openEarly)
 			return
 		}
 		checked := make(chan error, 1)
@@ -420,9 +427,40 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 // The tar does not depend on tar-split's CRCs, which the prediction must compute for new
 // content, once fetched. So the prediction is made with placeholder CRCs and goes to the
 // rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
-func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+func predictAndCheck(ctx context.Context, pred <-chan prediction, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+	p := <-pred
+	if p.err != nil {
+		return verdict{err: p.err}
+	}
+	checked := make(chan error, 1)
+	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, p.entries) }()
+	lp := *l
+	lp.TarSplitEntries = p.entries
+	n, err := checkDiffID(ctx, &lp, diffID, open)
+	if cerr := <-checked; err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = patchCRCs(p.tarSplit, p.pending, tarsplit.OpenCRC(open))
+	}
+	if err != nil {
+		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
+	}
+	return verdict{size: n, tarSplit: p.tarSplit}
+}
+
+// prediction is a predicted tar-split with placeholder CRCs for the contents in pending.
+type prediction struct {
+	tarSplit []byte
+	entries  []storage.Entry
+	pending  []pendingCRC
+	err      error
+}
+
+// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
+func predictTarSplit(k knownLayer, toc *chunked.TOC) (p prediction) {
 	if k.err != nil {
-		return verdict{err: k.err}
+		return prediction{err: k.err}
 	}
 	// A layer of another image shares too little to predict from.
 	names := make(map[string]bool, len(k.TOC.Entries))
@@ -430,44 +468,28 @@ func predictAndCheck(ctx context.Context, k knownLayer, l *chunked.Layer, diffID
 		names[k.TOC.Entries[i].Name] = true
 	}
 	shared := 0
-	for i := range l.TOC.Entries {
-		if names[l.TOC.Entries[i].Name] {
+	for i := range toc.Entries {
+		if names[toc.Entries[i].Name] {
 			shared++
 		}
 	}
-	if shared < len(l.TOC.Entries)/2 {
-		return verdict{err: fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(l.TOC.Entries))}
+	if shared < len(toc.Entries)/2 {
+		return prediction{err: fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))}
 	}
 	// Placeholder CRCs: "kura" and the number of the content, patched after the rebuild.
-	var pending []pendingCRC
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
-		b := binary.BigEndian.AppendUint32([]byte(crcMagic), uint32(len(pending)))
-		pending = append(pending, pendingCRC{d, size})
+		b := binary.BigEndian.AppendUint32([]byte(crcMagic), uint32(len(p.pending)))
+		p.pending = append(p.pending, pendingCRC{d, size})
 		return b, nil
 	}
-	ts, _, err := tarsplit.PredictJSON(l.TOC, []tarsplit.Known{k.Known}, placeholder)
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicting the tar-split: %w", err)}
+	var err error
+	if p.tarSplit, _, err = tarsplit.PredictJSON(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
+		return prediction{err: fmt.Errorf("predicting the tar-split: %w", err)}
 	}
-	entries, err := chunked.DecodeTarSplit(ts)
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
+	if p.entries, err = chunked.DecodeTarSplit(p.tarSplit); err != nil {
+		return prediction{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, entries) }()
-	lp := *l
-	lp.TarSplitEntries = entries
-	n, err := checkDiffID(ctx, &lp, diffID, open)
-	if cerr := <-checked; err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = patchCRCs(ts, pending, tarsplit.OpenCRC(open))
-	}
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
-	}
-	return verdict{size: n, tarSplit: ts}
+	return p
 }
 
 // crcMagic starts a placeholder CRC; the tar rebuilt for the DiffID does not depend on CRCs.

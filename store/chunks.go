@@ -15,6 +15,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 )
 
 // The chunk index maps the digests of the chunks of large files (TOC "chunk" entries) to where
@@ -133,7 +134,7 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 	var obj [sha256.Size]byte
 	var haveObj bool
 	put := func(d string, size, offset int64) {
-		c, err := digest.Parse(d)
+		c, err := digests.ParseSHA256(d)
 		if err != nil || size <= 0 {
 			return
 		}
@@ -155,7 +156,7 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 			if e.Size == 0 || e.ChunkDigest == "" || i+1 >= len(toc.Entries) || toc.Entries[i+1].Type != chunked.TypeChunk {
 				continue
 			}
-			d, err := digest.Parse(e.Digest)
+			d, err := digests.ParseSHA256(e.Digest)
 			if err != nil {
 				continue
 			}

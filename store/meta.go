@@ -20,6 +20,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -331,7 +332,7 @@ func TOCObjects(toc *chunked.TOC) ([]digest.Digest, error) {
 		if e.Type != chunked.TypeReg || e.Size == 0 {
 			continue
 		}
-		d, err := digest.Parse(e.Digest)
+		d, err := digests.ParseSHA256(e.Digest)
 		if err != nil {
 			return nil, fmt.Errorf("TOC entry %q: digest %q: %w", e.Name, e.Digest, errdefs.ErrInvalid)
 		}
