@@ -289,10 +289,13 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		return err
 	}
 	// The prediction needs no file content (CRCs come later): it runs beside the planning.
-	var predicted chan prediction
+	var predicted *prediction
 	if predict {
-		predicted = make(chan prediction, 1)
-		go func() { predicted <- predictTarSplit(<-known, l.TOC) }()
+		predicted = &prediction{done: make(chan struct{})}
+		go func() {
+			defer close(predicted.done)
+			predictTarSplit(predicted, <-known, l.TOC)
+		}()
 	}
 	od, err := s.OpenObjectDir()
 	if err != nil {
@@ -340,7 +343,21 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		err = ferr
 	}
 	close(fetched)
+	// Every object is verified already: make them durable while the tar is still being hashed,
+	// and patch and compress a predicted tar-split's record meanwhile.
+	commitDone := make(chan error, 1)
+	record := make(chan recordResult, 1)
+	if err == nil {
+		go func() { commitDone <- batch.Commit(ctx) }()
+		if predict {
+			go func() { record <- predictedRecord(predicted, openEarly) }()
+		}
+	} else {
+		commitDone <- errors.New("not committed")
+	}
 	v := <-early
+	commitErr := <-commitDone
+	committed = commitErr == nil
 	asm.cleanup()
 	if v.metadataErr != nil {
 		return v.metadataErr // the root cause of whatever else failed
@@ -354,16 +371,18 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if !predict && (errors.Is(v.err, errdefs.ErrInvalid) || errors.Is(v.err, errdefs.ErrDigestMismatch)) {
 		return v.err // TOC and tar-split disagree, or they do not make the DiffID
 	}
-	if err := batch.Commit(ctx); err != nil {
-		return err
+	if commitErr != nil {
+		return commitErr
 	}
-	committed = true
 	lr.ObjectsWritten = len(plan.Files)
 	tarSplitZst := meta[loc.TarSplit.Offset]
+	if predict && v.err == nil {
+		rec := <-record
+		tarSplitZst, v.err = rec.zst, rec.err
+	}
 	switch {
 	case predict && v.err == nil:
 		lr.TarSplitPredicted = true
-		tarSplitZst = zstdFast(v.tarSplit)
 	case predict:
 		// A wrong or impossible prediction: fetch the real tar-split and check as usual.
 		lr.Note = "tar-split fetched: " + v.err.Error()
@@ -400,8 +419,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 
 // verdict is what the early check of a layer found.
 type verdict struct {
-	size        int64  // of the rebuilt tar
-	tarSplit    []byte // predicted, when it was
+	size        int64 // of the rebuilt tar
 	err         error
 	metadataErr error // TOC and fetched tar-split disagree
 }
@@ -427,30 +445,48 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 // The tar does not depend on tar-split's CRCs, which the prediction must compute for new
 // content, once fetched. So the prediction is made with placeholder CRCs and goes to the
 // rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
-func predictAndCheck(ctx context.Context, pred <-chan prediction, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
-	p := <-pred
-	if p.err != nil {
-		return verdict{err: p.err}
+func predictAndCheck(ctx context.Context, pred *prediction, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+	<-pred.done
+	if pred.err != nil {
+		return verdict{err: pred.err}
 	}
 	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, p.entries) }()
+	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, pred.entries) }()
 	lp := *l
-	lp.TarSplitEntries = p.entries
+	lp.TarSplitEntries = pred.entries
 	n, err := checkDiffID(ctx, &lp, diffID, open)
 	if cerr := <-checked; err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = patchCRCs(p.tarSplit, p.pending, tarsplit.OpenCRC(open))
-	}
 	if err != nil {
 		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return verdict{size: n, tarSplit: p.tarSplit}
+	return verdict{size: n}
 }
 
-// prediction is a predicted tar-split with placeholder CRCs for the contents in pending.
+type recordResult struct {
+	zst []byte
+	err error
+}
+
+// predictedRecord turns a prediction into the layer record's tar-split once the new files are
+// in: real CRCs over the placeholders, then compression. It does not touch what the rebuild reads
+// (the decoded entries), so it runs beside it.
+func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, error)) recordResult {
+	<-pred.done
+	if pred.err != nil {
+		return recordResult{err: pred.err}
+	}
+	if err := patchCRCs(pred.tarSplit, pred.pending, tarsplit.OpenCRC(open)); err != nil {
+		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
+	}
+	return recordResult{zst: zstdFast(pred.tarSplit)}
+}
+
+// prediction is a predicted tar-split with placeholder CRCs for the contents in pending; its
+// fields are set when done closes.
 type prediction struct {
+	done     chan struct{}
 	tarSplit []byte
 	entries  []storage.Entry
 	pending  []pendingCRC
@@ -458,9 +494,10 @@ type prediction struct {
 }
 
 // predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
-func predictTarSplit(k knownLayer, toc *chunked.TOC) (p prediction) {
+func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
 	if k.err != nil {
-		return prediction{err: k.err}
+		p.err = k.err
+		return
 	}
 	// A layer of another image shares too little to predict from.
 	names := make(map[string]bool, len(k.TOC.Entries))
@@ -474,7 +511,8 @@ func predictTarSplit(k knownLayer, toc *chunked.TOC) (p prediction) {
 		}
 	}
 	if shared < len(toc.Entries)/2 {
-		return prediction{err: fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))}
+		p.err = fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))
+		return
 	}
 	// Placeholder CRCs: "kura" and the number of the content, patched after the rebuild.
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
@@ -484,12 +522,12 @@ func predictTarSplit(k knownLayer, toc *chunked.TOC) (p prediction) {
 	}
 	var err error
 	if p.tarSplit, _, err = tarsplit.PredictJSON(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
-		return prediction{err: fmt.Errorf("predicting the tar-split: %w", err)}
+		p.err = fmt.Errorf("predicting the tar-split: %w", err)
+		return
 	}
 	if p.entries, err = chunked.DecodeTarSplit(p.tarSplit); err != nil {
-		return prediction{err: fmt.Errorf("predicted tar-split: %w", err)}
+		p.err = fmt.Errorf("predicted tar-split: %w", err)
 	}
-	return p
 }
 
 // crcMagic starts a placeholder CRC; the tar rebuilt for the DiffID does not depend on CRCs.
