@@ -1,6 +1,7 @@
 package store
 
 import (
+	"io/fs"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -171,12 +172,8 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 		}
 		return r, nil
 	}
-	tmps, err := os.ReadDir(filepath.Join(s.root, dirTmp))
-	if err != nil {
-		return r, err
-	}
-	r.TempFiles = len(tmps)
-	return r, nil
+	r.TempFiles, err = s.TempFiles()
+	return r, err
 }
 
 func hashFile(p string) (digest.Digest, error) {
@@ -241,4 +238,17 @@ func (s *Store) checkImage(ctx context.Context, id digest.Digest, goodLayer map[
 		}
 	}
 	return nil
+}
+
+// TempFiles counts the files under tmp/: writes in progress, or leftovers of interrupted ones.
+// Directories do not count: the temp object directories (tmp/o-N) stay.
+func (s *Store) TempFiles() (int, error) {
+	n := 0
+	err := filepath.WalkDir(filepath.Join(s.root, dirTmp), func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return err
+	})
+	return n, err
 }

@@ -110,6 +110,9 @@ type Store struct {
 
 	chunksMu sync.Mutex
 	chunks   *chunkIndex
+
+	tempShards    atomic.Uint32 // round-robin counter over tmp/o-N
+	tempShardMade atomic.Uint32 // bit N: tmp/o-N exists (as far as this handle knows)
 }
 
 // Option configures Open.

@@ -2,8 +2,6 @@ package store_test
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/kura-oci/kura/store"
@@ -26,8 +24,8 @@ func newStore(t *testing.T) *store.Store {
 
 func leftovers(s *store.Store) func() int {
 	return func() int {
-		ents, _ := os.ReadDir(filepath.Join(s.Root(), "tmp"))
-		return len(ents)
+		n, _ := s.TempFiles()
+		return n
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -221,9 +220,8 @@ func TestImportHostile(t *testing.T) {
 			if n := countObjects(t, s); n != 0 {
 				t.Fatalf("%d objects visible after a rejected layer", n)
 			}
-			ents, _ := os.ReadDir(filepath.Join(s.Root(), "tmp"))
-			if len(ents) != 0 {
-				t.Fatalf("temp files left: %d", len(ents))
+			if n, _ := s.TempFiles(); n != 0 {
+				t.Fatalf("temp files left: %d", n)
 			}
 		})
 	}
