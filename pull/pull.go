@@ -525,7 +525,9 @@ func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
 		p.err = fmt.Errorf("predicting the tar-split: %w", err)
 		return
 	}
-	if p.entries, err = chunked.DecodeTarSplit(p.tarSplit); err != nil {
+	// The stored layer's tar-split is not needed any more (the prediction copied what it
+	// needed): its memory takes the decoded payloads.
+	if p.entries, err = chunked.DecodeTarSplitInto(p.tarSplit, k.TarSplit); err != nil {
 		p.err = fmt.Errorf("predicted tar-split: %w", err)
 	}
 }
