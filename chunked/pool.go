@@ -37,7 +37,8 @@ func getDecoder(r io.Reader) (*zstd.Decoder, error) {
 			return d, nil
 		}
 	}
-	return zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow))
+	// Low memory: a file's frames are small, and fresh buffers cost page faults.
+	return zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderLowmem(true))
 }
 
 func putDecoder(d *zstd.Decoder) { decoderPool.Put(d) }

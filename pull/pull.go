@@ -619,7 +619,10 @@ func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []
 
 // zstdFast compresses a predicted tar-split for the layer record (any zstd will do there).
 func zstdFast(b []byte) []byte {
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	// A small window and lower memory: fresh buffers cost page faults, and tar-split lines repeat
+	// within a few KiB anyway.
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+		zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
 	defer enc.Close()
 	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
 }

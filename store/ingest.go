@@ -117,6 +117,9 @@ func (w *writer) Write(p []byte) (int, error) {
 	}
 	w.n += int64(len(p))
 	if w.f == nil && len(w.buf)+len(p) <= memLimit {
+		if w.buf == nil && w.size > 0 && w.size <= memLimit {
+			w.buf = make([]byte, 0, w.size) // one allocation: the object's size is known
+		}
 		w.buf = append(w.buf, p...)
 		return len(p), nil
 	}
