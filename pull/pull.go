@@ -326,16 +326,9 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	go func() {
 		if predict {
 			early <- predictAndCheck(ctx, predicted, l, diffID, openEarly)
-			return
+		} else {
+			early <- checkFetched(ctx, checkTarSplit, l, diffID, openEarly)
 		}
-		checked := make(chan error, 1)
-		go func() { checked <- checkTarSplit() }()
-		n, err := checkDiffID(ctx, l, diffID, openEarly)
-		cerr := <-checked
-		if cerr != nil {
-			err = cerr
-		}
-		early <- verdict{size: n, err: err, metadataErr: cerr}
 	}()
 	if ranges := plan.Ranges(); len(ranges) > 0 {
 		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
@@ -437,6 +430,19 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 	}
 	ts, err := s.LayerTarSplit(ctx, prev)
 	return knownLayer{Known: tarsplit.Known{TOC: toc, TarSplit: ts}, err: err}
+}
+
+// checkFetched compares TOC and fetched tar-split (checkTarSplit) and, beside it, rebuilds the
+// tar for the DiffID.
+func checkFetched(ctx context.Context, checkTarSplit func() error, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
+	checked := make(chan error, 1)
+	go func() { checked <- checkTarSplit() }()
+	n, err := checkDiffID(ctx, l, diffID, open)
+	cerr := <-checked
+	if cerr != nil {
+		err = cerr
+	}
+	return verdict{size: n, err: err, metadataErr: cerr}
 }
 
 // predictAndCheck predicts the layer's tar-split from a stored layer, checks it against the
