@@ -116,10 +116,16 @@ each file and the layer DiffID. Other layers are streamed whole into the store.`
 			if rep.BlobBytes > 0 {
 				pct = 100 * float64(skipped) / float64(rep.BlobBytes)
 			}
+			predicted := ""
+			for _, l := range rep.Layers {
+				if l.TarSplitPredicted {
+					predicted = ", tar-split predicted"
+				}
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", rep.Name, rep.Image)
-			fmt.Fprintf(cmd.OutOrStdout(), "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused, %.2fs\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused%s, %.2fs\n",
 				progress.HumanBytes(rep.BlobBytes), progress.HumanBytes(rep.BytesRequested), progress.HumanBytes(rep.BytesReceived), pct,
-				rep.FilesReused, rep.ChunksReused, rep.Seconds)
+				rep.FilesReused, rep.ChunksReused, predicted, rep.Seconds)
 			return nil
 		},
 	}
