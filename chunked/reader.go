@@ -640,7 +640,7 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
 		}
-		if err := sameMetadata(e, &want); err != nil {
+		if err := SameMetadata(e, &want); err != nil {
 			return invalidf("TOC and tar-split disagree on %q: %v", hdr.Name, err)
 		}
 		return nil
@@ -710,8 +710,9 @@ func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error
 	return nil
 }
 
-// sameMetadata compares the fields the reference compares (not digests, offsets, chunks).
-func sameMetadata(a, b *Entry) error {
+// SameMetadata compares the fields the reference compares (not digests, offsets, chunks): the
+// metadata a tar header holds. It says which field differs.
+func SameMetadata(a, b *Entry) error {
 	switch {
 	case a.Type != b.Type:
 		return fmt.Errorf("type %q != %q", a.Type, b.Type)

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -15,28 +14,7 @@ import (
 
 // sameEntry reports whether two TOC entries have the same tar metadata: a known entry's header
 // bytes can then be reused as they are.
-func sameEntry(a, b *chunked.Entry) bool {
-	return a.Type == b.Type && a.Name == b.Name && a.Linkname == b.Linkname && a.Mode == b.Mode &&
-		a.Size == b.Size && a.UID == b.UID && a.GID == b.GID &&
-		sameTime(a.ModTime, b.ModTime) && sameTime(a.AccessTime, b.AccessTime) && sameTime(a.ChangeTime, b.ChangeTime) &&
-		a.Devmajor == b.Devmajor && a.Devminor == b.Devminor && maps.Equal(a.Xattrs, b.Xattrs)
-}
-
-// sameTime treats nil, the zero time and the Unix epoch alike: a tar header writes all three as 0
-// (and TOC writers differ in which they record).
-func sameTime(a, b *time.Time) bool {
-	norm := func(t *time.Time) *time.Time {
-		if t != nil && (t.IsZero() || t.Equal(time.Unix(0, 0))) {
-			return nil
-		}
-		return t
-	}
-	a, b = norm(a), norm(b)
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(*b)
-}
+func sameEntry(a, b *chunked.Entry) bool { return chunked.SameMetadata(a, b) == nil }
 
 // typeFlags maps TOC entry types back to tar type flags.
 var typeFlags = map[string]byte{
