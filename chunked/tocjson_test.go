@@ -41,7 +41,7 @@ func TestParseTOCFast(t *testing.T) {
 		t.Fatal("fast and encoding/json decodings differ")
 	}
 	for _, doc := range []string{
-		`{"Version":1,"entries":[]}`,                                 // other key case
+		`{"Version":1,"entries":[]}`,                                // other key case
 		`{"version":1,"entries":[{"type":"reg","name":"a\u00e9"}]}`, // escape
 		`{"version":1,"entries":[{"type":"reg","name":"a","size":1,"size":2}]}`,
 		`{"version":1,"entries":[{"type":"reg","name":"a","xattrs":{"k":"djE="},"xattrs":{"l":""}}]}`,

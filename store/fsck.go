@@ -1,12 +1,12 @@
 package store
 
 import (
-	"io/fs"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"

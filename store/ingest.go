@@ -94,10 +94,10 @@ type writer struct {
 	expected digest.Digest
 	size     int64
 
-	h    hash.Hash
-	vh   *verity.Hasher // nil unless the store records fs-verity digests
-	n    int64
-	buf  []byte
+	h     hash.Hash
+	vh    *verity.Hasher // nil unless the store records fs-verity digests
+	n     int64
+	buf   []byte
 	f     *os.File      // temp file once spilled
 	bw    *bufio.Writer // buffers f: callers may write in small pieces
 	holes bool          // f has holes: its size is set at commit
