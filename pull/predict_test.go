@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/store"
 )
 
 // tarWith is tarOf with a hook on every header.
@@ -48,6 +49,23 @@ func blobTarSplit(t testing.TB, img *testImage) []byte {
 	return l.TarSplit
 }
 
+// pullUpdate writes v0 and v1 to one layout and pulls v0, then v1, into a new store.
+func pullUpdate(t *testing.T, v0, v1 *testImage) (layout string, s *store.Store, update *Report) {
+	t.Helper()
+	layout = t.TempDir()
+	v0.writeLayout(t, layout, "v0")
+	v1.writeLayout(t, layout, "v1")
+	s = openStore(t)
+	if _, err := pullRef(t, s, "oci:"+layout+":v0", nil); err != nil {
+		t.Fatal(err)
+	}
+	update, err := pullRef(t, s, "oci:"+layout+":v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layout, s, update
+}
+
 func tarSplitLength(t testing.TB, img *testImage) int64 {
 	t.Helper()
 	loc, err := chunked.LocateFromAnnotations(img.descs[0].Annotations, img.descs[0].Size)
@@ -61,24 +79,17 @@ func tarSplitLength(t testing.TB, img *testImage) int64 {
 // the previous version's, not fetched: exactly the tar-split's bytes fewer are requested than
 // by a pull that has nothing to predict from, and the layer exports to its DiffID.
 func TestPullPredictsTarSplit(t *testing.T) {
-	v0, v1 := buildImage(t, tarOf(t, genTree(0))), buildImage(t, tarOf(t, genTree(1)))
-	dir := t.TempDir()
-	v0.writeLayout(t, dir, "v0")
-	v1.writeLayout(t, dir, "v1")
-
-	s := openStore(t)
-	if _, err := pullRef(t, s, "oci:"+dir+":v0", nil); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := pullRef(t, s, "oci:"+dir+":v1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v1tar := tarOf(t, genTree(1))
+	v0, v1 := buildImage(t, tarOf(t, genTree(0))), buildImage(t, v1tar)
+	dir, s, rep := pullUpdate(t, v0, v1)
 	if !rep.Layers[0].TarSplitPredicted || rep.Layers[0].Note != "" {
 		t.Fatalf("update pull: predicted %v, note %q", rep.Layers[0].TarSplitPredicted, rep.Layers[0].Note)
 	}
 	if got := exportDigest(t, s, v1.diffIDs[0]); got != v1.diffIDs[0] {
 		t.Fatalf("export %s, DiffID %s", got, v1.diffIDs[0])
+	}
+	if lay, err := s.Layer(context.Background(), v1.diffIDs[0]); err != nil || lay.TarSize != int64(len(v1tar)) {
+		t.Fatalf("recorded tar size %d, the tar has %d bytes (%v)", lay.TarSize, len(v1tar), err)
 	}
 	// The stored tar-split is the blob's, CRCs included, though it was never fetched.
 	stored, err := s.LayerTarSplit(context.Background(), v1.diffIDs[0])
@@ -113,17 +124,7 @@ func TestPullPredictsTarSplit(t *testing.T) {
 func TestPullWrongPredictionFetchesTarSplit(t *testing.T) {
 	v0 := buildImage(t, tarOf(t, genTree(0)))
 	v1 := buildImage(t, tarWith(t, genTree(1), func(h *tar.Header) { h.Uname, h.Gname = "alice", "staff" }))
-	dir := t.TempDir()
-	v0.writeLayout(t, dir, "v0")
-	v1.writeLayout(t, dir, "v1")
-	s := openStore(t)
-	if _, err := pullRef(t, s, "oci:"+dir+":v0", nil); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := pullRef(t, s, "oci:"+dir+":v1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, s, rep := pullUpdate(t, v0, v1)
 	lr := rep.Layers[0]
 	if lr.TarSplitPredicted || !strings.Contains(lr.Note, "tar-split fetched") {
 		t.Fatalf("predicted %v, note %q", lr.TarSplitPredicted, lr.Note)

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/vbatts/tar-split/tar/storage"
@@ -486,7 +485,7 @@ func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, 
 	if err := patchCRCs(pred.tarSplit, pred.pending, tarsplit.OpenCRC(open)); err != nil {
 		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return recordResult{zst: zstdFast(pred.tarSplit)}
+	return recordResult{zst: store.CompressMetadata(pred.tarSplit)}
 }
 
 // prediction is a predicted tar-split with placeholder CRCs for the contents in pending; its
@@ -623,16 +622,6 @@ func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []
 	return meta, nil
 }
 
-// zstdFast compresses a predicted tar-split for the layer record (any zstd will do there).
-func zstdFast(b []byte) []byte {
-	// A small window and lower memory: fresh buffers cost page faults, and tar-split lines repeat
-	// within a few KiB anyway.
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
-	defer enc.Close()
-	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
-}
-
 func addRangeReport(lr *LayerReport, r registry.RangeReport) {
 	lr.BytesRequested += r.BytesRequested
 	lr.BytesReceived += r.BytesReceived
@@ -647,7 +636,6 @@ func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, op
 		byName[f.Entry.Name] = f.Digest
 	}
 	h := sha256.New()
-	cw := &countingWriter{w: h}
 	err := chunked.RebuildTarEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
@@ -657,25 +645,23 @@ func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, op
 			return nil, err
 		}
 		return open(d)
-	}, cw)
+	}, h)
 	if err != nil {
 		return 0, fmt.Errorf("rebuilding the tar: %w", err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
 		return 0, fmt.Errorf("rebuilt tar hashes to %s, the config says %s: %w", got, diffID, errdefs.ErrDigestMismatch)
 	}
-	return cw.n, nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	// The rebuild wrote every segment and exactly each file's size (else it failed).
+	var size int64
+	for _, e := range l.TarSplitEntries {
+		if e.Type == storage.SegmentType {
+			size += int64(len(e.Payload))
+		} else {
+			size += e.Size
+		}
+	}
+	return size, nil
 }
 
 // storeHave answers Have from the store.

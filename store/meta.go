@@ -77,11 +77,14 @@ func (s *Store) imageDir(id digest.Digest) (string, error) {
 	return filepath.Join(s.root, dirImages, id.Encoded()), nil
 }
 
-// zstdBytes compresses b.
-func zstdBytes(b []byte) []byte {
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
+// CompressMetadata compresses a metadata file (TOC, tar-split) as the store keeps it, for callers
+// of PutLayerCompressed that hold it uncompressed.
+func CompressMetadata(b []byte) []byte {
+	// Lower memory: fresh buffers cost page faults, and metadata repeats within a short distance.
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+		zstd.WithLowerEncoderMem(true))
 	defer enc.Close()
-	return enc.EncodeAll(b, nil)
+	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
 }
 
 // readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole
@@ -175,7 +178,7 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 		if err != nil {
 			return nil, nil, err
 		}
-		return zstdBytes(tocJSON), zstdBytes(tarSplit), nil
+		return CompressMetadata(tocJSON), CompressMetadata(tarSplit), nil
 	})
 }
 
