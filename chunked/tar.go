@@ -16,8 +16,8 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// paxXattrPrefix marks extended attributes among PAX records.
-const paxXattrPrefix = "SCHILY.xattr."
+// PAXXattrPrefix marks extended attributes among PAX records.
+const PAXXattrPrefix = "SCHILY.xattr."
 
 // tocType maps a tar type flag to the TOC entry type.
 func tocType(flag byte) (string, error) {
@@ -49,7 +49,7 @@ func EntryFromHeader(hdr *tar.Header) (Entry, error) {
 	}
 	var xattrs map[string]string
 	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, paxXattrPrefix); ok {
+		if name, ok := strings.CutPrefix(k, PAXXattrPrefix); ok {
 			if xattrs == nil {
 				xattrs = map[string]string{}
 			}
@@ -148,7 +148,7 @@ func walkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []by
 	}
 	tr := vtar.NewReader(r)
 	tr.RawAccounting = true
-	crc := crc64.New(crcTable)
+	crc := crc64.New(CRCTable)
 	var pending []byte // raw bytes seen after a payload, before the next header's
 	for {
 		hdr, err := tr.Next()
@@ -242,8 +242,8 @@ func WalkTar(r io.Reader, tarSplit io.Writer, fn func(hdr *tar.Header, payload i
 		func(_ []byte, rest io.Reader) error { _, err := io.Copy(io.Discard, rest); return err })
 }
 
-// crcTable is the CRC-64 table tar-split uses for file payload checksums.
-var crcTable = crc64.MakeTable(crc64.ISO)
+// CRCTable is the CRC-64 table tar-split uses for file payload checksums.
+var CRCTable = crc64.MakeTable(crc64.ISO)
 
 // RebuildTar writes the exact tar stream described by a tar-split JSON stream, taking file
 // contents from open (called once per regular file with content, with the size tar-split

@@ -42,9 +42,32 @@ type writerOptions struct {
 // defaultWriterOptions holds every writer default.
 func defaultWriterOptions() writerOptions {
 	return writerOptions{
-		level:       10, // the reference's default: klauspost SpeedBestCompression
+		level:       DefaultLevel,
 		concurrency: runtime.GOMAXPROCS(0),
 	}
+}
+
+// DefaultLevel is the reference's default zstd level (klauspost's SpeedBestCompression).
+const DefaultLevel = 10
+
+// CompressTarSplit compresses a whole tar-split stream exactly as the writer does at level: one
+// zstd stream, no content size in the frame header.
+func CompressTarSplit(tarSplit []byte, level int) ([]byte, error) {
+	enc, err := getEncoder(level)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(tarSplit)/8 + 1024)
+	enc.Reset(&buf)
+	if _, err := enc.Write(tarSplit); err != nil {
+		return nil, fmt.Errorf("compressing tar-split: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("compressing tar-split: %w", err)
+	}
+	putEncoder(level, enc)
+	return buf.Bytes(), nil
 }
 
 // WithLevel sets the zstd level (1–22, mapped as klauspost's EncoderLevelFromZstd does).

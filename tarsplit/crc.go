@@ -7,11 +7,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 )
-
-// crcTable is the CRC-64 table tar-split checksums file contents with.
-var crcTable = crc64.MakeTable(crc64.ISO)
 
 // OpenCRC returns a CRCFunc that reads content through open (a store's Open, say) and computes
 // its tar-split checksum. The content must be exactly the size the TOC gives.
@@ -22,7 +20,7 @@ func OpenCRC(open func(d digest.Digest) (io.ReadCloser, error)) CRCFunc {
 			return nil, err
 		}
 		defer rc.Close()
-		h := crc64.New(crcTable)
+		h := crc64.New(chunked.CRCTable)
 		n, err := io.Copy(h, io.LimitReader(rc, size+1))
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", d, err)

@@ -27,8 +27,6 @@ var typeFlags = map[string]byte{
 	chunked.TypeSymlink: tar.TypeSymlink,
 }
 
-// paxXattrPrefix marks extended attributes among PAX records.
-const paxXattrPrefix = "SCHILY.xattr."
 
 // basicPAXKeys are the PAX records Go's writer derives from header fields.
 var basicPAXKeys = map[string]bool{
@@ -85,7 +83,7 @@ func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names ow
 		if h.PAXRecords == nil {
 			h.PAXRecords = map[string]string{}
 		}
-		h.PAXRecords[paxXattrPrefix+k] = string(b)
+		h.PAXRecords[chunked.PAXXattrPrefix+k] = string(b)
 	}
 	if tmpl != nil && tmpl.Uid == e.UID {
 		h.Uname = tmpl.Uname
@@ -100,7 +98,7 @@ func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names ow
 	if tmpl != nil && sameName {
 		// Records the TOC does not show (file flags, creation times…) most likely stayed.
 		for k, v := range tmpl.PAXRecords {
-			if !basicPAXKeys[k] && !strings.HasPrefix(k, paxXattrPrefix) && !strings.HasPrefix(k, "GNU.sparse.") {
+			if !basicPAXKeys[k] && !strings.HasPrefix(k, chunked.PAXXattrPrefix) && !strings.HasPrefix(k, "GNU.sparse.") {
 				if h.PAXRecords == nil {
 					h.PAXRecords = map[string]string{}
 				}

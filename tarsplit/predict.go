@@ -4,12 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
-	"runtime"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
@@ -40,7 +37,7 @@ func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit
 	if _, err := digest.Parse(toc.TarSplitDigest); err != nil {
 		return nil, nil, fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
 	}
-	tarSplit, _, err = predict(toc, known, crc)
+	tarSplit, _, err = PredictJSON(toc, known, crc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,10 +68,6 @@ func CheckDigest(toc *chunked.TOC, compressed []byte) error {
 // A wrong prediction still cannot go unnoticed if the caller rebuilds the tar and checks the
 // DiffID, which it must do anyway after a partial pull.
 func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
-	return predict(toc, known, crc)
-}
-
-func predict(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
 	var st Stats
 	crcs := map[string][]byte{}
 	layers := make([]*layerIndex, 0, len(known))
@@ -348,33 +341,7 @@ func (ix *templates) tail(p *packer, empty bool, lastSize, total int64) {
 }
 
 // Level is the zstd level the writer compresses tar-splits at (chunked's default).
-const Level = 10
+const Level = chunked.DefaultLevel
 
-// encoders keeps level-10 encoders, whose match tables are costly to allocate.
-var encoders sync.Pool
-
-// Compress compresses a tar-split JSON stream as the writer does: one zstd stream at Level, no
-// content size in the frame header. The encoder's output does not depend on its concurrency;
-// two goroutines let reading input overlap compressing the block before.
-func Compress(tarSplit []byte) ([]byte, error) {
-	enc, _ := encoders.Get().(*zstd.Encoder)
-	if enc == nil {
-		var err error
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(Level)), zstd.WithEncoderConcurrency(min(2, runtime.GOMAXPROCS(0))))
-		if err != nil {
-			return nil, err
-		}
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(tarSplit)/8 + 1024)
-	enc.Reset(&buf)
-	if _, err := enc.Write(tarSplit); err != nil {
-		return nil, fmt.Errorf("compressing tar-split: %w", err)
-	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("compressing tar-split: %w", err)
-	}
-	enc.Reset(nil)
-	encoders.Put(enc)
-	return buf.Bytes(), nil
-}
+// Compress compresses a tar-split JSON stream as the writer does at Level.
+func Compress(tarSplit []byte) ([]byte, error) { return chunked.CompressTarSplit(tarSplit, Level) }
