@@ -27,7 +27,6 @@ var typeFlags = map[string]byte{
 	chunked.TypeSymlink: tar.TypeSymlink,
 }
 
-
 // basicPAXKeys are the PAX records Go's writer derives from header fields.
 var basicPAXKeys = map[string]bool{
 	"path": true, "linkpath": true, "size": true, "uid": true, "gid": true,
