@@ -50,7 +50,7 @@ type chunkRecord struct {
 
 func (s *Store) invalidateChunks() {
 	s.chunksMu.Lock()
-	s.chunks = nil
+	s.chunks, s.chunksRefreshed = nil, false
 	s.chunksMu.Unlock()
 }
 
@@ -67,8 +67,13 @@ func (s *Store) FindChunk(ctx context.Context, chunk digest.Digest, size int64) 
 	}
 	s.chunksMu.Lock()
 	defer s.chunksMu.Unlock()
-	if err := s.refreshChunks(ctx); err != nil {
-		return ChunkLocation{}, err
+	// Once per handle: a plan asks for many chunks. Layers another process records meanwhile
+	// are missed until the next handle, which costs reuse, never correctness.
+	if !s.chunksRefreshed {
+		if err := s.refreshChunks(ctx); err != nil {
+			return ChunkLocation{}, err
+		}
+		s.chunksRefreshed = true
 	}
 	r, ok := s.chunks.m[chunkKey{raw, size}]
 	if !ok {
@@ -134,12 +139,8 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 	var obj [sha256.Size]byte
 	var haveObj bool
 	put := func(d string, size, offset int64) {
-		c, err := digests.ParseSHA256(d)
-		if err != nil || size <= 0 {
-			return
-		}
-		raw, ok := rawSHA256(c)
-		if !ok {
+		raw, ok := rawSHA256(digest.Digest(d))
+		if !ok || size <= 0 {
 			return
 		}
 		k := chunkKey{raw, size}
@@ -156,11 +157,7 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 			if e.Size == 0 || e.ChunkDigest == "" || i+1 >= len(toc.Entries) || toc.Entries[i+1].Type != chunked.TypeChunk {
 				continue
 			}
-			d, err := digests.ParseSHA256(e.Digest)
-			if err != nil {
-				continue
-			}
-			if obj, haveObj = rawSHA256(d); haveObj {
+			if obj, haveObj = rawSHA256(digest.Digest(e.Digest)); haveObj {
 				put(e.ChunkDigest, e.ChunkSize, 0)
 			}
 		case chunked.TypeChunk:
@@ -173,7 +170,8 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 	}
 }
 
-// indexLayerChunks adds a newly recorded layer to the index file, if the index is in use.
+// indexLayerChunks adds a newly recorded layer to the index file (loading the file first if this
+// handle has not), so that later pulls find its chunks without decoding its TOC.
 func (s *Store) indexLayerChunks(layer digest.Digest, toc *chunked.TOC) {
 	s.chunksMu.Lock()
 	defer s.chunksMu.Unlock()
@@ -272,7 +270,7 @@ func (s *Store) saveChunkIndex(idx *chunkIndex) {
 
 func rawSHA256(d digest.Digest) ([sha256.Size]byte, bool) {
 	var raw [sha256.Size]byte
-	if d.Algorithm() != digest.SHA256 {
+	if !digests.IsSHA256(d) {
 		return raw, false
 	}
 	n, err := hex.Decode(raw[:], []byte(d.Encoded()))

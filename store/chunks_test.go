@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -66,7 +67,12 @@ func TestChunkIndex(t *testing.T) {
 		"missing": func() { os.Remove(index) },
 		"torn":    func() { os.WriteFile(index, b[:len(b)/2], 0o644) },
 		"flipped": func() { c := append([]byte(nil), b...); c[len(c)/2] ^= 1; os.WriteFile(index, c, 0o644) },
-		"empty":   func() { os.WriteFile(index, []byte("KURACIX1\x00\x00\x00\x00\x00\x00\x00\x00"), 0o644) },
+		// A valid, sealed index that covers no layer: the layer is added from its TOC.
+		"stale": func() {
+			body := []byte("KURACIX1\x00\x00\x00\x00\x00\x00\x00\x00")
+			sum := sha256.Sum256(body)
+			os.WriteFile(index, append(body, sum[:]...), 0o644)
+		},
 	} {
 		damage()
 		check(name, reopen())

@@ -110,6 +110,8 @@ type Store struct {
 
 	chunksMu sync.Mutex
 	chunks   *chunkIndex
+	// chunksRefreshed: chunks covers every layer stored when this handle first looked.
+	chunksRefreshed bool
 
 	tempShards    atomic.Uint32 // round-robin counter over tmp/o-N
 	tempShardMade atomic.Uint32 // bit N: tmp/o-N exists (as far as this handle knows)
