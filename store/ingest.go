@@ -111,10 +111,7 @@ func (w *writer) Write(p []byte) (int, error) {
 	if w.size >= 0 && w.n+int64(len(p)) > w.size {
 		return 0, fmt.Errorf("object %s: more than the expected %d bytes: %w", w.expected, w.size, errdefs.ErrDigestMismatch)
 	}
-	w.h.Write(p)
-	if w.vh != nil {
-		w.vh.Write(p)
-	}
+	w.hash(p)
 	w.n += int64(len(p))
 	if w.f == nil && len(w.buf)+len(p) <= memLimit {
 		if w.buf == nil && w.size > 0 && w.size <= memLimit {
@@ -163,10 +160,7 @@ func (w *writer) WriteHole(n int64) error {
 	}
 	for left := n; left > 0; {
 		k := min(left, int64(len(zeros)))
-		w.h.Write(zeros[:k])
-		if w.vh != nil {
-			w.vh.Write(zeros[:k])
-		}
+		w.hash(zeros[:k])
 		left -= k
 	}
 	if err := w.bw.Flush(); err != nil {
@@ -247,15 +241,7 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		if err != nil {
 			return "", fmt.Errorf("object %s: %w", d, err)
 		}
-		if w.batch != nil {
-			w.batch.add(d, tmp)
-			return d, nil
-		}
-		if err := placeObject(tmp, dst, true); err != nil {
-			os.Remove(tmp)
-			return "", fmt.Errorf("object %s: %w", d, err)
-		}
-		return d, nil
+		return w.place(d, tmp, dst)
 	}
 	f := w.f
 	w.done = true
@@ -276,14 +262,7 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 	if err := f.Chmod(0o444); err != nil {
 		return fail(fmt.Errorf("object %s: %w", d, err))
 	}
-	if w.batch != nil {
-		if err := f.Close(); err != nil {
-			return fail(fmt.Errorf("object %s: %w", d, err))
-		}
-		w.batch.add(d, f.Name())
-		return d, nil
-	}
-	if !w.s.noSync {
+	if w.batch == nil && !w.s.noSync {
 		if err := f.Sync(); err != nil {
 			return fail(fmt.Errorf("syncing object %s: %w", d, err))
 		}
@@ -291,11 +270,29 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 	if err := f.Close(); err != nil {
 		return fail(fmt.Errorf("object %s: %w", d, err))
 	}
-	if err := placeObject(f.Name(), dst, true); err != nil {
-		os.Remove(f.Name())
+	return w.place(d, f.Name(), dst)
+}
+
+// place hands a complete, verified (and, outside a batch, synced) temp object to its batch, or
+// gives it its name.
+func (w *writer) place(d digest.Digest, tmp, dst string) (digest.Digest, error) {
+	if w.batch != nil {
+		w.batch.add(d, tmp)
+		return d, nil
+	}
+	if err := placeObject(tmp, dst, true); err != nil {
+		os.Remove(tmp)
 		return "", fmt.Errorf("object %s: %w", d, err)
 	}
 	return d, nil
+}
+
+// hash feeds content to the object's digests.
+func (w *writer) hash(p []byte) {
+	w.h.Write(p)
+	if w.vh != nil {
+		w.vh.Write(p)
+	}
 }
 
 // tempShards is how many directories under tmp/ hold temp objects. Creating files in one

@@ -166,11 +166,11 @@ func (s *Store) Root() string { return s.root }
 // ObjectPath is where the object with digest d lives (whether or not it exists). Checkout and
 // composefs use it to reflink or reference the file directly.
 func (s *Store) ObjectPath(d digest.Digest) (string, error) {
-	if err := checkDigest(d); err != nil {
+	rel, err := relPath(d)
+	if err != nil {
 		return "", err
 	}
-	h := d.Encoded()
-	return filepath.Join(s.root, dirObjects, h[:2], h[2:]), nil
+	return filepath.Join(s.root, dirObjects, rel), nil
 }
 
 // checkDigest accepts only well-formed sha256 digests, the only kind the store names things by.
