@@ -153,9 +153,15 @@ func (s *Store) sweepComposefs(r *reach) (int, error) {
 	return n, nil
 }
 
-// removeTemps deletes everything in tmp/. Only under the exclusive lock: then no ingest is running
-// and every temp file is a leftover of a crash.
+// removeTemps deletes every temp file and directory under tmp/, keeping the temp object
+// directories (tmp/o-N), which an ingest of this process may expect. Only under the exclusive
+// lock: then no ingest is running and every temp file is a leftover of a crash. It returns how
+// many files it removed.
 func (s *Store) removeTemps() (int, error) {
+	n, err := s.TempFiles()
+	if err != nil {
+		return 0, err
+	}
 	dir := filepath.Join(s.root, dirTmp)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -163,12 +169,31 @@ func (s *Store) removeTemps() (int, error) {
 	}
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
+		if e.IsDir() && strings.HasPrefix(e.Name(), tempShardPrefix) {
+			if err := removeContents(p); err != nil {
+				return 0, fmt.Errorf("removing temp files: %w", err)
+			}
+			continue
+		}
 		os.Chmod(p, 0o700) // committed-dir leftovers are read-only
 		if err := os.RemoveAll(p); err != nil {
 			return 0, fmt.Errorf("removing temp file: %w", err)
 		}
 	}
-	return len(ents), nil
+	return n, nil
+}
+
+func removeContents(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // sweepVariants removes checkout variants whose only link is the store's own.

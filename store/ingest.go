@@ -175,7 +175,11 @@ func (w *writer) WriteHole(n int64) error {
 }
 
 func (w *writer) spill() error {
-	f, err := inTempShard(w.s, func(dir string) (*os.File, error) { return os.CreateTemp(dir, "obj-") })
+	dir, err := w.s.tempShard()
+	if err != nil {
+		return fmt.Errorf("creating temp object: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "obj-")
 	if err != nil {
 		return fmt.Errorf("creating temp object: %w", err)
 	}
@@ -234,9 +238,11 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 	if w.f == nil {
 		// Most objects are small and still in memory: one create, write and close.
 		w.done = true
-		tmp, err := inTempShard(w.s, func(dir string) (string, error) {
-			return writeTemp(dir, w.buf, w.batch == nil && !w.s.noSync)
-		})
+		dir, err := w.s.tempShard()
+		var tmp string
+		if err == nil {
+			tmp, err = writeTemp(dir, w.buf, w.batch == nil && !w.s.noSync)
+		}
 		w.buf = nil
 		if err != nil {
 			return "", fmt.Errorf("object %s: %w", d, err)
@@ -300,13 +306,16 @@ func (w *writer) hash(p []byte) {
 // there.
 const tempShards = 16
 
-// tempShard returns one of the temp object directories (tmp/o-N), in turn, creating it if this
-// handle has not (mkdir would lock tmp/ itself). fresh asks to create it regardless, for a
-// caller whose create failed because gc removed it.
-func (s *Store) tempShard(fresh ...bool) (string, error) {
+// tempShardPrefix names the temp object directories, tmp/o-0 … tmp/o-15; gc empties them but
+// leaves them in place.
+const tempShardPrefix = "o-"
+
+// tempShard returns one of the temp object directories, in turn, creating it if this handle has
+// not (mkdir would lock tmp/ itself).
+func (s *Store) tempShard() (string, error) {
 	n := s.tempShards.Add(1) % tempShards
-	dir := filepath.Join(s.root, dirTmp, fmt.Sprintf("o-%d", n))
-	if len(fresh) == 0 && s.tempShardMade.Load()&(1<<n) != 0 {
+	dir := filepath.Join(s.root, dirTmp, fmt.Sprintf("%s%d", tempShardPrefix, n))
+	if s.tempShardMade.Load()&(1<<n) != 0 {
 		return dir, nil
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -314,23 +323,6 @@ func (s *Store) tempShard(fresh ...bool) (string, error) {
 	}
 	s.tempShardMade.Or(1 << n)
 	return dir, nil
-}
-
-// inTempShard runs create in a temp object directory, once more in a re-created one if the
-// directory is gone.
-func inTempShard[T any](s *Store, create func(dir string) (T, error)) (T, error) {
-	dir, err := s.tempShard()
-	if err != nil {
-		var zero T
-		return zero, err
-	}
-	v, err := create(dir)
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOENT) {
-		if dir, err = s.tempShard(true); err == nil {
-			v, err = create(dir)
-		}
-	}
-	return v, err
 }
 
 // writeTemp writes data to a new read-only temp file in dir with bare syscalls and returns its
