@@ -19,6 +19,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
@@ -187,7 +188,7 @@ func (e errNeedFull) Error() string { return e.reason }
 func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, o options) (LayerReport, error) {
 	start := time.Now()
 	lr := LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size}
-	bar := o.progress.Bar(shortDigest(desc.Digest))
+	bar := o.progress.Bar(digests.Short(desc.Digest))
 	bar.SetTotal(desc.Size)
 	if s.HasLayer(diffID) {
 		lr.Mode = ModePresent
@@ -214,13 +215,6 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	bar.Done("")
 	lr.Seconds = time.Since(start).Seconds()
 	return lr, nil
-}
-
-func shortDigest(d digest.Digest) string {
-	if e := d.Encoded(); len(e) > 12 {
-		return e[:12]
-	}
-	return d.String()
 }
 
 // pullFull streams the whole blob into the store's ingest, which dedups file by file and

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
@@ -270,7 +271,7 @@ func writeLayer(ctx context.Context, ls layerSource, dest Destination, o options
 	start := time.Now()
 	name := "layer"
 	if ls.diffID != "" {
-		name = shortDigest(ls.diffID)
+		name = digests.Short(ls.diffID)
 	}
 	bar := o.progress.Bar(name)
 	bar.SetTotal(ls.size)
@@ -280,7 +281,7 @@ func writeLayer(ctx context.Context, ls layerSource, dest Destination, o options
 		return lr, desc, err
 	}
 	lr.Seconds = time.Since(start).Seconds()
-	bar.Done(lr.Status + " " + shortDigest(lr.Digest))
+	bar.Done(lr.Status + " " + digests.Short(lr.Digest))
 	return lr, desc, nil
 }
 
@@ -348,11 +349,4 @@ func (e *exportReader) Close() error {
 	e.PipeReader.Close()
 	<-e.done
 	return nil
-}
-
-func shortDigest(d digest.Digest) string {
-	if e := d.Encoded(); len(e) > 12 {
-		return e[:12]
-	}
-	return d.String()
 }

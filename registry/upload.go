@@ -165,8 +165,6 @@ func (b *sentCounter) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *sentCounter) Close() error { return nil }
-
 // status asks how many bytes the session holds. The answer's Range is "0-END" (END inclusive);
 // distribution says "0-0" for an empty upload, so that answer is taken as zero bytes (at most
 // one byte is sent again, which the next PATCH's Content-Range check would catch).

@@ -1,5 +1,6 @@
-// Package digests checks sha256 digests quickly. go-digest validates with a regular
-// expression, about a microsecond a call; a pull of a layer validates tens of thousands.
+// Package digests checks sha256 digests quickly (go-digest validates with a regular expression,
+// about a microsecond a call; a pull of a layer validates tens of thousands) and shortens them
+// for display.
 package digests
 
 import (
@@ -29,4 +30,12 @@ func ParseSHA256(s string) (digest.Digest, error) {
 		return digest.Digest(s), nil
 	}
 	return digest.Parse(s)
+}
+
+// Short is the first 12 hex digits of a digest, as podman and skopeo show layers.
+func Short(d digest.Digest) string {
+	if e := d.Encoded(); len(e) > 12 {
+		return e[:12]
+	}
+	return d.String()
 }
