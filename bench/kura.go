@@ -143,7 +143,7 @@ func runKura(ctx context.Context, cfg config, c *Corpus, p *proxy, regRoot strin
 
 	switch {
 	case kuraHas(cfg.kura, "mount"):
-		sys.PageCache = kuraPageCache(ctx, cfg, c, store, refs, kura)
+		sys.PageCache = kuraPageCache(cfg, c, store, refs, kura)
 	case kuraHas(cfg.kura, "checkout"):
 		sys.Notes = append(sys.Notes, "kura mount is not implemented yet: page cache measured on hardlinked checkouts (kura checkout --link hardlink)")
 		sys.PageCache = kuraCheckoutPageCache(cfg, c, store, refs, kura)
@@ -177,7 +177,7 @@ func kuraCheckoutPageCache(cfg config, c *Corpus, store string, refs []string, k
 }
 
 // kuraPageCache mounts every version and reads the same file set from each.
-func kuraPageCache(ctx context.Context, cfg config, c *Corpus, store string, refs []string, kura func(string, ...string) error) *PageCache {
+func kuraPageCache(cfg config, c *Corpus, store string, refs []string, kura func(string, ...string) error) *PageCache {
 	pc := &PageCache{Method: "kura mount", Containers: len(refs)}
 	start := time.Now()
 	mntRoot := filepath.Join(cfg.work, "kura-mnt")
@@ -207,7 +207,6 @@ func kuraPageCache(ctx context.Context, cfg config, c *Corpus, store string, ref
 	}
 	kuraMeasure(cfg, c, pc, store, mounts)
 	pc.Seconds = time.Since(start).Seconds()
-	_ = ctx
 	return pc
 }
 

@@ -17,3 +17,4 @@ fi
 
 go mod download
 if [ -f interop/go.mod ]; then (cd interop && go mod download); fi
+if [ -f bench/go.mod ]; then (cd bench && go mod download); fi
