@@ -65,11 +65,6 @@ type Stats struct {
 	Reflinked, Copied, Linked                            int
 }
 
-const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
-)
-
 // Checkout materialises img into dir, which must be empty or absent. It holds the store's
 // shared lock while it runs.
 func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, opts Options) (Stats, error) {
@@ -158,13 +153,13 @@ func (c *checkout) layer(toc *chunked.TOC) error {
 		}
 		base := path.Base(name)
 		switch {
-		case base == opaqueMarker:
+		case base == layer.OpaqueMarker:
 			if err := c.clearDir(path.Dir(name)); err != nil {
 				return fmt.Errorf("opaque directory %q: %w", path.Dir(name), err)
 			}
 			c.stats.Whiteouts++
-		case strings.HasPrefix(base, whiteoutPrefix):
-			target := path.Join(path.Dir(name), strings.TrimPrefix(base, whiteoutPrefix))
+		case strings.HasPrefix(base, layer.WhiteoutPrefix):
+			target := path.Join(path.Dir(name), strings.TrimPrefix(base, layer.WhiteoutPrefix))
 			if err := c.remove(target); err != nil {
 				return fmt.Errorf("whiteout %q: %w", name, err)
 			}

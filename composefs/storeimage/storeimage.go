@@ -25,11 +25,6 @@ import (
 	"github.com/kura-oci/kura/verity"
 )
 
-const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
-)
-
 // node is one path of the merged tree while layers are applied.
 type node struct {
 	entry    chunked.Entry
@@ -97,15 +92,15 @@ func apply(root *node, toc *chunked.TOC, li int) error {
 			return fmt.Errorf("entry %q: %w", e.Name, err)
 		}
 		switch {
-		case base == opaqueMarker:
+		case base == layer.OpaqueMarker:
 			for k, c := range parent.children {
 				if c.layer < li {
 					delete(parent.children, k)
 				}
 			}
 			continue
-		case strings.HasPrefix(base, whiteoutPrefix):
-			delete(parent.children, strings.TrimPrefix(base, whiteoutPrefix))
+		case strings.HasPrefix(base, layer.WhiteoutPrefix):
+			delete(parent.children, strings.TrimPrefix(base, layer.WhiteoutPrefix))
 			continue
 		}
 		n := &node{entry: e, layer: li}

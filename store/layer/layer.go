@@ -172,6 +172,13 @@ func classify(err error) error {
 	return fmt.Errorf("layer: %w", err)
 }
 
+// OCI layer whiteouts: ".wh.NAME" deletes NAME from the layers below; a directory holding
+// OpaqueMarker hides everything below it.
+const (
+	WhiteoutPrefix = ".wh."
+	OpaqueMarker   = ".wh..wh..opq"
+)
+
 // CleanName turns a tar entry name into a clean relative path ("./a/b/" → "a/b"), rejecting
 // names that are absolute, climb out with "..", contain NUL, or exceed PATH_MAX. The root
 // itself is ".".
