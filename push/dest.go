@@ -133,7 +133,7 @@ func (d *layoutDest) String() string { return d.ref.String() }
 
 // PutLayer streams the blob into the layout (which hashes it and renames it into place), with
 // no staging copy.
-func (d *layoutDest) PutLayer(ctx context.Context, write WriteFunc, progress func(int64)) (chunked.Descriptor, string, error) {
+func (d *layoutDest) PutLayer(ctx context.Context, write WriteFunc, _ func(int64)) (chunked.Descriptor, string, error) {
 	pr, pw := io.Pipe()
 	type result struct {
 		desc chunked.Descriptor
@@ -141,7 +141,7 @@ func (d *layoutDest) PutLayer(ctx context.Context, write WriteFunc, progress fun
 	}
 	done := make(chan result, 1)
 	go func() {
-		bw := bufio.NewWriterSize(&progressWriter{w: pw, progress: progress}, 1<<20)
+		bw := bufio.NewWriterSize(pw, 1<<20) // the bar follows compression; no upload to follow
 		desc, err := write(bw)
 		if err == nil {
 			err = bw.Flush()
@@ -181,17 +181,4 @@ func (d *layoutDest) PutManifest(ctx context.Context, desc ocispec.Descriptor, b
 		return err
 	}
 	return d.w.AddManifest(ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}, d.ref.Tag)
-}
-
-type progressWriter struct {
-	w        io.Writer
-	progress func(int64)
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	if p.progress != nil && n > 0 {
-		p.progress(int64(n))
-	}
-	return n, err
 }

@@ -293,8 +293,7 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 	}
 	defer rc.Close()
 	in := &progress.Reader{R: rc, Bar: bar}
-	var mu sync.Mutex // the bar is fed from the compressor and, later, the uploader
-	compressed := false
+	var mu sync.Mutex // the uploader may report from its own goroutines
 	var sent int64
 	write := func(w io.Writer) (chunked.Descriptor, error) {
 		d, err := compress(ctx, in, w, o.format, o.level, o.concurrency)
@@ -308,20 +307,16 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 		if ls.diffID != "" && d.DiffID != ls.diffID {
 			return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
 		}
-		mu.Lock()
-		compressed = true
-		// From here the bar follows the upload of the compressed blob.
+		// From here the bar follows the upload of the compressed blob (a registry's; a layout
+		// reports none: it was written while compressing).
 		bar.SetTotal(in.N + d.Size)
-		mu.Unlock()
 		return d, nil
 	}
 	d, status, err := dest.PutLayer(ctx, write, func(n int64) {
 		mu.Lock()
 		defer mu.Unlock()
-		if compressed {
-			sent += n
-			bar.Add(n)
-		}
+		sent += n
+		bar.Add(n)
 	})
 	lr.InputBytes = in.N
 	if err != nil {
