@@ -99,6 +99,10 @@ func TestPullPredictsTarSplit(t *testing.T) {
 	if real := blobTarSplit(t, v1); !bytes.Equal(stored, real) {
 		t.Fatalf("stored tar-split (%d bytes) differs from the blob's (%d bytes)", len(stored), len(real))
 	}
+	// The record sizes the buffers the next prediction reads them into.
+	if lay, _ := s.Layer(context.Background(), v1.diffIDs[0]); lay.TarSplitSize != int64(len(stored)) || lay.TOCSize == 0 {
+		t.Fatalf("recorded metadata sizes %d, %d; the tar-split has %d bytes", lay.TOCSize, lay.TarSplitSize, len(stored))
+	}
 	checkFsck(t, s)
 
 	// The same pull without prediction fetches the tar-split too.

@@ -399,8 +399,12 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	}
 	// The blob's own TOC frame, verified by the parse, is the layer's record, with the blob's
 	// tar-split frame (or the predicted one, verified by the DiffID).
-	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: v.size, ContentSize: content},
-		l.TOC, tocBlob, tarSplitZst)
+	tarSplitSize := loc.TarSplitUncompressed
+	if lr.TarSplitPredicted {
+		tarSplitSize = int64(len(predicted.tarSplit))
+	}
+	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: v.size, ContentSize: content,
+		TOCSize: loc.TOCUncompressed, TarSplitSize: tarSplitSize}, l.TOC, tocBlob, tarSplitZst)
 }
 
 // verdict is what the early check of a layer found.
@@ -592,10 +596,15 @@ func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []
 		ranges[i] = registry.Range{Offset: r.Offset, Length: r.Length}
 	}
 	rep, err := src.GetRanges(ctx, desc, ranges, func(r registry.Range, rd io.Reader) error {
-		b, err := io.ReadAll(io.LimitReader(rd, r.Length))
+		b := make([]byte, r.Length)
+		n, err := io.ReadFull(rd, b)
+		if err == io.ErrUnexpectedEOF {
+			err = nil // a short range: the length check below says so
+		}
 		if err != nil {
 			return err
 		}
+		b = b[:n]
 		mu.Lock()
 		meta[r.Offset] = b
 		mu.Unlock()

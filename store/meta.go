@@ -48,8 +48,12 @@ type Layer struct {
 	// TarSize is the size of the uncompressed tar.
 	TarSize int64 `json:"tarSize"`
 	// ContentSize is the sum of the sizes of the layer's regular files (hardlinks counted once).
-	ContentSize int64     `json:"contentSize"`
-	Created     time.Time `json:"created"`
+	ContentSize int64 `json:"contentSize"`
+	// TOCSize and TarSplitSize are the lengths of the TOC and tar-split JSON, which size the
+	// buffers they are read back into (zero: unknown; the frames may not record them).
+	TOCSize      int64     `json:"tocSize,omitempty"`
+	TarSplitSize int64     `json:"tarSplitSize,omitempty"`
+	Created      time.Time `json:"created"`
 }
 
 // Image describes a stored image: its manifest, config and layer DiffIDs.
@@ -88,8 +92,9 @@ func CompressMetadata(b []byte) []byte {
 }
 
 // readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole
-// and decoded in one call, into a buffer of the size its frame header announces.
-func readZstd(path string) ([]byte, error) {
+// and decoded in one call, into a buffer of size bytes if that is known (the layer record's),
+// else of the size its frame header announces.
+func readZstd(path string, size int64) ([]byte, error) {
 	z, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -99,12 +104,15 @@ func readZstd(path string) ([]byte, error) {
 		return nil, err
 	}
 	defer dec.Close()
-	// Size the output from the frame header, or else generously: DecodeAll grows a short buffer
-	// in small steps. (A partial pull keeps the blob's frames, which may not record their size.)
-	size := min(int64(len(z))*32, maxMetaSize)
-	var hdr zstd.Header
-	if hdr.Decode(z) == nil && hdr.HasFCS && hdr.FrameContentSize <= maxMetaSize {
-		size = int64(hdr.FrameContentSize)
+	// Else size the output from the frame header, or else generously: DecodeAll grows a short
+	// buffer in small steps. (A partial pull keeps the blob's frames, which may not record their
+	// size.) A wrong size costs only memory or a copy: the output is what the frames hold.
+	if size <= 0 || size > maxMetaSize {
+		size = min(int64(len(z))*32, maxMetaSize)
+		var hdr zstd.Header
+		if hdr.Decode(z) == nil && hdr.HasFCS && hdr.FrameContentSize <= maxMetaSize {
+			size = int64(hdr.FrameContentSize)
+		}
 	}
 	b, err := dec.DecodeAll(z, make([]byte, 0, size))
 	if err != nil {
@@ -173,17 +181,19 @@ func (s *Store) removeDir(dir string) error {
 // PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
 // TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
 func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
+	tocJSON, err := json.Marshal(toc)
+	if err != nil {
+		return err
+	}
+	l.TOCSize, l.TarSplitSize = int64(len(tocJSON)), int64(len(tarSplit))
 	return s.putLayer(ctx, l, toc, false, func() ([]byte, []byte, error) {
-		tocJSON, err := json.Marshal(toc)
-		if err != nil {
-			return nil, nil, err
-		}
 		return CompressMetadata(tocJSON), CompressMetadata(tarSplit), nil
 	})
 }
 
 // PutLayerCompressed is PutLayer for a puller that holds the metadata compressed already (a
-// zstd:chunked blob's own TOC and tar-split frames, which it verified; toc is tocZst decoded):
+// zstd:chunked blob's own TOC and tar-split frames, which it verified; toc is tocZst decoded;
+// l gives their uncompressed sizes):
 // they are stored as they are, which saves encoding them again. Such a TOC keeps the blob's frame
 // offsets; nothing in the store reads them. The caller vouches that every object the TOC names
 // is stored: it saw each one (or committed it) under the lock it still holds, which keeps gc
@@ -365,6 +375,15 @@ func (s *Store) Layer(ctx context.Context, diffID digest.Digest) (Layer, error) 
 	return l, nil
 }
 
+// layerSizes returns the metadata sizes a layer's record gives, zero where it gives none.
+func (s *Store) layerSizes(dir string) Layer {
+	var l Layer
+	if readJSON(filepath.Join(dir, layerJSON), &l) != nil {
+		return Layer{}
+	}
+	return l
+}
+
 // HasLayer says whether the layer is stored.
 func (s *Store) HasLayer(diffID digest.Digest) bool {
 	dir, err := s.layerDir(diffID)
@@ -377,7 +396,7 @@ func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TO
 	if err != nil {
 		return nil, err
 	}
-	b, err := readZstd(filepath.Join(dir, layerTOC))
+	b, err := readZstd(filepath.Join(dir, layerTOC), s.layerSizes(dir).TOCSize)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
@@ -397,7 +416,7 @@ func (s *Store) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]byte
 	if err != nil {
 		return nil, err
 	}
-	b, err := readZstd(filepath.Join(dir, layerTarSplit))
+	b, err := readZstd(filepath.Join(dir, layerTarSplit), s.layerSizes(dir).TarSplitSize)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)

@@ -144,12 +144,14 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 	return out.Bytes(), st, nil
 }
 
-// estimateSize guesses the JSON size to spare the buffer's growth: about as large as the first
-// known tar-split, or a header segment (base64) and a file line per entry.
+// estimateSize guesses the JSON size to spare the buffer's growth, without more memory than it
+// needs (fresh memory is dear): the first known tar-split's bytes per TOC entry, times the
+// entries, with a margin; or a header segment (base64) and a file line per entry.
 func estimateSize(toc *chunked.TOC, known []Known) int {
 	n := len(toc.Entries) * 900
-	if len(known) > 0 {
-		n = max(n, len(known[0].TarSplit)+len(known[0].TarSplit)/16)
+	if len(known) > 0 && known[0].TOC != nil && len(known[0].TOC.Entries) > 0 {
+		perEntry := float64(len(known[0].TarSplit)) / float64(len(known[0].TOC.Entries))
+		n = int(perEntry*float64(len(toc.Entries))*1.02) + 64<<10
 	}
 	return min(n, 256<<20) + 4096
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 
@@ -18,10 +19,11 @@ import (
 
 // globalOptions are the flags every subcommand sees.
 type globalOptions struct {
-	root       string
-	json       bool
-	debug      bool
-	cpuProfile string
+	root         string
+	json         bool
+	debug        bool
+	cpuProfile   string
+	allocProfile string
 }
 
 var global globalOptions
@@ -39,13 +41,26 @@ func init() {
 	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr")
 	rootCmd.PersistentFlags().StringVar(&global.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
 	rootCmd.PersistentFlags().MarkHidden("cpu-profile")
+	rootCmd.PersistentFlags().StringVar(&global.allocProfile, "alloc-profile", "", "write a Go allocation profile to this file")
+	rootCmd.PersistentFlags().MarkHidden("alloc-profile")
 	rootCmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 }
 
-// startProfile starts the CPU profile asked for with --cpu-profile; the returned function stops it.
+// startProfile starts the profiles asked for with --cpu-profile and --alloc-profile; the returned
+// function writes them.
 func startProfile() (func(), error) {
+	stop := func() {}
+	if global.allocProfile != "" {
+		runtime.MemProfileRate = 16 << 10
+		stop = func() {
+			if f, err := os.Create(global.allocProfile); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}
+	}
 	if global.cpuProfile == "" {
-		return func() {}, nil
+		return stop, nil
 	}
 	f, err := os.Create(global.cpuProfile)
 	if err != nil {
@@ -55,7 +70,7 @@ func startProfile() (func(), error) {
 		f.Close()
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return func() { pprof.StopCPUProfile(); f.Close(); stop() }, nil
 }
 
 // defaultRoot is /var/lib/kura for root and $XDG_DATA_HOME/kura otherwise.
