@@ -20,18 +20,8 @@ import (
 // names are not rejected here (CheckTarSplit does that against the TOC). Segment payloads and
 // CRCs share one allocation.
 func DecodeTarSplit(b []byte) ([]storage.Entry, error) {
-	return DecodeTarSplitInto(b, nil)
-}
-
-// DecodeTarSplitInto is DecodeTarSplit with the payloads decoded into scratch, memory the caller
-// no longer needs, when it is large enough: fresh memory is costly to fault in (a 12 MB tar-split
-// has 9 MB of payloads). scratch must not overlap b.
-func DecodeTarSplitInto(b, scratch []byte) ([]storage.Entry, error) {
 	entries := make([]storage.Entry, 0, bytes.Count(b, []byte{'\n'})+1)
-	slab := scratch[:0]
-	if cap(slab) < base64.StdEncoding.DecodedLen(len(b)) {
-		slab = make([]byte, 0, base64.StdEncoding.DecodedLen(len(b)))
-	}
+	slab := make([]byte, 0, base64.StdEncoding.DecodedLen(len(b)))
 	for n := 1; len(b) > 0; n++ {
 		line := b
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {

@@ -1,14 +1,13 @@
 package pull
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc64"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -227,7 +226,8 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 	}
 	defer rc.Close()
 	cr := &progress.Reader{R: rc, Bar: bar}
-	if _, err := layer.Import(ctx, s, cr, layer.Options{DiffID: diffID}); err != nil {
+	imported, err := layer.Import(ctx, s, cr, layer.Options{DiffID: diffID})
+	if err != nil {
 		return err
 	}
 	// Read past the end of the tar (skippable frames, padding) so the blob digest is checked.
@@ -236,7 +236,7 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 	}
 	lr.BytesRequested += desc.Size
 	lr.BytesReceived += cr.N
-	lr.ObjectsWritten = -1 // unknown: the ingest dedups internally
+	lr.ObjectsWritten = imported.ObjectsWritten
 	return nil
 }
 
@@ -361,10 +361,10 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		return commitErr
 	}
 	lr.ObjectsWritten = len(plan.Files)
-	tarSplitZst := meta[loc.TarSplit.Offset]
+	tarSplitZst, tarSplitSize := meta[loc.TarSplit.Offset], loc.TarSplitUncompressed
 	if predict && v.err == nil {
 		rec := <-record
-		tarSplitZst, v.err = rec.zst, rec.err
+		tarSplitZst, tarSplitSize, v.err = rec.zst, rec.size, rec.err
 	}
 	switch {
 	case predict && v.err == nil:
@@ -399,10 +399,6 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	}
 	// The blob's own TOC frame, verified by the parse, is the layer's record, with the blob's
 	// tar-split frame (or the predicted one, verified by the DiffID).
-	tarSplitSize := loc.TarSplitUncompressed
-	if lr.TarSplitPredicted {
-		tarSplitSize = int64(len(predicted.tarSplit))
-	}
 	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: v.size, ContentSize: content,
 		TOCSize: loc.TOCUncompressed, TarSplitSize: tarSplitSize}, l.TOC, tocBlob, tarSplitZst)
 }
@@ -468,35 +464,38 @@ func predictAndCheck(ctx context.Context, pred *prediction, l *chunked.Layer, di
 }
 
 type recordResult struct {
-	zst []byte
-	err error
+	zst  []byte
+	size int64 // uncompressed
+	err  error
 }
 
 // predictedRecord turns a prediction into the layer record's tar-split once the new files are
-// in: real CRCs over the placeholders, then compression. It does not touch what the rebuild reads
-// (the decoded entries), so it runs beside it.
+// in: real CRCs for the placeholders, then JSON, compressed as it is written. The entries the
+// rebuild reads are not touched, so it runs beside the rebuild.
 func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, error)) recordResult {
 	<-pred.done
 	if pred.err != nil {
 		return recordResult{err: pred.err}
 	}
-	if err := patchCRCs(pred.tarSplit, pred.pending, tarsplit.OpenCRC(open)); err != nil {
+	entries, err := withRealCRCs(pred.entries, pred.pending, tarsplit.OpenCRC(open))
+	if err != nil {
 		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return recordResult{zst: store.CompressMetadata(pred.tarSplit)}
+	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarsplit.WriteJSON(w, entries) })
+	return recordResult{zst: zst, size: n, err: err}
 }
 
-// prediction is a predicted tar-split with placeholder CRCs for the contents in pending; its
+// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
 // fields are set when done closes.
 type prediction struct {
-	done     chan struct{}
-	tarSplit []byte
-	entries  []storage.Entry
-	pending  []pendingCRC
-	err      error
+	done    chan struct{}
+	entries []storage.Entry
+	pending []pendingCRC
+	err     error
 }
 
 // predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
+// It consumes the stored layer's tar-split: the entries share its memory.
 func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
 	if k.err != nil {
 		p.err = k.err
@@ -517,74 +516,59 @@ func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
 		p.err = fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))
 		return
 	}
-	// Placeholder CRCs: "kura" and the number of the content, patched after the rebuild.
+	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
+	// get a placeholder, known by its address, and their real CRC afterwards.
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
-		b := binary.BigEndian.AppendUint32([]byte(crcMagic), uint32(len(p.pending)))
-		p.pending = append(p.pending, pendingCRC{d, size})
+		b := make([]byte, crc64.Size)
+		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
 		return b, nil
 	}
 	var err error
-	if p.tarSplit, _, err = tarsplit.PredictJSON(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
+	if p.entries, _, err = tarsplit.PredictEntries(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
 		p.err = fmt.Errorf("predicting the tar-split: %w", err)
-		return
-	}
-	// The stored layer's tar-split is not needed any more (the prediction copied what it
-	// needed): its memory takes the decoded payloads.
-	if p.entries, err = chunked.DecodeTarSplitInto(p.tarSplit, k.TarSplit); err != nil {
-		p.err = fmt.Errorf("predicted tar-split: %w", err)
 	}
 }
 
-// crcMagic starts a placeholder CRC; the tar rebuilt for the DiffID does not depend on CRCs.
-const crcMagic = "kura"
-
+// pendingCRC is a content whose CRC a prediction left as a placeholder: the slice starting at
+// slot, which every file entry of that content carries.
 type pendingCRC struct {
 	d    digest.Digest
 	size int64
+	slot *byte
 }
 
-// patchCRCs overwrites, in place, every placeholder CRC in a predicted tar-split with the real
-// CRC of its content (the base64 texts have the same length). A placeholder left over, or
-// one that names no content, is an error.
-func patchCRCs(ts []byte, pending []pendingCRC, crc tarsplit.CRCFunc) error {
+// withRealCRCs returns a copy of a prediction's entries with each placeholder replaced by its
+// content's real CRC. Every placeholder must be found.
+func withRealCRCs(entries []storage.Entry, pending []pendingCRC, crc tarsplit.CRCFunc) ([]storage.Entry, error) {
 	if len(pending) == 0 {
-		return nil
+		return entries, nil
 	}
-	real := make([][]byte, len(pending))
-	for i, p := range pending {
+	real := make(map[*byte][]byte, len(pending))
+	for _, p := range pending {
 		sum, err := crc(p.d, p.size)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		real[i] = []byte(base64.StdEncoding.EncodeToString(sum))
+		real[p.slot] = sum
 	}
-	key := []byte(`"payload":"` + base64.StdEncoding.EncodeToString([]byte(crcMagic))[:5])
-	patched := 0
-	for off := 0; ; {
-		i := bytes.Index(ts[off:], key)
-		if i < 0 {
-			break
-		}
-		at := off + i + len(`"payload":"`)
-		off = at
-		var raw [8]byte
-		if at+12 >= len(ts) || ts[at+12] != '"' {
+	out := slices.Clone(entries)
+	found := make(map[*byte]bool, len(pending))
+	for i := range out {
+		e := &out[i]
+		if e.Type != storage.FileType || len(e.Payload) == 0 {
 			continue
 		}
-		if n, err := base64.StdEncoding.Decode(raw[:], ts[at:at+12]); err != nil || n != 8 || string(raw[:4]) != crcMagic {
-			continue
+		if sum, ok := real[&e.Payload[0]]; ok {
+			found[&e.Payload[0]] = true
+			e.Payload = sum
 		}
-		j := binary.BigEndian.Uint32(raw[4:])
-		if int(j) >= len(real) {
-			return fmt.Errorf("placeholder CRC %d of %d: %w", j, len(real), errdefs.ErrInvalid)
+	}
+	for _, p := range pending {
+		if !found[p.slot] {
+			return nil, fmt.Errorf("the CRC placeholder of %s is in no entry: %w", p.d, errdefs.ErrInvalid)
 		}
-		copy(ts[at:at+12], real[j])
-		patched++
 	}
-	if patched < len(pending) {
-		return fmt.Errorf("patched %d placeholder CRCs, made %d: %w", patched, len(pending), errdefs.ErrInvalid)
-	}
-	return nil
+	return out, nil
 }
 
 // fetchMeta fetches metadata ranges of a blob whole, keyed by offset.

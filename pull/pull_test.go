@@ -246,8 +246,14 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 		t.Fatalf("update pull requested %d of %d blob bytes", l1.BytesRequested, l1.BlobBytes)
 	}
 	full := openStore(t)
-	if _, err := pullRef(t, full, "oci:"+dir+":v1", nil, WithoutPartial()); err != nil {
+	repFull, err := pullRef(t, full, "oci:"+dir+":v1", nil, WithoutPartial())
+	if err != nil {
 		t.Fatal(err)
+	}
+	// A full pull into an empty store writes every distinct content: as many objects as the
+	// partial pulls wrote for v0 and v1 together, less those v1 dropped.
+	if n := repFull.ObjectsWritten; repFull.Layers[0].Mode != ModeFull || n <= l1.ObjectsWritten || n > rep0.ObjectsWritten+l1.ObjectsWritten {
+		t.Fatalf("full pull wrote %d objects; partial pulls %d then %d", n, rep0.ObjectsWritten, l1.ObjectsWritten)
 	}
 	if got, want := exportDigest(t, partial, v1.diffIDs[0]), exportDigest(t, full, v1.diffIDs[0]); got != want || got != v1.diffIDs[0] {
 		t.Fatalf("partial export %s, full export %s, DiffID %s", got, want, v1.diffIDs[0])

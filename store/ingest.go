@@ -501,6 +501,13 @@ func (b *Batch) OpenPending(d digest.Digest) (*os.File, error) {
 	return os.Open(tmp)
 }
 
+// Len is the number of distinct objects the batch holds, written and not yet committed.
+func (b *Batch) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.pending)
+}
+
 func (b *Batch) add(d digest.Digest, tmp string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -89,6 +90,38 @@ func CompressMetadata(b []byte) []byte {
 		zstd.WithLowerEncoderMem(true))
 	defer enc.Close()
 	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
+}
+
+// CompressMetadataStream compresses what write writes as CompressMetadata would, as it is
+// written: the uncompressed stream is never held whole. It returns the compressed bytes and the
+// uncompressed length.
+func CompressMetadataStream(write func(io.Writer) error) ([]byte, int64, error) {
+	var out bytes.Buffer
+	enc, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+		zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, 0, err
+	}
+	cw := &countingWriter{w: enc}
+	if err := write(cw); err != nil {
+		enc.Close()
+		return nil, 0, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, 0, err
+	}
+	return out.Bytes(), cw.n, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole
@@ -260,52 +293,85 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objects
 
 // verityTable is "<object sha256 hex> <fs-verity digest hex>\n" per object, sorted.
 func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, error) {
-	var buf bytes.Buffer
-	for _, d := range objs {
-		var v verity.Digest
+	digests := make([]verity.Digest, len(objs))
+	var need []int // objects whose digest no writer of this handle computed
+	for i, d := range objs {
 		if c, ok := s.verities.LoadAndDelete(d); ok {
-			v = c.(verity.Digest)
-		} else if r, ok := s.recordedVerity(ctx)[d]; ok {
-			v = r // recorded by another layer: objects never change, so neither does the digest
+			digests[i] = c.(verity.Digest)
 		} else {
-			f, err := s.Open(ctx, d)
-			if err != nil {
-				return nil, err
-			}
-			v, err = verity.FromReader(f)
-			f.Close()
-			if err != nil {
-				return nil, fmt.Errorf("fs-verity digest of %s: %w", d, err)
+			need = append(need, i)
+		}
+	}
+	// Objects never change, so neither do their digests: another layer's record serves.
+	recorded := s.recordedVerity(ctx, objs, need)
+	buf := make([]byte, 0, len(objs)*verityLine)
+	for i, d := range objs {
+		v := digests[i]
+		if v.IsZero() {
+			if r, ok := recorded[d]; ok {
+				v = r
+			} else {
+				f, err := s.Open(ctx, d)
+				if err != nil {
+					return nil, err
+				}
+				v, err = verity.FromReader(f)
+				f.Close()
+				if err != nil {
+					return nil, fmt.Errorf("fs-verity digest of %s: %w", d, err)
+				}
 			}
 		}
-		fmt.Fprintf(&buf, "%s %s\n", d.Encoded(), v)
+		buf = fmt.Appendf(buf, "%s %s\n", d.Encoded(), v)
 	}
-	return buf.Bytes(), nil
+	return buf, nil
 }
 
-// recordedVerity returns the fs-verity digests every stored layer recorded, read once per
-// Store handle. A digest missing here (recorded later by another process) is only recomputed.
-func (s *Store) recordedVerity(ctx context.Context) map[digest.Digest]verity.Digest {
-	s.recordedMu.Lock()
-	defer s.recordedMu.Unlock()
-	if s.recorded != nil {
-		return s.recorded
+// verityLine is the length of a line of a layer's fs-verity table: two digests in hex.
+const verityLine = 64 + 1 + 2*verity.Size + 1
+
+// recordedVerity finds the fs-verity digests that stored layers recorded for objs[i], i in need.
+// It reads one layer's table at a time until all are found, searching each (sorted lines of one
+// width) in place: an update's objects are nearly all in the first table read, and a store of
+// many layers costs no more than one. A table it cannot search is skipped: the digests it would
+// have given are computed instead.
+func (s *Store) recordedVerity(ctx context.Context, objs []digest.Digest, need []int) map[digest.Digest]verity.Digest {
+	found := map[digest.Digest]verity.Digest{}
+	if len(need) == 0 {
+		return found
 	}
-	s.recorded = map[digest.Digest]verity.Digest{}
 	layers, err := s.Layers(ctx)
 	if err != nil {
-		return s.recorded
+		return found
 	}
 	for _, l := range layers {
-		m, err := s.VerityDigests(ctx, l)
+		dir, err := s.layerDir(l)
 		if err != nil {
-			continue // no table, or a damaged one (fsck reports it): compute instead
+			continue
 		}
-		for d, v := range m {
-			s.recorded[d] = v
+		tab, err := os.ReadFile(filepath.Join(dir, layerVerity))
+		if err != nil || len(tab)%verityLine != 0 {
+			continue
+		}
+		n := len(tab) / verityLine
+		rest := need[:0:0]
+		for _, i := range need {
+			hex := objs[i].Encoded()
+			k := sort.Search(n, func(k int) bool { return string(tab[k*verityLine:k*verityLine+64]) >= hex })
+			if k < n && string(tab[k*verityLine:k*verityLine+64]) == hex {
+				line := tab[k*verityLine : (k+1)*verityLine]
+				if v, err := verity.ParseDigest(string(line[65 : verityLine-1])); err == nil && line[64] == ' ' {
+					found[objs[i]] = v
+					continue
+				}
+			}
+			rest = append(rest, i)
+		}
+		if need = rest; len(need) == 0 {
+			break
 		}
 	}
-	return s.recorded
+	return found
 }
 
 // VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the

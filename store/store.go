@@ -17,7 +17,6 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
-	"github.com/kura-oci/kura/verity"
 )
 
 // Directory names under the store root (see docs/design.md).
@@ -102,9 +101,6 @@ type Store struct {
 	// verities holds fs-verity digests computed while objects streamed through writers, so
 	// PutLayer need not read them again (object digest → verity.Digest).
 	verities sync.Map
-	// recorded holds the fs-verity digests of the stored layers' tables, loaded on first need.
-	recordedMu sync.Mutex
-	recorded   map[digest.Digest]verity.Digest
 
 	held atomic.Int32 // locks held through this handle; writes require one
 

@@ -18,4 +18,8 @@
 // writer and options made the layer) is taken from the known layers, so a prediction can be
 // wrong; it is never trusted unverified: Predict compares the compressed result with the TOC's
 // tarSplitDigest, and a tar rebuilt from PredictJSON's output is checked against the DiffID.
+//
+// PredictEntries makes the same prediction as decoded entries, for a puller that rebuilds the
+// tar from them: it writes no JSON, and the reused headers stay where the known tar-split's
+// JSON held them (decoded in place). WriteJSON writes entries as the tar-split stream.
 package tarsplit

@@ -49,7 +49,7 @@ func FuzzSynthesize(f *testing.F) {
 		}
 		mt := time.Unix(mtime, 0).UTC()
 		e := &chunked.Entry{Type: chunked.TypeReg, Name: name, Size: size, Mode: mode, ModTime: &mt}
-		tmpl := &record{entry: &chunked.Entry{Type: chunked.TypeReg, Name: "tmpl"}, raw: raw}
+		tmpl := &record{entry: &chunked.Entry{Type: chunked.TypeReg, Name: "tmpl"}, seg: raw, single: true}
 		out, err := synthesize(e, tmpl, nil)
 		if err == nil && !describes(out, e) {
 			t.Fatalf("synthesized header does not read back as %+v", e)

@@ -104,7 +104,16 @@ func checkPredictionWith(t *testing.T, next *layer, crc CRCFunc, known ...*layer
 	if counted {
 		crc = next.crcFunc(&calls)
 	}
+	originals := make([][]byte, len(ks))
+	for i, k := range ks {
+		originals[i] = bytes.Clone(k.TarSplit)
+	}
 	js, st, err := PredictJSON(next.toc, ks, crc)
+	for i, k := range ks {
+		if !bytes.Equal(k.TarSplit, originals[i]) {
+			t.Fatalf("PredictJSON changed known tar-split %d", i)
+		}
+	}
 	if err != nil {
 		if !errors.Is(err, errdefs.ErrUnsupported) && !errors.Is(err, errdefs.ErrNotFound) {
 			t.Errorf("prediction failed with an unclassified error: %v", err)
@@ -115,6 +124,7 @@ func checkPredictionWith(t *testing.T, next *layer, crc CRCFunc, known ...*layer
 	if counted && calls != st.NewCRCs {
 		t.Errorf("CRCFunc called %d times, stats say %d", calls, st.NewCRCs)
 	}
+	checkEntries(t, js, next.toc, ks, crc)
 	compressed, tsJSON, err := Predict(next.toc, ks, crc)
 	exact := bytes.Equal(js, next.tarSplit)
 	if exact != (err == nil) {
@@ -184,3 +194,39 @@ func readVectorFile(name string) ([]byte, error) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// checkEntries checks that PredictEntries, from copies of the known tar-splits (it consumes
+// them), predicts what PredictJSON did: the entries that decoding its JSON gives, which WriteJSON
+// writes back as that JSON.
+func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc CRCFunc) {
+	t.Helper()
+	copies := make([]Known, len(known))
+	for i, k := range known {
+		copies[i] = Known{TOC: k.TOC, TarSplit: bytes.Clone(k.TarSplit)}
+	}
+	entries, _, err := PredictEntries(toc, copies, crc)
+	if err != nil {
+		t.Fatalf("PredictJSON succeeded, PredictEntries: %v", err)
+	}
+	want, err := chunked.DecodeTarSplit(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != len(want) {
+		t.Fatalf("PredictEntries gave %d entries, PredictJSON %d", len(entries), len(want))
+	}
+	for i := range want {
+		g, w := entries[i], want[i]
+		if g.Type != w.Type || g.GetName() != w.GetName() || g.Size != w.Size || !bytes.Equal(g.Payload, w.Payload) || g.Position != w.Position {
+			t.Fatalf("entry %d: PredictEntries %+v, PredictJSON %+v", i, g, w)
+		}
+	}
+	var out bytes.Buffer
+	if err := WriteJSON(&out, entries); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), js) {
+		diffTarSplit(t, out.Bytes(), js)
+		t.Fatal("WriteJSON of the predicted entries differs from PredictJSON")
+	}
+}

@@ -1,8 +1,11 @@
 package tarsplit
 
 import (
+	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/vbatts/tar-split/tar/storage"
 
@@ -20,33 +23,22 @@ type Known struct {
 type record struct {
 	entry *chunked.Entry // the layer's TOC entry for it
 	name  string         // the name tar-split records (may differ from a lossy TOC name)
-	// seg64 is the base64 text of the segment in front of the entry: the padding of the entry
-	// before it (pad bytes), then extension headers and header. segs holds the decoded bytes
-	// instead when tar-split recorded more than one segment there.
-	seg64 []byte
-	segs  []byte
-	pad   int
-	raw   []byte // the headers without the padding, decoded on first use
+	// seg is the segment in front of the entry, decoded: the padding of the entry before it
+	// (pad bytes), then extension headers and header. single says tar-split recorded it as one
+	// segment, as the predicted stream will; seg64 is then its base64 text, unless the text was
+	// decoded in place.
+	seg    []byte
+	seg64  []byte
+	single bool
+	pad    int
 }
 
 // header returns the entry's extension headers and header.
 func (r *record) header() ([]byte, error) {
-	if r.raw != nil {
-		return r.raw, nil
-	}
-	seg := r.segs
-	if seg == nil {
-		b, err := (&line{payload: r.seg64}).decoded()
-		if err != nil {
-			return nil, fmt.Errorf("tar-split segment before %q: %w: %w", r.entry.Name, errdefs.ErrInvalid, err)
-		}
-		seg = b
-	}
-	if len(seg) < r.pad+512 || !allZero(seg[:r.pad]) {
+	if len(r.seg) < r.pad+512 || !allZero(r.seg[:r.pad]) {
 		return nil, fmt.Errorf("tar-split entry %q is not preceded by padding and a header: %w", r.entry.Name, errdefs.ErrInvalid)
 	}
-	r.raw = seg[r.pad:]
-	return r.raw, nil
+	return r.seg[r.pad:], nil
 }
 
 // layerIndex is what one known layer teaches about the layer to predict.
@@ -64,22 +56,14 @@ type layerIndex struct {
 // can be large, but a megabyte of them means a hostile or broken stream.
 const maxHeaderBytes = 1 << 20
 
-// decodedLen is the length of the bytes base64 text of a multiple of 4 characters encodes.
-func decodedLen(text []byte) int64 {
-	n := int64(len(text) / 4 * 3)
-	for i := len(text) - 1; i >= 0 && i >= len(text)-2 && text[i] == '='; i-- {
-		n--
-	}
-	return n
-}
-
 // padding is the number of zero bytes tar puts after a payload of n bytes.
 func padding(n int64) int64 { return (512 - n%512) % 512 }
 
 // indexKnown splits a known tar-split into per-entry records and pairs them with the TOC's
 // entries, which list the same tar entries in the same order (plus chunk entries). It adds the
-// CRCs of the layer's content to crcs, by content digest.
-func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
+// CRCs of the layer's content to crcs, by content digest. Segments are decoded into one new
+// buffer, or with inPlace into the tar-split's own memory, whose JSON is then lost.
+func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, error) {
 	if k.TOC == nil {
 		return nil, fmt.Errorf("known layer without a TOC: %w", errdefs.ErrInvalid)
 	}
@@ -90,8 +74,30 @@ func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
 		}
 	}
 	idx := &layerIndex{records: make([]record, 0, len(tocEntries))}
+	var slab []byte // decoded segments, unless in place; never grown, so slices of it stay valid
+	if !inPlace {
+		slab = make([]byte, 0, len(k.TarSplit)/4*3)
+	}
+	var scratch []byte
+	// decode decodes one segment's base64 text.
+	decode := func(text []byte) ([]byte, error) {
+		scratch = slices.Grow(scratch[:0], base64.StdEncoding.DecodedLen(len(text)))[:base64.StdEncoding.DecodedLen(len(text))]
+		n, err := base64.StdEncoding.Decode(scratch, text)
+		if err != nil {
+			return nil, err
+		}
+		if inPlace {
+			return text[:copy(text, scratch[:n])], nil // n < len(text): the text is consumed
+		}
+		if len(slab)+n > cap(slab) {
+			return nil, fmt.Errorf("segments decode to more than their text allows")
+		}
+		slab = append(slab, scratch[:n]...)
+		return slab[len(slab)-n:], nil
+	}
 	var (
-		segs     [][]byte // base64 texts of the segments since the last file entry
+		segs     [][]byte // decoded segments since the last file entry
+		seg64    []byte   // the text of the first of them
 		segText  int
 		prevSize int64 // payload size of the last file entry
 	)
@@ -109,12 +115,19 @@ func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
 			if len(l.payload) == 0 {
 				return nil, fmt.Errorf("tar-split has an empty segment: %w", errdefs.ErrInvalid)
 			}
-			segs = append(segs, l.payload)
 			segText += len(l.payload)
-			idx.size += decodedLen(l.payload)
 			if segText > maxHeaderBytes/3*4+8192 {
 				return nil, fmt.Errorf("tar-split has more than %d bytes between entries: %w", maxHeaderBytes, errdefs.ErrInvalid)
 			}
+			if len(segs) == 0 && !inPlace {
+				seg64 = l.payload
+			}
+			b, err := decode(l.payload)
+			if err != nil {
+				return nil, fmt.Errorf("tar-split segment: %w: %w", errdefs.ErrInvalid, err)
+			}
+			segs = append(segs, b)
+			idx.size += int64(len(b))
 		case storage.FileType:
 			i := len(idx.records)
 			if i >= len(tocEntries) {
@@ -127,23 +140,17 @@ func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
 			if l.size != te.Size || l.size < 0 {
 				return nil, fmt.Errorf("tar-split says %q has %d bytes, the TOC %d: %w", te.Name, l.size, te.Size, errdefs.ErrInvalid)
 			}
-			r := record{entry: te, name: l.name}
+			r := record{entry: te, name: l.name, single: len(segs) == 1}
 			if i > 0 {
 				r.pad = int(padding(prevSize))
 			}
-			if len(segs) == 1 {
-				r.seg64 = segs[0]
+			if r.single {
+				r.seg, r.seg64 = segs[0], seg64
 			} else {
-				for _, s := range segs {
-					b, err := (&line{payload: s}).decoded()
-					if err != nil {
-						return nil, fmt.Errorf("tar-split segment before %q: %w: %w", te.Name, errdefs.ErrInvalid, err)
-					}
-					r.segs = append(r.segs, b...)
-				}
+				r.seg = bytes.Join(segs, nil)
 			}
 			idx.records = append(idx.records, r)
-			segs, segText = segs[:0], 0
+			segs, seg64, segText = segs[:0], nil, 0
 			prevSize = l.size
 			idx.size += l.size
 			if l.size > 0 && te.Type == chunked.TypeReg && te.Digest != "" {
@@ -161,11 +168,7 @@ func indexKnown(k Known, crcs map[string][]byte) (*layerIndex, error) {
 	// The first segment after the last entry starts with its padding; the rest of that segment
 	// is the end of the archive as the tar reader consumed it, later segments are the trailing
 	// bytes in the reads tar-split happened to get.
-	for i, s := range segs {
-		b, err := (&line{payload: s}).decoded()
-		if err != nil {
-			return nil, fmt.Errorf("tar-split tail: %w: %w", errdefs.ErrInvalid, err)
-		}
+	for i, b := range segs {
 		if i == 0 {
 			pad := 0
 			if len(idx.records) > 0 {

@@ -1,6 +1,7 @@
 package tarsplit
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -11,6 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/errdefs"
 )
 
 // The tar-split JSON stream, read and written here rather than by storage's packer and unpacker:
@@ -186,14 +189,30 @@ func decodeFast(p []byte) (line, bool) {
 // packer writes tar-split JSON lines byte for byte as storage's JSON packer does, refusing
 // duplicate paths as it does.
 type packer struct {
-	buf  *bytes.Buffer
+	buf  lineWriter
 	pos  int
 	seen map[string]struct{}
 	tmp  []byte
 }
 
-func newPacker(buf *bytes.Buffer, entries int) *packer {
+// lineWriter is where a packer writes: a bytes.Buffer or a bufio.Writer.
+type lineWriter interface {
+	io.Writer
+	io.StringWriter
+	io.ByteWriter
+}
+
+func newPacker(buf lineWriter, entries int) *packer {
 	return &packer{buf: buf, seen: make(map[string]struct{}, entries)}
+}
+
+// reuse writes a known entry's segment, copying its base64 text where the index kept it.
+func (p *packer) reuse(r *record) {
+	if r.seg64 != nil {
+		p.segment64(r.seg64)
+	} else {
+		p.segment(r.seg)
+	}
 }
 
 // segment64 writes a segment whose payload is given as base64 text.
@@ -218,11 +237,9 @@ func (p *packer) endLine(before string) {
 
 // file writes a file entry; payload is its CRC (nil for no content).
 func (p *packer) file(name string, size int64, payload []byte) error {
-	clean := filepath.Clean(name)
-	if _, dup := p.seen[clean]; dup {
-		return fmt.Errorf("%q: %w", name, storage.ErrDuplicatePath)
+	if err := checkDup(p.seen, name); err != nil {
+		return err
 	}
-	p.seen[clean] = struct{}{}
 	p.buf.WriteString(`{"type":1`)
 	switch {
 	case name == "":
@@ -247,6 +264,64 @@ func (p *packer) file(name string, size int64, payload []byte) error {
 	p.buf.Write(base64.StdEncoding.AppendEncode(p.tmp[:0], payload))
 	p.endLine(`"`)
 	return nil
+}
+
+// checkDup refuses a path seen before, as storage's packer does.
+func checkDup(seen map[string]struct{}, name string) error {
+	clean := filepath.Clean(name)
+	if _, dup := seen[clean]; dup {
+		return fmt.Errorf("%q: %w", name, storage.ErrDuplicatePath)
+	}
+	seen[clean] = struct{}{}
+	return nil
+}
+
+// entrySink collects a predicted tar-split as decoded entries.
+type entrySink struct {
+	entries []storage.Entry
+	seen    map[string]struct{}
+}
+
+func (s *entrySink) reuse(r *record) { s.add(storage.Entry{Type: storage.SegmentType, Payload: r.seg}) }
+
+func (s *entrySink) segment(b []byte) {
+	s.add(storage.Entry{Type: storage.SegmentType, Payload: bytes.Clone(b)})
+}
+
+func (s *entrySink) file(name string, size int64, crc []byte) error {
+	if err := checkDup(s.seen, name); err != nil {
+		return err
+	}
+	e := storage.Entry{Type: storage.FileType, Size: size, Payload: crc}
+	e.SetName(name)
+	s.add(e)
+	return nil
+}
+
+func (s *entrySink) add(e storage.Entry) {
+	e.Position = len(s.entries)
+	s.entries = append(s.entries, e)
+}
+
+// WriteJSON writes decoded tar-split entries (PredictEntries's, or chunked.DecodeTarSplit's) as
+// the tar-split JSON stream, byte for byte as storage's packer writes it.
+func WriteJSON(w io.Writer, entries []storage.Entry) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	p := newPacker(bw, len(entries)/2)
+	for i := range entries {
+		e := &entries[i]
+		switch e.Type {
+		case storage.SegmentType:
+			p.segment(e.Payload)
+		case storage.FileType:
+			if err := p.file(e.GetName(), e.Size, e.Payload); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("tar-split entry type %d: %w", e.Type, errdefs.ErrInvalid)
+		}
+	}
+	return bw.Flush()
 }
 
 // appendJSONString appends s as encoding/json writes it (HTML-safe escapes included).

@@ -2,7 +2,6 @@ package tarsplit
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -139,13 +138,4 @@ func FuzzDecodeLine(f *testing.F) {
 			t.Fatalf("%q: direct %+v (%q), encoding/json %+v", text, fast, payload, viaJSON)
 		}
 	})
-}
-
-func TestDecodedLen(t *testing.T) {
-	for n := range 10 {
-		text := base64.StdEncoding.EncodeToString(make([]byte, n))
-		if got := decodedLen([]byte(text)); got != int64(n) {
-			t.Errorf("decodedLen(%q) = %d, want %d", text, got, n)
-		}
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
@@ -68,22 +69,52 @@ func CheckDigest(toc *chunked.TOC, compressed []byte) error {
 // A wrong prediction still cannot go unnoticed if the caller rebuilds the tar and checks the
 // DiffID, which it must do anyway after a partial pull.
 func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
+	var out bytes.Buffer
+	out.Grow(estimateSize(toc, known))
+	st, err := predict(toc, known, crc, false, newPacker(&out, len(toc.Entries)))
+	if err != nil {
+		return nil, st, err
+	}
+	return out.Bytes(), st, nil
+}
+
+// PredictEntries is PredictJSON for a caller that wants the tar-split decoded, as
+// chunked.DecodeTarSplit would return it: it writes no JSON. It consumes the known layers'
+// TarSplit: their memory is reused for the decoded segments, which the entries share. File
+// entries carry their CRC as the payload; WriteJSON turns the entries into the tar-split.
+func PredictEntries(toc *chunked.TOC, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
+	es := &entrySink{entries: make([]storage.Entry, 0, 2*len(toc.Entries)+2), seen: make(map[string]struct{}, len(toc.Entries))}
+	st, err := predict(toc, known, crc, true, es)
+	if err != nil {
+		return nil, st, err
+	}
+	return es.entries, st, nil
+}
+
+// sink takes a predicted tar-split line by line.
+type sink interface {
+	// reuse writes the segment in front of a known entry as the known layer has it.
+	reuse(r *record)
+	// segment writes a segment; b is not retained.
+	segment(b []byte)
+	// file writes a file entry; crc is its content's CRC (nil for none) and may be retained.
+	file(name string, size int64, crc []byte) error
+}
+
+func predict(toc *chunked.TOC, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {
 	var st Stats
 	crcs := map[string][]byte{}
 	layers := make([]*layerIndex, 0, len(known))
 	for i, k := range known {
-		idx, err := indexKnown(k, crcs)
+		idx, err := indexKnown(k, crcs, inPlace)
 		if err != nil {
-			return nil, st, fmt.Errorf("known layer %d: %w", i, err)
+			return st, fmt.Errorf("known layer %d: %w", i, err)
 		}
 		layers = append(layers, idx)
 	}
 	ix := newTemplates(layers)
 	ix.crcs = crcs
 
-	var out bytes.Buffer
-	out.Grow(estimateSize(toc, known))
-	p := newPacker(&out, len(toc.Entries))
 	var (
 		seg      []byte
 		prevSize int64
@@ -96,17 +127,17 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 			continue
 		}
 		if e.Size < 0 {
-			return nil, st, fmt.Errorf("%q has size %d: %w", e.Name, e.Size, errdefs.ErrInvalid)
+			return st, fmt.Errorf("%q has size %d: %w", e.Name, e.Size, errdefs.ErrInvalid)
 		}
 		pad := 0
 		if !first {
 			pad = int(padding(prevSize))
 		}
 		name := e.Name
-		if r := ix.find(e); r != nil && r.seg64 != nil && r.pad == pad {
+		if r := ix.find(e); r != nil && r.single && r.pad == pad {
 			// The common case: the entry and the one before it are unchanged.
-			p.segment64(r.seg64)
-			total += decodedLen(r.seg64)
+			out.reuse(r)
+			total += int64(len(r.seg))
 			name = r.name
 			st.Reused++
 		} else {
@@ -121,27 +152,27 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 				st.Synthesized++
 			}
 			if err != nil {
-				return nil, st, err
+				return st, err
 			}
 			seg = append(append(seg[:0], make([]byte, pad)...), raw...)
-			p.segment(seg)
+			out.segment(seg)
 			total += int64(len(seg))
 		}
 		var sum []byte
 		if e.Size > 0 {
 			var err error
 			if sum, err = ix.crc(e, crc, &st); err != nil {
-				return nil, st, err
+				return st, err
 			}
 		}
-		if err := p.file(name, e.Size, sum); err != nil {
-			return nil, st, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
+		if err := out.file(name, e.Size, sum); err != nil {
+			return st, fmt.Errorf("%w: %w", errdefs.ErrInvalid, err)
 		}
 		total += e.Size
 		prevSize, first = e.Size, false
 	}
-	ix.tail(p, first, prevSize, total)
-	return out.Bytes(), st, nil
+	ix.tail(out, first, prevSize, total)
+	return st, nil
 }
 
 // estimateSize guesses the JSON size to spare the buffer's growth, without more memory than it
@@ -312,7 +343,7 @@ const recordSize = 20 * 512
 // tail writes the segments after the last entry: its padding and the end of the archive as the
 // first known layer ends (Go's two zero blocks when none is known). Trailing zeros past them
 // that filled the known archive to a record fill this one to a record too.
-func (ix *templates) tail(p *packer, empty bool, lastSize, total int64) {
+func (ix *templates) tail(p sink, empty bool, lastSize, total int64) {
 	eof := make([]byte, 1024)
 	var rest [][]byte
 	var knownSize int64

@@ -34,16 +34,24 @@ type Options struct {
 	DiffID digest.Digest
 }
 
+// Imported is a stored layer and what importing it wrote.
+type Imported struct {
+	store.Layer
+	// ObjectsWritten counts the distinct file contents the store did not have.
+	ObjectsWritten int
+}
+
 // Import reads one layer from r and stores it: objects first (in one batch), then the layer
 // metadata. It returns the stored layer. The caller holds the store's shared lock (and keeps
 // holding it until the image that uses the layer is recorded).
-func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (store.Layer, error) {
+func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imported, error) {
 	if opts.DiffID != "" && s.HasLayer(opts.DiffID) {
-		return s.Layer(ctx, opts.DiffID)
+		l, err := s.Layer(ctx, opts.DiffID)
+		return Imported{Layer: l}, err
 	}
 	plain, err := chunked.Decompress(r)
 	if err != nil {
-		return store.Layer{}, fmt.Errorf("layer: %w", err)
+		return Imported{}, fmt.Errorf("layer: %w", err)
 	}
 	defer plain.Close()
 
@@ -108,30 +116,32 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (sto
 		return nil
 	})
 	if err != nil {
-		return store.Layer{}, classify(err)
+		return Imported{}, classify(err)
 	}
 	// The DiffID covers every byte of the tar stream, including anything after the archive end.
 	if _, err := io.Copy(io.Discard, counted); err != nil {
-		return store.Layer{}, classify(err)
+		return Imported{}, classify(err)
 	}
 	// A lenient tar reader accepts some truncated archives (e.g. missing padding) whose tar-split
 	// then cannot rebuild every byte; such a layer could never be exported, so refuse it.
 	if n, err := tarSplitLength(tarSplit.Bytes()); err != nil || n != counted.n {
-		return store.Layer{}, fmt.Errorf("layer: tar stream of %d bytes, tar-split accounts for %d (%v): truncated or malformed: %w", counted.n, n, err, errdefs.ErrInvalid)
+		return Imported{}, fmt.Errorf("layer: tar stream of %d bytes, tar-split accounts for %d (%v): truncated or malformed: %w", counted.n, n, err, errdefs.ErrInvalid)
 	}
 	diffID := digest.NewDigest(digest.SHA256, diff)
 	if opts.DiffID != "" && diffID != opts.DiffID {
-		return store.Layer{}, fmt.Errorf("layer: tar hashes to %s, expected DiffID %s: %w", diffID, opts.DiffID, errdefs.ErrDigestMismatch)
+		return Imported{}, fmt.Errorf("layer: tar hashes to %s, expected DiffID %s: %w", diffID, opts.DiffID, errdefs.ErrDigestMismatch)
 	}
+	written := batch.Len()
 	if err := batch.Commit(ctx); err != nil {
-		return store.Layer{}, fmt.Errorf("layer %s: %w", diffID, err)
+		return Imported{}, fmt.Errorf("layer %s: %w", diffID, err)
 	}
 	committed = true
 	l := store.Layer{DiffID: diffID, TarSize: counted.n, ContentSize: content}
 	if err := s.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
-		return store.Layer{}, err
+		return Imported{}, err
 	}
-	return s.Layer(ctx, diffID)
+	stored, err := s.Layer(ctx, diffID)
+	return Imported{Layer: stored, ObjectsWritten: written}, err
 }
 
 // storeFile writes one regular file's payload as an object while cutting it into the same

@@ -8,7 +8,9 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -248,34 +250,68 @@ func FuzzImport(f *testing.F) {
 
 func TestVerityTable(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync(), store.WithVerity())
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlock, _ := s.RLock(ctx)
-	defer unlock()
-	l, err := layer.Import(ctx, s, bytes.NewReader(readFile(t, testdata(t, "zstd-chunked/mixed.tar"))), layer.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := s.VerityDigests(ctx, l.DiffID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	s.Walk(ctx, func(i store.Info) error {
-		n++
-		p, _ := s.ObjectPath(i.Digest)
-		want, err := verity.FromFile(p)
+	root := t.TempDir()
+	open := func() *store.Store {
+		s, err := store.Open(root, store.WithoutSync(), store.WithVerity())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m[i.Digest] != want {
-			t.Errorf("object %s: recorded fs-verity digest %s, file has %s", i.Digest, m[i.Digest], want)
-		}
-		return nil
-	})
-	if n == 0 || len(m) != n {
-		t.Fatalf("%d objects, %d verity digests", n, len(m))
+		return s
 	}
+	// check imports a tar through a new store handle (no digests computed by its writers for
+	// objects it finds stored) and compares the layer's table with the objects' files.
+	check := func(name string, tarBytes []byte) store.Layer {
+		t.Helper()
+		s := open()
+		unlock, _ := s.RLock(ctx)
+		defer unlock()
+		l, err := layer.Import(ctx, s, bytes.NewReader(tarBytes), layer.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.VerityDigests(ctx, l.DiffID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		toc, err := s.LayerTOC(ctx, l.DiffID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, _ := store.TOCObjects(toc)
+		for _, d := range objs {
+			p, _ := s.ObjectPath(d)
+			want, err := verity.FromFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m[d] != want {
+				t.Errorf("%s: object %s: recorded fs-verity digest %s, file has %s", name, d, m[d], want)
+			}
+		}
+		if len(objs) == 0 || len(m) != len(objs) {
+			t.Fatalf("%s: %d objects, %d verity digests", name, len(objs), len(m))
+		}
+		return l.Layer
+	}
+	files := func(n int) []tarEntry {
+		var es []tarEntry
+		for i := range n {
+			es = append(es, tarEntry{hdr: tar.Header{Name: fmt.Sprintf("f%d", i), Mode: 0o644}, data: strings.Repeat(fmt.Sprint(i), 100+i)})
+		}
+		return es
+	}
+	// Fresh objects: digests from the writers.
+	check("mixed", readFile(t, testdata(t, "zstd-chunked/mixed.tar")))
+	a := check("a", makeTar(t, files(5)))
+	// Stored objects: digests from the other layers' tables, new ones from the writer.
+	b := check("b", makeTar(t, files(8)))
+	// Damaged tables are not searched: the digests are computed from the files.
+	for _, l := range []store.Layer{a, b} {
+		tab := filepath.Join(root, "layers", l.DiffID.Encoded(), "verity")
+		os.Chmod(tab, 0o644)
+		if err := os.WriteFile(tab, []byte("not a table\n"), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("c", makeTar(t, files(9)))
 }
