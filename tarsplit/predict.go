@@ -83,7 +83,13 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 // TarSplit: their memory is reused for the decoded segments, which the entries share. File
 // entries carry their CRC as the payload; WriteJSON turns the entries into the tar-split.
 func PredictEntries(toc *chunked.TOC, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
-	es := &entrySink{entries: make([]storage.Entry, 0, 2*len(toc.Entries)+2), seen: make(map[string]struct{}, len(toc.Entries))}
+	n := 0 // tar entries: a segment and a file line each, and a few segments at the end
+	for i := range toc.Entries {
+		if toc.Entries[i].Type != chunked.TypeChunk {
+			n++
+		}
+	}
+	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(map[string]struct{}, n)}
 	st, err := predict(toc, known, crc, true, es)
 	if err != nil {
 		return nil, st, err
