@@ -20,6 +20,7 @@ import (
 	vtar "github.com/vbatts/tar-split/archive/tar"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/iocount"
 )
 
 // Descriptor describes a written layer; its JSON form is the OCI descriptor plus the DiffID.
@@ -141,7 +142,7 @@ func Convert(ctx context.Context, r io.Reader, w io.Writer, opts ...Option) (Des
 
 	diffID := sha256.New()
 	blobDigest := sha256.New()
-	out := &countWriter{w: io.MultiWriter(w, blobDigest)}
+	out := &iocount.Writer{W: io.MultiWriter(w, blobDigest)}
 	cw := newChunkedWriter(ctx, out, o)
 	toc, tarSplit, err := cw.run(io.TeeReader(in, diffID))
 	if err != nil {
@@ -154,21 +155,10 @@ func Convert(ctx context.Context, r io.Reader, w io.Writer, opts ...Option) (Des
 	return Descriptor{
 		MediaType:   MediaTypeLayer,
 		Digest:      digest.NewDigest(digest.SHA256, blobDigest),
-		Size:        out.n,
+		Size:        out.N,
 		DiffID:      digest.NewDigest(digest.SHA256, diffID),
 		Annotations: ann,
 	}, nil
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // newEncoder returns a zstd encoder with the reference's settings. Concurrency 1 gives the same
@@ -189,7 +179,7 @@ type tarSplitBlob struct {
 
 // writeMetadata appends the TOC, tar-split and footer skippable frames and returns the
 // annotations that locate them.
-func writeMetadata(out *countWriter, toc *TOC, ts tarSplitBlob) (map[string]string, error) {
+func writeMetadata(out *iocount.Writer, toc *TOC, ts tarSplitBlob) (map[string]string, error) {
 	toc.TarSplitDigest = ts.digest.String()
 	tocJSON, err := json.Marshal(toc)
 	if err != nil {
@@ -208,11 +198,11 @@ func writeMetadata(out *countWriter, toc *TOC, ts tarSplitBlob) (map[string]stri
 	tocZ := buf.Bytes()
 	putEncoder(ts.level, enc)
 
-	tocOff := out.n + skippableHeaderSize
+	tocOff := out.N + skippableHeaderSize
 	if err := writeSkippable(out, tocZ); err != nil {
 		return nil, err
 	}
-	tsOff := out.n + skippableHeaderSize
+	tsOff := out.N + skippableHeaderSize
 	if err := writeSkippable(out, ts.data); err != nil {
 		return nil, err
 	}
@@ -294,7 +284,7 @@ type job struct {
 
 type chunkedWriter struct {
 	ctx     context.Context
-	out     *countWriter
+	out     *iocount.Writer
 	o       writerOptions
 	ordered chan *job
 	work    chan *job
@@ -318,7 +308,7 @@ type collectResult struct {
 	err     error
 }
 
-func newChunkedWriter(ctx context.Context, out *countWriter, o writerOptions) *chunkedWriter {
+func newChunkedWriter(ctx context.Context, out *iocount.Writer, o writerOptions) *chunkedWriter {
 	inflight := 2*o.concurrency + 2
 	cw := &chunkedWriter{
 		ctx: ctx, out: out, o: o,
@@ -353,7 +343,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 		return nil, tarSplitBlob{}, err
 	}
 	tsEnc.Reset(io.MultiWriter(&tsBuf, tsDigest))
-	tsCount := &countWriter{w: tsEnc}
+	tsCount := &iocount.Writer{W: tsEnc}
 
 	walkErr := walkTar(tarStream, tsCount, cw.entry, cw.tail)
 	if walkErr == nil {
@@ -379,7 +369,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 		return nil, tarSplitBlob{}, err
 	}
 	return &TOC{Version: 1, Entries: res.entries},
-		tarSplitBlob{enc: tsEnc, level: cw.o.level, data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.n}, nil
+		tarSplitBlob{enc: tsEnc, level: cw.o.level, data: tsBuf.Bytes(), digest: digest.NewDigest(digest.SHA256, tsDigest), size: tsCount.N}, nil
 }
 
 var errAborted = errors.New("conversion aborted")
@@ -715,7 +705,7 @@ func (cw *chunkedWriter) collect() {
 				continue
 			}
 		}
-		off := cw.out.n
+		off := cw.out.N
 		if j.stream == nil {
 			if _, e := cw.out.Write(j.out.Bytes()); e != nil {
 				fail(e)
@@ -760,7 +750,7 @@ func (cw *chunkedWriter) collect() {
 // compressStream compresses a streamed frame straight to the output; it sets the frame's
 // compressed size, input size and digest.
 func (cw *chunkedWriter) compressStream(enc *zstd.Encoder, j *job) error {
-	before := cw.out.n
+	before := cw.out.N
 	h := sha256.New()
 	enc.Reset(cw.out)
 	sr := &segmentReader{segs: j.stream}
@@ -784,7 +774,7 @@ func (cw *chunkedWriter) compressStream(enc *zstd.Encoder, j *job) error {
 		return err
 	}
 	f := &j.frames[0]
-	f.csize = int(cw.out.n - before)
+	f.csize = int(cw.out.N - before)
 	f.start, f.end = 0, int(n)
 	if f.chunk {
 		f.digest = digest.NewDigest(digest.SHA256, h)

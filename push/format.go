@@ -15,6 +15,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/iocount"
 )
 
 // Format is the compression of the layers written.
@@ -87,7 +88,7 @@ func compress(ctx context.Context, r io.Reader, w io.Writer, f Format, level, co
 	}
 	defer tar.Close()
 	blobHash := sha256.New()
-	out := &countingWriter{w: io.MultiWriter(w, blobHash)}
+	out := &iocount.Writer{W: io.MultiWriter(w, blobHash)}
 	buffered := bufio.NewWriterSize(out, 1<<20)
 	var enc io.WriteCloser
 	switch f {
@@ -123,20 +124,9 @@ func compress(ctx context.Context, r io.Reader, w io.Writer, f Format, level, co
 	return chunked.Descriptor{
 		MediaType: f.MediaType(),
 		Digest:    digest.NewDigest(digest.SHA256, blobHash),
-		Size:      out.n,
+		Size:      out.N,
 		DiffID:    digest.NewDigest(digest.SHA256, diffHash),
 	}, nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // ctxReader stops a long copy when ctx is cancelled.

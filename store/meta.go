@@ -22,6 +22,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -102,7 +103,7 @@ func CompressMetadataStream(write func(io.Writer) error) ([]byte, int64, error) 
 	if err != nil {
 		return nil, 0, err
 	}
-	cw := &countingWriter{w: enc}
+	cw := &iocount.Writer{W: enc}
 	if err := write(cw); err != nil {
 		enc.Close()
 		return nil, 0, err
@@ -110,18 +111,7 @@ func CompressMetadataStream(write func(io.Writer) error) ([]byte, int64, error) 
 	if err := enc.Close(); err != nil {
 		return nil, 0, err
 	}
-	return out.Bytes(), cw.n, nil
-}
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return out.Bytes(), cw.N, nil
 }
 
 // readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole

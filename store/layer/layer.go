@@ -19,6 +19,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -63,7 +64,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		}
 	}()
 	diff := sha256.New()
-	counted := &countingReader{r: io.TeeReader(plain, diff)}
+	counted := &iocount.Reader{R: io.TeeReader(plain, diff)}
 	var tarSplit bytes.Buffer
 	toc := &chunked.TOC{Version: 1}
 	var content int64
@@ -124,8 +125,8 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	}
 	// A lenient tar reader accepts some truncated archives (e.g. missing padding) whose tar-split
 	// then cannot rebuild every byte; such a layer could never be exported, so refuse it.
-	if n, err := tarSplitLength(tarSplit.Bytes()); err != nil || n != counted.n {
-		return Imported{}, fmt.Errorf("layer: tar stream of %d bytes, tar-split accounts for %d (%v): truncated or malformed: %w", counted.n, n, err, errdefs.ErrInvalid)
+	if n, err := tarSplitLength(tarSplit.Bytes()); err != nil || n != counted.N {
+		return Imported{}, fmt.Errorf("layer: tar stream of %d bytes, tar-split accounts for %d (%v): truncated or malformed: %w", counted.N, n, err, errdefs.ErrInvalid)
 	}
 	diffID := digest.NewDigest(digest.SHA256, diff)
 	if opts.DiffID != "" && diffID != opts.DiffID {
@@ -136,7 +137,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		return Imported{}, fmt.Errorf("layer %s: %w", diffID, err)
 	}
 	committed = true
-	l := store.Layer{DiffID: diffID, TarSize: counted.n, ContentSize: content}
+	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: content}
 	if err := s.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
 		return Imported{}, err
 	}
@@ -233,17 +234,6 @@ func tarSplitLength(ts []byte) (int64, error) {
 			n += int64(len(e.Payload))
 		}
 	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Export writes the layer's exact tar stream to w, rebuilt from its tar-split and objects, and
