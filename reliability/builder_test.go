@@ -18,6 +18,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/iocount"
 )
 
 // handLayer is a zstd:chunked layer assembled by hand, so that every part can lie: the data frames
@@ -41,17 +42,6 @@ var encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), z
 
 func compress(b []byte) []byte { return encoder.EncodeAll(b, nil) }
 
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // newHandLayer cuts a tar into frames exactly where the format wants them (each regular file's
 // content is its own frame) and writes an honest TOC and tar-split for it. Names are not checked:
 // hostile trees go through.
@@ -60,7 +50,7 @@ func newHandLayer(t testing.TB, tarBytes []byte) *handLayer {
 	h := &handLayer{tar: tarBytes, toc: chunked.TOC{Version: 1}, contentFrame: map[int]int{}}
 	sum := sha256.Sum256(tarBytes)
 	h.diffID = digest.NewDigestFromBytes(digest.SHA256, sum[:])
-	cr := &countReader{r: bytes.NewReader(tarBytes)}
+	cr := &iocount.Reader{R: bytes.NewReader(tarBytes)}
 	tr := tar.NewReader(cr)
 	var last, compressed int64
 	addFrame := func(b []byte) (int64, int64) {
@@ -83,7 +73,7 @@ func newHandLayer(t testing.TB, tarBytes []byte) *handLayer {
 			t.Fatal(err)
 		}
 		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-			pos := cr.n // tar.Reader reads exactly up to the payload of a plain file
+			pos := cr.N // tar.Reader reads exactly up to the payload of a plain file
 			addFrame(tarBytes[last:pos])
 			content := tarBytes[pos : pos+hdr.Size]
 			e.Digest = digest.FromBytes(content).String()
