@@ -32,6 +32,27 @@ func FuzzPredict(f *testing.F) {
 		if err == nil && bytes.Equal(tarSplit, ts) && !bytes.Equal(out, ts) {
 			t.Fatal("the true tar-split did not predict itself")
 		}
+		// PredictEntries decodes the same bytes in place: it must agree, entry for entry.
+		entries, _, eerr := PredictEntries(toc, []Known{{TOC: toc, TarSplit: bytes.Clone(tarSplit)}}, nil)
+		if (err == nil) != (eerr == nil) {
+			t.Fatalf("PredictJSON: %v; PredictEntries: %v", err, eerr)
+		}
+		if err != nil {
+			return
+		}
+		want, err := chunked.DecodeTarSplit(out)
+		if err != nil {
+			t.Fatalf("PredictJSON wrote a tar-split that does not decode: %v", err)
+		}
+		if len(want) != len(entries) {
+			t.Fatalf("%d entries from PredictEntries, %d from PredictJSON", len(entries), len(want))
+		}
+		for i := range want {
+			g, w := entries[i], want[i]
+			if g.Type != w.Type || g.GetName() != w.GetName() || g.Size != w.Size || !bytes.Equal(g.Payload, w.Payload) {
+				t.Fatalf("entry %d: PredictEntries %+v, PredictJSON %+v", i, g, w)
+			}
+		}
 	})
 }
 
