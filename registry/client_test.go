@@ -117,6 +117,52 @@ func TestGetRangesMultipart(t *testing.T) {
 	}
 }
 
+// adjacent returns n ranges of size bytes, back to back from offset 17: one span after merging.
+func adjacent(n int, size int64) []registry.Range {
+	var rs []registry.Range
+	for i := range n {
+		rs = append(rs, registry.Range{Offset: 17 + int64(i)*size, Length: size})
+	}
+	return rs
+}
+
+// TestGetRangesLargeSpanInParallel: a large fetch of adjacent ranges (a first pull) is cut into
+// requests of about equal bytes that go side by side, one per parallel connection, and every
+// range arrives once; the same ranges from a server that ignores Range still cost one 200.
+func TestGetRangesLargeSpanInParallel(t *testing.T) {
+	f := newFixture(t, 17<<20)
+	c := f.client(registry.WithParallel(4))
+	ranges := adjacent(128, 128<<10) // 16 MiB in one span
+	rep, err := f.getRanges(t, c, ranges)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := f.reg.Proxy.BlobRequests()
+	if len(reqs) != 4 || rep.Requests != 4 || rep.Spans != 4 || rep.BytesRequested != 16<<20 {
+		t.Fatalf("want 4 requests of 4 MiB, got %+v, report %+v", reqs, rep)
+	}
+	for _, r := range reqs {
+		if r.Status != http.StatusPartialContent || r.BytesServed < 4<<20 || strings.Contains(r.Range, ",") {
+			t.Errorf("request %+v: want one 4 MiB range answered with 206", r)
+		}
+	}
+	// A few megabytes stay in one request.
+	f.reg.Proxy.SetFault(registrytest.Fault{})
+	if _, err := f.getRanges(t, c, adjacent(60, 100<<10)); err != nil {
+		t.Fatal(err)
+	}
+	if reqs := f.reg.Proxy.BlobRequests(); len(reqs) != 1 {
+		t.Fatalf("6 MB of ranges: want 1 request, got %+v", reqs)
+	}
+	f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.IgnoreRange})
+	if _, err := f.getRanges(t, c, ranges); err != nil {
+		t.Fatal(err)
+	}
+	if reqs := f.reg.Proxy.BlobRequests(); len(reqs) != 1 || reqs[0].Status != http.StatusOK {
+		t.Fatalf("a server that ignores Range: want one 200, got %+v", reqs)
+	}
+}
+
 func TestGetRangesIgnoreRange(t *testing.T) {
 	f := newFixture(t, 256<<10)
 	c := f.client(registry.WithRangesPerRequest(2), registry.WithParallel(4))

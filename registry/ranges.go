@@ -65,6 +65,14 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 		return rep, nil
 	}
 	spans := MergeRanges(ranges, c.opts.mergeGap, c.opts.maxSpans)
+	var total int64
+	for _, s := range spans {
+		total += s.Length
+	}
+	// Requests side by side where there is enough to share: a cold pull's adjacent ranges make
+	// one span, which one request, and one goroutine decompressing it, would fetch alone.
+	parallel := int(min(int64(c.opts.parallel), total/minParallelBytes))
+	spans = splitSpans(spans, parallel)
 	rep.Spans = len(spans)
 	rc, err := c.repo(ctx, repo, false)
 	if err != nil {
@@ -73,7 +81,7 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 	cc := &callCounters{}
 	ctx, cancel := context.WithCancel(withCall(ctx, cc))
 	defer cancel()
-	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn}
+	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn, parallel: max(parallel, 1)}
 	j.limit.Store(int64(c.opts.rangesPerRequest))
 
 	err = j.run(spans, cancel)
@@ -108,40 +116,134 @@ type rangeJob struct {
 	size   int64
 	fn     func(Range, io.Reader) error
 
+	parallel       int          // batches of about equal bytes, fetched side by side
 	limit          atomic.Int64 // ranges per request, halved on refusals
 	bytesRequested atomic.Int64
 	splits         atomic.Int64
 	ignored        atomic.Bool
 }
 
-// run sends the first batch alone: its answer tells whether the server honours ranges. If it
-// answered 200, that one stream serves every range; otherwise the other batches go in parallel.
-func (j *rangeJob) run(spans []Span, cancel func()) error {
-	per := int(j.limit.Load())
-	first := spans[:min(per, len(spans))]
-	rest := spans[len(first):]
-	w := &worker{j: j}
-	err := w.run(first)
-	if err == nil && w.full && len(rest) > 0 {
-		err = w.run(rest)
-		rest = nil
+// minParallelBytes is the least a request of several side by side should carry: fewer, larger
+// requests cost the registry less (some bill per request), and a few megabytes gain nothing from
+// being split.
+const minParallelBytes = 4 << 20
+
+// splitSpans cuts spans between their ranges so that none holds much more than 1/n of the
+// bytes. The ranges of a span never overlap (GetRanges refuses overlapping ranges), so the
+// pieces do not either.
+func splitSpans(spans []Span, n int) []Span {
+	var total int64
+	for _, s := range spans {
+		total += s.Length
 	}
-	w.close()
-	if err != nil || len(rest) == 0 {
+	target := total / int64(max(n, 1))
+	if n <= 1 || target <= 0 {
+		return spans
+	}
+	out := make([]Span, 0, len(spans)+n)
+	for _, s := range spans {
+		for s.Length > target+target/2 && len(s.Ranges) > 1 {
+			cut := 0 // the last range of the first piece
+			for cut < len(s.Ranges)-2 && s.Ranges[cut].End()-s.Offset < target {
+				cut++
+			}
+			out = append(out, Span{Offset: s.Offset, Length: s.Ranges[cut].End() - s.Offset, Ranges: s.Ranges[:cut+1]})
+			next := s.Ranges[cut+1].Offset
+			s = Span{Offset: next, Length: s.End() - next, Ranges: s.Ranges[cut+1:]}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// batches groups consecutive spans for the workers: about 1/parallel of the bytes each, and at
+// most limit spans (a worker sends more requests for a longer batch).
+func batches(spans []Span, limit, parallel int) [][]Span {
+	var total int64
+	for _, s := range spans {
+		total += s.Length
+	}
+	target := max(total/int64(max(parallel, 1)), 1)
+	var out [][]Span
+	start, acc := 0, int64(0)
+	for i, s := range spans {
+		acc += s.Length
+		if i+1-start >= limit || acc >= target {
+			out = append(out, spans[start:i+1])
+			start, acc = i+1, 0
+		}
+	}
+	if start < len(spans) {
+		out = append(out, spans[start:])
+	}
+	return out
+}
+
+// run sends the first batch alone: its answer tells whether the server honours ranges. If it
+// answered 200, that one stream serves every range; if 206, the other batches go in parallel,
+// beside the rest of the first.
+func (j *rangeJob) run(spans []Span, cancel func()) error {
+	all := batches(spans, int(j.limit.Load()), j.parallel)
+	first, rest := all[0], all[1:]
+	w := &worker{j: j, answered: make(chan bool, 1)}
+	firstDone := make(chan error, 1)
+	go func() {
+		err := w.run(first)
+		if err != nil {
+			cancel()
+		}
+		firstDone <- err
+	}()
+	var (
+		full     bool
+		err      error
+		finished bool
+	)
+	select {
+	case full = <-w.answered:
+	case err = <-firstDone:
+		finished, full = true, w.full
+	}
+	if full || (finished && err != nil) || len(rest) == 0 {
+		if !finished {
+			err = <-firstDone
+		}
+		for _, b := range rest {
+			if err != nil {
+				break
+			}
+			err = w.run(b) // a 200: the same whole-blob stream, read on
+		}
+		w.close()
 		return err
 	}
+	perr := j.runParallel(rest, cancel, max(j.c.opts.parallel-1, 1))
+	if !finished {
+		err = <-firstDone
+	}
+	w.close()
+	if err == nil {
+		err = perr
+	}
+	if err == nil && j.ctx.Err() != nil {
+		err = j.ctx.Err()
+	}
+	return err
+}
 
+// runParallel reads batches on up to n workers; the first error cancels the others.
+func (j *rangeJob) runParallel(rest [][]Span, cancel func(), n int) error {
 	var (
 		mu       sync.Mutex
 		firstErr error
 		wg       sync.WaitGroup
 	)
-	batches := make(chan []Span)
-	for range min(j.c.opts.parallel, (len(rest)+per-1)/per) {
+	work := make(chan []Span)
+	for range min(n, len(rest)) {
 		wg.Go(func() {
 			w := &worker{j: j}
 			defer w.close()
-			for b := range batches {
+			for b := range work {
 				if err := w.run(b); err != nil {
 					mu.Lock()
 					if firstErr == nil {
@@ -156,16 +258,14 @@ func (j *rangeJob) run(spans []Span, cancel func()) error {
 		})
 	}
 feed:
-	for len(rest) > 0 {
-		n := min(per, len(rest))
+	for _, b := range rest {
 		select {
-		case batches <- rest[:n]:
-			rest = rest[n:]
+		case work <- b:
 		case <-j.ctx.Done():
 			break feed
 		}
 	}
-	close(batches)
+	close(work)
 	wg.Wait()
 	if firstErr == nil && j.ctx.Err() != nil {
 		firstErr = j.ctx.Err()
@@ -186,6 +286,16 @@ type worker struct {
 	partEnd  int64
 	failures int   // consecutive failures without progress
 	err      error // sticky: a stream failure fn might have swallowed
+	// answered, if not nil, is told once whether the first answer was the whole blob (200)
+	// rather than ranges (206).
+	answered chan bool
+}
+
+func (w *worker) tellAnswer(full bool) {
+	if w.answered != nil {
+		w.answered <- full
+		w.answered = nil
+	}
 }
 
 func (w *worker) run(spans []Span) error {
@@ -381,12 +491,14 @@ func (w *worker) open() error {
 				return err
 			}
 			w.src, w.full = src, false
+			w.tellAnswer(false)
 			return nil
 		case http.StatusOK:
 			if !j.ignored.Swap(true) {
 				j.c.stats.rangesIgnored.Add(1)
 			}
 			w.src, w.full = &rangeSource{body: resp.Body, size: j.size, full: true}, true
+			w.tellAnswer(true)
 			return nil
 		case http.StatusBadRequest, http.StatusRequestedRangeNotSatisfiable, http.StatusNotImplemented:
 			err := newHTTPError(resp)
