@@ -323,7 +323,11 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 			early <- checkFetched(ctx, checkTarSplit, l, diffID, openEarly)
 		}
 	}()
+	var rangeBytes int64 // the bar counts them as they arrive
 	if ranges := plan.Ranges(); len(ranges) > 0 {
+		for _, r := range ranges {
+			rangeBytes += r.Length
+		}
 		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
 		addRangeReport(lr, drep)
 		err = ferr
@@ -392,7 +396,11 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if v.err != nil {
 		return v.err
 	}
-	bar.Skip(desc.Size - lr.BytesRequested)
+	// Done: the blob's bytes are either received (files, metadata, the gaps between merged
+	// ranges) or skipped, as podman's bar shows them.
+	requested := min(lr.BytesRequested, desc.Size)
+	bar.Add(max(requested-rangeBytes, 0))
+	bar.Skip(desc.Size - requested)
 	var content int64
 	for _, f := range l.Files {
 		content += f.Entry.Size

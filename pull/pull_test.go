@@ -24,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/ocilayout"
+	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
@@ -234,11 +235,17 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	if rep0.Layers[0].Mode != ModePartial || rep0.ObjectsWritten == 0 {
 		t.Fatalf("first pull: %+v", rep0.Layers[0])
 	}
-	rep1, err := pullRef(t, partial, "oci:"+dir+":v1", nil)
+	var bars bytes.Buffer
+	rep1, err := pullRef(t, partial, "oci:"+dir+":v1", nil, WithProgress(progress.NewPlain(&bars)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	l1 := rep1.Layers[0]
+	// As podman's bar: at the end every byte of the blob is done, most of them skipped.
+	total := progress.HumanBytes(l1.BlobBytes)
+	if want := fmt.Sprintf(": done %s / %s (skipped: %s = ", total, total, progress.HumanBytes(l1.BlobBytes-l1.BytesRequested)); !strings.Contains(bars.String(), want) {
+		t.Fatalf("progress %q, want a line with %q", bars.String(), want)
+	}
 	if l1.Mode != ModePartial || l1.FilesReused < 50 || l1.ChunksReused == 0 {
 		t.Fatalf("update pull reused too little: %+v", l1)
 	}
