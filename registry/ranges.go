@@ -65,13 +65,9 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 		return rep, nil
 	}
 	spans := MergeRanges(ranges, c.opts.mergeGap, c.opts.maxSpans)
-	var total int64
-	for _, s := range spans {
-		total += s.Length
-	}
 	// Requests side by side where there is enough to share: a cold pull's adjacent ranges make
 	// one span, which one request, and one goroutine decompressing it, would fetch alone.
-	parallel := int(min(int64(c.opts.parallel), total/minParallelBytes))
+	parallel := max(int(min(int64(c.opts.parallel), spanBytes(spans)/minParallelBytes)), 1)
 	spans = splitSpans(spans, parallel)
 	rep.Spans = len(spans)
 	rc, err := c.repo(ctx, repo, false)
@@ -81,7 +77,7 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 	cc := &callCounters{}
 	ctx, cancel := context.WithCancel(withCall(ctx, cc))
 	defer cancel()
-	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn, parallel: max(parallel, 1)}
+	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn, parallel: parallel}
 	j.limit.Store(int64(c.opts.rangesPerRequest))
 
 	err = j.run(spans, cancel)
@@ -128,15 +124,20 @@ type rangeJob struct {
 // being split.
 const minParallelBytes = 4 << 20
 
+// spanBytes is the number of bytes the spans ask for.
+func spanBytes(spans []Span) int64 {
+	var n int64
+	for _, s := range spans {
+		n += s.Length
+	}
+	return n
+}
+
 // splitSpans cuts spans between their ranges so that none holds much more than 1/n of the
 // bytes. The ranges of a span never overlap (GetRanges refuses overlapping ranges), so the
 // pieces do not either.
 func splitSpans(spans []Span, n int) []Span {
-	var total int64
-	for _, s := range spans {
-		total += s.Length
-	}
-	target := total / int64(max(n, 1))
+	target := spanBytes(spans) / int64(n)
 	if n <= 1 || target <= 0 {
 		return spans
 	}
@@ -159,11 +160,7 @@ func splitSpans(spans []Span, n int) []Span {
 // batches groups consecutive spans for the workers: about 1/parallel of the bytes each, and at
 // most limit spans (a worker sends more requests for a longer batch).
 func batches(spans []Span, limit, parallel int) [][]Span {
-	var total int64
-	for _, s := range spans {
-		total += s.Length
-	}
-	target := max(total/int64(max(parallel, 1)), 1)
+	target := max(spanBytes(spans)/int64(parallel), 1)
 	var out [][]Span
 	start, acc := 0, int64(0)
 	for i, s := range spans {
@@ -185,7 +182,8 @@ func batches(spans []Span, limit, parallel int) [][]Span {
 func (j *rangeJob) run(spans []Span, cancel func()) error {
 	all := batches(spans, int(j.limit.Load()), j.parallel)
 	first, rest := all[0], all[1:]
-	w := &worker{j: j, answered: make(chan bool, 1)}
+	answered := make(chan bool, 1) // not read through w: the worker clears its field
+	w := &worker{j: j, answered: answered}
 	firstDone := make(chan error, 1)
 	go func() {
 		err := w.run(first)
@@ -200,7 +198,7 @@ func (j *rangeJob) run(spans []Span, cancel func()) error {
 		finished bool
 	)
 	select {
-	case full = <-w.answered:
+	case full = <-answered:
 	case err = <-firstDone:
 		finished, full = true, w.full
 	}
@@ -224,9 +222,6 @@ func (j *rangeJob) run(spans []Span, cancel func()) error {
 	w.close()
 	if err == nil {
 		err = perr
-	}
-	if err == nil && j.ctx.Err() != nil {
-		err = j.ctx.Err()
 	}
 	return err
 }
