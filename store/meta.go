@@ -83,12 +83,17 @@ func (s *Store) imageDir(id digest.Digest) (string, error) {
 	return filepath.Join(s.root, dirImages, id.Encoded()), nil
 }
 
+// newMetadataEncoder is the encoder of the store's metadata files. Lower memory: fresh buffers
+// cost page faults, and metadata repeats within a short distance.
+func newMetadataEncoder(w io.Writer) (*zstd.Encoder, error) {
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+		zstd.WithLowerEncoderMem(true))
+}
+
 // CompressMetadata compresses a metadata file (TOC, tar-split) as the store keeps it, for callers
 // of PutLayerCompressed that hold it uncompressed.
 func CompressMetadata(b []byte) []byte {
-	// Lower memory: fresh buffers cost page faults, and metadata repeats within a short distance.
-	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
-		zstd.WithLowerEncoderMem(true))
+	enc, _ := newMetadataEncoder(nil)
 	defer enc.Close()
 	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
 }
@@ -98,8 +103,7 @@ func CompressMetadata(b []byte) []byte {
 // uncompressed length.
 func CompressMetadataStream(write func(io.Writer) error) ([]byte, int64, error) {
 	var out bytes.Buffer
-	enc, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
-		zstd.WithLowerEncoderMem(true))
+	enc, err := newMetadataEncoder(&out)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -283,11 +287,11 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objects
 
 // verityTable is "<object sha256 hex> <fs-verity digest hex>\n" per object, sorted.
 func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, error) {
-	digests := make([]verity.Digest, len(objs))
+	vs := make([]verity.Digest, len(objs))
 	var need []int // objects whose digest no writer of this handle computed
 	for i, d := range objs {
 		if c, ok := s.verities.LoadAndDelete(d); ok {
-			digests[i] = c.(verity.Digest)
+			vs[i] = c.(verity.Digest)
 		} else {
 			need = append(need, i)
 		}
@@ -296,7 +300,7 @@ func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, 
 	recorded := s.recordedVerity(ctx, objs, need)
 	buf := make([]byte, 0, len(objs)*verityLine)
 	for i, d := range objs {
-		v := digests[i]
+		v := vs[i]
 		if v.IsZero() {
 			if r, ok := recorded[d]; ok {
 				v = r
