@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -278,15 +279,31 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	return nil
 }
 
-// VariantPath is where a hardlink checkout keeps the copy of an object that carries one set of
-// metadata (key digests content + metadata; see package checkout). gc removes variants that no
-// checkout links to any more.
-func (s *Store) VariantPath(key digest.Digest) (string, error) {
+// VariantPath is where a hardlink checkout keeps the copy of object obj that carries one set of
+// metadata: variants/<obj hex[:2]>/<obj hex[2:]>-<key hex>, where key digests content and
+// metadata (see package checkout). The name carries the object so that fsck can check a variant's
+// content. gc removes variants that no checkout links to any more.
+func (s *Store) VariantPath(obj, key digest.Digest) (string, error) {
+	if err := checkDigest(obj); err != nil {
+		return "", err
+	}
 	if err := checkDigest(key); err != nil {
 		return "", err
 	}
-	h := key.Encoded()
-	return filepath.Join(s.root, dirVariants, h[:2], h[2:]), nil
+	h := obj.Encoded()
+	return filepath.Join(s.root, dirVariants, h[:2], h[2:]+"-"+key.Encoded()), nil
+}
+
+// parseVariantName returns the object a variant file in variants/<fan>/ holds, from its name.
+// ok is false for anything else, including the variants of older stores (named by key alone),
+// whose object cannot be known.
+func parseVariantName(fan, name string) (obj digest.Digest, ok bool) {
+	rest, key, found := strings.Cut(name, "-")
+	if !found || len(fan) != 2 || len(rest) != 62 || !digests.IsSHA256(digest.NewDigestFromEncoded(digest.SHA256, key)) {
+		return "", false
+	}
+	obj = digest.NewDigestFromEncoded(digest.SHA256, fan+rest)
+	return obj, digests.IsSHA256(obj)
 }
 
 // TempDir is the store's directory for files being written; anything in it may be removed by gc
