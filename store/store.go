@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
@@ -99,6 +100,9 @@ type Store struct {
 	root   string
 	verity bool
 	noSync bool
+	// readOnly: the store cannot be written (a read-only file system, or another user's store);
+	// it still serves reads, under a lock taken on a read-only descriptor.
+	readOnly bool
 	// verities holds fs-verity digests computed while objects streamed through writers, so
 	// PutLayer need not read them again (object digest → verity.Digest).
 	verities sync.Map
@@ -125,7 +129,9 @@ func WithVerity() Option { return func(s *Store) { s.verity = true } }
 // matter. Ordering and verification are unchanged.
 func WithoutSync() Option { return func(s *Store) { s.noSync = true } }
 
-// Open opens (creating if needed) the store at root.
+// Open opens (creating if needed) the store at root. A store that exists but cannot be written
+// (a read-only file system, or a store another user owns) opens read-only: reads work, writes
+// fail with errdefs.ErrPermission.
 func Open(root string, opts ...Option) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -135,26 +141,46 @@ func Open(root string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	vpath := filepath.Join(abs, fileVersion)
+	if exists(vpath) && unix.Access(abs, unix.W_OK) != nil {
+		s.readOnly = true
+		return s, s.checkVersion(vpath)
+	}
 	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants, dirCompose} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	}
-	vpath := filepath.Join(abs, fileVersion)
-	b, err := os.ReadFile(vpath)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	if !exists(vpath) {
 		// The temp file goes in the root, not tmp/: Open holds no lock yet, and a gc running in
 		// another process empties tmp/ under its exclusive lock.
 		if err := writeFileAtomic(abs, vpath, []byte(formatVersion), 0o444); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
-	case err != nil:
-		return nil, fmt.Errorf("opening store %s: %w", abs, err)
-	case string(b) != formatVersion:
-		return nil, fmt.Errorf("store %s has format %q, this build reads %q: %w", abs, b, formatVersion, errdefs.ErrUnsupported)
 	}
-	return s, nil
+	return s, s.checkVersion(vpath)
+}
+
+func (s *Store) checkVersion(vpath string) error {
+	b, err := os.ReadFile(vpath)
+	switch {
+	case err != nil:
+		return fmt.Errorf("opening store %s: %w", s.root, err)
+	case string(b) != formatVersion:
+		return fmt.Errorf("store %s has format %q, this build reads %q: %w", s.root, b, formatVersion, errdefs.ErrUnsupported)
+	}
+	return nil
+}
+
+// ReadOnly says whether the store was opened read-only (see Open).
+func (s *Store) ReadOnly() bool { return s.readOnly }
+
+// writable refuses writes to a read-only store, with a clearer error than the first EROFS.
+func (s *Store) writable() error {
+	if s.readOnly {
+		return fmt.Errorf("store %s is read-only (read-only file system or not ours): %w", s.root, errdefs.ErrPermission)
+	}
+	return nil
 }
 
 // Root is the store directory.
