@@ -80,6 +80,9 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 	if _, err := ParseLinkMode(string(opts.Link)); err != nil {
 		return Stats{}, err
 	}
+	if opts.Link == LinkHardlink && s.ReadOnly() {
+		return Stats{}, fmt.Errorf("checkout: hardlink checkouts keep their files in the store, and store %s is read-only (use --link copy or reflink): %w", s.Root(), errdefs.ErrPermission)
+	}
 	unlock, err := s.RLock(ctx)
 	if err != nil {
 		return Stats{}, err
