@@ -61,7 +61,9 @@ func init() {
 			return runCheckout(cmd, args[0], args[1], link, skipDevices)
 		},
 	}
-	checkoutCmd.Flags().StringVar(&link, "link", "auto", "how files get their content: auto|hardlink|reflink|copy")
+	checkoutCmd.Flags().StringVar(&link, "link", "auto", "how files get their content: auto|hardlink|reflink|copy "+
+		"(hardlink: files share inodes with the store's copies and other hardlink checkouts: for read-only use, "+
+		"e.g. as an overlay lower directory; a copy written through a checkout is replaced before the next checkout links it)")
 	checkoutCmd.Flags().BoolVar(&skipDevices, "skip-devices", false, "leave out device nodes where mknod is not permitted")
 
 	dfCmd := &cobra.Command{
