@@ -589,17 +589,18 @@ func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *chunked
 // still be what the variant was made with. A write that restores size and mtime afterwards is
 // only found by re-hashing (kura fsck --deep).
 func variantIntact(st *unix.Stat_t, e *chunked.Entry) bool {
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != e.Size || st.Mode&0o7777 != uint32(e.Mode&0o7777) {
+	mode, want := st.Mode&0o7777, uint32(e.Mode&0o7777)
+	if os.Geteuid() != 0 {
+		// Without root, chown to the image's owner fails and the variant keeps ours (see
+		// setMeta), and chmod drops setgid for a group we are not in.
+		mode, want = mode&^unix.S_ISGID, want&^unix.S_ISGID
+	} else if st.Uid != uint32(e.UID) || st.Gid != uint32(e.GID) {
 		return false
 	}
-	if e.ModTime != nil && st.Mtim != unix.NsecToTimespec(e.ModTime.UnixNano()) {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != e.Size || mode != want {
 		return false
 	}
-	// Without root, chown to the image's owner fails and the variant keeps ours (see setMeta).
-	if os.Geteuid() == 0 && (st.Uid != uint32(e.UID) || st.Gid != uint32(e.GID)) {
-		return false
-	}
-	return true
+	return e.ModTime == nil || st.Mtim == unix.NsecToTimespec(e.ModTime.UnixNano())
 }
 
 // makeVariant writes a fresh variant of object d at vp. replace puts it in place of a variant

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -168,6 +169,27 @@ func TestRootlessStore(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(home, p))
 		if err != nil || !strings.HasPrefix(string(b), "file ") {
 			t.Fatalf("%s: %q %v", p, b, err)
+		}
+	}
+	// Case 3 rootless: a write through the hardlink checkout does not reach the next one, and
+	// untouched copies are not replaced (the owner check allows for chown being impossible).
+	f, err := os.OpenFile(filepath.Join(home, "linked/etc/b"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("written through the checkout\n")
+	f.Close()
+	for i, want := range []int{1, 0} {
+		dir := filepath.Join(home, "linked"+strconv.Itoa(i+2))
+		var st struct{ Linked, VariantsReplaced int }
+		if err := json.Unmarshal([]byte(user.ok("--json", "checkout", "--link", "hardlink", ref, dir)), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.VariantsReplaced != want || st.Linked != 2 {
+			t.Fatalf("hardlink checkout %d: %+v, want %d replaced of 2 linked", i+2, st, want)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, "etc/b")); string(b) != "file b\n" {
+			t.Fatalf("hardlink checkout %d: etc/b = %q", i+2, b)
 		}
 	}
 	user.ok("fsck", "--deep")
