@@ -14,7 +14,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -92,7 +91,9 @@ func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, err
 type fsck struct {
 	s    *Store
 	opts FsckOptions
-	r    FsckReport
+	// mu guards r: the directory walk and the hashers' reports run on different goroutines.
+	mu sync.Mutex
+	r  FsckReport
 }
 
 func (f *fsck) problem(format string, args ...any) {
@@ -126,30 +127,30 @@ func (f *fsck) stray(p string) {
 // objects re-hashes every object against its name. Repair removes a damaged one (its bytes are
 // wrong; records stay, and records' step restores it where it can).
 func (f *fsck) objects(ctx context.Context) error {
-	var jobs []hashJob
-	err := f.fanOut(filepath.Join(f.s.root, dirObjects), func(fan string, e fs.DirEntry, p string) {
-		want := digest.NewDigestFromEncoded(digest.SHA256, fan+e.Name())
-		if want.Validate() != nil || !e.Type().IsRegular() {
-			f.stray(p)
-			return
-		}
-		f.r.Objects++
-		jobs = append(jobs, hashJob{path: p, want: want})
-	})
-	if err != nil {
-		return err
+	produce := func(yield func(hashJob)) error {
+		return f.fanOut(filepath.Join(f.s.root, dirObjects), yield, func(fan string, e fs.DirEntry, p string) (hashJob, bool) {
+			want := digest.NewDigestFromEncoded(digest.SHA256, fan+e.Name())
+			if want.Validate() != nil || !e.Type().IsRegular() {
+				f.stray(p)
+				return hashJob{}, false
+			}
+			f.r.Objects++
+			return hashJob{path: p, want: want}, true
+		})
 	}
-	if err := hashAll(ctx, jobs); err != nil {
-		return fmt.Errorf("fsck: %w", err)
-	}
-	for _, j := range jobs {
+	err := hashEach(ctx, produce, func(j hashJob) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		if j.got == j.want {
-			continue
+			return
 		}
 		f.problem("object %s is damaged: content hashes to %s", j.want, j.got)
 		if f.opts.Repair {
 			f.fix("removing damaged object "+j.want.String(), os.Remove(j.path))
 		}
+	})
+	if err != nil {
+		return fmt.Errorf("fsck: %w", err)
 	}
 	return nil
 }
@@ -158,41 +159,39 @@ func (f *fsck) objects(ctx context.Context) error {
 // size, and with Deep its content must hash to its object. Repair removes a changed one: it is
 // a cache, and checkouts that link to it keep their inode.
 func (f *fsck) variants(ctx context.Context) error {
-	var jobs []hashJob
-	err := f.fanOut(filepath.Join(f.s.root, dirVariants), func(fan string, e fs.DirEntry, p string) {
-		obj, ok := parseVariantName(fan, e.Name())
-		if !e.Type().IsRegular() || (!ok && !isLegacyVariant(fan, e.Name())) {
-			f.stray(p)
-			return
-		}
-		f.r.Variants++
-		if !ok {
-			f.r.LegacyVariants++
-			return
-		}
-		if info, err := f.s.Stat(ctx, obj); err == nil {
-			if fi, err := e.Info(); err == nil && fi.Size() != info.Size {
-				f.changedVariant(p, fmt.Sprintf("%d bytes, its object %s has %d", fi.Size(), obj, info.Size))
-				return
+	produce := func(yield func(hashJob)) error {
+		return f.fanOut(filepath.Join(f.s.root, dirVariants), yield, func(fan string, e fs.DirEntry, p string) (hashJob, bool) {
+			obj, ok := parseVariantName(fan, e.Name())
+			if !e.Type().IsRegular() || (!ok && !isLegacyVariant(fan, e.Name())) {
+				f.stray(p)
+				return hashJob{}, false
 			}
-		}
-		if f.opts.Deep {
-			jobs = append(jobs, hashJob{path: p, want: obj, variant: true})
-		}
-	})
-	if err != nil {
-		return err
+			f.r.Variants++
+			if !ok {
+				f.r.LegacyVariants++
+				return hashJob{}, false
+			}
+			if info, err := f.s.Stat(ctx, obj); err == nil {
+				if fi, err := e.Info(); err == nil && fi.Size() != info.Size {
+					f.changedVariant(p, fmt.Sprintf("%d bytes, its object %s has %d", fi.Size(), obj, info.Size))
+					return hashJob{}, false
+				}
+			}
+			return hashJob{path: p, want: obj, variant: true}, f.opts.Deep
+		})
 	}
-	if err := hashAll(ctx, jobs); err != nil {
-		return fmt.Errorf("fsck: %w", err)
-	}
-	for _, j := range jobs {
+	err := hashEach(ctx, produce, func(j hashJob) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		switch {
 		case j.unreadable:
 			f.r.Unreadable++
 		case j.got != j.want:
 			f.changedVariant(j.path, "content hashes to "+j.got.String()+", not to its object "+j.want.String())
 		}
+	})
+	if err != nil {
+		return fmt.Errorf("fsck: %w", err)
 	}
 	return nil
 }
@@ -209,9 +208,10 @@ func isLegacyVariant(fan, name string) bool {
 	return len(fan) == 2 && digest.NewDigestFromEncoded(digest.SHA256, fan+name).Validate() == nil
 }
 
-// fanOut calls fn for every entry of every two-hex-digit directory under base; anything else
-// directly under base is stray.
-func (f *fsck) fanOut(base string, fn func(fan string, e fs.DirEntry, p string)) error {
+// fanOut calls fn, under f.mu, for every entry of every two-hex-digit directory under base, and
+// yields the job fn returns (outside the lock: yield waits for the hashers, whose reports take
+// it). Anything else directly under base is stray.
+func (f *fsck) fanOut(base string, yield func(hashJob), fn func(fan string, e fs.DirEntry, p string) (hashJob, bool)) error {
 	fans, err := os.ReadDir(base)
 	if err != nil {
 		return err
@@ -219,7 +219,9 @@ func (f *fsck) fanOut(base string, fn func(fan string, e fs.DirEntry, p string))
 	for _, fan := range fans {
 		fp := filepath.Join(base, fan.Name())
 		if !fan.IsDir() || len(fan.Name()) != 2 {
+			f.mu.Lock()
 			f.stray(fp)
+			f.mu.Unlock()
 			continue
 		}
 		ents, err := os.ReadDir(fp)
@@ -227,13 +229,18 @@ func (f *fsck) fanOut(base string, fn func(fan string, e fs.DirEntry, p string))
 			return err
 		}
 		for _, e := range ents {
-			fn(fan.Name(), e, filepath.Join(fp, e.Name()))
+			f.mu.Lock()
+			j, ok := fn(fan.Name(), e, filepath.Join(fp, e.Name()))
+			f.mu.Unlock()
+			if ok {
+				yield(j)
+			}
 		}
 	}
 	return nil
 }
 
-// hashJob is one file to re-hash; got (or unreadable) is filled in by hashAll.
+// hashJob is one file to re-hash; got (or unreadable) is filled in by hashEach.
 type hashJob struct {
 	path       string
 	want, got  digest.Digest
@@ -241,11 +248,25 @@ type hashJob struct {
 	unreadable bool
 }
 
-// hashAll hashes the files of jobs, one worker per core: sha256 runs at about the speed a disk
-// reads, so one core would leave the other idle on a cached or fast store. Each file streams
-// through a fixed buffer.
-func hashAll(ctx context.Context, jobs []hashJob) error {
-	var next atomic.Int64
+// hashEach hashes the files produce yields, one worker per core (sha256 runs at about the speed
+// a disk reads, so one core would leave the other idle on a cached or fast store), and calls
+// report with each result, on the caller's goroutine while produce runs on another. It streams:
+// files are hashed while the directories are still being listed, each through a fixed buffer, so
+// memory does not grow with the store.
+func hashEach(ctx context.Context, produce func(yield func(hashJob)) error, report func(hashJob)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs, results := make(chan hashJob, 64), make(chan hashJob, 64)
+	var perr error
+	go func() {
+		defer close(jobs)
+		perr = produce(func(j hashJob) {
+			select {
+			case jobs <- j:
+			case <-ctx.Done():
+			}
+		})
+	}()
 	var wg sync.WaitGroup
 	errs := make([]error, runtime.GOMAXPROCS(0))
 	for w := range errs {
@@ -253,12 +274,10 @@ func hashAll(ctx context.Context, jobs []hashJob) error {
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 1<<20)
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(jobs) || ctx.Err() != nil {
-					return
+			for j := range jobs {
+				if ctx.Err() != nil {
+					continue // drain, so the producer ends
 				}
-				j := &jobs[i]
 				got, err := hashFile(j.path, buf)
 				switch {
 				case err == nil:
@@ -267,16 +286,24 @@ func hashAll(ctx context.Context, jobs []hashJob) error {
 					j.unreadable = true
 				default:
 					errs[w] = err
-					return
+					cancel()
+					continue
 				}
+				results <- j
 			}
 		}()
 	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
+	go func() { wg.Wait(); close(results) }()
+	for j := range results {
+		report(j)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return errors.Join(errs...)
+	if perr != nil {
+		return perr
+	}
+	return ctx.Err()
 }
 
 func hashFile(p string, buf []byte) (digest.Digest, error) {
