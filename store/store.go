@@ -144,7 +144,10 @@ func Open(root string, opts ...Option) (*Store, error) {
 	vpath := filepath.Join(abs, fileVersion)
 	if exists(vpath) && unix.Access(abs, unix.W_OK) != nil {
 		s.readOnly = true
-		return s, s.checkVersion(vpath)
+		if err := s.checkVersion(vpath); err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
 	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants, dirCompose} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
@@ -158,7 +161,10 @@ func Open(root string, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	}
-	return s, s.checkVersion(vpath)
+	if err := s.checkVersion(vpath); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func (s *Store) checkVersion(vpath string) error {
