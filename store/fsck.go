@@ -450,7 +450,7 @@ func (f *fsck) layers(ctx context.Context, images map[digest.Digest]*Image, user
 			f.r.Repaired++
 			good[l] = true
 		} else {
-			f.unrepaired("layer %s: %d objects missing; %s; used by %s: a re-import of its tar restores them; kura rmi and kura gc drop the images", l, len(missing), why, usedBy(users[l], names))
+			f.unrepaired("layer %s: %d objects missing; %s; used by %s: importing the same tar again restores them; otherwise kura rmi the names, kura gc, then pull or import again (a pull or layout import skips a layer that is recorded)", l, len(missing), why, usedBy(users[l], names))
 		}
 	}
 	return good, nil
