@@ -34,8 +34,11 @@ const (
 	// LinkAuto reflinks (FICLONE) where the file system supports it, else copies.
 	LinkAuto LinkMode = "auto"
 	// LinkHardlink hardlinks to one store-side copy per (content, mode, owner, mtime, xattrs),
-	// so files share inodes across checkouts yet each keeps its metadata. Editing such a file in
-	// place changes every checkout that shares it.
+	// so files share inodes across checkouts yet each keeps its metadata. Such a checkout is for
+	// read-only use, e.g. as an overlay lower directory (as containers/storage's use_hard_links
+	// layers are): writing a file in place changes every checkout that shares it. The store
+	// defends itself: a changed copy is replaced before it is linked again, so later checkouts
+	// get the image's bytes (see linkVariant), and fsck --deep finds and removes changed copies.
 	LinkHardlink LinkMode = "hardlink"
 	// LinkReflink requires reflinks.
 	LinkReflink LinkMode = "reflink"
@@ -63,6 +66,9 @@ type Options struct {
 type Stats struct {
 	Files, Dirs, Symlinks, Hardlinks, Devices, Whiteouts int
 	Reflinked, Copied, Linked                            int
+	// VariantsReplaced counts hardlink-checkout copies found changed (written through an
+	// earlier checkout) and replaced by fresh ones.
+	VariantsReplaced int
 }
 
 // Checkout materialises img into dir, which must be empty or absent. It holds the store's
@@ -73,6 +79,9 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 	}
 	if _, err := ParseLinkMode(string(opts.Link)); err != nil {
 		return Stats{}, err
+	}
+	if opts.Link == LinkHardlink && s.ReadOnly() {
+		return Stats{}, fmt.Errorf("checkout: hardlink checkouts keep their files in the store, and store %s is read-only (use --link copy or reflink): %w", s.Root(), errdefs.ErrPermission)
 	}
 	unlock, err := s.RLock(ctx)
 	if err != nil {
@@ -415,7 +424,7 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 			if c.opts.SkipDevices {
 				return nil
 			}
-			return fmt.Errorf("creating device node: %v: %w", err, errdefs.ErrPermission)
+			return fmt.Errorf("creating device node (not permitted here; --skip-devices leaves device nodes out): %v: %w", err, errdefs.ErrPermission)
 		}
 		if err != nil {
 			return err
@@ -530,19 +539,29 @@ func variantKey(d digest.Digest, e *chunked.Entry) digest.Digest {
 }
 
 // linkVariant hardlinks base to the store-side variant of d with e's metadata, creating it first
-// if needed (temp file, metadata, then rename: a variant is never seen half made).
+// if needed (temp file, metadata, then rename: a variant is never seen half made). A hardlink
+// checkout is for read-only use (an overlay lower directory), yet a write through one reaches the
+// shared inode; so a variant is checked before it is linked again (variantIntact), and one that
+// was changed is replaced by a fresh copy of the object: what a checkout writes never reaches a
+// later checkout. Objects themselves are never linked into a checkout.
 func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *chunked.Entry) error {
-	vp, err := c.s.VariantPath(variantKey(d, e))
+	vp, err := c.s.VariantPath(d, variantKey(d, e))
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	err = unix.Lstat(vp, &st)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		err = c.makeVariant(vp, d, e, false)
+	case err == nil && !variantIntact(&st, e):
+		c.stats.VariantsReplaced++
+		err = c.makeVariant(vp, d, e, true)
+	}
 	if err != nil {
 		return err
 	}
 	err = unix.Linkat(unix.AT_FDCWD, vp, pfd, base, 0)
-	if errors.Is(err, unix.ENOENT) {
-		if err := c.makeVariant(vp, d, e); err != nil {
-			return err
-		}
-		err = unix.Linkat(unix.AT_FDCWD, vp, pfd, base, 0)
-	}
 	if errors.Is(err, unix.EXDEV) {
 		return fmt.Errorf("hardlink checkout needs the store and the target on one file system: %w", errdefs.ErrUnsupported)
 	}
@@ -565,7 +584,29 @@ func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *chunked
 	return nil
 }
 
-func (c *checkout) makeVariant(vp string, d digest.Digest, e *chunked.Entry) error {
+// variantIntact is the cheap check made before a variant is linked into another checkout: the
+// metadata a write or chmod through an earlier checkout changes (size, mtime, mode, owner) must
+// still be what the variant was made with. A write that restores size and mtime afterwards is
+// only found by re-hashing (kura fsck --deep).
+func variantIntact(st *unix.Stat_t, e *chunked.Entry) bool {
+	mode, want := st.Mode&0o7777, uint32(e.Mode&0o7777)
+	if os.Geteuid() != 0 {
+		// Without root, chown to the image's owner fails and the variant keeps ours (see
+		// setMeta), and chmod drops setgid for a group we are not in.
+		mode, want = mode&^unix.S_ISGID, want&^unix.S_ISGID
+	} else if st.Uid != uint32(e.UID) || st.Gid != uint32(e.GID) {
+		return false
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != e.Size || mode != want {
+		return false
+	}
+	return e.ModTime == nil || st.Mtim == unix.NsecToTimespec(e.ModTime.UnixNano())
+}
+
+// makeVariant writes a fresh variant of object d at vp. replace puts it in place of a variant
+// that was changed (checkouts linked to the old inode keep it; new ones get the fresh one);
+// otherwise a variant another checkout placed first wins.
+func (c *checkout) makeVariant(vp string, d digest.Digest, e *chunked.Entry, replace bool) error {
 	if err := os.MkdirAll(filepath.Dir(vp), 0o700); err != nil {
 		return err
 	}
@@ -587,7 +628,11 @@ func (c *checkout) makeVariant(vp string, d digest.Digest, e *chunked.Entry) err
 	if err := setMeta(dfd, filepath.Base(tmp), int(f.Fd()), e, false); err != nil {
 		return err
 	}
-	err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, vp, unix.RENAME_NOREPLACE)
+	if replace {
+		err = unix.Rename(tmp, vp)
+	} else {
+		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, vp, unix.RENAME_NOREPLACE)
+	}
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("placing variant: %w", err)
 	}

@@ -159,7 +159,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes)
+	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes, sourceOf(src, img)...)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/store"
 )
 
 // Image is a resolved image: its manifest and config, verified against their digests.
@@ -46,6 +48,16 @@ func NewSource(ref imageref.Reference, client *registry.Client) (Source, error) 
 		return &layoutSource{l: ocilayout.Layout{Dir: ref.Dir}, tag: ref.Tag}, nil
 	}
 	return nil, fmt.Errorf("reference %s: %w", ref, errdefs.ErrUnsupported)
+}
+
+// sourceOf records a registry image's repository, pinned by manifest digest, in its record:
+// where fsck --repair re-fetches a damaged layer from.
+func sourceOf(src Source, img *Image) []store.ImageOption {
+	rs, ok := src.(*registrySource)
+	if !ok {
+		return nil
+	}
+	return []store.ImageOption{store.WithSource(rs.ref.Repository().String() + "@" + digest.FromBytes(img.ManifestBytes).String())}
 }
 
 type registrySource struct {

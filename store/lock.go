@@ -29,7 +29,7 @@ func (s *Store) Lock(ctx context.Context) (func(), error) {
 // lock opens the lock file anew for every lock: flock locks belong to the open file description,
 // so two locks in one process conflict exactly as two processes' locks do.
 func (s *Store) lock(ctx context.Context, how int) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(s.root, fileLock), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	f, err := s.openLockFile(how)
 	if err != nil {
 		return nil, fmt.Errorf("opening store lock: %w", err)
 	}
@@ -69,8 +69,30 @@ func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 	}, nil
 }
 
+// openLockFile opens the lock file for flock, which works on a read-only descriptor too: a
+// read-only store is locked without creating or writing anything (where even the lock file is
+// missing, the root directory itself is locked: no writer can exist there). The exclusive lock
+// is only for writers, so a read-only store refuses it.
+func (s *Store) openLockFile(how int) (*os.File, error) {
+	p := filepath.Join(s.root, fileLock)
+	if !s.readOnly {
+		return os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	}
+	if how&unix.LOCK_EX != 0 {
+		return nil, s.writable()
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.OpenFile(s.root, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	return f, err
+}
+
 // requireLock guards writes: a writer that forgot the lock could race with gc.
 func (s *Store) requireLock() error {
+	if err := s.writable(); err != nil {
+		return err
+	}
 	if s.held.Load() <= 0 {
 		return errors.New("store: write without holding the store lock (call RLock or Lock first)")
 	}

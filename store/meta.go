@@ -67,7 +67,18 @@ type Image struct {
 	// Created comes from the config (zero when absent); Imported is when the store got it.
 	Created  time.Time `json:"created,omitzero"`
 	Imported time.Time `json:"imported"`
+	// Source is the registry reference the image was first pulled from, pinned by digest
+	// (HOST/REPO@sha256:…): where fsck --repair re-fetches a damaged layer. Empty for imports and
+	// for records written before it existed.
+	Source string `json:"source,omitempty"`
 }
+
+// ImageOption configures PutImage.
+type ImageOption func(*Image)
+
+// WithSource records where the image came from (see Image.Source). An image already stored
+// keeps its record: records never change.
+func WithSource(ref string) ImageOption { return func(img *Image) { img.Source = ref } }
 
 func (s *Store) layerDir(diffID digest.Digest) (string, error) {
 	if err := checkDigest(diffID); err != nil {
@@ -177,16 +188,19 @@ func (s *Store) commitDir(dst string, files map[string][]byte) error {
 			return err
 		}
 	}
-	if err := os.Chmod(tmp, 0o500); err != nil {
-		return err
-	}
 	if err := syncDir(tmp); err != nil {
 		return err
 	}
+	// The directory becomes read-only only once in place: renaming a directory to another
+	// parent rewrites its ".." entry, which needs write permission on it (root skips the check,
+	// an unprivileged user does not). A crash in between leaves a 0700 directory: harmless.
 	if err := renameNoReplace(tmp, dst); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return nil
 		}
+		return err
+	}
+	if err := os.Chmod(dst, 0o500); err != nil {
 		return err
 	}
 	return syncDir(filepath.Dir(dst))
@@ -195,13 +209,17 @@ func (s *Store) commitDir(dst string, files map[string][]byte) error {
 // removeDir makes a metadata directory disappear atomically (rename into tmp), then deletes it.
 func (s *Store) removeDir(dir string) error {
 	tmp := filepath.Join(s.root, dirTmp, "rm-"+filepath.Base(filepath.Dir(dir))+"-"+filepath.Base(dir))
+	// Writable first, for the rename to rewrite its ".." entry as an unprivileged user (see
+	// commitDir) and for RemoveAll to empty it.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
 	if err := os.Rename(dir, tmp); err != nil {
 		return err
 	}
 	if err := syncDir(filepath.Dir(dir)); err != nil {
 		return err
 	}
-	os.Chmod(tmp, 0o700)
 	return os.RemoveAll(tmp)
 }
 
@@ -538,7 +556,7 @@ func readJSON(path string, v any) error {
 
 // PutImage records an image from its manifest and config bytes. Every layer the config names must
 // be stored already (layer metadata → image). It returns the image, whose ID is the manifest digest.
-func (s *Store) PutImage(ctx context.Context, manifest, config []byte) (Image, error) {
+func (s *Store) PutImage(ctx context.Context, manifest, config []byte, opts ...ImageOption) (Image, error) {
 	if err := s.requireLock(); err != nil {
 		return Image{}, err
 	}
@@ -556,6 +574,9 @@ func (s *Store) PutImage(ctx context.Context, manifest, config []byte) (Image, e
 		return s.Image(ctx, img.ID)
 	}
 	img.Imported = time.Now().UTC()
+	for _, o := range opts {
+		o(&img)
+	}
 	meta, err := json.Marshal(img)
 	if err != nil {
 		return Image{}, err

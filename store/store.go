@@ -10,10 +10,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
@@ -98,6 +100,9 @@ type Store struct {
 	root   string
 	verity bool
 	noSync bool
+	// readOnly: the store cannot be written (a read-only file system, or another user's store);
+	// it still serves reads, under a lock taken on a read-only descriptor.
+	readOnly bool
 	// verities holds fs-verity digests computed while objects streamed through writers, so
 	// PutLayer need not read them again (object digest → verity.Digest).
 	verities sync.Map
@@ -124,7 +129,9 @@ func WithVerity() Option { return func(s *Store) { s.verity = true } }
 // matter. Ordering and verification are unchanged.
 func WithoutSync() Option { return func(s *Store) { s.noSync = true } }
 
-// Open opens (creating if needed) the store at root.
+// Open opens (creating if needed) the store at root. A store that exists but cannot be written
+// (a read-only file system, or a store another user owns) opens read-only: reads work, writes
+// fail with errdefs.ErrPermission.
 func Open(root string, opts ...Option) (*Store, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -134,26 +141,52 @@ func Open(root string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	vpath := filepath.Join(abs, fileVersion)
+	if exists(vpath) && unix.Access(abs, unix.W_OK) != nil {
+		s.readOnly = true
+		if err := s.checkVersion(vpath); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 	for _, d := range []string{"", dirObjects, dirLayers, dirImages, dirRefs, dirTmp, dirVariants, dirCompose} {
 		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	}
-	vpath := filepath.Join(abs, fileVersion)
-	b, err := os.ReadFile(vpath)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	if !exists(vpath) {
 		// The temp file goes in the root, not tmp/: Open holds no lock yet, and a gc running in
 		// another process empties tmp/ under its exclusive lock.
 		if err := writeFileAtomic(abs, vpath, []byte(formatVersion), 0o444); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
-	case err != nil:
-		return nil, fmt.Errorf("opening store %s: %w", abs, err)
-	case string(b) != formatVersion:
-		return nil, fmt.Errorf("store %s has format %q, this build reads %q: %w", abs, b, formatVersion, errdefs.ErrUnsupported)
+	}
+	if err := s.checkVersion(vpath); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+func (s *Store) checkVersion(vpath string) error {
+	b, err := os.ReadFile(vpath)
+	switch {
+	case err != nil:
+		return fmt.Errorf("opening store %s: %w", s.root, err)
+	case string(b) != formatVersion:
+		return fmt.Errorf("store %s has format %q, this build reads %q: %w", s.root, b, formatVersion, errdefs.ErrUnsupported)
+	}
+	return nil
+}
+
+// ReadOnly says whether the store was opened read-only (see Open).
+func (s *Store) ReadOnly() bool { return s.readOnly }
+
+// writable refuses writes to a read-only store, with a clearer error than the first EROFS.
+func (s *Store) writable() error {
+	if s.readOnly {
+		return fmt.Errorf("store %s is read-only (read-only file system or not ours): %w", s.root, errdefs.ErrPermission)
+	}
+	return nil
 }
 
 // Root is the store directory.
@@ -278,15 +311,31 @@ func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
 	return nil
 }
 
-// VariantPath is where a hardlink checkout keeps the copy of an object that carries one set of
-// metadata (key digests content + metadata; see package checkout). gc removes variants that no
-// checkout links to any more.
-func (s *Store) VariantPath(key digest.Digest) (string, error) {
+// VariantPath is where a hardlink checkout keeps the copy of object obj that carries one set of
+// metadata: variants/<obj hex[:2]>/<obj hex[2:]>-<key hex>, where key digests content and
+// metadata (see package checkout). The name carries the object so that fsck can check a variant's
+// content. gc removes variants that no checkout links to any more.
+func (s *Store) VariantPath(obj, key digest.Digest) (string, error) {
+	if err := checkDigest(obj); err != nil {
+		return "", err
+	}
 	if err := checkDigest(key); err != nil {
 		return "", err
 	}
-	h := key.Encoded()
-	return filepath.Join(s.root, dirVariants, h[:2], h[2:]), nil
+	h := obj.Encoded()
+	return filepath.Join(s.root, dirVariants, h[:2], h[2:]+"-"+key.Encoded()), nil
+}
+
+// parseVariantName returns the object a variant file in variants/<fan>/ holds, from its name.
+// ok is false for anything else, including the variants of older stores (named by key alone),
+// whose object cannot be known.
+func parseVariantName(fan, name string) (obj digest.Digest, ok bool) {
+	rest, key, found := strings.Cut(name, "-")
+	if !found || len(fan) != 2 || len(rest) != 62 || !digests.IsSHA256(digest.NewDigestFromEncoded(digest.SHA256, key)) {
+		return "", false
+	}
+	obj = digest.NewDigestFromEncoded(digest.SHA256, fan+rest)
+	return obj, digests.IsSHA256(obj)
 }
 
 // TempDir is the store's directory for files being written; anything in it may be removed by gc

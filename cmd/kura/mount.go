@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/composefs/mount"
-	"github.com/kura-oci/kura/composefs/storeimage"
 )
 
 func init() {
@@ -38,10 +37,11 @@ per image and cached in the store. Needs root; without it, use kura checkout.`,
 			if err != nil {
 				return err
 			}
-			cfs, err := storeimage.Ensure(ctx, s, img)
+			cfs, done, err := composefsImage(ctx, s, img)
 			if err != nil {
 				return err
 			}
+			defer done()
 			opts := []mount.Option{mount.WithVerity(mount.Verity(verity))}
 			if upper != "" {
 				opts = append(opts, mount.WithUpper(upper, work))

@@ -61,7 +61,9 @@ func init() {
 			return runCheckout(cmd, args[0], args[1], link, skipDevices)
 		},
 	}
-	checkoutCmd.Flags().StringVar(&link, "link", "auto", "how files get their content: auto|hardlink|reflink|copy")
+	checkoutCmd.Flags().StringVar(&link, "link", "auto", "how files get their content: auto|hardlink|reflink|copy "+
+		"(hardlink: files share inodes with the store's copies and other hardlink checkouts: for read-only use, "+
+		"e.g. as an overlay lower directory; a copy written through a checkout is replaced before the next checkout links it)")
 	checkoutCmd.Flags().BoolVar(&skipDevices, "skip-devices", false, "leave out device nodes where mknod is not permitted")
 
 	dfCmd := &cobra.Command{
@@ -78,14 +80,7 @@ func init() {
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runGC(cmd) },
 	}
 
-	var repair bool
-	fsckCmd := &cobra.Command{
-		Use:   "fsck",
-		Short: "Re-hash every object and check every reference",
-		Args:  exactArgs(0),
-		RunE:  func(cmd *cobra.Command, _ []string) error { return runFsck(cmd, repair) },
-	}
-	fsckCmd.Flags().BoolVar(&repair, "repair", false, "remove damaged objects, dangling records and temp files")
+	fsckCmd := newFsckCmd() // fsck.go
 
 	rootCmd.AddCommand(importCmd, imagesCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd)
 }
@@ -323,36 +318,5 @@ func runGC(cmd *cobra.Command) error {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants, %d composefs images; freed %s\n",
 		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, progress.HumanBytes(r.BytesFreed))
-	return nil
-}
-
-func runFsck(cmd *cobra.Command, repair bool) error {
-	s, err := openStore()
-	if err != nil {
-		return err
-	}
-	r, err := s.Fsck(cmd.Context(), repair)
-	if err != nil {
-		return err
-	}
-	if global.json {
-		if err := printJSON(cmd.OutOrStdout(), r); err != nil {
-			return err
-		}
-	} else {
-		out := cmd.OutOrStdout()
-		for _, p := range r.Problems {
-			fmt.Fprintln(out, p)
-		}
-		fmt.Fprintf(out, "checked %d objects, %d layers, %d images, %d refs: %d problems", r.Objects, r.Layers, r.Images, r.Refs, len(r.Problems))
-		if repair {
-			fmt.Fprintf(out, ", %d repaired, %d temp files removed\n", r.Repaired, r.TempFiles)
-		} else {
-			fmt.Fprintf(out, ", %d temp files (in use or left by a crash; --repair removes them)\n", r.TempFiles)
-		}
-	}
-	if !r.Clean() && !repair {
-		return fmt.Errorf("fsck: %d problems: %w", len(r.Problems), errdefs.ErrDigestMismatch)
-	}
 	return nil
 }

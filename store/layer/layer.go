@@ -33,6 +33,9 @@ const (
 type Options struct {
 	// DiffID, if set, is what the layer's tar must hash to; a mismatch stores nothing.
 	DiffID digest.Digest
+	// Refill imports a layer that is recorded already (its objects are stored again where
+	// missing; the record stays): how fsck --repair restores a damaged layer. Needs DiffID.
+	Refill bool
 }
 
 // Imported is a stored layer and what importing it wrote.
@@ -46,7 +49,10 @@ type Imported struct {
 // metadata. It returns the stored layer. The caller holds the store's shared lock (and keeps
 // holding it until the image that uses the layer is recorded).
 func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imported, error) {
-	if opts.DiffID != "" && s.HasLayer(opts.DiffID) {
+	if opts.Refill && opts.DiffID == "" {
+		return Imported{}, fmt.Errorf("layer: a refill needs the expected DiffID: %w", errdefs.ErrInvalid)
+	}
+	if opts.DiffID != "" && !opts.Refill && s.HasLayer(opts.DiffID) {
 		l, err := s.Layer(ctx, opts.DiffID)
 		return Imported{Layer: l}, err
 	}
