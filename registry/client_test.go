@@ -578,3 +578,40 @@ func TestTLSVerify(t *testing.T) {
 		t.Fatalf("read %q, %v", got, err)
 	}
 }
+
+// With HandOverWholeBlob, a 200 to the first request is handed to the caller as the whole
+// blob, verified and unread: one request, one body, nothing cut or read twice. A 206 is used as
+// usual.
+func TestGetRangesHandOverWholeBlob(t *testing.T) {
+	f := newFixture(t, 256<<10)
+	c := f.client()
+	ranges := spread(6)
+	for _, fault := range []registrytest.FaultKind{registrytest.None, registrytest.IgnoreRange} {
+		f.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
+		calls := 0
+		_, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r registry.Range, rd io.Reader) error {
+			calls++
+			_, err := io.Copy(io.Discard, rd)
+			return err
+		}, registry.HandOverWholeBlob())
+		var whole *registry.WholeBlobError
+		if fault == registrytest.None {
+			if err != nil || calls != len(ranges) {
+				t.Fatalf("ranges honoured: %d calls, %v", calls, err)
+			}
+			continue
+		}
+		if !errors.As(err, &whole) || !errors.Is(err, errdefs.ErrNeedFull) {
+			t.Fatalf("ranges ignored: got %v, want a WholeBlobError", err)
+		}
+		got, rerr := io.ReadAll(whole.Body)
+		whole.Body.Close()
+		if rerr != nil || !bytes.Equal(got, f.blob) {
+			t.Fatalf("handed-over body: %d bytes, %v", len(got), rerr)
+		}
+		reqs := f.reg.Proxy.BlobRequests()
+		if len(reqs) != 1 || reqs[0].Status != http.StatusOK || reqs[0].BytesServed != int64(len(f.blob)) {
+			t.Fatalf("want one 200 serving the blob once, got %+v", reqs)
+		}
+	}
+}

@@ -7,11 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // FaultKind selects how the proxy misbehaves on blob GETs. Other requests pass through untouched.
@@ -59,7 +62,8 @@ type Fault struct {
 
 // BlobRequest records one blob GET the proxy answered.
 type BlobRequest struct {
-	Range       string // the Range header as received
+	Digest      digest.Digest // the blob asked for
+	Range       string        // the Range header as received
 	Status      int
 	BytesServed int64 // body bytes written to the client
 	Faulted     bool
@@ -233,7 +237,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Unlock()
 	f, faulted := p.take()
 	cw := &countingWriter{ResponseWriter: w, limit: -1}
-	rec := BlobRequest{Range: r.Header.Get("Range"), Faulted: faulted}
+	rec := BlobRequest{Digest: digest.Digest(path.Base(r.URL.Path)), Range: r.Header.Get("Range"), Faulted: faulted}
 	defer func() {
 		rec.Status, rec.BytesServed = cw.status, cw.n
 		p.record(rec)

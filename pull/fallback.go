@@ -1,0 +1,57 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/registry"
+)
+
+// The fallback rule (docs/design.md, "Falling back to a full pull"): a partial pull that
+// cannot be done, or not exactly, fails with an error wrapping errdefs.ErrNeedFull, wherever
+// the reason arises (here, in package registry, in package chunked). fallback alone decides.
+
+// needFull is a reason not to pull a layer partially, in the fallback class.
+func needFull(reason string) error { return fmt.Errorf("%s: %w", reason, errdefs.ErrNeedFull) }
+
+// fallback decides whether a failed partial pull goes on as a full pull: exactly when err
+// wraps errdefs.ErrNeedFull and no hostile class (errdefs.ErrInvalid, ErrDigestMismatch: a
+// full pull would refuse the blob too, or the image contradicts itself), and ctx is live.
+//
+// When the registry already sent the whole blob (it ignored Range), body is that stream: the
+// full pull reads it instead of asking again. If fallback says no, it closes the body.
+func fallback(ctx context.Context, err error) (reason string, body io.ReadCloser, ok bool) {
+	var whole *registry.WholeBlobError
+	if errors.As(err, &whole) {
+		body = whole.Body
+	}
+	ok = err != nil && ctx.Err() == nil && errors.Is(err, errdefs.ErrNeedFull) &&
+		!errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrDigestMismatch)
+	if !ok {
+		if body != nil {
+			body.Close()
+		}
+		return "", nil, false
+	}
+	return strings.TrimSuffix(err.Error(), ": "+errdefs.ErrNeedFull.Error()), body, true
+}
+
+// namesFitTOC checks that every tar-split name is UTF-8. The TOC is JSON, which carries only
+// UTF-8 (a writer replaces other bytes with U+FFFD), so a name that is not has no exact TOC
+// entry: the comparison of TOC and tar-split would call the layer hostile, and files stored
+// by TOC name would be renamed. The tar, stored whole by a full pull, keeps the name exactly.
+func namesFitTOC(entries []storage.Entry) error {
+	for i := range entries {
+		if e := &entries[i]; e.Type == storage.FileType && (len(e.NameRaw) > 0 || !utf8.ValidString(e.Name)) {
+			return needFull(fmt.Sprintf("the name %q is not UTF-8, which the TOC cannot carry exactly", e.GetName()))
+		}
+	}
+	return nil
+}
