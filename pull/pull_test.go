@@ -210,6 +210,11 @@ func registryClient(opts ...registry.Option) *registry.Client {
 
 func pullRef(t testing.TB, s *store.Store, ref string, client *registry.Client, opts ...Option) (*Report, error) {
 	t.Helper()
+	return pullWith(t, context.Background(), s, ref, client, opts...)
+}
+
+func pullWith(t testing.TB, ctx context.Context, s *store.Store, ref string, client *registry.Client, opts ...Option) (*Report, error) {
+	t.Helper()
 	r, err := imageref.Parse(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +223,7 @@ func pullRef(t testing.TB, s *store.Store, ref string, client *registry.Client, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Pull(context.Background(), s, src, opts...)
+	return Pull(ctx, s, src, opts...)
 }
 
 func TestPullFromLayoutPartialEqualsFull(t *testing.T) {

@@ -347,6 +347,7 @@ type worker struct {
 	partPos  int64 // blob offset of the part's next byte
 	partEnd  int64
 	failures int   // consecutive failures without progress
+	progress int64 // bytes since the last failure
 	err      error // sticky: a stream failure fn might have swallowed
 	// answered, if not nil, is told once whether the first answer was the whole blob (200)
 	// rather than ranges (206).
@@ -437,7 +438,7 @@ func (w *worker) Read(p []byte) (int, error) {
 	for {
 		n, err := w.readSome(p)
 		if n > 0 {
-			w.failures = 0
+			w.failures = resetFailures(w.failures, &w.progress, n)
 			return n, nil
 		}
 		if err == nil {
@@ -450,6 +451,7 @@ func (w *worker) Read(p []byte) (int, error) {
 		}
 		w.closeSrc()
 		w.failures++
+		w.progress = 0
 		w.j.c.stats.retries.Add(1)
 		if cc := callOf(w.j.ctx); cc != nil {
 			cc.retries.Add(1)
