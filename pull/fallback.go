@@ -8,6 +8,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/vbatts/tar-split/archive/tar"
+	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -54,4 +56,45 @@ func namesFitTOC(entries []storage.Entry) error {
 		}
 	}
 	return nil
+}
+
+// linksFitTOC is namesFitTOC for link targets, which only the tar headers in the tar-split's
+// segments hold. Parsing them costs as much as the comparison itself, so it runs only once the
+// comparison has failed, to tell a target the TOC cannot carry from a hostile disagreement.
+func linksFitTOC(entries []storage.Entry) error {
+	return asm.IterateHeaders(&entryList{entries: entries}, func(hdr *tar.Header) error {
+		if !utf8.ValidString(hdr.Linkname) {
+			return needFull(fmt.Sprintf("the link target %q of %q is not UTF-8, which the TOC cannot carry exactly", hdr.Linkname, hdr.Name))
+		}
+		return nil
+	})
+}
+
+// explainMismatch wraps a TOC/tar-split comparison: when it fails, a link target the TOC
+// cannot carry is the reason (a full pull), else the failure stands.
+func explainMismatch(entries []storage.Entry, compare func() error) func() error {
+	return func() error {
+		err := compare()
+		if err == nil {
+			return nil
+		}
+		if lerr := linksFitTOC(entries); errors.Is(lerr, errdefs.ErrNeedFull) {
+			return lerr
+		}
+		return err
+	}
+}
+
+// entryList is a storage.Unpacker over decoded entries.
+type entryList struct {
+	entries []storage.Entry
+}
+
+func (l *entryList) Next() (*storage.Entry, error) {
+	if len(l.entries) == 0 {
+		return nil, io.EOF
+	}
+	e := &l.entries[0]
+	l.entries = l.entries[1:]
+	return e, nil
 }

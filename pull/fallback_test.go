@@ -17,7 +17,6 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
-	"github.com/kura-oci/kura/store"
 )
 
 // remanifest writes the manifest again after a test changed the descriptors.
@@ -113,49 +112,54 @@ func TestPullFooterTOCMismatchFails(t *testing.T) {
 	}
 }
 
-// A tar name that is not UTF-8 has no exact TOC (JSON) entry: the partial pull falls back to a
-// full pull, and stores exactly what --full stores. (That the store then keeps the name byte
-// for byte through export, checkout and mount is the store's business, tested there.)
+// A tar name or link target that is not UTF-8 has no exact TOC (JSON) entry: the partial pull
+// falls back to a full pull, and stores exactly what --full stores. (That the store then keeps
+// the name byte for byte through export, checkout and mount is the store's business.)
 func TestPullNonUTF8NameFallsBackToFull(t *testing.T) {
-	files := append(genTree(0), treeFile{name: "etc/caf\xe9-latin1", typ: tar.TypeReg, content: []byte("bonjour\n"), mode: 0o644})
-	img := buildImage(t, tarOf(t, files))
-	dir := t.TempDir()
-	img.writeLayout(t, dir, "x")
-	s := openStore(t)
-	rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
-	if err != nil {
-		t.Fatalf("partial pull of a layer with a non-UTF-8 name: %v (exit %d)", err, errdefs.ExitCode(err))
+	for _, tc := range []struct {
+		name string
+		file treeFile
+		note string
+	}{
+		{"name", treeFile{name: "etc/caf\xe9-latin1", typ: tar.TypeReg, content: []byte("bonjour\n"), mode: 0o644}, "name"},
+		{"link target", treeFile{name: "etc/to-latin1", typ: tar.TypeSymlink, linkname: "caf\xe9", mode: 0o777}, "link target"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := buildImage(t, tarOf(t, append(genTree(0), tc.file)))
+			dir := t.TempDir()
+			img.writeLayout(t, dir, "x")
+			s := openStore(t)
+			rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
+			if err != nil {
+				t.Fatalf("partial pull: %v (exit %d)", err, errdefs.ExitCode(err))
+			}
+			if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, tc.note) || !strings.Contains(l.Note, "UTF-8") {
+				t.Fatalf("layer: %+v", l)
+			}
+			full := openStore(t)
+			if _, err := pullRef(t, full, "oci:"+dir+":x", nil, WithoutPartial()); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			tsA, errA := s.LayerTarSplit(ctx, img.diffIDs[0])
+			tsB, errB := full.LayerTarSplit(ctx, img.diffIDs[0])
+			if errA != nil || errB != nil || !bytes.Equal(tsA, tsB) {
+				t.Fatalf("tar-split after the fallback differs from --full's (%v, %v)", errA, errB)
+			}
+			entries, err := chunked.DecodeTarSplit(tsA)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for i := range entries {
+				found = found || entries[i].GetName() == tc.file.name
+			}
+			if !found {
+				t.Fatal("the stored tar-split lost the entry's name")
+			}
+			checkFsck(t, s)
+		})
 	}
-	if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, "UTF-8") {
-		t.Fatalf("layer with a non-UTF-8 name: %+v", l)
-	}
-	full := openStore(t)
-	if _, err := pullRef(t, full, "oci:"+dir+":x", nil, WithoutPartial()); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, st := range []*store.Store{s, full} {
-		if !st.HasLayer(img.diffIDs[0]) {
-			t.Fatalf("layer %s not stored", img.diffIDs[0])
-		}
-	}
-	tsA, errA := s.LayerTarSplit(ctx, img.diffIDs[0])
-	tsB, errB := full.LayerTarSplit(ctx, img.diffIDs[0])
-	if errA != nil || errB != nil || !bytes.Equal(tsA, tsB) {
-		t.Fatalf("tar-split after the fallback differs from --full's (%v, %v)", errA, errB)
-	}
-	entries, err := chunked.DecodeTarSplit(tsA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for i := range entries {
-		found = found || entries[i].GetName() == "etc/caf\xe9-latin1"
-	}
-	if !found {
-		t.Fatal("the stored tar-split lost the name's bytes")
-	}
-	checkFsck(t, s)
 }
 
 // A registry that ignores Range answers the first ranged request with the whole blob: that

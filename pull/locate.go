@@ -53,7 +53,8 @@ func locateByFooter(ctx context.Context, src Source, desc ocispec.Descriptor, lr
 }
 
 // parseFetched is chunked.ParseDeferred for a fetched tar-split, with the check that the TOC
-// can carry every name exactly (namesFitTOC) before anything is fetched or compared.
+// can carry every name exactly (namesFitTOC) before anything is fetched or compared, and, if
+// the comparison fails, every link target (explainMismatch).
 func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chunked.ReadOption) (*chunked.Layer, func() error, error) {
 	l, check, err := chunked.ParseDeferred(loc, tocBlob, tarSplitBlob, bound)
 	if err != nil {
@@ -62,5 +63,5 @@ func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chun
 	if err := namesFitTOC(l.TarSplitEntries); err != nil {
 		return nil, nil, err
 	}
-	return l, check, nil
+	return l, explainMismatch(l.TarSplitEntries, check), nil
 }
