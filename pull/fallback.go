@@ -45,6 +45,16 @@ func fallback(ctx context.Context, err error) (reason string, body io.ReadCloser
 	return strings.TrimSuffix(err.Error(), ": "+errdefs.ErrNeedFull.Error()), body, true
 }
 
+// newerFormat turns a metadata format this build does not know (a TOC version, a manifest
+// type: errdefs.ErrUnsupported, nothing malformed) into a reason to pull whole: the blob may
+// well be valid, and a full pull needs none of its metadata.
+func newerFormat(err error) error {
+	if errors.Is(err, errdefs.ErrUnsupported) && !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrNeedFull) {
+		return needFull(fmt.Sprintf("its zstd:chunked metadata is in a format this build does not read (%v)", err))
+	}
+	return err
+}
+
 // namesFitTOC checks that every tar-split name is UTF-8. The TOC is JSON, which carries only
 // UTF-8 (a writer replaces other bytes with U+FFFD), so a name that is not has no exact TOC
 // entry: the comparison of TOC and tar-split would call the layer hostile, and files stored

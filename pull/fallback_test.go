@@ -92,6 +92,28 @@ func TestPullWithoutFooterFallsBackToFull(t *testing.T) {
 	checkFsck(t, s)
 }
 
+// A position annotation with a manifest type this build does not know (a newer format): the
+// blob may be valid, and a full pull needs none of its metadata.
+func TestPullUnknownTOCFormatFallsBackToFull(t *testing.T) {
+	img := buildImage(t, tarOf(t, genTree(0)))
+	pos := img.descs[0].Annotations[chunked.AnnotationTOCPosition]
+	img.descs[0].Annotations[chunked.AnnotationTOCPosition] = pos[:strings.LastIndexByte(pos, ':')] + ":7"
+	img.remanifest()
+	dir := t.TempDir()
+	img.writeLayout(t, dir, "x")
+	s := openStore(t)
+	rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
+	if err != nil {
+		t.Fatalf("%v (exit %d)", err, errdefs.ExitCode(err))
+	}
+	if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, "format") {
+		t.Fatalf("layer of an unknown TOC format: %+v", l)
+	}
+	if got := exportDigest(t, s, img.diffIDs[0]); got != img.diffIDs[0] {
+		t.Fatalf("exported %s, want %s", got, img.diffIDs[0])
+	}
+}
+
 // The footer locates a TOC, but not the one the annotation names: the image contradicts
 // itself, which is refused like a wrong TOC at an annotated position (no fallback).
 func TestPullFooterTOCMismatchFails(t *testing.T) {

@@ -25,7 +25,7 @@ func locate(ctx context.Context, src Source, desc ocispec.Descriptor, lr *LayerR
 		// readers that have no other way; here there is one.)
 		return loc, needFull(fmt.Sprintf("its TOC or tar-split is over the size bound (%v)", err))
 	}
-	return loc, err
+	return loc, newerFormat(err)
 }
 
 // locateByFooter reads the footer. The footer is not authenticated, so whatever it says that
@@ -58,7 +58,7 @@ func locateByFooter(ctx context.Context, src Source, desc ocispec.Descriptor, lr
 func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chunked.ReadOption) (*chunked.Layer, func() error, error) {
 	l, check, err := chunked.ParseDeferred(loc, tocBlob, tarSplitBlob, bound)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, newerFormat(err)
 	}
 	if err := namesFitTOC(l.TarSplitEntries); err != nil {
 		return nil, nil, err

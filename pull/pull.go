@@ -270,6 +270,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	checkTarSplit := func() error { return nil }
 	if predict {
 		l, err = chunked.ParseTOCOnly(loc, tocBlob, bound)
+		err = newerFormat(err)
 	} else {
 		l, checkTarSplit, err = parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
 	}
