@@ -64,7 +64,8 @@ type RangeReport struct {
 	BytesReceived int64 `json:"bytesReceived"`
 	Retries       int64 `json:"retries"`
 	// RangesIgnored: the server answered 200 with the whole blob; the ranges were cut out of
-	// that stream (never downloaded twice), and BytesReceived reaches up to the last range.
+	// that stream (never downloaded twice), and BytesReceived reaches up to the last range, or,
+	// with HandOverWholeBlob, the stream was handed over unread (WholeBlobError).
 	RangesIgnored bool `json:"rangesIgnored"`
 	// Splits counts halvings of the ranges per request after 400/416/501 answers.
 	Splits int64 `json:"splits"`

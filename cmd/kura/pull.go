@@ -101,7 +101,10 @@ func init() {
 		Short: "Pull an image into the store, fetching only the files it lacks",
 		Long: `Pull an image into the store. zstd:chunked layers are pulled partially: Kura fetches the table of
 contents, then only the files and chunks the store lacks, with HTTP Range requests, and verifies
-each file and the layer DiffID. Other layers are streamed whole into the store.`,
+each file and the layer DiffID. Other layers are streamed whole into the store, and so is a
+zstd:chunked layer that cannot be pulled partially, or not exactly (the note says why): a
+registry that ignores Range, metadata over the size bound, a name the TOC cannot carry.
+A connection that delivers less than 1 KiB in --idle-timeout is aborted and retried.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := imageref.Parse(args[0])
