@@ -184,6 +184,27 @@ func TestPullNonUTF8NameFallsBackToFull(t *testing.T) {
 	}
 }
 
+// The same in an update pull, whose tar-split is predicted from the stored version: the
+// prediction cannot hold the name, the real tar-split is fetched, and the fallback follows.
+func TestPullNonUTF8NameUpdateFallsBackToFull(t *testing.T) {
+	odd := treeFile{name: "etc/caf\xe9-latin1", typ: tar.TypeReg, content: []byte("bonjour\n"), mode: 0o644}
+	v0, v1 := buildImage(t, tarOf(t, append(genTree(0), odd))), buildImage(t, tarOf(t, append(genTree(1), odd)))
+	dir := t.TempDir()
+	v0.writeLayout(t, dir, "v0")
+	v1.writeLayout(t, dir, "v1")
+	s := openStore(t)
+	for _, tag := range []string{"v0", "v1"} {
+		rep, err := pullRef(t, s, "oci:"+dir+":"+tag, nil, WithName("app:"+tag))
+		if err != nil {
+			t.Fatalf("%s: %v (exit %d)", tag, err, errdefs.ExitCode(err))
+		}
+		if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, "UTF-8") {
+			t.Fatalf("%s: %+v", tag, l)
+		}
+	}
+	checkFsck(t, s)
+}
+
 // A registry that ignores Range answers the first ranged request with the whole blob: that
 // body is the full pull. The layer blob is served exactly once, byte for byte.
 func TestPullIgnoringRangeReadsBlobOnce(t *testing.T) {
