@@ -17,6 +17,11 @@ var (
 	ErrUnsupported = errors.New("unsupported")
 	// ErrPermission: the operation needs privileges the process lacks.
 	ErrPermission = errors.New("permission denied")
+	// ErrNeedFull: a layer cannot be pulled partially, or not exactly, and a full pull of the
+	// same blob is safe (package pull's fallback rule). An error wrapping it must not also wrap
+	// ErrInvalid or ErrDigestMismatch: hostile input fails, it does not fall back. It escapes to
+	// the CLI only if a bug lets it, as "unsupported".
+	ErrNeedFull = errors.New("the layer must be pulled whole")
 )
 
 // Exit codes of the kura binary. Scripts can rely on them.
@@ -42,7 +47,7 @@ func ExitCode(err error) int {
 		return ExitInvalid
 	case errors.Is(err, ErrNotFound):
 		return ExitNotFound
-	case errors.Is(err, ErrUnsupported):
+	case errors.Is(err, ErrUnsupported), errors.Is(err, ErrNeedFull):
 		return ExitUnsupported
 	case errors.Is(err, ErrPermission):
 		return ExitPermission

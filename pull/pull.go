@@ -179,11 +179,6 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	return rep, nil
 }
 
-// errNeedFull asks for a full pull of a layer that cannot be pulled partially.
-type errNeedFull struct{ reason string }
-
-func (e errNeedFull) Error() string { return e.reason }
-
 func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, o options) (LayerReport, error) {
 	start := time.Now()
 	lr := LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size}
@@ -198,14 +193,13 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	var err error
 	if chunked.IsChunked(desc.Annotations) && !o.noPartial {
 		err = pullPartial(ctx, s, src, desc, diffID, prev, &lr, bar, o)
-		var nf errNeedFull
-		if errors.As(err, &nf) {
-			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: nf.reason + "; pulled in full",
-				BytesRequested: lr.BytesRequested, BytesReceived: lr.BytesReceived}
-			err = pullFull(ctx, s, src, desc, diffID, &lr, bar)
+		if reason, body, ok := fallback(ctx, err); ok {
+			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: reason + "; pulled in full",
+				BytesRequested: lr.BytesRequested, BytesReceived: lr.BytesReceived, RangesIgnored: lr.RangesIgnored}
+			err = pullFull(ctx, s, src, desc, diffID, &lr, bar, body)
 		}
 	} else {
-		err = pullFull(ctx, s, src, desc, diffID, &lr, bar)
+		err = pullFull(ctx, s, src, desc, diffID, &lr, bar, nil)
 	}
 	if err != nil {
 		bar.Done("failed: " + err.Error())
@@ -217,12 +211,16 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 }
 
 // pullFull streams the whole blob into the store's ingest, which dedups file by file and
-// checks the DiffID; the blob digest is checked at EOF.
-func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar) error {
+// checks the DiffID; the blob digest is checked at EOF. body, if not nil, is the blob already
+// being sent (a registry that ignored Range): it is read instead of asking again, and closed.
+func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar, body io.ReadCloser) error {
 	lr.Mode = ModeFull
-	rc, err := src.OpenBlob(ctx, desc)
-	if err != nil {
-		return err
+	rc := body
+	if rc == nil {
+		var err error
+		if rc, err = src.OpenBlob(ctx, desc); err != nil {
+			return err
+		}
 	}
 	defer rc.Close()
 	cr := &progress.Reader{R: rc, Bar: bar}
@@ -245,15 +243,12 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
 	lr.Mode = ModePartial
 	bound := chunked.WithMaxMetadataSize(o.maxMeta)
-	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size, bound)
-	if errors.Is(err, chunked.ErrMetadataTooLarge) {
-		return errNeedFull{"its TOC or tar-split is over the size bound"}
-	}
+	loc, err := locate(ctx, src, desc, lr, bound)
 	if err != nil {
 		return err
 	}
 	if loc.TarSplit.Length == 0 {
-		return errNeedFull{"zstd:chunked layer in the old format (no tar-split): its DiffID cannot be verified after a partial pull"}
+		return needFull("zstd:chunked layer in the old format (no tar-split): its DiffID cannot be verified after a partial pull")
 	}
 	// An update of a stored layer needs no tar-split from the registry: it is predicted from
 	// the predecessor's (package tarsplit) and verified with the DiffID; only a wrong
@@ -275,8 +270,9 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	checkTarSplit := func() error { return nil }
 	if predict {
 		l, err = chunked.ParseTOCOnly(loc, tocBlob, bound)
+		err = newerFormat(err)
 	} else {
-		l, checkTarSplit, err = chunked.ParseDeferred(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
+		l, checkTarSplit, err = parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
 	}
 	if err != nil {
 		return err
@@ -350,10 +346,9 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	committed = commitErr == nil
 	asm.cleanup()
 	if v.metadataErr != nil {
-		return v.metadataErr // the root cause of whatever else failed
-	}
-	if errors.Is(err, registry.ErrRangesUnsupported) {
-		return errNeedFull{"the registry serves no byte ranges"}
+		// The root cause of whatever else failed; err stays in the chain, as it may carry a
+		// body that fallback reads or closes.
+		return errors.Join(v.metadataErr, err)
 	}
 	if err != nil {
 		return fmt.Errorf("fetching files: %w", err)
@@ -381,7 +376,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 			return err
 		}
 		tarSplitZst = meta[loc.TarSplit.Offset]
-		if l, checkTarSplit, err = chunked.ParseDeferred(loc, tocBlob, tarSplitZst, bound); err != nil {
+		if l, checkTarSplit, err = parseFetched(loc, tocBlob, tarSplitZst, bound); err != nil {
 			return err
 		}
 		if err := checkTarSplit(); err != nil {
@@ -603,11 +598,8 @@ func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []
 		return nil
 	})
 	addRangeReport(lr, rep)
-	if errors.Is(err, registry.ErrRangesUnsupported) {
-		return nil, errNeedFull{"the registry serves no byte ranges"}
-	}
 	if err != nil {
-		return nil, fmt.Errorf("fetching TOC: %w", err)
+		return nil, fmt.Errorf("fetching metadata: %w", err)
 	}
 	for _, r := range want {
 		if int64(len(meta[r.Offset])) != r.Length {

@@ -35,7 +35,8 @@ type Source interface {
 	// OpenBlob streams a whole blob; the reader fails at EOF unless size and digest match.
 	OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error)
 	// GetRanges calls fn once per range with exactly that range's bytes, possibly concurrently.
-	// An error wrapping registry.ErrRangesUnsupported means the blob must be read whole.
+	// An error wrapping errdefs.ErrNeedFull means the blob must be read whole; if it is a
+	// registry.WholeBlobError, the source is already sending it (see fallback).
 	GetRanges(ctx context.Context, desc ocispec.Descriptor, ranges []registry.Range, fn func(registry.Range, io.Reader) error) (registry.RangeReport, error)
 }
 
@@ -85,7 +86,7 @@ func (s *registrySource) OpenBlob(ctx context.Context, desc ocispec.Descriptor) 
 }
 
 func (s *registrySource) GetRanges(ctx context.Context, desc ocispec.Descriptor, ranges []registry.Range, fn func(registry.Range, io.Reader) error) (registry.RangeReport, error) {
-	return s.c.GetRanges(ctx, s.ref.Repository(), desc, ranges, fn)
+	return s.c.GetRanges(ctx, s.ref.Repository(), desc, ranges, fn, registry.HandOverWholeBlob())
 }
 
 // layoutSource reads an OCI layout; its ranges are plain file reads.

@@ -45,7 +45,8 @@ type resumingReader struct {
 
 	body     io.ReadCloser
 	pos      int64
-	failures int // consecutive failures without progress
+	failures int   // consecutive failures without progress
+	progress int64 // bytes since the last failure
 }
 
 func (r *resumingReader) open() error {
@@ -92,7 +93,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 		n, err := r.body.Read(p)
 		r.pos += int64(n)
 		if n > 0 {
-			r.failures = 0
+			r.failures = resetFailures(r.failures, &r.progress, n)
 		}
 		if err == nil || err == io.EOF && r.pos >= r.size {
 			return n, err
@@ -107,6 +108,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return n, fmt.Errorf("reading blob at offset %d: %w", r.pos, err)
 		}
 		r.failures++
+		r.progress = 0
 		r.c.stats.retries.Add(1)
 		if n > 0 {
 			return n, nil
@@ -232,4 +234,19 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 		}
 	}
 	return s[len(prefix):], true
+}
+
+// minProgress is what a reader must receive after a failure before its failures count from
+// zero again: a connection that fails every few bytes (a registry trickling until the idle
+// timeout aborts it) is not making progress.
+const minProgress = 64 << 10
+
+// resetFailures adds n bytes of progress and returns the failure count: zero once the
+// progress since the last failure reaches minProgress.
+func resetFailures(failures int, progress *int64, n int) int {
+	*progress += int64(n)
+	if *progress >= minProgress {
+		return 0
+	}
+	return failures
 }

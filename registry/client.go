@@ -59,6 +59,7 @@ func New(opts ...Option) *Client {
 		}
 		base = t
 	}
+	base = &idleTransport{inner: base, idle: o.idleTimeout}
 	return &Client{opts: o, base: base, repos: map[string]*repoClient{}}
 }
 

@@ -578,3 +578,84 @@ func TestTLSVerify(t *testing.T) {
 		t.Fatalf("read %q, %v", got, err)
 	}
 }
+
+// With HandOverWholeBlob, a 200 to the first request is handed to the caller as the whole
+// blob, verified and unread: one request, one body, nothing cut or read twice. A 206 is used as
+// usual.
+func TestGetRangesHandOverWholeBlob(t *testing.T) {
+	f := newFixture(t, 256<<10)
+	c := f.client()
+	ranges := spread(6)
+	for _, fault := range []registrytest.FaultKind{registrytest.None, registrytest.IgnoreRange} {
+		f.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
+		calls := 0
+		_, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r registry.Range, rd io.Reader) error {
+			calls++
+			_, err := io.Copy(io.Discard, rd)
+			return err
+		}, registry.HandOverWholeBlob())
+		var whole *registry.WholeBlobError
+		if fault == registrytest.None {
+			if err != nil || calls != len(ranges) {
+				t.Fatalf("ranges honoured: %d calls, %v", calls, err)
+			}
+			continue
+		}
+		if !errors.As(err, &whole) || !errors.Is(err, errdefs.ErrNeedFull) {
+			t.Fatalf("ranges ignored: got %v, want a WholeBlobError", err)
+		}
+		got, rerr := io.ReadAll(whole.Body)
+		whole.Body.Close()
+		if rerr != nil || !bytes.Equal(got, f.blob) {
+			t.Fatalf("handed-over body: %d bytes, %v", len(got), rerr)
+		}
+		reqs := f.reg.Proxy.BlobRequests()
+		if len(reqs) != 1 || reqs[0].Status != http.StatusOK || reqs[0].BytesServed != int64(len(f.blob)) {
+			t.Fatalf("want one 200 serving the blob once, got %+v", reqs)
+		}
+	}
+}
+
+// A registry that trickles every answer (a few bytes per idle timeout, each connection making
+// a little progress before it is aborted) does not hold a download forever: the failures are
+// counted as no progress, and the download fails with ErrIdle after the retries.
+func TestFetchBlobTrickleGivesUp(t *testing.T) {
+	f := newFixture(t, 64<<10)
+	c := f.client(registry.WithIdleTimeout(100*time.Millisecond), registry.WithRetry(3, time.Millisecond))
+	f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.Trickle, Interval: 10 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a safety net, not a wait
+	defer cancel()
+	rc, err := c.FetchBlob(ctx, f.repo, f.desc)
+	if err == nil {
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+	}
+	if !errors.Is(err, registry.ErrIdle) || ctx.Err() != nil {
+		t.Fatalf("download from a trickling registry: %v (context %v), want ErrIdle", err, ctx.Err())
+	}
+	reqs := f.reg.Proxy.BlobRequests()
+	if len(reqs) != 3 {
+		t.Fatalf("%d requests, want 3 (WithRetry(3)): %+v", len(reqs), reqs)
+	}
+	for _, r := range reqs {
+		if r.BytesServed == 0 || r.BytesServed >= 1024 {
+			t.Fatalf("each attempt should trickle a few bytes before its abort: %+v", reqs)
+		}
+	}
+}
+
+// A stalled answer to a range request is aborted and retried; a second stall ends the call.
+func TestGetRangesStallTimesOut(t *testing.T) {
+	f := newFixture(t, 64<<10)
+	c := f.client(registry.WithIdleTimeout(100*time.Millisecond), registry.WithRetry(2, time.Millisecond))
+	f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.Stall})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a safety net, not a wait
+	defer cancel()
+	_, err := c.GetRanges(ctx, f.repo, f.desc, spread(4), func(registry.Range, io.Reader) error { return nil })
+	if !errors.Is(err, registry.ErrIdle) || ctx.Err() != nil {
+		t.Fatalf("ranges from a stalled registry: %v (context %v), want ErrIdle", err, ctx.Err())
+	}
+	if n := len(f.reg.Proxy.BlobRequests()); n != 2 {
+		t.Fatalf("%d requests, want 2 (WithRetry(2))", n)
+	}
+}

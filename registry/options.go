@@ -26,6 +26,7 @@ type options struct {
 	backoff          time.Duration
 	maxBackoff       time.Duration
 	maxRetryAfter    time.Duration
+	idleTimeout      time.Duration
 	transport        http.RoundTripper
 	userAgent        string
 	chunkSize        int64
@@ -46,6 +47,7 @@ func defaultOptions() options {
 		backoff:          200 * time.Millisecond,
 		maxBackoff:       10 * time.Second,
 		maxRetryAfter:    60 * time.Second,
+		idleTimeout:      DefaultIdleTimeout,
 		userAgent:        "kura",
 		chunkSize:        16 << 20,
 	}
@@ -83,6 +85,15 @@ func WithMergeGap(n int64) Option { return func(o *options) { o.mergeGap = max(0
 func WithRetry(attempts int, backoff time.Duration) Option {
 	return func(o *options) { o.retries, o.backoff = max(1, attempts), backoff }
 }
+
+// DefaultIdleTimeout is how long a connection may stall before it is aborted.
+const DefaultIdleTimeout = 60 * time.Second
+
+// WithIdleTimeout aborts a request whose connection delivers less than 1 KiB in d of waiting
+// (default DefaultIdleTimeout; 0 disables): no answer, or a body that stalls or trickles. The
+// request is retried or the body resumed (WithRetry), then the call fails with ErrIdle, so a
+// stalled registry cannot hold a pull, and the store lock, forever.
+func WithIdleTimeout(d time.Duration) Option { return func(o *options) { o.idleTimeout = max(0, d) } }
 
 // WithTransport replaces the base transport (default: a clone of http.DefaultTransport).
 func WithTransport(t http.RoundTripper) Option { return func(o *options) { o.transport = t } }

@@ -20,8 +20,37 @@ import (
 )
 
 // ErrRangesUnsupported: the registry refused range requests even one range at a time. The
-// caller should pull the blob whole. Errors carrying it also wrap errdefs.ErrUnsupported.
-var ErrRangesUnsupported = errors.New("registry does not serve byte ranges of this blob")
+// caller should pull the blob whole: it wraps errdefs.ErrNeedFull, and errors carrying it also
+// wrap errdefs.ErrUnsupported.
+var ErrRangesUnsupported = fmt.Errorf("registry does not serve byte ranges of this blob: %w", errdefs.ErrNeedFull)
+
+// WholeBlobError: the registry ignored Range and answered the first request of a GetRanges
+// call with the whole blob (200), and the caller asked for it with HandOverWholeBlob. Body
+// streams the blob from its first byte, verified and resumed as FetchBlob's reader is; whoever
+// receives the error must close it. It wraps errdefs.ErrNeedFull.
+type WholeBlobError struct{ Body io.ReadCloser }
+
+func (e *WholeBlobError) Error() string {
+	return "the registry ignores Range and is sending the whole blob"
+}
+
+func (e *WholeBlobError) Unwrap() error { return errdefs.ErrNeedFull }
+
+// RangeOption configures one GetRanges call.
+type RangeOption func(*rangeOptions)
+
+type rangeOptions struct {
+	handOver bool
+}
+
+// HandOverWholeBlob makes GetRanges return a *WholeBlobError carrying the open body when its
+// first answer is the whole blob, instead of cutting the ranges out of that stream. A caller
+// that would read the blob whole anyway (a puller: the metadata sits at the blob's end, so the
+// cut reads nearly all of it) then downloads it once.
+func HandOverWholeBlob() RangeOption { return func(o *rangeOptions) { o.handOver = true } }
+
+// errHandOver ends a job whose first answer is handed over (rangeJob.whole).
+var errHandOver = errors.New("whole blob handed over")
 
 // RangeReport tells what one GetRanges call cost and which fallbacks it took.
 type RangeReport struct {
@@ -35,7 +64,8 @@ type RangeReport struct {
 	BytesReceived int64 `json:"bytesReceived"`
 	Retries       int64 `json:"retries"`
 	// RangesIgnored: the server answered 200 with the whole blob; the ranges were cut out of
-	// that stream (never downloaded twice), and BytesReceived reaches up to the last range.
+	// that stream (never downloaded twice), and BytesReceived reaches up to the last range, or,
+	// with HandOverWholeBlob, the stream was handed over unread (WholeBlobError).
 	RangesIgnored bool `json:"rangesIgnored"`
 	// Splits counts halvings of the ranges per request after 400/416/501 answers.
 	Splits int64 `json:"splits"`
@@ -48,12 +78,17 @@ type RangeReport struct {
 // all calls come in ascending offset order. fn need not read its reader to the end.
 //
 // Ranges are merged (MergeRanges) and sent up to WithRangesPerRequest per request. A 200
-// answer is used as the whole blob (RangesIgnored); 400/416/501 halve the ranges per request,
+// answer is used as the whole blob (RangesIgnored), or handed over (HandOverWholeBlob) if it
+// is the first; 400/416/501 halve the ranges per request,
 // and a refusal of a single range returns ErrRangesUnsupported; lost connections, 5xx and 429
 // are retried, resuming a partly received range. A 206 whose Content-Range differs from what
 // was asked is an error wrapping errdefs.ErrInvalid. The caller verifies the content (the
 // digests of the files it extracts); GetRanges only guarantees the offsets.
-func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob ocispec.Descriptor, ranges []Range, fn func(Range, io.Reader) error) (RangeReport, error) {
+func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob ocispec.Descriptor, ranges []Range, fn func(Range, io.Reader) error, opts ...RangeOption) (RangeReport, error) {
+	var ro rangeOptions
+	for _, o := range opts {
+		o(&ro)
+	}
 	rep := RangeReport{Ranges: len(ranges)}
 	if err := checkDescriptor(blob); err != nil {
 		return rep, fmt.Errorf("ranges of a blob in %s: %w", repo, err)
@@ -76,17 +111,46 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 	}
 	cc := &callCounters{}
 	ctx, cancel := context.WithCancel(withCall(ctx, cc))
-	defer cancel()
-	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn, parallel: parallel}
+	handedOver := false
+	defer func() {
+		if !handedOver { // a handed-over body's Close cancels
+			cancel()
+		}
+	}()
+	j := &rangeJob{c: c, ctx: ctx, client: rc.client, url: rc.url(repo, "blobs", blob.Digest.String()), size: blob.Size, fn: fn,
+		parallel: parallel, handOver: ro.handOver}
 	j.limit.Store(int64(c.opts.rangesPerRequest))
 
 	err = j.run(spans, cancel)
 	rep.Requests, rep.BytesReceived, rep.Retries = cc.requests.Load(), cc.bytesReceived.Load(), cc.retries.Load()
 	rep.BytesRequested, rep.Splits, rep.RangesIgnored = j.bytesRequested.Load(), j.splits.Load(), j.ignored.Load()
+	if errors.Is(err, errHandOver) && j.whole != nil {
+		handedOver = true
+		err = &WholeBlobError{Body: j.wholeBlob(blob, cancel)}
+	}
 	if err != nil {
 		return rep, fmt.Errorf("ranges of blob %s in %s: %w", blob.Digest, repo, err)
 	}
 	return rep, nil
+}
+
+// wholeBlob is the handed-over 200 body as FetchBlob's reader: resumed after a failure,
+// verified at EOF. Closing it ends the job (cancel).
+func (j *rangeJob) wholeBlob(blob ocispec.Descriptor, cancel func()) io.ReadCloser {
+	r := &resumingReader{ctx: j.ctx, c: j.c, client: j.client, url: j.url, size: j.size, body: j.whole}
+	return &verifyingReader{r: r, closer: cancelCloser{r, cancel}, want: blob.Digest, size: blob.Size, h: blob.Digest.Algorithm().Hash()}
+}
+
+// cancelCloser closes, then cancels the context the reads ran under.
+type cancelCloser struct {
+	io.Closer
+	cancel func()
+}
+
+func (c cancelCloser) Close() error {
+	err := c.Closer.Close()
+	c.cancel()
+	return err
 }
 
 func checkRanges(ranges []Range, size int64) error {
@@ -117,6 +181,10 @@ type rangeJob struct {
 	bytesRequested atomic.Int64
 	splits         atomic.Int64
 	ignored        atomic.Bool
+	answered       atomic.Bool // some request had an answer (206 or 200)
+
+	handOver bool          // HandOverWholeBlob
+	whole    io.ReadCloser // the handed-over body, set before the first worker returns
 }
 
 // minParallelBytes is the least a request of several side by side should carry: fewer, larger
@@ -187,7 +255,7 @@ func (j *rangeJob) run(spans []Span, cancel func()) error {
 	firstDone := make(chan error, 1)
 	go func() {
 		err := w.run(first)
-		if err != nil {
+		if err != nil && !errors.Is(err, errHandOver) {
 			cancel()
 		}
 		firstDone <- err
@@ -280,6 +348,7 @@ type worker struct {
 	partPos  int64 // blob offset of the part's next byte
 	partEnd  int64
 	failures int   // consecutive failures without progress
+	progress int64 // bytes since the last failure
 	err      error // sticky: a stream failure fn might have swallowed
 	// answered, if not nil, is told once whether the first answer was the whole blob (200)
 	// rather than ranges (206).
@@ -370,7 +439,7 @@ func (w *worker) Read(p []byte) (int, error) {
 	for {
 		n, err := w.readSome(p)
 		if n > 0 {
-			w.failures = 0
+			w.failures = resetFailures(w.failures, &w.progress, n)
 			return n, nil
 		}
 		if err == nil {
@@ -383,6 +452,7 @@ func (w *worker) Read(p []byte) (int, error) {
 		}
 		w.closeSrc()
 		w.failures++
+		w.progress = 0
 		w.j.c.stats.retries.Add(1)
 		if cc := callOf(w.j.ctx); cc != nil {
 			cc.retries.Add(1)
@@ -480,6 +550,7 @@ func (w *worker) open() error {
 		}
 		switch resp.StatusCode {
 		case http.StatusPartialContent:
+			j.answered.Store(true)
 			src, err := newRangeSource(resp.Header.Get("Content-Type"), resp.Header.Get("Content-Range"), resp.Body, want, j.size)
 			if err != nil {
 				resp.Body.Close()
@@ -491,6 +562,10 @@ func (w *worker) open() error {
 		case http.StatusOK:
 			if !j.ignored.Swap(true) {
 				j.c.stats.rangesIgnored.Add(1)
+			}
+			if first := !j.answered.Swap(true); first && j.handOver {
+				j.whole = resp.Body
+				return errProtocol{errHandOver}
 			}
 			w.src, w.full = &rangeSource{body: resp.Body, size: j.size, full: true}, true
 			w.tellAnswer(true)

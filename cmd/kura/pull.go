@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
@@ -18,17 +19,40 @@ import (
 
 // registryFlags are the options every command that talks to a registry shares.
 type registryFlags struct {
-	creds     string
-	authfile  string
-	tlsVerify bool
-	platform  string
+	creds       string
+	authfile    string
+	tlsVerify   bool
+	platform    string
+	idleTimeout time.Duration
+	idleSet     func() bool // --idle-timeout was given
 }
+
+// idleTimeoutEnv sets the default of --idle-timeout.
+const idleTimeoutEnv = "KURA_IDLE_TIMEOUT"
 
 func (f *registryFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.creds, "creds", "", "credentials USER[:PASSWORD] for the registry")
 	cmd.Flags().StringVar(&f.authfile, "authfile", "", "path of an auth file (default: podman's lookup order)")
 	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates")
 	cmd.Flags().StringVar(&f.platform, "platform", "", "OS/ARCH[/VARIANT] to choose from an index (default: this host)")
+	cmd.Flags().DurationVar(&f.idleTimeout, "idle-timeout", registry.DefaultIdleTimeout,
+		"abort a registry connection that delivers less than 1 KiB in this time, e.g. 30s or 2m (0: never; default from $"+idleTimeoutEnv+")")
+	f.idleSet = func() bool { return cmd.Flags().Changed("idle-timeout") }
+}
+
+// idleTimeout is the flag's value if given, else $KURA_IDLE_TIMEOUT's if set, else the default.
+func idleTimeout(flag time.Duration, given bool, env string) (time.Duration, error) {
+	d := flag
+	if !given && env != "" {
+		var err error
+		if d, err = time.ParseDuration(env); err != nil {
+			return 0, usageError{fmt.Errorf("$%s=%q: %v", idleTimeoutEnv, env, err)}
+		}
+	}
+	if d < 0 {
+		return 0, usageError{fmt.Errorf("idle timeout %s: want 0 (never) or more", d)}
+	}
+	return d, nil
 }
 
 // client builds a registry client from the flags.
@@ -40,7 +64,11 @@ func (f *registryFlags) client() (*registry.Client, error) {
 	if f.creds != "" {
 		kopts = append(kopts, auth.WithCreds(f.creds))
 	}
-	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithTLSVerify(f.tlsVerify)}
+	idle, err := idleTimeout(f.idleTimeout, f.idleSet != nil && f.idleSet(), os.Getenv(idleTimeoutEnv))
+	if err != nil {
+		return nil, err
+	}
+	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithTLSVerify(f.tlsVerify), registry.WithIdleTimeout(idle)}
 	if f.platform != "" {
 		p, err := parsePlatform(f.platform)
 		if err != nil {
@@ -73,7 +101,10 @@ func init() {
 		Short: "Pull an image into the store, fetching only the files it lacks",
 		Long: `Pull an image into the store. zstd:chunked layers are pulled partially: Kura fetches the table of
 contents, then only the files and chunks the store lacks, with HTTP Range requests, and verifies
-each file and the layer DiffID. Other layers are streamed whole into the store.`,
+each file and the layer DiffID. Other layers are streamed whole into the store, and so is a
+zstd:chunked layer that cannot be pulled partially, or not exactly (the note says why): a
+registry that ignores Range, metadata over the size bound, a name the TOC cannot carry.
+A connection that delivers less than 1 KiB in --idle-timeout is aborted and retried.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := imageref.Parse(args[0])

@@ -7,11 +7,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // FaultKind selects how the proxy misbehaves on blob GETs. Other requests pass through untouched.
@@ -45,21 +48,31 @@ const (
 	// CorruptManifest appends a space to manifest bodies: still JSON, another digest. It applies
 	// to manifest GETs instead of blob GETs.
 	CorruptManifest
+	// Stall sends the headers and AfterBytes bytes of the body, then nothing, holding the
+	// connection open until the client gives up.
+	Stall
+	// Trickle sends the body one byte every Interval.
+	Trickle
 )
 
 // Fault is one proxy behaviour. Times > 0 limits it to the first Times blob GETs after SetFault;
 // later ones pass through (a transient fault). Times == 0 means every blob GET.
 type Fault struct {
 	Kind       FaultKind
-	Status     int    // RejectMultiRange
-	AfterBytes int64  // DropAfter
-	RetryAfter string // TooManyRequests, e.g. "1"
+	Status     int           // RejectMultiRange
+	AfterBytes int64         // DropAfter
+	RetryAfter string        // TooManyRequests, e.g. "1"
+	Interval   time.Duration // Trickle
 	Times      int
+	// Digest, if set, limits the fault to GETs of that blob; others pass (and do not count
+	// against Times).
+	Digest digest.Digest
 }
 
 // BlobRequest records one blob GET the proxy answered.
 type BlobRequest struct {
-	Range       string // the Range header as received
+	Digest      digest.Digest // the blob asked for
+	Range       string        // the Range header as received
 	Status      int
 	BytesServed int64 // body bytes written to the client
 	Faulted     bool
@@ -152,11 +165,11 @@ func (p *Proxy) StoreAuthorizations() []string {
 	return append([]string(nil), p.storeAuth...)
 }
 
-// take decides whether this blob GET gets the fault.
-func (p *Proxy) take() (Fault, bool) {
+// take decides whether this GET of blob d gets the fault.
+func (p *Proxy) take(d digest.Digest) (Fault, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.fault.Kind == None || p.fault.Kind == CorruptManifest {
+	if p.fault.Kind == None || p.fault.Kind == CorruptManifest || p.fault.Digest != "" && p.fault.Digest != d {
 		return p.fault, false
 	}
 	if p.fault.Times > 0 {
@@ -185,7 +198,8 @@ type countingWriter struct {
 	http.ResponseWriter
 	status int
 	n      int64
-	limit  int64 // <0: none
+	limit  int64           // <0: none
+	stall  <-chan struct{} // if set, at the limit wait for it (the client leaving) instead of closing
 }
 
 func (w *countingWriter) WriteHeader(code int) {
@@ -202,6 +216,9 @@ func (w *countingWriter) Write(b []byte) (int, error) {
 		n, _ := w.ResponseWriter.Write(b)
 		w.n += int64(n)
 		w.ResponseWriter.(http.Flusher).Flush()
+		if w.stall != nil {
+			<-w.stall
+		}
 		// The server closes the connection without finishing the response.
 		panic(http.ErrAbortHandler)
 	}
@@ -231,9 +248,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.mu.Lock()
 	p.active++
 	p.mu.Unlock()
-	f, faulted := p.take()
+	f, faulted := p.take(digest.Digest(path.Base(r.URL.Path)))
 	cw := &countingWriter{ResponseWriter: w, limit: -1}
-	rec := BlobRequest{Range: r.Header.Get("Range"), Faulted: faulted}
+	rec := BlobRequest{Digest: digest.Digest(path.Base(r.URL.Path)), Range: r.Header.Get("Range"), Faulted: faulted}
 	defer func() {
 		rec.Status, rec.BytesServed = cw.status, cw.n
 		p.record(rec)
@@ -256,6 +273,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	case DropAfter:
 		cw.limit = f.AfterBytes
 		p.forward(cw, r, r.Header, -1)
+	case Stall:
+		cw.limit, cw.stall = f.AfterBytes, r.Context().Done()
+		p.forward(cw, r, r.Header, -1)
+	case Trickle:
+		p.forward(&trickleWriter{countingWriter: cw, every: f.Interval, done: r.Context().Done()}, r, r.Header, -1)
 	case RejectAllRanges:
 		if r.Header.Get("Range") != "" {
 			http.Error(cw, "ranges are not supported", f.Status)
@@ -314,6 +336,30 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, h http.Header, _
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// trickleWriter writes one byte per interval, until the client leaves.
+type trickleWriter struct {
+	*countingWriter
+	every time.Duration
+	done  <-chan struct{}
+}
+
+func (w *trickleWriter) Write(b []byte) (int, error) {
+	t := time.NewTicker(w.every)
+	defer t.Stop()
+	for i := range b {
+		if _, err := w.countingWriter.Write(b[i : i+1]); err != nil {
+			return i, err
+		}
+		w.ResponseWriter.(http.Flusher).Flush()
+		select {
+		case <-t.C:
+		case <-w.done:
+			return i + 1, http.ErrAbortHandler
+		}
+	}
+	return len(b), nil
 }
 
 // flipWriter flips the first body byte.
