@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/layername"
 )
 
 // ReadOption configures Locate* and Parse.
@@ -453,30 +453,6 @@ func ParseTOC(b []byte) (*TOC, error) {
 	return toc, nil
 }
 
-// CheckName rejects absolute names and names with ".." components.
-func CheckName(name string) error {
-	if name == "" {
-		return invalidf("empty entry name")
-	}
-	if strings.HasPrefix(name, "/") {
-		return invalidf("absolute entry name %q", name)
-	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return invalidf("entry name %q escapes the layer", name)
-		}
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return invalidf("entry name %q contains NUL", name)
-	}
-	return nil
-}
-
-// cleanName is the name under which duplicates are detected.
-func cleanName(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
-}
-
 // index validates entries and builds Files.
 func (l *Layer) index() error {
 	entries := l.TOC.Entries
@@ -484,7 +460,8 @@ func (l *Layer) index() error {
 	var prevEnd int64
 	for i := 0; i < len(entries); i++ {
 		e := &entries[i]
-		if err := CheckName(e.Name); err != nil {
+		name, err := layername.Parse(e.Name)
+		if err != nil {
 			return fmt.Errorf("TOC entry %d: %w", i, err)
 		}
 		switch e.Type {
@@ -495,15 +472,14 @@ func (l *Layer) index() error {
 			return invalidf("TOC entry %d (%q): unknown type %q", i, e.Name, e.Type)
 		}
 		if e.Type == TypeLink {
-			if err := CheckName(e.Linkname); err != nil {
+			if _, err := layername.Link(e.Linkname); err != nil {
 				return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
 			}
 		}
-		cn := cleanName(e.Name)
-		if _, dup := seen[cn]; dup {
+		if _, dup := seen[name.Path]; dup {
 			return invalidf("TOC has duplicate entries for %q", e.Name)
 		}
-		seen[cn] = struct{}{}
+		seen[name.Path] = struct{}{}
 		if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
 			return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
 		}
