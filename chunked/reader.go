@@ -450,6 +450,13 @@ func ParseTOC(b []byte) (*TOC, error) {
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
 	}
+	if !ok { // only encoding/json knows the fields of names that are not UTF-8
+		for i := range toc.Entries {
+			if err := toc.Entries[i].restoreRaw(); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return toc, nil
 }
 
@@ -607,6 +614,17 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 		pending[e.Name] = e
 	}
 	err := tarSplitHeaders(entries, func(hdr *vtar.Header) error {
+		if hdr.Typeflag == vtar.TypeXGlobalHeader {
+			return nil // no entry: the TOC has none for it either
+		}
+		if err := layername.CheckTOC(hdr.Name, hdr.Linkname); err != nil {
+			return err // the TOC cannot name it: a full pull can
+		}
+		for k := range hdr.PAXRecords {
+			if err := layername.CheckTOC(hdr.Name, k); err != nil {
+				return err
+			}
+		}
 		e, ok := pending[hdr.Name]
 		if !ok {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
