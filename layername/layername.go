@@ -57,8 +57,9 @@ type Name struct {
 
 // Clean validates a layer entry name and returns its clean relative form ("./a/b/" → "a/b",
 // the root is "."). It refuses, as hostile input (errdefs.ErrInvalid), names that are empty,
-// absolute, climb out with "..", contain NUL, exceed PATH_MAX or NAME_MAX, or use a whiteout
-// name as a directory. Whiteout names themselves are checked by Parse.
+// absolute, climb out with "..", contain NUL, exceed PATH_MAX, or use a whiteout name as a
+// directory. Whiteout names themselves are checked by Parse. An element over NAME_MAX is a name
+// a layer may hold (and export) but no file system can create: Element refuses it.
 func Clean(name string) (string, error) {
 	switch {
 	case name == "":
@@ -70,14 +71,15 @@ func Clean(name string) (string, error) {
 	case strings.HasPrefix(name, "/"):
 		return "", invalidf("absolute entry name %q", name)
 	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." { // checked before cleaning, which would hide "a/.." as "."
+			return "", invalidf("entry name %q climbs out with \"..\"", name)
+		}
+	}
 	clean := path.Clean(name)
 	parts := strings.Split(clean, "/")
 	for i, part := range parts {
 		switch {
-		case part == "..":
-			return "", invalidf("entry name %q climbs out with \"..\"", name)
-		case len(part) > MaxElement:
-			return "", invalidf("entry name %q has an element over NAME_MAX", name)
 		case i < len(parts)-1 && strings.HasPrefix(part, WhiteoutPrefix):
 			return "", invalidf("entry name %q uses the whiteout %q as a directory", name, part)
 		}
