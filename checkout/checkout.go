@@ -1,7 +1,8 @@
-// Package checkout materialises an image's merged root filesystem from the store into a
-// directory: layers in order, whiteouts and opaque directories applied, file contents reflinked,
-// copied or hardlinked from store objects. It never writes outside the target directory: every
-// path is resolved with openat2(RESOLVE_IN_ROOT) and the last component is never followed.
+// Package checkout materialises an image's merged root filesystem from the store into an empty
+// directory: the tree package merge makes of its layers (the one a mount shows), file contents
+// reflinked, copied or hardlinked from store objects. It only creates, never removes, and never
+// writes outside the target directory: every path is resolved with openat2(RESOLVE_IN_ROOT) and
+// the last component is never followed.
 package checkout
 
 import (

@@ -1,5 +1,5 @@
-// Package storeimage builds the composefs image of a stored image: its layers merged in order
-// (whiteouts and opaque directories applied), every regular file of more than 64 bytes
+// Package storeimage builds the composefs image of a stored image: its layers merged by package
+// merge (the tree a checkout makes), every regular file of more than 64 bytes
 // redirecting to its object in the store's objects/ directory with its fs-verity digest.
 package storeimage
 
@@ -19,8 +19,8 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/merge"
+	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/verity"
 )
 
