@@ -44,6 +44,8 @@ func mergeCorpus(t *testing.T) (layers [][]byte, cases []string) {
 			}
 		}
 	}
+	// Names a TOC cannot carry (not UTF-8) must reach both trees byte for byte.
+	ents[0] = append(ents[0], reg("names/caf\xe9", "x", 0o644), other(tar.TypeSymlink, "names/l\xff", "caf\xe9"))
 	for li := range ents {
 		layers = append(layers, mkTar(t, ents[li]...))
 	}
@@ -132,7 +134,12 @@ func TestMergeCorpusMountEqualsCheckout(t *testing.T) {
 	}
 	got, gotLinks := walk(t, target)
 	want, wantLinks := walk(t, co)
-	caseOf := func(p string) string { return cases[caseIndex(p)] }
+	caseOf := func(p string) string {
+		if i := caseIndex(p); i >= 0 {
+			return cases[i]
+		}
+		return "-"
+	}
 	bad := 0
 	report := func(format string, args ...any) {
 		if bad++; bad <= 40 {
@@ -158,10 +165,18 @@ func TestMergeCorpusMountEqualsCheckout(t *testing.T) {
 		t.Fatalf("%d differences between mount and checkout", bad)
 	}
 	checkSemantics(t, co, cases)
+	for _, root := range []string{target, co} {
+		if l, err := os.Readlink(filepath.Join(root, "names/l\xff")); err != nil || l != "caf\xe9" {
+			t.Errorf("%s: names/l\\xff -> %q, %v; want the exact bytes", root, l, err)
+		}
+		if _, err := os.Lstat(filepath.Join(root, "names/caf\xe9")); err != nil {
+			t.Errorf("%s: names/caf\\xe9: %v", root, err)
+		}
+	}
 }
 
 func caseIndex(p string) int {
-	var n int
+	n := -1
 	fmt.Sscanf(strings.SplitN(p, "/", 2)[0], "c%d", &n)
 	return n
 }
