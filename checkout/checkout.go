@@ -162,6 +162,9 @@ func (c *checkout) node(name string, n *merge.Node) error {
 	if err := c.ctx.Err(); err != nil {
 		return err
 	}
+	if name == "." && n.Implied() {
+		return nil // no layer names the root: the target keeps its own metadata
+	}
 	if n.Inode != nil {
 		if first, ok := c.inodes[n.Inode]; ok {
 			c.stats.Hardlinks++

@@ -78,9 +78,8 @@ func Clean(name string) (string, error) {
 	}
 	clean := path.Clean(name)
 	parts := strings.Split(clean, "/")
-	for i, part := range parts {
-		switch {
-		case i < len(parts)-1 && strings.HasPrefix(part, WhiteoutPrefix):
+	for _, part := range parts[:len(parts)-1] {
+		if strings.HasPrefix(part, WhiteoutPrefix) {
 			return "", invalidf("entry name %q uses the whiteout %q as a directory", name, part)
 		}
 	}

@@ -36,6 +36,10 @@ type Inode struct {
 	Names uint32
 }
 
+// Implied reports whether no entry gave n: a directory that names below it need (its entry is
+// implied(): 0755, root:root, the epoch), or the root of a tree whose layers never name it.
+func (n *Node) Implied() bool { return n.layer < 0 }
+
 // IsDir reports whether n is a directory.
 func (n *Node) IsDir() bool { return n.Entry.Type == chunked.TypeDir }
 
@@ -88,7 +92,7 @@ func (t *Tree) entry(e *chunked.Entry, li int) error {
 			return fmt.Errorf("the root is a %q, not a directory: %w", e.Type, errdefs.ErrInvalid)
 		}
 		t.Root.Entry, t.Root.layer, t.Root.seen = clean(*e), li, li
-		return nil
+		return checkOwner(&t.Root.Entry)
 	}
 	parent, err := t.dir(name.Dir, li)
 	if err != nil {
@@ -139,7 +143,7 @@ func whiteout(parent *Node, base string, li int) error {
 	default:
 		prune(c, li)
 		if c.layer < li { // its own entry was a lower layer's: only this layer's contents imply it
-			c.Entry, c.layer = implied(), li
+			c.Entry, c.layer = implied(), -1
 		}
 	}
 	return nil
@@ -168,7 +172,7 @@ func (t *Tree) dir(dir string, li int) (*Node, error) {
 	for _, part := range strings.Split(dir, "/") {
 		c := n.Children[part]
 		if c == nil {
-			c = &Node{Entry: implied(), Children: map[string]*Node{}, layer: li}
+			c = &Node{Entry: implied(), Children: map[string]*Node{}, layer: -1}
 			n.Children[part] = c
 		}
 		if !c.IsDir() {
