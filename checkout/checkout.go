@@ -1,7 +1,8 @@
-// Package checkout materialises an image's merged root filesystem from the store into a
-// directory: layers in order, whiteouts and opaque directories applied, file contents reflinked,
-// copied or hardlinked from store objects. It never writes outside the target directory: every
-// path is resolved with openat2(RESOLVE_IN_ROOT) and the last component is never followed.
+// Package checkout materialises an image's merged root filesystem from the store into an empty
+// directory: the tree package merge makes of its layers (the one a mount shows), file contents
+// reflinked, copied or hardlinked from store objects. It only creates, never removes, and never
+// writes outside the target directory: every path is resolved with openat2(RESOLVE_IN_ROOT) and
+// the last component is never followed.
 package checkout
 
 import (
@@ -23,8 +24,9 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layername"
+	"github.com/kura-oci/kura/merge"
 	"github.com/kura-oci/kura/store"
-	"github.com/kura-oci/kura/store/layer"
 )
 
 // LinkMode says how file contents get from the store into the checkout.
@@ -103,17 +105,24 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 		return Stats{}, fmt.Errorf("checkout: opening %s: %w", dir, err)
 	}
 	defer unix.Close(rootfd)
-	c := &checkout{ctx: ctx, s: s, root: rootfd, opts: opts, dirs: map[string]chunked.Entry{}, parents: map[string]int{}}
+	c := &checkout{ctx: ctx, s: s, root: rootfd, opts: opts, dirs: map[string]chunked.Entry{}, parents: map[string]int{}, inodes: map[*merge.Inode]string{}}
 	defer c.dropParents()
 	c.reflink = opts.Link == LinkAuto || opts.Link == LinkReflink
+	// The layers are merged in memory first (package merge, the rules a mount shares), so
+	// whiteouts never remove anything here: the checkout only creates, in an empty directory.
+	tree := merge.New()
 	for _, l := range img.Layers {
 		toc, err := s.LayerTOC(ctx, l)
 		if err != nil {
 			return c.stats, fmt.Errorf("checkout: %w", err)
 		}
-		if err := c.layer(toc); err != nil {
+		if err := tree.Apply(toc); err != nil {
 			return c.stats, fmt.Errorf("checkout of layer %s: %w", l, err)
 		}
+		c.stats.Whiteouts += whiteouts(toc)
+	}
+	if err := tree.Walk(c.node); err != nil {
+		return c.stats, fmt.Errorf("checkout: %w", err)
 	}
 	if err := c.finishDirs(); err != nil {
 		return c.stats, fmt.Errorf("checkout: %w", err)
@@ -131,9 +140,10 @@ type checkout struct {
 	// dirs holds the metadata of every directory entry, applied at the end (children first) so
 	// that read-only modes and times survive the creation of their contents.
 	dirs map[string]chunked.Entry
-	// parents caches open directory fds by clean path; dropped on any removal, since removing
-	// can change what a path resolves to.
+	// parents caches open directory fds by clean path.
 	parents map[string]int
+	// inodes holds the path under which each hard-linked inode was created.
+	inodes map[*merge.Inode]string
 }
 
 func (c *checkout) dropParents() {
@@ -143,48 +153,36 @@ func (c *checkout) dropParents() {
 	clear(c.parents)
 }
 
-// layer applies one layer: first its whiteouts (which concern lower layers only, as the OCI spec
-// says), then its entries in order.
-func (c *checkout) layer(toc *chunked.TOC) error {
-	type item struct {
-		name string
-		e    *chunked.Entry
-	}
-	var items []item
+// whiteouts counts a layer's whiteouts and opaque markers (for Stats).
+func whiteouts(toc *chunked.TOC) int {
+	n := 0
 	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type == chunked.TypeChunk {
-			continue
-		}
-		name, err := layer.CleanName(e.Name)
-		if err != nil {
-			return err
-		}
-		base := path.Base(name)
-		switch {
-		case base == layer.OpaqueMarker:
-			if err := c.clearDir(path.Dir(name)); err != nil {
-				return fmt.Errorf("opaque directory %q: %w", path.Dir(name), err)
+		if e := &toc.Entries[i]; e.Type != chunked.TypeChunk {
+			if name, err := layername.Parse(e.Name); err == nil && name.Kind != layername.Plain {
+				n++
 			}
-			c.stats.Whiteouts++
-		case strings.HasPrefix(base, layer.WhiteoutPrefix):
-			target := path.Join(path.Dir(name), strings.TrimPrefix(base, layer.WhiteoutPrefix))
-			if err := c.remove(target); err != nil {
-				return fmt.Errorf("whiteout %q: %w", name, err)
-			}
-			delete(c.dirs, target)
-			c.stats.Whiteouts++
-		default:
-			items = append(items, item{name, e})
 		}
 	}
-	for _, it := range items {
-		if err := c.ctx.Err(); err != nil {
-			return err
+	return n
+}
+
+// node creates one path of the merged tree; its parent exists already (Walk goes top down).
+func (c *checkout) node(name string, n *merge.Node) error {
+	if err := c.ctx.Err(); err != nil {
+		return err
+	}
+	if name == "." && n.Implied() {
+		return nil // no layer names the root: the target keeps its own metadata
+	}
+	if n.Inode != nil {
+		if first, ok := c.inodes[n.Inode]; ok {
+			c.stats.Hardlinks++
+			return c.hardlink(name, first)
 		}
-		if err := c.entry(it.name, it.e); err != nil {
-			return fmt.Errorf("%q: %w", it.e.Name, err)
-		}
+		c.inodes[n.Inode] = name
+	}
+	if err := c.entry(name, &n.Entry); err != nil {
+		return fmt.Errorf("%q: %w", name, err)
 	}
 	return nil
 }
@@ -194,8 +192,8 @@ func (c *checkout) layer(toc *chunked.TOC) error {
 func (c *checkout) parent(name string) (int, string, error) {
 	dir, base := path.Split(name)
 	dir = strings.TrimSuffix(dir, "/")
-	if base == "" || base == "." || base == ".." {
-		return -1, "", fmt.Errorf("bad name %q: %w", name, errdefs.ErrInvalid)
+	if err := layername.Element(base); err != nil {
+		return -1, "", fmt.Errorf("%q: %w", name, err)
 	}
 	fd, err := c.openDir(dir)
 	return fd, base, err
@@ -239,49 +237,6 @@ func (c *checkout) openDir(dir string) (int, error) {
 	return fd, nil
 }
 
-// lstat reports what sits at base in pfd (0 mode when nothing).
-func lstat(pfd int, base string) (unix.Stat_t, bool, error) {
-	var st unix.Stat_t
-	err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW)
-	if errors.Is(err, unix.ENOENT) {
-		return st, false, nil
-	}
-	return st, err == nil, err
-}
-
-// remove deletes name (recursively) if it exists; a missing name or parent is fine.
-func (c *checkout) remove(name string) error {
-	dir, base := path.Split(name)
-	fd, err := c.existingDir(strings.TrimSuffix(dir, "/"))
-	if err != nil || fd < 0 {
-		return err
-	}
-	defer c.closeUncached(fd)
-	c.dropParents()
-	return removeAllAt(fd, base)
-}
-
-// clearDir empties an existing directory (opaque marker): what lower layers put there goes.
-func (c *checkout) clearDir(dir string) error {
-	fd, err := c.existingDir(dir)
-	if err != nil || fd < 0 {
-		return err
-	}
-	defer c.closeUncached(fd)
-	c.dropParents()
-	names, err := readDirNames(fd)
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := removeAllAt(fd, n); err != nil {
-			return err
-		}
-		delete(c.dirs, path.Join(dir, n))
-	}
-	return nil
-}
-
 // existingDir opens dir without creating anything; -1 when it does not exist.
 func (c *checkout) existingDir(dir string) (int, error) {
 	if dir == "" || dir == "." {
@@ -306,48 +261,6 @@ func (c *checkout) closeUncached(fd int) {
 	}
 }
 
-func readDirNames(fd int) ([]string, error) {
-	dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(dfd), "dir")
-	defer f.Close()
-	return f.Readdirnames(-1)
-}
-
-// removeAllAt removes base in dirfd and, for a directory, everything below it, without following
-// symlinks.
-func removeAllAt(dirfd int, base string) error {
-	err := unix.Unlinkat(dirfd, base, 0)
-	if err == nil || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("removing %q: %w", base, err)
-	}
-	fd, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("removing %q: %w", base, err)
-	}
-	names, err := readDirNames(fd)
-	if err == nil {
-		for _, n := range names {
-			if err = removeAllAt(fd, n); err != nil {
-				break
-			}
-		}
-	}
-	unix.Close(fd)
-	if err != nil {
-		return err
-	}
-	if err := unix.Unlinkat(dirfd, base, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("removing directory %q: %w", base, err)
-	}
-	return nil
-}
-
 // entry creates one non-whiteout entry.
 func (c *checkout) entry(name string, e *chunked.Entry) error {
 	if name == "." {
@@ -360,31 +273,6 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 	pfd, base, err := c.parent(name)
 	if err != nil {
 		return err
-	}
-	st, found, err := lstat(pfd, base)
-	if err != nil {
-		return err
-	}
-	if found {
-		if e.Type == chunked.TypeDir && st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			c.dirs[name] = *e // an existing directory only gets new metadata
-			return nil
-		}
-		if e.Type == chunked.TypeLink {
-			if t, err := layer.CleanName(e.Linkname); err == nil && t == name {
-				return fmt.Errorf("hardlink to itself: %w", errdefs.ErrInvalid)
-			}
-		}
-		// A later entry replaces an earlier one, a directory with all its contents.
-		err := removeAllAt(pfd, base)
-		c.dropParents() // cached fds may name what was just removed
-		if err != nil {
-			return err
-		}
-		delete(c.dirs, name)
-		if pfd, base, err = c.parent(name); err != nil {
-			return err
-		}
 	}
 	switch e.Type {
 	case chunked.TypeDir:
@@ -406,9 +294,6 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 		}
 		c.stats.Symlinks++
 		return setMeta(pfd, base, -1, e, true)
-	case chunked.TypeLink:
-		c.stats.Hardlinks++
-		return c.hardlink(pfd, base, e)
 	case chunked.TypeChar, chunked.TypeBlock, chunked.TypeFifo:
 		mode := uint32(e.Mode & 0o7777)
 		switch e.Type {
@@ -435,30 +320,24 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 	return fmt.Errorf("entry type %q: %w", e.Type, errdefs.ErrUnsupported)
 }
 
-func (c *checkout) hardlink(pfd int, base string, e *chunked.Entry) error {
-	target, err := layer.CleanName(e.Linkname)
+// hardlink makes name another name of the inode already created as first.
+func (c *checkout) hardlink(name, first string) error {
+	pfd, base, err := c.parent(name)
 	if err != nil {
-		return fmt.Errorf("hardlink target: %w", err)
+		return err
 	}
-	tdir, tbase := path.Split(target)
+	tdir, tbase := path.Split(first)
 	tfd, err := c.existingDir(strings.TrimSuffix(tdir, "/"))
 	if err != nil {
 		return err
 	}
 	if tfd < 0 {
-		return fmt.Errorf("hardlink target %q does not exist: %w", e.Linkname, errdefs.ErrInvalid)
+		return fmt.Errorf("hard link %q: the directory of %q is gone: %w", name, first, errdefs.ErrInvalid)
 	}
 	defer c.closeUncached(tfd)
-	st, found, err := lstat(tfd, tbase)
-	if err != nil {
-		return err
-	}
-	if !found || st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		return fmt.Errorf("hardlink target %q is missing or a directory: %w", e.Linkname, errdefs.ErrInvalid)
-	}
-	// No AT_SYMLINK_FOLLOW: a symlink target is linked as the symlink itself, as tar does.
+	// No AT_SYMLINK_FOLLOW: a symlink is linked as the symlink itself, as tar does.
 	if err := unix.Linkat(tfd, tbase, pfd, base, 0); err != nil {
-		return fmt.Errorf("hardlink to %q: %w", e.Linkname, err)
+		return fmt.Errorf("hard link %q to %q: %w", name, first, err)
 	}
 	return nil
 }

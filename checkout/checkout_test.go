@@ -302,11 +302,26 @@ func TestCheckoutHostile(t *testing.T) {
 		{"hardlink-missing", []*chunked.TOC{toc(chunked.Entry{Type: chunked.TypeLink, Name: "h", Linkname: "nothing"})}, errdefs.ErrInvalid},
 		{"too-long", []*chunked.TOC{toc(reg(strings.Repeat("d/", 2100) + "f"))}, errdefs.ErrInvalid},
 		{"size-mismatch", []*chunked.TOC{toc(chunked.Entry{Type: chunked.TypeReg, Name: "f", Size: 99, Digest: obj})}, errdefs.ErrDigestMismatch},
+		// Issue 13 case 1: whiteouts that name no element of their directory. The checkout's
+		// parent (with a sibling) must survive them: the merge refuses them and the checkout
+		// removes nothing anyway.
+		{"whiteout-dotdot-root", []*chunked.TOC{toc(reg("keep")), toc(chunked.Entry{Type: chunked.TypeReg, Name: "./.wh..."})}, errdefs.ErrInvalid},
+		{"whiteout-dotdot-inner", []*chunked.TOC{toc(reg("d/keep")), toc(chunked.Entry{Type: chunked.TypeReg, Name: "d/.wh..."})}, errdefs.ErrInvalid},
+		{"whiteout-dot", []*chunked.TOC{toc(reg("keep")), toc(chunked.Entry{Type: chunked.TypeReg, Name: ".wh.."})}, errdefs.ErrInvalid},
+		{"whiteout-empty", []*chunked.TOC{toc(reg("d/keep")), toc(chunked.Entry{Type: chunked.TypeReg, Name: "d/.wh."})}, errdefs.ErrInvalid},
+		{"whiteout-aufs-meta", []*chunked.TOC{toc(chunked.Entry{Type: chunked.TypeReg, Name: ".wh..wh.plnk"})}, errdefs.ErrInvalid},
+		{"whiteout-as-directory", []*chunked.TOC{toc(reg(".wh.d/pwned"))}, errdefs.ErrInvalid},
+		{"owner-over-32-bits", []*chunked.TOC{toc(chunked.Entry{Type: chunked.TypeReg, Name: "f", UID: 1<<32 + 5, GID: 7})}, errdefs.ErrInvalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			img := hostileImage(t, s, c.layers...)
-			out := filepath.Join(t.TempDir(), "rootfs")
+			parent := t.TempDir()
+			sibling := filepath.Join(parent, "sibling")
+			if err := os.WriteFile(sibling, []byte("keep"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(parent, "rootfs")
 			_, err := checkout.Checkout(context.Background(), s, img, out, checkout.Options{Link: checkout.LinkCopy})
 			if c.wantErr != nil && !errors.Is(err, c.wantErr) {
 				t.Fatalf("err = %v, want %v", err, c.wantErr)
@@ -320,6 +335,9 @@ func TestCheckoutHostile(t *testing.T) {
 			}
 			if b, _ := os.ReadFile(victim); string(b) != "keep" {
 				t.Fatalf("victim changed: %q", b)
+			}
+			if b, _ := os.ReadFile(sibling); string(b) != "keep" {
+				t.Fatalf("the checkout's sibling changed: %q", b)
 			}
 		})
 	}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/layername"
 )
 
 // ReadOption configures Locate* and Parse.
@@ -450,31 +450,14 @@ func ParseTOC(b []byte) (*TOC, error) {
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
 	}
-	return toc, nil
-}
-
-// CheckName rejects absolute names and names with ".." components.
-func CheckName(name string) error {
-	if name == "" {
-		return invalidf("empty entry name")
-	}
-	if strings.HasPrefix(name, "/") {
-		return invalidf("absolute entry name %q", name)
-	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return invalidf("entry name %q escapes the layer", name)
+	if !ok { // only encoding/json knows the fields of names that are not UTF-8
+		for i := range toc.Entries {
+			if err := toc.Entries[i].restoreRaw(); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return invalidf("entry name %q contains NUL", name)
-	}
-	return nil
-}
-
-// cleanName is the name under which duplicates are detected.
-func cleanName(name string) string {
-	return strings.TrimPrefix(path.Clean("/"+name), "/")
+	return toc, nil
 }
 
 // index validates entries and builds Files.
@@ -484,7 +467,8 @@ func (l *Layer) index() error {
 	var prevEnd int64
 	for i := 0; i < len(entries); i++ {
 		e := &entries[i]
-		if err := CheckName(e.Name); err != nil {
+		name, err := layername.Parse(e.Name)
+		if err != nil {
 			return fmt.Errorf("TOC entry %d: %w", i, err)
 		}
 		switch e.Type {
@@ -495,15 +479,14 @@ func (l *Layer) index() error {
 			return invalidf("TOC entry %d (%q): unknown type %q", i, e.Name, e.Type)
 		}
 		if e.Type == TypeLink {
-			if err := CheckName(e.Linkname); err != nil {
+			if _, err := layername.Link(e.Linkname); err != nil {
 				return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
 			}
 		}
-		cn := cleanName(e.Name)
-		if _, dup := seen[cn]; dup {
+		if _, dup := seen[name.Path]; dup {
 			return invalidf("TOC has duplicate entries for %q", e.Name)
 		}
-		seen[cn] = struct{}{}
+		seen[name.Path] = struct{}{}
 		if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
 			return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
 		}
@@ -631,6 +614,17 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 		pending[e.Name] = e
 	}
 	err := tarSplitHeaders(entries, func(hdr *vtar.Header) error {
+		if hdr.Typeflag == vtar.TypeXGlobalHeader {
+			return nil // no entry: the TOC has none for it either
+		}
+		if err := layername.CheckTOC(hdr.Name, hdr.Linkname); err != nil {
+			return err // the TOC cannot name it: a full pull can
+		}
+		for k := range hdr.PAXRecords {
+			if err := layername.CheckTOC(hdr.Name, k); err != nil {
+				return err
+			}
+		}
 		e, ok := pending[hdr.Name]
 		if !ok {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)

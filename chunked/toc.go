@@ -13,7 +13,13 @@
 // (verify.go).
 package chunked
 
-import "time"
+import (
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/kura-oci/kura/layername"
+)
 
 // Entry types of a TOC.
 const (
@@ -61,6 +67,12 @@ type Entry struct {
 	ChunkOffset int64             `json:"chunkOffset,omitempty"`
 	ChunkDigest string            `json:"chunkDigest,omitempty"`
 	ChunkType   string            `json:"chunkType,omitempty"`
+	// NameRaw and LinknameRaw carry Name and Linkname exactly where they are not UTF-8, which
+	// a JSON string cannot hold (Name then reads U+FFFD for each bad byte, as the reference
+	// writes it). A store's TOCs use them (MarshalTOC); ParseTOC puts them back into Name and
+	// Linkname and clears them.
+	NameRaw     []byte `json:"kura.nameRaw,omitempty"`
+	LinknameRaw []byte `json:"kura.linkNameRaw,omitempty"`
 }
 
 // Annotation keys on a zstd:chunked layer descriptor. The current names (io.github.containers.*) are
@@ -87,5 +99,77 @@ func timeOrNil(t time.Time) *time.Time {
 	if t.IsZero() {
 		return nil
 	}
+	t = ClampTime(t)
 	return &t
+}
+
+// The times a TOC can carry: JSON times are RFC 3339, years 0000 to 9999.
+var (
+	minTOCTime = time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC)
+	maxTOCTime = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+)
+
+// ClampTime brings t into the years a TOC can carry (0000–9999). A tar can date a file later
+// (or earlier); its tar-split keeps the exact header, so only the TOC, and what is made from
+// it (checkouts, mounts), sees the clamped time.
+func ClampTime(t time.Time) time.Time {
+	switch {
+	case t.Before(minTOCTime):
+		return minTOCTime
+	case t.After(maxTOCTime):
+		return maxTOCTime
+	}
+	return t
+}
+
+// MarshalTOC encodes a TOC as a store keeps it: the zstd:chunked JSON, plus NameRaw and
+// LinknameRaw for names that are not UTF-8, so that no name changes on the way. An xattr name
+// that is not UTF-8 has no such field: the TOC is refused (layername.ErrTOCInexact).
+func MarshalTOC(toc *TOC) ([]byte, error) {
+	out := *toc
+	copied := false
+	for i := range toc.Entries {
+		e := &toc.Entries[i]
+		if layername.InTOC(e.Name) && layername.InTOC(e.Linkname) {
+			continue
+		}
+		if !copied {
+			out.Entries, copied = slices.Clone(toc.Entries), true
+		}
+		c := &out.Entries[i]
+		if !layername.InTOC(e.Name) {
+			c.NameRaw = []byte(e.Name)
+		}
+		if !layername.InTOC(e.Linkname) {
+			c.LinknameRaw = []byte(e.Linkname)
+		}
+	}
+	for i := range toc.Entries {
+		for k := range toc.Entries[i].Xattrs {
+			if err := layername.CheckTOC(toc.Entries[i].Name, k); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return json.Marshal(&out)
+}
+
+// restoreRaw puts NameRaw and LinknameRaw back into Name and Linkname. Each must be what the
+// JSON name stands for (not UTF-8, and the same once each bad byte reads U+FFFD); anything else
+// is a TOC that says two things.
+func (e *Entry) restoreRaw() error {
+	for _, f := range []struct {
+		raw  *[]byte
+		name *string
+	}{{&e.NameRaw, &e.Name}, {&e.LinknameRaw, &e.Linkname}} {
+		if *f.raw == nil {
+			continue
+		}
+		raw := string(*f.raw)
+		if layername.InTOC(raw) || string([]rune(raw)) != *f.name {
+			return invalidf("TOC entry %q: kura.nameRaw/linkNameRaw does not stand for the name", e.Name)
+		}
+		*f.name, *f.raw = raw, nil
+	}
+	return nil
 }

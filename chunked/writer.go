@@ -388,6 +388,11 @@ func (cw *chunkedWriter) entry(hdr *vtar.Header, raw []byte, payload io.Reader) 
 	if err := cw.check(); err != nil {
 		return err
 	}
+	if hdr.Typeflag == vtar.TypeXGlobalHeader {
+		// A pax global header is no entry (store/layer.Import skips it too): its bytes stay in
+		// the stream, so the tar is rebuilt exactly.
+		return cw.appendData(raw)
+	}
 	e, err := EntryFromHeader(stdHeader(hdr))
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -39,9 +40,9 @@ const (
 
 // Limits the reference enforces; inputs beyond them are rejected.
 const (
-	MaxNameLen       = 255  // one path component
-	MaxPayloadLen    = 4095 // symlink target or redirect path (PATH_MAX - 1)
-	MaxInlineContent = 5000 // inline content a dump or tree may carry
+	MaxNameLen       = layername.MaxElement // one path component
+	MaxPayloadLen    = 4095                 // symlink target or redirect path (PATH_MAX - 1)
+	MaxInlineContent = 5000                 // inline content a dump or tree may carry
 	// InlineThreshold: mkcomposefs stores regular files of 1..64 bytes inline, larger ones as objects.
 	InlineThreshold = 64
 	MaxXattrNameLen = 255
@@ -136,19 +137,10 @@ func (n *Node) Path() string {
 	return b.String()
 }
 
-// ValidName checks one path component.
+// ValidName checks one path component, by the rules every entry name follows (package
+// layername).
 func ValidName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty file name: %w", errdefs.ErrInvalid)
-	case name == "." || name == "..":
-		return fmt.Errorf("file name %q: %w", name, errdefs.ErrInvalid)
-	case len(name) > MaxNameLen:
-		return fmt.Errorf("file name of %d bytes, at most %d allowed: %w", len(name), MaxNameLen, errdefs.ErrInvalid)
-	case strings.ContainsAny(name, "/\x00"):
-		return fmt.Errorf("file name %q contains '/' or NUL: %w", name, errdefs.ErrInvalid)
-	}
-	return nil
+	return layername.Element(name)
 }
 
 func (n *Node) search(name string) (int, bool) {

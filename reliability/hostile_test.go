@@ -138,6 +138,77 @@ func hostileCases() []hostileCase {
 			build: func(t testing.TB, canary string) hostileImage {
 				return one(t, base(symlink("esc", canary), hardlink("etc/stolen", "esc/secret"))...)
 			}},
+		// Issue 13 case 1: a whiteout naming "..": on a4b1d39 checkout emptied the target's parent.
+		{name: "whiteout of .. at the root", partial: mustFail, full: mustFail, wantErr: errdefs.ErrInvalid,
+			build: func(t testing.TB, _ string) hostileImage { return one(t, base(reg("./.wh...", 0o644, ""))...) }},
+		{name: "whiteout of .. in a directory", partial: mustFail, full: mustFail, wantErr: errdefs.ErrInvalid,
+			build: func(t testing.TB, _ string) hostileImage { return one(t, base(reg("etc/.wh...", 0o644, ""))...) }},
+		{name: "whiteout of .", partial: mustFail, full: mustFail, wantErr: errdefs.ErrInvalid,
+			build: func(t testing.TB, _ string) hostileImage { return one(t, base(reg(".wh..", 0o644, ""))...) }},
+		{name: "empty whiteout", partial: mustFail, full: mustFail, wantErr: errdefs.ErrInvalid,
+			build: func(t testing.TB, _ string) hostileImage { return one(t, base(reg("etc/.wh.", 0o644, ""))...) }},
+		{name: "AUFS metadata whiteout", partial: mustFail, full: mustFail, wantErr: errdefs.ErrInvalid,
+			build: func(t testing.TB, _ string) hostileImage { return one(t, base(reg(".wh..wh.plnk", 0o644, ""))...) }},
+		// Issue 13 case 7: a whiteout hides lower layers only; the same layer's file stays.
+		{name: "file and its whiteout in one layer", partial: mustPass, full: mustPass,
+			build: func(t testing.TB, _ string) hostileImage {
+				return one(t, base(reg("etc/a", 0o644, "stays\n"), reg("etc/.wh.a", 0o644, ""))...)
+			},
+			check: func(t testing.TB, root string) {
+				if b, err := os.ReadFile(filepath.Join(root, "etc/a")); err != nil || string(b) != "stays\n" {
+					t.Fatalf("etc/a: %q, %v; want the same layer's file", b, err)
+				}
+			}},
+		// Issue 13 case 11: overlay xattrs from the image never reach a checkout.
+		{name: "trusted.overlay xattrs in the image", partial: mustPass, full: mustPass,
+			build: func(t testing.TB, _ string) hostileImage {
+				d := dir("opaque/")
+				d.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y"}
+				f := reg("opaque/f", 0o644, "x")
+				f.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.keep": "1"}
+				return one(t, base(d, f)...)
+			},
+			check: func(t testing.TB, root string) {
+				for _, p := range []string{"opaque", "opaque/f"} {
+					buf := make([]byte, 4096)
+					n, err := syscall.Listxattr(filepath.Join(root, p), buf)
+					if err != nil || strings.Contains(string(buf[:n]), "overlay") {
+						t.Fatalf("%s xattrs %q (%v): want no overlay xattrs", p, buf[:max(n, 0)], err)
+					}
+				}
+			}},
+		{name: "owner over 32 bits", partial: mustPass, full: mustPass, // stored exactly; checkout refuses it
+			build: func(t testing.TB, _ string) hostileImage {
+				f := reg("etc/owned", 0o644, "x")
+				f.hdr.Uid, f.hdr.Gid = 1<<32+1, 1<<33
+				return one(t, base(f)...)
+			}},
+		{name: "pax global header (git archive)", partial: mustPass, full: mustPass,
+			build: func(t testing.TB, _ string) hostileImage {
+				g := tarEntry{hdr: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+					PAXRecords: map[string]string{"comment": "6f1c2e0e5d3c7b1a9e8f7a6b5c4d3e2f1a0b9c8d"}}}
+				return one(t, append([]tarEntry{g}, base()...)...)
+			}},
+		{name: "mtime after year 9999", partial: mustPass, full: mustPass,
+			build: func(t testing.TB, _ string) hostileImage {
+				f := reg("etc/late", 0o644, "x")
+				f.hdr.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
+				return one(t, base(f)...)
+			}},
+		// A TOC cannot carry these names: a partial pull must fall back (ErrTOCInexact, wired in
+		// package pull) and never change them; a full pull stores them exactly.
+		{name: "names that are not UTF-8", partial: either, full: mustPass,
+			build: func(t testing.TB, _ string) hostileImage {
+				return one(t, base(reg("etc/caf\xe9", 0o644, "x"), symlink("etc/l\xff", "caf\xe9"))...)
+			},
+			check: func(t testing.TB, root string) {
+				if b, err := os.ReadFile(filepath.Join(root, "etc/caf\xe9")); err != nil || string(b) != "x" {
+					t.Fatalf("etc/caf\\xe9: %q, %v", b, err)
+				}
+				if l, err := os.Readlink(filepath.Join(root, "etc/l\xff")); err != nil || l != "caf\xe9" {
+					t.Fatalf("etc/l\\xff -> %q, %v", l, err)
+				}
+			}},
 		tocLie("type", func(e *chunked.Entry) { e.Type = chunked.TypeDir }),
 		tocLie("name", func(e *chunked.Entry) { e.Name = "etc/other" }),
 		tocLie("linkName", func(e *chunked.Entry) { e.Linkname = "/etc/shadow" }),

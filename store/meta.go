@@ -226,7 +226,7 @@ func (s *Store) removeDir(dir string) error {
 // PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
 // TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
 func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
-	tocJSON, err := json.Marshal(toc)
+	tocJSON, err := chunked.MarshalTOC(toc) // names that are not UTF-8 stay exact
 	if err != nil {
 		return err
 	}

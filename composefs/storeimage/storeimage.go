@@ -1,5 +1,5 @@
-// Package storeimage builds the composefs image of a stored image: its layers merged in order
-// (whiteouts and opaque directories applied), every regular file of more than 64 bytes
+// Package storeimage builds the composefs image of a stored image: its layers merged by package
+// merge (the tree a checkout makes), every regular file of more than 64 bytes
 // redirecting to its object in the store's objects/ directory with its fs-verity digest.
 package storeimage
 
@@ -12,7 +12,6 @@ import (
 	"os"
 	"path"
 	"sort"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -20,40 +19,25 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/merge"
 	"github.com/kura-oci/kura/store"
-	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/verity"
 )
 
-// node is one path of the merged tree while layers are applied.
-type node struct {
-	entry    chunked.Entry
-	layer    int // index of the layer that last wrote this path
-	children map[string]*node
-	// group is shared by the names of one hard-linked inode; nil for a lone inode.
-	group *linkGroup
-}
-
-type linkGroup struct {
-	first *composefs.Node
-	names uint32 // names of the inode left in the merged tree
-}
-
-func (n *node) isDir() bool { return n.entry.Type == chunked.TypeDir }
-
-// Tree merges the image's layers into a composefs tree.
+// Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
+// composefs tree.
 func Tree(ctx context.Context, s *store.Store, img store.Image) (*composefs.Node, error) {
-	root := &node{entry: chunked.Entry{Type: chunked.TypeDir, Mode: 0o755}, layer: -1, children: map[string]*node{}}
-	for i, diffID := range img.Layers {
+	t := merge.New()
+	for _, diffID := range img.Layers {
 		toc, err := s.LayerTOC(ctx, diffID)
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", diffID, err)
 		}
-		if err := apply(root, toc, i); err != nil {
+		if err := t.Apply(toc); err != nil {
 			return nil, fmt.Errorf("layer %s: %w", diffID, err)
 		}
 	}
-	b := &builder{ctx: ctx, s: s, verity: map[digest.Digest]verity.Digest{}}
+	b := &builder{ctx: ctx, s: s, verity: map[digest.Digest]verity.Digest{}, inodes: map[*merge.Inode]*composefs.Node{}}
 	for _, diffID := range img.Layers {
 		m, err := s.VerityDigests(ctx, diffID)
 		if errors.Is(err, errdefs.ErrNotFound) {
@@ -66,164 +50,49 @@ func Tree(ctx context.Context, s *store.Store, img store.Image) (*composefs.Node
 			b.verity[obj] = v
 		}
 	}
-	return b.convert(root)
-}
-
-// apply writes one layer's entries over the tree, as overlayfs stacks layers.
-func apply(root *node, toc *chunked.TOC, li int) error {
-	for _, e := range toc.Entries {
-		if e.Type == chunked.TypeChunk {
-			continue
-		}
-		name, err := layer.CleanName(e.Name)
-		if err != nil {
-			return err
-		}
-		if name == "." {
-			if e.Type != chunked.TypeDir {
-				return fmt.Errorf("root entry of type %q: %w", e.Type, errdefs.ErrInvalid)
-			}
-			root.entry, root.layer = e, li
-			continue
-		}
-		dir, base := path.Split(name)
-		parent, err := ensureDir(root, strings.TrimSuffix(dir, "/"), li)
-		if err != nil {
-			return fmt.Errorf("entry %q: %w", e.Name, err)
-		}
-		switch {
-		case base == layer.OpaqueMarker:
-			for k, c := range parent.children {
-				if c.layer < li {
-					delete(parent.children, k)
-				}
-			}
-			continue
-		case strings.HasPrefix(base, layer.WhiteoutPrefix):
-			delete(parent.children, strings.TrimPrefix(base, layer.WhiteoutPrefix))
-			continue
-		}
-		n := &node{entry: e, layer: li}
-		if e.Type == chunked.TypeLink {
-			target, err := lookup(root, e.Linkname)
-			if err != nil {
-				return fmt.Errorf("hard link %q: %w", e.Name, err)
-			}
-			if target.isDir() {
-				return fmt.Errorf("hard link %q to directory %q: %w", e.Name, e.Linkname, errdefs.ErrInvalid)
-			}
-			if target.group == nil {
-				target.group = &linkGroup{}
-			}
-			n.entry, n.group = target.entry, target.group
-		}
-		if old := parent.children[base]; old != nil && old.isDir() && n.isDir() {
-			old.entry, old.layer = e, li // directories merge: keep the lower children
-			continue
-		}
-		if n.isDir() {
-			n.children = map[string]*node{}
-		}
-		parent.children[base] = n
-	}
-	return nil
-}
-
-// ensureDir returns the directory at dir, creating missing parents the way tar extraction does.
-func ensureDir(root *node, dir string, li int) (*node, error) {
-	n := root
-	if dir == "" || dir == "." {
-		return n, nil
-	}
-	for _, part := range strings.Split(dir, "/") {
-		c := n.children[part]
-		if c == nil {
-			c = &node{entry: chunked.Entry{Type: chunked.TypeDir, Mode: 0o755}, layer: li, children: map[string]*node{}}
-			n.children[part] = c
-		}
-		if !c.isDir() {
-			return nil, fmt.Errorf("%q is not a directory: %w", part, errdefs.ErrInvalid)
-		}
-		n = c
-	}
-	return n, nil
-}
-
-func lookup(root *node, name string) (*node, error) {
-	clean, err := layer.CleanName(name)
-	if err != nil {
-		return nil, err
-	}
-	n := root
-	if clean == "." {
-		return n, nil
-	}
-	for _, part := range strings.Split(clean, "/") {
-		if !n.isDir() || n.children[part] == nil {
-			return nil, fmt.Errorf("%q: %w", name, errdefs.ErrNotFound)
-		}
-		n = n.children[part]
-	}
-	return n, nil
+	return b.convert(t)
 }
 
 type builder struct {
 	ctx    context.Context
 	s      *store.Store
 	verity map[digest.Digest]verity.Digest
+	// inodes holds the composefs inode of each hard-linked inode's first name.
+	inodes map[*merge.Inode]*composefs.Node
 }
 
-// convert turns the merged tree into composefs nodes, visiting names in sorted order so that the
-// first name of a hard-linked inode (as libcomposefs walks it) carries the inode.
-func (b *builder) convert(root *node) (*composefs.Node, error) {
-	countNames(root)
-	out, err := b.inode(root)
+// convert turns the merged tree into composefs nodes. The merge walks names in sorted order, as
+// libcomposefs does, so the first name of a hard-linked inode carries the inode.
+func (b *builder) convert(t *merge.Tree) (*composefs.Node, error) {
+	out := map[string]*composefs.Node{}
+	err := t.Walk(func(p string, n *merge.Node) error {
+		if p == "." {
+			root, err := b.inode(n)
+			out["."] = root
+			return err
+		}
+		cn := &composefs.Node{HardlinkTo: b.inodes[n.Inode]}
+		if n.Inode == nil || cn.HardlinkTo == nil {
+			var err error
+			if cn, err = b.inode(n); err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			if n.Inode != nil {
+				b.inodes[n.Inode], cn.Nlink = cn, n.Inode.Names
+			}
+		}
+		if n.IsDir() {
+			out[p] = cn
+		}
+		if err := out[path.Dir(p)].AddChild(path.Base(p), cn); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	return out, b.children(root, out)
-}
-
-// countNames counts, for each hard-linked inode, the names that survived the upper layers.
-func countNames(n *node) {
-	for _, c := range n.children {
-		if c.group != nil {
-			c.group.names++
-		}
-		countNames(c)
-	}
-}
-
-func (b *builder) children(n *node, out *composefs.Node) error {
-	names := make([]string, 0, len(n.children))
-	for k := range n.children {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		c := n.children[name]
-		var cn *composefs.Node
-		if c.group != nil && c.group.first != nil {
-			cn = &composefs.Node{HardlinkTo: c.group.first}
-		} else {
-			var err error
-			if cn, err = b.inode(c); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			if c.group != nil {
-				c.group.first, cn.Nlink = cn, c.group.names
-			}
-		}
-		if err := out.AddChild(name, cn); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		if c.isDir() {
-			if err := b.children(c, cn); err != nil {
-				return fmt.Errorf("%s/%w", name, err)
-			}
-		}
-	}
-	return nil
+	return out["."], nil
 }
 
 var typeBits = map[string]uint32{
@@ -232,8 +101,8 @@ var typeBits = map[string]uint32{
 }
 
 // inode makes the composefs inode of one entry.
-func (b *builder) inode(n *node) (*composefs.Node, error) {
-	e := &n.entry
+func (b *builder) inode(n *merge.Node) (*composefs.Node, error) {
+	e := &n.Entry
 	t, ok := typeBits[e.Type]
 	if !ok {
 		return nil, fmt.Errorf("entry type %q: %w", e.Type, errdefs.ErrInvalid)
@@ -242,7 +111,7 @@ func (b *builder) inode(n *node) (*composefs.Node, error) {
 		return nil, fmt.Errorf("owner %d:%d: %w", e.UID, e.GID, errdefs.ErrInvalid)
 	}
 	out := &composefs.Node{Mode: t | uint32(e.Mode&0o7777), UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1}
-	if n.isDir() {
+	if n.IsDir() {
 		out = composefs.NewDir(uint32(e.Mode & 0o7777))
 		out.UID, out.GID = uint32(e.UID), uint32(e.GID)
 	}

@@ -12,14 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -83,22 +82,28 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		if len(toc.Entries) >= maxEntries {
 			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
 		}
-		clean, err := CleanName(hdr.Name)
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			// A pax global header (git archive writes one, holding a comment) is no entry.
+			// Like Go's and tar-split's readers, Kura does not apply its records to the
+			// entries that follow, so every path reads the same names. The tar-split keeps
+			// its bytes, so the DiffID is rebuilt exactly.
+			return nil
+		}
+		name, err := layername.Parse(hdr.Name)
 		if err != nil {
 			return err
 		}
-		if seen[clean] {
+		if seen[name.Path] {
 			return fmt.Errorf("entry %q appears twice: %w", hdr.Name, errdefs.ErrInvalid)
 		}
-		seen[clean] = true
+		seen[name.Path] = true
 		if hdr.Typeflag == tar.TypeLink || hdr.Typeflag == tar.TypeSymlink {
 			if len(hdr.Linkname) > maxNameLen || hdr.Linkname == "" {
 				return fmt.Errorf("entry %q: link target empty or over %d bytes: %w", hdr.Name, maxNameLen, errdefs.ErrInvalid)
 			}
 		}
 		if hdr.Typeflag == tar.TypeLink {
-			_, err := CleanName(hdr.Linkname)
-			if err != nil {
+			if _, err := layername.Link(hdr.Linkname); err != nil {
 				return fmt.Errorf("hardlink %q: %w", hdr.Name, err)
 			}
 			// A target in a lower layer is legal; checkout refuses targets missing from the tree.
@@ -187,34 +192,6 @@ func classify(err error) error {
 		return fmt.Errorf("layer: %v: %w", err, errdefs.ErrInvalid)
 	}
 	return fmt.Errorf("layer: %w", err)
-}
-
-// OCI layer whiteouts: ".wh.NAME" deletes NAME from the layers below; a directory holding
-// OpaqueMarker hides everything below it.
-const (
-	WhiteoutPrefix = ".wh."
-	OpaqueMarker   = ".wh..wh..opq"
-)
-
-// CleanName turns a tar entry name into a clean relative path ("./a/b/" → "a/b"), rejecting
-// names that are absolute, climb out with "..", contain NUL, or exceed PATH_MAX. The root
-// itself is ".".
-func CleanName(name string) (string, error) {
-	if len(name) > maxNameLen {
-		return "", fmt.Errorf("name of %d bytes is over PATH_MAX: %w", len(name), errdefs.ErrInvalid)
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", fmt.Errorf("name %q contains NUL: %w", name, errdefs.ErrInvalid)
-	}
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("absolute name %q: %w", name, errdefs.ErrInvalid)
-	}
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." {
-			return "", fmt.Errorf("name %q climbs out with \"..\": %w", name, errdefs.ErrInvalid)
-		}
-	}
-	return path.Clean(name), nil
 }
 
 // tarSplitLength is the number of tar bytes a tar-split stream rebuilds: raw segments plus file

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -211,6 +212,13 @@ func TestImportHostile(t *testing.T) {
 		"hardlink-abs": {{hdr: tar.Header{Name: "l", Typeflag: tar.TypeLink, Linkname: "/etc/passwd"}}},
 		"too-long":     {{hdr: tar.Header{Name: long}, data: "x"}},
 		"short-data":   {{hdr: tar.Header{Name: "f", Size: 100000}, data: strings.Repeat("z", 100000), short: 5000}},
+		// Issue 13 case 1: a whiteout that names the directory above the layer.
+		"whiteout-dotdot":       {{hdr: tar.Header{Name: "./.wh..."}}},
+		"whiteout-dotdot-inner": {{hdr: tar.Header{Name: "etc/", Typeflag: tar.TypeDir}}, {hdr: tar.Header{Name: "etc/.wh..."}}},
+		"whiteout-dot":          {{hdr: tar.Header{Name: ".wh.."}}},
+		"whiteout-empty":        {{hdr: tar.Header{Name: "etc/.wh."}}},
+		"whiteout-aufs":         {{hdr: tar.Header{Name: ".wh..wh.plnk/1"}}},
+		"whiteout-as-directory": {{hdr: tar.Header{Name: ".wh.etc/passwd"}, data: "x"}},
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -314,4 +322,79 @@ func TestVerityTable(t *testing.T) {
 		}
 	}
 	check("c", makeTar(t, files(9)))
+}
+
+// importExport imports a tar and checks that it exports to its own bytes.
+func importExport(t *testing.T, s *store.Store, tarBytes []byte) store.Layer {
+	t.Helper()
+	l, err := layer.Import(context.Background(), s, bytes.NewReader(tarBytes), layer.Options{DiffID: digest.FromBytes(tarBytes)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := layer.Export(context.Background(), s, l.DiffID, &out); err != nil || !bytes.Equal(out.Bytes(), tarBytes) {
+		t.Fatalf("export: %v (%d bytes, want %d)", err, out.Len(), len(tarBytes))
+	}
+	return l.Layer
+}
+
+// TestImportNamesNotUTF8 (issue 13 case 8/11): names and link targets that are not UTF-8 are
+// stored exactly: the stored TOC gives back the very bytes, not U+FFFD.
+func TestImportNamesNotUTF8(t *testing.T) {
+	s := newStore(t)
+	tb := makeTar(t, []tarEntry{
+		{hdr: tar.Header{Name: "caf\xe9"}, data: "x"},
+		{hdr: tar.Header{Name: "l\xff", Typeflag: tar.TypeSymlink, Linkname: "caf\xe9"}},
+		{hdr: tar.Header{Name: "h\xfe", Typeflag: tar.TypeLink, Linkname: "caf\xe9"}},
+	})
+	l := importExport(t, s, tb)
+	toc, err := s.LayerTOC(context.Background(), l.DiffID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range toc.Entries {
+		got = append(got, e.Name+">"+e.Linkname)
+	}
+	if want := []string{"caf\xe9>", "l\xff>caf\xe9", "h\xfe>caf\xe9"}; fmt.Sprintf("%q", got) != fmt.Sprintf("%q", want) {
+		t.Fatalf("stored names %q, want %q", got, want)
+	}
+}
+
+// TestImportGitArchive (issue 13 case 11): a pax global header, as git archive writes, is
+// accepted; the layer exports to its exact bytes and the header is no entry.
+func TestImportGitArchive(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+		PAXRecords: map[string]string{"comment": "0123456789abcdef0123456789abcdef01234567"}})
+	tw.WriteHeader(&tar.Header{Name: "repo/", Typeflag: tar.TypeDir, Mode: 0o755})
+	tw.WriteHeader(&tar.Header{Name: "repo/README", Mode: 0o644, Size: 2})
+	tw.Write([]byte("hi"))
+	tw.Close()
+	s := newStore(t)
+	l := importExport(t, s, buf.Bytes())
+	toc, _ := s.LayerTOC(context.Background(), l.DiffID)
+	if len(toc.Entries) != 2 || toc.Entries[0].Name != "repo/" {
+		t.Fatalf("entries %+v, want repo/ and repo/README", toc.Entries)
+	}
+}
+
+// TestImportExtremeMetadata (issue 13 case 11): an mtime after year 9999 is accepted (clamped in
+// the TOC, which cannot carry it; exact in the tar-split), and an owner over 32 bits is stored
+// exactly, never truncated (checkout and mount refuse it: package merge).
+func TestImportExtremeMetadata(t *testing.T) {
+	late := time.Date(12000, 1, 2, 3, 4, 5, 0, time.UTC)
+	s := newStore(t)
+	l := importExport(t, s, makeTar(t, []tarEntry{
+		{hdr: tar.Header{Name: "late", ModTime: late}, data: "x"},
+		{hdr: tar.Header{Name: "owner", Uid: 1<<32 + 7, Gid: 1 << 40}, data: "y"},
+	}))
+	toc, _ := s.LayerTOC(context.Background(), l.DiffID)
+	if mt := toc.Entries[0].ModTime; mt == nil || mt.Year() != 9999 {
+		t.Fatalf("late mtime in the TOC: %v, want clamped to 9999", mt)
+	}
+	if e := toc.Entries[1]; e.UID != 1<<32+7 || e.GID != 1<<40 {
+		t.Fatalf("owner %d:%d, want %d:%d", e.UID, e.GID, 1<<32+7, 1<<40)
+	}
 }
