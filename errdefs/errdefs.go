@@ -17,6 +17,8 @@ var (
 	ErrUnsupported = errors.New("unsupported")
 	// ErrPermission: the operation needs privileges the process lacks.
 	ErrPermission = errors.New("permission denied")
+	// ErrInUse: the thing is in use (an image mounted or checked out) and was left alone.
+	ErrInUse = errors.New("in use")
 )
 
 // Exit codes of the kura binary. Scripts can rely on them.
@@ -28,6 +30,7 @@ const (
 	ExitInvalid     = 4 // hostile or malformed input
 	ExitVerify      = 5 // digest or size mismatch
 	ExitUnsupported = 6
+	ExitInUse       = 8  // an image in use was not removed
 	ExitPermission  = 77 // as sysexits EX_NOPERM
 )
 
@@ -46,6 +49,8 @@ func ExitCode(err error) int {
 		return ExitUnsupported
 	case errors.Is(err, ErrPermission):
 		return ExitPermission
+	case errors.Is(err, ErrInUse):
+		return ExitInUse
 	}
 	return ExitFailure
 }

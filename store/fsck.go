@@ -36,9 +36,12 @@ func (r FsckReport) Clean() bool { return len(r.Problems) == 0 }
 // missing things, stray files, and all temp files. A re-import or pull restores what was removed.
 func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 	var unlock func()
+	var x *Exclusive // only with repair: the deletes need it
 	var err error
 	if repair {
-		unlock, err = s.Lock(ctx)
+		if x, err = s.Lock(ctx); err == nil {
+			unlock = x.Unlock
+		}
 	} else {
 		unlock, err = s.RLock(ctx)
 	}
@@ -117,7 +120,7 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 		}
 		problem("layer %s: %v", l, err)
 		if repair {
-			fix(s.DeleteLayer(ctx, l))
+			fix(x.DeleteLayer(ctx, l))
 		}
 	}
 
@@ -136,7 +139,7 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 		}
 		problem("image %s: %v", id, err)
 		if repair {
-			fix(s.DeleteImage(ctx, id))
+			fix(x.DeleteImage(ctx, id))
 		}
 	}
 
@@ -166,7 +169,7 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 
 	// Temp files: leftovers of interrupted writes; only removable when nobody is writing.
 	if repair {
-		r.TempFiles, err = s.removeTemps()
+		r.TempFiles, err = x.removeTemps()
 		if err != nil {
 			return r, err
 		}
