@@ -106,15 +106,25 @@ func (s *Store) AddUse(ctx context.Context, u Use) (Use, error) {
 	var id [16]byte
 	rand.Read(id[:])
 	u.ID = hex.EncodeToString(id[:])
-	if err := os.MkdirAll(filepath.Join(s.root, dirUses), 0o700); err != nil {
+	err = os.MkdirAll(filepath.Join(s.root, dirUses), 0o700)
+	if err == nil {
+		err = s.writeUse(u)
+	}
+	if errors.Is(err, unix.EROFS) {
+		// Nothing can be removed from a store on a read-only file system, so there is nothing
+		// to protect: the use goes unrecorded (an empty ID), and UpdateUse and DropUse of it
+		// do nothing.
+		return Use{}, nil
+	}
+	if err != nil {
 		return Use{}, fmt.Errorf("recording a use: %w", err)
 	}
-	return u, s.writeUse(u)
+	return u, nil
 }
 
 // UpdateUse rewrites a use's record (a mount's ID once it is made), atomically.
 func (s *Store) UpdateUse(u Use) error {
-	if err := s.requireLock(); err != nil {
+	if err := s.requireLock(); err != nil || u.ID == "" {
 		return err
 	}
 	return s.writeUse(u)
@@ -136,6 +146,9 @@ func (s *Store) usePath(id string) string { return filepath.Join(s.root, dirUses
 // DropUse removes a use's record (an unmount, a released checkout, a failed mount). Dropping
 // needs no lock: it only lets gc free more, and gc reads the records under its exclusive lock.
 func (s *Store) DropUse(u Use) error {
+	if u.ID == "" {
+		return nil // never recorded
+	}
 	if err := os.Remove(s.usePath(u.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("dropping use record: %w", err)
 	}

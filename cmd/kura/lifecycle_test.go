@@ -158,6 +158,9 @@ func TestMountIsAUse(t *testing.T) {
 	if code != 0 {
 		kuraOK(t, root, "rmi", "--force", "img")
 	}
+	if out := kuraOK(t, root, "images"); !strings.Contains(out, "<none>") {
+		t.Errorf("kura images after rmi --force of an image in use:\n%s\nwant it listed as <none>", out)
+	}
 	kuraOK(t, root, "gc")
 	if got, err := os.ReadFile(filepath.Join(mnt, "data")); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("reading through the mount after rmi and gc: %v", err)

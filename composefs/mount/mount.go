@@ -326,7 +326,7 @@ func probeVerity(dirs []string) error {
 	if errno == unix.ENODATA {
 		why = "the objects have no fs-verity enabled"
 	}
-	return fmt.Errorf("--verity require: %s (measuring %s: %v); every read would fail with EIO: use --verity on or off: %w", why, obj, errno, errdefs.ErrUnsupported)
+	return fmt.Errorf("--verity require: %s (measuring %s: %v); every read would fail with EIO: mount with --verity off: %w", why, obj, errno, errdefs.ErrUnsupported)
 }
 
 // anyObject finds one regular file in the objects' fan-out directories.
