@@ -173,8 +173,12 @@ func (s *Store) Uses(ctx context.Context) ([]Use, error) {
 			continue // a stray file protects nothing
 		}
 		u, err := s.readUse(id)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // dropped meanwhile (an umount, another listing)
+		}
 		if err != nil {
-			return nil, err
+			// gc must not guess what an unreadable record protects: it stops, and says which.
+			return nil, fmt.Errorf("%w (remove %s if nothing uses it)", err, s.usePath(id))
 		}
 		if ok, err := u.live(); err != nil || ok {
 			live = append(live, u)

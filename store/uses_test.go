@@ -153,6 +153,18 @@ func TestUseLiveness(t *testing.T) {
 	if err := s.ReleaseCheckout(ctx, kept); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("second release: %v, want ErrNotFound", err)
 	}
+
+	// gc does not guess what an unreadable record protects.
+	bad := filepath.Join(s.Root(), "uses", "0123.json")
+	if err := os.WriteFile(bad, []byte("{not json"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GC(ctx); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("gc with an unreadable use record: %v, want an error naming it", err)
+	}
+	if _, err := s.Image(ctx, img.ID); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestExclusiveLock: the delete methods live on *Exclusive (a delete through *Store does not
