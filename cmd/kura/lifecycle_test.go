@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -384,6 +385,131 @@ func TestRmiRaceCLI(t *testing.T) {
 	}
 	if removed == 0 {
 		t.Fatal("rmi never removed the name: the race was not run")
+	}
+	kuraOK(t, root, "fsck")
+}
+
+// TestUsesSoak: ten composefs mounts and ten hardlink checkouts stay in use while imports (a
+// pull's writes: objects, layer, image, ref), rmi --force and gc run in loops; every file read
+// through them hashes right throughout, and fsck is clean after. KURA_SOAK sets the duration
+// (default 15s; the long form is 5m).
+func TestUsesSoak(t *testing.T) {
+	needRootCLI(t)
+	dur := 15 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("KURA_SOAK")); err == nil {
+		dur = d
+	}
+	root, scratch, _ := lifecycleStore(t)
+	const images = 3
+	tars := make([]string, images)
+	want := make([]map[string][]byte, images)
+	for i := range tars {
+		want[i] = map[string][]byte{}
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		rng := rand.New(rand.NewSource(int64(i)))
+		for f := 0; f < 20; f++ {
+			data := make([]byte, 100+rng.Intn(200<<10))
+			rng.Read(data)
+			if f < 5 {
+				copy(data, "shared by every image") // shared prefix only: still distinct objects
+			}
+			name := fmt.Sprintf("f%02d", f)
+			want[i][name] = data
+			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
+			tw.Write(data)
+		}
+		tw.Close()
+		tars[i] = filepath.Join(scratch, fmt.Sprintf("soak%d.tar", i))
+		if err := os.WriteFile(tars[i], buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		kuraOK(t, root, "import", tars[i], fmt.Sprintf("soak%d", i))
+	}
+	type use struct {
+		dir string
+		img int
+	}
+	var uses []use
+	for n := 0; n < 10; n++ {
+		mnt := mountTarget(t, scratch, fmt.Sprintf("mnt%d", n))
+		kuraOK(t, root, "mount", fmt.Sprintf("soak%d", n%images), mnt)
+		dir := filepath.Join(scratch, fmt.Sprintf("co%d", n))
+		kuraOK(t, root, "checkout", "--link", "hardlink", fmt.Sprintf("soak%d", n%images), dir)
+		uses = append(uses, use{mnt, n % images}, use{dir, n % images})
+	}
+	t.Cleanup(func() {
+		for _, u := range uses {
+			unix.Unmount(u.dir, unix.MNT_DETACH)
+		}
+	})
+
+	deadline := time.Now().Add(dur)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counts := map[string]int{}
+	loop := func(name string, args func(i int) []string, okCodes ...int) {
+		defer wg.Done()
+		for i := 0; time.Now().Before(deadline); i++ {
+			a := args(i)
+			_, errOut, code := kuraRun(t, root, a...)
+			ok := code == 0
+			for _, c := range okCodes {
+				ok = ok || code == c
+			}
+			if !ok {
+				t.Errorf("kura %s: exit %d: %s", strings.Join(a, " "), code, errOut)
+				return
+			}
+			mu.Lock()
+			counts[name]++
+			mu.Unlock()
+		}
+	}
+	wg.Add(4)
+	go loop("import", func(i int) []string { return []string{"import", tars[i%images], fmt.Sprintf("soak%d", i%images)} })
+	go loop("rmi", func(i int) []string { return []string{"rmi", "--force", fmt.Sprintf("soak%d", i%images)} }, errdefs.ExitNotFound)
+	go loop("gc", func(int) []string { return []string{"gc"} })
+	go func() { // the reader
+		defer wg.Done()
+		for time.Now().Before(deadline) {
+			for _, u := range uses {
+				for name, data := range want[u.img] {
+					got, err := os.ReadFile(filepath.Join(u.dir, name))
+					if err != nil || !bytes.Equal(got, data) {
+						t.Errorf("%s/%s: %v (content differs: %v)", u.dir, name, err, err == nil)
+						return
+					}
+				}
+			}
+			mu.Lock()
+			counts["reads"]++
+			mu.Unlock()
+		}
+	}()
+	wg.Wait()
+	t.Logf("%v: %v", dur, counts)
+	if counts["gc"] == 0 || counts["rmi"] == 0 || counts["import"] == 0 || counts["reads"] == 0 {
+		t.Fatalf("a loop never ran: %v", counts)
+	}
+	kuraOK(t, root, "fsck")
+	if got := psUses(t, root); len(got) != 20 {
+		t.Fatalf("kura ps lists %d uses, want 20", len(got))
+	}
+	for _, u := range uses {
+		if strings.Contains(filepath.Base(u.dir), "mnt") {
+			kuraOK(t, root, "umount", u.dir)
+		} else if err := os.RemoveAll(u.dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < images; i++ {
+		kuraRun(t, root, "rmi", fmt.Sprintf("soak%d", i))
+	}
+	kuraOK(t, root, "rmi", "img")
+	kuraOK(t, root, "gc")
+	if out := kuraOK(t, root, "images"); strings.Count(out, "\n") != 1 {
+		t.Fatalf("images left after every use ended and every name was removed:\n%s", out)
 	}
 	kuraOK(t, root, "fsck")
 }
