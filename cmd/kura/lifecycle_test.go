@@ -513,3 +513,50 @@ func TestUsesSoak(t *testing.T) {
 	}
 	kuraOK(t, root, "fsck")
 }
+
+// TestMountInOtherNamespace: a mount made in another mount namespace is checked there, through
+// a process still in it: live while the namespace lives (this namespace's mountinfo does not
+// show it), gone once its last process exits.
+func TestMountInOtherNamespace(t *testing.T) {
+	needRootCLI(t)
+	root, scratch, _ := lifecycleStore(t)
+	mnt := mountTarget(t, scratch, "mnt")
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		`"$0" --root "$1" mount img "$2" >/dev/null && echo mounted && { read x; true; }`, lifecycleKura(t), root, mnt)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 8)
+	if n, _ := stdout.Read(line); string(line[:n]) != "mounted\n" {
+		stdin.Close()
+		cmd.Wait()
+		t.Fatalf("mount in a new namespace: %q\n%s", line[:n], stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "data")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the other namespace's mount is visible here: %v", err)
+	}
+	uses := psUses(t, root)
+	if _, errOut, code := kuraRun(t, root, "rmi", "img"); code != errdefs.ExitInUse {
+		t.Errorf("rmi of an image mounted in another namespace: exit %d, %s", code, errOut)
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if len(uses) != 1 || uses[0].Kind != store.UseMount {
+		t.Fatalf("kura ps while the other namespace lives: %+v, want its mount", uses)
+	}
+	if got := psUses(t, root); len(got) != 0 {
+		t.Fatalf("kura ps after the namespace ended: %+v", got)
+	}
+}

@@ -237,7 +237,9 @@ func runRmi(cmd *cobra.Command, args []string, force bool) error {
 			continue
 		}
 		out := cmd.OutOrStdout()
-		fmt.Fprintf(out, "untagged %s\n", a)
+		for _, n := range r.Untagged {
+			fmt.Fprintf(out, "untagged %s\n", n)
+		}
 		switch {
 		case r.Deleted:
 			fmt.Fprintf(out, "deleted %s\n", r.Image)
