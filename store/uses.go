@@ -46,8 +46,9 @@ type Use struct {
 	Image   digest.Digest `json:"image"`
 	Target  string        `json:"target"` // absolute, symlinks resolved
 	Created time.Time     `json:"created"`
-	// The writer (kura mount or checkout): while it runs, the record is live whatever its target
-	// shows, so a record written before its mount exists is never dropped as stale.
+	// The writer (kura mount or checkout): while it runs, a mount record without a MountID is
+	// live whatever its target shows, so a record written before its mount exists is never
+	// dropped as stale.
 	PID      int    `json:"pid"`
 	PIDStart uint64 `json:"pidStart"`
 	// BootID is the kernel's boot ID: after a reboot no mount of before is left.
@@ -236,9 +237,6 @@ func (u Use) live() (bool, error) {
 	if u.BootID != bootID() {
 		return false, nil
 	}
-	if start, err := processStart(u.PID); err == nil && start == u.PIDStart {
-		return true, nil // its writer is still at work
-	}
 	switch u.Kind {
 	case UseCheckout:
 		dev, ino, btime, err := dirIdentity(u.Target)
@@ -247,6 +245,9 @@ func (u Use) live() (bool, error) {
 		}
 		return err == nil && dev == u.Dev && ino == u.Ino && btime == u.Btime, err
 	case UseMount:
+		if start, err := processStart(u.PID); u.MountID == 0 && err == nil && start == u.PIDStart {
+			return true, nil // its writer is still making the mount
+		}
 		entries, err := mountsIn(u.MountNS)
 		if err != nil || entries == nil {
 			return err != nil, err
