@@ -27,8 +27,8 @@ type reach struct {
 	objects map[digest.Digest]bool
 }
 
-// roots are the images gc keeps: those refs name and those a live mount or checkout uses. The
-// error names the ref or use of an image that is missing.
+// roots are the images gc keeps: those refs name and those a live mount or checkout uses, each
+// with what holds it (for messages).
 func (x *Exclusive) roots(ctx context.Context) (map[digest.Digest]string, error) {
 	refs, err := x.Refs(ctx)
 	if err != nil {
