@@ -74,8 +74,10 @@ type Stats struct {
 }
 
 // Checkout materialises img into dir, which must be empty or absent. It holds the store's
-// shared lock while it runs.
-func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, opts Options) (Stats, error) {
+// shared lock while it runs, and records the checkout as a use of img (store.Use): gc keeps the
+// image and rmi refuses it while dir exists (or until store.ReleaseCheckout). A failed checkout
+// drops its record.
+func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, opts Options) (_ Stats, err error) {
 	if opts.Link == "" {
 		opts.Link = LinkAuto
 	}
@@ -105,6 +107,15 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 		return Stats{}, fmt.Errorf("checkout: opening %s: %w", dir, err)
 	}
 	defer unix.Close(rootfd)
+	use, err := s.AddUse(ctx, store.Use{Kind: store.UseCheckout, Image: img.ID, Target: dir})
+	if err != nil {
+		return Stats{}, fmt.Errorf("checkout: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			s.DropUse(use)
+		}
+	}()
 	c := &checkout{ctx: ctx, s: s, root: rootfd, opts: opts, dirs: map[string]chunked.Entry{}, parents: map[string]int{}, inodes: map[*merge.Inode]string{}}
 	defer c.dropParents()
 	c.reflink = opts.Link == LinkAuto || opts.Link == LinkReflink

@@ -22,6 +22,8 @@ var (
 	// ErrInvalid or ErrDigestMismatch: hostile input fails, it does not fall back. It escapes to
 	// the CLI only if a bug lets it, as "unsupported".
 	ErrNeedFull = errors.New("the layer must be pulled whole")
+	// ErrInUse: the thing is in use (an image mounted or checked out) and was left alone.
+	ErrInUse = errors.New("in use")
 )
 
 // Exit codes of the kura binary. Scripts can rely on them.
@@ -33,6 +35,7 @@ const (
 	ExitInvalid     = 4 // hostile or malformed input
 	ExitVerify      = 5 // digest or size mismatch
 	ExitUnsupported = 6
+	ExitInUse       = 8  // an image in use was not removed
 	ExitPermission  = 77 // as sysexits EX_NOPERM
 )
 
@@ -51,6 +54,8 @@ func ExitCode(err error) int {
 		return ExitUnsupported
 	case errors.Is(err, ErrPermission):
 		return ExitPermission
+	case errors.Is(err, ErrInUse):
+		return ExitInUse
 	}
 	return ExitFailure
 }

@@ -68,9 +68,12 @@ func (s *Store) Fsck(ctx context.Context, repair bool) (FsckReport, error) {
 // nothing; with Repair it takes the exclusive lock (see FsckOptions).
 func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, error) {
 	var unlock func()
+	var x *Exclusive // only with repair: removals need the exclusive lock
 	var err error
 	if opts.Repair {
-		unlock, err = s.Lock(ctx)
+		if x, err = s.Lock(ctx); err == nil {
+			unlock = x.Unlock
+		}
 	} else {
 		unlock, err = s.RLock(ctx)
 	}
@@ -78,7 +81,7 @@ func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, err
 		return FsckReport{}, err
 	}
 	defer unlock()
-	f := &fsck{s: s, opts: opts}
+	f := &fsck{s: s, x: x, opts: opts}
 	for _, step := range []func(context.Context) error{f.objects, f.variants, f.records, f.temps} {
 		if err := step(ctx); err != nil {
 			return f.r, err
@@ -90,6 +93,7 @@ func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, err
 // fsck is one run's state.
 type fsck struct {
 	s    *Store
+	x    *Exclusive // nil unless repairing
 	opts FsckOptions
 	// mu guards r: the directory walk and the hashers' reports run on different goroutines.
 	mu sync.Mutex
@@ -517,7 +521,7 @@ func sortedKeys[K ~string, V any](m map[K]V) []K {
 func (f *fsck) temps(context.Context) error {
 	var err error
 	if f.opts.Repair {
-		f.r.TempFiles, err = f.s.removeTemps()
+		f.r.TempFiles, err = f.x.removeTemps()
 	} else {
 		f.r.TempFiles, err = f.s.TempFiles()
 	}

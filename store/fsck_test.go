@@ -77,11 +77,11 @@ func recordSource(t *testing.T, s *store.Store, id digest.Digest, src string) {
 	ctx := context.Background()
 	m, _ := s.ImageManifest(ctx, id)
 	c, _ := s.ImageConfig(ctx, id)
-	unlock, err := s.Lock(ctx)
+	x, err := s.Lock(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unlock()
+	defer x.Unlock()
 	dir := filepath.Join(s.Root(), "images", id.Encoded())
 	os.Chmod(dir, 0o700)
 	if err := os.RemoveAll(dir); err != nil {

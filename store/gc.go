@@ -20,23 +20,52 @@ type GCResult struct {
 	BytesFreed int64
 }
 
-// reach is the mark phase: everything reachable from refs.
+// reach is the mark phase: everything reachable from refs and live uses.
 type reach struct {
 	images  map[digest.Digest]Image
 	layers  map[digest.Digest]bool
 	objects map[digest.Digest]bool
 }
 
-func (s *Store) mark(ctx context.Context) (*reach, error) {
-	r := &reach{images: map[digest.Digest]Image{}, layers: map[digest.Digest]bool{}, objects: map[digest.Digest]bool{}}
-	refs, err := s.Refs(ctx)
+// roots are the images gc keeps: those refs name and those a live mount or checkout uses, each
+// with what holds it (for messages).
+func (x *Exclusive) roots(ctx context.Context) (map[digest.Digest]string, error) {
+	refs, err := x.Refs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}
+	uses, err := x.Uses(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	roots := map[digest.Digest]string{}
 	for name, id := range refs {
+		roots[id] = "ref " + name
+	}
+	for _, u := range uses {
+		if _, ok := roots[u.Image]; ok {
+			continue
+		}
+		// A use of an image already gone (damage) keeps nothing; its record stays until its
+		// target goes.
+		if _, err := x.Image(ctx, u.Image); err == nil {
+			roots[u.Image] = fmt.Sprintf("%s at %s", u.Kind, u.Target)
+		}
+	}
+	return roots, nil
+}
+
+func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
+	r := &reach{images: map[digest.Digest]Image{}, layers: map[digest.Digest]bool{}, objects: map[digest.Digest]bool{}}
+	roots, err := x.roots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := x.Store
+	for id, by := range roots {
 		img, err := s.Image(ctx, id)
 		if err != nil {
-			return nil, fmt.Errorf("gc: ref %s: %w (run fsck)", name, err)
+			return nil, fmt.Errorf("gc: %s: %w (run fsck)", by, err)
 		}
 		r.images[id] = img
 		for _, l := range img.Layers {
@@ -60,50 +89,59 @@ func (s *Store) mark(ctx context.Context) (*reach, error) {
 	return r, nil
 }
 
-// GC removes every image, layer and object not reachable from a ref, all temp files, and
-// hardlink-checkout variants no checkout uses any more. It takes the exclusive lock, so it waits
-// for running imports and pulls, and they wait for it. Sweeping runs in reverse write order
-// (images, then layers, then objects) so a crash mid-gc leaves a consistent store.
+// GC removes every image that no ref names and no live mount or checkout uses (see Uses), the
+// layers and objects only such images need, all temp files, and hardlink-checkout variants no
+// checkout uses any more. It takes the exclusive lock, so it waits for running imports and pulls,
+// and they wait for it. Sweeping runs in reverse write order (images, then layers, then objects)
+// so a crash mid-gc leaves a consistent store.
 func (s *Store) GC(ctx context.Context) (GCResult, error) {
-	unlock, err := s.Lock(ctx)
+	x, err := s.Lock(ctx)
 	if err != nil {
 		return GCResult{}, err
 	}
-	defer unlock()
+	defer x.Unlock()
+	return x.GC(ctx)
+}
+
+// GC is Store.GC for a caller that holds the exclusive lock already.
+func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
+	if err := x.check(); err != nil {
+		return GCResult{}, err
+	}
 	var res GCResult
-	r, err := s.mark(ctx)
+	r, err := x.mark(ctx)
 	if err != nil {
 		return res, err
 	}
-	images, err := s.Images(ctx)
+	images, err := x.Images(ctx)
 	if err != nil {
 		return res, err
 	}
 	for _, id := range images {
 		if _, ok := r.images[id]; !ok {
-			if err := s.DeleteImage(ctx, id); err != nil {
+			if err := x.DeleteImage(ctx, id); err != nil {
 				return res, err
 			}
 			res.Images++
 		}
 	}
-	if res.Composefs, err = s.sweepComposefs(r); err != nil {
+	if res.Composefs, err = x.sweepComposefs(r); err != nil {
 		return res, err
 	}
-	layers, err := s.Layers(ctx)
+	layers, err := x.Layers(ctx)
 	if err != nil {
 		return res, err
 	}
 	for _, l := range layers {
 		if !r.layers[l] {
-			if err := s.DeleteLayer(ctx, l); err != nil {
+			if err := x.DeleteLayer(ctx, l); err != nil {
 				return res, err
 			}
 			res.Layers++
 		}
 	}
 	var dead []Info
-	if err := s.Walk(ctx, func(i Info) error {
+	if err := x.Walk(ctx, func(i Info) error {
 		if !r.objects[i.Digest] {
 			dead = append(dead, i)
 		}
@@ -112,18 +150,18 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 		return res, err
 	}
 	for _, i := range dead {
-		if err := s.Delete(ctx, i.Digest); err != nil {
+		if err := x.Delete(ctx, i.Digest); err != nil {
 			return res, err
 		}
 		res.Objects++
 		res.BytesFreed += i.Size
 	}
-	n, err := s.removeTemps()
+	n, err := x.removeTemps()
 	if err != nil {
 		return res, err
 	}
 	res.TempFiles = n
-	v, freed, err := s.sweepVariants()
+	v, freed, err := x.sweepVariants()
 	res.Variants, res.BytesFreed = v, res.BytesFreed+freed
 	if err != nil {
 		return res, err
@@ -133,8 +171,8 @@ func (s *Store) GC(ctx context.Context) (GCResult, error) {
 
 // sweepComposefs removes cached composefs images of images that are gone, and anything else in
 // the cache directory.
-func (s *Store) sweepComposefs(r *reach) (int, error) {
-	dir := filepath.Join(s.root, dirCompose)
+func (x *Exclusive) sweepComposefs(r *reach) (int, error) {
+	dir := filepath.Join(x.root, dirCompose)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, err
@@ -157,12 +195,15 @@ func (s *Store) sweepComposefs(r *reach) (int, error) {
 // directories (tmp/o-N), which an ingest of this process may expect. Only under the exclusive
 // lock: then no ingest is running and every temp file is a leftover of a crash. It returns how
 // many files it removed.
-func (s *Store) removeTemps() (int, error) {
-	n, err := s.TempFiles()
+func (x *Exclusive) removeTemps() (int, error) {
+	if err := x.check(); err != nil {
+		return 0, err
+	}
+	n, err := x.TempFiles()
 	if err != nil {
 		return 0, err
 	}
-	dir := filepath.Join(s.root, dirTmp)
+	dir := filepath.Join(x.root, dirTmp)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0, err
@@ -197,8 +238,8 @@ func removeContents(dir string) error {
 }
 
 // sweepVariants removes checkout variants whose only link is the store's own.
-func (s *Store) sweepVariants() (int, int64, error) {
-	dir := filepath.Join(s.root, dirVariants)
+func (x *Exclusive) sweepVariants() (int, int64, error) {
+	dir := filepath.Join(x.root, dirVariants)
 	var n int
 	var freed int64
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {

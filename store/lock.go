@@ -17,13 +17,58 @@ import (
 func (s *Store) RLock(ctx context.Context) (func(), error) { return s.lock(ctx, unix.LOCK_SH) }
 
 // Lock takes the store's exclusive lock (gc, fsck --repair): it waits for every holder of the
-// shared lock to finish.
-func (s *Store) Lock(ctx context.Context) (func(), error) {
+// shared lock to finish. Only the returned *Exclusive can delete objects, layers and images, so a
+// delete under the shared lock does not compile: a pull holding the shared lock can never find
+// the image it is naming removed under it.
+func (s *Store) Lock(ctx context.Context) (*Exclusive, error) {
 	if s.held.Load() > 0 {
 		// Waiting for every shared holder would include ourselves.
 		return nil, errors.New("store: exclusive lock requested through a handle that holds a lock (would deadlock)")
 	}
-	return s.lock(ctx, unix.LOCK_EX)
+	unlock, err := s.lock(ctx, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	return &Exclusive{Store: s, unlock: unlock}, nil
+}
+
+// TryLock takes the exclusive lock if nobody holds the store's lock now; it returns nil (and no
+// error) when someone does. rmi uses it to drop unnamed image records at once when it can.
+func (s *Store) TryLock(ctx context.Context) (*Exclusive, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// lock tries once before it looks at the context: a cancelled one makes it not wait.
+	now, cancel := context.WithCancel(ctx)
+	cancel()
+	x, err := s.Lock(now)
+	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return nil, nil
+	}
+	return x, err
+}
+
+// Exclusive is the store under its exclusive lock: no import, pull, checkout or mount is between
+// its first write and its ref or use record. It has the store's methods and, alone, the ones
+// that delete. Call Unlock when done; it is an error to use it after.
+type Exclusive struct {
+	*Store
+	unlock   func()
+	released bool
+}
+
+// Unlock releases the exclusive lock. Calling it again does nothing.
+func (x *Exclusive) Unlock() {
+	x.released = true
+	x.unlock()
+}
+
+// check guards the delete methods against use after Unlock.
+func (x *Exclusive) check() error {
+	if x == nil || x.released {
+		return errors.New("store: delete without the exclusive lock (it was released)")
+	}
+	return nil
 }
 
 // lock opens the lock file anew for every lock: flock locks belong to the open file description,

@@ -509,19 +509,19 @@ func (s *Store) Layers(ctx context.Context) ([]digest.Digest, error) {
 	return listDigests(filepath.Join(s.root, dirLayers))
 }
 
-// DeleteLayer removes a layer record; objects stay until gc. Needs the exclusive lock.
-func (s *Store) DeleteLayer(ctx context.Context, diffID digest.Digest) error {
-	if err := s.requireLock(); err != nil {
+// DeleteLayer removes a layer record; objects stay until gc.
+func (x *Exclusive) DeleteLayer(ctx context.Context, diffID digest.Digest) error {
+	if err := x.check(); err != nil {
 		return err
 	}
-	dir, err := s.layerDir(diffID)
+	dir, err := x.layerDir(diffID)
 	if err != nil {
 		return err
 	}
-	if err := s.removeDir(dir); err != nil {
+	if err := x.removeDir(dir); err != nil {
 		return fmt.Errorf("deleting layer %s: %w", diffID, err)
 	}
-	s.invalidateChunks()
+	x.invalidateChunks()
 	return nil
 }
 
@@ -661,16 +661,17 @@ func (s *Store) Images(ctx context.Context) ([]digest.Digest, error) {
 	return listDigests(filepath.Join(s.root, dirImages))
 }
 
-// DeleteImage removes an image record; its layers and objects stay until gc.
-func (s *Store) DeleteImage(ctx context.Context, id digest.Digest) error {
-	if err := s.requireLock(); err != nil {
+// DeleteImage removes an image record; its layers and objects stay until gc. A ref may name it
+// (fsck reports that): callers check refs first, which the exclusive lock keeps unchanged.
+func (x *Exclusive) DeleteImage(ctx context.Context, id digest.Digest) error {
+	if err := x.check(); err != nil {
 		return err
 	}
-	dir, err := s.imageDir(id)
+	dir, err := x.imageDir(id)
 	if err != nil {
 		return err
 	}
-	if err := s.removeDir(dir); err != nil {
+	if err := x.removeDir(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("image %s: %w", id, errdefs.ErrNotFound)
 		}
@@ -753,7 +754,8 @@ func (s *Store) Refs(ctx context.Context) (map[string]digest.Digest, error) {
 	return out, nil
 }
 
-// DeleteRef removes a ref; the image stays until gc.
+// DeleteRef removes a ref; the image stays until gc. It needs only the shared lock: a ref is
+// the last thing written and nothing depends on it.
 func (s *Store) DeleteRef(ctx context.Context, name string) error {
 	if err := s.requireLock(); err != nil {
 		return err

@@ -81,13 +81,13 @@ type ChunkFinder interface {
 	FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error)
 }
 
-// Manager lists and removes objects.
+// Manager lists and removes objects; *Exclusive implements it (removal needs the exclusive lock).
 type Manager interface {
 	Walk(ctx context.Context, fn func(Info) error) error
 	Delete(ctx context.Context, d digest.Digest) error
 }
 
-// ObjectStore is the full object role set; *Store implements it.
+// ObjectStore is the full object role set; *Exclusive implements it.
 type ObjectStore interface {
 	Provider
 	Ingester
@@ -292,13 +292,13 @@ func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
 	return nil
 }
 
-// Delete implements Manager. Callers must hold the exclusive lock: a concurrent import may be
-// about to reference the object.
-func (s *Store) Delete(ctx context.Context, d digest.Digest) error {
-	if err := s.requireLock(); err != nil {
+// Delete implements Manager. Only under the exclusive lock: a concurrent import may be about to
+// reference the object.
+func (x *Exclusive) Delete(ctx context.Context, d digest.Digest) error {
+	if err := x.check(); err != nil {
 		return err
 	}
-	p, err := s.ObjectPath(d)
+	p, err := x.ObjectPath(d)
 	if err != nil {
 		return err
 	}

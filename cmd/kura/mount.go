@@ -1,76 +1,129 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/store"
 )
 
 func init() {
 	var verity, upper, work string
+	var suid, dev bool
 	mountCmd := &cobra.Command{
 		Use:   "mount IMAGE TARGET",
 		Short: "Mount an image read-only (or with --upper, writable) with composefs",
 		Long: `Mount an image with composefs: an EROFS image holds the merged metadata of all layers, and
 overlayfs reads file contents from the store's objects as a data-only layer, so mounts of many
 images share one copy of each file on disk and in the page cache. The EROFS image is built once
-per image and cached in the store. Needs root; without it, use kura checkout.`,
+per image and cached in the store. Needs root; without it, use kura checkout.
+
+The mount is nosuid and nodev, as podman mounts image content; --suid and --dev turn that off.
+The store records the mount (kura ps): rmi refuses and gc keeps the image until kura umount.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (upper == "") != (work == "") {
 				return usageError{fmt.Errorf("--upper and --work go together")}
 			}
-			ctx := cmd.Context()
-			s, err := openStore()
-			if err != nil {
-				return err
-			}
-			unlock, err := s.RLock(ctx)
-			if err != nil {
-				return err
-			}
-			defer unlock()
-			img, err := s.ResolveImage(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			cfs, done, err := composefsImage(ctx, s, img)
-			if err != nil {
-				return err
-			}
-			defer done()
 			opts := []mount.Option{mount.WithVerity(mount.Verity(verity))}
 			if upper != "" {
 				opts = append(opts, mount.WithUpper(upper, work))
 			}
-			plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, args[1], opts...)
-			if err != nil {
-				return err
+			if suid {
+				opts = append(opts, mount.WithSuid())
 			}
-			if err := mount.Mount(ctx, plan); err != nil {
-				return err
+			if dev {
+				opts = append(opts, mount.WithDev())
 			}
-			if global.json {
-				return printJSON(cmd.OutOrStdout(), plan)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s mounted at %s\n", img.ID, args[1])
-			return nil
+			return runMount(cmd, args[0], args[1], opts)
 		},
 	}
 	mountCmd.Flags().StringVar(&verity, "verity", "off", "fs-verity policy for objects: require, on or off")
 	mountCmd.Flags().StringVar(&upper, "upper", "", "upper directory for a writable mount (with --work)")
 	mountCmd.Flags().StringVar(&work, "work", "", "overlayfs work directory on the same filesystem as --upper")
+	mountCmd.Flags().BoolVar(&suid, "suid", false, "let setuid and setgid bits of the image take effect (default nosuid)")
+	mountCmd.Flags().BoolVar(&dev, "dev", false, "let device nodes of the image be opened (default nodev)")
 
 	umountCmd := &cobra.Command{
 		Use:   "umount TARGET",
-		Short: "Unmount an image mounted with kura mount",
+		Short: "Unmount an image mounted with kura mount (and only such a mount)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return mount.Unmount(args[0])
+			if err := mount.Unmount(args[0]); err != nil {
+				return err
+			}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			_, err = s.Uses(cmd.Context()) // drops the record of the mount just gone
+			return err
 		},
 	}
 	rootCmd.AddCommand(mountCmd, umountCmd)
+}
+
+// runMount mounts under the shared lock, with the use recorded before the mount is made (so a
+// crash in between leaves a record that is found stale, never a mount gc does not know about)
+// and completed with the mount's ID after.
+func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (err error) {
+	ctx := cmd.Context()
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	img, err := s.ResolveImage(ctx, image)
+	if err != nil {
+		return err
+	}
+	cfs, done, err := composefsImage(ctx, s, img)
+	if err != nil {
+		return err
+	}
+	defer done()
+	plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, target, opts...)
+	if err != nil {
+		return err
+	}
+	use, err := s.AddUse(ctx, store.Use{Kind: store.UseMount, Image: img.ID, Target: target, FSType: mount.FSType, Source: mount.Source})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.DropUse(use)
+		}
+	}()
+	if err := mount.Mount(ctx, plan); err != nil {
+		return err
+	}
+	if err := recordMountID(s, use); err != nil {
+		return errors.Join(err, mount.Unmount(use.Target))
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), plan)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%s mounted at %s\n", img.ID, target)
+	return nil
+}
+
+func recordMountID(s *store.Store, use store.Use) error {
+	e, ok, err := mount.Find(use.Target)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("the mount at %s is not in mountinfo", use.Target)
+	}
+	use.MountID = e.ID
+	return s.UpdateUse(use)
 }

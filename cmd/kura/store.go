@@ -44,23 +44,42 @@ func init() {
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runImages(cmd) },
 	}
 
+	var force bool
 	rmiCmd := &cobra.Command{
 		Use:   "rmi NAME|ID...",
 		Short: "Remove image names (and images left without a name); gc frees the space",
-		Args:  cobra.MinimumNArgs(1),
-		RunE:  func(cmd *cobra.Command, args []string) error { return runRmi(cmd, args) },
+		Long: `Remove image names: a NAME removes that name, an ID every name of the image. An image left
+without a name is dropped at once when no other kura process holds the store, else it shows as <none>
+until kura gc. Removing the last name of an image that a mount or checkout uses (kura ps) fails
+unless --force; with --force the names go and the content stays until the last use ends.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runRmi(cmd, args, force) },
 	}
+	rmiCmd.Flags().BoolVarP(&force, "force", "f", false, "remove the names of an image in use (its content stays until the use ends)")
 
 	var link string
-	var skipDevices bool
+	var skipDevices, release bool
 	checkoutCmd := &cobra.Command{
-		Use:   "checkout IMAGE DIR",
+		Use:   "checkout IMAGE DIR | checkout --release DIR",
 		Short: "Materialise an image's root filesystem in DIR",
-		Args:  exactArgs(2),
+		Long: `Materialise an image's root filesystem in DIR (empty or absent). The store records the checkout
+(kura ps) so that rmi refuses and gc keeps the image while DIR exists; removing DIR ends the use,
+and --release DIR ends it while keeping the tree.`,
+		Args: rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if release {
+				if len(args) != 1 {
+					return usageError{fmt.Errorf("checkout --release takes only DIR")}
+				}
+				return runRelease(cmd, args[0])
+			}
+			if len(args) != 2 {
+				return usageError{fmt.Errorf("checkout needs IMAGE and DIR")}
+			}
 			return runCheckout(cmd, args[0], args[1], link, skipDevices)
 		},
 	}
+	checkoutCmd.Flags().BoolVar(&release, "release", false, "forget the checkout in DIR (the tree stays; gc may then free the image)")
 	checkoutCmd.Flags().StringVar(&link, "link", "auto", "how files get their content: auto|hardlink|reflink|copy "+
 		"(hardlink: files share inodes with the store's copies and other hardlink checkouts: for read-only use, "+
 		"e.g. as an overlay lower directory; a copy written through a checkout is replaced before the next checkout links it)")
@@ -82,7 +101,14 @@ func init() {
 
 	fsckCmd := newFsckCmd() // fsck.go
 
-	rootCmd.AddCommand(importCmd, imagesCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd)
+	psCmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List the mounts and checkouts that use images (gc keeps their images)",
+		Args:  exactArgs(0),
+		RunE:  func(cmd *cobra.Command, _ []string) error { return runPs(cmd) },
+	}
+
+	rootCmd.AddCommand(importCmd, imagesCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
 }
 
 func openStore() (*store.Store, error) {
@@ -192,54 +218,29 @@ func runImages(cmd *cobra.Command) error {
 	return tw.Flush()
 }
 
-func runRmi(cmd *cobra.Command, args []string) error {
+func runRmi(cmd *cobra.Command, args []string, force bool) error {
 	ctx := cmd.Context()
 	s, err := openStore()
 	if err != nil {
 		return err
 	}
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	refs, err := s.Refs(ctx)
-	if err != nil {
-		return err
-	}
 	var errs []error
 	for _, a := range args {
-		img, err := s.ResolveImage(ctx, a)
+		r, err := s.RemoveImage(ctx, a, force)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		// A name removes that name; an ID removes every name of the image.
-		if _, isRef := refs[a]; isRef {
-			if err := s.DeleteRef(ctx, a); err != nil {
-				errs = append(errs, err)
-			}
-			delete(refs, a)
-		} else {
-			for n, id := range refs {
-				if id == img.ID {
-					if err := s.DeleteRef(ctx, n); err != nil {
-						errs = append(errs, err)
-					}
-					delete(refs, n)
-				}
-			}
+		out := cmd.OutOrStdout()
+		for _, n := range r.Untagged {
+			fmt.Fprintf(out, "untagged %s\n", n)
 		}
-		still := false
-		for _, id := range refs {
-			still = still || id == img.ID
+		switch {
+		case r.Deleted:
+			fmt.Fprintf(out, "deleted %s\n", r.Image)
+		case len(r.InUse) > 0:
+			fmt.Fprintf(out, "kept %s for %d mount(s) or checkout(s) in use; gc frees it after them\n", r.Image, len(r.InUse))
 		}
-		if !still {
-			if err := s.DeleteImage(ctx, img.ID); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-				errs = append(errs, err)
-			}
-		}
-		fmt.Fprintf(cmd.OutOrStdout(), "untagged %s\n", a)
 	}
 	return errors.Join(errs...)
 }
@@ -267,6 +268,54 @@ func runCheckout(cmd *cobra.Command, image, dir, link string, skipDevices bool) 
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: %d files (%d reflinked, %d copied, %d hardlinked), %d dirs, %d symlinks\n",
 		dir, st.Files, st.Reflinked, st.Copied, st.Linked, st.Dirs, st.Symlinks)
 	return nil
+}
+
+func runRelease(cmd *cobra.Command, dir string) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	if err := s.ReleaseCheckout(cmd.Context(), dir); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", dir)
+	return nil
+}
+
+// runPs lists live uses; listing drops the records of uses that are gone.
+func runPs(cmd *cobra.Command) error {
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	uses, err := s.Uses(cmd.Context())
+	if err != nil {
+		return err
+	}
+	sort.Slice(uses, func(i, j int) bool { return uses[i].Target < uses[j].Target })
+	if global.json {
+		if uses == nil {
+			uses = []store.Use{}
+		}
+		return printJSON(cmd.OutOrStdout(), uses)
+	}
+	names := map[digest.Digest][]string{}
+	if refs, err := s.Refs(cmd.Context()); err == nil {
+		for n, id := range refs {
+			names[id] = append(names[id], n)
+		}
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KIND\tIMAGE\tID\tTARGET\tCREATED")
+	for _, u := range uses {
+		name := "<none>"
+		if n := names[u.Image]; len(n) > 0 {
+			sort.Strings(n)
+			name = strings.Join(n, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Kind, name, u.Image.Encoded()[:12], u.Target, u.Created.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
 }
 
 func runDf(cmd *cobra.Command) error {

@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/mountinfo"
 )
 
 // Verity is the overlayfs verity policy for objects.
@@ -28,8 +31,15 @@ const (
 	VerityRequire Verity = "require"
 )
 
+// Source and FSType are what mountinfo shows for a composefs mount: they tell Kura's mounts
+// from others (Unmount, stacking) and let the store recognise a recorded mount.
+const (
+	Source = "composefs"
+	FSType = "overlay"
+)
+
 // overlaySource is what /proc/mounts shows as the overlay's source.
-const overlaySource = "composefs"
+const overlaySource = Source
 
 // Param is one fsconfig(2) parameter; an empty Value is a flag.
 type Param struct {
@@ -49,6 +59,10 @@ type Plan struct {
 	Verity Verity
 	// UpperDir and WorkDir, when set, make the mount writable.
 	UpperDir, WorkDir string
+	// Suid and Dev keep setuid/setgid bits and device nodes working through the mount. By
+	// default the mount is nosuid and nodev, as podman mounts image content: an image's setuid
+	// binary must not give a local user root, nor its device node raw access to a disk.
+	Suid, Dev bool
 	// ImageMountDir is where the EROFS image is mounted before the overlay takes it as a lower
 	// layer; it is detached right after. Empty means a fresh temporary directory.
 	ImageMountDir string
@@ -67,6 +81,12 @@ func WithVerity(v Verity) Option { return func(p *Plan) { p.Verity = v } }
 func WithUpper(upper, work string) Option {
 	return func(p *Plan) { p.UpperDir, p.WorkDir = upper, work }
 }
+
+// WithSuid lets setuid and setgid bits take effect (mount(8)'s suid).
+func WithSuid() Option { return func(p *Plan) { p.Suid = true } }
+
+// WithDev lets device nodes be opened (mount(8)'s dev).
+func WithDev() Option { return func(p *Plan) { p.Dev = true } }
 
 // WithImageMountDir mounts the EROFS image at dir instead of a temporary directory.
 func WithImageMountDir(dir string) Option { return func(p *Plan) { p.ImageMountDir = dir } }
@@ -115,6 +135,20 @@ func readInfo(image string) (composefs.ImageInfo, error) {
 		return info, fmt.Errorf("%s: %w", image, err)
 	}
 	return info, nil
+}
+
+// attrs are the MOUNT_ATTR_* flags of the overlay, and flags the same as MS_* for mount(2).
+func (p *Plan) attrs() (attrs uint64, flags uintptr) {
+	if p.ReadOnly() {
+		attrs, flags = attrs|unix.MOUNT_ATTR_RDONLY, flags|unix.MS_RDONLY
+	}
+	if !p.Suid {
+		attrs, flags = attrs|unix.MOUNT_ATTR_NOSUID, flags|unix.MS_NOSUID
+	}
+	if !p.Dev {
+		attrs, flags = attrs|unix.MOUNT_ATTR_NODEV, flags|unix.MS_NODEV
+	}
+	return attrs, flags
 }
 
 // ReadOnly reports whether the overlay is mounted read-only (it is unless it has an upper dir).
@@ -176,6 +210,20 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("mounting %s at %s: %s: %w", p.Image, p.Target, permissionHint, errdefs.ErrPermission)
 	}
+	target, err := canonical(p.Target)
+	if err != nil {
+		return fmt.Errorf("mounting at %s: %w", p.Target, err)
+	}
+	if e, ok, err := Find(target); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%s is a composefs mount already (mount ID %d): kura umount it first; mounts are not stacked: %w", p.Target, e.ID, errdefs.ErrAlreadyExists)
+	}
+	if p.Verity == VerityRequire {
+		if err := probeVerity(p.ObjectDirs); err != nil {
+			return err
+		}
+	}
 	staging := p.ImageMountDir
 	if staging == "" {
 		if staging, err = os.MkdirTemp("", ".composefs-"); err != nil {
@@ -207,22 +255,107 @@ func wrapMountErr(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// Unmount unmounts a composefs mount at target.
+// Find returns the composefs mount visible at target, if there is one. target is taken as
+// mountinfo shows mount points: absolute, symlinks resolved.
+func Find(target string) (mountinfo.Entry, bool, error) {
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		return mountinfo.Entry{}, false, fmt.Errorf("reading mountinfo: %w", err)
+	}
+	e, ok := mountinfo.Top(entries, target)
+	return e, ok && e.FSType == FSType && e.Source == Source, nil
+}
+
+// Unmount unmounts the composefs mount at target. It refuses anything else mounted there: kura
+// umount must never take down a mount it did not make.
 func Unmount(target string) error {
-	if err := unix.Unmount(target, 0); err != nil {
+	abs, err := canonical(target)
+	if err != nil {
+		return fmt.Errorf("unmounting %s: %w", target, err)
+	}
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		return fmt.Errorf("reading mountinfo: %w", err)
+	}
+	e, ok := mountinfo.Top(entries, abs)
+	if !ok {
+		return fmt.Errorf("unmounting %s: not a mount point: %w", target, errdefs.ErrNotFound)
+	}
+	if e.FSType != FSType || e.Source != Source {
+		return fmt.Errorf("unmounting %s: the mount there is %s from %q, not a composefs mount of kura's; use umount(8) for it: %w", target, e.FSType, e.Source, errdefs.ErrInvalid)
+	}
+	if err := unix.Unmount(abs, 0); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return fmt.Errorf("unmounting %s: %v: %w", target, err, errdefs.ErrPermission)
-		}
-		if errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("unmounting %s: not a mount point: %w", target, errdefs.ErrNotFound)
 		}
 		return fmt.Errorf("unmounting %s: %w", target, err)
 	}
 	return nil
 }
 
+func canonical(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	return filepath.EvalSymlinks(abs)
+}
+
+// probeVerity refuses verity=require where the objects cannot have fs-verity: overlayfs would
+// accept the mount and then fail every read of an object with EIO. It measures one object; a
+// file system without fs-verity (EOPNOTSUPP, ENOTTY) or an object without it (ENODATA: Kura
+// does not enable it) fails. A directory without objects has nothing to refuse.
+func probeVerity(dirs []string) error {
+	obj, err := anyObject(dirs)
+	if err != nil || obj == "" {
+		return err
+	}
+	f, err := os.Open(obj)
+	if err != nil {
+		return fmt.Errorf("probing fs-verity: %w", err)
+	}
+	defer f.Close()
+	// struct fsverity_digest: u16 algorithm, u16 size (in: buffer size), then the digest.
+	buf := make([]byte, 4+64)
+	buf[2] = 64
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.FS_IOC_MEASURE_VERITY, uintptr(unsafe.Pointer(&buf[0])))
+	if errno == 0 {
+		return nil
+	}
+	why := "the objects' file system has no fs-verity"
+	if errno == unix.ENODATA {
+		why = "the objects have no fs-verity enabled"
+	}
+	return fmt.Errorf("--verity require: %s (measuring %s: %v); every read would fail with EIO: mount with --verity off: %w", why, obj, errno, errdefs.ErrUnsupported)
+}
+
+// anyObject finds one regular file in the objects' fan-out directories.
+func anyObject(dirs []string) (string, error) {
+	for _, d := range dirs {
+		fans, err := os.ReadDir(d)
+		if err != nil {
+			return "", fmt.Errorf("probing fs-verity: %w", err)
+		}
+		for _, fan := range fans {
+			if !fan.IsDir() {
+				continue
+			}
+			ents, err := os.ReadDir(filepath.Join(d, fan.Name()))
+			if err != nil {
+				return "", fmt.Errorf("probing fs-verity: %w", err)
+			}
+			for _, e := range ents {
+				if e.Type().IsRegular() {
+					return filepath.Join(d, fan.Name(), e.Name()), nil
+				}
+			}
+		}
+	}
+	return "", nil
+}
+
 // fsMount configures a filesystem with fsopen/fsconfig and attaches it at target.
-func fsMount(fstype string, params []Param, attrs int, target string) error {
+func fsMount(fstype string, params []Param, attrs uint64, target string) error {
 	fd, err := unix.Fsopen(fstype, unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("fsopen %s: %w", fstype, err)
@@ -245,7 +378,7 @@ func fsMount(fstype string, params []Param, attrs int, target string) error {
 	if err := unix.FsconfigCreate(fd); err != nil {
 		return fmt.Errorf("creating %s: %w", fstype, err)
 	}
-	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, attrs)
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, int(attrs))
 	if err != nil {
 		return fmt.Errorf("fsmount %s: %w", fstype, err)
 	}
@@ -262,10 +395,13 @@ var (
 	forceLegacyOverlay bool
 )
 
+// erofsAttrs: the private EROFS mount is never used for anything but the overlay's lower layer.
+const erofsAttrs = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
+
 func mountEROFS(p *Plan, target string) error {
 	var err error = unix.ENOTBLK
 	if !forceLoop {
-		err = fsMount("erofs", p.EROFS, unix.MOUNT_ATTR_RDONLY, target)
+		err = fsMount("erofs", p.EROFS, erofsAttrs, target)
 	}
 	if errors.Is(err, unix.ENOSYS) {
 		return legacyEROFS(p, p.Image, target)
@@ -280,7 +416,7 @@ func mountEROFS(p *Plan, target string) error {
 	}
 	defer loop.Close() // autoclear: the device goes away with the mount
 	params := append([]Param{{"source", loop.Name()}}, p.EROFS[1:]...)
-	return fsMount("erofs", params, unix.MOUNT_ATTR_RDONLY, target)
+	return fsMount("erofs", params, erofsAttrs, target)
 }
 
 func legacyEROFS(p *Plan, source, target string) error {
@@ -290,7 +426,7 @@ func legacyEROFS(p *Plan, source, target string) error {
 			data = "noacl"
 		}
 	}
-	return unix.Mount(source, target, "erofs", unix.MS_RDONLY, data)
+	return unix.Mount(source, target, "erofs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data)
 }
 
 // attachLoop attaches image read-only to a free loop device with direct I/O and autoclear.
@@ -330,12 +466,7 @@ func attachLoop(image string) (*os.File, error) {
 }
 
 func mountOverlay(p *Plan, imageMount string) error {
-	attrs := 0
-	flags := uintptr(0)
-	if p.ReadOnly() {
-		attrs = unix.MOUNT_ATTR_RDONLY
-		flags = unix.MS_RDONLY
-	}
+	attrs, flags := p.attrs()
 	var err error = unix.EINVAL
 	if !forceLegacyOverlay {
 		err = fsMount("overlay", p.Overlay(imageMount), attrs, p.Target)

@@ -13,11 +13,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -265,7 +267,10 @@ func equalMaps(a, b map[string]string) bool {
 	return true
 }
 
-func TestVerityRequireFailsClosed(t *testing.T) {
+// TestVerityRequireRefusedWithoutFsverity: where the objects' file system has no fs-verity,
+// --verity require is refused at mount time (overlayfs would accept it and then fail every
+// object read with EIO), with ErrUnsupported, and nothing is mounted.
+func TestVerityRequireRefusedWithoutFsverity(t *testing.T) {
 	needRoot(t)
 	src, objects, target := t.TempDir(), t.TempDir(), t.TempDir()
 	makeSource(t, src)
@@ -290,19 +295,177 @@ func TestVerityRequireFailsClosed(t *testing.T) {
 	if big == nil || big.Digest == nil || *big.Digest != want || big.Payload != verity.ObjectPath(want) {
 		t.Fatalf("a/b/c/big: digest/payload not the fs-verity digest %s", want)
 	}
+	obj := filepath.Join(objects, verity.ObjectPath(want))
+	f, err := os.Open(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 68)
+	buf[2] = 64
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.FS_IOC_MEASURE_VERITY, uintptr(unsafe.Pointer(&buf[0])))
+	f.Close()
+	if errno == 0 {
+		t.Fatalf("%s has fs-verity here; this test needs objects without it", obj)
+	}
+	err = Mount(context.Background(), plan)
+	if err == nil {
+		Unmount(target)
+		t.Fatal("--verity require mounted objects without fs-verity")
+	}
+	if !errors.Is(err, errdefs.ErrUnsupported) || !strings.Contains(err.Error(), "fs-verity") {
+		t.Fatalf("mount: %v, want ErrUnsupported naming fs-verity", err)
+	}
+	if _, ok, _ := Find(target); ok {
+		t.Fatal("something is mounted after the refusal")
+	}
+}
+
+// TestMountNosuidNodev: by default a setuid-root binary in the image, run through the mount by
+// an unprivileged user, does not get euid 0, and a device node cannot be opened; WithSuid and
+// WithDev give back both.
+func TestMountNosuidNodev(t *testing.T) {
+	needRoot(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv is needed: %v", err)
+	}
+	src, objects := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "id"), mustRead(t, "/usr/bin/id"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "id"), 0o4755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(filepath.Join(src, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Chmod(filepath.Join(src, "null"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	image := buildImage(t, src, objects)
+	// The unprivileged user must reach the target.
+	base, err := os.MkdirTemp("", "kura-nosuid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	euid := func(target string) string {
+		out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", filepath.Join(target, "id"), "-u").CombinedOutput()
+		if err != nil {
+			t.Fatalf("running the image's setuid id as nobody: %v\n%s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, c := range []struct {
+		name      string
+		opts      []Option
+		wantEUID  string
+		devOpens  bool
+		wantAttrs uint64
+	}{
+		{"default", nil, "65534", false, unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV},
+		{"suid+dev", []Option{WithSuid(), WithDev()}, "0", true, unix.MOUNT_ATTR_RDONLY},
+	} {
+		target := filepath.Join(base, c.name)
+		if err := os.Mkdir(target, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		plan, err := NewPlan(image, []string{objects}, target, c.opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if attrs, _ := plan.attrs(); attrs != c.wantAttrs {
+			t.Errorf("%s: mount attributes %#x, want %#x", c.name, attrs, c.wantAttrs)
+		}
+		if err := Mount(context.Background(), plan); err != nil {
+			t.Fatal(err)
+		}
+		got := euid(target)
+		f, oerr := os.OpenFile(filepath.Join(target, "null"), os.O_WRONLY, 0)
+		if oerr == nil {
+			f.Close()
+		}
+		if err := Unmount(target); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.wantEUID {
+			t.Errorf("%s: the image's setuid-root id run by nobody has euid %s, want %s", c.name, got, c.wantEUID)
+		}
+		if (oerr == nil) != c.devOpens {
+			t.Errorf("%s: opening the image's device node: %v, want it to open: %v", c.name, oerr, c.devOpens)
+		}
+	}
+}
+
+// TestUnmountOnlyKuraMounts: Unmount refuses a mount that is not composefs (a tmpfs), and a
+// second mount on a composefs target is refused rather than stacked.
+func TestUnmountOnlyKuraMounts(t *testing.T) {
+	needRoot(t)
+	tmpfs := t.TempDir()
+	if err := unix.Mount("tmpfs", tmpfs, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(tmpfs, unix.MNT_DETACH)
+	err := Unmount(tmpfs)
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "not a composefs mount") {
+		t.Fatalf("unmounting a tmpfs: %v, want ErrInvalid", err)
+	}
+	if e, ok := findAny(t, tmpfs); !ok || e.FSType != "tmpfs" {
+		t.Fatal("the tmpfs is gone")
+	}
+	if err := Unmount(t.TempDir()); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("unmounting a plain directory: %v, want ErrNotFound", err)
+	}
+
+	src, objects, target := t.TempDir(), t.TempDir(), t.TempDir()
+	makeSource(t, src)
+	plan, err := NewPlan(buildImage(t, src, objects), []string{objects}, target)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := Mount(context.Background(), plan); err != nil {
 		t.Fatal(err)
 	}
 	defer Unmount(target)
-	// This kernel has no fs-verity, so no object can prove its digest: reads must fail.
-	_, err = os.ReadFile(filepath.Join(target, "a/b/c/big"))
-	if !errors.Is(err, unix.EIO) {
-		t.Fatalf("reading an object under verity=require without fs-verity: %v, want EIO", err)
+	first, ok, err := Find(target)
+	if err != nil || !ok {
+		t.Fatalf("Find after Mount: %v %v", ok, err)
 	}
-	// Inline files live in the image itself and stay readable.
-	if got := mustRead(t, filepath.Join(target, "a/inline64")); !bytes.Equal(got, mustRead(t, filepath.Join(src, "a/inline64"))) {
-		t.Fatal("inline file differs")
+	err = Mount(context.Background(), plan)
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("second mount on one target: %v, want ErrAlreadyExists", err)
 	}
+	n := 0
+	for _, e := range readMounts(t) {
+		if e.Point == target {
+			n++
+		}
+	}
+	if top, _, _ := Find(target); n != 1 || top.ID != first.ID {
+		t.Fatalf("%d mounts at the target after the refused second mount", n)
+	}
+	if err := Unmount(target); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := Find(target); ok {
+		t.Fatal("still mounted after Unmount")
+	}
+}
+
+func readMounts(t *testing.T) []mountinfo.Entry {
+	t.Helper()
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+func findAny(t *testing.T, point string) (mountinfo.Entry, bool) {
+	return mountinfo.Top(readMounts(t), point)
 }
 
 func hasParam(ps []Param, k, v string) bool {
