@@ -198,7 +198,11 @@ func TestRootlessStore(t *testing.T) {
 	user.fails(77, "--skip-devices", "checkout", "dev", filepath.Join(home, "dev1"))
 	user.ok("checkout", "--skip-devices", "dev", filepath.Join(home, "dev2"))
 
-	user.ok("rmi", "local", ref, "dev")
+	user.fails(8, "in use", "rmi", "local") // checked out
+	user.ok("rmi", "--force", "local", ref, "dev")
+	for _, dir := range []string{"copy", "linked", "linked2", "linked3", "dev2"} {
+		user.ok("checkout", "--release", filepath.Join(home, dir))
+	}
 	user.ok("gc")
 	if out := user.ok("fsck", "--repair"); !strings.Contains(out, "0 problems") {
 		t.Fatalf("fsck after gc:\n%s", out)

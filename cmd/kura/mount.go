@@ -106,8 +106,10 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 	if err := mount.Mount(ctx, plan); err != nil {
 		return err
 	}
-	if err := recordMountID(s, use); err != nil {
-		return errors.Join(err, mount.Unmount(use.Target))
+	if use.ID != "" { // a read-only store records no use: nothing can be removed from it
+		if err := recordMountID(s, use); err != nil {
+			return errors.Join(err, mount.Unmount(use.Target))
+		}
 	}
 	if global.json {
 		return printJSON(cmd.OutOrStdout(), plan)
