@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -389,10 +390,11 @@ func TestRmiRaceCLI(t *testing.T) {
 	kuraOK(t, root, "fsck")
 }
 
-// TestUsesSoak: ten composefs mounts and ten hardlink checkouts stay in use while imports (a
-// pull's writes: objects, layer, image, ref), rmi --force and gc run in loops; every file read
-// through them hashes right throughout, and fsck is clean after. KURA_SOAK sets the duration
-// (default 15s; the long form is 5m).
+// TestUsesSoak: ten composefs mounts and ten hardlink checkouts stay in use while pulls from a
+// registry (of the same layers as zstd:chunked images: other image IDs sharing every object),
+// imports, rmi and gc run in loops; every file read through them hashes right throughout, rmi
+// of an image in use is refused, and fsck --deep (every object and variant re-hashed) is clean
+// after. KURA_SOAK sets the duration (default 15s; the long form is 5m).
 func TestUsesSoak(t *testing.T) {
 	needRootCLI(t)
 	dur := 15 * time.Second
@@ -425,6 +427,12 @@ func TestUsesSoak(t *testing.T) {
 			t.Fatal(err)
 		}
 		kuraOK(t, root, "import", tars[i], fmt.Sprintf("soak%d", i))
+	}
+	reg := registrytest.New(t)
+	remote := func(i int) string { return fmt.Sprintf("docker://%s/soak%d:latest", reg.Host, i%images) }
+	creds := []string{"--creds", registrytest.Username + ":" + registrytest.Password, "--tls-verify=false"}
+	for i := 0; i < images; i++ {
+		kuraOK(t, root, append([]string{"push", fmt.Sprintf("soak%d", i), remote(i)}, creds...)...)
 	}
 	type use struct {
 		dir string
@@ -466,9 +474,11 @@ func TestUsesSoak(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	wg.Add(4)
+	wg.Add(6)
 	go loop("import", func(i int) []string { return []string{"import", tars[i%images], fmt.Sprintf("soak%d", i%images)} })
+	go loop("pull", func(i int) []string { return append([]string{"pull", remote(i)}, creds...) })
 	go loop("rmi", func(i int) []string { return []string{"rmi", "--force", fmt.Sprintf("soak%d", i%images)} }, errdefs.ExitNotFound)
+	go loop("rmi-pulled", func(i int) []string { return []string{"rmi", strings.TrimPrefix(remote(i), "docker://")} }, errdefs.ExitNotFound)
 	go loop("gc", func(int) []string { return []string{"gc"} })
 	go func() { // the reader
 		defer wg.Done()
@@ -489,10 +499,16 @@ func TestUsesSoak(t *testing.T) {
 	}()
 	wg.Wait()
 	t.Logf("%v: %v", dur, counts)
-	if counts["gc"] == 0 || counts["rmi"] == 0 || counts["import"] == 0 || counts["reads"] == 0 {
-		t.Fatalf("a loop never ran: %v", counts)
+	for _, loop := range []string{"gc", "rmi", "rmi-pulled", "import", "pull", "reads"} {
+		if counts[loop] == 0 {
+			t.Fatalf("the %s loop never ran: %v", loop, counts)
+		}
 	}
-	kuraOK(t, root, "fsck")
+	kuraOK(t, root, "fsck", "--deep")
+	inUse := psUses(t, root)[0].Image.String()
+	if _, errOut, code := kuraRun(t, root, "rmi", inUse); code != errdefs.ExitInUse {
+		t.Fatalf("rmi of image %s, in use: exit %d, want %d: %s", inUse, code, errdefs.ExitInUse, errOut)
+	}
 	if got := psUses(t, root); len(got) != 20 {
 		t.Fatalf("kura ps lists %d uses, want 20", len(got))
 	}
@@ -505,13 +521,14 @@ func TestUsesSoak(t *testing.T) {
 	}
 	for i := 0; i < images; i++ {
 		kuraRun(t, root, "rmi", fmt.Sprintf("soak%d", i))
+		kuraRun(t, root, "rmi", strings.TrimPrefix(remote(i), "docker://"))
 	}
 	kuraOK(t, root, "rmi", "img")
 	kuraOK(t, root, "gc")
 	if out := kuraOK(t, root, "images"); strings.Count(out, "\n") != 1 {
 		t.Fatalf("images left after every use ended and every name was removed:\n%s", out)
 	}
-	kuraOK(t, root, "fsck")
+	kuraOK(t, root, "fsck", "--deep")
 }
 
 // TestMountInOtherNamespace: a mount made in another mount namespace is checked there, through
