@@ -22,6 +22,8 @@ type registryFlags struct {
 	creds       string
 	authfile    string
 	tlsVerify   bool
+	tlsSet      func() bool // --tls-verify was given
+	certDir     string
 	platform    string
 	idleTimeout time.Duration
 	idleSet     func() bool // --idle-timeout was given
@@ -33,7 +35,10 @@ const idleTimeoutEnv = "KURA_IDLE_TIMEOUT"
 func (f *registryFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.creds, "creds", "", "credentials USER[:PASSWORD] for the registry")
 	cmd.Flags().StringVar(&f.authfile, "authfile", "", "path of an auth file (default: podman's lookup order)")
-	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates")
+	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true,
+		"require HTTPS and verify certificates; false also allows plain HTTP (default: true, except registries marked insecure in registries.conf)")
+	cmd.Flags().StringVar(&f.certDir, "cert-dir", "", "use the CA certificates (*.crt) and client certificates (*.cert, *.key) in this directory (default: certs.d lookup)")
+	f.tlsSet = func() bool { return cmd.Flags().Changed("tls-verify") }
 	cmd.Flags().StringVar(&f.platform, "platform", "", "OS/ARCH[/VARIANT] to choose from an index (default: this host)")
 	cmd.Flags().DurationVar(&f.idleTimeout, "idle-timeout", registry.DefaultIdleTimeout,
 		"abort a registry connection that delivers less than 1 KiB in this time, e.g. 30s or 2m (0: never; default from $"+idleTimeoutEnv+")")
@@ -68,7 +73,7 @@ func (f *registryFlags) client() (*registry.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithTLSVerify(f.tlsVerify), registry.WithIdleTimeout(idle)}
+	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
 	if f.platform != "" {
 		p, err := parsePlatform(f.platform)
 		if err != nil {
