@@ -3,6 +3,8 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -125,4 +127,124 @@ func TestPullTLSVerifyNoPlainHTTPFallback(t *testing.T) {
 	e.fails("refusing plain HTTP", append(args, "--tls-verify=true")...)
 	e.fails("refusing plain HTTP", args...)
 	e.ok(append(args, "--tls-verify=false")...)
+}
+
+// deadHost is a loopback address that refuses connections: a registry that is down.
+func deadHost(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := l.Addr().String()
+	l.Close()
+	return host
+}
+
+// Short names resolve through unqualified-search-registries (in order under "permissive", an
+// error when ambiguous under "enforcing") and [aliases]; the image is stored under the
+// resolved name.
+func TestPullShortNames(t *testing.T) {
+	reg := registrytest.New(t)
+	pushTarImage(t, reg, "sko/base", "gzip", "searched")
+	pushTarImage(t, reg, "team/app", "v2", "aliased")
+	dead := deadHost(t)
+	conf := fmt.Sprintf(`
+unqualified-search-registries = [%q, %q]
+short-name-mode = "permissive"
+
+[aliases]
+"myapp" = "%s/team/app"
+
+[[registry]]
+location = %q
+insecure = true
+`, dead, reg.Host, reg.Host, reg.Host)
+	e := newRegEnv(t, conf)
+	pullArgs := func(ref string) []string {
+		return append(append([]string{"--json", "pull", ref}, regCreds...), amd64...)
+	}
+	if out := e.ok(pullArgs("sko/base:gzip")...); !strings.Contains(out, reg.Host+"/sko/base:gzip") {
+		t.Fatalf("short name through the second search registry: stored as?\n%s", out)
+	}
+	if out := e.ok(pullArgs("myapp:v2")...); !strings.Contains(out, reg.Host+"/team/app:v2") {
+		t.Fatalf("alias: stored as?\n%s", out)
+	}
+	// docker:// is never a short name (skopeo's rule): docker.io, which the conf does not name.
+	e.fails("docker.io", append(pullArgs("docker://sko/base:gzip"), "--idle-timeout", "5s")...)
+
+	enforcing := newRegEnv(t, strings.Replace(conf, `"permissive"`, `"enforcing"`, 1))
+	enforcing.fails("ambiguous", pullArgs("sko/base:gzip")...)
+	// An alias is one candidate: no ambiguity.
+	enforcing.ok(pullArgs("myapp:v2")...)
+
+	none := newRegEnv(t, fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host))
+	none.fails("no unqualified-search-registries", pullArgs("sko/base:gzip")...)
+}
+
+// A mirror serves while the primary refuses connections; the image is stored under the
+// primary's name. pull-from-mirror = "digest-only" keeps a tag pull off the mirror. A
+// location rewrite sends a prefix elsewhere.
+func TestPullMirrorWhilePrimaryDown(t *testing.T) {
+	mirror := registrytest.New(t, registrytest.AllowAnonymousPull())
+	img := pushTarImage(t, mirror, "team/app", "v1", "from the mirror")
+	primary := deadHost(t)
+	conf := fmt.Sprintf(`
+[[registry]]
+location = %q
+insecure = true
+
+[[registry.mirror]]
+location = %q
+insecure = true
+`, primary, mirror.Host)
+	e := newRegEnv(t, conf)
+	args := func(ref string) []string {
+		return append(append([]string{"--json", "pull", ref}, regCreds...), amd64...)
+	}
+	out := e.ok(args(primary + "/team/app:v1")...)
+	if !strings.Contains(out, primary+"/team/app:v1") {
+		t.Fatalf("stored under the primary's name?\n%s", out)
+	}
+
+	digestOnly := newRegEnv(t, conf+"pull-from-mirror = \"digest-only\"\n")
+	digestOnly.fails(primary, args(primary+"/team/app:v1")...)
+	digestOnly.ok(args(primary + "/team/app@" + img.Manifest.Digest.String())...)
+
+	rewrite := newRegEnv(t, fmt.Sprintf(`
+[[registry]]
+prefix = "registry.example.test/team"
+location = "%s/team"
+insecure = true
+`, mirror.Host))
+	if out := rewrite.ok(args("registry.example.test/team/app:v1")...); !strings.Contains(out, "registry.example.test/team/app:v1") {
+		t.Fatalf("rewritten location: stored under the reference's name?\n%s", out)
+	}
+}
+
+// insecure = true lets a plain-HTTP registry be used without --tls-verify=false; an explicit
+// --tls-verify=true overrides it.
+func TestPullInsecureRegistry(t *testing.T) {
+	reg := registrytest.New(t)
+	pushTarImage(t, reg, "plain/app", "v1", "insecure")
+	e := newRegEnv(t, fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", reg.Host))
+	args := append(append([]string{"pull", "docker://" + reg.Host + "/plain/app:v1"}, regCreds...), amd64...)
+	e.ok(args...)
+	e.fails("refusing plain HTTP", append(args, "--tls-verify=true")...)
+}
+
+// blocked = true refuses pulls and pushes with a clear error (exit 77), before any request.
+func TestBlockedRegistry(t *testing.T) {
+	reg := registrytest.New(t)
+	pushTarImage(t, reg, "blocked/app", "v1", "blocked")
+	e := newRegEnv(t, fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\nblocked = true\n", reg.Host+"/blocked", reg.Host))
+	args := append(append([]string{"pull", "docker://" + reg.Host + "/blocked/app:v1", "--tls-verify=false"}, regCreds...), amd64...)
+	out, code := e.run(args...)
+	if code != 77 || !strings.Contains(out, "is blocked in "+e.conf) {
+		t.Fatalf("pull from a blocked registry: exit %d, want 77 and a message naming the file:\n%s", code, out)
+	}
+	e.fails("is blocked", append([]string{"copy", "docker://" + reg.Host + "/other/app:v1", "docker://" + reg.Host + "/blocked/copy:v1", "--tls-verify=false"}, regCreds...)...)
+	// Outside the blocked prefix the registry is usable.
+	pushTarImage(t, reg, "open/app", "v1", "open")
+	e.ok(append(append([]string{"pull", "docker://" + reg.Host + "/open/app:v1", "--tls-verify=false"}, regCreds...), amd64...)...)
 }
