@@ -63,11 +63,20 @@ func (c *Config) PullSources(input string) ([]Source, error) {
 // PushTarget checks a push destination: a blocked registry is refused (errdefs.ErrPermission).
 // A push goes to the reference as given, never to a mirror or a rewritten location.
 func (c *Config) PushTarget(ref imageref.Reference) error {
+	if err := c.Blocked(ref); err != nil {
+		return fmt.Errorf("pushing to %s: %w", ref, err)
+	}
+	return nil
+}
+
+// Blocked returns an errdefs.ErrPermission error when the [[registry]] entry of a Docker
+// reference is blocked, naming the files read.
+func (c *Config) Blocked(ref imageref.Reference) error {
 	if ref.Transport != imageref.Docker {
 		return nil
 	}
 	if reg := c.Find(refString(ref)); reg != nil && reg.Blocked {
-		return fmt.Errorf("pushing to %s: registry %s (prefix %q) is blocked in %s: %w", ref, ref.Domain, reg.Prefix, c.origin(), errdefs.ErrPermission)
+		return fmt.Errorf("registry %s (prefix %q) is blocked in %s: %w", ref.Domain, reg.Prefix, c.origin(), errdefs.ErrPermission)
 	}
 	return nil
 }

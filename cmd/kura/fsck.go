@@ -104,6 +104,9 @@ func registryRefetcher(rf *registryFlags) store.Refetcher {
 		if err != nil {
 			return err
 		}
+		if err := rf.checkBlocked(ref); err != nil {
+			return err
+		}
 		client, err := rf.client()
 		if err != nil {
 			return err

@@ -73,6 +73,18 @@ func (f *registryFlags) checkPush(ref imageref.Reference) error {
 	return conf.PushTarget(ref)
 }
 
+// checkBlocked refuses a registry registries.conf blocks (fsck's re-fetch).
+func (f *registryFlags) checkBlocked(ref imageref.Reference) error {
+	conf, err := f.config()
+	if err != nil {
+		return err
+	}
+	if err := conf.Blocked(ref); err != nil {
+		return fmt.Errorf("re-fetching from %s: %w", ref, err)
+	}
+	return nil
+}
+
 // chosenSource is where a pull reads from.
 type chosenSource struct {
 	src  pull.Source
