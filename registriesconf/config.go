@@ -71,7 +71,11 @@ type file struct {
 type Config struct {
 	UnqualifiedSearch []string
 	ShortNameMode     string
-	Aliases           map[string]string
+	// Aliases are the merged [aliases] of the configuration files.
+	Aliases map[string]string
+	// CachedAliases are podman's recorded prompt choices (short-name-aliases.conf), which win
+	// over Aliases.
+	CachedAliases map[string]string
 	// Registries are sorted by prefix.
 	Registries []Registry
 	// Files are the files read, in order, for messages.
@@ -79,17 +83,35 @@ type Config struct {
 }
 
 // Paths are the files podman reads: File, then the *.conf files of each DropIns directory in
-// lexical order, directory by directory.
+// lexical order, directory by directory; and AliasCache, where podman records the choices made
+// at its short-name prompt.
 type Paths struct {
-	File    string
-	DropIns []string
+	File       string
+	DropIns    []string
+	AliasCache string
 }
 
 // DefaultPaths are containers/image's: $CONTAINERS_REGISTRIES_CONF, else
 // $HOME/.config/containers/registries.conf if it exists (then only the user's drop-ins), else
 // /etc/containers/registries.conf; and the drop-ins /etc/containers/registries.conf.d and
 // $HOME/.config/containers/registries.conf.d.
+//
+// The alias cache is /var/cache/containers/short-name-aliases.conf for root and
+// ${XDG_CACHE_HOME:-$HOME/.cache}/containers/short-name-aliases.conf otherwise.
 func DefaultPaths(getenv func(string) string, home string) Paths {
+	p := defaultFiles(getenv, home)
+	cache := getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		cache = filepath.Join(home, ".cache")
+	}
+	if os.Geteuid() == 0 {
+		cache = "/var/cache"
+	}
+	p.AliasCache = filepath.Join(cache, "containers", "short-name-aliases.conf")
+	return p
+}
+
+func defaultFiles(getenv func(string) string, home string) Paths {
 	userFile := filepath.Join(home, ".config", "containers", "registries.conf")
 	userDir := filepath.Join(home, ".config", "containers", "registries.conf.d")
 	if f := getenv("CONTAINERS_REGISTRIES_CONF"); f != "" {
@@ -106,7 +128,7 @@ func DefaultPaths(getenv func(string) string, home string) Paths {
 // Load reads and merges the files of p. Missing files and directories are empty; a file that
 // does not parse or validate is an error (errdefs.ErrInvalid) naming it.
 func Load(p Paths) (*Config, error) {
-	c := &Config{ShortNameMode: Permissive, Aliases: map[string]string{}}
+	c := &Config{ShortNameMode: Permissive, Aliases: map[string]string{}, CachedAliases: map[string]string{}}
 	byPrefix := map[string]Registry{}
 	files := []string{p.File}
 	for _, d := range p.DropIns {
@@ -128,6 +150,11 @@ func Load(p Paths) (*Config, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		c.Files = append(c.Files, name)
+	}
+	if p.AliasCache != "" {
+		if err := c.loadAliasCache(p.AliasCache); err != nil {
+			return nil, err
+		}
 	}
 	prefixes := make([]string, 0, len(byPrefix))
 	for p := range byPrefix {
@@ -182,6 +209,36 @@ func readFile(name string) (*file, error) {
 	return &f, nil
 }
 
+// loadAliasCache reads podman's short-name-aliases.conf: [aliases] only; a missing file is empty.
+func (c *Config) loadAliasCache(path string) error {
+	f, err := readFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := mergeAliases(c.CachedAliases, f.Aliases); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// mergeAliases applies a file's aliases over dst: an empty value removes one.
+func mergeAliases(dst, src map[string]string) error {
+	for k, v := range src {
+		if v == "" {
+			delete(dst, k)
+			continue
+		}
+		if err := validAlias(k, v); err != nil {
+			return err
+		}
+		dst[k] = v
+	}
+	return nil
+}
+
 // merge applies one file over what was read before, as containers/image does: a later
 // unqualified-search-registries or short-name-mode replaces the earlier one, aliases are
 // overridden one by one, and a [[registry]] replaces the one with the same prefix.
@@ -201,15 +258,8 @@ func (c *Config) merge(f *file, byPrefix map[string]Registry) error {
 	default:
 		return fmt.Errorf("short-name-mode %q: want enforcing, permissive or disabled: %w", f.ShortNameMode, errdefs.ErrInvalid)
 	}
-	for k, v := range f.Aliases {
-		if v == "" {
-			delete(c.Aliases, k)
-			continue
-		}
-		if err := validAlias(k, v); err != nil {
-			return err
-		}
-		c.Aliases[k] = v
+	if err := mergeAliases(c.Aliases, f.Aliases); err != nil {
+		return err
 	}
 	for _, r := range f.Registries {
 		r, err := validRegistry(r)

@@ -246,3 +246,29 @@ func TestDefaultPaths(t *testing.T) {
 		t.Errorf("$CONTAINERS_REGISTRIES_CONF: %+v", p)
 	}
 }
+
+// podman's recorded prompt choices (short-name-aliases.conf) win over [aliases]; lookups use the
+// name as typed.
+func TestAliasCache(t *testing.T) {
+	dir := t.TempDir()
+	main, cache := filepath.Join(dir, "registries.conf"), filepath.Join(dir, "short-name-aliases.conf")
+	write(t, main, "[aliases]\n\"app\" = \"a.example/app\"\n\"tool\" = \"a.example/tool\"\n\"library/x\" = \"a.example/x\"\n")
+	write(t, cache, "[aliases]\n\"app\" = \"b.example/chosen/app\"\n")
+	c, err := Load(Paths{File: main, AliasCache: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for input, want := range map[string]string{
+		"app:1":       "b.example/chosen/app:1",
+		"tool":        "a.example/tool:latest",
+		"library/x:2": "a.example/x:2",
+	} {
+		if got := sourceRefs(t, c, input); got != want {
+			t.Errorf("%s: got %s, want %s", input, got, want)
+		}
+	}
+	write(t, cache, "[aliases]\n\"app\" = \"not-qualified\"\n")
+	if _, err := Load(Paths{File: main, AliasCache: cache}); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), cache) {
+		t.Errorf("bad cache: err = %v, want ErrInvalid naming it", err)
+	}
+}

@@ -121,15 +121,14 @@ func (c *Config) candidates(input string) ([]imageref.Reference, error) {
 		}
 		return []imageref.Reference{ref}, nil
 	}
-	named, err := reference.ParseNormalizedNamed(input)
-	if err != nil {
+	if _, err := reference.ParseNormalizedNamed(input); err != nil {
 		return nil, fmt.Errorf("image reference %q: %v: %w", input, err, errdefs.ErrInvalid)
 	}
-	suffix := strings.TrimPrefix(input, shortName(input))
-	if alias, ok := c.Aliases[reference.FamiliarName(named)]; ok {
-		ref, err := imageref.Parse("docker://" + alias + suffix)
+	name := shortName(input)
+	if alias, ok := c.alias(name); ok {
+		ref, err := imageref.Parse("docker://" + alias + strings.TrimPrefix(input, name))
 		if err != nil {
-			return nil, fmt.Errorf("alias %q = %q: %w", reference.FamiliarName(named), alias, err)
+			return nil, fmt.Errorf("alias %q = %q: %w", name, alias, err)
 		}
 		return []imageref.Reference{ref}, nil
 	}
@@ -150,6 +149,16 @@ func (c *Config) candidates(input string) ([]imageref.Reference, error) {
 			input, c.origin(), listRefs(refs), errdefs.ErrInvalid)
 	}
 	return refs, nil
+}
+
+// alias looks a short name up as typed (without tag or digest): podman's recorded choices
+// first, then [aliases].
+func (c *Config) alias(name string) (string, bool) {
+	if a, ok := c.CachedAliases[name]; ok {
+		return a, true
+	}
+	a, ok := c.Aliases[name]
+	return a, ok
 }
 
 func listRefs(refs []imageref.Reference) string {
