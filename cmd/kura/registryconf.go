@@ -120,7 +120,9 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 					return chosenSource{}, err
 				}
 				failures = append(failures, fmt.Errorf("source %d of %d, %s: %w", i+1, len(sources), s.Ref, err))
-				fmt.Fprintf(os.Stderr, "kura: %s: %v; trying the next source\n", s.Ref, err)
+				if i+1 < len(sources) {
+					fmt.Fprintf(os.Stderr, "kura: %s: %v; trying the next source\n", s.Ref, err)
+				}
 				continue
 			}
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -216,6 +217,22 @@ insecure = true
 	digestOnly := newRegEnv(t, conf+"pull-from-mirror = \"digest-only\"\n")
 	digestOnly.fails(primary, args(primary+"/team/app:v1")...)
 	digestOnly.ok(args(primary + "/team/app@" + img.Manifest.Digest.String())...)
+
+	// --creds are for the primary: a mirror on another host that wants credentials gets those
+	// of the auth files for its own host, never the primary's.
+	locked := registrytest.New(t)
+	pushTarImage(t, locked, "team/app", "v1", "from a mirror with credentials")
+	withCreds := newRegEnv(t, strings.Replace(conf, mirror.Host, locked.Host, 1))
+	withCreds.fails("no source answered", args(primary+"/team/app:v1")...)
+	authJSON := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, locked.Host,
+		base64.StdEncoding.EncodeToString([]byte(registrytest.Username+":"+registrytest.Password)))
+	if err := os.MkdirAll(filepath.Join(withCreds.home, "containers"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(withCreds.home, "containers/auth.json"), []byte(authJSON), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withCreds.ok(args(primary + "/team/app:v1")...)
 
 	rewrite := newRegEnv(t, fmt.Sprintf(`
 [[registry]]
