@@ -272,3 +272,5 @@ func TestAliasCache(t *testing.T) {
 		t.Errorf("bad cache: err = %v, want ErrInvalid naming it", err)
 	}
 }
+
+func writeString(path, content string) error { return os.WriteFile(path, []byte(content), 0o644) }
