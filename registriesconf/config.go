@@ -86,9 +86,12 @@ type Config struct {
 // lexical order, directory by directory; and AliasCache, where podman records the choices made
 // at its short-name prompt.
 type Paths struct {
-	File       string
-	DropIns    []string
-	AliasCache string
+	File string
+	// FileRequired: File was named by the user ($CONTAINERS_REGISTRIES_CONF), so it must exist,
+	// as in containers/image; the default files may be missing.
+	FileRequired bool
+	DropIns      []string
+	AliasCache   string
 }
 
 // DefaultPaths are containers/image's: $CONTAINERS_REGISTRIES_CONF, else
@@ -115,7 +118,7 @@ func defaultFiles(getenv func(string) string, home string) Paths {
 	userFile := filepath.Join(home, ".config", "containers", "registries.conf")
 	userDir := filepath.Join(home, ".config", "containers", "registries.conf.d")
 	if f := getenv("CONTAINERS_REGISTRIES_CONF"); f != "" {
-		return Paths{File: f, DropIns: []string{"/etc/containers/registries.conf.d", userDir}}
+		return Paths{File: f, FileRequired: true, DropIns: []string{"/etc/containers/registries.conf.d", userDir}}
 	}
 	if home != "" {
 		if _, err := os.Stat(userFile); err == nil {
@@ -140,6 +143,9 @@ func Load(p Paths) (*Config, error) {
 	}
 	for _, name := range files {
 		f, err := readFile(name)
+		if errors.Is(err, fs.ErrNotExist) && name == p.File && p.FileRequired {
+			return nil, fmt.Errorf("registries configuration %s: %w", name, errdefs.ErrNotFound)
+		}
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}

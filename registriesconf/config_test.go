@@ -241,9 +241,17 @@ func TestDefaultPaths(t *testing.T) {
 	if p := DefaultPaths(getenv, home); p.File != user || len(p.DropIns) != 1 {
 		t.Errorf("user file: %+v", p)
 	}
-	env["CONTAINERS_REGISTRIES_CONF"] = "/x.conf"
-	if p := DefaultPaths(getenv, home); p.File != "/x.conf" || len(p.DropIns) != 2 {
+	env["CONTAINERS_REGISTRIES_CONF"] = filepath.Join(home, "missing.conf")
+	p := DefaultPaths(getenv, home)
+	if p.File != env["CONTAINERS_REGISTRIES_CONF"] || !p.FileRequired || len(p.DropIns) != 2 {
 		t.Errorf("$CONTAINERS_REGISTRIES_CONF: %+v", p)
+	}
+	// A file the user names must exist (containers/image's rule); the default ones need not.
+	if _, err := Load(p); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("missing $CONTAINERS_REGISTRIES_CONF: err = %v, want ErrNotFound", err)
+	}
+	if _, err := Load(Paths{File: p.File}); err != nil {
+		t.Errorf("missing default file: %v", err)
 	}
 }
 
