@@ -254,6 +254,8 @@ func TestPullInsecureRegistry(t *testing.T) {
 	args := append(append([]string{"pull", "docker://" + reg.Host + "/plain/app:v1"}, regCreds...), amd64...)
 	e.ok(args...)
 	e.fails("refusing plain HTTP", append(args, "--tls-verify=true")...)
+	// A push to it too (the same rule, from the destination's entry).
+	e.ok(append([]string{"push", reg.Host + "/plain/app:v1", "docker://" + reg.Host + "/plain/pushed:v1"}, regCreds...)...)
 }
 
 // blocked = true refuses pulls and pushes with a clear error (exit 77), before any request.
