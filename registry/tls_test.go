@@ -110,3 +110,26 @@ func TestTLSVerifyNeverFallsBackToHTTP(t *testing.T) {
 		t.Fatalf("host marked insecure: %v", err)
 	}
 }
+
+// The first directory holding HOST wins (containers/image: the user's, then
+// /etc/containers/certs.d, then /etc/docker/certs.d); none is "".
+func TestFindCertDir(t *testing.T) {
+	user, system := t.TempDir(), t.TempDir()
+	dirs := []string{filepath.Join(user, "absent"), user, system}
+	if d, err := registry.FindCertDir(dirs, "reg.example:5000"); d != "" || err != nil {
+		t.Fatalf("no directory: %q, %v", d, err)
+	}
+	for _, base := range []string{system, user} {
+		if err := os.MkdirAll(filepath.Join(base, "reg.example:5000"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if d, err := registry.FindCertDir(dirs, "reg.example:5000"); d != filepath.Join(base, "reg.example:5000") || err != nil {
+			t.Fatalf("with %s: %q, %v", base, d, err)
+		}
+	}
+	for _, host := range []string{"..", "a/b", ""} {
+		if _, err := registry.FindCertDir(dirs, host); !errors.Is(err, errdefs.ErrInvalid) {
+			t.Errorf("host %q: err = %v, want ErrInvalid", host, err)
+		}
+	}
+}

@@ -106,9 +106,13 @@ func TestPullCertsDPrivateCA(t *testing.T) {
 	ca.WriteCA(t, certDir, "company-ca")
 	e.ok(append(args, "--cert-dir", certDir)...)
 
+	// A push over the same TLS, with --cert-dir.
+	e.ok(append([]string{"push", reg.Host + "/tls/app:v1", "docker://" + reg.Host + "/tls/pushed:v1", "--cert-dir", certDir}, regCreds...)...)
+
 	ca.WriteCA(t, filepath.Join(e.home, ".config/containers/certs.d", reg.Host), "ca")
 	e.root = t.TempDir()
 	e.ok(args...)
+	e.ok(append(append([]string{"pull", "docker://" + reg.Host + "/tls/pushed:v1"}, regCreds...), amd64...)...)
 }
 
 // A registry that requires a client certificate: the certs.d directory's client.cert and
@@ -213,6 +217,10 @@ insecure = true
 	if !strings.Contains(out, primary+"/team/app:v1") {
 		t.Fatalf("stored under the primary's name?\n%s", out)
 	}
+
+	// A mirror that is down: the primary serves.
+	upPrimary := newRegEnv(t, fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n[[registry.mirror]]\nlocation = %q\ninsecure = true\n", mirror.Host, deadHost(t)))
+	upPrimary.ok(args(mirror.Host + "/team/app:v1")...)
 
 	digestOnly := newRegEnv(t, conf+"pull-from-mirror = \"digest-only\"\n")
 	digestOnly.fails(primary, args(primary+"/team/app:v1")...)
