@@ -279,7 +279,7 @@ func (c *Config) merge(f *file, byPrefix map[string]Registry) error {
 
 // validHost checks an unqualified-search registry: HOST[:PORT][/NAMESPACE].
 func validHost(r string) error {
-	if _, err := reference.ParseNamed(r + "/x"); err != nil || IsShortName(r+"/x") {
+	if _, err := reference.ParseNormalizedNamed(r + "/x"); err != nil || IsShortName(r+"/x") {
 		return fmt.Errorf("%q is not a registry host: %w", r, errdefs.ErrInvalid)
 	}
 	return nil
@@ -295,7 +295,7 @@ func validAlias(short, long string) error {
 	if _, err := reference.ParseNormalizedNamed(short); err != nil {
 		return fmt.Errorf("[aliases] %q: %v: %w", short, err, errdefs.ErrInvalid)
 	}
-	if _, err := reference.ParseNamed(long); err != nil || IsShortName(long) || shortName(long) != long {
+	if _, err := reference.ParseNormalizedNamed(long); err != nil || IsShortName(long) || shortName(long) != long {
 		return fmt.Errorf("[aliases] %q = %q: want a fully qualified name (HOST/REPO) without tag or digest: %w", short, long, errdefs.ErrInvalid)
 	}
 	return nil

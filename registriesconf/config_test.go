@@ -214,6 +214,14 @@ func TestShortNameModes(t *testing.T) {
 	if got := sourceRefs(t, one, "ns/busybox:1"); got != "a.example/ns/busybox:1" {
 		t.Errorf("enforcing, one candidate: %s", got)
 	}
+	// docker.io, the common search registry, with Docker Hub's library/ namespace.
+	hub := load(t, "unqualified-search-registries = [\"docker.io\", \"quay.io\"]\n[aliases]\n\"alp\" = \"docker.io/alpine\"\n")
+	if got := sourceRefs(t, hub, "busybox:1"); got != "docker.io/library/busybox:1, quay.io/busybox:1" {
+		t.Errorf("docker.io search: %s", got)
+	}
+	if got := sourceRefs(t, hub, "alp"); got != "docker.io/library/alpine:latest" {
+		t.Errorf("docker.io alias: %s", got)
+	}
 	if _, err := load(t, "").PullSources("busybox"); !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "did not resolve") {
 		t.Errorf("no search registries: err = %v", err)
 	}
