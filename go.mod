@@ -3,6 +3,7 @@ module github.com/kura-oci/kura
 go 1.26.8
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/distribution/distribution/v3 v3.1.2
 	github.com/distribution/reference v0.6.0
 	github.com/google/go-containerregistry v0.22.1

@@ -92,6 +92,9 @@ var otherTransports = map[string]bool{
 	"docker-daemon": true, "sif": true, "tarball": true, "ostree": true,
 }
 
+// IsOtherTransport reports a skopeo transport name Kura does not read ("dir", "docker-archive", …).
+func IsOtherTransport(name string) bool { return otherTransports[name] }
+
 // refName matches org.opencontainers.image.ref.name values (image-spec annotations.md):
 // components of alphanumerics joined by one of [-._:@+] or "--", separated by "/".
 var refName = regexp.MustCompile(`^[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*$`)

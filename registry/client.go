@@ -6,7 +6,6 @@ package registry
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -27,11 +26,20 @@ import (
 // transport per repository and access (pull or push).
 type Client struct {
 	opts  options
-	base  http.RoundTripper
 	stats counters
 
 	mu    sync.Mutex
 	repos map[string]*repoClient
+	hosts map[string]*hostTransport
+}
+
+// hostTransport is the base transport of one registry host: its TLS configuration (certs.d,
+// verification) and whether plain HTTP may be tried. The token server and blob redirects of
+// that registry go through it too, as in containers/image.
+type hostTransport struct {
+	rt        http.RoundTripper
+	allowHTTP bool // try plain HTTP after HTTPS fails (insecure)
+	httpsOnly bool // refuse plain HTTP to the registry host, loopback included
 }
 
 type repoClient struct {
@@ -48,19 +56,40 @@ func New(opts ...Option) *Client {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	base := o.transport
-	if base == nil {
+	return &Client{opts: o, repos: map[string]*repoClient{}, hosts: map[string]*hostTransport{}}
+}
+
+// hostTransport builds (once) the base transport for a registry host.
+func (c *Client) hostTransport(host string) (*hostTransport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ht, ok := c.hosts[host]; ok {
+		return ht, nil
+	}
+	h := HostTLS{}
+	strict := c.opts.hostTLS != nil
+	if strict {
+		var err error
+		if h, err = c.opts.hostTLS(host); err != nil {
+			return nil, fmt.Errorf("TLS settings for %s: %w", host, err)
+		}
+	}
+	rt := c.opts.transport
+	if rt == nil {
+		cfg, err := tlsConfig(h)
+		if err != nil {
+			return nil, fmt.Errorf("TLS settings for %s: %w", host, err)
+		}
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		// Blobs must arrive byte for byte: no transparent gzip decoding.
 		t.DisableCompression = true
-		t.MaxIdleConnsPerHost = max(o.parallel, 2)
-		if !o.tlsVerify {
-			t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // asked for by --tls-verify=false
-		}
-		base = t
+		t.MaxIdleConnsPerHost = max(c.opts.parallel, 2)
+		t.TLSClientConfig = cfg
+		rt = t
 	}
-	base = &idleTransport{inner: base, idle: o.idleTimeout}
-	return &Client{opts: o, base: base, repos: map[string]*repoClient{}}
+	ht := &hostTransport{rt: &idleTransport{inner: rt, idle: c.opts.idleTimeout}, allowHTTP: h.Insecure, httpsOnly: strict && !h.Insecure}
+	c.hosts[host] = ht
+	return ht, nil
 }
 
 // Stats are cumulative counters of a Client, for --json summaries.
@@ -169,13 +198,21 @@ func (c *Client) repo(ctx context.Context, repo imageref.Repository, push bool) 
 }
 
 func (c *Client) connect(ctx context.Context, rc *repoClient, repo imageref.Repository, push bool) error {
+	ht, err := c.hostTransport(repo.Domain)
+	if err != nil {
+		return err
+	}
 	var nopts []name.Option
-	if !c.opts.tlsVerify {
+	if ht.allowHTTP {
 		nopts = append(nopts, name.Insecure)
 	}
 	nrepo, err := name.NewRepository(repo.String(), append(nopts, name.StrictValidation)...)
 	if err != nil {
 		return fmt.Errorf("repository %s: %v: %w", repo, err, errdefs.ErrInvalid)
+	}
+	base := ht.rt
+	if ht.httpsOnly {
+		base = &plainHTTPGuard{inner: base, host: nrepo.RegistryStr()}
 	}
 	authenticator, err := c.opts.keychain.Resolve(nrepo)
 	if err != nil {
@@ -185,12 +222,15 @@ func (c *Client) connect(ctx context.Context, rc *repoClient, repo imageref.Repo
 	if push {
 		scopes = []string{nrepo.Scope(transport.PushScope)}
 	}
-	ua := transport.NewUserAgent(c.base, c.opts.userAgent)
+	ua := transport.NewUserAgent(base, c.opts.userAgent)
 	authed, err := transport.NewWithContext(ctx, nrepo.Registry, authenticator, ua, scopes)
 	if err != nil {
 		return fmt.Errorf("authenticating to %s: %w", repo, classifyAuthErr(err))
 	}
 	rc.scheme = nrepo.Registry.Scheme()
+	if ht.httpsOnly {
+		rc.scheme = "https"
+	}
 	rc.host = nrepo.RegistryStr()
 	rt := &retryTransport{inner: &countingTransport{inner: authed, stats: &c.stats}, opts: &c.opts, stats: &c.stats}
 	rc.client = &http.Client{Transport: rt, CheckRedirect: checkRedirect}

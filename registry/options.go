@@ -14,7 +14,7 @@ type Option func(*options)
 
 type options struct {
 	keychain         authn.Keychain
-	tlsVerify        bool
+	hostTLS          func(host string) (HostTLS, error)
 	platform         ocispec.Platform
 	maxManifestSize  int64
 	maxConfigSize    int64
@@ -35,7 +35,6 @@ type options struct {
 func defaultOptions() options {
 	return options{
 		keychain:         authn.NewMultiKeychain(), // anonymous
-		tlsVerify:        true,
 		platform:         ocispec.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH},
 		maxManifestSize:  4 << 20,
 		maxConfigSize:    16 << 20,
@@ -56,9 +55,24 @@ func defaultOptions() options {
 // WithKeychain supplies credentials (e.g. auth.NewKeychain()). Default: anonymous.
 func WithKeychain(k authn.Keychain) Option { return func(o *options) { o.keychain = k } }
 
-// WithTLSVerify(false) accepts self-signed certificates and lets the client fall back to plain
-// HTTP. (Loopback and private addresses may always fall back to HTTP, as in go-containerregistry.)
-func WithTLSVerify(v bool) Option { return func(o *options) { o.tlsVerify = v } }
+// WithTLSVerify sets one rule for every registry, as podman's explicit --tls-verify does: false
+// accepts any certificate and lets the client fall back to plain HTTP; true requires verified
+// HTTPS, loopback and private addresses included. Without WithTLSVerify or WithHostTLS,
+// certificates are verified against the system pool but loopback and private addresses may fall
+// back to plain HTTP, as in go-containerregistry (a convenience for tests and embedders, not what
+// the kura command does).
+func WithTLSVerify(v bool) Option {
+	return func(o *options) {
+		o.hostTLS = func(string) (HostTLS, error) { return HostTLS{Insecure: !v}, nil }
+	}
+}
+
+// WithHostTLS chooses, per registry host (host[:port] as in references), whether to verify
+// certificates and allow plain HTTP, and which certs.d directory applies (see HostTLS). It is
+// asked once per host; an error fails the requests to that host.
+func WithHostTLS(f func(host string) (HostTLS, error)) Option {
+	return func(o *options) { o.hostTLS = f }
+}
 
 // WithPlatform chooses the image of an index. Default: this host's OS and architecture, any variant.
 func WithPlatform(p ocispec.Platform) Option { return func(o *options) { o.platform = p } }

@@ -39,6 +39,8 @@ what restores it. A name whose image does not exist at all is removed.`,
 	cmd.Flags().StringVar(&rf.creds, "creds", "", "credentials USER[:PASSWORD] for re-fetching from the registry")
 	cmd.Flags().StringVar(&rf.authfile, "authfile", "", "path of an auth file (default: podman's lookup order)")
 	cmd.Flags().BoolVar(&rf.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates when re-fetching")
+	cmd.Flags().StringVar(&rf.certDir, "cert-dir", "", "CA and client certificates for re-fetching (default: certs.d lookup)")
+	rf.tlsSet = func() bool { return cmd.Flags().Changed("tls-verify") }
 	return cmd
 }
 
@@ -100,6 +102,9 @@ func registryRefetcher(rf *registryFlags) store.Refetcher {
 		}
 		desc, err := layerDescriptor(ctx, s, img, diffID)
 		if err != nil {
+			return err
+		}
+		if err := rf.checkBlocked(ref); err != nil {
 			return err
 		}
 		client, err := rf.client()

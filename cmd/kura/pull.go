@@ -14,6 +14,7 @@ import (
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/registriesconf"
 	"github.com/kura-oci/kura/registry"
 )
 
@@ -22,9 +23,15 @@ type registryFlags struct {
 	creds       string
 	authfile    string
 	tlsVerify   bool
+	tlsSet      func() bool // --tls-verify was given
+	certDir     string
+	regConf     string // --registries-conf
 	platform    string
 	idleTimeout time.Duration
 	idleSet     func() bool // --idle-timeout was given
+
+	conf     *registriesconf.Config // loaded on first use
+	insecure map[string]bool        // hosts of the chosen pull sources marked insecure
 }
 
 // idleTimeoutEnv sets the default of --idle-timeout.
@@ -33,7 +40,11 @@ const idleTimeoutEnv = "KURA_IDLE_TIMEOUT"
 func (f *registryFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.creds, "creds", "", "credentials USER[:PASSWORD] for the registry")
 	cmd.Flags().StringVar(&f.authfile, "authfile", "", "path of an auth file (default: podman's lookup order)")
-	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true, "require HTTPS and verify certificates")
+	cmd.Flags().BoolVar(&f.tlsVerify, "tls-verify", true,
+		"require HTTPS and verify certificates; false also allows plain HTTP (default: true, except registries marked insecure in registries.conf)")
+	cmd.Flags().StringVar(&f.certDir, "cert-dir", "", "use the CA certificates (*.crt) and client certificates (*.cert, *.key) in this directory (default: certs.d lookup)")
+	f.tlsSet = func() bool { return cmd.Flags().Changed("tls-verify") }
+	cmd.Flags().StringVar(&f.regConf, "registries-conf", "", "registries.conf to read instead of $CONTAINERS_REGISTRIES_CONF or podman's default (drop-ins still apply)")
 	cmd.Flags().StringVar(&f.platform, "platform", "", "OS/ARCH[/VARIANT] to choose from an index (default: this host)")
 	cmd.Flags().DurationVar(&f.idleTimeout, "idle-timeout", registry.DefaultIdleTimeout,
 		"abort a registry connection that delivers less than 1 KiB in this time, e.g. 30s or 2m (0: never; default from $"+idleTimeoutEnv+")")
@@ -56,19 +67,23 @@ func idleTimeout(flag time.Duration, given bool, env string) (time.Duration, err
 }
 
 // client builds a registry client from the flags.
-func (f *registryFlags) client() (*registry.Client, error) {
+func (f *registryFlags) client() (*registry.Client, error) { return f.newClient(true) }
+
+// newClient builds a registry client; withCreds false leaves --creds out (for mirrors, which
+// must not receive the primary registry's credentials, as in containers/image).
+func (f *registryFlags) newClient(withCreds bool) (*registry.Client, error) {
 	var kopts []auth.Option
 	if f.authfile != "" {
 		kopts = append(kopts, auth.WithAuthFile(f.authfile))
 	}
-	if f.creds != "" {
+	if f.creds != "" && withCreds {
 		kopts = append(kopts, auth.WithCreds(f.creds))
 	}
 	idle, err := idleTimeout(f.idleTimeout, f.idleSet != nil && f.idleSet(), os.Getenv(idleTimeoutEnv))
 	if err != nil {
 		return nil, err
 	}
-	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithTLSVerify(f.tlsVerify), registry.WithIdleTimeout(idle)}
+	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
 	if f.platform != "" {
 		p, err := parsePlatform(f.platform)
 		if err != nil {
@@ -107,18 +122,17 @@ registry that ignores Range, metadata over the size bound, a name the TOC cannot
 A connection that delivers less than 1 KiB in --idle-timeout is aborted and retried.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := imageref.Parse(args[0])
-			if err != nil {
+			if _, err := imageref.Parse(args[0]); err != nil {
 				return usageError{err}
 			}
-			client, err := rf.client()
+			chosen, err := rf.pullSource(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			src, err := pull.NewSource(ref, client)
-			if err != nil {
-				return err
+			if name == "" {
+				name = chosen.name
 			}
+			src := chosen.src
 			s, err := openStore()
 			if err != nil {
 				return err

@@ -10,7 +10,6 @@ import (
 
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/progress"
-	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
 )
 
@@ -68,6 +67,9 @@ registry has already are not sent again. The config is sent unchanged: recompres
 			if err != nil {
 				return err
 			}
+			if err := rf.checkPush(ref); err != nil {
+				return err
+			}
 			client, err := rf.client()
 			if err != nil {
 				return err
@@ -102,8 +104,7 @@ the store. Every layer (tar, gzip, zstd or zstd:chunked) is decompressed and com
 Kura's answer to skopeo copy --dest-compress-format zstd:chunked.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			srcRef, err := imageref.Parse(args[0])
-			if err != nil {
+			if _, err := imageref.Parse(args[0]); err != nil {
 				return usageError{err}
 			}
 			destRef, err := imageref.Parse(args[1])
@@ -114,11 +115,15 @@ Kura's answer to skopeo copy --dest-compress-format zstd:chunked.`,
 			if err != nil {
 				return err
 			}
-			client, err := crf.client()
+			if err := crf.checkPush(destRef); err != nil {
+				return err
+			}
+			chosen, err := crf.pullSource(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			src, err := pull.NewSource(srcRef, client)
+			src, srcRef := chosen.src, chosen.ref
+			client, err := crf.client()
 			if err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package registrytest
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -99,7 +100,7 @@ type Proxy struct {
 	storeAuth []string
 }
 
-func newProxy(t testing.TB, upstream string, useTLS bool) *Proxy {
+func newProxy(t testing.TB, upstream string, tlsCfg *tls.Config) *Proxy {
 	p := &Proxy{
 		upstream: upstream,
 		// No redirects, no connection reuse surprises: one upstream request per client request.
@@ -108,11 +109,7 @@ func newProxy(t testing.TB, upstream string, useTLS bool) *Proxy {
 	}
 	p.idle = sync.NewCond(&p.mu)
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
-	if useTLS {
-		srv.StartTLS()
-	} else {
-		srv.Start()
-	}
+	startServer(srv, tlsCfg)
 	t.Cleanup(srv.Close)
 	p.host = srv.Listener.Addr().String()
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -59,7 +60,7 @@ type Registry struct {
 	key           ed25519.PrivateKey
 	kid           string
 	anonymous     bool
-	tls           bool
+	tls           *tls.Config // nil: plain HTTP
 	direct        *httptest.Server
 }
 
@@ -71,7 +72,23 @@ func AllowAnonymousPull() Option { return func(r *Registry) { r.anonymous = true
 
 // WithTLS serves the proxy and the token server over HTTPS with httptest's self-signed
 // certificate, as a registry a client reaches only with TLS verification off.
-func WithTLS() Option { return func(r *Registry) { r.tls = true } }
+func WithTLS() Option { return func(r *Registry) { r.tls = &tls.Config{} } }
+
+// WithServerTLS serves the proxy and the token server over HTTPS with cfg: a certificate from a
+// test's private CA (for "127.0.0.1" and "localhost", the token realm's host), and client
+// certificate checks if the test wants them. The registry itself stays behind the proxy.
+func WithServerTLS(cfg *tls.Config) Option { return func(r *Registry) { r.tls = cfg } }
+
+// startServer starts srv over HTTPS with cfg (httptest's own certificate when cfg has none), or
+// plain HTTP when cfg is nil.
+func startServer(srv *httptest.Server, cfg *tls.Config) {
+	if cfg == nil {
+		srv.Start()
+		return
+	}
+	srv.TLS = cfg.Clone()
+	srv.StartTLS()
+}
 
 var quietLogs sync.Once
 
@@ -95,12 +112,10 @@ func New(t testing.TB, opts ...Option) *Registry {
 
 	tokenSrv := httptest.NewUnstartedServer(http.HandlerFunc(r.serveToken))
 	scheme := "http"
-	if r.tls {
-		tokenSrv.StartTLS()
+	if r.tls != nil {
 		scheme = "https"
-	} else {
-		tokenSrv.Start()
 	}
+	startServer(tokenSrv, r.tls)
 	t.Cleanup(tokenSrv.Close)
 
 	cfg := &configuration.Configuration{}
