@@ -331,7 +331,7 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...Rea
 	if loc.TarSplit.Length > 0 && tarSplitBlob != nil {
 		go func() {
 			defer close(tsDone)
-			ts = decodeTarSplitBlob(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata)
+			ts = decodeTarSplitBlob(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata, TarSplitLineLimit(int64(len(tarSplitBlob))))
 		}()
 	} else {
 		close(tsDone)
@@ -347,7 +347,7 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...Rea
 	if err != nil {
 		return nil, fmt.Errorf("TOC: %w", err)
 	}
-	toc, err := ParseTOC(tocJSON)
+	toc, err := parseTOC(tocJSON, TOCEntryLimit(max(loc.TOC.End(), loc.TarSplit.End())))
 	if err != nil {
 		return nil, err
 	}
@@ -393,13 +393,13 @@ type tarSplitResult struct {
 	err     error
 }
 
-func decodeTarSplitBlob(blob []byte, size, limit int64) (r tarSplitResult) {
+func decodeTarSplitBlob(blob []byte, size, limit int64, maxLines int) (r tarSplitResult) {
 	r.sha256 = digest.FromBytes(blob)
 	if r.json, r.err = decompressBounded(blob, size, limit); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 		return r
 	}
-	if r.entries, r.err = DecodeTarSplit(r.json); r.err != nil {
+	if r.entries, r.err = decodeTarSplit(r.json, maxLines); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 	}
 	return r
@@ -435,22 +435,70 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 
 // ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are
 // skipped, trailing data is an error. It checks the structure (see Parse) but no offsets.
-func ParseTOC(b []byte) (*TOC, error) {
-	toc, ok := decodeTOCFast(b)
+// At most MaxTOCEntries entries are decoded.
+func ParseTOC(b []byte) (*TOC, error) { return parseTOC(b, MaxTOCEntries) }
+
+// parseTOC is ParseTOC refusing, while it decodes, more than maxEntries entries.
+func parseTOC(b []byte, maxEntries int) (*TOC, error) {
+	toc, ok, over := decodeTOCFastLimit(b, maxEntries)
+	if over {
+		return nil, errTooManyEntries("TOC", maxEntries)
+	}
 	if !ok {
-		toc = new(TOC)
+		// The same struct with an entries list that counts as it decodes: keys still match
+		// as encoding/json matches them.
+		var lt struct {
+			Version        int            `json:"version"`
+			Entries        limitedEntries `json:"entries"`
+			TarSplitDigest string         `json:"tarSplitDigest,omitempty"`
+		}
+		lt.Entries.max = maxEntries
 		dec := json.NewDecoder(bytes.NewReader(b))
-		if err := dec.Decode(toc); err != nil {
+		if err := dec.Decode(&lt); err != nil {
+			if lt.Entries.over {
+				return nil, errTooManyEntries("TOC", maxEntries)
+			}
 			return nil, invalidf("decoding TOC: %v", err)
 		}
 		if _, err := dec.Token(); err != io.EOF {
 			return nil, invalidf("trailing data after the TOC")
 		}
+		toc = &TOC{Version: lt.Version, Entries: lt.Entries.e, TarSplitDigest: lt.TarSplitDigest}
 	}
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
 	}
 	return toc, nil
+}
+
+// limitedEntries decodes a JSON array of entries one at a time, refusing more than max.
+type limitedEntries struct {
+	max  int
+	e    []Entry
+	over bool
+}
+
+func (l *limitedEntries) UnmarshalJSON(b []byte) error {
+	l.e = nil
+	if string(b) == "null" {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return fmt.Errorf("entries: not an array")
+	}
+	l.e = []Entry{}
+	for dec.More() {
+		if len(l.e) >= l.max {
+			l.over = true
+			return errTooManyEntries("TOC", l.max)
+		}
+		l.e = append(l.e, Entry{})
+		if err := dec.Decode(&l.e[len(l.e)-1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // CheckName rejects absolute names and names with ".." components.
@@ -556,6 +604,9 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
 			return File{}, 0, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
 		}
+		if err := checkExpansion(e.Name, e.Size, f.Range); err != nil {
+			return File{}, 0, err
+		}
 		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
 		if e.ChunkDigest != "" {
 			cd, err := digests.ParseSHA256(e.ChunkDigest)
@@ -595,6 +646,9 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		}
 		if start < e.Offset || start >= end || end > e.EndOffset {
 			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
+		}
+		if err := checkExpansion(e.Name, c.ChunkSize, Range{start, end - start}); err != nil {
+			return File{}, 0, err
 		}
 		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
 			Zeros: c.ChunkType == ChunkTypeZeros, Range: Range{start, end - start}})
