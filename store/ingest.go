@@ -2,6 +2,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -125,10 +126,42 @@ func (w *writer) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	if _, err := w.bw.Write(p); err != nil {
+	if err := w.writeSparse(p, w.n-int64(len(p))); err != nil {
 		return 0, fmt.Errorf("writing temp object: %w", err)
 	}
 	return len(p), nil
+}
+
+// holeBlock is the unit in which runs of zero bytes become holes: a file system block.
+const holeBlock = 4096
+
+// writeSparse writes p, which starts at offset off of the temp file, leaving every aligned
+// block of zeros a hole: a run of zeros costs no disk whichever way it arrives (a zeros chunk,
+// a tar payload, a copy of a sparse file), and objects stay as sparse as their content allows.
+func (w *writer) writeSparse(p []byte, off int64) error {
+	for len(p) > 0 {
+		k := min(int64(len(p)), holeBlock-off%holeBlock)
+		if k == holeBlock && bytes.Equal(p[:k], zeros[:k]) {
+			if err := w.bw.Flush(); err != nil {
+				return err
+			}
+			n := k
+			for n+holeBlock <= int64(len(p)) && bytes.Equal(p[n:n+holeBlock], zeros[:holeBlock]) {
+				n += holeBlock
+			}
+			if _, err := w.f.Seek(n, io.SeekCurrent); err != nil {
+				return err
+			}
+			w.holes = true
+			p, off = p[n:], off+n
+			continue
+		}
+		if _, err := w.bw.Write(p[:k]); err != nil {
+			return err
+		}
+		p, off = p[k:], off+k
+	}
+	return nil
 }
 
 // zeros is a source of zero bytes to hash.
@@ -186,7 +219,7 @@ func (w *writer) spill() error {
 	w.f = f
 	w.bw = bufPool.Get().(*bufio.Writer)
 	w.bw.Reset(f)
-	if _, err := f.Write(w.buf); err != nil {
+	if err := w.writeSparse(w.buf, 0); err != nil {
 		return fmt.Errorf("writing temp object: %w", err)
 	}
 	w.buf = nil
