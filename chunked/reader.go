@@ -453,15 +453,13 @@ func parseTOC(b []byte, maxEntries int) (*TOC, error) {
 			TarSplitDigest string         `json:"tarSplitDigest,omitempty"`
 		}
 		lt.Entries.max = maxEntries
-		dec := json.NewDecoder(bytes.NewReader(b))
-		if err := dec.Decode(&lt); err != nil {
+		// Unmarshal, not a Decoder: it reads b in place (a Decoder copies it into a buffer),
+		// and refuses trailing data too.
+		if err := json.Unmarshal(b, &lt); err != nil {
 			if lt.Entries.over {
 				return nil, errTooManyEntries("TOC", maxEntries)
 			}
 			return nil, invalidf("decoding TOC: %v", err)
-		}
-		if _, err := dec.Token(); err != io.EOF {
-			return nil, invalidf("trailing data after the TOC")
 		}
 		toc = &TOC{Version: lt.Version, Entries: lt.Entries.e, TarSplitDigest: lt.TarSplitDigest}
 	}
