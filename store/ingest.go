@@ -135,13 +135,15 @@ func (w *writer) Write(p []byte) (int, error) {
 // holeBlock is the unit in which runs of zero bytes become holes: a file system block.
 const holeBlock = 4096
 
-// writeSparse writes p, which starts at offset off of the temp file, leaving every aligned
-// block of zeros a hole: a run of zeros costs no disk whichever way it arrives (a zeros chunk,
-// a tar payload, a copy of a sparse file), and objects stay as sparse as their content allows.
+// writeSparse writes p, which starts at offset off of the temp file, skipping (seeking over)
+// every block-aligned piece of zeros: a run of zeros costs no disk whichever way it arrives (a
+// zeros chunk, a tar payload, a copy of a sparse file), and objects stay as sparse as their
+// content allows. Pieces are cut at block boundaries, so a run split across writes is skipped
+// whole; skipping is always right, as nothing was ever written there and Commit sets the size.
 func (w *writer) writeSparse(p []byte, off int64) error {
 	for len(p) > 0 {
 		k := min(int64(len(p)), holeBlock-off%holeBlock)
-		if k == holeBlock && bytes.Equal(p[:k], zeros[:k]) {
+		if bytes.Equal(p[:k], zeros[:k]) {
 			if err := w.bw.Flush(); err != nil {
 				return err
 			}
