@@ -11,17 +11,19 @@ import (
 // minimal entries, each of which costs hundreds of bytes decoded; these bounds are checked while
 // decoding, entry by entry and line by line, so a bomb is refused before its entries cost memory.
 //
-// The ratios are what honest writers cannot go below. Measured on the most compressible honest
-// layers (50,000 empty files, directories or symlinks with sequential names, written by Convert
-// at the reference's level): ≥ 12 blob bytes per TOC entry (tar headers in the data frames, TOC,
-// tar-split) and ≥ 4.5 compressed tar-split bytes per line. The limits allow a third and a fourth
-// of that. The absolute caps sit above what the 150 MiB metadata bound lets an honest layer
-// hold (a tar-split line per tar header costs ~790 bytes; a chunk entry ~200 TOC bytes).
+// The ratios sit well below what honest writers produce. The most compressible honest layers we
+// could write (50,000 empty files, directories or symlinks with sequential names, by Convert at
+// the reference's level) take ≥ 12 blob bytes per TOC entry (tar headers in the data frames, TOC,
+// tar-split) and ≥ 4.5 compressed tar-split bytes per line; the limits ask for 4 and 1. The
+// absolute caps sit above what the 150 MiB metadata bound lets an honest layer hold (a tar header
+// costs ~790 tar-split bytes, a chunk entry ~200 TOC bytes).
 const (
 	// MaxTOCEntries bounds a TOC's entries, chunk entries included (~232 bytes each decoded).
 	MaxTOCEntries = 1 << 20
-	// MaxTarSplitLines bounds a tar-split's lines, empty and whitespace lines included.
-	MaxTarSplitLines = 1 << 21
+	// MaxTarSplitLines bounds a tar-split's lines, empty and whitespace lines included. An
+	// imported layer of MaxTOCEntries entries has about two lines per entry (header segment,
+	// file), so every layer the store records reads back.
+	MaxTarSplitLines = 4 << 20
 	// blobBytesPerTOCEntry: a TOC entry needs a tar header or a frame in the blob's data.
 	blobBytesPerTOCEntry = 4
 	// tarSplitBytesPerLine: a line needs at least one byte of the compressed tar-split.

@@ -51,20 +51,20 @@ func TestParseTOCEntryLimit(t *testing.T) {
 // Blank and whitespace-only tar-split lines count against the limit, before anything is
 // allocated for them.
 func TestTarSplitLineLimit(t *testing.T) {
-	b := []byte(`{"type":2,"payload":"AAAA","position":0}` + "\n" + strings.Repeat(" \n", 1<<22))
+	b := []byte(`{"type":2,"payload":"AAAA","position":0}` + "\n" + strings.Repeat(" \n", 1<<23))
 	var err error
 	mib := allocated(func() { _, err = decodeTarSplit(b, 1000) })
 	if !errors.Is(err, errdefs.ErrInvalid) {
-		t.Fatalf("4Mi blank lines with a limit of 1000: %v", err)
+		t.Fatalf("8Mi blank lines with a limit of 1000: %v", err)
 	}
 	if mib > 1 {
 		t.Fatalf("refusing allocated %d MiB", mib)
 	}
 	if _, err := DecodeTarSplit(b); !errors.Is(err, errdefs.ErrInvalid) {
-		t.Fatalf("4Mi lines at the default limit of %d: %v", MaxTarSplitLines, err)
+		t.Fatalf("8Mi lines at the default limit of %d: %v", MaxTarSplitLines, err)
 	}
-	if es, err := DecodeTarSplit(b[:len(b)-2*(1<<21)-2]); err != nil || len(es) != 1 {
-		t.Fatalf("2Mi lines at the default limit of %d: %d entries, %v", MaxTarSplitLines, len(es), err)
+	if es, err := DecodeTarSplit(b[:len(b)-2*(1<<22)-2]); err != nil || len(es) != 1 {
+		t.Fatalf("4Mi lines at the default limit of %d: %d entries, %v", MaxTarSplitLines, len(es), err)
 	}
 	if got := TarSplitLineLimit(300); got != limitFloor+300 {
 		t.Fatalf("TarSplitLineLimit(300) = %d", got)
