@@ -1,10 +1,16 @@
 package chunked
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/kura-oci/kura/errdefs"
 )
@@ -95,5 +101,48 @@ func TestChunkLargerThanFramesRefused(t *testing.T) {
 		if c.ok != (err == nil) || err != nil && !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("%s: %v", c.name, err)
 		}
+	}
+}
+
+// rssMiB is this process's resident set.
+func rssMiB(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmRSS:" {
+			kib, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kib >> 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// A tar-split of 128 MiB of blank lines (a few KiB of zstd) is refused as it decompresses: the
+// buffer its declared size reserves is never filled, so resident memory barely moves.
+func TestTarSplitBlankLinesStreamed(t *testing.T) {
+	blank := bytes.Repeat([]byte(" \n"), 64<<20)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := enc.EncodeAll(blank, nil)
+	size := int64(len(blank))
+	blank = nil
+	debug.FreeOSMemory()
+	before := rssMiB(t)
+	r := decodeTarSplitBlob(blob, size, 150<<20, TarSplitLineLimit(int64(len(blob))))
+	grew := rssMiB(t) - before
+	if !errors.Is(r.err, errdefs.ErrInvalid) {
+		t.Fatalf("128 MiB of blank lines in %d bytes: %v", len(blob), r.err)
+	}
+	t.Logf("refused %d compressed bytes, RSS grew %d MiB: %v", len(blob), grew, r.err)
+	if grew > 48 {
+		t.Fatalf("refusing 128 MiB of blank lines made %d MiB resident", grew)
 	}
 }

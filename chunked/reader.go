@@ -395,7 +395,7 @@ type tarSplitResult struct {
 
 func decodeTarSplitBlob(blob []byte, size, limit int64, maxLines int) (r tarSplitResult) {
 	r.sha256 = digest.FromBytes(blob)
-	if r.json, r.err = decompressBounded(blob, size, limit); r.err != nil {
+	if r.json, r.err = decompressLines(blob, size, limit, maxLines); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 		return r
 	}
@@ -431,6 +431,42 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 		return nil, invalidf("decompressed to %d bytes, expected %d", len(out), size)
 	}
 	return out, nil
+}
+
+// decompressLines is decompressBounded for the line-oriented tar-split: it streams, counting
+// lines as they come out, and stops past maxLines. The buffer is sized by the declared size but
+// only what is decompressed is touched, so a stream of blank lines is refused having cost what
+// the line limit allows, not what the declaration says.
+func decompressLines(blob []byte, size, limit int64, maxLines int) ([]byte, error) {
+	if size > limit {
+		return nil, invalidf("%d uncompressed bytes exceed the %d-byte limit", size, limit)
+	}
+	d, err := zstd.NewReader(bytes.NewReader(blob), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow),
+		zstd.WithDecoderMaxMemory(max(uint64(size)+1, maxWindow)))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out := make([]byte, size+1) // one byte more: a stream longer than declared is found
+	n, lines := 0, 0
+	for n < len(out) {
+		k, err := d.Read(out[n:])
+		lines += bytes.Count(out[n:n+k], []byte{'\n'})
+		n += k
+		if lines > maxLines {
+			return nil, errTooManyEntries("tar-split", maxLines)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, invalidf("decompressing: %v", err)
+		}
+	}
+	if int64(n) != size {
+		return nil, invalidf("decompressed to %d bytes or more, expected %d", n, size)
+	}
+	return out[:n:n], nil
 }
 
 // ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are
