@@ -1,14 +1,18 @@
 package chunked
 
 import (
+	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -144,5 +148,45 @@ func TestTarSplitBlankLinesStreamed(t *testing.T) {
 	t.Logf("refused %d compressed bytes, RSS grew %d MiB: %v", len(blob), grew, r.err)
 	if grew > 48 {
 		t.Fatalf("refusing 128 MiB of blank lines made %d MiB resident", grew)
+	}
+}
+
+// The most compact honest layers (empty files and directories with sequential names, as
+// Convert writes them) stay within the limits, with the TOC alone (a predicted tar-split) too.
+func TestCompactHonestLayerWithinLimits(t *testing.T) {
+	const n = 30000
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i := range n {
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("usr/share/x/f%07d", i), Mode: 0o644, ModTime: time.Unix(1700000000, 0)}
+		if i%2 == 1 {
+			h.Typeflag, h.Name = tar.TypeDir, fmt.Sprintf("usr/share/x/d%07d/", i)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	var blob bytes.Buffer
+	d, err := Convert(context.Background(), &buf, &blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc, err := LocateFromAnnotations(d.Annotations, d.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := blob.Bytes()
+	tocBlob, tsBlob := b[loc.TOC.Offset:loc.TOC.End()], b[loc.TarSplit.Offset:loc.TarSplit.End()]
+	t.Logf("%d entries: %.1f blob bytes per entry (limit %d), %.1f compressed tar-split bytes per line (limit %d)",
+		n, float64(loc.carrier())/n, blobBytesPerTOCEntry, float64(len(tsBlob))/float64(2*n), tarSplitBytesPerLine)
+	if _, err := Parse(loc, tocBlob, tsBlob); err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if _, err := ParseTOCOnly(loc, tocBlob); err != nil {
+		t.Fatalf("ParseTOCOnly: %v", err)
+	}
+	if got := loc.carrier() / n; got < 3*blobBytesPerTOCEntry/2 {
+		t.Fatalf("%d blob bytes per entry: the entry limit leaves honest layers too little room", got)
 	}
 }

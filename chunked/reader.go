@@ -297,7 +297,7 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 // beside fetching). Until check returns nil the tar-split is authenticated but may disagree
 // with the TOC: nothing built from the layer may be recorded before.
 func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (l *Layer, check func() error, err error) {
-	l, err = parse(loc, tocBlob, tarSplitBlob, false, opts...)
+	l, err = parse(loc, tocBlob, tarSplitBlob, false, loc.carrier(), opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -312,11 +312,16 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 // tar-split; before anything built from it is trusted, a tar-split must be supplied and pass
 // CheckTarSplitEntries, and the tar rebuilt with it must hash to the DiffID.
 func ParseTOCOnly(loc Location, tocBlob []byte, opts ...ReadOption) (*Layer, error) {
+	carrier := loc.carrier() // the tar-split's bytes still carry entries
 	loc.TarSplit, loc.TarSplitUncompressed = Range{}, 0
-	return parse(loc, tocBlob, nil, true, opts...)
+	return parse(loc, tocBlob, nil, true, carrier, opts...)
 }
 
-func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...ReadOption) (*Layer, error) {
+// carrier is how many blob bytes carry the layer's entries: everything before the footer.
+func (l Location) carrier() int64 { return max(l.TOC.End(), l.TarSplit.End()) }
+
+// parse checks and decodes; carrier (Location.carrier) bounds the TOC's entries.
+func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, carrier int64, opts ...ReadOption) (*Layer, error) {
 	o := readOpts(opts)
 	if int64(len(tocBlob)) != loc.TOC.Length {
 		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
@@ -347,7 +352,7 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...Rea
 	if err != nil {
 		return nil, fmt.Errorf("TOC: %w", err)
 	}
-	toc, err := parseTOC(tocJSON, TOCEntryLimit(max(loc.TOC.End(), loc.TarSplit.End())))
+	toc, err := parseTOC(tocJSON, TOCEntryLimit(carrier))
 	if err != nil {
 		return nil, err
 	}
