@@ -11,7 +11,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -596,43 +595,74 @@ func setTimes(pfd int, base string, fd int, e *chunked.Entry) error {
 	return nil
 }
 
-// copyFD copies size bytes of src to the open file dst, in the kernel when it can.
+// copyFD copies size bytes of src into the new, empty file dst, in the kernel when it can, and
+// keeps src's holes holes: dst is sized first, then only the data extents src reports
+// (SEEK_DATA/SEEK_HOLE) are copied, at their offsets. A zeros chunk stored as a hole stays one in
+// every checkout (copy_file_range alone fills holes on most file systems).
 func copyFD(dst int, src *os.File, size int64) error {
-	var off int64
-	for off < size {
-		n, err := unix.CopyFileRange(int(src.Fd()), nil, dst, nil, int(min(size-off, 1<<30)), 0)
+	if err := unix.Ftruncate(dst, size); err != nil {
+		return err
+	}
+	sfd := int(src.Fd())
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(sfd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil // the rest is a hole
+		}
+		end := size
 		if err != nil {
-			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
-				return copySlow(dst, src, size-off)
-			}
+			data = off // no hole support: everything is data
+		} else if hole, err := unix.Seek(sfd, data, unix.SEEK_HOLE); err == nil {
+			end = min(hole, size)
+		}
+		if data >= end {
+			return nil
+		}
+		if err := copyRange(dst, sfd, data, end-data); err != nil {
 			return err
 		}
-		if n == 0 {
-			return fmt.Errorf("object shorter than %d bytes: %w", size, errdefs.ErrDigestMismatch)
-		}
-		off += int64(n)
+		off = end
 	}
 	return nil
 }
 
-func copySlow(dst int, src io.Reader, n int64) error {
+// copyRange copies n bytes at off from src to the same offset of dst.
+func copyRange(dst, src int, off, n int64) error {
+	soff, doff := off, off
+	for end := off + n; soff < end; {
+		k, err := unix.CopyFileRange(src, &soff, dst, &doff, int(min(end-soff, 1<<30)), 0)
+		if err != nil {
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
+				return copySlow(dst, src, soff, end-soff)
+			}
+			return err
+		}
+		if k == 0 {
+			return fmt.Errorf("object shorter than %d bytes: %w", end, errdefs.ErrDigestMismatch)
+		}
+	}
+	return nil
+}
+
+// copySlow copies n bytes at off from src to the same offset of dst through a buffer.
+func copySlow(dst, src int, off, n int64) error {
 	buf := make([]byte, 256<<10)
 	for n > 0 {
-		k, err := src.Read(buf[:min(int64(len(buf)), n)])
+		k, err := unix.Pread(src, buf[:min(int64(len(buf)), n)], off)
+		if err != nil {
+			return err
+		}
+		if k == 0 {
+			return fmt.Errorf("object too short: %w", errdefs.ErrDigestMismatch)
+		}
 		for p := buf[:k]; len(p) > 0; {
-			w, werr := unix.Write(dst, p)
+			w, werr := unix.Pwrite(dst, p, off)
 			if werr != nil {
 				return werr
 			}
-			p = p[w:]
+			p, off = p[w:], off+int64(w)
 		}
 		n -= int64(k)
-		if err == io.EOF && n > 0 {
-			return fmt.Errorf("object too short: %w", errdefs.ErrDigestMismatch)
-		}
-		if err != nil && err != io.EOF {
-			return err
-		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -40,6 +41,9 @@ func FuzzTOC(f *testing.F) {
 		f.Add(readTestdata(f, name), int64(700000))
 	}
 	f.Add([]byte(`{"version":1,"entries":[{"type":"reg","name":"a","size":3,"digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","offset":1,"endOffset":5}]}`), int64(100))
+	// Bombs: a zeros chunk declaring 1 GiB in 4 bytes of frame; empty entries by the thousand.
+	f.Add([]byte(`{"version":1,"entries":[{"type":"reg","name":"z","size":1073741824,"digest":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","offset":1,"endOffset":5,"chunkType":"zeros"}]}`), int64(100))
+	f.Add(repeatEntries(`{}`, 5000), int64(100))
 	f.Fuzz(func(t *testing.T, b []byte, dataEnd int64) {
 		toc, err := ParseTOC(b)
 		if err != nil {
@@ -58,6 +62,9 @@ func FuzzTOC(f *testing.F) {
 				if c.Offset != sum || c.Range.Offset < file.Range.Offset || c.Range.End() > file.Range.End() {
 					t.Fatalf("accepted chunk %+v of %+v", c, file.Range)
 				}
+				if c.Size > c.Range.Length*maxFrameExpansion {
+					t.Fatalf("accepted a chunk of %d bytes in %d bytes of frames", c.Size, c.Range.Length)
+				}
 				sum += c.Size
 			}
 			if sum != file.Entry.Size {
@@ -75,6 +82,7 @@ func FuzzTarSplit(f *testing.F) {
 	f.Add(readTestdata(f, "mixed.tar-split.json"))
 	f.Add(readTestdata(f, "real.tar-split.json"))
 	f.Add([]byte(`{"type":2,"payload":"AAAA","position":0}` + "\n" + `{"type":1,"name":"x","size":5,"payload":"AAAAAAAAAAA=","position":1}`))
+	f.Add([]byte(`{"type":2,"payload":"AAAA","position":0}` + strings.Repeat("\n \n", 5000))) // blank lines
 	f.Fuzz(func(t *testing.T, ts []byte) {
 		_ = CheckTarSplit(toc, ts)
 		// Rebuilding never trusts sizes beyond what open delivers.

@@ -297,7 +297,7 @@ func Parse(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (*Lay
 // beside fetching). Until check returns nil the tar-split is authenticated but may disagree
 // with the TOC: nothing built from the layer may be recorded before.
 func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOption) (l *Layer, check func() error, err error) {
-	l, err = parse(loc, tocBlob, tarSplitBlob, false, opts...)
+	l, err = parse(loc, tocBlob, tarSplitBlob, false, loc.carrier(), opts...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -312,11 +312,16 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 // tar-split; before anything built from it is trusted, a tar-split must be supplied and pass
 // CheckTarSplitEntries, and the tar rebuilt with it must hash to the DiffID.
 func ParseTOCOnly(loc Location, tocBlob []byte, opts ...ReadOption) (*Layer, error) {
+	carrier := loc.carrier() // the tar-split's bytes still carry entries
 	loc.TarSplit, loc.TarSplitUncompressed = Range{}, 0
-	return parse(loc, tocBlob, nil, true, opts...)
+	return parse(loc, tocBlob, nil, true, carrier, opts...)
 }
 
-func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...ReadOption) (*Layer, error) {
+// carrier is how many blob bytes carry the layer's entries: everything before the footer.
+func (l Location) carrier() int64 { return max(l.TOC.End(), l.TarSplit.End()) }
+
+// parse checks and decodes; carrier (Location.carrier) bounds the TOC's entries.
+func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, carrier int64, opts ...ReadOption) (*Layer, error) {
 	o := readOpts(opts)
 	if int64(len(tocBlob)) != loc.TOC.Length {
 		return nil, invalidf("TOC is %d bytes, location says %d", len(tocBlob), loc.TOC.Length)
@@ -331,7 +336,7 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...Rea
 	if loc.TarSplit.Length > 0 && tarSplitBlob != nil {
 		go func() {
 			defer close(tsDone)
-			ts = decodeTarSplitBlob(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata)
+			ts = decodeTarSplitBlob(tarSplitBlob, loc.TarSplitUncompressed, o.maxMetadata, TarSplitLineLimit(int64(len(tarSplitBlob))))
 		}()
 	} else {
 		close(tsDone)
@@ -347,7 +352,7 @@ func parse(loc Location, tocBlob, tarSplitBlob []byte, tocOnly bool, opts ...Rea
 	if err != nil {
 		return nil, fmt.Errorf("TOC: %w", err)
 	}
-	toc, err := ParseTOC(tocJSON)
+	toc, err := parseTOC(tocJSON, TOCEntryLimit(carrier))
 	if err != nil {
 		return nil, err
 	}
@@ -393,13 +398,13 @@ type tarSplitResult struct {
 	err     error
 }
 
-func decodeTarSplitBlob(blob []byte, size, limit int64) (r tarSplitResult) {
+func decodeTarSplitBlob(blob []byte, size, limit int64, maxLines int) (r tarSplitResult) {
 	r.sha256 = digest.FromBytes(blob)
-	if r.json, r.err = decompressBounded(blob, size, limit); r.err != nil {
+	if r.json, r.err = decompressLines(blob, size, limit, maxLines); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 		return r
 	}
-	if r.entries, r.err = DecodeTarSplit(r.json); r.err != nil {
+	if r.entries, r.err = decodeTarSplit(r.json, maxLines); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 	}
 	return r
@@ -433,19 +438,71 @@ func decompressBounded(blob []byte, size, limit int64) ([]byte, error) {
 	return out, nil
 }
 
+// decompressLines is decompressBounded for the line-oriented tar-split: it streams, counting
+// lines as they come out, and stops past maxLines. The buffer is sized by the declared size but
+// only what is decompressed is touched, so a stream of blank lines is refused having cost what
+// the line limit allows, not what the declaration says.
+func decompressLines(blob []byte, size, limit int64, maxLines int) ([]byte, error) {
+	if size > limit {
+		return nil, invalidf("%d uncompressed bytes exceed the %d-byte limit", size, limit)
+	}
+	d, err := zstd.NewReader(bytes.NewReader(blob), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(maxWindow),
+		zstd.WithDecoderMaxMemory(max(uint64(size)+1, maxWindow)))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	out := make([]byte, size+1) // one byte more: a stream longer than declared is found
+	n, lines := 0, 0
+	for n < len(out) {
+		k, err := d.Read(out[n:])
+		lines += bytes.Count(out[n:n+k], []byte{'\n'})
+		n += k
+		if lines > maxLines {
+			return nil, errTooManyEntries("tar-split", maxLines)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, invalidf("decompressing: %v", err)
+		}
+	}
+	if int64(n) != size {
+		return nil, invalidf("decompressed to %d bytes or more, expected %d", n, size)
+	}
+	return out[:n:n], nil
+}
+
 // ParseTOC decodes TOC JSON like the reference: keys match case-insensitively, unknown keys are
 // skipped, trailing data is an error. It checks the structure (see Parse) but no offsets.
-func ParseTOC(b []byte) (*TOC, error) {
-	toc, ok := decodeTOCFast(b)
+// At most MaxTOCEntries entries are decoded.
+func ParseTOC(b []byte) (*TOC, error) { return parseTOC(b, MaxTOCEntries) }
+
+// parseTOC is ParseTOC refusing, while it decodes, more than maxEntries entries.
+func parseTOC(b []byte, maxEntries int) (*TOC, error) {
+	toc, ok, over := decodeTOCFastLimit(b, maxEntries)
+	if over {
+		return nil, errTooManyEntries("TOC", maxEntries)
+	}
 	if !ok {
-		toc = new(TOC)
-		dec := json.NewDecoder(bytes.NewReader(b))
-		if err := dec.Decode(toc); err != nil {
+		// The same struct with an entries list that counts as it decodes: keys still match
+		// as encoding/json matches them.
+		var lt struct {
+			Version        int            `json:"version"`
+			Entries        limitedEntries `json:"entries"`
+			TarSplitDigest string         `json:"tarSplitDigest,omitempty"`
+		}
+		lt.Entries.max = maxEntries
+		// Unmarshal, not a Decoder: it reads b in place (a Decoder copies it into a buffer),
+		// and refuses trailing data too.
+		if err := json.Unmarshal(b, &lt); err != nil {
+			if lt.Entries.over {
+				return nil, errTooManyEntries("TOC", maxEntries)
+			}
 			return nil, invalidf("decoding TOC: %v", err)
 		}
-		if _, err := dec.Token(); err != io.EOF {
-			return nil, invalidf("trailing data after the TOC")
-		}
+		toc = &TOC{Version: lt.Version, Entries: lt.Entries.e, TarSplitDigest: lt.TarSplitDigest}
 	}
 	if toc.Version != 1 {
 		return nil, fmt.Errorf("TOC version %d: %w", toc.Version, errdefs.ErrUnsupported)
@@ -458,6 +515,36 @@ func ParseTOC(b []byte) (*TOC, error) {
 		}
 	}
 	return toc, nil
+}
+
+// limitedEntries decodes a JSON array of entries one at a time, refusing more than max.
+type limitedEntries struct {
+	max  int
+	e    []Entry
+	over bool
+}
+
+func (l *limitedEntries) UnmarshalJSON(b []byte) error {
+	l.e = nil
+	if string(b) == "null" {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return fmt.Errorf("entries: not an array")
+	}
+	l.e = []Entry{}
+	for dec.More() {
+		if len(l.e) >= l.max {
+			l.over = true
+			return errTooManyEntries("TOC", l.max)
+		}
+		l.e = append(l.e, Entry{})
+		if err := dec.Decode(&l.e[len(l.e)-1]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // index validates entries and builds Files.
@@ -539,6 +626,9 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
 			return File{}, 0, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
 		}
+		if err := checkExpansion(e.Name, e.Size, f.Range); err != nil {
+			return File{}, 0, err
+		}
 		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
 		if e.ChunkDigest != "" {
 			cd, err := digests.ParseSHA256(e.ChunkDigest)
@@ -578,6 +668,9 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		}
 		if start < e.Offset || start >= end || end > e.EndOffset {
 			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
+		}
+		if err := checkExpansion(e.Name, c.ChunkSize, Range{start, end - start}); err != nil {
+			return File{}, 0, err
 		}
 		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
 			Zeros: c.ChunkType == ChunkTypeZeros, Range: Range{start, end - start}})

@@ -18,9 +18,23 @@ import (
 // than encoding/json; any other line is decoded by encoding/json, so the result is what
 // tar-split's unpacker gives, except that a line must hold exactly one JSON value and duplicate
 // names are not rejected here (CheckTarSplit does that against the TOC). Segment payloads and
-// CRCs share one allocation.
+// CRCs share one allocation. At most MaxTarSplitLines lines are accepted.
 func DecodeTarSplit(b []byte) ([]storage.Entry, error) {
-	entries := make([]storage.Entry, 0, bytes.Count(b, []byte{'\n'})+1)
+	return decodeTarSplit(b, MaxTarSplitLines)
+}
+
+// decodeTarSplit is DecodeTarSplit refusing more than maxLines lines, empty ones included
+// (tar-split's own reader skips them, but each costs a decoder step): they are counted before
+// anything is allocated for them.
+func decodeTarSplit(b []byte, maxLines int) ([]storage.Entry, error) {
+	lines := bytes.Count(b, []byte{'\n'})
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		lines++
+	}
+	if lines > maxLines {
+		return nil, errTooManyEntries("tar-split", maxLines)
+	}
+	entries := make([]storage.Entry, 0, lines)
 	slab := make([]byte, 0, base64.StdEncoding.DecodedLen(len(b)))
 	for n := 1; len(b) > 0; n++ {
 		line := b

@@ -10,18 +10,28 @@ import (
 // encoding/json. For anything else it reports false and ParseTOC falls back to encoding/json;
 // when it reports true the result is what encoding/json gives (FuzzParseTOCFast checks this).
 func decodeTOCFast(b []byte) (*TOC, bool) {
-	d := tocDecoder{b: b}
-	toc, ok := d.toc()
+	toc, ok, _ := decodeTOCFastLimit(b, MaxTOCEntries)
+	return toc, ok
+}
+
+// decodeTOCFastLimit is decodeTOCFast refusing more than maxEntries entries: over reports
+// that it stopped there (the caller must not fall back to encoding/json, which would decode
+// them all).
+func decodeTOCFastLimit(b []byte, maxEntries int) (toc *TOC, ok, over bool) {
+	d := tocDecoder{b: b, max: maxEntries}
+	toc, ok = d.toc()
 	if !ok {
-		return nil, false
+		return nil, false, d.over
 	}
 	d.ws()
-	return toc, d.i == len(d.b)
+	return toc, d.i == len(d.b), false
 }
 
 type tocDecoder struct {
-	b []byte
-	i int
+	b    []byte
+	i    int
+	max  int  // entries allowed
+	over bool // more entries than max: stop, and do not try another decoder
 }
 
 func (d *tocDecoder) ws() {
@@ -191,11 +201,15 @@ func (d *tocDecoder) entries(toc *TOC) bool {
 	if !d.consume('[') {
 		return false
 	}
-	toc.Entries = make([]Entry, 0, len(d.b)/200)
+	toc.Entries = make([]Entry, 0, min(len(d.b)/200, d.max))
 	if d.consume(']') {
 		return true
 	}
 	for {
+		if len(toc.Entries) >= d.max {
+			d.over = true
+			return false
+		}
 		toc.Entries = append(toc.Entries, Entry{})
 		if !d.entry(&toc.Entries[len(toc.Entries)-1]) {
 			return false

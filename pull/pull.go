@@ -75,10 +75,13 @@ type options struct {
 	progress  progress.Reporter
 	noPartial bool
 	noPredict bool // tests: always fetch the tar-split
+	// metaBudget bounds the memory all layer jobs of a pull hold for metadata (see budget.go).
+	metaBudget int64
+	budget     *metaBudget // made once per pull from metaBudget
 }
 
 func defaultOptions() options {
-	return options{jobs: 3, progress: progress.Nop, maxMeta: 150 << 20}
+	return options{jobs: 3, progress: progress.Nop, maxMeta: 150 << 20, metaBudget: defaultMetaBudget}
 }
 
 // WithJobs bounds how many layers are pulled at once (default 3).
@@ -137,6 +140,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	if !o.noPredict {
 		prev = predecessors(ctx, s, name, len(diffIDs))
 	}
+	o.budget = newMetaBudget(o.metaBudget)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
 	seen := map[digest.Digest]bool{}
@@ -250,6 +254,11 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if loc.TarSplit.Length == 0 {
 		return needFull("zstd:chunked layer in the old format (no tar-split): its DiffID cannot be verified after a partial pull")
 	}
+	release, err := o.budget.acquire(ctx, loc)
+	if err != nil {
+		return err
+	}
+	defer release()
 	// An update of a stored layer needs no tar-split from the registry: it is predicted from
 	// the predecessor's (package tarsplit) and verified with the DiffID; only a wrong
 	// prediction costs a second request for the real one.

@@ -276,11 +276,15 @@ type Usage struct {
 	Images []ImageUsage
 	// Logical is the sum of every image's logical size.
 	Logical int64
-	// Physical is the bytes the store holds: objects plus metadata files.
+	// Physical is the bytes the store holds: objects plus metadata files (apparent sizes).
 	Physical      int64
 	ObjectBytes   int64
 	MetadataBytes int64
 	Objects       int
+	// Allocated is the disk objects and metadata take (st_blocks): holes (zeros chunks) cost
+	// nothing, and small files take a whole block.
+	Allocated       int64
+	ObjectAllocated int64
 }
 
 // DedupRatio is Logical / Physical.
@@ -303,6 +307,7 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	if err := s.Walk(ctx, func(i Info) error {
 		sizes[i.Digest] = i.Size
 		u.ObjectBytes += i.Size
+		u.ObjectAllocated += i.Allocated
 		u.Objects++
 		return nil
 	}); err != nil {
@@ -314,12 +319,14 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 			if err == nil && !e.IsDir() {
 				if fi, err := e.Info(); err == nil {
 					u.MetadataBytes += fi.Size()
+					u.Allocated += allocated(fi)
 				}
 			}
 			return nil
 		})
 	}
 	u.Physical = u.ObjectBytes + u.MetadataBytes
+	u.Allocated += u.ObjectAllocated
 
 	refs, err := s.Refs(ctx)
 	if err != nil {

@@ -2,6 +2,7 @@ package store
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -101,6 +102,7 @@ type writer struct {
 	f     *os.File      // temp file once spilled
 	bw    *bufio.Writer // buffers f: callers may write in small pieces
 	holes bool          // f has holes: its size is set at commit
+	pend  int64         // zeros after f's last write, not written yet (see writeSparse)
 	done  bool
 }
 
@@ -125,10 +127,67 @@ func (w *writer) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	if _, err := w.bw.Write(p); err != nil {
+	if err := w.writeSparse(p, w.n-int64(len(p))); err != nil {
 		return 0, fmt.Errorf("writing temp object: %w", err)
 	}
 	return len(p), nil
+}
+
+// holeBlock is the unit in which zero bytes are recognised: a file system block.
+const holeBlock = 4096
+
+// minHole is the shortest run of zeros a temp object skips instead of writing: shorter runs
+// (page padding in binaries, small zero fields) cost a block at most, and skipping each would
+// cost a flush and a seek.
+const minHole = 64 << 10
+
+// writeSparse writes p, which starts at offset off of the temp file. Pieces of zeros between
+// block boundaries are not written but counted (pend), across writes, so a run of zeros costs
+// no disk whichever way and in whatever pieces it arrives (a zeros chunk, a tar payload, a copy
+// of a sparse file); objects stay as sparse as their content allows. Skipping is always right:
+// nothing was written there before, and Commit sets the file's size.
+func (w *writer) writeSparse(p []byte, off int64) error {
+	for len(p) > 0 {
+		k := min(int64(len(p)), holeBlock-off%holeBlock)
+		if bytes.Equal(p[:k], zeros[:k]) {
+			w.pend += k
+		} else {
+			if err := w.settleZeros(); err != nil {
+				return err
+			}
+			if _, err := w.bw.Write(p[:k]); err != nil {
+				return err
+			}
+		}
+		p, off = p[k:], off+k
+	}
+	return nil
+}
+
+// settleZeros puts the pending zeros before the next data: a hole if the run is long enough,
+// else written.
+func (w *writer) settleZeros() error {
+	n := w.pend
+	if n == 0 {
+		return nil
+	}
+	w.pend = 0
+	if n < minHole {
+		for ; n > 0; n -= min(n, int64(len(zeros))) {
+			if _, err := w.bw.Write(zeros[:min(n, int64(len(zeros)))]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	if _, err := w.f.Seek(n, io.SeekCurrent); err != nil {
+		return err
+	}
+	w.holes = true
+	return nil
 }
 
 // zeros is a source of zero bytes to hash.
@@ -163,14 +222,8 @@ func (w *writer) WriteHole(n int64) error {
 		w.hash(zeros[:k])
 		left -= k
 	}
-	if err := w.bw.Flush(); err != nil {
-		return fmt.Errorf("writing temp object: %w", err)
-	}
-	if _, err := w.f.Seek(n, io.SeekCurrent); err != nil {
-		return fmt.Errorf("writing temp object: %w", err)
-	}
 	w.n += n
-	w.holes = true
+	w.pend += n
 	return nil
 }
 
@@ -186,7 +239,7 @@ func (w *writer) spill() error {
 	w.f = f
 	w.bw = bufPool.Get().(*bufio.Writer)
 	w.bw.Reset(f)
-	if _, err := f.Write(w.buf); err != nil {
+	if err := w.writeSparse(w.buf, 0); err != nil {
 		return fmt.Errorf("writing temp object: %w", err)
 	}
 	w.buf = nil
@@ -255,6 +308,9 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		f.Close()
 		os.Remove(f.Name())
 		return "", err
+	}
+	if w.pend > 0 {
+		w.holes = true // trailing zeros: the truncate below makes them a hole
 	}
 	err := w.bw.Flush()
 	w.releaseBuf()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -40,6 +41,9 @@ const (
 type Info struct {
 	Digest digest.Digest
 	Size   int64
+	// Allocated is the disk the object takes (st_blocks): less than Size where it has holes.
+	// Walk fills it in; Stat leaves it zero.
+	Allocated int64
 }
 
 // Provider reads objects by digest.
@@ -284,7 +288,7 @@ func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
 				}
 				return fmt.Errorf("object %s: %w", d, err)
 			}
-			if err := fn(Info{Digest: d, Size: fi.Size()}); err != nil {
+			if err := fn(Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)}); err != nil {
 				return err
 			}
 		}
@@ -349,4 +353,12 @@ func (s *Store) ComposefsPath(id digest.Digest) (string, error) {
 		return "", err
 	}
 	return filepath.Join(s.root, dirCompose, id.Encoded()+".cfs"), nil
+}
+
+// allocated is the disk a file takes, from st_blocks (512-byte units whatever the block size).
+func allocated(fi fs.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return fi.Size()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vbatts/tar-split/tar/storage"
 
+	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 )
 
@@ -44,15 +45,22 @@ func (l *line) decoded() ([]byte, error) {
 
 // unpacker reads tar-split JSON lines.
 type unpacker struct {
-	rest []byte
-	line int
+	rest  []byte
+	line  int
+	lines int // every line read, blank ones included: each costs a step
 }
 
 func newUnpacker(b []byte) *unpacker { return &unpacker{rest: b} }
 
 func (u *unpacker) next() (line, error) {
 	for len(u.rest) > 0 && (u.rest[0] == '\n' || u.rest[0] == ' ' || u.rest[0] == '\t' || u.rest[0] == '\r') {
+		if u.rest[0] == '\n' {
+			u.lines++
+		}
 		u.rest = u.rest[1:]
+	}
+	if u.lines+u.line >= chunked.MaxTarSplitLines {
+		return line{}, fmt.Errorf("more than %d tar-split lines: %w", chunked.MaxTarSplitLines, errdefs.ErrInvalid)
 	}
 	if len(u.rest) == 0 {
 		return line{}, io.EOF

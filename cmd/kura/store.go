@@ -334,12 +334,13 @@ func runDf(cmd *cobra.Command) error {
 		}
 		return printJSON(cmd.OutOrStdout(), map[string]any{
 			"logicalBytes": u.Logical, "physicalBytes": u.Physical, "objectBytes": u.ObjectBytes,
-			"metadataBytes": u.MetadataBytes, "objects": u.Objects, "dedupRatio": u.DedupRatio(), "images": imgs,
+			"metadataBytes": u.MetadataBytes, "objects": u.Objects, "allocatedBytes": u.Allocated, "objectAllocatedBytes": u.ObjectAllocated, "dedupRatio": u.DedupRatio(), "images": imgs,
 		})
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), progress.HumanBytes(u.Logical))
 	fmt.Fprintf(out, "store:    %s physical (%d objects %s + metadata %s)\n", progress.HumanBytes(u.Physical), u.Objects, progress.HumanBytes(u.ObjectBytes), progress.HumanBytes(u.MetadataBytes))
+	fmt.Fprintf(out, "on disk:  %s allocated (objects %s; holes take none)\n", progress.HumanBytes(u.Allocated), progress.HumanBytes(u.ObjectAllocated))
 	fmt.Fprintf(out, "dedup:    %.2fx\n", u.DedupRatio())
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")

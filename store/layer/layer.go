@@ -25,7 +25,9 @@ import (
 // Bounds on hostile input.
 const (
 	maxNameLen = 4096 // PATH_MAX
-	maxEntries = 10_000_000
+	// maxEntries is the reader's cap, so that every stored TOC can be read back; chunk entries
+	// count.
+	maxEntries = chunked.MaxTOCEntries
 )
 
 // Options for Import.
@@ -124,6 +126,9 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
 		toc.Entries = append(toc.Entries, entries...)
+		if len(toc.Entries) > maxEntries {
+			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
+		}
 		content += hdr.Size
 		return nil
 	})
