@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -476,11 +477,11 @@ func TestConcurrentPullsAndGC(t *testing.T) {
 // ballast is removed the same pull succeeds.
 func TestFullDisk(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for the loop mount")
+		testkit.Skip(t, "needs root for the loop mount")
 	}
 	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			testkit.Skip(t, "%s not installed", tool)
 		}
 	}
 	_, imgs := drillSetup(t)
@@ -500,7 +501,7 @@ func TestFullDisk(t *testing.T) {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
 	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("loop mount not permitted here: %v\n%s", err, out)
+		testkit.Skip(t, "loop mount not permitted here: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -121,7 +122,7 @@ func userXattrs(t *testing.T, p string) map[string]string {
 
 func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		testkit.Skip(t, "mounting needs root")
 	}
 }
 
@@ -410,7 +411,7 @@ func TestMountWithoutRoot(t *testing.T) {
 func TestMountFallbacks(t *testing.T) {
 	needRoot(t)
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("no loop devices")
+		testkit.Skip(t, "no loop devices")
 	}
 	src, objects := t.TempDir(), t.TempDir()
 	makeSource(t, src)
