@@ -84,7 +84,7 @@ func mustRead(t *testing.T, p string) []byte {
 
 func buildImage(t *testing.T, src, objects string) string {
 	t.Helper()
-	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects))
+	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects), composefs.WithHardlinks())
 	if err != nil {
 		t.Fatal(err)
 	}
