@@ -36,7 +36,11 @@ func buildKura() (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(os.TempDir(), "kura-testkit-"+strconv.Itoa(os.Geteuid()))
-	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+	if err := os.Mkdir(dir, 0o755); err == nil {
+		if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+			return "", err
+		}
+	} else if !os.IsExist(err) {
 		return "", err
 	}
 	// The name is predictable: refuse a directory someone else made or can write into.
@@ -56,6 +60,10 @@ func buildKura() (string, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("go build: %v\n%s", err, b)
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		os.Remove(tmp)
+		return "", err
 	}
 	if err := os.Rename(tmp, out); err != nil {
 		return "", err
