@@ -18,6 +18,7 @@ import (
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 
 func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (owners, device nodes)")
+		testkit.Skip(t, "needs root (owners, device nodes)")
 	}
 }
 
@@ -96,7 +97,7 @@ func TestCheckoutMatchesGNUTar(t *testing.T) {
 func TestCheckoutRealRootfs(t *testing.T) {
 	needRoot(t)
 	if testing.Short() {
-		t.Skip("-short: skipping the real root filesystem")
+		testkit.Skip(t, "-short: skipping the real root filesystem")
 	}
 	tarPath := rootfsTar(t)
 	b, err := os.ReadFile(tarPath)
@@ -189,7 +190,7 @@ func TestCheckoutHardlinkMode(t *testing.T) {
 func TestCheckoutReflinkXFS(t *testing.T) {
 	needRoot(t)
 	if _, err := exec.LookPath("mkfs.xfs"); err != nil {
-		t.Skip("mkfs.xfs not installed (apt-get install xfsprogs)")
+		testkit.Skip(t, "mkfs.xfs not installed (apt-get install xfsprogs)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "xfs.img")
@@ -205,7 +206,7 @@ func TestCheckoutReflinkXFS(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot loop-mount XFS here: %v %s", err, out)
+		testkit.Skip(t, "cannot loop-mount XFS here: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 
@@ -372,7 +373,7 @@ func TestCheckoutDevicesNotPermitted(t *testing.T) {
 	saved := data
 	data[0].Effective &^= 1 << unix.CAP_MKNOD
 	if err := unix.Capset(&hdr, &data[0]); err != nil {
-		t.Skipf("capset: %v", err)
+		testkit.Skip(t, "capset: %v", err)
 	}
 	defer unix.Capset(&hdr, &saved[0])
 

@@ -27,7 +27,7 @@ import (
 	"github.com/kura-oci/kura/store/layer"
 )
 
-// testdata finds ../shared/testdata next to the module root, or skips.
+// testdata is testdata/REL at the module root (a missing vector fails the test).
 func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
 
 func openStore(t testing.TB, root string) *store.Store {

@@ -8,7 +8,7 @@ import (
 	"github.com/kura-oci/kura/internal/testdata"
 )
 
-// testdataDir returns ../shared/testdata/zstd-chunked relative to the module root, or skips.
+// testdataDir is testdata/zstd-chunked at the module root.
 func testdataDir(t testing.TB) string { return testdata.Dir(t, "zstd-chunked") }
 
 func readTestdata(t testing.TB, name string) []byte {

@@ -9,12 +9,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // The writer streams: converting a large layer needs memory independent of its size.
 func TestConvertMemoryBounded(t *testing.T) {
 	if testing.Short() {
-		t.Skip("converts 512 MiB")
+		testkit.Skip(t, "-short: converts 512 MiB")
 	}
 	const total = 512 << 20
 	pr, pw := io.Pipe()

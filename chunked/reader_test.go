@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // parseBlob locates (by annotations if ann is not nil, else by footer) and parses blob.
@@ -116,7 +117,7 @@ func TestReadSkopeo19Layer(t *testing.T) {
 func TestZstdCLIDecompresses(t *testing.T) {
 	zstdBin, err := exec.LookPath("zstd")
 	if err != nil {
-		t.Skip("zstd CLI not installed")
+		testkit.Skip(t, "zstd CLI not installed")
 	}
 	for _, name := range []string{"mixed", "real"} {
 		in := readTestdata(t, name+".tar")

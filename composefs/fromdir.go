@@ -19,6 +19,7 @@ import (
 // dirOptions of FromDir; defaults are set in FromDir only.
 type dirOptions struct {
 	digestStore string
+	hardlinks   bool
 }
 
 // DirOption changes how FromDir builds a tree.
@@ -28,10 +29,15 @@ type DirOption func(*dirOptions)
 // digest ("xx/rest"), the object directory the image is mounted with.
 func WithDigestStore(dir string) DirOption { return func(o *dirOptions) { o.digestStore = dir } }
 
+// WithHardlinks keeps hard links (names of one inode) as hard links, with Nlink counting their
+// names. mkcomposefs does not: it writes every name as a file of its own with Nlink 1, and
+// without this option so does FromDir, so that the image is byte-identical to its.
+func WithHardlinks() DirOption { return func(o *dirOptions) { o.hardlinks = true } }
+
 // FromDir builds the tree of the directory dir like mkcomposefs does: metadata and xattrs from
 // lstat and llistxattr, regular files of 1..InlineThreshold bytes inline, larger ones as
-// references to an object named by their fs-verity digest, with that digest. Unlike mkcomposefs
-// it keeps hard links (files with the same inode) as hard links, with Nlink counting their names.
+// references to an object named by their fs-verity digest, with that digest. Like mkcomposefs it
+// writes each name of a hard-linked file as a file of its own, unless WithHardlinks is given.
 func FromDir(ctx context.Context, dir string, opts ...DirOption) (*Node, error) {
 	o := dirOptions{}
 	for _, f := range opts {
@@ -78,7 +84,8 @@ func (b *dirBuilder) walk(n *Node, path string) error {
 		if err := unix.Lstat(p, &st); err != nil {
 			return fmt.Errorf("lstat %s: %w", p, err)
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+		linked := b.opts.hardlinks && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1
+		if linked {
 			key := devIno{uint64(st.Dev), st.Ino}
 			if t := b.inodes[key]; t != nil {
 				t.Nlink++
@@ -92,7 +99,7 @@ func (b *dirBuilder) walk(n *Node, path string) error {
 		if err != nil {
 			return err
 		}
-		if c.Mode&ModeTypeMask != ModeDir && st.Nlink > 1 {
+		if linked {
 			b.inodes[devIno{uint64(st.Dev), st.Ino}] = c
 		}
 		if err := n.AddChild(e.Name(), c); err != nil {

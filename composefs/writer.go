@@ -39,7 +39,7 @@ type wnode struct {
 	content                     []byte
 	digest                      *verity.Digest
 	xattrs                      []wxattr
-	xacct                       int // libcomposefs' running xattr space account
+	xacct                       uint64 // the writer's xattr space account, see setXattr
 	parent                      *wnode
 	ents                        []went // directory entries including "." and "..", sorted
 
@@ -75,11 +75,15 @@ type sharedXattr struct {
 
 func (n *wnode) typ() uint32 { return n.mode & ModeTypeMask }
 
-// setXattr sets an xattr the way lcfs_node_set_xattr does, with its space accounting.
+// setXattr sets one of the xattrs the writer adds (overlay metacopy, redirect, whiteout marks) the
+// way libcomposefs does. mkcomposefs writes a clone of the tree, and lcfs_node_clone copies the
+// xattrs but not their space account: the account of the UINT16_MAX/2 limit starts at zero and
+// counts only what the writer adds, so an inode whose own xattrs fill that limit still gets them.
+// The account is a size_t there; replacing an xattr subtracts its size and may wrap, as here.
 func (n *wnode) setXattr(name string, value []byte) error {
 	for i, x := range n.xattrs {
 		if x.name == name {
-			n.xacct -= 7 + len(name) + len(x.value)
+			n.xacct -= uint64(7 + len(name) + len(x.value))
 			n.xattrs = append(n.xattrs[:i], n.xattrs[i+1:]...)
 			if len(n.xattrs) == 0 {
 				n.xacct = 0
@@ -87,7 +91,7 @@ func (n *wnode) setXattr(name string, value []byte) error {
 			break
 		}
 	}
-	entry := 7 + len(name) + len(value)
+	entry := uint64(7 + len(name) + len(value))
 	if len(n.xattrs) == 0 {
 		entry += xattrHdrSize
 	}
@@ -290,6 +294,7 @@ func newWnode(n *Node) (*wnode, error) {
 		wn.size = uint64(len(n.Payload))
 	}
 	seen := make(map[string]bool, len(n.Xattrs))
+	size := 0 // the tree's own xattrs, as lcfs_node_set_xattr accounts them
 	for _, x := range n.Xattrs {
 		if err := CheckXattr(x.Name, x.Value); err != nil {
 			return nil, err
@@ -299,13 +304,13 @@ func newWnode(n *Node) (*wnode, error) {
 		}
 		seen[x.Name] = true
 		wn.xattrs = append(wn.xattrs, wxattr{name: x.Name, value: x.Value})
-		wn.xacct += 7 + len(x.Name) + len(x.Value)
+		size += 7 + len(x.Name) + len(x.Value)
 	}
 	if len(wn.xattrs) > 0 {
-		wn.xacct += xattrHdrSize
+		size += xattrHdrSize
 	}
-	if wn.xacct > 65535 {
-		return nil, fmt.Errorf("xattrs of %d bytes, at most 65535 allowed: %w", wn.xacct, errdefs.ErrInvalid)
+	if size > 65535 {
+		return nil, fmt.Errorf("xattrs of %d bytes, at most 65535 allowed: %w", size, errdefs.ErrInvalid)
 	}
 	return wn, nil
 }

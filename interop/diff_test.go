@@ -15,6 +15,7 @@ import (
 	"go.podman.io/storage/pkg/chunked/toc"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // reference converts with the containers/storage compressor.
@@ -173,7 +174,7 @@ func TestDeterministicAcrossConcurrency(t *testing.T) {
 func TestZstdCLIOnGeneratedTar(t *testing.T) {
 	zstdBin, err := exec.LookPath("zstd")
 	if err != nil {
-		t.Skip("zstd CLI not installed")
+		testkit.Skip(t, "zstd CLI not installed")
 	}
 	in := genTar(t, 5)
 	blob, _ := ours(t, in)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
@@ -20,17 +21,8 @@ import (
 	"github.com/kura-oci/kura/store/layer"
 )
 
-// sharedTestdata finds ../shared/testdata/zstd-chunked from the main module's root.
-func sharedTestdata(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{"../../shared/testdata/zstd-chunked", "../testdata/zstd-chunked"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Skip("shared testdata not found")
-	return ""
-}
+// sharedTestdata is testdata/zstd-chunked at the root of the kura module.
+func sharedTestdata(t *testing.T) string { return testdata.Dir(t, "zstd-chunked") }
 
 // referenceLayout makes an OCI layout holding the reference compressor's blob NAME.zstd-chunked
 // with the annotations it produced.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
@@ -48,7 +49,7 @@ func startDebianRegistry(t *testing.T) *debianRegistry {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		t.Skip("docker-registry (Debian package docker-registry) is not installed")
+		testkit.Skip(t, "docker-registry (Debian package docker-registry) is not installed")
 	}
 	root := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -245,11 +246,11 @@ func checkTreeAgainstTar(t *testing.T, dir string, tarBytes []byte) {
 func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	if testing.Short() {
-		t.Skip("interop with real peers is slow; skipped under -short")
+		testkit.Skip(t, "interop with real peers is slow; skipped under -short")
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
+			testkit.Skip(t, "%s is not installed", tool)
 		}
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -211,7 +212,7 @@ func tarDir(t testing.TB, out string, dirs ...string) []byte {
 	t.Helper()
 	args := append([]string{"-c", "--numeric-owner", "-f", out, "-C", "/"}, dirs...)
 	if b, err := exec.Command("tar", args...).CombinedOutput(); err != nil {
-		t.Skipf("tar of %v: %v %s", dirs, err, b)
+		t.Fatalf("tar of %v: %v %s", dirs, err, b)
 	}
 	return readFile(t, out)
 }
@@ -231,7 +232,7 @@ func importProc(t testing.TB, root, dir, tag, name string) *exec.Cmd {
 // kill fsck is clean and a re-import gives the same image, layer by layer bit-exact.
 func TestCrashDuringImport(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short")
+		testkit.Skip(t, "-short")
 	}
 	work := t.TempDir()
 	big := tarDir(t, filepath.Join(work, "src.tar"), "usr/local/go/src/net")

@@ -12,7 +12,7 @@ import (
 	"github.com/kura-oci/kura/internal/testdata"
 )
 
-// testdataDir finds ../shared/testdata from the module root, or testdata/ inside it.
+// testdataDir is the module's testdata/ directory.
 func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // loadLayer opens a reference blob with its descriptor's annotations.

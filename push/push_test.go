@@ -35,7 +35,7 @@ import (
 	"github.com/kura-oci/kura/tarimage"
 )
 
-// testdataDir finds ../shared/testdata from the module root.
+// testdataDir is the module's testdata/ directory.
 func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // genTar makes a deterministic layer tar: directories, text and random files (a few large

@@ -10,6 +10,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 const okDigest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"
@@ -56,8 +57,8 @@ func TestSelectPlatform(t *testing.T) {
 	}
 }
 
-// jsonSeeds adds the JSON documents of the shared testdata (OCI layouts, descriptors) and a few
-// hostile ones as fuzz seeds; testdata is optional here.
+// jsonSeeds adds the JSON documents of the module's testdata (OCI layouts, descriptors) and a few
+// hostile ones as fuzz seeds.
 func jsonSeeds(f *testing.F) {
 	for _, s := range []string{
 		`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"digest":"` + okDigest + `","size":1,"platform":{"os":"linux","architecture":"amd64"}}]}`,
@@ -67,17 +68,11 @@ func jsonSeeds(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	dir, _ := os.Getwd()
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			return
-		}
-		dir = filepath.Dir(dir)
+	dir, err := testkit.FindModuleRoot()
+	if err != nil {
+		f.Fatal(err)
 	}
-	filepath.WalkDir(filepath.Join(dir, "..", "shared", "testdata"), func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(dir, "testdata"), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return nil
 		}

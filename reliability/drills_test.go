@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -34,40 +35,8 @@ func killPoints() int {
 	return 10
 }
 
-var (
-	kuraOnce sync.Once
-	kuraBin  string
-	kuraErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if kuraBin != "" {
-		os.RemoveAll(filepath.Dir(kuraBin))
-	}
-	os.Exit(code)
-}
-
-// kura builds the real binary once per test process.
-func kura(t testing.TB) string {
-	t.Helper()
-	kuraOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "kura-drills-")
-		if err != nil {
-			kuraErr = err
-			return
-		}
-		kuraBin = filepath.Join(dir, "kura")
-		out, err := exec.Command("go", "build", "-o", kuraBin, "github.com/kura-oci/kura/cmd/kura").CombinedOutput()
-		if err != nil {
-			kuraErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if kuraErr != nil {
-		t.Fatal(kuraErr)
-	}
-	return kuraBin
-}
+// kura is the real binary, built once per test process.
+func kura(t testing.TB) string { return testkit.Kura(t) }
 
 // run runs kura to completion and returns its combined output.
 func run(t testing.TB, args ...string) (string, error) {
@@ -476,11 +445,11 @@ func TestConcurrentPullsAndGC(t *testing.T) {
 // ballast is removed the same pull succeeds.
 func TestFullDisk(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for the loop mount")
+		testkit.Skip(t, "needs root for the loop mount")
 	}
 	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			testkit.Skip(t, "%s not installed", tool)
 		}
 	}
 	_, imgs := drillSetup(t)
@@ -500,7 +469,7 @@ func TestFullDisk(t *testing.T) {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}
 	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("loop mount not permitted here: %v\n%s", err, out)
+		testkit.Skip(t, "loop mount not permitted here: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 

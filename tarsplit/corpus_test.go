@@ -2,6 +2,7 @@ package tarsplit
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,11 +16,12 @@ import (
 
 // The bench corpus check: KURA_TARSPLIT_CORPUS names a directory holding cN.zst (blobs written by
 // `kura layer convert`) and, optionally, cN.tar (the input tars, for the CRCs of new content).
-// It predicts each version's tar-split from the one before and reports hit and time.
+// It predicts each version's tar-split from the one before and reports hit and time. Without it
+// the corpus is the two zstd:chunked vectors' tars, converted here: mixed, real, mixed again.
 func TestCorpus(t *testing.T) {
 	dir := os.Getenv("KURA_TARSPLIT_CORPUS")
 	if dir == "" {
-		t.Skip("KURA_TARSPLIT_CORPUS not set")
+		dir = vectorCorpus(t)
 	}
 	var prev *layer
 	for i := 0; ; i++ {
@@ -69,6 +71,28 @@ func TestCorpus(t *testing.T) {
 	}
 }
 
+// vectorCorpus writes c0..c2 (.tar and .zst, as `kura layer convert` writes them) from the
+// vectors' tars into a temporary directory.
+func vectorCorpus(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for i, name := range []string{"mixed.tar", "real.tar", "mixed.tar"} {
+		in := readVector(t, name)
+		base := filepath.Join(dir, "c"+string(rune('0'+i)))
+		if err := os.WriteFile(base+".tar", in, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var blob bytes.Buffer
+		if _, err := chunked.Convert(context.Background(), bytes.NewReader(in), &blob); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(base+".zst", blob.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // readBlobMetadata reads a zstd:chunked blob's TOC and tar-split as a puller would.
 func readBlobMetadata(path string) (*layer, error) {
 	f, err := os.Open(path)
@@ -108,11 +132,11 @@ func readBlobMetadata(path string) (*layer, error) {
 	return &layer{toc: l.TOC, tarSplit: l.TarSplit, compressed: tsZ, crcs: map[digest.Digest][]byte{}}, nil
 }
 
-// BenchmarkPredictJSON predicts c1 from c0 of KURA_TARSPLIT_CORPUS.
+// BenchmarkPredictJSON predicts c1 from c0 of KURA_TARSPLIT_CORPUS (or of the vectors).
 func BenchmarkPredictJSON(b *testing.B) {
 	dir := os.Getenv("KURA_TARSPLIT_CORPUS")
 	if dir == "" {
-		b.Skip("KURA_TARSPLIT_CORPUS not set")
+		dir = vectorCorpus(b)
 	}
 	c0, err := readBlobMetadata(filepath.Join(dir, "c0.zst"))
 	if err != nil {
@@ -132,11 +156,12 @@ func BenchmarkPredictJSON(b *testing.B) {
 	}
 }
 
-// BenchmarkCompress compresses c1's tar-split of KURA_TARSPLIT_CORPUS as the writer does.
+// BenchmarkCompress compresses c1's tar-split of KURA_TARSPLIT_CORPUS (or of the vectors) as the
+// writer does.
 func BenchmarkCompress(b *testing.B) {
 	dir := os.Getenv("KURA_TARSPLIT_CORPUS")
 	if dir == "" {
-		b.Skip("KURA_TARSPLIT_CORPUS not set")
+		dir = vectorCorpus(b)
 	}
 	c1, err := readBlobMetadata(filepath.Join(dir, "c1.zst"))
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // gnuTar archives dir with GNU tar in the given format, deterministically ordered.
@@ -64,7 +66,7 @@ func writeTree(t *testing.T, dir string, files map[string]string, mtime time.Tim
 // patched as GNU tar formats them; what cannot be predicted fails cleanly (the caller fetches).
 func TestPredictGNUTar(t *testing.T) {
 	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skip("GNU tar not installed")
+		testkit.Skip(t, "GNU tar not installed")
 	}
 	v1 := map[string]string{
 		"etc/": "", "etc/hostname": "kura\n", "etc/motd": strings.Repeat("welcome ", 300),

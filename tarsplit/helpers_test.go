@@ -9,14 +9,13 @@ import (
 	"errors"
 	"hash/crc64"
 	"io"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // layer is a converted tar: what a puller would see (TOC, compressed tar-split) and what the
@@ -169,29 +168,8 @@ func diffTarSplit(t *testing.T, got, want []byte) {
 	}
 }
 
-// readVectorFile reads a zstd:chunked vector for fuzz seeds, without skipping when it is absent.
-func readVectorFile(name string) ([]byte, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return nil, err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return nil, os.ErrNotExist
-		}
-		dir = parent
-	}
-	for _, base := range []string{filepath.Join(dir, "..", "shared", "testdata"), filepath.Join(dir, "testdata")} {
-		if b, err := os.ReadFile(filepath.Join(base, "zstd-chunked", name)); err == nil {
-			return b, nil
-		}
-	}
-	return nil, os.ErrNotExist
-}
+// readVectorFile reads a zstd:chunked vector for fuzz seeds, before a fuzz target has a T.
+func readVectorFile(name string) ([]byte, error) { return testdata.Read("zstd-chunked", name) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 

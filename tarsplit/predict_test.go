@@ -15,7 +15,7 @@ import (
 	"github.com/kura-oci/kura/internal/testdata"
 )
 
-func readVector(t *testing.T, name string) []byte {
+func readVector(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(testdata.Dir(t, "zstd-chunked"), name))
 	if err != nil {

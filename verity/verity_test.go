@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 func fsverityDigest(t *testing.T, path string) string {
@@ -23,7 +25,7 @@ func fsverityDigest(t *testing.T, path string) string {
 
 func TestDigestMatchesFsverity(t *testing.T) {
 	if _, err := exec.LookPath("fsverity"); err != nil {
-		t.Skip("fsverity (Debian package fsverity) not installed")
+		testkit.Skip(t, "fsverity (Debian package fsverity) not installed")
 	}
 	dir := t.TempDir()
 	rng := rand.New(rand.NewSource(1))

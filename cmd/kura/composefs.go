@@ -20,17 +20,20 @@ func init() {
 	}
 
 	var fromDump, digestStore string
-	var strict bool
+	var strict, hardlinks bool
 	var minVersion, maxVersion int
 	build := &cobra.Command{
 		Use:   "build (DIR | --from-dump FILE|-) OUT.img",
 		Short: "Write a composefs image of a directory or a composefs-dump file",
-		Long: `Write a composefs EROFS image, byte for byte as mkcomposefs would.
+		Long: `Write a composefs EROFS image, byte for byte as mkcomposefs (composefs 1.0.6 and
+later) would from the same dump or directory.
 
 From a directory, regular files of 1..64 bytes are stored inline and larger ones as
 references to objects named by their fs-verity digest (xx/rest); with --digest-store the
-content is copied into that object directory. From a dump (composefs-dump(5), "-" for
-stdin) the tree is taken as written.`,
+content is copied into that object directory. Like mkcomposefs, each name of a hard-linked
+file becomes a file of its own (nlink 1); --hardlinks keeps them as hard links, and the image
+then differs from mkcomposefs's. From a dump (composefs-dump(5), "-" for stdin) the tree is
+taken as written, hard links included.`,
 		Args: rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var opts []composefs.Option
@@ -70,6 +73,9 @@ stdin) the tree is taken as written.`,
 				if digestStore != "" {
 					dopts = append(dopts, composefs.WithDigestStore(digestStore))
 				}
+				if hardlinks {
+					dopts = append(dopts, composefs.WithHardlinks())
+				}
 				var err error
 				if root, err = composefs.FromDir(cmd.Context(), args[0], dopts...); err != nil {
 					return fmt.Errorf("reading %s: %w", args[0], err)
@@ -80,6 +86,7 @@ stdin) the tree is taken as written.`,
 	}
 	build.Flags().StringVar(&fromDump, "from-dump", "", "read the tree from a composefs-dump file (- for stdin)")
 	build.Flags().BoolVar(&strict, "strict", false, "reject sloppy dumps (missing final newline, symlink size mismatch, ...)")
+	build.Flags().BoolVar(&hardlinks, "hardlinks", false, "from a directory, keep hard links (the image then differs from mkcomposefs's)")
 	build.Flags().StringVar(&digestStore, "digest-store", "", "copy file contents into this object directory")
 	build.Flags().IntVar(&minVersion, "min-version", 0, "lowest image format version")
 	build.Flags().IntVar(&maxVersion, "max-version", composefs.MaxVersion, "highest image format version")

@@ -9,18 +9,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // TestComposefsCommands runs the built kura binary: build from a dump (checked against the
 // mkcomposefs checksum), dump it back, and build from a directory with a digest store.
 func TestComposefsCommands(t *testing.T) {
-	vectors, err := filepath.Abs("../../../shared/testdata/composefs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(vectors, "special.dump")); err != nil {
-		t.Skipf("composefs vectors not found: %v", err)
-	}
+	vectors := testdata.Dir(t, "composefs")
 	dir := t.TempDir()
 	kura := filepath.Join(dir, "kura")
 	if out, err := exec.Command("go", "build", "-o", kura, ".").CombinedOutput(); err != nil {

@@ -16,11 +16,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
 // nobody is the unprivileged user the rootless tests run kura as.
-const nobody = 65534
+const nobody = testkit.NobodyID
 
 // cli runs a built kura binary, as root or (uid != 0) as an unprivileged user via setpriv.
 type cli struct {
@@ -28,17 +29,6 @@ type cli struct {
 	bin  string
 	uid  int
 	home string // HOME and XDG_DATA_HOME/.. of the unprivileged user
-}
-
-// buildKura builds the command into a directory every user can read.
-func buildKura(t *testing.T) string {
-	t.Helper()
-	dir := openTempDir(t)
-	bin := filepath.Join(dir, "kura")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // openTempDir is a t.TempDir every user can enter (t.TempDir and its parent are 0700).
@@ -60,9 +50,7 @@ func (c cli) run(args ...string) (string, int) {
 	if c.uid == 0 {
 		cmd = exec.Command(c.bin, args...)
 	} else {
-		u := strconv.Itoa(c.uid)
-		cmd = exec.Command("setpriv", append([]string{"--reuid=" + u, "--regid=" + u, "--clear-groups", c.bin}, args...)...)
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + c.home, "XDG_DATA_HOME=" + filepath.Join(c.home, ".local/share")}
+		cmd = testkit.Unprivileged(c.t, c.home, c.bin, args...)
 	}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
@@ -98,7 +86,7 @@ func (c cli) fails(code int, want string, args ...string) {
 func needRoot(t *testing.T, why string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: " + why)
+		testkit.Skip(t, "needs root: %s", why)
 	}
 }
 
@@ -137,7 +125,7 @@ func pushImage(t *testing.T, root cli, reg *registrytest.Registry, tarPath, repo
 // fsck and gc. Device nodes fail with a clear error and exit 77, unless --skip-devices.
 func TestRootlessStore(t *testing.T) {
 	needRoot(t, "switching to an unprivileged user with setpriv")
-	bin := buildKura(t)
+	bin := testkit.Kura(t)
 	work := openTempDir(t)
 	home := filepath.Join(work, "home")
 	if err := os.Mkdir(home, 0o755); err != nil {
@@ -217,7 +205,7 @@ func TestRootlessStore(t *testing.T) {
 // writes fail with exit 77 and say the store is read-only.
 func TestReadOnlyStore(t *testing.T) {
 	needRoot(t, "bind mounts")
-	bin := buildKura(t)
+	bin := testkit.Kura(t)
 	work := t.TempDir()
 	root := cli{t: t, bin: bin}
 	imgTar := filepath.Join(work, "img.tar")
@@ -283,7 +271,7 @@ func tree(t *testing.T, dir string) string {
 // image is re-fetched from the registry the image came from; one of a locally imported image is
 // removed and reported (exit non-zero) while the image keeps its name.
 func TestFsckRepairRefetches(t *testing.T) {
-	bin := buildKura(t)
+	bin := testkit.Kura(t)
 	work := t.TempDir()
 	root := cli{t: t, bin: bin}
 	imgTar := filepath.Join(work, "img.tar")

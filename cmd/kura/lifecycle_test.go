@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -26,34 +27,14 @@ import (
 // The lifecycle tests run the kura binary, as a user would, against a store of their own: mounts
 // and checkouts are uses of an image that rmi and gc respect (issue 13, cases 2, 4 and 6).
 
-var (
-	lifecycleBinOnce sync.Once
-	lifecycleBin     string
-	lifecycleBinErr  error
-)
-
-// lifecycleKura builds the binary once per test run (KURA_BIN overrides it).
+// lifecycleKura is the kura binary under test: testkit's build of this checkout, or $KURA_BIN (to
+// run these tests against another build, e.g. an older commit's).
 func lifecycleKura(t *testing.T) string {
 	t.Helper()
-	lifecycleBinOnce.Do(func() {
-		if b := os.Getenv("KURA_BIN"); b != "" {
-			lifecycleBin = b
-			return
-		}
-		dir, err := os.MkdirTemp("", "kura-bin-")
-		if err != nil {
-			lifecycleBinErr = err
-			return
-		}
-		lifecycleBin = filepath.Join(dir, "kura")
-		if out, err := exec.Command("go", "build", "-o", lifecycleBin, ".").CombinedOutput(); err != nil {
-			lifecycleBinErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if lifecycleBinErr != nil {
-		t.Fatal(lifecycleBinErr)
+	if b := os.Getenv("KURA_BIN"); b != "" {
+		return b
 	}
-	return lifecycleBin
+	return testkit.Kura(t)
 }
 
 // kuraRun runs kura with --root root and returns its stdout, stderr and exit code.

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 func cs9Developer(b *testing.B) *composefs.Node {
@@ -58,10 +59,10 @@ func BenchmarkBuildCS9(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			if _, err := exec.LookPath("mkfs.erofs"); err != nil {
-				b.Skip("mkfs.erofs (erofs-utils) not installed")
+				testkit.Skip(b, "mkfs.erofs (erofs-utils) not installed")
 			}
 			if os.Geteuid() != 0 {
-				b.Skip("materialising devices and owners needs root")
+				testkit.Skip(b, "materialising devices and owners needs root")
 			}
 			tree := filepath.Join(b.TempDir(), "tree")
 			materialise(b, root, tree, sparse)

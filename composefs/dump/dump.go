@@ -116,7 +116,12 @@ func (p *parser) line(line []byte) error {
 	}
 	var f [nFields][]byte
 	rest := line
+	fields := 0 // how many fixed fields the line has
 	for i := range f {
+		if rest == nil {
+			break
+		}
+		fields++
 		if j := bytes.IndexByte(rest, ' '); j >= 0 {
 			f[i], rest = rest[:j], rest[j+1:]
 		} else {
@@ -250,7 +255,13 @@ func (p *parser) line(line []byte) error {
 			n.Size = uint64(len(content))
 		}
 	}
-	// An empty digest field (a truncated line) sets nothing, as in the reference.
+	// mkcomposefs reads an empty digest field as a digest of uninitialised memory. An empty field
+	// written out is refused; a line that ends before it (accepted by the reference when not
+	// strict) is refused only where the digest would be written, in a file's metacopy xattr.
+	external := typ == composefs.ModeRegular && n.Content == nil && n.Size > 0
+	if hasDigest && len(digestField) == 0 && (fields > fDigest || external) {
+		return invalid("empty digest field (want \"-\" or 64 hex digits)")
+	}
 	if hasDigest && len(digestField) > 0 {
 		d, err := verity.ParseDigest(string(digestField))
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/mountinfo"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -85,7 +86,7 @@ func mustRead(t *testing.T, p string) []byte {
 
 func buildImage(t *testing.T, src, objects string) string {
 	t.Helper()
-	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects))
+	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects), composefs.WithHardlinks())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +124,7 @@ func userXattrs(t *testing.T, p string) map[string]string {
 
 func needRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		testkit.Skip(t, "mounting needs root")
 	}
 }
 
@@ -573,7 +574,7 @@ func TestMountWithoutRoot(t *testing.T) {
 func TestMountFallbacks(t *testing.T) {
 	needRoot(t)
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("no loop devices")
+		testkit.Skip(t, "no loop devices")
 	}
 	src, objects := t.TempDir(), t.TempDir()
 	makeSource(t, src)

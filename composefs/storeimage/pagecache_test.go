@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -24,7 +25,7 @@ import (
 // mount reads too: the second mount adds (close to) nothing.
 func TestPageCacheIsShared(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting and drop_caches need root")
+		testkit.Skip(t, "mounting and drop_caches need root")
 	}
 	ctx := context.Background()
 	s, err := store.Open(t.TempDir(), store.WithoutSync())
@@ -62,7 +63,7 @@ func TestPageCacheIsShared(t *testing.T) {
 	}
 	unix.Sync()
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0o200); err != nil {
-		t.Skipf("cannot drop caches: %v", err)
+		testkit.Skip(t, "cannot drop caches: %v", err)
 	}
 	before := residentObjectPages(t, s)
 	if before > 0 {

@@ -23,6 +23,8 @@ import (
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
@@ -268,7 +270,7 @@ func userXattrs(p string) string {
 // whole tree with kura checkout of the same image.
 func TestMountEqualsCheckout(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		testkit.Skip(t, "mounting needs root")
 	}
 	ctx := context.Background()
 	s, err := store.Open(t.TempDir(), store.WithoutSync())
@@ -276,9 +278,11 @@ func TestMountEqualsCheckout(t *testing.T) {
 		t.Fatal(err)
 	}
 	layers := testLayers(t)
-	if b, err := os.ReadFile(filepath.Join(testdata(t), "zstd-chunked", "real.tar")); err == nil {
-		layers = append([][]byte{b}, layers...)
+	b, err := os.ReadFile(testdata.Dir(t, "zstd-chunked", "real.tar"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	layers = append([][]byte{b}, layers...)
 	img := importImage(t, s, layers)
 	cfs, err := Ensure(ctx, s, img)
 	if err != nil {
@@ -320,16 +324,4 @@ func TestMountEqualsCheckout(t *testing.T) {
 	if _, ok := got["usr/bin/removed"]; ok {
 		t.Error("a whited-out file shows through the mount")
 	}
-}
-
-// testdata finds ../shared/testdata from the module root.
-func testdata(t *testing.T) string {
-	dir, _ := os.Getwd()
-	for i := 0; i < 5; i++ {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return filepath.Join(dir, "..", "shared", "testdata")
-		}
-		dir = filepath.Dir(dir)
-	}
-	return ""
 }

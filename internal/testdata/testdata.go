@@ -1,36 +1,33 @@
-// Package testdata finds the shared conformance vectors for tests: ../shared/testdata next to the
-// module root, or a copy in testdata/ inside it. Only tests import it.
+// Package testdata finds the conformance vectors in the module's own testdata/ directory (the
+// composefs and zstd:chunked vectors, kept in git). Only tests import it.
 package testdata
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
-// Dir returns the vectors directory joined with rel, skipping the test when it is absent.
+// Dir returns testdata/ at the root of the kura module joined with rel. The vectors are part of
+// the repository, so a missing one fails the test: a test that quietly skips its byte-identity
+// or hostile-input checks would still print ok.
 func Dir(t testing.TB, rel ...string) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	p := filepath.Join(append([]string{testkit.ModuleRoot(t), "testdata"}, rel...)...)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("test vectors: %v", err)
+	}
+	return p
+}
+
+// Read returns the content of testdata/rel... without a testing.TB, for fuzz seeds gathered
+// before the fuzz target runs.
+func Read(rel ...string) ([]byte, error) {
+	root, err := testkit.FindModuleRoot()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("module root not found")
-		}
-		dir = parent
-	}
-	for _, base := range []string{filepath.Join(dir, "..", "shared", "testdata"), filepath.Join(dir, "testdata")} {
-		p := filepath.Join(append([]string{base}, rel...)...)
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Skipf("test vectors %s not found in ../shared/testdata or testdata/", filepath.Join(rel...))
-	return ""
+	return os.ReadFile(filepath.Join(append([]string{root, "testdata"}, rel...)...))
 }

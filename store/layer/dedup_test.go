@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -32,7 +33,7 @@ type tarFile struct {
 // so the per-file metadata is small against the content).
 func TestDedupVariants(t *testing.T) {
 	if testing.Short() {
-		t.Skip("-short")
+		testkit.Skip(t, "-short")
 	}
 	tree := os.Getenv("KURA_DEDUP_TREE")
 	if tree == "" {
@@ -40,7 +41,7 @@ func TestDedupVariants(t *testing.T) {
 	}
 	base := filepath.Join(t.TempDir(), "base.tar")
 	if out, err := exec.Command("tar", "-cf", base, "-C", filepath.Dir(tree), filepath.Base(tree)).CombinedOutput(); err != nil {
-		t.Skipf("tar of %s: %v %s", tree, err, out)
+		t.Fatalf("tar of %s: %v %s", tree, err, out)
 	}
 	var files []tarFile
 	f, err := os.Open(base)

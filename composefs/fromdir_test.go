@@ -1,0 +1,84 @@
+package composefs
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestFromDirHardlinks: mkcomposefs writes each name of a hard-linked file as a file of its own
+// (nlink 1), so the image of a tree with hard links must equal that of the same tree with
+// copies; WithHardlinks keeps the links (and gives a different image).
+func TestFromDirHardlinks(t *testing.T) {
+	mk := func(link bool) string {
+		dir := t.TempDir()
+		for _, d := range []string{"a", "b"} {
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		big := bytes.Repeat([]byte("composefs"), 1000)
+		for _, f := range []struct {
+			name string
+			data []byte
+		}{{"a/big", big}, {"a/small", []byte("hi\n")}} {
+			if err := os.WriteFile(filepath.Join(dir, f.name), f.data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, l := range [][2]string{{"a/big", "b/big2"}, {"a/small", "small2"}} {
+			var err error
+			if link {
+				err = os.Link(filepath.Join(dir, l[0]), filepath.Join(dir, l[1]))
+			} else {
+				var b []byte
+				if b, err = os.ReadFile(filepath.Join(dir, l[0])); err == nil {
+					err = os.WriteFile(filepath.Join(dir, l[1]), b, 0o644)
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		when := time.Unix(1700000000, 0)
+		for _, p := range []string{"a/big", "a/small", "b/big2", "small2", "a", "b", "."} {
+			if err := os.Chmod(filepath.Join(dir, p), map[bool]os.FileMode{true: 0o755, false: 0o644}[p == "a" || p == "b" || p == "."]); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chtimes(filepath.Join(dir, p), when, when); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	build := func(dir string, opts ...DirOption) ([]byte, *Node) {
+		root, err := FromDir(context.Background(), dir, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := BuildImage(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return img, root
+	}
+	linked, copied := mk(true), mk(false)
+	imgLinked, root := build(linked)
+	imgCopied, _ := build(copied)
+	if n := root.LookupPath("/b/big2"); n == nil || n.HardlinkTo != nil || n.Nlink != 1 {
+		t.Fatalf("/b/big2 of the default build: %+v, want a file of its own with nlink 1", n)
+	}
+	if !bytes.Equal(imgLinked, imgCopied) {
+		t.Error("the image of a tree with hard links differs from that of the same tree with copies; mkcomposefs writes them alike")
+	}
+	imgKept, root := build(linked, WithHardlinks())
+	if n := root.LookupPath("/b/big2"); n == nil || n.Target() != root.LookupPath("/a/big") || n.Target().Nlink != 2 {
+		t.Fatalf("WithHardlinks: /b/big2 is %+v, want a link to /a/big with nlink 2", n)
+	}
+	if bytes.Equal(imgKept, imgCopied) {
+		t.Error("WithHardlinks made the same image as copies")
+	}
+}
