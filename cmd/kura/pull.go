@@ -109,7 +109,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := imageref.Parse(args[0])
 			if err != nil {
-				return usageError{err}
+				return refError(err)
+			}
+			if err := checkJobs(jobs); err != nil {
+				return err
 			}
 			client, err := rf.client()
 			if err != nil {

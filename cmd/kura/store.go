@@ -122,7 +122,7 @@ func runImport(cmd *cobra.Command, src, name string) error {
 	}
 	ref, err := imageref.Parse(src)
 	if err != nil {
-		return usageError{err}
+		return refError(err)
 	}
 	if ref.Transport != imageref.OCILayout {
 		return usageError{fmt.Errorf("import reads oci:DIR[:TAG] layouts; use pull for %s", src)}
