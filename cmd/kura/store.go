@@ -136,7 +136,7 @@ func runImport(cmd *cobra.Command, src, name string) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), map[string]any{"name": res.Name, "id": res.Image.ID, "newLayers": res.NewLayers})
+		return printJSON(cmd.OutOrStdout(), importJSON{Name: res.Name, ID: res.Image.ID, NewLayers: res.NewLayers})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d new layers)\n", res.Name, res.Image.ID, res.NewLayers)
 	return nil
@@ -168,7 +168,7 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), map[string]any{"name": name, "id": img.ID})
+		return printJSON(cmd.OutOrStdout(), importTarJSON{Name: name, ID: img.ID})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", name, img.ID)
 	return nil
@@ -177,7 +177,7 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 type imageRow struct {
 	Names   []string      `json:"names"`
 	ID      digest.Digest `json:"id"`
-	Created time.Time     `json:"created,omitzero"`
+	Created time.Time     `json:"created"`
 	Logical int64         `json:"logicalBytes"`
 	Unique  int64         `json:"uniqueBytes"`
 	Layers  int           `json:"layers"`
@@ -194,7 +194,7 @@ func runImages(cmd *cobra.Command) error {
 	}
 	rows := make([]imageRow, 0, len(u.Images))
 	for _, iu := range u.Images {
-		rows = append(rows, imageRow{Names: iu.Names, ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
+		rows = append(rows, imageRow{Names: orEmpty(iu.Names), ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
 	}
 	sort.Slice(rows, func(i, j int) bool { return strings.Join(rows[i].Names, ",") < strings.Join(rows[j].Names, ",") })
 	if global.json {
@@ -225,10 +225,15 @@ func runRmi(cmd *cobra.Command, args []string, force bool) error {
 		return err
 	}
 	var errs []error
+	results := []rmiJSON{}
 	for _, a := range args {
 		r, err := s.RemoveImage(ctx, a, force)
 		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		results = append(results, rmiOutput(r))
+		if global.json {
 			continue
 		}
 		out := cmd.OutOrStdout()
@@ -240,6 +245,12 @@ func runRmi(cmd *cobra.Command, args []string, force bool) error {
 			fmt.Fprintf(out, "deleted %s\n", r.Image)
 		case len(r.InUse) > 0:
 			fmt.Fprintf(out, "kept %s for %d mount(s) or checkout(s) in use; gc frees it after them\n", r.Image, len(r.InUse))
+		}
+	}
+	if global.json {
+		// What was removed is printed even when another argument failed.
+		if err := printJSON(cmd.OutOrStdout(), results); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -263,7 +274,7 @@ func runCheckout(cmd *cobra.Command, image, dir, link string, skipDevices bool) 
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), st)
+		return printJSON(cmd.OutOrStdout(), checkoutOutput(st))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: %d files (%d reflinked, %d copied, %d hardlinked), %d dirs, %d symlinks\n",
 		dir, st.Files, st.Reflinked, st.Copied, st.Linked, st.Dirs, st.Symlinks)
@@ -277,6 +288,9 @@ func runRelease(cmd *cobra.Command, dir string) error {
 	}
 	if err := s.ReleaseCheckout(cmd.Context(), dir); err != nil {
 		return err
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), pathJSON{Path: dir})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", dir)
 	return nil
@@ -293,17 +307,20 @@ func runPs(cmd *cobra.Command) error {
 		return err
 	}
 	sort.Slice(uses, func(i, j int) bool { return uses[i].Target < uses[j].Target })
-	if global.json {
-		if uses == nil {
-			uses = []store.Use{}
-		}
-		return printJSON(cmd.OutOrStdout(), uses)
-	}
 	names := map[digest.Digest][]string{}
 	if refs, err := s.Refs(cmd.Context()); err == nil {
 		for n, id := range refs {
 			names[id] = append(names[id], n)
 		}
+	}
+	if global.json {
+		rows := []psJSON{}
+		for _, u := range uses {
+			n := orEmpty(names[u.Image])
+			sort.Strings(n)
+			rows = append(rows, psJSON{Kind: u.Kind, Image: u.Image, Names: n, Target: u.Target, Created: u.Created, PID: u.PID, MountID: u.MountID})
+		}
+		return printJSON(cmd.OutOrStdout(), rows)
 	}
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tIMAGE\tID\tTARGET\tCREATED")
@@ -328,14 +345,7 @@ func runDf(cmd *cobra.Command) error {
 		return err
 	}
 	if global.json {
-		imgs := []imageRow{}
-		for _, iu := range u.Images {
-			imgs = append(imgs, imageRow{Names: iu.Names, ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
-		}
-		return printJSON(cmd.OutOrStdout(), map[string]any{
-			"logicalBytes": u.Logical, "physicalBytes": u.Physical, "objectBytes": u.ObjectBytes,
-			"metadataBytes": u.MetadataBytes, "objects": u.Objects, "dedupRatio": u.DedupRatio(), "images": imgs,
-		})
+		return printJSON(cmd.OutOrStdout(), dfOutput(u))
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), progress.HumanBytes(u.Logical))
@@ -363,7 +373,7 @@ func runGC(cmd *cobra.Command) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), r)
+		return printJSON(cmd.OutOrStdout(), gcOutput(r))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants, %d composefs images; freed %s\n",
 		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, progress.HumanBytes(r.BytesFreed))
