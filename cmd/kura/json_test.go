@@ -135,6 +135,7 @@ func TestJSONSchemas(t *testing.T) {
 		{"layer convert", []string{"layer", "convert", imgTar, blob}},
 		{"layer inspect", []string{"layer", "inspect", blob}},
 		{"layer verify", []string{"layer", "verify", blob, "--descriptor", desc}},
+		{"version", []string{"version"}},
 	}
 	ran := map[string]bool{}
 	for _, r := range runs {

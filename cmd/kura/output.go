@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"time"
 
@@ -9,6 +10,8 @@ import (
 
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -177,3 +180,37 @@ type layerVerifyJSON struct {
 	TarSplit bool          `json:"tarSplit"`
 }
 
+// printPull prints a pull's report: the JSON report with --json; the image ID alone with
+// --quiet, so that ID=$(kura pull -q REF) works as with podman; else the name, the ID and what
+// the pull saved. Notes on layers pulled whole go to errOut in every mode but --json (whose
+// report carries them).
+func printPull(out, errOut io.Writer, rep *pull.Report, quiet bool) error {
+	if global.json {
+		return printJSON(out, rep)
+	}
+	for _, l := range rep.Layers {
+		if l.Note != "" {
+			fmt.Fprintf(errOut, "%s: %s\n", l.Digest.Encoded()[:12], l.Note)
+		}
+	}
+	if quiet {
+		_, err := fmt.Fprintln(out, rep.Image)
+		return err
+	}
+	skipped := rep.BlobBytes - rep.BytesRequested
+	pct := 0.0
+	if rep.BlobBytes > 0 {
+		pct = 100 * float64(skipped) / float64(rep.BlobBytes)
+	}
+	predicted := ""
+	for _, l := range rep.Layers {
+		if l.TarSplitPredicted {
+			predicted = ", tar-split predicted"
+		}
+	}
+	fmt.Fprintf(out, "%s %s\n", rep.Name, rep.Image)
+	_, err := fmt.Fprintf(out, "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused%s, %.2fs\n",
+		progress.HumanBytes(rep.BlobBytes), progress.HumanBytes(rep.BytesRequested), progress.HumanBytes(rep.BytesReceived), pct,
+		rep.FilesReused, rep.ChunksReused, predicted, rep.Seconds)
+	return err
+}
