@@ -22,7 +22,7 @@ import (
 	"github.com/kura-oci/kura/tarimage"
 )
 
-// Commands that work on the local store: import, images, rmi, checkout, df, gc, fsck.
+// Commands that work on the local store (images is in images.go): import, rmi, checkout, df, gc, fsck.
 func init() {
 	importCmd := &cobra.Command{
 		Use:   "import oci:DIR[:TAG] [NAME] | import FILE.tar NAME",
@@ -35,13 +35,6 @@ func init() {
 			}
 			return runImport(cmd, args[0], name)
 		},
-	}
-
-	imagesCmd := &cobra.Command{
-		Use:   "images",
-		Short: "List the images in the store",
-		Args:  exactArgs(0),
-		RunE:  func(cmd *cobra.Command, _ []string) error { return runImages(cmd) },
 	}
 
 	var force bool
@@ -108,7 +101,7 @@ and --release DIR ends it while keeping the tree.`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runPs(cmd) },
 	}
 
-	rootCmd.AddCommand(importCmd, imagesCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
+	rootCmd.AddCommand(importCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
 }
 
 func openStore() (*store.Store, error) {
@@ -172,50 +165,6 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", name, img.ID)
 	return nil
-}
-
-type imageRow struct {
-	Names   []string      `json:"names"`
-	ID      digest.Digest `json:"id"`
-	Created time.Time     `json:"created"`
-	Logical int64         `json:"logicalBytes"`
-	Unique  int64         `json:"uniqueBytes"`
-	Layers  int           `json:"layers"`
-}
-
-func runImages(cmd *cobra.Command) error {
-	s, err := openStore()
-	if err != nil {
-		return err
-	}
-	u, err := s.Usage(cmd.Context())
-	if err != nil {
-		return err
-	}
-	rows := make([]imageRow, 0, len(u.Images))
-	for _, iu := range u.Images {
-		rows = append(rows, imageRow{Names: orEmpty(iu.Names), ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
-	}
-	sort.Slice(rows, func(i, j int) bool { return strings.Join(rows[i].Names, ",") < strings.Join(rows[j].Names, ",") })
-	if global.json {
-		return printJSON(cmd.OutOrStdout(), rows)
-	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tID\tCREATED\tSIZE\tUNIQUE")
-	for _, r := range rows {
-		names := r.Names
-		if len(names) == 0 {
-			names = []string{"<none>"}
-		}
-		created := "-"
-		if !r.Created.IsZero() {
-			created = r.Created.Format(time.DateTime)
-		}
-		for _, n := range names {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.ID.Encoded()[:12], created, progress.HumanBytes(r.Logical), progress.HumanBytes(r.Unique))
-		}
-	}
-	return tw.Flush()
 }
 
 func runRmi(cmd *cobra.Command, args []string, force bool) error {
