@@ -129,6 +129,8 @@ func TestJSONSchemas(t *testing.T) {
 		{"checkout --release", []string{"--root", st, "checkout", "--release", co}},
 		{"umount", []string{"--root", st, "umount", mnt}},
 		{"df", []string{"--root", st, "df"}},
+		{"inspect", []string{"--root", st, "inspect", "img2"}},
+		{"inspect", append([]string{"inspect", "docker://" + ref}, creds...)},
 		{"rmi", []string{"--root", st, "rmi", "fromlayout", "img2"}},
 		{"gc", []string{"--root", st, "gc"}},
 		{"fsck", []string{"--root", st, "fsck"}},
