@@ -2,7 +2,10 @@
 // test them with errors.Is and the CLI can map them to exit codes.
 package errdefs
 
-import "errors"
+import (
+	"errors"
+	"io/fs"
+)
 
 var (
 	// ErrNotFound: the named thing (object, layer, image, ref, blob) does not exist.
@@ -26,7 +29,8 @@ var (
 	ErrInUse = errors.New("in use")
 )
 
-// Exit codes of the kura binary. Scripts can rely on them.
+// Exit codes of the kura binary. Scripts can rely on them; README.md lists them and
+// cmd/kura's tests check every one against the binary.
 const (
 	ExitOK          = 0
 	ExitFailure     = 1 // anything not classified below
@@ -37,6 +41,10 @@ const (
 	ExitUnsupported = 6
 	ExitInUse       = 8  // an image in use was not removed
 	ExitPermission  = 77 // as sysexits EX_NOPERM
+	// A command stopped by SIGINT or SIGTERM exits 128 + the signal's number, as a shell
+	// reports it: these two are the ones Kura handles (cancelling the work in progress).
+	ExitSIGINT  = 130
+	ExitSIGTERM = 143
 )
 
 // ExitCode maps an error to the exit code the CLI returns.
@@ -52,7 +60,9 @@ func ExitCode(err error) int {
 		return ExitNotFound
 	case errors.Is(err, ErrUnsupported), errors.Is(err, ErrNeedFull):
 		return ExitUnsupported
-	case errors.Is(err, ErrPermission):
+	case errors.Is(err, ErrPermission), errors.Is(err, fs.ErrPermission):
+		// fs.ErrPermission: EACCES or EPERM from the kernel, e.g. a store directory the user
+		// cannot write.
 		return ExitPermission
 	case errors.Is(err, ErrInUse):
 		return ExitInUse

@@ -38,16 +38,16 @@ type LayerReport struct {
 	Digest         digest.Digest `json:"digest"`
 	DiffID         digest.Digest `json:"diffID"`
 	Mode           string        `json:"mode"`
-	Note           string        `json:"note,omitempty"`
+	Note           string        `json:"note"`
 	BlobBytes      int64         `json:"blobBytes"`
 	BytesRequested int64         `json:"bytesRequested"`
 	BytesReceived  int64         `json:"bytesReceived"`
 	FilesReused    int           `json:"filesReused"`
 	ChunksReused   int           `json:"chunksReused"`
 	ObjectsWritten int           `json:"objectsWritten"`
-	RangesIgnored  bool          `json:"rangesIgnored,omitempty"`
+	RangesIgnored  bool          `json:"rangesIgnored"`
 	// TarSplitPredicted: the tar-split was predicted from a stored layer, not fetched.
-	TarSplitPredicted bool    `json:"tarSplitPredicted,omitempty"`
+	TarSplitPredicted bool    `json:"tarSplitPredicted"`
 	Seconds           float64 `json:"seconds"`
 }
 

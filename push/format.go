@@ -58,8 +58,8 @@ func (f Format) DefaultLevel() int {
 	return 6
 }
 
-// checkLevel bounds a level for the format.
-func (f Format) checkLevel(level int) error {
+// CheckLevel bounds a level for the format (1–22 for zstd, 1–9 for gzip).
+func (f Format) CheckLevel(level int) error {
 	lo, hi := 1, 22
 	if f == Gzip {
 		hi = 9

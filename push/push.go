@@ -192,7 +192,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 	if o.level == 0 {
 		o.level = o.format.DefaultLevel()
 	}
-	if err := o.format.checkLevel(o.level); err != nil {
+	if err := o.format.CheckLevel(o.level); err != nil {
 		return nil, err
 	}
 	start := time.Now()

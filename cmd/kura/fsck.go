@@ -55,7 +55,7 @@ func runFsck(cmd *cobra.Command, repair, deep bool, rf *registryFlags) error {
 		return err
 	}
 	if global.json {
-		if err := printJSON(cmd.OutOrStdout(), r); err != nil {
+		if err := printJSON(cmd.OutOrStdout(), fsckOutput(r)); err != nil {
 			return err
 		}
 	} else {

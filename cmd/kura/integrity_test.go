@@ -169,7 +169,7 @@ func TestRootlessStore(t *testing.T) {
 	f.Close()
 	for i, want := range []int{1, 0} {
 		dir := filepath.Join(home, "linked"+strconv.Itoa(i+2))
-		var st struct{ Linked, VariantsReplaced int }
+		var st checkoutJSON
 		if err := json.Unmarshal([]byte(user.ok("--json", "checkout", "--link", "hardlink", ref, dir)), &st); err != nil {
 			t.Fatal(err)
 		}

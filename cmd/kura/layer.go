@@ -99,12 +99,6 @@ func layerConvert(cmd *cobra.Command, in, out string, level int) (retErr error) 
 	return printJSON(cmd.OutOrStdout(), desc)
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 // readDescriptor reads a descriptor JSON file; a file holding only an annotations object is
 // accepted too (for inspect).
 func readDescriptor(name string) (chunked.Descriptor, error) {
@@ -142,7 +136,7 @@ func openBlob(name string) (*os.File, int64, error) {
 type layerSummary struct {
 	Size            int64  `json:"size"`
 	LocatedBy       string `json:"locatedBy"`
-	TOCDigest       string `json:"tocDigest,omitempty"`
+	TOCDigest       string `json:"tocDigest"`
 	TOCSize         int64  `json:"tocSize"`
 	TOCUncompressed int64  `json:"tocUncompressed"`
 	TarSplitSize    int64  `json:"tarSplitSize"`
@@ -242,7 +236,7 @@ func layerVerify(cmd *cobra.Command, name, descFile string) error {
 		diff = "no tar-split: DiffID checked by full decompression only"
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), map[string]any{"ok": true, "digest": desc.Digest, "diffID": desc.DiffID, "files": len(l.Files), "tarSplit": l.TarSplit != nil})
+		return printJSON(cmd.OutOrStdout(), layerVerifyJSON{OK: true, Digest: desc.Digest, DiffID: desc.DiffID, Files: len(l.Files), TarSplit: l.TarSplit != nil})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: OK (%d files, %s)\n", name, len(l.Files), diff)
 	return nil

@@ -167,7 +167,7 @@ func TestMountIsAUse(t *testing.T) {
 	if uses := psUses(t, root); len(uses) != 0 {
 		t.Fatalf("kura ps after umount: %+v", uses)
 	}
-	var gc store.GCResult
+	var gc gcJSON
 	if err := json.Unmarshal([]byte(kuraOK(t, root, "--json", "gc")), &gc); err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestMountRecordsDropped(t *testing.T) {
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
 	}
-	var gc store.GCResult
+	var gc gcJSON
 	if err := json.Unmarshal([]byte(kuraOK(t, root, "--json", "gc")), &gc); err != nil {
 		t.Fatal(err)
 	}

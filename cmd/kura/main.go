@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -112,7 +115,7 @@ func rangeArgs(min, max int) cobra.PositionalArgs {
 }
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, interrupted := signalContext()
 	stopProfile := func() {}
 	rootCmd.PersistentPreRunE = func(*cobra.Command, []string) (err error) {
 		stopProfile, err = startProfile()
@@ -120,19 +123,76 @@ func main() {
 	}
 	err := rootCmd.ExecuteContext(ctx)
 	stopProfile()
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "kura: %v\n", err)
-		var ue usageError
-		if errors.As(err, &ue) || isCobraUsage(err) {
-			os.Exit(errdefs.ExitUsage)
-		}
-		os.Exit(errdefs.ExitCode(err))
+	os.Exit(report(os.Stderr, err, interrupted()))
+}
+
+// signalContext is cancelled by the first SIGINT or SIGTERM, so that work in progress stops where
+// it is safe to (every write goes through a temp file: an interrupted pull leaves only temp files,
+// and the next one resumes). The returned function tells which signal came, if any. A second
+// signal exits at once, as a user pressing ^C twice expects.
+func signalContext() (context.Context, func() os.Signal) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		sig := <-ch
+		got.Store(sig)
+		cancel()
+		sig = <-ch
+		os.Exit(signalExit(sig))
+	}()
+	return ctx, func() os.Signal {
+		sig, _ := got.Load().(os.Signal)
+		return sig
 	}
+}
+
+// signalExit is the shell's code for death by sig: 128 + its number (130 for SIGINT, 143 for
+// SIGTERM).
+func signalExit(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	return errdefs.ExitFailure
+}
+
+// report prints err and returns the exit code for it: a command stopped by a signal exits as the
+// signal dictates, a bad command line with 2, anything else by its errdefs class.
+func report(w io.Writer, err error, sig os.Signal) int {
+	if err == nil {
+		return errdefs.ExitOK
+	}
+	if sig != nil {
+		fmt.Fprintf(w, "kura: interrupted by %v: %v\n", sig, err)
+		return signalExit(sig)
+	}
+	fmt.Fprintf(w, "kura: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) || isCobraUsage(err) {
+		return errdefs.ExitUsage
+	}
+	return errdefs.ExitCode(err)
 }
 
 // isCobraUsage recognises cobra's own errors for unknown commands.
 func isCobraUsage(err error) bool {
-	msg := err.Error()
-	return len(msg) > 16 && msg[:16] == "unknown command "
+	return strings.HasPrefix(err.Error(), "unknown command ")
+}
+
+// refError classifies an image reference that does not parse: a transport Kura does not
+// implement is unsupported (exit 6), anything else a bad command line (exit 2).
+func refError(err error) error {
+	if errors.Is(err, errdefs.ErrUnsupported) {
+		return err
+	}
+	return usageError{err}
+}
+
+// checkJobs refuses a --jobs that is not a positive count.
+func checkJobs(n int) error {
+	if n < 1 {
+		return usageError{fmt.Errorf("--jobs %d: want 1 or more", n)}
+	}
+	return nil
 }

@@ -60,8 +60,13 @@ The store records the mount (kura ps): rmi refuses and gc keeps the image until 
 			if err != nil {
 				return err
 			}
-			_, err = s.Uses(cmd.Context()) // drops the record of the mount just gone
-			return err
+			if _, err := s.Uses(cmd.Context()); err != nil { // drops the record of the mount just gone
+				return err
+			}
+			if global.json {
+				return printJSON(cmd.OutOrStdout(), pathJSON{Path: args[0]})
+			}
+			return nil
 		},
 	}
 	rootCmd.AddCommand(mountCmd, umountCmd)
@@ -112,7 +117,7 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 		}
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), plan)
+		return printJSON(cmd.OutOrStdout(), mountOutput(img.ID, *plan))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s mounted at %s\n", img.ID, target)
 	return nil

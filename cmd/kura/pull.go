@@ -109,7 +109,7 @@ func parsePlatform(s string) (ocispec.Platform, error) {
 func init() {
 	var rf registryFlags
 	var jobs int
-	var full bool
+	var full, quiet bool
 	var name string
 	cmd := &cobra.Command{
 		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG]",
@@ -123,7 +123,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := imageref.Parse(args[0]); err != nil {
-				return usageError{err}
+				return refError(err)
+			}
+			if err := checkJobs(jobs); err != nil {
+				return err
 			}
 			chosen, err := rf.pullSource(cmd.Context(), args[0])
 			if err != nil {
@@ -141,42 +144,20 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 			if full {
 				opts = append(opts, pull.WithoutPartial())
 			}
-			if !global.json {
+			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(progress.Auto(os.Stderr)))
 			}
 			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
 			if err != nil {
 				return err
 			}
-			if global.json {
-				return printJSON(cmd.OutOrStdout(), rep)
-			}
-			for _, l := range rep.Layers {
-				if l.Note != "" {
-					fmt.Fprintf(os.Stderr, "%s: %s\n", l.Digest.Encoded()[:12], l.Note)
-				}
-			}
-			skipped := rep.BlobBytes - rep.BytesRequested
-			pct := 0.0
-			if rep.BlobBytes > 0 {
-				pct = 100 * float64(skipped) / float64(rep.BlobBytes)
-			}
-			predicted := ""
-			for _, l := range rep.Layers {
-				if l.TarSplitPredicted {
-					predicted = ", tar-split predicted"
-				}
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", rep.Name, rep.Image)
-			fmt.Fprintf(cmd.OutOrStdout(), "blobs %s, requested %s, received %s (skipped %.2f%%), %d files and %d chunks reused%s, %.2fs\n",
-				progress.HumanBytes(rep.BlobBytes), progress.HumanBytes(rep.BytesRequested), progress.HumanBytes(rep.BytesReceived), pct,
-				rep.FilesReused, rep.ChunksReused, predicted, rep.Seconds)
-			return nil
+			return printPull(cmd.OutOrStdout(), os.Stderr, rep, quiet)
 		},
 	}
 	rf.register(cmd)
 	cmd.Flags().IntVar(&jobs, "jobs", min(3, runtime.NumCPU()+1), "layers pulled at once")
 	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
 	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID on stdout, no progress (notes still go to stderr)")
 	rootCmd.AddCommand(cmd)
 }

@@ -31,6 +31,14 @@ func (f *pushFlags) options() ([]push.Option, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
+	if f.level != 0 {
+		if err := format.CheckLevel(f.level); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if err := checkJobs(f.jobs); err != nil {
+		return nil, err
+	}
 	opts := []push.Option{push.WithFormat(format), push.WithLevel(f.level), push.WithJobs(f.jobs)}
 	if !global.json {
 		opts = append(opts, push.WithProgress(progress.Auto(os.Stderr)))
@@ -61,7 +69,7 @@ registry has already are not sent again. The config is sent unchanged: recompres
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, err := imageref.Parse(args[1])
 			if err != nil {
-				return usageError{err}
+				return refError(err)
 			}
 			opts, err := pf.options()
 			if err != nil {
@@ -105,11 +113,11 @@ Kura's answer to skopeo copy --dest-compress-format zstd:chunked.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := imageref.Parse(args[0]); err != nil {
-				return usageError{err}
+				return refError(err)
 			}
 			destRef, err := imageref.Parse(args[1])
 			if err != nil {
-				return usageError{err}
+				return refError(err)
 			}
 			opts, err := cpf.options()
 			if err != nil {

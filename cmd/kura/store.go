@@ -22,7 +22,7 @@ import (
 	"github.com/kura-oci/kura/tarimage"
 )
 
-// Commands that work on the local store: import, images, rmi, checkout, df, gc, fsck.
+// Commands that work on the local store (images is in images.go): import, rmi, checkout, df, gc, fsck.
 func init() {
 	importCmd := &cobra.Command{
 		Use:   "import oci:DIR[:TAG] [NAME] | import FILE.tar NAME",
@@ -35,13 +35,6 @@ func init() {
 			}
 			return runImport(cmd, args[0], name)
 		},
-	}
-
-	imagesCmd := &cobra.Command{
-		Use:   "images",
-		Short: "List the images in the store",
-		Args:  exactArgs(0),
-		RunE:  func(cmd *cobra.Command, _ []string) error { return runImages(cmd) },
 	}
 
 	var force bool
@@ -108,7 +101,7 @@ and --release DIR ends it while keeping the tree.`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runPs(cmd) },
 	}
 
-	rootCmd.AddCommand(importCmd, imagesCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
+	rootCmd.AddCommand(importCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
 }
 
 func openStore() (*store.Store, error) {
@@ -122,7 +115,7 @@ func runImport(cmd *cobra.Command, src, name string) error {
 	}
 	ref, err := imageref.Parse(src)
 	if err != nil {
-		return usageError{err}
+		return refError(err)
 	}
 	if ref.Transport != imageref.OCILayout {
 		return usageError{fmt.Errorf("import reads oci:DIR[:TAG] layouts; use pull for %s", src)}
@@ -136,7 +129,7 @@ func runImport(cmd *cobra.Command, src, name string) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), map[string]any{"name": res.Name, "id": res.Image.ID, "newLayers": res.NewLayers})
+		return printJSON(cmd.OutOrStdout(), importJSON{Name: res.Name, ID: res.Image.ID, NewLayers: res.NewLayers})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s (%d new layers)\n", res.Name, res.Image.ID, res.NewLayers)
 	return nil
@@ -168,54 +161,10 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), map[string]any{"name": name, "id": img.ID})
+		return printJSON(cmd.OutOrStdout(), importTarJSON{Name: name, ID: img.ID})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", name, img.ID)
 	return nil
-}
-
-type imageRow struct {
-	Names   []string      `json:"names"`
-	ID      digest.Digest `json:"id"`
-	Created time.Time     `json:"created,omitzero"`
-	Logical int64         `json:"logicalBytes"`
-	Unique  int64         `json:"uniqueBytes"`
-	Layers  int           `json:"layers"`
-}
-
-func runImages(cmd *cobra.Command) error {
-	s, err := openStore()
-	if err != nil {
-		return err
-	}
-	u, err := s.Usage(cmd.Context())
-	if err != nil {
-		return err
-	}
-	rows := make([]imageRow, 0, len(u.Images))
-	for _, iu := range u.Images {
-		rows = append(rows, imageRow{Names: iu.Names, ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
-	}
-	sort.Slice(rows, func(i, j int) bool { return strings.Join(rows[i].Names, ",") < strings.Join(rows[j].Names, ",") })
-	if global.json {
-		return printJSON(cmd.OutOrStdout(), rows)
-	}
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tID\tCREATED\tSIZE\tUNIQUE")
-	for _, r := range rows {
-		names := r.Names
-		if len(names) == 0 {
-			names = []string{"<none>"}
-		}
-		created := "-"
-		if !r.Created.IsZero() {
-			created = r.Created.Format(time.DateTime)
-		}
-		for _, n := range names {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n, r.ID.Encoded()[:12], created, progress.HumanBytes(r.Logical), progress.HumanBytes(r.Unique))
-		}
-	}
-	return tw.Flush()
 }
 
 func runRmi(cmd *cobra.Command, args []string, force bool) error {
@@ -225,10 +174,15 @@ func runRmi(cmd *cobra.Command, args []string, force bool) error {
 		return err
 	}
 	var errs []error
+	results := []rmiJSON{}
 	for _, a := range args {
 		r, err := s.RemoveImage(ctx, a, force)
 		if err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		results = append(results, rmiOutput(r))
+		if global.json {
 			continue
 		}
 		out := cmd.OutOrStdout()
@@ -240,6 +194,12 @@ func runRmi(cmd *cobra.Command, args []string, force bool) error {
 			fmt.Fprintf(out, "deleted %s\n", r.Image)
 		case len(r.InUse) > 0:
 			fmt.Fprintf(out, "kept %s for %d mount(s) or checkout(s) in use; gc frees it after them\n", r.Image, len(r.InUse))
+		}
+	}
+	if global.json {
+		// What was removed is printed even when another argument failed.
+		if err := printJSON(cmd.OutOrStdout(), results); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -263,7 +223,7 @@ func runCheckout(cmd *cobra.Command, image, dir, link string, skipDevices bool) 
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), st)
+		return printJSON(cmd.OutOrStdout(), checkoutOutput(st))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s: %d files (%d reflinked, %d copied, %d hardlinked), %d dirs, %d symlinks\n",
 		dir, st.Files, st.Reflinked, st.Copied, st.Linked, st.Dirs, st.Symlinks)
@@ -277,6 +237,9 @@ func runRelease(cmd *cobra.Command, dir string) error {
 	}
 	if err := s.ReleaseCheckout(cmd.Context(), dir); err != nil {
 		return err
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), pathJSON{Path: dir})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", dir)
 	return nil
@@ -293,17 +256,20 @@ func runPs(cmd *cobra.Command) error {
 		return err
 	}
 	sort.Slice(uses, func(i, j int) bool { return uses[i].Target < uses[j].Target })
-	if global.json {
-		if uses == nil {
-			uses = []store.Use{}
-		}
-		return printJSON(cmd.OutOrStdout(), uses)
-	}
 	names := map[digest.Digest][]string{}
 	if refs, err := s.Refs(cmd.Context()); err == nil {
 		for n, id := range refs {
 			names[id] = append(names[id], n)
 		}
+	}
+	if global.json {
+		rows := []psJSON{}
+		for _, u := range uses {
+			n := orEmpty(names[u.Image])
+			sort.Strings(n)
+			rows = append(rows, psJSON{Kind: u.Kind, Image: u.Image, Names: n, Target: u.Target, Created: u.Created, PID: u.PID, MountID: u.MountID})
+		}
+		return printJSON(cmd.OutOrStdout(), rows)
 	}
 	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "KIND\tIMAGE\tID\tTARGET\tCREATED")
@@ -328,14 +294,7 @@ func runDf(cmd *cobra.Command) error {
 		return err
 	}
 	if global.json {
-		imgs := []imageRow{}
-		for _, iu := range u.Images {
-			imgs = append(imgs, imageRow{Names: iu.Names, ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
-		}
-		return printJSON(cmd.OutOrStdout(), map[string]any{
-			"logicalBytes": u.Logical, "physicalBytes": u.Physical, "objectBytes": u.ObjectBytes,
-			"metadataBytes": u.MetadataBytes, "objects": u.Objects, "allocatedBytes": u.Allocated, "objectAllocatedBytes": u.ObjectAllocated, "dedupRatio": u.DedupRatio(), "images": imgs,
-		})
+		return printJSON(cmd.OutOrStdout(), dfOutput(u))
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), progress.HumanBytes(u.Logical))
@@ -364,7 +323,7 @@ func runGC(cmd *cobra.Command) error {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), r)
+		return printJSON(cmd.OutOrStdout(), gcOutput(r))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "removed %d images, %d layers, %d objects, %d temp files, %d variants, %d composefs images; freed %s\n",
 		r.Images, r.Layers, r.Objects, r.TempFiles, r.Variants, r.Composefs, progress.HumanBytes(r.BytesFreed))
