@@ -154,7 +154,7 @@ func (k *Keychain) Lookup(repo string) (Credential, Source, error) {
 // of the domain does not end the search.
 func (d authDoc) lookup(path, domain string, candidates []string) (Credential, Source, error) {
 	if name, ok := d.helpers[domain]; ok {
-		c, err := HelperGet(name, domain)
+		c, err := helperGet(name, domain)
 		if err != nil || !c.IsZero() {
 			return c, Source{Kind: FromHelper, Name: name}, err
 		}
@@ -171,12 +171,25 @@ func (d authDoc) lookup(path, domain string, candidates []string) (Credential, S
 		}
 	}
 	if d.store != "" {
-		c, err := HelperGet(d.store, domain)
+		c, err := helperGet(d.store, domain)
 		if err != nil || !c.IsZero() {
 			return c, Source{Kind: FromHelper, Name: d.store}, err
 		}
 	}
 	return Credential{}, Source{}, nil
+}
+
+// dockerHubServer is the server URL docker login gives credential helpers for Docker Hub.
+const dockerHubServer = "https://index.docker.io/v1/"
+
+// helperGet asks a helper for domain, and for Docker Hub also under docker's own server URL,
+// so that credentials saved by docker login are found.
+func helperGet(name, domain string) (Credential, error) {
+	c, err := HelperGet(name, domain)
+	if err == nil && c.IsZero() && domain == "docker.io" {
+		return HelperGet(name, dockerHubServer)
+	}
+	return c, err
 }
 
 // Resolve implements authn.Keychain. A registry resource is looked up by its host; a repository

@@ -123,3 +123,14 @@ func TestStoreErase(t *testing.T) {
 		t.Fatalf("temp files left: %v", entries)
 	}
 }
+
+// TestHelperDockerHub: for docker.io a helper is also asked under docker login's server URL.
+func TestHelperDockerHub(t *testing.T) {
+	helper(t, "hub", `read s; [ "$s" = https://index.docker.io/v1/ ] && echo '{"Username":"hub","Secret":"x"}' && exit 0; echo "credentials not found"; exit 1`)
+	if c, err := helperGet("hub", "docker.io"); err != nil || c.Username != "hub" {
+		t.Fatalf("docker.io: %+v, %v", c, err)
+	}
+	if c, err := helperGet("hub", "quay.io"); err != nil || !c.IsZero() {
+		t.Fatalf("quay.io: %+v, %v", c, err)
+	}
+}
