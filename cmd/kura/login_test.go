@@ -270,3 +270,27 @@ func TestCredsUserPrompts(t *testing.T) {
 		t.Fatalf("exit %d, want 0 after a password prompt:\n%s", code, out)
 	}
 }
+
+// TestLoginArguments: REGISTRY is HOST[:PORT][/NAMESPACE] (docker-style URLs normalised), never
+// an image reference with a tag or digest; conflicting password flags are usage errors.
+func TestLoginArguments(t *testing.T) {
+	for arg, want := range map[string]string{
+		"reg.example:5000":            "reg.example:5000",
+		"reg.example:5000/team":       "reg.example:5000/team",
+		"https://index.docker.io/v1/": "docker.io",
+		"registry-1.docker.io":        "docker.io",
+		"reg.example/team/app:v1":     "",
+		"reg.example/app@sha256:abcd": "",
+		"":                            "",
+	} {
+		got, err := loginKey([]string{arg})
+		if want == "" && err == nil || want != "" && (err != nil || got != want) {
+			t.Errorf("loginKey(%q) = %q, %v; want %q", arg, got, err, want)
+		}
+	}
+	e := newCredEnv(t)
+	e.fails(errdefs.ExitUsage, []string{"mutually exclusive"}, "login", "-u", "kura", "-p", "x", "--password-stdin", "reg.example")
+	e.fails(errdefs.ExitUsage, []string{"no password given", "no terminal"}, "login", "-u", "kura", "reg.example")
+	e.fails(errdefs.ExitUsage, []string{"REGISTRY or --all"}, "logout", "--all", "reg.example")
+	e.fails(errdefs.ExitNotFound, []string{"not logged into reg.example"}, "login", "--get-login", "reg.example")
+}
