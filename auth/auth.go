@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -52,6 +53,9 @@ func WithAuthFile(path string) Option {
 type Keychain struct {
 	creds    *string
 	authFile string
+
+	mu   sync.Mutex
+	used map[string]Source // host → where its credential came from, as last resolved
 }
 
 // NewKeychain returns a Keychain; with no options it reads the auth files in podman's order.
@@ -123,41 +127,85 @@ type AuthFile struct {
 }
 
 // Lookup returns the credential for repository "DOMAIN/PATH" (or just "DOMAIN"), and where it was
-// found ("--creds", a file path, or "" when anonymous). Within a file the most specific key wins:
-// DOMAIN/a/b/c, then DOMAIN/a/b, DOMAIN/a, DOMAIN. The first file with a match wins.
-func (k *Keychain) Lookup(repo string) (Credential, string, error) {
+// found. --creds wins over every file. Then each file in order: a credential helper named for the
+// domain in its "credHelpers", else its "auths" entry (the most specific key wins: DOMAIN/a/b/c,
+// then DOMAIN/a/b, DOMAIN/a, DOMAIN), else its default helper "credsStore". The first match wins.
+func (k *Keychain) Lookup(repo string) (Credential, Source, error) {
 	if k.creds != nil {
 		c, err := ParseCreds(*k.creds)
-		return c, "--creds", err
+		return c, Source{Kind: FromCreds}, err
 	}
 	candidates := lookupKeys(repo)
+	domain := candidates[len(candidates)-1]
 	for _, f := range k.AuthFilePaths() {
-		entries, err := readAuthFile(f)
+		doc, err := readAuthFile(f)
 		if err != nil {
-			return Credential{}, "", err
+			return Credential{}, Source{}, err
 		}
-		for _, key := range candidates {
-			if e, ok := entries[key]; ok {
-				c, err := e.credential()
-				if err != nil {
-					return Credential{}, "", fmt.Errorf("auth file %s, entry %q: %w", f.Path, key, err)
-				}
-				if !c.IsZero() {
-					return c, f.Path, nil
-				}
+		c, src, err := doc.lookup(f.Path, domain, candidates)
+		if err != nil || !c.IsZero() {
+			return c, src, err
+		}
+	}
+	return Credential{}, Source{}, nil
+}
+
+// lookup finds domain's credential in one file (see Lookup); a helper that knows nothing
+// of the domain does not end the search.
+func (d authDoc) lookup(path, domain string, candidates []string) (Credential, Source, error) {
+	if name, ok := d.helpers[domain]; ok {
+		c, err := helperGet(name, domain)
+		if err != nil || !c.IsZero() {
+			return c, Source{Kind: FromHelper, Name: name}, err
+		}
+	}
+	for _, key := range candidates {
+		if e, ok := d.entries[key]; ok {
+			c, err := e.credential()
+			if err != nil {
+				return Credential{}, Source{}, fmt.Errorf("auth file %s, entry %q: %w", path, key, err)
+			}
+			if !c.IsZero() {
+				return c, Source{Kind: FromFile, Name: path}, nil
 			}
 		}
 	}
-	return Credential{}, "", nil
+	if d.store != "" {
+		c, err := helperGet(d.store, domain)
+		if err != nil || !c.IsZero() {
+			return c, Source{Kind: FromHelper, Name: d.store}, err
+		}
+	}
+	return Credential{}, Source{}, nil
+}
+
+// dockerHubServer is the server URL docker login gives credential helpers for Docker Hub.
+const dockerHubServer = "https://index.docker.io/v1/"
+
+// helperGet asks a helper for domain, and for Docker Hub also under docker's own server URL,
+// so that credentials saved by docker login are found.
+func helperGet(name, domain string) (Credential, error) {
+	c, err := HelperGet(name, domain)
+	if err == nil && c.IsZero() && domain == "docker.io" {
+		return HelperGet(name, dockerHubServer)
+	}
+	return c, err
 }
 
 // Resolve implements authn.Keychain. A registry resource is looked up by its host; a repository
-// resource (name.Repository) by its full name so namespace-scoped entries apply.
+// resource (name.Repository) by its full name so namespace-scoped entries apply. The source used
+// is remembered per host for Explain.
 func (k *Keychain) Resolve(res authn.Resource) (authn.Authenticator, error) {
-	c, _, err := k.Lookup(res.String())
+	c, src, err := k.Lookup(res.String())
 	if err != nil {
 		return nil, err
 	}
+	k.mu.Lock()
+	if k.used == nil {
+		k.used = map[string]Source{}
+	}
+	k.used[res.RegistryStr()] = src
+	k.mu.Unlock()
 	if c.IsZero() {
 		return authn.Anonymous, nil
 	}
@@ -227,45 +275,64 @@ func (e authEntry) credential() (Credential, error) {
 	return c, nil
 }
 
-// readAuthFile returns the entries of one file keyed by normalised key; a missing file has none.
-// When two keys normalise to the same one, a key spelled exactly as normalised wins, else the
-// first in sorted order (JSON object order carries no meaning), so lookups are deterministic.
-func readAuthFile(f AuthFile) (map[string]authEntry, error) {
+// authDoc is what one auth file says: entries keyed by normalised key, per-domain credential
+// helpers ("credHelpers") and a default helper ("credsStore").
+type authDoc struct {
+	entries map[string]authEntry
+	helpers map[string]string
+	store   string
+}
+
+// readAuthFile reads one file; a missing file says nothing. When two keys normalise to the same
+// one, a key spelled exactly as normalised wins, else the first in sorted order (JSON object
+// order carries no meaning), so lookups are deterministic.
+func readAuthFile(f AuthFile) (authDoc, error) {
 	fh, err := os.Open(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return authDoc{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("opening auth file: %w", err)
+		return authDoc{}, fmt.Errorf("opening auth file: %w", err)
 	}
 	defer fh.Close()
 	data, err := io.ReadAll(io.LimitReader(fh, maxAuthFileSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("reading auth file %s: %w", f.Path, err)
+		return authDoc{}, fmt.Errorf("reading auth file %s: %w", f.Path, err)
 	}
 	if len(data) > maxAuthFileSize {
-		return nil, fmt.Errorf("auth file %s is over %d bytes: %w", f.Path, maxAuthFileSize, errdefs.ErrInvalid)
+		return authDoc{}, fmt.Errorf("auth file %s is over %d bytes: %w", f.Path, maxAuthFileSize, errdefs.ErrInvalid)
 	}
-	var raw map[string]authEntry
+	var doc struct {
+		Auths       map[string]authEntry `json:"auths"`
+		CredHelpers map[string]string    `json:"credHelpers"`
+		CredsStore  string               `json:"credsStore"`
+	}
 	if f.Legacy {
-		err = json.Unmarshal(data, &raw)
+		err = json.Unmarshal(data, &doc.Auths)
 	} else {
-		var doc struct {
-			Auths map[string]authEntry `json:"auths"`
-		}
 		err = json.Unmarshal(data, &doc)
-		raw = doc.Auths
 	}
 	if err != nil {
-		return nil, fmt.Errorf("parsing auth file %s: %v: %w", f.Path, err, errdefs.ErrInvalid)
+		return authDoc{}, fmt.Errorf("parsing auth file %s: %v: %w", f.Path, err, errdefs.ErrInvalid)
 	}
-	entries := make(map[string]authEntry, len(raw))
-	for _, k := range slices.Sorted(maps.Keys(raw)) {
+	d := authDoc{entries: normalized(doc.Auths), helpers: normalized(doc.CredHelpers), store: doc.CredsStore}
+	for _, name := range append(slices.Collect(maps.Values(d.helpers)), d.store) {
+		if name != "" && !validHelperName(name) {
+			return authDoc{}, fmt.Errorf("auth file %s: credential helper name %q: %w", f.Path, name, errdefs.ErrInvalid)
+		}
+	}
+	return d, nil
+}
+
+// normalized re-keys m by normalizeKey (see readAuthFile for collisions).
+func normalized[V any](m map[string]V) map[string]V {
+	out := make(map[string]V, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		nk := normalizeKey(k)
-		if _, dup := entries[nk]; dup && nk != k {
+		if _, dup := out[nk]; dup && nk != k {
 			continue
 		}
-		entries[nk] = raw[k]
+		out[nk] = m[k]
 	}
-	return entries, nil
+	return out
 }

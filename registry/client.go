@@ -243,9 +243,9 @@ func classifyAuthErr(err error) error {
 	if errors.As(err, &te) {
 		switch te.StatusCode {
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Errorf("%v: %w", err, errdefs.ErrPermission)
+			return fmt.Errorf("%w: %w", err, errdefs.ErrPermission)
 		case http.StatusNotFound:
-			return fmt.Errorf("%v: %w", err, errdefs.ErrNotFound)
+			return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
 		}
 	}
 	return err

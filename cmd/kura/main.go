@@ -167,6 +167,7 @@ func report(w io.Writer, err error, sig os.Signal) int {
 		fmt.Fprintf(w, "kura: interrupted by %v: %v\n", sig, err)
 		return signalExit(sig)
 	}
+	err = explainAuth(err)
 	fmt.Fprintf(w, "kura: %v\n", err)
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {

@@ -72,6 +72,9 @@ func (f *registryFlags) client() (*registry.Client, error) { return f.newClient(
 // newClient builds a registry client; withCreds false leaves --creds out (for mirrors, which
 // must not receive the primary registry's credentials, as in containers/image).
 func (f *registryFlags) newClient(withCreds bool) (*registry.Client, error) {
+	if err := f.prepareCreds(withCreds); err != nil {
+		return nil, err
+	}
 	var kopts []auth.Option
 	if f.authfile != "" {
 		kopts = append(kopts, auth.WithAuthFile(f.authfile))
@@ -83,7 +86,7 @@ func (f *registryFlags) newClient(withCreds bool) (*registry.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []registry.Option{registry.WithKeychain(auth.NewKeychain(kopts...)), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
+	opts := []registry.Option{registry.WithKeychain(trackKeychain(auth.NewKeychain(kopts...))), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
 	if f.platform != "" {
 		p, err := parsePlatform(f.platform)
 		if err != nil {
