@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kura-oci/kura/registry/registrytest"
+)
+
+// TestCopySideOptions (issue 18): skopeo copy's per-side options. The source registry speaks
+// TLS with a private CA (--src-cert-dir), the destination plain HTTP (--dest-tls-verify=false);
+// --creds is wrong and each side's --*-creds replaces it for that side only.
+func TestCopySideOptions(t *testing.T) {
+	ca := registrytest.NewCA(t)
+	src := registrytest.New(t, registrytest.WithServerTLS(ca.ServerTLS(t, false)))
+	dst := registrytest.New(t)
+	pushTarImage(t, src, "side/app", "v1", "from a TLS registry")
+	certDir := t.TempDir()
+	ca.WriteCA(t, certDir, "company-ca")
+	e := newRegEnv(t, "")
+	good := registrytest.Username + ":" + registrytest.Password
+	args := []string{"copy", "docker://" + src.Host + "/side/app:v1", "docker://" + dst.Host + "/side/copy:v1",
+		"--creds", "kura:wrong", "--src-cert-dir", certDir, "--dest-tls-verify=false", "--src-creds", good}
+
+	if out, code := e.run(args...); code != 77 {
+		t.Fatalf("the destination used --src-creds? exit %d, want 77 (its credentials are --creds, wrong):\n%s", code, out)
+	}
+	e.fails("refusing plain HTTP", "copy", "docker://"+src.Host+"/side/app:v1", "docker://"+dst.Host+"/side/copy:v1",
+		"--creds", good, "--src-cert-dir", certDir)
+	e.fails("certificate", "copy", "docker://"+src.Host+"/side/app:v1", "docker://"+dst.Host+"/side/copy:v1",
+		"--creds", good, "--dest-cert-dir", certDir, "--dest-tls-verify=false")
+	e.ok(append(args, "--dest-creds", good)...)
+	e.ok("pull", "docker://"+dst.Host+"/side/copy:v1", "--creds", good, "--tls-verify=false", "--platform", "linux/amd64")
+}
+
+// TestCopyDigestFileQuietPreserve (issue 18): --digestfile holds the destination manifest's
+// digest, -q prints nothing, --preserve-digests keeps the source manifest and refuses (exit 6) a
+// format that would change a layer.
+func TestCopyDigestFileQuietPreserve(t *testing.T) {
+	reg := registrytest.New(t)
+	img := pushTarImage(t, reg, "keep/app", "v1", "kept as it is")
+	e := newRegEnv(t, "")
+	creds := append([]string{"--tls-verify=false"}, regCreds...)
+	srcRef := "docker://" + reg.Host + "/keep/app:v1"
+	digestFile := filepath.Join(t.TempDir(), "digest")
+
+	out := e.ok(append([]string{"copy", "-q", "--preserve-digests", "--digestfile", digestFile, srcRef, "docker://" + reg.Host + "/keep/same:v1"}, creds...)...)
+	if out != "" {
+		t.Errorf("copy -q printed %q", out)
+	}
+	if got, _ := os.ReadFile(digestFile); string(got) != img.Manifest.Digest.String() {
+		t.Errorf("--digestfile %q, want the source manifest %s (preserved)", got, img.Manifest.Digest)
+	}
+	if insp := e.ok(append([]string{"inspect", "--format", "{{.Digest}}", "docker://" + reg.Host + "/keep/same:v1"}, creds...)...); strings.TrimSpace(insp) != img.Manifest.Digest.String() {
+		t.Errorf("destination manifest %s, want %s", insp, img.Manifest.Digest)
+	}
+
+	if out, code := e.run(append([]string{"copy", "--preserve-digests", "--format", "zstd:chunked", srcRef, "docker://" + reg.Host + "/keep/no:v1"}, creds...)...); code != 6 || !strings.Contains(out, "would be recompressed") {
+		t.Errorf("--preserve-digests --format zstd:chunked of a tar layer: exit %d, want 6:\n%s", code, out)
+	}
+
+	e.ok(append([]string{"copy", "-q", "--digestfile", digestFile, srcRef, "docker://" + reg.Host + "/keep/zc:v1"}, creds...)...)
+	got, _ := os.ReadFile(digestFile)
+	insp := e.ok(append([]string{"inspect", "--format", "{{.Digest}}", "docker://" + reg.Host + "/keep/zc:v1"}, creds...)...)
+	if string(got) == img.Manifest.Digest.String() || strings.TrimSpace(insp) != string(got) {
+		t.Errorf("recompressed copy: --digestfile %q, destination %s, source %s", got, insp, img.Manifest.Digest)
+	}
+}
+
+// TestCopyRetryTimes (issue 18): a source that answers 500 for longer than the client's own
+// retries fails the copy, unless --retry-times starts it over.
+func TestCopyRetryTimes(t *testing.T) {
+	reg := registrytest.New(t)
+	pushTarImage(t, reg, "retry/app", "v1", "eventually")
+	e := newRegEnv(t, "")
+	args := append([]string{"copy", "--retry-delay", "1ms", "docker://" + reg.Host + "/retry/app:v1", "docker://" + reg.Host + "/retry/copy:v1", "--tls-verify=false"}, regCreds...)
+	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.ServerError, Times: 5})
+	e.fails("500", args...)
+	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.ServerError, Times: 5})
+	out := e.ok(append(args, "--retry-times", "2")...)
+	if !strings.Contains(out, "retrying (1 of 2)") {
+		t.Errorf("no retry reported:\n%s", out)
+	}
+}
