@@ -42,6 +42,8 @@ type Destination interface {
 	PutBlob(ctx context.Context, desc ocispec.Descriptor, data []byte) (string, error)
 	// PutManifest stores the image manifest under the destination's name.
 	PutManifest(ctx context.Context, desc ocispec.Descriptor, body []byte) error
+	// PutUntagged stores a manifest an index names, by digest only.
+	PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error
 	// String names the destination for reports.
 	String() string
 }
@@ -167,6 +169,11 @@ func (d *registryDest) PutManifest(ctx context.Context, desc ocispec.Descriptor,
 	return err
 }
 
+func (d *registryDest) PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
+	_, err := d.c.PutManifest(ctx, d.ref.Repository(), "", desc.MediaType, body)
+	return err
+}
+
 type layoutDest struct {
 	w   *ocilayout.Writer
 	ref imageref.Reference
@@ -249,4 +256,10 @@ func (d *layoutDest) PutManifest(ctx context.Context, desc ocispec.Descriptor, b
 		return err
 	}
 	return d.w.AddManifest(ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}, d.ref.Tag)
+}
+
+// PutUntagged stores the manifest as a blob: index.json names only the index.
+func (d *layoutDest) PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
+	_, err := d.PutBlob(ctx, desc, body)
+	return err
 }

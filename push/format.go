@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -163,6 +164,13 @@ func (f Format) Holds(desc ocispec.Descriptor) bool {
 		return desc.MediaType == ocispec.MediaTypeImageLayerGzip || desc.MediaType == dockerLayerGzip
 	}
 	return false
+}
+
+// isLayerTar reports media types of layer tars (plain or compressed, OCI or Docker), the blobs
+// Copy can recompress.
+func isLayerTar(mediaType string) bool {
+	return strings.HasPrefix(mediaType, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mediaType, "application/vnd.docker.image.rootfs.")
 }
 
 // ociLayer is desc as an OCI manifest names it (a Docker gzip layer under OCI's media type: the

@@ -118,6 +118,8 @@ type source struct {
 	manifestType  string
 	config        []byte
 	layers        []layerSource
+	// child: the manifest is one an index names, stored by digest only (CopyAll).
+	child bool
 }
 
 type layerSource struct {
@@ -174,7 +176,8 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 			return &exportReader{PipeReader: pr, done: done}, nil
 		}})
 	}
-	return write(ctx, src, dest, opts)
+	rep, _, err := write(ctx, src, dest, opts)
+	return rep, err
 }
 
 // Copy writes the image src names to dest without the store. A source layer already in the
@@ -182,15 +185,21 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 // other (plain, gzip, zstd or zstd:chunked) is streamed, decompressed, recompressed and checked
 // against the config's DiffID. When no layer is recompressed the manifest is copied unchanged.
 func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option) (*Report, error) {
+	rep, _, err := copyImage(ctx, src, dest, false, opts)
+	return rep, err
+}
+
+// copyImage is Copy; child stores the manifest by digest only, for an index to name.
+func copyImage(ctx context.Context, src pull.Source, dest Destination, child bool, opts []Option) (*Report, ocispec.Descriptor, error) {
 	img, err := src.Resolve(ctx)
 	if err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(img.Manifest.Layers) {
-		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+		return nil, ocispec.Descriptor{}, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
 	}
-	s := source{manifest: img.Manifest, manifestBytes: img.ManifestBytes, manifestType: img.Descriptor.MediaType, config: img.ConfigBytes}
+	s := source{manifest: img.Manifest, manifestBytes: img.ManifestBytes, manifestType: img.Descriptor.MediaType, config: img.ConfigBytes, child: child}
 	for i, desc := range img.Manifest.Layers {
 		s.layers = append(s.layers, layerSource{diffID: diffIDs[i], blob: desc, size: desc.Size, open: func(ctx context.Context) (io.ReadCloser, error) {
 			return src.OpenBlob(ctx, desc)
@@ -201,7 +210,7 @@ func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option
 
 // write is the pipeline both commands share: layers (a bounded number at once), then the
 // config, then the manifest, so the manifest never names a blob the destination lacks.
-func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, error) {
+func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, ocispec.Descriptor, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
@@ -210,11 +219,11 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		o.level = o.format.DefaultLevel()
 	}
 	if err := o.format.CheckLevel(o.level); err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	keep, err := keptLayers(src, o)
 	if err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	start := time.Now()
 	rep := &Report{Destination: dest.String(), Format: o.format, Level: o.level, Layers: make([]LayerReport, len(src.layers))}
@@ -243,7 +252,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	for _, i := range dups {
 		j := first[src.layers[i].diffID]
@@ -253,14 +262,18 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 
 	mDesc, body, err := newManifest(src, descs, keep)
 	if err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
 	if _, err := dest.PutBlob(ctx, cfgDesc, src.config); err != nil {
-		return nil, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+		return nil, ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
 	}
-	if err := dest.PutManifest(ctx, mDesc, body); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+	put := dest.PutManifest
+	if src.child {
+		put = dest.PutUntagged
+	}
+	if err := put(ctx, mDesc, body); err != nil {
+		return nil, ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 	}
 	rep.Image = mDesc.Digest
 	for _, l := range rep.Layers {
@@ -276,7 +289,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		}
 	}
 	rep.Seconds = time.Since(start).Seconds()
-	return rep, nil
+	return rep, mDesc, nil
 }
 
 // keptLayers says which layers are copied by digest rather than recompressed: those already in
@@ -291,7 +304,8 @@ func keptLayers(src source, o options) ([]bool, error) {
 			}
 			continue
 		}
-		keep[i] = o.format.Holds(ls.blob)
+		// A blob that is no layer tar (an attestation's in-toto statement) is copied as it is.
+		keep[i] = o.format.Holds(ls.blob) || !isLayerTar(ls.blob.MediaType)
 		if o.preserve && !keep[i] && o.formatSet {
 			return nil, fmt.Errorf("preserving digests: layer %d (%s, %s) is not %s and would be recompressed: %w",
 				i+1, ls.blob.Digest, ls.blob.MediaType, o.format, errdefs.ErrUnsupported)

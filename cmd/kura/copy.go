@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/imageref"
@@ -22,6 +23,7 @@ type copyFlags struct {
 	registryFlags
 	src, dest  sideFlags
 	preserve   bool
+	all        bool
 	digestFile string
 	retryTimes int
 	retryDelay time.Duration
@@ -51,19 +53,19 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 			if cf.preserve {
 				opts = append(opts, push.WithPreserveDigests())
 			}
-			rep, err := cf.copyRetrying(cmd.Context(), args[0], args[1], opts)
+			res, err := cf.copyRetrying(cmd.Context(), args[0], args[1], opts)
 			if err != nil {
 				return err
 			}
 			if cf.digestFile != "" {
-				if err := os.WriteFile(cf.digestFile, []byte(rep.Image.String()), 0o644); err != nil {
+				if err := os.WriteFile(cf.digestFile, []byte(res.image.String()), 0o644); err != nil {
 					return fmt.Errorf("--digestfile: %w", err)
 				}
 			}
 			if pf.quiet && !global.json {
 				return nil
 			}
-			return printPushReport(cmd.OutOrStdout(), rep)
+			return res.print(cmd.OutOrStdout())
 		},
 	}
 	cf.registryFlags.register(cmd)
@@ -71,6 +73,7 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 	cf.dest.register(cmd, "dest", "destination")
 	pf.register(cmd)
 	fl := cmd.Flags()
+	fl.BoolVar(&cf.all, "all", false, "copy every image of an index (each converted) and an index naming them, not only --platform's")
 	fl.BoolVar(&cf.preserve, "preserve-digests", false, "copy every blob and the manifest unchanged; fail if --format would change a layer")
 	fl.StringVar(&cf.digestFile, "digestfile", "", "write the digest of the destination manifest to this file")
 	fl.BoolVarP(&pf.quiet, "quiet", "q", false, "no progress and no summary (--json still prints its report)")
@@ -81,7 +84,7 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 
 // copyRetrying runs the copy step, again after a temporary error up to --retry-times times, as
 // skopeo copy does: each attempt starts over (blobs already at the destination are found there).
-func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, opts []push.Option) (*push.Report, error) {
+func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, opts []push.Option) (copyResult, error) {
 	for attempt := 0; ; attempt++ {
 		rep, err := cf.copyOnce(ctx, srcArg, destArg, opts)
 		if err == nil || attempt >= cf.retryTimes || !temporary(err) || ctx.Err() != nil {
@@ -96,7 +99,7 @@ func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, o
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err()
+			return copyResult{}, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -104,25 +107,25 @@ func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, o
 
 // copyOnce resolves the source (through registries.conf, with the source side's options) and
 // copies it to the destination (with the destination side's).
-func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts []push.Option) (*push.Report, error) {
+func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts []push.Option) (copyResult, error) {
 	if _, err := imageref.Parse(srcArg); err != nil {
-		return nil, refError(err)
+		return copyResult{}, refError(err)
 	}
 	destRef, err := imageref.Parse(destArg)
 	if err != nil {
-		return nil, refError(err)
+		return copyResult{}, refError(err)
 	}
 	srcRF, destRF := cf.src.apply(&cf.registryFlags), cf.dest.apply(&cf.registryFlags)
 	if err := destRF.checkPush(destRef); err != nil {
-		return nil, err
+		return copyResult{}, err
 	}
 	chosen, err := srcRF.pullSource(ctx, srcArg)
 	if err != nil {
-		return nil, err
+		return copyResult{}, err
 	}
 	client, err := destRF.client()
 	if err != nil {
-		return nil, err
+		return copyResult{}, err
 	}
 	// Blobs the destination lacks may be linked from the source repository instead of sent when
 	// both live in one registry.
@@ -132,9 +135,40 @@ func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts 
 	}
 	dest, err := push.NewDestination(destRef, client, "", mountFrom...)
 	if err != nil {
-		return nil, err
+		return copyResult{}, err
 	}
-	return push.Copy(ctx, chosen.src, dest, opts...)
+	if cf.all {
+		rep, err := push.CopyAll(ctx, chosen.ref, chosen.client, dest, opts...)
+		if err != nil {
+			return copyResult{}, err
+		}
+		return copyResult{image: rep.Image, print: func(w io.Writer) error { return printIndexReport(w, rep) }}, nil
+	}
+	rep, err := push.Copy(ctx, chosen.src, dest, opts...)
+	if err != nil {
+		return copyResult{}, err
+	}
+	return copyResult{image: rep.Image, print: func(w io.Writer) error { return printPushReport(w, rep) }}, nil
+}
+
+// copyResult is what a copy wrote: the destination manifest's (or index's) digest, and how to
+// report it.
+type copyResult struct {
+	image digest.Digest
+	print func(io.Writer) error
+}
+
+func printIndexReport(w io.Writer, rep *push.IndexReport) error {
+	if global.json {
+		return printJSON(w, rep)
+	}
+	for _, r := range rep.Images {
+		if err := printPushReport(w, r); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "%s %s (index of %d images, %.2fs)\n", rep.Destination, rep.Image, len(rep.Images), rep.Seconds)
+	return nil
 }
 
 // temporary reports errors worth another attempt, as containers/common's retry: network

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/registry/registrytest"
 )
@@ -82,5 +87,39 @@ func TestCopyRetryTimes(t *testing.T) {
 	out := e.ok(append(args, "--retry-times", "2")...)
 	if !strings.Contains(out, "retrying (1 of 2)") {
 		t.Errorf("no retry reported:\n%s", out)
+	}
+}
+
+// TestCopyAllCLI (issue 18): copy --all writes an index of every platform's converted image
+// (each pulls by platform); with --preserve-digests the index keeps its digest.
+func TestCopyAllCLI(t *testing.T) {
+	reg := registrytest.New(t)
+	amd := pushTarImage(t, reg, "all/app", "", "amd64 file")
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o644, Size: 10, Typeflag: tar.TypeReg})
+	tw.Write([]byte("arm64 file"))
+	tw.Close()
+	arm := reg.PushImage(t, "all/app", "", ocispec.Platform{OS: "linux", Architecture: "arm64"}, ocispec.MediaTypeImageLayer, b.Bytes())
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{amd.Manifest, arm.Manifest}}
+	idx.SchemaVersion = 2
+	body, _ := json.Marshal(idx)
+	idxDesc := reg.PushManifest(t, "all/app", "v1", ocispec.MediaTypeImageIndex, body)
+
+	e := newRegEnv(t, "")
+	creds := append([]string{"--tls-verify=false"}, regCreds...)
+	digestFile := filepath.Join(t.TempDir(), "digest")
+	src := "docker://" + reg.Host + "/all/app:v1"
+	e.ok(append([]string{"copy", "--all", "--preserve-digests", "--digestfile", digestFile, src, "docker://" + reg.Host + "/all/same:v1"}, creds...)...)
+	if got, _ := os.ReadFile(digestFile); string(got) != idxDesc.Digest.String() {
+		t.Errorf("preserved index %s, source %s", got, idxDesc.Digest)
+	}
+	out := e.ok(append([]string{"copy", "--all", "--digestfile", digestFile, src, "docker://" + reg.Host + "/all/zc:v1"}, creds...)...)
+	got, _ := os.ReadFile(digestFile)
+	if string(got) == idxDesc.Digest.String() || !strings.Contains(out, "index of 2 images") {
+		t.Errorf("converted index %s (source %s):\n%s", got, idxDesc.Digest, out)
+	}
+	for _, p := range []string{"linux/amd64", "linux/arm64"} {
+		e.ok(append([]string{"pull", "docker://" + reg.Host + "/all/zc:v1", "--platform", p}, creds...)...)
 	}
 }
