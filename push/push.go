@@ -227,6 +227,9 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 	}
 	start := time.Now()
 	rep := &Report{Destination: dest.String(), Format: o.format, Level: o.level, Layers: make([]LayerReport, len(src.layers))}
+	if o.preserve && !o.formatSet {
+		rep.Format, rep.Level = "", 0 // every layer as it was: no format was applied
+	}
 	descs := make([]ocispec.Descriptor, len(src.layers))
 
 	// A layer listed twice is made once; later copies reuse the first one's descriptor.

@@ -171,16 +171,25 @@ func printIndexReport(w io.Writer, rep *push.IndexReport) error {
 	return nil
 }
 
-// temporary reports errors worth another attempt, as containers/common's retry: network
-// failures, a connection cut or stalled, 429 and 5xx answers. Invalid input, digest mismatches
-// and refusals are not.
+// temporary reports errors worth another attempt, as containers/common's retry: a connection
+// refused, reset, cut or stalled, a timeout, a name that did not resolve for now, 429 and 5xx
+// answers. Invalid input, digest mismatches, certificate and permission refusals are not.
 func temporary(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, registry.ErrIdle) {
+	if errors.Is(err, context.Canceled) {
 		return false
 	}
+	for _, e := range []error{registry.ErrIdle, io.ErrUnexpectedEOF, syscall.ECONNRESET, syscall.ECONNREFUSED,
+		syscall.EPIPE, syscall.ETIMEDOUT, syscall.ENETUNREACH, syscall.EHOSTUNREACH} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) {
+		return !dns.IsNotFound
+	}
 	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, registry.ErrIdle) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
+	if errors.As(err, &ne) && ne.Timeout() {
 		return true
 	}
 	var he *registry.HTTPError

@@ -3,14 +3,23 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
+	"crypto/x509"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
@@ -121,5 +130,27 @@ func TestCopyAllCLI(t *testing.T) {
 	}
 	for _, p := range []string{"linux/amd64", "linux/arm64"} {
 		e.ok(append([]string{"pull", "docker://" + reg.Host + "/all/zc:v1", "--platform", p}, creds...)...)
+	}
+}
+
+// TestCopyTemporary: what --retry-times retries, and what it does not.
+func TestCopyTemporary(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{&registry.HTTPError{StatusCode: 503}, true},
+		{fmt.Errorf("layer 1: %w", &registry.HTTPError{StatusCode: 429}), true},
+		{&registry.HTTPError{StatusCode: 404}, false},
+		{&url.Error{Op: "Get", URL: "https://r/v2/", Err: &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}}, true},
+		{&url.Error{Op: "Get", URL: "https://r/v2/", Err: x509.UnknownAuthorityError{}}, false},
+		{&net.DNSError{Err: "no such host", Name: "r", IsNotFound: true}, false},
+		{fmt.Errorf("fetching: %w", io.ErrUnexpectedEOF), true},
+		{fmt.Errorf("blob: %w", errdefs.ErrDigestMismatch), false},
+		{context.Canceled, false},
+	} {
+		if got := temporary(c.err); got != c.want {
+			t.Errorf("temporary(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
