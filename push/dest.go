@@ -35,10 +35,15 @@ type Destination interface {
 	// PutLayer stores the blob that write produces, whose digest is known only once it is
 	// written, and says what it did. progress is told of bytes sent or stored.
 	PutLayer(ctx context.Context, write WriteFunc, progress func(int64)) (chunked.Descriptor, string, error)
+	// CopyBlob stores a blob of known digest unchanged. Nothing is read when the destination
+	// has it or can mount it; otherwise open streams it, checked against desc.
+	CopyBlob(ctx context.Context, desc ocispec.Descriptor, open func(context.Context) (io.ReadCloser, error)) (string, error)
 	// PutBlob stores a small blob (the config).
 	PutBlob(ctx context.Context, desc ocispec.Descriptor, data []byte) (string, error)
 	// PutManifest stores the image manifest under the destination's name.
 	PutManifest(ctx context.Context, desc ocispec.Descriptor, body []byte) error
+	// PutUntagged stores a manifest an index names, by digest only.
+	PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error
 	// String names the destination for reports.
 	String() string
 }
@@ -96,8 +101,40 @@ func (d *registryDest) PutBlob(ctx context.Context, desc ocispec.Descriptor, dat
 	return d.put(ctx, desc, bytes.NewReader(data), nil)
 }
 
-// put sends a blob unless the repository has it or can mount it.
-func (d *registryDest) put(ctx context.Context, desc ocispec.Descriptor, blob io.ReaderAt, progress func(int64)) (string, error) {
+// CopyBlob stages the source blob in a temporary file (an upload resumes from any offset) only
+// when the registry neither has it nor can mount it; the source reader checks its digest and
+// the registry checks it again.
+func (d *registryDest) CopyBlob(ctx context.Context, desc ocispec.Descriptor, open func(context.Context) (io.ReadCloser, error)) (string, error) {
+	if status, err := d.link(ctx, desc); status != "" || err != nil {
+		return status, err
+	}
+	f, err := os.CreateTemp(d.tempDir, "copy-")
+	if err != nil {
+		return "", fmt.Errorf("staging blob %s: %w", desc.Digest, err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	rc, err := open(ctx)
+	if err != nil {
+		return "", err
+	}
+	n, err := io.Copy(f, io.LimitReader(rc, desc.Size+1))
+	rc.Close()
+	if err != nil {
+		return "", fmt.Errorf("reading blob %s: %w", desc.Digest, err)
+	}
+	if n != desc.Size {
+		return "", fmt.Errorf("blob %s: %d bytes, the manifest says %d: %w", desc.Digest, n, desc.Size, errdefs.ErrDigestMismatch)
+	}
+	if err := d.c.UploadBlob(ctx, d.ref.Repository(), desc, f, nil); err != nil {
+		return "", err
+	}
+	return StatusUploaded, nil
+}
+
+// link reports StatusExisted or StatusMounted when the repository has the blob or can mount it
+// from one of mountFrom, and "" when it must be sent.
+func (d *registryDest) link(ctx context.Context, desc ocispec.Descriptor) (string, error) {
 	repo := d.ref.Repository()
 	if _, err := d.c.StatBlob(ctx, repo, desc.Digest); err == nil {
 		return StatusExisted, nil
@@ -113,7 +150,15 @@ func (d *registryDest) put(ctx context.Context, desc ocispec.Descriptor, blob io
 			return StatusMounted, nil
 		}
 	}
-	if err := d.c.UploadBlob(ctx, repo, desc, blob, progress); err != nil {
+	return "", nil
+}
+
+// put sends a blob unless the repository has it or can mount it.
+func (d *registryDest) put(ctx context.Context, desc ocispec.Descriptor, blob io.ReaderAt, progress func(int64)) (string, error) {
+	if status, err := d.link(ctx, desc); status != "" || err != nil {
+		return status, err
+	}
+	if err := d.c.UploadBlob(ctx, d.ref.Repository(), desc, blob, progress); err != nil {
 		return "", err
 	}
 	return StatusUploaded, nil
@@ -121,6 +166,11 @@ func (d *registryDest) put(ctx context.Context, desc ocispec.Descriptor, blob io
 
 func (d *registryDest) PutManifest(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
 	_, err := d.c.PutManifest(ctx, d.ref.Repository(), d.ref.Tag, desc.MediaType, body)
+	return err
+}
+
+func (d *registryDest) PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
+	_, err := d.c.PutManifest(ctx, d.ref.Repository(), "", desc.MediaType, body)
 	return err
 }
 
@@ -165,6 +215,31 @@ func (d *layoutDest) PutLayer(ctx context.Context, write WriteFunc, _ func(int64
 	return res.desc, StatusWritten, nil
 }
 
+// CopyBlob streams the blob into the layout unless it is there already; the layout checks
+// the digest before the blob takes its name.
+func (d *layoutDest) CopyBlob(ctx context.Context, desc ocispec.Descriptor, open func(context.Context) (io.ReadCloser, error)) (string, error) {
+	p, err := d.w.Layout().BlobPath(desc.Digest)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(p); err == nil {
+		return StatusExisted, nil
+	}
+	rc, err := open(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	got, err := d.w.PutBlobFrom(io.LimitReader(rc, desc.Size+1), desc.Digest)
+	if err != nil {
+		return "", fmt.Errorf("writing blob %s to %s: %w", desc.Digest, d.ref, err)
+	}
+	if got.Size != desc.Size {
+		return "", fmt.Errorf("blob %s: %d bytes, the manifest says %d: %w", desc.Digest, got.Size, desc.Size, errdefs.ErrDigestMismatch)
+	}
+	return StatusWritten, nil
+}
+
 func (d *layoutDest) PutBlob(ctx context.Context, desc ocispec.Descriptor, data []byte) (string, error) {
 	got, err := d.w.PutBlob(data)
 	if err != nil {
@@ -181,4 +256,10 @@ func (d *layoutDest) PutManifest(ctx context.Context, desc ocispec.Descriptor, b
 		return err
 	}
 	return d.w.AddManifest(ocispec.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}, d.ref.Tag)
+}
+
+// PutUntagged stores the manifest as a blob: index.json names only the index.
+func (d *layoutDest) PutUntagged(ctx context.Context, desc ocispec.Descriptor, body []byte) error {
+	_, err := d.PutBlob(ctx, desc, body)
+	return err
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -140,4 +141,44 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// dockerLayerGzip is Docker schema 2's media type of a gzip layer (the same bytes as OCI's).
+const dockerLayerGzip = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+// Holds reports whether a source layer already is in format f, so that copying it by digest
+// writes what recompressing would have meant: zstd:chunked needs a zstd blob whose annotations
+// locate its TOC; zstd accepts any zstd blob (zstd:chunked is zstd); gzip any gzip blob. The
+// level of a layer kept is its own.
+func (f Format) Holds(desc ocispec.Descriptor) bool {
+	switch f {
+	case ZstdChunked:
+		if desc.MediaType != ocispec.MediaTypeImageLayerZstd {
+			return false
+		}
+		_, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size)
+		return err == nil
+	case Zstd:
+		return desc.MediaType == ocispec.MediaTypeImageLayerZstd
+	case Gzip:
+		return desc.MediaType == ocispec.MediaTypeImageLayerGzip || desc.MediaType == dockerLayerGzip
+	}
+	return false
+}
+
+// isLayerTar reports media types of layer tars (plain or compressed, OCI or Docker), the blobs
+// Copy can recompress.
+func isLayerTar(mediaType string) bool {
+	return strings.HasPrefix(mediaType, "application/vnd.oci.image.layer.") ||
+		strings.HasPrefix(mediaType, "application/vnd.docker.image.rootfs.")
+}
+
+// ociLayer is desc as an OCI manifest names it (a Docker gzip layer under OCI's media type: the
+// same bytes).
+func ociLayer(desc ocispec.Descriptor) ocispec.Descriptor {
+	if desc.MediaType == dockerLayerGzip {
+		desc.MediaType = ocispec.MediaTypeImageLayerGzip
+	}
+	desc.URLs, desc.Platform = nil, nil
+	return desc
 }

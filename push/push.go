@@ -66,6 +66,8 @@ type options struct {
 	jobs        int
 	concurrency int
 	progress    progress.Reporter
+	formatSet   bool // WithFormat was given: with preserve, layers must already be in it
+	preserve    bool
 }
 
 func defaultOptions() options {
@@ -73,7 +75,14 @@ func defaultOptions() options {
 }
 
 // WithFormat sets the layer compression (default zstd:chunked).
-func WithFormat(f Format) Option { return func(o *options) { o.format = f } }
+func WithFormat(f Format) Option {
+	return func(o *options) { o.format, o.formatSet = f, true }
+}
+
+// WithPreserveDigests makes Copy write the source's blobs and manifest unchanged (skopeo's
+// --preserve-digests): no layer is recompressed, and a copy that WithFormat would make change a
+// layer is refused with errdefs.ErrUnsupported.
+func WithPreserveDigests() Option { return func(o *options) { o.preserve = true } }
 
 // WithLevel sets the compression level (default: Format.DefaultLevel).
 func WithLevel(level int) Option { return func(o *options) { o.level = level } }
@@ -103,12 +112,21 @@ func WithProgress(r progress.Reporter) Option { return func(o *options) { o.prog
 // source is one image to write, whichever side it comes from.
 type source struct {
 	manifest ocispec.Manifest // for its annotations
-	config   []byte
-	layers   []layerSource
+	// manifestBytes and manifestType are the source manifest as received (Copy only): written
+	// unchanged when no layer is recompressed, so that its digest stays.
+	manifestBytes []byte
+	manifestType  string
+	config        []byte
+	layers        []layerSource
+	// child: the manifest is one an index names, stored by digest only (CopyAll).
+	child bool
 }
 
 type layerSource struct {
 	diffID digest.Digest
+	// blob is the source blob's descriptor (Copy only): a layer already in the requested
+	// format is copied by it, not recompressed.
+	blob ocispec.Descriptor
 	// size is the byte count open delivers, for progress (the tar or the source blob).
 	size int64
 	// open streams the layer: a tar, or a blob compressed any way chunked.Decompress knows.
@@ -158,24 +176,32 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 			return &exportReader{PipeReader: pr, done: done}, nil
 		}})
 	}
-	return write(ctx, src, dest, opts)
+	rep, _, err := write(ctx, src, dest, opts)
+	return rep, err
 }
 
-// Copy writes the image src names to dest without the store: each source layer (plain, gzip,
-// zstd or zstd:chunked) is streamed, decompressed, recompressed and checked against the
-// config's DiffID.
+// Copy writes the image src names to dest without the store. A source layer already in the
+// requested format is copied by digest (mounted, found, or streamed through verified); any
+// other (plain, gzip, zstd or zstd:chunked) is streamed, decompressed, recompressed and checked
+// against the config's DiffID. When no layer is recompressed the manifest is copied unchanged.
 func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option) (*Report, error) {
+	rep, _, err := copyImage(ctx, src, dest, false, opts)
+	return rep, err
+}
+
+// copyImage is Copy; child stores the manifest by digest only, for an index to name.
+func copyImage(ctx context.Context, src pull.Source, dest Destination, child bool, opts []Option) (*Report, ocispec.Descriptor, error) {
 	img, err := src.Resolve(ctx)
 	if err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(img.Manifest.Layers) {
-		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+		return nil, ocispec.Descriptor{}, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
 	}
-	s := source{manifest: img.Manifest, config: img.ConfigBytes}
+	s := source{manifest: img.Manifest, manifestBytes: img.ManifestBytes, manifestType: img.Descriptor.MediaType, config: img.ConfigBytes, child: child}
 	for i, desc := range img.Manifest.Layers {
-		s.layers = append(s.layers, layerSource{diffID: diffIDs[i], size: desc.Size, open: func(ctx context.Context) (io.ReadCloser, error) {
+		s.layers = append(s.layers, layerSource{diffID: diffIDs[i], blob: desc, size: desc.Size, open: func(ctx context.Context) (io.ReadCloser, error) {
 			return src.OpenBlob(ctx, desc)
 		}})
 	}
@@ -184,7 +210,7 @@ func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option
 
 // write is the pipeline both commands share: layers (a bounded number at once), then the
 // config, then the manifest, so the manifest never names a blob the destination lacks.
-func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, error) {
+func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, ocispec.Descriptor, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
@@ -193,10 +219,17 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		o.level = o.format.DefaultLevel()
 	}
 	if err := o.format.CheckLevel(o.level); err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
+	}
+	keep, err := keptLayers(src, o)
+	if err != nil {
+		return nil, ocispec.Descriptor{}, err
 	}
 	start := time.Now()
 	rep := &Report{Destination: dest.String(), Format: o.format, Level: o.level, Layers: make([]LayerReport, len(src.layers))}
+	if o.preserve && !o.formatSet {
+		rep.Format, rep.Level = "", 0 // every layer as it was: no format was applied
+	}
 	descs := make([]ocispec.Descriptor, len(src.layers))
 
 	// A layer listed twice is made once; later copies reuse the first one's descriptor.
@@ -213,7 +246,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 			first[ls.diffID] = i
 		}
 		g.Go(func() error {
-			lr, desc, err := writeLayer(gctx, ls, dest, o)
+			lr, desc, err := writeLayer(gctx, ls, keep[i], dest, o)
 			if err != nil {
 				return fmt.Errorf("layer %d (%s): %w", i+1, ls.diffID, err)
 			}
@@ -222,7 +255,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return nil, ocispec.Descriptor{}, err
 	}
 	for _, i := range dups {
 		j := first[src.layers[i].diffID]
@@ -230,24 +263,20 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: src.layers[i].diffID, Size: descs[j].Size, Status: StatusDuplicate}
 	}
 
+	mDesc, body, err := newManifest(src, descs, keep)
+	if err != nil {
+		return nil, ocispec.Descriptor{}, err
+	}
 	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
 	if _, err := dest.PutBlob(ctx, cfgDesc, src.config); err != nil {
-		return nil, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+		return nil, ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
 	}
-	m := ocispec.Manifest{
-		Versioned:   specs.Versioned{SchemaVersion: 2},
-		MediaType:   ocispec.MediaTypeImageManifest,
-		Config:      cfgDesc,
-		Layers:      descs,
-		Annotations: src.manifest.Annotations,
+	put := dest.PutManifest
+	if src.child {
+		put = dest.PutUntagged
 	}
-	body, err := json.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	mDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(body), Size: int64(len(body))}
-	if err := dest.PutManifest(ctx, mDesc, body); err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+	if err := put(ctx, mDesc, body); err != nil {
+		return nil, ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 	}
 	rep.Image = mDesc.Digest
 	for _, l := range rep.Layers {
@@ -263,11 +292,58 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 		}
 	}
 	rep.Seconds = time.Since(start).Seconds()
-	return rep, nil
+	return rep, mDesc, nil
 }
 
-// writeLayer compresses one layer into the destination.
-func writeLayer(ctx context.Context, ls layerSource, dest Destination, o options) (LayerReport, ocispec.Descriptor, error) {
+// keptLayers says which layers are copied by digest rather than recompressed: those already in
+// the requested format, or all of them when digests are preserved (refused if a format was asked
+// for that some layer is not in).
+func keptLayers(src source, o options) ([]bool, error) {
+	keep := make([]bool, len(src.layers))
+	for i, ls := range src.layers {
+		if ls.blob.Digest == "" {
+			if o.preserve {
+				return nil, fmt.Errorf("preserving digests: only a copy can: %w", errdefs.ErrUnsupported)
+			}
+			continue
+		}
+		// A blob that is no layer tar (an attestation's in-toto statement) is copied as it is.
+		keep[i] = o.format.Holds(ls.blob) || !isLayerTar(ls.blob.MediaType)
+		if o.preserve && !keep[i] && o.formatSet {
+			return nil, fmt.Errorf("preserving digests: layer %d (%s, %s) is not %s and would be recompressed: %w",
+				i+1, ls.blob.Digest, ls.blob.MediaType, o.format, errdefs.ErrUnsupported)
+		}
+		keep[i] = keep[i] || o.preserve
+	}
+	return keep, nil
+}
+
+// newManifest is the manifest to write: the source's own bytes when every layer was kept (its
+// digest, and skopeo's, stay), else a new OCI manifest naming the blobs written.
+func newManifest(src source, descs []ocispec.Descriptor, keep []bool) (ocispec.Descriptor, []byte, error) {
+	all := src.manifestBytes != nil && registry.IsManifest(src.manifestType)
+	for _, k := range keep {
+		all = all && k
+	}
+	if all {
+		return ocispec.Descriptor{MediaType: src.manifestType, Digest: digest.FromBytes(src.manifestBytes), Size: int64(len(src.manifestBytes))}, src.manifestBytes, nil
+	}
+	m := ocispec.Manifest{
+		Versioned:   specs.Versioned{SchemaVersion: 2},
+		MediaType:   ocispec.MediaTypeImageManifest,
+		Config:      ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))},
+		Layers:      descs,
+		Annotations: src.manifest.Annotations,
+	}
+	body, err := json.Marshal(m)
+	if err != nil {
+		return ocispec.Descriptor{}, nil, err
+	}
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(body), Size: int64(len(body))}, body, nil
+}
+
+// writeLayer compresses one layer into the destination, or copies it by digest when kept.
+func writeLayer(ctx context.Context, ls layerSource, keep bool, dest Destination, o options) (LayerReport, ocispec.Descriptor, error) {
 	start := time.Now()
 	name := "layer"
 	if ls.diffID != "" {
@@ -275,7 +351,11 @@ func writeLayer(ctx context.Context, ls layerSource, dest Destination, o options
 	}
 	bar := o.progress.Bar(name)
 	bar.SetTotal(ls.size)
-	lr, desc, err := writeLayerBar(ctx, ls, dest, o, bar)
+	write := writeLayerBar
+	if keep {
+		write = copyLayerBar
+	}
+	lr, desc, err := write(ctx, ls, dest, o, bar)
 	if err != nil {
 		bar.Done("failed: " + err.Error())
 		return lr, desc, err
@@ -331,6 +411,36 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 	mu.Unlock()
 	lr.Digest, lr.Size, lr.Status, lr.DiffID = d.Digest, d.Size, status, d.DiffID
 	return lr, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations}, nil
+}
+
+// copyLayerBar copies a layer's blob unchanged: nothing is read when the destination has it or
+// can mount it.
+func copyLayerBar(ctx context.Context, ls layerSource, dest Destination, _ options, bar progress.Bar) (LayerReport, ocispec.Descriptor, error) {
+	lr := LayerReport{DiffID: ls.diffID, Digest: ls.blob.Digest, Size: ls.blob.Size}
+	var in *progress.Reader // the bar follows the source blob as it is read
+	open := func(ctx context.Context) (io.ReadCloser, error) {
+		rc, err := ls.open(ctx)
+		if err != nil {
+			return nil, err
+		}
+		in = &progress.Reader{R: rc, Bar: bar}
+		return struct {
+			io.Reader
+			io.Closer
+		}{in, rc}, nil
+	}
+	status, err := dest.CopyBlob(ctx, ls.blob, open)
+	lr.Status = status
+	if in != nil {
+		lr.InputBytes = in.N
+	}
+	if err != nil {
+		return lr, ocispec.Descriptor{}, err
+	}
+	if in == nil {
+		bar.Skip(ls.blob.Size)
+	}
+	return lr, ociLayer(ls.blob), nil
 }
 
 // exportReader is the read side of a layer export; Close waits for the exporter to stop, so no

@@ -121,6 +121,7 @@ func TestJSONSchemas(t *testing.T) {
 		{"import FILE.tar", []string{"--root", src, "import", imgTar, "img"}},
 		{"push", append([]string{"--root", src, "push", "img", ref}, creds...)},
 		{"copy", append([]string{"copy", "docker://" + ref, layout}, creds...)},
+		{"copy --all", append([]string{"copy", "--all", "docker://" + ref, "oci:" + filepath.Join(work, "all") + ":v1"}, creds...)},
 		{"pull", append([]string{"--root", st, "pull", ref}, creds...)},
 		{"import oci:", []string{"--root", st, "import", layout, "fromlayout"}},
 		{"images", []string{"--root", st, "images"}},

@@ -15,15 +15,18 @@ import (
 
 // pushFlags are the options push and copy share.
 type pushFlags struct {
-	format string
-	level  int
-	jobs   int
+	format    string
+	formatSet func() bool // --format was given
+	level     int
+	jobs      int
+	quiet     bool // copy -q: no progress
 }
 
 func (f *pushFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.format, "format", string(push.ZstdChunked), "layer compression: zstd:chunked, zstd or gzip")
 	cmd.Flags().IntVar(&f.level, "level", 0, "compression level (default: 10 for zstd:chunked, 3 for zstd, 6 for gzip)")
 	cmd.Flags().IntVar(&f.jobs, "jobs", min(3, runtime.NumCPU()+1), "layers compressed and sent at once")
+	f.formatSet = func() bool { return cmd.Flags().Changed("format") }
 }
 
 func (f *pushFlags) options() ([]push.Option, error) {
@@ -39,8 +42,11 @@ func (f *pushFlags) options() ([]push.Option, error) {
 	if err := checkJobs(f.jobs); err != nil {
 		return nil, err
 	}
-	opts := []push.Option{push.WithFormat(format), push.WithLevel(f.level), push.WithJobs(f.jobs)}
-	if !global.json {
+	opts := []push.Option{push.WithLevel(f.level), push.WithJobs(f.jobs)}
+	if f.formatSet() { // else the default: zstd:chunked, or any layer as it is with --preserve-digests
+		opts = append(opts, push.WithFormat(format))
+	}
+	if !global.json && !f.quiet {
 		opts = append(opts, push.WithProgress(progress.Auto(os.Stderr)))
 	}
 	return opts, nil
@@ -101,58 +107,5 @@ registry has already are not sent again. The config is sent unchanged: recompres
 	pf.register(cmd)
 	rootCmd.AddCommand(cmd)
 
-	var crf registryFlags
-	var cpf pushFlags
-	copyCmd := &cobra.Command{
-		Use:   "copy SRC DEST",
-		Short: "Copy an image between registries and OCI layouts, recompressing its layers",
-		Long: `Copy an image from SRC to DEST (docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) without
-the store. Every layer (tar, gzip, zstd or zstd:chunked) is decompressed and compressed again
-(zstd:chunked by default), several layers at once, and checked against the config's DiffIDs:
-Kura's answer to skopeo copy --dest-compress-format zstd:chunked.`,
-		Args: exactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := imageref.Parse(args[0]); err != nil {
-				return refError(err)
-			}
-			destRef, err := imageref.Parse(args[1])
-			if err != nil {
-				return refError(err)
-			}
-			opts, err := cpf.options()
-			if err != nil {
-				return err
-			}
-			if err := crf.checkPush(destRef); err != nil {
-				return err
-			}
-			chosen, err := crf.pullSource(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			src, srcRef := chosen.src, chosen.ref
-			client, err := crf.client()
-			if err != nil {
-				return err
-			}
-			// Blobs that come out identical (the same tar, format and level) may be linked from the
-			// source repository instead of uploaded when both live in one registry.
-			var mountFrom []imageref.Repository
-			if srcRef.Transport == imageref.Docker && destRef.Transport == imageref.Docker && srcRef.Domain == destRef.Domain {
-				mountFrom = append(mountFrom, srcRef.Repository())
-			}
-			dest, err := push.NewDestination(destRef, client, "", mountFrom...)
-			if err != nil {
-				return err
-			}
-			rep, err := push.Copy(cmd.Context(), src, dest, opts...)
-			if err != nil {
-				return err
-			}
-			return printPushReport(cmd.OutOrStdout(), rep)
-		},
-	}
-	crf.register(copyCmd)
-	cpf.register(copyCmd)
-	rootCmd.AddCommand(copyCmd)
+	addCopyCommand()
 }

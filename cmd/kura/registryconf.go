@@ -87,9 +87,10 @@ func (f *registryFlags) checkBlocked(ref imageref.Reference) error {
 
 // chosenSource is where a pull reads from.
 type chosenSource struct {
-	src  pull.Source
-	ref  imageref.Reference // the source actually used (a mirror, a rewritten location)
-	name string             // what to store the image as when not what src names it ("": src's name)
+	src    pull.Source
+	client *registry.Client   // src's client
+	ref    imageref.Reference // the source actually used (a mirror, a rewritten location)
+	name   string             // what to store the image as when not what src names it ("": src's name)
 }
 
 // pullSource resolves what the user typed through registries.conf (short names, aliases,
@@ -130,7 +131,7 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 		if err != nil {
 			return chosenSource{}, err
 		}
-		c := chosenSource{src: src, ref: s.Ref}
+		c := chosenSource{src: src, client: client, ref: s.Ref}
 		if s.Ref != s.Name {
 			c.name = storedName(s.Name)
 		}
