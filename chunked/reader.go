@@ -733,7 +733,7 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, errdefs.ErrInvalid) || errors.Is(err, errdefs.ErrUnsupported) {
+		if errors.Is(err, errdefs.ErrInvalid) || errors.Is(err, errdefs.ErrUnsupported) || errors.Is(err, errdefs.ErrNeedFull) {
 			return err
 		}
 		return invalidf("tar-split: %v", err)

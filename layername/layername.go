@@ -157,13 +157,13 @@ var ErrTOCInexact = errors.New("name a TOC cannot carry exactly")
 // InTOC reports whether a TOC (JSON) can carry s exactly.
 func InTOC(s string) bool { return utf8.ValidString(s) }
 
-// CheckTOC returns an error wrapping ErrTOCInexact (and errdefs.ErrUnsupported) if a TOC
-// cannot carry exactly the name of a tar entry or one of its other names (link target, xattr
-// names).
+// CheckTOC returns an error wrapping ErrTOCInexact (and errdefs.ErrNeedFull: a partial pull
+// falls back to a full one, which keeps the name exactly) if a TOC cannot carry exactly the name
+// of a tar entry or one of its other names (link target, xattr names).
 func CheckTOC(entry string, others ...string) error {
 	for _, s := range append([]string{entry}, others...) {
 		if !InTOC(s) {
-			return fmt.Errorf("entry %q: %q is not UTF-8: %w: %w", entry, s, ErrTOCInexact, errdefs.ErrUnsupported)
+			return fmt.Errorf("entry %q: %q is not UTF-8: %w: %w", entry, s, ErrTOCInexact, errdefs.ErrNeedFull)
 		}
 	}
 	return nil

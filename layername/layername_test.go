@@ -66,7 +66,7 @@ func TestCheckTOC(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := CheckTOC("etc/caf\xe9")
-	if !errors.Is(err, ErrTOCInexact) || !errors.Is(err, errdefs.ErrUnsupported) || errors.Is(err, errdefs.ErrInvalid) {
+	if !errors.Is(err, ErrTOCInexact) || !errors.Is(err, errdefs.ErrNeedFull) || errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("a name that is not UTF-8: %v; want ErrTOCInexact, unsupported, not invalid", err)
 	}
 	if err := CheckTOC("etc/a", "user.\xff"); !errors.Is(err, ErrTOCInexact) {

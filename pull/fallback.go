@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/vbatts/tar-split/archive/tar"
 	"github.com/vbatts/tar-split/tar/asm"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/registry"
 )
 
@@ -61,7 +61,7 @@ func newerFormat(err error) error {
 // by TOC name would be renamed. The tar, stored whole by a full pull, keeps the name exactly.
 func namesFitTOC(entries []storage.Entry) error {
 	for i := range entries {
-		if e := &entries[i]; e.Type == storage.FileType && (len(e.NameRaw) > 0 || !utf8.ValidString(e.Name)) {
+		if e := &entries[i]; e.Type == storage.FileType && (len(e.NameRaw) > 0 || !layername.InTOC(e.Name)) {
 			return needFull(fmt.Sprintf("the name %q is not UTF-8, which the TOC cannot carry exactly", e.GetName()))
 		}
 	}
@@ -73,7 +73,7 @@ func namesFitTOC(entries []storage.Entry) error {
 // comparison has failed, to tell a target the TOC cannot carry from a hostile disagreement.
 func linksFitTOC(entries []storage.Entry) error {
 	return asm.IterateHeaders(&entryList{entries: entries}, func(hdr *tar.Header) error {
-		if !utf8.ValidString(hdr.Linkname) {
+		if !layername.InTOC(hdr.Linkname) {
 			return needFull(fmt.Sprintf("the link target %q of %q is not UTF-8, which the TOC cannot carry exactly", hdr.Linkname, hdr.Name))
 		}
 		return nil

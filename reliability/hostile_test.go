@@ -195,9 +195,9 @@ func hostileCases() []hostileCase {
 				f.hdr.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
 				return one(t, base(f)...)
 			}},
-		// A TOC cannot carry these names: a partial pull must fall back (ErrTOCInexact, wired in
-		// package pull) and never change them; a full pull stores them exactly.
-		{name: "names that are not UTF-8", partial: either, full: mustPass,
+		// A TOC cannot carry these names: a partial pull falls back to a full pull
+		// (errdefs.ErrNeedFull), which stores them exactly, and never changes them.
+		{name: "names that are not UTF-8", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
 				return one(t, base(reg("etc/caf\xe9", 0o644, "x"), symlink("etc/l\xff", "caf\xe9"))...)
 			},
