@@ -230,6 +230,45 @@ func TestUmountOnlyKuraAndNoStacking(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mnt, "data")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("after one umount the target still shows the image (stacked mounts?): %v", err)
 	}
+	// Two mounts of one target started together (both wait on one pipe, then go at once):
+	// exactly one wins, the other is refused.
+	for round := 0; round < 20; round++ {
+		gate, release, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		codes := make(chan int, 2)
+		for i := 0; i < 2; i++ {
+			cmd := exec.Command("sh", "-c", `read _; exec "$0" "$@"`, lifecycleKura(t), "--root", root, "mount", "img", mnt)
+			cmd.Stdin = gate
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				err := cmd.Wait()
+				var ee *exec.ExitError
+				switch {
+				case err == nil:
+					codes <- 0
+				case errors.As(err, &ee):
+					codes <- ee.ExitCode()
+				default:
+					codes <- -1
+				}
+			}()
+		}
+		gate.Close()
+		release.Write([]byte("go\ngo\n"))
+		release.Close()
+		a, b := <-codes, <-codes
+		if (a == 0) == (b == 0) {
+			t.Fatalf("round %d: two concurrent mounts on one target exited %d and %d, want one success", round, a, b)
+		}
+		kuraOK(t, root, "umount", mnt)
+		if _, err := os.Stat(filepath.Join(mnt, "data")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("round %d: after one umount the target still shows the image (stacked): %v", round, err)
+		}
+	}
 	_ = data
 }
 

@@ -214,6 +214,13 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 	if err != nil {
 		return fmt.Errorf("mounting at %s: %w", p.Target, err)
 	}
+	// Two mounts of one target at once would both find it free and stack: a lock on the
+	// directory serialises them (a mount made meanwhile covers the path, and Find sees it).
+	unlock, err := lockTarget(target)
+	if err != nil {
+		return fmt.Errorf("mounting at %s: %w", p.Target, err)
+	}
+	defer unlock()
 	if e, ok, err := Find(target); err != nil {
 		return err
 	} else if ok {
@@ -243,6 +250,21 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 		return wrapMountErr(fmt.Sprintf("mounting composefs overlay at %s", p.Target), err)
 	}
 	return nil
+}
+
+// lockTarget takes an exclusive flock on the target directory until the returned function runs.
+// A process that opened the path before a mount covered it waits on the same inode; one that
+// opens it after gets the mount's root, and Find sees the mount.
+func lockTarget(target string) (func(), error) {
+	fd, err := unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return func() { unix.Close(fd) }, nil
 }
 
 func wrapMountErr(what string, err error) error {
