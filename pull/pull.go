@@ -206,6 +206,7 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 		err = pullFull(ctx, s, src, desc, diffID, &lr, bar, nil)
 	}
 	if err != nil {
+		err = explainDiffID(desc, err)
 		bar.Done("failed: " + err.Error())
 		return lr, err
 	}
@@ -646,7 +647,7 @@ func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, op
 		return 0, fmt.Errorf("rebuilding the tar: %w", err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
-		return 0, fmt.Errorf("rebuilt tar hashes to %s, the config says %s: %w", got, diffID, errdefs.ErrDigestMismatch)
+		return 0, fmt.Errorf("rebuilt tar: %w", &layer.DiffIDMismatchError{Got: got, Want: diffID})
 	}
 	// The rebuild wrote every segment and exactly each file's size (else it failed).
 	var size int64
