@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
 )
 
 // globalOptions are the flags every subcommand sees.
@@ -30,6 +31,17 @@ type globalOptions struct {
 }
 
 var global globalOptions
+
+// bars is the progress reporter of the running command, made by newBars (one per process, like
+// the flags); main finishes it before printing an error, so that its last frame comes first.
+var bars progress.Reporter = progress.Nop
+
+// newBars returns progress bars on stderr: mpb's bars with rate and ETA on a terminal, plain
+// lines otherwise.
+func newBars() progress.Reporter {
+	bars = progress.Auto(os.Stderr)
+	return bars
+}
 
 var rootCmd = &cobra.Command{
 	Use:           "kura",
@@ -122,6 +134,7 @@ func main() {
 		return err
 	}
 	err := rootCmd.ExecuteContext(ctx)
+	progress.Finish(bars)
 	stopProfile()
 	os.Exit(report(os.Stderr, err, interrupted()))
 }

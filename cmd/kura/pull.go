@@ -148,9 +148,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 				opts = append(opts, pull.WithoutPartial())
 			}
 			if !global.json && !quiet {
-				opts = append(opts, pull.WithProgress(progress.Auto(os.Stderr)))
+				opts = append(opts, pull.WithProgress(newBars()))
 			}
 			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
+			progress.Finish(bars) // the last frame before the report and its notes
 			if err != nil {
 				return err
 			}
