@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -26,6 +28,7 @@ type globalOptions struct {
 	root         string
 	json         bool
 	debug        bool
+	logLevel     string
 	cpuProfile   string
 	allocProfile string
 }
@@ -53,7 +56,8 @@ var rootCmd = &cobra.Command{
 func init() {
 	rootCmd.PersistentFlags().StringVar(&global.root, "root", defaultRoot(), "store directory")
 	rootCmd.PersistentFlags().BoolVar(&global.json, "json", false, "print machine-readable JSON")
-	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr")
+	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr (--log-level=debug)")
+	rootCmd.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "logs printed to stderr: error, warn, info or debug")
 	rootCmd.PersistentFlags().StringVar(&global.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
 	rootCmd.PersistentFlags().MarkHidden("cpu-profile")
 	rootCmd.PersistentFlags().StringVar(&global.allocProfile, "alloc-profile", "", "write a Go allocation profile to this file")
@@ -86,6 +90,22 @@ func startProfile() (func(), error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close(); stop() }, nil
+}
+
+// setupLogging makes slog's default logger, once at startup, a text handler on w at the level
+// --log-level or --debug asks for. It is the one logger of the process: commands pass
+// slog.Default() to the packages that log (pull.WithLogger), which log nothing by default.
+func setupLogging(w io.Writer) error {
+	var level slog.Level
+	name := global.logLevel
+	if global.debug {
+		name = "debug"
+	}
+	if err := level.UnmarshalText([]byte(name)); err != nil || !slices.Contains([]string{"error", "warn", "info", "debug"}, strings.ToLower(name)) {
+		return usageError{fmt.Errorf("--log-level %q: want error, warn, info or debug", name)}
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})))
+	return nil
 }
 
 // defaultRoot is /var/lib/kura for root and $XDG_DATA_HOME/kura otherwise.
@@ -130,6 +150,9 @@ func main() {
 	ctx, interrupted := signalContext()
 	stopProfile := func() {}
 	rootCmd.PersistentPreRunE = func(*cobra.Command, []string) (err error) {
+		if err := setupLogging(os.Stderr); err != nil {
+			return err
+		}
 		stopProfile, err = startProfile()
 		return err
 	}
