@@ -7,6 +7,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/store/layer"
 )
 
@@ -26,13 +27,23 @@ func explainDiffID(desc ocispec.Descriptor, err error) error {
 			" containers/storage's zstd:chunked writer; skopeo 1.9 and podman 4.3 wrote layers made by" +
 			" `podman import` this way, with a DiffID that is not their tar's."
 	}
-	return fmt.Errorf("%s decompresses to a tar with digest %s, but the image config lists DiffID %s:"+
-		" the image is inconsistent and Kura stores nothing of it.%s"+
-		" To fix it, push the image again from its original layers with a writer that records the"+
-		" true DiffID (for example `kura import ROOTFS.tar NAME` then `kura push NAME HOST/REPO:TAG`,"+
-		" or a current podman/skopeo); `kura copy` of this image refuses it the same way: %w",
-		what, m.Got, m.Want, origin, err)
+	msg := fmt.Sprintf("%s decompresses to a tar with digest %s, but the image config lists DiffID %s:"+
+		" the image is inconsistent and Kura stores nothing of it (%v).%s"+
+		" To fix it, push the image again from where it was built with gzip compression"+
+		" (`podman push --compression-format=gzip`), or from its root file system tar with"+
+		" `kura import ROOTFS.tar NAME` and `kura push NAME HOST/REPO:TAG`; `kura copy` of this"+
+		" image refuses it the same way", what, m.Got, m.Want, errdefs.ErrDigestMismatch, origin)
+	return &explained{msg: msg, err: err}
 }
+
+// explained is an error with a better message than the one it wraps.
+type explained struct {
+	msg string
+	err error
+}
+
+func (e *explained) Error() string { return e.msg }
+func (e *explained) Unwrap() error { return e.err }
 
 // chunkedAnnotation names the zstd:chunked annotation the layer carries.
 func chunkedAnnotation(ann map[string]string) string {

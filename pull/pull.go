@@ -220,9 +220,8 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	}
 	if err != nil {
 		o.log.Debug("layer: failed", "layer", desc.Digest, "err", err)
-		err = explainDiffID(desc, err)
 		bar.Done("failed: " + err.Error())
-		return lr, err
+		return lr, explainDiffID(desc, err)
 	}
 	bar.Done("")
 	lr.Seconds = time.Since(start).Seconds()

@@ -361,7 +361,7 @@ func TestPullRejectsWrongDiffID(t *testing.T) {
 			t.Fatalf("got %v, want a DiffID mismatch", err)
 		}
 		// The error explains itself: what the layer is, both digests, and what to do.
-		for _, want := range []string{"zstd:chunked layer", "containers/storage", m.Got.String(), "kura import", "kura push"} {
+		for _, want := range []string{"zstd:chunked layer", "containers/storage", m.Got.String(), "--compression-format=gzip", "kura import", "kura push"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error lacks %q: %v", want, err)
 			}
