@@ -43,9 +43,11 @@ func (nopBar) Add(int64)           {}
 func (nopBar) Skip(int64)          {}
 func (nopBar) Done(string)         {}
 
-// Auto returns terminal bars when f is a terminal and plain lines otherwise.
+// Auto returns terminal bars when f is a terminal with a width and plain lines otherwise (a
+// pseudo-terminal nobody sized, as script(1) makes without a terminal of its own, has none, and
+// bars drawn in zero columns would show nothing).
 func Auto(f *os.File) Reporter {
-	if IsTerminal(f) {
+	if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
 		return NewTerminal(f)
 	}
 	return NewPlain(f)
