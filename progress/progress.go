@@ -1,5 +1,6 @@
-// Package progress reports the progress of long operations (pulls, pushes, conversions): bars on a
-// terminal, plain lines in logs, nothing at all by default.
+// Package progress reports the progress of long operations (pulls, pushes, conversions): bars
+// with rate and ETA on a terminal (drawn by github.com/vbauerster/mpb, as podman's are), plain
+// lines in logs, nothing at all by default.
 package progress
 
 import (
@@ -42,9 +43,11 @@ func (nopBar) Add(int64)           {}
 func (nopBar) Skip(int64)          {}
 func (nopBar) Done(string)         {}
 
-// Auto returns terminal bars when f is a terminal and plain lines otherwise.
+// Auto returns terminal bars when f is a terminal with a width and plain lines otherwise (a
+// pseudo-terminal nobody sized, as script(1) makes without a terminal of its own, has none, and
+// bars drawn in zero columns would show nothing).
 func Auto(f *os.File) Reporter {
-	if IsTerminal(f) {
+	if ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
 		return NewTerminal(f)
 	}
 	return NewPlain(f)
@@ -56,17 +59,27 @@ func IsTerminal(f *os.File) bool {
 	return err == nil
 }
 
+// Finish draws r's last frame and stops it; a bar not yet done is abandoned as it stands. Call
+// it once, when the operation that used r is over, before printing anything else to r's writer.
+// Reporters that draw nothing after Done (Nop, plain lines) need nothing and ignore it.
+func Finish(r Reporter) {
+	if f, ok := r.(interface{ finish() }); ok {
+		f.finish()
+	}
+}
+
 // counts is the state every bar keeps.
 type counts struct {
 	name                 string
 	total, done, skipped int64
 	status               string
 	finished             bool
+	start, end           time.Time
 }
 
-// Line renders the state the way podman and skopeo do:
-// "done 81.2MiB / 81.2MiB (skipped: 79.4MiB = 97.87%)".
-func (c *counts) line() string {
+// Line renders the state the way podman and skopeo do, with the rate of the bytes transferred:
+// "done 81.2MiB / 81.2MiB (skipped: 79.4MiB = 97.87%) 12.5MiB/s".
+func (c *counts) line(now time.Time) string {
 	var b strings.Builder
 	if c.finished {
 		if c.status != "" {
@@ -80,7 +93,34 @@ func (c *counts) line() string {
 	if c.skipped > 0 && c.total > 0 {
 		fmt.Fprintf(&b, " (skipped: %s = %.2f%%)", HumanBytes(c.skipped), 100*float64(c.skipped)/float64(c.total))
 	}
+	if r, ok := c.rate(now); ok {
+		fmt.Fprintf(&b, " %s/s", HumanBytes(int64(r)))
+	}
 	return b.String()
+}
+
+// rate is the average of bytes transferred per second since the bar started (skipped bytes
+// cost no time, so they do not count); ok is false before there is anything to average.
+func (c *counts) rate(now time.Time) (float64, bool) {
+	if !c.end.IsZero() {
+		now = c.end
+	}
+	elapsed := now.Sub(c.start).Seconds()
+	if c.done == 0 || elapsed <= 0 {
+		return 0, false
+	}
+	return float64(c.done) / elapsed, true
+}
+
+// eta is the time the bytes still to come take at the average rate; ok is false when the rate
+// or the total is not known yet.
+func (c *counts) eta(now time.Time) (time.Duration, bool) {
+	r, ok := c.rate(now)
+	left := c.total - c.done - c.skipped
+	if !ok || c.total <= 0 || left < 0 {
+		return 0, false
+	}
+	return time.Duration(float64(left) / r * float64(time.Second)).Round(time.Second), true
 }
 
 // HumanBytes formats n with binary units, as podman's progress bars do.
@@ -97,13 +137,14 @@ func HumanBytes(n int64) string {
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// NewPlain returns a Reporter that prints one line when a bar starts and one when it ends;
-// suited to logs and CI output.
-func NewPlain(w io.Writer) Reporter { return &plain{w: w} }
+// NewPlain returns a Reporter that prints one line when a bar starts and one when it ends (with
+// the average rate); suited to logs and CI output.
+func NewPlain(w io.Writer) Reporter { return &plain{w: w, now: time.Now} }
 
 type plain struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu  sync.Mutex
+	w   io.Writer
+	now func() time.Time
 }
 
 type plainBar struct {
@@ -115,7 +156,7 @@ func (p *plain) Bar(name string) Bar {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	fmt.Fprintf(p.w, "%s: started\n", name)
-	return &plainBar{p: p, c: counts{name: name}}
+	return &plainBar{p: p, c: counts{name: name, start: p.now()}}
 }
 
 func (b *plainBar) SetTotal(n int64) { b.p.mu.Lock(); b.c.total = n; b.p.mu.Unlock() }
@@ -127,67 +168,8 @@ func (b *plainBar) Done(status string) {
 	if b.c.finished {
 		return
 	}
-	b.c.finished, b.c.status = true, status
-	fmt.Fprintln(b.p.w, b.c.line())
-}
-
-// NewTerminal returns a Reporter that redraws one line per bar in place, at most ten times a second.
-func NewTerminal(w io.Writer) Reporter { return &terminal{w: w} }
-
-type terminal struct {
-	mu    sync.Mutex
-	w     io.Writer
-	bars  []*termBar
-	drawn int // lines drawn last time
-	last  time.Time
-}
-
-type termBar struct {
-	t *terminal
-	c counts
-}
-
-func (t *terminal) Bar(name string) Bar {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b := &termBar{t: t, c: counts{name: name}}
-	t.bars = append(t.bars, b)
-	t.redrawLocked(true)
-	return b
-}
-
-// redrawLocked moves the cursor up over the previous drawing and prints every bar again.
-func (t *terminal) redrawLocked(force bool) {
-	now := time.Now()
-	if !force && now.Sub(t.last) < 100*time.Millisecond {
-		return
-	}
-	t.last = now
-	var b strings.Builder
-	if t.drawn > 0 {
-		fmt.Fprintf(&b, "\x1b[%dA", t.drawn)
-	}
-	for _, bar := range t.bars {
-		b.WriteString("\x1b[2K")
-		b.WriteString(bar.c.line())
-		b.WriteByte('\n')
-	}
-	t.drawn = len(t.bars)
-	io.WriteString(t.w, b.String())
-}
-
-func (b *termBar) update(f func(c *counts), force bool) {
-	b.t.mu.Lock()
-	defer b.t.mu.Unlock()
-	f(&b.c)
-	b.t.redrawLocked(force)
-}
-
-func (b *termBar) SetTotal(n int64) { b.update(func(c *counts) { c.total = n }, false) }
-func (b *termBar) Add(n int64)      { b.update(func(c *counts) { c.done += n }, false) }
-func (b *termBar) Skip(n int64)     { b.update(func(c *counts) { c.skipped += n }, false) }
-func (b *termBar) Done(status string) {
-	b.update(func(c *counts) { c.finished, c.status = true, status }, true)
+	b.c.finished, b.c.status, b.c.end = true, status, b.p.now()
+	fmt.Fprintln(b.p.w, b.c.line(b.c.end))
 }
 
 // Reader counts the bytes read through it on a bar, and in N.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc64"
 	"io"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -78,10 +79,12 @@ type options struct {
 	// metaBudget bounds the memory all layer jobs of a pull hold for metadata (see budget.go).
 	metaBudget int64
 	budget     *metaBudget // made once per pull from metaBudget
+	log        *slog.Logger
 }
 
 func defaultOptions() options {
-	return options{jobs: 3, progress: progress.Nop, maxMeta: 150 << 20, metaBudget: defaultMetaBudget}
+	return options{jobs: 3, progress: progress.Nop, maxMeta: 150 << 20, metaBudget: defaultMetaBudget,
+		log: slog.New(slog.DiscardHandler)}
 }
 
 // WithJobs bounds how many layers are pulled at once (default 3).
@@ -98,6 +101,10 @@ func WithName(name string) Option { return func(o *options) { o.name = name } }
 
 // WithProgress reports per-layer progress.
 func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
+
+// WithLogger sends debug logs (each layer's partial or full pull and why, ranges and bytes
+// fetched, the time of each phase) to l; by default they go nowhere.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithMaxMetadataSize bounds a layer's TOC and tar-split, compressed or not (default 150 MiB, the
 // reference's bound). Layers over it are pulled whole.
@@ -118,6 +125,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	if err != nil {
 		return nil, err
 	}
+	o.log.Debug("resolved", "source", img.Name, "config", img.Manifest.Config.Digest, "layers", len(img.Manifest.Layers), "seconds", time.Since(start).Seconds())
 	name := o.name
 	if name == "" {
 		name = img.Name
@@ -163,6 +171,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	o.log.Debug("layers pulled", "seconds", time.Since(start).Seconds())
 	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes, sourceOf(src, img)...)
 	if err != nil {
 		return nil, err
@@ -180,6 +189,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 		rep.ObjectsWritten += l.ObjectsWritten
 	}
 	rep.Seconds = time.Since(start).Seconds()
+	o.log.Debug("image stored", "image", rep.Image, "name", name, "seconds", rep.Seconds)
 	return rep, nil
 }
 
@@ -196,22 +206,38 @@ func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Des
 	}
 	var err error
 	if chunked.IsChunked(desc.Annotations) && !o.noPartial {
+		o.log.Debug("layer: partial pull", "layer", desc.Digest, "size", desc.Size)
 		err = pullPartial(ctx, s, src, desc, diffID, prev, &lr, bar, o)
 		if reason, body, ok := fallback(ctx, err); ok {
+			o.log.Debug("layer: falling back to a full pull", "layer", desc.Digest, "reason", reason)
 			lr = LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size, Note: reason + "; pulled in full",
 				BytesRequested: lr.BytesRequested, BytesReceived: lr.BytesReceived, RangesIgnored: lr.RangesIgnored}
 			err = pullFull(ctx, s, src, desc, diffID, &lr, bar, body)
 		}
 	} else {
+		o.log.Debug("layer: full pull", "layer", desc.Digest, "size", desc.Size, "reason", fullReason(o))
 		err = pullFull(ctx, s, src, desc, diffID, &lr, bar, nil)
 	}
 	if err != nil {
+		o.log.Debug("layer: failed", "layer", desc.Digest, "err", err)
 		bar.Done("failed: " + err.Error())
-		return lr, err
+		return lr, explainDiffID(desc, err)
 	}
 	bar.Done("")
 	lr.Seconds = time.Since(start).Seconds()
+	o.log.Debug("layer: done", "layer", desc.Digest, "mode", lr.Mode, "note", lr.Note, "blobBytes", lr.BlobBytes,
+		"bytesRequested", lr.BytesRequested, "bytesReceived", lr.BytesReceived, "filesReused", lr.FilesReused,
+		"chunksReused", lr.ChunksReused, "objectsWritten", lr.ObjectsWritten, "rangesIgnored", lr.RangesIgnored,
+		"tarSplitPredicted", lr.TarSplitPredicted, "seconds", lr.Seconds)
 	return lr, nil
+}
+
+// fullReason says why a layer is pulled whole without trying a partial pull.
+func fullReason(o options) string {
+	if o.noPartial {
+		return "partial pulls are off (--full)"
+	}
+	return "not zstd:chunked"
 }
 
 // pullFull streams the whole blob into the store's ingest, which dedups file by file and
@@ -333,6 +359,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 		for _, r := range ranges {
 			rangeBytes += r.Length
 		}
+		o.log.Debug("layer: fetching ranges", "layer", desc.Digest, "ranges", len(ranges), "bytes", rangeBytes, "files", len(plan.Files))
 		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
 		addRangeReport(lr, drep)
 		err = ferr
@@ -646,7 +673,7 @@ func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, op
 		return 0, fmt.Errorf("rebuilding the tar: %w", err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
-		return 0, fmt.Errorf("rebuilt tar hashes to %s, the config says %s: %w", got, diffID, errdefs.ErrDigestMismatch)
+		return 0, fmt.Errorf("rebuilt tar: %w", &layer.DiffIDMismatchError{Got: got, Want: diffID})
 	}
 	// The rebuild wrote every segment and exactly each file's size (else it failed).
 	var size int64

@@ -356,8 +356,15 @@ func TestPullRejectsWrongDiffID(t *testing.T) {
 	for _, opts := range [][]Option{nil, {WithoutPartial()}} {
 		s := openStore(t)
 		_, err := pullRef(t, s, "oci:"+dir+":bad", nil, opts...)
-		if !errors.Is(err, errdefs.ErrDigestMismatch) {
+		var m *layer.DiffIDMismatchError
+		if !errors.Is(err, errdefs.ErrDigestMismatch) || !errors.As(err, &m) || m.Want != cfg.RootFS.DiffIDs[0] {
 			t.Fatalf("got %v, want a DiffID mismatch", err)
+		}
+		// The error explains itself: what the layer is, both digests, and what to do.
+		for _, want := range []string{"zstd:chunked layer", "containers/storage", m.Got.String(), "--compression-format=gzip", "kura import", "kura push"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q: %v", want, err)
+			}
 		}
 		if ids, _ := s.Images(context.Background()); len(ids) != 0 {
 			t.Fatalf("an image was recorded: %v", ids)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"os"
@@ -74,6 +75,19 @@ func trackKeychain(k *auth.Keychain) *auth.Keychain {
 	defer keychains.mu.Unlock()
 	keychains.list = append(keychains.list, k)
 	return k
+}
+
+// logCredentials logs, at debug level, where the credential sent to each registry came from
+// (the source's name, never the secret).
+func logCredentials() {
+	keychains.mu.Lock()
+	defer keychains.mu.Unlock()
+	for _, k := range keychains.list {
+		used := k.Used()
+		for _, h := range slices.Sorted(maps.Keys(used)) {
+			slog.Debug("credentials", "registry", h, "source", used[h].String())
+		}
+	}
 }
 
 // explainAuth turns a registry's 401/403 into an auth.Error naming the host and the source of

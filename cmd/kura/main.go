@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
 )
 
 // globalOptions are the flags every subcommand sees.
@@ -25,11 +28,23 @@ type globalOptions struct {
 	root         string
 	json         bool
 	debug        bool
+	logLevel     string
 	cpuProfile   string
 	allocProfile string
 }
 
 var global globalOptions
+
+// bars is the progress reporter of the running command, made by newBars (one per process, like
+// the flags); main finishes it before printing an error, so that its last frame comes first.
+var bars progress.Reporter = progress.Nop
+
+// newBars returns progress bars on stderr: mpb's bars with rate and ETA on a terminal, plain
+// lines otherwise.
+func newBars() progress.Reporter {
+	bars = progress.Auto(os.Stderr)
+	return bars
+}
 
 var rootCmd = &cobra.Command{
 	Use:           "kura",
@@ -41,7 +56,8 @@ var rootCmd = &cobra.Command{
 func init() {
 	rootCmd.PersistentFlags().StringVar(&global.root, "root", defaultRoot(), "store directory")
 	rootCmd.PersistentFlags().BoolVar(&global.json, "json", false, "print machine-readable JSON")
-	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr")
+	rootCmd.PersistentFlags().BoolVar(&global.debug, "debug", false, "print debug logs to stderr (--log-level=debug)")
+	rootCmd.PersistentFlags().StringVar(&global.logLevel, "log-level", "warn", "logs printed to stderr: error, warn, info or debug")
 	rootCmd.PersistentFlags().StringVar(&global.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file")
 	rootCmd.PersistentFlags().MarkHidden("cpu-profile")
 	rootCmd.PersistentFlags().StringVar(&global.allocProfile, "alloc-profile", "", "write a Go allocation profile to this file")
@@ -74,6 +90,22 @@ func startProfile() (func(), error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close(); stop() }, nil
+}
+
+// setupLogging makes slog's default logger, once at startup, a text handler on w at the level
+// --log-level or --debug asks for. It is the one logger of the process: commands pass
+// slog.Default() to the packages that log (pull.WithLogger), which log nothing by default.
+func setupLogging(w io.Writer) error {
+	var level slog.Level
+	name := global.logLevel
+	if global.debug {
+		name = "debug"
+	}
+	if err := level.UnmarshalText([]byte(name)); err != nil || !slices.Contains([]string{"error", "warn", "info", "debug"}, strings.ToLower(name)) {
+		return usageError{fmt.Errorf("--log-level %q: want error, warn, info or debug", name)}
+	}
+	slog.SetDefault(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})))
+	return nil
 }
 
 // defaultRoot is /var/lib/kura for root and $XDG_DATA_HOME/kura otherwise.
@@ -118,10 +150,14 @@ func main() {
 	ctx, interrupted := signalContext()
 	stopProfile := func() {}
 	rootCmd.PersistentPreRunE = func(*cobra.Command, []string) (err error) {
+		if err := setupLogging(os.Stderr); err != nil {
+			return err
+		}
 		stopProfile, err = startProfile()
 		return err
 	}
 	err := rootCmd.ExecuteContext(ctx)
+	progress.Finish(bars)
 	stopProfile()
 	os.Exit(report(os.Stderr, err, interrupted()))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -143,14 +144,16 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 			if err != nil {
 				return err
 			}
-			opts := []pull.Option{pull.WithJobs(jobs), pull.WithName(name)}
+			opts := []pull.Option{pull.WithJobs(jobs), pull.WithName(name), pull.WithLogger(slog.Default())}
 			if full {
 				opts = append(opts, pull.WithoutPartial())
 			}
 			if !global.json && !quiet {
-				opts = append(opts, pull.WithProgress(progress.Auto(os.Stderr)))
+				opts = append(opts, pull.WithProgress(newBars()))
 			}
 			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
+			progress.Finish(bars) // the last frame before the report and its notes
+			logCredentials()
 			if err != nil {
 				return err
 			}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 
 	"github.com/spf13/cobra"
@@ -47,12 +46,13 @@ func (f *pushFlags) options() ([]push.Option, error) {
 		opts = append(opts, push.WithFormat(format))
 	}
 	if !global.json && !f.quiet {
-		opts = append(opts, push.WithProgress(progress.Auto(os.Stderr)))
+		opts = append(opts, push.WithProgress(newBars()))
 	}
 	return opts, nil
 }
 
 func printPushReport(w io.Writer, rep *push.Report) error {
+	progress.Finish(bars) // the last frame before the report
 	if global.json {
 		return printJSON(w, rep)
 	}

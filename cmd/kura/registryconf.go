@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/kura-oci/kura/imageref"
@@ -115,6 +116,7 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 		if err != nil {
 			return chosenSource{}, err
 		}
+		slog.Debug("pull source", "try", i+1, "of", len(sources), "ref", s.Ref.String(), "mirror", s.Ref.Domain != s.Name.Domain, "insecure", s.Insecure)
 		if len(sources) > 1 && s.Ref.Transport == imageref.Docker {
 			if _, err := client.Resolve(ctx, s.Ref); err != nil {
 				if ctx.Err() != nil {
@@ -131,6 +133,7 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 		if err != nil {
 			return chosenSource{}, err
 		}
+		slog.Debug("pulling from", "registry", s.Ref.Domain, "ref", s.Ref.String(), "mirror", s.Ref.Domain != s.Name.Domain)
 		c := chosenSource{src: src, client: client, ref: s.Ref}
 		if s.Ref != s.Name {
 			c.name = storedName(s.Name)

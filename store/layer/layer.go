@@ -30,6 +30,19 @@ const (
 	maxEntries = chunked.MaxTOCEntries
 )
 
+// DiffIDMismatchError is a layer whose tar does not hash to the DiffID its image's config lists.
+// It is an errdefs.ErrDigestMismatch; its own type lets a caller tell it from a wrong blob
+// digest and explain it.
+type DiffIDMismatchError struct {
+	Got, Want digest.Digest
+}
+
+func (e *DiffIDMismatchError) Error() string {
+	return fmt.Sprintf("tar hashes to %s, expected DiffID %s: %v", e.Got, e.Want, errdefs.ErrDigestMismatch)
+}
+
+func (e *DiffIDMismatchError) Unwrap() error { return errdefs.ErrDigestMismatch }
+
 // Options for Import.
 type Options struct {
 	// DiffID, if set, is what the layer's tar must hash to; a mismatch stores nothing.
@@ -146,7 +159,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	}
 	diffID := digest.NewDigest(digest.SHA256, diff)
 	if opts.DiffID != "" && diffID != opts.DiffID {
-		return Imported{}, fmt.Errorf("layer: tar hashes to %s, expected DiffID %s: %w", diffID, opts.DiffID, errdefs.ErrDigestMismatch)
+		return Imported{}, fmt.Errorf("layer: %w", &DiffIDMismatchError{Got: diffID, Want: opts.DiffID})
 	}
 	written := batch.Len()
 	if err := batch.Commit(ctx); err != nil {
