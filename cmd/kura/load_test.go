@@ -1,0 +1,71 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/internal/testkit"
+)
+
+// writeDockerArchive writes a docker-archive (as podman save writes it) of a one-layer image
+// made of the root file system tar at rootTar, tagged tag.
+func writeDockerArchive(t *testing.T, path, rootTar, tag string) {
+	t.Helper()
+	layer, err := os.ReadFile(rootTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}}})
+	manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "RepoTags": []string{tag}, "Layers": []string{"layer.tar"}}})
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct {
+		name string
+		body []byte
+	}{{"layer.tar", layer}, {"config.json", cfg}, {"manifest.json", manifest}} {
+		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.body))})
+		tw.Write(f.body)
+	}
+	tw.Close()
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLoadAndImportOfArchives (issue 18): kura load reads a docker-archive into the store (from
+// -i FILE and from stdin), and kura import refuses the same file as a root file system (exit 4).
+func TestLoadAndImportOfArchives(t *testing.T) {
+	needRootCLI(t)
+	work := openTempDir(t)
+	kura := cli{t: t, bin: testkit.Kura(t)}
+	rootTar, arch := filepath.Join(work, "root.tar"), filepath.Join(work, "saved.tar")
+	writeTar(t, rootTar, map[string]string{"etc/motd": "loaded\n"}, false)
+	writeDockerArchive(t, arch, rootTar, "localhost/loaded:v1")
+	st := filepath.Join(work, "store")
+
+	kura.fails(4, "kura load", "--root", st, "import", arch, "wrong:v1")
+	if out := kura.ok("--root", st, "images"); strings.Contains(out, "wrong") {
+		t.Fatalf("the refused import left an image:\n%s", out)
+	}
+	out := kura.ok("--root", st, "load", "-i", arch)
+	if !strings.Contains(out, "Loaded image: localhost/loaded:v1 sha256:") {
+		t.Fatalf("load printed:\n%s", out)
+	}
+	co := filepath.Join(work, "co")
+	kura.ok("--root", st, "checkout", "localhost/loaded:v1", co)
+	if b, err := os.ReadFile(filepath.Join(co, "etc/motd")); err != nil || string(b) != "loaded\n" {
+		t.Fatalf("checkout of the loaded image: %q, %v", b, err)
+	}
+	kura.fails(4, "not an image archive", "--root", st, "load", "-i", rootTar)
+	kura.fails(3, "no such file", "--root", st, "load", "-i", filepath.Join(work, "absent.tar"))
+}
