@@ -42,7 +42,7 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 	if err := Extract(r, x); err != nil {
 		return nil, err
 	}
-	layout, names, err := toLayout(x, filepath.Join(dir, "layout"))
+	layout, names, _, err := toLayout(x, filepath.Join(dir, "layout"))
 	if err != nil {
 		return nil, err
 	}
@@ -58,17 +58,17 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 }
 
 // toLayout returns the OCI layout of the unpacked archive in x (x itself for an oci-archive, one
-// built in out for a docker-archive) and the names of its images.
-func toLayout(x, out string) (string, []string, error) {
+// built in out for a docker-archive), the names of its images and its kind.
+func toLayout(x, out string) (string, []string, Kind, error) {
 	if exists(filepath.Join(x, "oci-layout")) && exists(filepath.Join(x, "index.json")) {
 		names, err := ociNames(ocilayout.Layout{Dir: x})
-		return x, names, err
+		return x, names, OCI, err
 	}
 	if exists(filepath.Join(x, "manifest.json")) {
 		names, err := dockerToLayout(x, out)
-		return out, names, err
+		return out, names, Docker, err
 	}
-	return "", nil, fmt.Errorf("not an image archive (no manifest.json, nor oci-layout and index.json): %w", errdefs.ErrInvalid)
+	return "", nil, None, fmt.Errorf("not an image archive (no manifest.json, nor oci-layout and index.json): %w", errdefs.ErrInvalid)
 }
 
 func exists(p string) bool {

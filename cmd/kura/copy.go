@@ -108,6 +108,11 @@ func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, o
 // copyOnce resolves the source (through registries.conf, with the source side's options) and
 // copies it to the destination (with the destination side's).
 func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts []push.Option) (copyResult, error) {
+	srcArg, done, err := openArchiveArg(srcArg)
+	if err != nil {
+		return copyResult{}, err
+	}
+	defer done()
 	if _, err := imageref.Parse(srcArg); err != nil {
 		return copyResult{}, refError(err)
 	}

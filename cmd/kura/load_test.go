@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/registry/registrytest"
 )
 
 // writeDockerArchive writes a docker-archive (as podman save writes it) of a one-layer image
@@ -68,4 +69,64 @@ func TestLoadAndImportOfArchives(t *testing.T) {
 	}
 	kura.fails(4, "not an image archive", "--root", st, "load", "-i", rootTar)
 	kura.fails(3, "no such file", "--root", st, "load", "-i", filepath.Join(work, "absent.tar"))
+}
+
+// writeDir writes skopeo's dir format of the one-layer image in the docker-archive-like parts:
+// manifest.json, version, and blobs named by their hex digest.
+func writeDir(t *testing.T, dir, rootTar string) {
+	t.Helper()
+	layer, err := os.ReadFile(rootTar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}}})
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
+		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))},
+		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(layer), Size: int64(len(layer))}}}
+	m.SchemaVersion = 2
+	mb, _ := json.Marshal(m)
+	os.MkdirAll(dir, 0o755)
+	for name, b := range map[string][]byte{"manifest.json": mb, "version": []byte("Directory Transport Version: 1.1\n"),
+		digest.FromBytes(cfg).Encoded(): cfg, digest.FromBytes(layer).Encoded(): layer} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestArchiveTransports (issue 18): docker-archive:, oci-archive: and dir: are sources of import,
+// pull and copy (to oci: and to a registry); as destinations they still exit 6.
+func TestArchiveTransports(t *testing.T) {
+	needRootCLI(t)
+	work := openTempDir(t)
+	kura := cli{t: t, bin: testkit.Kura(t)}
+	reg := registrytest.New(t)
+	creds := []string{"--creds", registrytest.Username + ":" + registrytest.Password, "--tls-verify=false"}
+	rootTar, arch, dir := filepath.Join(work, "root.tar"), filepath.Join(work, "saved.tar"), filepath.Join(work, "dir")
+	writeTar(t, rootTar, map[string]string{"etc/motd": "transported\n"}, false)
+	writeDockerArchive(t, arch, rootTar, "localhost/arch:v1")
+	writeDir(t, dir, rootTar)
+	st, layout := filepath.Join(work, "store"), filepath.Join(work, "layout")
+
+	kura.ok("--root", st, "import", "docker-archive:"+arch)
+	kura.ok("--root", st, "pull", "docker-archive:"+arch+":localhost/arch:v1", "--name", "pulled:v1")
+	kura.ok("--root", st, "import", "dir:"+dir, "fromdir:v1")
+	kura.ok("copy", "docker-archive:"+arch, "oci:"+layout+":v1")
+	kura.ok(append([]string{"copy", "dir:" + dir, "docker://" + reg.Host + "/arch/app:v1"}, creds...)...)
+	kura.ok(append([]string{"--root", st, "pull", reg.Host + "/arch/app:v1"}, creds...)...)
+	out := kura.ok("--root", st, "images")
+	for _, n := range []string{"localhost/arch", "pulled", "fromdir", reg.Host + "/arch/app"} {
+		if !strings.Contains(out, n) {
+			t.Errorf("images lacks %s:\n%s", n, out)
+		}
+	}
+	co := filepath.Join(work, "co")
+	kura.ok("--root", st, "checkout", reg.Host+"/arch/app:v1", co)
+	if b, err := os.ReadFile(filepath.Join(co, "etc/motd")); err != nil || string(b) != "transported\n" {
+		t.Fatalf("checkout: %q, %v", b, err)
+	}
+	kura.fails(4, "is a docker-archive", "--root", st, "import", "oci-archive:"+arch, "x:v1")
+	kura.fails(4, "no version file", "--root", st, "import", "dir:"+work, "x:v1")
+	kura.fails(6, "unsupported", "copy", "oci:"+layout+":v1", "dir:"+filepath.Join(work, "out"))
 }

@@ -125,6 +125,12 @@ registry that ignores Range, metadata over the size bound, a name the TOC cannot
 A connection that delivers less than 1 KiB in --idle-timeout is aborted and retried.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			arg, done, err := openArchiveArg(args[0])
+			if err != nil {
+				return err
+			}
+			defer done()
+			args = []string{arg}
 			if _, err := imageref.Parse(args[0]); err != nil {
 				return refError(err)
 			}

@@ -120,6 +120,11 @@ func openStore() (*store.Store, error) {
 }
 
 func runImport(cmd *cobra.Command, src, name string) error {
+	src, done, err := openArchiveArg(src)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if !strings.HasPrefix(src, "oci:") {
 		return runImportTar(cmd, src, name)
 	}
