@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
@@ -116,6 +117,15 @@ func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts 
 	if _, err := imageref.Parse(srcArg); err != nil {
 		return copyResult{}, refError(err)
 	}
+	origDest := destArg
+	destArg, finish, destDone, err := archiveDest(destArg)
+	if err != nil {
+		return copyResult{}, err
+	}
+	defer destDone()
+	if finish != nil && cf.all {
+		return copyResult{}, fmt.Errorf("copy --all to %s: %w", origDest, errdefs.ErrUnsupported)
+	}
 	destRef, err := imageref.Parse(destArg)
 	if err != nil {
 		return copyResult{}, refError(err)
@@ -152,6 +162,12 @@ func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts 
 	rep, err := push.Copy(ctx, chosen.src, dest, opts...)
 	if err != nil {
 		return copyResult{}, err
+	}
+	if finish != nil {
+		if err := finish(); err != nil {
+			return copyResult{}, fmt.Errorf("writing %s: %w", origDest, err)
+		}
+		rep.Destination = origDest
 	}
 	return copyResult{image: rep.Image, print: func(w io.Writer) error { return printPushReport(w, rep) }}, nil
 }

@@ -58,7 +58,7 @@ func TestExitCodes(t *testing.T) {
 	for _, args := range [][]string{
 		{"pull", "containers-storage:" + work},
 		{"push", "img", "docker-archive:" + filepath.Join(work, "a.tar")},
-		{"copy", layout, "oci-archive:" + filepath.Join(work, "a.tar")}, // archive sources work; destinations not yet
+		{"copy", layout, "docker-archive:" + filepath.Join(work, "a.tar")}, // oci-archive: and dir: work
 	} {
 		root.fails(errdefs.ExitUnsupported, "unsupported", append([]string{"--root", st}, args...)...)
 	}

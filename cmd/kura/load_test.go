@@ -128,5 +128,14 @@ func TestArchiveTransports(t *testing.T) {
 	}
 	kura.fails(4, "is a docker-archive", "--root", st, "import", "oci-archive:"+arch, "x:v1")
 	kura.fails(4, "no version file", "--root", st, "import", "dir:"+work, "x:v1")
-	kura.fails(6, "unsupported", "copy", "oci:"+layout+":v1", "dir:"+filepath.Join(work, "out"))
+	kura.fails(6, "unsupported", "copy", "oci:"+layout+":v1", "docker-archive:"+filepath.Join(work, "out.tar"))
+
+	// dir: and oci-archive: as destinations, read back.
+	outDir, outTar := filepath.Join(work, "out"), filepath.Join(work, "out.tar")
+	kura.ok("copy", "oci:"+layout+":v1", "dir:"+outDir)
+	kura.fails(4, "not empty", "copy", "oci:"+layout+":v1", "dir:"+outDir)
+	kura.ok("copy", "dir:"+outDir, "oci-archive:"+outTar+":localhost/back:v1")
+	if out := kura.ok("--root", st, "load", "-i", outTar); !strings.Contains(out, "Loaded image: localhost/back:v1") {
+		t.Fatalf("load of the written oci-archive:\n%s", out)
+	}
 }
