@@ -115,7 +115,7 @@ func init() {
 	var full, quiet bool
 	var name string
 	cmd := &cobra.Command{
-		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG]",
+		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH",
 		Short: "Pull an image into the store, fetching only the files it lacks",
 		Long: `Pull an image into the store. zstd:chunked layers are pulled partially: Kura fetches the table of
 contents, then only the files and chunks the store lacks, with HTTP Range requests, and verifies

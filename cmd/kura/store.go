@@ -26,7 +26,7 @@ import (
 // Commands that work on the local store (images is in images.go): import, rmi, checkout, df, gc, fsck.
 func init() {
 	importCmd := &cobra.Command{
-		Use:   "import oci:DIR[:TAG] [NAME] | import FILE.tar NAME",
+		Use:   "import oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH [NAME] | import FILE.tar NAME",
 		Short: "Import an image from an OCI image layout, or a root filesystem tar (as podman import)",
 		Args:  rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
