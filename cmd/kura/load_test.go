@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -137,5 +138,64 @@ func TestArchiveTransports(t *testing.T) {
 	kura.ok("copy", "dir:"+outDir, "oci-archive:"+outTar+":localhost/back:v1")
 	if out := kura.ok("--root", st, "load", "-i", outTar); !strings.Contains(out, "Loaded image: localhost/back:v1") {
 		t.Fatalf("load of the written oci-archive:\n%s", out)
+	}
+}
+
+// TestPodmanSkopeoArchives (issue 18): archives written by podman save (both formats) and a
+// skopeo dir: load and import; kura import refuses them as root file systems; skopeo reads what
+// kura copy writes to dir: and oci-archive:. Podman runs with its own --root, so the host's
+// podman storage is untouched.
+func TestPodmanSkopeoArchives(t *testing.T) {
+	needRootCLI(t)
+	for _, tool := range []string{"podman", "skopeo"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testkit.Skip(t, "needs %s", tool)
+		}
+	}
+	work := openTempDir(t)
+	kura := cli{t: t, bin: testkit.Kura(t)}
+	runroot, rerr := os.MkdirTemp("/tmp", "pm") // podman wants a runroot under 50 characters
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	t.Cleanup(func() { os.RemoveAll(runroot) })
+	podman := func(args ...string) {
+		t.Helper()
+		full := append([]string{"--root", filepath.Join(work, "podman"), "--runroot", runroot, "--storage-driver", "vfs"}, args...)
+		if out, err := exec.Command("podman", full...).CombinedOutput(); err != nil {
+			t.Fatalf("podman %v: %v\n%s", args, err, out)
+		}
+	}
+	rootTar := filepath.Join(work, "root.tar")
+	writeTar(t, rootTar, map[string]string{"etc/motd": "from podman\n"}, false)
+	podman("import", rootTar, "localhost/pm:v1")
+	dockerTar, ociTar := filepath.Join(work, "d.tar"), filepath.Join(work, "o.tar")
+	podman("save", "--format", "docker-archive", "-o", dockerTar, "localhost/pm:v1")
+	podman("save", "--format", "oci-archive", "-o", ociTar, "localhost/pm:v1")
+	st := filepath.Join(work, "store")
+
+	kura.fails(4, "docker-archive", "--root", st, "import", dockerTar, "x:v1")
+	kura.fails(4, "oci-archive", "--root", st, "import", ociTar, "x:v1")
+	for _, f := range []string{dockerTar, ociTar} {
+		if out := kura.ok("--root", st, "load", "-i", f); !strings.Contains(out, "Loaded image: localhost/pm:v1") {
+			t.Fatalf("load %s:\n%s", f, out)
+		}
+	}
+	kura.ok("--root", st, "import", "oci-archive:"+ociTar+":localhost/pm:v1", "fromoci:v1")
+	skopeoDir, outTar := filepath.Join(work, "skopeo-dir"), filepath.Join(work, "out.tar")
+	kura.ok("copy", "docker-archive:"+dockerTar, "oci:"+filepath.Join(work, "layout")+":v1")
+	if out, err := exec.Command("skopeo", "copy", "oci:"+filepath.Join(work, "layout")+":v1", "dir:"+skopeoDir).CombinedOutput(); err != nil {
+		t.Fatalf("skopeo copy: %v\n%s", err, out)
+	}
+	kura.ok("--root", st, "import", "dir:"+skopeoDir, "fromdir:v1")
+	kura.ok("copy", "dir:"+skopeoDir, "oci-archive:"+outTar+":v2")
+	out, err := exec.Command("skopeo", "inspect", "oci-archive:"+outTar+":v2").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"Digest": "sha256:`) {
+		t.Fatalf("skopeo inspect of kura's oci-archive: %v\n%s", err, out)
+	}
+	co := filepath.Join(work, "co")
+	kura.ok("--root", st, "checkout", "fromdir:v1", co)
+	if b, err := os.ReadFile(filepath.Join(co, "etc/motd")); err != nil || string(b) != "from podman\n" {
+		t.Fatalf("checkout: %q, %v", b, err)
 	}
 }
