@@ -19,13 +19,19 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
 )
 
-// maxEntries bounds the entries of an archive (a tar of metadata files and layer blobs).
-const maxEntries = 100000
+// Bounds on hostile archives: entries (a tar of metadata files and layer blobs), and how far a
+// compressed archive may expand (image layers inside are compressed already, or nearly so when
+// podman save writes them as plain tars; a bomb expands by thousands).
+const (
+	maxEntries = 100000
+	maxRatio   = 100
+)
 
 // Load reads an image archive (docker-archive or oci-archive; plain, gzip or zstd) from r into
 // the store, as podman load does: every image under each of its names (RepoTags, or the OCI ref
@@ -119,12 +125,13 @@ func dockerToLayout(x, out string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	b2l := &blobLinker{w: w, x: x, done: map[string]ocispec.Descriptor{}}
 	var names []string
 	for _, img := range images {
 		if len(img.RepoTags) == 0 {
 			return nil, fmt.Errorf("docker-archive: image %s has no RepoTags; kura needs a name for it: %w", img.Config, errdefs.ErrInvalid)
 		}
-		desc, err := dockerManifest(w, x, img)
+		desc, err := dockerManifest(b2l, img)
 		if err != nil {
 			return nil, err
 		}
@@ -139,8 +146,8 @@ func dockerToLayout(x, out string) ([]string, error) {
 }
 
 // dockerManifest writes the OCI manifest of one docker-archive image and returns its descriptor.
-func dockerManifest(w *ocilayout.Writer, x string, img dockerImage) (ocispec.Descriptor, error) {
-	cfg, err := linkBlob(w, x, img.Config)
+func dockerManifest(b *blobLinker, img dockerImage) (ocispec.Descriptor, error) {
+	cfg, err := b.link(img.Config)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -148,25 +155,44 @@ func dockerManifest(w *ocilayout.Writer, x string, img dockerImage) (ocispec.Des
 	m.SchemaVersion = 2
 	m.Config = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: cfg.Digest, Size: cfg.Size}
 	for _, p := range img.Layers {
-		d, err := linkBlob(w, x, p)
+		d, err := b.link(p)
 		if err != nil {
 			return ocispec.Descriptor{}, err
 		}
 		m.Layers = append(m.Layers, d)
 	}
-	b, err := json.Marshal(m)
+	mb, err := json.Marshal(m)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	d, err := w.PutBlob(b)
+	d, err := b.w.PutBlob(mb)
 	d.MediaType = ocispec.MediaTypeImageManifest
 	return d, err
 }
 
-// linkBlob makes the archive file at rel (a path inside x) a blob of the layout, named by its
-// digest, and returns its descriptor; the media type says how a layer is compressed.
-func linkBlob(w *ocilayout.Writer, x, rel string) (ocispec.Descriptor, error) {
-	p := filepath.Join(x, filepath.FromSlash(path.Clean("/"+rel)))
+// blobLinker makes files of the unpacked archive in x blobs of the layout w, hashing each file
+// once however many images list it.
+type blobLinker struct {
+	w    *ocilayout.Writer
+	x    string
+	done map[string]ocispec.Descriptor
+}
+
+func (b *blobLinker) link(rel string) (ocispec.Descriptor, error) {
+	p := inside(b.x, rel)
+	if d, ok := b.done[p]; ok {
+		return d, nil
+	}
+	d, err := linkBlob(b.w, p, rel)
+	if err == nil {
+		b.done[p] = d
+	}
+	return d, err
+}
+
+// linkBlob makes the archive file at p (named rel in the archive) a blob of the layout, named by
+// its digest, and returns its descriptor; the media type says how a layer is compressed.
+func linkBlob(w *ocilayout.Writer, p, rel string) (ocispec.Descriptor, error) {
 	f, err := os.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return ocispec.Descriptor{}, fmt.Errorf("docker-archive: %q is missing: %w", rel, errdefs.ErrInvalid)
@@ -207,7 +233,8 @@ func layerType(head []byte) string {
 // (docker save links repeated layers) as hard links to files already unpacked. Every name is
 // confined to dir; the entries are bounded in number.
 func Extract(r io.Reader, dir string) error {
-	plain, err := chunked.Decompress(r)
+	raw := &iocount.Reader{R: r}
+	plain, err := chunked.Decompress(raw)
 	if err != nil {
 		return err
 	}
@@ -215,7 +242,7 @@ func Extract(r io.Reader, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	tr := tar.NewReader(plain)
+	tr := tar.NewReader(&bounded{raw: raw, r: plain})
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -227,10 +254,28 @@ func Extract(r io.Reader, dir string) error {
 		if n >= maxEntries {
 			return fmt.Errorf("archive: over %d entries: %w", maxEntries, errdefs.ErrInvalid)
 		}
+
 		if err := extractEntry(tr, hdr, dir); err != nil {
 			return fmt.Errorf("archive entry %q: %w", hdr.Name, err)
 		}
 	}
+}
+
+// bounded reads the decompressed archive and fails once it expands over maxRatio times the
+// compressed bytes read (plus 1 MiB), so a bomb stops before it fills the disk.
+type bounded struct {
+	raw *iocount.Reader
+	r   io.Reader
+	n   int64
+}
+
+func (b *bounded) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.n > maxRatio*b.raw.N+1<<20 {
+		return n, fmt.Errorf("archive: expands over %d times its compressed size: %w", maxRatio, errdefs.ErrInvalid)
+	}
+	return n, err
 }
 
 // inside returns the path under dir of the archive name (cleaned, so it cannot leave dir).

@@ -3,9 +3,11 @@ package archive
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -150,5 +152,25 @@ func TestExtractConfinesNames(t *testing.T) {
 	}
 	if !exists(x + "/outside") {
 		t.Fatal("the entry was not put inside")
+	}
+}
+
+// A compressed archive that expands enormously is stopped early.
+func TestExtractStopsBombs(t *testing.T) {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	const size = 64 << 20
+	tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: size})
+	tw.Write(make([]byte, size))
+	tw.Close()
+	zw.Close()
+	dir := t.TempDir() + "/x"
+	err := Extract(bytes.NewReader(buf.Bytes()), dir)
+	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "expands") {
+		t.Fatalf("%d compressed bytes: %v, want the expansion refused", buf.Len(), err)
+	}
+	if fi, err := os.Stat(dir + "/zeros"); err == nil && fi.Size() >= size {
+		t.Fatalf("the bomb was unpacked whole (%d bytes)", fi.Size())
 	}
 }
