@@ -48,7 +48,11 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 	if err := Extract(r, x); err != nil {
 		return nil, err
 	}
-	layout, names, _, err := toLayout(x, filepath.Join(dir, "layout"))
+	layout, _, err := toLayout(x, filepath.Join(dir, "layout"))
+	if err != nil {
+		return nil, err
+	}
+	names, err := ociNames(ocilayout.Layout{Dir: layout})
 	if err != nil {
 		return nil, err
 	}
@@ -64,17 +68,15 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 }
 
 // toLayout returns the OCI layout of the unpacked archive in x (x itself for an oci-archive, one
-// built in out for a docker-archive), the names of its images and its kind.
-func toLayout(x, out string) (string, []string, Kind, error) {
+// built in out for a docker-archive) and the archive's kind.
+func toLayout(x, out string) (string, Kind, error) {
 	if exists(filepath.Join(x, "oci-layout")) && exists(filepath.Join(x, "index.json")) {
-		names, err := ociNames(ocilayout.Layout{Dir: x})
-		return x, names, OCI, err
+		return x, OCI, nil
 	}
 	if exists(filepath.Join(x, "manifest.json")) {
-		names, err := dockerToLayout(x, out)
-		return out, names, Docker, err
+		return out, Docker, dockerToLayout(x, out)
 	}
-	return "", nil, None, fmt.Errorf("not an image archive (no manifest.json, nor oci-layout and index.json): %w", errdefs.ErrInvalid)
+	return "", None, fmt.Errorf("not an image archive (no manifest.json, nor oci-layout and index.json): %w", errdefs.ErrInvalid)
 }
 
 func exists(p string) bool {
@@ -92,12 +94,12 @@ func ociNames(l ocilayout.Layout) ([]string, error) {
 	for _, m := range idx.Manifests {
 		n := m.Annotations[ocispec.AnnotationRefName]
 		if n == "" {
-			return nil, fmt.Errorf("oci-archive: image %s has no name (%s): %w", m.Digest, ocispec.AnnotationRefName, errdefs.ErrInvalid)
+			return nil, fmt.Errorf("image %s has no name (no RepoTags, no %s); kura load needs one, kura import docker-archive:PATH NAME can give it: %w", m.Digest, ocispec.AnnotationRefName, errdefs.ErrInvalid)
 		}
 		names = append(names, n)
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("oci-archive: no images: %w", errdefs.ErrInvalid)
+		return nil, fmt.Errorf("the archive holds no images: %w", errdefs.ErrInvalid)
 	}
 	return names, nil
 }
@@ -111,38 +113,37 @@ type dockerImage struct {
 
 // dockerToLayout writes the images of the docker-archive unpacked in x as an OCI layout in out:
 // the config and layer files become blobs (hard links, no copy), and each image gets a manifest
-// named by its RepoTags.
-func dockerToLayout(x, out string) ([]string, error) {
+// named by each of its RepoTags (none: one manifest without a name).
+func dockerToLayout(x, out string) error {
 	b, err := os.ReadFile(filepath.Join(x, "manifest.json"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var images []dockerImage
 	if len(b) > maxMeta || json.Unmarshal(b, &images) != nil || len(images) == 0 {
-		return nil, fmt.Errorf("docker-archive: manifest.json is no list of images: %w", errdefs.ErrInvalid)
+		return fmt.Errorf("docker-archive: manifest.json is no list of images: %w", errdefs.ErrInvalid)
 	}
 	w, err := ocilayout.Create(out)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	b2l := &blobLinker{w: w, x: x, done: map[string]ocispec.Descriptor{}}
-	var names []string
 	for _, img := range images {
-		if len(img.RepoTags) == 0 {
-			return nil, fmt.Errorf("docker-archive: image %s has no RepoTags; kura needs a name for it: %w", img.Config, errdefs.ErrInvalid)
-		}
 		desc, err := dockerManifest(b2l, img)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, tag := range img.RepoTags {
+		tags := img.RepoTags
+		if len(tags) == 0 {
+			tags = []string{""}
+		}
+		for _, tag := range tags {
 			if err := w.AddManifest(desc, tag); err != nil {
-				return nil, err
+				return err
 			}
-			names = append(names, tag)
 		}
 	}
-	return names, nil
+	return nil
 }
 
 // dockerManifest writes the OCI manifest of one docker-archive image and returns its descriptor.

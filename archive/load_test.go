@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,6 +16,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -172,5 +175,47 @@ func TestExtractStopsBombs(t *testing.T) {
 	}
 	if fi, err := os.Stat(dir + "/zeros"); err == nil && fi.Size() >= size {
 		t.Fatalf("the bomb was unpacked whole (%d bytes)", fi.Size())
+	}
+}
+
+// Open picks the archive's only image without a REF (also an image without RepoTags), and asks
+// for a REF when there are several.
+func TestOpenPicksTheImage(t *testing.T) {
+	dir := t.TempDir()
+	l1, c1 := rootfs(t, "etc/one")
+	untagged := tarBytes(t, entry{name: "l.tar", body: string(l1)}, entry{name: "c.json", body: string(c1)},
+		entry{name: "manifest.json", body: `[{"Config":"c.json","Layers":["l.tar"]}]`})
+	cases := map[string]struct {
+		archive []byte
+		ref     string
+		tag     string
+		fails   bool
+	}{
+		"untagged":        {archive: untagged},
+		"several":         {archive: dockerArchive(t), fails: true},
+		"several, picked": {archive: dockerArchive(t), ref: "two:b", tag: "two:b"},
+		"one of two tags": {archive: tarBytes(t, entry{name: "l.tar", body: string(l1)}, entry{name: "c.json", body: string(c1)},
+			entry{name: "manifest.json", body: `[{"Config":"c.json","RepoTags":["a:1","a:2"],"Layers":["l.tar"]}]`}), tag: "a:1"},
+	}
+	for name, c := range cases {
+		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".tar")
+		if err := os.WriteFile(p, c.archive, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		o, err := Open(imageref.ArchiveRef{Transport: "docker-archive", Path: p, Ref: c.ref}, t.TempDir())
+		if c.fails {
+			if !errors.Is(err, errdefs.ErrInvalid) {
+				t.Errorf("%s: %v, want invalid", name, err)
+			}
+			continue
+		}
+		if err != nil || o.Tag != c.tag {
+			t.Errorf("%s: %+v, %v; want tag %q", name, o, err, c.tag)
+			continue
+		}
+		if _, err := (ocilayout.Layout{Dir: o.Dir}).Resolve(o.Tag); err != nil {
+			t.Errorf("%s: the layout does not resolve: %v", name, err)
+		}
+		o.Close()
 	}
 }

@@ -66,7 +66,7 @@ func (o *Opened) open(ref imageref.ArchiveRef) error {
 	if err := Extract(f, x); err != nil {
 		return err
 	}
-	dir, names, kind, err := toLayout(x, filepath.Join(o.tmp, "layout"))
+	dir, kind, err := toLayout(x, filepath.Join(o.tmp, "layout"))
 	if err != nil {
 		return err
 	}
@@ -74,14 +74,30 @@ func (o *Opened) open(ref imageref.ArchiveRef) error {
 		return fmt.Errorf("the file is a %s: %w", kind, errdefs.ErrInvalid)
 	}
 	o.Dir, o.Tag, o.Name = dir, ref.Ref, ref.Ref
-	if ref.Ref == "" && len(names) > 0 && kind == Docker {
-		// Every name of a docker-archive's only image points at one manifest: take the first.
-		o.Tag, o.Name = names[0], names[0]
+	if ref.Ref == "" {
+		// The archive's only image, which in a docker-archive may carry several names.
+		o.Tag, err = soleName(ocilayout.Layout{Dir: dir})
+		o.Name = o.Tag
 	}
-	if ref.Ref == "" && len(names) == 1 {
-		o.Name = names[0]
+	return err
+}
+
+// soleName returns the first name of the layout's only image (empty: it has none); several
+// images need a REF to pick one.
+func soleName(l ocilayout.Layout) (string, error) {
+	idx, err := l.Index()
+	if err != nil {
+		return "", err
 	}
-	return nil
+	for _, m := range idx.Manifests {
+		if m.Digest != idx.Manifests[0].Digest {
+			return "", fmt.Errorf("the archive holds several images; name one with :REF: %w", errdefs.ErrInvalid)
+		}
+	}
+	if len(idx.Manifests) == 0 {
+		return "", fmt.Errorf("the archive holds no images: %w", errdefs.ErrInvalid)
+	}
+	return idx.Manifests[0].Annotations[ocispec.AnnotationRefName], nil
 }
 
 // hexName matches skopeo's dir blob names (a sha256 digest's hex) and per-instance manifests.
