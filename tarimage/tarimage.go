@@ -1,5 +1,6 @@
 // Package tarimage makes a single-layer image in the store from a root filesystem tar (plain,
-// gzip or zstd), as `podman import` does.
+// gzip or zstd), as `podman import` does. Image archives (docker-archive, oci-archive) are
+// refused: they belong to kura load.
 package tarimage
 
 import (
@@ -13,6 +14,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/archive"
+	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -38,7 +41,18 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, name string, opts 
 		return store.Image{}, err
 	}
 	defer unlock()
-	l, err := layer.Import(ctx, s, r, layer.Options{})
+	plain, err := chunked.Decompress(r)
+	if err != nil {
+		return store.Image{}, err
+	}
+	defer plain.Close()
+	// An image archive (podman save) is no root file system: refuse it rather than make an
+	// image whose files are the archive's blobs.
+	guard := archive.NewGuard(plain)
+	l, err := layer.Import(ctx, s, guard, layer.Options{})
+	if gerr := guard.Close(); gerr != nil {
+		return store.Image{}, gerr
+	}
 	if err != nil {
 		return store.Image{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,5 +59,49 @@ func TestImportMakesAnExportableImage(t *testing.T) {
 	}
 	if _, err := Import(ctx, s, bytes.NewReader([]byte("not a tar at all, really not")), "x", Options{}); err == nil {
 		t.Fatal("garbage imported")
+	}
+}
+
+// tarOf writes a plain tar of the given files (in order).
+func tarOf(t *testing.T, files ...[2]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f[0], Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f[1]))}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(f[1]))
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// An image archive given as a root file system is refused (ErrInvalid) and no image is made.
+func TestImportRefusesImageArchives(t *testing.T) {
+	s, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := map[string][]byte{
+		"docker-archive": tarOf(t, [2]string{"abc/layer.tar", "x"}, [2]string{"abc.json", "{}"},
+			[2]string{"manifest.json", `[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["abc/layer.tar"]}]`}),
+		"oci-archive": tarOf(t, [2]string{"blobs/sha256/00", "x"}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`},
+			[2]string{"index.json", `{"schemaVersion":2,"manifests":[]}`}),
+	}
+	for kind, b := range cases {
+		_, err := Import(ctx, s, bytes.NewReader(b), "arch:"+kind[:3], Options{})
+		if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), kind) || !strings.Contains(err.Error(), "kura load") {
+			t.Errorf("%s: %v, want an invalid-input error naming it and kura load", kind, err)
+		}
+		if _, err := s.Ref(ctx, "arch:"+kind[:3]); err == nil {
+			t.Errorf("%s: an image was recorded", kind)
+		}
+	}
+	// A root file system that merely holds files of those names deeper down is no archive.
+	plain := tarOf(t, [2]string{"srv/manifest.json", `[{"Config":"a"}]`}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`})
+	if _, err := Import(ctx, s, bytes.NewReader(plain), "plain:v1", Options{}); err != nil {
+		t.Fatalf("plain tar: %v", err)
 	}
 }

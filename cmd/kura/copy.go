@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
@@ -36,7 +37,8 @@ func addCopyCommand() {
 		Use:   "copy SRC DEST",
 		Short: "Copy an image between registries and OCI layouts, recompressing only what must change",
 		Long: `Copy an image from SRC to DEST (docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) without
-the store. A layer already in the requested format (--format, zstd:chunked by default) is copied by
+the store. SRC may also be docker-archive:PATH[:REF], oci-archive:PATH[:REF] or dir:PATH, and DEST
+oci-archive:PATH[:REF] or dir:PATH (skopeo's formats). A layer already in the requested format (--format, zstd:chunked by default) is copied by
 digest: mounted from the source repository when both are in one registry, else streamed through
 unchanged and verified. Any other layer (tar, gzip, zstd) is decompressed and compressed again,
 several at once, and checked against the config's DiffIDs. When no layer changes, the manifest is
@@ -108,8 +110,22 @@ func (cf *copyFlags) copyRetrying(ctx context.Context, srcArg, destArg string, o
 // copyOnce resolves the source (through registries.conf, with the source side's options) and
 // copies it to the destination (with the destination side's).
 func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts []push.Option) (copyResult, error) {
+	srcArg, done, err := openArchiveArg(srcArg)
+	if err != nil {
+		return copyResult{}, err
+	}
+	defer done()
 	if _, err := imageref.Parse(srcArg); err != nil {
 		return copyResult{}, refError(err)
+	}
+	origDest := destArg
+	destArg, finish, destDone, err := archiveDest(destArg)
+	if err != nil {
+		return copyResult{}, err
+	}
+	defer destDone()
+	if finish != nil && cf.all {
+		return copyResult{}, fmt.Errorf("copy --all to %s: %w", origDest, errdefs.ErrUnsupported)
 	}
 	destRef, err := imageref.Parse(destArg)
 	if err != nil {
@@ -147,6 +163,12 @@ func (cf *copyFlags) copyOnce(ctx context.Context, srcArg, destArg string, opts 
 	rep, err := push.Copy(ctx, chosen.src, dest, opts...)
 	if err != nil {
 		return copyResult{}, err
+	}
+	if finish != nil {
+		if err := finish(); err != nil {
+			return copyResult{}, fmt.Errorf("writing %s: %w", origDest, err)
+		}
+		rep.Destination = origDest
 	}
 	return copyResult{image: rep.Image, print: func(w io.Writer) error { return printPushReport(w, rep) }}, nil
 }

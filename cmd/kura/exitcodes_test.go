@@ -56,9 +56,9 @@ func TestExitCodes(t *testing.T) {
 		root.fails(errdefs.ExitUsage, "", append([]string{"--root", st}, args...)...)
 	}
 	for _, args := range [][]string{
-		{"pull", "dir:" + work},
+		{"pull", "containers-storage:" + work},
 		{"push", "img", "docker-archive:" + filepath.Join(work, "a.tar")},
-		{"copy", "oci-archive:" + filepath.Join(work, "a.tar"), layout},
+		{"copy", layout, "docker-archive:" + filepath.Join(work, "a.tar")}, // oci-archive: and dir: work
 	} {
 		root.fails(errdefs.ExitUnsupported, "unsupported", append([]string{"--root", st}, args...)...)
 	}

@@ -105,6 +105,8 @@ func TestJSONSchemas(t *testing.T) {
 	imgTar := filepath.Join(work, "img.tar")
 	writeTar(t, imgTar, map[string]string{"etc/a": "json schemas\n", "etc/b": strings.Repeat("b", 1000)}, false)
 	src, st := filepath.Join(work, "src"), filepath.Join(work, "store")
+	saved := filepath.Join(work, "saved.tar")
+	writeDockerArchive(t, saved, imgTar, "localhost/saved:v1")
 	ref := reg.Host + "/json/app:v1"
 	layout := "oci:" + filepath.Join(work, "layout") + ":v1"
 	blob, desc := filepath.Join(work, "layer.zst"), filepath.Join(work, "layer.json")
@@ -124,6 +126,7 @@ func TestJSONSchemas(t *testing.T) {
 		{"copy --all", append([]string{"copy", "--all", "docker://" + ref, "oci:" + filepath.Join(work, "all") + ":v1"}, creds...)},
 		{"pull", append([]string{"--root", st, "pull", ref}, creds...)},
 		{"import oci:", []string{"--root", st, "import", layout, "fromlayout"}},
+		{"load", []string{"--root", st, "load", "-i", saved}},
 		{"images", []string{"--root", st, "images"}},
 		{"checkout", []string{"--root", st, "checkout", "img2", co}},
 		{"mount", []string{"--root", st, "mount", "fromlayout", mnt}},

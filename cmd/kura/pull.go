@@ -116,7 +116,7 @@ func init() {
 	var full, quiet bool
 	var name string
 	cmd := &cobra.Command{
-		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG]",
+		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH",
 		Short: "Pull an image into the store, fetching only the files it lacks",
 		Long: `Pull an image into the store. zstd:chunked layers are pulled partially: Kura fetches the table of
 contents, then only the files and chunks the store lacks, with HTTP Range requests, and verifies
@@ -126,6 +126,12 @@ registry that ignores Range, metadata over the size bound, a name the TOC cannot
 A connection that delivers less than 1 KiB in --idle-timeout is aborted and retried.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			arg, done, err := openArchiveArg(args[0])
+			if err != nil {
+				return err
+			}
+			defer done()
+			args = []string{arg}
 			if _, err := imageref.Parse(args[0]); err != nil {
 				return refError(err)
 			}

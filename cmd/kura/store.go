@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
+	"github.com/kura-oci/kura/archive"
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
@@ -25,7 +26,7 @@ import (
 // Commands that work on the local store (images is in images.go): import, rmi, checkout, df, gc, fsck.
 func init() {
 	importCmd := &cobra.Command{
-		Use:   "import oci:DIR[:TAG] [NAME] | import FILE.tar NAME",
+		Use:   "import oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH [NAME] | import FILE.tar NAME",
 		Short: "Import an image from an OCI image layout, or a root filesystem tar (as podman import)",
 		Args:  rangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -101,7 +102,16 @@ and --release DIR ends it while keeping the tree.`,
 		RunE:  func(cmd *cobra.Command, _ []string) error { return runPs(cmd) },
 	}
 
-	rootCmd.AddCommand(importCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
+	var input string
+	loadCmd := &cobra.Command{
+		Use:   "load [-i FILE]",
+		Short: "Load the images of a docker-archive or oci-archive (as podman load; stdin without -i)",
+		Args:  cobra.NoArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return runLoad(cmd, input) },
+	}
+	loadCmd.Flags().StringVarP(&input, "input", "i", "", "read the archive from FILE (default: stdin)")
+
+	rootCmd.AddCommand(importCmd, loadCmd, rmiCmd, checkoutCmd, dfCmd, gcCmd, fsckCmd, psCmd)
 }
 
 func openStore() (*store.Store, error) {
@@ -110,6 +120,11 @@ func openStore() (*store.Store, error) {
 }
 
 func runImport(cmd *cobra.Command, src, name string) error {
+	src, done, err := openArchiveArg(src)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if !strings.HasPrefix(src, "oci:") {
 		return runImportTar(cmd, src, name)
 	}
@@ -164,6 +179,41 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 		return printJSON(cmd.OutOrStdout(), importTarJSON{Name: name, ID: img.ID})
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", name, img.ID)
+	return nil
+}
+
+// runLoad loads every image of an archive under its names, verified blob by blob.
+func runLoad(cmd *cobra.Command, file string) error {
+	in := cmd.InOrStdin()
+	if file != "" && file != "-" {
+		f, err := os.Open(file)
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: no such file: %w", file, errdefs.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	s, err := openStore()
+	if err != nil {
+		return err
+	}
+	res, err := archive.Load(cmd.Context(), s, in, "")
+	if err != nil {
+		return err
+	}
+	out := make([]importJSON, 0, len(res))
+	for _, r := range res {
+		out = append(out, importJSON{Name: r.Name, ID: r.Image.ID, NewLayers: r.NewLayers})
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), out)
+	}
+	for _, r := range out {
+		fmt.Fprintf(cmd.OutOrStdout(), "Loaded image: %s %s (%d new layers)\n", r.Name, r.ID, r.NewLayers)
+	}
 	return nil
 }
 
