@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -155,18 +156,11 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 	if name == "" {
 		return usageError{fmt.Errorf("importing a tar needs a NAME for the image")}
 	}
-	in := cmd.InOrStdin()
-	if file != "-" {
-		f, err := os.Open(file)
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: no such file: %w", file, errdefs.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		in = f
+	in, done, err := openInput(cmd, file)
+	if err != nil {
+		return err
 	}
+	defer done()
 	s, err := openStore()
 	if err != nil {
 		return err
@@ -182,20 +176,28 @@ func runImportTar(cmd *cobra.Command, file, name string) error {
 	return nil
 }
 
+// openInput opens file for reading, or standard input for "" or "-"; done closes it.
+func openInput(cmd *cobra.Command, file string) (io.Reader, func(), error) {
+	if file == "" || file == "-" {
+		return cmd.InOrStdin(), func() {}, nil
+	}
+	f, err := os.Open(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%s: no such file: %w", file, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}
+
 // runLoad loads every image of an archive under its names, verified blob by blob.
 func runLoad(cmd *cobra.Command, file string) error {
-	in := cmd.InOrStdin()
-	if file != "" && file != "-" {
-		f, err := os.Open(file)
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: no such file: %w", file, errdefs.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		in = f
+	in, done, err := openInput(cmd, file)
+	if err != nil {
+		return err
 	}
+	defer done()
 	s, err := openStore()
 	if err != nil {
 		return err
