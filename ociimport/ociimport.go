@@ -40,7 +40,7 @@ func Import(ctx context.Context, s *store.Store, dir, tag, name string) (Result,
 	if err != nil {
 		return Result{}, err
 	}
-	manifest, config, m, refName := r.ManifestBytes, r.ConfigBytes, r.Manifest, r.RefName
+	manifest, config, m, refName := r.ManifestBytes, r.ConfigBytes, r.Manifest, r.Name
 	img, err := store.ParseImage(manifest, config)
 	if err != nil {
 		return Result{}, err
