@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/source"
 )
 
 // Limits on what a layer's metadata may declare, relative to the bytes that carry it. The byte
@@ -54,7 +55,7 @@ func errTooManyEntries(what string, limit int) error {
 const maxFrameExpansion = (128 << 10) / 4
 
 // checkExpansion refuses a file or chunk of size bytes whose frames r cannot hold that much.
-func checkExpansion(name string, size int64, r Range) error {
+func checkExpansion(name string, size int64, r source.Range) error {
 	if size > 0 && (size-1)/maxFrameExpansion >= r.Length {
 		return invalidf("file %q: %d bytes declared in %d bytes of frames (zstd expands at most %d times)",
 			name, size, r.Length, maxFrameExpansion)

@@ -20,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/layername"
+	"github.com/kura-oci/kura/source"
 )
 
 // ReadOption configures Locate* and Parse.
@@ -47,43 +48,35 @@ func readOpts(opts []ReadOption) readOptions {
 	return o
 }
 
-// Range is a byte range of a blob.
-type Range struct {
-	Offset, Length int64
-}
-
-// End is the offset just past the range.
-func (r Range) End() int64 { return r.Offset + r.Length }
-
 // Location says where a layer's metadata lies in its blob. A registry puller fetches TOC and
 // TarSplit (adjacent in blobs we and the reference write) in one ranged request, then calls Parse.
 type Location struct {
-	TOC             Range
+	TOC             source.Range
 	TOCUncompressed int64
 	// TOCDigest is the annotation's digest of the compressed TOC. It is empty when the location
 	// came from the footer, which authenticates nothing; Parse then trusts the bytes as given.
 	TOCDigest digest.Digest
 	// TarSplit is zero when the layer has none (old format).
-	TarSplit             Range
+	TarSplit             source.Range
 	TarSplitUncompressed int64
 }
 
 // Ranges returns the ranges to fetch: TOC, then tar-split if any.
-func (l Location) Ranges() []Range {
+func (l Location) Ranges() []source.Range {
 	if l.TarSplit.Length == 0 {
-		return []Range{l.TOC}
+		return []source.Range{l.TOC}
 	}
-	return []Range{l.TOC, l.TarSplit}
+	return []source.Range{l.TOC, l.TarSplit}
 }
 
 // Span is the one range that covers TOC and tar-split (they are adjacent in blobs we and the
 // reference write): a registry puller fetches it with a single ranged GET and hands it to Split.
-func (l Location) Span() Range {
+func (l Location) Span() source.Range {
 	if l.TarSplit.Length == 0 {
 		return l.TOC
 	}
 	start, end := min(l.TOC.Offset, l.TarSplit.Offset), max(l.TOC.End(), l.TarSplit.End())
-	return Range{start, end - start}
+	return source.Range{Offset: start, Length: end - start}
 }
 
 // Split cuts the bytes of Span() into the TOC and tar-split (nil if none) for Parse.
@@ -162,14 +155,14 @@ func LocateFromAnnotations(ann map[string]string, blobSize int64, opts ...ReadOp
 	if v[3] != manifestTypeCRFS {
 		return Location{}, fmt.Errorf("annotation %s: manifest type %d: %w", posKey, v[3], errdefs.ErrUnsupported)
 	}
-	loc := Location{TOC: Range{v[0], v[1]}, TOCUncompressed: v[2], TOCDigest: d}
+	loc := Location{TOC: source.Range{Offset: v[0], Length: v[1]}, TOCUncompressed: v[2], TOCDigest: d}
 	if digestKey == AnnotationTOCDigest {
 		if tsp, ok := ann[AnnotationTarSplitPosition]; ok {
 			v, err := parseNumbers(tsp, 3)
 			if err != nil {
 				return Location{}, invalidf("annotation %s=%q: %v", AnnotationTarSplitPosition, tsp, err)
 			}
-			loc.TarSplit, loc.TarSplitUncompressed = Range{v[0], v[1]}, v[2]
+			loc.TarSplit, loc.TarSplitUncompressed = source.Range{Offset: v[0], Length: v[1]}, v[2]
 		}
 	}
 	return loc, loc.check(blobSize, o)
@@ -199,7 +192,7 @@ var ErrMetadataTooLarge = errors.New("layer metadata over the size bound")
 func (l Location) check(blobSize int64, o readOptions) error {
 	rs := []struct {
 		name         string
-		r            Range
+		r            source.Range
 		uncompressed int64
 	}{{"TOC", l.TOC, l.TOCUncompressed}, {"tar-split", l.TarSplit, l.TarSplitUncompressed}}
 	for i, x := range rs {
@@ -236,8 +229,8 @@ func LocateFromFooter(tail []byte, blobSize int64, opts ...ReadOption) (Location
 		}
 	}
 	loc := Location{
-		TOC: Range{int64(f.tocOffset), int64(f.tocLen)}, TOCUncompressed: int64(f.tocUncompressed),
-		TarSplit: Range{int64(f.tarSplitOffset), int64(f.tarSplitLen)}, TarSplitUncompressed: int64(f.tarSplitUncompressed),
+		TOC: source.Range{Offset: int64(f.tocOffset), Length: int64(f.tocLen)}, TOCUncompressed: int64(f.tocUncompressed),
+		TarSplit: source.Range{Offset: int64(f.tarSplitOffset), Length: int64(f.tarSplitLen)}, TarSplitUncompressed: int64(f.tarSplitUncompressed),
 	}
 	return loc, loc.check(blobSize, o)
 }
@@ -263,7 +256,7 @@ type File struct {
 	Entry  *Entry // the reg entry, in TOC.Entries
 	Digest digest.Digest
 	// Range is the file's compressed frames [Offset, EndOffset).
-	Range  Range
+	Range  source.Range
 	Chunks []FileChunk // at least one; a single chunk covers the file
 }
 
@@ -273,7 +266,7 @@ type FileChunk struct {
 	Size   int64
 	Digest digest.Digest // as the TOC records it; for single-chunk files the file digest
 	Zeros  bool
-	Range  Range // compressed frames
+	Range  source.Range // compressed frames
 }
 
 // Parse validates and decodes a layer's metadata: tocBlob and tarSplitBlob are the bytes of
@@ -313,7 +306,7 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 // CheckTarSplitEntries, and the tar rebuilt with it must hash to the DiffID.
 func ParseTOCOnly(loc Location, tocBlob []byte, opts ...ReadOption) (*Layer, error) {
 	carrier := loc.carrier() // the tar-split's bytes still carry entries
-	loc.TarSplit, loc.TarSplitUncompressed = Range{}, 0
+	loc.TarSplit, loc.TarSplitUncompressed = source.Range{}, 0
 	return parse(loc, tocBlob, nil, true, carrier, opts...)
 }
 
@@ -614,7 +607,7 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
 		return File{}, 0, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
 	}
-	f := File{Entry: e, Digest: d, Range: Range{e.Offset, e.EndOffset - e.Offset}}
+	f := File{Entry: e, Digest: d, Range: source.Range{Offset: e.Offset, Length: e.EndOffset - e.Offset}}
 	j := i + 1
 	for j < len(entries) && entries[j].Type == TypeChunk {
 		if entries[j].Name != e.Name {
@@ -669,11 +662,11 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 		if start < e.Offset || start >= end || end > e.EndOffset {
 			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
 		}
-		if err := checkExpansion(e.Name, c.ChunkSize, Range{start, end - start}); err != nil {
+		if err := checkExpansion(e.Name, c.ChunkSize, source.Range{Offset: start, Length: end - start}); err != nil {
 			return File{}, 0, err
 		}
 		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
-			Zeros: c.ChunkType == ChunkTypeZeros, Range: Range{start, end - start}})
+			Zeros: c.ChunkType == ChunkTypeZeros, Range: source.Range{Offset: start, Length: end - start}})
 		off += c.ChunkSize
 	}
 	if off != e.Size {

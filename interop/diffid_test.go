@@ -10,8 +10,8 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
-	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -51,11 +51,7 @@ func TestPullPodmanImportDiffIDMismatch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		src, err := pull.NewSource(r, registry.New())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = pull.Pull(context.Background(), s, src, pull.WithName("diffid"))
+		_, err = pull.Pull(context.Background(), s, ocilayout.NewSource(r.Dir, r.Tag), pull.WithName("diffid"))
 		return s, err
 	}
 	s, err := pullLayout("oci:" + filepath.Join(dir, "zc") + ":v1")

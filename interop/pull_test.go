@@ -91,11 +91,7 @@ func TestPullWhatSkopeoPushed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		src, err := pull.NewSource(r, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rep, err := pull.Pull(context.Background(), s, src)
+		rep, err := pull.Pull(context.Background(), s, registry.NewSource(c, r))
 		if err != nil {
 			t.Fatalf("pull %s: %v", ref, err)
 		}

@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/source"
 )
 
 // MaxJSON bounds index, manifest and config blobs.
@@ -50,20 +51,10 @@ func (l Layout) Index() (ocispec.Index, error) {
 	return idx, nil
 }
 
-// Resolved is an image found in a layout: its manifest and config, verified.
-type Resolved struct {
-	// RefName is the manifest's org.opencontainers.image.ref.name, if any.
-	RefName       string
-	Descriptor    ocispec.Descriptor
-	ManifestBytes []byte
-	Manifest      ocispec.Manifest
-	ConfigBytes   []byte
-	Config        ocispec.Image
-}
-
 // Resolve finds the image named tag (empty: the layout's only image), following indexes down to
-// the manifest for linux and this host's architecture.
-func (l Layout) Resolve(tag string) (*Resolved, error) {
+// the manifest for linux and this host's architecture. The image is named by its
+// org.opencontainers.image.ref.name annotation in index.json, if any.
+func (l Layout) Resolve(tag string) (*source.Image, error) {
 	idx, err := l.Index()
 	if err != nil {
 		return nil, err
@@ -72,7 +63,7 @@ func (l Layout) Resolve(tag string) (*Resolved, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OCI layout %s: %w", l.Dir, err)
 	}
-	r := &Resolved{RefName: desc.Annotations[ocispec.AnnotationRefName]}
+	r := &source.Image{Name: desc.Annotations[ocispec.AnnotationRefName]}
 	for depth := 0; isIndex(desc.MediaType); depth++ {
 		if depth > 4 {
 			return nil, fmt.Errorf("OCI layout %s: indexes nested too deep: %w", l.Dir, errdefs.ErrInvalid)
@@ -85,6 +76,8 @@ func (l Layout) Resolve(tag string) (*Resolved, error) {
 		if err := json.Unmarshal(b, &sub); err != nil {
 			return nil, fmt.Errorf("index %s: %v: %w", desc.Digest, err, errdefs.ErrInvalid)
 		}
+		idxDesc := desc
+		r.Index = &idxDesc
 		if desc, err = platformManifest(sub.Manifests); err != nil {
 			return nil, fmt.Errorf("OCI layout %s: %w", l.Dir, err)
 		}

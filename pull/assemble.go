@@ -15,7 +15,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/progress"
-	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -142,7 +142,7 @@ func (a *assembler) copyLocal(dst *os.File, pc *Piece) error {
 }
 
 // receive is the GetRanges callback: it decompresses one range into its file.
-func (a *assembler) receive(r registry.Range, rd io.Reader) error {
+func (a *assembler) receive(r source.Range, rd io.Reader) error {
 	rp, ok := a.byOffset[r.Offset]
 	if !ok || rp.chunk.Range.Length != r.Length {
 		return fmt.Errorf("received range [%d, %d) that was not asked for: %w", r.Offset, r.End(), errdefs.ErrInvalid)

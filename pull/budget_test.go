@@ -5,14 +5,15 @@ import (
 	"testing"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/source"
 )
 
 // The budget admits layers while their metadata fits, leaves no room for one more, and lets a
 // layer larger than the whole budget run alone rather than never.
 func TestMetaBudget(t *testing.T) {
 	loc := func(meta int64) chunked.Location {
-		return chunked.Location{TOC: chunked.Range{Offset: 1 << 20, Length: 1 << 10}, TOCUncompressed: meta,
-			TarSplit: chunked.Range{Offset: 1<<20 + 1<<10, Length: 1 << 10}, TarSplitUncompressed: meta}
+		return chunked.Location{TOC: source.Range{Offset: 1 << 20, Length: 1 << 10}, TOCUncompressed: meta,
+			TarSplit: source.Range{Offset: 1<<20 + 1<<10, Length: 1 << 10}, TarSplitUncompressed: meta}
 	}
 	ctx := context.Background()
 	c := metaCost(loc(20 << 20))

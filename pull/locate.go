@@ -8,6 +8,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/source"
 )
 
 // locate finds a layer's TOC and tar-split in its blob: from the annotations or, where they
@@ -15,7 +16,7 @@ import (
 // as containers/storage did before the position annotation existed); the annotation then
 // authenticates the TOC found there. Metadata over the size bound, or a footer that locates
 // nothing, is a reason to pull whole.
-func locate(ctx context.Context, src Source, desc ocispec.Descriptor, lr *LayerReport, bound chunked.ReadOption) (chunked.Location, error) {
+func locate(ctx context.Context, src source.Source, desc ocispec.Descriptor, lr *LayerReport, bound chunked.ReadOption) (chunked.Location, error) {
 	loc, err := chunked.LocateFromAnnotations(desc.Annotations, desc.Size, bound)
 	if errors.Is(err, chunked.ErrNeedFooter) {
 		loc, err = locateByFooter(ctx, src, desc, lr, bound)
@@ -31,13 +32,13 @@ func locate(ctx context.Context, src Source, desc ocispec.Descriptor, lr *LayerR
 // locateByFooter reads the footer. The footer is not authenticated, so whatever it says that
 // cannot be used (no footer, ranges outside the blob) only means that the blob is read whole,
 // where its digest and DiffID are checked; the TOC it locates must match the annotation.
-func locateByFooter(ctx context.Context, src Source, desc ocispec.Descriptor, lr *LayerReport, bound chunked.ReadOption) (chunked.Location, error) {
+func locateByFooter(ctx context.Context, src source.Source, desc ocispec.Descriptor, lr *LayerReport, bound chunked.ReadOption) (chunked.Location, error) {
 	n := min(desc.Size, chunked.FooterFetchSize)
 	if n <= 0 {
 		return chunked.Location{}, needFull("no TOC position annotation, and the blob is empty")
 	}
-	tail := chunked.Range{Offset: desc.Size - n, Length: n}
-	meta, err := fetchMeta(ctx, src, desc, []chunked.Range{tail}, lr)
+	tail := source.Range{Offset: desc.Size - n, Length: n}
+	meta, err := fetchMeta(ctx, src, desc, []source.Range{tail}, lr)
 	if err != nil {
 		return chunked.Location{}, err
 	}

@@ -6,7 +6,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
-	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/source"
 )
 
 // PieceKind says where the bytes of one piece of a file come from.
@@ -64,16 +64,16 @@ type Plan struct {
 }
 
 // Ranges returns the compressed byte ranges to fetch, in blob order.
-func (p *Plan) Ranges() []registry.Range {
-	var rs []registry.Range
+func (p *Plan) Ranges() []source.Range {
+	var rs []source.Range
 	for _, f := range p.Files {
 		if f.Stream {
-			rs = append(rs, registry.Range{Offset: f.File.Range.Offset, Length: f.File.Range.Length})
+			rs = append(rs, source.Range{Offset: f.File.Range.Offset, Length: f.File.Range.Length})
 			continue
 		}
 		for _, pc := range f.Pieces {
 			if pc.Kind == PieceRemote {
-				rs = append(rs, registry.Range{Offset: pc.Chunk.Range.Offset, Length: pc.Chunk.Range.Length})
+				rs = append(rs, source.Range{Offset: pc.Chunk.Range.Offset, Length: pc.Chunk.Range.Length})
 			}
 		}
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/progress"
-	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/tarsplit"
@@ -115,7 +115,7 @@ func WithoutPartial() Option { return func(o *options) { o.noPartial = true } }
 
 // Pull brings the image src names into the store: layers (partially where they are
 // zstd:chunked), then the image record, then the ref. It holds the store's shared lock.
-func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Report, error) {
+func Pull(ctx context.Context, s *store.Store, src source.Source, opts ...Option) (*Report, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
@@ -193,7 +193,7 @@ func Pull(ctx context.Context, s *store.Store, src Source, opts ...Option) (*Rep
 	return rep, nil
 }
 
-func pullLayer(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, o options) (LayerReport, error) {
+func pullLayer(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, diffID, prev digest.Digest, o options) (LayerReport, error) {
 	start := time.Now()
 	lr := LayerReport{Digest: desc.Digest, DiffID: diffID, BlobBytes: desc.Size}
 	bar := o.progress.Bar(digests.Short(desc.Digest))
@@ -243,7 +243,7 @@ func fullReason(o options) string {
 // pullFull streams the whole blob into the store's ingest, which dedups file by file and
 // checks the DiffID; the blob digest is checked at EOF. body, if not nil, is the blob already
 // being sent (a registry that ignored Range): it is read instead of asking again, and closed.
-func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar, body io.ReadCloser) error {
+func pullFull(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, diffID digest.Digest, lr *LayerReport, bar progress.Bar, body io.ReadCloser) error {
 	lr.Mode = ModeFull
 	rc := body
 	if rc == nil {
@@ -270,7 +270,7 @@ func pullFull(ctx context.Context, s *store.Store, src Source, desc ocispec.Desc
 
 // pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store
 // lacks, assembles each missing object, and checks the DiffID of the tar rebuilt from tar-split.
-func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.Descriptor, diffID, prev digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
+func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, diffID, prev digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
 	lr.Mode = ModePartial
 	bound := chunked.WithMaxMetadataSize(o.maxMeta)
 	loc, err := locate(ctx, src, desc, lr, bound)
@@ -292,7 +292,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	want := loc.Ranges()
 	var known chan knownLayer
 	if predict {
-		want = []chunked.Range{loc.TOC}
+		want = []source.Range{loc.TOC}
 		known = make(chan knownLayer, 1)
 		go func() { known <- loadKnown(ctx, s, prev) }()
 	}
@@ -407,7 +407,7 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	case predict:
 		// A wrong or impossible prediction: fetch the real tar-split and check as usual.
 		lr.Note = "tar-split fetched: " + v.err.Error()
-		meta, err := fetchMeta(ctx, src, desc, []chunked.Range{loc.TarSplit}, lr)
+		meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TarSplit}, lr)
 		if err != nil {
 			return err
 		}
@@ -611,14 +611,14 @@ func withRealCRCs(entries []storage.Entry, pending []pendingCRC, crc tarsplit.CR
 }
 
 // fetchMeta fetches metadata ranges of a blob whole, keyed by offset.
-func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []chunked.Range, lr *LayerReport) (map[int64][]byte, error) {
+func fetchMeta(ctx context.Context, src source.Source, desc ocispec.Descriptor, want []source.Range, lr *LayerReport) (map[int64][]byte, error) {
 	meta := map[int64][]byte{}
 	var mu sync.Mutex
-	ranges := make([]registry.Range, len(want))
+	ranges := make([]source.Range, len(want))
 	for i, r := range want {
-		ranges[i] = registry.Range{Offset: r.Offset, Length: r.Length}
+		ranges[i] = source.Range{Offset: r.Offset, Length: r.Length}
 	}
-	rep, err := src.GetRanges(ctx, desc, ranges, func(r registry.Range, rd io.Reader) error {
+	rep, err := src.GetRanges(ctx, desc, ranges, func(r source.Range, rd io.Reader) error {
 		b := make([]byte, r.Length)
 		n, err := io.ReadFull(rd, b)
 		if err == io.ErrUnexpectedEOF {
@@ -645,7 +645,7 @@ func fetchMeta(ctx context.Context, src Source, desc ocispec.Descriptor, want []
 	return meta, nil
 }
 
-func addRangeReport(lr *LayerReport, r registry.RangeReport) {
+func addRangeReport(lr *LayerReport, r source.Fetched) {
 	lr.BytesRequested += r.BytesRequested
 	lr.BytesReceived += r.BytesReceived
 	lr.RangesIgnored = lr.RangesIgnored || r.RangesIgnored

@@ -27,6 +27,7 @@ import (
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -219,9 +220,9 @@ func pullWith(t testing.TB, ctx context.Context, s *store.Store, ref string, cli
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := NewSource(r, client)
-	if err != nil {
-		t.Fatal(err)
+	var src source.Source = registry.NewSource(client, r)
+	if r.Transport == imageref.OCILayout {
+		src = ocilayout.NewSource(r.Dir, r.Tag)
 	}
 	return Pull(ctx, s, src, opts...)
 }

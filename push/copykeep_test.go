@@ -10,13 +10,14 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
+	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/source"
 )
 
 // sourceImage resolves src, for the digests a copy must keep.
-func sourceImage(t testing.TB, src pull.Source) *pull.Image {
+func sourceImage(t testing.TB, src source.Source) *source.Image {
 	t.Helper()
 	img, err := src.Resolve(context.Background())
 	if err != nil {
@@ -51,10 +52,7 @@ func TestCopySameFormatMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := imageref.Parse(srcRef)
-	src, err := pull.NewSource(r, c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := registry.NewSource(c, r)
 	img := sourceImage(t, src)
 	layers := map[digest.Digest]bool{}
 	for _, l := range img.Manifest.Layers {
@@ -95,10 +93,7 @@ func TestCopyAcrossRegistriesStreamsBlobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := imageref.Parse(srcRef)
-	src, err := pull.NewSource(r, c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := registry.NewSource(c, r)
 	img := sourceImage(t, src)
 	layers := map[digest.Digest]bool{}
 	var size int64

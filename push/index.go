@@ -11,7 +11,6 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
 )
 
@@ -40,10 +39,7 @@ func CopyAll(ctx context.Context, ref imageref.Reference, client *registry.Clien
 	}
 	rep := &IndexReport{Destination: dest.String()}
 	if !registry.IsIndex(desc.MediaType) {
-		src, err := pull.NewSource(ref, client)
-		if err != nil {
-			return nil, err
-		}
+		src := registry.NewSource(client, ref)
 		one, err := Copy(ctx, src, dest, opts...)
 		if err != nil {
 			return nil, err
@@ -62,10 +58,7 @@ func CopyAll(ctx context.Context, ref imageref.Reference, client *registry.Clien
 		}
 		cref := ref
 		cref.Tag, cref.Digest = "", child.Digest
-		src, err := pull.NewSource(cref, client)
-		if err != nil {
-			return nil, err
-		}
+		src := registry.NewSource(client, cref)
 		one, mDesc, err := copyImage(ctx, src, dest, true, opts)
 		if err != nil {
 			return nil, fmt.Errorf("image %d of %d (%s): %w", i+1, len(idx.Manifests), platformOf(child), err)

@@ -22,8 +22,8 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/progress"
-	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -109,8 +109,8 @@ func WithConcurrency(n int) Option {
 // WithProgress reports per-layer progress.
 func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
 
-// source is one image to write, whichever side it comes from.
-type source struct {
+// image is one image to write, whichever side it comes from (the store or a source).
+type image struct {
 	manifest ocispec.Manifest // for its annotations
 	// manifestBytes and manifestType are the source manifest as received (Copy only): written
 	// unchanged when no layer is recompressed, so that its digest stays.
@@ -160,7 +160,7 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 	if err != nil {
 		return nil, fmt.Errorf("stored manifest of %s: %w", img.ID, err)
 	}
-	src := source{manifest: m, config: config}
+	src := image{manifest: m, config: config}
 	for _, diffID := range img.Layers {
 		l, err := s.Layer(ctx, diffID)
 		if err != nil {
@@ -184,13 +184,13 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 // requested format is copied by digest (mounted, found, or streamed through verified); any
 // other (plain, gzip, zstd or zstd:chunked) is streamed, decompressed, recompressed and checked
 // against the config's DiffID. When no layer is recompressed the manifest is copied unchanged.
-func Copy(ctx context.Context, src pull.Source, dest Destination, opts ...Option) (*Report, error) {
+func Copy(ctx context.Context, src source.Source, dest Destination, opts ...Option) (*Report, error) {
 	rep, _, err := copyImage(ctx, src, dest, false, opts)
 	return rep, err
 }
 
 // copyImage is Copy; child stores the manifest by digest only, for an index to name.
-func copyImage(ctx context.Context, src pull.Source, dest Destination, child bool, opts []Option) (*Report, ocispec.Descriptor, error) {
+func copyImage(ctx context.Context, src source.Source, dest Destination, child bool, opts []Option) (*Report, ocispec.Descriptor, error) {
 	img, err := src.Resolve(ctx)
 	if err != nil {
 		return nil, ocispec.Descriptor{}, err
@@ -199,7 +199,7 @@ func copyImage(ctx context.Context, src pull.Source, dest Destination, child boo
 	if len(diffIDs) != len(img.Manifest.Layers) {
 		return nil, ocispec.Descriptor{}, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
 	}
-	s := source{manifest: img.Manifest, manifestBytes: img.ManifestBytes, manifestType: img.Descriptor.MediaType, config: img.ConfigBytes, child: child}
+	s := image{manifest: img.Manifest, manifestBytes: img.ManifestBytes, manifestType: img.Descriptor.MediaType, config: img.ConfigBytes, child: child}
 	for i, desc := range img.Manifest.Layers {
 		s.layers = append(s.layers, layerSource{diffID: diffIDs[i], blob: desc, size: desc.Size, open: func(ctx context.Context) (io.ReadCloser, error) {
 			return src.OpenBlob(ctx, desc)
@@ -210,7 +210,7 @@ func copyImage(ctx context.Context, src pull.Source, dest Destination, child boo
 
 // write is the pipeline both commands share: layers (a bounded number at once), then the
 // config, then the manifest, so the manifest never names a blob the destination lacks.
-func write(ctx context.Context, src source, dest Destination, opts []Option) (*Report, ocispec.Descriptor, error) {
+func write(ctx context.Context, src image, dest Destination, opts []Option) (*Report, ocispec.Descriptor, error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
@@ -298,7 +298,7 @@ func write(ctx context.Context, src source, dest Destination, opts []Option) (*R
 // keptLayers says which layers are copied by digest rather than recompressed: those already in
 // the requested format, or all of them when digests are preserved (refused if a format was asked
 // for that some layer is not in).
-func keptLayers(src source, o options) ([]bool, error) {
+func keptLayers(src image, o options) ([]bool, error) {
 	keep := make([]bool, len(src.layers))
 	for i, ls := range src.layers {
 		if ls.blob.Digest == "" {
@@ -320,7 +320,7 @@ func keptLayers(src source, o options) ([]bool, error) {
 
 // newManifest is the manifest to write: the source's own bytes when every layer was kept (its
 // digest, and skopeo's, stay), else a new OCI manifest naming the blobs written.
-func newManifest(src source, descs []ocispec.Descriptor, keep []bool) (ocispec.Descriptor, []byte, error) {
+func newManifest(src image, descs []ocispec.Descriptor, keep []bool) (ocispec.Descriptor, []byte, error) {
 	all := src.manifestBytes != nil && registry.IsManifest(src.manifestType)
 	for _, k := range keep {
 		all = all && k

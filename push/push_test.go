@@ -30,6 +30,7 @@ import (
 	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/tarimage"
@@ -172,7 +173,7 @@ func uncompressed(t testing.TB, blob io.Reader) []byte {
 // checkLayout checks a written layout: the manifest's layers have the format's media type (and
 // TOC annotations a reader accepts, for zstd:chunked), and each layer's uncompressed tar hashes
 // to the config's DiffID, which equals want.
-func checkLayout(t testing.TB, dir, tag string, f push.Format, want []digest.Digest) *ocilayout.Resolved {
+func checkLayout(t testing.TB, dir, tag string, f push.Format, want []digest.Digest) *source.Image {
 	t.Helper()
 	l := ocilayout.Layout{Dir: dir}
 	r, err := l.Resolve(tag)
@@ -215,13 +216,9 @@ func checkLayout(t testing.TB, dir, tag string, f push.Format, want []digest.Dig
 	return r
 }
 
-func layoutSource(t testing.TB, dir, tag string) pull.Source {
+func layoutSource(t testing.TB, dir, tag string) source.Source {
 	t.Helper()
-	src, err := pull.NewSource(imageref.Reference{Transport: imageref.OCILayout, Dir: dir, Tag: tag}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return src
+	return ocilayout.NewSource(dir, tag)
 }
 
 func layoutDest(t testing.TB, dir, tag string) push.Destination {
@@ -413,10 +410,7 @@ func pullInto(t testing.TB, c *registry.Client, ref string) (*store.Store, store
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := pull.NewSource(r, c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := registry.NewSource(c, r)
 	s := openStore(t)
 	rep, err := pull.Pull(context.Background(), s, src)
 	if err != nil {
@@ -555,10 +549,7 @@ func TestCopyRegistryMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, _ := imageref.Parse(srcRef)
-	src, err := pull.NewSource(r, c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := registry.NewSource(c, r)
 	patches := mc.count(http.MethodPatch)
 	rep, err := push.Copy(ctx, src, registryDest(t, c, reg.Host+"/test/b:v1", r.Repository()))
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/source"
 )
 
 const repoPath = "test/app"
@@ -53,11 +54,11 @@ func (f *fixture) client(opts ...registry.Option) *registry.Client {
 }
 
 // getRanges fetches ranges and checks every delivered range against the blob.
-func (f *fixture) getRanges(t *testing.T, c *registry.Client, ranges []registry.Range) (registry.RangeReport, error) {
+func (f *fixture) getRanges(t *testing.T, c *registry.Client, ranges []source.Range) (source.Fetched, error) {
 	t.Helper()
 	var mu sync.Mutex
-	got := map[registry.Range]bool{}
-	rep, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r registry.Range, rd io.Reader) error {
+	got := map[source.Range]bool{}
+	rep, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r source.Range, rd io.Reader) error {
 		b, err := io.ReadAll(rd)
 		if err != nil {
 			return err
@@ -84,10 +85,10 @@ func (f *fixture) getRanges(t *testing.T, c *registry.Client, ranges []registry.
 }
 
 // spread returns n ranges of 100 bytes, 4 KiB apart: n spans after merging.
-func spread(n int) []registry.Range {
-	var rs []registry.Range
+func spread(n int) []source.Range {
+	var rs []source.Range
 	for i := range n {
-		rs = append(rs, registry.Range{Offset: int64(i)*4096 + 17, Length: 100})
+		rs = append(rs, source.Range{Offset: int64(i)*4096 + 17, Length: 100})
 	}
 	return rs
 }
@@ -96,7 +97,7 @@ func TestGetRangesMultipart(t *testing.T) {
 	f := newFixture(t, 64<<10)
 	c := f.client()
 	// Two ranges 10 bytes apart merge into one span; the rest stay apart.
-	ranges := append(spread(8), registry.Range{Offset: 7*4096 + 17 + 110, Length: 5})
+	ranges := append(spread(8), source.Range{Offset: 7*4096 + 17 + 110, Length: 5})
 	rep, err := f.getRanges(t, c, ranges)
 	if err != nil {
 		t.Fatal(err)
@@ -118,10 +119,10 @@ func TestGetRangesMultipart(t *testing.T) {
 }
 
 // adjacent returns n ranges of size bytes, back to back from offset 17: one span after merging.
-func adjacent(n int, size int64) []registry.Range {
-	var rs []registry.Range
+func adjacent(n int, size int64) []source.Range {
+	var rs []source.Range
 	for i := range n {
-		rs = append(rs, registry.Range{Offset: 17 + int64(i)*size, Length: size})
+		rs = append(rs, source.Range{Offset: 17 + int64(i)*size, Length: size})
 	}
 	return rs
 }
@@ -228,8 +229,8 @@ func TestGetRangesDropResumes(t *testing.T) {
 	f := newFixture(t, 64<<10)
 	c := f.client()
 	f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.DropAfter, AfterBytes: 3000, Times: 1})
-	r := registry.Range{Offset: 1000, Length: 20000}
-	rep, err := f.getRanges(t, c, []registry.Range{r})
+	r := source.Range{Offset: 1000, Length: 20000}
+	rep, err := f.getRanges(t, c, []source.Range{r})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,7 +306,7 @@ func TestGetRangesWrongContentRange(t *testing.T) {
 		c := f.client()
 		f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.WrongContentRange})
 		delivered := 0
-		_, err := c.GetRanges(context.Background(), f.repo, f.desc, spread(n), func(_ registry.Range, r io.Reader) error {
+		_, err := c.GetRanges(context.Background(), f.repo, f.desc, spread(n), func(_ source.Range, r io.Reader) error {
 			b, err := io.ReadAll(r)
 			delivered += len(b)
 			return err
@@ -359,13 +360,13 @@ func TestGetRangesParallelRandom(t *testing.T) {
 	for _, fault := range []registrytest.FaultKind{registrytest.None, registrytest.IgnoreRange} {
 		c := f.client(registry.WithRangesPerRequest(5), registry.WithParallel(3), registry.WithMaxRanges(40))
 		f.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
-		var ranges []registry.Range
+		var ranges []source.Range
 		for off := int64(rng.IntN(5000)); off < int64(len(f.blob)); {
 			n := int64(1 + rng.IntN(3000))
 			if off+n > int64(len(f.blob)) {
 				break
 			}
-			ranges = append(ranges, registry.Range{Offset: off, Length: n})
+			ranges = append(ranges, source.Range{Offset: off, Length: n})
 			off += n + int64(rng.IntN(20000))
 		}
 		rng.Shuffle(len(ranges), func(i, j int) { ranges[i], ranges[j] = ranges[j], ranges[i] })
@@ -385,13 +386,13 @@ func TestGetRangesParallelRandom(t *testing.T) {
 func TestGetRangesInvalid(t *testing.T) {
 	f := newFixture(t, 4096)
 	c := f.client()
-	for _, rs := range [][]registry.Range{
+	for _, rs := range [][]source.Range{
 		{{Offset: 4000, Length: 97}},
 		{{Offset: -1, Length: 2}},
 		{{Offset: 0, Length: 0}},
 		{{Offset: 0, Length: 10}, {Offset: 5, Length: 10}},
 	} {
-		if _, err := c.GetRanges(context.Background(), f.repo, f.desc, rs, func(registry.Range, io.Reader) error { return nil }); !errors.Is(err, errdefs.ErrInvalid) {
+		if _, err := c.GetRanges(context.Background(), f.repo, f.desc, rs, func(source.Range, io.Reader) error { return nil }); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("ranges %+v: err = %v", rs, err)
 		}
 	}
@@ -404,7 +405,7 @@ func TestGetRangesCallbackError(t *testing.T) {
 	f := newFixture(t, 64<<10)
 	c := f.client(registry.WithRangesPerRequest(1), registry.WithParallel(2))
 	stop := errors.New("stop")
-	_, err := c.GetRanges(context.Background(), f.repo, f.desc, spread(8), func(r registry.Range, _ io.Reader) error {
+	_, err := c.GetRanges(context.Background(), f.repo, f.desc, spread(8), func(r source.Range, _ io.Reader) error {
 		if r.Offset > 3*4096 {
 			return stop
 		}
@@ -589,7 +590,7 @@ func TestGetRangesHandOverWholeBlob(t *testing.T) {
 	for _, fault := range []registrytest.FaultKind{registrytest.None, registrytest.IgnoreRange} {
 		f.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
 		calls := 0
-		_, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r registry.Range, rd io.Reader) error {
+		_, err := c.GetRanges(context.Background(), f.repo, f.desc, ranges, func(r source.Range, rd io.Reader) error {
 			calls++
 			_, err := io.Copy(io.Discard, rd)
 			return err
@@ -651,7 +652,7 @@ func TestGetRangesStallTimesOut(t *testing.T) {
 	f.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.Stall})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a safety net, not a wait
 	defer cancel()
-	_, err := c.GetRanges(ctx, f.repo, f.desc, spread(4), func(registry.Range, io.Reader) error { return nil })
+	_, err := c.GetRanges(ctx, f.repo, f.desc, spread(4), func(source.Range, io.Reader) error { return nil })
 	if !errors.Is(err, registry.ErrIdle) || ctx.Err() != nil {
 		t.Fatalf("ranges from a stalled registry: %v (context %v), want ErrIdle", err, ctx.Err())
 	}

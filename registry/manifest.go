@@ -14,6 +14,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/source"
 )
 
 // Docker schema 2 media types, accepted alongside the OCI ones.
@@ -39,22 +40,10 @@ func IsManifest(mediaType string) bool {
 	return mediaType == ocispec.MediaTypeImageManifest || mediaType == MediaTypeDockerManifest
 }
 
-// Image is a resolved reference: the platform's manifest and its config, all verified.
-type Image struct {
-	Repository imageref.Repository
-	// Index describes the index the manifest was chosen from; nil when the reference named a manifest.
-	Index *ocispec.Descriptor
-	// Descriptor describes the manifest bytes (media type, digest, size; Platform when chosen from an index).
-	Descriptor    ocispec.Descriptor
-	ManifestBytes []byte
-	Manifest      ocispec.Manifest
-	ConfigBytes   []byte
-	Config        ocispec.Image
-}
-
 // Resolve fetches the manifest a Docker reference names, choosing the configured platform from
-// an index, and its config blob. A digest-pinned reference must match what was received.
-func (c *Client) Resolve(ctx context.Context, ref imageref.Reference) (*Image, error) {
+// an index, and its config blob. A digest-pinned reference must match what was received. The
+// image is named REPOSITORY:TAG, or REPOSITORY@DIGEST when the reference names no tag.
+func (c *Client) Resolve(ctx context.Context, ref imageref.Reference) (*source.Image, error) {
 	if ref.Transport != imageref.Docker {
 		return nil, fmt.Errorf("resolving %s: not a registry reference: %w", ref, errdefs.ErrInvalid)
 	}
@@ -63,7 +52,7 @@ func (c *Client) Resolve(ctx context.Context, ref imageref.Reference) (*Image, e
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{Repository: repo}
+	img := &source.Image{Name: imageName(ref)}
 	if IsIndex(desc.MediaType) {
 		idx, err := ParseIndex(body)
 		if err != nil {
@@ -110,6 +99,14 @@ func (c *Client) Resolve(ctx context.Context, ref imageref.Reference) (*Image, e
 		return nil, fmt.Errorf("config %s of %s: %v: %w", m.Config.Digest, ref, err, errdefs.ErrInvalid)
 	}
 	return img, nil
+}
+
+// imageName is the name a registry image is stored under unless the caller names it.
+func imageName(ref imageref.Reference) string {
+	if ref.Tag != "" {
+		return ref.Repository().String() + ":" + ref.Tag
+	}
+	return ref.Repository().String() + "@" + ref.Digest.String()
 }
 
 // GetManifest fetches a manifest or index by tag or digest, bounded in size, and returns its

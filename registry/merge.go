@@ -2,24 +2,16 @@ package registry
 
 import (
 	"cmp"
+	"github.com/kura-oci/kura/source"
 	"slices"
 )
-
-// Range is a byte range of a blob: Length bytes from Offset.
-type Range struct {
-	Offset int64 `json:"offset"`
-	Length int64 `json:"length"`
-}
-
-// End is the offset just past the range.
-func (r Range) End() int64 { return r.Offset + r.Length }
 
 // Span is a merged range, what is actually requested; Ranges are the caller's ranges inside it,
 // in ascending order. The bytes of the span outside Ranges are fetched and thrown away.
 type Span struct {
 	Offset int64
 	Length int64
-	Ranges []Range
+	Ranges []source.Range
 }
 
 // End is the offset just past the span.
@@ -29,14 +21,14 @@ func (s Span) End() int64 { return s.Offset + s.Length }
 // at most gap bytes, share a span; then, while there are more than maxSpans spans (maxSpans > 0),
 // the spans separated by the smallest gaps are joined (ties: the earlier gap first). The input
 // need not be sorted; it is not modified. Empty ranges are dropped.
-func MergeRanges(ranges []Range, gap int64, maxSpans int) []Span {
-	sorted := make([]Range, 0, len(ranges))
+func MergeRanges(ranges []source.Range, gap int64, maxSpans int) []Span {
+	sorted := make([]source.Range, 0, len(ranges))
 	for _, r := range ranges {
 		if r.Length > 0 {
 			sorted = append(sorted, r)
 		}
 	}
-	slices.SortFunc(sorted, func(a, b Range) int {
+	slices.SortFunc(sorted, func(a, b source.Range) int {
 		return cmp.Or(cmp.Compare(a.Offset, b.Offset), cmp.Compare(a.Length, b.Length))
 	})
 	var spans []Span
@@ -47,7 +39,7 @@ func MergeRanges(ranges []Range, gap int64, maxSpans int) []Span {
 			last.Ranges = append(last.Ranges, r)
 			continue
 		}
-		spans = append(spans, Span{Offset: r.Offset, Length: r.Length, Ranges: []Range{r}})
+		spans = append(spans, Span{Offset: r.Offset, Length: r.Length, Ranges: []source.Range{r}})
 	}
 	if maxSpans <= 0 || len(spans) <= maxSpans {
 		return spans

@@ -4,35 +4,37 @@ import (
 	"math/rand/v2"
 	"reflect"
 	"testing"
+
+	"github.com/kura-oci/kura/source"
 )
 
-func r(off, n int64) Range { return Range{Offset: off, Length: n} }
+func r(off, n int64) source.Range { return source.Range{Offset: off, Length: n} }
 
 func TestMergeRanges(t *testing.T) {
 	tests := []struct {
 		name     string
-		in       []Range
+		in       []source.Range
 		gap      int64
 		maxSpans int
 		want     []Span
 	}{
 		{"empty", nil, 1024, 1024, nil},
-		{"adjacent", []Range{r(0, 10), r(10, 5)}, 0, 0, []Span{{0, 15, []Range{r(0, 10), r(10, 5)}}}},
-		{"unsorted and gap at limit", []Range{r(1034, 1), r(0, 10)}, 1024, 0, []Span{{0, 1035, []Range{r(0, 10), r(1034, 1)}}}},
-		{"gap over limit", []Range{r(0, 10), r(1035, 1)}, 1024, 0, []Span{{0, 10, []Range{r(0, 10)}}, {1035, 1, []Range{r(1035, 1)}}}},
-		{"empty ranges dropped", []Range{r(5, 0), r(0, 1)}, 0, 0, []Span{{0, 1, []Range{r(0, 1)}}}},
+		{"adjacent", []source.Range{r(0, 10), r(10, 5)}, 0, 0, []Span{{0, 15, []source.Range{r(0, 10), r(10, 5)}}}},
+		{"unsorted and gap at limit", []source.Range{r(1034, 1), r(0, 10)}, 1024, 0, []Span{{0, 1035, []source.Range{r(0, 10), r(1034, 1)}}}},
+		{"gap over limit", []source.Range{r(0, 10), r(1035, 1)}, 1024, 0, []Span{{0, 10, []source.Range{r(0, 10)}}, {1035, 1, []source.Range{r(1035, 1)}}}},
+		{"empty ranges dropped", []source.Range{r(5, 0), r(0, 1)}, 0, 0, []Span{{0, 1, []source.Range{r(0, 1)}}}},
 		{
 			"cap joins smallest gaps first, earliest on ties",
-			[]Range{r(0, 1), r(100, 1), r(150, 1), r(1000, 1), r(1050, 1)},
+			[]source.Range{r(0, 1), r(100, 1), r(150, 1), r(1000, 1), r(1050, 1)},
 			0, 3,
 			// gaps: 99, 49, 849, 49 → join the two 49s.
-			[]Span{{0, 1, []Range{r(0, 1)}}, {100, 51, []Range{r(100, 1), r(150, 1)}}, {1000, 51, []Range{r(1000, 1), r(1050, 1)}}},
+			[]Span{{0, 1, []source.Range{r(0, 1)}}, {100, 51, []source.Range{r(100, 1), r(150, 1)}}, {1000, 51, []source.Range{r(1000, 1), r(1050, 1)}}},
 		},
 		{
 			"cap of one",
-			[]Range{r(0, 1), r(100, 1), r(5000, 2)},
+			[]source.Range{r(0, 1), r(100, 1), r(5000, 2)},
 			0, 1,
-			[]Span{{0, 5002, []Range{r(0, 1), r(100, 1), r(5000, 2)}}},
+			[]Span{{0, 5002, []source.Range{r(0, 1), r(100, 1), r(5000, 2)}}},
 		},
 	}
 	for _, tt := range tests {
@@ -51,7 +53,7 @@ func TestMergeRanges(t *testing.T) {
 func TestMergeRangesProperties(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for iter := 0; iter < 500; iter++ {
-		var in []Range
+		var in []source.Range
 		off := int64(0)
 		for range rng.IntN(300) {
 			off += int64(rng.IntN(5000))

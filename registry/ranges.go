@@ -17,6 +17,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/source"
 )
 
 // ErrRangesUnsupported: the registry refused range requests even one range at a time. The
@@ -52,25 +53,6 @@ func HandOverWholeBlob() RangeOption { return func(o *rangeOptions) { o.handOver
 // errHandOver ends a job whose first answer is handed over (rangeJob.whole).
 var errHandOver = errors.New("whole blob handed over")
 
-// RangeReport tells what one GetRanges call cost and which fallbacks it took.
-type RangeReport struct {
-	Ranges int `json:"ranges"` // ranges asked for
-	Spans  int `json:"spans"`  // after merging
-	// Requests are HTTP requests sent, retries included.
-	Requests int64 `json:"requests"`
-	// BytesRequested sums the byte ranges asked for (merged gaps included, resumptions too).
-	BytesRequested int64 `json:"bytesRequested"`
-	// BytesReceived are body bytes read from the network.
-	BytesReceived int64 `json:"bytesReceived"`
-	Retries       int64 `json:"retries"`
-	// RangesIgnored: the server answered 200 with the whole blob; the ranges were cut out of
-	// that stream (never downloaded twice), and BytesReceived reaches up to the last range, or,
-	// with HandOverWholeBlob, the stream was handed over unread (WholeBlobError).
-	RangesIgnored bool `json:"rangesIgnored"`
-	// Splits counts halvings of the ranges per request after 400/416/501 answers.
-	Splits int64 `json:"splits"`
-}
-
 // GetRanges fetches byte ranges of a blob and calls fn once per range with a reader of exactly
 // that range's bytes. Ranges may come in any order but must not overlap and must lie within
 // blob.Size. Within one request ranges arrive in ascending offset order; requests run in
@@ -84,12 +66,12 @@ type RangeReport struct {
 // are retried, resuming a partly received range. A 206 whose Content-Range differs from what
 // was asked is an error wrapping errdefs.ErrInvalid. The caller verifies the content (the
 // digests of the files it extracts); GetRanges only guarantees the offsets.
-func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob ocispec.Descriptor, ranges []Range, fn func(Range, io.Reader) error, opts ...RangeOption) (RangeReport, error) {
+func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob ocispec.Descriptor, ranges []source.Range, fn func(source.Range, io.Reader) error, opts ...RangeOption) (source.Fetched, error) {
 	var ro rangeOptions
 	for _, o := range opts {
 		o(&ro)
 	}
-	rep := RangeReport{Ranges: len(ranges)}
+	rep := source.Fetched{Ranges: len(ranges)}
 	if err := checkDescriptor(blob); err != nil {
 		return rep, fmt.Errorf("ranges of a blob in %s: %w", repo, err)
 	}
@@ -153,9 +135,9 @@ func (c cancelCloser) Close() error {
 	return err
 }
 
-func checkRanges(ranges []Range, size int64) error {
+func checkRanges(ranges []source.Range, size int64) error {
 	sorted := slices.Clone(ranges)
-	slices.SortFunc(sorted, func(a, b Range) int { return cmp.Compare(a.Offset, b.Offset) })
+	slices.SortFunc(sorted, func(a, b source.Range) int { return cmp.Compare(a.Offset, b.Offset) })
 	for i, r := range sorted {
 		if r.Offset < 0 || r.Length <= 0 || r.Length > size || r.Offset > size-r.Length {
 			return fmt.Errorf("range %d+%d outside a blob of %d bytes: %w", r.Offset, r.Length, size, errdefs.ErrInvalid)
@@ -174,7 +156,7 @@ type rangeJob struct {
 	client *http.Client
 	url    string
 	size   int64
-	fn     func(Range, io.Reader) error
+	fn     func(source.Range, io.Reader) error
 
 	parallel       int          // batches of about equal bytes, fetched side by side
 	limit          atomic.Int64 // ranges per request, halved on refusals

@@ -478,11 +478,7 @@ func pullImage(ctx context.Context, t testing.TB, s *store.Store, host, repo str
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := pull.NewSource(ref, registryClient())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pull.Pull(ctx, s, src, append(opts, pull.WithName(repo))...)
+	return pull.Pull(ctx, s, registry.NewSource(registryClient(), ref), append(opts, pull.WithName(repo))...)
 }
 
 func checkFsck(t testing.TB, s *store.Store) {

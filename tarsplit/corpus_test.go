@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/source"
 )
 
 // The bench corpus check: KURA_TARSPLIT_CORPUS names a directory holding cN.zst (blobs written by
@@ -112,7 +113,7 @@ func readBlobMetadata(path string) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	read := func(r chunked.Range) ([]byte, error) {
+	read := func(r source.Range) ([]byte, error) {
 		b := make([]byte, r.Length)
 		_, err := f.ReadAt(b, r.Offset)
 		return b, err

@@ -14,7 +14,6 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/pull"
 )
 
 // inspectOptions are kura inspect's flags, as skopeo inspect has them.
@@ -129,7 +128,7 @@ func inspectSource(cmd *cobra.Command, arg string, rf *registryFlags) (inspected
 		if err != nil {
 			return inspected{}, err
 		}
-		src, err := pull.NewSource(ref, client)
+		src, err := openSource(ref, client)
 		if err != nil {
 			return inspected{}, err
 		}

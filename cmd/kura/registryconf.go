@@ -8,9 +8,9 @@ import (
 	"os"
 
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registriesconf"
 	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/source"
 )
 
 // config loads registries.conf (and its drop-ins) once per command, from --registries-conf,
@@ -88,7 +88,7 @@ func (f *registryFlags) checkBlocked(ref imageref.Reference) error {
 
 // chosenSource is where a pull reads from.
 type chosenSource struct {
-	src    pull.Source
+	src    source.Source
 	client *registry.Client   // src's client
 	ref    imageref.Reference // the source actually used (a mirror, a rewritten location)
 	name   string             // what to store the image as when not what src names it ("": src's name)
@@ -129,7 +129,7 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 				continue
 			}
 		}
-		src, err := pull.NewSource(s.Ref, client)
+		src, err := openSource(s.Ref, client)
 		if err != nil {
 			return chosenSource{}, err
 		}
