@@ -7,10 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
@@ -27,16 +24,12 @@ import (
 // damage an object on purpose), asks ObjectPath or ObjectsDir. Ingest and Batch (ingest.go)
 // write objects; they are methods of Store because they need its lock and sync settings.
 //
-// Lookups and opens are relative to a descriptor of objects/ the handle keeps open (opened on
-// first use, closed when the handle is collected): two path components to resolve instead of
-// the whole root, and no poller registration for the files opened. A pull looks up and reads
-// every object of a layer twice, so these syscalls are a large part of its time.
+// HasObject, Stat and Open are the one way to look an object up; OpenObjectDir gives the same
+// lookups relative to a descriptor of objects/, a fast path for bulk work that the caller scopes
+// (Close) because an open descriptor pins the file system (it could not be unmounted).
 type Objects struct {
 	dir      string // <root>/objects
 	variants string // <root>/variants
-
-	dirMu sync.Mutex
-	dirF  atomic.Pointer[os.File] // objects/, opened on first use
 }
 
 func newObjects(root string) Objects {
@@ -106,34 +99,13 @@ func (o *Objects) ObjectPath(d digest.Digest) (string, error) {
 	return filepath.Join(o.dir, rel), nil
 }
 
-// objectsFd is the descriptor of objects/ this handle keeps; the *os.File it returns must stay
-// reachable (runtime.KeepAlive) until the descriptor's last use.
-func (o *Objects) objectsFd() (*os.File, error) {
-	if f := o.dirF.Load(); f != nil {
-		return f, nil
-	}
-	o.dirMu.Lock()
-	defer o.dirMu.Unlock()
-	if f := o.dirF.Load(); f != nil {
-		return f, nil
-	}
-	fd, err := unix.Open(o.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening the object directory: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), o.dir) // its finalizer closes fd with the handle
-	o.dirF.Store(f)
-	return f, nil
-}
-
 // Stat returns the object's info, or an error wrapping errdefs.ErrNotFound.
 func (o *Objects) Stat(ctx context.Context, d digest.Digest) (Info, error) {
-	f, err := o.objectsFd()
+	p, err := o.ObjectPath(d)
 	if err != nil {
 		return Info{}, err
 	}
-	defer runtime.KeepAlive(f)
-	n, err := sizeAt(int(f.Fd()), d)
+	n, err := sizeAt(unix.AT_FDCWD, p, d)
 	if err != nil {
 		return Info{}, err
 	}
@@ -150,29 +122,25 @@ func (o *Objects) HasObject(d digest.Digest) bool {
 // Open opens the object read-only, or fails with an error wrapping errdefs.ErrNotFound. It is
 // the one way to open an object; a Batch also opens its pending ones (Batch.OpenPending).
 func (o *Objects) Open(ctx context.Context, d digest.Digest) (*os.File, error) {
-	f, err := o.objectsFd()
+	p, err := o.ObjectPath(d)
 	if err != nil {
 		return nil, err
 	}
-	defer runtime.KeepAlive(f)
-	fd, err := openAt(int(f.Fd()), d)
+	fd, err := openAt(unix.AT_FDCWD, p, d)
 	if err != nil {
 		return nil, err
 	}
-	p, _ := o.ObjectPath(d)
 	return os.NewFile(uintptr(fd), p), nil
 }
 
-// sizeAt stats object d relative to the objects directory dirfd: its size, or an error wrapping
-// ErrNotFound. Anything but a regular file (a planted symlink) is refused.
-func sizeAt(dirfd int, d digest.Digest) (int64, error) {
-	rel, err := objectName(d)
-	if err != nil {
-		return 0, err
-	}
+// sizeAt stats object d, named name relative to dirfd (its path and AT_FDCWD, or its
+// ObjectName and a descriptor of objects/): its size, or an error wrapping ErrNotFound. Anything
+// but a regular file (a planted symlink) is refused.
+func sizeAt(dirfd int, name string, d digest.Digest) (int64, error) {
 	var st unix.Stat_t
+	var err error
 	for {
-		err = unix.Fstatat(dirfd, rel, &st, unix.AT_SYMLINK_NOFOLLOW)
+		err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 		if err != unix.EINTR {
 			break
 		}
@@ -186,16 +154,13 @@ func sizeAt(dirfd int, d digest.Digest) (int64, error) {
 	return st.Size, nil
 }
 
-// openAt opens object d relative to the objects directory dirfd and returns the bare descriptor;
-// a symlink is refused.
-func openAt(dirfd int, d digest.Digest) (int, error) {
-	rel, err := objectName(d)
-	if err != nil {
-		return -1, err
-	}
+// openAt opens object d, named name relative to dirfd as for sizeAt, and returns the bare
+// descriptor; a symlink is refused.
+func openAt(dirfd int, name string, d digest.Digest) (int, error) {
 	var fd int
+	var err error
 	for {
-		fd, err = unix.Openat(dirfd, rel, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 		if err != unix.EINTR {
 			break
 		}
