@@ -170,7 +170,9 @@ func (b *builder) content(out *composefs.Node, e *chunked.Entry) error {
 		}
 		return nil
 	}
-	out.Payload = composefs.ObjectPath(d)
+	if out.Payload, err = b.s.ObjectName(d); err != nil {
+		return err
+	}
 	v, ok := b.verity[d]
 	if !ok {
 		p, err := b.s.ObjectPath(d)
