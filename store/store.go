@@ -4,7 +4,6 @@
 package store
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -32,56 +31,11 @@ const (
 	formatVersion = "kura-store 1\n"
 )
 
-// Provider reads objects by digest.
-type Provider interface {
-	// Stat returns the object's info, or an error wrapping errdefs.ErrNotFound.
-	Stat(ctx context.Context, d digest.Digest) (Info, error)
-	// Open opens the object read-only.
-	Open(ctx context.Context, d digest.Digest) (*os.File, error)
-}
-
-// Ingester adds objects.
-type Ingester interface {
-	// Ingest starts writing one object. expected may be empty (the content names itself) and size
-	// may be -1 (unknown). When expected is given and already stored, Ingest returns an error
-	// wrapping errdefs.ErrAlreadyExists, which callers treat as success.
-	Ingest(ctx context.Context, expected digest.Digest, size int64) (Writer, error)
-}
-
-// Writer receives the bytes of one object being ingested.
-type Writer interface {
-	Write(p []byte) (int, error)
-	// Commit verifies size and digest and makes the object visible. An object that exists
-	// already (written concurrently by another ingest) is success.
-	Commit(ctx context.Context) (digest.Digest, error)
-	// Abort discards everything written; it leaves no trace.
-	Abort() error
-}
-
 // ChunkLocation says where a chunk of some file is stored: inside object Object, at Offset.
 type ChunkLocation struct {
 	Object digest.Digest
 	Offset int64
 	Size   int64
-}
-
-// ChunkFinder finds stored bytes by the digest of a chunk (the TOC chunkDigest), so that a partial
-// pull can reuse chunks of large files that changed elsewhere.
-type ChunkFinder interface {
-	FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error)
-}
-
-// Manager lists and removes objects; *Exclusive implements it (removal needs the exclusive lock).
-type Manager interface {
-	Walk(ctx context.Context, fn func(Info) error) error
-	Delete(ctx context.Context, d digest.Digest) error
-}
-
-// ObjectStore is the full object role set; *Exclusive implements it.
-type ObjectStore interface {
-	Provider
-	Ingester
-	Manager
 }
 
 // Store is a store rooted at one directory. It is safe for concurrent use by goroutines and by
