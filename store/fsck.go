@@ -223,7 +223,7 @@ func (f *fsck) fanOut(base string, yield func(hashJob), fn func(fan string, e fs
 	}
 	for _, fan := range fans {
 		fp := filepath.Join(base, fan.Name())
-		if !fan.IsDir() || len(fan.Name()) != 2 {
+		if !fan.IsDir() || !isFan(fan.Name()) {
 			f.mu.Lock()
 			f.stray(fp)
 			f.mu.Unlock()

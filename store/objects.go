@@ -19,7 +19,7 @@ import (
 
 // Objects is the content-addressed role of the store: files named by the sha256 of their
 // content under objects/, and the hardlink-checkout variants of them under variants/. It owns
-// the on-disk layout (objectName is the one place that knows it); everything outside the store
+// the on-disk layout (objectName encodes it; objectFromName and isFan read it back); everything outside the store
 // names an object by digest and, where a path is unavoidable (composefs, mounts, tests that
 // damage an object on purpose), asks ObjectPath or ObjectsDir. Ingest and Batch (ingest.go)
 // write objects; they are methods of Store because they need its lock and sync settings.
@@ -85,12 +85,15 @@ func objectName(d digest.Digest) (string, error) {
 // objectFromName is the digest an entry name of objects/<fan>/ stands for; ok is false for a
 // name that is no object's (fsck reports those as stray).
 func objectFromName(fan, name string) (d digest.Digest, ok bool) {
-	if len(fan) != 2 {
+	if !isFan(fan) {
 		return "", false
 	}
 	d = digest.NewDigestFromEncoded(digest.SHA256, fan+name)
 	return d, d.Validate() == nil
 }
+
+// isFan says whether name can be a fan-out directory of objectName's layout (its first part).
+func isFan(name string) bool { return len(name) == 2 }
 
 // checkDigest accepts only well-formed sha256 digests, the only kind the store names things by.
 func checkDigest(d digest.Digest) error {
@@ -211,7 +214,7 @@ func (o *Objects) Walk(ctx context.Context, fn func(Info) error) error {
 		return fmt.Errorf("listing objects: %w", err)
 	}
 	for _, fan := range fans {
-		if !fan.IsDir() || len(fan.Name()) != 2 {
+		if !fan.IsDir() || !isFan(fan.Name()) {
 			continue
 		}
 		ents, err := os.ReadDir(filepath.Join(o.dir, fan.Name()))

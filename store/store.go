@@ -38,12 +38,14 @@ type ChunkLocation struct {
 	Size   int64
 }
 
-// Store is a store rooted at one directory. It is safe for concurrent use by goroutines and by
-// several processes (see Lock, RLock).
+// Store is a store rooted at one directory: a thin facade over its two roles, the
+// content-addressed objects (the embedded Objects: has, stat, open, walk, paths, variants; Ingest
+// and Batch in ingest.go) and the metadata that names them (meta.go: layers, images, refs;
+// uses.go: checkouts and mounts), plus what both share: locks, temp files, sync settings.
+// Consumers depend on the narrowest role they use (Provider, Ingester, or an interface of their
+// own), not on *Store. It is safe for concurrent use by goroutines and by several processes (see
+// Lock, RLock).
 type Store struct {
-	// Objects is the content-addressed role (objects.go); the rest of Store is the metadata
-	// role (meta.go: layers, images, refs; uses.go) and the plumbing both share (locks, temp
-	// files, sync settings).
 	Objects
 
 	root   string
