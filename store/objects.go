@@ -45,32 +45,6 @@ type Info struct {
 	Allocated int64
 }
 
-// Provider reads objects by digest: the role consumers that only read objects depend on.
-type Provider interface {
-	// Stat returns the object's info, or an error wrapping errdefs.ErrNotFound.
-	Stat(ctx context.Context, d digest.Digest) (Info, error)
-	// Open opens the object read-only.
-	Open(ctx context.Context, d digest.Digest) (*os.File, error)
-}
-
-// Ingester adds objects; Store and Batch implement it.
-type Ingester interface {
-	// Ingest starts writing one object. expected may be empty (the content names itself) and size
-	// may be -1 (unknown). When expected is given and already stored, Ingest returns an error
-	// wrapping errdefs.ErrAlreadyExists, which callers treat as success.
-	Ingest(ctx context.Context, expected digest.Digest, size int64) (Writer, error)
-}
-
-// Writer receives the bytes of one object being ingested.
-type Writer interface {
-	Write(p []byte) (int, error)
-	// Commit verifies size and digest and makes the object visible. An object that exists
-	// already (written concurrently by another ingest) is success.
-	Commit(ctx context.Context) (digest.Digest, error)
-	// Abort discards everything written; it leaves no trace.
-	Abort() error
-}
-
 // objectName is the object's name below objects/: "xx/rest" of its hex digest, the layout
 // composefs expects of its data-only lower directory (so objects/ is mounted as it is). It is the
 // one function that encodes the layout; objectFromName reverses it.
