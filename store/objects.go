@@ -27,6 +27,8 @@ import (
 // HasObject, Stat and Open are the one way to look an object up; OpenObjectDir gives the same
 // lookups relative to a descriptor of objects/, a fast path for bulk work that the caller scopes
 // (Close) because an open descriptor pins the file system (it could not be unmounted).
+//
+// An Objects comes with a Store (Open); the zero value names no directory.
 type Objects struct {
 	dir      string // <root>/objects
 	variants string // <root>/variants
