@@ -140,9 +140,18 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 	return c.stats, nil
 }
 
+// objects is what writing files needs of the store: objects by digest, and where a hardlink
+// checkout keeps the variants of an object (written in the store's temp directory, renamed into
+// place). Locks, layer records and use records are Checkout's, through *store.Store.
+type objects interface {
+	store.Provider
+	VariantPath(obj, key digest.Digest) (string, error)
+	TempDir() string
+}
+
 type checkout struct {
 	ctx     context.Context
-	s       *store.Store
+	s       objects
 	root    int
 	opts    Options
 	reflink bool // still worth trying FICLONE

@@ -107,7 +107,7 @@ func TestHardlinkCheckoutNeverLinksObjects(t *testing.T) {
 		t.Fatal(err)
 	}
 	objects := map[uint64]bool{}
-	filepath.WalkDir(filepath.Join(s.Root(), "objects"), func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(s.ObjectsDir(), func(p string, d os.DirEntry, err error) error {
 		var st unix.Stat_t
 		if err == nil && !d.IsDir() && unix.Lstat(p, &st) == nil {
 			objects[st.Ino] = true

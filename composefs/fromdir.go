@@ -175,8 +175,17 @@ func (b *dirBuilder) content(n *Node, path string) error {
 		return fmt.Errorf("storing %s: %w", path, err)
 	}
 	n.Digest = &d
-	n.Payload = verity.ObjectPath(d)
+	n.Payload = DigestStoreName(d)
 	return nil
+}
+
+// DigestStoreName is where a digest store (mkcomposefs --digest-store) keeps the file with
+// fs-verity digest d, relative to the store: "xx/rest" of the digest's hex, which is also the
+// redirect the image records. (Kura's own store names objects by sha256; package store owns that
+// layout.)
+func DigestStoreName(d verity.Digest) string {
+	h := d.String()
+	return h[:2] + "/" + h[2:]
 }
 
 // storeObject copies r into dir under its fs-verity digest, hashing while copying. The object
@@ -193,7 +202,7 @@ func storeObject(dir string, r io.Reader) (verity.Digest, error) {
 		return verity.Digest{}, err
 	}
 	d := h.Digest()
-	final := filepath.Join(dir, verity.ObjectPath(d))
+	final := filepath.Join(dir, DigestStoreName(d))
 	if _, err := os.Lstat(final); err == nil {
 		return d, nil
 	}

@@ -5,8 +5,11 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/kura-oci/kura/verity"
 )
 
 // TestFromDirHardlinks: mkcomposefs writes each name of a hard-linked file as a file of its own
@@ -80,5 +83,16 @@ func TestFromDirHardlinks(t *testing.T) {
 	}
 	if bytes.Equal(imgKept, imgCopied) {
 		t.Error("WithHardlinks made the same image as copies")
+	}
+}
+
+// TestDigestStoreName: a digest store keeps a file at "xx/rest" of its fs-verity digest's hex.
+func TestDigestStoreName(t *testing.T) {
+	d, err := verity.ParseDigest(strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := DigestStoreName(d); got != "ab/"+strings.Repeat("ab", 31) {
+		t.Fatalf("bad object path %s", got)
 	}
 }

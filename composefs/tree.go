@@ -8,23 +8,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/verity"
 )
-
-// ObjectPath returns the payload (redirect path) of an object named by a content digest, "xx/rest"
-// of its hex, as containers/storage names objects by the sha256 of a TOC entry. The object
-// directory given to the mount must hold it at that path.
-func ObjectPath(d digest.Digest) string {
-	e := d.Encoded()
-	if len(e) < 3 {
-		return e
-	}
-	return e[:2] + "/" + e[2:]
-}
 
 // File type bits of Node.Mode (as in stat(2)).
 const (

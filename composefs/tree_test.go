@@ -5,8 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
-
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/verity"
 )
@@ -87,12 +85,5 @@ func TestReadImageRejectsGarbage(t *testing.T) {
 		if _, err := ReadImage(img); err == nil {
 			t.Errorf("garbage of %d bytes accepted", len(img))
 		}
-	}
-}
-
-func TestObjectPath(t *testing.T) {
-	d := digest.FromString("hello")
-	if got := ObjectPath(d); got != d.Encoded()[:2]+"/"+d.Encoded()[2:] {
-		t.Fatalf("ObjectPath %s", got)
 	}
 }

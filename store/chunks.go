@@ -54,7 +54,7 @@ func (s *Store) invalidateChunks() {
 	s.chunksMu.Unlock()
 }
 
-// FindChunk implements ChunkFinder. The bytes found are only a hint: callers re-hash them before
+// FindChunk finds stored bytes by chunk digest, only a hint: callers re-hash them before
 // use, as the object may have been damaged since.
 func (s *Store) FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error) {
 	notFound := fmt.Errorf("chunk %s (%d bytes): %w", chunk, size, errdefs.ErrNotFound)

@@ -132,9 +132,9 @@ func (f *fsck) stray(p string) {
 // wrong; records stay, and records' step restores it where it can).
 func (f *fsck) objects(ctx context.Context) error {
 	produce := func(yield func(hashJob)) error {
-		return f.fanOut(filepath.Join(f.s.root, dirObjects), yield, func(fan string, e fs.DirEntry, p string) (hashJob, bool) {
-			want := digest.NewDigestFromEncoded(digest.SHA256, fan+e.Name())
-			if want.Validate() != nil || !e.Type().IsRegular() {
+		return f.fanOut(f.s.ObjectsDir(), yield, func(fan string, e fs.DirEntry, p string) (hashJob, bool) {
+			want, ok := objectFromName(fan, e.Name())
+			if !ok || !e.Type().IsRegular() {
 				f.stray(p)
 				return hashJob{}, false
 			}
@@ -209,7 +209,8 @@ func (f *fsck) changedVariant(p, why string) {
 
 // isLegacyVariant: variants/xx/<62 hex>, the name before variants carried their object.
 func isLegacyVariant(fan, name string) bool {
-	return len(fan) == 2 && digest.NewDigestFromEncoded(digest.SHA256, fan+name).Validate() == nil
+	_, ok := objectFromName(fan, name)
+	return ok
 }
 
 // fanOut calls fn, under f.mu, for every entry of every two-hex-digit directory under base, and
@@ -222,7 +223,7 @@ func (f *fsck) fanOut(base string, yield func(hashJob), fn func(fan string, e fs
 	}
 	for _, fan := range fans {
 		fp := filepath.Join(base, fan.Name())
-		if !fan.IsDir() || len(fan.Name()) != 2 {
+		if !fan.IsDir() || !isFan(fan.Name()) {
 			f.mu.Lock()
 			f.stray(fp)
 			f.mu.Unlock()

@@ -1,29 +1,27 @@
 package store
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
-
-	"github.com/kura-oci/kura/errdefs"
 )
 
-// ObjectDir looks up and reads many objects quickly: names resolve relative to an open objects
-// directory (two path components instead of the whole root), and readers are bare file
-// descriptors, without os.File's poller registration. A pull touches every object of a layer
-// twice (plan, DiffID check), so these syscalls are a large part of its time.
+// ObjectDir gives the lookups of Objects (HasObject, Stat, Open: the same code, sizeAt and
+// openAt, the same answers) relative to an open descriptor of the objects directory: two path
+// components to resolve instead of the whole root, and readers that are bare file descriptors,
+// without os.File's poller registration. A pull touches every object of a layer twice (plan,
+// DiffID check), so these syscalls are a large part of its time. It is scoped (Close) rather
+// than the store's default because an open descriptor pins the file system.
 type ObjectDir struct {
 	fd int
 }
 
 // OpenObjectDir opens the objects directory; Close releases it.
-func (s *Store) OpenObjectDir() (*ObjectDir, error) {
-	fd, err := unix.Open(filepath.Join(s.root, dirObjects), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+func (o *Objects) OpenObjectDir() (*ObjectDir, error) {
+	fd, err := unix.Open(o.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening the object directory: %w", err)
 	}
@@ -33,35 +31,13 @@ func (s *Store) OpenObjectDir() (*ObjectDir, error) {
 // Close closes the directory.
 func (o *ObjectDir) Close() error { return unix.Close(o.fd) }
 
-// relPath is the object's name below objects/.
-func relPath(d digest.Digest) (string, error) {
-	if err := checkDigest(d); err != nil {
-		return "", err
-	}
-	h := d.Encoded()
-	return h[:2] + "/" + h[2:], nil
-}
-
 // Size returns the size of object d, or an error wrapping ErrNotFound.
 func (o *ObjectDir) Size(d digest.Digest) (int64, error) {
-	rel, err := relPath(d)
+	rel, err := objectName(d)
 	if err != nil {
 		return 0, err
 	}
-	var st unix.Stat_t
-	for {
-		err = unix.Fstatat(o.fd, rel, &st, unix.AT_SYMLINK_NOFOLLOW)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		return 0, objectErr(d, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return 0, fmt.Errorf("object %s is not a regular file: %w", d, errdefs.ErrInvalid)
-	}
-	return st.Size, nil
+	return sizeAt(o.fd, rel, d)
 }
 
 // Has says whether object d is stored.
@@ -72,28 +48,15 @@ func (o *ObjectDir) Has(d digest.Digest) bool {
 
 // Open opens object d for reading.
 func (o *ObjectDir) Open(d digest.Digest) (io.ReadCloser, error) {
-	rel, err := relPath(d)
+	rel, err := objectName(d)
 	if err != nil {
 		return nil, err
 	}
-	var fd int
-	for {
-		fd, err = unix.Openat(o.fd, rel, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	fd, err := openAt(o.fd, rel, d)
 	if err != nil {
-		return nil, objectErr(d, err)
+		return nil, err
 	}
 	return &fdReader{fd: fd}, nil
-}
-
-func objectErr(d digest.Digest, err error) error {
-	if errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
-	}
-	return fmt.Errorf("object %s: %w", d, err)
 }
 
 // fdReader reads a file descriptor with plain read(2) calls.

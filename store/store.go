@@ -5,21 +5,16 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/internal/digests"
 )
 
 // Directory names under the store root (see docs/design.md).
@@ -36,15 +31,6 @@ const (
 
 	formatVersion = "kura-store 1\n"
 )
-
-// Info describes one stored object.
-type Info struct {
-	Digest digest.Digest
-	Size   int64
-	// Allocated is the disk the object takes (st_blocks): less than Size where it has holes.
-	// Walk fills it in; Stat leaves it zero.
-	Allocated int64
-}
 
 // Provider reads objects by digest.
 type Provider interface {
@@ -79,28 +65,16 @@ type ChunkLocation struct {
 	Size   int64
 }
 
-// ChunkFinder finds stored bytes by the digest of a chunk (the TOC chunkDigest), so that a partial
-// pull can reuse chunks of large files that changed elsewhere.
-type ChunkFinder interface {
-	FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error)
-}
-
-// Manager lists and removes objects; *Exclusive implements it (removal needs the exclusive lock).
-type Manager interface {
-	Walk(ctx context.Context, fn func(Info) error) error
-	Delete(ctx context.Context, d digest.Digest) error
-}
-
-// ObjectStore is the full object role set; *Exclusive implements it.
-type ObjectStore interface {
-	Provider
-	Ingester
-	Manager
-}
-
-// Store is a store rooted at one directory. It is safe for concurrent use by goroutines and by
-// several processes (see Lock, RLock).
+// Store is a store rooted at one directory: a thin facade over its two roles, the
+// content-addressed objects (the embedded Objects: has, stat, open, walk, paths, variants; Ingest
+// and Batch in ingest.go) and the metadata that names them (meta.go: layers, images, refs;
+// uses.go: checkouts and mounts), plus what both share: locks, temp files, sync settings.
+// Consumers depend on the narrowest role they use (Provider, Ingester, or an interface of their
+// own), not on *Store. It is safe for concurrent use by goroutines and by several processes (see
+// Lock, RLock).
 type Store struct {
+	Objects
+
 	root   string
 	verity bool
 	noSync bool
@@ -141,7 +115,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store root %q: %w", root, err)
 	}
-	s := &Store{root: abs}
+	s := &Store{Objects: newObjects(abs), root: abs}
 	for _, o := range opts {
 		o(s)
 	}
@@ -196,152 +170,6 @@ func (s *Store) writable() error {
 // Root is the store directory.
 func (s *Store) Root() string { return s.root }
 
-// ObjectPath is where the object with digest d lives (whether or not it exists). Checkout and
-// composefs use it to reflink or reference the file directly.
-func (s *Store) ObjectPath(d digest.Digest) (string, error) {
-	rel, err := relPath(d)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(s.root, dirObjects, rel), nil
-}
-
-// checkDigest accepts only well-formed sha256 digests, the only kind the store names things by.
-func checkDigest(d digest.Digest) error {
-	if digests.IsSHA256(d) {
-		return nil
-	}
-	if err := d.Validate(); err != nil {
-		return fmt.Errorf("digest %q: %v: %w", d, err, errdefs.ErrInvalid)
-	}
-	if d.Algorithm() != digest.SHA256 {
-		return fmt.Errorf("digest %q: only sha256 is stored: %w", d, errdefs.ErrUnsupported)
-	}
-	return nil
-}
-
-// Stat implements Provider.
-func (s *Store) Stat(ctx context.Context, d digest.Digest) (Info, error) {
-	p, err := s.ObjectPath(d)
-	if err != nil {
-		return Info{}, err
-	}
-	fi, err := os.Stat(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return Info{}, fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
-		}
-		return Info{}, fmt.Errorf("object %s: %w", d, err)
-	}
-	return Info{Digest: d, Size: fi.Size()}, nil
-}
-
-// HasObject says whether object d is stored (one stat).
-func (s *Store) HasObject(d digest.Digest) bool {
-	_, err := s.Stat(context.Background(), d)
-	return err == nil
-}
-
-// Open implements Provider.
-func (s *Store) Open(ctx context.Context, d digest.Digest) (*os.File, error) {
-	p, err := s.ObjectPath(d)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
-		}
-		return nil, fmt.Errorf("object %s: %w", d, err)
-	}
-	return f, nil
-}
-
-// Walk implements Manager: it calls fn for every object, in no particular order.
-func (s *Store) Walk(ctx context.Context, fn func(Info) error) error {
-	base := filepath.Join(s.root, dirObjects)
-	fans, err := os.ReadDir(base)
-	if err != nil {
-		return fmt.Errorf("listing objects: %w", err)
-	}
-	for _, fan := range fans {
-		if !fan.IsDir() || len(fan.Name()) != 2 {
-			continue
-		}
-		ents, err := os.ReadDir(filepath.Join(base, fan.Name()))
-		if err != nil {
-			return fmt.Errorf("listing objects: %w", err)
-		}
-		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			d := digest.NewDigestFromEncoded(digest.SHA256, fan.Name()+e.Name())
-			if d.Validate() != nil {
-				continue // fsck reports stray names
-			}
-			fi, err := e.Info()
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				return fmt.Errorf("object %s: %w", d, err)
-			}
-			if err := fn(Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)}); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// Delete implements Manager. Only under the exclusive lock: a concurrent import may be about to
-// reference the object.
-func (x *Exclusive) Delete(ctx context.Context, d digest.Digest) error {
-	if err := x.check(); err != nil {
-		return err
-	}
-	p, err := x.ObjectPath(d)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(p); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("object %s: %w", d, errdefs.ErrNotFound)
-		}
-		return fmt.Errorf("deleting object %s: %w", d, err)
-	}
-	return nil
-}
-
-// VariantPath is where a hardlink checkout keeps the copy of object obj that carries one set of
-// metadata: variants/<obj hex[:2]>/<obj hex[2:]>-<key hex>, where key digests content and
-// metadata (see package checkout). The name carries the object so that fsck can check a variant's
-// content. gc removes variants that no checkout links to any more.
-func (s *Store) VariantPath(obj, key digest.Digest) (string, error) {
-	if err := checkDigest(obj); err != nil {
-		return "", err
-	}
-	if err := checkDigest(key); err != nil {
-		return "", err
-	}
-	h := obj.Encoded()
-	return filepath.Join(s.root, dirVariants, h[:2], h[2:]+"-"+key.Encoded()), nil
-}
-
-// parseVariantName returns the object a variant file in variants/<fan>/ holds, from its name.
-// ok is false for anything else, including the variants of older stores (named by key alone),
-// whose object cannot be known.
-func parseVariantName(fan, name string) (obj digest.Digest, ok bool) {
-	rest, key, found := strings.Cut(name, "-")
-	if !found || len(fan) != 2 || len(rest) != 62 || !digests.IsSHA256(digest.NewDigestFromEncoded(digest.SHA256, key)) {
-		return "", false
-	}
-	obj = digest.NewDigestFromEncoded(digest.SHA256, fan+rest)
-	return obj, digests.IsSHA256(obj)
-}
-
 // TempDir is the store's directory for files being written; anything in it may be removed by gc
 // and fsck --repair (under the exclusive lock).
 func (s *Store) TempDir() string { return filepath.Join(s.root, dirTmp) }
@@ -353,12 +181,4 @@ func (s *Store) ComposefsPath(id digest.Digest) (string, error) {
 		return "", err
 	}
 	return filepath.Join(s.root, dirCompose, id.Encoded()+".cfs"), nil
-}
-
-// allocated is the disk a file takes, from st_blocks (512-byte units whatever the block size).
-func allocated(fi fs.FileInfo) int64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return st.Blocks * 512
-	}
-	return fi.Size()
 }

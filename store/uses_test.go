@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/store"
 )
@@ -199,7 +201,10 @@ func TestExclusiveLock(t *testing.T) {
 	if _, err := s.Image(ctx, img.ID); err != nil {
 		t.Fatal(err)
 	}
-	var _ store.Manager = x // *Exclusive, not *Store, can remove objects
+	var _ interface { // *Exclusive, not *Store, can remove objects
+		Walk(context.Context, func(store.Info) error) error
+		Delete(context.Context, digest.Digest) error
+	} = x
 }
 
 // TestRmiRacesSetRef is case 6 of issue 13: rmi of a name while a pull sets a ref to the same

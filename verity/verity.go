@@ -192,9 +192,3 @@ func MetacopyXattr(d Digest) []byte {
 	copy(v[4:], d[:])
 	return v
 }
-
-// ObjectPath returns the object name composefs uses for a digest: "xx/rest" in hex.
-func ObjectPath(d Digest) string {
-	s := d.String()
-	return s[:2] + "/" + s[2:]
-}

@@ -88,16 +88,13 @@ func TestExitCodes(t *testing.T) {
 	}
 	user.fails(errdefs.ExitPermission, "root", "--root", st, "mount", "img", mnt)
 
-	sum := digestOf("exit codes\n")
-	obj := filepath.Join(st, "objects", sum[:2], sum[2:])
+	obj := objectPath(t, st, "exit codes\n")
 	os.Chmod(obj, 0o644)
 	if err := os.WriteFile(obj, []byte("EXIT CODES\n"), 0o444); err != nil {
 		t.Fatal(err)
 	}
 	root.fails(errdefs.ExitVerify, "damaged", "--root", st, "fsck")
 }
-
-func digestOf(s string) string { return digest.FromString(s).Encoded() }
 
 // TestExitCodesDocumented: README.md's list of exit codes is errdefs' list, no more, no less.
 func TestExitCodesDocumented(t *testing.T) {

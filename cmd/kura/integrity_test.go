@@ -3,8 +3,6 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -14,10 +12,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/store"
 )
 
 // nobody is the unprivileged user the rootless tests run kura as.
@@ -287,7 +287,7 @@ func TestFsckRepairRefetches(t *testing.T) {
 
 	damage := func(content string) string {
 		t.Helper()
-		p := objectPath(st, content)
+		p := objectPath(t, st, content)
 		os.Chmod(p, 0o644)
 		if err := os.WriteFile(p, []byte(strings.ToUpper(content)), 0o444); err != nil {
 			t.Fatal(err)
@@ -312,8 +312,17 @@ func TestFsckRepairRefetches(t *testing.T) {
 	root.ok("--root", st, "fsck")
 }
 
-func objectPath(store, content string) string {
-	sum := sha256.Sum256([]byte(content))
-	h := hex.EncodeToString(sum[:])
-	return filepath.Join(store, "objects", h[:2], h[2:])
+// objectPath is where the store at root keeps the object holding content (the store names it:
+// tests do not encode its layout).
+func objectPath(t *testing.T, root, content string) string {
+	t.Helper()
+	s, err := store.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.ObjectPath(digest.FromString(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

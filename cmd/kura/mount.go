@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -95,7 +94,7 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 		return err
 	}
 	defer done()
-	plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, target, opts...)
+	plan, err := mount.NewPlan(cfs, []string{s.ObjectsDir()}, target, opts...)
 	if err != nil {
 		return err
 	}

@@ -293,10 +293,10 @@ func TestVerityRequireRefusedWithoutFsverity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if big == nil || big.Digest == nil || *big.Digest != want || big.Payload != verity.ObjectPath(want) {
+	if big == nil || big.Digest == nil || *big.Digest != want || big.Payload != composefs.DigestStoreName(want) {
 		t.Fatalf("a/b/c/big: digest/payload not the fs-verity digest %s", want)
 	}
-	obj := filepath.Join(objects, verity.ObjectPath(want))
+	obj := filepath.Join(objects, composefs.DigestStoreName(want))
 	f, err := os.Open(obj)
 	if err != nil {
 		t.Fatal(err)

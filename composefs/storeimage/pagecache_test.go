@@ -51,7 +51,7 @@ func TestPageCacheIsShared(t *testing.T) {
 			t.Fatal(err)
 		}
 		target := t.TempDir()
-		plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, target)
+		plan, err := mount.NewPlan(cfs, []string{s.ObjectsDir()}, target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +105,7 @@ func readAll(t *testing.T, dir string) {
 func residentObjectPages(t *testing.T, s *store.Store) int {
 	t.Helper()
 	n := 0
-	err := filepath.Walk(filepath.Join(s.Root(), "objects"), func(p string, fi os.FileInfo, err error) error {
+	err := filepath.Walk(s.ObjectsDir(), func(p string, fi os.FileInfo, err error) error {
 		if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 {
 			return err
 		}

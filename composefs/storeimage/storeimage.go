@@ -24,9 +24,19 @@ import (
 	"github.com/kura-oci/kura/verity"
 )
 
+// Store is what building a composefs image reads from the store: the layers' TOCs and recorded
+// fs-verity digests, small objects to inline, and the names (redirects) and paths of the others.
+type Store interface {
+	store.Provider
+	LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TOC, error)
+	VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]verity.Digest, error)
+	ObjectName(d digest.Digest) (string, error)
+	ObjectPath(d digest.Digest) (string, error)
+}
+
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
 // composefs tree.
-func Tree(ctx context.Context, s *store.Store, img store.Image) (*composefs.Node, error) {
+func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error) {
 	t := merge.New()
 	for _, diffID := range img.Layers {
 		toc, err := s.LayerTOC(ctx, diffID)
@@ -55,7 +65,7 @@ func Tree(ctx context.Context, s *store.Store, img store.Image) (*composefs.Node
 
 type builder struct {
 	ctx    context.Context
-	s      *store.Store
+	s      Store
 	verity map[digest.Digest]verity.Digest
 	// inodes holds the composefs inode of each hard-linked inode's first name.
 	inodes map[*merge.Inode]*composefs.Node
@@ -170,7 +180,9 @@ func (b *builder) content(out *composefs.Node, e *chunked.Entry) error {
 		}
 		return nil
 	}
-	out.Payload = composefs.ObjectPath(d)
+	if out.Payload, err = b.s.ObjectName(d); err != nil {
+		return err
+	}
 	v, ok := b.verity[d]
 	if !ok {
 		p, err := b.s.ObjectPath(d)
@@ -187,7 +199,7 @@ func (b *builder) content(out *composefs.Node, e *chunked.Entry) error {
 }
 
 // Build writes the composefs image of img to w.
-func Build(ctx context.Context, s *store.Store, img store.Image, w io.Writer) error {
+func Build(ctx context.Context, s Store, img store.Image, w io.Writer) error {
 	root, err := Tree(ctx, s, img)
 	if err != nil {
 		return err
@@ -195,10 +207,18 @@ func Build(ctx context.Context, s *store.Store, img store.Image, w io.Writer) er
 	return composefs.WriteImage(w, root)
 }
 
+// Cache is a Store that also keeps the images built from it: where the one of an image lives,
+// and the temp directory it is written in.
+type Cache interface {
+	Store
+	ComposefsPath(id digest.Digest) (string, error)
+	TempDir() string
+}
+
 // Ensure returns the path of img's cached composefs image in the store, building it first if it
 // is missing. The image is written to a temp file and renamed, so a crash never leaves a partial
 // image. The caller holds the store's shared lock.
-func Ensure(ctx context.Context, s *store.Store, img store.Image) (string, error) {
+func Ensure(ctx context.Context, s Cache, img store.Image) (string, error) {
 	p, err := s.ComposefsPath(img.ID)
 	if err != nil {
 		return "", err

@@ -289,7 +289,7 @@ func TestMountEqualsCheckout(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := t.TempDir()
-	plan, err := mount.NewPlan(cfs, []string{filepath.Join(s.Root(), "objects")}, target)
+	plan, err := mount.NewPlan(cfs, []string{s.ObjectsDir()}, target)
 	if err != nil {
 		t.Fatal(err)
 	}
