@@ -21,9 +21,11 @@ var entryTypes = map[string]layerfs.Type{
 // DecodeEntries turns a TOC into the layer's entries: one per tar entry, digests parsed, xattrs
 // decoded, the chunk rows of each file attached to it as Chunks, blob offsets left behind. It
 // checks what the model promises (known types, digests, chunks that tile their file) but not
-// names or frames, which ParseTOC's callers check when the TOC enters the store. Strings are
-// shared with toc; the entries, chunks and xattr values take one allocation each (xattrs: one
-// map per entry that has some), whatever the number of entries.
+// names or frames, which Parse checks when the TOC enters the store and merges check again where
+// names are used. Strings and times are shared with toc; the entries take one allocation, the
+// chunks of all files another, xattr values are carved from a shared buffer (plus one map per
+// entry that has xattrs): a large TOC, read on every checkout, mount and pull, costs little more
+// than the rows themselves.
 func DecodeEntries(toc *TOC) ([]layerfs.Entry, error) {
 	rows := toc.Entries
 	nEntries, nChunks := 0, 0
