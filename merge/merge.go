@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-		"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 )
