@@ -21,8 +21,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/merge"
 	"github.com/kura-oci/kura/store"
@@ -115,21 +115,21 @@ func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, 
 			s.DropUse(use)
 		}
 	}()
-	c := &checkout{ctx: ctx, s: s, root: rootfd, opts: opts, dirs: map[string]chunked.Entry{}, parents: map[string]int{}, inodes: map[*merge.Inode]string{}}
+	c := &checkout{ctx: ctx, s: s, root: rootfd, opts: opts, dirs: map[string]layerfs.Entry{}, parents: map[string]int{}, inodes: map[*merge.Inode]string{}}
 	defer c.dropParents()
 	c.reflink = opts.Link == LinkAuto || opts.Link == LinkReflink
 	// The layers are merged in memory first (package merge, the rules a mount shares), so
 	// whiteouts never remove anything here: the checkout only creates, in an empty directory.
 	tree := merge.New()
 	for _, l := range img.Layers {
-		toc, err := s.LayerTOC(ctx, l)
+		entries, err := s.LayerEntries(ctx, l)
 		if err != nil {
 			return c.stats, fmt.Errorf("checkout: %w", err)
 		}
-		if err := tree.Apply(toc); err != nil {
+		if err := tree.Apply(entries); err != nil {
 			return c.stats, fmt.Errorf("checkout of layer %s: %w", l, err)
 		}
-		c.stats.Whiteouts += whiteouts(toc)
+		c.stats.Whiteouts += whiteouts(entries)
 	}
 	if err := tree.Walk(c.node); err != nil {
 		return c.stats, fmt.Errorf("checkout: %w", err)
@@ -158,7 +158,7 @@ type checkout struct {
 	stats   Stats
 	// dirs holds the metadata of every directory entry, applied at the end (children first) so
 	// that read-only modes and times survive the creation of their contents.
-	dirs map[string]chunked.Entry
+	dirs map[string]layerfs.Entry
 	// parents caches open directory fds by clean path.
 	parents map[string]int
 	// inodes holds the path under which each hard-linked inode was created.
@@ -173,13 +173,11 @@ func (c *checkout) dropParents() {
 }
 
 // whiteouts counts a layer's whiteouts and opaque markers (for Stats).
-func whiteouts(toc *chunked.TOC) int {
+func whiteouts(entries []layerfs.Entry) int {
 	n := 0
-	for i := range toc.Entries {
-		if e := &toc.Entries[i]; e.Type != chunked.TypeChunk {
-			if name, err := layername.Parse(e.Name); err == nil && name.Kind != layername.Plain {
-				n++
-			}
+	for i := range entries {
+		if name, err := layername.Parse(entries[i].Name); err == nil && name.Kind != layername.Plain {
+			n++
 		}
 	}
 	return n
@@ -281,9 +279,9 @@ func (c *checkout) closeUncached(fd int) {
 }
 
 // entry creates one non-whiteout entry.
-func (c *checkout) entry(name string, e *chunked.Entry) error {
+func (c *checkout) entry(name string, e *layerfs.Entry) error {
 	if name == "." {
-		if e.Type != chunked.TypeDir {
+		if e.Type != layerfs.TypeDir {
 			return fmt.Errorf("the root is not a directory: %w", errdefs.ErrInvalid)
 		}
 		c.dirs["."] = *e
@@ -294,17 +292,17 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 		return err
 	}
 	switch e.Type {
-	case chunked.TypeDir:
+	case layerfs.TypeDir:
 		if err := unix.Mkdirat(pfd, base, 0o700); err != nil {
 			return err
 		}
 		c.dirs[name] = *e
 		c.stats.Dirs++
 		return nil
-	case chunked.TypeReg:
+	case layerfs.TypeReg:
 		c.stats.Files++
 		return c.regular(pfd, base, e)
-	case chunked.TypeSymlink:
+	case layerfs.TypeSymlink:
 		if e.Linkname == "" || len(e.Linkname) > unix.PathMax {
 			return fmt.Errorf("symlink target empty or over PATH_MAX: %w", errdefs.ErrInvalid)
 		}
@@ -313,12 +311,12 @@ func (c *checkout) entry(name string, e *chunked.Entry) error {
 		}
 		c.stats.Symlinks++
 		return setMeta(pfd, base, -1, e, true)
-	case chunked.TypeChar, chunked.TypeBlock, chunked.TypeFifo:
+	case layerfs.TypeChar, layerfs.TypeBlock, layerfs.TypeFifo:
 		mode := uint32(e.Mode & 0o7777)
 		switch e.Type {
-		case chunked.TypeChar:
+		case layerfs.TypeChar:
 			mode |= unix.S_IFCHR
-		case chunked.TypeBlock:
+		case layerfs.TypeBlock:
 			mode |= unix.S_IFBLK
 		default:
 			mode |= unix.S_IFIFO
@@ -362,7 +360,7 @@ func (c *checkout) hardlink(name, first string) error {
 }
 
 // regular creates a regular file from its object.
-func (c *checkout) regular(pfd int, base string, e *chunked.Entry) error {
+func (c *checkout) regular(pfd int, base string, e *layerfs.Entry) error {
 	if e.Size == 0 {
 		fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
@@ -371,10 +369,7 @@ func (c *checkout) regular(pfd int, base string, e *chunked.Entry) error {
 		defer unix.Close(fd)
 		return setMeta(pfd, base, fd, e, false)
 	}
-	d, err := digest.Parse(e.Digest)
-	if err != nil {
-		return fmt.Errorf("digest %q: %w", e.Digest, errdefs.ErrInvalid)
-	}
+	d := e.Digest
 	if c.opts.Link == LinkHardlink {
 		return c.linkVariant(pfd, base, d, e)
 	}
@@ -419,7 +414,7 @@ func (c *checkout) fill(fd int, d digest.Digest, size int64) error {
 }
 
 // variantKey digests content and every piece of metadata a hardlink shares.
-func variantKey(d digest.Digest, e *chunked.Entry) digest.Digest {
+func variantKey(d digest.Digest, e *layerfs.Entry) digest.Digest {
 	h := sha256.New()
 	fmt.Fprintf(h, "kura-variant-1\x00%s\x00%o\x00%d\x00%d\x00", d, e.Mode&0o7777, e.UID, e.GID)
 	if e.ModTime != nil {
@@ -431,7 +426,8 @@ func variantKey(d digest.Digest, e *chunked.Entry) digest.Digest {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		fmt.Fprintf(h, "\x00%s=%s", k, e.Xattrs[k])
+		// The value as the TOC spells it (base64): keys of variants made before stay valid.
+		fmt.Fprintf(h, "\x00%s=%s", k, base64.StdEncoding.EncodeToString(e.Xattrs[k]))
 	}
 	return digest.NewDigest(digest.SHA256, h)
 }
@@ -442,7 +438,7 @@ func variantKey(d digest.Digest, e *chunked.Entry) digest.Digest {
 // shared inode; so a variant is checked before it is linked again (variantIntact), and one that
 // was changed is replaced by a fresh copy of the object: what a checkout writes never reaches a
 // later checkout. Objects themselves are never linked into a checkout.
-func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *chunked.Entry) error {
+func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *layerfs.Entry) error {
 	vp, err := c.s.VariantPath(d, variantKey(d, e))
 	if err != nil {
 		return err
@@ -486,7 +482,7 @@ func (c *checkout) linkVariant(pfd int, base string, d digest.Digest, e *chunked
 // metadata a write or chmod through an earlier checkout changes (size, mtime, mode, owner) must
 // still be what the variant was made with. A write that restores size and mtime afterwards is
 // only found by re-hashing (kura fsck --deep).
-func variantIntact(st *unix.Stat_t, e *chunked.Entry) bool {
+func variantIntact(st *unix.Stat_t, e *layerfs.Entry) bool {
 	mode, want := st.Mode&0o7777, uint32(e.Mode&0o7777)
 	if os.Geteuid() != 0 {
 		// Without root, chown to the image's owner fails and the variant keeps ours (see
@@ -504,7 +500,7 @@ func variantIntact(st *unix.Stat_t, e *chunked.Entry) bool {
 // makeVariant writes a fresh variant of object d at vp. replace puts it in place of a variant
 // that was changed (checkouts linked to the old inode keep it; new ones get the fresh one);
 // otherwise a variant another checkout placed first wins.
-func (c *checkout) makeVariant(vp string, d digest.Digest, e *chunked.Entry, replace bool) error {
+func (c *checkout) makeVariant(vp string, d digest.Digest, e *layerfs.Entry, replace bool) error {
 	if err := os.MkdirAll(filepath.Dir(vp), 0o700); err != nil {
 		return err
 	}
@@ -540,7 +536,7 @@ func (c *checkout) makeVariant(vp string, d digest.Digest, e *chunked.Entry, rep
 // setMeta applies owner, mode, xattrs and times, in that order (chown clears set-id bits and
 // file capabilities, so it goes first; times go last). fd is the open file, or -1 to work on
 // base in pfd without following a symlink.
-func setMeta(pfd int, base string, fd int, e *chunked.Entry, symlink bool) error {
+func setMeta(pfd int, base string, fd int, e *layerfs.Entry, symlink bool) error {
 	var err error
 	if fd >= 0 {
 		err = unix.Fchown(fd, e.UID, e.GID)
@@ -561,11 +557,7 @@ func setMeta(pfd int, base string, fd int, e *chunked.Entry, symlink bool) error
 			return fmt.Errorf("chmod: %w", err)
 		}
 	}
-	for k, v := range e.Xattrs {
-		val, err := base64.StdEncoding.DecodeString(v)
-		if err != nil {
-			return fmt.Errorf("xattr %s: %v: %w", k, err, errdefs.ErrInvalid)
-		}
+	for k, val := range e.Xattrs {
 		if fd >= 0 {
 			err = unix.Fsetxattr(fd, k, val, 0)
 		} else {
@@ -578,7 +570,7 @@ func setMeta(pfd int, base string, fd int, e *chunked.Entry, symlink bool) error
 	return setTimes(pfd, base, fd, e)
 }
 
-func setTimes(pfd int, base string, fd int, e *chunked.Entry) error {
+func setTimes(pfd int, base string, fd int, e *layerfs.Entry) error {
 	if e.ModTime == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-// Package merge owns the OCI layer-merge rules: it stacks an image's layer TOCs into the one
+// Package merge owns the OCI layer-merge rules: it stacks an image's layers into the one
 // tree that both a checkout materialises and a composefs mount shows, so the two cannot
 // disagree. The rules are written out in docs/design.md ("Merging layers").
 package merge
@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 )
 
@@ -19,7 +19,7 @@ type Node struct {
 	// Entry is the entry that last wrote this path; for a hard link, the entry of the inode it
 	// names (type, metadata, content), so every name of an inode reads the same. Entry.Name is
 	// the name in its own layer; paths come from the tree (Walk).
-	Entry chunked.Entry
+	Entry layerfs.Entry
 	// Children of a directory, by name; nil for anything else.
 	Children map[string]*Node
 	// Inode is shared by the names of one hard-linked inode; nil for a lone inode.
@@ -41,7 +41,7 @@ type Inode struct {
 func (n *Node) Implied() bool { return n.layer < 0 }
 
 // IsDir reports whether n is a directory.
-func (n *Node) IsDir() bool { return n.Entry.Type == chunked.TypeDir }
+func (n *Node) IsDir() bool { return n.Entry.Type == layerfs.TypeDir }
 
 // Tree is the merge of the layers applied so far.
 type Tree struct {
@@ -54,8 +54,8 @@ var epoch = time.Unix(0, 0).UTC()
 
 // implied is the entry of a directory that a layer's names need but no entry of the merged
 // tree gives: 0755 root:root, as tar extraction makes it, dated the epoch.
-func implied() chunked.Entry {
-	return chunked.Entry{Type: chunked.TypeDir, Mode: 0o755, ModTime: &epoch}
+func implied() layerfs.Entry {
+	return layerfs.Entry{Type: layerfs.TypeDir, Mode: 0o755, ModTime: &epoch}
 }
 
 // New returns an empty tree: a root directory as implied() describes.
@@ -63,18 +63,15 @@ func New() *Tree {
 	return &Tree{Root: &Node{Entry: implied(), Children: map[string]*Node{}, layer: -1, seen: -1}}
 }
 
-// Apply merges the next layer, given by its TOC, over the tree.
+// Apply merges the next layer, given by its entries, over the tree.
 //
-// Entries apply in TOC (tar) order. A whiteout or an opaque marker hides only what lower layers
+// Entries apply in layer (tar) order. A whiteout or an opaque marker hides only what lower layers
 // put there: an entry of the same layer survives it whatever the order (OCI image spec, "Whiteouts").
-func (t *Tree) Apply(toc *chunked.TOC) error {
+func (t *Tree) Apply(entries []layerfs.Entry) error {
 	li := t.layers
 	t.layers++
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type == chunked.TypeChunk {
-			continue
-		}
+	for i := range entries {
+		e := &entries[i]
 		if err := t.entry(e, li); err != nil {
 			return fmt.Errorf("entry %q: %w", e.Name, err)
 		}
@@ -82,13 +79,13 @@ func (t *Tree) Apply(toc *chunked.TOC) error {
 	return nil
 }
 
-func (t *Tree) entry(e *chunked.Entry, li int) error {
+func (t *Tree) entry(e *layerfs.Entry, li int) error {
 	name, err := layername.Parse(e.Name)
 	if err != nil {
 		return err
 	}
 	if name.Path == "." {
-		if e.Type != chunked.TypeDir {
+		if e.Type != layerfs.TypeDir {
 			return fmt.Errorf("the root is a %q, not a directory: %w", e.Type, errdefs.ErrInvalid)
 		}
 		t.Root.Entry, t.Root.layer, t.Root.seen = clean(*e), li, li
@@ -106,7 +103,7 @@ func (t *Tree) entry(e *chunked.Entry, li int) error {
 		return whiteout(parent, lastElement(name.Target), li)
 	}
 	n := &Node{Entry: clean(*e), layer: li, seen: li}
-	if e.Type == chunked.TypeLink {
+	if e.Type == layerfs.TypeLink {
 		if err := t.link(n, e); err != nil {
 			return err
 		}
@@ -185,7 +182,7 @@ func (t *Tree) dir(dir string, li int) (*Node, error) {
 }
 
 // link makes n a name of the inode its entry's link target names in the tree as merged so far.
-func (t *Tree) link(n *Node, e *chunked.Entry) error {
+func (t *Tree) link(n *Node, e *layerfs.Entry) error {
 	target, err := layername.Link(e.Linkname)
 	if err != nil {
 		return err
@@ -210,7 +207,7 @@ func (t *Tree) link(n *Node, e *chunked.Entry) error {
 const maxID = 1<<32 - 2
 
 // checkOwner refuses owners a file cannot have, rather than truncating them.
-func checkOwner(e *chunked.Entry) error {
+func checkOwner(e *layerfs.Entry) error {
 	if e.UID < 0 || e.GID < 0 || e.UID > maxID || e.GID > maxID {
 		return fmt.Errorf("owner %d:%d is not a Linux uid:gid: %w", e.UID, e.GID, errdefs.ErrInvalid)
 	}
@@ -220,10 +217,10 @@ func checkOwner(e *chunked.Entry) error {
 // clean returns the entry as the merged tree keeps it: without the xattrs that configure
 // overlayfs (an image must not forge whiteouts, redirects or metacopy data in the mount or
 // in a checkout used as a layer), and dated the epoch if it has no time.
-func clean(e chunked.Entry) chunked.Entry {
+func clean(e layerfs.Entry) layerfs.Entry {
 	for k := range e.Xattrs {
 		if IsOverlayXattr(k) {
-			x := make(map[string]string, len(e.Xattrs))
+			x := make(map[string][]byte, len(e.Xattrs))
 			for k, v := range e.Xattrs {
 				if !IsOverlayXattr(k) {
 					x[k] = v

@@ -23,7 +23,11 @@ func merged(t *testing.T, layers ...[]chunked.Entry) (*Tree, error) {
 	t.Helper()
 	tr := New()
 	for _, l := range layers {
-		if err := tr.Apply(&chunked.TOC{Version: 1, Entries: l}); err != nil {
+		entries, err := chunked.DecodeEntries(&chunked.TOC{Version: 1, Entries: l})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tr.Apply(entries); err != nil {
 			return tr, err
 		}
 	}
@@ -35,7 +39,7 @@ func list(t *testing.T, tr *Tree) string {
 	t.Helper()
 	var out []string
 	tr.Walk(func(p string, n *Node) error {
-		s := p + ":" + n.Entry.Type
+		s := p + ":" + n.Entry.Type.String()
 		if n.Inode != nil {
 			s += ":" + string(rune('0'+n.Inode.Names))
 		}
@@ -107,15 +111,19 @@ func TestMergeRefuses(t *testing.T) {
 func TestMergeDropsOverlayXattrs(t *testing.T) {
 	e := reg("f")
 	e.Xattrs = map[string]string{"trusted.overlay.opaque": "eQ==", "user.overlay.redirect": "eA==", "user.keep": "eA=="}
-	tr, err := merged(t, []chunked.Entry{e})
+	entries, err := chunked.DecodeEntries(&chunked.TOC{Version: 1, Entries: []chunked.Entry{e}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	tr := New()
+	if err := tr.Apply(entries); err != nil {
+		t.Fatal(err)
+	}
 	got := tr.Root.Children["f"].Entry.Xattrs
-	if len(got) != 1 || got["user.keep"] == "" {
+	if len(got) != 1 || string(got["user.keep"]) != "x" {
 		t.Fatalf("xattrs %v, want only user.keep", got)
 	}
-	if len(e.Xattrs) != 3 {
+	if len(entries[0].Xattrs) != 3 {
 		t.Fatal("the layer's own entry changed")
 	}
 }

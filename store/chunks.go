@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/layerfs"
 )
 
 // The chunk index maps the digests of the chunks of large files (TOC "chunk" entries) to where
@@ -116,11 +117,11 @@ func (s *Store) refreshChunks(ctx context.Context) error {
 		if idx.layers[l] {
 			continue
 		}
-		toc, err := s.LayerTOC(ctx, l)
+		entries, err := s.LayerEntries(ctx, l)
 		if err != nil {
 			continue // a layer deleted meanwhile; fsck reports damaged ones
 		}
-		idx.add(l, toc)
+		idx.add(l, entries)
 		added = true
 	}
 	if added {
@@ -134,38 +135,32 @@ func newChunkIndex() *chunkIndex {
 }
 
 // add records the chunks of the multi-chunk files of a layer.
-func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
+func (idx *chunkIndex) add(layer digest.Digest, entries []layerfs.Entry) {
 	idx.layers[layer] = true
-	var obj [sha256.Size]byte
-	var haveObj bool
-	put := func(d string, size, offset int64) {
-		raw, ok := rawSHA256(digest.Digest(d))
-		if !ok || size <= 0 {
-			return
+	for i := range entries {
+		e := &entries[i]
+		// Only files cut into several chunks have chunks worth indexing.
+		if len(e.Chunks) < 2 {
+			continue
 		}
-		k := chunkKey{raw, size}
-		if _, dup := idx.m[k]; !dup {
-			idx.m[k] = chunkRecord{object: obj, offset: offset}
+		obj, ok := rawSHA256(e.Digest)
+		if !ok {
+			continue
 		}
-	}
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		switch e.Type {
-		case chunked.TypeReg:
-			haveObj = false
-			// Only files cut into several chunks have chunks worth indexing.
-			if e.Size == 0 || e.ChunkDigest == "" || i+1 >= len(toc.Entries) || toc.Entries[i+1].Type != chunked.TypeChunk {
+		for k, c := range e.Chunks {
+			// A hole has no bytes in the object worth finding (the first chunk, as the TOC's
+			// file row, is recorded whatever it holds).
+			if c.Zeros && k > 0 {
 				continue
 			}
-			if obj, haveObj = rawSHA256(digest.Digest(e.Digest)); haveObj {
-				put(e.ChunkDigest, e.ChunkSize, 0)
+			raw, ok := rawSHA256(c.Digest)
+			if !ok {
+				continue
 			}
-		case chunked.TypeChunk:
-			if haveObj && e.ChunkType != chunked.ChunkTypeZeros {
-				put(e.ChunkDigest, e.ChunkSize, e.ChunkOffset)
+			key := chunkKey{raw, c.Size}
+			if _, dup := idx.m[key]; !dup {
+				idx.m[key] = chunkRecord{object: obj, offset: c.Offset}
 			}
-		default:
-			haveObj = false
 		}
 	}
 }
@@ -173,12 +168,16 @@ func (idx *chunkIndex) add(layer digest.Digest, toc *chunked.TOC) {
 // indexLayerChunks adds a newly recorded layer to the index file (loading the file first if this
 // handle has not), so that later pulls find its chunks without decoding its TOC.
 func (s *Store) indexLayerChunks(layer digest.Digest, toc *chunked.TOC) {
+	entries, err := chunked.DecodeEntries(toc)
+	if err != nil {
+		return // putLayer refused it already (TOCObjects): nothing to index
+	}
 	s.chunksMu.Lock()
 	defer s.chunksMu.Unlock()
 	if s.chunks == nil {
 		s.chunks = s.loadChunkIndex()
 	}
-	s.chunks.add(layer, toc)
+	s.chunks.add(layer, entries)
 	s.saveChunkIndex(s.chunks)
 }
 

@@ -535,15 +535,11 @@ func (s *Store) checkLayer(ctx context.Context, l digest.Digest) ([]digest.Diges
 	if _, err := s.Layer(ctx, l); err != nil {
 		return nil, err
 	}
-	toc, err := s.LayerTOC(ctx, l)
+	objs, err := s.LayerObjects(ctx, l)
 	if err != nil {
 		return nil, err
 	}
 	if _, err := s.LayerTarSplit(ctx, l); err != nil {
-		return nil, err
-	}
-	objs, err := TOCObjects(toc)
-	if err != nil {
 		return nil, err
 	}
 	var missing []digest.Digest

@@ -72,13 +72,9 @@ func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
 			if r.layers[l] {
 				continue
 			}
-			toc, err := s.LayerTOC(ctx, l)
+			objs, err := s.LayerObjects(ctx, l)
 			if err != nil {
 				return nil, fmt.Errorf("gc: image %s: %w (run fsck)", id, err)
-			}
-			objs, err := TOCObjects(toc)
-			if err != nil {
-				return nil, fmt.Errorf("gc: layer %s: %w", l, err)
 			}
 			r.layers[l] = true
 			for _, o := range objs {
@@ -358,11 +354,7 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 				if err != nil {
 					return u, err
 				}
-				toc, err := s.LayerTOC(ctx, l)
-				if err != nil {
-					return u, err
-				}
-				objs, err := TOCObjects(toc)
+				objs, err := s.LayerObjects(ctx, l)
 				if err != nil {
 					return u, err
 				}

@@ -21,8 +21,8 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/verity"
 )
 
@@ -417,24 +417,11 @@ func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[di
 
 // TOCObjects lists the distinct object digests a TOC references, sorted.
 func TOCObjects(toc *chunked.TOC) ([]digest.Digest, error) {
-	seen := map[digest.Digest]bool{}
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type != chunked.TypeReg || e.Size == 0 {
-			continue
-		}
-		d, err := digests.ParseSHA256(e.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("TOC entry %q: digest %q: %w", e.Name, e.Digest, errdefs.ErrInvalid)
-		}
-		seen[d] = true
+	entries, err := chunked.DecodeEntries(toc)
+	if err != nil {
+		return nil, err
 	}
-	out := make([]digest.Digest, 0, len(seen))
-	for d := range seen {
-		out = append(out, d)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out, nil
+	return layerfs.Objects(entries), nil
 }
 
 // Layer returns a stored layer's record.
@@ -486,6 +473,29 @@ func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TO
 		return nil, fmt.Errorf("TOC of layer %s: %w", diffID, err)
 	}
 	return toc, nil
+}
+
+// LayerEntries returns a stored layer's entries (package layerfs), decoded from its TOC: what
+// everything but the layer's export works on.
+func (s *Store) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
+	toc, err := s.LayerTOC(ctx, diffID)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := chunked.DecodeEntries(toc)
+	if err != nil {
+		return nil, fmt.Errorf("TOC of layer %s: %w", diffID, err)
+	}
+	return entries, nil
+}
+
+// LayerObjects lists the distinct objects a stored layer's files need, sorted.
+func (s *Store) LayerObjects(ctx context.Context, diffID digest.Digest) ([]digest.Digest, error) {
+	entries, err := s.LayerEntries(ctx, diffID)
+	if err != nil {
+		return nil, err
+	}
+	return layerfs.Objects(entries), nil
 }
 
 // LayerTarSplit returns a stored layer's tar-split JSON stream.

@@ -5,7 +5,6 @@ package storeimage
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -16,19 +15,19 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/merge"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/verity"
 )
 
-// Store is what building a composefs image reads from the store: the layers' TOCs and recorded
+// Store is what building a composefs image reads from the store: the layers' entries and recorded
 // fs-verity digests, small objects to inline, and the names (redirects) and paths of the others.
 type Store interface {
 	store.Provider
-	LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TOC, error)
+	LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error)
 	VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]verity.Digest, error)
 	ObjectName(d digest.Digest) (string, error)
 	ObjectPath(d digest.Digest) (string, error)
@@ -39,11 +38,11 @@ type Store interface {
 func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error) {
 	t := merge.New()
 	for _, diffID := range img.Layers {
-		toc, err := s.LayerTOC(ctx, diffID)
+		entries, err := s.LayerEntries(ctx, diffID)
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", diffID, err)
 		}
-		if err := t.Apply(toc); err != nil {
+		if err := t.Apply(entries); err != nil {
 			return nil, fmt.Errorf("layer %s: %w", diffID, err)
 		}
 	}
@@ -105,9 +104,9 @@ func (b *builder) convert(t *merge.Tree) (*composefs.Node, error) {
 	return out["."], nil
 }
 
-var typeBits = map[string]uint32{
-	chunked.TypeReg: unix.S_IFREG, chunked.TypeDir: unix.S_IFDIR, chunked.TypeSymlink: unix.S_IFLNK,
-	chunked.TypeChar: unix.S_IFCHR, chunked.TypeBlock: unix.S_IFBLK, chunked.TypeFifo: unix.S_IFIFO,
+var typeBits = map[layerfs.Type]uint32{
+	layerfs.TypeReg: unix.S_IFREG, layerfs.TypeDir: unix.S_IFDIR, layerfs.TypeSymlink: unix.S_IFLNK,
+	layerfs.TypeChar: unix.S_IFCHR, layerfs.TypeBlock: unix.S_IFBLK, layerfs.TypeFifo: unix.S_IFIFO,
 }
 
 // inode makes the composefs inode of one entry.
@@ -134,23 +133,19 @@ func (b *builder) inode(n *merge.Node) (*composefs.Node, error) {
 	}
 	sort.Strings(names)
 	for _, k := range names {
-		v, err := base64.StdEncoding.DecodeString(e.Xattrs[k])
-		if err != nil {
-			return nil, fmt.Errorf("xattr %q: %v: %w", k, err, errdefs.ErrInvalid)
-		}
-		if err := out.SetXattr(k, v); err != nil {
+		if err := out.SetXattr(k, e.Xattrs[k]); err != nil {
 			return nil, err
 		}
 	}
 	switch e.Type {
-	case chunked.TypeSymlink:
+	case layerfs.TypeSymlink:
 		// symlink(2) makes every link 0777 whatever the tar says; the mount must show what a
 		// checkout shows.
 		out.Mode = unix.S_IFLNK | 0o777
 		out.Payload, out.Size = e.Linkname, uint64(len(e.Linkname))
-	case chunked.TypeChar, chunked.TypeBlock:
+	case layerfs.TypeChar, layerfs.TypeBlock:
 		out.Rdev = uint32(unix.Mkdev(uint32(e.Devmajor), uint32(e.Devminor)))
-	case chunked.TypeReg:
+	case layerfs.TypeReg:
 		if err := b.content(out, e); err != nil {
 			return nil, err
 		}
@@ -159,15 +154,12 @@ func (b *builder) inode(n *merge.Node) (*composefs.Node, error) {
 }
 
 // content points a regular file at its object, or inlines it when it is small.
-func (b *builder) content(out *composefs.Node, e *chunked.Entry) error {
+func (b *builder) content(out *composefs.Node, e *layerfs.Entry) error {
 	out.Size = uint64(e.Size)
 	if e.Size == 0 {
 		return nil
 	}
-	d, err := digest.Parse(e.Digest)
-	if err != nil {
-		return fmt.Errorf("digest %q: %w", e.Digest, errdefs.ErrInvalid)
-	}
+	d := e.Digest
 	if e.Size <= composefs.InlineThreshold {
 		f, err := b.s.Open(b.ctx, d)
 		if err != nil {
@@ -180,6 +172,7 @@ func (b *builder) content(out *composefs.Node, e *chunked.Entry) error {
 		}
 		return nil
 	}
+	var err error
 	if out.Payload, err = b.s.ObjectName(d); err != nil {
 		return err
 	}
