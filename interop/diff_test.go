@@ -16,6 +16,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // reference converts with the containers/storage compressor.
@@ -116,7 +117,7 @@ func TestDifferentialBuildingBlocks(t *testing.T) {
 
 	var tarSplit bytes.Buffer
 	var entries []chunked.Entry
-	err := chunked.WalkTar(bytes.NewReader(in), &tarSplit, func(hdr *tarHeader, payload io.Reader) error {
+	err := tarstream.Walk(bytes.NewReader(in), &tarSplit, func(hdr *tarHeader, payload io.Reader) error {
 		e, err := chunked.EntryFromHeader(hdr)
 		if err != nil {
 			return err

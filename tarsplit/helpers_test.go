@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // layer is a converted tar: what a puller would see (TOC, compressed tar-split) and what the
@@ -186,7 +187,7 @@ func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc 
 	if err != nil {
 		t.Fatalf("PredictJSON succeeded, PredictEntries: %v", err)
 	}
-	want, err := chunked.DecodeTarSplit(js)
+	want, err := tarstream.DecodeTarSplit(js, tarstream.MaxTarSplitLines)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 
 	"github.com/vbatts/tar-split/tar/storage"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // The tar-split JSON stream, read and written here rather than by storage's packer and unpacker:
@@ -59,8 +59,8 @@ func (u *unpacker) next() (line, error) {
 		}
 		u.rest = u.rest[1:]
 	}
-	if u.lines+u.line >= chunked.MaxTarSplitLines {
-		return line{}, fmt.Errorf("more than %d tar-split lines: %w", chunked.MaxTarSplitLines, errdefs.ErrInvalid)
+	if u.lines+u.line >= tarstream.MaxTarSplitLines {
+		return line{}, fmt.Errorf("more than %d tar-split lines: %w", tarstream.MaxTarSplitLines, errdefs.ErrInvalid)
 	}
 	if len(u.rest) == 0 {
 		return line{}, io.EOF

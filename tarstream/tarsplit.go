@@ -1,4 +1,4 @@
-package chunked
+package tarstream
 
 import (
 	"bytes"
@@ -13,26 +13,27 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
+// MaxTarSplitLines bounds a tar-split's lines, empty and whitespace lines included: a hostile
+// stream of minimal lines would otherwise cost hundreds of bytes decoded per byte of input. A
+// layer of chunked.MaxTOCEntries entries has about two lines per entry (header segment, file),
+// so every layer the store records reads back.
+const MaxTarSplitLines = 4 << 20
+
 // DecodeTarSplit decodes a whole tar-split JSON stream (one storage.Entry per line, as tar-split's
-// packer writes it). Lines in the packer's own shape take a fast path, about ten times quicker
+// packer writes it), refusing more than maxLines lines, empty ones included (tar-split's own
+// reader skips them, but each costs a decoder step): they are counted before anything is
+// allocated for them. Lines in the packer's own shape take a fast path, about ten times quicker
 // than encoding/json; any other line is decoded by encoding/json, so the result is what
 // tar-split's unpacker gives, except that a line must hold exactly one JSON value and duplicate
-// names are not rejected here (CheckTarSplit does that against the TOC). Segment payloads and
-// CRCs share one allocation. At most MaxTarSplitLines lines are accepted.
-func DecodeTarSplit(b []byte) ([]storage.Entry, error) {
-	return decodeTarSplit(b, MaxTarSplitLines)
-}
-
-// decodeTarSplit is DecodeTarSplit refusing more than maxLines lines, empty ones included
-// (tar-split's own reader skips them, but each costs a decoder step): they are counted before
-// anything is allocated for them.
-func decodeTarSplit(b []byte, maxLines int) ([]storage.Entry, error) {
+// names are not rejected here (chunked.CheckTarSplit does that against the TOC). Segment payloads
+// and CRCs share one allocation.
+func DecodeTarSplit(b []byte, maxLines int) ([]storage.Entry, error) {
 	lines := bytes.Count(b, []byte{'\n'})
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		lines++
 	}
 	if lines > maxLines {
-		return nil, errTooManyEntries("tar-split", maxLines)
+		return nil, fmt.Errorf("tar-split has more than %d entries for its size: %w", maxLines, errdefs.ErrInvalid)
 	}
 	entries := make([]storage.Entry, 0, lines)
 	slab := make([]byte, 0, base64.StdEncoding.DecodedLen(len(b)))
