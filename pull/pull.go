@@ -521,7 +521,7 @@ func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, 
 	if err != nil {
 		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarsplit.WriteJSON(w, entries) })
+	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarstream.WriteTarSplit(w, entries) })
 	return recordResult{zst: zst, size: n, err: err}
 }
 

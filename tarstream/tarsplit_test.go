@@ -14,6 +14,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // oddTar is a tar whose names exercise the JSON escapes and tar-split's name_raw.
@@ -150,8 +151,8 @@ func FuzzDecodeTarSplitLine(f *testing.F) {
 	f.Add([]byte(`{"type":1,"name":"a","size":-0,"payload":null,"position":01}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		slab := make([]byte, 0, len(line))
-		var fast storage.Entry
-		if !decodeTarSplitLine(line, &fast, &slab) {
+		fast, ok := decodeEntry(line, &slab)
+		if !ok {
 			return
 		}
 		var std storage.Entry
@@ -190,5 +191,19 @@ func TestTarSplitLineLimit(t *testing.T) {
 	}
 	if es, err := DecodeTarSplit(b[:len(b)-2*(1<<22)-2], MaxTarSplitLines); err != nil || len(es) != 1 {
 		t.Fatalf("4Mi lines at the default limit of %d: %d entries, %v", MaxTarSplitLines, len(es), err)
+	}
+}
+
+// BenchmarkDecodeTarSplit decodes a real layer's tar-split (the metadata parse of every pull).
+func BenchmarkDecodeTarSplit(b *testing.B) {
+	js, err := testdata.Read("zstd-chunked", "real.tar-split.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(js)))
+	for b.Loop() {
+		if _, err := DecodeTarSplit(js, MaxTarSplitLines); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

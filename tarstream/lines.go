@@ -1,4 +1,4 @@
-package tarsplit
+package tarstream
 
 import (
 	"bufio"
@@ -14,56 +14,63 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/tarstream"
 )
 
 // The tar-split JSON stream, read and written here rather than by storage's packer and unpacker:
-// through encoding/json they cost most of a prediction. Lines are exactly what storage's packer
-// writes (json.Encoder of a storage.Entry), which the tests check against it.
+// through encoding/json they cost most of a prediction or a metadata parse. Lines are exactly what
+// storage's packer writes (json.Encoder of a storage.Entry), which the tests check against it.
 
-// line is one decoded tar-split line. Payloads stay base64 text: a reused segment is copied
-// without being decoded and encoded again.
-type line struct {
-	typ     storage.Type
-	name    string
-	size    int64
-	payload []byte // base64 text; nil for null
+// Line is one decoded tar-split line. Payload stays base64 text: a reused segment is copied
+// without being decoded and encoded again, and DecodeTarSplit decodes all payloads into one
+// allocation.
+type Line struct {
+	Type     storage.Type
+	Name     string // the name, or name_raw decoded
+	Size     int64
+	Payload  []byte // base64 text; nil for null
+	Position int
 }
 
-// decoded returns the line's payload bytes.
-func (l *line) decoded() ([]byte, error) {
-	if l.payload == nil {
+// DecodedPayload returns the line's payload bytes.
+func (l *Line) DecodedPayload() ([]byte, error) {
+	if l.Payload == nil {
 		return nil, nil
 	}
-	b := make([]byte, base64.StdEncoding.DecodedLen(len(l.payload)))
-	n, err := base64.StdEncoding.Decode(b, l.payload)
+	b := make([]byte, base64.StdEncoding.DecodedLen(len(l.Payload)))
+	n, err := base64.StdEncoding.Decode(b, l.Payload)
 	if err != nil {
 		return nil, fmt.Errorf("payload: %w", err)
 	}
 	return b[:n], nil
 }
 
-// unpacker reads tar-split JSON lines.
-type unpacker struct {
-	rest  []byte
-	line  int
-	lines int // every line read, blank ones included: each costs a step
+// LineReader reads tar-split JSON lines one by one, refusing more than a bound of lines.
+type LineReader struct {
+	rest     []byte
+	line     int
+	lines    int // every line read, blank ones included: each costs a step
+	maxLines int
 }
 
-func newUnpacker(b []byte) *unpacker { return &unpacker{rest: b} }
+// NewLineReader reads the lines of b, at most maxLines of them, blank lines included.
+func NewLineReader(b []byte, maxLines int) *LineReader {
+	return &LineReader{rest: b, maxLines: maxLines}
+}
 
-func (u *unpacker) next() (line, error) {
+// Next returns the next non-blank line, io.EOF after the last, or an error wrapping
+// errdefs.ErrInvalid past the line bound; a line that is no tar-split entry is an error too.
+func (u *LineReader) Next() (Line, error) {
 	for len(u.rest) > 0 && (u.rest[0] == '\n' || u.rest[0] == ' ' || u.rest[0] == '\t' || u.rest[0] == '\r') {
 		if u.rest[0] == '\n' {
 			u.lines++
 		}
 		u.rest = u.rest[1:]
 	}
-	if u.lines+u.line >= tarstream.MaxTarSplitLines {
-		return line{}, fmt.Errorf("more than %d tar-split lines: %w", tarstream.MaxTarSplitLines, errdefs.ErrInvalid)
+	if u.lines+u.line >= u.maxLines {
+		return Line{}, fmt.Errorf("more than %d tar-split lines: %w", u.maxLines, errdefs.ErrInvalid)
 	}
 	if len(u.rest) == 0 {
-		return line{}, io.EOF
+		return Line{}, io.EOF
 	}
 	text := u.rest
 	if i := bytes.IndexByte(text, '\n'); i >= 0 {
@@ -72,27 +79,27 @@ func (u *unpacker) next() (line, error) {
 		u.rest = nil
 	}
 	u.line++
-	l, err := decodeLine(text)
+	l, err := DecodeLine(text)
 	if err != nil {
-		return line{}, fmt.Errorf("line %d: %w", u.line, err)
+		return Line{}, fmt.Errorf("line %d: %w", u.line, err)
 	}
 	return l, nil
 }
 
-// decodeLine decodes one tar-split JSON line. Lines as storage's packer writes them (fields in
+// DecodeLine decodes one tar-split JSON line. Lines as storage's packer writes them (fields in
 // its order, names without escapes) take a direct path; any other valid JSON still decodes,
 // through encoding/json.
-func decodeLine(text []byte) (line, error) {
-	if l, ok := decodeFast(text); ok {
+func DecodeLine(text []byte) (Line, error) {
+	if l, ok := parseLine(text); ok {
 		return l, nil
 	}
 	var e storage.Entry
 	if err := json.Unmarshal(text, &e); err != nil {
-		return line{}, err
+		return Line{}, err
 	}
-	l := line{typ: e.Type, name: e.GetName(), size: e.Size}
+	l := Line{Type: e.Type, Name: e.GetName(), Size: e.Size, Position: e.Position}
 	if e.Payload != nil {
-		l.payload = base64.StdEncoding.AppendEncode([]byte{}, e.Payload)
+		l.Payload = base64.StdEncoding.AppendEncode([]byte{}, e.Payload)
 	}
 	return l, nil
 }
@@ -105,11 +112,12 @@ var b64 = func() (t [256]bool) {
 	return t
 }()
 
-// decodeFast parses `{"type":T[,"name":"N"][,"size":S],"payload":null|"B64","position":P}`. It
-// reports false for anything else, including strings with escapes, invalid UTF-8 and payloads
-// that are not base64 text, whose handling encoding/json defines.
-func decodeFast(p []byte) (line, bool) {
-	var l line
+// parseLine parses `{"type":T[,"name":"N"][,"size":S],"payload":null|"B64","position":P}`, the
+// packer's shape, by prefixes: faster than matching keys in any order. It reports false for
+// anything else, including strings with escapes, invalid UTF-8 and payloads that are not base64
+// text, whose handling encoding/json defines.
+func parseLine(p []byte) (Line, bool) {
+	var l Line
 	take := func(prefix string) bool {
 		if len(p) >= len(prefix) && string(p[:len(prefix)]) == prefix {
 			p = p[len(prefix):]
@@ -149,16 +157,16 @@ func decodeFast(p []byte) (line, bool) {
 	if !ok || t > 1<<20 {
 		return l, false
 	}
-	l.typ = storage.Type(t)
+	l.Type = storage.Type(t)
 	if take(`,"name":"`) {
 		s, ok := str()
 		if !ok || !utf8.Valid(s) || bytes.ContainsFunc(s, func(r rune) bool { return r < 0x20 }) {
 			return l, false
 		}
-		l.name = string(s)
+		l.Name = string(s)
 	}
 	if take(`,"size":`) {
-		if l.size, ok = number(); !ok {
+		if l.Size, ok = number(); !ok {
 			return l, false
 		}
 	}
@@ -166,7 +174,8 @@ func decodeFast(p []byte) (line, bool) {
 	case take(`,"payload":null`):
 	case take(`,"payload":"`):
 		s, ok := str()
-		if !ok || len(s)%4 != 0 {
+		// base64 decoders skip a raw '\r', which JSON does not allow in a string.
+		if !ok || len(s)%4 != 0 || bytes.IndexByte(s, '\r') >= 0 {
 			return l, false
 		}
 		// A payload is copied into the predicted stream as it is, so it must be base64 text; the
@@ -178,74 +187,69 @@ func decodeFast(p []byte) (line, bool) {
 				}
 			}
 		}
-		l.payload = s
+		l.Payload = s
 	default:
 		return l, false
 	}
 	if !take(`,"position":`) {
 		return l, false
 	}
-	if _, ok := number(); !ok {
+	pos, ok := number()
+	if !ok {
 		return l, false
 	}
+	l.Position = int(pos)
 	if !take(`}`) || len(bytes.TrimRight(p, " \t\r")) > 0 {
 		return l, false
 	}
 	return l, true
 }
 
-// packer writes tar-split JSON lines byte for byte as storage's JSON packer does, refusing
+// Packer writes tar-split JSON lines byte for byte as storage's JSON packer does, refusing
 // duplicate paths as it does.
-type packer struct {
-	buf  lineWriter
+type Packer struct {
+	buf  LineWriter
 	pos  int
-	seen map[string]struct{}
+	seen PathSet
 	tmp  []byte
 }
 
-// lineWriter is where a packer writes: a bytes.Buffer or a bufio.Writer.
-type lineWriter interface {
+// LineWriter is where a Packer writes: a bytes.Buffer or a bufio.Writer.
+type LineWriter interface {
 	io.Writer
 	io.StringWriter
 	io.ByteWriter
 }
 
-func newPacker(buf lineWriter, entries int) *packer {
-	return &packer{buf: buf, seen: make(map[string]struct{}, entries)}
+// NewPacker writes to buf; entries sizes its set of paths.
+func NewPacker(buf LineWriter, entries int) *Packer {
+	return &Packer{buf: buf, seen: make(PathSet, entries)}
 }
 
-// reuse writes a known entry's segment, copying its base64 text where the index kept it.
-func (p *packer) reuse(r *record) {
-	if r.seg64 != nil {
-		p.segment64(r.seg64)
-	} else {
-		p.segment(r.seg)
-	}
-}
-
-// segment64 writes a segment whose payload is given as base64 text.
-func (p *packer) segment64(text []byte) {
+// Segment64 writes a segment whose payload is given as base64 text.
+func (p *Packer) Segment64(text []byte) {
 	p.buf.WriteString(`{"type":2,"payload":"`)
 	p.buf.Write(text)
 	p.endLine(`"`)
 }
 
-// segment writes a segment.
-func (p *packer) segment(b []byte) {
+// Segment writes a segment; b is not retained.
+func (p *Packer) Segment(b []byte) {
 	p.tmp = base64.StdEncoding.AppendEncode(p.tmp[:0], b)
-	p.segment64(p.tmp)
+	p.Segment64(p.tmp)
 }
 
-func (p *packer) endLine(before string) {
+func (p *Packer) endLine(before string) {
 	p.tmp = strconv.AppendInt(append(append(p.tmp[:0], before...), `,"position":`...), int64(p.pos), 10)
 	p.tmp = append(p.tmp, "}\n"...)
 	p.buf.Write(p.tmp)
 	p.pos++
 }
 
-// file writes a file entry; payload is its CRC (nil for no content).
-func (p *packer) file(name string, size int64, payload []byte) error {
-	if err := checkDup(p.seen, name); err != nil {
+// File writes a file entry; payload is its CRC (nil for no content). A path written before
+// is refused with storage.ErrDuplicatePath.
+func (p *Packer) File(name string, size int64, payload []byte) error {
+	if err := p.seen.Add(name); err != nil {
 		return err
 	}
 	p.buf.WriteString(`{"type":1`)
@@ -274,55 +278,31 @@ func (p *packer) file(name string, size int64, payload []byte) error {
 	return nil
 }
 
-// checkDup refuses a path seen before, as storage's packer does.
-func checkDup(seen map[string]struct{}, name string) error {
+// PathSet holds the paths of a tar-split's file entries, cleaned as storage's packer cleans them.
+type PathSet map[string]struct{}
+
+// Add refuses a path seen before (storage.ErrDuplicatePath), as storage's packer does.
+func (s PathSet) Add(name string) error {
 	clean := filepath.Clean(name)
-	if _, dup := seen[clean]; dup {
+	if _, dup := s[clean]; dup {
 		return fmt.Errorf("%q: %w", name, storage.ErrDuplicatePath)
 	}
-	seen[clean] = struct{}{}
+	s[clean] = struct{}{}
 	return nil
 }
 
-// entrySink collects a predicted tar-split as decoded entries.
-type entrySink struct {
-	entries []storage.Entry
-	seen    map[string]struct{}
-}
-
-func (s *entrySink) reuse(r *record) { s.add(storage.Entry{Type: storage.SegmentType, Payload: r.seg}) }
-
-func (s *entrySink) segment(b []byte) {
-	s.add(storage.Entry{Type: storage.SegmentType, Payload: bytes.Clone(b)})
-}
-
-func (s *entrySink) file(name string, size int64, crc []byte) error {
-	if err := checkDup(s.seen, name); err != nil {
-		return err
-	}
-	e := storage.Entry{Type: storage.FileType, Size: size, Payload: crc}
-	e.SetName(name)
-	s.add(e)
-	return nil
-}
-
-func (s *entrySink) add(e storage.Entry) {
-	e.Position = len(s.entries)
-	s.entries = append(s.entries, e)
-}
-
-// WriteJSON writes decoded tar-split entries (PredictEntries's, or chunked.DecodeTarSplit's) as
-// the tar-split JSON stream, byte for byte as storage's packer writes it.
-func WriteJSON(w io.Writer, entries []storage.Entry) error {
+// WriteTarSplit writes decoded tar-split entries (DecodeTarSplit's, or a prediction's) as the
+// tar-split JSON stream, byte for byte as storage's packer writes it.
+func WriteTarSplit(w io.Writer, entries []storage.Entry) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	p := newPacker(bw, len(entries)/2)
+	p := NewPacker(bw, len(entries)/2)
 	for i := range entries {
 		e := &entries[i]
 		switch e.Type {
 		case storage.SegmentType:
-			p.segment(e.Payload)
+			p.Segment(e.Payload)
 		case storage.FileType:
-			if err := p.file(e.GetName(), e.Size, e.Payload); err != nil {
+			if err := p.File(e.GetName(), e.Size, e.Payload); err != nil {
 				return err
 			}
 		default:
