@@ -143,7 +143,7 @@ func TestDifferentialBuildingBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(tarSplit.Bytes(), refLayer.TarSplit) {
-		t.Fatal("WalkTar's tar-split differs from the reference")
+		t.Fatal("tarstream.Walk's tar-split differs from the reference")
 	}
 	if len(entries) != len(refLayer.TOC.Entries) {
 		t.Fatalf("%d entries, reference %d", len(entries), len(refLayer.TOC.Entries))
