@@ -2,13 +2,13 @@ package tarstream
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"fmt"
 	"hash/crc64"
 	"io"
 
 	vtar "github.com/vbatts/tar-split/archive/tar"
-	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
 )
@@ -21,13 +21,13 @@ import (
 // reader consumed after the last payload (padding, end-of-archive blocks) and the trailing bytes
 // it did not (rest, which tail must read to EOF).
 func WalkRaw(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []byte, payload io.Reader) error, tail func(raw []byte, rest io.Reader) error) error {
-	packer := storage.NewJSONPacker(tarSplit)
+	// Packer writes what storage's JSON packer would, without encoding/json's reflection;
+	// write errors stick in bw and surface at the flush.
+	bw := bufio.NewWriterSize(tarSplit, 64<<10)
+	packer := NewPacker(bw, 1024)
 	segment := func(b []byte) error {
-		if len(b) == 0 {
-			return nil
-		}
-		if _, err := packer.AddEntry(storage.Entry{Type: storage.SegmentType, Payload: b}); err != nil {
-			return fmt.Errorf("recording tar-split: %w: %w", errdefs.ErrInvalid, err)
+		if len(b) > 0 {
+			packer.Segment(b)
 		}
 		return nil
 	}
@@ -60,12 +60,11 @@ func WalkRaw(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []by
 		if _, err := io.Copy(io.Discard, payload); err != nil {
 			return fmt.Errorf("reading tar: %w: %w", errdefs.ErrInvalid, err)
 		}
-		e := storage.Entry{Type: storage.FileType, Size: hdr.Size}
+		var sum []byte
 		if hdr.Size > 0 {
-			e.Payload = crc.Sum(nil)
+			sum = crc.Sum(nil)
 		}
-		e.SetName(hdr.Name)
-		if _, err := packer.AddEntry(e); err != nil {
+		if err := packer.File(hdr.Name, hdr.Size, sum); err != nil {
 			return fmt.Errorf("recording tar-split for %q: %w: %w", hdr.Name, errdefs.ErrInvalid, err)
 		}
 		if b := tr.RawBytes(); len(b) > 0 {
@@ -87,6 +86,9 @@ func WalkRaw(r io.Reader, tarSplit io.Writer, fn func(hdr *vtar.Header, raw []by
 	// Make sure tar-split saw everything even if tail stopped early.
 	if _, err := io.Copy(io.Discard, rest); err != nil {
 		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("recording tar-split: %w", err)
 	}
 	return nil
 }
