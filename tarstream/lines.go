@@ -112,96 +112,107 @@ var b64 = func() (t [256]bool) {
 	return t
 }()
 
+// lineScanner reads a line in the packer's shape from left to right.
+type lineScanner struct{ p []byte }
+
+// take consumes prefix if the rest starts with it.
+func (sc *lineScanner) take(prefix string) bool {
+	if len(sc.p) >= len(prefix) && string(sc.p[:len(prefix)]) == prefix {
+		sc.p = sc.p[len(prefix):]
+		return true
+	}
+	return false
+}
+
+// number consumes a non-negative JSON integer of at most 18 digits (so it fits an int64).
+func (sc *lineScanner) number() (int64, bool) {
+	p := sc.p
+	i := 0
+	for i < len(p) && i < 18 && p[i] >= '0' && p[i] <= '9' {
+		i++
+	}
+	if i == 0 || (i > 1 && p[0] == '0') {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(p[:i]), 10, 64)
+	sc.p = p[i:]
+	return n, err == nil
+}
+
+// str consumes a string's text up to its closing quote: only characters JSON takes literally.
+func (sc *lineScanner) str() ([]byte, bool) {
+	end := bytes.IndexByte(sc.p, '"')
+	if end < 0 {
+		return nil, false
+	}
+	s := sc.p[:end]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		return nil, false
+	}
+	sc.p = sc.p[end+1:]
+	return s, true
+}
+
+// payload consumes `,"payload":null` or `,"payload":"B64"`, returning the base64 text.
+func (sc *lineScanner) payload() ([]byte, bool) {
+	if sc.take(`,"payload":null`) {
+		return nil, true
+	}
+	if !sc.take(`,"payload":"`) {
+		return nil, false
+	}
+	s, ok := sc.str()
+	// base64 decoders skip a raw '\r', which JSON does not allow in a string.
+	if !ok || len(s)%4 != 0 || bytes.IndexByte(s, '\r') >= 0 {
+		return nil, false
+	}
+	// A payload is copied into a predicted stream as it is, so it must be base64 text; the check
+	// runs over the (short) tail only: segments are tested where they are decoded.
+	if len(s) <= 16 {
+		for _, c := range s {
+			if !b64[c] {
+				return nil, false
+			}
+		}
+	}
+	return s, true
+}
+
 // parseLine parses `{"type":T[,"name":"N"][,"size":S],"payload":null|"B64","position":P}`, the
 // packer's shape, by prefixes: faster than matching keys in any order. It reports false for
 // anything else, including strings with escapes, invalid UTF-8 and payloads that are not base64
 // text, whose handling encoding/json defines.
 func parseLine(p []byte) (Line, bool) {
 	var l Line
-	take := func(prefix string) bool {
-		if len(p) >= len(prefix) && string(p[:len(prefix)]) == prefix {
-			p = p[len(prefix):]
-			return true
-		}
-		return false
-	}
-	number := func() (int64, bool) {
-		i := 0
-		for i < len(p) && i < 18 && p[i] >= '0' && p[i] <= '9' {
-			i++
-		}
-		if i == 0 || (i > 1 && p[0] == '0') {
-			return 0, false
-		}
-		n, err := strconv.ParseInt(string(p[:i]), 10, 64)
-		p = p[i:]
-		return n, err == nil
-	}
-	// str returns a string's text up to its closing quote: only characters JSON takes literally.
-	str := func() ([]byte, bool) {
-		end := bytes.IndexByte(p, '"')
-		if end < 0 {
-			return nil, false
-		}
-		s := p[:end]
-		if bytes.IndexByte(s, '\\') >= 0 {
-			return nil, false
-		}
-		p = p[end+1:]
-		return s, true
-	}
-	if !take(`{"type":`) {
+	sc := lineScanner{p}
+	if !sc.take(`{"type":`) {
 		return l, false
 	}
-	t, ok := number()
+	t, ok := sc.number()
 	if !ok || t > 1<<20 {
 		return l, false
 	}
 	l.Type = storage.Type(t)
-	if take(`,"name":"`) {
-		s, ok := str()
+	if sc.take(`,"name":"`) {
+		s, ok := sc.str()
 		if !ok || !utf8.Valid(s) || bytes.ContainsFunc(s, func(r rune) bool { return r < 0x20 }) {
 			return l, false
 		}
 		l.Name = string(s)
 	}
-	if take(`,"size":`) {
-		if l.Size, ok = number(); !ok {
+	if sc.take(`,"size":`) {
+		if l.Size, ok = sc.number(); !ok {
 			return l, false
 		}
 	}
-	switch {
-	case take(`,"payload":null`):
-	case take(`,"payload":"`):
-		s, ok := str()
-		// base64 decoders skip a raw '\r', which JSON does not allow in a string.
-		if !ok || len(s)%4 != 0 || bytes.IndexByte(s, '\r') >= 0 {
-			return l, false
-		}
-		// A payload is copied into the predicted stream as it is, so it must be base64 text; the
-		// check runs over the (short) tail only: segments are tested where they are decoded.
-		if len(s) <= 16 {
-			for _, c := range s {
-				if !b64[c] {
-					return l, false
-				}
-			}
-		}
-		l.Payload = s
-	default:
+	if l.Payload, ok = sc.payload(); !ok || !sc.take(`,"position":`) {
 		return l, false
 	}
-	if !take(`,"position":`) {
-		return l, false
-	}
-	pos, ok := number()
-	if !ok {
+	pos, ok := sc.number()
+	if !ok || !sc.take(`}`) || len(bytes.TrimRight(sc.p, " \t\r")) > 0 {
 		return l, false
 	}
 	l.Position = int(pos)
-	if !take(`}`) || len(bytes.TrimRight(p, " \t\r")) > 0 {
-		return l, false
-	}
 	return l, true
 }
 
