@@ -73,43 +73,14 @@ func RebuildEntries(entries []storage.Entry, open func(name string, size int64) 
 // fillBlocks lays the tar stream of entries into blocks taken from free and sends each filled
 // block to full, until done closes.
 func fillBlocks(entries []storage.Entry, open func(string, int64) (io.ReadCloser, error), free <-chan []byte, full chan<- []byte, done <-chan struct{}) error {
-	var block []byte
-	n := 0
-	next := func() bool {
-		if block != nil {
-			select {
-			case full <- block[:n]:
-			case <-done:
-				return false
-			}
-		}
-		select {
-		case block = <-free:
-			n = 0
-			return true
-		case <-done:
-			return false
-		}
-	}
-	if !next() {
+	f := &filler{free: free, full: full, done: done}
+	if !f.next() {
 		return nil
 	}
-	put := func(p []byte) bool {
-		for len(p) > 0 {
-			if n == len(block) && !next() {
-				return false
-			}
-			c := copy(block[n:], p)
-			n += c
-			p = p[c:]
-		}
-		return true
-	}
-	var one [1]byte
 	for i := range entries {
 		e := &entries[i]
 		if e.Type == storage.SegmentType {
-			if !put(e.Payload) {
+			if !f.put(e.Payload) {
 				return nil
 			}
 			continue
@@ -117,43 +88,88 @@ func fillBlocks(entries []storage.Entry, open func(string, int64) (io.ReadCloser
 		if e.Size == 0 {
 			continue
 		}
-		name := e.GetName()
-		rc, err := open(name, e.Size)
-		if err != nil {
-			return fmt.Errorf("opening %q: %w", name, err)
-		}
-		for left := e.Size; left > 0; {
-			if n == len(block) && !next() {
-				rc.Close()
-				return nil
-			}
-			k := int(min(left, int64(len(block)-n)))
-			got, err := io.ReadFull(rc, block[n:n+k])
-			n += got
-			left -= int64(got)
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				rc.Close()
-				return fmt.Errorf("%q: tar-split says %d bytes, got %d: %w", name, e.Size, e.Size-left, errdefs.ErrDigestMismatch)
-			}
-			if err != nil {
-				rc.Close()
-				return fmt.Errorf("reading %q: %w", name, err)
-			}
-		}
-		// Reading to EOF also collects a verifying reader's verdict.
-		extra, err := io.ReadFull(rc, one[:])
-		rc.Close()
-		if extra > 0 {
-			return fmt.Errorf("%q: longer than the %d bytes tar-split records: %w", name, e.Size, errdefs.ErrDigestMismatch)
-		} else if err != io.EOF {
-			return fmt.Errorf("reading %q: %w", name, err)
+		if stop, err := f.file(e.GetName(), e.Size, open); stop || err != nil {
+			return err
 		}
 	}
-	if n > 0 {
+	if f.n > 0 {
 		select {
-		case full <- block[:n]:
+		case full <- f.block[:f.n]:
 		case <-done:
 		}
 	}
 	return nil
+}
+
+// filler fills blocks, n bytes of block so far.
+type filler struct {
+	free  <-chan []byte
+	full  chan<- []byte
+	done  <-chan struct{}
+	block []byte
+	n     int
+}
+
+// next sends the current block, if any, and takes a free one; false once done closed.
+func (f *filler) next() bool {
+	if f.block != nil {
+		select {
+		case f.full <- f.block[:f.n]:
+		case <-f.done:
+			return false
+		}
+	}
+	select {
+	case f.block = <-f.free:
+		f.n = 0
+		return true
+	case <-f.done:
+		return false
+	}
+}
+
+// put copies p into blocks; false once done closed.
+func (f *filler) put(p []byte) bool {
+	for len(p) > 0 {
+		if f.n == len(f.block) && !f.next() {
+			return false
+		}
+		c := copy(f.block[f.n:], p)
+		f.n += c
+		p = p[c:]
+	}
+	return true
+}
+
+// file reads the size bytes of the named file into blocks; stop says done closed.
+func (f *filler) file(name string, size int64, open func(string, int64) (io.ReadCloser, error)) (stop bool, err error) {
+	rc, err := open(name, size)
+	if err != nil {
+		return false, fmt.Errorf("opening %q: %w", name, err)
+	}
+	defer rc.Close()
+	for left := size; left > 0; {
+		if f.n == len(f.block) && !f.next() {
+			return true, nil
+		}
+		k := int(min(left, int64(len(f.block)-f.n)))
+		got, err := io.ReadFull(rc, f.block[f.n:f.n+k])
+		f.n += got
+		left -= int64(got)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return false, fmt.Errorf("%q: tar-split says %d bytes, got %d: %w", name, size, size-left, errdefs.ErrDigestMismatch)
+		}
+		if err != nil {
+			return false, fmt.Errorf("reading %q: %w", name, err)
+		}
+	}
+	// Reading to EOF also collects a verifying reader's verdict.
+	var one [1]byte
+	extra, err := io.ReadFull(rc, one[:])
+	if extra > 0 {
+		return false, fmt.Errorf("%q: longer than the %d bytes tar-split records: %w", name, size, errdefs.ErrDigestMismatch)
+	} else if err != io.EOF {
+		return false, fmt.Errorf("reading %q: %w", name, err)
+	}
+	return false, nil
 }
