@@ -2,7 +2,6 @@ package archive
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -17,12 +16,12 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Bounds on hostile archives: entries (a tar of metadata files and layer blobs), and how far a
@@ -202,7 +201,7 @@ func linkBlob(w *ocilayout.Writer, p, rel string) (ocispec.Descriptor, error) {
 		return ocispec.Descriptor{}, err
 	}
 	defer f.Close()
-	head := make([]byte, 4)
+	head := make([]byte, tarstream.SniffLen)
 	n, _ := io.ReadFull(f, head)
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return ocispec.Descriptor{}, err
@@ -221,10 +220,10 @@ func linkBlob(w *ocilayout.Writer, p, rel string) (ocispec.Descriptor, error) {
 }
 
 func layerType(head []byte) string {
-	switch {
-	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+	switch tarstream.Sniff(head) {
+	case tarstream.Gzip:
 		return ocispec.MediaTypeImageLayerGzip
-	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case tarstream.Zstd:
 		return ocispec.MediaTypeImageLayerZstd
 	}
 	return ocispec.MediaTypeImageLayer
@@ -235,7 +234,7 @@ func layerType(head []byte) string {
 // confined to dir; the entries are bounded in number.
 func Extract(r io.Reader, dir string) error {
 	raw := &iocount.Reader{R: r}
-	plain, err := chunked.Decompress(raw)
+	plain, err := tarstream.Decompress(raw)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kura-oci/kura/tarstream"
 )
 
 func blobTails(t testing.TB) [][]byte {
@@ -86,7 +88,7 @@ func FuzzTarSplit(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ts []byte) {
 		_ = CheckTarSplit(toc, ts)
 		// Rebuilding never trusts sizes beyond what open delivers.
-		_ = RebuildTar(ts, func(name string, size int64) (io.ReadCloser, error) {
+		_ = tarstream.Rebuild(ts, func(name string, size int64) (io.ReadCloser, error) {
 			return io.NopCloser(io.LimitReader(zeroReader{}, min(size, 1<<20))), nil
 		}, io.Discard)
 	})

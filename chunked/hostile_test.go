@@ -14,6 +14,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // sample is a valid blob and its metadata, for tampering.
@@ -307,7 +308,7 @@ func TestTarSplitFileEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	fresh := func() []storage.Entry {
-		es, err := DecodeTarSplit(js)
+		es, err := tarstream.DecodeTarSplit(js, tarstream.MaxTarSplitLines)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Limits on what a layer's metadata may declare, relative to the bytes that carry it. The byte
@@ -21,10 +22,6 @@ import (
 const (
 	// MaxTOCEntries bounds a TOC's entries, chunk entries included (~232 bytes each decoded).
 	MaxTOCEntries = 1 << 20
-	// MaxTarSplitLines bounds a tar-split's lines, empty and whitespace lines included. An
-	// imported layer of MaxTOCEntries entries has about two lines per entry (header segment,
-	// file), so every layer the store records reads back.
-	MaxTarSplitLines = 4 << 20
 	// blobBytesPerTOCEntry: a TOC entry needs a tar header or a frame in the blob's data.
 	blobBytesPerTOCEntry = 4
 	// tarSplitBytesPerLine: a line needs at least one byte of the compressed tar-split.
@@ -41,7 +38,7 @@ func TOCEntryLimit(carrier int64) int {
 
 // TarSplitLineLimit is how many lines a tar-split of compressed bytes may have.
 func TarSplitLineLimit(compressed int64) int {
-	return int(min(MaxTarSplitLines, limitFloor+max(compressed, 0)/tarSplitBytesPerLine))
+	return int(min(tarstream.MaxTarSplitLines, limitFloor+max(compressed, 0)/tarSplitBytesPerLine))
 }
 
 // errTooManyEntries is the error for metadata over an entry limit: hostile input.

@@ -91,3 +91,20 @@ func TestConvertGitArchive(t *testing.T) {
 		t.Fatalf("TOC entries %+v", l.TOC.Entries)
 	}
 }
+
+// oddTar is a tar whose names exercise the JSON escapes and tar-split's name_raw.
+func oddTar(t testing.TB) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	names := []string{"plain", `quote"d`, `back\slash`, "html<&>", "tab\tname", "ünïcode", "\xff\xferaw", "long/" + string(bytes.Repeat([]byte("n"), 300))}
+	for i, n := range names {
+		body := bytes.Repeat([]byte{byte(i)}, i*700)
+		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	tw.WriteHeader(&tar.Header{Name: "dir/", Mode: 0o755, Typeflag: tar.TypeDir})
+	tw.Close()
+	return buf.Bytes()
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // ReadOption configures Locate* and Parse.
@@ -397,7 +398,7 @@ func decodeTarSplitBlob(blob []byte, size, limit int64, maxLines int) (r tarSpli
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 		return r
 	}
-	if r.entries, r.err = decodeTarSplit(r.json, maxLines); r.err != nil {
+	if r.entries, r.err = tarstream.DecodeTarSplit(r.json, maxLines); r.err != nil {
 		r.err = fmt.Errorf("tar-split: %w", r.err)
 	}
 	return r
@@ -679,7 +680,7 @@ func (l *Layer) fileAt(i int) (File, int, error) {
 // the same set of names, no duplicates, and equal type, name, link name, mode, size, owner,
 // times, device numbers and xattrs.
 func CheckTarSplit(toc *TOC, tarSplit []byte) error {
-	entries, err := DecodeTarSplit(tarSplit)
+	entries, err := tarstream.DecodeTarSplit(tarSplit, tarstream.MaxTarSplitLines)
 	if err != nil {
 		return err
 	}
@@ -716,7 +717,7 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
 		}
 		delete(pending, hdr.Name)
-		want, err := EntryFromHeader(stdHeader(hdr))
+		want, err := EntryFromHeader(tarstream.StdHeader(hdr))
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
 		}
@@ -916,7 +917,7 @@ func (l *Layer) RebuildTar(blob io.ReaderAt, w io.Writer) error {
 	for i := range l.Files {
 		byName[l.Files[i].Entry.Name] = &l.Files[i]
 	}
-	return RebuildTarEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
+	return tarstream.RebuildEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
 		f, ok := byName[name]
 		if !ok || f.Entry.Size != size {
 			return nil, invalidf("tar-split file %q (%d bytes) has no matching TOC file", name, size)

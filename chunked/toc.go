@@ -4,8 +4,9 @@
 //
 // Writing: Convert (writer.go) turns a tar stream into a blob byte-identical to the reference
 // writer's, compressing frames in parallel. The pieces it is built from serve the store too:
-// ChunkWriter cuts file content like the reference (chunker.go); EntryFromHeader, WalkTar,
-// ChunkEntries and RebuildTar map tar to TOC entries and tar-split and back (tar.go).
+// ChunkWriter cuts file content like the reference (chunker.go); EntryFromHeader and ChunkEntries
+// map tar headers to TOC entries (tar.go). Walking a tar, the tar-split codec and rebuilding the
+// tar are package tarstream's.
 //
 // Reading: LocateFromAnnotations / LocateFromFooter say which byte ranges hold the metadata, Parse
 // authenticates and validates them into a Layer (reader.go), DecodeFrames / ReadFile / ReadChunk

@@ -1,6 +1,7 @@
 package chunked
 
 import (
+	"strconv"
 	"time"
 	"unicode/utf8"
 )
@@ -319,4 +320,25 @@ func (d *tocDecoder) xattrs(e *Entry) bool {
 	})
 	e.Xattrs = m
 	return ok
+}
+
+// jsonInt parses an unquoted JSON integer as encoding/json would into an int64 field.
+func jsonInt(val []byte, quoted bool) (int64, bool) {
+	if quoted || len(val) == 0 {
+		return 0, false
+	}
+	digits := val
+	if digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) == 0 || len(digits) > 1 && digits[0] == '0' {
+		return 0, false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(string(val), 10, 64)
+	return n, err == nil
 }

@@ -1,7 +1,6 @@
 package chunked
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,13 +13,13 @@ import (
 	"runtime"
 	"sync"
 
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	vtar "github.com/vbatts/tar-split/archive/tar"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Descriptor describes a written layer; its JSON form is the OCI descriptor plus the DiffID.
@@ -87,37 +86,6 @@ const (
 	streamSegment    = 1 << 20
 )
 
-// Compression magics for input detection.
-var (
-	magicGzip = []byte{0x1f, 0x8b}
-	magicZstd = []byte{0x28, 0xb5, 0x2f, 0xfd}
-)
-
-// Decompress returns the uncompressed tar stream of r, which may be plain, gzip or zstd (detected
-// by magic bytes).
-func Decompress(r io.Reader) (io.ReadCloser, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
-	head, err := br.Peek(4)
-	if err != nil && err != io.EOF {
-		return nil, err
-	}
-	switch {
-	case bytes.HasPrefix(head, magicGzip):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			return nil, fmt.Errorf("gzip input: %w: %w", errdefs.ErrInvalid, err)
-		}
-		return zr, nil
-	case bytes.HasPrefix(head, magicZstd):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, fmt.Errorf("zstd input: %w", err)
-		}
-		return zr.IOReadCloser(), nil
-	}
-	return io.NopCloser(br), nil
-}
-
 // Convert reads a tar stream (plain, gzip or zstd) from r and writes it to w as a zstd:chunked
 // blob. It returns the blob's descriptor with the TOC annotations (current and old names).
 // Frames are compressed in parallel; the bytes written do not depend on the parallelism. Memory
@@ -134,7 +102,7 @@ func Convert(ctx context.Context, r io.Reader, w io.Writer, opts ...Option) (Des
 	if o.concurrency <= 0 {
 		o.concurrency = runtime.GOMAXPROCS(0)
 	}
-	in, err := Decompress(r)
+	in, err := tarstream.Decompress(r)
 	if err != nil {
 		return Descriptor{}, err
 	}
@@ -345,7 +313,7 @@ func (cw *chunkedWriter) run(tarStream io.Reader) (*TOC, tarSplitBlob, error) {
 	tsEnc.Reset(io.MultiWriter(&tsBuf, tsDigest))
 	tsCount := &iocount.Writer{W: tsEnc}
 
-	walkErr := walkTar(tarStream, tsCount, cw.entry, cw.tail)
+	walkErr := tarstream.WalkRaw(tarStream, tsCount, cw.entry, cw.tail)
 	if walkErr == nil {
 		walkErr = cw.submit()
 	}
@@ -393,7 +361,7 @@ func (cw *chunkedWriter) entry(hdr *vtar.Header, raw []byte, payload io.Reader) 
 		// the stream, so the tar is rebuilt exactly.
 		return cw.appendData(raw)
 	}
-	e, err := EntryFromHeader(stdHeader(hdr))
+	e, err := EntryFromHeader(tarstream.StdHeader(hdr))
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // reference converts with the containers/storage compressor.
@@ -116,7 +117,7 @@ func TestDifferentialBuildingBlocks(t *testing.T) {
 
 	var tarSplit bytes.Buffer
 	var entries []chunked.Entry
-	err := chunked.WalkTar(bytes.NewReader(in), &tarSplit, func(hdr *tarHeader, payload io.Reader) error {
+	err := tarstream.Walk(bytes.NewReader(in), &tarSplit, func(hdr *tarHeader, payload io.Reader) error {
 		e, err := chunked.EntryFromHeader(hdr)
 		if err != nil {
 			return err
@@ -142,7 +143,7 @@ func TestDifferentialBuildingBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(tarSplit.Bytes(), refLayer.TarSplit) {
-		t.Fatal("WalkTar's tar-split differs from the reference")
+		t.Fatal("tarstream.Walk's tar-split differs from the reference")
 	}
 	if len(entries) != len(refLayer.TOC.Entries) {
 		t.Fatalf("%d entries, reference %d", len(entries), len(refLayer.TOC.Entries))

@@ -33,6 +33,7 @@ import (
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/tarimage"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // debianRegistry is a Debian docker-registry (distribution 2.8) on loopback with a filesystem
@@ -300,7 +301,7 @@ func TestPushSkopeoReads(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dr, err := chunked.Decompress(rc)
+		dr, err := tarstream.Decompress(rc)
 		if err != nil {
 			t.Fatal(err)
 		}

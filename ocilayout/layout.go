@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -19,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/verify"
 	"github.com/kura-oci/kura/source"
 )
 
@@ -161,7 +161,7 @@ func (l Layout) Verified(desc ocispec.Descriptor) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &verifier{f: f, r: io.LimitReader(f, desc.Size+1), h: sha256.New(), want: desc}, nil
+	return verify.ReadCloser(f, desc.Size, desc.Digest), nil
 }
 
 // ReadBlob reads a whole small blob, verified.
@@ -176,31 +176,6 @@ func (l Layout) ReadBlob(desc ocispec.Descriptor, limit int64) ([]byte, error) {
 	defer rc.Close()
 	return io.ReadAll(rc)
 }
-
-type verifier struct {
-	f    *os.File
-	r    io.Reader
-	h    hash.Hash
-	n    int64
-	want ocispec.Descriptor
-}
-
-func (v *verifier) Read(p []byte) (int, error) {
-	n, err := v.r.Read(p)
-	v.h.Write(p[:n])
-	v.n += int64(n)
-	if err == io.EOF {
-		if v.n != v.want.Size {
-			return n, fmt.Errorf("blob %s: %d bytes, expected %d: %w", v.want.Digest, v.n, v.want.Size, errdefs.ErrDigestMismatch)
-		}
-		if got := digest.NewDigest(digest.SHA256, v.h); v.want.Digest.Algorithm() != digest.SHA256 || got != v.want.Digest {
-			return n, fmt.Errorf("blob %s: content hashes to %s: %w", v.want.Digest, got, errdefs.ErrDigestMismatch)
-		}
-	}
-	return n, err
-}
-
-func (v *verifier) Close() error { return v.f.Close() }
 
 func readLimited(p string, limit int64) ([]byte, error) {
 	f, err := os.Open(p)

@@ -17,6 +17,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // remanifest writes the manifest again after a test changed the descriptors.
@@ -168,7 +169,7 @@ func TestPullNonUTF8NameFallsBackToFull(t *testing.T) {
 			if errA != nil || errB != nil || !bytes.Equal(tsA, tsB) {
 				t.Fatalf("tar-split after the fallback differs from --full's (%v, %v)", errA, errB)
 			}
-			entries, err := chunked.DecodeTarSplit(tsA)
+			entries, err := tarstream.DecodeTarSplit(tsA, tarstream.MaxTarSplitLines)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -25,6 +25,7 @@ import (
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/tarsplit"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Layer pull modes, as reported.
@@ -520,7 +521,7 @@ func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, 
 	if err != nil {
 		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarsplit.WriteJSON(w, entries) })
+	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarstream.WriteTarSplit(w, entries) })
 	return recordResult{zst: zst, size: n, err: err}
 }
 
@@ -659,7 +660,7 @@ func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, op
 		byName[f.Entry.Name] = f.Digest
 	}
 	h := sha256.New()
-	err := chunked.RebuildTarEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
+	err := tarstream.RebuildEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)

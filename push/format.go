@@ -17,6 +17,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Format is the compression of the layers written.
@@ -83,7 +84,7 @@ func compress(ctx context.Context, r io.Reader, w io.Writer, f Format, level, co
 	if f == ZstdChunked {
 		return chunked.Convert(ctx, r, w, chunked.WithLevel(level), chunked.WithConcurrency(concurrency))
 	}
-	tar, err := chunked.Decompress(r)
+	tar, err := tarstream.Decompress(r)
 	if err != nil {
 		return chunked.Descriptor{}, err
 	}

@@ -129,7 +129,7 @@ type layerSource struct {
 	blob ocispec.Descriptor
 	// size is the byte count open delivers, for progress (the tar or the source blob).
 	size int64
-	// open streams the layer: a tar, or a blob compressed any way chunked.Decompress knows.
+	// open streams the layer: a tar, or a blob compressed any way tarstream.Decompress knows.
 	// Reading it to EOF checks it.
 	open func(ctx context.Context) (io.ReadCloser, error)
 }

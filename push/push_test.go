@@ -34,6 +34,7 @@ import (
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/tarimage"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // testdataDir is the module's testdata/ directory.
@@ -158,7 +159,7 @@ func makeLayoutWith(t testing.TB, dir, tag string, gz bool, configDiffIDs []dige
 // uncompressed returns the tar inside a layer blob.
 func uncompressed(t testing.TB, blob io.Reader) []byte {
 	t.Helper()
-	rc, err := chunked.Decompress(blob)
+	rc, err := tarstream.Decompress(blob)
 	if err != nil {
 		t.Fatal(err)
 	}

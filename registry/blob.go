@@ -2,18 +2,16 @@ package registry
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"strconv"
 
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/verify"
 )
 
 // FetchBlob streams a whole blob. The reader yields at most desc.Size bytes and returns an error
@@ -32,7 +30,7 @@ func (c *Client) FetchBlob(ctx context.Context, repo imageref.Repository, desc o
 	if err := r.open(); err != nil {
 		return nil, err
 	}
-	return &verifyingReader{r: r, closer: r, want: desc.Digest, size: desc.Size, h: desc.Digest.Algorithm().Hash()}, nil
+	return verify.ReadCloser(r, desc.Size, desc.Digest), nil
 }
 
 // resumingReader reads a blob from offset 0 to size, re-requesting "bytes=pos-" after a failure.
@@ -125,51 +123,6 @@ func (r *resumingReader) Close() error {
 	}
 	return nil
 }
-
-// verifyingReader limits a stream to size bytes and checks the digest at EOF.
-type verifyingReader struct {
-	r      io.Reader
-	closer io.Closer
-	want   digest.Digest
-	size   int64
-	h      hash.Hash
-	n      int64
-	err    error
-}
-
-func (v *verifyingReader) Read(p []byte) (int, error) {
-	if v.err != nil {
-		return 0, v.err
-	}
-	// Read one byte past size so an oversized stream is detected rather than truncated.
-	if rem := v.size - v.n + 1; int64(len(p)) > rem {
-		p = p[:rem]
-	}
-	n, err := v.r.Read(p)
-	v.n += int64(n)
-	if v.n > v.size {
-		v.err = fmt.Errorf("blob %s: more than the expected %d bytes: %w", v.want, v.size, errdefs.ErrDigestMismatch)
-		return 0, v.err
-	}
-	v.h.Write(p[:n])
-	if errors.Is(err, io.EOF) {
-		switch got := digest.NewDigest(v.want.Algorithm(), v.h); {
-		case v.n != v.size:
-			v.err = fmt.Errorf("blob %s: got %d bytes, want %d: %w", v.want, v.n, v.size, errdefs.ErrDigestMismatch)
-		case got != v.want:
-			v.err = fmt.Errorf("blob %s: content has digest %s: %w", v.want, got, errdefs.ErrDigestMismatch)
-		default:
-			v.err = io.EOF
-		}
-		return n, v.err
-	}
-	if err != nil {
-		v.err = err
-	}
-	return n, err
-}
-
-func (v *verifyingReader) Close() error { return v.closer.Close() }
 
 // contentRange is "bytes start-end/total" (end inclusive; total -1 for "*").
 type contentRange struct{ start, end, total int64 }

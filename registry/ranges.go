@@ -17,6 +17,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/verify"
 	"github.com/kura-oci/kura/source"
 )
 
@@ -120,7 +121,7 @@ func (c *Client) GetRanges(ctx context.Context, repo imageref.Repository, blob o
 // verified at EOF. Closing it ends the job (cancel).
 func (j *rangeJob) wholeBlob(blob ocispec.Descriptor, cancel func()) io.ReadCloser {
 	r := &resumingReader{ctx: j.ctx, c: j.c, client: j.client, url: j.url, size: j.size, body: j.whole}
-	return &verifyingReader{r: r, closer: cancelCloser{r, cancel}, want: blob.Digest, size: blob.Size, h: blob.Digest.Algorithm().Hash()}
+	return verify.NewReader(r, cancelCloser{r, cancel}, blob.Size, blob.Digest)
 }
 
 // cancelCloser closes, then cancels the context the reads ran under.

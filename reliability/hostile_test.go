@@ -619,7 +619,7 @@ func TestBombAfterTarEnd(t *testing.T) {
 	_, err = pullImage(context.Background(), t, s, reg.Host, "bomb", pull.WithoutPartial())
 	runtime.ReadMemStats(&m1)
 	if !errors.Is(err, errdefs.ErrInvalid) {
-		t.Fatalf("pulling the bomb whole: %v, want ErrInvalid (trailing data over chunked.MaxTrailer)", err)
+		t.Fatalf("pulling the bomb whole: %v, want ErrInvalid (trailing data over tarstream.MaxTrailer)", err)
 	}
 	if got := (m1.TotalAlloc - m0.TotalAlloc) >> 20; got > 128 {
 		t.Fatalf("pulling the bomb whole allocated %d MiB: %v", got, err)

@@ -15,10 +15,10 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/archive"
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Options describe the image to make.
@@ -41,7 +41,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, name string, opts 
 		return store.Image{}, err
 	}
 	defer unlock()
-	plain, err := chunked.Decompress(r)
+	plain, err := tarstream.Decompress(r)
 	if err != nil {
 		return store.Image{}, err
 	}

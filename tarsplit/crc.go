@@ -7,8 +7,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // OpenCRC returns a CRCFunc that reads content through open (a store's Open, say) and computes
@@ -20,7 +20,7 @@ func OpenCRC(open func(d digest.Digest) (io.ReadCloser, error)) CRCFunc {
 			return nil, err
 		}
 		defer rc.Close()
-		h := crc64.New(chunked.CRCTable)
+		h := crc64.New(tarstream.CRCTable)
 		n, err := io.Copy(h, io.LimitReader(rc, size+1))
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", d, err)

@@ -21,5 +21,6 @@
 //
 // PredictEntries makes the same prediction as decoded entries, for a puller that rebuilds the
 // tar from them: it writes no JSON, and the reused headers stay where the known tar-split's
-// JSON held them (decoded in place). WriteJSON writes entries as the tar-split stream.
+// JSON held them (decoded in place). tarstream.WriteTarSplit writes entries as the tar-split
+// stream; reading and writing tar-split lines is package tarstream's.
 package tarsplit

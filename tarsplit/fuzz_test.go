@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // FuzzPredict feeds hostile stored tar-splits to a prediction of the mixed vector's layer:
@@ -40,7 +41,7 @@ func FuzzPredict(f *testing.F) {
 		if err != nil {
 			return
 		}
-		want, err := chunked.DecodeTarSplit(out)
+		want, err := tarstream.DecodeTarSplit(out, tarstream.MaxTarSplitLines)
 		if err != nil {
 			t.Fatalf("PredictJSON wrote a tar-split that does not decode: %v", err)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // layer is a converted tar: what a puller would see (TOC, compressed tar-split) and what the
@@ -156,11 +157,11 @@ func diffTarSplit(t *testing.T, got, want []byte) {
 		}
 		if !bytes.Equal(gl, wl) {
 			t.Logf("line %d differs:\n got %.400s\nwant %.400s", i, gl, wl)
-			ge, gerr := decodeLine(gl)
-			we, werr := decodeLine(wl)
+			ge, gerr := tarstream.DecodeLine(gl)
+			we, werr := tarstream.DecodeLine(wl)
 			if gerr == nil && werr == nil {
-				g, _ := ge.decoded()
-				w, _ := we.decoded()
+				g, _ := ge.DecodedPayload()
+				w, _ := we.DecodedPayload()
 				t.Logf("payloads:\n got %q\nwant %q", g, w)
 			}
 			return
@@ -174,7 +175,7 @@ func readVectorFile(name string) ([]byte, error) { return testdata.Read("zstd-ch
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // checkEntries checks that PredictEntries, from copies of the known tar-splits (it consumes
-// them), predicts what PredictJSON did: the entries that decoding its JSON gives, which WriteJSON
+// them), predicts what PredictJSON did: the entries that decoding its JSON gives, which tarstream.WriteTarSplit
 // writes back as that JSON.
 func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc CRCFunc) {
 	t.Helper()
@@ -186,7 +187,7 @@ func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc 
 	if err != nil {
 		t.Fatalf("PredictJSON succeeded, PredictEntries: %v", err)
 	}
-	want, err := chunked.DecodeTarSplit(js)
+	want, err := tarstream.DecodeTarSplit(js, tarstream.MaxTarSplitLines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,11 +201,11 @@ func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc 
 		}
 	}
 	var out bytes.Buffer
-	if err := WriteJSON(&out, entries); err != nil {
+	if err := tarstream.WriteTarSplit(&out, entries); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), js) {
 		diffTarSplit(t, out.Bytes(), js)
-		t.Fatal("WriteJSON of the predicted entries differs from PredictJSON")
+		t.Fatal("WriteTarSplit of the predicted entries differs from PredictJSON")
 	}
 }

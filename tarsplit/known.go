@@ -11,6 +11,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Known is a layer already in the store: its TOC and its uncompressed tar-split JSON stream.
@@ -101,28 +102,28 @@ func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, err
 		segText  int
 		prevSize int64 // payload size of the last file entry
 	)
-	up := newUnpacker(k.TarSplit)
+	up := tarstream.NewLineReader(k.TarSplit, tarstream.MaxTarSplitLines)
 	for {
-		l, err := up.next()
+		l, err := up.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading tar-split: %w: %w", errdefs.ErrInvalid, err)
 		}
-		switch l.typ {
+		switch l.Type {
 		case storage.SegmentType:
-			if len(l.payload) == 0 {
+			if len(l.Payload) == 0 {
 				return nil, fmt.Errorf("tar-split has an empty segment: %w", errdefs.ErrInvalid)
 			}
-			segText += len(l.payload)
+			segText += len(l.Payload)
 			if segText > maxHeaderBytes/3*4+8192 {
 				return nil, fmt.Errorf("tar-split has more than %d bytes between entries: %w", maxHeaderBytes, errdefs.ErrInvalid)
 			}
 			if len(segs) == 0 && !inPlace {
-				seg64 = l.payload
+				seg64 = l.Payload
 			}
-			b, err := decode(l.payload)
+			b, err := decode(l.Payload)
 			if err != nil {
 				return nil, fmt.Errorf("tar-split segment: %w: %w", errdefs.ErrInvalid, err)
 			}
@@ -137,10 +138,10 @@ func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, err
 			if len(segs) == 0 {
 				return nil, fmt.Errorf("tar-split entry %q has no header: %w", te.Name, errdefs.ErrInvalid)
 			}
-			if l.size != te.Size || l.size < 0 {
-				return nil, fmt.Errorf("tar-split says %q has %d bytes, the TOC %d: %w", te.Name, l.size, te.Size, errdefs.ErrInvalid)
+			if l.Size != te.Size || l.Size < 0 {
+				return nil, fmt.Errorf("tar-split says %q has %d bytes, the TOC %d: %w", te.Name, l.Size, te.Size, errdefs.ErrInvalid)
 			}
-			r := record{entry: te, name: l.name, single: len(segs) == 1}
+			r := record{entry: te, name: l.Name, single: len(segs) == 1}
 			if i > 0 {
 				r.pad = int(padding(prevSize))
 			}
@@ -151,15 +152,15 @@ func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, err
 			}
 			idx.records = append(idx.records, r)
 			segs, seg64, segText = segs[:0], nil, 0
-			prevSize = l.size
-			idx.size += l.size
-			if l.size > 0 && te.Type == chunked.TypeReg && te.Digest != "" {
-				if sum, err := l.decoded(); err == nil && len(sum) == crcSize {
+			prevSize = l.Size
+			idx.size += l.Size
+			if l.Size > 0 && te.Type == chunked.TypeReg && te.Digest != "" {
+				if sum, err := l.DecodedPayload(); err == nil && len(sum) == crcSize {
 					crcs[te.Digest] = sum
 				}
 			}
 		default:
-			return nil, fmt.Errorf("tar-split entry type %d: %w", l.typ, errdefs.ErrInvalid)
+			return nil, fmt.Errorf("tar-split entry type %d: %w", l.Type, errdefs.ErrInvalid)
 		}
 	}
 	if len(idx.records) != len(tocEntries) {

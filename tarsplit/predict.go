@@ -12,6 +12,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // CRCFunc returns the tar-split checksum (CRC-64/ISO, 8 bytes big-endian, as hash/crc64's Sum)
@@ -71,7 +72,7 @@ func CheckDigest(toc *chunked.TOC, compressed []byte) error {
 func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
 	var out bytes.Buffer
 	out.Grow(estimateSize(toc, known))
-	st, err := predict(toc, known, crc, false, newPacker(&out, len(toc.Entries)))
+	st, err := predict(toc, known, crc, false, jsonSink{tarstream.NewPacker(&out, len(toc.Entries))})
 	if err != nil {
 		return nil, st, err
 	}
@@ -79,9 +80,9 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 }
 
 // PredictEntries is PredictJSON for a caller that wants the tar-split decoded, as
-// chunked.DecodeTarSplit would return it: it writes no JSON. It consumes the known layers'
+// tarstream.DecodeTarSplit would return it: it writes no JSON. It consumes the known layers'
 // TarSplit: their memory is reused for the decoded segments, which the entries share. File
-// entries carry their CRC as the payload; WriteJSON turns the entries into the tar-split.
+// entries carry their CRC as the payload; tarstream.WriteTarSplit turns the entries into the tar-split.
 func PredictEntries(toc *chunked.TOC, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
 	n := 0 // tar entries: a segment and a file line each, and a few segments at the end
 	for i := range toc.Entries {
@@ -89,22 +90,12 @@ func PredictEntries(toc *chunked.TOC, known []Known, crc CRCFunc) ([]storage.Ent
 			n++
 		}
 	}
-	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(map[string]struct{}, n)}
+	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(tarstream.PathSet, n)}
 	st, err := predict(toc, known, crc, true, es)
 	if err != nil {
 		return nil, st, err
 	}
 	return es.entries, st, nil
-}
-
-// sink takes a predicted tar-split line by line.
-type sink interface {
-	// reuse writes the segment in front of a known entry as the known layer has it.
-	reuse(r *record)
-	// segment writes a segment; b is not retained.
-	segment(b []byte)
-	// file writes a file entry; crc is its content's CRC (nil for none) and may be retained.
-	file(name string, size int64, crc []byte) error
 }
 
 func predict(toc *chunked.TOC, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {

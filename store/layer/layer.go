@@ -20,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // Bounds on hostile input.
@@ -70,7 +71,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		l, err := s.Layer(ctx, opts.DiffID)
 		return Imported{Layer: l}, err
 	}
-	plain, err := chunked.Decompress(r)
+	plain, err := tarstream.Decompress(r)
 	if err != nil {
 		return Imported{}, fmt.Errorf("layer: %w", err)
 	}
@@ -90,7 +91,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	var content int64
 	seen := map[string]bool{}
 
-	err = chunked.WalkTar(counted, &tarSplit, func(hdr *tar.Header, payload io.Reader) error {
+	err = tarstream.Walk(counted, &tarSplit, func(hdr *tar.Header, payload io.Reader) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -259,7 +260,7 @@ func Export(ctx context.Context, s *store.Store, diffID digest.Digest, w io.Writ
 		}
 	}
 	h := sha256.New()
-	err = chunked.RebuildTar(ts, func(name string, size int64) (io.ReadCloser, error) {
+	err = tarstream.Rebuild(ts, func(name string, size int64) (io.ReadCloser, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

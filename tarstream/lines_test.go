@@ -1,12 +1,15 @@
-package tarsplit
+package tarstream
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // referencePack writes entries with storage's JSON packer.
@@ -21,16 +24,16 @@ func referencePack(entries []storage.Entry) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// ourPack writes the same entries with packer.
+// ourPack writes the same entries with Packer.
 func ourPack(entries []storage.Entry) ([]byte, error) {
 	var buf bytes.Buffer
-	p := newPacker(&buf, len(entries))
+	p := NewPacker(&buf, len(entries))
 	for _, e := range entries {
 		switch e.Type {
 		case storage.SegmentType:
-			p.segment(e.Payload)
+			p.Segment(e.Payload)
 		case storage.FileType:
-			if err := p.file(e.GetName(), e.Size, e.Payload); err != nil {
+			if err := p.File(e.GetName(), e.Size, e.Payload); err != nil {
 				return buf.Bytes(), err
 			}
 		}
@@ -38,7 +41,7 @@ func ourPack(entries []storage.Entry) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// samePacking checks that packer writes what storage's packer writes, and that the unpacker
+// samePacking checks that Packer writes what storage's packer writes, and that LineReader
 // reads it back.
 func samePacking(t *testing.T, entries []storage.Entry) {
 	t.Helper()
@@ -50,17 +53,17 @@ func samePacking(t *testing.T, entries []storage.Entry) {
 	if !bytes.Equal(got, want) {
 		t.Fatalf("packing differs:\n got %s\nwant %s", got, want)
 	}
-	up := newUnpacker(got)
+	up := NewLineReader(got, MaxTarSplitLines)
 	for i, e := range entries {
 		if werr != nil {
 			break
 		}
-		l, err := up.next()
+		l, err := up.Next()
 		if err != nil {
 			t.Fatalf("reading back entry %d: %v", i, err)
 		}
-		payload, err := l.decoded()
-		if err != nil || l.typ != e.Type || l.name != e.GetName() || l.size != e.Size || !bytes.Equal(payload, e.Payload) || (payload == nil) != (e.Payload == nil) {
+		payload, err := l.DecodedPayload()
+		if err != nil || l.Type != e.Type || l.Name != e.GetName() || l.Size != e.Size || !bytes.Equal(payload, e.Payload) || (payload == nil) != (e.Payload == nil) {
 			t.Fatalf("entry %d read back as %+v (%q, %v), want %+v", i, l, payload, err, e)
 		}
 	}
@@ -88,7 +91,7 @@ func TestPackerMatchesStorage(t *testing.T) {
 	samePacking(t, dup)
 }
 
-// FuzzPacker: for any names, sizes and payloads, packer writes storage's bytes.
+// FuzzPacker: for any names, sizes and payloads, Packer writes storage's bytes.
 func FuzzPacker(f *testing.F) {
 	f.Add("etc/hostname", int64(5), []byte("12345678"), []byte("header"))
 	f.Add("bad\xff<&>\"\\\n", int64(0), []byte(nil), []byte{0})
@@ -110,31 +113,31 @@ func FuzzDecodeLine(f *testing.F) {
 	f.Add([]byte(`{"type":1,"name":"a","payload":null,"position":1}`))
 	f.Add([]byte(`{"type":1,"name_raw":"/w==","payload":null,"position":1}`))
 	for _, name := range []string{"mixed", "real"} {
-		if b, err := readVectorFile(name + ".tar-split.json"); err == nil {
+		if b, err := testdata.Read("zstd-chunked", name+".tar-split.json"); err == nil {
 			for _, l := range bytes.SplitN(b, []byte("\n"), 8) {
 				f.Add(l)
 			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, text []byte) {
-		fast, ok := decodeFast(text)
+		fast, ok := parseLine(text)
 		if !ok {
-			_, _ = decodeLine(text)
+			_, _ = DecodeLine(text)
 			return
 		}
-		payload, err := fast.decoded()
+		payload, err := fast.DecodedPayload()
 		if err != nil {
 			// Long (segment) payloads are checked where they are decoded, not when read.
-			if len(fast.payload) <= 16 {
-				t.Fatalf("short payload %q passed the alphabet check but does not decode", fast.payload)
+			if len(fast.Payload) <= 16 {
+				t.Fatalf("short payload %q passed the alphabet check but does not decode", fast.Payload)
 			}
 			return
 		}
 		var viaJSON storage.Entry
-		if err := jsonUnmarshal(text, &viaJSON); err != nil {
+		if err := json.Unmarshal(text, &viaJSON); err != nil {
 			t.Fatalf("accepted %q that encoding/json refuses: %v", text, err)
 		}
-		if fast.typ != viaJSON.Type || fast.name != viaJSON.GetName() || fast.size != viaJSON.Size || !bytes.Equal(payload, viaJSON.Payload) {
+		if fast.Type != viaJSON.Type || fast.Name != viaJSON.GetName() || fast.Size != viaJSON.Size || fast.Position != viaJSON.Position || !bytes.Equal(payload, viaJSON.Payload) {
 			t.Fatalf("%q: direct %+v (%q), encoding/json %+v", text, fast, payload, viaJSON)
 		}
 	})

@@ -1,14 +1,20 @@
-package chunked
+package tarstream
 
 import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
 	"reflect"
+	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/vbatts/tar-split/tar/storage"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testdata"
 )
 
 // oddTar is a tar whose names exercise the JSON escapes and tar-split's name_raw.
@@ -30,7 +36,7 @@ func oddTar(t testing.TB) []byte {
 
 func tarSplitOf(t testing.TB, tarBytes []byte) []byte {
 	var ts bytes.Buffer
-	if err := WalkTar(bytes.NewReader(tarBytes), &ts, func(*tar.Header, io.Reader) error { return nil }); err != nil {
+	if err := Walk(bytes.NewReader(tarBytes), &ts, func(*tar.Header, io.Reader) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return ts.Bytes()
@@ -68,7 +74,7 @@ func normEntries(es []storage.Entry) []storage.Entry {
 func TestDecodeTarSplitMatchesUnpacker(t *testing.T) {
 	tarBytes := oddTar(t)
 	ts := tarSplitOf(t, tarBytes)
-	got, err := DecodeTarSplit(ts)
+	got, err := DecodeTarSplit(ts, MaxTarSplitLines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +93,7 @@ func TestDecodeTarSplitMatchesUnpacker(t *testing.T) {
 		files[h.Name] = b
 	}
 	var out bytes.Buffer
-	err = RebuildTar(ts, func(name string, size int64) (io.ReadCloser, error) {
+	err = Rebuild(ts, func(name string, size int64) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(files[name])), nil
 	}, &out)
 	if err != nil {
@@ -98,7 +104,7 @@ func TestDecodeTarSplitMatchesUnpacker(t *testing.T) {
 	}
 	// A file shorter or longer than tar-split says is an error, not a different tar.
 	for _, delta := range []int{-1, 1} {
-		err = RebuildTar(ts, func(name string, size int64) (io.ReadCloser, error) {
+		err = Rebuild(ts, func(name string, size int64) (io.ReadCloser, error) {
 			b := files[name]
 			if delta < 0 {
 				b = b[:len(b)-1]
@@ -119,10 +125,10 @@ func TestDecodeTarSplitFallback(t *testing.T) {
 	ts := []byte("{\"type\":2,\"payload\":\"AAE=\",\"position\":0}\n" +
 		" { \"Type\" : 1, \"name\" : \"a\\u00e9\", \"size\": 3, \"payload\": null, \"position\": 1 }\n\n" +
 		"{\"type\":1,\"name\":\"x\",\"size\":1e0,\"position\":2}\n")
-	if _, err := DecodeTarSplit(ts); err == nil {
+	if _, err := DecodeTarSplit(ts, MaxTarSplitLines); err == nil {
 		t.Fatal("size 1e0 accepted")
 	}
-	es, err := DecodeTarSplit(ts[:bytes.LastIndexByte(ts[:len(ts)-1], '\n')+1])
+	es, err := DecodeTarSplit(ts[:bytes.LastIndexByte(ts[:len(ts)-1], '\n')+1], MaxTarSplitLines)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +136,7 @@ func TestDecodeTarSplitFallback(t *testing.T) {
 		t.Fatalf("decoded %+v", es)
 	}
 	for _, bad := range []string{"{", `{"type":1,}`, `{"type":"1"}`, `{"payload":"!!"}`, `{"type":1}{"type":2}`, `[1]`} {
-		if _, err := DecodeTarSplit([]byte(bad + "\n")); err == nil {
+		if _, err := DecodeTarSplit([]byte(bad+"\n"), MaxTarSplitLines); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
 	}
@@ -145,8 +151,8 @@ func FuzzDecodeTarSplitLine(f *testing.F) {
 	f.Add([]byte(`{"type":1,"name":"a","size":-0,"payload":null,"position":01}`))
 	f.Fuzz(func(t *testing.T, line []byte) {
 		slab := make([]byte, 0, len(line))
-		var fast storage.Entry
-		if !decodeTarSplitLine(line, &fast, &slab) {
+		fast, ok := decodeEntry(line, &slab)
+		if !ok {
 			return
 		}
 		var std storage.Entry
@@ -157,4 +163,47 @@ func FuzzDecodeTarSplitLine(f *testing.F) {
 			t.Fatalf("%q: fast %+v, encoding/json %+v", line, fast, std)
 		}
 	})
+}
+
+// allocated runs f and returns the MiB it allocated.
+func allocated(f func()) uint64 {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	f()
+	runtime.ReadMemStats(&m1)
+	return (m1.TotalAlloc - m0.TotalAlloc) >> 20
+}
+
+// Blank and whitespace-only tar-split lines count against the limit, before anything is
+// allocated for them.
+func TestTarSplitLineLimit(t *testing.T) {
+	b := []byte(`{"type":2,"payload":"AAAA","position":0}` + "\n" + strings.Repeat(" \n", 1<<23))
+	var err error
+	mib := allocated(func() { _, err = DecodeTarSplit(b, 1000) })
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("8Mi blank lines with a limit of 1000: %v", err)
+	}
+	if mib > 1 {
+		t.Fatalf("refusing allocated %d MiB", mib)
+	}
+	if _, err := DecodeTarSplit(b, MaxTarSplitLines); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("8Mi lines at the default limit of %d: %v", MaxTarSplitLines, err)
+	}
+	if es, err := DecodeTarSplit(b[:len(b)-2*(1<<22)-2], MaxTarSplitLines); err != nil || len(es) != 1 {
+		t.Fatalf("4Mi lines at the default limit of %d: %d entries, %v", MaxTarSplitLines, len(es), err)
+	}
+}
+
+// BenchmarkDecodeTarSplit decodes a real layer's tar-split (the metadata parse of every pull).
+func BenchmarkDecodeTarSplit(b *testing.B) {
+	js, err := testdata.Read("zstd-chunked", "real.tar-split.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(js)))
+	for b.Loop() {
+		if _, err := DecodeTarSplit(js, MaxTarSplitLines); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
