@@ -19,6 +19,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -50,15 +51,15 @@ func readTar(t *testing.T, name string) []byte {
 // mixed.tar.
 func upper(t *testing.T) []byte {
 	return tarOf(t,
-		entry{name: "etc/.wh.motd", typ: '0'},                       // whiteout of a file
-		entry{name: "usr/share/.wh..wh..opq"},                       // opaque: lower contents go
-		entry{name: "usr/share/new.txt", data: "only in upper\n"},   // ...and new ones come
-		entry{name: "usr/bin/big-text", typ: '5'},                   // a file becomes a directory
-		entry{name: "usr/bin/big-text/inside", data: "x"},           //
-		entry{name: "dev", typ: '2', link: "usr"},                   // a directory becomes a symlink
-		entry{name: "etc/hostname", data: "changed\n", mode: 0o600}, // new content and mode
-		entry{name: "etc/cap", data: "cap", xattrs: map[string]string{"user.kura": "v1"}},
-		entry{name: "etc/setuid", data: "s", mode: 0o4755, uid: 1, gid: 2},
+		tartest.Whiteout("etc/motd"),                          // whiteout of a file
+		tartest.Opaque("usr/share"),                           // opaque: lower contents go
+		tartest.File("usr/share/new.txt", "only in upper\n"),  // ...and new ones come
+		tartest.Dir("usr/bin/big-text"),                       // a file becomes a directory
+		tartest.File("usr/bin/big-text/inside", "x"),          //
+		tartest.Symlink("dev", "usr"),                         // a directory becomes a symlink
+		tartest.File("etc/hostname", "changed\n").Mode(0o600), // new content and mode
+		tartest.File("etc/cap", "cap").Xattr("user.kura", "v1"),
+		tartest.File("etc/setuid", "s").Mode(0o4755).Owner(1, 2),
 	)
 }
 
@@ -121,11 +122,11 @@ func TestCheckoutHardlinkMode(t *testing.T) {
 	needRoot(t)
 	mixed := readTar(t, "mixed.tar")
 	variants := tarOf(t,
-		entry{name: "a", data: "same bytes"},
-		entry{name: "b", data: "same bytes"},              // same content and metadata as a: shares a's inode
-		entry{name: "c", data: "same bytes", mode: 0o600}, // other mode: its own inode
-		entry{name: "d", data: "same bytes", uid: 7},      // other owner: its own inode
-		entry{name: "e", data: "same bytes", xattrs: map[string]string{"user.k": "v"}},
+		tartest.File("a", "same bytes"),
+		tartest.File("b", "same bytes"),             // same content and metadata as a: shares a's inode
+		tartest.File("c", "same bytes").Mode(0o600), // other mode: its own inode
+		tartest.File("d", "same bytes").Owner(7, 0), // other owner: its own inode
+		tartest.File("e", "same bytes").Xattr("user.k", "v"),
 	)
 	root := t.TempDir()
 	s := openStore(t, filepath.Join(root, "store"))
@@ -346,7 +347,7 @@ func TestCheckoutHostile(t *testing.T) {
 
 func TestCheckoutNotEmpty(t *testing.T) {
 	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, tarOf(t, entry{name: "f", data: "x"}))
+	img := makeImage(t, s, tarOf(t, tartest.File("f", "x")))
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "existing"), nil, 0o644)
 	if _, err := checkout.Checkout(context.Background(), s, img, dir, checkout.Options{}); !errors.Is(err, errdefs.ErrInvalid) {

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -271,47 +272,9 @@ func compareTrees(t testing.TB, got, want string, o compareOpts) {
 	}
 }
 
-// tarOf builds a layer tar from entries (PAX format).
-type entry struct {
-	name, data, link string
-	typ              byte
-	mode             int64
-	uid, gid         int
-	xattrs           map[string]string
-}
-
-func tarOf(t testing.TB, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mt := unixTime(1700000000)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: mt, Format: tar.FormatPAX}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if h.Typeflag == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(e.data))
-	}
-	tw.Close()
-	return buf.Bytes()
+// tarOf builds a layer tar from entries (PAX format), every entry at one fixed time.
+func tarOf(t testing.TB, entries ...tartest.Entry) []byte {
+	return tartest.Tar(t, tartest.At(unixTime(1700000000), entries...)...)
 }
 
 var rootfsOnce struct {

@@ -24,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
@@ -36,7 +37,7 @@ import (
 // tocBomb is the base tree whose (authentic) TOC lists n minimal entries: a few KiB of zstd
 // that decode, before this fix, into n × ~232 bytes of entries.
 func tocBomb(t testing.TB, n int) *handLayer {
-	h := newHandLayer(t, tarOf(t, base()...))
+	h := newHandLayer(t, tartest.Tar(t, base()...))
 	var b strings.Builder
 	b.WriteString(`{"version":1,"entries":[`)
 	for i := range n {
@@ -53,7 +54,7 @@ func tocBomb(t testing.TB, n int) *handLayer {
 // blankLinesBomb is the base tree whose tar-split ends in n blank (whitespace-only) lines, which
 // tar-split's reader skips: before this fix they cost n decoded entries and the layer was stored.
 func blankLinesBomb(t testing.TB, n int) *handLayer {
-	h := newHandLayer(t, tarOf(t, base()...))
+	h := newHandLayer(t, tartest.Tar(t, base()...))
 	h.tarSplit = append(h.tarSplit, strings.Repeat(" \n", n)...)
 	return h
 }

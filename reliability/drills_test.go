@@ -22,6 +22,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -106,10 +107,10 @@ func genLayer(t testing.TB, seed int64, files int) []byte {
 		}
 		rng.Read(b[:size/3])
 		e := reg(fmt.Sprintf("l%d/f%04d", seed, i), 0o644, "")
-		e.content, e.hdr.Size = b, int64(size)
+		e.Data, e.Header.Size = b, int64(size)
 		entries = append(entries, e)
 	}
-	return tarOf(t, entries...)
+	return tartest.Tar(t, entries...)
 }
 
 // pushDrillImage converts layer tars with the product's writer and pushes them as repo:latest.

@@ -24,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
@@ -67,7 +68,7 @@ func base(extra ...tarEntry) []tarEntry {
 }
 
 func one(t testing.TB, entries ...tarEntry) hostileImage {
-	return hostileImage{layers: []*handLayer{newHandLayer(t, tarOf(t, entries...))}}
+	return hostileImage{layers: []*handLayer{newHandLayer(t, tartest.Tar(t, entries...))}}
 }
 
 // tocLie builds the base tree plus a device node and an xattr'd file, then changes one field of
@@ -76,7 +77,7 @@ func tocLie(field string, lie func(e *chunked.Entry)) hostileCase {
 	return hostileCase{name: "toc lies about " + field, partial: mustFail, full: either, wantErr: errdefs.ErrInvalid,
 		build: func(t testing.TB, _ string) hostileImage {
 			x := reg("etc/xattr", 0o644, "has an xattr")
-			x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.kura": "v"}
+			x.Header.PAXRecords = map[string]string{"SCHILY.xattr.user.kura": "v"}
 			img := one(t, base(device("dev/null", tar.TypeChar, 1, 3), x)...)
 			target := map[string]string{"linkName": "etc/link", "devs": "dev/null"}[field]
 			if target == "" {
@@ -130,8 +131,8 @@ func hostileCases() []hostileCase {
 			}},
 		{name: "symlink in one layer, file through it in the next", partial: either, full: either,
 			build: func(t testing.TB, canary string) hostileImage {
-				l1 := newHandLayer(t, tarOf(t, base(symlink("esc", canary))...))
-				l2 := newHandLayer(t, tarOf(t, dir("esc/"), reg("esc/evil", 0o644, "escaped")))
+				l1 := newHandLayer(t, tartest.Tar(t, base(symlink("esc", canary))...))
+				l2 := newHandLayer(t, tartest.Tar(t, dir("esc/"), reg("esc/evil", 0o644, "escaped")))
 				return hostileImage{layers: []*handLayer{l1, l2}}
 			}},
 		{name: "hardlink through a symlink", partial: either, full: either,
@@ -163,9 +164,9 @@ func hostileCases() []hostileCase {
 		{name: "trusted.overlay xattrs in the image", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
 				d := dir("opaque/")
-				d.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y"}
+				d.Header.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y"}
 				f := reg("opaque/f", 0o644, "x")
-				f.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.keep": "1"}
+				f.Header.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.keep": "1"}
 				return one(t, base(d, f)...)
 			},
 			check: func(t testing.TB, root string) {
@@ -180,19 +181,19 @@ func hostileCases() []hostileCase {
 		{name: "owner over 32 bits", partial: mustPass, full: mustPass, // stored exactly; checkout refuses it
 			build: func(t testing.TB, _ string) hostileImage {
 				f := reg("etc/owned", 0o644, "x")
-				f.hdr.Uid, f.hdr.Gid = 1<<32+1, 1<<33
+				f.Header.Uid, f.Header.Gid = 1<<32+1, 1<<33
 				return one(t, base(f)...)
 			}},
 		{name: "pax global header (git archive)", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
-				g := tarEntry{hdr: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+				g := tarEntry{Header: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
 					PAXRecords: map[string]string{"comment": "6f1c2e0e5d3c7b1a9e8f7a6b5c4d3e2f1a0b9c8d"}}}
 				return one(t, append([]tarEntry{g}, base()...)...)
 			}},
 		{name: "mtime after year 9999", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
 				f := reg("etc/late", 0o644, "x")
-				f.hdr.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
+				f.Header.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
 				return one(t, base(f)...)
 			}},
 		// A TOC cannot carry these names: a partial pull falls back to a full pull
@@ -321,7 +322,7 @@ func hostileCases() []hostileCase {
 				// Were the file ever executed, it would mark the canary.
 				script := "#!/bin/sh\ntouch " + canary + "/executed\n"
 				d := dir("tmp/")
-				d.hdr.Mode = 0o1777
+				d.Header.Mode = 0o1777
 				return one(t, base(dir("usr/"), reg("usr/su", 0o4755, script), reg("usr/sg", 0o2755, script), d)...)
 			},
 			check: func(t testing.TB, root string) {
@@ -350,7 +351,7 @@ func hostileCases() []hostileCase {
 		{name: "tar-split from another tar", partial: mustFail, full: either,
 			build: func(t testing.TB, _ string) hostileImage {
 				img := one(t, base()...)
-				other := newHandLayer(t, tarOf(t, base(reg("etc/extra", 0o644, "x"))...))
+				other := newHandLayer(t, tartest.Tar(t, base(reg("etc/extra", 0o644, "x"))...))
 				img.layers[0].tarSplit = other.tarSplit
 				return img
 			}},
@@ -391,8 +392,8 @@ func tinyEntriesCase(n int, partial outcome) hostileCase {
 			entries := []tarEntry{dir("d/")}
 			for i := 0; i < n; i++ {
 				e := reg(fmt.Sprintf("d/%06d", i), 0o644, "")
-				e.hdr.Format = tar.FormatUSTAR
-				e.hdr.ModTime = time.Unix(mtime.Unix(), 0)
+				e.Header.Format = tar.FormatUSTAR
+				e.Header.ModTime = time.Unix(mtime.Unix(), 0)
 				entries = append(entries, e)
 			}
 			return one(t, entries...)
