@@ -23,6 +23,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
@@ -90,25 +91,21 @@ func genTree(version int) []treeFile {
 
 func tarOf(t testing.TB, files []treeFile) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname, ModTime: mtime, Size: int64(len(f.content)), Format: tar.FormatPAX}
-		if f.typ != tar.TypeReg {
-			hdr.Size = 0
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if f.typ == tar.TypeReg {
-			tw.Write(f.content)
-		}
+	entries := make([]tartest.Entry, len(files))
+	for i, f := range files {
+		entries[i] = f.entry()
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
+	return tartest.Tar(t, entries...)
+}
+
+// entry is f as a member of a generated layer, all of which have one fixed time.
+func (f treeFile) entry() tartest.Entry {
+	e := tartest.Entry{Header: tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname,
+		ModTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	if f.typ == tar.TypeReg {
+		e.Header.Size, e.Data = int64(len(f.content)), f.content
 	}
-	return buf.Bytes()
+	return e
 }
 
 // testImage is an image of zstd:chunked layers built from tars.

@@ -1,7 +1,6 @@
 package store_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -15,23 +14,20 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
 
+// tarOf writes the files among a, b, c and big, in that order.
 func tarOf(t *testing.T, files map[string][]byte) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var entries []tartest.Entry
 	for _, name := range []string{"a", "b", "c", "big"} {
-		data, ok := files[name]
-		if !ok {
-			continue
+		if data, ok := files[name]; ok {
+			entries = append(entries, tartest.Bytes(name, data))
 		}
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
-		tw.Write(data)
 	}
-	tw.Close()
-	return buf.Bytes()
+	return tartest.Tar(t, entries...)
 }
 
 func image(t *testing.T, s *store.Store, name string, tarBytes []byte) store.Image {

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -62,21 +63,6 @@ func TestImportMakesAnExportableImage(t *testing.T) {
 	}
 }
 
-// tarOf writes a plain tar of the given files (in order).
-func tarOf(t *testing.T, files ...[2]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f[0], Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f[1]))}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(f[1]))
-	}
-	tw.Close()
-	return buf.Bytes()
-}
-
 // An image archive given as a root file system is refused (ErrInvalid) and no image is made.
 func TestImportRefusesImageArchives(t *testing.T) {
 	s, err := store.Open(t.TempDir(), store.WithoutSync())
@@ -85,10 +71,10 @@ func TestImportRefusesImageArchives(t *testing.T) {
 	}
 	ctx := context.Background()
 	cases := map[string][]byte{
-		"docker-archive": tarOf(t, [2]string{"abc/layer.tar", "x"}, [2]string{"abc.json", "{}"},
-			[2]string{"manifest.json", `[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["abc/layer.tar"]}]`}),
-		"oci-archive": tarOf(t, [2]string{"blobs/sha256/00", "x"}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`},
-			[2]string{"index.json", `{"schemaVersion":2,"manifests":[]}`}),
+		"docker-archive": tartest.Tar(t, tartest.File("abc/layer.tar", "x"), tartest.File("abc.json", "{}"),
+			tartest.File("manifest.json", `[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["abc/layer.tar"]}]`)),
+		"oci-archive": tartest.Tar(t, tartest.File("blobs/sha256/00", "x"), tartest.File("oci-layout", `{"imageLayoutVersion":"1.0.0"}`),
+			tartest.File("index.json", `{"schemaVersion":2,"manifests":[]}`)),
 	}
 	for kind, b := range cases {
 		_, err := Import(ctx, s, bytes.NewReader(b), "arch:"+kind[:3], Options{})
@@ -100,7 +86,7 @@ func TestImportRefusesImageArchives(t *testing.T) {
 		}
 	}
 	// A root file system that merely holds files of those names deeper down is no archive.
-	plain := tarOf(t, [2]string{"srv/manifest.json", `[{"Config":"a"}]`}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`})
+	plain := tartest.Tar(t, tartest.File("srv/manifest.json", `[{"Config":"a"}]`), tartest.File("oci-layout", `{"imageLayoutVersion":"1.0.0"}`))
 	if _, err := Import(ctx, s, bytes.NewReader(plain), "plain:v1", Options{}); err != nil {
 		t.Fatalf("plain tar: %v", err)
 	}

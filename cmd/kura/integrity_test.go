@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
@@ -94,18 +94,14 @@ func needRoot(t *testing.T, why string) {
 // device when dev is set.
 func writeTar(t *testing.T, path string, files map[string]string, dev bool) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
+	entries := []tartest.Entry{tartest.Dir("etc/")}
 	for name, data := range files {
-		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))})
-		tw.Write([]byte(data))
+		entries = append(entries, tartest.File(name, data))
 	}
 	if dev {
-		tw.WriteHeader(&tar.Header{Name: "etc/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3})
+		entries = append(entries, tartest.Device("etc/null", tar.TypeChar, 1, 3))
 	}
-	tw.Close()
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, tartest.Tar(t, entries...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -54,7 +54,7 @@ func mergeCorpus(t *testing.T) (layers [][]byte, cases []string) {
 
 func dirEnt(name string, mode int64, uid int) ent {
 	e := dir(name, mode)
-	e.hdr.Uid = uid
+	e.Header.Uid = uid
 	return e
 }
 
@@ -63,8 +63,8 @@ func dirEnt(name string, mode int64, uid int) ent {
 func opEnts(dir, op string, li int) []ent {
 	p := dir + "p"
 	file := reg(p, fmt.Sprintf("%sfile of layer %d", big, li), 0o640+int64(li))
-	file.hdr.Uid, file.hdr.Gid = 1000+li, 2000+li
-	file.hdr.PAXRecords = map[string]string{
+	file.Header.Uid, file.Header.Gid = 1000+li, 2000+li
+	file.Header.PAXRecords = map[string]string{
 		"SCHILY.xattr.user.layer":             fmt.Sprint(li),
 		"SCHILY.xattr.trusted.overlay.opaque": "y", // must never reach a checkout
 	}

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
@@ -32,48 +32,26 @@ import (
 
 var mtime = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC)
 
-type ent struct {
-	hdr  tar.Header
-	data string
-}
+type ent = tartest.Entry
 
-func reg(name, data string, mode int64) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}, data: data}
-}
-func dir(name string, mode int64) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: mode}}
-}
+func reg(name, data string, mode int64) ent { return tartest.File(name, data).Mode(mode) }
+func dir(name string, mode int64) ent       { return tartest.Dir(name).Mode(mode) }
 func other(typ byte, name, link string) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Linkname: link}}
+	return ent{Header: tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Linkname: link}}
 }
 
-func mkTar(t *testing.T, ents ...ent) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range ents {
-		h := e.hdr
-		h.ModTime, h.Format = mtime, tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, e.data)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+// mkTar writes a PAX tar of ents, all at mtime.
+func mkTar(t *testing.T, ents ...ent) []byte { return tartest.Tar(t, tartest.At(mtime, ents...)...) }
 
 var big = strings.Repeat("a line of content that makes the file larger than the inline limit\n", 300)
 
 // layers of a test image: the second one whites out, makes a directory opaque and replaces things.
 func testLayers(t *testing.T) [][]byte {
 	x := reg("usr/bin/capable", big+"cap", 0o4755)
-	x.hdr.Uid, x.hdr.Gid = 1000, 70000
-	x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.comment": "hello"}
+	x.Header.Uid, x.Header.Gid = 1000, 70000
+	x.Header.PAXRecords = map[string]string{"SCHILY.xattr.user.comment": "hello"}
 	dev := other(tar.TypeChar, "dev/null", "")
-	dev.hdr.Devmajor, dev.hdr.Devminor, dev.hdr.Mode = 1, 3, 0o666
+	dev.Header.Devmajor, dev.Header.Devminor, dev.Header.Mode = 1, 3, 0o666
 	l1 := mkTar(t,
 		dir("etc/", 0o755), reg("etc/hostname", "kura\n", 0o644), reg("etc/old.conf", big, 0o600),
 		dir("etc/sub/", 0o700), reg("etc/sub/deep", "deep\n", 0o644),
