@@ -17,8 +17,8 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
-	"github.com/kura-oci/kura/store"
 )
 
 // entry is one tar entry of a test archive: a file, or a symlink when link is set.
@@ -53,14 +53,6 @@ func rootfs(t *testing.T, file string) (layer, config []byte) {
 	return layer, config
 }
 
-func newStore(t *testing.T) *store.Store {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // dockerArchive is laid out as docker save writes it: a second image reuses the first one's
 // layer through a symlink, and has two RepoTags.
 func dockerArchive(t *testing.T) []byte {
@@ -75,7 +67,7 @@ func dockerArchive(t *testing.T) []byte {
 }
 
 func TestLoadDockerArchive(t *testing.T) {
-	s := newStore(t)
+	s := teststore.Open(t)
 	ctx := context.Background()
 	res, err := Load(ctx, s, bytes.NewReader(dockerArchive(t)), t.TempDir())
 	if err != nil {
@@ -103,7 +95,7 @@ func TestLoadOCIArchive(t *testing.T) {
 		`","size":` + strings.TrimSpace(string(must(json.Marshal(len(mb))))) + `,"annotations":{"org.opencontainers.image.ref.name":"localhost/oci:v1"}}]}`
 	arch := tarBytes(t, entry{name: "oci-layout", body: `{"imageLayoutVersion":"1.0.0"}`}, entry{name: "index.json", body: idx},
 		entry{name: blob(l1), body: string(l1)}, entry{name: blob(c1), body: string(c1)}, entry{name: blob(mb), body: string(mb)})
-	s := newStore(t)
+	s := teststore.Open(t)
 	res, err := Load(context.Background(), s, bytes.NewReader(arch), t.TempDir())
 	if err != nil || len(res) != 1 || res[0].Name != "localhost/oci:v1" || res[0].Image.ID != digest.FromBytes(mb) {
 		t.Fatalf("loaded %+v, %v", res, err)
@@ -134,7 +126,7 @@ func TestLoadRefusesBadArchives(t *testing.T) {
 		"not a tar":        []byte(strings.Repeat("garbage ", 200)),
 	}
 	for name, arch := range cases {
-		s := newStore(t)
+		s := teststore.Open(t)
 		_, err := Load(context.Background(), s, bytes.NewReader(arch), t.TempDir())
 		t.Logf("%s: %v", name, err)
 		if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrDigestMismatch) {

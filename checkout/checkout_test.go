@@ -20,6 +20,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -78,8 +79,8 @@ func TestCheckoutMatchesGNUTar(t *testing.T) {
 	for _, c := range cases {
 		for _, mode := range []checkout.LinkMode{checkout.LinkCopy, checkout.LinkAuto} {
 			t.Run(c.name+"/"+string(mode), func(t *testing.T) {
-				s := openStore(t, t.TempDir())
-				img := makeImage(t, s, c.layers...)
+				s := teststore.Open(t)
+				img := teststore.Image(t, s, c.layers...)
 				ref := t.TempDir()
 				referenceExtract(t, ref, c.layers...)
 				got := filepath.Join(t.TempDir(), "rootfs")
@@ -105,8 +106,8 @@ func TestCheckoutRealRootfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, b)
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, b)
 	ref := t.TempDir()
 	referenceExtract(t, ref, b)
 	got := filepath.Join(t.TempDir(), "rootfs")
@@ -129,8 +130,8 @@ func TestCheckoutHardlinkMode(t *testing.T) {
 		tartest.File("e", "same bytes").Xattr("user.k", "v"),
 	)
 	root := t.TempDir()
-	s := openStore(t, filepath.Join(root, "store"))
-	img := makeImage(t, s, mixed, variants)
+	s := teststore.Open(t, teststore.At(filepath.Join(root, "store")))
+	img := teststore.Image(t, s, mixed, variants)
 	ref := t.TempDir()
 	referenceExtract(t, ref, mixed, variants)
 	var outs []string
@@ -212,8 +213,8 @@ func TestCheckoutReflinkXFS(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 
 	mixed := readTar(t, "mixed.tar")
-	s := openStore(t, filepath.Join(mnt, "store"))
-	im := makeImage(t, s, mixed)
+	s := teststore.Open(t, teststore.At(filepath.Join(mnt, "store")))
+	im := teststore.Image(t, s, mixed)
 	out := filepath.Join(mnt, "rootfs")
 	st, err := checkout.Checkout(context.Background(), s, im, out, checkout.Options{Link: checkout.LinkReflink})
 	if err != nil {
@@ -231,8 +232,8 @@ func TestCheckoutReflinkXFS(t *testing.T) {
 		t.Errorf("big-text extents not shared after reflink:\n%s", fr)
 	}
 	// On ext4 (no FICLONE) reflink mode is a clear error and auto mode copies.
-	s2 := openStore(t, t.TempDir())
-	im2 := makeImage(t, s2, mixed)
+	s2 := teststore.Open(t)
+	im2 := teststore.Image(t, s2, mixed)
 	if _, err := checkout.Checkout(context.Background(), s2, im2, filepath.Join(t.TempDir(), "r"), checkout.Options{Link: checkout.LinkReflink}); err != nil && !errors.Is(err, errdefs.ErrUnsupported) {
 		t.Fatalf("reflink on a file system without it: %v, want ErrUnsupported", err)
 	}
@@ -258,7 +259,7 @@ func hostileImage(t *testing.T, s *store.Store, tocs ...*chunked.TOC) store.Imag
 		ids = append(ids, id)
 		descs = append(descs, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: id, Size: 1})
 	}
-	return putImage(t, s, ids, descs)
+	return teststore.PutImage(t, s, ids, descs)
 }
 
 func putObject(t *testing.T, s *store.Store, data string) string {
@@ -279,7 +280,7 @@ func TestCheckoutHostile(t *testing.T) {
 	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t, t.TempDir())
+	s := teststore.Open(t)
 	obj := putObject(t, s, "pwned")
 	reg := func(name string) chunked.Entry {
 		return chunked.Entry{Type: chunked.TypeReg, Name: name, Mode: 0o644, Size: 5, Digest: obj}
@@ -346,8 +347,8 @@ func TestCheckoutHostile(t *testing.T) {
 }
 
 func TestCheckoutNotEmpty(t *testing.T) {
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, tarOf(t, tartest.File("f", "x")))
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, tarOf(t, tartest.File("f", "x")))
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "existing"), nil, 0o644)
 	if _, err := checkout.Checkout(context.Background(), s, img, dir, checkout.Options{}); !errors.Is(err, errdefs.ErrInvalid) {
@@ -359,8 +360,8 @@ func TestCheckoutNotEmpty(t *testing.T) {
 // then fail with ErrPermission, or are left out with SkipDevices (fifos are still made).
 func TestCheckoutDevicesNotPermitted(t *testing.T) {
 	needRoot(t)
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, readTar(t, "mixed.tar"))
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, readTar(t, "mixed.tar"))
 
 	// Capabilities are per thread: lock this goroutine to its thread and run the checkout here
 	// (Checkout makes its syscalls on the calling goroutine).

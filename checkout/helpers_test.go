@@ -3,10 +3,8 @@ package checkout_test
 import (
 	"archive/tar"
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -18,73 +16,14 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
-	"github.com/kura-oci/kura/store"
-	"github.com/kura-oci/kura/store/layer"
 )
 
 // testdata is testdata/REL at the module root (a missing vector fails the test).
 func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
-
-func openStore(t testing.TB, root string) *store.Store {
-	t.Helper()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// makeImage imports layer tars and records an image made of them.
-func makeImage(t testing.TB, s *store.Store, tars ...[]byte) store.Image {
-	t.Helper()
-	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	var diffIDs []digest.Digest
-	var descs []ocispec.Descriptor
-	for _, b := range tars {
-		l, err := layer.Import(ctx, s, bytes.NewReader(b), layer.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		diffIDs = append(diffIDs, l.DiffID)
-		descs = append(descs, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: l.DiffID, Size: int64(len(b))})
-	}
-	return putImage(t, s, diffIDs, descs)
-}
-
-func putImage(t testing.TB, s *store.Store, diffIDs []digest.Digest, descs []ocispec.Descriptor) store.Image {
-	t.Helper()
-	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	config, _ := json.Marshal(ocispec.Image{
-		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-	})
-	manifest, _ := json.Marshal(ocispec.Manifest{
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
-		Layers:    descs,
-	})
-	img, err := s.PutImage(ctx, manifest, config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
 
 // referenceExtract is what GNU tar makes of the layers, one after the other, with whiteouts
 // applied before each layer's entries (they concern lower layers only).

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // A file of data, 16 MiB of zeros and data again is stored with a hole, and every checkout
@@ -27,8 +28,8 @@ func TestCheckoutKeepsHoles(t *testing.T) {
 	tw.Write(content)
 	tw.Close()
 	work := t.TempDir()
-	s := openStore(t, filepath.Join(work, "store"))
-	img := makeImage(t, s, buf.Bytes())
+	s := teststore.Open(t, teststore.At(filepath.Join(work, "store")))
+	img := teststore.Image(t, s, buf.Bytes())
 	const maxAlloc = 1 << 20
 	for _, link := range []checkout.LinkMode{checkout.LinkCopy, checkout.LinkAuto, checkout.LinkHardlink} {
 		dir := filepath.Join(work, string(link))

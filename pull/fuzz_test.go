@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // fuzzTree turns fuzzer bytes into a layer tree: each step reads an opcode and a few argument
@@ -130,7 +131,7 @@ func FuzzPartialEqualsFull(f *testing.F) {
 		img.writeLayout(t, dir, "x")
 		baseImg.writeLayout(t, dir, "base")
 
-		partial, full := openStore(t), openStore(t)
+		partial, full := teststore.Open(t), teststore.Open(t)
 		if _, err := pullRef(t, partial, "oci:"+dir+":base", nil); err != nil {
 			t.Fatalf("pulling the base: %v", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -49,7 +50,7 @@ func pullUpdate(t *testing.T, v0, v1 *testImage) (layout string, s *store.Store,
 	layout = t.TempDir()
 	v0.writeLayout(t, layout, "v0")
 	v1.writeLayout(t, layout, "v1")
-	s = openStore(t)
+	s = teststore.Open(t)
 	if _, err := pullRef(t, s, "oci:"+layout+":v0", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,7 @@ func TestPullPredictsTarSplit(t *testing.T) {
 	checkFsck(t, s)
 
 	// The same pull without prediction fetches the tar-split too.
-	s2 := openStore(t)
+	s2 := teststore.Open(t)
 	if _, err := pullRef(t, s2, "oci:"+dir+":v0", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
@@ -163,15 +164,6 @@ func (img *testImage) push(t testing.TB, reg *registrytest.Registry, repo, tag s
 	reg.PushManifest(t, repo, tag, ocispec.MediaTypeImageManifest, img.manifest)
 }
 
-func openStore(t testing.TB) *store.Store {
-	t.Helper()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // exportDigest rebuilds a stored layer's tar and returns its sha256 (Export checks it too).
 func exportDigest(t testing.TB, s *store.Store, diffID digest.Digest) digest.Digest {
 	t.Helper()
@@ -229,7 +221,7 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	v0.writeLayout(t, dir, "v0")
 	v1.writeLayout(t, dir, "v1")
 
-	partial := openStore(t)
+	partial := teststore.Open(t)
 	rep0, err := pullRef(t, partial, "oci:"+dir+":v0", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +246,7 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	if l1.BytesRequested*5 > l1.BlobBytes {
 		t.Fatalf("update pull requested %d of %d blob bytes", l1.BytesRequested, l1.BlobBytes)
 	}
-	full := openStore(t)
+	full := teststore.Open(t)
 	repFull, err := pullRef(t, full, "oci:"+dir+":v1", nil, WithoutPartial())
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +285,7 @@ func TestPullPresentLayerFetchesNothing(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	if _, err := pullRef(t, s, "oci:"+dir+":x", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +300,7 @@ func TestPullPresentLayerFetchesNothing(t *testing.T) {
 
 func TestPullOldFormatFallsBackToFull(t *testing.T) {
 	dir := filepath.Join(testdataDir(t), "zstd-chunked", "skopeo-1.9", "oci-layout")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir, nil, WithName("skopeo"))
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +316,7 @@ func TestPullOversizedMetadataFallsBackToFull(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir+":x", nil, WithMaxMetadataSize(1000))
 	if err != nil {
 		t.Fatal(err)
@@ -351,7 +343,7 @@ func TestPullRejectsWrongDiffID(t *testing.T) {
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "bad")
 	for _, opts := range [][]Option{nil, {WithoutPartial()}} {
-		s := openStore(t)
+		s := teststore.Open(t)
 		_, err := pullRef(t, s, "oci:"+dir+":bad", nil, opts...)
 		var m *layer.DiffIDMismatchError
 		if !errors.Is(err, errdefs.ErrDigestMismatch) || !errors.As(err, &m) || m.Want != cfg.RootFS.DiffIDs[0] {
@@ -378,10 +370,7 @@ func TestPullFromRegistryWithFaults(t *testing.T) {
 
 	// A reference store holding v0, copied for each case so every case pulls v1 as an update.
 	base := t.TempDir()
-	baseStore, err := store.Open(base, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	baseStore := teststore.Open(t, teststore.At(base))
 	if _, err := pullRef(t, baseStore, "docker://"+reg.Host+"/app:v0", registryClient(registry.WithTLSVerify(false))); err != nil {
 		t.Fatal(err)
 	}
@@ -411,10 +400,7 @@ func TestPullFromRegistryWithFaults(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			copyTree(t, base, dir)
-			s, err := store.Open(dir, store.WithoutSync())
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := teststore.Open(t, teststore.At(dir))
 			reg.Proxy.SetFault(tc.fault)
 			rep, err := pullRef(t, s, "docker://"+reg.Host+"/app:v1", registryClient(registry.WithTLSVerify(false)))
 			reqs := reg.Proxy.BlobRequests()

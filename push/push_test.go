@@ -25,6 +25,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
@@ -366,15 +367,6 @@ type failing struct{}
 
 func (failing) Read([]byte) (int, error) { return 0, errDropped }
 
-func openStore(t testing.TB) *store.Store {
-	t.Helper()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // exportAll returns the exact tar of every layer of a stored image, checking each against its
 // DiffID.
 func exportAll(t testing.TB, s *store.Store, img store.Image) [][]byte {
@@ -417,7 +409,7 @@ func pullInto(t testing.TB, c *registry.Client, ref string) (*store.Store, store
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pull.Pull(context.Background(), s, src)
 	if err != nil {
 		t.Fatal(err)
@@ -441,7 +433,7 @@ func TestPushRoundTrip(t *testing.T) {
 	// A three-layer image, one layer repeated, reaches the store through a layout pull.
 	layout := t.TempDir()
 	makeLayout(t, layout, "v1", false, genTar(t, 1, 0), genTar(t, 2, 0), genTar(t, 1, 0))
-	s := openStore(t)
+	s := teststore.Open(t)
 	if _, err := pull.Pull(ctx, s, layoutSource(t, layout, "v1"), pull.WithName("app:v1")); err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +509,7 @@ func TestPushRoundTrip(t *testing.T) {
 func TestPushSurvivesDroppedConnections(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	s := openStore(t)
+	s := teststore.Open(t)
 	tb := genTar(t, 7, 0)
 	if _, err := tarimage.Import(ctx, s, bytes.NewReader(tb), "app:v1", tarimage.Options{Created: time.Unix(1700000000, 0)}); err != nil {
 		t.Fatal(err)

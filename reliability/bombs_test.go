@@ -25,6 +25,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
@@ -94,10 +95,7 @@ func TestBombTOCEntries(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{tocBomb(t, 1<<20)}}
 	img.push(t, reg, "tocbomb")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	err, mib := pullBomb(t, s, reg.Host, "tocbomb")
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "entries") {
 		t.Fatalf("pulling the TOC bomb: %v, want ErrInvalid for too many entries", err)
@@ -115,10 +113,7 @@ func TestBombTarSplitBlankLines(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{blankLinesBomb(t, 4<<20)}}
 	img.push(t, reg, "blanklines")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	err, mib := pullBomb(t, s, reg.Host, "blanklines")
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "entries") {
 		t.Fatalf("pulling the blank-lines bomb: %v, want ErrInvalid for too many lines", err)
@@ -173,10 +168,7 @@ func TestBombLayersAcrossJobs(t *testing.T) {
 	if kib>>10 > 160 {
 		t.Fatalf("three bombs with --jobs 3 peaked at %d MiB RSS", kib>>10)
 	}
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.At(root))
 	assertNothingStored(t, s)
 }
 
@@ -239,11 +231,8 @@ func TestBombDeclaredSize(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{zerosLayer(t, 256<<20, compress(make([]byte, 4096)))}}
 	img.push(t, reg, "declared")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	err, _ = pullBomb(t, s, reg.Host, "declared")
+	s := teststore.Open(t)
+	err, _ := pullBomb(t, s, reg.Host, "declared")
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("pulling 256 MiB declared in a 4 KiB frame: %v, want ErrInvalid", err)
 	}
@@ -299,10 +288,7 @@ func TestZerosAreHoles(t *testing.T) {
 	}
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			s, err := store.Open(t.TempDir(), store.WithoutSync())
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := teststore.Open(t)
 			m.get(t, s)
 			obj, err := s.ObjectPath(digest.Digest(want))
 			if err != nil {

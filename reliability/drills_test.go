@@ -23,8 +23,8 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry/registrytest"
-	"github.com/kura-oci/kura/store"
 )
 
 // killPoints is how many random kill points each crash drill tries: 10 in CI, 50 with
@@ -165,10 +165,7 @@ func fsckClean(t testing.TB, root string) {
 // that every layer exports to its DiffID (the same result as an uninterrupted pull).
 func checkImage(t testing.TB, root string, img drillImage) {
 	t.Helper()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.At(root))
 	got, err := s.ResolveImage(context.Background(), img.name)
 	if err != nil {
 		t.Fatalf("image %s: %v", img.name, err)

@@ -25,6 +25,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
@@ -535,15 +536,12 @@ func TestHostileLayers(t *testing.T) {
 				tried++
 				before := snapshot(t, canary)
 				root := filepath.Join(work, "store-"+mode.name)
-				s, err := store.Open(root, store.WithoutSync())
-				if err != nil {
-					t.Fatal(err)
-				}
+				s := teststore.Open(t, teststore.At(root))
 				var m0, m1 runtime.MemStats
 				runtime.GC()
 				runtime.ReadMemStats(&m0)
 				start := time.Now()
-				_, err = pullImage(ctx, t, s, reg.Host, repo, mode.opts...)
+				_, err := pullImage(ctx, t, s, reg.Host, repo, mode.opts...)
 				elapsed := time.Since(start)
 				runtime.ReadMemStats(&m1)
 				t.Logf("%s pull: %v in %v, %d MiB allocated", mode.name, err, elapsed.Round(time.Millisecond), (m1.TotalAlloc-m0.TotalAlloc)>>20)
@@ -615,13 +613,10 @@ func TestBombAfterTarEnd(t *testing.T) {
 	img := one(t, base(reg0("bomb", "sixteen bytes!!\n"))...)
 	img.layers[0].replaceContent(t, "bomb", compress(make([]byte, 256<<20)))
 	img.push(t, reg, "bomb")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	_, err = pullImage(context.Background(), t, s, reg.Host, "bomb", pull.WithoutPartial())
+	_, err := pullImage(context.Background(), t, s, reg.Host, "bomb", pull.WithoutPartial())
 	runtime.ReadMemStats(&m1)
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("pulling the bomb whole: %v, want ErrInvalid (trailing data over chunked.MaxTrailer)", err)

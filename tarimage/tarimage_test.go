@@ -14,7 +14,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store/layer"
 )
 
@@ -27,10 +27,7 @@ func TestImportMakesAnExportableImage(t *testing.T) {
 	tw.Close()
 	want := digest.FromBytes(buf.Bytes())
 
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	ctx := context.Background()
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	img, err := Import(ctx, s, bytes.NewReader(buf.Bytes()), "demo:v1", Options{Created: created})
@@ -65,10 +62,7 @@ func TestImportMakesAnExportableImage(t *testing.T) {
 
 // An image archive given as a root file system is refused (ErrInvalid) and no image is made.
 func TestImportRefusesImageArchives(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	ctx := context.Background()
 	cases := map[string][]byte{
 		"docker-archive": tartest.Tar(t, tartest.File("abc/layer.tar", "x"), tartest.File("abc.json", "{}"),

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -330,10 +331,7 @@ func TestRmiRaceCLI(t *testing.T) {
 	root, _, _ := lifecycleStore(t)
 	ctx := context.Background()
 	handle := func() *store.Store {
-		s, err := store.Open(root, store.WithoutSync())
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := teststore.Open(t, teststore.At(root))
 		return s
 	}
 	pull, reader := handle(), handle()

@@ -13,7 +13,7 @@ import (
 
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/composefs/mount"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // mergeOps are what one layer does to the path p of a case (t is a file every case has from
@@ -109,10 +109,7 @@ func TestMergeCorpusMountEqualsCheckout(t *testing.T) {
 		t.Fatal("this test mounts and chowns: run it as root")
 	}
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	layers, cases := mergeCorpus(t)
 	img := importImage(t, s, layers)
 	cfs, err := Ensure(ctx, s, img)

@@ -25,6 +25,7 @@ import (
 	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
@@ -108,10 +109,7 @@ func importImage(t *testing.T, s *store.Store, layers [][]byte) store.Image {
 }
 
 func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	img := importImage(t, s, testLayers(t))
 	root, err := Tree(context.Background(), s, img)
 	if err != nil {
@@ -251,10 +249,7 @@ func TestMountEqualsCheckout(t *testing.T) {
 		testkit.Skip(t, "mounting needs root")
 	}
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	layers := testLayers(t)
 	b, err := os.ReadFile(testdata.Dir(t, "zstd-chunked", "real.tar"))
 	if err != nil {
