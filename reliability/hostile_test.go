@@ -26,6 +26,7 @@ import (
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
@@ -426,35 +427,6 @@ func (img hostileImage) push(t testing.TB, reg *registrytest.Registry, repo stri
 	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
 }
 
-// snapshot records every path, mode and content digest under dir, to prove nothing changed.
-func snapshot(t testing.TB, dir string) string {
-	t.Helper()
-	var sb strings.Builder
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(&sb, "%s %v %d", p, fi.Mode(), fi.Size())
-		if fi.Mode().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&sb, " %x", sha256.Sum256(b))
-		}
-		sb.WriteByte('\n')
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sb.String()
-}
-
 // makeCanary creates dir/canary with a secret file; cases aim at it.
 func makeCanary(t testing.TB, dir string) string {
 	t.Helper()
@@ -534,7 +506,7 @@ func TestHostileLayers(t *testing.T) {
 					continue
 				}
 				tried++
-				before := snapshot(t, canary)
+				before := treetest.Snapshot(t, canary).String()
 				root := filepath.Join(work, "store-"+mode.name)
 				s := teststore.Open(t, teststore.At(root))
 				var m0, m1 runtime.MemStats
@@ -570,7 +542,7 @@ func TestHostileLayers(t *testing.T) {
 					}
 					checkoutCheck(ctx, t, s, repo, work, canary, tc.check)
 				}
-				if after := snapshot(t, canary); after != before {
+				if after := treetest.Snapshot(t, canary).String(); after != before {
 					t.Fatalf("the canary changed:\n%s\nwas\n%s", after, before)
 				}
 				passed++
@@ -588,7 +560,7 @@ func checkoutCheck(ctx context.Context, t testing.TB, s *store.Store, name, work
 	if err != nil {
 		t.Fatal(err)
 	}
-	outside := snapshot(t, canary)
+	outside := treetest.Snapshot(t, canary).String()
 	target := filepath.Join(work, "rootfs-"+filepath.Base(s.Root()))
 	_, err = checkout.Checkout(ctx, s, img, target, checkout.Options{})
 	if err != nil {
@@ -596,7 +568,7 @@ func checkoutCheck(ctx context.Context, t testing.TB, s *store.Store, name, work
 	} else if check != nil {
 		check(t, target)
 	}
-	if got := snapshot(t, canary); got != outside {
+	if got := treetest.Snapshot(t, canary).String(); got != outside {
 		t.Fatalf("checkout wrote outside its target:\n%s", got)
 	}
 	for _, p := range []string{filepath.Join(work, "evil"), "/evil", filepath.Join(filepath.Dir(work), "canary")} {

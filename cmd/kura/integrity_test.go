@@ -17,6 +17,7 @@ import (
 
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
@@ -218,7 +219,7 @@ func TestReadOnlyStore(t *testing.T) {
 	if err := unix.Mount("", ro, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
 		t.Fatal(err)
 	}
-	before := tree(t, prepared)
+	before := treetest.Snapshot(t, prepared).String()
 
 	if out := root.ok("--root", ro, "images"); !strings.Contains(out, "img") {
 		t.Fatalf("images:\n%s", out)
@@ -243,24 +244,9 @@ func TestReadOnlyStore(t *testing.T) {
 	root.fails(77, "read-only", "--root", ro, "gc")
 	root.fails(77, "read-only", "--root", ro, "fsck", "--repair")
 	root.fails(77, "read-only", "--root", ro, "checkout", "--link", "hardlink", "img", filepath.Join(work, "co2"))
-	if after := tree(t, prepared); after != before {
+	if after := treetest.Snapshot(t, prepared).String(); after != before {
 		t.Fatalf("the read-only store changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-}
-
-// tree lists every path under dir with its size, for comparing a store before and after.
-func tree(t *testing.T, dir string) string {
-	t.Helper()
-	var b strings.Builder
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, _ := d.Info()
-		b.WriteString(p + " " + strconv.FormatInt(fi.Size(), 10) + "\n")
-		return nil
-	})
-	return b.String()
 }
 
 // TestFsckRepairRefetches: fsck --repair never removes a name. A damaged object of a pulled

@@ -4,14 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +23,7 @@ import (
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
@@ -164,82 +162,20 @@ func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
 	}
 }
 
-// fileInfo is what the mount and the checkout must agree on for one path.
-type fileInfo struct {
-	Mode          os.FileMode
-	UID, GID      uint32
-	Nlink         uint64
-	Mtime         int64
-	Size          int64
-	Content, Link string
-	Xattrs, Rdev  string
-}
-
-func walk(t *testing.T, root string) (map[string]fileInfo, [][]string) {
+// walk snapshots what the mount and the checkout must agree on: every path but the root (the
+// mount point), user xattrs only (overlay adds its own), no directory sizes (they differ by file
+// system), and the hard-link groups.
+func walk(t *testing.T, root string) (map[string]treetest.Node, map[string]string) {
 	t.Helper()
-	out := map[string]fileInfo{}
-	inodes := map[uint64][]string{}
-	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." {
-			return nil
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		info := fileInfo{Mode: fi.Mode(), UID: st.Uid, GID: st.Gid, Mtime: st.Mtim.Nano()}
-		if !fi.IsDir() {
-			info.Nlink = st.Nlink
-		}
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			info.Size, info.Content = fi.Size(), fmt.Sprintf("%x", sha256.Sum256(b))
-			inodes[st.Ino] = append(inodes[st.Ino], rel)
-		case fi.Mode()&os.ModeSymlink != 0:
-			info.Link, _ = os.Readlink(p)
-		case fi.Mode()&os.ModeDevice != 0:
-			info.Rdev = fmt.Sprint(st.Rdev)
-		}
-		info.Xattrs = userXattrs(p)
-		out[rel] = info
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var groups [][]string
-	for _, names := range inodes {
-		if len(names) > 1 {
-			sort.Strings(names)
-			groups = append(groups, names)
+	tr := treetest.Snapshot(t, root, treetest.XattrPrefix("user."))
+	delete(tr.Nodes, ".")
+	for p, n := range tr.Nodes {
+		if n.Type == "dir" {
+			n.Size = 0
+			tr.Nodes[p] = n
 		}
 	}
-	sort.Slice(groups, func(i, j int) bool { return groups[i][0] < groups[j][0] })
-	return out, groups
-}
-
-func userXattrs(p string) string {
-	buf := make([]byte, 4096)
-	n, err := unix.Llistxattr(p, buf)
-	if err != nil {
-		return ""
-	}
-	var parts []string
-	for _, name := range strings.Split(string(buf[:n]), "\x00") {
-		if !strings.HasPrefix(name, "user.") {
-			continue
-		}
-		v := make([]byte, 4096)
-		m, _ := unix.Lgetxattr(p, name, v)
-		parts = append(parts, name+"="+string(v[:max(m, 0)]))
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
+	return tr.Nodes, tr.Links
 }
 
 // TestMountEqualsCheckout mounts the composefs image of a stored image for real and compares the
