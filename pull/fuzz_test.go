@@ -3,17 +3,13 @@ package pull
 import (
 	"archive/tar"
 	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"strings"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
@@ -154,18 +150,9 @@ func FuzzPartialEqualsFull(f *testing.F) {
 
 // fuzzImage is buildImage for one layer, returning the writer's refusal instead of failing.
 func fuzzImage(tb []byte) (*testImage, error) {
-	var blob bytes.Buffer
-	d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob, chunked.WithConcurrency(1), chunked.WithLevel(1))
+	img, err := imagetest.Convert([][]byte{tb}, chunked.WithConcurrency(1), chunked.WithLevel(1))
 	if err != nil {
 		return nil, err
 	}
-	img := &testImage{layers: [][]byte{blob.Bytes()}, diffIDs: []digest.Digest{d.DiffID},
-		descs: []ocispec.Descriptor{{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations}}}
-	img.config, _ = json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}})
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: img.descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(img.config), Size: int64(len(img.config))}}
-	m.SchemaVersion = 2
-	img.manifest, _ = json.Marshal(m)
-	return img, nil
+	return fromKit(img), nil
 }

@@ -20,9 +20,9 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/auth"
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
@@ -120,23 +120,11 @@ type testImage struct {
 
 func buildImage(t testing.TB, tars ...[]byte) *testImage {
 	t.Helper()
-	img := &testImage{}
-	for _, tb := range tars {
-		var blob bytes.Buffer
-		d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img.layers = append(img.layers, blob.Bytes())
-		img.descs = append(img.descs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations})
-		img.diffIDs = append(img.diffIDs, d.DiffID)
-	}
-	cfg := ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}}
-	img.config, _ = json.Marshal(cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(img.config), Size: int64(len(img.config))}, Layers: img.descs}
-	m.SchemaVersion = 2
-	img.manifest, _ = json.Marshal(m)
-	return img
+	return fromKit(imagetest.Chunked(t, tars...))
+}
+
+func fromKit(b *imagetest.Image) *testImage {
+	return &testImage{layers: b.Blobs, descs: b.Descs, diffIDs: b.DiffIDs, config: b.Config, manifest: b.Manifest}
 }
 
 func (img *testImage) writeLayout(t testing.TB, dir, tag string) {
@@ -157,11 +145,8 @@ func (img *testImage) writeLayout(t testing.TB, dir, tag string) {
 
 func (img *testImage) push(t testing.TB, reg *registrytest.Registry, repo, tag string) {
 	t.Helper()
-	for _, b := range img.layers {
-		reg.PushBlob(t, repo, b)
-	}
-	reg.PushBlob(t, repo, img.config)
-	reg.PushManifest(t, repo, tag, ocispec.MediaTypeImageManifest, img.manifest)
+	kit := imagetest.Image{Blobs: img.layers, Descs: img.descs, DiffIDs: img.diffIDs, Config: img.config, Manifest: img.manifest}
+	kit.Push(t, reg, repo, tag)
 }
 
 // exportDigest rebuilds a stored layer's tar and returns its sha256 (Export checks it too).

@@ -18,10 +18,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry/registrytest"
@@ -116,28 +115,9 @@ func genLayer(t testing.TB, seed int64, files int) []byte {
 // pushDrillImage converts layer tars with the product's writer and pushes them as repo:latest.
 func pushDrillImage(t testing.TB, reg *registrytest.Registry, repo string, tars ...[]byte) drillImage {
 	t.Helper()
-	img := drillImage{name: reg.Host + "/" + repo + ":latest"}
-	var descs []ocispec.Descriptor
-	for _, tb := range tars {
-		var blob bytes.Buffer
-		d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reg.PushBlob(t, repo, blob.Bytes())
-		descs = append(descs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations})
-		img.diffIDs = append(img.diffIDs, d.DiffID)
-	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}})
-	reg.PushBlob(t, repo, cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}}
-	m.SchemaVersion = 2
-	mb, _ := json.Marshal(m)
-	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
-	img.manifest = digest.FromBytes(mb)
-	return img
+	built := imagetest.Chunked(t, tars...)
+	built.Push(t, reg, repo, "latest")
+	return drillImage{name: reg.Host + "/" + repo + ":latest", diffIDs: built.DiffIDs, manifest: digest.FromBytes(built.Manifest)}
 }
 
 func pullArgs(root string, img drillImage) []string {

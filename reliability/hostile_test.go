@@ -24,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/internal/testkit/treetest"
@@ -417,13 +418,8 @@ func (img hostileImage) push(t testing.TB, reg *registrytest.Registry, repo stri
 			diffIDs = append(diffIDs, l.diffID)
 		}
 	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
+	cfg, mb := imagetest.Meta(diffIDs, descs)
 	reg.PushBlob(t, repo, cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}}
-	m.SchemaVersion = 2
-	mb, _ := json.Marshal(m)
 	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
 }
 

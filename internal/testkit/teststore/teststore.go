@@ -6,12 +6,12 @@ package teststore
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -117,15 +117,7 @@ func PutImage(t testing.TB, s *store.Store, diffIDs []digest.Digest, descs []oci
 		t.Fatal(err)
 	}
 	defer unlock()
-	config, _ := json.Marshal(ocispec.Image{
-		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-	})
-	manifest, _ := json.Marshal(ocispec.Manifest{
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
-		Layers:    descs,
-	})
+	config, manifest := imagetest.Meta(diffIDs, descs)
 	img, err := s.PutImage(ctx, manifest, config)
 	if err != nil {
 		t.Fatal(err)
