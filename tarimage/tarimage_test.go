@@ -1,7 +1,6 @@
 package tarimage
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -19,12 +18,7 @@ import (
 )
 
 func TestImportMakesAnExportableImage(t *testing.T) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
-	tw.WriteHeader(&tar.Header{Name: "etc/motd", Typeflag: tar.TypeReg, Mode: 0o644, Size: 6})
-	tw.Write([]byte("hello\n"))
-	tw.Close()
+	buf := bytes.NewBuffer(tartest.Tar(t, tartest.Dir("etc/"), tartest.File("etc/motd", "hello\n")))
 	want := digest.FromBytes(buf.Bytes())
 
 	s := teststore.Open(t)
