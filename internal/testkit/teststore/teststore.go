@@ -59,11 +59,7 @@ func Open(t testing.TB, opts ...Option) *store.Store {
 		t.Fatal(err)
 	}
 	if c.locked {
-		unlock, err := s.RLock(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(unlock)
+		t.Cleanup(rlock(t, s))
 	}
 	return s
 }
@@ -73,11 +69,7 @@ func Open(t testing.TB, opts ...Option) *store.Store {
 func Image(t testing.TB, s *store.Store, tars ...[]byte) store.Image {
 	t.Helper()
 	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
+	defer rlock(t, s)()
 	var diffIDs []digest.Digest
 	var descs []ocispec.Descriptor
 	for _, b := range tars {
@@ -95,11 +87,7 @@ func Image(t testing.TB, s *store.Store, tars ...[]byte) store.Image {
 func Named(t testing.TB, s *store.Store, name string, tars ...[]byte) store.Image {
 	t.Helper()
 	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
+	defer rlock(t, s)()
 	img := Image(t, s, tars...)
 	if err := s.SetRef(ctx, name, img.ID); err != nil {
 		t.Fatal(err)
@@ -112,15 +100,21 @@ func Named(t testing.TB, s *store.Store, name string, tars ...[]byte) store.Imag
 func PutImage(t testing.TB, s *store.Store, diffIDs []digest.Digest, descs []ocispec.Descriptor) store.Image {
 	t.Helper()
 	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
+	defer rlock(t, s)()
 	config, manifest := imagetest.Meta(diffIDs, descs)
 	img, err := s.PutImage(ctx, manifest, config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// rlock takes the store's read lock, which every write needs, and returns its release.
+func rlock(t testing.TB, s *store.Store) func() {
+	t.Helper()
+	unlock, err := s.RLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return unlock
 }
