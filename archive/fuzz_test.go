@@ -6,14 +6,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 )
 
 // FuzzExtract: whatever the archive, Extract writes nothing outside its directory and nothing
 // but directories and regular files (links become hard links to files inside).
 func FuzzExtract(f *testing.F) {
 	t := &testing.T{}
-	f.Add(tarBytes(t, entry{name: "../../x", body: "a"}, entry{name: "l", link: "/etc/passwd"}))
-	f.Add(tarBytes(t, entry{name: "a/b", body: "b"}, entry{name: "a/c", link: "b"}, entry{name: "a/../../d", link: "../a/b"}))
+	f.Add(tartest.Tar(t, tartest.File("../../x", "a"), tartest.Symlink("l", "/etc/passwd")))
+	f.Add(tartest.Tar(t, tartest.File("a/b", "b"), tartest.Symlink("a/c", "b"), tartest.Symlink("a/../../d", "../a/b")))
 	f.Add([]byte("not a tar"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		root := t.TempDir()

@@ -17,48 +17,18 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
-	"github.com/kura-oci/kura/store"
 )
-
-// entry is one tar entry of a test archive: a file, or a symlink when link is set.
-type entry struct{ name, body, link string }
-
-func tarBytes(t *testing.T, es ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range es {
-		h := &tar.Header{Name: e.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(e.body))}
-		if e.link != "" {
-			h = &tar.Header{Name: e.name, Typeflag: tar.TypeSymlink, Linkname: e.link, Mode: 0o777}
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(e.body))
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // rootfs returns a one-file root file system tar and its config (whose DiffID is the tar's).
 func rootfs(t *testing.T, file string) (layer, config []byte) {
-	layer = tarBytes(t, entry{name: file, body: "content of " + file + "\n"})
+	layer = tartest.Tar(t, tartest.File(file, "content of "+file+"\n"))
 	cfg := ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}}}
 	config, _ = json.Marshal(cfg)
 	return layer, config
-}
-
-func newStore(t *testing.T) *store.Store {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // dockerArchive is laid out as docker save writes it: a second image reuses the first one's
@@ -69,13 +39,13 @@ func dockerArchive(t *testing.T) []byte {
 	c2 = append(c2, ' ') // another config, same layer
 	manifest := `[{"Config":"c1.json","RepoTags":["example.com/one:v1"],"Layers":["l1/layer.tar"]},
 		{"Config":"c2.json","RepoTags":["two:a","two:b"],"Layers":["l2/layer.tar"]}]`
-	return tarBytes(t, entry{name: "l1/layer.tar", body: string(l1)}, entry{name: "l2/layer.tar", link: "../l1/layer.tar"},
-		entry{name: "c1.json", body: string(c1)}, entry{name: "c2.json", body: string(c2)},
-		entry{name: "manifest.json", body: manifest})
+	return tartest.Tar(t, tartest.File("l1/layer.tar", string(l1)), tartest.Symlink("l2/layer.tar", "../l1/layer.tar"),
+		tartest.File("c1.json", string(c1)), tartest.File("c2.json", string(c2)),
+		tartest.File("manifest.json", manifest))
 }
 
 func TestLoadDockerArchive(t *testing.T) {
-	s := newStore(t)
+	s := teststore.Open(t)
 	ctx := context.Background()
 	res, err := Load(ctx, s, bytes.NewReader(dockerArchive(t)), t.TempDir())
 	if err != nil {
@@ -101,9 +71,9 @@ func TestLoadOCIArchive(t *testing.T) {
 	mb, _ := json.Marshal(m)
 	idx := `{"schemaVersion":2,"manifests":[{"mediaType":"` + ocispec.MediaTypeImageManifest + `","digest":"` + digest.FromBytes(mb).String() +
 		`","size":` + strings.TrimSpace(string(must(json.Marshal(len(mb))))) + `,"annotations":{"org.opencontainers.image.ref.name":"localhost/oci:v1"}}]}`
-	arch := tarBytes(t, entry{name: "oci-layout", body: `{"imageLayoutVersion":"1.0.0"}`}, entry{name: "index.json", body: idx},
-		entry{name: blob(l1), body: string(l1)}, entry{name: blob(c1), body: string(c1)}, entry{name: blob(mb), body: string(mb)})
-	s := newStore(t)
+	arch := tartest.Tar(t, tartest.File("oci-layout", `{"imageLayoutVersion":"1.0.0"}`), tartest.File("index.json", idx),
+		tartest.File(blob(l1), string(l1)), tartest.File(blob(c1), string(c1)), tartest.File(blob(mb), string(mb)))
+	s := teststore.Open(t)
 	res, err := Load(context.Background(), s, bytes.NewReader(arch), t.TempDir())
 	if err != nil || len(res) != 1 || res[0].Name != "localhost/oci:v1" || res[0].Image.ID != digest.FromBytes(mb) {
 		t.Fatalf("loaded %+v, %v", res, err)
@@ -120,21 +90,21 @@ func must(b []byte, err error) []byte {
 // Hostile or broken archives are refused as invalid input, and nothing is named.
 func TestLoadRefusesBadArchives(t *testing.T) {
 	l1, c1 := rootfs(t, "etc/one")
-	wrongLayer := tarBytes(t, entry{name: "etc/evil", body: "not what the config says"})
+	wrongLayer := tartest.Tar(t, tartest.File("etc/evil", "not what the config says"))
 	cases := map[string][]byte{
-		"DiffID mismatch": tarBytes(t, entry{name: "l.tar", body: string(wrongLayer)}, entry{name: "c.json", body: string(c1)},
-			entry{name: "manifest.json", body: `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["l.tar"]}]`}),
-		"missing layer": tarBytes(t, entry{name: "c.json", body: string(c1)},
-			entry{name: "manifest.json", body: `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["gone.tar"]}]`}),
-		"link escape": tarBytes(t, entry{name: "l.tar", link: "../../../../etc/passwd"}, entry{name: "c.json", body: string(c1)},
-			entry{name: "manifest.json", body: `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["l.tar"]}]`}),
-		"no name": tarBytes(t, entry{name: "l.tar", body: string(l1)}, entry{name: "c.json", body: string(c1)},
-			entry{name: "manifest.json", body: `[{"Config":"c.json","Layers":["l.tar"]}]`}),
-		"root file system": tarBytes(t, entry{name: "etc/motd", body: "hi"}),
+		"DiffID mismatch": tartest.Tar(t, tartest.File("l.tar", string(wrongLayer)), tartest.File("c.json", string(c1)),
+			tartest.File("manifest.json", `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["l.tar"]}]`)),
+		"missing layer": tartest.Tar(t, tartest.File("c.json", string(c1)),
+			tartest.File("manifest.json", `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["gone.tar"]}]`)),
+		"link escape": tartest.Tar(t, tartest.Symlink("l.tar", "../../../../etc/passwd"), tartest.File("c.json", string(c1)),
+			tartest.File("manifest.json", `[{"Config":"c.json","RepoTags":["bad:v1"],"Layers":["l.tar"]}]`)),
+		"no name": tartest.Tar(t, tartest.File("l.tar", string(l1)), tartest.File("c.json", string(c1)),
+			tartest.File("manifest.json", `[{"Config":"c.json","Layers":["l.tar"]}]`)),
+		"root file system": tartest.Tar(t, tartest.File("etc/motd", "hi")),
 		"not a tar":        []byte(strings.Repeat("garbage ", 200)),
 	}
 	for name, arch := range cases {
-		s := newStore(t)
+		s := teststore.Open(t)
 		_, err := Load(context.Background(), s, bytes.NewReader(arch), t.TempDir())
 		t.Logf("%s: %v", name, err)
 		if !errors.Is(err, errdefs.ErrInvalid) && !errors.Is(err, errdefs.ErrDigestMismatch) {
@@ -150,7 +120,7 @@ func TestLoadRefusesBadArchives(t *testing.T) {
 func TestExtractConfinesNames(t *testing.T) {
 	dir := t.TempDir()
 	x := dir + "/x"
-	if err := Extract(bytes.NewReader(tarBytes(t, entry{name: "../../outside", body: "x"})), x); err != nil {
+	if err := Extract(bytes.NewReader(tartest.Tar(t, tartest.File("../../outside", "x"))), x); err != nil {
 		t.Fatal(err)
 	}
 	if !exists(x + "/outside") {
@@ -183,8 +153,8 @@ func TestExtractStopsBombs(t *testing.T) {
 func TestOpenPicksTheImage(t *testing.T) {
 	dir := t.TempDir()
 	l1, c1 := rootfs(t, "etc/one")
-	untagged := tarBytes(t, entry{name: "l.tar", body: string(l1)}, entry{name: "c.json", body: string(c1)},
-		entry{name: "manifest.json", body: `[{"Config":"c.json","Layers":["l.tar"]}]`})
+	untagged := tartest.Tar(t, tartest.File("l.tar", string(l1)), tartest.File("c.json", string(c1)),
+		tartest.File("manifest.json", `[{"Config":"c.json","Layers":["l.tar"]}]`))
 	cases := map[string]struct {
 		archive []byte
 		ref     string
@@ -194,8 +164,8 @@ func TestOpenPicksTheImage(t *testing.T) {
 		"untagged":        {archive: untagged},
 		"several":         {archive: dockerArchive(t), fails: true},
 		"several, picked": {archive: dockerArchive(t), ref: "two:b", tag: "two:b"},
-		"one of two tags": {archive: tarBytes(t, entry{name: "l.tar", body: string(l1)}, entry{name: "c.json", body: string(c1)},
-			entry{name: "manifest.json", body: `[{"Config":"c.json","RepoTags":["a:1","a:2"],"Layers":["l.tar"]}]`}), tag: "a:1"},
+		"one of two tags": {archive: tartest.Tar(t, tartest.File("l.tar", string(l1)), tartest.File("c.json", string(c1)),
+			tartest.File("manifest.json", `[{"Config":"c.json","RepoTags":["a:1","a:2"],"Layers":["l.tar"]}]`)), tag: "a:1"},
 	}
 	for name, c := range cases {
 		p := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".tar")

@@ -19,6 +19,8 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -50,15 +52,15 @@ func readTar(t *testing.T, name string) []byte {
 // mixed.tar.
 func upper(t *testing.T) []byte {
 	return tarOf(t,
-		entry{name: "etc/.wh.motd", typ: '0'},                       // whiteout of a file
-		entry{name: "usr/share/.wh..wh..opq"},                       // opaque: lower contents go
-		entry{name: "usr/share/new.txt", data: "only in upper\n"},   // ...and new ones come
-		entry{name: "usr/bin/big-text", typ: '5'},                   // a file becomes a directory
-		entry{name: "usr/bin/big-text/inside", data: "x"},           //
-		entry{name: "dev", typ: '2', link: "usr"},                   // a directory becomes a symlink
-		entry{name: "etc/hostname", data: "changed\n", mode: 0o600}, // new content and mode
-		entry{name: "etc/cap", data: "cap", xattrs: map[string]string{"user.kura": "v1"}},
-		entry{name: "etc/setuid", data: "s", mode: 0o4755, uid: 1, gid: 2},
+		tartest.Whiteout("etc/motd"),                          // whiteout of a file
+		tartest.Opaque("usr/share"),                           // opaque: lower contents go
+		tartest.File("usr/share/new.txt", "only in upper\n"),  // ...and new ones come
+		tartest.Dir("usr/bin/big-text"),                       // a file becomes a directory
+		tartest.File("usr/bin/big-text/inside", "x"),          //
+		tartest.Symlink("dev", "usr"),                         // a directory becomes a symlink
+		tartest.File("etc/hostname", "changed\n").Mode(0o600), // new content and mode
+		tartest.File("etc/cap", "cap").Xattr("user.kura", "v1"),
+		tartest.File("etc/setuid", "s").Mode(0o4755).Owner(1, 2),
 	)
 }
 
@@ -77,8 +79,8 @@ func TestCheckoutMatchesGNUTar(t *testing.T) {
 	for _, c := range cases {
 		for _, mode := range []checkout.LinkMode{checkout.LinkCopy, checkout.LinkAuto} {
 			t.Run(c.name+"/"+string(mode), func(t *testing.T) {
-				s := openStore(t, t.TempDir())
-				img := makeImage(t, s, c.layers...)
+				s := teststore.Open(t)
+				img := teststore.Image(t, s, c.layers...)
 				ref := t.TempDir()
 				referenceExtract(t, ref, c.layers...)
 				got := filepath.Join(t.TempDir(), "rootfs")
@@ -104,8 +106,8 @@ func TestCheckoutRealRootfs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, b)
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, b)
 	ref := t.TempDir()
 	referenceExtract(t, ref, b)
 	got := filepath.Join(t.TempDir(), "rootfs")
@@ -121,15 +123,15 @@ func TestCheckoutHardlinkMode(t *testing.T) {
 	needRoot(t)
 	mixed := readTar(t, "mixed.tar")
 	variants := tarOf(t,
-		entry{name: "a", data: "same bytes"},
-		entry{name: "b", data: "same bytes"},              // same content and metadata as a: shares a's inode
-		entry{name: "c", data: "same bytes", mode: 0o600}, // other mode: its own inode
-		entry{name: "d", data: "same bytes", uid: 7},      // other owner: its own inode
-		entry{name: "e", data: "same bytes", xattrs: map[string]string{"user.k": "v"}},
+		tartest.File("a", "same bytes"),
+		tartest.File("b", "same bytes"),             // same content and metadata as a: shares a's inode
+		tartest.File("c", "same bytes").Mode(0o600), // other mode: its own inode
+		tartest.File("d", "same bytes").Owner(7, 0), // other owner: its own inode
+		tartest.File("e", "same bytes").Xattr("user.k", "v"),
 	)
 	root := t.TempDir()
-	s := openStore(t, filepath.Join(root, "store"))
-	img := makeImage(t, s, mixed, variants)
+	s := teststore.Open(t, teststore.At(filepath.Join(root, "store")))
+	img := teststore.Image(t, s, mixed, variants)
 	ref := t.TempDir()
 	referenceExtract(t, ref, mixed, variants)
 	var outs []string
@@ -211,8 +213,8 @@ func TestCheckoutReflinkXFS(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 
 	mixed := readTar(t, "mixed.tar")
-	s := openStore(t, filepath.Join(mnt, "store"))
-	im := makeImage(t, s, mixed)
+	s := teststore.Open(t, teststore.At(filepath.Join(mnt, "store")))
+	im := teststore.Image(t, s, mixed)
 	out := filepath.Join(mnt, "rootfs")
 	st, err := checkout.Checkout(context.Background(), s, im, out, checkout.Options{Link: checkout.LinkReflink})
 	if err != nil {
@@ -230,8 +232,8 @@ func TestCheckoutReflinkXFS(t *testing.T) {
 		t.Errorf("big-text extents not shared after reflink:\n%s", fr)
 	}
 	// On ext4 (no FICLONE) reflink mode is a clear error and auto mode copies.
-	s2 := openStore(t, t.TempDir())
-	im2 := makeImage(t, s2, mixed)
+	s2 := teststore.Open(t)
+	im2 := teststore.Image(t, s2, mixed)
 	if _, err := checkout.Checkout(context.Background(), s2, im2, filepath.Join(t.TempDir(), "r"), checkout.Options{Link: checkout.LinkReflink}); err != nil && !errors.Is(err, errdefs.ErrUnsupported) {
 		t.Fatalf("reflink on a file system without it: %v, want ErrUnsupported", err)
 	}
@@ -257,7 +259,7 @@ func hostileImage(t *testing.T, s *store.Store, tocs ...*chunked.TOC) store.Imag
 		ids = append(ids, id)
 		descs = append(descs, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: id, Size: 1})
 	}
-	return putImage(t, s, ids, descs)
+	return teststore.PutImage(t, s, ids, descs)
 }
 
 func putObject(t *testing.T, s *store.Store, data string) string {
@@ -278,7 +280,7 @@ func TestCheckoutHostile(t *testing.T) {
 	if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := openStore(t, t.TempDir())
+	s := teststore.Open(t)
 	obj := putObject(t, s, "pwned")
 	reg := func(name string) chunked.Entry {
 		return chunked.Entry{Type: chunked.TypeReg, Name: name, Mode: 0o644, Size: 5, Digest: obj}
@@ -345,8 +347,8 @@ func TestCheckoutHostile(t *testing.T) {
 }
 
 func TestCheckoutNotEmpty(t *testing.T) {
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, tarOf(t, entry{name: "f", data: "x"}))
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, tarOf(t, tartest.File("f", "x")))
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "existing"), nil, 0o644)
 	if _, err := checkout.Checkout(context.Background(), s, img, dir, checkout.Options{}); !errors.Is(err, errdefs.ErrInvalid) {
@@ -358,8 +360,8 @@ func TestCheckoutNotEmpty(t *testing.T) {
 // then fail with ErrPermission, or are left out with SkipDevices (fifos are still made).
 func TestCheckoutDevicesNotPermitted(t *testing.T) {
 	needRoot(t)
-	s := openStore(t, t.TempDir())
-	img := makeImage(t, s, readTar(t, "mixed.tar"))
+	s := teststore.Open(t)
+	img := teststore.Image(t, s, readTar(t, "mixed.tar"))
 
 	// Capabilities are per thread: lock this goroutine to its thread and run the checkout here
 	// (Checkout makes its syscalls on the calling goroutine).

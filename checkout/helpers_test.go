@@ -3,10 +3,6 @@ package checkout_test
 import (
 	"archive/tar"
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -18,72 +14,15 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
-	"github.com/kura-oci/kura/store"
-	"github.com/kura-oci/kura/store/layer"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 )
 
 // testdata is testdata/REL at the module root (a missing vector fails the test).
 func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
-
-func openStore(t testing.TB, root string) *store.Store {
-	t.Helper()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// makeImage imports layer tars and records an image made of them.
-func makeImage(t testing.TB, s *store.Store, tars ...[]byte) store.Image {
-	t.Helper()
-	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	var diffIDs []digest.Digest
-	var descs []ocispec.Descriptor
-	for _, b := range tars {
-		l, err := layer.Import(ctx, s, bytes.NewReader(b), layer.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		diffIDs = append(diffIDs, l.DiffID)
-		descs = append(descs, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayer, Digest: l.DiffID, Size: int64(len(b))})
-	}
-	return putImage(t, s, diffIDs, descs)
-}
-
-func putImage(t testing.TB, s *store.Store, diffIDs []digest.Digest, descs []ocispec.Descriptor) store.Image {
-	t.Helper()
-	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	config, _ := json.Marshal(ocispec.Image{
-		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: diffIDs},
-	})
-	manifest, _ := json.Marshal(ocispec.Manifest{
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
-		Layers:    descs,
-	})
-	img, err := s.PutImage(ctx, manifest, config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
 
 // referenceExtract is what GNU tar makes of the layers, one after the other, with whiteouts
 // applied before each layer's entries (they concern lower layers only).
@@ -129,105 +68,6 @@ func referenceExtract(t testing.TB, dir string, tars ...[]byte) {
 	}
 }
 
-// node is what the comparison looks at for one path.
-type node struct {
-	Type    string
-	Mode    uint32
-	UID     uint32
-	GID     uint32
-	Mtime   int64
-	Size    int64
-	Content string
-	Link    string
-	Rdev    uint64
-	Xattrs  string
-	ino     uint64
-	isDir   bool
-}
-
-// snapshot describes a tree; hardlink groups are reported as sets of paths.
-func snapshot(t testing.TB, root string) (map[string]node, map[string]string) {
-	t.Helper()
-	nodes := map[string]node{}
-	inodes := map[uint64][]string{}
-	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." {
-			return nil
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		n := node{Mode: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid, Mtime: st.Mtim.Nano(), ino: st.Ino}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFREG:
-			n.Type, n.Size = "reg", st.Size
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			h := sha256.New()
-			io.Copy(h, f)
-			f.Close()
-			n.Content = hex.EncodeToString(h.Sum(nil))
-			inodes[st.Ino] = append(inodes[st.Ino], rel)
-		case unix.S_IFDIR:
-			n.Type, n.isDir = "dir", true
-		case unix.S_IFLNK:
-			n.Type = "symlink"
-			n.Link, _ = os.Readlink(p)
-			n.Mode = 0
-		case unix.S_IFCHR, unix.S_IFBLK:
-			n.Type, n.Rdev = "dev", st.Rdev
-		case unix.S_IFIFO:
-			n.Type = "fifo"
-		}
-		n.Xattrs = xattrs(p)
-		nodes[rel] = n
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	groups := map[string]string{}
-	for _, paths := range inodes {
-		if len(paths) > 1 {
-			sort.Strings(paths)
-			for _, p := range paths {
-				groups[p] = strings.Join(paths, ",")
-			}
-		}
-	}
-	return nodes, groups
-}
-
-func xattrs(p string) string {
-	sz, err := unix.Llistxattr(p, nil)
-	if err != nil || sz == 0 {
-		return ""
-	}
-	buf := make([]byte, sz)
-	sz, _ = unix.Llistxattr(p, buf)
-	var out []string
-	for _, k := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
-		if k == "" || k == "security.selinux" {
-			continue
-		}
-		v := make([]byte, 64<<10)
-		n, err := unix.Lgetxattr(p, k, v)
-		if err != nil {
-			continue
-		}
-		out = append(out, k+"="+hex.EncodeToString(v[:n]))
-	}
-	sort.Strings(out)
-	return strings.Join(out, ";")
-}
-
 type compareOpts struct {
 	hardlinks bool // compare hardlink groups
 }
@@ -235,8 +75,10 @@ type compareOpts struct {
 // compareTrees fails on every difference between the checkout and the reference.
 func compareTrees(t testing.TB, got, want string, o compareOpts) {
 	t.Helper()
-	gn, gg := snapshot(t, got)
-	wn, wg := snapshot(t, want)
+	gt, wt := treetest.Snapshot(t, got), treetest.Snapshot(t, want)
+	gn, gg, wn, wg := gt.Nodes, gt.Links, wt.Nodes, wt.Links
+	delete(gn, ".") // the roots are the test's directories, not the layers'
+	delete(wn, ".")
 	var diffs []string
 	for p, w := range wn {
 		g, ok := gn[p]
@@ -246,10 +88,11 @@ func compareTrees(t testing.TB, got, want string, o compareOpts) {
 		}
 		// GNU tar leaves a directory's mtime at "now" when it creates an implicit parent in it
 		// after leaving it; checkDirTimes checks directory times against the headers instead.
-		if w.isDir {
+		if w.Type == "dir" {
 			g.Mtime, w.Mtime = 0, 0
+			g.Size, w.Size = 0, 0 // what a directory's size is depends on the file system's history
 		}
-		g.ino, w.ino = 0, 0
+		g.Nlink, w.Nlink = 0, 0 // the hardlink groups are compared below, when asked
 		if g != w {
 			diffs = append(diffs, fmt.Sprintf("%s:\n  got  %+v\n  want %+v", p, g, w))
 		}
@@ -271,47 +114,9 @@ func compareTrees(t testing.TB, got, want string, o compareOpts) {
 	}
 }
 
-// tarOf builds a layer tar from entries (PAX format).
-type entry struct {
-	name, data, link string
-	typ              byte
-	mode             int64
-	uid, gid         int
-	xattrs           map[string]string
-}
-
-func tarOf(t testing.TB, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mt := unixTime(1700000000)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: e.mode, Uid: e.uid, Gid: e.gid, ModTime: mt, Format: tar.FormatPAX}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if h.Typeflag == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(e.data))
-	}
-	tw.Close()
-	return buf.Bytes()
+// tarOf builds a layer tar from entries (PAX format), every entry at one fixed time.
+func tarOf(t testing.TB, entries ...tartest.Entry) []byte {
+	return tartest.Tar(t, tartest.At(unixTime(1700000000), entries...)...)
 }
 
 var rootfsOnce struct {

@@ -1,7 +1,6 @@
 package checkout_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // A file of data, 16 MiB of zeros and data again is stored with a hole, and every checkout
@@ -19,16 +20,10 @@ func TestCheckoutKeepsHoles(t *testing.T) {
 	content := make([]byte, 16<<20+8192)
 	copy(content, bytes.Repeat([]byte("head"), 1024))
 	copy(content[len(content)-4096:], bytes.Repeat([]byte("tail"), 1024))
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "sparse", Mode: 0o644, Size: int64(len(content))}); err != nil {
-		t.Fatal(err)
-	}
-	tw.Write(content)
-	tw.Close()
+	layer := tartest.Tar(t, tartest.Bytes("sparse", content))
 	work := t.TempDir()
-	s := openStore(t, filepath.Join(work, "store"))
-	img := makeImage(t, s, buf.Bytes())
+	s := teststore.Open(t, teststore.At(filepath.Join(work, "store")))
+	img := teststore.Image(t, s, layer)
 	const maxAlloc = 1 << 20
 	for _, link := range []checkout.LinkMode{checkout.LinkCopy, checkout.LinkAuto, checkout.LinkHardlink} {
 		dir := filepath.Join(work, string(link))

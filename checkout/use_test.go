@@ -1,12 +1,13 @@
 package checkout_test
 
 import (
-	"archive/tar"
 	"context"
 	"path/filepath"
 	"testing"
 
 	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -14,9 +15,9 @@ import (
 // while the directory lives); a checkout that fails leaves no record.
 func TestCheckoutRecordsUse(t *testing.T) {
 	ctx := context.Background()
-	s := openStore(t, t.TempDir())
-	good := makeImage(t, s, tarOf(t, entry{name: "a", data: "content"}))
-	bad := makeImage(t, s, tarOf(t, entry{name: "l", typ: tar.TypeLink, link: "missing"}))
+	s := teststore.Open(t)
+	good := teststore.Image(t, s, tarOf(t, tartest.File("a", "content")))
+	bad := teststore.Image(t, s, tarOf(t, tartest.Hardlink("l", "missing")))
 
 	dir := filepath.Join(t.TempDir(), "rootfs")
 	if _, err := checkout.Checkout(ctx, s, good, dir, checkout.Options{Link: checkout.LinkCopy}); err != nil {

@@ -10,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -20,10 +22,10 @@ import (
 func TestHardlinkCheckoutWriteDoesNotReachStore(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	s := openStore(t, filepath.Join(root, "store"))
+	s := teststore.Open(t, teststore.At(filepath.Join(root, "store")))
 	const want = "shared bytes of the image\n"
-	imgA := makeImage(t, s, tarOf(t, entry{name: "etc/shared", data: want}, entry{name: "etc/mode", data: "m"}, entry{name: "a-only", data: "a"}))
-	imgB := makeImage(t, s, tarOf(t, entry{name: "etc/shared", data: want}, entry{name: "etc/mode", data: "m"}, entry{name: "b-only", data: "b"}))
+	imgA := teststore.Image(t, s, tarOf(t, tartest.File("etc/shared", want), tartest.File("etc/mode", "m"), tartest.File("a-only", "a")))
+	imgB := teststore.Image(t, s, tarOf(t, tartest.File("etc/shared", want), tartest.File("etc/mode", "m"), tartest.File("b-only", "b")))
 	link := func(img store.Image, dir string) (string, checkout.Stats) {
 		t.Helper()
 		out := filepath.Join(root, dir)
@@ -100,8 +102,8 @@ func TestHardlinkCheckoutWriteDoesNotReachStore(t *testing.T) {
 // store object (a write through it would change the object every image and mount reads).
 func TestHardlinkCheckoutNeverLinksObjects(t *testing.T) {
 	root := t.TempDir()
-	s := openStore(t, filepath.Join(root, "store"))
-	img := makeImage(t, s, tarOf(t, entry{name: "f", data: "content"}, entry{name: "g", data: "other"}))
+	s := teststore.Open(t, teststore.At(filepath.Join(root, "store")))
+	img := teststore.Image(t, s, tarOf(t, tartest.File("f", "content"), tartest.File("g", "other")))
 	out := filepath.Join(root, "out")
 	if _, err := checkout.Checkout(context.Background(), s, img, out, checkout.Options{Link: checkout.LinkHardlink}); err != nil {
 		t.Fatal(err)

@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ociimport"
-	"github.com/kura-oci/kura/store"
 )
 
 // FuzzIndex feeds arbitrary index.json bytes over the real skopeo 1.9 blobs: never a panic, and
@@ -17,10 +17,7 @@ func FuzzIndex(f *testing.F) {
 	f.Add(readFile(f, filepath.Join(src, "index.json")))
 	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:f5f562eba2bb3b984e3a709c32b2ac9f0fdb87d581d543f10f5381ada33da4e7","size":553}]}`))
 	f.Add([]byte(`{"manifests":[{"digest":"sha256:../../etc/passwd","size":-1}]}`))
-	s, err := store.Open(f.TempDir(), store.WithoutSync())
-	if err != nil {
-		f.Fatal(err)
-	}
+	s := teststore.Open(f)
 	f.Fuzz(func(t *testing.T, index []byte) {
 		dir := t.TempDir()
 		if err := os.Symlink(filepath.Join(src, "blobs"), filepath.Join(dir, "blobs")); err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -98,15 +99,6 @@ func writeLayout(t testing.TB, dir, tag string, tars ...[]byte) {
 	os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644)
 }
 
-func newStore(t testing.TB, root string) *store.Store {
-	t.Helper()
-	s, err := store.Open(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // exportAll rebuilds every layer of the image and returns their sha256s (must be the DiffIDs).
 func checkImage(t testing.TB, s *store.Store, name string) store.Image {
 	t.Helper()
@@ -139,7 +131,7 @@ func fsckClean(t testing.TB, s *store.Store) store.FsckReport {
 func TestImportSkopeoLayout(t *testing.T) {
 	dir := testdata(t, "zstd-chunked/skopeo-1.9/oci-layout")
 	mixed := readFile(t, testdata(t, "zstd-chunked/mixed.tar"))
-	s := newStore(t, t.TempDir())
+	s := teststore.Open(t, teststore.Synced())
 	ctx := context.Background()
 	res, err := ociimport.Import(ctx, s, dir, "", "")
 	if err != nil {
@@ -195,7 +187,7 @@ func TestImportRejectsTamperedBlobs(t *testing.T) {
 				m.Layers[0].Size = int64(len(b)) // keep the size plausible: only the digest is wrong
 			}
 			os.WriteFile(p, b, 0o644)
-			s := newStore(t, t.TempDir())
+			s := teststore.Open(t, teststore.Synced())
 			_, err := ociimport.Import(context.Background(), s, dir, "x", "")
 			if !errors.Is(err, errdefs.ErrDigestMismatch) {
 				t.Fatalf("err = %v, want ErrDigestMismatch", err)
@@ -247,7 +239,7 @@ func TestCrashDuringImport(t *testing.T) {
 		t.Fatal(err)
 	}
 	full := time.Since(start)
-	want := checkImage(t, newStore(t, refRoot), "img")
+	want := checkImage(t, teststore.Open(t, teststore.At(refRoot), teststore.Synced()), "img")
 	t.Logf("full import takes %v", full)
 
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
@@ -264,7 +256,7 @@ func TestCrashDuringImport(t *testing.T) {
 		if died {
 			killedEarly++
 		}
-		s := newStore(t, root)
+		s := teststore.Open(t, teststore.At(root), teststore.Synced())
 		r := fsckClean(t, s)
 		if err := importProc(t, root, layout, "v1", "img").Wait(); err != nil {
 			t.Fatalf("round %d (killed at %v): re-import: %v", i, at, err)
@@ -275,7 +267,7 @@ func TestCrashDuringImport(t *testing.T) {
 		}
 		for _, l := range want.Layers {
 			a, _ := s.LayerTOC(context.Background(), l)
-			b, _ := newStore(t, refRoot).LayerTOC(context.Background(), l)
+			b, _ := teststore.Open(t, teststore.At(refRoot), teststore.Synced()).LayerTOC(context.Background(), l)
 			ja, _ := json.Marshal(a)
 			jb, _ := json.Marshal(b)
 			if !bytes.Equal(ja, jb) {
@@ -306,7 +298,7 @@ func TestConcurrentImportsAndGC(t *testing.T) {
 	writeLayout(t, la, "a", mixed, real)
 	writeLayout(t, lb, "b", mixed, net)
 	root := filepath.Join(work, "store")
-	s := newStore(t, root)
+	s := teststore.Open(t, teststore.At(root), teststore.Synced())
 	// Something for gc to collect: an image that loses its name.
 	if _, err := ociimport.Import(context.Background(), s, testdata(t, "zstd-chunked/skopeo-1.9/oci-layout"), "", "old"); err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/tarstream"
@@ -51,7 +52,7 @@ func TestPullLocatesTOCByFooter(t *testing.T) {
 	img.withoutPositions()
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +80,7 @@ func TestPullWithoutFooterFallsBackToFull(t *testing.T) {
 	img.withoutPositions()
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +103,7 @@ func TestPullUnknownTOCFormatFallsBackToFull(t *testing.T) {
 	img.remanifest()
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
 	if err != nil {
 		t.Fatalf("%v (exit %d)", err, errdefs.ExitCode(err))
@@ -125,7 +126,7 @@ func TestPullFooterTOCMismatchFails(t *testing.T) {
 	img.remanifest()
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	_, err := pullRef(t, s, "oci:"+dir+":x", nil)
 	if code := errdefs.ExitCode(err); code != errdefs.ExitInvalid && code != errdefs.ExitVerify {
 		t.Fatalf("got %v (exit %d), want a refusal", err, code)
@@ -151,7 +152,7 @@ func TestPullNonUTF8NameFallsBackToFull(t *testing.T) {
 			img := buildImage(t, tarOf(t, append(genTree(0), tc.file)))
 			dir := t.TempDir()
 			img.writeLayout(t, dir, "x")
-			s := openStore(t)
+			s := teststore.Open(t)
 			rep, err := pullRef(t, s, "oci:"+dir+":x", nil)
 			if err != nil {
 				t.Fatalf("partial pull: %v (exit %d)", err, errdefs.ExitCode(err))
@@ -159,7 +160,7 @@ func TestPullNonUTF8NameFallsBackToFull(t *testing.T) {
 			if l := rep.Layers[0]; l.Mode != ModeFull || !strings.Contains(l.Note, tc.note) || !strings.Contains(l.Note, "UTF-8") {
 				t.Fatalf("layer: %+v", l)
 			}
-			full := openStore(t)
+			full := teststore.Open(t)
 			if _, err := pullRef(t, full, "oci:"+dir+":x", nil, WithoutPartial()); err != nil {
 				t.Fatal(err)
 			}
@@ -193,7 +194,7 @@ func TestPullNonUTF8NameUpdateFallsBackToFull(t *testing.T) {
 	dir := t.TempDir()
 	v0.writeLayout(t, dir, "v0")
 	v1.writeLayout(t, dir, "v1")
-	s := openStore(t)
+	s := teststore.Open(t)
 	for _, tag := range []string{"v0", "v1"} {
 		rep, err := pullRef(t, s, "oci:"+dir+":"+tag, nil, WithName("app:"+tag))
 		if err != nil {
@@ -212,7 +213,7 @@ func TestPullIgnoringRangeReadsBlobOnce(t *testing.T) {
 	reg := registrytest.New(t)
 	img := buildImage(t, tarOf(t, genTree(0)))
 	img.push(t, reg, "app", "v0")
-	s := openStore(t)
+	s := teststore.Open(t)
 	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.IgnoreRange})
 	rep, err := pullRef(t, s, "docker://"+reg.Host+"/app:v0", registryClient(registry.WithTLSVerify(false)))
 	if err != nil {

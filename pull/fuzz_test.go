@@ -3,17 +3,14 @@ package pull
 import (
 	"archive/tar"
 	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"strings"
 	"testing"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // fuzzTree turns fuzzer bytes into a layer tree: each step reads an opcode and a few argument
@@ -130,7 +127,7 @@ func FuzzPartialEqualsFull(f *testing.F) {
 		img.writeLayout(t, dir, "x")
 		baseImg.writeLayout(t, dir, "base")
 
-		partial, full := openStore(t), openStore(t)
+		partial, full := teststore.Open(t), teststore.Open(t)
 		if _, err := pullRef(t, partial, "oci:"+dir+":base", nil); err != nil {
 			t.Fatalf("pulling the base: %v", err)
 		}
@@ -153,18 +150,9 @@ func FuzzPartialEqualsFull(f *testing.F) {
 
 // fuzzImage is buildImage for one layer, returning the writer's refusal instead of failing.
 func fuzzImage(tb []byte) (*testImage, error) {
-	var blob bytes.Buffer
-	d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob, chunked.WithConcurrency(1), chunked.WithLevel(1))
+	img, err := imagetest.Convert([][]byte{tb}, chunked.WithConcurrency(1), chunked.WithLevel(1))
 	if err != nil {
 		return nil, err
 	}
-	img := &testImage{layers: [][]byte{blob.Bytes()}, diffIDs: []digest.Digest{d.DiffID},
-		descs: []ocispec.Descriptor{{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations}}}
-	img.config, _ = json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}})
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: img.descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(img.config), Size: int64(len(img.config))}}
-	m.SchemaVersion = 2
-	img.manifest, _ = json.Marshal(m)
-	return img, nil
+	return fromKit(img), nil
 }

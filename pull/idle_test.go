@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
@@ -22,7 +23,7 @@ func TestPullStalledRegistryTimesOut(t *testing.T) {
 	reg := registrytest.New(t)
 	img := buildImage(t, tarOf(t, genTree(0)))
 	img.push(t, reg, "app", "v0")
-	s := openStore(t)
+	s := teststore.Open(t)
 	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.Stall, Digest: img.descs[0].Digest})
 	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()
@@ -54,7 +55,7 @@ func TestPullTricklingRegistryRecovers(t *testing.T) {
 	reg := registrytest.New(t)
 	img := buildImage(t, tarOf(t, genTree(0)))
 	img.push(t, reg, "app", "v0")
-	s := openStore(t)
+	s := teststore.Open(t)
 	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.Trickle, Interval: 20 * time.Millisecond, Times: 1, Digest: img.descs[0].Digest})
 	ctx, cancel := context.WithTimeout(context.Background(), safetyNet)
 	defer cancel()

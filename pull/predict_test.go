@@ -7,36 +7,26 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
 // tarWith is tarOf with a hook on every header.
 func tarWith(t testing.TB, files []treeFile, edit func(*tar.Header)) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname, ModTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC), Format: tar.FormatPAX}
-		if f.typ == tar.TypeReg {
-			hdr.Size = int64(len(f.content))
-		}
-		edit(hdr)
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(f.content)
+	entries := make([]tartest.Entry, len(files))
+	for i, f := range files {
+		entries[i] = f.entry()
+		edit(&entries[i].Header)
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tartest.Tar(t, entries...)
 }
 
 // blobTarSplit is the uncompressed tar-split of an image's first layer.
@@ -60,7 +50,7 @@ func pullUpdate(t *testing.T, v0, v1 *testImage) (layout string, s *store.Store,
 	layout = t.TempDir()
 	v0.writeLayout(t, layout, "v0")
 	v1.writeLayout(t, layout, "v1")
-	s = openStore(t)
+	s = teststore.Open(t)
 	if _, err := pullRef(t, s, "oci:"+layout+":v0", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +101,7 @@ func TestPullPredictsTarSplit(t *testing.T) {
 	checkFsck(t, s)
 
 	// The same pull without prediction fetches the tar-split too.
-	s2 := openStore(t)
+	s2 := teststore.Open(t)
 	if _, err := pullRef(t, s2, "oci:"+dir+":v0", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -20,9 +20,11 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/auth"
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
@@ -91,25 +93,21 @@ func genTree(version int) []treeFile {
 
 func tarOf(t testing.TB, files []treeFile) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
-	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname, ModTime: mtime, Size: int64(len(f.content)), Format: tar.FormatPAX}
-		if f.typ != tar.TypeReg {
-			hdr.Size = 0
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if f.typ == tar.TypeReg {
-			tw.Write(f.content)
-		}
+	entries := make([]tartest.Entry, len(files))
+	for i, f := range files {
+		entries[i] = f.entry()
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
+	return tartest.Tar(t, entries...)
+}
+
+// entry is f as a member of a generated layer, all of which have one fixed time.
+func (f treeFile) entry() tartest.Entry {
+	e := tartest.Entry{Header: tar.Header{Name: f.name, Typeflag: f.typ, Mode: f.mode, Linkname: f.linkname,
+		ModTime: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)}}
+	if f.typ == tar.TypeReg {
+		e.Header.Size, e.Data = int64(len(f.content)), f.content
 	}
-	return buf.Bytes()
+	return e
 }
 
 // testImage is an image of zstd:chunked layers built from tars.
@@ -123,23 +121,11 @@ type testImage struct {
 
 func buildImage(t testing.TB, tars ...[]byte) *testImage {
 	t.Helper()
-	img := &testImage{}
-	for _, tb := range tars {
-		var blob bytes.Buffer
-		d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob)
-		if err != nil {
-			t.Fatal(err)
-		}
-		img.layers = append(img.layers, blob.Bytes())
-		img.descs = append(img.descs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations})
-		img.diffIDs = append(img.diffIDs, d.DiffID)
-	}
-	cfg := ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}}
-	img.config, _ = json.Marshal(cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(img.config), Size: int64(len(img.config))}, Layers: img.descs}
-	m.SchemaVersion = 2
-	img.manifest, _ = json.Marshal(m)
-	return img
+	return fromKit(imagetest.Chunked(t, tars...))
+}
+
+func fromKit(b *imagetest.Image) *testImage {
+	return &testImage{layers: b.Blobs, descs: b.Descs, diffIDs: b.DiffIDs, config: b.Config, manifest: b.Manifest}
 }
 
 func (img *testImage) writeLayout(t testing.TB, dir, tag string) {
@@ -160,20 +146,8 @@ func (img *testImage) writeLayout(t testing.TB, dir, tag string) {
 
 func (img *testImage) push(t testing.TB, reg *registrytest.Registry, repo, tag string) {
 	t.Helper()
-	for _, b := range img.layers {
-		reg.PushBlob(t, repo, b)
-	}
-	reg.PushBlob(t, repo, img.config)
-	reg.PushManifest(t, repo, tag, ocispec.MediaTypeImageManifest, img.manifest)
-}
-
-func openStore(t testing.TB) *store.Store {
-	t.Helper()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	kit := imagetest.Image{Blobs: img.layers, Descs: img.descs, DiffIDs: img.diffIDs, Config: img.config, Manifest: img.manifest}
+	kit.Push(t, reg, repo, tag)
 }
 
 // exportDigest rebuilds a stored layer's tar and returns its sha256 (Export checks it too).
@@ -233,7 +207,7 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	v0.writeLayout(t, dir, "v0")
 	v1.writeLayout(t, dir, "v1")
 
-	partial := openStore(t)
+	partial := teststore.Open(t)
 	rep0, err := pullRef(t, partial, "oci:"+dir+":v0", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +232,7 @@ func TestPullFromLayoutPartialEqualsFull(t *testing.T) {
 	if l1.BytesRequested*5 > l1.BlobBytes {
 		t.Fatalf("update pull requested %d of %d blob bytes", l1.BytesRequested, l1.BlobBytes)
 	}
-	full := openStore(t)
+	full := teststore.Open(t)
 	repFull, err := pullRef(t, full, "oci:"+dir+":v1", nil, WithoutPartial())
 	if err != nil {
 		t.Fatal(err)
@@ -297,7 +271,7 @@ func TestPullPresentLayerFetchesNothing(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	if _, err := pullRef(t, s, "oci:"+dir+":x", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +286,7 @@ func TestPullPresentLayerFetchesNothing(t *testing.T) {
 
 func TestPullOldFormatFallsBackToFull(t *testing.T) {
 	dir := filepath.Join(testdataDir(t), "zstd-chunked", "skopeo-1.9", "oci-layout")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir, nil, WithName("skopeo"))
 	if err != nil {
 		t.Fatal(err)
@@ -328,7 +302,7 @@ func TestPullOversizedMetadataFallsBackToFull(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "x")
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pullRef(t, s, "oci:"+dir+":x", nil, WithMaxMetadataSize(1000))
 	if err != nil {
 		t.Fatal(err)
@@ -355,7 +329,7 @@ func TestPullRejectsWrongDiffID(t *testing.T) {
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "bad")
 	for _, opts := range [][]Option{nil, {WithoutPartial()}} {
-		s := openStore(t)
+		s := teststore.Open(t)
 		_, err := pullRef(t, s, "oci:"+dir+":bad", nil, opts...)
 		var m *layer.DiffIDMismatchError
 		if !errors.Is(err, errdefs.ErrDigestMismatch) || !errors.As(err, &m) || m.Want != cfg.RootFS.DiffIDs[0] {
@@ -382,10 +356,7 @@ func TestPullFromRegistryWithFaults(t *testing.T) {
 
 	// A reference store holding v0, copied for each case so every case pulls v1 as an update.
 	base := t.TempDir()
-	baseStore, err := store.Open(base, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	baseStore := teststore.Open(t, teststore.At(base))
 	if _, err := pullRef(t, baseStore, "docker://"+reg.Host+"/app:v0", registryClient(registry.WithTLSVerify(false))); err != nil {
 		t.Fatal(err)
 	}
@@ -415,10 +386,7 @@ func TestPullFromRegistryWithFaults(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			copyTree(t, base, dir)
-			s, err := store.Open(dir, store.WithoutSync())
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := teststore.Open(t, teststore.At(dir))
 			reg.Proxy.SetFault(tc.fault)
 			rep, err := pullRef(t, s, "docker://"+reg.Host+"/app:v1", registryClient(registry.WithTLSVerify(false)))
 			reqs := reg.Proxy.BlobRequests()

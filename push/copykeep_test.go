@@ -43,7 +43,7 @@ func layerGETs(reg *registrytest.Registry, layers map[digest.Digest]bool) (n int
 func TestCopySameFormatMounts(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	mc := &methodCounter{inner: http.DefaultTransport}
+	mc := &registrytest.FaultyUploads{Inner: http.DefaultTransport}
 	c := pushClient(mc)
 	layout := t.TempDir()
 	makeLayout(t, layout, "", true, genTar(t, 1, 0), genTar(t, 2, 0))
@@ -59,7 +59,7 @@ func TestCopySameFormatMounts(t *testing.T) {
 		layers[l.Digest] = true
 	}
 	getsBefore, _ := layerGETs(reg, layers)
-	patches, puts := mc.count(http.MethodPatch), mc.count(http.MethodPut)
+	patches, puts := mc.Count(http.MethodPatch), mc.Count(http.MethodPut)
 
 	rep, err := push.Copy(ctx, src, registryDest(t, c, reg.Host+"/test/b:v1", r.Repository()))
 	if err != nil {
@@ -68,11 +68,11 @@ func TestCopySameFormatMounts(t *testing.T) {
 	if gets, _ := layerGETs(reg, layers); gets != getsBefore {
 		t.Errorf("%d layer GETs during a same-format copy, want none", gets-getsBefore)
 	}
-	if rep.Mounted != 2 || rep.Uploaded != 0 || mc.count(http.MethodPatch) != patches {
-		t.Errorf("copy: %+v, %d PATCH", rep, mc.count(http.MethodPatch)-patches)
+	if rep.Mounted != 2 || rep.Uploaded != 0 || mc.Count(http.MethodPatch) != patches {
+		t.Errorf("copy: %+v, %d PATCH", rep, mc.Count(http.MethodPatch)-patches)
 	}
 	// One PUT, the manifest's: the config was mounted too, no upload was finished.
-	if n := mc.count(http.MethodPut) - puts; n != 1 {
+	if n := mc.Count(http.MethodPut) - puts; n != 1 {
 		t.Errorf("%d PUT requests, want only the manifest's", n)
 	}
 	if rep.Image != img.Descriptor.Digest {

@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
@@ -317,62 +317,6 @@ func pushClient(base http.RoundTripper, opts ...registry.Option) *registry.Clien
 	return registry.New(append(all, opts...)...)
 }
 
-// methodCounter counts requests by method and breaks the PATCH requests numbered in cut (1-based)
-// after half their body: a connection dropped in the middle of an upload.
-type methodCounter struct {
-	inner http.RoundTripper
-	cut   map[int]bool
-
-	mu      sync.Mutex
-	methods map[string]int
-	faults  int
-}
-
-var errDropped = errors.New("connection dropped by the test")
-
-func (m *methodCounter) RoundTrip(req *http.Request) (*http.Response, error) {
-	m.mu.Lock()
-	if m.methods == nil {
-		m.methods = map[string]int{}
-	}
-	m.methods[req.Method]++
-	fault := req.Method == http.MethodPatch && m.cut[m.methods[http.MethodPatch]]
-	if fault {
-		m.faults++
-	}
-	m.mu.Unlock()
-	if !fault {
-		return m.inner.RoundTrip(req)
-	}
-	req = req.Clone(req.Context())
-	req.Body = io.NopCloser(io.MultiReader(io.LimitReader(req.Body, req.ContentLength/2), failing{}))
-	resp, err := m.inner.RoundTrip(req)
-	if err == nil {
-		resp.Body.Close()
-		return nil, fmt.Errorf("a cut body was answered %s", resp.Status)
-	}
-	return nil, err
-}
-
-func (m *methodCounter) count(method string) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.methods[method]
-}
-
-type failing struct{}
-
-func (failing) Read([]byte) (int, error) { return 0, errDropped }
-
-func openStore(t testing.TB) *store.Store {
-	t.Helper()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // exportAll returns the exact tar of every layer of a stored image, checking each against its
 // DiffID.
 func exportAll(t testing.TB, s *store.Store, img store.Image) [][]byte {
@@ -412,7 +356,7 @@ func pullInto(t testing.TB, c *registry.Client, ref string) (*store.Store, store
 		t.Fatal(err)
 	}
 	src := registry.NewSource(c, r)
-	s := openStore(t)
+	s := teststore.Open(t)
 	rep, err := pull.Pull(context.Background(), s, src)
 	if err != nil {
 		t.Fatal(err)
@@ -430,13 +374,13 @@ func pullInto(t testing.TB, c *registry.Client, ref string) (*store.Store, store
 func TestPushRoundTrip(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	mc := &methodCounter{inner: http.DefaultTransport}
+	mc := &registrytest.FaultyUploads{Inner: http.DefaultTransport}
 	c := pushClient(mc, registry.WithChunkSize(256<<10))
 
 	// A three-layer image, one layer repeated, reaches the store through a layout pull.
 	layout := t.TempDir()
 	makeLayout(t, layout, "v1", false, genTar(t, 1, 0), genTar(t, 2, 0), genTar(t, 1, 0))
-	s := openStore(t)
+	s := teststore.Open(t)
 	if _, err := pull.Pull(ctx, s, layoutSource(t, layout, "v1"), pull.WithName("app:v1")); err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +398,7 @@ func TestPushRoundTrip(t *testing.T) {
 	if rep.Uploaded != 2 || rep.Layers[2].Status != push.StatusDuplicate {
 		t.Fatalf("first push: %+v", rep)
 	}
-	if mc.count(http.MethodPatch) == 0 {
+	if mc.Count(http.MethodPatch) == 0 {
 		t.Fatal("no PATCH uploads")
 	}
 
@@ -494,12 +438,12 @@ func TestPushRoundTrip(t *testing.T) {
 	}
 
 	// Again: every blob is found by HEAD; nothing is uploaded.
-	before := mc.count(http.MethodPatch) + mc.count(http.MethodPost)
+	before := mc.Count(http.MethodPatch) + mc.Count(http.MethodPost)
 	rep2, err := push.Push(ctx, s, "app:v1", registryDest(t, c, ref))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := mc.count(http.MethodPatch) + mc.count(http.MethodPost) - before; n != 0 || rep2.Uploaded != 0 || rep2.Existed != 2 || rep2.BytesSent != 0 {
+	if n := mc.Count(http.MethodPatch) + mc.Count(http.MethodPost) - before; n != 0 || rep2.Uploaded != 0 || rep2.Existed != 2 || rep2.BytesSent != 0 {
 		t.Fatalf("second push: %d upload requests, report %+v", n, rep2)
 	}
 	if rep2.Image != rep.Image {
@@ -512,22 +456,22 @@ func TestPushRoundTrip(t *testing.T) {
 func TestPushSurvivesDroppedConnections(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	s := openStore(t)
+	s := teststore.Open(t)
 	tb := genTar(t, 7, 0)
 	if _, err := tarimage.Import(ctx, s, bytes.NewReader(tb), "app:v1", tarimage.Options{Created: time.Unix(1700000000, 0)}); err != nil {
 		t.Fatal(err)
 	}
-	mc := &methodCounter{inner: http.DefaultTransport, cut: map[int]bool{2: true, 3: true, 5: true}}
+	mc := &registrytest.FaultyUploads{Inner: http.DefaultTransport, Kind: registrytest.CutBody, At: map[int]bool{2: true, 3: true, 5: true}}
 	c := pushClient(mc, registry.WithChunkSize(64<<10), registry.WithRetry(1, time.Millisecond))
 	ref := reg.Host + "/test/drops:v1"
 	rep, err := push.Push(ctx, s, "app:v1", registryDest(t, c, ref))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mc.faults != 3 {
-		t.Fatalf("%d faults injected, want 3", mc.faults)
+	if mc.Faults() != 3 {
+		t.Fatalf("%d faults injected, want 3", mc.Faults())
 	}
-	t.Logf("layer %d bytes; POST %d, PATCH %d, GET %d", rep.Size, mc.count(http.MethodPost), mc.count(http.MethodPatch), mc.count(http.MethodGet))
+	t.Logf("layer %d bytes; POST %d, PATCH %d, GET %d", rep.Size, mc.Count(http.MethodPost), mc.Count(http.MethodPatch), mc.Count(http.MethodGet))
 	s2, img2, _ := pullInto(t, pushClient(http.DefaultTransport), ref)
 	got := exportAll(t, s2, img2)
 	if len(got) != 1 || !bytes.Equal(got[0], tb) {
@@ -540,7 +484,7 @@ func TestPushSurvivesDroppedConnections(t *testing.T) {
 func TestCopyRegistryMounts(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	mc := &methodCounter{inner: http.DefaultTransport}
+	mc := &registrytest.FaultyUploads{Inner: http.DefaultTransport}
 	c := pushClient(mc)
 	layout := t.TempDir()
 	tars := [][]byte{genTar(t, 1, 0), genTar(t, 2, 0)}
@@ -551,13 +495,13 @@ func TestCopyRegistryMounts(t *testing.T) {
 	}
 	r, _ := imageref.Parse(srcRef)
 	src := registry.NewSource(c, r)
-	patches := mc.count(http.MethodPatch)
+	patches := mc.Count(http.MethodPatch)
 	rep, err := push.Copy(ctx, src, registryDest(t, c, reg.Host+"/test/b:v1", r.Repository()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Mounted != 2 || mc.count(http.MethodPatch) != patches {
-		t.Fatalf("copy within the registry: %+v, %d PATCH", rep, mc.count(http.MethodPatch)-patches)
+	if rep.Mounted != 2 || mc.Count(http.MethodPatch) != patches {
+		t.Fatalf("copy within the registry: %+v, %d PATCH", rep, mc.Count(http.MethodPatch)-patches)
 	}
 	s2, img2, _ := pullInto(t, c, reg.Host+"/test/b:v1")
 	got := exportAll(t, s2, img2)

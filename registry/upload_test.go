@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,85 +20,6 @@ import (
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
-
-// uploadFault is how faultyUploads breaks one PATCH.
-type uploadFault int
-
-const (
-	// cutBody sends part of the chunk, then breaks the connection: the registry may keep
-	// what it received.
-	cutBody uploadFault = iota
-	// lostAnswer delivers the whole chunk, then reports a network error: the registry has the
-	// bytes but the client does not know.
-	lostAnswer
-	// notSent fails before anything reaches the registry.
-	notSent
-)
-
-// faultyUploads is a base transport that breaks the PATCH requests whose 1-based sequence
-// numbers are in at, and counts the upload requests by method.
-type faultyUploads struct {
-	inner http.RoundTripper
-	kind  uploadFault
-	at    map[int]bool
-
-	mu      sync.Mutex
-	patches int
-	faults  int
-	methods map[string]int
-}
-
-var errInjected = errors.New("injected upload fault")
-
-func (f *faultyUploads) RoundTrip(req *http.Request) (*http.Response, error) {
-	f.mu.Lock()
-	if f.methods == nil {
-		f.methods = map[string]int{}
-	}
-	f.methods[req.Method]++
-	fault := false
-	if req.Method == http.MethodPatch {
-		f.patches++
-		fault = f.at[f.patches]
-		if fault {
-			f.faults++
-		}
-	}
-	f.mu.Unlock()
-	if !fault {
-		return f.inner.RoundTrip(req)
-	}
-	switch f.kind {
-	case cutBody:
-		req = req.Clone(req.Context())
-		req.Body = io.NopCloser(io.MultiReader(io.LimitReader(req.Body, req.ContentLength/2), errReader{}))
-		resp, err := f.inner.RoundTrip(req)
-		if err == nil {
-			resp.Body.Close()
-			return nil, fmt.Errorf("cut body was answered %s", resp.Status)
-		}
-		return nil, err
-	case lostAnswer:
-		resp, err := f.inner.RoundTrip(req)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		return nil, errInjected
-	default:
-		return nil, errInjected
-	}
-}
-
-func (f *faultyUploads) count(method string) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.methods[method]
-}
-
-type errReader struct{}
-
-func (errReader) Read([]byte) (int, error) { return 0, errInjected }
 
 func randomBlob(n int, seed uint64) []byte {
 	b := make([]byte, n)
@@ -141,7 +61,7 @@ func TestUploadBlob(t *testing.T) {
 	for _, size := range []int{0, 1, 4095, 4096, 4097, 20000} {
 		blob := randomBlob(size, uint64(size))
 		desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(size)}
-		ft := &faultyUploads{inner: http.DefaultTransport}
+		ft := &registrytest.FaultyUploads{Inner: http.DefaultTransport}
 		c := uploadClient(ft)
 		var progress int64
 		if err := c.UploadBlob(ctx, repo, desc, bytes.NewReader(blob), func(n int64) { progress += n }); err != nil {
@@ -150,8 +70,8 @@ func TestUploadBlob(t *testing.T) {
 		if progress != int64(size) {
 			t.Errorf("size %d: progress reported %d bytes", size, progress)
 		}
-		if want := (size + 4095) / 4096; ft.count(http.MethodPatch) != want {
-			t.Errorf("size %d: %d PATCH requests, want %d", size, ft.count(http.MethodPatch), want)
+		if want := (size + 4095) / 4096; ft.Count(http.MethodPatch) != want {
+			t.Errorf("size %d: %d PATCH requests, want %d", size, ft.Count(http.MethodPatch), want)
 		}
 		readBack(t, c, repo, desc, blob)
 	}
@@ -182,18 +102,18 @@ func TestUploadBlobResumes(t *testing.T) {
 	desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob))}
 	for _, tc := range []struct {
 		name     string
-		kind     uploadFault
+		kind     registrytest.UploadFault
 		at       []int
 		attempts int // transport attempts per request
 		// wantPatch, if set, is the number of PATCH requests expected: a lost answer whose chunk the
 		// registry kept is not sent again when the status query says so.
 		wantPatch int
 	}{
-		{"cut body, transport retries", cutBody, []int{3}, 4, 0},
-		{"cut body, no transport retries", cutBody, []int{3, 7}, 1, 0},
-		{"lost answer, transport retries", lostAnswer, []int{2}, 4, 0},
-		{"lost answer, no transport retries", lostAnswer, []int{2, 5}, 1, 10},
-		{"not sent, no transport retries", notSent, []int{4, 5}, 1, 12},
+		{"cut body, transport retries", registrytest.CutBody, []int{3}, 4, 0},
+		{"cut body, no transport retries", registrytest.CutBody, []int{3, 7}, 1, 0},
+		{"lost answer, transport retries", registrytest.LostAnswer, []int{2}, 4, 0},
+		{"lost answer, no transport retries", registrytest.LostAnswer, []int{2, 5}, 1, 10},
+		{"not sent, no transport retries", registrytest.NotSent, []int{4, 5}, 1, 12},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			repo := imageref.Repository{Domain: reg.Host, Path: fmt.Sprintf("test/resume%d", tc.kind)}
@@ -201,22 +121,22 @@ func TestUploadBlobResumes(t *testing.T) {
 			for _, i := range tc.at {
 				at[i] = true
 			}
-			ft := &faultyUploads{inner: http.DefaultTransport, kind: tc.kind, at: at}
+			ft := &registrytest.FaultyUploads{Inner: http.DefaultTransport, Kind: tc.kind, At: at}
 			c := uploadClient(ft, registry.WithRetry(tc.attempts, time.Millisecond))
 			// The session must be a fresh one for each case: a blob already present would hide faults.
 			var progress int64
 			if err := c.UploadBlob(ctx, repo, desc, bytes.NewReader(blob), func(n int64) { progress += n }); err != nil {
 				t.Fatal(err)
 			}
-			if ft.faults != len(tc.at) {
-				t.Fatalf("%d faults injected, want %d", ft.faults, len(tc.at))
+			if ft.Faults() != len(tc.at) {
+				t.Fatalf("%d faults injected, want %d", ft.Faults(), len(tc.at))
 			}
 			if progress != desc.Size {
 				t.Errorf("progress reported %d bytes, want %d", progress, desc.Size)
 			}
-			t.Logf("POST %d, PATCH %d, GET %d", ft.count(http.MethodPost), ft.count(http.MethodPatch), ft.count(http.MethodGet))
-			if tc.wantPatch != 0 && ft.count(http.MethodPatch) != tc.wantPatch {
-				t.Errorf("%d PATCH requests, want %d", ft.count(http.MethodPatch), tc.wantPatch)
+			t.Logf("POST %d, PATCH %d, GET %d", ft.Count(http.MethodPost), ft.Count(http.MethodPatch), ft.Count(http.MethodGet))
+			if tc.wantPatch != 0 && ft.Count(http.MethodPatch) != tc.wantPatch {
+				t.Errorf("%d PATCH requests, want %d", ft.Count(http.MethodPatch), tc.wantPatch)
 			}
 			readBack(t, c, repo, desc, blob)
 		})
@@ -231,15 +151,15 @@ func TestUploadBlobResumesFromStatus(t *testing.T) {
 	repo := imageref.Repository{Domain: reg.Host, Path: "test/status"}
 	blob := randomBlob(40000, 4)
 	desc := ocispec.Descriptor{Digest: digest.FromBytes(blob), Size: int64(len(blob))}
-	ft := &faultyUploads{inner: http.DefaultTransport, kind: notSent, at: map[int]bool{6: true}}
+	ft := &registrytest.FaultyUploads{Inner: http.DefaultTransport, Kind: registrytest.NotSent, At: map[int]bool{6: true}}
 	c := uploadClient(ft, registry.WithRetry(1, time.Millisecond))
 	if err := c.UploadBlob(context.Background(), repo, desc, bytes.NewReader(blob), nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := ft.count(http.MethodPost); n != 1 {
+	if n := ft.Count(http.MethodPost); n != 1 {
 		t.Errorf("%d sessions started, want 1 (resumed)", n)
 	}
-	if n := ft.count(http.MethodPatch); n != 11 {
+	if n := ft.Count(http.MethodPatch); n != 11 {
 		t.Errorf("%d PATCH requests, want 11 (10 chunks, one failed)", n)
 	}
 	readBack(t, c, repo, desc, blob)
@@ -254,10 +174,10 @@ func TestUploadBlobGivesUp(t *testing.T) {
 	for i := 2; i < 100; i++ {
 		at[i] = true
 	}
-	ft := &faultyUploads{inner: http.DefaultTransport, kind: notSent, at: at}
+	ft := &registrytest.FaultyUploads{Inner: http.DefaultTransport, Kind: registrytest.NotSent, At: at}
 	c := uploadClient(ft, registry.WithRetry(3, time.Millisecond))
 	err := c.UploadBlob(context.Background(), repo, desc, bytes.NewReader(blob), nil)
-	if !errors.Is(err, errInjected) {
+	if !errors.Is(err, registrytest.ErrInjected) {
 		t.Fatalf("err = %v, want the injected fault after the retries", err)
 	}
 }

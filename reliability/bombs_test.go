@@ -24,6 +24,8 @@ import (
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
@@ -36,7 +38,7 @@ import (
 // tocBomb is the base tree whose (authentic) TOC lists n minimal entries: a few KiB of zstd
 // that decode, before this fix, into n × ~232 bytes of entries.
 func tocBomb(t testing.TB, n int) *handLayer {
-	h := newHandLayer(t, tarOf(t, base()...))
+	h := newHandLayer(t, tartest.Tar(t, base()...))
 	var b strings.Builder
 	b.WriteString(`{"version":1,"entries":[`)
 	for i := range n {
@@ -53,7 +55,7 @@ func tocBomb(t testing.TB, n int) *handLayer {
 // blankLinesBomb is the base tree whose tar-split ends in n blank (whitespace-only) lines, which
 // tar-split's reader skips: before this fix they cost n decoded entries and the layer was stored.
 func blankLinesBomb(t testing.TB, n int) *handLayer {
-	h := newHandLayer(t, tarOf(t, base()...))
+	h := newHandLayer(t, tartest.Tar(t, base()...))
 	h.tarSplit = append(h.tarSplit, strings.Repeat(" \n", n)...)
 	return h
 }
@@ -93,10 +95,7 @@ func TestBombTOCEntries(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{tocBomb(t, 1<<20)}}
 	img.push(t, reg, "tocbomb")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	err, mib := pullBomb(t, s, reg.Host, "tocbomb")
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "entries") {
 		t.Fatalf("pulling the TOC bomb: %v, want ErrInvalid for too many entries", err)
@@ -114,10 +113,7 @@ func TestBombTarSplitBlankLines(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{blankLinesBomb(t, 4<<20)}}
 	img.push(t, reg, "blanklines")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	err, mib := pullBomb(t, s, reg.Host, "blanklines")
 	if !errors.Is(err, errdefs.ErrInvalid) || !strings.Contains(err.Error(), "entries") {
 		t.Fatalf("pulling the blank-lines bomb: %v, want ErrInvalid for too many lines", err)
@@ -172,10 +168,7 @@ func TestBombLayersAcrossJobs(t *testing.T) {
 	if kib>>10 > 160 {
 		t.Fatalf("three bombs with --jobs 3 peaked at %d MiB RSS", kib>>10)
 	}
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.At(root))
 	assertNothingStored(t, s)
 }
 
@@ -238,11 +231,8 @@ func TestBombDeclaredSize(t *testing.T) {
 	reg := registrytest.New(t)
 	img := hostileImage{layers: []*handLayer{zerosLayer(t, 256<<20, compress(make([]byte, 4096)))}}
 	img.push(t, reg, "declared")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	err, _ = pullBomb(t, s, reg.Host, "declared")
+	s := teststore.Open(t)
+	err, _ := pullBomb(t, s, reg.Host, "declared")
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("pulling 256 MiB declared in a 4 KiB frame: %v, want ErrInvalid", err)
 	}
@@ -298,10 +288,7 @@ func TestZerosAreHoles(t *testing.T) {
 	}
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			s, err := store.Open(t.TempDir(), store.WithoutSync())
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := teststore.Open(t)
 			m.get(t, s)
 			obj, err := s.ObjectPath(digest.Digest(want))
 			if err != nil {

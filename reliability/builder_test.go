@@ -19,6 +19,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 )
 
 // handLayer is a zstd:chunked layer assembled by hand, so that every part can lie: the data frames
@@ -198,48 +199,20 @@ func (h *handLayer) blob(t testing.TB) ([]byte, ocispec.Descriptor) {
 }
 
 // tarEntry is one entry of a hand-written tar.
-type tarEntry struct {
-	hdr     tar.Header
-	content []byte
-}
+type tarEntry = tartest.Entry
 
 var mtime = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 
 func reg(name string, mode int64, content string) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(content)), ModTime: mtime}, content: []byte(content)}
+	return tartest.File(name, content).Mode(mode).Time(mtime)
 }
-func dir(name string) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755, ModTime: mtime}}
-}
+func dir(name string) tarEntry { return tartest.Dir(name).Time(mtime) }
 func symlink(name, target string) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, ModTime: mtime}}
+	return tartest.Symlink(name, target).Time(mtime)
 }
 func hardlink(name, target string) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, Mode: 0o644, ModTime: mtime}}
+	return tartest.Hardlink(name, target).Time(mtime)
 }
 func device(name string, typ byte, major, minor int64) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: typ, Name: name, Mode: 0o666, Devmajor: major, Devminor: minor, ModTime: mtime}}
-}
-
-// tarOf writes entries as a PAX tar; the writer checks nothing about names, as an attacker's would.
-func tarOf(t testing.TB, entries ...tarEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		hdr := e.hdr
-		if hdr.Format == tar.FormatUnknown {
-			hdr.Format = tar.FormatPAX
-		}
-		if err := tw.WriteHeader(&hdr); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(e.content); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tartest.Device(name, typ, major, minor).Time(mtime)
 }

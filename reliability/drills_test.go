@@ -18,12 +18,12 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry/registrytest"
-	"github.com/kura-oci/kura/store"
 )
 
 // killPoints is how many random kill points each crash drill tries: 10 in CI, 50 with
@@ -106,37 +106,18 @@ func genLayer(t testing.TB, seed int64, files int) []byte {
 		}
 		rng.Read(b[:size/3])
 		e := reg(fmt.Sprintf("l%d/f%04d", seed, i), 0o644, "")
-		e.content, e.hdr.Size = b, int64(size)
+		e.Data, e.Header.Size = b, int64(size)
 		entries = append(entries, e)
 	}
-	return tarOf(t, entries...)
+	return tartest.Tar(t, entries...)
 }
 
 // pushDrillImage converts layer tars with the product's writer and pushes them as repo:latest.
 func pushDrillImage(t testing.TB, reg *registrytest.Registry, repo string, tars ...[]byte) drillImage {
 	t.Helper()
-	img := drillImage{name: reg.Host + "/" + repo + ":latest"}
-	var descs []ocispec.Descriptor
-	for _, tb := range tars {
-		var blob bytes.Buffer
-		d, err := chunked.Convert(context.Background(), bytes.NewReader(tb), &blob)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reg.PushBlob(t, repo, blob.Bytes())
-		descs = append(descs, ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, Annotations: d.Annotations})
-		img.diffIDs = append(img.diffIDs, d.DiffID)
-	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: img.diffIDs}})
-	reg.PushBlob(t, repo, cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}}
-	m.SchemaVersion = 2
-	mb, _ := json.Marshal(m)
-	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
-	img.manifest = digest.FromBytes(mb)
-	return img
+	built := imagetest.Chunked(t, tars...)
+	built.Push(t, reg, repo, "latest")
+	return drillImage{name: reg.Host + "/" + repo + ":latest", diffIDs: built.DiffIDs, manifest: digest.FromBytes(built.Manifest)}
 }
 
 func pullArgs(root string, img drillImage) []string {
@@ -164,10 +145,7 @@ func fsckClean(t testing.TB, root string) {
 // that every layer exports to its DiffID (the same result as an uninterrupted pull).
 func checkImage(t testing.TB, root string, img drillImage) {
 	t.Helper()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.At(root))
 	got, err := s.ResolveImage(context.Background(), img.name)
 	if err != nil {
 		t.Fatalf("image %s: %v", img.name, err)

@@ -24,6 +24,10 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
@@ -67,7 +71,7 @@ func base(extra ...tarEntry) []tarEntry {
 }
 
 func one(t testing.TB, entries ...tarEntry) hostileImage {
-	return hostileImage{layers: []*handLayer{newHandLayer(t, tarOf(t, entries...))}}
+	return hostileImage{layers: []*handLayer{newHandLayer(t, tartest.Tar(t, entries...))}}
 }
 
 // tocLie builds the base tree plus a device node and an xattr'd file, then changes one field of
@@ -76,7 +80,7 @@ func tocLie(field string, lie func(e *chunked.Entry)) hostileCase {
 	return hostileCase{name: "toc lies about " + field, partial: mustFail, full: either, wantErr: errdefs.ErrInvalid,
 		build: func(t testing.TB, _ string) hostileImage {
 			x := reg("etc/xattr", 0o644, "has an xattr")
-			x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.kura": "v"}
+			x.Header.PAXRecords = map[string]string{"SCHILY.xattr.user.kura": "v"}
 			img := one(t, base(device("dev/null", tar.TypeChar, 1, 3), x)...)
 			target := map[string]string{"linkName": "etc/link", "devs": "dev/null"}[field]
 			if target == "" {
@@ -130,8 +134,8 @@ func hostileCases() []hostileCase {
 			}},
 		{name: "symlink in one layer, file through it in the next", partial: either, full: either,
 			build: func(t testing.TB, canary string) hostileImage {
-				l1 := newHandLayer(t, tarOf(t, base(symlink("esc", canary))...))
-				l2 := newHandLayer(t, tarOf(t, dir("esc/"), reg("esc/evil", 0o644, "escaped")))
+				l1 := newHandLayer(t, tartest.Tar(t, base(symlink("esc", canary))...))
+				l2 := newHandLayer(t, tartest.Tar(t, dir("esc/"), reg("esc/evil", 0o644, "escaped")))
 				return hostileImage{layers: []*handLayer{l1, l2}}
 			}},
 		{name: "hardlink through a symlink", partial: either, full: either,
@@ -163,9 +167,9 @@ func hostileCases() []hostileCase {
 		{name: "trusted.overlay xattrs in the image", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
 				d := dir("opaque/")
-				d.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y"}
+				d.Header.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.opaque": "y"}
 				f := reg("opaque/f", 0o644, "x")
-				f.hdr.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.keep": "1"}
+				f.Header.PAXRecords = map[string]string{"SCHILY.xattr.trusted.overlay.redirect": "/etc", "SCHILY.xattr.user.keep": "1"}
 				return one(t, base(d, f)...)
 			},
 			check: func(t testing.TB, root string) {
@@ -180,19 +184,19 @@ func hostileCases() []hostileCase {
 		{name: "owner over 32 bits", partial: mustPass, full: mustPass, // stored exactly; checkout refuses it
 			build: func(t testing.TB, _ string) hostileImage {
 				f := reg("etc/owned", 0o644, "x")
-				f.hdr.Uid, f.hdr.Gid = 1<<32+1, 1<<33
+				f.Header.Uid, f.Header.Gid = 1<<32+1, 1<<33
 				return one(t, base(f)...)
 			}},
 		{name: "pax global header (git archive)", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
-				g := tarEntry{hdr: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
+				g := tarEntry{Header: tar.Header{Typeflag: tar.TypeXGlobalHeader, Name: "pax_global_header",
 					PAXRecords: map[string]string{"comment": "6f1c2e0e5d3c7b1a9e8f7a6b5c4d3e2f1a0b9c8d"}}}
 				return one(t, append([]tarEntry{g}, base()...)...)
 			}},
 		{name: "mtime after year 9999", partial: mustPass, full: mustPass,
 			build: func(t testing.TB, _ string) hostileImage {
 				f := reg("etc/late", 0o644, "x")
-				f.hdr.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
+				f.Header.ModTime = time.Date(30000, 1, 1, 0, 0, 0, 0, time.UTC)
 				return one(t, base(f)...)
 			}},
 		// A TOC cannot carry these names: a partial pull falls back to a full pull
@@ -321,7 +325,7 @@ func hostileCases() []hostileCase {
 				// Were the file ever executed, it would mark the canary.
 				script := "#!/bin/sh\ntouch " + canary + "/executed\n"
 				d := dir("tmp/")
-				d.hdr.Mode = 0o1777
+				d.Header.Mode = 0o1777
 				return one(t, base(dir("usr/"), reg("usr/su", 0o4755, script), reg("usr/sg", 0o2755, script), d)...)
 			},
 			check: func(t testing.TB, root string) {
@@ -350,7 +354,7 @@ func hostileCases() []hostileCase {
 		{name: "tar-split from another tar", partial: mustFail, full: either,
 			build: func(t testing.TB, _ string) hostileImage {
 				img := one(t, base()...)
-				other := newHandLayer(t, tarOf(t, base(reg("etc/extra", 0o644, "x"))...))
+				other := newHandLayer(t, tartest.Tar(t, base(reg("etc/extra", 0o644, "x"))...))
 				img.layers[0].tarSplit = other.tarSplit
 				return img
 			}},
@@ -391,8 +395,8 @@ func tinyEntriesCase(n int, partial outcome) hostileCase {
 			entries := []tarEntry{dir("d/")}
 			for i := 0; i < n; i++ {
 				e := reg(fmt.Sprintf("d/%06d", i), 0o644, "")
-				e.hdr.Format = tar.FormatUSTAR
-				e.hdr.ModTime = time.Unix(mtime.Unix(), 0)
+				e.Header.Format = tar.FormatUSTAR
+				e.Header.ModTime = time.Unix(mtime.Unix(), 0)
 				entries = append(entries, e)
 			}
 			return one(t, entries...)
@@ -414,43 +418,9 @@ func (img hostileImage) push(t testing.TB, reg *registrytest.Registry, repo stri
 			diffIDs = append(diffIDs, l.diffID)
 		}
 	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
+	cfg, mb := imagetest.Meta(diffIDs, descs)
 	reg.PushBlob(t, repo, cfg)
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: descs,
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}}
-	m.SchemaVersion = 2
-	mb, _ := json.Marshal(m)
 	reg.PushManifest(t, repo, "latest", ocispec.MediaTypeImageManifest, mb)
-}
-
-// snapshot records every path, mode and content digest under dir, to prove nothing changed.
-func snapshot(t testing.TB, dir string) string {
-	t.Helper()
-	var sb strings.Builder
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(&sb, "%s %v %d", p, fi.Mode(), fi.Size())
-		if fi.Mode().IsRegular() {
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&sb, " %x", sha256.Sum256(b))
-		}
-		sb.WriteByte('\n')
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sb.String()
 }
 
 // makeCanary creates dir/canary with a secret file; cases aim at it.
@@ -528,17 +498,14 @@ func TestHostileLayers(t *testing.T) {
 					continue
 				}
 				tried++
-				before := snapshot(t, canary)
+				before := treetest.Snapshot(t, canary).String()
 				root := filepath.Join(work, "store-"+mode.name)
-				s, err := store.Open(root, store.WithoutSync())
-				if err != nil {
-					t.Fatal(err)
-				}
+				s := teststore.Open(t, teststore.At(root))
 				var m0, m1 runtime.MemStats
 				runtime.GC()
 				runtime.ReadMemStats(&m0)
 				start := time.Now()
-				_, err = pullImage(ctx, t, s, reg.Host, repo, mode.opts...)
+				_, err := pullImage(ctx, t, s, reg.Host, repo, mode.opts...)
 				elapsed := time.Since(start)
 				runtime.ReadMemStats(&m1)
 				t.Logf("%s pull: %v in %v, %d MiB allocated", mode.name, err, elapsed.Round(time.Millisecond), (m1.TotalAlloc-m0.TotalAlloc)>>20)
@@ -567,7 +534,7 @@ func TestHostileLayers(t *testing.T) {
 					}
 					checkoutCheck(ctx, t, s, repo, work, canary, tc.check)
 				}
-				if after := snapshot(t, canary); after != before {
+				if after := treetest.Snapshot(t, canary).String(); after != before {
 					t.Fatalf("the canary changed:\n%s\nwas\n%s", after, before)
 				}
 				passed++
@@ -585,7 +552,7 @@ func checkoutCheck(ctx context.Context, t testing.TB, s *store.Store, name, work
 	if err != nil {
 		t.Fatal(err)
 	}
-	outside := snapshot(t, canary)
+	outside := treetest.Snapshot(t, canary).String()
 	target := filepath.Join(work, "rootfs-"+filepath.Base(s.Root()))
 	_, err = checkout.Checkout(ctx, s, img, target, checkout.Options{})
 	if err != nil {
@@ -593,7 +560,7 @@ func checkoutCheck(ctx context.Context, t testing.TB, s *store.Store, name, work
 	} else if check != nil {
 		check(t, target)
 	}
-	if got := snapshot(t, canary); got != outside {
+	if got := treetest.Snapshot(t, canary).String(); got != outside {
 		t.Fatalf("checkout wrote outside its target:\n%s", got)
 	}
 	for _, p := range []string{filepath.Join(work, "evil"), "/evil", filepath.Join(filepath.Dir(work), "canary")} {
@@ -610,13 +577,10 @@ func TestBombAfterTarEnd(t *testing.T) {
 	img := one(t, base(reg0("bomb", "sixteen bytes!!\n"))...)
 	img.layers[0].replaceContent(t, "bomb", compress(make([]byte, 256<<20)))
 	img.push(t, reg, "bomb")
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
-	_, err = pullImage(context.Background(), t, s, reg.Host, "bomb", pull.WithoutPartial())
+	_, err := pullImage(context.Background(), t, s, reg.Host, "bomb", pull.WithoutPartial())
 	runtime.ReadMemStats(&m1)
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("pulling the bomb whole: %v, want ErrInvalid (trailing data over tarstream.MaxTrailer)", err)

@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -20,13 +21,10 @@ import (
 func TestChunkIndex(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.At(root))
 	big := make([]byte, 4<<20)
 	rand.New(rand.NewSource(7)).Read(big)
-	img := image(t, s, "one", tarOf(t, map[string][]byte{"big": big}))
+	img := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"big": big}))
 	toc, err := s.LayerTOC(ctx, img.Layers[0])
 	if err != nil {
 		t.Fatal(err)
@@ -55,10 +53,7 @@ func TestChunkIndex(t *testing.T) {
 	}
 	check("fresh", s)
 	reopen := func() *store.Store {
-		s, err := store.Open(root, store.WithoutSync())
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := teststore.Open(t, teststore.At(root))
 		return s
 	}
 	check("reopened", reopen())

@@ -7,15 +7,12 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // TestGCSweepsComposefsCache checks that gc removes cached composefs images of images that are gone.
 func TestGCSweepsComposefsCache(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	stale, err := s.ComposefsPath(digest.FromString("no such image"))
 	if err != nil {
 		t.Fatal(err)

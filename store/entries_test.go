@@ -9,22 +9,19 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/layerfs"
-	"github.com/kura-oci/kura/store"
 )
 
 // TestLayerEntries: a stored layer reads back as one entry per file, the chunk rows of its TOC
 // attached to their file, and its objects are the contents of its files.
 func TestLayerEntries(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	big := make([]byte, 4<<20)
 	rand.New(rand.NewSource(7)).Read(big)
 	files := map[string][]byte{"big": big, "a": []byte("hello"), "b": nil} // tarOf knows a, b, c and big
-	img := image(t, s, "one", tarOf(t, files))
+	img := teststore.Named(t, s, "one", tarOf(t, files))
 	entries, err := s.LayerEntries(ctx, img.Layers[0])
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -19,13 +20,10 @@ import (
 // Refetcher (here: importing the layer's tar again, as a pull would fetch it) restores it.
 func TestFsckRepairKeepsNames(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	content := []byte("the only file of a local image")
 	tarBytes := tarOf(t, map[string][]byte{"a": content})
-	img := image(t, s, "local", tarBytes)
+	img := teststore.Named(t, s, "local", tarBytes)
 	p, _ := s.ObjectPath(digest.FromBytes(content))
 	os.Chmod(p, 0o644)
 	if err := os.WriteFile(p, []byte("bit rot"), 0o444); err != nil {
@@ -100,11 +98,8 @@ func recordSource(t *testing.T, s *store.Store, id digest.Digest, src string) {
 // it (gc could not run past it), and only it.
 func TestFsckRepairDanglingRef(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	image(t, s, "kept", tarOf(t, map[string][]byte{"a": []byte("kept")}))
+	s := teststore.Open(t)
+	teststore.Named(t, s, "kept", tarOf(t, map[string][]byte{"a": []byte("kept")}))
 	gone := digest.FromString("no such image")
 	if err := os.WriteFile(filepath.Join(s.Root(), "refs", "dangling"), []byte(gone.String()+"\n"), 0o444); err != nil {
 		t.Fatal(err)
@@ -129,12 +124,9 @@ func TestFsckRepairDanglingRef(t *testing.T) {
 // of the wrong size is found without --deep. A variant named the old way is counted, not judged.
 func TestFsckDeepVariants(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	content := []byte("variant content")
-	image(t, s, "img", tarOf(t, map[string][]byte{"a": content}))
+	teststore.Named(t, s, "img", tarOf(t, map[string][]byte{"a": content}))
 	obj := digest.FromBytes(content)
 	write := func(key string, data []byte) string {
 		p, err := s.VariantPath(obj, digest.FromString(key))

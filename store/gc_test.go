@@ -1,78 +1,40 @@
 package store_test
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"math/rand"
 	"os"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/store"
-	"github.com/kura-oci/kura/store/layer"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
+// tarOf writes the files among a, b, c and big, in that order.
 func tarOf(t *testing.T, files map[string][]byte) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var entries []tartest.Entry
 	for _, name := range []string{"a", "b", "c", "big"} {
-		data, ok := files[name]
-		if !ok {
-			continue
+		if data, ok := files[name]; ok {
+			entries = append(entries, tartest.Bytes(name, data))
 		}
-		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
-		tw.Write(data)
 	}
-	tw.Close()
-	return buf.Bytes()
-}
-
-func image(t *testing.T, s *store.Store, name string, tarBytes []byte) store.Image {
-	t.Helper()
-	ctx := context.Background()
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlock()
-	l, err := layer.Import(ctx, s, bytes.NewReader(tarBytes), layer.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	config, _ := json.Marshal(ocispec.Image{RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{l.DiffID}}})
-	manifest, _ := json.Marshal(ocispec.Manifest{
-		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))},
-		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: l.DiffID, Size: l.TarSize}},
-	})
-	img, err := s.PutImage(ctx, manifest, config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetRef(ctx, name, img.ID); err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return tartest.Tar(t, entries...)
 }
 
 func TestUsageGCFsck(t *testing.T) {
 	ctx := context.Background()
 	// No lock held across the test: gc and fsck --repair take the exclusive lock themselves.
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	big := make([]byte, 300<<10)
 	rand.New(rand.NewSource(1)).Read(big)
 	shared := []byte("shared content")
-	img1 := image(t, s, "one", tarOf(t, map[string][]byte{"a": shared, "b": []byte("only in one"), "big": big}))
-	image(t, s, "two", tarOf(t, map[string][]byte{"a": shared, "c": []byte("only in two!")}))
+	img1 := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": shared, "b": []byte("only in one"), "big": big}))
+	teststore.Named(t, s, "two", tarOf(t, map[string][]byte{"a": shared, "c": []byte("only in two!")}))
 
 	u, err := s.Usage(ctx)
 	if err != nil {
@@ -153,17 +115,14 @@ func TestUsageGCFsck(t *testing.T) {
 }
 
 func TestWriteNeedsLock(t *testing.T) {
-	s, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t, teststore.Synced())
 	if _, err := s.Ingest(context.Background(), "", -1); err == nil {
 		t.Fatal("ingest without a lock succeeded")
 	}
 }
 
 func TestRefNames(t *testing.T) {
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Synced(), teststore.Locked())
 	for _, bad := range []string{"", "has space", "new\nline", string(make([]byte, 300))} {
 		if err := s.SetRef(context.Background(), bad, digest.FromString("x")); !errors.Is(err, errdefs.ErrInvalid) {
 			t.Errorf("SetRef(%q) = %v, want ErrInvalid", bad, err)
@@ -175,7 +134,7 @@ func TestRefNames(t *testing.T) {
 }
 
 func TestExclusiveWhileSharedRefused(t *testing.T) {
-	s := newStore(t) // holds the shared lock
+	s := teststore.Open(t, teststore.Synced(), teststore.Locked()) // holds the shared lock
 	if _, err := s.GC(context.Background()); err == nil {
 		t.Fatal("gc through a handle holding the shared lock did not refuse (it would deadlock)")
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -15,7 +16,7 @@ import (
 // reports the allocation beside the apparent size.
 func TestObjectZerosAreHoles(t *testing.T) {
 	ctx := context.Background()
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Synced(), teststore.Locked())
 	content := make([]byte, 32<<20)
 	copy(content[5000:], "data in the middle of a block")
 	copy(content[len(content)-10:], "tail bytes")

@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // TestLayerMetadataSizes: a layer record gives the TOC and tar-split JSON sizes, which only size
@@ -16,11 +16,8 @@ import (
 func TestLayerMetadataSizes(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha"), "dir/b": bytes.Repeat([]byte("b"), 5000)}))
+	s := teststore.Open(t, teststore.At(root))
+	img := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha"), "dir/b": bytes.Repeat([]byte("b"), 5000)}))
 	id := img.Layers[0]
 	l, err := s.Layer(ctx, id)
 	if err != nil {

@@ -11,17 +11,14 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // TestObjectDir: the fast lookups agree with the store: present objects are found with their
 // size and content, absent ones are ErrNotFound, and a symlink planted as an object is refused.
 func TestObjectDir(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha"), "b": []byte("bravo!")}))
+	s := teststore.Open(t)
+	teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha"), "b": []byte("bravo!")}))
 	od, err := s.OpenObjectDir()
 	if err != nil {
 		t.Fatal(err)
@@ -70,10 +67,7 @@ func TestObjectDir(t *testing.T) {
 // a large object keeps them as holes on disk.
 func TestWriteHole(t *testing.T) {
 	ctx := t.Context()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	unlock, _ := s.RLock(ctx) // an ingest needs only the shared lock
 	defer unlock()
 	want := append(append(append([]byte("head"), make([]byte, 3<<20)...), []byte("tail")...), make([]byte, 8192)...)

@@ -10,6 +10,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -47,11 +48,8 @@ func TestObjectLayout(t *testing.T) {
 // object as ErrNotFound, and refuse a symlink planted where an object belongs.
 func TestObjectLookups(t *testing.T) {
 	ctx := t.Context()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha")}))
+	s := teststore.Open(t)
+	teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("alpha")}))
 	a, absent := digest.FromString("alpha"), digest.FromString("nope")
 	if !s.HasObject(a) {
 		t.Fatal("HasObject(a) = false")

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -61,18 +62,15 @@ func uses(t *testing.T, s *store.Store) []store.Use {
 // directory goes (or is made anew) and gc then frees the image.
 func TestCheckoutUseKeepsImage(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("kept while in use")}))
+	s := teststore.Open(t)
+	img := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("kept while in use")}))
 	dir := filepath.Join(t.TempDir(), "rootfs")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	u := orphan(t, s, addUse(t, s, store.Use{Kind: store.UseCheckout, Image: img.ID, Target: dir}))
 
-	_, err = s.RemoveImage(ctx, "one", false)
+	_, err := s.RemoveImage(ctx, "one", false)
 	if !errors.Is(err, errdefs.ErrInUse) || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("rmi of an image in use: %v, want ErrInUse naming %s", err, dir)
 	}
@@ -113,11 +111,8 @@ func TestCheckoutUseKeepsImage(t *testing.T) {
 // dropped; ReleaseCheckout drops a checkout's record and keeps the tree.
 func TestUseLiveness(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("x")}))
+	s := teststore.Open(t)
+	img := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("x")}))
 	mnt, gone, kept := t.TempDir(), t.TempDir(), t.TempDir()
 
 	m := addUse(t, s, store.Use{Kind: store.UseMount, Image: img.ID, Target: mnt, FSType: "overlay", Source: "composefs"})
@@ -173,15 +168,9 @@ func TestUseLiveness(t *testing.T) {
 // compile); they refuse after Unlock; TryLock does not wait for a shared holder.
 func TestExclusiveLock(t *testing.T) {
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := image(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("x")}))
-	other, err := store.Open(s.Root())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
+	img := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": []byte("x")}))
+	other := teststore.Open(t, teststore.At(s.Root()), teststore.Synced())
 	unlock, err := other.RLock(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -214,18 +203,12 @@ func TestExclusiveLock(t *testing.T) {
 func TestRmiRacesSetRef(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
-	s, err := store.Open(root, store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := image(t, s, "x", tarOf(t, map[string][]byte{"a": []byte("raced")}))
+	s := teststore.Open(t, teststore.At(root))
+	img := teststore.Named(t, s, "x", tarOf(t, map[string][]byte{"a": []byte("raced")}))
 	manifest, _ := s.ImageManifest(ctx, img.ID)
 	config, _ := s.ImageConfig(ctx, img.ID)
 	handle := func() *store.Store {
-		h, err := store.Open(root, store.WithoutSync())
-		if err != nil {
-			t.Fatal(err)
-		}
+		h := teststore.Open(t, teststore.At(root))
 		return h
 	}
 	pull, reader, rmi := handle(), handle(), handle()

@@ -1,7 +1,6 @@
 package tarimage
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -13,23 +12,16 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store/layer"
 )
 
 func TestImportMakesAnExportableImage(t *testing.T) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
-	tw.WriteHeader(&tar.Header{Name: "etc/motd", Typeflag: tar.TypeReg, Mode: 0o644, Size: 6})
-	tw.Write([]byte("hello\n"))
-	tw.Close()
+	buf := bytes.NewBuffer(tartest.Tar(t, tartest.Dir("etc/"), tartest.File("etc/motd", "hello\n")))
 	want := digest.FromBytes(buf.Bytes())
 
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	ctx := context.Background()
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	img, err := Import(ctx, s, bytes.NewReader(buf.Bytes()), "demo:v1", Options{Created: created})
@@ -62,33 +54,15 @@ func TestImportMakesAnExportableImage(t *testing.T) {
 	}
 }
 
-// tarOf writes a plain tar of the given files (in order).
-func tarOf(t *testing.T, files ...[2]string) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f[0], Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f[1]))}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(f[1]))
-	}
-	tw.Close()
-	return buf.Bytes()
-}
-
 // An image archive given as a root file system is refused (ErrInvalid) and no image is made.
 func TestImportRefusesImageArchives(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	ctx := context.Background()
 	cases := map[string][]byte{
-		"docker-archive": tarOf(t, [2]string{"abc/layer.tar", "x"}, [2]string{"abc.json", "{}"},
-			[2]string{"manifest.json", `[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["abc/layer.tar"]}]`}),
-		"oci-archive": tarOf(t, [2]string{"blobs/sha256/00", "x"}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`},
-			[2]string{"index.json", `{"schemaVersion":2,"manifests":[]}`}),
+		"docker-archive": tartest.Tar(t, tartest.File("abc/layer.tar", "x"), tartest.File("abc.json", "{}"),
+			tartest.File("manifest.json", `[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["abc/layer.tar"]}]`)),
+		"oci-archive": tartest.Tar(t, tartest.File("blobs/sha256/00", "x"), tartest.File("oci-layout", `{"imageLayoutVersion":"1.0.0"}`),
+			tartest.File("index.json", `{"schemaVersion":2,"manifests":[]}`)),
 	}
 	for kind, b := range cases {
 		_, err := Import(ctx, s, bytes.NewReader(b), "arch:"+kind[:3], Options{})
@@ -100,7 +74,7 @@ func TestImportRefusesImageArchives(t *testing.T) {
 		}
 	}
 	// A root file system that merely holds files of those names deeper down is no archive.
-	plain := tarOf(t, [2]string{"srv/manifest.json", `[{"Config":"a"}]`}, [2]string{"oci-layout", `{"imageLayoutVersion":"1.0.0"}`})
+	plain := tartest.Tar(t, tartest.File("srv/manifest.json", `[{"Config":"a"}]`), tartest.File("oci-layout", `{"imageLayoutVersion":"1.0.0"}`))
 	if _, err := Import(ctx, s, bytes.NewReader(plain), "plain:v1", Options{}); err != nil {
 		t.Fatalf("plain tar: %v", err)
 	}

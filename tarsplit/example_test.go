@@ -1,7 +1,6 @@
 package tarsplit_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/tarsplit"
 )
 
@@ -52,18 +52,12 @@ func ExamplePredict() {
 
 // tarOf writes files with Go's archive/tar, sorted by name.
 func tarOf(files map[string]string) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var entries []tartest.Entry
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, Size: int64(len(files[name])), ModTime: time.Unix(1714564800, 0)}
-		if err := tw.WriteHeader(hdr); err != nil {
-			panic(err)
-		}
-		if _, err := tw.Write([]byte(files[name])); err != nil {
-			panic(err)
-		}
+		entries = append(entries, tartest.File(name, files[name]).Time(time.Unix(1714564800, 0)))
 	}
-	if err := tw.Close(); err != nil {
+	var buf bytes.Buffer
+	if err := tartest.Write(&buf, entries...); err != nil {
 		panic(err)
 	}
 	return buf.Bytes()

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -19,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
@@ -104,12 +103,8 @@ func TestCopyRetryTimes(t *testing.T) {
 func TestCopyAllCLI(t *testing.T) {
 	reg := registrytest.New(t)
 	amd := pushTarImage(t, reg, "all/app", "", "amd64 file")
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o644, Size: 10, Typeflag: tar.TypeReg})
-	tw.Write([]byte("arm64 file"))
-	tw.Close()
-	arm := reg.PushImage(t, "all/app", "", ocispec.Platform{OS: "linux", Architecture: "arm64"}, ocispec.MediaTypeImageLayer, b.Bytes())
+	arm := reg.PushImage(t, "all/app", "", ocispec.Platform{OS: "linux", Architecture: "arm64"}, ocispec.MediaTypeImageLayer,
+		tartest.Tar(t, tartest.File("hello", "arm64 file")))
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{amd.Manifest, arm.Manifest}}
 	idx.SchemaVersion = 2
 	body, _ := json.Marshal(idx)

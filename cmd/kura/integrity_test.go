@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -94,18 +95,14 @@ func needRoot(t *testing.T, why string) {
 // device when dev is set.
 func writeTar(t *testing.T, path string, files map[string]string, dev bool) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755})
+	entries := []tartest.Entry{tartest.Dir("etc/")}
 	for name, data := range files {
-		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(data))})
-		tw.Write([]byte(data))
+		entries = append(entries, tartest.File(name, data))
 	}
 	if dev {
-		tw.WriteHeader(&tar.Header{Name: "etc/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3})
+		entries = append(entries, tartest.Device("etc/null", tar.TypeChar, 1, 3))
 	}
-	tw.Close()
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, tartest.Tar(t, entries...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -222,7 +219,7 @@ func TestReadOnlyStore(t *testing.T) {
 	if err := unix.Mount("", ro, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
 		t.Fatal(err)
 	}
-	before := tree(t, prepared)
+	before := treetest.Snapshot(t, prepared).String()
 
 	if out := root.ok("--root", ro, "images"); !strings.Contains(out, "img") {
 		t.Fatalf("images:\n%s", out)
@@ -247,24 +244,9 @@ func TestReadOnlyStore(t *testing.T) {
 	root.fails(77, "read-only", "--root", ro, "gc")
 	root.fails(77, "read-only", "--root", ro, "fsck", "--repair")
 	root.fails(77, "read-only", "--root", ro, "checkout", "--link", "hardlink", "img", filepath.Join(work, "co2"))
-	if after := tree(t, prepared); after != before {
+	if after := treetest.Snapshot(t, prepared).String(); after != before {
 		t.Fatalf("the read-only store changed:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-}
-
-// tree lists every path under dir with its size, for comparing a store before and after.
-func tree(t *testing.T, dir string) string {
-	t.Helper()
-	var b strings.Builder
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, _ := d.Info()
-		b.WriteString(p + " " + strconv.FormatInt(fi.Size(), 10) + "\n")
-		return nil
-	})
-	return b.String()
 }
 
 // TestFsckRepairRefetches: fsck --repair never removes a name. A damaged object of a pulled

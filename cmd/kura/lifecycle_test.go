@@ -20,6 +20,8 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/registry/registrytest"
 	"github.com/kura-oci/kura/store"
 )
@@ -86,16 +88,9 @@ func lifecycleStore(t *testing.T) (root, scratch string, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "data", Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
-	tw.Write(data)
-	tw.WriteHeader(&tar.Header{Name: "id", Mode: 0o4755, Size: int64(len(id)), Typeflag: tar.TypeReg})
-	tw.Write(id)
-	tw.WriteHeader(&tar.Header{Name: "null", Mode: 0o666, Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3})
-	tw.Close()
+	layer := tartest.Tar(t, tartest.Bytes("data", data), tartest.Bytes("id", id).Mode(0o4755), tartest.Device("null", tar.TypeChar, 1, 3))
 	tarPath := filepath.Join(base, "img.tar")
-	if err := os.WriteFile(tarPath, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(tarPath, layer, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	root, scratch = filepath.Join(base, "store"), filepath.Join(base, "scratch")
@@ -330,10 +325,7 @@ func TestRmiRaceCLI(t *testing.T) {
 	root, _, _ := lifecycleStore(t)
 	ctx := context.Background()
 	handle := func() *store.Store {
-		s, err := store.Open(root, store.WithoutSync())
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := teststore.Open(t, teststore.At(root))
 		return s
 	}
 	pull, reader := handle(), handle()
@@ -427,8 +419,7 @@ func TestUsesSoak(t *testing.T) {
 	want := make([]map[string][]byte, images)
 	for i := range tars {
 		want[i] = map[string][]byte{}
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
+		var entries []tartest.Entry
 		rng := rand.New(rand.NewSource(int64(i)))
 		for f := 0; f < 20; f++ {
 			data := make([]byte, 100+rng.Intn(200<<10))
@@ -438,12 +429,10 @@ func TestUsesSoak(t *testing.T) {
 			}
 			name := fmt.Sprintf("f%02d", f)
 			want[i][name] = data
-			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
-			tw.Write(data)
+			entries = append(entries, tartest.Bytes(name, data))
 		}
-		tw.Close()
 		tars[i] = filepath.Join(scratch, fmt.Sprintf("soak%d.tar", i))
-		if err := os.WriteFile(tars[i], buf.Bytes(), 0o644); err != nil {
+		if err := os.WriteFile(tars[i], tartest.Tar(t, entries...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		kuraOK(t, root, "import", tars[i], fmt.Sprintf("soak%d", i))

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -15,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
@@ -29,17 +28,8 @@ func writeDockerArchive(t *testing.T, path, rootTar, tag string) {
 	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}}})
 	manifest, _ := json.Marshal([]map[string]any{{"Config": "config.json", "RepoTags": []string{tag}, "Layers": []string{"layer.tar"}}})
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct {
-		name string
-		body []byte
-	}{{"layer.tar", layer}, {"config.json", cfg}, {"manifest.json", manifest}} {
-		tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(f.body))})
-		tw.Write(f.body)
-	}
-	tw.Close()
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	arch := tartest.Tar(t, tartest.Bytes("layer.tar", layer), tartest.Bytes("config.json", cfg), tartest.Bytes("manifest.json", manifest))
+	if err := os.WriteFile(path, arch, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

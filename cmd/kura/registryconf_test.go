@@ -1,8 +1,6 @@
 package main
 
 import (
-	"archive/tar"
-	"bytes"
 	"encoding/base64"
 	"fmt"
 	"net"
@@ -14,6 +12,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/registry/registrytest"
 )
 
@@ -81,12 +80,8 @@ var regCreds = []string{"--creds", registrytest.Username + ":" + registrytest.Pa
 // DiffID) as repo:tag.
 func pushTarImage(t *testing.T, reg *registrytest.Registry, repo, tag, content string) registrytest.Image {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o644, Size: int64(len(content)), Typeflag: tar.TypeReg})
-	tw.Write([]byte(content))
-	tw.Close()
-	return reg.PushImage(t, repo, tag, ocispec.Platform{OS: "linux", Architecture: "amd64"}, ocispec.MediaTypeImageLayer, buf.Bytes())
+	layer := tartest.Tar(t, tartest.File("hello", content))
+	return reg.PushImage(t, repo, tag, ocispec.Platform{OS: "linux", Architecture: "amd64"}, ocispec.MediaTypeImageLayer, layer)
 }
 
 var amd64 = []string{"--platform", "linux/amd64"}

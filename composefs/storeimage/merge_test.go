@@ -13,7 +13,7 @@ import (
 
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/composefs/mount"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
 // mergeOps are what one layer does to the path p of a case (t is a file every case has from
@@ -54,7 +54,7 @@ func mergeCorpus(t *testing.T) (layers [][]byte, cases []string) {
 
 func dirEnt(name string, mode int64, uid int) ent {
 	e := dir(name, mode)
-	e.hdr.Uid = uid
+	e.Header.Uid = uid
 	return e
 }
 
@@ -63,8 +63,8 @@ func dirEnt(name string, mode int64, uid int) ent {
 func opEnts(dir, op string, li int) []ent {
 	p := dir + "p"
 	file := reg(p, fmt.Sprintf("%sfile of layer %d", big, li), 0o640+int64(li))
-	file.hdr.Uid, file.hdr.Gid = 1000+li, 2000+li
-	file.hdr.PAXRecords = map[string]string{
+	file.Header.Uid, file.Header.Gid = 1000+li, 2000+li
+	file.Header.PAXRecords = map[string]string{
 		"SCHILY.xattr.user.layer":             fmt.Sprint(li),
 		"SCHILY.xattr.trusted.overlay.opaque": "y", // must never reach a checkout
 	}
@@ -109,10 +109,7 @@ func TestMergeCorpusMountEqualsCheckout(t *testing.T) {
 		t.Fatal("this test mounts and chowns: run it as root")
 	}
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	layers, cases := mergeCorpus(t)
 	img := importImage(t, s, layers)
 	cfs, err := Ensure(ctx, s, img)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -28,10 +29,7 @@ func TestPageCacheIsShared(t *testing.T) {
 		testkit.Skip(t, "mounting and drop_caches need root")
 	}
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	rng := rand.New(rand.NewSource(7))
 	var shared []ent
 	for i := 0; i < 32; i++ {

@@ -4,15 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +21,9 @@ import (
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/internal/testkit/treetest"
 	"github.com/kura-oci/kura/ociimport"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
@@ -32,48 +31,26 @@ import (
 
 var mtime = time.Date(2025, 3, 4, 5, 6, 7, 123456789, time.UTC)
 
-type ent struct {
-	hdr  tar.Header
-	data string
-}
+type ent = tartest.Entry
 
-func reg(name, data string, mode int64) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: mode, Size: int64(len(data))}, data: data}
-}
-func dir(name string, mode int64) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: mode}}
-}
+func reg(name, data string, mode int64) ent { return tartest.File(name, data).Mode(mode) }
+func dir(name string, mode int64) ent       { return tartest.Dir(name).Mode(mode) }
 func other(typ byte, name, link string) ent {
-	return ent{hdr: tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Linkname: link}}
+	return ent{Header: tar.Header{Name: name, Typeflag: typ, Mode: 0o644, Linkname: link}}
 }
 
-func mkTar(t *testing.T, ents ...ent) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range ents {
-		h := e.hdr
-		h.ModTime, h.Format = mtime, tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, e.data)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+// mkTar writes a PAX tar of ents, all at mtime.
+func mkTar(t *testing.T, ents ...ent) []byte { return tartest.Tar(t, tartest.At(mtime, ents...)...) }
 
 var big = strings.Repeat("a line of content that makes the file larger than the inline limit\n", 300)
 
 // layers of a test image: the second one whites out, makes a directory opaque and replaces things.
 func testLayers(t *testing.T) [][]byte {
 	x := reg("usr/bin/capable", big+"cap", 0o4755)
-	x.hdr.Uid, x.hdr.Gid = 1000, 70000
-	x.hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.comment": "hello"}
+	x.Header.Uid, x.Header.Gid = 1000, 70000
+	x.Header.PAXRecords = map[string]string{"SCHILY.xattr.user.comment": "hello"}
 	dev := other(tar.TypeChar, "dev/null", "")
-	dev.hdr.Devmajor, dev.hdr.Devminor, dev.hdr.Mode = 1, 3, 0o666
+	dev.Header.Devmajor, dev.Header.Devminor, dev.Header.Mode = 1, 3, 0o666
 	l1 := mkTar(t,
 		dir("etc/", 0o755), reg("etc/hostname", "kura\n", 0o644), reg("etc/old.conf", big, 0o600),
 		dir("etc/sub/", 0o700), reg("etc/sub/deep", "deep\n", 0o644),
@@ -130,10 +107,7 @@ func importImage(t *testing.T, s *store.Store, layers [][]byte) store.Image {
 }
 
 func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	img := importImage(t, s, testLayers(t))
 	root, err := Tree(context.Background(), s, img)
 	if err != nil {
@@ -188,82 +162,20 @@ func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {
 	}
 }
 
-// fileInfo is what the mount and the checkout must agree on for one path.
-type fileInfo struct {
-	Mode          os.FileMode
-	UID, GID      uint32
-	Nlink         uint64
-	Mtime         int64
-	Size          int64
-	Content, Link string
-	Xattrs, Rdev  string
-}
-
-func walk(t *testing.T, root string) (map[string]fileInfo, [][]string) {
+// walk snapshots what the mount and the checkout must agree on: every path but the root (the
+// mount point), user xattrs only (overlay adds its own), no directory sizes (they differ by file
+// system), and the hard-link groups.
+func walk(t *testing.T, root string) (map[string]treetest.Node, map[string]string) {
 	t.Helper()
-	out := map[string]fileInfo{}
-	inodes := map[uint64][]string{}
-	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." {
-			return nil
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		info := fileInfo{Mode: fi.Mode(), UID: st.Uid, GID: st.Gid, Mtime: st.Mtim.Nano()}
-		if !fi.IsDir() {
-			info.Nlink = st.Nlink
-		}
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			info.Size, info.Content = fi.Size(), fmt.Sprintf("%x", sha256.Sum256(b))
-			inodes[st.Ino] = append(inodes[st.Ino], rel)
-		case fi.Mode()&os.ModeSymlink != 0:
-			info.Link, _ = os.Readlink(p)
-		case fi.Mode()&os.ModeDevice != 0:
-			info.Rdev = fmt.Sprint(st.Rdev)
-		}
-		info.Xattrs = userXattrs(p)
-		out[rel] = info
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var groups [][]string
-	for _, names := range inodes {
-		if len(names) > 1 {
-			sort.Strings(names)
-			groups = append(groups, names)
+	tr := treetest.Snapshot(t, root, treetest.XattrPrefix("user."))
+	delete(tr.Nodes, ".")
+	for p, n := range tr.Nodes {
+		if n.Type == "dir" {
+			n.Size = 0
+			tr.Nodes[p] = n
 		}
 	}
-	sort.Slice(groups, func(i, j int) bool { return groups[i][0] < groups[j][0] })
-	return out, groups
-}
-
-func userXattrs(p string) string {
-	buf := make([]byte, 4096)
-	n, err := unix.Llistxattr(p, buf)
-	if err != nil {
-		return ""
-	}
-	var parts []string
-	for _, name := range strings.Split(string(buf[:n]), "\x00") {
-		if !strings.HasPrefix(name, "user.") {
-			continue
-		}
-		v := make([]byte, 4096)
-		m, _ := unix.Lgetxattr(p, name, v)
-		parts = append(parts, name+"="+string(v[:max(m, 0)]))
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, ",")
+	return tr.Nodes, tr.Links
 }
 
 // TestMountEqualsCheckout mounts the composefs image of a stored image for real and compares the
@@ -273,10 +185,7 @@ func TestMountEqualsCheckout(t *testing.T) {
 		testkit.Skip(t, "mounting needs root")
 	}
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	layers := testLayers(t)
 	b, err := os.ReadFile(testdata.Dir(t, "zstd-chunked", "real.tar"))
 	if err != nil {

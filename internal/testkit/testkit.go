@@ -2,6 +2,11 @@
 // a failed one (KURA_TEST_STRICT=1, set by make test and .ci/run), the kura module's root, the
 // kura binary built once per test binary, and running a command as an unprivileged user. Only
 // tests import it.
+//
+// Its sibling packages hold the rest of the shared test kit, one idea each: tartest (layer tars
+// from a compact description), teststore (scratch stores and images recorded in them), imagetest
+// (image configs and manifests, zstd:chunked images), treetest (tree snapshots); the in-process
+// registry and the fault transports are in registry/registrytest.
 package testkit
 
 import (

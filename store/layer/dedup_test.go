@@ -18,7 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
-	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store/layer"
 )
 
@@ -64,10 +64,7 @@ func TestDedupVariants(t *testing.T) {
 	os.Remove(base)
 
 	ctx := context.Background()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := teststore.Open(t)
 	unlock, _ := s.RLock(ctx)
 	defer unlock()
 	distinct := map[digest.Digest]int64{}

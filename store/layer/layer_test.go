@@ -21,6 +21,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 	"github.com/kura-oci/kura/verity"
@@ -28,20 +29,6 @@ import (
 
 // testdata is testdata/REL at the module root (a missing vector fails the test).
 func testdata(t testing.TB, rel string) string { return kuratestdata.Dir(t, rel) }
-
-func newStore(t testing.TB) *store.Store {
-	t.Helper()
-	s, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	unlock, err := s.RLock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(unlock)
-	return s
-}
 
 func readFile(t testing.TB, p string) []byte {
 	t.Helper()
@@ -93,7 +80,7 @@ func TestImportExportTestdata(t *testing.T) {
 				t.Fatal(err)
 			}
 			diffID := digest.FromBytes(tarBytes)
-			s := newStore(t)
+			s := teststore.Open(t, teststore.Locked())
 			inputs := map[string][]byte{
 				"tar":          tarBytes,
 				"tar+gzip":     gz(t, tarBytes),
@@ -102,7 +89,7 @@ func TestImportExportTestdata(t *testing.T) {
 			}
 			for kind, in := range inputs {
 				// A fresh store per kind so that each really ingests.
-				s := newStore(t)
+				s := teststore.Open(t, teststore.Locked())
 				l, err := layer.Import(ctx, s, bytes.NewReader(in), layer.Options{DiffID: diffID})
 				if err != nil {
 					t.Fatalf("%s: %v", kind, err)
@@ -150,7 +137,7 @@ func countObjects(t *testing.T, s *store.Store) int {
 }
 
 func TestImportWrongDiffID(t *testing.T) {
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Locked())
 	tarBytes := readFile(t, testdata(t, "zstd-chunked/mixed.tar"))
 	_, err := layer.Import(context.Background(), s, bytes.NewReader(tarBytes), layer.Options{DiffID: digest.FromString("x")})
 	if !errors.Is(err, errdefs.ErrDigestMismatch) {
@@ -222,7 +209,7 @@ func TestImportHostile(t *testing.T) {
 	}
 	for name, entries := range cases {
 		t.Run(name, func(t *testing.T) {
-			s := newStore(t)
+			s := teststore.Open(t, teststore.Locked())
 			_, err := layer.Import(context.Background(), s, bytes.NewReader(makeTar(t, entries)), layer.Options{})
 			if !errors.Is(err, errdefs.ErrInvalid) {
 				t.Fatalf("err = %v, want ErrInvalid", err)
@@ -243,7 +230,7 @@ func FuzzImport(f *testing.F) {
 	f.Add(readFile(f, testdata(f, "zstd-chunked/mixed.tar"))[:20000])
 	f.Add(makeTar(f, []tarEntry{{hdr: tar.Header{Name: "a"}, data: "hello"}}))
 	f.Add([]byte{})
-	s := newStore(f)
+	s := teststore.Open(f, teststore.Locked())
 	f.Fuzz(func(t *testing.T, in []byte) {
 		l, err := layer.Import(context.Background(), s, bytes.NewReader(in), layer.Options{})
 		if err != nil {
@@ -260,10 +247,7 @@ func TestVerityTable(t *testing.T) {
 	ctx := context.Background()
 	root := t.TempDir()
 	open := func() *store.Store {
-		s, err := store.Open(root, store.WithoutSync(), store.WithVerity())
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := teststore.Open(t, teststore.At(root), teststore.With(store.WithVerity()))
 		return s
 	}
 	// check imports a tar through a new store handle (no digests computed by its writers for
@@ -341,7 +325,7 @@ func importExport(t *testing.T, s *store.Store, tarBytes []byte) store.Layer {
 // TestImportNamesNotUTF8 (issue 13 case 8/11): names and link targets that are not UTF-8 are
 // stored exactly: the stored TOC gives back the very bytes, not U+FFFD.
 func TestImportNamesNotUTF8(t *testing.T) {
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Locked())
 	tb := makeTar(t, []tarEntry{
 		{hdr: tar.Header{Name: "caf\xe9"}, data: "x"},
 		{hdr: tar.Header{Name: "l\xff", Typeflag: tar.TypeSymlink, Linkname: "caf\xe9"}},
@@ -372,7 +356,7 @@ func TestImportGitArchive(t *testing.T) {
 	tw.WriteHeader(&tar.Header{Name: "repo/README", Mode: 0o644, Size: 2})
 	tw.Write([]byte("hi"))
 	tw.Close()
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Locked())
 	l := importExport(t, s, buf.Bytes())
 	toc, _ := s.LayerTOC(context.Background(), l.DiffID)
 	if len(toc.Entries) != 2 || toc.Entries[0].Name != "repo/" {
@@ -385,7 +369,7 @@ func TestImportGitArchive(t *testing.T) {
 // exactly, never truncated (checkout and mount refuse it: package merge).
 func TestImportExtremeMetadata(t *testing.T) {
 	late := time.Date(12000, 1, 2, 3, 4, 5, 0, time.UTC)
-	s := newStore(t)
+	s := teststore.Open(t, teststore.Locked())
 	l := importExport(t, s, makeTar(t, []tarEntry{
 		{hdr: tar.Header{Name: "late", ModTime: late}, data: "x"},
 		{hdr: tar.Header{Name: "owner", Uid: 1<<32 + 7, Gid: 1 << 40}, data: "y"},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	kuratestdata "github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -45,10 +46,7 @@ func TestImportThroughput(t *testing.T) {
 	}
 	kura := func(opts ...store.Option) time.Duration {
 		root := filepath.Join(work, "store")
-		s, err := store.Open(root, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := teststore.Open(t, teststore.At(root), teststore.Synced(), teststore.With(opts...))
 		unlock, _ := s.RLock(context.Background())
 		defer unlock()
 		f, err := os.Open(tarPath)
