@@ -68,6 +68,9 @@ type options struct {
 	progress    progress.Reporter
 	formatSet   bool // WithFormat was given: with preserve, layers must already be in it
 	preserve    bool
+	// allowMismatch, when set, accepts a layer whose tar is not its config DiffID (see
+	// WithDiffIDMismatchAllowed).
+	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
 }
 
 func defaultOptions() options {
@@ -159,6 +162,13 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 	m, err := registry.ParseManifest(mb)
 	if err != nil {
 		return nil, fmt.Errorf("stored manifest of %s: %w", img.ID, err)
+	}
+	if img.ConfigDiffIDs != nil {
+		// Pulled with a DiffID mismatch allowed: the tars sent are the true ones, and so must
+		// the config's DiffIDs be.
+		if config, err = correctConfig(config, img.Layers); err != nil {
+			return nil, fmt.Errorf("config of %s: %w", img.ID, err)
+		}
 	}
 	src := image{manifest: m, config: config}
 	for _, diffID := range img.Layers {
@@ -260,7 +270,10 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 	for _, i := range dups {
 		j := first[src.layers[i].diffID]
 		descs[i] = descs[j]
-		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: src.layers[i].diffID, Size: descs[j].Size, Status: StatusDuplicate}
+		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: rep.Layers[j].DiffID, Size: descs[j].Size, Status: StatusDuplicate}
+	}
+	if src.config, err = configFor(src, rep); err != nil {
+		return nil, ocispec.Descriptor{}, err
 	}
 
 	mDesc, body, err := newManifest(src, descs, keep)
@@ -299,6 +312,9 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 // the requested format, or all of them when digests are preserved (refused if a format was asked
 // for that some layer is not in).
 func keptLayers(src image, o options) ([]bool, error) {
+	if o.preserve && o.allowMismatch != nil {
+		return nil, fmt.Errorf("preserving digests and allowing a DiffID mismatch: a corrected config changes the digests: %w", errdefs.ErrInvalid)
+	}
 	keep := make([]bool, len(src.layers))
 	for i, ls := range src.layers {
 		if ls.blob.Digest == "" {
@@ -314,6 +330,8 @@ func keptLayers(src image, o options) ([]bool, error) {
 				i+1, ls.blob.Digest, ls.blob.MediaType, o.format, errdefs.ErrUnsupported)
 		}
 		keep[i] = keep[i] || o.preserve
+		// Only a layer that is recompressed has its tar hashed and checked.
+		keep[i] = keep[i] && (o.allowMismatch == nil || !isLayerTar(ls.blob.MediaType))
 	}
 	return keep, nil
 }
@@ -385,7 +403,10 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 			return d, fmt.Errorf("reading the source layer: %w", err)
 		}
 		if ls.diffID != "" && d.DiffID != ls.diffID {
-			return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
+			if o.allowMismatch == nil {
+				return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
+			}
+			o.allowMismatch(ls.blob.Digest, d.DiffID, ls.diffID)
 		}
 		// From here the bar follows the upload of the compressed blob (a registry's; a layout
 		// reports none: it was written while compressing).

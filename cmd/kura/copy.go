@@ -25,6 +25,7 @@ type copyFlags struct {
 	src, dest  sideFlags
 	preserve   bool
 	all        bool
+	allowDiff  bool
 	digestFile string
 	retryTimes int
 	retryDelay time.Duration
@@ -55,6 +56,13 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 			if cf.preserve {
 				opts = append(opts, push.WithPreserveDigests())
 			}
+			if cf.allowDiff {
+				if cf.preserve {
+					return usageError{errors.New("--allow-diffid-mismatch writes a corrected config: it cannot --preserve-digests")}
+				}
+				opts = append(opts, push.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
+					"the copy lists its true DiffID in a corrected config (every layer is recompressed to be checked)")))
+			}
 			res, err := cf.copyRetrying(cmd.Context(), args[0], args[1], opts)
 			if err != nil {
 				return err
@@ -77,6 +85,7 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 	fl := cmd.Flags()
 	fl.BoolVar(&cf.all, "all", false, "copy every image of an index (each converted) and an index naming them, not only --platform's")
 	fl.BoolVar(&cf.preserve, "preserve-digests", false, "copy every blob and the manifest unchanged; fail if --format would change a layer")
+	fl.BoolVar(&cf.allowDiff, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
 	fl.StringVar(&cf.digestFile, "digestfile", "", "write the digest of the destination manifest to this file")
 	fl.BoolVarP(&pf.quiet, "quiet", "q", false, "no progress and no summary (--json still prints its report)")
 	fl.IntVar(&cf.retryTimes, "retry-times", 0, "retry the copy this many times after a temporary error (network, 429, 5xx)")
