@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"sync"
 	"time"
@@ -71,11 +72,18 @@ type options struct {
 	// allowMismatch, when set, accepts a layer whose tar is not its config DiffID (see
 	// WithDiffIDMismatchAllowed).
 	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
+	log           *slog.Logger
 }
 
 func defaultOptions() options {
-	return options{format: ZstdChunked, jobs: 3, concurrency: runtime.GOMAXPROCS(0), progress: progress.Nop}
+	return options{format: ZstdChunked, jobs: 3, concurrency: runtime.GOMAXPROCS(0), progress: progress.Nop,
+		log: slog.New(slog.DiscardHandler)}
 }
+
+// WithLogger sends debug logs (each layer recompressed or copied by digest, and whether it was
+// uploaded, mounted, found at the destination or written, with its bytes and time; the config,
+// manifest and index written) to l; by default they go nowhere.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithFormat sets the layer compression (default zstd:chunked).
 func WithFormat(f Format) Option {
@@ -241,6 +249,7 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		rep.Format, rep.Level = "", 0 // every layer as it was: no format was applied
 	}
 	descs := make([]ocispec.Descriptor, len(src.layers))
+	o.log.Debug("writing image", "destination", rep.Destination, "layers", len(src.layers), "format", rep.Format, "level", rep.Level)
 
 	// A layer listed twice is made once; later copies reuse the first one's descriptor.
 	first := map[digest.Digest]int{}
@@ -271,6 +280,7 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		j := first[src.layers[i].diffID]
 		descs[i] = descs[j]
 		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: rep.Layers[j].DiffID, Size: descs[j].Size, Status: StatusDuplicate}
+		o.log.Debug("layer: duplicate, written once", "index", i+1, "diffID", rep.Layers[i].DiffID, "digest", descs[j].Digest)
 	}
 	if src.config, err = configFor(src, rep); err != nil {
 		return nil, ocispec.Descriptor{}, err
@@ -281,9 +291,11 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		return nil, ocispec.Descriptor{}, err
 	}
 	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
-	if _, err := dest.PutBlob(ctx, cfgDesc, src.config); err != nil {
+	cfgStatus, err := dest.PutBlob(ctx, cfgDesc, src.config)
+	if err != nil {
 		return nil, ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
 	}
+	o.log.Debug("config", "digest", cfgDesc.Digest, "size", cfgDesc.Size, "status", cfgStatus)
 	put := dest.PutManifest
 	if src.child {
 		put = dest.PutUntagged
@@ -292,6 +304,8 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		return nil, ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 	}
 	rep.Image = mDesc.Digest
+	o.log.Debug("manifest", "digest", mDesc.Digest, "mediaType", mDesc.MediaType, "size", mDesc.Size,
+		"unchanged", src.manifestBytes != nil && mDesc.Digest == digest.FromBytes(src.manifestBytes), "byDigestOnly", src.child)
 	for _, l := range rep.Layers {
 		rep.Size += l.Size
 		switch l.Status {
@@ -369,16 +383,20 @@ func writeLayer(ctx context.Context, ls layerSource, keep bool, dest Destination
 	}
 	bar := o.progress.Bar(name)
 	bar.SetTotal(ls.size)
-	write := writeLayerBar
+	write, how := writeLayerBar, "recompress to "+string(o.format)
 	if keep {
-		write = copyLayerBar
+		write, how = copyLayerBar, "copy by digest"
 	}
+	o.log.Debug("layer: start", "diffID", ls.diffID, "source", ls.blob.Digest, "sourceMediaType", ls.blob.MediaType, "action", how)
 	lr, desc, err := write(ctx, ls, dest, o, bar)
 	if err != nil {
+		o.log.Debug("layer: failed", "diffID", ls.diffID, "source", ls.blob.Digest, "err", err)
 		bar.Done("failed: " + err.Error())
 		return lr, desc, err
 	}
 	lr.Seconds = time.Since(start).Seconds()
+	o.log.Debug("layer: done", "diffID", lr.DiffID, "digest", lr.Digest, "status", lr.Status, "size", lr.Size,
+		"inputBytes", lr.InputBytes, "seconds", lr.Seconds)
 	bar.Done(lr.Status + " " + digests.Short(lr.Digest))
 	return lr, desc, nil
 }
