@@ -38,8 +38,8 @@ func addCopyCommand() {
 		Use:   "copy SRC DEST",
 		Short: "Copy an image between registries and OCI layouts, recompressing only what must change",
 		Long: `Copy an image from SRC to DEST (docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) without
-the store. SRC may also be docker-archive:PATH[:REF], oci-archive:PATH[:REF] or dir:PATH, and DEST
-oci-archive:PATH[:REF] or dir:PATH (skopeo's formats). A layer already in the requested format (--format, zstd:chunked by default) is copied by
+the store. SRC and DEST may also be docker-archive:PATH[:REF], oci-archive:PATH[:REF] or dir:PATH (skopeo's
+formats; a docker-archive source also docker-archive:PATH:@N, its Nth image). A layer already in the requested format (--format, zstd:chunked by default) is copied by
 digest: mounted from the source repository when both are in one registry, else streamed through
 unchanged and verified. Any other layer (tar, gzip, zstd) is decompressed and compressed again,
 several at once, and checked against the config's DiffIDs. When no layer changes, the manifest is
