@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,19 +50,9 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 			if cf.retryTimes < 0 {
 				return usageError{fmt.Errorf("--retry-times %d: want 0 or more", cf.retryTimes)}
 			}
-			opts, err := pf.options()
+			opts, err := cf.options(&pf, args[1])
 			if err != nil {
 				return err
-			}
-			if cf.preserve {
-				opts = append(opts, push.WithPreserveDigests())
-			}
-			if cf.allowDiff {
-				if cf.preserve {
-					return usageError{errors.New("--allow-diffid-mismatch writes a corrected config: it cannot --preserve-digests")}
-				}
-				opts = append(opts, push.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
-					"the copy lists its true DiffID in a corrected config (every layer is recompressed to be checked)")))
 			}
 			res, err := cf.copyRetrying(cmd.Context(), args[0], args[1], opts)
 			if err != nil {
@@ -91,6 +82,29 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 	fl.IntVar(&cf.retryTimes, "retry-times", 0, "retry the copy this many times after a temporary error (network, 429, 5xx)")
 	fl.DurationVar(&cf.retryDelay, "retry-delay", 0, "wait this long between retries (default: 1s, 2s, 4s, … as skopeo)")
 	rootCmd.AddCommand(cmd)
+}
+
+// options are push's options for this copy to dest.
+func (cf *copyFlags) options(pf *pushFlags, dest string) ([]push.Option, error) {
+	opts, err := pf.options()
+	if err != nil {
+		return nil, err
+	}
+	if cf.allowDiff && cf.preserve {
+		return nil, usageError{errors.New("--allow-diffid-mismatch writes a corrected config: it cannot --preserve-digests")}
+	}
+	switch {
+	case cf.preserve:
+		opts = append(opts, push.WithPreserveDigests())
+	case cf.allowDiff:
+		opts = append(opts, push.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
+			"the copy lists its true DiffID in a corrected config (every layer is recompressed to be checked)")))
+	case strings.HasPrefix(dest, "docker-archive:") && !pf.formatSet():
+		// A docker-archive holds its layers decompressed (and checked against their DiffIDs as
+		// they are written): compressing them first would be wasted.
+		opts = append(opts, push.WithPreserveDigests())
+	}
+	return opts, nil
 }
 
 // copyRetrying runs the copy step, again after a temporary error up to --retry-times times, as

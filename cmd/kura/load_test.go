@@ -134,7 +134,16 @@ func TestArchiveTransports(t *testing.T) {
 
 	// docker-archive: as a destination, read back by load; :@N picks an image by position.
 	saved := filepath.Join(work, "saved2.tar")
-	kura.ok("copy", "oci:"+layout+":v1", "docker-archive:"+saved+":localhost/saved:v2")
+	var rep struct {
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal([]byte(kura.ok("--json", "copy", "dir:"+dir, "docker-archive:"+saved+":localhost/saved:v2")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// The dir's layer is a plain tar: no --format, so nothing is compressed on the way.
+	if plain, _ := os.ReadFile(rootTar); len(rep.Layers) != 1 || rep.Layers[0].Digest != digest.FromBytes(plain) {
+		t.Fatalf("copy to docker-archive compressed the layer: %+v", rep)
+	}
 	if out := kura.ok("--root", st, "load", "-i", saved); !strings.Contains(out, "Loaded image: localhost/saved:v2") {
 		t.Fatalf("load of the written docker-archive:\n%s", out)
 	}
