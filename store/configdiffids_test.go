@@ -6,7 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -83,5 +86,30 @@ func TestImageConfigDiffIDs(t *testing.T) {
 	}
 	if !s.HasLayer(l.DiffID) {
 		t.Fatal("gc removed the layer of an image recorded under its true DiffID")
+	}
+
+	// Any other difference between record and config is a problem: the record without its
+	// configDiffIDs, or with other ones.
+	p := filepath.Join(s.Root(), "images", img.ID.Encoded(), "image.json")
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string]func(map[string]any){
+		"no configDiffIDs":    func(m map[string]any) { delete(m, "configDiffIDs") },
+		"other configDiffIDs": func(m map[string]any) { m["configDiffIDs"] = []string{digest.FromString("other").String()} },
+	} {
+		var rec map[string]any
+		json.Unmarshal(orig, &rec)
+		edit(rec)
+		b, _ := json.Marshal(rec)
+		os.Chmod(filepath.Dir(p), 0o700)
+		os.Chmod(p, 0o644)
+		if err := os.WriteFile(p, b, 0o444); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := s.Fsck(ctx, false); err != nil || rep.Clean() || !strings.Contains(strings.Join(rep.Problems, "\n"), "record lists DiffIDs") {
+			t.Errorf("%s: fsck %v %v, want the record and config disagreeing", name, rep.Problems, err)
+		}
 	}
 }
