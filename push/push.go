@@ -282,18 +282,32 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: rep.Layers[j].DiffID, Size: descs[j].Size, Status: StatusDuplicate}
 		o.log.Debug("layer: duplicate, written once", "index", i+1, "diffID", rep.Layers[i].DiffID, "digest", descs[j].Digest)
 	}
-	if src.config, err = configFor(src, rep); err != nil {
+	mDesc, err := writeConfigAndManifest(ctx, src, rep, descs, keep, dest, o)
+	if err != nil {
 		return nil, ocispec.Descriptor{}, err
 	}
+	rep.Image = mDesc.Digest
+	rep.tally()
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, mDesc, nil
+}
 
+// writeConfigAndManifest writes the config (corrected if a layer's DiffID was not the
+// config's, see configFor) and then the manifest naming descs, once every layer is written.
+func writeConfigAndManifest(ctx context.Context, src image, rep *Report, descs []ocispec.Descriptor, keep []bool, dest Destination, o options) (ocispec.Descriptor, error) {
+	config, err := configFor(src, rep)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	src.config = config
 	mDesc, body, err := newManifest(src, descs, keep)
 	if err != nil {
-		return nil, ocispec.Descriptor{}, err
+		return ocispec.Descriptor{}, err
 	}
-	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
-	cfgStatus, err := dest.PutBlob(ctx, cfgDesc, src.config)
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))}
+	cfgStatus, err := dest.PutBlob(ctx, cfgDesc, config)
 	if err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+		return ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
 	}
 	o.log.Debug("config", "digest", cfgDesc.Digest, "size", cfgDesc.Size, "status", cfgStatus)
 	put := dest.PutManifest
@@ -301,11 +315,15 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		put = dest.PutUntagged
 	}
 	if err := put(ctx, mDesc, body); err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
+		return ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 	}
-	rep.Image = mDesc.Digest
 	o.log.Debug("manifest", "digest", mDesc.Digest, "mediaType", mDesc.MediaType, "size", mDesc.Size,
 		"unchanged", src.manifestBytes != nil && mDesc.Digest == digest.FromBytes(src.manifestBytes), "byDigestOnly", src.child)
+	return mDesc, nil
+}
+
+// tally sums the layers into the report's totals.
+func (rep *Report) tally() {
 	for _, l := range rep.Layers {
 		rep.Size += l.Size
 		switch l.Status {
@@ -318,8 +336,6 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 			rep.Mounted++
 		}
 	}
-	rep.Seconds = time.Since(start).Seconds()
-	return rep, mDesc, nil
 }
 
 // keptLayers says which layers are copied by digest rather than recompressed: those already in

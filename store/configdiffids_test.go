@@ -87,10 +87,15 @@ func TestImageConfigDiffIDs(t *testing.T) {
 	if !s.HasLayer(l.DiffID) {
 		t.Fatal("gc removed the layer of an image recorded under its true DiffID")
 	}
+	checkFsckRefusesOtherDifferences(t, s, img.ID)
+}
 
-	// Any other difference between record and config is a problem: the record without its
-	// configDiffIDs, or with other ones.
-	p := filepath.Join(s.Root(), "images", img.ID.Encoded(), "image.json")
+// checkFsckRefusesOtherDifferences: any other difference between record and config is a
+// problem: the record without its configDiffIDs, or with other ones.
+func checkFsckRefusesOtherDifferences(t *testing.T, s *store.Store, id digest.Digest) {
+	t.Helper()
+	ctx := context.Background()
+	p := filepath.Join(s.Root(), "images", id.Encoded(), "image.json")
 	orig, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
