@@ -47,7 +47,7 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 	if err := Extract(r, x); err != nil {
 		return nil, err
 	}
-	layout, _, err := toLayout(x, filepath.Join(dir, "layout"))
+	layout, _, err := toLayout(x, filepath.Join(dir, "layout"), -1)
 	if err != nil {
 		return nil, err
 	}
@@ -67,13 +67,17 @@ func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]oc
 }
 
 // toLayout returns the OCI layout of the unpacked archive in x (x itself for an oci-archive, one
-// built in out for a docker-archive) and the archive's kind.
-func toLayout(x, out string) (string, Kind, error) {
+// built in out for a docker-archive) and the archive's kind. only, if not negative, keeps only
+// the docker-archive's image at that position in its manifest.json (skopeo's :@N).
+func toLayout(x, out string, only int) (string, Kind, error) {
 	if exists(filepath.Join(x, "oci-layout")) && exists(filepath.Join(x, "index.json")) {
+		if only >= 0 {
+			return "", OCI, fmt.Errorf(":@%d picks an image of a docker-archive; this is an oci-archive: %w", only, errdefs.ErrInvalid)
+		}
 		return x, OCI, nil
 	}
 	if exists(filepath.Join(x, "manifest.json")) {
-		return out, Docker, dockerToLayout(x, out)
+		return out, Docker, dockerToLayout(x, out, only)
 	}
 	return "", None, fmt.Errorf("not an image archive (no manifest.json, nor oci-layout and index.json): %w", errdefs.ErrInvalid)
 }
@@ -112,8 +116,9 @@ type dockerImage struct {
 
 // dockerToLayout writes the images of the docker-archive unpacked in x as an OCI layout in out:
 // the config and layer files become blobs (hard links, no copy), and each image gets a manifest
-// named by each of its RepoTags (none: one manifest without a name).
-func dockerToLayout(x, out string) error {
+// named by each of its RepoTags (none: one manifest without a name). only, if not negative,
+// keeps the image at that position alone.
+func dockerToLayout(x, out string, only int) error {
 	b, err := os.ReadFile(filepath.Join(x, "manifest.json"))
 	if err != nil {
 		return err
@@ -121,6 +126,12 @@ func dockerToLayout(x, out string) error {
 	var images []dockerImage
 	if len(b) > maxMeta || json.Unmarshal(b, &images) != nil || len(images) == 0 {
 		return fmt.Errorf("docker-archive: manifest.json is no list of images: %w", errdefs.ErrInvalid)
+	}
+	if only >= len(images) {
+		return fmt.Errorf("docker-archive: no image @%d: the archive holds %d (@0 to @%d): %w", only, len(images), len(images)-1, errdefs.ErrNotFound)
+	}
+	if only >= 0 {
+		images = images[only : only+1]
 	}
 	w, err := ocilayout.Create(out)
 	if err != nil {

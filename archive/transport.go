@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -66,7 +67,11 @@ func (o *Opened) open(ref imageref.ArchiveRef) error {
 	if err := Extract(f, x); err != nil {
 		return err
 	}
-	dir, kind, err := toLayout(x, filepath.Join(o.tmp, "layout"))
+	only, err := sourceIndex(ref)
+	if err != nil {
+		return err
+	}
+	dir, kind, err := toLayout(x, filepath.Join(o.tmp, "layout"), only)
 	if err != nil {
 		return err
 	}
@@ -74,7 +79,7 @@ func (o *Opened) open(ref imageref.ArchiveRef) error {
 		return fmt.Errorf("the file is a %s: %w", kind, errdefs.ErrInvalid)
 	}
 	o.Dir, o.Tag, o.Name = dir, ref.Ref, ref.Ref
-	if ref.Ref == "" {
+	if ref.Ref == "" || only >= 0 {
 		// The archive's only image, which in a docker-archive may carry several names.
 		o.Tag, err = soleName(ocilayout.Layout{Dir: dir})
 		o.Name = o.Tag
@@ -154,4 +159,18 @@ func dirToLayout(src, out string) error {
 		d.MediaType = ocispec.MediaTypeImageManifest
 	}
 	return w.AddManifest(d, "")
+}
+
+// sourceIndex is N of skopeo's docker-archive:PATH:@N (the image at position N of the
+// archive's manifest.json), or -1 when REF is a name or absent.
+func sourceIndex(ref imageref.ArchiveRef) (int, error) {
+	n, ok := strings.CutPrefix(ref.Ref, "@")
+	if !ok {
+		return -1, nil
+	}
+	i, err := strconv.Atoi(n)
+	if err != nil || i < 0 || n != strconv.Itoa(i) {
+		return -1, fmt.Errorf("%q: want @N, N the position of an image in the archive (0, 1, …): %w", ref.Ref, errdefs.ErrInvalid)
+	}
+	return i, nil
 }

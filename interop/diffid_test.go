@@ -1,15 +1,19 @@
 package interop
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/store"
@@ -69,5 +73,71 @@ func TestPullPodmanImportDiffIDMismatch(t *testing.T) {
 	}
 	if _, err := pullLayout("oci:" + filepath.Join(dir, "gz") + ":v1"); err != nil {
 		t.Fatalf("pull of the same image pushed with gzip: %v", err)
+	}
+	checkMismatchAllowed(t, p, dir, tree, m)
+}
+
+// checkMismatchAllowed: `kura pull --allow-diffid-mismatch` of podman's zstd:chunked image warns
+// with the layer and both DiffIDs and stores it; fsck calls the store clean and a checkout is
+// the imported tree. `kura copy --allow-diffid-mismatch` writes a consistent image that podman
+// pulls, with the same files.
+func checkMismatchAllowed(t *testing.T, p *podmanEnv, dir, tree string, m *layer.DiffIDMismatchError) {
+	t.Helper()
+	kura := func(args ...string) (string, string) {
+		t.Helper()
+		cmd := exec.Command(testkit.Kura(t), append([]string{"--root", filepath.Join(dir, "store")}, args...)...)
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("kura %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	zc := "oci:" + filepath.Join(dir, "zc") + ":v1"
+	_, stderr := kura("pull", "-q", "--allow-diffid-mismatch", "--name", "mismatched", zc)
+	for _, want := range []string{"WARNING", m.Got.String(), m.Want.String()} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("pull --allow-diffid-mismatch: stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	kura("fsck")
+	out := filepath.Join(dir, "checkout")
+	kura("checkout", "mismatched", out)
+	checkSameTree(t, tree, out)
+
+	// podman names an image pulled from oci: after its path, which must be lowercase.
+	lower, err := os.MkdirTemp("", "kura-diffid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(lower) })
+	fixed := "oci:" + filepath.Join(lower, "fixed") + ":v1"
+	kura("copy", "--allow-diffid-mismatch", zc, fixed)
+	id := strings.TrimSpace(p.run(t, "pull", "-q", fixed))
+	mnt := strings.TrimSpace(p.run(t, "image", "mount", id))
+	checkSameTree(t, tree, mnt)
+	p.run(t, "image", "unmount", id)
+}
+
+// checkSameTree compares the regular files of two trees, want's all present in got.
+func checkSameTree(t *testing.T, want, got string) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(want, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(want, path)
+		a, _ := os.ReadFile(path)
+		b, err := os.ReadFile(filepath.Join(got, rel))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s: %d bytes in %s (%v), want %d", rel, len(b), got, err, len(a))
+		}
+		n++
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Fatalf("walking %s: %v (%d files)", want, err, n)
 	}
 }

@@ -1,13 +1,19 @@
 package pull
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/progress"
+	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
 
@@ -51,4 +57,58 @@ func chunkedAnnotation(ann map[string]string) string {
 		return chunked.AnnotationTOCDigest
 	}
 	return chunked.AnnotationOldTOCDigest
+}
+
+// WithDiffIDMismatchAllowed stores a layer whose tar does not hash to the DiffID its config
+// lists under the DiffID it does hash to, instead of refusing the image, and calls warn with
+// the layer's blob digest and both DiffIDs. The image record keeps the config's DiffIDs beside
+// the true ones (store.Image.ConfigDiffIDs). For images made by buggy writers (podman 4.3's
+// zstd:chunked push of a `podman import` layer) whose content is right but whose config is not.
+func WithDiffIDMismatchAllowed(warn func(layer, trueDiffID, configDiffID digest.Digest)) Option {
+	return func(o *options) { o.allowMismatch = warn }
+}
+
+// pullMismatched handles err, a failed layer pull, when mismatches are allowed: a DiffID
+// mismatch pulls the blob again in full with no DiffID to check (the true one is what its
+// tar hashes to; the partial path's rebuilt tar is not trusted to be it), and warns. Other
+// errors pass unchanged.
+func pullMismatched(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, lr *LayerReport, bar progress.Bar, err error, o options) error {
+	var m *layer.DiffIDMismatchError
+	if !errors.As(err, &m) || ctx.Err() != nil {
+		return err
+	}
+	configDiffID := lr.DiffID
+	o.log.Debug("layer: DiffID mismatch allowed; pulling in full", "layer", desc.Digest, "configDiffID", configDiffID, "got", m.Got)
+	*lr = LayerReport{Digest: desc.Digest, DiffID: configDiffID, BlobBytes: desc.Size, Note: "DiffID mismatch allowed; pulled in full",
+		BytesRequested: lr.BytesRequested, BytesReceived: lr.BytesReceived, RangesIgnored: lr.RangesIgnored}
+	if err := pullFull(ctx, s, src, desc, "", lr, bar, nil); err != nil {
+		return err
+	}
+	if lr.DiffID == configDiffID { // the full tar is right: only the partial path disagreed
+		return nil
+	}
+	o.allowMismatch(desc.Digest, lr.DiffID, configDiffID)
+	return nil
+}
+
+// trueDiffIDs records, when a layer was stored under a DiffID its config does not list, the
+// DiffIDs the store holds the image's layers under (a layer listed twice takes its first
+// occurrence's), and sets them in the report.
+func trueDiffIDs(configDiffIDs []digest.Digest, rep *Report) []store.ImageOption {
+	byConfig := map[digest.Digest]digest.Digest{}
+	for i, l := range rep.Layers {
+		if l.DiffID != configDiffIDs[i] && l.Mode != ModePresent {
+			byConfig[configDiffIDs[i]] = l.DiffID
+		}
+	}
+	if len(byConfig) == 0 {
+		return nil
+	}
+	layers := slices.Clone(configDiffIDs)
+	for i, d := range layers {
+		if t, ok := byConfig[d]; ok {
+			layers[i], rep.Layers[i].DiffID = t, t
+		}
+	}
+	return []store.ImageOption{store.WithTrueDiffIDs(layers)}
 }

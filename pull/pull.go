@@ -81,6 +81,9 @@ type options struct {
 	metaBudget int64
 	budget     *metaBudget // made once per pull from metaBudget
 	log        *slog.Logger
+	// allowMismatch, when set, stores a layer whose tar is not its config DiffID under its true
+	// DiffID, and is told of it (see WithDiffIDMismatchAllowed).
+	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
 }
 
 func defaultOptions() options {
@@ -173,7 +176,7 @@ func Pull(ctx context.Context, s *store.Store, src source.Source, opts ...Option
 		return nil, err
 	}
 	o.log.Debug("layers pulled", "seconds", time.Since(start).Seconds())
-	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes, sourceOf(src, img)...)
+	stored, err := s.PutImage(ctx, img.ManifestBytes, img.ConfigBytes, append(sourceOf(src, img), trueDiffIDs(diffIDs, rep)...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +221,9 @@ func pullLayer(ctx context.Context, s *store.Store, src source.Source, desc ocis
 	} else {
 		o.log.Debug("layer: full pull", "layer", desc.Digest, "size", desc.Size, "reason", fullReason(o))
 		err = pullFull(ctx, s, src, desc, diffID, &lr, bar, nil)
+	}
+	if err != nil && o.allowMismatch != nil {
+		err = pullMismatched(ctx, s, src, desc, &lr, bar, err, o)
 	}
 	if err != nil {
 		o.log.Debug("layer: failed", "layer", desc.Digest, "err", err)
@@ -266,6 +272,7 @@ func pullFull(ctx context.Context, s *store.Store, src source.Source, desc ocisp
 	lr.BytesRequested += desc.Size
 	lr.BytesReceived += cr.N
 	lr.ObjectsWritten = imported.ObjectsWritten
+	lr.DiffID = imported.DiffID // diffID, or the true one when none was given to check
 	return nil
 }
 

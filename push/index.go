@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -80,6 +81,7 @@ func CopyAll(ctx context.Context, ref imageref.Reference, client *registry.Clien
 	if err := dest.PutManifest(ctx, desc, body); err != nil {
 		return nil, fmt.Errorf("index: %w", err)
 	}
+	indexLog(opts).Debug("index", "digest", desc.Digest, "mediaType", desc.MediaType, "images", len(idx.Manifests), "changed", changed)
 	rep.Image, rep.Seconds = desc.Digest, time.Since(start).Seconds()
 	return rep, nil
 }
@@ -94,4 +96,13 @@ func platformOf(d ocispec.Descriptor) string {
 		p += "/" + d.Platform.Variant
 	}
 	return p
+}
+
+// indexLog is the logger opts set (WithLogger), for CopyAll's own lines.
+func indexLog(opts []Option) *slog.Logger {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	return o.log
 }

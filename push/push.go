@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 	"sync"
 	"time"
@@ -68,11 +69,21 @@ type options struct {
 	progress    progress.Reporter
 	formatSet   bool // WithFormat was given: with preserve, layers must already be in it
 	preserve    bool
+	// allowMismatch, when set, accepts a layer whose tar is not its config DiffID (see
+	// WithDiffIDMismatchAllowed).
+	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
+	log           *slog.Logger
 }
 
 func defaultOptions() options {
-	return options{format: ZstdChunked, jobs: 3, concurrency: runtime.GOMAXPROCS(0), progress: progress.Nop}
+	return options{format: ZstdChunked, jobs: 3, concurrency: runtime.GOMAXPROCS(0), progress: progress.Nop,
+		log: slog.New(slog.DiscardHandler)}
 }
+
+// WithLogger sends debug logs (each layer recompressed or copied by digest, and whether it was
+// uploaded, mounted, found at the destination or written, with its bytes and time; the config,
+// manifest and index written) to l; by default they go nowhere.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
 // WithFormat sets the layer compression (default zstd:chunked).
 func WithFormat(f Format) Option {
@@ -160,6 +171,13 @@ func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination
 	if err != nil {
 		return nil, fmt.Errorf("stored manifest of %s: %w", img.ID, err)
 	}
+	if img.ConfigDiffIDs != nil {
+		// Pulled with a DiffID mismatch allowed: the tars sent are the true ones, and so must
+		// the config's DiffIDs be.
+		if config, err = correctConfig(config, img.Layers); err != nil {
+			return nil, fmt.Errorf("config of %s: %w", img.ID, err)
+		}
+	}
 	src := image{manifest: m, config: config}
 	for _, diffID := range img.Layers {
 		l, err := s.Layer(ctx, diffID)
@@ -231,6 +249,7 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 		rep.Format, rep.Level = "", 0 // every layer as it was: no format was applied
 	}
 	descs := make([]ocispec.Descriptor, len(src.layers))
+	o.log.Debug("writing image", "destination", rep.Destination, "layers", len(src.layers), "format", rep.Format, "level", rep.Level)
 
 	// A layer listed twice is made once; later copies reuse the first one's descriptor.
 	first := map[digest.Digest]int{}
@@ -260,25 +279,51 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 	for _, i := range dups {
 		j := first[src.layers[i].diffID]
 		descs[i] = descs[j]
-		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: src.layers[i].diffID, Size: descs[j].Size, Status: StatusDuplicate}
+		rep.Layers[i] = LayerReport{Digest: descs[j].Digest, DiffID: rep.Layers[j].DiffID, Size: descs[j].Size, Status: StatusDuplicate}
+		o.log.Debug("layer: duplicate, written once", "index", i+1, "diffID", rep.Layers[i].DiffID, "digest", descs[j].Digest)
 	}
-
-	mDesc, body, err := newManifest(src, descs, keep)
+	mDesc, err := writeConfigAndManifest(ctx, src, rep, descs, keep, dest, o)
 	if err != nil {
 		return nil, ocispec.Descriptor{}, err
 	}
-	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(src.config), Size: int64(len(src.config))}
-	if _, err := dest.PutBlob(ctx, cfgDesc, src.config); err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+	rep.Image = mDesc.Digest
+	rep.tally()
+	rep.Seconds = time.Since(start).Seconds()
+	return rep, mDesc, nil
+}
+
+// writeConfigAndManifest writes the config (corrected if a layer's DiffID was not the
+// config's, see configFor) and then the manifest naming descs, once every layer is written.
+func writeConfigAndManifest(ctx context.Context, src image, rep *Report, descs []ocispec.Descriptor, keep []bool, dest Destination, o options) (ocispec.Descriptor, error) {
+	config, err := configFor(src, rep)
+	if err != nil {
+		return ocispec.Descriptor{}, err
 	}
+	src.config = config
+	mDesc, body, err := newManifest(src, descs, keep)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	cfgDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: int64(len(config))}
+	cfgStatus, err := dest.PutBlob(ctx, cfgDesc, config)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("config %s: %w", cfgDesc.Digest, err)
+	}
+	o.log.Debug("config", "digest", cfgDesc.Digest, "size", cfgDesc.Size, "status", cfgStatus)
 	put := dest.PutManifest
 	if src.child {
 		put = dest.PutUntagged
 	}
 	if err := put(ctx, mDesc, body); err != nil {
-		return nil, ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
+		return ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 	}
-	rep.Image = mDesc.Digest
+	o.log.Debug("manifest", "digest", mDesc.Digest, "mediaType", mDesc.MediaType, "size", mDesc.Size,
+		"unchanged", src.manifestBytes != nil && mDesc.Digest == digest.FromBytes(src.manifestBytes), "byDigestOnly", src.child)
+	return mDesc, nil
+}
+
+// tally sums the layers into the report's totals.
+func (rep *Report) tally() {
 	for _, l := range rep.Layers {
 		rep.Size += l.Size
 		switch l.Status {
@@ -291,14 +336,15 @@ func write(ctx context.Context, src image, dest Destination, opts []Option) (*Re
 			rep.Mounted++
 		}
 	}
-	rep.Seconds = time.Since(start).Seconds()
-	return rep, mDesc, nil
 }
 
 // keptLayers says which layers are copied by digest rather than recompressed: those already in
 // the requested format, or all of them when digests are preserved (refused if a format was asked
 // for that some layer is not in).
 func keptLayers(src image, o options) ([]bool, error) {
+	if o.preserve && o.allowMismatch != nil {
+		return nil, fmt.Errorf("preserving digests and allowing a DiffID mismatch: a corrected config changes the digests: %w", errdefs.ErrInvalid)
+	}
 	keep := make([]bool, len(src.layers))
 	for i, ls := range src.layers {
 		if ls.blob.Digest == "" {
@@ -314,6 +360,8 @@ func keptLayers(src image, o options) ([]bool, error) {
 				i+1, ls.blob.Digest, ls.blob.MediaType, o.format, errdefs.ErrUnsupported)
 		}
 		keep[i] = keep[i] || o.preserve
+		// Only a layer that is recompressed has its tar hashed and checked.
+		keep[i] = keep[i] && (o.allowMismatch == nil || !isLayerTar(ls.blob.MediaType))
 	}
 	return keep, nil
 }
@@ -351,16 +399,20 @@ func writeLayer(ctx context.Context, ls layerSource, keep bool, dest Destination
 	}
 	bar := o.progress.Bar(name)
 	bar.SetTotal(ls.size)
-	write := writeLayerBar
+	write, how := writeLayerBar, "recompress to "+string(o.format)
 	if keep {
-		write = copyLayerBar
+		write, how = copyLayerBar, "copy by digest"
 	}
+	o.log.Debug("layer: start", "diffID", ls.diffID, "source", ls.blob.Digest, "sourceMediaType", ls.blob.MediaType, "action", how)
 	lr, desc, err := write(ctx, ls, dest, o, bar)
 	if err != nil {
+		o.log.Debug("layer: failed", "diffID", ls.diffID, "source", ls.blob.Digest, "err", err)
 		bar.Done("failed: " + err.Error())
 		return lr, desc, err
 	}
 	lr.Seconds = time.Since(start).Seconds()
+	o.log.Debug("layer: done", "diffID", lr.DiffID, "digest", lr.Digest, "status", lr.Status, "size", lr.Size,
+		"inputBytes", lr.InputBytes, "seconds", lr.Seconds)
 	bar.Done(lr.Status + " " + digests.Short(lr.Digest))
 	return lr, desc, nil
 }
@@ -385,7 +437,10 @@ func writeLayerBar(ctx context.Context, ls layerSource, dest Destination, o opti
 			return d, fmt.Errorf("reading the source layer: %w", err)
 		}
 		if ls.diffID != "" && d.DiffID != ls.diffID {
-			return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
+			if o.allowMismatch == nil {
+				return d, fmt.Errorf("layer tar hashes to %s, the config says %s: %w", d.DiffID, ls.diffID, errdefs.ErrDigestMismatch)
+			}
+			o.allowMismatch(ls.blob.Digest, d.DiffID, ls.diffID)
 		}
 		// From here the bar follows the upload of the compressed blob (a registry's; a layout
 		// reports none: it was written while compressing).

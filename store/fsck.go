@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -576,7 +577,11 @@ func (s *Store) checkImage(ctx context.Context, id digest.Digest, goodLayer map[
 	if img.ID != id || stored.Config != img.Config {
 		return fmt.Errorf("manifest hashes to %s: %w", img.ID, errdefs.ErrDigestMismatch)
 	}
-	for _, l := range img.Layers {
+	// The record may differ from the config only as ConfigDiffIDs documents.
+	if !slices.Equal(stored.ConfigLayers(), img.Layers) || len(stored.Layers) != len(img.Layers) {
+		return fmt.Errorf("record lists DiffIDs %v, config %v: %w", stored.ConfigLayers(), img.Layers, errdefs.ErrDigestMismatch)
+	}
+	for _, l := range stored.Layers {
 		if !goodLayer[l] {
 			return fmt.Errorf("layer %s is missing or damaged: %w", l, errdefs.ErrNotFound)
 		}

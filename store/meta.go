@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -61,9 +62,16 @@ type Layer struct {
 // Image describes a stored image: its manifest, config and layer DiffIDs.
 type Image struct {
 	// ID is the manifest digest.
-	ID     digest.Digest   `json:"id"`
-	Config digest.Digest   `json:"config"`
+	ID     digest.Digest `json:"id"`
+	Config digest.Digest `json:"config"`
+	// Layers are the DiffIDs of the layers the store holds for the image, in order: what
+	// checkout, mount, gc and fsck follow.
 	Layers []digest.Digest `json:"diffIDs"`
+	// ConfigDiffIDs are the config's rootfs.diff_ids when they differ from Layers: an image
+	// pulled with --allow-diffid-mismatch, whose blobs decompress to tars that are not the ones
+	// its config names. Each layer is stored under its true DiffID; this keeps what the config
+	// claimed. Absent (nil) for every consistent image.
+	ConfigDiffIDs []digest.Digest `json:"configDiffIDs,omitempty"`
 	// Created comes from the config (zero when absent); Imported is when the store got it.
 	Created  time.Time `json:"created,omitzero"`
 	Imported time.Time `json:"imported"`
@@ -79,6 +87,27 @@ type ImageOption func(*Image)
 // WithSource records where the image came from (see Image.Source). An image already stored
 // keeps its record: records never change.
 func WithSource(ref string) ImageOption { return func(img *Image) { img.Source = ref } }
+
+// WithTrueDiffIDs records the image under the DiffIDs its layers' tars really hash to, which
+// differ from its config's (see Image.ConfigDiffIDs): the layers must be stored under these.
+// Equal DiffIDs leave the record as any other image's.
+func WithTrueDiffIDs(layers []digest.Digest) ImageOption {
+	return func(img *Image) {
+		if slices.Equal(layers, img.Layers) {
+			return
+		}
+		img.ConfigDiffIDs, img.Layers = img.Layers, slices.Clone(layers)
+	}
+}
+
+// ConfigLayers are the DiffIDs the image's config lists: Layers, unless ConfigDiffIDs records
+// a difference.
+func (img Image) ConfigLayers() []digest.Digest {
+	if img.ConfigDiffIDs != nil {
+		return img.ConfigDiffIDs
+	}
+	return img.Layers
+}
 
 func (s *Store) layerDir(diffID digest.Digest) (string, error) {
 	if err := checkDigest(diffID); err != nil {
@@ -574,7 +603,16 @@ func (s *Store) PutImage(ctx context.Context, manifest, config []byte, opts ...I
 	if err != nil {
 		return Image{}, err
 	}
+	for _, o := range opts {
+		o(&img)
+	}
+	if img.ConfigDiffIDs != nil && len(img.ConfigDiffIDs) != len(img.Layers) {
+		return Image{}, fmt.Errorf("image %s: %d true DiffIDs for %d layers: %w", img.ID, len(img.Layers), len(img.ConfigDiffIDs), errdefs.ErrInvalid)
+	}
 	for _, d := range img.Layers {
+		if err := checkDigest(d); err != nil {
+			return Image{}, fmt.Errorf("image %s: %w", img.ID, err)
+		}
 		if !s.HasLayer(d) {
 			return Image{}, fmt.Errorf("image %s: layer %s: %w", img.ID, d, errdefs.ErrNotFound)
 		}
@@ -584,9 +622,6 @@ func (s *Store) PutImage(ctx context.Context, manifest, config []byte, opts ...I
 		return s.Image(ctx, img.ID)
 	}
 	img.Imported = time.Now().UTC()
-	for _, o := range opts {
-		o(&img)
-	}
 	meta, err := json.Marshal(img)
 	if err != nil {
 		return Image{}, err

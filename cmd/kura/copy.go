@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,6 +26,7 @@ type copyFlags struct {
 	src, dest  sideFlags
 	preserve   bool
 	all        bool
+	allowDiff  bool
 	digestFile string
 	retryTimes int
 	retryDelay time.Duration
@@ -37,8 +39,8 @@ func addCopyCommand() {
 		Use:   "copy SRC DEST",
 		Short: "Copy an image between registries and OCI layouts, recompressing only what must change",
 		Long: `Copy an image from SRC to DEST (docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]) without
-the store. SRC may also be docker-archive:PATH[:REF], oci-archive:PATH[:REF] or dir:PATH, and DEST
-oci-archive:PATH[:REF] or dir:PATH (skopeo's formats). A layer already in the requested format (--format, zstd:chunked by default) is copied by
+the store. SRC and DEST may also be docker-archive:PATH[:REF], oci-archive:PATH[:REF] or dir:PATH (skopeo's
+formats; a docker-archive source also docker-archive:PATH:@N, its Nth image). A layer already in the requested format (--format, zstd:chunked by default) is copied by
 digest: mounted from the source repository when both are in one registry, else streamed through
 unchanged and verified. Any other layer (tar, gzip, zstd) is decompressed and compressed again,
 several at once, and checked against the config's DiffIDs. When no layer changes, the manifest is
@@ -48,12 +50,9 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 			if cf.retryTimes < 0 {
 				return usageError{fmt.Errorf("--retry-times %d: want 0 or more", cf.retryTimes)}
 			}
-			opts, err := pf.options()
+			opts, err := cf.options(&pf, args[1])
 			if err != nil {
 				return err
-			}
-			if cf.preserve {
-				opts = append(opts, push.WithPreserveDigests())
 			}
 			res, err := cf.copyRetrying(cmd.Context(), args[0], args[1], opts)
 			if err != nil {
@@ -77,11 +76,35 @@ copied as is and keeps its digest. --preserve-digests refuses any change instead
 	fl := cmd.Flags()
 	fl.BoolVar(&cf.all, "all", false, "copy every image of an index (each converted) and an index naming them, not only --platform's")
 	fl.BoolVar(&cf.preserve, "preserve-digests", false, "copy every blob and the manifest unchanged; fail if --format would change a layer")
+	fl.BoolVar(&cf.allowDiff, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
 	fl.StringVar(&cf.digestFile, "digestfile", "", "write the digest of the destination manifest to this file")
 	fl.BoolVarP(&pf.quiet, "quiet", "q", false, "no progress and no summary (--json still prints its report)")
 	fl.IntVar(&cf.retryTimes, "retry-times", 0, "retry the copy this many times after a temporary error (network, 429, 5xx)")
 	fl.DurationVar(&cf.retryDelay, "retry-delay", 0, "wait this long between retries (default: 1s, 2s, 4s, … as skopeo)")
 	rootCmd.AddCommand(cmd)
+}
+
+// options are push's options for this copy to dest.
+func (cf *copyFlags) options(pf *pushFlags, dest string) ([]push.Option, error) {
+	opts, err := pf.options()
+	if err != nil {
+		return nil, err
+	}
+	if cf.allowDiff && cf.preserve {
+		return nil, usageError{errors.New("--allow-diffid-mismatch writes a corrected config: it cannot --preserve-digests")}
+	}
+	switch {
+	case cf.preserve:
+		opts = append(opts, push.WithPreserveDigests())
+	case cf.allowDiff:
+		opts = append(opts, push.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
+			"the copy lists its true DiffID in a corrected config (every layer is recompressed to be checked)")))
+	case strings.HasPrefix(dest, "docker-archive:") && !pf.formatSet():
+		// A docker-archive holds its layers decompressed (and checked against their DiffIDs as
+		// they are written): compressing them first would be wasted.
+		opts = append(opts, push.WithPreserveDigests())
+	}
+	return opts, nil
 }
 
 // copyRetrying runs the copy step, again after a temporary error up to --retry-times times, as

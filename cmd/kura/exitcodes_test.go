@@ -58,7 +58,7 @@ func TestExitCodes(t *testing.T) {
 	for _, args := range [][]string{
 		{"pull", "containers-storage:" + work},
 		{"push", "img", "docker-archive:" + filepath.Join(work, "a.tar")},
-		{"copy", layout, "docker-archive:" + filepath.Join(work, "a.tar")}, // oci-archive: and dir: work
+		{"copy", layout, "containers-storage:localhost/x:v1"}, // docker-archive:, oci-archive: and dir: work
 	} {
 		root.fails(errdefs.ExitUnsupported, "unsupported", append([]string{"--root", st}, args...)...)
 	}

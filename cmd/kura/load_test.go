@@ -87,7 +87,8 @@ func writeDir(t *testing.T, dir, rootTar string) {
 }
 
 // TestArchiveTransports (issue 18): docker-archive:, oci-archive: and dir: are sources of import,
-// pull and copy (to oci: and to a registry); as destinations they still exit 6.
+// pull and copy (to oci: and to a registry), and copy writes each (docker-archive: with its
+// layers decompressed, as docker load needs); another transport as a destination exits 6.
 func TestArchiveTransports(t *testing.T) {
 	needRootCLI(t)
 	work := openTempDir(t)
@@ -119,7 +120,32 @@ func TestArchiveTransports(t *testing.T) {
 	}
 	kura.fails(4, "is a docker-archive", "--root", st, "import", "oci-archive:"+arch, "x:v1")
 	kura.fails(4, "no version file", "--root", st, "import", "dir:"+work, "x:v1")
-	kura.fails(6, "unsupported", "copy", "oci:"+layout+":v1", "docker-archive:"+filepath.Join(work, "out.tar"))
+	kura.fails(6, "unsupported", "copy", "oci:"+layout+":v1", "containers-storage:localhost/x:v1")
+
+	// docker-archive: as a destination, read back by load; :@N picks an image by position.
+	saved := filepath.Join(work, "saved2.tar")
+	var rep struct {
+		Layers []struct{ Digest digest.Digest }
+	}
+	if err := json.Unmarshal([]byte(kura.ok("--json", "copy", "dir:"+dir, "docker-archive:"+saved+":localhost/saved:v2")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// The dir's layer is a plain tar: no --format, so nothing is compressed on the way.
+	if plain, _ := os.ReadFile(rootTar); len(rep.Layers) != 1 || rep.Layers[0].Digest != digest.FromBytes(plain) {
+		t.Fatalf("copy to docker-archive compressed the layer: %+v", rep)
+	}
+	if out := kura.ok("--root", st, "load", "-i", saved); !strings.Contains(out, "Loaded image: localhost/saved:v2") {
+		t.Fatalf("load of the written docker-archive:\n%s", out)
+	}
+	kura.ok("--root", st, "import", "docker-archive:"+saved+":@0", "bypos:v1")
+	co2 := filepath.Join(work, "co2")
+	kura.ok("--root", st, "checkout", "bypos:v1", co2)
+	if b, err := os.ReadFile(filepath.Join(co2, "etc/motd")); err != nil || string(b) != "transported\n" {
+		t.Fatalf("checkout of docker-archive:PATH:@0: %q, %v", b, err)
+	}
+	kura.fails(3, "no image @1", "--root", st, "import", "docker-archive:"+saved+":@1", "x:v1")
+	kura.fails(4, "want @N", "--root", st, "import", "docker-archive:"+saved+":@x", "x:v1")
+	kura.fails(4, "picks an image", "copy", "oci:"+layout+":v1", "docker-archive:"+filepath.Join(work, "x.tar")+":@0")
 
 	// dir: and oci-archive: as destinations, read back.
 	outDir, outTar := filepath.Join(work, "out"), filepath.Join(work, "out.tar")
@@ -149,12 +175,14 @@ func TestPodmanSkopeoArchives(t *testing.T) {
 		t.Fatal(rerr)
 	}
 	t.Cleanup(func() { os.RemoveAll(runroot) })
-	podman := func(args ...string) {
+	podman := func(args ...string) string {
 		t.Helper()
 		full := append([]string{"--root", filepath.Join(work, "podman"), "--runroot", runroot, "--storage-driver", "vfs"}, args...)
-		if out, err := exec.Command("podman", full...).CombinedOutput(); err != nil {
+		out, err := exec.Command("podman", full...).CombinedOutput()
+		if err != nil {
 			t.Fatalf("podman %v: %v\n%s", args, err, out)
 		}
+		return string(out)
 	}
 	rootTar := filepath.Join(work, "root.tar")
 	writeTar(t, rootTar, map[string]string{"etc/motd": "from podman\n"}, false)
@@ -187,5 +215,39 @@ func TestPodmanSkopeoArchives(t *testing.T) {
 	kura.ok("--root", st, "checkout", "fromdir:v1", co)
 	if b, err := os.ReadFile(filepath.Join(co, "etc/motd")); err != nil || string(b) != "from podman\n" {
 		t.Fatalf("checkout: %q, %v", b, err)
+	}
+	checkPodmanLoadsDockerArchive(t, kura, podman, work, skopeoDir)
+}
+
+// checkPodmanLoadsDockerArchive: kura copy writes a docker-archive that skopeo inspects and
+// podman load reads, under its name and with its files; of podman's two-image archive,
+// kura import docker-archive:PATH:@1 takes the second image, as skopeo does.
+func checkPodmanLoadsDockerArchive(t *testing.T, kura cli, podman func(...string) string, work, src string) {
+	t.Helper()
+	saved := filepath.Join(work, "kura-saved.tar")
+	kura.ok("copy", "dir:"+src, "docker-archive:"+saved+":localhost/kura/saved:v3")
+	if out, err := exec.Command("skopeo", "inspect", "docker-archive:"+saved).CombinedOutput(); err != nil || !strings.Contains(string(out), `"Layers"`) {
+		t.Fatalf("skopeo inspect of kura's docker-archive: %v\n%s", err, out)
+	}
+	if out := podman("load", "-i", saved); !strings.Contains(out, "localhost/kura/saved:v3") {
+		t.Fatalf("podman load of kura's docker-archive:\n%s", out)
+	}
+	mnt := strings.TrimSpace(podman("image", "mount", "localhost/kura/saved:v3"))
+	if b, err := os.ReadFile(filepath.Join(mnt, "etc/motd")); err != nil || string(b) != "from podman\n" {
+		t.Fatalf("podman's image of kura's docker-archive: %q, %v", b, err)
+	}
+	podman("image", "unmount", "localhost/kura/saved:v3")
+
+	second := filepath.Join(work, "second.tar")
+	writeTar(t, second, map[string]string{"etc/motd": "second\n"}, false)
+	podman("import", second, "localhost/pm:v2")
+	multi := filepath.Join(work, "multi.tar")
+	podman("save", "--multi-image-archive", "--format", "docker-archive", "-o", multi, "localhost/pm:v1", "localhost/pm:v2")
+	st := filepath.Join(work, "store-multi")
+	kura.ok("--root", st, "import", "docker-archive:"+multi+":@1", "picked:v1")
+	co := filepath.Join(work, "co-multi")
+	kura.ok("--root", st, "checkout", "picked:v1", co)
+	if b, err := os.ReadFile(filepath.Join(co, "etc/motd")); err != nil || string(b) != "second\n" {
+		t.Fatalf("docker-archive:PATH:@1 of podman's two-image archive: %q, %v", b, err)
 	}
 }

@@ -58,3 +58,45 @@ func TestPullDebugLogs(t *testing.T) {
 		t.Errorf("--log-level=loud: exit %d, want 2 naming the flag:\n%s", code, errOut)
 	}
 }
+
+// TestPushCopyDebugLogs (issue 18): --debug logs what push and copy do with each layer (recompressed
+// or copied by digest; uploaded, found at the destination or mounted, with its bytes and time),
+// the config and the manifest; the default level logs none of it.
+func TestPushCopyDebugLogs(t *testing.T) {
+	work := t.TempDir()
+	imgTar := filepath.Join(work, "img.tar")
+	writeTar(t, imgTar, map[string]string{"etc/a": "push logs\n", "usr/b": strings.Repeat("b", 10000)}, false)
+	reg := registrytest.New(t)
+	creds := []string{"--creds", registrytest.Username + ":" + registrytest.Password, "--tls-verify=false"}
+	root := filepath.Join(work, "store")
+	kuraOK(t, root, "import", imgTar, "img")
+	ref := reg.Host + "/logs/push:v1"
+	expect := func(what string, errOut string, wants ...string) {
+		t.Helper()
+		for _, want := range wants {
+			if !strings.Contains(errOut, want) {
+				t.Errorf("%s: stderr lacks %q:\n%s", what, want, errOut)
+			}
+		}
+	}
+
+	_, errOut, code := kuraRun(t, root, append([]string{"push", "--debug", "img", ref}, creds...)...)
+	if code != 0 {
+		t.Fatalf("push --debug: exit %d\n%s", code, errOut)
+	}
+	expect("push --debug", errOut, `msg="writing image" destination=docker://`+ref, `msg="layer: start"`, `action="recompress to zstd:chunked"`,
+		`msg="layer: done"`, `status=uploaded`, `inputBytes=`, `seconds=`, `msg=config`, `msg=manifest`)
+	_, errOut, _ = kuraRun(t, root, append([]string{"push", "--debug", "img", ref}, creds...)...)
+	expect("second push --debug", errOut, `status=existed`)
+
+	_, errOut, code = kuraRun(t, root, append([]string{"copy", "--debug", "docker://" + ref, "docker://" + reg.Host + "/logs/copy:v1"}, creds...)...)
+	if code != 0 {
+		t.Fatalf("copy --debug: exit %d\n%s", code, errOut)
+	}
+	expect("copy --debug", errOut, `action="copy by digest"`, `status=mounted`, `msg=manifest`, `unchanged=true`)
+
+	_, errOut, _ = kuraRun(t, root, append([]string{"push", "img", reg.Host + "/logs/quiet:v1"}, creds...)...)
+	if strings.Contains(errOut, "level=") {
+		t.Errorf("push: logs at the default level:\n%s", errOut)
+	}
+}

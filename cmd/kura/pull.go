@@ -113,7 +113,7 @@ func parsePlatform(s string) (ocispec.Platform, error) {
 func init() {
 	var rf registryFlags
 	var jobs int
-	var full, quiet bool
+	var full, quiet, allowMismatch bool
 	var name string
 	cmd := &cobra.Command{
 		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH",
@@ -154,6 +154,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 			if full {
 				opts = append(opts, pull.WithoutPartial())
 			}
+			if allowMismatch {
+				opts = append(opts, pull.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
+					"stored under its true DiffID; the image record keeps the config's (kura push writes a corrected config)")))
+			}
 			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(newBars()))
 			}
@@ -170,6 +174,7 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 	cmd.Flags().IntVar(&jobs, "jobs", min(3, runtime.NumCPU()+1), "layers pulled at once")
 	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
 	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
+	cmd.Flags().BoolVar(&allowMismatch, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID on stdout, no progress (notes still go to stderr)")
 	rootCmd.AddCommand(cmd)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"runtime"
 
 	"github.com/spf13/cobra"
@@ -41,7 +42,7 @@ func (f *pushFlags) options() ([]push.Option, error) {
 	if err := checkJobs(f.jobs); err != nil {
 		return nil, err
 	}
-	opts := []push.Option{push.WithLevel(f.level), push.WithJobs(f.jobs)}
+	opts := []push.Option{push.WithLevel(f.level), push.WithJobs(f.jobs), push.WithLogger(slog.Default())}
 	if f.formatSet() { // else the default: zstd:chunked, or any layer as it is with --preserve-digests
 		opts = append(opts, push.WithFormat(format))
 	}

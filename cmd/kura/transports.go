@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/kura-oci/kura/archive"
 	"github.com/kura-oci/kura/errdefs"
@@ -28,7 +29,7 @@ func openArchiveArg(arg string) (ociArg string, done func(), err error) {
 	return o.Ref(), func() { o.Close() }, nil
 }
 
-// archiveDest presents an oci-archive: or dir: destination as an oci: reference to a temporary
+// archiveDest presents a docker-archive:, oci-archive: or dir: destination as an oci: reference to a temporary
 // layout; finish writes the archive or directory from it once the copy succeeded, and done
 // removes the layout. Any other argument is returned as is (finish is nil).
 func archiveDest(arg string) (ociArg string, finish func() error, done func(), err error) {
@@ -39,8 +40,8 @@ func archiveDest(arg string) (ociArg string, finish func() error, done func(), e
 	if !ok {
 		return arg, nil, func() {}, nil
 	}
-	if ref.Transport == "docker-archive" {
-		return "", nil, nil, fmt.Errorf("destination %s: writing docker-archive: %w", arg, errdefs.ErrUnsupported)
+	if strings.HasPrefix(ref.Ref, "@") {
+		return "", nil, nil, fmt.Errorf("destination %s: :@N picks an image to read; a destination takes a name: %w", arg, errdefs.ErrInvalid)
 	}
 	if entries, err := os.ReadDir(ref.Path); ref.Transport == "dir" && err == nil && len(entries) > 0 {
 		return "", nil, nil, fmt.Errorf("destination %s: the directory is not empty: %w", arg, errdefs.ErrInvalid)
@@ -51,13 +52,18 @@ func archiveDest(arg string) (ociArg string, finish func() error, done func(), e
 	}
 	layout := filepath.Join(tmp, "layout")
 	finish = func() error {
-		if ref.Transport == "dir" {
+		switch ref.Transport {
+		case "dir":
 			return archive.WriteDir(layout, ref.Ref, ref.Path)
+		case "docker-archive":
+			return archive.WriteDockerArchive(layout, "", ref.Ref, ref.Path)
 		}
 		return archive.WriteOCIArchive(layout, ref.Path)
 	}
 	ociArg = "oci:" + layout
-	if ref.Ref != "" {
+	// A docker-archive's REF is a RepoTags entry (HOST/REPO:TAG), no layout tag: the layout
+	// holds the one image.
+	if ref.Ref != "" && ref.Transport != "docker-archive" {
 		ociArg += ":" + ref.Ref
 	}
 	return ociArg, finish, func() { os.RemoveAll(tmp) }, nil
