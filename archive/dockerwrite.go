@@ -12,9 +12,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/ocilayout"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // WriteDockerArchive writes the image tag (empty: the only one) of the OCI layout in dir as a
@@ -97,7 +97,7 @@ func addLayer(tw *tar.Writer, l ocilayout.Layout, d ocispec.Descriptor, diffID d
 		return err
 	}
 	defer rc.Close()
-	plain, err := chunked.Decompress(rc)
+	plain, err := tarstream.Decompress(rc)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", d.Digest, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/ocilayout"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // archTar is a small root file system that names its architecture.
@@ -159,7 +160,7 @@ func checkZstdChunkedImage(t *testing.T, l ocilayout.Layout, md ocispec.Descript
 		t.Fatal(err)
 	}
 	defer rc.Close()
-	dr, err := chunked.Decompress(rc)
+	dr, err := tarstream.Decompress(rc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/push"
@@ -92,7 +93,7 @@ func TestDiffIDMismatchAllowed(t *testing.T) {
 	}
 	checkCorrected(t, reg.Host+"/diffid/copied:v1", tars)
 
-	s := openStore(t)
+	s := teststore.Open(t)
 	warned = nil
 	rep, err := pull.Pull(ctx, s, src, pull.WithName("mismatched"), pull.WithDiffIDMismatchAllowed(warn))
 	if err != nil {
