@@ -23,6 +23,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/registry"
@@ -30,6 +31,9 @@ import (
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
+
+// testdataDir is the module's testdata/ directory.
+func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // treeFile is one entry of a generated layer.
 type treeFile struct {
