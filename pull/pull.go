@@ -286,8 +286,8 @@ func pullPartial(ctx context.Context, s *store.Store, src Source, desc ocispec.D
 	if err != nil {
 		return err
 	}
-	part.Bar, part.Log = bar, o.log.With("layer", desc.Digest)
-	imp, err := layer.ImportPartial(ctx, s, part, diffID, rangeFetcher{src: src, desc: desc, lr: lr})
+	imp, err := layer.ImportPartial(ctx, s, part, diffID, rangeFetcher{src: src, desc: desc, lr: lr},
+		layer.PartialOptions{Bar: bar, Log: o.log.With("layer", desc.Digest)})
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,11 @@ type Partial struct {
 	TOCSize int64
 	// TarSplit is where the tar-split comes from: fetched with the TOC, or predicted.
 	TarSplit TarSplitSource
-	// Bar counts the compressed bytes of the file ranges as they arrive (nil: progress.Nop's).
+}
+
+// PartialOptions for ImportPartial; the zero value is the defaults.
+type PartialOptions struct {
+	// Bar counts the compressed bytes of the file ranges as they arrive (nil: nothing shown).
 	Bar progress.Bar
 	// Log receives a debug line before the file ranges are fetched (nil: nowhere).
 	Log *slog.Logger
@@ -60,12 +64,12 @@ type PartialImported struct {
 // verifies each missing object, checks the DiffID of the tar rebuilt from the tar-split, and
 // records the layer. The objects are committed only if every fetch succeeded; the layer is
 // recorded only if the DiffID matches. The caller holds the store's shared lock.
-func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest.Digest, fetch RangeFetcher) (PartialImported, error) {
-	if p.Bar == nil {
-		p.Bar = progress.Nop.Bar("")
+func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest.Digest, fetch RangeFetcher, opts PartialOptions) (PartialImported, error) {
+	if opts.Bar == nil {
+		opts.Bar = progress.Nop.Bar("")
 	}
-	if p.Log == nil {
-		p.Log = slog.New(slog.DiscardHandler)
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	od, err := s.OpenObjectDir()
 	if err != nil {
@@ -82,8 +86,8 @@ func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest
 			batch.Abort()
 		}
 	}()
-	pi := &partialImport{p: p, diffID: diffID, plan: plan, od: od, batch: batch, fetch: fetch,
-		asm: &assembler{ctx: ctx, s: s, batch: batch, bar: p.Bar}}
+	pi := &partialImport{p: p, diffID: diffID, plan: plan, od: od, batch: batch, fetch: fetch, log: opts.Log,
+		asm: &assembler{ctx: ctx, s: s, batch: batch, bar: opts.Bar}}
 	if err := pi.asm.prepare(plan); err != nil {
 		return imp, err
 	}
@@ -115,6 +119,7 @@ type partialImport struct {
 	batch      *store.Batch
 	asm        *assembler
 	fetch      RangeFetcher
+	log        *slog.Logger
 	rangeBytes int64
 }
 
@@ -160,7 +165,7 @@ func (pi *partialImport) fetchFiles(ctx context.Context) error {
 	for _, r := range ranges {
 		pi.rangeBytes += r.Length
 	}
-	pi.p.Log.Debug("layer: fetching ranges", "ranges", len(ranges), "bytes", pi.rangeBytes, "files", len(pi.plan.Files))
+	pi.log.Debug("layer: fetching ranges", "ranges", len(ranges), "bytes", pi.rangeBytes, "files", len(pi.plan.Files))
 	return pi.fetch.FetchRanges(ctx, ranges, pi.asm.receive)
 }
 
