@@ -11,8 +11,9 @@ import (
 )
 
 // PutLayer is Store.PutLayer for a layer whose new objects this batch wrote and committed: the
-// batch's record vouches for those (no lookup) and gives their fs-verity digests (no read);
-// every other object the TOC names is looked up.
+// batch's record vouches for those and for those it found stored (Stored), with no second
+// lookup, and gives the fs-verity digests of those it wrote (no read); every other object the
+// TOC names is looked up. The caller still holds the lock it held for the batch.
 func (b *Batch) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
 	tocJSON, err := chunked.MarshalTOC(toc) // names that are not UTF-8 stay exact
 	if err != nil {
@@ -32,8 +33,8 @@ func (b *Batch) PutLayerCompressed(ctx context.Context, l Layer, toc *chunked.TO
 	return b.s.putLayer(ctx, l, toc, b, func() ([]byte, []byte, error) { return tocZst, tarSplitZst, nil })
 }
 
-// checkObjects makes sure every object of a layer about to be recorded is stored: those the
-// committed batch b wrote by its record, the rest by one stat each (relative to the objects
+// checkObjects makes sure every object of a layer about to be recorded is stored: those in the
+// record of the committed batch b, the rest by one stat each (relative to the objects
 // directory, several at a time).
 func (s *Store) checkObjects(diffID digest.Digest, objs []digest.Digest, b *Batch) error {
 	if b != nil {

@@ -38,9 +38,9 @@ func (b *Batch) DropScratch(name string) error {
 	return os.Remove(name)
 }
 
-// batchRecord is what a batch knows about its own work: the objects it wrote and their fs-verity
-// digests (so the layer recorded from it needs neither a lookup nor a read of them), whether
-// it committed, and its scratch files.
+// batchRecord is what a batch knows about its own work: the objects it wrote or found stored
+// (Stored) and the fs-verity digests of those it wrote, so the layer recorded from it needs
+// neither a lookup nor a read of them; whether it committed; and its scratch files.
 type batchRecord struct {
 	mu        sync.Mutex
 	objects   map[digest.Digest]bool
@@ -59,7 +59,8 @@ func (r *batchRecord) noteVerity(d digest.Digest, v verity.Digest) {
 	r.verities[d] = v
 }
 
-// noteObject records that the batch holds d (committed with the batch).
+// noteObject records that d is stored once the batch commits: the batch wrote it, or found it
+// stored under the lock its caller holds (which keeps gc away).
 func (r *batchRecord) noteObject(d digest.Digest) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -110,4 +111,15 @@ func (b *Batch) verity(d digest.Digest) (verity.Digest, bool) {
 		return verity.Digest{}, false
 	}
 	return b.rec.verity(d)
+}
+
+// Stored says whether object d is stored, looking it up through od, and the batch remembers a
+// yes: the caller holds a store lock for the batch's life, under which no object is removed,
+// so a layer recorded from this batch need not look d up a second time.
+func (b *Batch) Stored(od *ObjectDir, d digest.Digest) bool {
+	if !od.Has(d) {
+		return false
+	}
+	b.rec.noteObject(d)
+	return true
 }

@@ -56,16 +56,26 @@ func TestBatchScratch(t *testing.T) {
 }
 
 // TestBatchPutLayerChecksObjects: recording a layer checks that every object its TOC names is
-// stored, whether the batch wrote it or it was there before; a layer naming an object that is
-// neither is refused and nothing is recorded. (Without fs-verity, where reading every object
-// for its digest would find the absent one anyway.)
+// stored, whether the batch wrote it, found it (Stored) or neither; a layer naming an object
+// that is not stored is refused, even one the batch was asked about, and nothing is recorded.
+// (Without fs-verity, where reading every object for its digest would find the absent one
+// anyway.)
 func TestBatchPutLayerChecksObjects(t *testing.T) {
 	ctx := context.Background()
 	s := lockedStore(t)
 	b, old, fresh := storeTwo(t, s)
+	od, err := s.OpenObjectDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer od.Close()
+	absent := []byte("nowhere")
+	if !b.Stored(od, digest.FromBytes(old)) || b.Stored(od, digest.FromBytes(absent)) {
+		t.Fatal("Stored: wrong answer")
+	}
 	zst := store.CompressMetadata([]byte("{}"))
 	bad := store.Layer{DiffID: digest.FromString("bad")}
-	if err := b.PutLayerCompressed(ctx, bad, tocOf(old, fresh, []byte("nowhere")), zst, zst); !errors.Is(err, errdefs.ErrNotFound) {
+	if err := b.PutLayerCompressed(ctx, bad, tocOf(old, fresh, absent), zst, zst); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("a TOC naming an absent object: %v, want ErrNotFound", err)
 	}
 	if s.HasLayer(bad.DiffID) {

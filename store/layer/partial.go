@@ -76,9 +76,6 @@ func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest
 		return PartialImported{}, err
 	}
 	defer od.Close()
-	p.TarSplit.begin(p.Layer) // a prediction needs no file content: it runs beside the planning
-	plan := MakePlan(ctx, p.Layer.Files, storeHave{s: s, od: od})
-	imp := PartialImported{FilesReused: plan.ReusedFiles, ChunksReused: plan.ReusedChunks}
 	batch := s.NewBatch()
 	committed := false
 	defer func() {
@@ -86,6 +83,9 @@ func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest
 			batch.Abort()
 		}
 	}()
+	p.TarSplit.begin(p.Layer) // a prediction needs no file content: it runs beside the planning
+	plan := MakePlan(ctx, p.Layer.Files, storeHave{s: s, od: od, batch: batch})
+	imp := PartialImported{FilesReused: plan.ReusedFiles, ChunksReused: plan.ReusedChunks}
 	pi := &partialImport{p: p, diffID: diffID, plan: plan, od: od, batch: batch, fetch: fetch, log: opts.Log,
 		asm: &assembler{ctx: ctx, s: s, batch: batch, bar: opts.Bar}}
 	if err := pi.asm.prepare(plan); err != nil {
@@ -194,13 +194,15 @@ func contentSize(l *chunked.Layer) int64 {
 	return n
 }
 
-// storeHave answers Have from the store.
+// storeHave answers Have from the store, through the batch, which remembers what it found (so
+// the record's check of every object costs no second lookup).
 type storeHave struct {
-	s  *store.Store
-	od *store.ObjectDir
+	s     *store.Store
+	od    *store.ObjectDir
+	batch *store.Batch
 }
 
-func (h storeHave) HasObject(d digest.Digest) bool { return h.od.Has(d) }
+func (h storeHave) HasObject(d digest.Digest) bool { return h.batch.Stored(h.od, d) }
 
 func (h storeHave) FindChunk(ctx context.Context, d digest.Digest, size int64) (store.ChunkLocation, error) {
 	return h.s.FindChunk(ctx, d, size)
