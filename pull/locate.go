@@ -9,6 +9,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store/layer"
 )
 
 // locate finds a layer's TOC and tar-split in its blob: from the annotations or, where they
@@ -56,7 +57,7 @@ func locateByFooter(ctx context.Context, src source.Source, desc ocispec.Descrip
 // parseFetched is chunked.ParseDeferred for a fetched tar-split, with the check that the TOC
 // can carry every name exactly (namesFitTOC) before anything is fetched or compared, and, if
 // the comparison fails, every link target (explainMismatch).
-func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chunked.ReadOption) (*chunked.Layer, func() error, error) {
+func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chunked.ReadOption) (*chunked.Layer, *layer.FetchedTarSplit, error) {
 	l, check, err := chunked.ParseDeferred(loc, tocBlob, tarSplitBlob, bound)
 	if err != nil {
 		return nil, nil, newerFormat(err)
@@ -64,5 +65,6 @@ func parseFetched(loc chunked.Location, tocBlob, tarSplitBlob []byte, bound chun
 	if err := namesFitTOC(l.TarSplitEntries); err != nil {
 		return nil, nil, err
 	}
-	return l, explainMismatch(l.TarSplitEntries, check), nil
+	return l, &layer.FetchedTarSplit{Entries: l.TarSplitEntries, Check: explainMismatch(l.TarSplitEntries, check),
+		Zst: tarSplitBlob, Size: loc.TarSplitUncompressed}, nil
 }

@@ -2,19 +2,14 @@ package pull
 
 import (
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"hash/crc64"
 	"io"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
@@ -24,8 +19,6 @@ import (
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
-	"github.com/kura-oci/kura/tarsplit"
-	"github.com/kura-oci/kura/tarstream"
 )
 
 // Layer pull modes, as reported.
@@ -276,8 +269,11 @@ func pullFull(ctx context.Context, s *store.Store, src source.Source, desc ocisp
 	return nil
 }
 
-// pullPartial fetches a zstd:chunked layer's metadata, then only the files and chunks the store
-// lacks, assembles each missing object, and checks the DiffID of the tar rebuilt from tar-split.
+// pullPartial pulls a zstd:chunked layer partially, in phases: locate its metadata, fetch it
+// (the tar-split only if it cannot be predicted from a stored layer), parse it, then hand it to
+// the store's partial import (layer.ImportPartial), which plans, fetches through this source only
+// the files and chunks the store lacks, assembles and verifies them, checks the DiffID and
+// records the layer. Whatever makes a partial pull impossible fails with a reason for fallback.
 func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, diffID, prev digest.Digest, lr *LayerReport, bar progress.Bar, o options) error {
 	lr.Mode = ModePartial
 	bound := chunked.WithMaxMetadataSize(o.maxMeta)
@@ -293,329 +289,72 @@ func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc oc
 		return err
 	}
 	defer release()
-	// An update of a stored layer needs no tar-split from the registry: it is predicted from
-	// the predecessor's (package tarsplit) and verified with the DiffID; only a wrong
-	// prediction costs a second request for the real one.
-	predict := prev != "" && s.HasLayer(prev)
-	want := loc.Ranges()
-	var known chan knownLayer
-	if predict {
-		want = []source.Range{loc.TOC}
-		known = make(chan knownLayer, 1)
-		go func() { known <- loadKnown(ctx, s, prev) }()
-	}
-	meta, err := fetchMeta(ctx, src, desc, want, lr)
+	part, err := fetchMetadata(ctx, s, src, desc, loc, prev, lr, bound)
 	if err != nil {
 		return err
 	}
-	tocBlob := meta[loc.TOC.Offset]
-	var l *chunked.Layer
-	checkTarSplit := func() error { return nil }
-	if predict {
-		l, err = chunked.ParseTOCOnly(loc, tocBlob, bound)
-		err = newerFormat(err)
-	} else {
-		l, checkTarSplit, err = parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
-	}
+	imp, err := layer.ImportPartial(ctx, s, part, diffID, rangeFetcher{src: src, desc: desc, lr: lr},
+		layer.PartialOptions{Bar: bar, Log: o.log.With("layer", desc.Digest)})
 	if err != nil {
 		return err
 	}
-	// The prediction needs no file content (CRCs come later): it runs beside the planning.
-	var predicted *prediction
-	if predict {
-		predicted = &prediction{done: make(chan struct{})}
-		go func() {
-			defer close(predicted.done)
-			predictTarSplit(predicted, <-known, l.TOC)
-		}()
-	}
-	od, err := s.OpenObjectDir()
-	if err != nil {
-		return err
-	}
-	defer od.Close()
-	plan := MakePlan(l.Files, storeHave{ctx: ctx, s: s, od: od})
-	lr.FilesReused, lr.ChunksReused = plan.ReusedFiles, plan.ReusedChunks
-
-	batch := s.NewBatch()
-	committed := false
-	defer func() {
-		if !committed {
-			batch.Abort()
-		}
-	}()
-	asm := &assembler{ctx: ctx, s: s, batch: batch, bar: bar}
-	if err := asm.prepare(plan); err != nil {
-		asm.cleanup()
-		return err
-	}
-	// While the missing files arrive, the other core compares TOC and tar-split (predicting the
-	// tar-split first if so) and rebuilds the tar for the DiffID, waiting at each file still in
-	// flight (tar order is blob order).
-	fetched := make(chan struct{})
-	openEarly := func(d digest.Digest) (io.ReadCloser, error) { return asm.open(od, d, fetched) }
-	early := make(chan verdict, 1)
-	go func() {
-		if predict {
-			early <- predictAndCheck(ctx, predicted, l, diffID, openEarly)
-		} else {
-			early <- checkFetched(ctx, checkTarSplit, l, diffID, openEarly)
-		}
-	}()
-	var rangeBytes int64 // the bar counts them as they arrive
-	if ranges := plan.Ranges(); len(ranges) > 0 {
-		for _, r := range ranges {
-			rangeBytes += r.Length
-		}
-		o.log.Debug("layer: fetching ranges", "layer", desc.Digest, "ranges", len(ranges), "bytes", rangeBytes, "files", len(plan.Files))
-		drep, ferr := src.GetRanges(ctx, desc, ranges, asm.receive)
-		addRangeReport(lr, drep)
-		err = ferr
-	}
-	close(fetched)
-	// Every object is verified already: make them durable while the tar is still being hashed,
-	// and patch and compress a predicted tar-split's record meanwhile.
-	commitDone := make(chan error, 1)
-	record := make(chan recordResult, 1)
-	if err == nil {
-		go func() { commitDone <- batch.Commit(ctx) }()
-		if predict {
-			go func() { record <- predictedRecord(predicted, openEarly) }()
-		}
-	} else {
-		commitDone <- errors.New("not committed")
-	}
-	v := <-early
-	commitErr := <-commitDone
-	committed = commitErr == nil
-	asm.cleanup()
-	if v.metadataErr != nil {
-		// The root cause of whatever else failed; err stays in the chain, as it may carry a
-		// body that fallback reads or closes.
-		return errors.Join(v.metadataErr, err)
-	}
-	if err != nil {
-		return fmt.Errorf("fetching files: %w", err)
-	}
-	if !predict && (errors.Is(v.err, errdefs.ErrInvalid) || errors.Is(v.err, errdefs.ErrDigestMismatch)) {
-		return v.err // TOC and tar-split disagree, or they do not make the DiffID
-	}
-	if commitErr != nil {
-		return commitErr
-	}
-	lr.ObjectsWritten = len(plan.Files)
-	tarSplitZst, tarSplitSize := meta[loc.TarSplit.Offset], loc.TarSplitUncompressed
-	if predict && v.err == nil {
-		rec := <-record
-		tarSplitZst, tarSplitSize, v.err = rec.zst, rec.size, rec.err
-	}
-	switch {
-	case predict && v.err == nil:
-		lr.TarSplitPredicted = true
-	case predict:
-		// A wrong or impossible prediction: fetch the real tar-split and check as usual.
-		lr.Note = "tar-split fetched: " + v.err.Error()
-		meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TarSplit}, lr)
-		if err != nil {
-			return err
-		}
-		tarSplitZst = meta[loc.TarSplit.Offset]
-		if l, checkTarSplit, err = parseFetched(loc, tocBlob, tarSplitZst, bound); err != nil {
-			return err
-		}
-		if err := checkTarSplit(); err != nil {
-			return err
-		}
-		v.size, v.err = checkDiffID(ctx, l, diffID, od.Open)
-	case v.err != nil:
-		// The early rebuild could not read something (an object another layer of this pull
-		// was still writing, say); now that everything is stored, the store answers.
-		v.size, v.err = checkDiffID(ctx, l, diffID, od.Open)
-	}
-	if v.err != nil {
-		return v.err
-	}
+	lr.FilesReused, lr.ChunksReused, lr.ObjectsWritten = imp.FilesReused, imp.ChunksReused, imp.ObjectsWritten
+	lr.TarSplitPredicted, lr.Note = imp.TarSplitPredicted, imp.Note
 	// Done: the blob's bytes are either received (files, metadata, the gaps between merged
 	// ranges) or skipped, as podman's bar shows them.
 	requested := min(lr.BytesRequested, desc.Size)
-	bar.Add(max(requested-rangeBytes, 0))
+	bar.Add(max(requested-imp.RangeBytes, 0))
 	bar.Skip(desc.Size - requested)
-	var content int64
-	for _, f := range l.Files {
-		content += f.Entry.Size
-	}
-	// The blob's own TOC frame, verified by the parse, is the layer's record, with the blob's
-	// tar-split frame (or the predicted one, verified by the DiffID).
-	return s.PutLayerCompressed(ctx, store.Layer{DiffID: diffID, TarSize: v.size, ContentSize: content,
-		TOCSize: loc.TOCUncompressed, TarSplitSize: tarSplitSize}, l.TOC, tocBlob, tarSplitZst)
+	return nil
 }
 
-// verdict is what the early check of a layer found.
-type verdict struct {
-	size        int64 // of the rebuilt tar
-	err         error
-	metadataErr error // TOC and fetched tar-split disagree
-}
-
-// knownLayer is a stored layer to predict a tar-split from.
-type knownLayer struct {
-	tarsplit.Known
-	err error
-}
-
-func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
-	toc, err := s.LayerTOC(ctx, prev)
-	if err != nil {
-		return knownLayer{err: err}
-	}
-	ts, err := s.LayerTarSplit(ctx, prev)
-	return knownLayer{Known: tarsplit.Known{TOC: toc, TarSplit: ts}, err: err}
-}
-
-// checkFetched compares TOC and fetched tar-split (checkTarSplit) and, beside it, rebuilds the
-// tar for the DiffID.
-func checkFetched(ctx context.Context, checkTarSplit func() error, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
-	checked := make(chan error, 1)
-	go func() { checked <- checkTarSplit() }()
-	n, err := checkDiffID(ctx, l, diffID, open)
-	cerr := <-checked
-	if cerr != nil {
-		err = cerr
-	}
-	return verdict{size: n, err: err, metadataErr: cerr}
-}
-
-// predictAndCheck predicts the layer's tar-split from a stored layer, checks it against the
-// TOC, and rebuilds the tar with it for the DiffID. Any error means: fetch the real one.
-//
-// The tar does not depend on tar-split's CRCs, which the prediction must compute for new
-// content, once fetched. So the prediction is made with placeholder CRCs and goes to the
-// rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
-func predictAndCheck(ctx context.Context, pred *prediction, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) verdict {
-	<-pred.done
-	if pred.err != nil {
-		return verdict{err: pred.err}
-	}
-	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, pred.entries) }()
-	lp := *l
-	lp.TarSplitEntries = pred.entries
-	n, err := checkDiffID(ctx, &lp, diffID, open)
-	if cerr := <-checked; err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return verdict{err: fmt.Errorf("predicted tar-split: %w", err)}
-	}
-	return verdict{size: n}
-}
-
-type recordResult struct {
-	zst  []byte
-	size int64 // uncompressed
-	err  error
-}
-
-// predictedRecord turns a prediction into the layer record's tar-split once the new files are
-// in: real CRCs for the placeholders, then JSON, compressed as it is written. The entries the
-// rebuild reads are not touched, so it runs beside the rebuild.
-func predictedRecord(pred *prediction, open func(digest.Digest) (io.ReadCloser, error)) recordResult {
-	<-pred.done
-	if pred.err != nil {
-		return recordResult{err: pred.err}
-	}
-	entries, err := withRealCRCs(pred.entries, pred.pending, tarsplit.OpenCRC(open))
-	if err != nil {
-		return recordResult{err: fmt.Errorf("predicted tar-split: %w", err)}
-	}
-	zst, n, err := store.CompressMetadataStream(func(w io.Writer) error { return tarstream.WriteTarSplit(w, entries) })
-	return recordResult{zst: zst, size: n, err: err}
-}
-
-// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
-// fields are set when done closes.
-type prediction struct {
-	done    chan struct{}
-	entries []storage.Entry
-	pending []pendingCRC
-	err     error
-}
-
-// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
-// It consumes the stored layer's tar-split: the entries share its memory.
-func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
-	if k.err != nil {
-		p.err = k.err
-		return
-	}
-	// A layer of another image shares too little to predict from.
-	names := make(map[string]bool, len(k.TOC.Entries))
-	for i := range k.TOC.Entries {
-		names[k.TOC.Entries[i].Name] = true
-	}
-	shared := 0
-	for i := range toc.Entries {
-		if names[toc.Entries[i].Name] {
-			shared++
-		}
-	}
-	if shared < len(toc.Entries)/2 {
-		p.err = fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))
-		return
-	}
-	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
-	// get a placeholder, known by its address, and their real CRC afterwards.
-	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
-		b := make([]byte, crc64.Size)
-		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
-		return b, nil
-	}
-	var err error
-	if p.entries, _, err = tarsplit.PredictEntries(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
-		p.err = fmt.Errorf("predicting the tar-split: %w", err)
-	}
-}
-
-// pendingCRC is a content whose CRC a prediction left as a placeholder: the slice starting at
-// slot, which every file entry of that content carries.
-type pendingCRC struct {
-	d    digest.Digest
-	size int64
-	slot *byte
-}
-
-// withRealCRCs returns a copy of a prediction's entries with each placeholder replaced by its
-// content's real CRC. Every placeholder must be found.
-func withRealCRCs(entries []storage.Entry, pending []pendingCRC, crc tarsplit.CRCFunc) ([]storage.Entry, error) {
-	if len(pending) == 0 {
-		return entries, nil
-	}
-	real := make(map[*byte][]byte, len(pending))
-	for _, p := range pending {
-		sum, err := crc(p.d, p.size)
+// fetchMetadata fetches a layer's TOC and parses it, with the tar-split fetched beside it or,
+// for an update of a stored layer (prev), predicted from that layer's: an update needs no
+// tar-split from the registry, and only a wrong prediction costs a second request for the real
+// one.
+func fetchMetadata(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, loc chunked.Location, prev digest.Digest, lr *LayerReport, bound chunked.ReadOption) (layer.Partial, error) {
+	var tocBlob []byte
+	if prev != "" && s.HasLayer(prev) {
+		predicted := layer.PredictTarSplit(ctx, s, prev, func(ctx context.Context) (*layer.FetchedTarSplit, error) {
+			meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TarSplit}, lr)
+			if err != nil {
+				return nil, err
+			}
+			_, ts, err := parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
+			return ts, err
+		})
+		meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TOC}, lr)
 		if err != nil {
-			return nil, err
+			return layer.Partial{}, err
 		}
-		real[p.slot] = sum
+		tocBlob = meta[loc.TOC.Offset]
+		l, err := chunked.ParseTOCOnly(loc, tocBlob, bound)
+		return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: predicted}, newerFormat(err)
 	}
-	out := slices.Clone(entries)
-	found := make(map[*byte]bool, len(pending))
-	for i := range out {
-		e := &out[i]
-		if e.Type != storage.FileType || len(e.Payload) == 0 {
-			continue
-		}
-		if sum, ok := real[&e.Payload[0]]; ok {
-			found[&e.Payload[0]] = true
-			e.Payload = sum
-		}
+	meta, err := fetchMeta(ctx, src, desc, loc.Ranges(), lr)
+	if err != nil {
+		return layer.Partial{}, err
 	}
-	for _, p := range pending {
-		if !found[p.slot] {
-			return nil, fmt.Errorf("the CRC placeholder of %s is in no entry: %w", p.d, errdefs.ErrInvalid)
-		}
+	tocBlob = meta[loc.TOC.Offset]
+	l, fetched, err := parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
+	if err != nil {
+		return layer.Partial{}, err
 	}
-	return out, nil
+	return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: fetched}, nil
+}
+
+// rangeFetcher fetches a layer's file ranges for layer.ImportPartial, counting the bytes in the
+// layer's report.
+type rangeFetcher struct {
+	src  source.Source
+	desc ocispec.Descriptor
+	lr   *LayerReport
+}
+
+func (f rangeFetcher) FetchRanges(ctx context.Context, ranges []source.Range, fn func(source.Range, io.Reader) error) error {
+	rep, err := f.src.GetRanges(ctx, f.desc, ranges, fn)
+	addRangeReport(f.lr, rep)
+	return err
 }
 
 // fetchMeta fetches metadata ranges of a blob whole, keyed by offset.
@@ -657,57 +396,4 @@ func addRangeReport(lr *LayerReport, r source.Fetched) {
 	lr.BytesRequested += r.BytesRequested
 	lr.BytesReceived += r.BytesReceived
 	lr.RangesIgnored = lr.RangesIgnored || r.RangesIgnored
-}
-
-// checkDiffID rebuilds the layer's tar from its tar-split and objects (opened by open) and
-// compares its sha256 with the DiffID the config promises.
-func checkDiffID(ctx context.Context, l *chunked.Layer, diffID digest.Digest, open func(digest.Digest) (io.ReadCloser, error)) (int64, error) {
-	byName := make(map[string]digest.Digest, len(l.Files))
-	for _, f := range l.Files {
-		byName[f.Entry.Name] = f.Digest
-	}
-	h := sha256.New()
-	err := tarstream.RebuildEntries(l.TarSplitEntries, func(name string, size int64) (io.ReadCloser, error) {
-		d, ok := byName[name]
-		if !ok {
-			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		return open(d)
-	}, h)
-	if err != nil {
-		return 0, fmt.Errorf("rebuilding the tar: %w", err)
-	}
-	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
-		return 0, fmt.Errorf("rebuilt tar: %w", &layer.DiffIDMismatchError{Got: got, Want: diffID})
-	}
-	// The rebuild wrote every segment and exactly each file's size (else it failed).
-	var size int64
-	for _, e := range l.TarSplitEntries {
-		if e.Type == storage.SegmentType {
-			size += int64(len(e.Payload))
-		} else {
-			size += e.Size
-		}
-	}
-	return size, nil
-}
-
-// storeHave answers Have from the store.
-type storeHave struct {
-	ctx context.Context
-	s   *store.Store
-	od  *store.ObjectDir
-}
-
-func (h storeHave) HasObject(d digest.Digest) bool { return h.od.Has(d) }
-
-func (h storeHave) FindChunk(d digest.Digest, size int64) (ChunkLocation, bool) {
-	loc, err := h.s.FindChunk(h.ctx, d, size)
-	if err != nil {
-		return ChunkLocation{}, false
-	}
-	return ChunkLocation{Object: loc.Object, Offset: loc.Offset}, true
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/kura-oci/kura/auth"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testdata"
 	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
@@ -33,6 +34,9 @@ import (
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
+
+// testdataDir is the module's testdata/ directory.
+func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // treeFile is one entry of a generated layer.
 type treeFile struct {

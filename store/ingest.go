@@ -280,8 +280,8 @@ func (w *writer) Commit(ctx context.Context) (digest.Digest, error) {
 		w.Abort()
 		return "", err
 	}
-	if w.vh != nil {
-		w.s.verities.Store(d, w.vh.Digest())
+	if w.vh != nil && w.batch != nil {
+		w.batch.rec.noteVerity(d, w.vh.Digest())
 	}
 	dst, _ := w.s.ObjectPath(d)
 	if (w.batch != nil && w.batch.has(d)) || exists(dst) {
@@ -523,6 +523,7 @@ type Batch struct {
 	mu      sync.Mutex
 	pending map[digest.Digest]string
 	done    bool
+	rec     batchRecord // see scratch.go
 }
 
 // NewBatch starts a batch. The caller must hold a store lock until Commit or Abort.
@@ -572,14 +573,16 @@ func (b *Batch) add(d digest.Digest, tmp string) {
 		return
 	}
 	b.pending[d] = tmp
+	b.rec.noteObject(d)
 }
 
 // Commit makes every object of the batch visible and durable: it fsyncs the temp files (many at
 // once, so the file system can group the journal commits), renames them, then fsyncs the fan-out
 // directories it touched.
-func (b *Batch) Commit(ctx context.Context) error {
+func (b *Batch) Commit(ctx context.Context) (err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer func() { b.rec.settle(err == nil) }()
 	if b.done {
 		return errors.New("store: batch already finished")
 	}
@@ -707,6 +710,7 @@ func (b *Batch) Abort() error {
 	defer b.mu.Unlock()
 	b.done = true
 	b.abortLocked()
+	b.rec.settle(false)
 	return nil
 }
 

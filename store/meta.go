@@ -131,7 +131,7 @@ func newMetadataEncoder(w io.Writer) (*zstd.Encoder, error) {
 }
 
 // CompressMetadata compresses a metadata file (TOC, tar-split) as the store keeps it, for callers
-// of PutLayerCompressed that hold it uncompressed.
+// of Batch.PutLayerCompressed that hold it uncompressed.
 func CompressMetadata(b []byte) []byte {
 	enc, _ := newMetadataEncoder(nil)
 	defer enc.Close()
@@ -260,23 +260,14 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 		return err
 	}
 	l.TOCSize, l.TarSplitSize = int64(len(tocJSON)), int64(len(tarSplit))
-	return s.putLayer(ctx, l, toc, false, func() ([]byte, []byte, error) {
+	return s.putLayer(ctx, l, toc, nil, func() ([]byte, []byte, error) {
 		return CompressMetadata(tocJSON), CompressMetadata(tarSplit), nil
 	})
 }
 
-// PutLayerCompressed is PutLayer for a puller that holds the metadata compressed already (a
-// zstd:chunked blob's own TOC and tar-split frames, which it verified; toc is tocZst decoded;
-// l gives their uncompressed sizes):
-// they are stored as they are, which saves encoding them again. Such a TOC keeps the blob's frame
-// offsets; nothing in the store reads them. The caller vouches that every object the TOC names
-// is stored: it saw each one (or committed it) under the lock it still holds, which keeps gc
-// away, so the layer's thousands of objects are not looked up a second time.
-func (s *Store) PutLayerCompressed(ctx context.Context, l Layer, toc *chunked.TOC, tocZst, tarSplitZst []byte) error {
-	return s.putLayer(ctx, l, toc, true, func() ([]byte, []byte, error) { return tocZst, tarSplitZst, nil })
-}
-
-func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objectsSeen bool, encode func() (tocZst, tarSplitZst []byte, err error)) error {
+// putLayer records a layer once every object its TOC names is found stored: those the
+// committed batch b (if any) wrote by its record, the others by a stat each.
+func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *Batch, encode func() (tocZst, tarSplitZst []byte, err error)) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -291,16 +282,8 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objects
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.DiffID, err)
 	}
-	if !objectsSeen {
-		od, err := s.OpenObjectDir()
-		if err != nil {
-			return err
-		}
-		missing := od.Missing(objs)
-		od.Close()
-		if missing != "" {
-			return fmt.Errorf("layer %s: object %s: %w", l.DiffID, missing, errdefs.ErrNotFound)
-		}
+	if err := s.checkObjects(l.DiffID, objs, b); err != nil {
+		return err
 	}
 	if l.Created.IsZero() {
 		l.Created = time.Now().UTC()
@@ -319,7 +302,7 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objects
 		layerTarSplit: tarSplitZst,
 	}
 	if s.verity {
-		tab, err := s.verityTable(ctx, objs)
+		tab, err := s.verityTable(ctx, objs, b)
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", l.DiffID, err)
 		}
@@ -333,12 +316,12 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, objects
 }
 
 // verityTable is "<object sha256 hex> <fs-verity digest hex>\n" per object, sorted.
-func (s *Store) verityTable(ctx context.Context, objs []digest.Digest) ([]byte, error) {
+func (s *Store) verityTable(ctx context.Context, objs []digest.Digest, b *Batch) ([]byte, error) {
 	vs := make([]verity.Digest, len(objs))
-	var need []int // objects whose digest no writer of this handle computed
+	var need []int // objects whose digest no writer of the batch computed
 	for i, d := range objs {
-		if c, ok := s.verities.LoadAndDelete(d); ok {
-			vs[i] = c.(verity.Digest)
+		if v, ok := b.verity(d); ok {
+			vs[i] = v
 		} else {
 			need = append(need, i)
 		}

@@ -56,6 +56,8 @@ type Writer interface {
 	Commit(ctx context.Context) (digest.Digest, error)
 	// Abort discards everything written; it leaves no trace.
 	Abort() error
+	// WriteHole appends n zero bytes, which become a hole where the file system allows.
+	WriteHole(n int64) error
 }
 
 // ChunkLocation says where a chunk of some file is stored: inside object Object, at Offset.
@@ -63,6 +65,12 @@ type ChunkLocation struct {
 	Object digest.Digest
 	Offset int64
 	Size   int64
+}
+
+// ChunkFinder finds stored bytes by the digest of a chunk (the TOC chunkDigest), so that a partial
+// pull can reuse chunks of large files that changed elsewhere.
+type ChunkFinder interface {
+	FindChunk(ctx context.Context, chunk digest.Digest, size int64) (ChunkLocation, error)
 }
 
 // Store is a store rooted at one directory: a thin facade over its two roles, the
@@ -81,9 +89,6 @@ type Store struct {
 	// readOnly: the store cannot be written (a read-only file system, or another user's store);
 	// it still serves reads, under a lock taken on a read-only descriptor.
 	readOnly bool
-	// verities holds fs-verity digests computed while objects streamed through writers, so
-	// PutLayer need not read them again (object digest → verity.Digest).
-	verities sync.Map
 
 	held atomic.Int32 // locks held through this handle; writes require one
 

@@ -168,7 +168,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	}
 	committed = true
 	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: content}
-	if err := s.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
+	if err := batch.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
 		return Imported{}, err
 	}
 	stored, err := s.Layer(ctx, diffID)

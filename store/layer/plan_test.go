@@ -1,6 +1,7 @@
-package pull
+package layer_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -9,16 +10,15 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
-	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
 )
-
-// testdataDir is the module's testdata/ directory.
-func testdataDir(t testing.TB) string { return testdata.Dir(t) }
 
 // loadLayer opens a reference blob with its descriptor's annotations.
 func loadLayer(t *testing.T, name string) *chunked.Layer {
 	t.Helper()
-	dir := filepath.Join(testdataDir(t), "zstd-chunked")
+	dir := testdata(t, "zstd-chunked")
 	var desc chunked.Descriptor
 	b, err := os.ReadFile(filepath.Join(dir, name+".descriptor.json"))
 	if err != nil {
@@ -41,13 +41,16 @@ func loadLayer(t *testing.T, name string) *chunked.Layer {
 
 type fakeHave struct {
 	objects map[digest.Digest]bool
-	chunks  map[digest.Digest]ChunkLocation
+	chunks  map[digest.Digest]store.ChunkLocation
 }
 
 func (h fakeHave) HasObject(d digest.Digest) bool { return h.objects[d] }
-func (h fakeHave) FindChunk(d digest.Digest, _ int64) (ChunkLocation, bool) {
+func (h fakeHave) FindChunk(_ context.Context, d digest.Digest, _ int64) (store.ChunkLocation, error) {
 	l, ok := h.chunks[d]
-	return l, ok
+	if !ok {
+		return l, errdefs.ErrNotFound
+	}
+	return l, nil
 }
 
 // compressedFileBytes sums the compressed frames of every non-empty regular file.
@@ -63,7 +66,7 @@ func compressedFileBytes(toc *chunked.TOC) int64 {
 
 func TestPlanEmptyStoreFetchesEachContentOnce(t *testing.T) {
 	l := loadLayer(t, "mixed")
-	p := MakePlan(l.Files, fakeHave{})
+	p := layer.MakePlan(context.Background(), l.Files, fakeHave{})
 	if p.SkippedBytes+p.FetchBytes != compressedFileBytes(l.TOC) {
 		t.Fatalf("skipped %d + fetch %d != file bytes %d", p.SkippedBytes, p.FetchBytes, compressedFileBytes(l.TOC))
 	}
@@ -94,7 +97,7 @@ func TestPlanEmptyStoreFetchesEachContentOnce(t *testing.T) {
 
 func TestPlanReusesObjectsAndChunks(t *testing.T) {
 	l := loadLayer(t, "mixed")
-	have := fakeHave{objects: map[digest.Digest]bool{}, chunks: map[digest.Digest]ChunkLocation{}}
+	have := fakeHave{objects: map[digest.Digest]bool{}, chunks: map[digest.Digest]store.ChunkLocation{}}
 	for _, e := range l.TOC.Entries {
 		switch {
 		case e.Type == chunked.TypeReg && e.Name == "usr/bin/big-text":
@@ -103,10 +106,10 @@ func TestPlanReusesObjectsAndChunks(t *testing.T) {
 			have.objects[digest.Digest(e.Digest)] = true
 		}
 		if e.Name == "usr/bin/big-text" {
-			have.chunks[digest.Digest(e.ChunkDigest)] = ChunkLocation{Object: digest.Digest(e.Digest), Offset: 7}
+			have.chunks[digest.Digest(e.ChunkDigest)] = store.ChunkLocation{Object: digest.Digest(e.Digest), Offset: 7}
 		}
 	}
-	p := MakePlan(l.Files, have)
+	p := layer.MakePlan(context.Background(), l.Files, have)
 	if p.FetchBytes != 0 || len(p.Ranges()) != 0 {
 		t.Fatalf("fetch %d bytes in %d ranges, want nothing", p.FetchBytes, len(p.Ranges()))
 	}
@@ -114,7 +117,7 @@ func TestPlanReusesObjectsAndChunks(t *testing.T) {
 		t.Fatalf("want one file assembled from local chunks, got %+v", p.Files)
 	}
 	for _, pc := range p.Files[0].Pieces {
-		if pc.Kind != PieceLocal || pc.Local.Offset != 7 {
+		if pc.Kind != layer.PieceLocal || pc.Local.Offset != 7 {
 			t.Fatalf("piece %+v not local", pc)
 		}
 	}

@@ -1,4 +1,4 @@
-package pull
+package layer
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
@@ -21,9 +20,9 @@ import (
 
 // assembler turns fetched frames and local chunks into store objects. Files made of one
 // remote piece are decompressed straight into a store writer. Files of several pieces are
-// assembled in a sparse temp file (zeros chunks stay holes) by offset, so pieces may arrive in
-// any order and from concurrent requests; the last piece to land moves the file into the store,
-// where its sha256 is verified.
+// assembled in a sparse scratch file of the batch (zeros chunks stay holes) by offset, so pieces
+// may arrive in any order and from concurrent requests; the last piece to land moves the file
+// into the store, where its sha256 is verified.
 type assembler struct {
 	ctx   context.Context
 	s     *store.Store
@@ -34,13 +33,11 @@ type assembler struct {
 	// ready has a channel per planned object, closed once the object is in the batch (or the
 	// store): the DiffID check reads objects while others are still being fetched.
 	ready map[digest.Digest]chan struct{}
-	mu    sync.Mutex
-	temps []string
 }
 
 type pendingFile struct {
 	file      *chunked.File
-	path      string // temp file; empty for single-piece files
+	path      string // scratch file; empty for single-piece files
 	remaining atomic.Int32
 }
 
@@ -50,7 +47,7 @@ type remotePiece struct {
 	pieces []Piece // a streamed file's pieces, in order
 }
 
-// prepare writes local chunks into temp files (re-hashing them; a chunk that no longer matches
+// prepare writes local chunks into scratch files (re-hashing them; a chunk that no longer matches
 // is fetched instead) and indexes the pieces to fetch. It may change piece kinds in plan.
 func (a *assembler) prepare(plan *Plan) error {
 	a.byOffset = map[int64]remotePiece{}
@@ -72,12 +69,11 @@ func (a *assembler) prepare(plan *Plan) error {
 			a.byOffset[fp.Pieces[0].Chunk.Range.Offset] = remotePiece{pf: pf, chunk: fp.Pieces[0].Chunk}
 			continue
 		}
-		f, err := os.CreateTemp(a.s.TempDir(), "pull-")
+		f, err := a.batch.Scratch()
 		if err != nil {
 			return fmt.Errorf("assembling %q: %w", fp.File.Entry.Name, err)
 		}
 		pf.path = f.Name()
-		a.temps = append(a.temps, pf.path)
 		err = a.writeLocal(f, fp)
 		if cerr := f.Close(); err == nil {
 			err = cerr
@@ -102,7 +98,7 @@ func (a *assembler) prepare(plan *Plan) error {
 	return nil
 }
 
-// writeLocal sizes the temp file (holes for zeros) and copies in the chunks found in the store.
+// writeLocal sizes the scratch file (holes for zeros) and copies in the chunks found in the store.
 func (a *assembler) writeLocal(f *os.File, fp *FilePlan) error {
 	if err := f.Truncate(fp.File.Entry.Size); err != nil {
 		return err
@@ -168,9 +164,6 @@ func (a *assembler) receive(r source.Range, rd io.Reader) error {
 	return nil
 }
 
-// holeWriter is a store writer that can leave holes.
-type holeWriter interface{ WriteHole(n int64) error }
-
 // stream decompresses a file fetched as one range straight into the store, which verifies its
 // digest; a streamed file's zeros chunks become holes.
 func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
@@ -200,7 +193,7 @@ func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 	return nil
 }
 
-// finish moves an assembled temp file into the store, which checks its sha256.
+// finish moves an assembled scratch file into the store, which checks its sha256.
 func (a *assembler) finish(pf *pendingFile) error {
 	f, err := os.Open(pf.path)
 	if err != nil {
@@ -211,7 +204,7 @@ func (a *assembler) finish(pf *pendingFile) error {
 		return fmt.Errorf("file %q: %w", pf.file.Entry.Name, err)
 	}
 	close(a.ready[pf.file.Digest])
-	return os.Remove(pf.path)
+	return a.batch.DropScratch(pf.path)
 }
 
 // open opens object d for the DiffID check: a planned object once it is ready (from the
@@ -237,26 +230,15 @@ func (a *assembler) open(od *store.ObjectDir, d digest.Digest, fetched <-chan st
 	return od.Open(d)
 }
 
-// cleanup removes temp files that were not finished.
-func (a *assembler) cleanup() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, p := range a.temps {
-		os.Remove(p)
-	}
-	a.temps = nil
-}
-
 // decodePieces decodes a streamed file's chunks in order from rd, its contiguous frames.
-func decodePieces(pieces []Piece, rd io.Reader, w io.Writer) error {
-	hw, _ := w.(holeWriter)
+func decodePieces(pieces []Piece, rd io.Reader, w store.Writer) error {
 	for _, pc := range pieces {
 		frames := io.LimitReader(rd, pc.Chunk.Range.Length)
-		if pc.Kind == PieceZeros && hw != nil {
+		if pc.Kind == PieceZeros {
 			if _, err := io.Copy(io.Discard, frames); err != nil {
 				return err
 			}
-			if err := hw.WriteHole(pc.Chunk.Size); err != nil {
+			if err := w.WriteHole(pc.Chunk.Size); err != nil {
 				return err
 			}
 			continue

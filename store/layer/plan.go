@@ -1,12 +1,14 @@
-package pull
+package layer
 
 import (
+	"context"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
 )
 
 // PieceKind says where the bytes of one piece of a file come from.
@@ -25,13 +27,7 @@ const (
 type Piece struct {
 	Kind  PieceKind
 	Chunk chunked.FileChunk
-	Local ChunkLocation // PieceLocal: where the same bytes are stored
-}
-
-// ChunkLocation names bytes inside an object of the store.
-type ChunkLocation struct {
-	Object digest.Digest
-	Offset int64
+	Local store.ChunkLocation // PieceLocal: where the same bytes are stored
 }
 
 // FilePlan is how to assemble one object that the store lacks.
@@ -44,11 +40,10 @@ type FilePlan struct {
 	Stream bool
 }
 
-// Have answers what the local store already holds.
+// Have answers what the local store already holds: whole objects, and chunks inside them.
 type Have interface {
 	HasObject(d digest.Digest) bool
-	// FindChunk returns where a chunk with this digest and size is stored, if anywhere.
-	FindChunk(d digest.Digest, size int64) (ChunkLocation, bool)
+	store.ChunkFinder
 }
 
 // Plan says, for one zstd:chunked layer, which contents are reused and which are fetched.
@@ -82,7 +77,7 @@ func (p *Plan) Ranges() []source.Range {
 
 // MakePlan decides how to obtain every regular file of a layer that chunked.Parse validated
 // (so chunks tile their files and frames lie inside the blob).
-func MakePlan(files []chunked.File, have Have) *Plan {
+func MakePlan(ctx context.Context, files []chunked.File, have Have) *Plan {
 	present := haveObjects(files, have)
 	p := &Plan{}
 	planned := make(map[digest.Digest]bool, len(files))
@@ -106,7 +101,7 @@ func MakePlan(files []chunked.File, have Have) *Plan {
 				p.ZeroChunks++
 				p.SkippedBytes += c.Range.Length
 			case len(f.Chunks) > 1:
-				if loc, ok := have.FindChunk(c.Digest, c.Size); ok {
+				if loc, err := have.FindChunk(ctx, c.Digest, c.Size); err == nil {
 					pc.Kind, pc.Local = PieceLocal, loc
 					p.ReusedChunks++
 					p.SkippedBytes += c.Range.Length
