@@ -48,7 +48,7 @@ func (s *Metadata) checkObjects(diffID digest.Digest, objs []digest.Digest, b *B
 		return err
 	}
 	defer od.Close()
-	if missing := od.Missing(objs); missing != "" {
+	if missing := od.missing(objs); missing != "" {
 		return fmt.Errorf("layer %s: object %s: %w", diffID, missing, errdefs.ErrNotFound)
 	}
 	return nil
