@@ -85,7 +85,9 @@ type Store struct {
 	Objects
 	Metadata
 
-	root   string
+	root string
+	// verity: writers compute each object's fs-verity digest as it streams in (WithVerity);
+	// Metadata, which records them with the layer, has its copy.
 	verity bool
 	noSync bool
 	// readOnly: the store cannot be written (a read-only file system, or another user's store);
