@@ -36,7 +36,8 @@ const (
 // the store, as podman load does: every image under each of its names (RepoTags, or the OCI ref
 // names). The archive is unpacked into a directory under tmpDir (removed after), a
 // docker-archive turned into an OCI layout there, and each image imported through ociimport,
-// which verifies every blob digest and every layer's DiffID.
+// which verifies every blob digest and every layer's DiffID. It takes the whole store, as
+// ociimport does: an import writes both roles (objects, then layers, image, ref) under its lock.
 func Load(ctx context.Context, s *store.Store, r io.Reader, tmpDir string) ([]ociimport.Result, error) {
 	dir, err := os.MkdirTemp(tmpDir, "kura-load-")
 	if err != nil {

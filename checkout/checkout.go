@@ -75,7 +75,8 @@ type Stats struct {
 // Checkout materialises img into dir, which must be empty or absent. It holds the store's
 // shared lock while it runs, and records the checkout as a use of img (store.Use): gc keeps the
 // image and rmi refuses it while dir exists (or until store.ReleaseCheckout). A failed checkout
-// drops its record.
+// drops its record. It takes the whole store, not a role: the lock spans the objects it reads
+// (through the objects interface below) and the layer and use records.
 func Checkout(ctx context.Context, s *store.Store, img store.Image, dir string, opts Options) (_ Stats, err error) {
 	if opts.Link == "" {
 		opts.Link = LinkAuto

@@ -24,6 +24,7 @@ type Result struct {
 // the layout's ref name). Like every pull it holds the store's shared lock throughout, so gc
 // never sees a half imported image, and writes objects → layers → image → ref in that order.
 // Every layer is read whole, as import always did: zstd:chunked or not, its blob is verified.
+// It takes the whole store, not a role: it is a pull, which writes both under the store's lock.
 func Import(ctx context.Context, s *store.Store, dir, tag, name string) (Result, error) {
 	rep, err := pull.Pull(ctx, s, ocilayout.NewSource(dir, tag), pull.WithoutPartial(), pull.WithName(name))
 	if err != nil {

@@ -145,11 +145,23 @@ type layerSource struct {
 	open func(ctx context.Context) (io.ReadCloser, error)
 }
 
+// ImageStore is what Push reads of a store, under its shared lock: an image's record, manifest
+// and config, each layer's record (for its tar size), and what layer.Export rebuilds a layer's
+// tar from. *store.Store implements it.
+type ImageStore interface {
+	RLock(ctx context.Context) (func(), error)
+	ResolveImage(ctx context.Context, nameOrID string) (store.Image, error)
+	ImageManifest(ctx context.Context, id digest.Digest) ([]byte, error)
+	ImageConfig(ctx context.Context, id digest.Digest) ([]byte, error)
+	Layer(ctx context.Context, diffID digest.Digest) (store.Layer, error)
+	layer.ExportSource
+}
+
 // Push writes the stored image named nameOrID (a ref, an ID or a unique ID prefix) to dest.
 // Layers are rebuilt from the store's objects and recompressed; the config is sent unchanged
 // (the DiffIDs of recompressed layers are those of the same tars). It holds the store's shared
 // lock, so gc cannot remove what is being read.
-func Push(ctx context.Context, s *store.Store, nameOrID string, dest Destination, opts ...Option) (*Report, error) {
+func Push(ctx context.Context, s ImageStore, nameOrID string, dest Destination, opts ...Option) (*Report, error) {
 	unlock, err := s.RLock(ctx)
 	if err != nil {
 		return nil, err

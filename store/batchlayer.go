@@ -36,19 +36,19 @@ func (b *Batch) PutLayerCompressed(ctx context.Context, l Layer, toc *chunked.TO
 // checkObjects makes sure every object of a layer about to be recorded is stored: those in the
 // record of the committed batch b, the rest by one stat each (relative to the objects
 // directory, several at a time).
-func (s *Store) checkObjects(diffID digest.Digest, objs []digest.Digest, b *Batch) error {
+func (s *Metadata) checkObjects(diffID digest.Digest, objs []digest.Digest, b *Batch) error {
 	if b != nil {
 		objs = b.rec.written(objs)
 	}
 	if len(objs) == 0 {
 		return nil
 	}
-	od, err := s.OpenObjectDir()
+	od, err := s.objects.OpenObjectDir()
 	if err != nil {
 		return err
 	}
 	defer od.Close()
-	if missing := od.Missing(objs); missing != "" {
+	if missing := od.missing(objs); missing != "" {
 		return fmt.Errorf("layer %s: object %s: %w", diffID, missing, errdefs.ErrNotFound)
 	}
 	return nil

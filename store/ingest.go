@@ -536,9 +536,6 @@ func (b *Batch) Ingest(ctx context.Context, expected digest.Digest, size int64) 
 	return b.s.newWriter(ctx, b, expected, size)
 }
 
-// Has says whether d is stored or pending in this batch.
-func (b *Batch) Has(d digest.Digest) bool { return b.has(d) || b.s.HasObject(d) }
-
 func (b *Batch) has(d digest.Digest) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -547,7 +544,9 @@ func (b *Batch) has(d digest.Digest) bool {
 }
 
 // OpenPending opens object d if it is pending in the batch: written and verified, not yet
-// committed. Otherwise the error wraps ErrNotFound.
+// committed. Otherwise the error wraps ErrNotFound. It is exported for the partial import
+// (package store/layer), which checks the DiffID of the tar rebuilt from the objects it
+// assembled before it commits them: the batch commits only if that check passes.
 func (b *Batch) OpenPending(d digest.Digest) (*os.File, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

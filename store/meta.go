@@ -109,14 +109,14 @@ func (img Image) ConfigLayers() []digest.Digest {
 	return img.Layers
 }
 
-func (s *Store) layerDir(diffID digest.Digest) (string, error) {
+func (s *Metadata) layerDir(diffID digest.Digest) (string, error) {
 	if err := checkDigest(diffID); err != nil {
 		return "", err
 	}
 	return filepath.Join(s.root, dirLayers, diffID.Encoded()), nil
 }
 
-func (s *Store) imageDir(id digest.Digest) (string, error) {
+func (s *Metadata) imageDir(id digest.Digest) (string, error) {
 	if err := checkDigest(id); err != nil {
 		return "", err
 	}
@@ -194,7 +194,7 @@ func readZstd(path string, size int64) ([]byte, error) {
 // commitDir makes a directory of metadata files appear at dst atomically: files are written and
 // fsynced in a temp directory, which is renamed into place. An existing dst is success (the same
 // key names the same content).
-func (s *Store) commitDir(dst string, files map[string][]byte) error {
+func (s *Metadata) commitDir(dst string, files map[string][]byte) error {
 	tmp, err := os.MkdirTemp(filepath.Join(s.root, dirTmp), "dir-")
 	if err != nil {
 		return err
@@ -236,7 +236,7 @@ func (s *Store) commitDir(dst string, files map[string][]byte) error {
 }
 
 // removeDir makes a metadata directory disappear atomically (rename into tmp), then deletes it.
-func (s *Store) removeDir(dir string) error {
+func (s *Metadata) removeDir(dir string) error {
 	tmp := filepath.Join(s.root, dirTmp, "rm-"+filepath.Base(filepath.Dir(dir))+"-"+filepath.Base(dir))
 	// Writable first, for the rename to rewrite its ".." entry as an unprivileged user (see
 	// commitDir) and for RemoveAll to empty it.
@@ -254,7 +254,7 @@ func (s *Store) removeDir(dir string) error {
 
 // PutLayer records a layer whose objects are all stored already (objects → layer metadata). The
 // TOC must list every regular file with its digest; tarSplit is the tar-split JSON stream.
-func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
+func (s *Metadata) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSplit []byte) error {
 	tocJSON, err := chunked.MarshalTOC(toc) // names that are not UTF-8 stay exact
 	if err != nil {
 		return err
@@ -267,7 +267,7 @@ func (s *Store) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarSpli
 
 // putLayer records a layer once every object its TOC names is found stored: those the
 // committed batch b (if any) wrote by its record, the others by a stat each.
-func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *Batch, encode func() (tocZst, tarSplitZst []byte, err error)) error {
+func (s *Metadata) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *Batch, encode func() (tocZst, tarSplitZst []byte, err error)) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -316,7 +316,7 @@ func (s *Store) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *Batc
 }
 
 // verityTable is "<object sha256 hex> <fs-verity digest hex>\n" per object, sorted.
-func (s *Store) verityTable(ctx context.Context, objs []digest.Digest, b *Batch) ([]byte, error) {
+func (s *Metadata) verityTable(ctx context.Context, objs []digest.Digest, b *Batch) ([]byte, error) {
 	vs := make([]verity.Digest, len(objs))
 	var need []int // objects whose digest no writer of the batch computed
 	for i, d := range objs {
@@ -335,7 +335,7 @@ func (s *Store) verityTable(ctx context.Context, objs []digest.Digest, b *Batch)
 			if r, ok := recorded[d]; ok {
 				v = r
 			} else {
-				f, err := s.Open(ctx, d)
+				f, err := s.objects.Open(ctx, d)
 				if err != nil {
 					return nil, err
 				}
@@ -359,7 +359,7 @@ const verityLine = 64 + 1 + 2*verity.Size + 1
 // width) in place: an update's objects are nearly all in the first table read, and a store of
 // many layers costs no more than one. A table it cannot search is skipped: the digests it would
 // have given are computed instead.
-func (s *Store) recordedVerity(ctx context.Context, objs []digest.Digest, need []int) map[digest.Digest]verity.Digest {
+func (s *Metadata) recordedVerity(ctx context.Context, objs []digest.Digest, need []int) map[digest.Digest]verity.Digest {
 	found := map[digest.Digest]verity.Digest{}
 	if len(need) == 0 {
 		return found
@@ -400,7 +400,7 @@ func (s *Store) recordedVerity(ctx context.Context, objs []digest.Digest, need [
 
 // VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the
 // layer was committed; ErrNotFound if the store recorded none (opened without WithVerity).
-func (s *Store) VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]verity.Digest, error) {
+func (s *Metadata) VerityDigests(ctx context.Context, diffID digest.Digest) (map[digest.Digest]verity.Digest, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return nil, err
@@ -437,7 +437,7 @@ func TOCObjects(toc *chunked.TOC) ([]digest.Digest, error) {
 }
 
 // Layer returns a stored layer's record.
-func (s *Store) Layer(ctx context.Context, diffID digest.Digest) (Layer, error) {
+func (s *Metadata) Layer(ctx context.Context, diffID digest.Digest) (Layer, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return Layer{}, err
@@ -453,7 +453,7 @@ func (s *Store) Layer(ctx context.Context, diffID digest.Digest) (Layer, error) 
 }
 
 // layerSizes returns the metadata sizes a layer's record gives, zero where it gives none.
-func (s *Store) layerSizes(dir string) Layer {
+func (s *Metadata) layerSizes(dir string) Layer {
 	var l Layer
 	if readJSON(filepath.Join(dir, layerJSON), &l) != nil {
 		return Layer{}
@@ -462,13 +462,13 @@ func (s *Store) layerSizes(dir string) Layer {
 }
 
 // HasLayer says whether the layer is stored.
-func (s *Store) HasLayer(diffID digest.Digest) bool {
+func (s *Metadata) HasLayer(diffID digest.Digest) bool {
 	dir, err := s.layerDir(diffID)
 	return err == nil && exists(filepath.Join(dir, layerJSON))
 }
 
 // LayerTOC returns a stored layer's TOC.
-func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TOC, error) {
+func (s *Metadata) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TOC, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return nil, err
@@ -489,7 +489,7 @@ func (s *Store) LayerTOC(ctx context.Context, diffID digest.Digest) (*chunked.TO
 
 // LayerEntries returns a stored layer's entries (package layerfs), decoded from its TOC: what
 // everything but the layer's export works on.
-func (s *Store) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
+func (s *Metadata) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
 	toc, err := s.LayerTOC(ctx, diffID)
 	if err != nil {
 		return nil, err
@@ -502,7 +502,7 @@ func (s *Store) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layer
 }
 
 // LayerObjects lists the distinct objects a stored layer's files need, sorted.
-func (s *Store) LayerObjects(ctx context.Context, diffID digest.Digest) ([]digest.Digest, error) {
+func (s *Metadata) LayerObjects(ctx context.Context, diffID digest.Digest) ([]digest.Digest, error) {
 	entries, err := s.LayerEntries(ctx, diffID)
 	if err != nil {
 		return nil, err
@@ -511,7 +511,7 @@ func (s *Store) LayerObjects(ctx context.Context, diffID digest.Digest) ([]diges
 }
 
 // LayerTarSplit returns a stored layer's tar-split JSON stream.
-func (s *Store) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]byte, error) {
+func (s *Metadata) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]byte, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return nil, err
@@ -527,7 +527,7 @@ func (s *Store) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]byte
 }
 
 // Layers lists the DiffIDs of all stored layers.
-func (s *Store) Layers(ctx context.Context) ([]digest.Digest, error) {
+func (s *Metadata) Layers(ctx context.Context) ([]digest.Digest, error) {
 	return listDigests(filepath.Join(s.root, dirLayers))
 }
 
@@ -578,7 +578,7 @@ func readJSON(path string, v any) error {
 
 // PutImage records an image from its manifest and config bytes. Every layer the config names must
 // be stored already (layer metadata → image). It returns the image, whose ID is the manifest digest.
-func (s *Store) PutImage(ctx context.Context, manifest, config []byte, opts ...ImageOption) (Image, error) {
+func (s *Metadata) PutImage(ctx context.Context, manifest, config []byte, opts ...ImageOption) (Image, error) {
 	if err := s.requireLock(); err != nil {
 		return Image{}, err
 	}
@@ -647,7 +647,7 @@ func ParseImage(manifest, config []byte) (Image, error) {
 }
 
 // Image returns a stored image.
-func (s *Store) Image(ctx context.Context, id digest.Digest) (Image, error) {
+func (s *Metadata) Image(ctx context.Context, id digest.Digest) (Image, error) {
 	dir, err := s.imageDir(id)
 	if err != nil {
 		return Image{}, err
@@ -663,16 +663,16 @@ func (s *Store) Image(ctx context.Context, id digest.Digest) (Image, error) {
 }
 
 // ImageManifest and ImageConfig return the stored bytes.
-func (s *Store) ImageManifest(ctx context.Context, id digest.Digest) ([]byte, error) {
+func (s *Metadata) ImageManifest(ctx context.Context, id digest.Digest) ([]byte, error) {
 	return s.imageFile(id, manifestJSON)
 }
 
 // ImageConfig returns the stored config bytes of an image.
-func (s *Store) ImageConfig(ctx context.Context, id digest.Digest) ([]byte, error) {
+func (s *Metadata) ImageConfig(ctx context.Context, id digest.Digest) ([]byte, error) {
 	return s.imageFile(id, configJSON)
 }
 
-func (s *Store) imageFile(id digest.Digest, name string) ([]byte, error) {
+func (s *Metadata) imageFile(id digest.Digest, name string) ([]byte, error) {
 	dir, err := s.imageDir(id)
 	if err != nil {
 		return nil, err
@@ -685,7 +685,7 @@ func (s *Store) imageFile(id digest.Digest, name string) ([]byte, error) {
 }
 
 // Images lists the IDs of all stored images.
-func (s *Store) Images(ctx context.Context) ([]digest.Digest, error) {
+func (s *Metadata) Images(ctx context.Context) ([]digest.Digest, error) {
 	return listDigests(filepath.Join(s.root, dirImages))
 }
 
@@ -721,12 +721,12 @@ func checkRefName(name string) error {
 	return nil
 }
 
-func (s *Store) refPath(name string) string {
+func (s *Metadata) refPath(name string) string {
 	return filepath.Join(s.root, dirRefs, url.PathEscape(name))
 }
 
 // SetRef points name at a stored image (image → ref), replacing any previous target.
-func (s *Store) SetRef(ctx context.Context, name string, id digest.Digest) error {
+func (s *Metadata) SetRef(ctx context.Context, name string, id digest.Digest) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -743,7 +743,7 @@ func (s *Store) SetRef(ctx context.Context, name string, id digest.Digest) error
 }
 
 // Ref returns the image a name points at.
-func (s *Store) Ref(ctx context.Context, name string) (digest.Digest, error) {
+func (s *Metadata) Ref(ctx context.Context, name string) (digest.Digest, error) {
 	if err := checkRefName(name); err != nil {
 		return "", err
 	}
@@ -762,7 +762,7 @@ func (s *Store) Ref(ctx context.Context, name string) (digest.Digest, error) {
 }
 
 // Refs maps every ref name to its image.
-func (s *Store) Refs(ctx context.Context) (map[string]digest.Digest, error) {
+func (s *Metadata) Refs(ctx context.Context) (map[string]digest.Digest, error) {
 	ents, err := os.ReadDir(filepath.Join(s.root, dirRefs))
 	if err != nil {
 		return nil, err
@@ -784,7 +784,7 @@ func (s *Store) Refs(ctx context.Context) (map[string]digest.Digest, error) {
 
 // DeleteRef removes a ref; the image stays until gc. It needs only the shared lock: a ref is
 // the last thing written and nothing depends on it.
-func (s *Store) DeleteRef(ctx context.Context, name string) error {
+func (s *Metadata) DeleteRef(ctx context.Context, name string) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -802,7 +802,7 @@ func (s *Store) DeleteRef(ctx context.Context, name string) error {
 }
 
 // ResolveImage finds an image by ref name, full ID, or a unique prefix (≥ 4 hex digits) of its ID.
-func (s *Store) ResolveImage(ctx context.Context, nameOrID string) (Image, error) {
+func (s *Metadata) ResolveImage(ctx context.Context, nameOrID string) (Image, error) {
 	if checkRefName(nameOrID) == nil {
 		if id, err := s.Ref(ctx, nameOrID); err == nil {
 			return s.Image(ctx, id)

@@ -15,6 +15,12 @@ import (
 // without os.File's poller registration. A pull touches every object of a layer twice (plan,
 // DiffID check), so these syscalls are a large part of its time. It is scoped (Close) rather
 // than the store's default because an open descriptor pins the file system.
+//
+// It is exported for the partial import (package store/layer), the one caller outside the store
+// that looks up a whole layer's objects: it opens one per import (Objects.OpenObjectDir), asks
+// presence through Batch.Stored (which remembers the answer for the layer's record) and reads
+// objects for the DiffID check with Open. Its other lookups (size, has, missing) serve the store
+// itself and stay unexported.
 type ObjectDir struct {
 	fd int
 }
@@ -31,8 +37,8 @@ func (o *Objects) OpenObjectDir() (*ObjectDir, error) {
 // Close closes the directory.
 func (o *ObjectDir) Close() error { return unix.Close(o.fd) }
 
-// Size returns the size of object d, or an error wrapping ErrNotFound.
-func (o *ObjectDir) Size(d digest.Digest) (int64, error) {
+// size returns the size of object d, or an error wrapping ErrNotFound.
+func (o *ObjectDir) size(d digest.Digest) (int64, error) {
 	rel, err := objectName(d)
 	if err != nil {
 		return 0, err
@@ -40,9 +46,9 @@ func (o *ObjectDir) Size(d digest.Digest) (int64, error) {
 	return sizeAt(o.fd, rel, d)
 }
 
-// Has says whether object d is stored.
-func (o *ObjectDir) Has(d digest.Digest) bool {
-	_, err := o.Size(d)
+// has says whether object d is stored.
+func (o *ObjectDir) has(d digest.Digest) bool {
+	_, err := o.size(d)
 	return err == nil
 }
 
@@ -89,16 +95,16 @@ func (r *fdReader) Close() error {
 	return err
 }
 
-// Missing returns the first of ds (in order) that is not stored, or "" if all are. It looks
+// missing returns the first of ds (in order) that is not stored, or "" if all are. It looks
 // several up at a time.
-func (o *ObjectDir) Missing(ds []digest.Digest) digest.Digest {
+func (o *ObjectDir) missing(ds []digest.Digest) digest.Digest {
 	present := make([]bool, len(ds))
 	const workers = 4
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < len(ds); i += workers {
-				present[i] = o.Has(ds[i])
+				present[i] = o.has(ds[i])
 			}
 		})
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/store"
 )
 
 // TestObjectDir: the fast lookups agree with the store: present objects are found with their
@@ -25,13 +26,13 @@ func TestObjectDir(t *testing.T) {
 	}
 	defer od.Close()
 	a, b, absent := digest.FromString("alpha"), digest.FromString("bravo!"), digest.FromString("nope")
-	if n, err := od.Size(b); err != nil || n != 6 {
+	if n, err := store.ObjectDirSize(od, b); err != nil || n != 6 {
 		t.Fatalf("Size(b) = %d, %v", n, err)
 	}
-	if m := od.Missing([]digest.Digest{a, b}); m != "" {
+	if m := store.ObjectDirMissing(od, []digest.Digest{a, b}); m != "" {
 		t.Fatalf("Missing reports %s", m)
 	}
-	if m := od.Missing([]digest.Digest{a, absent, b}); m != absent {
+	if m := store.ObjectDirMissing(od, []digest.Digest{a, absent, b}); m != absent {
 		t.Fatalf("Missing = %q, want %s", m, absent)
 	}
 	if _, err := od.Open(absent); !errors.Is(err, errdefs.ErrNotFound) {
@@ -54,7 +55,7 @@ func TestObjectDir(t *testing.T) {
 	if err := os.Symlink("/etc/passwd", p); err != nil {
 		t.Fatal(err)
 	}
-	if od.Has(absent) {
+	if store.ObjectDirHas(od, absent) {
 		t.Fatal("a symlink counts as an object")
 	}
 	if rc, err := od.Open(absent); err == nil {

@@ -117,8 +117,8 @@ func (o *Objects) Stat(ctx context.Context, d digest.Digest) (Info, error) {
 	return Info{Digest: d, Size: n}, nil
 }
 
-// HasObject says whether object d is stored (one stat). It is the one way to ask; a Batch also
-// counts its pending objects (Batch.Has).
+// HasObject says whether object d is stored (one stat). It is the one way to ask; an ingest
+// within a Batch also counts the batch's pending objects.
 func (o *Objects) HasObject(d digest.Digest) bool {
 	_, err := o.Stat(context.Background(), d)
 	return err == nil

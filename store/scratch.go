@@ -115,9 +115,10 @@ func (b *Batch) verity(d digest.Digest) (verity.Digest, bool) {
 
 // Stored says whether object d is stored, looking it up through od, and the batch remembers a
 // yes: the caller holds a store lock for the batch's life, under which no object is removed,
-// so a layer recorded from this batch need not look d up a second time.
+// so a layer recorded from this batch need not look d up a second time. It is exported for the
+// partial import's plan (package store/layer), which asks it of every object of the layer.
 func (b *Batch) Stored(od *ObjectDir, d digest.Digest) bool {
-	if !od.Has(d) {
+	if !od.has(d) {
 		return false
 	}
 	b.rec.noteObject(d)

@@ -75,15 +75,19 @@ type ChunkFinder interface {
 
 // Store is a store rooted at one directory: a thin facade over its two roles, the
 // content-addressed objects (the embedded Objects: has, stat, open, walk, paths, variants; Ingest
-// and Batch in ingest.go) and the metadata that names them (meta.go: layers, images, refs;
-// uses.go: checkouts and mounts), plus what both share: locks, temp files, sync settings.
-// Consumers depend on the narrowest role they use (Provider, Ingester, or an interface of their
-// own), not on *Store. It is safe for concurrent use by goroutines and by several processes (see
-// Lock, RLock).
+// and Batch in ingest.go) and the metadata that names them (the embedded Metadata: layers,
+// images, refs in meta.go; checkouts and mounts in uses.go), plus what both share and what spans
+// both: locks, temp files, sync settings, the chunk index, gc, fsck, rmi and usage. Consumers
+// depend on the narrowest role they use (Provider, Ingester, or an interface of their own), not
+// on *Store. It is safe for concurrent use by goroutines and by several processes (see Lock,
+// RLock).
 type Store struct {
 	Objects
+	Metadata
 
-	root   string
+	root string
+	// verity: writers compute each object's fs-verity digest as it streams in (WithVerity);
+	// Metadata, which records them with the layer, has its copy.
 	verity bool
 	noSync bool
 	// readOnly: the store cannot be written (a read-only file system, or another user's store);
@@ -124,6 +128,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 	for _, o := range opts {
 		o(s)
 	}
+	s.Metadata = newMetadata(abs, s.verity, &s.Objects, s)
 	vpath := filepath.Join(abs, fileVersion)
 	if exists(vpath) && unix.Access(abs, unix.W_OK) != nil {
 		s.readOnly = true

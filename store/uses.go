@@ -80,8 +80,8 @@ func CanonicalTarget(p string) (string, error) {
 // cannot run until the lock is released, by which time the record is durable). For a mount,
 // set FSType and Source to what the mount will show, and call UpdateUse with its MountID once
 // it is made. AddUse fills in ID, Created, the writer, and the target's identity.
-func (s *Store) AddUse(ctx context.Context, u Use) (Use, error) {
-	if s.ReadOnly() {
+func (s *Metadata) AddUse(ctx context.Context, u Use) (Use, error) {
+	if s.handle.ReadOnly() {
 		// Nothing can be removed from a read-only store, so there is nothing to protect: the use
 		// goes unrecorded (an empty ID), and UpdateUse and DropUse of it do nothing.
 		return Use{}, nil
@@ -129,7 +129,7 @@ func (s *Store) AddUse(ctx context.Context, u Use) (Use, error) {
 }
 
 // UpdateUse rewrites a use's record (a mount's ID once it is made), atomically.
-func (s *Store) UpdateUse(u Use) error {
+func (s *Metadata) UpdateUse(u Use) error {
 	if u.ID == "" {
 		return nil // never recorded (a read-only store)
 	}
@@ -139,7 +139,7 @@ func (s *Store) UpdateUse(u Use) error {
 	return s.writeUse(u)
 }
 
-func (s *Store) writeUse(u Use) error {
+func (s *Metadata) writeUse(u Use) error {
 	b, err := json.Marshal(u)
 	if err != nil {
 		return err
@@ -150,11 +150,11 @@ func (s *Store) writeUse(u Use) error {
 	return nil
 }
 
-func (s *Store) usePath(id string) string { return filepath.Join(s.root, dirUses, id+".json") }
+func (s *Metadata) usePath(id string) string { return filepath.Join(s.root, dirUses, id+".json") }
 
 // DropUse removes a use's record (an unmount, a released checkout, a failed mount). Dropping
 // needs no lock: it only lets gc free more, and gc reads the records under its exclusive lock.
-func (s *Store) DropUse(u Use) error {
+func (s *Metadata) DropUse(u Use) error {
 	if u.ID == "" {
 		return nil // never recorded
 	}
@@ -167,7 +167,7 @@ func (s *Store) DropUse(u Use) error {
 // Uses returns the live uses, and drops the records of uses that are gone: a mount no longer
 // in its namespace's mountinfo (unmounted by hand, or a reboot), a checkout directory that is
 // gone or is another directory now. A record whose state cannot be checked counts as live.
-func (s *Store) Uses(ctx context.Context) ([]Use, error) {
+func (s *Metadata) Uses(ctx context.Context) ([]Use, error) {
 	ents, err := os.ReadDir(filepath.Join(s.root, dirUses))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -198,7 +198,7 @@ func (s *Store) Uses(ctx context.Context) ([]Use, error) {
 	return live, ctx.Err()
 }
 
-func (s *Store) readUse(id string) (Use, error) {
+func (s *Metadata) readUse(id string) (Use, error) {
 	b, err := os.ReadFile(s.usePath(id))
 	if err != nil {
 		return Use{}, fmt.Errorf("reading use record %s: %w", id, err)
@@ -213,7 +213,7 @@ func (s *Store) readUse(id string) (Use, error) {
 
 // ReleaseCheckout drops the records of checkouts into dir: the tree stays, and gc may then free
 // the image once nothing else names or uses it. ErrNotFound if none was recorded.
-func (s *Store) ReleaseCheckout(ctx context.Context, dir string) error {
+func (s *Metadata) ReleaseCheckout(ctx context.Context, dir string) error {
 	target, err := CanonicalTarget(dir)
 	if err != nil {
 		return fmt.Errorf("releasing checkout %s: %w", dir, err)

@@ -31,7 +31,8 @@ type Options struct {
 
 // Import reads a tar from r, stores it as one layer, and records an image named name whose
 // manifest references the uncompressed layer (media type tar, digest = DiffID), so the store can
-// serve that blob exactly by rebuilding the tar. It holds the store's shared lock throughout.
+// serve that blob exactly by rebuilding the tar. It holds the store's shared lock throughout,
+// and so takes the whole store: it writes both roles (objects and layer, then image and ref).
 func Import(ctx context.Context, s *store.Store, r io.Reader, name string, opts Options) (store.Image, error) {
 	if name == "" {
 		return store.Image{}, fmt.Errorf("an imported tar needs a name: %w", errdefs.ErrInvalid)

@@ -100,7 +100,7 @@ func registryRefetcher(rf *registryFlags) store.Refetcher {
 		if err != nil || ref.Transport != imageref.Docker {
 			return fmt.Errorf("source %q is not a registry reference: %w", img.Source, errdefs.ErrUnsupported)
 		}
-		desc, err := layerDescriptor(ctx, s, img, diffID)
+		desc, err := layerDescriptor(ctx, &s.Metadata, img, diffID)
 		if err != nil {
 			return err
 		}
@@ -127,8 +127,9 @@ func registryRefetcher(rf *registryFlags) store.Refetcher {
 	}
 }
 
-// layerDescriptor finds the manifest's descriptor of the layer with DiffID diffID.
-func layerDescriptor(ctx context.Context, s *store.Store, img store.Image, diffID digest.Digest) (ocispec.Descriptor, error) {
+// layerDescriptor finds the manifest's descriptor of the layer with DiffID diffID: it reads
+// only the metadata role.
+func layerDescriptor(ctx context.Context, s *store.Metadata, img store.Image, diffID digest.Digest) (ocispec.Descriptor, error) {
 	b, err := s.ImageManifest(ctx, img.ID)
 	if err != nil {
 		return ocispec.Descriptor{}, err

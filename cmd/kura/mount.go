@@ -111,7 +111,7 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 		return err
 	}
 	if use.ID != "" { // a read-only store records no use: nothing can be removed from it
-		if err := recordMountID(s, use); err != nil {
+		if err := recordMountID(&s.Metadata, use); err != nil {
 			return errors.Join(err, mount.Unmount(use.Target))
 		}
 	}
@@ -122,7 +122,8 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 	return nil
 }
 
-func recordMountID(s *store.Store, use store.Use) error {
+// recordMountID completes a mount's use record with the mount's ID: the metadata role only.
+func recordMountID(s *store.Metadata, use store.Use) error {
 	e, ok, err := mount.Find(use.Target)
 	if err != nil {
 		return err

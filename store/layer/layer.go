@@ -240,7 +240,7 @@ func tarSplitLength(ts []byte) (int64, error) {
 
 // Export writes the layer's exact tar stream to w, rebuilt from its tar-split and objects, and
 // checks that it hashes to the DiffID.
-func Export(ctx context.Context, s *store.Store, diffID digest.Digest, w io.Writer) error {
+func Export(ctx context.Context, s ExportSource, diffID digest.Digest, w io.Writer) error {
 	toc, err := s.LayerTOC(ctx, diffID)
 	if err != nil {
 		return err

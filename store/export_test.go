@@ -1,0 +1,11 @@
+package store
+
+import "github.com/opencontainers/go-digest"
+
+// The lookups of ObjectDir that the store keeps to itself, for its external tests.
+
+func ObjectDirSize(o *ObjectDir, d digest.Digest) (int64, error) { return o.size(d) }
+
+func ObjectDirHas(o *ObjectDir, d digest.Digest) bool { return o.has(d) }
+
+func ObjectDirMissing(o *ObjectDir, ds []digest.Digest) digest.Digest { return o.missing(ds) }
