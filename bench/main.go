@@ -35,6 +35,8 @@ type config struct {
 
 	freshRegistry bool          // push again even if the registry holds this corpus
 	kuraBudget    time.Duration // wall time allowed for all kura steps
+	pairs         int           // rounds of fresh stores in the timed comparison
+	pairsBudget   time.Duration // wall time allowed for the timed comparison
 }
 
 func main() {
@@ -49,6 +51,8 @@ func main() {
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
 	flag.DurationVar(&cfg.kuraBudget, "kura-budget", 15*time.Minute, "wall time allowed for all kura steps (keeps the run bounded)")
+	flag.IntVar(&cfg.pairs, "pairs", 5, "rounds of the timed kura/podman comparison (each: new stores, every version)")
+	flag.DurationVar(&cfg.pairsBudget, "pairs-budget", 20*time.Minute, "wall time allowed for the timed comparison")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
@@ -158,14 +162,26 @@ func run(ctx context.Context, cfg config) error {
 	res.Systems = append(res.Systems, *kuraSys)
 	res.Phases = append(res.Phases, phase("kura hooks done", start))
 
-	// Cold pulls of the first version, alternating tools, bounded like the
-	// kura steps.
+	// The timed figures: no proxy from here on; the registry's access log
+	// counts the bytes.
+	alog := newAccessLog(reg.Log, reg.Addr)
 	kuraRef := ""
 	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
-		kuraRef = proxy.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
+		kuraRef = reg.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
+		pairsCtx, cancel := context.WithTimeout(ctx, cfg.pairsBudget)
+		res.Pairs = runPairs(pairsCtx, cfg, corpus, reg, alog, kuraSys.Repo, cfg.pairs)
+		if pairsCtx.Err() == context.DeadlineExceeded {
+			res.Pairs.Notes = append(res.Pairs.Notes, fmt.Sprintf("stopped after the %s budget (-pairs-budget)", cfg.pairsBudget))
+		}
+		cancel()
+		res.Phases = append(res.Phases, phase("timed pairs done", start))
+		writePartial(cfg, res, start)
 	}
+
+	// Cold pulls of the first version with skopeo too, alternating tools,
+	// bounded like the kura steps.
 	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, proxy, kuraRef)
+	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, reg, alog, kuraRef)
 	cancel()
 	res.Phases = append(res.Phases, phase("cold pulls done", start))
 
