@@ -102,6 +102,11 @@ func runColdPulls(ctx context.Context, cfg config, c *Corpus, reg *registry, alo
 				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
 				continue
 			}
+			// Untimed: write out the previous pull's dirty pages (see timedPull).
+			if err := exec.CommandContext(ctx, "sync").Run(); err != nil {
+				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: "sync: " + err.Error()})
+				continue
+			}
 			mark, err := alog.Mark(ctx)
 			if err != nil {
 				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})

@@ -5,8 +5,10 @@
 // against the same local registry in the same run, next to the floor (the
 // compressed bytes of the files really new in each version).
 //
-// It owns the whole run: corpus, registry, counting proxy, baselines, report.
-// See README.md for what each figure means.
+// It owns the whole run: corpus, registry, counting proxy (untimed passes
+// only), timed pulls straight to the registry (alternating tools, bytes from
+// the registry's access log), baselines, report. See README.md for what each
+// figure means.
 package main
 
 import (

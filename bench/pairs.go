@@ -131,8 +131,16 @@ func kuraPairTool(bin string) pairTool {
 
 // timedPull runs argv under GNU time (for the peak RSS) and takes the wall
 // time around it, and the pull's requests from the registry's access log.
+//
+// Dirty pages are written out first (sync(1), untimed): kura fsyncs what it
+// stores and podman does not, so without it the pull after a podman pull
+// would pay for podman's writeback.
 func timedPull(ctx context.Context, alog *accessLog, argv, env []string) PairPull {
 	var p PairPull
+	if err := exec.CommandContext(ctx, "sync").Run(); err != nil {
+		p.Error = "sync: " + err.Error()
+		return p
+	}
 	mark, err := alog.Mark(ctx)
 	if err != nil {
 		p.Error = err.Error()

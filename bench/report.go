@@ -110,8 +110,8 @@ func markdown(res *Results) string {
 			floorUpd += v.FloorBytes
 		}
 	}
-	w("#### Summary (MB = 10^6 bytes)\n\n")
-	w("| puller | first pull received | first pull s | update pulls received (sum of %d) | × floor | floor incl. metadata (TOC + tar-split of the blobs pulled) | × floor incl. metadata | mean update pull time s | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
+	w("#### Summary (MB = 10^6 bytes)\n\nBytes, disk and page cache from the untimed pass through the counting proxy (podman under script(1) for its \"skipped:\" line); the timed figures are in \"Timed pulls\" below.\n\n")
+	w("| puller (untimed pass, through the counting proxy) | first pull received | first pull s (proxy pass) | update pulls received (sum of %d) | × floor | floor incl. metadata (TOC + tar-split of the blobs pulled) | × floor incl. metadata | mean update pull s (proxy pass; timed figures below) | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
 	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range res.Systems {
 		if s.Skipped {
@@ -181,7 +181,7 @@ func markdown(res *Results) string {
 		if s.Skipped {
 			continue
 		}
-		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s | disk after MB | podman \"skipped\" | floor MB | floor incl. metadata MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n", s.Name)
+		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s (proxy pass) | disk after MB | podman \"skipped\" | floor MB | floor incl. metadata MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n", s.Name)
 		pushes := systemPushes(res, s)
 		for i, p := range s.Pulls {
 			floor, metaFloor := "", ""
