@@ -80,7 +80,7 @@ func runPairs(ctx context.Context, cfg config, c *Corpus, reg *registry, alog *a
 		}
 		for i, v := range c.Versions {
 			for j := range tools {
-				k := (j + i + s) % len(tools)
+				k := pairOrder(s, i, j, len(tools))
 				ref := reg.Addr + "/" + repo + ":" + v.Name
 				p := timedPull(ctx, alog, tools[k].pull(dirs[k], ref), envs[k])
 				p.Tool, p.Version, p.Store, p.First = tools[k].name, v.Name, s, j == 0
@@ -96,6 +96,10 @@ func runPairs(ctx context.Context, cfg config, c *Corpus, reg *registry, alog *a
 	}
 	return res
 }
+
+// pairOrder is the tool that pulls j-th of n in round s for version i: the
+// order rotates with both, so no tool always goes first on a version.
+func pairOrder(s, i, j, n int) int { return (j + i + s) % n }
 
 func podmanPairTool(registryAddr string) pairTool {
 	return pairTool{

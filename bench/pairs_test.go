@@ -126,3 +126,19 @@ func TestSpreadAndPairRatios(t *testing.T) {
 		t.Errorf("kura update pulls: %v, want 4 values", k)
 	}
 }
+
+func TestPairOrderAlternates(t *testing.T) {
+	for version := range 10 {
+		first := map[int]int{}
+		for round := 1; round <= 5; round++ {
+			a, b := pairOrder(round, version, 0, 2), pairOrder(round, version, 1, 2)
+			if a == b {
+				t.Fatalf("round %d version %d: both slots give tool %d", round, version, a)
+			}
+			first[a]++
+		}
+		if first[0] < 2 || first[1] < 2 {
+			t.Errorf("version %d: tool 0 first %d times, tool 1 %d times in 5 rounds; want each at least 2", version, first[0], first[1])
+		}
+	}
+}
