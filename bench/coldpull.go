@@ -93,38 +93,9 @@ func runColdPulls(ctx context.Context, cfg config, c *Corpus, reg *registry, alo
 			if ctx.Err() != nil {
 				return out
 			}
-			dir := filepath.Join(scratch, "dest")
-			if err := removeTree(dir); err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
-				continue
-			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
-				continue
-			}
-			// Untimed: write out the previous pull's dirty pages (see timedPull).
-			if err := exec.CommandContext(ctx, "sync").Run(); err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: "sync: " + err.Error()})
-				continue
-			}
-			mark, err := alog.Mark(ctx)
-			if err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
-				continue
-			}
-			start := time.Now()
-			err = t.pull(dir)
-			r := ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Seconds: time.Since(start).Seconds()}
-			reqs, lerr := alog.Since(ctx, mark)
-			r.Traffic = sumTraffic(reqs)
-			if err == nil {
-				err = lerr
-			}
-			if err != nil {
-				r.Error = err.Error()
-				log.Printf("cold pull: %v", err)
-			}
-			log.Printf("cold pull round %d, %s: %.2fs, received %.2f MB", r.Round, t.name, r.Seconds, mb(r.Traffic.Received))
+			r := ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref}
+			r.Seconds, r.Traffic, r.Error = coldPullOnce(ctx, alog, filepath.Join(scratch, "dest"), t.pull)
+			log.Printf("cold pull round %d, %s: %.2fs, received %.2f MB %s", r.Round, t.name, r.Seconds, mb(r.Traffic.Received), r.Error)
 			out = append(out, r)
 		}
 	}
@@ -150,4 +121,33 @@ func coldMedian(pulls []ColdPull, tool string) (float64, int) {
 		return s[len(s)/2], len(s)
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2, len(s)
+}
+
+// coldPullOnce empties dir, writes out dirty pages (untimed, see timedPull)
+// and times pull(dir), with its requests from the registry's access log.
+func coldPullOnce(ctx context.Context, alog *accessLog, dir string, pull func(string) error) (float64, Traffic, string) {
+	if err := removeTree(dir); err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	if err := exec.CommandContext(ctx, "sync").Run(); err != nil {
+		return 0, Traffic{}, "sync: " + err.Error()
+	}
+	mark, err := alog.Mark(ctx)
+	if err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	start := time.Now()
+	err = pull(dir)
+	secs := time.Since(start).Seconds()
+	reqs, lerr := alog.Since(ctx, mark)
+	if err == nil {
+		err = lerr
+	}
+	if err != nil {
+		return secs, sumTraffic(reqs), err.Error()
+	}
+	return secs, sumTraffic(reqs), ""
 }

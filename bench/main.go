@@ -164,27 +164,7 @@ func run(ctx context.Context, cfg config) error {
 	res.Systems = append(res.Systems, *kuraSys)
 	res.Phases = append(res.Phases, phase("kura hooks done", start))
 
-	// The timed figures: no proxy from here on; the registry's access log
-	// counts the bytes.
-	alog := newAccessLog(reg.Log, reg.Addr)
-	kuraRef := ""
-	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
-		kuraRef = reg.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
-		pairsCtx, cancel := context.WithTimeout(ctx, cfg.pairsBudget)
-		res.Pairs = runPairs(pairsCtx, cfg, corpus, reg, alog, kuraSys.Repo, cfg.pairs)
-		if pairsCtx.Err() == context.DeadlineExceeded {
-			res.Pairs.Notes = append(res.Pairs.Notes, fmt.Sprintf("stopped after the %s budget (-pairs-budget)", cfg.pairsBudget))
-		}
-		cancel()
-		res.Phases = append(res.Phases, phase("timed pairs done", start))
-		writePartial(cfg, res, start)
-	}
-
-	// Cold pulls of the first version with skopeo too, alternating tools,
-	// bounded like the kura steps.
-	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, reg, alog, kuraRef)
-	cancel()
+	runTimed(ctx, cfg, corpus, reg, kuraSys, res, start)
 	res.Phases = append(res.Phases, phase("cold pulls done", start))
 
 	res.Finished = time.Now()
@@ -238,4 +218,26 @@ func firstLine(s string) string {
 		}
 	}
 	return s
+}
+
+// runTimed takes the timed figures, with no proxy in the path (the
+// registry's access log counts the bytes): the alternating pairs when kura
+// pulled, then the cold pulls with skopeo, each bounded by a budget.
+func runTimed(ctx context.Context, cfg config, corpus *Corpus, reg *registry, kuraSys *SystemResult, res *Results, start time.Time) {
+	alog := newAccessLog(reg.Log, reg.Addr)
+	kuraRef := ""
+	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
+		kuraRef = reg.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
+		pairsCtx, cancel := context.WithTimeout(ctx, cfg.pairsBudget)
+		res.Pairs = runPairs(pairsCtx, cfg, corpus, reg, alog, kuraSys.Repo, cfg.pairs)
+		if pairsCtx.Err() == context.DeadlineExceeded {
+			res.Pairs.Notes = append(res.Pairs.Notes, fmt.Sprintf("stopped after the %s budget (-pairs-budget)", cfg.pairsBudget))
+		}
+		cancel()
+		res.Phases = append(res.Phases, phase("timed pairs done", start))
+		writePartial(cfg, res, start)
+	}
+	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, reg, alog, kuraRef)
+	cancel()
 }
