@@ -35,18 +35,18 @@ const coldRounds = 3
 
 // runColdPulls times kura pull, podman pull and skopeo copy docker:// → dir:
 // of the first version, each into a new empty destination, coldRounds times,
-// alternating. kura and skopeo fetch the same blob (kuraRef: kura's own push
-// when it made one); podman fetches skopeo's old-format push (the one it
-// pulls partially), as in the rest of the run. skopeo copy to dir: fetches
+// alternating, straight from the registry (bytes from its access log). All
+// three fetch the same blob (kuraRef: kura's own push, whose old-format
+// annotations podman 4.3 reads too), or skopeo's push when kura made none. skopeo copy to dir: fetches
 // the blob whole and writes it as one file: the cost of moving the bytes,
 // with no decompression or per-file work.
-func runColdPulls(ctx context.Context, cfg config, c *Corpus, p *proxy, kuraRef string) []ColdPull {
+func runColdPulls(ctx context.Context, cfg config, c *Corpus, reg *registry, alog *accessLog, kuraRef string) []ColdPull {
 	first := c.Versions[0].Name
-	podmanRef := p.Addr + "/" + appRepo + ":" + first
-	skopeoRef := kuraRef
-	if skopeoRef == "" {
-		skopeoRef = podmanRef
+	podmanRef := reg.Addr + "/" + appRepo + ":" + first
+	if kuraRef != "" {
+		podmanRef = kuraRef // the same blob for every tool
 	}
+	skopeoRef := podmanRef
 	scratch := filepath.Join(cfg.work, "cold")
 	type tool struct {
 		name, ref string
@@ -54,12 +54,15 @@ func runColdPulls(ctx context.Context, cfg config, c *Corpus, p *proxy, kuraRef 
 	}
 	tools := []tool{
 		{coldPodman, podmanRef, func(dir string) error {
-			e, err := newPodmanEnv(dir, false, p.Addr)
+			e, err := newPodmanEnv(dir, false, reg.Addr)
 			if err != nil {
 				return err
 			}
-			_, err = e.pull(ctx, podmanRef)
-			return err
+			cmd := e.command(ctx, "pull", "-q", "--tls-verify=false", podmanRef)
+			if b, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("podman pull %s: %w: %s", podmanRef, err, tail(string(b), 500))
+			}
+			return nil
 		}},
 		{coldSkopeo, skopeoRef, func(dir string) error {
 			cmd := exec.CommandContext(ctx, "skopeo", "copy", "--quiet", "--src-tls-verify=false",
@@ -90,25 +93,9 @@ func runColdPulls(ctx context.Context, cfg config, c *Corpus, p *proxy, kuraRef 
 			if ctx.Err() != nil {
 				return out
 			}
-			dir := filepath.Join(scratch, "dest")
-			if err := removeTree(dir); err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
-				continue
-			}
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				out = append(out, ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Error: err.Error()})
-				continue
-			}
-			mark := p.Begin(fmt.Sprintf("cold %s round %d", t.name, round+1))
-			start := time.Now()
-			err := t.pull(dir)
-			r := ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref, Seconds: time.Since(start).Seconds(), Traffic: sumTraffic(p.Since(mark))}
-			p.Begin("")
-			if err != nil {
-				r.Error = err.Error()
-				log.Printf("cold pull: %v", err)
-			}
-			log.Printf("cold pull round %d, %s: %.2fs, received %.2f MB", r.Round, t.name, r.Seconds, mb(r.Traffic.Received))
+			r := ColdPull{Tool: t.name, Round: round + 1, Ref: t.ref}
+			r.Seconds, r.Traffic, r.Error = coldPullOnce(ctx, alog, filepath.Join(scratch, "dest"), t.pull)
+			log.Printf("cold pull round %d, %s: %.2fs, received %.2f MB %s", r.Round, t.name, r.Seconds, mb(r.Traffic.Received), r.Error)
 			out = append(out, r)
 		}
 	}
@@ -134,4 +121,33 @@ func coldMedian(pulls []ColdPull, tool string) (float64, int) {
 		return s[len(s)/2], len(s)
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2, len(s)
+}
+
+// coldPullOnce empties dir, writes out dirty pages (untimed, see timedPull)
+// and times pull(dir), with its requests from the registry's access log.
+func coldPullOnce(ctx context.Context, alog *accessLog, dir string, pull func(string) error) (float64, Traffic, string) {
+	if err := removeTree(dir); err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	if err := exec.CommandContext(ctx, "sync").Run(); err != nil {
+		return 0, Traffic{}, "sync: " + err.Error()
+	}
+	mark, err := alog.Mark(ctx)
+	if err != nil {
+		return 0, Traffic{}, err.Error()
+	}
+	start := time.Now()
+	err = pull(dir)
+	secs := time.Since(start).Seconds()
+	reqs, lerr := alog.Since(ctx, mark)
+	if err == nil {
+		err = lerr
+	}
+	if err != nil {
+		return secs, sumTraffic(reqs), err.Error()
+	}
+	return secs, sumTraffic(reqs), ""
 }

@@ -5,8 +5,10 @@
 // against the same local registry in the same run, next to the floor (the
 // compressed bytes of the files really new in each version).
 //
-// It owns the whole run: corpus, registry, counting proxy, baselines, report.
-// See README.md for what each figure means.
+// It owns the whole run: corpus, registry, counting proxy (untimed passes
+// only), timed pulls straight to the registry (alternating tools, bytes from
+// the registry's access log), baselines, report. See README.md for what each
+// figure means.
 package main
 
 import (
@@ -35,6 +37,8 @@ type config struct {
 
 	freshRegistry bool          // push again even if the registry holds this corpus
 	kuraBudget    time.Duration // wall time allowed for all kura steps
+	pairs         int           // rounds of fresh stores in the timed comparison
+	pairsBudget   time.Duration // wall time allowed for the timed comparison
 }
 
 func main() {
@@ -49,6 +53,8 @@ func main() {
 	flag.StringVar(&cfg.kura, "kura", "", "kura binary (hooks are skipped when it lacks pull/push/mount)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep registry and stores in the work dir after the run")
 	flag.DurationVar(&cfg.kuraBudget, "kura-budget", 15*time.Minute, "wall time allowed for all kura steps (keeps the run bounded)")
+	flag.IntVar(&cfg.pairs, "pairs", 5, "rounds of the timed kura/podman comparison (each: new stores, every version)")
+	flag.DurationVar(&cfg.pairsBudget, "pairs-budget", 20*time.Minute, "wall time allowed for the timed comparison")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
@@ -158,15 +164,7 @@ func run(ctx context.Context, cfg config) error {
 	res.Systems = append(res.Systems, *kuraSys)
 	res.Phases = append(res.Phases, phase("kura hooks done", start))
 
-	// Cold pulls of the first version, alternating tools, bounded like the
-	// kura steps.
-	kuraRef := ""
-	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
-		kuraRef = proxy.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
-	}
-	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, proxy, kuraRef)
-	cancel()
+	runTimed(ctx, cfg, corpus, reg, kuraSys, res, start)
 	res.Phases = append(res.Phases, phase("cold pulls done", start))
 
 	res.Finished = time.Now()
@@ -220,4 +218,26 @@ func firstLine(s string) string {
 		}
 	}
 	return s
+}
+
+// runTimed takes the timed figures, with no proxy in the path (the
+// registry's access log counts the bytes): the alternating pairs when kura
+// pulled, then the cold pulls with skopeo, each bounded by a budget.
+func runTimed(ctx context.Context, cfg config, corpus *Corpus, reg *registry, kuraSys *SystemResult, res *Results, start time.Time) {
+	alog := newAccessLog(reg.Log, reg.Addr)
+	kuraRef := ""
+	if !kuraSys.Skipped && kuraSys.Repo != "" && len(kuraSys.Pulls) > 0 && kuraSys.Pulls[0].Error == "" {
+		kuraRef = reg.Addr + "/" + kuraSys.Repo + ":" + corpus.Versions[0].Name
+		pairsCtx, cancel := context.WithTimeout(ctx, cfg.pairsBudget)
+		res.Pairs = runPairs(pairsCtx, cfg, corpus, reg, alog, kuraSys.Repo, cfg.pairs)
+		if pairsCtx.Err() == context.DeadlineExceeded {
+			res.Pairs.Notes = append(res.Pairs.Notes, fmt.Sprintf("stopped after the %s budget (-pairs-budget)", cfg.pairsBudget))
+		}
+		cancel()
+		res.Phases = append(res.Phases, phase("timed pairs done", start))
+		writePartial(cfg, res, start)
+	}
+	coldCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	res.ColdPulls = runColdPulls(coldCtx, cfg, corpus, reg, alog, kuraRef)
+	cancel()
 }

@@ -24,6 +24,9 @@ import (
 // filesystem root on loopback.
 type registry struct {
 	Addr string
+	// Log is the registry's access log (its stdout): one line per request
+	// with status and body bytes, read by accessLog.
+	Log  string
 	cmd  *exec.Cmd
 	done chan error
 }
@@ -47,7 +50,7 @@ func startRegistry(ctx context.Context, root string, fresh bool) (*registry, err
 log:
   level: warn
   accesslog:
-    disabled: true
+    disabled: false
 storage:
   filesystem:
     rootdirectory: %s
@@ -64,15 +67,22 @@ http:
 	if err != nil {
 		return nil, err
 	}
+	accessPath := filepath.Join(root, "access.log")
+	accessf, err := os.Create(accessPath)
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
 	cmd := exec.Command("docker-registry", "serve", confPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = accessf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
+		accessf.Close()
 		return nil, fmt.Errorf("starting docker-registry: %w", err)
 	}
-	r := &registry{Addr: addr, cmd: cmd, done: make(chan error, 1)}
-	go func() { r.done <- cmd.Wait(); logf.Close() }()
+	r := &registry{Addr: addr, Log: accessPath, cmd: cmd, done: make(chan error, 1)}
+	go func() { r.done <- cmd.Wait(); logf.Close(); accessf.Close() }()
 	if err := waitHTTP(ctx, "http://"+addr+"/v2/", r.done); err != nil {
 		r.Stop()
 		return nil, fmt.Errorf("docker-registry did not come up (log %s): %w", logf.Name(), err)
@@ -143,6 +153,8 @@ type Request struct {
 	Received  int64  `json:"received"`           // response body bytes sent to the client
 	Uploaded  int64  `json:"uploaded,omitempty"` // request body bytes
 	Millis    int64  `json:"millis"`
+	// UserAgent is set for requests read from the registry's access log.
+	UserAgent string `json:"userAgent,omitempty"`
 }
 
 // proxy is a loopback reverse proxy that records every request under the

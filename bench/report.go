@@ -36,6 +36,9 @@ type Results struct {
 	// ColdPulls are the alternating cold pulls of the first version by
 	// kura, podman and skopeo (copy to dir:).
 	ColdPulls []ColdPull `json:"coldPulls,omitempty"`
+	// Pairs are the timed pulls: podman and kura alternating on the same
+	// images, straight to the registry, in several rounds of fresh stores.
+	Pairs *Pairs `json:"pairs,omitempty"`
 	// ReadSets describe what the page-cache readers read, with their floors.
 	ReadSets []ReadSet `json:"readSets,omitempty"`
 	Phases   []Phase   `json:"phases"`
@@ -107,8 +110,8 @@ func markdown(res *Results) string {
 			floorUpd += v.FloorBytes
 		}
 	}
-	w("#### Summary (MB = 10^6 bytes)\n\n")
-	w("| puller | first pull received | first pull s | update pulls received (sum of %d) | × floor | floor incl. metadata (TOC + tar-split of the blobs pulled) | × floor incl. metadata | mean update pull time s | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
+	w("#### Summary (MB = 10^6 bytes)\n\nBytes, disk and page cache from the untimed pass through the counting proxy (podman under script(1) for its \"skipped:\" line); the timed figures are in \"Timed pulls\" below.\n\n")
+	w("| puller (untimed pass, through the counting proxy) | first pull received | first pull s (proxy pass) | update pulls received (sum of %d) | × floor | floor incl. metadata (TOC + tar-split of the blobs pulled) | × floor incl. metadata | mean update pull s (proxy pass; timed figures below) | disk after %d | page cache MB, %d readers: Cached Δ (minus containers reading nothing) / resident in store |\n", n-1, n, n)
 	w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range res.Systems {
 		if s.Skipped {
@@ -153,6 +156,7 @@ func markdown(res *Results) string {
 	w("| floor | %s | | %s | 1.00 | | | | %s (distinct file contents) | %s (one copy of the read set) |\n\n",
 		mbs(res.Versions[0].FloorBytes), mbs(floorUpd), mbs(unique), mbs(readSet))
 	w("The floor is the zstd-10 size of the files new in each version. \"Floor incl. metadata\" adds, per update pull, the compressed TOC and tar-split of the blob that puller fetched (podman: skopeo's old-format blobs, TOC only, no tar-split; kura: its own blobs), read from the layer annotations.\n\n")
+	pairsReport(w, res)
 	coldPullReport(w, res)
 	pageCacheReport(w, res)
 
@@ -177,7 +181,7 @@ func markdown(res *Results) string {
 		if s.Skipped {
 			continue
 		}
-		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s | disk after MB | podman \"skipped\" | floor MB | floor incl. metadata MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n", s.Name)
+		w("#### %s: per pull\n\n| version | requested MB | received MB | requests | ranges | Range answered 200 | time s (proxy pass) | disk after MB | podman \"skipped\" | floor MB | floor incl. metadata MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|\n", s.Name)
 		pushes := systemPushes(res, s)
 		for i, p := range s.Pulls {
 			floor, metaFloor := "", ""
@@ -399,7 +403,7 @@ func coldPullReport(w func(string, ...any), res *Results) {
 		first = res.Versions[0].Name
 	}
 	w("#### Cold pull of %s into an empty store\n\n", first)
-	w("Each tool pulls %s into a new empty destination, %d rounds, the order rotating each round (registry blobs already in the page cache). kura and skopeo fetch the same blob (kura's push); podman fetches skopeo's old-format push. `skopeo copy docker://… dir:` fetches the blob whole and writes it as one file, with no decompression or per-file work: the cost of moving the bytes.\n\n", first, coldRounds)
+	w("Each tool pulls %s into a new empty destination, %d rounds, the order rotating each round (registry blobs already in the page cache), straight from the registry (bytes from its access log), podman as `podman pull -q` with `use_hard_links = \"false\"`. All three fetch the same blob (see the image column). `skopeo copy docker://… dir:` fetches the blob whole and writes it as one file, with no decompression or per-file work: the cost of moving the bytes.\n\n", first, coldRounds)
 	w("| round | tool | image | s | received MB | requests |\n|---:|---|---|---:|---:|---:|\n")
 	for _, p := range res.ColdPulls {
 		t := fmt.Sprintf("%.2f", p.Seconds)
