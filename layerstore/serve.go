@@ -1,0 +1,87 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/mountinfo"
+)
+
+// FSName and Subtype name the mount in mountinfo (fuse.kura-layer-store, source kura): how a
+// stale mount of an earlier server is told from anything else mounted at PATH.
+const (
+	FSName  = "kura"
+	Subtype = "kura-layer-store"
+)
+
+// DefaultLookupTimeout bounds one lookup (a pull) or blob fetch: past it containers/storage
+// is told the layer is not here and pulls it itself, rather than hang.
+const DefaultLookupTimeout = 10 * time.Minute
+
+// Serve mounts the layer store at dir and serves it until ctx is done, then unmounts it. A
+// mount of an earlier server that was killed is unmounted first.
+func Serve(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Duration) error {
+	if lookupTimeout <= 0 {
+		lookupTimeout = DefaultLookupTimeout
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil && !errors.Is(err, unix.ENOTCONN) {
+		return fmt.Errorf("layer store: %w", err)
+	}
+	if err := CleanStale(dir); err != nil {
+		return err
+	}
+	root := &rootNode{node: node{server: &server{ls: ls, ctx: ctx, timeout: lookupTimeout}}}
+	sec, zero := time.Second, time.Duration(0)
+	srv, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions: fuse.MountOptions{AllowOther: true, FsName: FSName, Name: Subtype, DirectMount: true,
+			Options: []string{"default_permissions"}},
+		EntryTimeout: &sec, AttrTimeout: &sec, NegativeTimeout: &zero,
+	})
+	if err != nil {
+		return fmt.Errorf("layer store: mounting at %s: %w", dir, err)
+	}
+	ls.opts.Log.Info("layer store serving", "path", dir)
+	go func() {
+		<-ctx.Done()
+		if err := srv.Unmount(); err != nil {
+			ls.opts.Log.Warn("unmount failed; detaching", "path", dir, "err", err)
+			unix.Unmount(dir, unix.MNT_DETACH)
+		}
+	}()
+	srv.Wait()
+	return nil
+}
+
+// CleanStale unmounts (lazily: a killed server's mount may still be held open) every layer
+// store mount at dir; anything else mounted there is an error.
+func CleanStale(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for {
+		entries, err := mountinfo.Read("self")
+		if err != nil {
+			return fmt.Errorf("layer store: %w", err)
+		}
+		e, ok := mountinfo.Top(entries, abs)
+		if !ok {
+			return nil
+		}
+		if e.FSType != "fuse."+Subtype {
+			return fmt.Errorf("layer store: %s is a %s mount, not a layer store's: %w", abs, e.FSType, errdefs.ErrAlreadyExists)
+		}
+		if err := unix.Unmount(abs, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("layer store: unmounting the stale mount at %s: %w", abs, err)
+		}
+	}
+}
