@@ -1,0 +1,368 @@
+package interop
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kura-oci/kura/internal/mountinfo"
+	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/store"
+)
+
+// blobLog is a reverse proxy in front of a registry that records the blob GETs it forwards:
+// podman talks to it, Kura's layer store to the registry behind it, so what it records is what
+// podman fetched.
+type blobLog struct {
+	Host string
+	mu   sync.Mutex
+	gets []string // digests of blob GETs
+}
+
+func newBlobLog(t *testing.T, upstream string) *blobLog {
+	t.Helper()
+	b := &blobLog{}
+	target, _ := url.Parse("http://" + upstream)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if i := strings.Index(r.URL.Path, "/blobs/"); r.Method == http.MethodGet && i >= 0 {
+			b.mu.Lock()
+			b.gets = append(b.gets, r.URL.Path[i+len("/blobs/"):])
+			b.mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	b.Host = srv.Listener.Addr().String()
+	return b
+}
+
+// take returns the blob GETs recorded since the last call.
+func (b *blobLog) take() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	g := b.gets
+	b.gets = nil
+	return g
+}
+
+// staticCat builds a static program that copies the files named by its arguments to stdout:
+// the command the test containers run (the machine has no static busybox).
+func staticCat(t *testing.T) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	src := "package main\n\nimport (\n\t\"io\"\n\t\"os\"\n)\n\nfunc main() {\n\tfor _, a := range os.Args[1:] {\n\t\tf, err := os.Open(a)\n\t\tif err != nil {\n\t\t\tos.Stderr.WriteString(err.Error() + \"\\n\")\n\t\t\tos.Exit(1)\n\t\t}\n\t\tio.Copy(os.Stdout, f)\n\t\tf.Close()\n\t}\n}\n"
+	for name, body := range map[string]string{"go.mod": "module cat\n\ngo 1.22\n", "main.go": src} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", "cat", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the static cat: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "cat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runnableTar is appTar(version) with /bin/cat and /etc/os-release added: a root file system a
+// container can run.
+func runnableTar(t *testing.T, version int, cat []byte) ([]byte, string) {
+	t.Helper()
+	osRelease := fmt.Sprintf("NAME=\"Kura test\"\nVERSION_ID=%d\n", version)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tr := tar.NewReader(bytes.NewReader(appTar(t, version)))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mt := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, f := range []struct {
+		h    tar.Header
+		data []byte
+	}{
+		{tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "bin/cat", Typeflag: tar.TypeReg, Mode: 0o755}, cat},
+		{tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}, nil},
+		{tar.Header{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644}, []byte(osRelease)},
+	} {
+		f.h.ModTime, f.h.Size = mt, int64(len(f.data))
+		if err := tw.WriteHeader(&f.h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(f.data)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), osRelease
+}
+
+// layerStoreServer is a running kura layer-store serve.
+type layerStoreServer struct {
+	cmd    *exec.Cmd
+	exited chan error
+	stderr *bytes.Buffer
+	mu     *sync.Mutex
+}
+
+// startLayerStore starts the server and returns once it logs that it serves (its mount is made).
+func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
+	t.Helper()
+	cmd := exec.Command(testkit.Kura(t), append([]string{"--log-level", "info"}, args...)...)
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &layerStoreServer{cmd: cmd, exited: make(chan error, 1), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		once := sync.Once{}
+		for sc.Scan() {
+			s.mu.Lock()
+			s.stderr.WriteString(sc.Text() + "\n")
+			s.mu.Unlock()
+			if strings.Contains(sc.Text(), "layer store serving") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	go func() { err := cmd.Wait(); pw.Close(); s.exited <- err }()
+	select {
+	case <-ready:
+	case err := <-s.exited:
+		t.Fatalf("kura layer-store serve exited: %v\n%s", err, s.log())
+	case <-time.After(time.Minute):
+		t.Fatalf("kura layer-store serve did not start\n%s", s.log())
+	}
+	return s
+}
+
+func (s *layerStoreServer) log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+// stop sends sig and waits for the server to exit.
+func (s *layerStoreServer) stop(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	s.cmd.Process.Signal(sig)
+	select {
+	case err := <-s.exited:
+		return err
+	case <-time.After(time.Minute):
+		t.Fatalf("kura layer-store serve did not stop on %v\n%s", sig, s.log())
+		return nil
+	}
+}
+
+func mountedAt(t *testing.T, dir string) (string, bool) {
+	t.Helper()
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := mountinfo.Top(entries, dir)
+	return e.FSType, ok
+}
+
+// addLayerStore adds additionallayerstores to the private podman's storage.conf (whose last
+// table is [storage.options]).
+func addLayerStore(t *testing.T, p *podmanEnv, dir string) {
+	t.Helper()
+	for _, e := range p.env {
+		if conf, ok := strings.CutPrefix(e, "CONTAINERS_STORAGE_CONF="); ok {
+			f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(f, "additionallayerstores = [%q]\n", dir+":ref")
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatal("no CONTAINERS_STORAGE_CONF in the podman environment")
+}
+
+// TestLayerStorePodman: Debian's podman 4.3.1 with Kura as its additional layer store pulls a
+// kura-pushed zstd:chunked image without fetching a layer blob, shows the image's files, runs a
+// container from it and removes it; with the server stopped (SIGTERM unmounts) podman pulls
+// normally; a server killed with SIGKILL leaves a stale mount the next server removes, and it
+// serves again from what the store holds; fsck finds the store clean.
+func TestLayerStorePodman(t *testing.T) {
+	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "the layer store mounts FUSE and podman runs rootful: needs root")
+	}
+	reg := startDebianRegistry(t)
+	front := newBlobLog(t, reg.Host) // what podman uses
+	cat := staticCat(t)
+	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := registry.New(registry.WithTLSVerify(false))
+	tars, releases, layers := map[int][]byte{}, map[int]string{}, map[int]string{}
+	for v := 1; v <= 2; v++ {
+		tars[v], releases[v] = runnableTar(t, v, cat)
+		rep := pushFromStore(t, pusher, c, tars[v], fmt.Sprintf("ls:v%d", v), fmt.Sprintf("%s/interop/ls:v%d", reg.Host, v))
+		layers[v] = rep.Layers[0].Digest.String()
+	}
+	front.take()
+
+	// Kura's store and the layer directories on the file system of podman's (hardlinks).
+	base, err := os.MkdirTemp("/var/tmp", "kura-interop-als-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	root, state, mnt := filepath.Join(base, "store"), filepath.Join(base, "state"), filepath.Join(base, "als")
+	// Kura reaches the registry itself, not through podman's front: a registries.conf rewrite.
+	regConf := filepath.Join(base, "registries.conf")
+	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf}
+	srv := startLayerStore(t, serveArgs...)
+	t.Cleanup(func() { srv.stop(t, syscall.SIGTERM) })
+	if fstype, ok := mountedAt(t, mnt); !ok || fstype != "fuse.kura-layer-store" {
+		t.Fatalf("at %s: %q mounted (%v); want the layer store", mnt, fstype, ok)
+	}
+
+	p := newPodman(t, front.Host)
+	addLayerStore(t, p, mnt)
+	v1 := front.Host + "/interop/ls:v1"
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	checkNoLayerGET(t, front.take(), layers[1], srv)
+	checkAdditionalLayers(t, p, mnt, 1)
+	m := strings.TrimSpace(alsPodman(t, p, "image", "mount", v1))
+	checkTreeAgainstTar(t, m, tars[1])
+	alsPodman(t, p, "image", "unmount", v1)
+	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
+		t.Errorf("podman run of v1 printed %q; want %q", out, releases[1])
+	}
+	alsPodman(t, p, "rmi", v1)
+	if out := strings.TrimSpace(alsPodman(t, p, "images", "-q")); out != "" {
+		t.Errorf("after podman rmi, podman images -q prints %q", out)
+	}
+
+	// Server down: SIGTERM unmounts; podman pulls the layer itself.
+	srv.stop(t, syscall.SIGTERM)
+	if fstype, ok := mountedAt(t, mnt); ok {
+		t.Fatalf("after SIGTERM, %s is still mounted (%s)", mnt, fstype)
+	}
+	v2 := front.Host + "/interop/ls:v2"
+	alsPodman(t, p, "pull", "--tls-verify=false", v2)
+	if gets := front.take(); !contains(gets, layers[2]) {
+		t.Errorf("with the server down podman fetched %v; want its layer %s among them", gets, layers[2])
+	}
+	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
+		t.Errorf("podman run of v2 (normal pull) printed %q; want %q", out, releases[2])
+	}
+
+	// A server killed with SIGKILL leaves its mount (ENOTCONN); the next one removes it.
+	srv = startLayerStore(t, serveArgs...)
+	srv.stop(t, syscall.SIGKILL)
+	if _, ok := mountedAt(t, mnt); !ok {
+		t.Fatal("a server killed with SIGKILL left no mount: the stale-mount path is not exercised")
+	}
+	srv = startLayerStore(t, serveArgs...)
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	checkNoLayerGET(t, front.take(), layers[1], srv)
+	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
+		t.Errorf("podman run of v1 after the restart printed %q; want %q", out, releases[1])
+	}
+	out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput()
+	if err != nil {
+		t.Errorf("kura fsck after the layer store's pulls: %v\n%s", err, out)
+	}
+}
+
+// alsPodman runs the private podman with no storage flags: its storage.conf names the same
+// root and run root, and podman 4.3.1 drops storage.conf's driver options, additionallayerstores
+// among them, when --root, --runroot or --storage-driver is given (podman info: graphOptions {}).
+func alsPodman(t *testing.T, p *podmanEnv, a ...string) string {
+	t.Helper()
+	return run(t, p.env, "podman", a...)
+}
+
+// checkNoLayerGET fails if podman fetched the layer blob: the layer store must have answered.
+func checkNoLayerGET(t *testing.T, gets []string, layer string, srv *layerStoreServer) {
+	t.Helper()
+	t.Logf("blob GETs podman made: %v", gets)
+	if contains(gets, layer) {
+		t.Errorf("podman fetched the layer blob %s itself: the layer store did not answer\n%s", layer, srv.log())
+	}
+}
+
+// checkAdditionalLayers checks that podman made want layers from the layer store: their diff is
+// containers/storage's symlink into it.
+func checkAdditionalLayers(t *testing.T, p *podmanEnv, mnt string, want int) {
+	t.Helper()
+	diffs, err := filepath.Glob(filepath.Join(p.root, "overlay", "*", "diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range diffs {
+		if target, err := os.Readlink(d); err == nil && strings.HasPrefix(target, mnt+"/") {
+			n++
+		}
+	}
+	if n != want {
+		t.Errorf("%d of podman's %d layers link into the layer store; want %d", n, len(diffs), want)
+	}
+}
+
+// runArgs runs a container with no network and limits this machine lets runc set: without
+// CAP_SYS_RESOURCE (as here) podman's defaults (nofile 1048576, nproc) fail with EPERM.
+func runArgs(a ...string) []string {
+	return append([]string{"run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"}, a...)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
