@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,10 +21,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
 	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/tarstream"
 )
 
 // blobLog is a reverse proxy in front of a registry that records the blob GETs it forwards:
@@ -133,7 +139,8 @@ func runnableTar(t *testing.T, version int, cat []byte) ([]byte, string) {
 // layerStoreServer is a running kura layer-store serve.
 type layerStoreServer struct {
 	cmd    *exec.Cmd
-	exited chan error
+	exited chan struct{} // closed when the process has exited, err then set
+	err    error
 	stderr *bytes.Buffer
 	mu     *sync.Mutex
 }
@@ -148,7 +155,7 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &layerStoreServer{cmd: cmd, exited: make(chan error, 1), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	s := &layerStoreServer{cmd: cmd, exited: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -162,11 +169,11 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 			}
 		}
 	}()
-	go func() { err := cmd.Wait(); pw.Close(); s.exited <- err }()
+	go func() { s.err = cmd.Wait(); pw.Close(); close(s.exited) }()
 	select {
 	case <-ready:
-	case err := <-s.exited:
-		t.Fatalf("kura layer-store serve exited: %v\n%s", err, s.log())
+	case <-s.exited:
+		t.Fatalf("kura layer-store serve exited: %v\n%s", s.err, s.log())
 	case <-time.After(time.Minute):
 		t.Fatalf("kura layer-store serve did not start\n%s", s.log())
 	}
@@ -179,13 +186,18 @@ func (s *layerStoreServer) log() string {
 	return s.stderr.String()
 }
 
-// stop sends sig and waits for the server to exit.
+// stop sends sig and waits for the server to exit (at once if it has).
 func (s *layerStoreServer) stop(t *testing.T, sig syscall.Signal) error {
 	t.Helper()
+	select {
+	case <-s.exited:
+		return s.err
+	default:
+	}
 	s.cmd.Process.Signal(sig)
 	select {
-	case err := <-s.exited:
-		return err
+	case <-s.exited:
+		return s.err
 	case <-time.After(time.Minute):
 		t.Fatalf("kura layer-store serve did not stop on %v\n%s", sig, s.log())
 		return nil
@@ -279,6 +291,8 @@ func TestLayerStorePodman(t *testing.T) {
 	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
 		t.Errorf("podman run of v1 printed %q; want %q", out, releases[1])
 	}
+	checkBlob(t, mnt, v1, layers[1])
+	checkPushSave(t, p, front.Host, v1, layers[1], digest.FromBytes(tars[1]))
 	alsPodman(t, p, "rmi", v1)
 	if out := strings.TrimSpace(alsPodman(t, p, "images", "-q")); out != "" {
 		t.Errorf("after podman rmi, podman images -q prints %q", out)
@@ -349,6 +363,79 @@ func checkAdditionalLayers(t *testing.T, p *podmanEnv, mnt string, want int) {
 	}
 	if n != want {
 		t.Errorf("%d of podman's %d layers link into the layer store; want %d", n, len(diffs), want)
+	}
+}
+
+// checkBlob reads the layer store's blob of a layer as containers/storage does: it must be the
+// registry's blob, byte for byte.
+func checkBlob(t *testing.T, mnt, ref, layer string) {
+	t.Helper()
+	p := filepath.Join(mnt, base64.StdEncoding.EncodeToString([]byte(ref)), layer, "blob")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("reading the blob: %v", err)
+	}
+	if got := digest.FromBytes(b).String(); got != layer {
+		t.Errorf("the layer store's blob hashes to %s; want %s", got, layer)
+	}
+}
+
+// checkPushSave pushes an image podman took from the layer store to another repository and
+// saves it as an oci-archive: both must carry the layer's tar (its DiffID). podman 4.3.1
+// recompresses on push (gzip by default), so the pushed layer digest is logged, not compared;
+// docker-archive cannot hold the zstd layers of the manifest (podman refuses it for any
+// zstd image), hence oci-archive.
+func checkPushSave(t *testing.T, p *podmanEnv, host, ref, layer string, diffID digest.Digest) {
+	t.Helper()
+	dst := host + "/interop/pushed:v1"
+	alsPodman(t, p, "push", "--tls-verify=false", ref, dst)
+	raw := run(t, p.env, "skopeo", "inspect", "--tls-verify=false", "--raw", "docker://"+dst)
+	cfg := run(t, p.env, "skopeo", "inspect", "--tls-verify=false", "--config", "docker://"+dst)
+	var m ocispec.Manifest
+	var c ocispec.Image
+	if err := json.Unmarshal([]byte(raw), &m); err != nil || json.Unmarshal([]byte(cfg), &c) != nil {
+		t.Fatalf("pushed manifest %s, config %s: %v", raw, cfg, err)
+	}
+	if len(c.RootFS.DiffIDs) != 1 || c.RootFS.DiffIDs[0] != diffID {
+		t.Errorf("podman push wrote diff_ids %v; want [%s]", c.RootFS.DiffIDs, diffID)
+	}
+	t.Logf("podman push: layer %s (%s); the source layer is %s", m.Layers[0].Digest, m.Layers[0].MediaType, layer)
+	archive := filepath.Join(t.TempDir(), "saved.tar")
+	alsPodman(t, p, "save", "--format", "oci-archive", "-o", archive, ref)
+	if !archiveHasTar(t, archive, diffID) {
+		t.Errorf("podman save wrote no layer tar hashing to %s", diffID)
+	}
+}
+
+// archiveHasTar says whether an archive holds a file that hashes to d, decompressed.
+func archiveHasTar(t *testing.T, archive string, d digest.Digest) bool {
+	t.Helper()
+	f, err := os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return false
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		dr, err := tarstream.Decompress(tr)
+		if err != nil {
+			continue
+		}
+		dg := digest.SHA256.Digester()
+		io.Copy(dg.Hash(), dr)
+		if dg.Digest() == d {
+			return true
+		}
 	}
 }
 
