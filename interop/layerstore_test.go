@@ -312,12 +312,19 @@ func TestLayerStorePodman(t *testing.T) {
 		t.Errorf("podman run of v2 (normal pull) printed %q; want %q", out, releases[2])
 	}
 
-	// A server killed with SIGKILL leaves its mount (ENOTCONN); the next one removes it.
+	// A server killed with SIGKILL leaves its mount (ENOTCONN); podman pulls normally; the next
+	// server removes the stale mount and serves again.
 	srv = startLayerStore(t, serveArgs...)
 	srv.stop(t, syscall.SIGKILL)
 	if _, ok := mountedAt(t, mnt); !ok {
 		t.Fatal("a server killed with SIGKILL left no mount: the stale-mount path is not exercised")
 	}
+	// With the dead mount (ENOTCONN) podman still works and pulls normally.
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	if gets := front.take(); !contains(gets, layers[1]) {
+		t.Errorf("with a dead layer store mount podman fetched %v; want its layer %s among them", gets, layers[1])
+	}
+	alsPodman(t, p, "rmi", v1)
 	srv = startLayerStore(t, serveArgs...)
 	alsPodman(t, p, "pull", "--tls-verify=false", v1)
 	checkNoLayerGET(t, front.take(), layers[1], srv)
