@@ -30,14 +30,33 @@ const DefaultLookupTimeout = 10 * time.Minute
 // Serve mounts the layer store at dir and serves it until ctx is done, then unmounts it. A
 // mount of an earlier server that was killed is unmounted first.
 func Serve(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Duration) error {
+	m, err := Mount(ctx, dir, ls, lookupTimeout)
+	if err != nil {
+		return err
+	}
+	ls.opts.Log.Info("layer store serving", "path", dir)
+	<-ctx.Done()
+	return m.Close()
+}
+
+// Mounted is a served mount.
+type Mounted struct {
+	srv *fuse.Server
+	dir string
+	log func(msg string, args ...any)
+}
+
+// Mount mounts the layer store at dir (after CleanStale) and returns once the mount is there.
+// Lookups run under ctx, each bounded by lookupTimeout (DefaultLookupTimeout if 0).
+func Mount(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Duration) (*Mounted, error) {
 	if lookupTimeout <= 0 {
 		lookupTimeout = DefaultLookupTimeout
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil && !errors.Is(err, unix.ENOTCONN) {
-		return fmt.Errorf("layer store: %w", err)
+		return nil, fmt.Errorf("layer store: %w", err)
 	}
 	if err := CleanStale(dir); err != nil {
-		return err
+		return nil, err
 	}
 	root := &rootNode{node: node{server: &server{ls: ls, ctx: ctx, timeout: lookupTimeout}}}
 	sec, zero := time.Second, time.Duration(0)
@@ -47,19 +66,25 @@ func Serve(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Durat
 		EntryTimeout: &sec, AttrTimeout: &sec, NegativeTimeout: &zero,
 	})
 	if err != nil {
-		return fmt.Errorf("layer store: mounting at %s: %w", dir, err)
+		return nil, fmt.Errorf("layer store: mounting at %s: %w", dir, err)
 	}
-	ls.opts.Log.Info("layer store serving", "path", dir)
-	go func() {
-		<-ctx.Done()
-		if err := srv.Unmount(); err != nil {
-			ls.opts.Log.Warn("unmount failed; detaching", "path", dir, "err", err)
-			unix.Unmount(dir, unix.MNT_DETACH)
+	return &Mounted{srv: srv, dir: dir, log: ls.opts.Log.Warn}, nil
+}
+
+// Close unmounts (lazily if the mount is busy) and waits for the server to stop.
+func (m *Mounted) Close() error {
+	if err := m.srv.Unmount(); err != nil {
+		m.log("unmount failed; detaching", "path", m.dir, "err", err)
+		if err := unix.Unmount(m.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("layer store: unmounting %s: %w", m.dir, err)
 		}
-	}()
-	srv.Wait()
+	}
+	m.srv.Wait()
 	return nil
 }
+
+// Wait waits until the file system is unmounted.
+func (m *Mounted) Wait() { m.srv.Wait() }
 
 // CleanStale unmounts (lazily: a killed server's mount may still be held open) every layer
 // store mount at dir; anything else mounted there is an error.
