@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -24,8 +25,11 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/ociimport"
+	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/tarstream"
@@ -459,4 +463,70 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestLayerStorePodmanWhiteouts: a two-layer image whose second layer deletes a file and makes
+// a directory opaque. podman takes both layers from the layer store, and its container sees
+// the merged tree overlayfs makes of them: the whiteout hides the file, the opaque directory
+// hides the lower one's contents.
+func TestLayerStorePodmanWhiteouts(t *testing.T) {
+	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "the layer store mounts FUSE and podman runs rootful: needs root")
+	}
+	reg := startDebianRegistry(t)
+	front := newBlobLog(t, reg.Host)
+	base, _ := runnableTar(t, 1, staticCat(t))
+	top := mergeTar(t, []tar.Header{
+		{Name: "app/.wh.version", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "app/lib/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "app/lib/.wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "app/lib/only", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644},
+	}, []string{"", "", "", "the only file\n", "ID=top\n"})
+	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := ociimport.Import(ctx, pusher, writeLayout(t, [][]byte{base, top}), "merge", "ml:v1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/interop/ml:v1"
+	r, _ := imageref.Parse(ref)
+	dest, err := push.NewDestination(r, registry.New(registry.WithTLSVerify(false)), pusher.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := push.Push(ctx, pusher, "ml:v1", dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base2 := t.TempDir()
+	mnt := filepath.Join(base2, "als")
+	regConf := filepath.Join(base2, "registries.conf")
+	os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644)
+	srv := startLayerStore(t, "--root", filepath.Join(base2, "store"), "layer-store", "serve", mnt,
+		"--state", filepath.Join(base2, "state"), "--registries-conf", regConf)
+	t.Cleanup(func() { srv.stop(t, syscall.SIGTERM) })
+	p := newPodman(t, front.Host)
+	addLayerStore(t, p, mnt)
+	img := front.Host + "/interop/ml:v1"
+	front.take()
+	alsPodman(t, p, "pull", "--tls-verify=false", img)
+	gets := front.take()
+	for _, l := range rep.Layers {
+		checkNoLayerGET(t, gets, l.Digest.String(), srv)
+	}
+	checkAdditionalLayers(t, p, mnt, 2)
+	if out := alsPodman(t, p, runArgs(img, "/bin/cat", "/etc/os-release", "/app/lib/only")...); out != "ID=top\nthe only file\n" {
+		t.Errorf("the upper layer's files read %q", out)
+	}
+	for _, gone := range []string{"/app/version", "/app/lib/conf-000.txt"} {
+		cmd := exec.Command("podman", runArgs(img, "/bin/cat", gone)...)
+		cmd.Env = p.env
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "no such file") {
+			t.Errorf("%s, hidden by the upper layer, reads %d bytes %q… (%v); want no such file", gone, len(out), out[:min(len(out), 40)], err)
+		}
+	}
 }
