@@ -130,8 +130,8 @@ func mkdirInRoot(root int, dir string) (int, error) {
 // files, not blobs, so the first open fetches the blob whole from the image's source through
 // the verifying reader and keeps it in the state directory for the next.
 func (l *Layers) OpenBlob(ctx context.Context, layer *Layer) (*os.File, error) {
-	l.dirs.Lock()
-	defer l.dirs.Unlock()
+	l.blobs.Lock()
+	defer l.blobs.Unlock()
 	p := filepath.Join(l.opts.State, dirBlobs, layer.Desc.Digest.Encoded())
 	if f, err := os.Open(p); err == nil {
 		return f, nil

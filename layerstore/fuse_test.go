@@ -27,6 +27,21 @@ func requireFUSE(t *testing.T) {
 	}
 }
 
+// searchableDir is a mount point every user can reach (t.TempDir's are 0700), so that only
+// the mount's own permission check can keep another user out.
+func searchableDir(t *testing.T) string {
+	t.Helper()
+	base, err := os.MkdirTemp("/var/tmp", "kura-als-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(base, "als")
+}
+
 func mountType(t *testing.T, dir string) string {
 	t.Helper()
 	entries, err := mountinfo.Read("self")
@@ -44,7 +59,7 @@ func mountType(t *testing.T, dir string) string {
 func TestMountAnswersContainersStorage(t *testing.T) {
 	requireFUSE(t)
 	f := newFixture(t)
-	dir := filepath.Join(t.TempDir(), "als")
+	dir := searchableDir(t)
 	m, err := Mount(context.Background(), dir, f.ls, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +99,11 @@ func TestMountAnswersContainersStorage(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, base64.StdEncoding.EncodeToString([]byte(f.ref)), digest.FromString("none").String(), "diff")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stat of an unknown layer: %v; want ENOENT", err)
+	}
+	// Another user cannot look layers up (and so cannot make the server pull): no allow_other.
+	home := testkit.UnprivilegedHome(t)
+	if out, err := testkit.Unprivileged(t, home, "stat", filepath.Join(layerDir, "info")).CombinedOutput(); err == nil {
+		t.Errorf("an unprivileged user could stat a layer: %s", out)
 	}
 	if err := m.Close(); err != nil {
 		t.Fatal(err)

@@ -83,7 +83,8 @@ type Layers struct {
 
 	mu       sync.Mutex
 	resolved map[string]resolution
-	dirs     sync.Mutex // held while a layer directory or blob is made
+	dirs     sync.Mutex // held while a layer directory is made
+	blobs    sync.Mutex // held while a blob is fetched
 	umu      sync.Mutex
 	uses     map[digest.Digest]int
 }

@@ -61,7 +61,9 @@ func Mount(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Durat
 	root := &rootNode{node: node{server: &server{ls: ls, ctx: ctx, timeout: lookupTimeout}}}
 	sec, zero := time.Second, time.Duration(0)
 	srv, err := fs.Mount(dir, root, &fs.Options{
-		MountOptions: fuse.MountOptions{AllowOther: true, FsName: FSName, Name: Subtype, DirectMount: true,
+		// No allow_other: only the server's user (root, for rootful podman and CRI-O) can look
+		// layers up, so no other user can make the server pull with its credentials.
+		MountOptions: fuse.MountOptions{FsName: FSName, Name: Subtype, DirectMount: true,
 			Options: []string{"default_permissions"}},
 		EntryTimeout: &sec, AttrTimeout: &sec, NegativeTimeout: &zero,
 	})
