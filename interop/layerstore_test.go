@@ -256,11 +256,11 @@ func TestLayerStorePodman(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := registry.New(registry.WithTLSVerify(false))
-	tars, releases, layers := map[int][]byte{}, map[int]string{}, map[int]string{}
+	tars, releases, layers, blobSizes := map[int][]byte{}, map[int]string{}, map[int]string{}, map[int]int64{}
 	for v := 1; v <= 2; v++ {
 		tars[v], releases[v] = runnableTar(t, v, cat)
 		rep := pushFromStore(t, pusher, c, tars[v], fmt.Sprintf("ls:v%d", v), fmt.Sprintf("%s/interop/ls:v%d", reg.Host, v))
-		layers[v] = rep.Layers[0].Digest.String()
+		layers[v], blobSizes[v] = rep.Layers[0].Digest.String(), rep.Layers[0].Size
 	}
 	front.take()
 
@@ -335,6 +335,18 @@ func TestLayerStorePodman(t *testing.T) {
 	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
 		t.Errorf("podman run of v1 after the restart printed %q; want %q", out, releases[1])
 	}
+	// The update through the layer store: Kura fetches only what v1 lacks; podman no layer.
+	alsPodman(t, p, "rmi", v2)
+	alsPodman(t, p, "pull", "--tls-verify=false", v2)
+	checkNoLayerGET(t, front.take(), layers[2], srv)
+	received := pulledBytes(t, srv, v2)
+	t.Logf("v2 through the layer store: Kura received %d bytes of a %d-byte layer blob; podman fetched no layer", received, blobSizes[2])
+	if received <= 0 || received > blobSizes[2]/4 {
+		t.Errorf("Kura received %d bytes for v2, whose blob is %d bytes: not a partial pull", received, blobSizes[2])
+	}
+	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
+		t.Errorf("podman run of v2 through the layer store printed %q; want %q", out, releases[2])
+	}
 	out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput()
 	if err != nil {
 		t.Errorf("kura fsck after the layer store's pulls: %v\n%s", err, out)
@@ -347,6 +359,23 @@ func TestLayerStorePodman(t *testing.T) {
 func alsPodman(t *testing.T, p *podmanEnv, a ...string) string {
 	t.Helper()
 	return run(t, p.env, "podman", a...)
+}
+
+// pulledBytes reads, from the server's log, the bytes Kura received pulling ref.
+func pulledBytes(t *testing.T, srv *layerStoreServer, ref string) int64 {
+	t.Helper()
+	var n int64 = -1
+	for _, line := range strings.Split(srv.log(), "\n") {
+		if strings.Contains(line, "pulled for the layer store") && strings.Contains(line, "ref="+ref+" ") {
+			if _, after, ok := strings.Cut(line, "bytesReceived="); ok {
+				fmt.Sscan(after, &n)
+			}
+		}
+	}
+	if n < 0 {
+		t.Fatalf("the server logged no pull of %s\n%s", ref, srv.log())
+	}
+	return n
 }
 
 // checkNoLayerGET fails if podman fetched the layer blob: the layer store must have answered.
