@@ -479,6 +479,22 @@ func archiveHasTar(t *testing.T, archive string, d digest.Digest) bool {
 	}
 }
 
+// unmountUnder detaches every mount below dir.
+func unmountUnder(t *testing.T, dir string) {
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Point, dir+"/") {
+			if err := syscall.Unmount(e.Point, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmounting %s: %v", e.Point, err)
+			}
+		}
+	}
+}
+
 // runArgs runs a container with no network and limits this machine lets runc set: without
 // CAP_SYS_RESOURCE (as here) podman's defaults (nofile 1048576, nproc) fail with EPERM.
 func runArgs(a ...string) []string {
@@ -499,6 +515,12 @@ func contains(list []string, s string) bool {
 // the merged tree overlayfs makes of them: the whiteout hides the file, the opaque directory
 // hides the lower one's contents.
 func TestLayerStorePodmanWhiteouts(t *testing.T) {
+	for _, mode := range []string{"checkout", "composefs"} {
+		t.Run(mode, func(t *testing.T) { testLayerStoreWhiteouts(t, mode) })
+	}
+}
+
+func testLayerStoreWhiteouts(t *testing.T, mode string) {
 	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "the layer store mounts FUSE and podman runs rootful: needs root")
@@ -532,11 +554,14 @@ func TestLayerStorePodmanWhiteouts(t *testing.T) {
 		t.Fatal(err)
 	}
 	base2 := t.TempDir()
+	// Per-layer composefs mounts outlive the server (podman's images use them); the test removes
+	// them after podman's clean-up.
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(base2, "state", "mnt")) })
 	mnt := filepath.Join(base2, "als")
 	regConf := filepath.Join(base2, "registries.conf")
 	os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644)
 	srv := startLayerStore(t, "--root", filepath.Join(base2, "store"), "layer-store", "serve", mnt,
-		"--state", filepath.Join(base2, "state"), "--registries-conf", regConf)
+		"--state", filepath.Join(base2, "state"), "--registries-conf", regConf, "--diff", mode)
 	t.Cleanup(func() { srv.stop(t, syscall.SIGTERM) })
 	p := newPodman(t, front.Host)
 	addLayerStore(t, p, mnt)

@@ -67,7 +67,9 @@ type Options struct {
 	// State holds the layer directories and fetched blobs; it must be on the store's file
 	// system for hardlink checkouts.
 	State string
-	// Link is how layer directories get file contents from the store (default hardlink).
+	// Diff is what a layer's diff is (default DiffCheckout).
+	Diff DiffMode
+	// Link is how checkout layer directories get file contents from the store (default hardlink).
 	Link checkout.LinkMode
 	// ResolveTTL is how long a reference's resolution is reused (default 1 minute): the lookups
 	// of one podman pull come within it, and a tag moved later is resolved again.
@@ -101,6 +103,13 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 	}
 	if opts.Link == "" {
 		opts.Link = checkout.LinkHardlink
+	}
+	switch opts.Diff {
+	case "":
+		opts.Diff = DiffCheckout
+	case DiffCheckout, DiffComposefs:
+	default:
+		return nil, fmt.Errorf("layer store: diff mode %q: want checkout or composefs: %w", opts.Diff, errdefs.ErrInvalid)
 	}
 	if opts.ResolveTTL == 0 {
 		opts.ResolveTTL = time.Minute
@@ -152,7 +161,7 @@ func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	if err != nil {
 		return nil, fmt.Errorf("layer store: %w", err)
 	}
-	dir, err := l.diffDir(ctx, p.Image, diffID)
+	dir, err := l.layerDir(ctx, p.Image, diffID)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +172,14 @@ func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	}
 	l.opts.Log.Info("layer served", "ref", ref, "digest", dgst, "diffID", diffID, "dir", dir)
 	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source}, nil
+}
+
+// layerDir makes the diff of one layer as Options.Diff says.
+func (l *Layers) layerDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
+	if l.opts.Diff == DiffComposefs {
+		return l.composefsDir(ctx, img, diffID)
+	}
+	return l.diffDir(ctx, img, diffID)
 }
 
 // resolve pulls ref, once per ResolveTTL (concurrent lookups of one image wait for one pull).
