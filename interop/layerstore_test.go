@@ -244,6 +244,12 @@ func addLayerStore(t *testing.T, p *podmanEnv, dir string) {
 // normally; a server killed with SIGKILL leaves a stale mount the next server removes, and it
 // serves again from what the store holds; fsck finds the store clean.
 func TestLayerStorePodman(t *testing.T) {
+	for _, mode := range []string{"checkout", "composefs"} {
+		t.Run(mode, func(t *testing.T) { testLayerStorePodman(t, mode) })
+	}
+}
+
+func testLayerStorePodman(t *testing.T, mode string) {
 	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "the layer store mounts FUSE and podman runs rootful: needs root")
@@ -271,12 +277,13 @@ func TestLayerStorePodman(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
 	root, state, mnt := filepath.Join(base, "store"), filepath.Join(base, "state"), filepath.Join(base, "als")
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(state, "mnt")) }) // after podman's clean-up
 	// Kura reaches the registry itself, not through podman's front: a registries.conf rewrite.
 	regConf := filepath.Join(base, "registries.conf")
 	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf}
+	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf, "--diff", mode}
 	srv := startLayerStore(t, serveArgs...)
 	t.Cleanup(func() { srv.stop(t, syscall.SIGTERM) })
 	if fstype, ok := mountedAt(t, mnt); !ok || fstype != "fuse.kura-layer-store" {
