@@ -10,10 +10,12 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/composefs/storeimage"
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 )
@@ -173,4 +175,30 @@ func treeDir(root *composefs.Node, dir string) (*composefs.Node, error) {
 		n = next
 	}
 	return n, nil
+}
+
+// xwhiteoutKernel is the first kernel whose overlayfs shows a lower overlay's escaped whiteouts
+// and opaque directories to the overlay stacked on it (Linux 6.7): without it, files a layer
+// deletes would reappear in containers.
+var xwhiteoutKernel = [2]int{6, 7}
+
+// checkKernel refuses composefs diffs on a kernel older than xwhiteoutKernel.
+func checkKernel(release string) error {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return fmt.Errorf("layer store: kernel release %q: %w", release, errdefs.ErrUnsupported)
+	}
+	if major < xwhiteoutKernel[0] || major == xwhiteoutKernel[0] && minor < xwhiteoutKernel[1] {
+		return fmt.Errorf("layer store: composefs diffs need Linux %d.%d or later for their whiteouts (this is %s; use --diff checkout): %w",
+			xwhiteoutKernel[0], xwhiteoutKernel[1], release, errdefs.ErrUnsupported)
+	}
+	return nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

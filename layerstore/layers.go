@@ -107,7 +107,11 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 	switch opts.Diff {
 	case "":
 		opts.Diff = DiffCheckout
-	case DiffCheckout, DiffComposefs:
+	case DiffCheckout:
+	case DiffComposefs:
+		if err := checkKernel(kernelRelease()); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("layer store: diff mode %q: want checkout or composefs: %w", opts.Diff, errdefs.ErrInvalid)
 	}

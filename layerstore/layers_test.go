@@ -69,7 +69,9 @@ type fixture struct {
 	ls  *Layers
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, Options{}) }
+
+func newFixtureWith(t *testing.T, opts Options) *fixture {
 	t.Helper()
 	reg := registrytest.New(t)
 	base := tartest.Tar(t, tartest.Dir("a/"), tartest.File("a/x", "gone in layer 2"), tartest.File("a/keep", "kept"),
@@ -82,7 +84,8 @@ func newFixture(t *testing.T) *fixture {
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	r := &registryResolver{s: s, client: client}
 	// The state directory next to the store, on its file system (hardlinks).
-	ls, err := New(s, r, Options{State: filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))})
+	opts.State = filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
+	ls, err := New(s, r, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,6 +170,20 @@ func TestServedLayerIsAUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dropNamesAndGC(t, f)
+	if !f.s.HasLayer(l.DiffID) {
+		t.Fatalf("gc removed layer %s, which the layer store serves", l.DiffID)
+	}
+	rep, err := f.s.Fsck(ctx, false)
+	if err != nil || !rep.Clean() {
+		t.Errorf("fsck: %v, %v", rep.Problems, err)
+	}
+}
+
+// dropNamesAndGC removes every name of the store and collects garbage.
+func dropNamesAndGC(t *testing.T, f *fixture) {
+	t.Helper()
+	ctx := context.Background()
 	names, err := f.s.Refs(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -183,13 +200,6 @@ func TestServedLayerIsAUse(t *testing.T) {
 	unlock()
 	if _, err := f.s.GC(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if !f.s.HasLayer(l.DiffID) {
-		t.Fatalf("gc removed layer %s, which the layer store serves", l.DiffID)
-	}
-	rep, err := f.s.Fsck(ctx, false)
-	if err != nil || !rep.Clean() {
-		t.Errorf("fsck: %v, %v", rep.Problems, err)
 	}
 }
 
