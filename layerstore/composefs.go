@@ -24,6 +24,8 @@ import (
 type DiffMode string
 
 const (
+	// DiffAuto: DiffComposefs where the kernel shows escaped whiteouts (6.7 on), else DiffCheckout.
+	DiffAuto DiffMode = "auto"
 	// DiffCheckout: a checkout of the layer alone (see diffDir).
 	DiffCheckout DiffMode = "checkout"
 	// DiffComposefs: a composefs mount of the layer alone over the store's object directory.

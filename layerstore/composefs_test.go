@@ -70,3 +70,19 @@ func TestComposefsLayer(t *testing.T) {
 		t.Fatalf("gc removed layer %s, which a layer store mount serves", l.DiffID)
 	}
 }
+
+// TestDiffModes: auto is composefs on this kernel if it allows, else checkout; an unknown mode is
+// refused.
+func TestDiffModes(t *testing.T) {
+	want := DiffComposefs
+	if checkKernel(kernelRelease()) != nil {
+		want = DiffCheckout
+	}
+	ls, err := New(nil, nil, Options{State: t.TempDir()})
+	if err != nil || ls.opts.Diff != want {
+		t.Errorf("default diff mode on %s: %v, %v; want %s", kernelRelease(), ls, err, want)
+	}
+	if _, err := New(nil, nil, Options{State: t.TempDir(), Diff: "tarball"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("diff mode tarball: %v; want invalid", err)
+	}
+}

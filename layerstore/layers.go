@@ -67,7 +67,7 @@ type Options struct {
 	// State holds the layer directories and fetched blobs; it must be on the store's file
 	// system for hardlink checkouts.
 	State string
-	// Diff is what a layer's diff is (default DiffCheckout).
+	// Diff is what a layer's diff is (default DiffAuto).
 	Diff DiffMode
 	// Link is how checkout layer directories get file contents from the store (default hardlink).
 	Link checkout.LinkMode
@@ -105,15 +105,18 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 		opts.Link = checkout.LinkHardlink
 	}
 	switch opts.Diff {
-	case "":
-		opts.Diff = DiffCheckout
+	case "", DiffAuto:
+		opts.Diff = DiffComposefs
+		if err := checkKernel(kernelRelease()); err != nil {
+			opts.Diff = DiffCheckout
+		}
 	case DiffCheckout:
 	case DiffComposefs:
 		if err := checkKernel(kernelRelease()); err != nil {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("layer store: diff mode %q: want checkout or composefs: %w", opts.Diff, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("layer store: diff mode %q: want auto, checkout or composefs: %w", opts.Diff, errdefs.ErrInvalid)
 	}
 	if opts.ResolveTTL == 0 {
 		opts.ResolveTTL = time.Minute

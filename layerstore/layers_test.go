@@ -69,7 +69,7 @@ type fixture struct {
 	ls  *Layers
 }
 
-func newFixture(t *testing.T) *fixture { return newFixtureWith(t, Options{}) }
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, Options{Diff: DiffCheckout}) }
 
 func newFixtureWith(t *testing.T, opts Options) *fixture {
 	t.Helper()

@@ -59,8 +59,8 @@ removed; a stale mount of a killed server at PATH is removed at start. See docs/
 	rf.register(serveCmd)
 	serveCmd.Flags().StringVar(&state, "state", "/var/lib/kura/layer-store",
 		"directory for the layer directories and fetched blobs (on the store's file system for --link hardlink)")
-	serveCmd.Flags().StringVar(&diff, "diff", string(layerstore.DiffCheckout),
-		"what a layer's diff is: checkout (a per-layer checkout, see --link) or composefs (a per-layer composefs mount over the store's objects; kernel 6.7 or later)")
+	serveCmd.Flags().StringVar(&diff, "diff", string(layerstore.DiffAuto),
+		"what a layer's diff is: composefs (a per-layer composefs mount over the store's objects; Linux 6.7 or later), checkout (a per-layer checkout, see --link) or auto (composefs where the kernel allows)")
 	serveCmd.Flags().StringVar(&link, "link", string(checkout.LinkHardlink), "how layer directories get file contents: hardlink, reflink, copy or auto")
 	serveCmd.Flags().DurationVar(&timeout, "lookup-timeout", layerstore.DefaultLookupTimeout,
 		"longest a lookup (a pull) or a blob fetch may take before podman is told the layer is not here")
