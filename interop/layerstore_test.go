@@ -142,11 +142,12 @@ func runnableTar(t *testing.T, version int, cat []byte) ([]byte, string) {
 
 // layerStoreServer is a running kura layer-store serve.
 type layerStoreServer struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when the process has exited, err then set
-	err    error
-	stderr *bytes.Buffer
-	mu     *sync.Mutex
+	waiters map[string]chan struct{} // closed when a log line containing the key appears
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the process has exited, err then set
+	err     error
+	stderr  *bytes.Buffer
+	mu      *sync.Mutex
 }
 
 // startLayerStore starts the server and returns once it logs that it serves (its mount is made).
@@ -159,7 +160,7 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &layerStoreServer{cmd: cmd, exited: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	s := &layerStoreServer{waiters: map[string]chan struct{}{}, cmd: cmd, exited: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -167,6 +168,12 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 		for sc.Scan() {
 			s.mu.Lock()
 			s.stderr.WriteString(sc.Text() + "\n")
+			for k, ch := range s.waiters {
+				if strings.Contains(sc.Text(), k) {
+					close(ch)
+					delete(s.waiters, k)
+				}
+			}
 			s.mu.Unlock()
 			if strings.Contains(sc.Text(), "layer store serving") {
 				once.Do(func() { close(ready) })
@@ -182,6 +189,15 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 		t.Fatalf("kura layer-store serve did not start\n%s", s.log())
 	}
 	return s
+}
+
+// when returns a channel closed when the server logs a line containing substr.
+func (s *layerStoreServer) when(substr string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	s.waiters[substr] = ch
+	return ch
 }
 
 func (s *layerStoreServer) log() string {
@@ -250,6 +266,156 @@ func TestLayerStorePodman(t *testing.T) {
 }
 
 func testLayerStorePodman(t *testing.T, mode string) {
+	e := newALSEnv(t, mode)
+	front, p, mnt, root := e.front, e.p, e.mnt, e.root
+	tars, releases, layers, blobSizes := e.tars, e.releases, e.layers, e.blobSizes
+	v1 := front.Host + "/interop/ls:v1"
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	checkNoLayerGET(t, front.take(), layers[1], e.srv)
+	checkAdditionalLayers(t, p, mnt, 1)
+	m := strings.TrimSpace(alsPodman(t, p, "image", "mount", v1))
+	checkTreeAgainstTar(t, m, tars[1])
+	alsPodman(t, p, "image", "unmount", v1)
+	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
+		t.Errorf("podman run of v1 printed %q; want %q", out, releases[1])
+	}
+	checkBlob(t, mnt, v1, layers[1])
+	checkPushSave(t, p, front.Host, v1, layers[1], digest.FromBytes(tars[1]))
+	alsPodman(t, p, "rmi", v1)
+	if out := strings.TrimSpace(alsPodman(t, p, "images", "-q")); out != "" {
+		t.Errorf("after podman rmi, podman images -q prints %q", out)
+	}
+
+	// Server down: SIGTERM unmounts; podman pulls the layer itself.
+	e.srv.stop(t, syscall.SIGTERM)
+	if fstype, ok := mountedAt(t, mnt); ok {
+		t.Fatalf("after SIGTERM, %s is still mounted (%s)", mnt, fstype)
+	}
+	v2 := front.Host + "/interop/ls:v2"
+	alsPodman(t, p, "pull", "--tls-verify=false", v2)
+	if gets := front.take(); !contains(gets, layers[2]) {
+		t.Errorf("with the server down podman fetched %v; want its layer %s among them", gets, layers[2])
+	}
+	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
+		t.Errorf("podman run of v2 (normal pull) printed %q; want %q", out, releases[2])
+	}
+
+	// A server killed with SIGKILL leaves its mount (ENOTCONN); podman pulls normally; the next
+	// server removes the stale mount and serves again.
+	e.srv = startLayerStore(t, e.serveArgs...)
+	e.srv.stop(t, syscall.SIGKILL)
+	if _, ok := mountedAt(t, mnt); !ok {
+		t.Fatal("a server killed with SIGKILL left no mount: the stale-mount path is not exercised")
+	}
+	// With the dead mount (ENOTCONN) podman still works and pulls normally.
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	if gets := front.take(); !contains(gets, layers[1]) {
+		t.Errorf("with a dead layer store mount podman fetched %v; want its layer %s among them", gets, layers[1])
+	}
+	alsPodman(t, p, "rmi", v1)
+	e.srv = startLayerStore(t, e.serveArgs...)
+	alsPodman(t, p, "pull", "--tls-verify=false", v1)
+	checkNoLayerGET(t, front.take(), layers[1], e.srv)
+	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
+		t.Errorf("podman run of v1 after the restart printed %q; want %q", out, releases[1])
+	}
+	// The update through the layer store: Kura fetches only what v1 lacks; podman no layer.
+	alsPodman(t, p, "rmi", v2)
+	alsPodman(t, p, "pull", "--tls-verify=false", v2)
+	checkNoLayerGET(t, front.take(), layers[2], e.srv)
+	received := pulledBytes(t, e.srv, v2)
+	t.Logf("v2 through the layer store: Kura received %d bytes of a %d-byte layer blob; podman fetched no layer", received, blobSizes[2])
+	if received <= 0 || received > blobSizes[2]/4 {
+		t.Errorf("Kura received %d bytes for v2, whose blob is %d bytes: not a partial pull", received, blobSizes[2])
+	}
+	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
+		t.Errorf("podman run of v2 through the layer store printed %q; want %q", out, releases[2])
+	}
+	out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput()
+	if err != nil {
+		t.Errorf("kura fsck after the layer store's pulls: %v\n%s", err, out)
+	}
+}
+
+// alsPodman runs the private podman with no storage flags: its storage.conf names the same
+// root and run root, and podman 4.3.1 drops storage.conf's driver options, additionallayerstores
+// among them, when --root, --runroot or --storage-driver is given (podman info: graphOptions {}).
+func alsPodman(t *testing.T, p *podmanEnv, a ...string) string {
+	t.Helper()
+	return run(t, p.env, "podman", a...)
+}
+
+// TestLayerStoreKilledDuringPull: the server is killed with SIGKILL as it starts pulling for a
+// podman pull. podman completes (from the registry) or fails cleanly, never hangs; an image
+// mounted before keeps reading the right bytes; the store is fsck-clean; a restarted server
+// serves the image.
+func TestLayerStoreKilledDuringPull(t *testing.T) {
+	for _, mode := range []string{"checkout", "composefs"} {
+		t.Run(mode, func(t *testing.T) { testKilledDuringPull(t, mode) })
+	}
+}
+
+func testKilledDuringPull(t *testing.T, mode string) {
+	e := newALSEnv(t, mode)
+	v1, v2 := e.front.Host+"/interop/ls:v1", e.front.Host+"/interop/ls:v2"
+	alsPodman(t, e.p, "pull", "--tls-verify=false", v2)
+	checkNoLayerGET(t, e.front.take(), e.layers[2], e.srv)
+	m2 := strings.TrimSpace(alsPodman(t, e.p, "image", "mount", v2))
+	t.Cleanup(func() { exec.Command("podman", "image", "unmount", "--all", "--force").Run() })
+
+	pulling := e.srv.when("pulling for the layer store")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pull := exec.CommandContext(ctx, "podman", "pull", "--tls-verify=false", v1)
+	pull.Env = e.p.env
+	var out bytes.Buffer
+	pull.Stdout, pull.Stderr = &out, &out
+	if err := pull.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-pulling
+	e.srv.stop(t, syscall.SIGKILL)
+	err := pull.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("podman pull hung after the server was killed\n%s", out.String())
+	}
+	t.Logf("podman pull with the server killed mid-pull: %v; layer GETs %v\n%s", err, e.front.take(), out.String())
+	checkTreeAgainstTar(t, m2, e.tars[2]) // mounted before the kill: still the right bytes
+	if b, err := exec.Command(testkit.Kura(t), "--root", e.root, "fsck").CombinedOutput(); err != nil {
+		t.Errorf("kura fsck after the kill: %v\n%s", err, b)
+	}
+	// podman 4.3.1 cannot make containers while the dead mount is there ("can't stat
+	// additionallayerstore dir: transport endpoint is not connected"): the restart removes it.
+	e.srv = startLayerStore(t, e.serveArgs...)
+	if err == nil {
+		if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/etc/os-release")...); got != e.releases[1] {
+			t.Errorf("podman run of the image pulled while the server died printed %q; want %q", got, e.releases[1])
+		}
+		alsPodman(t, e.p, "rmi", v1)
+	}
+	alsPodman(t, e.p, "pull", "--tls-verify=false", v1)
+	checkNoLayerGET(t, e.front.take(), e.layers[1], e.srv)
+	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/etc/os-release")...); got != e.releases[1] {
+		t.Errorf("podman run of v1 from the restarted server printed %q; want %q", got, e.releases[1])
+	}
+}
+
+// alsEnv is the set-up of the podman tests: a Debian registry with v1 and v2 of a runnable
+// image pushed by Kura, podman's front proxy to it, a layer store server and a private podman
+// using it.
+type alsEnv struct {
+	front            *blobLog
+	p                *podmanEnv
+	srv              *layerStoreServer
+	mnt, root        string
+	serveArgs        []string
+	tars             map[int][]byte
+	releases, layers map[int]string
+	blobSizes        map[int]int64
+}
+
+func newALSEnv(t *testing.T, mode string) *alsEnv {
+	t.Helper()
 	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "the layer store mounts FUSE and podman runs rootful: needs root")
@@ -284,88 +450,16 @@ func testLayerStorePodman(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf, "--diff", mode}
-	srv := startLayerStore(t, serveArgs...)
-	t.Cleanup(func() { srv.stop(t, syscall.SIGTERM) })
+	e := &alsEnv{front: front, mnt: mnt, root: root, serveArgs: serveArgs, tars: tars, releases: releases, layers: layers, blobSizes: blobSizes}
+	e.srv = startLayerStore(t, serveArgs...)
+	t.Cleanup(func() { e.srv.stop(t, syscall.SIGTERM) })
 	if fstype, ok := mountedAt(t, mnt); !ok || fstype != "fuse.kura-layer-store" {
 		t.Fatalf("at %s: %q mounted (%v); want the layer store", mnt, fstype, ok)
 	}
 
-	p := newPodman(t, front.Host)
-	addLayerStore(t, p, mnt)
-	v1 := front.Host + "/interop/ls:v1"
-	alsPodman(t, p, "pull", "--tls-verify=false", v1)
-	checkNoLayerGET(t, front.take(), layers[1], srv)
-	checkAdditionalLayers(t, p, mnt, 1)
-	m := strings.TrimSpace(alsPodman(t, p, "image", "mount", v1))
-	checkTreeAgainstTar(t, m, tars[1])
-	alsPodman(t, p, "image", "unmount", v1)
-	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
-		t.Errorf("podman run of v1 printed %q; want %q", out, releases[1])
-	}
-	checkBlob(t, mnt, v1, layers[1])
-	checkPushSave(t, p, front.Host, v1, layers[1], digest.FromBytes(tars[1]))
-	alsPodman(t, p, "rmi", v1)
-	if out := strings.TrimSpace(alsPodman(t, p, "images", "-q")); out != "" {
-		t.Errorf("after podman rmi, podman images -q prints %q", out)
-	}
-
-	// Server down: SIGTERM unmounts; podman pulls the layer itself.
-	srv.stop(t, syscall.SIGTERM)
-	if fstype, ok := mountedAt(t, mnt); ok {
-		t.Fatalf("after SIGTERM, %s is still mounted (%s)", mnt, fstype)
-	}
-	v2 := front.Host + "/interop/ls:v2"
-	alsPodman(t, p, "pull", "--tls-verify=false", v2)
-	if gets := front.take(); !contains(gets, layers[2]) {
-		t.Errorf("with the server down podman fetched %v; want its layer %s among them", gets, layers[2])
-	}
-	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
-		t.Errorf("podman run of v2 (normal pull) printed %q; want %q", out, releases[2])
-	}
-
-	// A server killed with SIGKILL leaves its mount (ENOTCONN); podman pulls normally; the next
-	// server removes the stale mount and serves again.
-	srv = startLayerStore(t, serveArgs...)
-	srv.stop(t, syscall.SIGKILL)
-	if _, ok := mountedAt(t, mnt); !ok {
-		t.Fatal("a server killed with SIGKILL left no mount: the stale-mount path is not exercised")
-	}
-	// With the dead mount (ENOTCONN) podman still works and pulls normally.
-	alsPodman(t, p, "pull", "--tls-verify=false", v1)
-	if gets := front.take(); !contains(gets, layers[1]) {
-		t.Errorf("with a dead layer store mount podman fetched %v; want its layer %s among them", gets, layers[1])
-	}
-	alsPodman(t, p, "rmi", v1)
-	srv = startLayerStore(t, serveArgs...)
-	alsPodman(t, p, "pull", "--tls-verify=false", v1)
-	checkNoLayerGET(t, front.take(), layers[1], srv)
-	if out := alsPodman(t, p, runArgs(v1, "/bin/cat", "/etc/os-release")...); out != releases[1] {
-		t.Errorf("podman run of v1 after the restart printed %q; want %q", out, releases[1])
-	}
-	// The update through the layer store: Kura fetches only what v1 lacks; podman no layer.
-	alsPodman(t, p, "rmi", v2)
-	alsPodman(t, p, "pull", "--tls-verify=false", v2)
-	checkNoLayerGET(t, front.take(), layers[2], srv)
-	received := pulledBytes(t, srv, v2)
-	t.Logf("v2 through the layer store: Kura received %d bytes of a %d-byte layer blob; podman fetched no layer", received, blobSizes[2])
-	if received <= 0 || received > blobSizes[2]/4 {
-		t.Errorf("Kura received %d bytes for v2, whose blob is %d bytes: not a partial pull", received, blobSizes[2])
-	}
-	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
-		t.Errorf("podman run of v2 through the layer store printed %q; want %q", out, releases[2])
-	}
-	out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput()
-	if err != nil {
-		t.Errorf("kura fsck after the layer store's pulls: %v\n%s", err, out)
-	}
-}
-
-// alsPodman runs the private podman with no storage flags: its storage.conf names the same
-// root and run root, and podman 4.3.1 drops storage.conf's driver options, additionallayerstores
-// among them, when --root, --runroot or --storage-driver is given (podman info: graphOptions {}).
-func alsPodman(t *testing.T, p *podmanEnv, a ...string) string {
-	t.Helper()
-	return run(t, p.env, "podman", a...)
+	e.p = newPodman(t, front.Host)
+	addLayerStore(t, e.p, mnt)
+	return e
 }
 
 // pulledBytes reads, from the server's log, the bytes Kura received pulling ref.

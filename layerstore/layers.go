@@ -196,6 +196,7 @@ func (l *Layers) resolve(ctx context.Context, ref string) (Pulled, error) {
 	if r, ok := l.resolved[ref]; ok && time.Since(r.when) < l.opts.ResolveTTL {
 		return r.p, nil
 	}
+	l.opts.Log.Info("pulling for the layer store", "ref", ref)
 	p, err := l.r.Resolve(ctx, ref)
 	if err != nil {
 		return Pulled{}, fmt.Errorf("layer store: pulling %s: %w", ref, err)

@@ -52,11 +52,12 @@ func Mount(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Durat
 	if lookupTimeout <= 0 {
 		lookupTimeout = DefaultLookupTimeout
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil && !errors.Is(err, unix.ENOTCONN) {
-		return nil, fmt.Errorf("layer store: %w", err)
-	}
+	// A dead mount fails every stat (ENOTCONN): it goes first, from mountinfo alone.
 	if err := CleanStale(dir); err != nil {
 		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("layer store: %w", err)
 	}
 	root := &rootNode{node: node{server: &server{ls: ls, ctx: ctx, timeout: lookupTimeout}}}
 	sec, zero := time.Second, time.Duration(0)
