@@ -45,6 +45,11 @@ removed; a stale mount of a killed server at PATH is removed at start. See docs/
 			if err != nil {
 				return usageError{err}
 			}
+			switch layerstore.DiffMode(diff) {
+			case layerstore.DiffAuto, layerstore.DiffCheckout, layerstore.DiffComposefs:
+			default:
+				return usageError{fmt.Errorf("--diff %q: want auto, checkout or composefs", diff)}
+			}
 			s, err := openStore()
 			if err != nil {
 				return err
