@@ -85,8 +85,10 @@ type Layers struct {
 
 	mu       sync.Mutex
 	resolved map[string]resolution
-	dirs     sync.Mutex // held while a layer directory is made
-	blobs    sync.Mutex // held while a blob is fetched
+	smu      sync.Mutex        // guards served, never held during a pull
+	served   map[string]served // by ref and digest
+	dirs     sync.Mutex        // held while a layer directory is made
+	blobs    sync.Mutex        // held while a blob is fetched
 	umu      sync.Mutex
 	uses     map[digest.Digest]int
 }
@@ -129,7 +131,7 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 			return nil, fmt.Errorf("layer store: %w", err)
 		}
 	}
-	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, uses: map[digest.Digest]int{}}, nil
+	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, served: map[string]served{}, uses: map[digest.Digest]int{}}, nil
 }
 
 const (
@@ -148,37 +150,68 @@ func DecodeRef(name string) (string, error) {
 }
 
 // Lookup answers a lookup of (ref, dgst): it pulls the image ref names (unless resolved within
-// ResolveTTL), finds the layer whose digest, or zstd:chunked TOC digest (containers/storage
-// since v1.54 looks chunked layers up by it), is dgst, and makes its directory.
+// ResolveTTL), finds the layer whose digest, or zstd:chunked TOC digest (current
+// containers/storage looks chunked layers up by it), is dgst, and makes its directory.
+//
+// A layer once served is served again without asking the registry (its digest fixes its
+// content): every podman run of the image resolves the diff symlink through a lookup, and it must
+// neither wait for nor depend on the registry.
 func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
-	p, err := l.resolve(ctx, ref)
+	key := ref + "\x00" + dgst.String()
+	l.smu.Lock()
+	c, ok := l.served[key]
+	l.smu.Unlock()
+	if ok {
+		if _, err := l.layerDir(ctx, c.img, c.layer.DiffID); err != nil { // remade if removed
+			return nil, err
+		}
+		return c.layer, nil
+	}
+	layer, img, err := l.lookup(ctx, ref, dgst)
 	if err != nil {
 		return nil, err
 	}
+	l.smu.Lock()
+	l.served[key] = served{layer: layer, img: img}
+	l.smu.Unlock()
+	return layer, nil
+}
+
+type served struct {
+	layer *Layer
+	img   store.Image
+}
+
+// lookup is Lookup's first answer for a (ref, digest): pull, find the layer, make its diff.
+func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, store.Image, error) {
+	p, err := l.resolve(ctx, ref)
+	if err != nil {
+		return nil, store.Image{}, err
+	}
 	i := layerIndex(p.Manifest, dgst)
 	if i < 0 {
-		return nil, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
+		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
 	}
 	if len(p.Image.Layers) != len(p.Manifest.Layers) {
-		return nil, fmt.Errorf("layer store: image %s: %d stored layers for %d in the manifest: %w",
+		return nil, store.Image{}, fmt.Errorf("layer store: image %s: %d stored layers for %d in the manifest: %w",
 			ref, len(p.Image.Layers), len(p.Manifest.Layers), errdefs.ErrInvalid)
 	}
 	desc, diffID := p.Manifest.Layers[i], p.Image.Layers[i]
 	sl, err := l.s.Layer(ctx, diffID)
 	if err != nil {
-		return nil, fmt.Errorf("layer store: %w", err)
+		return nil, store.Image{}, fmt.Errorf("layer store: %w", err)
 	}
 	dir, err := l.layerDir(ctx, p.Image, diffID)
 	if err != nil {
-		return nil, err
+		return nil, store.Image{}, err
 	}
 	info, err := json.Marshal(Info{CompressedDigest: desc.Digest, CompressedSize: desc.Size,
 		UncompressedDigest: diffID, UncompressedSize: sl.TarSize, CompressionType: compressionType(desc.MediaType)})
 	if err != nil {
-		return nil, err
+		return nil, store.Image{}, err
 	}
 	l.opts.Log.Info("layer served", "ref", ref, "digest", dgst, "diffID", diffID, "dir", dir)
-	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source}, nil
+	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source}, p.Image, nil
 }
 
 // layerDir makes the diff of one layer as Options.Diff says.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -136,6 +137,25 @@ func TestLookupServesLayer(t *testing.T) {
 	}
 	if f.r.pulls != 1 {
 		t.Errorf("%d pulls for lookups of one image; want 1", f.r.pulls)
+	}
+}
+
+// TestServedLayerNeedsNoRegistry: a layer served once is served again without a pull, after
+// the resolution expired (every podman run resolves the diff symlink through a lookup); another
+// layer of the image, not yet served, pulls again.
+func TestServedLayerNeedsNoRegistry(t *testing.T) {
+	f := newFixtureWith(t, Options{Diff: DiffCheckout, ResolveTTL: time.Nanosecond})
+	ctx := context.Background()
+	first, err := f.ls.Lookup(ctx, f.ref, f.img.Descs[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.ls.Lookup(ctx, f.ref, f.img.Descs[0].Digest)
+	if err != nil || again != first || f.r.pulls != 1 {
+		t.Errorf("second lookup: %v (same layer: %v), %d pulls; want the served layer and 1 pull", err, again == first, f.r.pulls)
+	}
+	if _, err := f.ls.Lookup(ctx, f.ref, f.img.Descs[1].Digest); err != nil || f.r.pulls != 2 {
+		t.Errorf("lookup of the other layer after the resolution expired: %v, %d pulls; want 2", err, f.r.pulls)
 	}
 }
 
