@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+
+	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/layerstore"
+	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
+)
+
+func init() {
+	var rf registryFlags
+	var state, link, diff string
+	var timeout time.Duration
+	lsCmd := &cobra.Command{
+		Use:   "layer-store",
+		Short: "Serve the store to podman and CRI-O as a containers/storage additional layer store",
+	}
+	serveCmd := &cobra.Command{
+		Use:   "serve PATH",
+		Short: "Mount the additional layer store at PATH and answer podman's lookups until SIGTERM or SIGINT",
+		Long: `Mount a FUSE file system at PATH that answers containers/storage's additional layer store
+lookups (storage.conf: additionallayerstores = ["PATH:ref"]). When podman or CRI-O pulls an
+image, each layer is looked up by image reference and digest: Kura pulls the image into its
+store (partially, verified; podman's auth files and registries.conf) and serves the layer as a
+read-only directory, so podman neither downloads nor unpacks it. A lookup that fails is
+answered "not here", and podman pulls that layer itself. On SIGTERM or SIGINT the mount is
+removed; a stale mount of a killed server at PATH is removed at start. See docs/layerstore.md.`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mode, err := checkout.ParseLinkMode(link)
+			if err != nil {
+				return usageError{err}
+			}
+			switch layerstore.DiffMode(diff) {
+			case layerstore.DiffAuto, layerstore.DiffCheckout, layerstore.DiffComposefs:
+			default:
+				return usageError{fmt.Errorf("--diff %q: want auto, checkout or composefs", diff)}
+			}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s}, layerstore.Options{State: state, Diff: layerstore.DiffMode(diff), Link: mode, Log: slog.Default()})
+			if err != nil {
+				return err
+			}
+			return layerstore.Serve(cmd.Context(), args[0], ls, timeout)
+		},
+	}
+	rf.register(serveCmd)
+	serveCmd.Flags().StringVar(&state, "state", "/var/lib/kura/layer-store",
+		"directory for the layer directories and fetched blobs (on the store's file system for --link hardlink)")
+	serveCmd.Flags().StringVar(&diff, "diff", string(layerstore.DiffAuto),
+		"what a layer's diff is: composefs (a per-layer composefs mount over the store's objects; Linux 6.7 or later), checkout (a per-layer checkout, see --link) or auto (composefs where the kernel allows)")
+	serveCmd.Flags().StringVar(&link, "link", string(checkout.LinkHardlink), "how layer directories get file contents: hardlink, reflink, copy or auto")
+	serveCmd.Flags().DurationVar(&timeout, "lookup-timeout", layerstore.DefaultLookupTimeout,
+		"longest a lookup (a pull) or a blob fetch may take before podman is told the layer is not here")
+	lsCmd.AddCommand(serveCmd)
+	rootCmd.AddCommand(lsCmd)
+}
+
+// pullResolver is the layer store's way to an image: kura pull's sources (registries.conf's
+// mirrors and rewrites, podman's credentials), and the store's image of that name when no
+// source answers (a registry down, a server restarted offline).
+type pullResolver struct {
+	rf *registryFlags
+	s  *store.Store
+}
+
+func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pulled, error) {
+	r, err := imageref.Parse(ref)
+	if err != nil {
+		return layerstore.Pulled{}, refError(err)
+	}
+	if r.Transport != imageref.Docker { // containers/storage looks up registry images only
+		return layerstore.Pulled{}, fmt.Errorf("%s is not a registry reference: %w", ref, errdefs.ErrInvalid)
+	}
+	chosen, err := p.rf.pullSource(ctx, ref)
+	if err == nil {
+		var rep *pull.Report
+		opts := []pull.Option{pull.WithLogger(slog.Default())}
+		if chosen.name != "" {
+			opts = append(opts, pull.WithName(chosen.name))
+		}
+		if rep, err = pull.Pull(ctx, p.s, chosen.src, opts...); err == nil {
+			slog.Info("pulled for the layer store", "ref", ref, "image", rep.Image, "bytesReceived", rep.BytesReceived)
+			return p.pulled(ctx, rep.Image, chosen.src)
+		}
+	}
+	img, serr := p.s.ResolveImage(ctx, storedName(r))
+	if serr != nil {
+		return layerstore.Pulled{}, errors.Join(err, serr)
+	}
+	slog.Warn("pull failed; serving the stored image", "ref", ref, "image", img.ID, "err", err)
+	return p.pulled(ctx, img.ID, nil)
+}
+
+func (p *pullResolver) pulled(ctx context.Context, id digest.Digest, src source.Source) (layerstore.Pulled, error) {
+	img, err := p.s.Image(ctx, id)
+	if err != nil {
+		return layerstore.Pulled{}, err
+	}
+	b, err := p.s.ImageManifest(ctx, id)
+	if err != nil {
+		return layerstore.Pulled{}, err
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return layerstore.Pulled{}, fmt.Errorf("manifest of %s: %w", id, err)
+	}
+	return layerstore.Pulled{Image: img, Manifest: m, Source: src}, nil
+}

@@ -1,0 +1,206 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/composefs/storeimage"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/store"
+)
+
+// DiffMode says what a layer's diff is.
+type DiffMode string
+
+const (
+	// DiffAuto: DiffComposefs where the kernel shows escaped whiteouts (6.7 on), else DiffCheckout.
+	DiffAuto DiffMode = "auto"
+	// DiffCheckout: a checkout of the layer alone (see diffDir).
+	DiffCheckout DiffMode = "checkout"
+	// DiffComposefs: a composefs mount of the layer alone over the store's object directory.
+	DiffComposefs DiffMode = "composefs"
+)
+
+const (
+	dirComposefs = "composefs" // composefs/<hex of DiffID>.cfs: per-layer composefs images
+	dirMounts    = "mnt"       // mnt/<hex of DiffID>: their mount points
+)
+
+// composefsDir returns a composefs mount of one layer: an EROFS image of that layer's entries
+// (files redirecting to the store's objects, whiteouts and opaque directories escaped so that
+// overlayfs shows them to the overlay that stacks on this one, kernel 6.7 or later), mounted
+// read-only, nosuid and nodev with the object directory as its data-only layer. No file of the
+// layer has an inode of its own: every image and container shares the store's objects, on disk
+// and in the page cache. The mount is a use of img (gc keeps it while mounted) and outlives the
+// server: images podman made from it keep working across restarts; a mount found at start is
+// reused.
+func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
+	l.dirs.Lock()
+	defer l.dirs.Unlock()
+	target := filepath.Join(l.opts.State, dirMounts, diffID.Encoded())
+	if _, ok, err := mount.Find(target); err != nil || ok {
+		return target, err
+	}
+	unlock, err := l.s.RLock(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	image, err := l.layerImage(ctx, img, diffID)
+	if err != nil {
+		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", err
+	}
+	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target)
+	if err != nil {
+		return "", err
+	}
+	use, err := l.s.AddUse(ctx, store.Use{Kind: store.UseMount, Image: img.ID, Target: target, FSType: mount.FSType, Source: mount.Source})
+	if err != nil {
+		return "", err
+	}
+	if err := mount.Mount(ctx, plan); err != nil {
+		l.s.DropUse(use)
+		return "", fmt.Errorf("layer store: mounting layer %s: %w", diffID, err)
+	}
+	if use.ID != "" {
+		e, ok, err := mount.Find(target)
+		if err != nil || !ok {
+			return "", errors.Join(fmt.Errorf("layer store: the mount at %s is not in mountinfo", target), err, mount.Unmount(target))
+		}
+		use.MountID = e.ID
+		if err := l.s.UpdateUse(use); err != nil {
+			return "", errors.Join(err, mount.Unmount(target))
+		}
+	}
+	return target, nil
+}
+
+// layerImage builds (once) the composefs image of one layer; the caller holds the store's
+// shared lock.
+func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
+	p := filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+".cfs")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	root, err := storeimage.Tree(ctx, l.s, store.Image{ID: img.ID, Layers: []digest.Digest{diffID}})
+	if err != nil {
+		return "", err
+	}
+	entries, err := l.s.LayerEntries(ctx, diffID)
+	if err != nil {
+		return "", err
+	}
+	if err := treeWhiteouts(root, entries); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	err = composefs.WriteImage(f, root)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	return p, err
+}
+
+// treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into
+// overlayfs's escaped whiteouts) and opaque markers (trusted.overlay.opaque, which the writer
+// escapes) into its composefs tree: the merge the tree was built from drops them.
+func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
+	for _, e := range entries {
+		name := strings.TrimPrefix(path.Clean("/"+e.Name), "/")
+		dir, base := path.Split(name)
+		if !strings.HasPrefix(base, whiteoutPrefix) {
+			continue
+		}
+		parent, err := treeDir(root, dir)
+		if err != nil {
+			return fmt.Errorf("whiteout %s: %w", e.Name, err)
+		}
+		if base == opaqueMarker {
+			if err := parent.SetXattr("trusted.overlay.opaque", []byte("y")); err != nil {
+				return err
+			}
+			continue
+		}
+		target := strings.TrimPrefix(base, whiteoutPrefix)
+		if parent.Lookup(target) != nil {
+			continue // the layer has the file and its whiteout: the file wins, as in diffDir
+		}
+		wh := &composefs.Node{Mode: composefs.ModeChar, UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1}
+		if err := parent.AddChild(target, wh); err != nil {
+			return fmt.Errorf("whiteout %s: %w", e.Name, err)
+		}
+	}
+	return nil
+}
+
+// treeDir finds the directory at dir, making missing ones (0755, as tar does).
+func treeDir(root *composefs.Node, dir string) (*composefs.Node, error) {
+	n := root
+	for _, c := range strings.Split(strings.Trim(dir, "/"), "/") {
+		if c == "" {
+			continue
+		}
+		next := n.Lookup(c)
+		if next == nil {
+			next = composefs.NewDir(0o755)
+			if err := n.AddChild(c, next); err != nil {
+				return nil, err
+			}
+		}
+		if !next.IsDir() {
+			return nil, fmt.Errorf("%s is not a directory", next.Path())
+		}
+		n = next
+	}
+	return n, nil
+}
+
+// xwhiteoutKernel is the first kernel whose overlayfs shows a lower overlay's escaped whiteouts
+// and opaque directories to the overlay stacked on it (Linux 6.7): without it, files a layer
+// deletes would reappear in containers.
+var xwhiteoutKernel = [2]int{6, 7}
+
+// checkKernel refuses composefs diffs on a kernel older than xwhiteoutKernel.
+func checkKernel(release string) error {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return fmt.Errorf("layer store: kernel release %q: %w", release, errdefs.ErrUnsupported)
+	}
+	if major < xwhiteoutKernel[0] || major == xwhiteoutKernel[0] && minor < xwhiteoutKernel[1] {
+		return fmt.Errorf("layer store: composefs diffs need Linux %d.%d or later for their whiteouts (this is %s; use --diff checkout): %w",
+			xwhiteoutKernel[0], xwhiteoutKernel[1], release, errdefs.ErrUnsupported)
+	}
+	return nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}

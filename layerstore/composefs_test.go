@@ -1,0 +1,88 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/store"
+)
+
+func TestCheckKernel(t *testing.T) {
+	for release, ok := range map[string]bool{
+		"6.18.44-fc-v1300": true, "6.7.0": true, "7.0.1": true,
+		"6.6.30-amd64": false, "5.10.0-28-amd64": false, "": false, "x.y": false,
+	} {
+		err := checkKernel(release)
+		if (err == nil) != ok || err != nil && !errors.Is(err, errdefs.ErrUnsupported) {
+			t.Errorf("checkKernel(%q) = %v; want ok %v", release, err, ok)
+		}
+	}
+}
+
+// TestComposefsLayer: with --diff composefs, the second layer is a composefs mount showing its
+// files, its whiteout and opaque directory as the overlay stacked on it reads them (escaped
+// overlay xattrs made visible), recorded as a mount use that gc honours; a second lookup
+// reuses the mount.
+func TestComposefsLayer(t *testing.T) {
+	if unix.Geteuid() != 0 {
+		testkit.Skip(t, "composefs mounts need root")
+	}
+	f := newFixtureWith(t, Options{Diff: DiffComposefs})
+	ctx := context.Background()
+	l, err := f.ls.Lookup(ctx, f.ref, f.img.Descs[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(l.Diff, syscall.MNT_DETACH) })
+	if _, ok, err := mount.Find(l.Diff); err != nil || !ok {
+		t.Fatalf("%s is not a composefs mount: %v", l.Diff, err)
+	}
+	checkFile(t, filepath.Join(l.Diff, "d/new"), "new in layer 2")
+	checkFile(t, filepath.Join(l.Diff, "etc/os-release"), "ID=top\n")
+	buf := make([]byte, 8)
+	if _, err := unix.Lgetxattr(filepath.Join(l.Diff, "a/x"), "trusted.overlay.whiteout", buf); err != nil {
+		t.Errorf("a/x carries no trusted.overlay.whiteout for the overlay above: %v", err)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(l.Diff, "d"), "trusted.overlay.opaque", buf); err != nil || string(buf[:n]) != "y" {
+		t.Errorf("d: trusted.overlay.opaque = %q, %v; want y", buf[:n], err)
+	}
+	again, err := f.ls.Lookup(ctx, f.ref, f.img.Descs[1].Digest)
+	if err != nil || again.Diff != l.Diff {
+		t.Errorf("second lookup: %v, %v; want the same mount", again, err)
+	}
+	uses, err := f.s.Uses(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(uses) != 1 || uses[0].Kind != store.UseMount || uses[0].MountID == 0 {
+		t.Fatalf("uses %+v; want one mount use with its mount ID", uses)
+	}
+	dropNamesAndGC(t, f)
+	if !f.s.HasLayer(l.DiffID) {
+		t.Fatalf("gc removed layer %s, which a layer store mount serves", l.DiffID)
+	}
+}
+
+// TestDiffModes: auto is composefs on this kernel if it allows, else checkout; an unknown mode is
+// refused.
+func TestDiffModes(t *testing.T) {
+	want := DiffComposefs
+	if checkKernel(kernelRelease()) != nil {
+		want = DiffCheckout
+	}
+	ls, err := New(nil, nil, Options{State: t.TempDir()})
+	if err != nil || ls.opts.Diff != want {
+		t.Errorf("default diff mode on %s: %v, %v; want %s", kernelRelease(), ls, err, want)
+	}
+	if _, err := New(nil, nil, Options{State: t.TempDir(), Diff: "tarball"}); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Errorf("diff mode tarball: %v; want invalid", err)
+	}
+}

@@ -1,0 +1,270 @@
+// Package layerstore serves Kura's store to containers/storage as an additional layer store
+// (storage.conf additionallayerstores = ["PATH:ref"]): it answers containers/storage's lookups
+// of PATH/<base64 image reference>/<layer digest>/{diff,info,blob,use} by pulling the image into
+// the store and exposing each layer as a read-only directory, so that podman and CRI-O neither
+// download nor unpack the layers Kura holds. docs/layerstore.md gives the protocol and its limits.
+package layerstore
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/checkout"
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
+)
+
+// Resolver makes the image a reference names present in the store, as kura pull does (podman's
+// credentials and registries.conf are the caller's business), and says where its blobs can be
+// read again.
+type Resolver interface {
+	Resolve(ctx context.Context, ref string) (Pulled, error)
+}
+
+// Pulled is an image the store holds, with the manifest its layers are looked up in.
+type Pulled struct {
+	Image    store.Image
+	Manifest ocispec.Manifest
+	// Source serves the image's blobs (for blob); nil when they cannot be fetched again.
+	Source source.Source
+}
+
+// Layer is one answered lookup: the files of PATH/<ref>/<digest>/.
+type Layer struct {
+	Desc   ocispec.Descriptor // the manifest's descriptor of the layer
+	DiffID digest.Digest
+	Diff   string // the directory diff points at
+	Info   []byte // the info file
+	src    source.Source
+}
+
+// Info is the info file: the fields of containers/storage's Layer (layers.go) that
+// LookupAdditionalLayer decodes and PutAdditionalLayer keeps in the new layer's record.
+type Info struct {
+	CompressedDigest   digest.Digest `json:"compressed-diff-digest,omitempty"`
+	CompressedSize     int64         `json:"compressed-size,omitempty"`
+	UncompressedDigest digest.Digest `json:"diff-digest,omitempty"`
+	UncompressedSize   int64         `json:"diff-size,omitempty"`
+	// CompressionType is containers/storage's archive.Compression: 0 none, 2 gzip, 4 zstd.
+	CompressionType int `json:"compression,omitempty"`
+}
+
+// Options configure Layers.
+type Options struct {
+	// State holds the layer directories and fetched blobs; it must be on the store's file
+	// system for hardlink checkouts.
+	State string
+	// Diff is what a layer's diff is (default DiffAuto).
+	Diff DiffMode
+	// Link is how checkout layer directories get file contents from the store (default hardlink).
+	Link checkout.LinkMode
+	// ResolveTTL is how long a reference's resolution is reused (default 1 minute): the lookups
+	// of one podman pull come within it, and a tag moved later is resolved again.
+	ResolveTTL time.Duration
+	Log        *slog.Logger
+}
+
+// Layers answers lookups from a store. It is safe for concurrent use.
+type Layers struct {
+	s    *store.Store
+	r    Resolver
+	opts Options
+
+	mu       sync.Mutex
+	resolved map[string]resolution
+	smu      sync.Mutex        // guards served, never held during a pull
+	served   map[string]served // by ref and digest
+	dirs     sync.Mutex        // held while a layer directory is made
+	blobs    sync.Mutex        // held while a blob is fetched
+	umu      sync.Mutex
+	uses     map[digest.Digest]int
+}
+
+type resolution struct {
+	p    Pulled
+	when time.Time
+}
+
+// New returns Layers serving from s, pulling with r.
+func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
+	if opts.State == "" {
+		return nil, fmt.Errorf("layer store: no state directory: %w", errdefs.ErrInvalid)
+	}
+	if opts.Link == "" {
+		opts.Link = checkout.LinkHardlink
+	}
+	switch opts.Diff {
+	case "", DiffAuto:
+		opts.Diff = DiffComposefs
+		if err := checkKernel(kernelRelease()); err != nil {
+			opts.Diff = DiffCheckout
+		}
+	case DiffCheckout:
+	case DiffComposefs:
+		if err := checkKernel(kernelRelease()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("layer store: diff mode %q: want auto, checkout or composefs: %w", opts.Diff, errdefs.ErrInvalid)
+	}
+	if opts.ResolveTTL == 0 {
+		opts.ResolveTTL = time.Minute
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range []string{dirLayers, dirBlobs} {
+		if err := os.MkdirAll(filepath.Join(opts.State, d), 0o700); err != nil {
+			return nil, fmt.Errorf("layer store: %w", err)
+		}
+	}
+	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, served: map[string]served{}, uses: map[digest.Digest]int{}}, nil
+}
+
+const (
+	dirLayers = "layers" // layers/<hex of DiffID>: the diff directories; <hex>.done when complete
+	dirBlobs  = "blobs"  // blobs/<hex of digest>: compressed layers fetched for blob
+)
+
+// DecodeRef decodes a path element under the store's root: containers/storage names it with
+// base64.StdEncoding of the image reference.
+func DecodeRef(name string) (string, error) {
+	b, err := base64.StdEncoding.DecodeString(name)
+	if err != nil || len(b) == 0 {
+		return "", fmt.Errorf("layer store: %q is not a base64 image reference: %w", name, errdefs.ErrInvalid)
+	}
+	return string(b), nil
+}
+
+// Lookup answers a lookup of (ref, dgst): it pulls the image ref names (unless resolved within
+// ResolveTTL), finds the layer whose digest, or zstd:chunked TOC digest (current
+// containers/storage looks chunked layers up by it), is dgst, and makes its directory.
+//
+// A layer once served is served again without asking the registry (its digest fixes its
+// content): every podman run of the image resolves the diff symlink through a lookup, and it must
+// neither wait for nor depend on the registry.
+func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
+	key := ref + "\x00" + dgst.String()
+	l.smu.Lock()
+	c, ok := l.served[key]
+	l.smu.Unlock()
+	if ok {
+		if _, err := l.layerDir(ctx, c.img, c.layer.DiffID); err != nil { // remade if removed
+			return nil, err
+		}
+		return c.layer, nil
+	}
+	layer, img, err := l.lookup(ctx, ref, dgst)
+	if err != nil {
+		return nil, err
+	}
+	l.smu.Lock()
+	l.served[key] = served{layer: layer, img: img}
+	l.smu.Unlock()
+	return layer, nil
+}
+
+type served struct {
+	layer *Layer
+	img   store.Image
+}
+
+// lookup is Lookup's first answer for a (ref, digest): pull, find the layer, make its diff.
+func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, store.Image, error) {
+	p, err := l.resolve(ctx, ref)
+	if err != nil {
+		return nil, store.Image{}, err
+	}
+	i := layerIndex(p.Manifest, dgst)
+	if i < 0 {
+		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
+	}
+	if len(p.Image.Layers) != len(p.Manifest.Layers) {
+		return nil, store.Image{}, fmt.Errorf("layer store: image %s: %d stored layers for %d in the manifest: %w",
+			ref, len(p.Image.Layers), len(p.Manifest.Layers), errdefs.ErrInvalid)
+	}
+	desc, diffID := p.Manifest.Layers[i], p.Image.Layers[i]
+	sl, err := l.s.Layer(ctx, diffID)
+	if err != nil {
+		return nil, store.Image{}, fmt.Errorf("layer store: %w", err)
+	}
+	dir, err := l.layerDir(ctx, p.Image, diffID)
+	if err != nil {
+		return nil, store.Image{}, err
+	}
+	info, err := json.Marshal(Info{CompressedDigest: desc.Digest, CompressedSize: desc.Size,
+		UncompressedDigest: diffID, UncompressedSize: sl.TarSize, CompressionType: compressionType(desc.MediaType)})
+	if err != nil {
+		return nil, store.Image{}, err
+	}
+	l.opts.Log.Info("layer served", "ref", ref, "digest", dgst, "diffID", diffID, "dir", dir)
+	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source}, p.Image, nil
+}
+
+// layerDir makes the diff of one layer as Options.Diff says.
+func (l *Layers) layerDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
+	if l.opts.Diff == DiffComposefs {
+		return l.composefsDir(ctx, img, diffID)
+	}
+	return l.diffDir(ctx, img, diffID)
+}
+
+// resolve pulls ref, once per ResolveTTL (concurrent lookups of one image wait for one pull).
+func (l *Layers) resolve(ctx context.Context, ref string) (Pulled, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r, ok := l.resolved[ref]; ok && time.Since(r.when) < l.opts.ResolveTTL {
+		return r.p, nil
+	}
+	l.opts.Log.Info("pulling for the layer store", "ref", ref)
+	p, err := l.r.Resolve(ctx, ref)
+	if err != nil {
+		return Pulled{}, fmt.Errorf("layer store: pulling %s: %w", ref, err)
+	}
+	l.resolved[ref] = resolution{p: p, when: time.Now()}
+	return p, nil
+}
+
+func layerIndex(m ocispec.Manifest, dgst digest.Digest) int {
+	for i, d := range m.Layers {
+		if d.Digest == dgst || d.Annotations[chunked.AnnotationTOCDigest] == dgst.String() {
+			return i
+		}
+	}
+	return -1
+}
+
+// compressionType maps a layer media type to containers/storage's archive.Compression.
+func compressionType(mediaType string) int {
+	switch {
+	case strings.HasSuffix(mediaType, "+zstd"), strings.HasSuffix(mediaType, ".zstd"):
+		return 4
+	case strings.HasSuffix(mediaType, "gzip"):
+		return 2
+	}
+	return 0
+}
+
+// Use records that containers/storage created a layer from l (it creates the use file). The
+// layer directory is already a use of the image in the store (a checkout), which is what keeps
+// it from gc; the count is for the log.
+func (l *Layers) Use(layer *Layer) {
+	l.umu.Lock()
+	l.uses[layer.DiffID]++
+	n := l.uses[layer.DiffID]
+	l.umu.Unlock()
+	l.opts.Log.Info("layer used", "diffID", layer.DiffID, "uses", n)
+}
