@@ -56,11 +56,12 @@ func FuzzTOC(f *testing.F) {
 			return
 		}
 		for _, file := range l.Files {
-			if file.Range.Offset < 0 || file.Range.End() > dataEnd || len(file.Chunks) == 0 {
+			if file.Range.Offset < 0 || file.Range.End() > dataEnd || len(file.Entry.Chunks) == 0 || len(file.Frames) != len(file.Entry.Chunks) {
 				t.Fatalf("accepted file %+v with data end %d", file.Range, dataEnd)
 			}
 			var sum int64
-			for _, c := range file.Chunks {
+			for k := range file.Entry.Chunks {
+				c := file.Chunk(k)
 				if c.Offset != sum || c.Range.Offset < file.Range.Offset || c.Range.End() > file.Range.End() {
 					t.Fatalf("accepted chunk %+v of %+v", c, file.Range)
 				}

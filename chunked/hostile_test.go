@@ -248,7 +248,7 @@ func TestHostileBytes(t *testing.T) {
 		}
 		f := &l.Files[0]
 		for i := range l.Files {
-			if len(l.Files[i].Chunks) > 1 {
+			if len(l.Files[i].Entry.Chunks) > 1 {
 				f = &l.Files[i]
 				break
 			}

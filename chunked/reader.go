@@ -18,7 +18,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/tarstream"
@@ -246,28 +246,34 @@ type Layer struct {
 	TarSplit []byte
 	// TarSplitEntries is TarSplit decoded.
 	TarSplitEntries []storage.Entry
-	// Files are the regular files with content, in TOC order.
+	// Entries are the layer's entries, decoded from the TOC once (package layerfs): what
+	// everything but fetching works on.
+	Entries []layerfs.Entry
+	// Files are the regular files with content, in TOC order, with their frames in the blob.
 	Files []File
 	// DataEnd is where the zstd frames of the tar stream end (the TOC's skippable frame starts).
 	DataEnd int64
 }
 
-// File is a regular file with content and where its frames lie.
+// File is where a regular file with content lies in the blob: its entry in Layer.Entries (the
+// model, which knows no blob) and the wire positions a puller fetches, kept beside it.
 type File struct {
-	Entry  *Entry // the reg entry, in TOC.Entries
-	Digest digest.Digest
+	Entry *layerfs.Entry // in Layer.Entries
 	// Range is the file's compressed frames [Offset, EndOffset).
-	Range  source.Range
-	Chunks []FileChunk // at least one; a single chunk covers the file
+	Range source.Range
+	// Frames[i] are the compressed frames of Entry.Chunks[i] (Range itself for a single chunk).
+	Frames []source.Range
 }
 
-// FileChunk is one chunk of a file: a run of whole frames.
+// FileChunk is one chunk of a file with its frames: what a puller fetches and decodes.
 type FileChunk struct {
-	Offset int64 // in the file
-	Size   int64
-	Digest digest.Digest // as the TOC records it; for single-chunk files the file digest
-	Zeros  bool
-	Range  source.Range // compressed frames
+	layerfs.Chunk
+	Range source.Range // compressed frames
+}
+
+// Chunk returns the i-th chunk of f with its frames.
+func (f *File) Chunk(i int) FileChunk {
+	return FileChunk{Chunk: f.Entry.Chunks[i], Range: f.Frames[i]}
 }
 
 // Parse validates and decodes a layer's metadata: tocBlob and tarSplitBlob are the bytes of
@@ -541,49 +547,35 @@ func (l *limitedEntries) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// index validates entries and builds Files.
+// index validates the TOC, decodes it into Entries and locates the frames of Files.
 func (l *Layer) index() error {
-	entries := l.TOC.Entries
+	entries, err := DecodeEntries(l.TOC)
+	if err != nil {
+		return err
+	}
+	l.Entries = entries
+	rows := l.TOC.Entries
+	nFiles, nFrames := 0, 0
+	for i := range entries {
+		if entries[i].HasContent() {
+			nFiles, nFrames = nFiles+1, nFrames+len(entries[i].Chunks)
+		}
+	}
+	l.Files = make([]File, 0, nFiles)
+	frames := make([]source.Range, 0, nFrames) // every file's Frames, carved from one array
 	seen := make(map[string]struct{}, len(entries))
 	var prevEnd int64
-	for i := 0; i < len(entries); i++ {
-		e := &entries[i]
-		name, err := layername.Parse(e.Name)
-		if err != nil {
-			return fmt.Errorf("TOC entry %d: %w", i, err)
+	for i, k := 0, 0; i < len(rows); k++ {
+		e, m := &rows[i], &entries[k]
+		if err := checkRow(e, i, seen); err != nil {
+			return err
 		}
-		switch e.Type {
-		case TypeReg, TypeLink, TypeChar, TypeBlock, TypeDir, TypeFifo, TypeSymlink:
-		case TypeChunk:
-			return invalidf("TOC entry %d (%q): chunk without a preceding regular file", i, e.Name)
-		default:
-			return invalidf("TOC entry %d (%q): unknown type %q", i, e.Name, e.Type)
-		}
-		if e.Type == TypeLink {
-			if _, err := layername.Link(e.Linkname); err != nil {
-				return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
-			}
-		}
-		if _, dup := seen[name.Path]; dup {
-			return invalidf("TOC has duplicate entries for %q", e.Name)
-		}
-		seen[name.Path] = struct{}{}
-		if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
-			return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
-		}
-		if e.Type != TypeReg || e.Size == 0 {
-			if e.Offset != 0 || e.EndOffset != 0 {
-				// Harmless in the reference's output, but nothing should be fetched for it.
-				if e.Type != TypeReg {
-					return invalidf("TOC entry %q of type %s has frame offsets", e.Name, e.Type)
-				}
-			}
-			if e.Type == TypeReg && e.Size == 0 && i+1 < len(entries) && entries[i+1].Type == TypeChunk {
-				return invalidf("empty file %q has chunks", e.Name)
-			}
+		if !m.HasContent() {
+			i++
 			continue
 		}
-		f, next, err := l.fileAt(i)
+		next := i + len(m.Chunks)
+		f, err := l.locate(rows[i:next], m, &frames)
 		if err != nil {
 			return err
 		}
@@ -592,88 +584,74 @@ func (l *Layer) index() error {
 		}
 		prevEnd = f.Range.End()
 		l.Files = append(l.Files, f)
-		i = next - 1
+		i = next
 	}
 	return nil
 }
 
-// fileAt builds the File of the reg entry at i and returns the index after its chunk entries.
-func (l *Layer) fileAt(i int) (File, int, error) {
-	entries := l.TOC.Entries
-	e := &entries[i]
-	d, err := digests.ParseSHA256(e.Digest)
-	if err != nil || d.Algorithm() != digest.SHA256 {
-		return File{}, 0, invalidf("file %q: digest %q is not a sha256 digest", e.Name, e.Digest)
+// checkRow checks what the model does not: the name (and a hard link's target), that no name
+// repeats, no negative numbers, no frames for an entry without content.
+func checkRow(e *Entry, i int, seen map[string]struct{}) error {
+	name, err := layername.Parse(e.Name)
+	if err != nil {
+		return fmt.Errorf("TOC entry %d: %w", i, err)
 	}
-	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
-		return File{}, 0, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
-	}
-	f := File{Entry: e, Digest: d, Range: source.Range{Offset: e.Offset, Length: e.EndOffset - e.Offset}}
-	j := i + 1
-	for j < len(entries) && entries[j].Type == TypeChunk {
-		if entries[j].Name != e.Name {
-			return File{}, 0, invalidf("chunk entry for %q follows file %q", entries[j].Name, e.Name)
+	if e.Type == TypeLink {
+		if _, err := layername.Link(e.Linkname); err != nil {
+			return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
 		}
-		j++
 	}
-	if j == i+1 {
+	if _, dup := seen[name.Path]; dup {
+		return invalidf("TOC has duplicate entries for %q", e.Name)
+	}
+	seen[name.Path] = struct{}{}
+	if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
+		return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
+	}
+	// Harmless in the reference's output, but nothing should be fetched for it.
+	if e.Type != TypeReg && (e.Offset != 0 || e.EndOffset != 0) {
+		return invalidf("TOC entry %q of type %s has frame offsets", e.Name, e.Type)
+	}
+	return nil
+}
+
+// locate builds the File of m from its rows (the reg row, then its chunk rows), appending its
+// chunks' frames to frames.
+func (l *Layer) locate(rows []Entry, m *layerfs.Entry, frames *[]source.Range) (File, error) {
+	e := &rows[0]
+	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
+		return File{}, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
+	}
+	f := File{Entry: m, Range: source.Range{Offset: e.Offset, Length: e.EndOffset - e.Offset}}
+	first := len(*frames)
+	if len(rows) == 1 {
 		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
-			return File{}, 0, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
+			return File{}, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
 		}
 		if err := checkExpansion(e.Name, e.Size, f.Range); err != nil {
-			return File{}, 0, err
+			return File{}, err
 		}
-		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
-		if e.ChunkDigest != "" {
-			cd, err := digests.ParseSHA256(e.ChunkDigest)
-			if err != nil {
-				return File{}, 0, invalidf("file %q: chunk digest %q: %v", e.Name, e.ChunkDigest, err)
-			}
-			f.Chunks[0].Digest = cd
-		}
-		f.Chunks[0].Zeros = e.ChunkType == ChunkTypeZeros
-		return f, j, nil
+		*frames = append(*frames, f.Range)
 	}
-	var off int64
-	for k := i; k < j; k++ {
-		c := &entries[k]
-		if c.ChunkOffset != off {
-			return File{}, 0, invalidf("file %q: chunk at %d, expected %d (chunks must tile the file)", e.Name, c.ChunkOffset, off)
-		}
-		if c.ChunkSize <= 0 || c.ChunkSize > e.Size-off {
-			return File{}, 0, invalidf("file %q: chunk of %d bytes at %d overruns the %d-byte file", e.Name, c.ChunkSize, off, e.Size)
-		}
-		cd, err := digests.ParseSHA256(c.ChunkDigest)
-		if err != nil || cd.Algorithm() != digest.SHA256 {
-			return File{}, 0, invalidf("file %q: chunk digest %q is not a sha256 digest", e.Name, c.ChunkDigest)
-		}
-		switch c.ChunkType {
-		case ChunkTypeData, ChunkTypeZeros:
-		default:
-			return File{}, 0, invalidf("file %q: unknown chunk type %q", e.Name, c.ChunkType)
-		}
-		end := e.EndOffset
-		if k+1 < j {
-			end = entries[k+1].Offset
-		}
-		start := c.Offset
-		if k == i {
+	for k := 0; len(rows) > 1 && k < len(rows); k++ {
+		start, end := rows[k].Offset, e.EndOffset
+		if k == 0 {
 			start = e.Offset
 		}
+		if k+1 < len(rows) {
+			end = rows[k+1].Offset
+		}
 		if start < e.Offset || start >= end || end > e.EndOffset {
-			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
+			return File{}, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
 		}
-		if err := checkExpansion(e.Name, c.ChunkSize, source.Range{Offset: start, Length: end - start}); err != nil {
-			return File{}, 0, err
+		r := source.Range{Offset: start, Length: end - start}
+		if err := checkExpansion(e.Name, m.Chunks[k].Size, r); err != nil {
+			return File{}, err
 		}
-		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
-			Zeros: c.ChunkType == ChunkTypeZeros, Range: source.Range{Offset: start, Length: end - start}})
-		off += c.ChunkSize
+		*frames = append(*frames, r)
 	}
-	if off != e.Size {
-		return File{}, 0, invalidf("file %q: chunks cover %d bytes, file has %d", e.Name, off, e.Size)
-	}
-	return f, j, nil
+	f.Frames = (*frames)[first:len(*frames):len(*frames)]
+	return f, nil
 }
 
 // CheckTarSplit verifies that the TOC and the uncompressed tar-split describe the same entries:
@@ -882,7 +860,7 @@ func DecodeFramesUnverified(r io.Reader, size int64, w io.Writer) error {
 
 // ReadFile writes the verified content of f, read from blob, to w.
 func ReadFile(blob io.ReaderAt, f *File, w io.Writer) error {
-	if err := DecodeFrames(io.NewSectionReader(blob, f.Range.Offset, f.Range.Length), f.Entry.Size, f.Digest, w); err != nil {
+	if err := DecodeFrames(io.NewSectionReader(blob, f.Range.Offset, f.Range.Length), f.Entry.Size, f.Entry.Digest, w); err != nil {
 		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
 	}
 	return nil

@@ -102,7 +102,7 @@ func (f *FetchedTarSplit) settle(ctx context.Context, l *chunked.Layer, diffID d
 func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.Entry, diffID digest.Digest, open opener) (int64, error) {
 	byName := make(map[string]digest.Digest, len(files))
 	for _, f := range files {
-		byName[f.Entry.Name] = f.Digest
+		byName[f.Entry.Name] = f.Entry.Digest
 	}
 	h := sha256.New()
 	err := tarstream.RebuildEntries(entries, func(name string, size int64) (io.ReadCloser, error) {
