@@ -304,7 +304,7 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 	if l.TarSplitEntries == nil {
 		return l, func() error { return nil }, nil
 	}
-	return l, func() error { return CheckTarSplitEntries(l.TOC, l.TarSplitEntries) }, nil
+	return l, func() error { return CheckTarSplitEntries(l.Entries, l.TarSplitEntries) }, nil
 }
 
 // ParseTOCOnly is Parse for a puller that obtains the tar-split otherwise (predicts it from a
@@ -654,31 +654,29 @@ func (l *Layer) locate(rows []Entry, m *layerfs.Entry, frames *[]source.Range) (
 	return f, nil
 }
 
-// CheckTarSplit verifies that the TOC and the uncompressed tar-split describe the same entries:
-// the same set of names, no duplicates, and equal type, name, link name, mode, size, owner,
-// times, device numbers and xattrs.
-func CheckTarSplit(toc *TOC, tarSplit []byte) error {
-	entries, err := tarstream.DecodeTarSplit(tarSplit, tarstream.MaxTarSplitLines)
+// CheckTarSplit verifies that a layer's entries and its uncompressed tar-split describe the same
+// entries: the same set of names, no duplicates, and equal type, name, link name, mode, size,
+// owner, times, device numbers and xattrs.
+func CheckTarSplit(entries []layerfs.Entry, tarSplit []byte) error {
+	ts, err := tarstream.DecodeTarSplit(tarSplit, tarstream.MaxTarSplitLines)
 	if err != nil {
 		return err
 	}
-	return CheckTarSplitEntries(toc, entries)
+	return CheckTarSplitEntries(entries, ts)
 }
 
-// CheckTarSplitEntries is CheckTarSplit for a decoded tar-split.
-func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
-	pending := make(map[string]*Entry, len(toc.Entries))
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type == TypeChunk {
-			continue
-		}
+// CheckTarSplitEntries is CheckTarSplit for a decoded tar-split. It compares each header with
+// the entry of the same name as the model (HeaderEntry) gives it.
+func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
+	pending := make(map[string]*layerfs.Entry, len(entries))
+	for i := range entries {
+		e := &entries[i]
 		if _, dup := pending[e.Name]; dup {
 			return invalidf("TOC has duplicate entries for %q", e.Name)
 		}
 		pending[e.Name] = e
 	}
-	err := tarSplitHeaders(entries, func(hdr *vtar.Header) error {
+	err := tarSplitHeaders(ts, func(hdr *vtar.Header) error {
 		if hdr.Typeflag == vtar.TypeXGlobalHeader {
 			return nil // no entry: the TOC has none for it either
 		}
@@ -695,11 +693,11 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
 		}
 		delete(pending, hdr.Name)
-		want, err := EntryFromHeader(tarstream.StdHeader(hdr))
+		want, err := HeaderEntry(tarstream.StdHeader(hdr))
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
 		}
-		if err := SameMetadata(e, &want); err != nil {
+		if err := sameEntryMetadata(e, &want); err != nil {
 			return invalidf("TOC and tar-split disagree on %q: %v", hdr.Name, err)
 		}
 		return nil
@@ -798,6 +796,39 @@ func SameMetadata(a, b *Entry) error {
 	case a.Devminor != b.Devminor:
 		return fmt.Errorf("devMinor %d != %d", a.Devminor, b.Devminor)
 	case !maps.Equal(a.Xattrs, b.Xattrs):
+		return fmt.Errorf("xattrs %q != %q", a.Xattrs, b.Xattrs)
+	}
+	return nil
+}
+
+// sameEntryMetadata is SameMetadata for the model's entries (xattrs compared decoded).
+func sameEntryMetadata(a, b *layerfs.Entry) error {
+	switch {
+	case a.Type != b.Type:
+		return fmt.Errorf("type %q != %q", a.Type, b.Type)
+	case a.Name != b.Name:
+		return fmt.Errorf("name %q != %q", a.Name, b.Name)
+	case a.Linkname != b.Linkname:
+		return fmt.Errorf("linkName %q != %q", a.Linkname, b.Linkname)
+	case a.Mode != b.Mode:
+		return fmt.Errorf("mode %#o != %#o", a.Mode, b.Mode)
+	case a.Size != b.Size:
+		return fmt.Errorf("size %d != %d", a.Size, b.Size)
+	case a.UID != b.UID:
+		return fmt.Errorf("uid %d != %d", a.UID, b.UID)
+	case a.GID != b.GID:
+		return fmt.Errorf("gid %d != %d", a.GID, b.GID)
+	case !sameTime(a.ModTime, b.ModTime):
+		return fmt.Errorf("modtime %v != %v", a.ModTime, b.ModTime)
+	case !sameTime(a.AccessTime, b.AccessTime):
+		return fmt.Errorf("accesstime %v != %v", a.AccessTime, b.AccessTime)
+	case !sameTime(a.ChangeTime, b.ChangeTime):
+		return fmt.Errorf("changetime %v != %v", a.ChangeTime, b.ChangeTime)
+	case a.Devmajor != b.Devmajor:
+		return fmt.Errorf("devMajor %d != %d", a.Devmajor, b.Devmajor)
+	case a.Devminor != b.Devminor:
+		return fmt.Errorf("devMinor %d != %d", a.Devminor, b.Devminor)
+	case !maps.EqualFunc(a.Xattrs, b.Xattrs, bytes.Equal):
 		return fmt.Errorf("xattrs %q != %q", a.Xattrs, b.Xattrs)
 	}
 	return nil

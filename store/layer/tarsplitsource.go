@@ -174,7 +174,7 @@ func (p *predicted) verify(ctx context.Context, l *chunked.Layer, diffID digest.
 		return verdict{wrongPrediction: p.pred.err}
 	}
 	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, p.pred.entries) }()
+	go func() { checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries) }()
 	n, err := checkDiffID(ctx, l.Files, p.pred.entries, diffID, open)
 	if cerr := <-checked; err == nil {
 		err = cerr
