@@ -697,7 +697,7 @@ func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
 		}
-		if err := sameEntryMetadata(e, &want); err != nil {
+		if err := SameEntryMetadata(e, &want); err != nil {
 			return invalidf("TOC and tar-split disagree on %q: %v", hdr.Name, err)
 		}
 		return nil
@@ -801,8 +801,9 @@ func SameMetadata(a, b *Entry) error {
 	return nil
 }
 
-// sameEntryMetadata is SameMetadata for the model's entries (xattrs compared decoded).
-func sameEntryMetadata(a, b *layerfs.Entry) error {
+// SameEntryMetadata is SameMetadata for the model's entries (xattrs compared decoded): the
+// metadata a tar header holds, which a TOC and a tar-split must agree on.
+func SameEntryMetadata(a, b *layerfs.Entry) error {
 	switch {
 	case a.Type != b.Type:
 		return fmt.Errorf("type %q != %q", a.Type, b.Type)
