@@ -239,6 +239,8 @@ func LocateFromFooter(tail []byte, blobSize int64, opts ...ReadOption) (Location
 // Layer is a parsed and validated zstd:chunked layer: its TOC and (if any) tar-split, checked
 // against each other and against the blob bounds.
 type Layer struct {
+	// TOC is the wire form, kept to be recorded as it came (a store's layer record); work on
+	// Entries.
 	TOC       *TOC
 	TOCDigest digest.Digest // of the compressed TOC; empty when located by footer
 	// TarSplit is the uncompressed tar-split JSON; nil for the old format, whose DiffID cannot be
