@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/layerfs"
 )
 
 // Chunking parameters of the reference writer. They are part of the format in practice: a chunk is
@@ -199,13 +201,10 @@ func (c *cutter) close() error {
 	return nil
 }
 
-// Chunk is one cut of a regular file's content.
-type Chunk struct {
-	Offset int64 // in the file
-	Size   int64
-	Digest digest.Digest // sha256 of the chunk's bytes (zeros chunks too)
-	Zeros  bool          // a run of ≥ 1024 zero bytes: pullers make it a hole
-}
+// Chunk is one cut of a regular file's content: the model's chunk (package layerfs), so that
+// what the chunker cuts is attached to an entry as it is. Zeros marks a run of ≥ 1024 zero
+// bytes, which pullers make a hole; Digest is the sha256 of the chunk's bytes, zeros too.
+type Chunk = layerfs.Chunk
 
 // ChunkWriter is an io.Writer that cuts a file's content exactly as the reference writer does
 // (rolling checksum per file, runs of ≥ 1024 zero bytes as zeros chunks). It forwards every byte

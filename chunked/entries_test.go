@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -44,12 +45,15 @@ func TestDecodeEntriesMatchesParse(t *testing.T) {
 			continue
 		}
 		n++
-		if e.Digest != f.Digest || len(e.Chunks) != len(f.Chunks) {
-			t.Fatalf("%q: %s with %d chunks, parse says %s with %d", e.Name, e.Digest, len(e.Chunks), f.Digest, len(f.Chunks))
+		// The parse's entry is the model's: same digest, same chunks, each with its frames.
+		if f.Entry != &l.Entries[i] || len(f.Frames) != len(e.Chunks) {
+			t.Fatalf("%q: parse points at another entry, or has %d frames for %d chunks", e.Name, len(f.Frames), len(e.Chunks))
+		}
+		if !reflect.DeepEqual(*f.Entry, *e) {
+			t.Fatalf("%q: parse decodes %+v, DecodeEntries %+v", e.Name, *f.Entry, *e)
 		}
 		for k, c := range e.Chunks {
-			fc := f.Chunks[k]
-			if c != (layerfs.Chunk{Offset: fc.Offset, Size: fc.Size, Digest: fc.Digest, Zeros: fc.Zeros}) {
+			if fc := f.Chunk(k); fc.Chunk != c || fc.Range != f.Frames[k] {
 				t.Fatalf("%q chunk %d: %+v, parse says %+v", e.Name, k, c, fc)
 			}
 		}

@@ -248,7 +248,7 @@ func TestHostileBytes(t *testing.T) {
 		}
 		f := &l.Files[0]
 		for i := range l.Files {
-			if len(l.Files[i].Chunks) > 1 {
+			if len(l.Files[i].Entry.Chunks) > 1 {
 				f = &l.Files[i]
 				break
 			}
@@ -314,7 +314,11 @@ func TestTarSplitFileEntries(t *testing.T) {
 		}
 		return es
 	}
-	if err := CheckTarSplitEntries(s.toc, fresh()); err != nil {
+	entries, err := DecodeEntries(s.toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckTarSplitEntries(entries, fresh()); err != nil {
 		t.Fatalf("genuine tar-split: %v", err)
 	}
 	var files []int
@@ -329,14 +333,14 @@ func TestTarSplitFileEntries(t *testing.T) {
 	}
 	a, b := files[0], files[1]
 	es[a].Name, es[b].Name = es[b].Name, es[a].Name
-	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "swapped file entry names")
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "swapped file entry names")
 	es = fresh()
 	es[a].Size++
-	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "file entry size")
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "file entry size")
 	es = fresh()
 	es = append(es[:a], es[a+1:]...)
-	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "missing file entry")
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "missing file entry")
 	es = fresh()
 	es = append(es[:a+1], es[a:]...)
-	wantErr(t, CheckTarSplitEntries(s.toc, es), errdefs.ErrInvalid, "doubled file entry")
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "doubled file entry")
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/internal/digests"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/tarstream"
@@ -239,6 +239,8 @@ func LocateFromFooter(tail []byte, blobSize int64, opts ...ReadOption) (Location
 // Layer is a parsed and validated zstd:chunked layer: its TOC and (if any) tar-split, checked
 // against each other and against the blob bounds.
 type Layer struct {
+	// TOC is the wire form, kept to be recorded as it came (a store's layer record); work on
+	// Entries.
 	TOC       *TOC
 	TOCDigest digest.Digest // of the compressed TOC; empty when located by footer
 	// TarSplit is the uncompressed tar-split JSON; nil for the old format, whose DiffID cannot be
@@ -246,28 +248,34 @@ type Layer struct {
 	TarSplit []byte
 	// TarSplitEntries is TarSplit decoded.
 	TarSplitEntries []storage.Entry
-	// Files are the regular files with content, in TOC order.
+	// Entries are the layer's entries, decoded from the TOC once (package layerfs): what
+	// everything but fetching works on.
+	Entries []layerfs.Entry
+	// Files are the regular files with content, in TOC order, with their frames in the blob.
 	Files []File
 	// DataEnd is where the zstd frames of the tar stream end (the TOC's skippable frame starts).
 	DataEnd int64
 }
 
-// File is a regular file with content and where its frames lie.
+// File is where a regular file with content lies in the blob: its entry in Layer.Entries (the
+// model, which knows no blob) and the wire positions a puller fetches, kept beside it.
 type File struct {
-	Entry  *Entry // the reg entry, in TOC.Entries
-	Digest digest.Digest
+	Entry *layerfs.Entry // in Layer.Entries
 	// Range is the file's compressed frames [Offset, EndOffset).
-	Range  source.Range
-	Chunks []FileChunk // at least one; a single chunk covers the file
+	Range source.Range
+	// Frames[i] are the compressed frames of Entry.Chunks[i] (Range itself for a single chunk).
+	Frames []source.Range
 }
 
-// FileChunk is one chunk of a file: a run of whole frames.
+// FileChunk is one chunk of a file with its frames: what a puller fetches and decodes.
 type FileChunk struct {
-	Offset int64 // in the file
-	Size   int64
-	Digest digest.Digest // as the TOC records it; for single-chunk files the file digest
-	Zeros  bool
-	Range  source.Range // compressed frames
+	layerfs.Chunk
+	Range source.Range // compressed frames
+}
+
+// Chunk returns the i-th chunk of f with its frames.
+func (f *File) Chunk(i int) FileChunk {
+	return FileChunk{Chunk: f.Entry.Chunks[i], Range: f.Frames[i]}
 }
 
 // Parse validates and decodes a layer's metadata: tocBlob and tarSplitBlob are the bytes of
@@ -298,7 +306,7 @@ func ParseDeferred(loc Location, tocBlob, tarSplitBlob []byte, opts ...ReadOptio
 	if l.TarSplitEntries == nil {
 		return l, func() error { return nil }, nil
 	}
-	return l, func() error { return CheckTarSplitEntries(l.TOC, l.TarSplitEntries) }, nil
+	return l, func() error { return CheckTarSplitEntries(l.Entries, l.TarSplitEntries) }, nil
 }
 
 // ParseTOCOnly is Parse for a puller that obtains the tar-split otherwise (predicts it from a
@@ -541,49 +549,35 @@ func (l *limitedEntries) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// index validates entries and builds Files.
+// index validates the TOC, decodes it into Entries and locates the frames of Files.
 func (l *Layer) index() error {
-	entries := l.TOC.Entries
+	entries, err := DecodeEntries(l.TOC)
+	if err != nil {
+		return err
+	}
+	l.Entries = entries
+	rows := l.TOC.Entries
+	nFiles, nFrames := 0, 0
+	for i := range entries {
+		if entries[i].HasContent() {
+			nFiles, nFrames = nFiles+1, nFrames+len(entries[i].Chunks)
+		}
+	}
+	l.Files = make([]File, 0, nFiles)
+	frames := make([]source.Range, 0, nFrames) // every file's Frames, carved from one array
 	seen := make(map[string]struct{}, len(entries))
 	var prevEnd int64
-	for i := 0; i < len(entries); i++ {
-		e := &entries[i]
-		name, err := layername.Parse(e.Name)
-		if err != nil {
-			return fmt.Errorf("TOC entry %d: %w", i, err)
+	for i, k := 0, 0; i < len(rows); k++ {
+		e, m := &rows[i], &entries[k]
+		if err := checkRow(e, i, seen); err != nil {
+			return err
 		}
-		switch e.Type {
-		case TypeReg, TypeLink, TypeChar, TypeBlock, TypeDir, TypeFifo, TypeSymlink:
-		case TypeChunk:
-			return invalidf("TOC entry %d (%q): chunk without a preceding regular file", i, e.Name)
-		default:
-			return invalidf("TOC entry %d (%q): unknown type %q", i, e.Name, e.Type)
-		}
-		if e.Type == TypeLink {
-			if _, err := layername.Link(e.Linkname); err != nil {
-				return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
-			}
-		}
-		if _, dup := seen[name.Path]; dup {
-			return invalidf("TOC has duplicate entries for %q", e.Name)
-		}
-		seen[name.Path] = struct{}{}
-		if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
-			return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
-		}
-		if e.Type != TypeReg || e.Size == 0 {
-			if e.Offset != 0 || e.EndOffset != 0 {
-				// Harmless in the reference's output, but nothing should be fetched for it.
-				if e.Type != TypeReg {
-					return invalidf("TOC entry %q of type %s has frame offsets", e.Name, e.Type)
-				}
-			}
-			if e.Type == TypeReg && e.Size == 0 && i+1 < len(entries) && entries[i+1].Type == TypeChunk {
-				return invalidf("empty file %q has chunks", e.Name)
-			}
+		if !m.HasContent() {
+			i++
 			continue
 		}
-		f, next, err := l.fileAt(i)
+		next := i + len(m.Chunks)
+		f, err := l.locate(rows[i:next], m, &frames)
 		if err != nil {
 			return err
 		}
@@ -592,115 +586,99 @@ func (l *Layer) index() error {
 		}
 		prevEnd = f.Range.End()
 		l.Files = append(l.Files, f)
-		i = next - 1
+		i = next
 	}
 	return nil
 }
 
-// fileAt builds the File of the reg entry at i and returns the index after its chunk entries.
-func (l *Layer) fileAt(i int) (File, int, error) {
-	entries := l.TOC.Entries
-	e := &entries[i]
-	d, err := digests.ParseSHA256(e.Digest)
-	if err != nil || d.Algorithm() != digest.SHA256 {
-		return File{}, 0, invalidf("file %q: digest %q is not a sha256 digest", e.Name, e.Digest)
+// checkRow checks what the model does not: the name (and a hard link's target), that no name
+// repeats, no negative numbers, no frames for an entry without content.
+func checkRow(e *Entry, i int, seen map[string]struct{}) error {
+	name, err := layername.Parse(e.Name)
+	if err != nil {
+		return fmt.Errorf("TOC entry %d: %w", i, err)
 	}
-	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
-		return File{}, 0, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
+	if e.Type == TypeLink {
+		if _, err := layername.Link(e.Linkname); err != nil {
+			return fmt.Errorf("TOC entry %d (%q) link target: %w", i, e.Name, err)
+		}
 	}
-	f := File{Entry: e, Digest: d, Range: source.Range{Offset: e.Offset, Length: e.EndOffset - e.Offset}}
-	j := i + 1
-	for j < len(entries) && entries[j].Type == TypeChunk {
-		if entries[j].Name != e.Name {
-			return File{}, 0, invalidf("chunk entry for %q follows file %q", entries[j].Name, e.Name)
-		}
-		j++
+	if _, dup := seen[name.Path]; dup {
+		return invalidf("TOC has duplicate entries for %q", e.Name)
 	}
-	if j == i+1 {
-		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
-			return File{}, 0, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
-		}
-		if err := checkExpansion(e.Name, e.Size, f.Range); err != nil {
-			return File{}, 0, err
-		}
-		f.Chunks = []FileChunk{{Size: e.Size, Digest: d, Range: f.Range}}
-		if e.ChunkDigest != "" {
-			cd, err := digests.ParseSHA256(e.ChunkDigest)
-			if err != nil {
-				return File{}, 0, invalidf("file %q: chunk digest %q: %v", e.Name, e.ChunkDigest, err)
-			}
-			f.Chunks[0].Digest = cd
-		}
-		f.Chunks[0].Zeros = e.ChunkType == ChunkTypeZeros
-		return f, j, nil
+	seen[name.Path] = struct{}{}
+	if e.Size < 0 || e.Mode < 0 || e.UID < 0 || e.GID < 0 {
+		return invalidf("TOC entry %q has negative size, mode or owner", e.Name)
 	}
-	var off int64
-	for k := i; k < j; k++ {
-		c := &entries[k]
-		if c.ChunkOffset != off {
-			return File{}, 0, invalidf("file %q: chunk at %d, expected %d (chunks must tile the file)", e.Name, c.ChunkOffset, off)
-		}
-		if c.ChunkSize <= 0 || c.ChunkSize > e.Size-off {
-			return File{}, 0, invalidf("file %q: chunk of %d bytes at %d overruns the %d-byte file", e.Name, c.ChunkSize, off, e.Size)
-		}
-		cd, err := digests.ParseSHA256(c.ChunkDigest)
-		if err != nil || cd.Algorithm() != digest.SHA256 {
-			return File{}, 0, invalidf("file %q: chunk digest %q is not a sha256 digest", e.Name, c.ChunkDigest)
-		}
-		switch c.ChunkType {
-		case ChunkTypeData, ChunkTypeZeros:
-		default:
-			return File{}, 0, invalidf("file %q: unknown chunk type %q", e.Name, c.ChunkType)
-		}
-		end := e.EndOffset
-		if k+1 < j {
-			end = entries[k+1].Offset
-		}
-		start := c.Offset
-		if k == i {
-			start = e.Offset
-		}
-		if start < e.Offset || start >= end || end > e.EndOffset {
-			return File{}, 0, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
-		}
-		if err := checkExpansion(e.Name, c.ChunkSize, source.Range{Offset: start, Length: end - start}); err != nil {
-			return File{}, 0, err
-		}
-		f.Chunks = append(f.Chunks, FileChunk{Offset: off, Size: c.ChunkSize, Digest: cd,
-			Zeros: c.ChunkType == ChunkTypeZeros, Range: source.Range{Offset: start, Length: end - start}})
-		off += c.ChunkSize
+	// Harmless in the reference's output, but nothing should be fetched for it.
+	if e.Type != TypeReg && (e.Offset != 0 || e.EndOffset != 0) {
+		return invalidf("TOC entry %q of type %s has frame offsets", e.Name, e.Type)
 	}
-	if off != e.Size {
-		return File{}, 0, invalidf("file %q: chunks cover %d bytes, file has %d", e.Name, off, e.Size)
-	}
-	return f, j, nil
+	return nil
 }
 
-// CheckTarSplit verifies that the TOC and the uncompressed tar-split describe the same entries:
-// the same set of names, no duplicates, and equal type, name, link name, mode, size, owner,
-// times, device numbers and xattrs.
-func CheckTarSplit(toc *TOC, tarSplit []byte) error {
-	entries, err := tarstream.DecodeTarSplit(tarSplit, tarstream.MaxTarSplitLines)
+// locate builds the File of m from its rows (the reg row, then its chunk rows), appending its
+// chunks' frames to frames.
+func (l *Layer) locate(rows []Entry, m *layerfs.Entry, frames *[]source.Range) (File, error) {
+	e := &rows[0]
+	if e.Offset < 0 || e.Offset >= e.EndOffset || e.EndOffset > l.DataEnd {
+		return File{}, invalidf("file %q: frames [%d, %d) not inside the data [0, %d)", e.Name, e.Offset, e.EndOffset, l.DataEnd)
+	}
+	f := File{Entry: m, Range: source.Range{Offset: e.Offset, Length: e.EndOffset - e.Offset}}
+	first := len(*frames)
+	if len(rows) == 1 {
+		if e.ChunkSize != 0 && e.ChunkSize != e.Size {
+			return File{}, invalidf("file %q: single chunk of %d bytes, file has %d", e.Name, e.ChunkSize, e.Size)
+		}
+		if err := checkExpansion(e.Name, e.Size, f.Range); err != nil {
+			return File{}, err
+		}
+		*frames = append(*frames, f.Range)
+	}
+	for k := 0; len(rows) > 1 && k < len(rows); k++ {
+		start, end := rows[k].Offset, e.EndOffset
+		if k == 0 {
+			start = e.Offset
+		}
+		if k+1 < len(rows) {
+			end = rows[k+1].Offset
+		}
+		if start < e.Offset || start >= end || end > e.EndOffset {
+			return File{}, invalidf("file %q: chunk frames [%d, %d) not in order inside the file's [%d, %d)", e.Name, start, end, e.Offset, e.EndOffset)
+		}
+		r := source.Range{Offset: start, Length: end - start}
+		if err := checkExpansion(e.Name, m.Chunks[k].Size, r); err != nil {
+			return File{}, err
+		}
+		*frames = append(*frames, r)
+	}
+	f.Frames = (*frames)[first:len(*frames):len(*frames)]
+	return f, nil
+}
+
+// CheckTarSplit verifies that a layer's entries and its uncompressed tar-split describe the same
+// entries: the same set of names, no duplicates, and equal type, name, link name, mode, size,
+// owner, times, device numbers and xattrs.
+func CheckTarSplit(entries []layerfs.Entry, tarSplit []byte) error {
+	ts, err := tarstream.DecodeTarSplit(tarSplit, tarstream.MaxTarSplitLines)
 	if err != nil {
 		return err
 	}
-	return CheckTarSplitEntries(toc, entries)
+	return CheckTarSplitEntries(entries, ts)
 }
 
-// CheckTarSplitEntries is CheckTarSplit for a decoded tar-split.
-func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
-	pending := make(map[string]*Entry, len(toc.Entries))
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type == TypeChunk {
-			continue
-		}
+// CheckTarSplitEntries is CheckTarSplit for a decoded tar-split. It compares each header with
+// the entry of the same name as the model (HeaderEntry) gives it.
+func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
+	pending := make(map[string]*layerfs.Entry, len(entries))
+	for i := range entries {
+		e := &entries[i]
 		if _, dup := pending[e.Name]; dup {
 			return invalidf("TOC has duplicate entries for %q", e.Name)
 		}
 		pending[e.Name] = e
 	}
-	err := tarSplitHeaders(entries, func(hdr *vtar.Header) error {
+	err := tarSplitHeaders(ts, func(hdr *vtar.Header) error {
 		if hdr.Typeflag == vtar.TypeXGlobalHeader {
 			return nil // no entry: the TOC has none for it either
 		}
@@ -717,11 +695,11 @@ func CheckTarSplitEntries(toc *TOC, entries []storage.Entry) error {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
 		}
 		delete(pending, hdr.Name)
-		want, err := EntryFromHeader(tarstream.StdHeader(hdr))
+		want, err := HeaderEntry(tarstream.StdHeader(hdr))
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
 		}
-		if err := SameMetadata(e, &want); err != nil {
+		if err := SameEntryMetadata(e, &want); err != nil {
 			return invalidf("TOC and tar-split disagree on %q: %v", hdr.Name, err)
 		}
 		return nil
@@ -825,6 +803,40 @@ func SameMetadata(a, b *Entry) error {
 	return nil
 }
 
+// SameEntryMetadata is SameMetadata for the model's entries (xattrs compared decoded): the
+// metadata a tar header holds, which a TOC and a tar-split must agree on.
+func SameEntryMetadata(a, b *layerfs.Entry) error {
+	switch {
+	case a.Type != b.Type:
+		return fmt.Errorf("type %q != %q", a.Type, b.Type)
+	case a.Name != b.Name:
+		return fmt.Errorf("name %q != %q", a.Name, b.Name)
+	case a.Linkname != b.Linkname:
+		return fmt.Errorf("linkName %q != %q", a.Linkname, b.Linkname)
+	case a.Mode != b.Mode:
+		return fmt.Errorf("mode %#o != %#o", a.Mode, b.Mode)
+	case a.Size != b.Size:
+		return fmt.Errorf("size %d != %d", a.Size, b.Size)
+	case a.UID != b.UID:
+		return fmt.Errorf("uid %d != %d", a.UID, b.UID)
+	case a.GID != b.GID:
+		return fmt.Errorf("gid %d != %d", a.GID, b.GID)
+	case !sameTime(a.ModTime, b.ModTime):
+		return fmt.Errorf("modtime %v != %v", a.ModTime, b.ModTime)
+	case !sameTime(a.AccessTime, b.AccessTime):
+		return fmt.Errorf("accesstime %v != %v", a.AccessTime, b.AccessTime)
+	case !sameTime(a.ChangeTime, b.ChangeTime):
+		return fmt.Errorf("changetime %v != %v", a.ChangeTime, b.ChangeTime)
+	case a.Devmajor != b.Devmajor:
+		return fmt.Errorf("devMajor %d != %d", a.Devmajor, b.Devmajor)
+	case a.Devminor != b.Devminor:
+		return fmt.Errorf("devMinor %d != %d", a.Devminor, b.Devminor)
+	case !maps.EqualFunc(a.Xattrs, b.Xattrs, bytes.Equal):
+		return fmt.Errorf("xattrs %q != %q", a.Xattrs, b.Xattrs)
+	}
+	return nil
+}
+
 // sameTime treats nil, the zero time and the Unix epoch alike, as the reference does (tar cannot
 // tell them apart).
 func sameTime(a, b *time.Time) bool {
@@ -882,7 +894,7 @@ func DecodeFramesUnverified(r io.Reader, size int64, w io.Writer) error {
 
 // ReadFile writes the verified content of f, read from blob, to w.
 func ReadFile(blob io.ReaderAt, f *File, w io.Writer) error {
-	if err := DecodeFrames(io.NewSectionReader(blob, f.Range.Offset, f.Range.Length), f.Entry.Size, f.Digest, w); err != nil {
+	if err := DecodeFrames(io.NewSectionReader(blob, f.Range.Offset, f.Range.Length), f.Entry.Size, f.Entry.Digest, w); err != nil {
 		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
 	}
 	return nil

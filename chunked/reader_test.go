@@ -66,8 +66,9 @@ func TestReadReferenceBlobs(t *testing.T) {
 				}
 				for i := range l.Files {
 					f := &l.Files[i]
-					for j := range f.Chunks {
-						if err := ReadChunk(bytes.NewReader(blob), &f.Chunks[j], io.Discard); err != nil {
+					for j := range f.Entry.Chunks {
+						c := f.Chunk(j)
+						if err := ReadChunk(bytes.NewReader(blob), &c, io.Discard); err != nil {
 							t.Fatal(err)
 						}
 					}

@@ -5,13 +5,16 @@
 // Writing: Convert (writer.go) turns a tar stream into a blob byte-identical to the reference
 // writer's, compressing frames in parallel. The pieces it is built from serve the store too:
 // ChunkWriter cuts file content like the reference (chunker.go); EntryFromHeader and ChunkEntries
-// map tar headers to TOC entries (tar.go). Walking a tar, the tar-split codec and rebuilding the
-// tar are package tarstream's.
+// map tar headers to TOC entries (tar.go). A store's tar import builds the model instead
+// (HeaderEntry) and derives its TOC from it (EncodeTOC, model.go). Walking a tar, the tar-split
+// codec and rebuilding the tar are package tarstream's.
 //
 // Reading: LocateFromAnnotations / LocateFromFooter say which byte ranges hold the metadata, Parse
-// authenticates and validates them into a Layer (reader.go), DecodeFrames / ReadFile / ReadChunk
-// decode verified content, Layer.RebuildTar gives the DiffID, and Verify checks a whole blob
-// (verify.go).
+// authenticates and validates them into a Layer (reader.go): the TOC decoded once into the model
+// (Layer.Entries, package layerfs) and, beside it, where each file's frames lie (Layer.Files).
+// DecodeFrames / ReadFile / ReadChunk decode verified content, Layer.RebuildTar gives the DiffID,
+// and Verify checks a whole blob (verify.go). The TOC struct is the wire form: parsed, marshalled
+// and stored, not worked on.
 package chunked
 
 import (

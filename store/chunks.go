@@ -13,7 +13,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/layerfs"
@@ -167,11 +166,7 @@ func (idx *chunkIndex) add(layer digest.Digest, entries []layerfs.Entry) {
 
 // indexLayerChunks adds a newly recorded layer to the index file (loading the file first if this
 // handle has not), so that later pulls find its chunks without decoding its TOC.
-func (s *Store) indexLayerChunks(layer digest.Digest, toc *chunked.TOC) {
-	entries, err := chunked.DecodeEntries(toc)
-	if err != nil {
-		return // putLayer refused it already (TOCObjects): nothing to index
-	}
+func (s *Store) indexLayerChunks(layer digest.Digest, entries []layerfs.Entry) {
 	s.chunksMu.Lock()
 	defer s.chunksMu.Unlock()
 	if s.chunks == nil {

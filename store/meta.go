@@ -278,10 +278,12 @@ func (s *Metadata) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *B
 	if exists(dir) {
 		return nil
 	}
-	objs, err := TOCObjects(toc)
+	// Decoded once: the object list and the chunk index both come from these entries.
+	entries, err := chunked.DecodeEntries(toc)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", l.DiffID, err)
 	}
+	objs := layerfs.Objects(entries)
 	if err := s.checkObjects(l.DiffID, objs, b); err != nil {
 		return err
 	}
@@ -311,7 +313,7 @@ func (s *Metadata) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *B
 	if err := s.commitDir(dir, files); err != nil {
 		return fmt.Errorf("writing layer %s: %w", l.DiffID, err)
 	}
-	s.indexLayerChunks(l.DiffID, toc)
+	s.indexLayerChunks(l.DiffID, entries)
 	return nil
 }
 

@@ -45,7 +45,7 @@ func TestCorpus(t *testing.T) {
 		if prev != nil {
 			calls := 0
 			start := time.Now()
-			js, st, err := PredictJSON(l.toc, []Known{prev.known()}, l.crcFunc(&calls))
+			js, st, err := PredictJSON(l.entries, []Known{prev.known()}, l.crcFunc(&calls))
 			tJSON := time.Since(start)
 			if err != nil {
 				t.Errorf("c%d from c%d: %v", i, i-1, err)
@@ -59,7 +59,7 @@ func TestCorpus(t *testing.T) {
 				t.Fatal(err)
 			}
 			start = time.Now()
-			_, _, perr := Predict(l.toc, []Known{prev.known()}, l.crcFunc(&calls))
+			_, _, perr := Predict(l.entries, l.toc.TarSplitDigest, []Known{prev.known()}, l.crcFunc(&calls))
 			tAll := time.Since(start)
 			t.Logf("c%d from c%d: exact JSON %v, compressed %v (%d vs %d bytes), Predict err=%v; %+v; JSON %v, compress %v, Predict %v; tar-split %d B",
 				i, i-1, bytes.Equal(js, l.tarSplit), bytes.Equal(z, l.compressed), len(z), len(l.compressed), perr, st, tJSON, tZ, tAll, len(js))
@@ -130,7 +130,7 @@ func readBlobMetadata(path string) (*layer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &layer{toc: l.TOC, tarSplit: l.TarSplit, compressed: tsZ, crcs: map[digest.Digest][]byte{}}, nil
+	return &layer{toc: l.TOC, entries: l.Entries, tarSplit: l.TarSplit, compressed: tsZ, crcs: map[digest.Digest][]byte{}}, nil
 }
 
 // BenchmarkPredictJSON predicts c1 from c0 of KURA_TARSPLIT_CORPUS (or of the vectors).
@@ -151,7 +151,7 @@ func BenchmarkPredictJSON(b *testing.B) {
 	crc := func(digest.Digest, int64) ([]byte, error) { return make([]byte, 8), nil }
 	b.ResetTimer()
 	for range b.N {
-		if _, _, err := PredictJSON(c1.toc, []Known{c0.known()}, crc); err != nil {
+		if _, _, err := PredictJSON(c1.entries, []Known{c0.known()}, crc); err != nil {
 			b.Fatal(err)
 		}
 	}

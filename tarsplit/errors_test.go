@@ -12,6 +12,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 )
 
 // Failures are clean and classified, so that a puller can tell "fetch the real one" from bugs.
@@ -20,41 +21,39 @@ func TestPredictErrors(t *testing.T) {
 	real := convert(t, readVector(t, "real.tar"))
 
 	// A stored tar-split that does not belong to its TOC.
-	_, _, err := PredictJSON(real.toc, []Known{{TOC: mixed.toc, TarSplit: real.tarSplit}}, nil)
+	_, _, err := PredictJSON(real.entries, []Known{{Entries: mixed.entries, TarSplit: real.tarSplit}}, nil)
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("mismatched known layer: %v, want ErrInvalid", err)
 	}
-	_, _, err = PredictJSON(real.toc, []Known{{TOC: nil, TarSplit: real.tarSplit}}, nil)
+	_, _, err = PredictJSON(real.entries, []Known{{Entries: nil, TarSplit: real.tarSplit}}, nil)
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("known layer without TOC: %v, want ErrInvalid", err)
 	}
 	// Content no known layer has, and no CRCFunc.
-	_, _, err = PredictJSON(real.toc, []Known{mixed.known()}, nil)
+	_, _, err = PredictJSON(real.entries, []Known{mixed.known()}, nil)
 	if !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("unknown content without CRCFunc: %v, want ErrNotFound", err)
 	}
 	// A CRCFunc that fails, or answers nonsense.
 	boom := errors.New("boom")
-	_, _, err = PredictJSON(real.toc, nil, func(digest.Digest, int64) ([]byte, error) { return nil, boom })
+	_, _, err = PredictJSON(real.entries, nil, func(digest.Digest, int64) ([]byte, error) { return nil, boom })
 	if !errors.Is(err, boom) {
 		t.Errorf("failing CRCFunc: %v", err)
 	}
-	_, _, err = PredictJSON(real.toc, nil, func(digest.Digest, int64) ([]byte, error) { return []byte{1}, nil })
+	_, _, err = PredictJSON(real.entries, nil, func(digest.Digest, int64) ([]byte, error) { return []byte{1}, nil })
 	if !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("short CRC: %v, want ErrInvalid", err)
 	}
 	// A TOC without a tar-split digest cannot be checked.
-	old := *real.toc
-	old.TarSplitDigest = ""
-	if _, _, err := Predict(&old, []Known{real.known()}, nil); !errors.Is(err, errdefs.ErrInvalid) {
+	if _, _, err := Predict(real.entries, "", []Known{real.known()}, nil); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("no tarSplitDigest: %v, want ErrInvalid", err)
 	}
 	// Unknown entry types and duplicate names.
-	odd := &chunked.TOC{Version: 1, Entries: []chunked.Entry{{Type: "whiteout", Name: "x"}}}
+	odd := []layerfs.Entry{{Type: layerfs.Type(0), Name: "x"}} // no type tar knows ("whiteout")
 	if _, _, err := PredictJSON(odd, nil, nil); !errors.Is(err, errdefs.ErrUnsupported) {
 		t.Errorf("unknown type: %v, want ErrUnsupported", err)
 	}
-	dup := &chunked.TOC{Version: 1, Entries: []chunked.Entry{{Type: chunked.TypeDir, Name: "a/"}, {Type: chunked.TypeDir, Name: "a"}}}
+	dup := []layerfs.Entry{{Type: layerfs.TypeDir, Name: "a/"}, {Type: layerfs.TypeDir, Name: "a"}}
 	if _, _, err := PredictJSON(dup, nil, nil); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Errorf("duplicate paths: %v, want ErrInvalid", err)
 	}
@@ -77,11 +76,11 @@ func TestPredictOtherLevel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _, err := PredictJSON(l.TOC, []Known{{TOC: l.TOC, TarSplit: l.TarSplit}}, nil)
+	js, _, err := PredictJSON(l.Entries, []Known{{Entries: l.Entries, TarSplit: l.TarSplit}}, nil)
 	if err != nil || !bytes.Equal(js, l.TarSplit) {
 		t.Fatalf("PredictJSON: exact=%v, %v", bytes.Equal(js, l.TarSplit), err)
 	}
-	if _, _, err := Predict(l.TOC, []Known{{TOC: l.TOC, TarSplit: l.TarSplit}}, nil); !errors.Is(err, errdefs.ErrDigestMismatch) {
+	if _, _, err := Predict(l.Entries, l.TOC.TarSplitDigest, []Known{{Entries: l.Entries, TarSplit: l.TarSplit}}, nil); !errors.Is(err, errdefs.ErrDigestMismatch) {
 		t.Errorf("Predict: %v, want ErrDigestMismatch", err)
 	}
 }

@@ -24,10 +24,11 @@ func ExamplePredict() {
 	v1 := map[string]string{"etc/hostname": "kura\n", "etc/motd": "hello\n"}
 	v2 := map[string]string{"etc/hostname": "kura\n", "etc/motd": "hello, world\n"}
 
-	// The stored layer: its TOC and tar-split, as store.LayerTOC and store.LayerTarSplit give.
-	_, old := metadata(tarOf(v1))
-	// The new version's TOC, as fetched.
-	toc, real := metadata(tarOf(v2))
+	// The stored layer: its entries and tar-split, as store.LayerEntries and
+	// store.LayerTarSplit give.
+	_, _, old := metadata(tarOf(v1))
+	// The new version's TOC, as fetched and parsed.
+	l, tsDigest, real := metadata(tarOf(v2))
 
 	// Content no stored layer has: the puller has just fetched it, so it can read it back.
 	fetched := map[digest.Digest][]byte{digest.FromString(v2["etc/motd"]): []byte(v2["etc/motd"])}
@@ -38,7 +39,7 @@ func ExamplePredict() {
 		}
 		return io.NopCloser(bytes.NewReader(b)), nil
 	})
-	compressed, ts, err := tarsplit.Predict(toc, []tarsplit.Known{old}, crc)
+	compressed, ts, err := tarsplit.Predict(l.Entries, tsDigest, []tarsplit.Known{old}, crc)
 	switch {
 	case errors.Is(err, errdefs.ErrDigestMismatch):
 		fmt.Println("wrong prediction: fetch the tar-split")
@@ -63,8 +64,9 @@ func tarOf(files map[string]string) []byte {
 	return buf.Bytes()
 }
 
-// metadata converts a tar and returns its TOC and tar-split as a puller sees them.
-func metadata(tarBytes []byte) (*chunked.TOC, tarsplit.Known) {
+// metadata converts a tar and returns the layer, its TOC's tar-split digest and the layer as a
+// store would know it, as a puller sees them.
+func metadata(tarBytes []byte) (*chunked.Layer, string, tarsplit.Known) {
 	var blob bytes.Buffer
 	if _, err := chunked.Convert(context.Background(), bytes.NewReader(tarBytes), &blob); err != nil {
 		panic(err)
@@ -78,5 +80,5 @@ func metadata(tarBytes []byte) (*chunked.TOC, tarsplit.Known) {
 	if err != nil {
 		panic(err)
 	}
-	return l.TOC, tarsplit.Known{TOC: l.TOC, TarSplit: l.TarSplit}
+	return l, l.TOC.TarSplitDigest, tarsplit.Known{Entries: l.Entries, TarSplit: l.TarSplit}
 }

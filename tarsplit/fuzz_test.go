@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/tarstream"
 )
 
@@ -20,6 +21,10 @@ func FuzzPredict(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	model, err := chunked.DecodeEntries(toc)
+	if err != nil {
+		f.Fatal(err)
+	}
 	ts, err := readVectorFile("mixed.tar-split.json")
 	if err != nil {
 		f.Fatal(err)
@@ -29,12 +34,12 @@ func FuzzPredict(f *testing.F) {
 	f.Add(bytes.Replace(ts, []byte(`"type":1`), []byte(`"type":2`), 3))
 	f.Add([]byte(`{"type":2,"payload":"AAAA","position":0}` + "\n"))
 	f.Fuzz(func(t *testing.T, tarSplit []byte) {
-		out, _, err := PredictJSON(toc, []Known{{TOC: toc, TarSplit: tarSplit}}, nil)
+		out, _, err := PredictJSON(model, []Known{{Entries: model, TarSplit: tarSplit}}, nil)
 		if err == nil && bytes.Equal(tarSplit, ts) && !bytes.Equal(out, ts) {
 			t.Fatal("the true tar-split did not predict itself")
 		}
 		// PredictEntries decodes the same bytes in place: it must agree, entry for entry.
-		entries, _, eerr := PredictEntries(toc, []Known{{TOC: toc, TarSplit: bytes.Clone(tarSplit)}}, nil)
+		entries, _, eerr := PredictEntries(model, []Known{{Entries: model, TarSplit: bytes.Clone(tarSplit)}}, nil)
 		if (err == nil) != (eerr == nil) {
 			t.Fatalf("PredictJSON: %v; PredictEntries: %v", err, eerr)
 		}
@@ -70,8 +75,8 @@ func FuzzSynthesize(f *testing.F) {
 			return
 		}
 		mt := time.Unix(mtime, 0).UTC()
-		e := &chunked.Entry{Type: chunked.TypeReg, Name: name, Size: size, Mode: mode, ModTime: &mt}
-		tmpl := &record{entry: &chunked.Entry{Type: chunked.TypeReg, Name: "tmpl"}, seg: raw, single: true}
+		e := &layerfs.Entry{Type: layerfs.TypeReg, Name: name, Size: size, Mode: mode, ModTime: &mt}
+		tmpl := &record{entry: &layerfs.Entry{Type: layerfs.TypeReg, Name: "tmpl"}, seg: raw, single: true}
 		out, err := synthesize(e, tmpl, nil)
 		if err == nil && !describes(out, e) {
 			t.Fatalf("synthesized header does not read back as %+v", e)

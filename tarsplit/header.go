@@ -3,28 +3,28 @@ package tarsplit
 import (
 	"archive/tar"
 	"bytes"
-	"encoding/base64"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 )
 
 // sameEntry reports whether two TOC entries have the same tar metadata: a known entry's header
 // bytes can then be reused as they are.
-func sameEntry(a, b *chunked.Entry) bool { return chunked.SameMetadata(a, b) == nil }
+func sameEntry(a, b *layerfs.Entry) bool { return chunked.SameEntryMetadata(a, b) == nil }
 
 // typeFlags maps TOC entry types back to tar type flags.
-var typeFlags = map[string]byte{
-	chunked.TypeReg:     tar.TypeReg,
-	chunked.TypeLink:    tar.TypeLink,
-	chunked.TypeChar:    tar.TypeChar,
-	chunked.TypeBlock:   tar.TypeBlock,
-	chunked.TypeDir:     tar.TypeDir,
-	chunked.TypeFifo:    tar.TypeFifo,
-	chunked.TypeSymlink: tar.TypeSymlink,
+var typeFlags = map[layerfs.Type]byte{
+	layerfs.TypeReg:     tar.TypeReg,
+	layerfs.TypeLink:    tar.TypeLink,
+	layerfs.TypeChar:    tar.TypeChar,
+	layerfs.TypeBlock:   tar.TypeBlock,
+	layerfs.TypeDir:     tar.TypeDir,
+	layerfs.TypeFifo:    tar.TypeFifo,
+	layerfs.TypeSymlink: tar.TypeSymlink,
 }
 
 // basicPAXKeys are the PAX records Go's writer derives from header fields.
@@ -55,7 +55,7 @@ type owners interface {
 // headerFromEntry builds the tar header a TOC entry describes. Fields the TOC does not record
 // come from tmpl if it is not nil (PAX records other than xattrs, when tmpl is the same file) and
 // from names (user and group names, as some known entry of the same owner has them).
-func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names owners) (*tar.Header, error) {
+func headerFromEntry(e *layerfs.Entry, tmpl *tar.Header, sameName bool, names owners) (*tar.Header, error) {
 	flag, ok := typeFlags[e.Type]
 	if !ok {
 		return nil, fmt.Errorf("%q: TOC entry type %q: %w", e.Name, e.Type, errdefs.ErrUnsupported)
@@ -74,15 +74,11 @@ func headerFromEntry(e *chunked.Entry, tmpl *tar.Header, sameName bool, names ow
 	if e.ChangeTime != nil {
 		h.ChangeTime = *e.ChangeTime
 	}
-	for k, v := range e.Xattrs {
-		b, err := base64.StdEncoding.DecodeString(v)
-		if err != nil {
-			return nil, fmt.Errorf("%q: xattr %q: %w: %w", e.Name, k, errdefs.ErrInvalid, err)
-		}
+	for k, v := range e.Xattrs { // decoded already
 		if h.PAXRecords == nil {
 			h.PAXRecords = map[string]string{}
 		}
-		h.PAXRecords[chunked.PAXXattrPrefix+k] = string(b)
+		h.PAXRecords[chunked.PAXXattrPrefix+k] = string(v)
 	}
 	if tmpl != nil && tmpl.Uid == e.UID {
 		h.Uname = tmpl.Uname
@@ -124,19 +120,19 @@ func writeGo(hdr *tar.Header, format tar.Format) ([]byte, error) {
 }
 
 // describes reports whether raw is one header that reads back as exactly e's metadata.
-func describes(raw []byte, e *chunked.Entry) bool {
+func describes(raw []byte, e *layerfs.Entry) bool {
 	hdr, err := parseRaw(raw)
 	if err != nil {
 		return false
 	}
-	got, err := chunked.EntryFromHeader(hdr)
+	got, err := chunked.HeaderEntry(hdr)
 	return err == nil && sameEntry(&got, e)
 }
 
 // synthesize returns the header bytes for e as the writer that wrote tmpl (a known entry, or
 // nil) would write them: with Go's archive/tar in the format choice that reproduces tmpl's bytes
 // exactly, else by patching tmpl's headers (patch.go). The result always reads back as e.
-func synthesize(e *chunked.Entry, tmpl *record, names owners) ([]byte, error) {
+func synthesize(e *layerfs.Entry, tmpl *record, names owners) ([]byte, error) {
 	if tmpl == nil {
 		h, err := headerFromEntry(e, nil, false, names)
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testdata"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/tarstream"
 )
 
@@ -23,12 +24,13 @@ import (
 // store would hold (the uncompressed tar-split).
 type layer struct {
 	toc        *chunked.TOC
-	tarSplit   []byte // uncompressed
-	compressed []byte // as in the blob
+	entries    []layerfs.Entry // the TOC decoded, as chunked.Parse gives it
+	tarSplit   []byte          // uncompressed
+	compressed []byte          // as in the blob
 	crcs       map[digest.Digest][]byte
 }
 
-func (l *layer) known() Known { return Known{TOC: l.toc, TarSplit: l.tarSplit} }
+func (l *layer) known() Known { return Known{Entries: l.entries, TarSplit: l.tarSplit} }
 
 // convert runs the writer over a tar and reads back its metadata as a puller does.
 func convert(t testing.TB, tarBytes []byte) *layer {
@@ -47,7 +49,7 @@ func convert(t testing.TB, tarBytes []byte) *layer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &layer{toc: l.TOC, tarSplit: l.TarSplit, compressed: bytes.Clone(ts), crcs: contentCRCs(t, tarBytes)}
+	return &layer{toc: l.TOC, entries: l.Entries, tarSplit: l.TarSplit, compressed: bytes.Clone(ts), crcs: contentCRCs(t, tarBytes)}
 }
 
 // contentCRCs maps every regular file's content digest to its tar-split CRC.
@@ -108,7 +110,7 @@ func checkPredictionWith(t *testing.T, next *layer, crc CRCFunc, known ...*layer
 	for i, k := range ks {
 		originals[i] = bytes.Clone(k.TarSplit)
 	}
-	js, st, err := PredictJSON(next.toc, ks, crc)
+	js, st, err := PredictJSON(next.entries, ks, crc)
 	for i, k := range ks {
 		if !bytes.Equal(k.TarSplit, originals[i]) {
 			t.Fatalf("PredictJSON changed known tar-split %d", i)
@@ -124,8 +126,8 @@ func checkPredictionWith(t *testing.T, next *layer, crc CRCFunc, known ...*layer
 	if counted && calls != st.NewCRCs {
 		t.Errorf("CRCFunc called %d times, stats say %d", calls, st.NewCRCs)
 	}
-	checkEntries(t, js, next.toc, ks, crc)
-	compressed, tsJSON, err := Predict(next.toc, ks, crc)
+	checkEntries(t, js, next.entries, ks, crc)
+	compressed, tsJSON, err := Predict(next.entries, next.toc.TarSplitDigest, ks, crc)
 	exact := bytes.Equal(js, next.tarSplit)
 	if exact != (err == nil) {
 		t.Errorf("JSON exact=%v but Predict's digest check says %v", exact, err)
@@ -177,13 +179,13 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // checkEntries checks that PredictEntries, from copies of the known tar-splits (it consumes
 // them), predicts what PredictJSON did: the entries that decoding its JSON gives, which tarstream.WriteTarSplit
 // writes back as that JSON.
-func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc CRCFunc) {
+func checkEntries(t *testing.T, js []byte, entries []layerfs.Entry, known []Known, crc CRCFunc) {
 	t.Helper()
 	copies := make([]Known, len(known))
 	for i, k := range known {
-		copies[i] = Known{TOC: k.TOC, TarSplit: bytes.Clone(k.TarSplit)}
+		copies[i] = Known{Entries: k.Entries, TarSplit: bytes.Clone(k.TarSplit)}
 	}
-	entries, _, err := PredictEntries(toc, copies, crc)
+	predicted, _, err := PredictEntries(entries, copies, crc)
 	if err != nil {
 		t.Fatalf("PredictJSON succeeded, PredictEntries: %v", err)
 	}
@@ -191,17 +193,17 @@ func checkEntries(t *testing.T, js []byte, toc *chunked.TOC, known []Known, crc 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != len(want) {
-		t.Fatalf("PredictEntries gave %d entries, PredictJSON %d", len(entries), len(want))
+	if len(predicted) != len(want) {
+		t.Fatalf("PredictEntries gave %d entries, PredictJSON %d", len(predicted), len(want))
 	}
 	for i := range want {
-		g, w := entries[i], want[i]
+		g, w := predicted[i], want[i]
 		if g.Type != w.Type || g.GetName() != w.GetName() || g.Size != w.Size || !bytes.Equal(g.Payload, w.Payload) || g.Position != w.Position {
 			t.Fatalf("entry %d: PredictEntries %+v, PredictJSON %+v", i, g, w)
 		}
 	}
 	var out bytes.Buffer
-	if err := tarstream.WriteTarSplit(&out, entries); err != nil {
+	if err := tarstream.WriteTarSplit(&out, predicted); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(out.Bytes(), js) {

@@ -7,22 +7,24 @@ import (
 	"io"
 	"slices"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/vbatts/tar-split/tar/storage"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/tarstream"
 )
 
-// Known is a layer already in the store: its TOC and its uncompressed tar-split JSON stream.
+// Known is a layer already in the store: its entries (store.LayerEntries) and its uncompressed
+// tar-split JSON stream.
 type Known struct {
-	TOC      *chunked.TOC
+	Entries  []layerfs.Entry
 	TarSplit []byte
 }
 
 // record is one tar entry of a known layer as its tar-split stores it.
 type record struct {
-	entry *chunked.Entry // the layer's TOC entry for it
+	entry *layerfs.Entry // the layer's entry for it
 	name  string         // the name tar-split records (may differ from a lossy TOC name)
 	// seg is the segment in front of the entry, decoded: the padding of the entry before it
 	// (pad bytes), then extension headers and header. single says tar-split recorded it as one
@@ -64,16 +66,11 @@ func padding(n int64) int64 { return (512 - n%512) % 512 }
 // entries, which list the same tar entries in the same order (plus chunk entries). It adds the
 // CRCs of the layer's content to crcs, by content digest. Segments are decoded into one new
 // buffer, or with inPlace into the tar-split's own memory, whose JSON is then lost.
-func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, error) {
-	if k.TOC == nil {
-		return nil, fmt.Errorf("known layer without a TOC: %w", errdefs.ErrInvalid)
+func indexKnown(k Known, crcs map[digest.Digest][]byte, inPlace bool) (*layerIndex, error) {
+	if k.Entries == nil {
+		return nil, fmt.Errorf("known layer without entries (no TOC): %w", errdefs.ErrInvalid)
 	}
-	tocEntries := make([]*chunked.Entry, 0, len(k.TOC.Entries))
-	for i := range k.TOC.Entries {
-		if k.TOC.Entries[i].Type != chunked.TypeChunk {
-			tocEntries = append(tocEntries, &k.TOC.Entries[i])
-		}
-	}
+	tocEntries := k.Entries
 	idx := &layerIndex{records: make([]record, 0, len(tocEntries))}
 	var slab []byte // decoded segments, unless in place; never grown, so slices of it stay valid
 	if !inPlace {
@@ -134,7 +131,7 @@ func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, err
 			if i >= len(tocEntries) {
 				return nil, fmt.Errorf("tar-split has more entries than the TOC's %d: %w", len(tocEntries), errdefs.ErrInvalid)
 			}
-			te := tocEntries[i]
+			te := &tocEntries[i]
 			if len(segs) == 0 {
 				return nil, fmt.Errorf("tar-split entry %q has no header: %w", te.Name, errdefs.ErrInvalid)
 			}
@@ -154,7 +151,7 @@ func indexKnown(k Known, crcs map[string][]byte, inPlace bool) (*layerIndex, err
 			segs, seg64, segText = segs[:0], nil, 0
 			prevSize = l.Size
 			idx.size += l.Size
-			if l.Size > 0 && te.Type == chunked.TypeReg && te.Digest != "" {
+			if l.Size > 0 && te.Type == layerfs.TypeReg && te.Digest != "" {
 				if sum, err := l.DecodedPayload(); err == nil && len(sum) == crcSize {
 					crcs[te.Digest] = sum
 				}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/tarstream"
 )
 
@@ -30,16 +31,17 @@ type Stats struct {
 	NewCRCs     int // content CRCs asked of the CRCFunc
 }
 
-// Predict returns the tar-split of the layer whose TOC is toc, compressed as the writer
-// compresses it (zstd level 10), and its uncompressed JSON. The compressed bytes are checked
-// against the TOC's tarSplitDigest: on a mismatch the error wraps errdefs.ErrDigestMismatch and
-// the caller should fetch the real tar-split. known are layers already stored, most similar
-// first: where two hold the same name, the first wins.
-func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit []byte, err error) {
-	if _, err := digest.Parse(toc.TarSplitDigest); err != nil {
-		return nil, nil, fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
+// Predict returns the tar-split of the layer whose entries (package layerfs, as chunked.Parse
+// decodes its TOC) are given, compressed as the writer compresses it (zstd level 10), and its
+// uncompressed JSON. The compressed bytes are checked against tarSplitDigest, the TOC's: on a
+// mismatch the error wraps errdefs.ErrDigestMismatch and the caller should fetch the real
+// tar-split. known are layers already stored, most similar first: where two hold the same name,
+// the first wins.
+func Predict(entries []layerfs.Entry, tarSplitDigest string, known []Known, crc CRCFunc) (compressed, tarSplit []byte, err error) {
+	if _, err := digest.Parse(tarSplitDigest); err != nil {
+		return nil, nil, fmt.Errorf("TOC tarSplitDigest %q: %w: %w", tarSplitDigest, errdefs.ErrInvalid, err)
 	}
-	tarSplit, _, err = PredictJSON(toc, known, crc)
+	tarSplit, _, err = PredictJSON(entries, known, crc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -47,7 +49,7 @@ func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := CheckDigest(toc, compressed); err != nil {
+	if err := CheckDigest(tarSplitDigest, compressed); err != nil {
 		return nil, nil, err
 	}
 	return compressed, tarSplit, nil
@@ -55,10 +57,10 @@ func Predict(toc *chunked.TOC, known []Known, crc CRCFunc) (compressed, tarSplit
 
 // CheckDigest checks compressed tar-split bytes against the TOC's tarSplitDigest; a mismatch
 // wraps errdefs.ErrDigestMismatch.
-func CheckDigest(toc *chunked.TOC, compressed []byte) error {
-	want, err := digest.Parse(toc.TarSplitDigest)
+func CheckDigest(tarSplitDigest string, compressed []byte) error {
+	want, err := digest.Parse(tarSplitDigest)
 	if err != nil {
-		return fmt.Errorf("TOC tarSplitDigest %q: %w: %w", toc.TarSplitDigest, errdefs.ErrInvalid, err)
+		return fmt.Errorf("TOC tarSplitDigest %q: %w: %w", tarSplitDigest, errdefs.ErrInvalid, err)
 	}
 	if got := want.Algorithm().FromBytes(compressed); got != want {
 		return fmt.Errorf("predicted tar-split has digest %s, the TOC says %s: %w", got, want, errdefs.ErrDigestMismatch)
@@ -69,10 +71,10 @@ func CheckDigest(toc *chunked.TOC, compressed []byte) error {
 // PredictJSON returns the predicted uncompressed tar-split without compressing or checking it.
 // A wrong prediction still cannot go unnoticed if the caller rebuilds the tar and checks the
 // DiffID, which it must do anyway after a partial pull.
-func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, error) {
+func PredictJSON(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]byte, Stats, error) {
 	var out bytes.Buffer
-	out.Grow(estimateSize(toc, known))
-	st, err := predict(toc, known, crc, false, jsonSink{tarstream.NewPacker(&out, len(toc.Entries))})
+	out.Grow(estimateSize(entries, known))
+	st, err := predict(entries, known, crc, false, jsonSink{tarstream.NewPacker(&out, len(entries))})
 	if err != nil {
 		return nil, st, err
 	}
@@ -83,24 +85,19 @@ func PredictJSON(toc *chunked.TOC, known []Known, crc CRCFunc) ([]byte, Stats, e
 // tarstream.DecodeTarSplit would return it: it writes no JSON. It consumes the known layers'
 // TarSplit: their memory is reused for the decoded segments, which the entries share. File
 // entries carry their CRC as the payload; tarstream.WriteTarSplit turns the entries into the tar-split.
-func PredictEntries(toc *chunked.TOC, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
-	n := 0 // tar entries: a segment and a file line each, and a few segments at the end
-	for i := range toc.Entries {
-		if toc.Entries[i].Type != chunked.TypeChunk {
-			n++
-		}
-	}
+func PredictEntries(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
+	n := len(entries) // tar entries: a segment and a file line each, and a few segments at the end
 	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(tarstream.PathSet, n)}
-	st, err := predict(toc, known, crc, true, es)
+	st, err := predict(entries, known, crc, true, es)
 	if err != nil {
 		return nil, st, err
 	}
 	return es.entries, st, nil
 }
 
-func predict(toc *chunked.TOC, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {
+func predict(entries []layerfs.Entry, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {
 	var st Stats
-	crcs := map[string][]byte{}
+	crcs := map[digest.Digest][]byte{}
 	layers := make([]*layerIndex, 0, len(known))
 	for i, k := range known {
 		idx, err := indexKnown(k, crcs, inPlace)
@@ -118,11 +115,8 @@ func predict(toc *chunked.TOC, known []Known, crc CRCFunc, inPlace bool, out sin
 		first    = true
 		total    int64 // bytes of the tar stream so far
 	)
-	for i := range toc.Entries {
-		e := &toc.Entries[i]
-		if e.Type == chunked.TypeChunk {
-			continue
-		}
+	for i := range entries {
+		e := &entries[i]
 		if e.Size < 0 {
 			return st, fmt.Errorf("%q has size %d: %w", e.Name, e.Size, errdefs.ErrInvalid)
 		}
@@ -175,11 +169,11 @@ func predict(toc *chunked.TOC, known []Known, crc CRCFunc, inPlace bool, out sin
 // estimateSize guesses the JSON size to spare the buffer's growth, without more memory than it
 // needs (fresh memory is dear): the first known tar-split's bytes per TOC entry, times the
 // entries, with a margin; or a header segment (base64) and a file line per entry.
-func estimateSize(toc *chunked.TOC, known []Known) int {
-	n := len(toc.Entries) * 900
-	if len(known) > 0 && known[0].TOC != nil && len(known[0].TOC.Entries) > 0 {
-		perEntry := float64(len(known[0].TarSplit)) / float64(len(known[0].TOC.Entries))
-		n = int(perEntry*float64(len(toc.Entries))*1.02) + 64<<10
+func estimateSize(entries []layerfs.Entry, known []Known) int {
+	n := len(entries) * 900
+	if len(known) > 0 && len(known[0].Entries) > 0 {
+		perEntry := float64(len(known[0].TarSplit)) / float64(len(known[0].Entries))
+		n = int(perEntry*float64(len(entries))*1.02) + 64<<10
 	}
 	return min(n, 256<<20) + 4096
 }
@@ -187,12 +181,12 @@ func estimateSize(toc *chunked.TOC, known []Known) int {
 // templates indexes the known layers' entries for prediction.
 type templates struct {
 	layers []*layerIndex
-	crcs   map[string][]byte // by content digest
+	crcs   map[digest.Digest][]byte // by content digest
 	byName map[string][]*record
 	// byOwner models entries whose name no known layer has: an entry of the same type and
 	// owner, else of the same type, else any.
 	byOwner map[ownerKey]*record
-	byType  map[string]*record
+	byType  map[layerfs.Type]*record
 	anyRec  *record
 	// byUID and byGID find a known entry of an owner, whose header names it.
 	byUID, byGID map[int]*record
@@ -201,7 +195,7 @@ type templates struct {
 }
 
 type ownerKey struct {
-	typ      string
+	typ      layerfs.Type
 	uid, gid int
 }
 
@@ -209,7 +203,7 @@ func newTemplates(layers []*layerIndex) *templates {
 	ix := &templates{
 		layers:  layers,
 		byOwner: map[ownerKey]*record{},
-		byType:  map[string]*record{},
+		byType:  map[layerfs.Type]*record{},
 		byUID:   map[int]*record{},
 		byGID:   map[int]*record{},
 		unames:  map[int]string{},
@@ -247,7 +241,7 @@ func newTemplates(layers []*layerIndex) *templates {
 }
 
 // find returns a known entry with e's name and metadata, whose header can be reused.
-func (ix *templates) find(e *chunked.Entry) *record {
+func (ix *templates) find(e *layerfs.Entry) *record {
 	for _, r := range ix.byName[e.Name] {
 		if sameEntry(r.entry, e) {
 			return r
@@ -258,7 +252,7 @@ func (ix *templates) find(e *chunked.Entry) *record {
 
 // synthesize writes e's header, modelled on the known entry of the same name if there is one,
 // else on one of the same type and owner.
-func (ix *templates) synthesize(e *chunked.Entry) ([]byte, error) {
+func (ix *templates) synthesize(e *layerfs.Entry) ([]byte, error) {
 	// A TOC name is lossy where the tar name is not UTF-8; only a reused header has the original.
 	if strings.ContainsRune(e.Name, utf8.RuneError) || strings.ContainsRune(e.Linkname, utf8.RuneError) {
 		return nil, fmt.Errorf("%q: name may not be the tar's (not UTF-8): %w", e.Name, errdefs.ErrUnsupported)
@@ -308,15 +302,15 @@ func ownerName(r *record, cache map[int]string, id int, name func(*tar.Header) s
 }
 
 // crc returns the tar-split checksum of e's content.
-func (ix *templates) crc(e *chunked.Entry, crc CRCFunc, st *Stats) ([]byte, error) {
-	if e.Type != chunked.TypeReg {
+func (ix *templates) crc(e *layerfs.Entry, crc CRCFunc, st *Stats) ([]byte, error) {
+	if e.Type != layerfs.TypeReg {
 		return nil, fmt.Errorf("%q: %s entry with %d bytes of content: %w", e.Name, e.Type, e.Size, errdefs.ErrUnsupported)
 	}
 	if sum, ok := ix.crcs[e.Digest]; ok {
 		return sum, nil
 	}
-	d, err := digest.Parse(e.Digest)
-	if err != nil {
+	d := e.Digest
+	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("%q: digest %q: %w: %w", e.Name, e.Digest, errdefs.ErrInvalid, err)
 	}
 	if crc == nil {

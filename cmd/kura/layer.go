@@ -184,8 +184,8 @@ func layerInspect(cmd *cobra.Command, name string, showTOC bool, annFile string)
 	}
 	for _, file := range l.Files {
 		s.ContentBytes += file.Entry.Size
-		s.Chunks += len(file.Chunks)
-		for _, c := range file.Chunks {
+		s.Chunks += len(file.Entry.Chunks)
+		for _, c := range file.Entry.Chunks {
 			if c.Zeros {
 				s.ZerosChunks++
 				s.ZerosBytes += c.Size

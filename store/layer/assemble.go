@@ -13,6 +13,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/progress"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
@@ -53,7 +54,7 @@ func (a *assembler) prepare(plan *Plan) error {
 	a.byOffset = map[int64]remotePiece{}
 	a.ready = make(map[digest.Digest]chan struct{}, len(plan.Files))
 	for i := range plan.Files {
-		a.ready[plan.Files[i].File.Digest] = make(chan struct{})
+		a.ready[plan.Files[i].File.Entry.Digest] = make(chan struct{})
 	}
 	for i := range plan.Files {
 		fp := &plan.Files[i]
@@ -61,7 +62,7 @@ func (a *assembler) prepare(plan *Plan) error {
 		if fp.Stream {
 			pf.remaining.Store(1)
 			a.byOffset[fp.File.Range.Offset] = remotePiece{pf: pf, chunk: chunked.FileChunk{
-				Size: fp.File.Entry.Size, Digest: fp.File.Digest, Range: fp.File.Range}, pieces: fp.Pieces}
+				Chunk: layerfs.Chunk{Size: fp.File.Entry.Size, Digest: fp.File.Entry.Digest}, Range: fp.File.Range}, pieces: fp.Pieces}
 			continue
 		}
 		if len(fp.Pieces) == 1 && fp.Pieces[0].Kind == PieceRemote {
@@ -168,9 +169,9 @@ func (a *assembler) receive(r source.Range, rd io.Reader) error {
 // digest; a streamed file's zeros chunks become holes.
 func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 	f := rp.pf.file
-	w, err := a.batch.Ingest(a.ctx, f.Digest, f.Entry.Size)
+	w, err := a.batch.Ingest(a.ctx, f.Entry.Digest, f.Entry.Size)
 	if errors.Is(err, errdefs.ErrAlreadyExists) {
-		close(a.ready[f.Digest])
+		close(a.ready[f.Entry.Digest])
 		return nil // another layer of this pull stored it meanwhile
 	}
 	if err != nil {
@@ -189,7 +190,7 @@ func (a *assembler) stream(rp remotePiece, rd io.Reader) error {
 		w.Abort()
 		return fmt.Errorf("file %q: %w", f.Entry.Name, err)
 	}
-	close(a.ready[f.Digest])
+	close(a.ready[f.Entry.Digest])
 	return nil
 }
 
@@ -200,10 +201,10 @@ func (a *assembler) finish(pf *pendingFile) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := store.WriteObject(a.ctx, a.batch, f, pf.file.Digest, pf.file.Entry.Size); err != nil {
+	if _, err := store.WriteObject(a.ctx, a.batch, f, pf.file.Entry.Digest, pf.file.Entry.Size); err != nil {
 		return fmt.Errorf("file %q: %w", pf.file.Entry.Name, err)
 	}
-	close(a.ready[pf.file.Digest])
+	close(a.ready[pf.file.Entry.Digest])
 	return a.batch.DropScratch(pf.path)
 }
 

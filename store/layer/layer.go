@@ -12,12 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/iocount"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/tarstream"
@@ -87,7 +89,8 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	diff := sha256.New()
 	counted := &iocount.Reader{R: io.TeeReader(plain, diff)}
 	var tarSplit bytes.Buffer
-	toc := &chunked.TOC{Version: 1}
+	var entries []layerfs.Entry // the model, built as the tar is walked; the TOC is derived from it
+	rows := 0                   // the TOC rows entries make (chunk rows count against maxEntries)
 	var content int64
 	seen := map[string]bool{}
 
@@ -95,7 +98,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if len(toc.Entries) >= maxEntries {
+		if rows >= maxEntries {
 			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
 		}
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
@@ -124,23 +127,24 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 			}
 			// A target in a lower layer is legal; checkout refuses targets missing from the tree.
 		}
-		e, err := chunked.EntryFromHeader(hdr)
+		e, err := chunked.HeaderEntry(hdr)
 		if err != nil {
 			return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errdefs.ErrInvalid)
 		}
-		if e.Type != chunked.TypeReg || hdr.Size == 0 {
-			toc.Entries = append(toc.Entries, e)
+		if e.Type != layerfs.TypeReg || hdr.Size == 0 {
+			entries = append(entries, e)
+			rows++
 			return nil
 		}
 		if hdr.Size < 0 {
 			return fmt.Errorf("entry %q: size %d: %w", hdr.Name, hdr.Size, errdefs.ErrInvalid)
 		}
-		entries, err := storeFile(ctx, batch, e, payload, hdr.Size)
-		if err != nil {
+		if err := storeFile(ctx, batch, &e, payload); err != nil {
 			return fmt.Errorf("entry %q: %w", hdr.Name, err)
 		}
-		toc.Entries = append(toc.Entries, entries...)
-		if len(toc.Entries) > maxEntries {
+		entries = append(entries, e)
+		rows += max(len(e.Chunks), 1) // one row per chunk when there are several
+		if rows > maxEntries {
 			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
 		}
 		content += hdr.Size
@@ -168,21 +172,23 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	}
 	committed = true
 	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: content}
-	if err := batch.PutLayer(ctx, l, toc, tarSplit.Bytes()); err != nil {
+	if err := batch.PutLayer(ctx, l, chunked.EncodeTOC(entries), tarSplit.Bytes()); err != nil {
 		return Imported{}, err
 	}
 	stored, err := s.Layer(ctx, diffID)
 	return Imported{Layer: stored, ObjectsWritten: written}, err
 }
 
-// storeFile writes one regular file's payload as an object while cutting it into the same
-// rollsum chunks as a zstd:chunked writer, and returns its TOC entries.
-func storeFile(ctx context.Context, b *store.Batch, e chunked.Entry, payload io.Reader, size int64) ([]chunked.Entry, error) {
-	w, err := b.Ingest(ctx, "", size)
+// storeFile writes the payload of e, a regular file, as an object while cutting it into the
+// same rollsum chunks as a zstd:chunked writer, and sets e's digest and chunks. A file of one
+// chunk gets the chunk its TOC row gives back (the whole file, not zeros), so that the entry is
+// what decoding the stored TOC yields.
+func storeFile(ctx context.Context, b *store.Batch, e *layerfs.Entry, payload io.Reader) error {
+	w, err := b.Ingest(ctx, "", e.Size)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var chunks []chunked.Chunk
+	var chunks []layerfs.Chunk
 	cw := chunked.NewChunkWriter(w, func(c chunked.Chunk) error {
 		chunks = append(chunks, c)
 		return nil
@@ -191,18 +197,21 @@ func storeFile(ctx context.Context, b *store.Batch, e chunked.Entry, payload io.
 	if err == nil {
 		err = cw.Close()
 	}
-	if err == nil && n != size {
-		err = fmt.Errorf("declares %d bytes but holds %d: %w", size, n, errdefs.ErrInvalid)
+	if err == nil && n != e.Size {
+		err = fmt.Errorf("declares %d bytes but holds %d: %w", e.Size, n, errdefs.ErrInvalid)
 	}
 	if err != nil {
 		w.Abort()
-		return nil, err
+		return err
 	}
-	d, err := w.Commit(ctx)
-	if err != nil {
-		return nil, err
+	if e.Digest, err = w.Commit(ctx); err != nil {
+		return err
 	}
-	return chunked.ChunkEntries(e, d, chunks, nil), nil
+	if len(chunks) < 2 {
+		chunks = append(chunks[:0], layerfs.Chunk{Size: e.Size, Digest: e.Digest})
+	}
+	e.Chunks = slices.Clip(chunks)
+	return nil
 }
 
 // classify marks truncated or malformed tar streams as invalid input.

@@ -83,24 +83,26 @@ func MakePlan(ctx context.Context, files []chunked.File, have Have) *Plan {
 	planned := make(map[digest.Digest]bool, len(files))
 	for i := range files {
 		f := &files[i]
-		if planned[f.Digest] || present[i] {
-			if !planned[f.Digest] {
+		d, chunks := f.Entry.Digest, f.Entry.Chunks
+		if planned[d] || present[i] {
+			if !planned[d] {
 				p.ReusedFiles++
-				planned[f.Digest] = true
+				planned[d] = true
 			}
 			p.SkippedBytes += f.Range.Length
 			continue
 		}
-		planned[f.Digest] = true
-		fp := FilePlan{File: f, Pieces: make([]Piece, len(f.Chunks))}
-		for j, c := range f.Chunks {
+		planned[d] = true
+		fp := FilePlan{File: f, Pieces: make([]Piece, len(chunks))}
+		for j := range chunks {
+			c := f.Chunk(j)
 			pc := Piece{Kind: PieceRemote, Chunk: c}
 			switch {
 			case c.Zeros:
 				pc.Kind = PieceZeros
 				p.ZeroChunks++
 				p.SkippedBytes += c.Range.Length
-			case len(f.Chunks) > 1:
+			case len(chunks) > 1:
 				if loc, err := have.FindChunk(ctx, c.Digest, c.Size); err == nil {
 					pc.Kind, pc.Local = PieceLocal, loc
 					p.ReusedChunks++
@@ -113,7 +115,7 @@ func MakePlan(ctx context.Context, files []chunked.File, have Have) *Plan {
 			}
 			fp.Pieces[j] = pc
 		}
-		if len(f.Chunks) > 1 && streamable(&fp) {
+		if len(chunks) > 1 && streamable(&fp) {
 			fp.Stream = true
 			for _, pc := range fp.Pieces {
 				if pc.Kind == PieceZeros { // its tiny frame now comes along
@@ -136,7 +138,7 @@ func haveObjects(files []chunked.File, have Have) []bool {
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < len(files); i += workers {
-				present[i] = have.HasObject(files[i].Digest)
+				present[i] = have.HasObject(files[i].Entry.Digest)
 			}
 		})
 	}

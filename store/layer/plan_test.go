@@ -72,12 +72,12 @@ func TestPlanEmptyStoreFetchesEachContentOnce(t *testing.T) {
 	}
 	seen := map[digest.Digest]bool{}
 	for _, f := range p.Files {
-		if seen[f.File.Digest] {
-			t.Fatalf("content %s planned twice", f.File.Digest)
+		if seen[f.File.Entry.Digest] {
+			t.Fatalf("content %s planned twice", f.File.Entry.Digest)
 		}
-		seen[f.File.Digest] = true
-		if len(f.Pieces) != len(f.File.Chunks) {
-			t.Fatalf("%s: %d pieces for %d chunks", f.File.Entry.Name, len(f.Pieces), len(f.File.Chunks))
+		seen[f.File.Entry.Digest] = true
+		if len(f.Pieces) != len(f.File.Entry.Chunks) {
+			t.Fatalf("%s: %d pieces for %d chunks", f.File.Entry.Name, len(f.Pieces), len(f.File.Entry.Chunks))
 		}
 	}
 	if p.ZeroChunks == 0 {

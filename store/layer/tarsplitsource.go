@@ -13,6 +13,7 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/tarsplit"
 	"github.com/kura-oci/kura/tarstream"
@@ -102,7 +103,7 @@ func (f *FetchedTarSplit) settle(ctx context.Context, l *chunked.Layer, diffID d
 func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.Entry, diffID digest.Digest, open opener) (int64, error) {
 	byName := make(map[string]digest.Digest, len(files))
 	for _, f := range files {
-		byName[f.Entry.Name] = f.Digest
+		byName[f.Entry.Name] = f.Entry.Digest
 	}
 	h := sha256.New()
 	err := tarstream.RebuildEntries(entries, func(name string, size int64) (io.ReadCloser, error) {
@@ -158,7 +159,7 @@ func (p *predicted) begin(l *chunked.Layer) {
 	p.pred = &prediction{done: make(chan struct{})}
 	go func() {
 		defer close(p.pred.done)
-		predictTarSplit(p.pred, <-p.known, l.TOC)
+		predictTarSplit(p.pred, <-p.known, l.Entries)
 	}()
 }
 
@@ -174,7 +175,7 @@ func (p *predicted) verify(ctx context.Context, l *chunked.Layer, diffID digest.
 		return verdict{wrongPrediction: p.pred.err}
 	}
 	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.TOC, p.pred.entries) }()
+	go func() { checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries) }()
 	n, err := checkDiffID(ctx, l.Files, p.pred.entries, diffID, open)
 	if cerr := <-checked; err == nil {
 		err = cerr
@@ -229,12 +230,12 @@ type knownLayer struct {
 }
 
 func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
-	toc, err := s.LayerTOC(ctx, prev)
+	entries, err := s.LayerEntries(ctx, prev)
 	if err != nil {
 		return knownLayer{err: err}
 	}
 	ts, err := s.LayerTarSplit(ctx, prev)
-	return knownLayer{Known: tarsplit.Known{TOC: toc, TarSplit: ts}, err: err}
+	return knownLayer{Known: tarsplit.Known{Entries: entries, TarSplit: ts}, err: err}
 }
 
 // prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
@@ -248,12 +249,12 @@ type prediction struct {
 
 // predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
 // It consumes the stored layer's tar-split: the entries share its memory.
-func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
+func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 	if k.err != nil {
 		p.err = k.err
 		return
 	}
-	if err := enoughShared(k.TOC, toc); err != nil {
+	if err := enoughShared(k.Entries, entries); err != nil {
 		p.err = err
 		return
 	}
@@ -265,25 +266,28 @@ func predictTarSplit(p *prediction, k knownLayer, toc *chunked.TOC) {
 		return b, nil
 	}
 	var err error
-	if p.entries, _, err = tarsplit.PredictEntries(toc, []tarsplit.Known{k.Known}, placeholder); err != nil {
+	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{k.Known}, placeholder); err != nil {
 		p.err = fmt.Errorf("predicting the tar-split: %w", err)
 	}
 }
 
-// enoughShared refuses to predict from a layer of another image, which shares too little.
-func enoughShared(known, toc *chunked.TOC) error {
-	names := make(map[string]bool, len(known.Entries))
-	for i := range known.Entries {
-		names[known.Entries[i].Name] = true
+// enoughShared refuses to predict from a layer of another image, which shares too little. It
+// counts TOC rows, as the TOC lists them: a file of several chunks weighs one per chunk.
+func enoughShared(known, entries []layerfs.Entry) error {
+	names := make(map[string]bool, len(known))
+	for i := range known {
+		names[known[i].Name] = true
 	}
-	shared := 0
-	for i := range toc.Entries {
-		if names[toc.Entries[i].Name] {
-			shared++
+	shared, rows := 0, 0
+	for i := range entries {
+		n := max(len(entries[i].Chunks), 1)
+		rows += n
+		if names[entries[i].Name] {
+			shared += n
 		}
 	}
-	if shared < len(toc.Entries)/2 {
-		return fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, len(toc.Entries))
+	if shared < rows/2 {
+		return fmt.Errorf("the stored layer shares %d of %d entries: nothing to predict from", shared, rows)
 	}
 	return nil
 }
