@@ -6,7 +6,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/layerfs"
 )
 
 // Metadata is the role of the store that names objects: layer records (TOC, tar-split, fs-verity
@@ -40,7 +40,7 @@ type layerObjects interface {
 type storeHandle interface {
 	ReadOnly() bool
 	requireLock() error
-	indexLayerChunks(layer digest.Digest, toc *chunked.TOC)
+	indexLayerChunks(layer digest.Digest, entries []layerfs.Entry)
 }
 
 func newMetadata(root string, verity bool, objects layerObjects, handle storeHandle) Metadata {
@@ -51,6 +51,6 @@ func newMetadata(root string, verity bool, objects layerObjects, handle storeHan
 func (s *Metadata) requireLock() error { return s.handle.requireLock() }
 
 // indexLayerChunks tells the store handle's chunk index of a layer just recorded.
-func (s *Metadata) indexLayerChunks(layer digest.Digest, toc *chunked.TOC) {
-	s.handle.indexLayerChunks(layer, toc)
+func (s *Metadata) indexLayerChunks(layer digest.Digest, entries []layerfs.Entry) {
+	s.handle.indexLayerChunks(layer, entries)
 }
