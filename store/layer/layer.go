@@ -89,67 +89,8 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	diff := sha256.New()
 	counted := &iocount.Reader{R: io.TeeReader(plain, diff)}
 	var tarSplit bytes.Buffer
-	var entries []layerfs.Entry // the model, built as the tar is walked; the TOC is derived from it
-	rows := 0                   // the TOC rows entries make (chunk rows count against maxEntries)
-	var content int64
-	seen := map[string]bool{}
-
-	err = tarstream.Walk(counted, &tarSplit, func(hdr *tar.Header, payload io.Reader) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if rows >= maxEntries {
-			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
-		}
-		if hdr.Typeflag == tar.TypeXGlobalHeader {
-			// A pax global header (git archive writes one, holding a comment) is no entry.
-			// Like Go's and tar-split's readers, Kura does not apply its records to the
-			// entries that follow, so every path reads the same names. The tar-split keeps
-			// its bytes, so the DiffID is rebuilt exactly.
-			return nil
-		}
-		name, err := layername.Parse(hdr.Name)
-		if err != nil {
-			return err
-		}
-		if seen[name.Path] {
-			return fmt.Errorf("entry %q appears twice: %w", hdr.Name, errdefs.ErrInvalid)
-		}
-		seen[name.Path] = true
-		if hdr.Typeflag == tar.TypeLink || hdr.Typeflag == tar.TypeSymlink {
-			if len(hdr.Linkname) > maxNameLen || hdr.Linkname == "" {
-				return fmt.Errorf("entry %q: link target empty or over %d bytes: %w", hdr.Name, maxNameLen, errdefs.ErrInvalid)
-			}
-		}
-		if hdr.Typeflag == tar.TypeLink {
-			if _, err := layername.Link(hdr.Linkname); err != nil {
-				return fmt.Errorf("hardlink %q: %w", hdr.Name, err)
-			}
-			// A target in a lower layer is legal; checkout refuses targets missing from the tree.
-		}
-		e, err := chunked.HeaderEntry(hdr)
-		if err != nil {
-			return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errdefs.ErrInvalid)
-		}
-		if e.Type != layerfs.TypeReg || hdr.Size == 0 {
-			entries = append(entries, e)
-			rows++
-			return nil
-		}
-		if hdr.Size < 0 {
-			return fmt.Errorf("entry %q: size %d: %w", hdr.Name, hdr.Size, errdefs.ErrInvalid)
-		}
-		if err := storeFile(ctx, batch, &e, payload); err != nil {
-			return fmt.Errorf("entry %q: %w", hdr.Name, err)
-		}
-		entries = append(entries, e)
-		rows += max(len(e.Chunks), 1) // one row per chunk when there are several
-		if rows > maxEntries {
-			return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
-		}
-		content += hdr.Size
-		return nil
-	})
+	w := &importWalk{ctx: ctx, batch: batch, seen: map[string]bool{}}
+	err = tarstream.Walk(counted, &tarSplit, w.entry)
 	if err != nil {
 		return Imported{}, classify(err)
 	}
@@ -171,12 +112,90 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 		return Imported{}, fmt.Errorf("layer %s: %w", diffID, err)
 	}
 	committed = true
-	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: content}
-	if err := batch.PutLayer(ctx, l, chunked.EncodeTOC(entries), tarSplit.Bytes()); err != nil {
+	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: w.content}
+	if err := batch.PutLayer(ctx, l, chunked.EncodeTOC(w.entries), tarSplit.Bytes()); err != nil {
 		return Imported{}, err
 	}
 	stored, err := s.Layer(ctx, diffID)
 	return Imported{Layer: stored, ObjectsWritten: written}, err
+}
+
+// importWalk builds a layer's model as its tar is walked, storing each regular file's content
+// in the batch; the TOC is derived from the model afterwards.
+type importWalk struct {
+	ctx     context.Context
+	batch   *store.Batch
+	entries []layerfs.Entry
+	rows    int // the TOC rows entries make (chunk rows count against maxEntries)
+	content int64
+	seen    map[string]bool
+}
+
+// entry takes one tar entry: it checks the header, then records the entry (and stores the
+// content of a regular file).
+func (w *importWalk) entry(hdr *tar.Header, payload io.Reader) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	if w.rows >= maxEntries {
+		return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
+	}
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		// A pax global header (git archive writes one, holding a comment) is no entry.
+		// Like Go's and tar-split's readers, Kura does not apply its records to the
+		// entries that follow, so every path reads the same names. The tar-split keeps
+		// its bytes, so the DiffID is rebuilt exactly.
+		return nil
+	}
+	if err := w.checkHeader(hdr); err != nil {
+		return err
+	}
+	e, err := chunked.HeaderEntry(hdr)
+	if err != nil {
+		return fmt.Errorf("entry %q: %v: %w", hdr.Name, err, errdefs.ErrInvalid)
+	}
+	if e.Type != layerfs.TypeReg || hdr.Size == 0 {
+		w.entries = append(w.entries, e)
+		w.rows++
+		return nil
+	}
+	if hdr.Size < 0 {
+		return fmt.Errorf("entry %q: size %d: %w", hdr.Name, hdr.Size, errdefs.ErrInvalid)
+	}
+	if err := storeFile(w.ctx, w.batch, &e, payload); err != nil {
+		return fmt.Errorf("entry %q: %w", hdr.Name, err)
+	}
+	w.entries = append(w.entries, e)
+	w.rows += max(len(e.Chunks), 1) // one row per chunk when there are several
+	if w.rows > maxEntries {
+		return fmt.Errorf("over %d entries: %w", maxEntries, errdefs.ErrInvalid)
+	}
+	w.content += hdr.Size
+	return nil
+}
+
+// checkHeader refuses hostile names, duplicates and bad link targets.
+func (w *importWalk) checkHeader(hdr *tar.Header) error {
+	name, err := layername.Parse(hdr.Name)
+	if err != nil {
+		return err
+	}
+	if w.seen[name.Path] {
+		return fmt.Errorf("entry %q appears twice: %w", hdr.Name, errdefs.ErrInvalid)
+	}
+	w.seen[name.Path] = true
+	if hdr.Typeflag == tar.TypeLink || hdr.Typeflag == tar.TypeSymlink {
+		if len(hdr.Linkname) > maxNameLen || hdr.Linkname == "" {
+			return fmt.Errorf("entry %q: link target empty or over %d bytes: %w", hdr.Name, maxNameLen, errdefs.ErrInvalid)
+		}
+	}
+	if hdr.Typeflag == tar.TypeLink {
+		if _, err := layername.Link(hdr.Linkname); err != nil {
+			return fmt.Errorf("hardlink %q: %w", hdr.Name, err)
+		}
+		// A target in a lower layer is legal; checkout refuses targets missing from the tree.
+	}
+	return nil
 }
 
 // storeFile writes the payload of e, a regular file, as an object while cutting it into the
