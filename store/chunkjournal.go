@@ -76,7 +76,7 @@ func (s *Store) journalLayer(idx *chunkIndex, layer digest.Digest, recs []chunkE
 		s.saveChunkIndex(idx)
 		return
 	}
-	f, err := os.OpenFile(filepath.Join(s.root, chunkJournalFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(filepath.Join(s.root, chunkJournalFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return
 	}
