@@ -124,7 +124,8 @@ func fitsOctal(n int, x int64) bool {
 
 // putOctal writes x as zero-padded octal in all but the last byte of b, which stays NUL.
 func putOctal(b []byte, x int64) {
-	s := strconv.FormatInt(x, 8)
+	var digits [24]byte
+	s := strconv.AppendInt(digits[:0], x, 8)
 	n := len(b) - 1 - len(s)
 	for i := range n {
 		b[i] = '0'

@@ -81,3 +81,22 @@ func FuzzUSTARMatchesGo(f *testing.F) {
 		checkUSTAR(t, &hdr, goFormats[int(choice)%len(goFormats)])
 	})
 }
+
+// BenchmarkHeaderEncoding: a typical header, through archive/tar and directly.
+func BenchmarkHeaderEncoding(b *testing.B) {
+	hdr := &tar.Header{Typeflag: tar.TypeReg, Name: "usr/share/doc/apache2/changelog.Debian.gz", Mode: 0o644,
+		Size: 123456, ModTime: time.Unix(1700000000, 0), Uname: "root", Gname: "root"}
+	for _, c := range []struct {
+		name   string
+		encode func(*tar.Header, tar.Format) ([]byte, error)
+	}{{"archive-tar", writeGoTar}, {"direct", writeGo}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.encode(hdr, tar.FormatUnknown); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
