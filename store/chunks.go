@@ -25,10 +25,11 @@ import (
 // It is derived from the layer TOCs and kept in one file, chunkIndexFile, as a cache: a binary
 // list of the layers it covers and of its records, sealed by a sha256. A missing, torn or
 // foreign file is rebuilt from the TOCs; layers the file does not cover are added from their
-// TOCs; records of deleted layers only linger until the next rebuild (FindChunk checks that the
-// object exists, and callers re-hash the bytes before use). PutLayer adds each new layer, so a
-// pull decodes no TOC of its own to find chunks. Nothing is fsynced: a crash leaves at worst an
-// old or unreadable cache.
+// TOCs; when layers went away, their records whose objects are gone are dropped (FindChunk
+// checks that the object exists, and callers re-hash the bytes before use). PutLayer adds each
+// new layer, through a journal (chunkjournal.go) rather than a rewrite, so a pull decodes no TOC
+// of its own to find chunks. Nothing is fsynced: a crash leaves at worst an old or unreadable
+// cache.
 const chunkIndexFile = "chunk-index"
 
 var chunkIndexMagic = []byte("KURACIX1")
@@ -41,6 +42,9 @@ type chunkKey struct {
 type chunkIndex struct {
 	layers map[digest.Digest]bool
 	m      map[chunkKey]chunkRecord
+	// base and journal are the sizes of the index file and of its journal as last read or
+	// written: the journal is folded in when it outgrows the file.
+	base, journal int64
 }
 
 type chunkRecord struct {
@@ -97,21 +101,8 @@ func (s *Store) refreshChunks(ctx context.Context) error {
 		s.chunks = s.loadChunkIndex()
 	}
 	idx := s.chunks
-	// Records of deleted layers would pile up: start over when layers went away.
-	if len(idx.layers) > 0 {
-		current := map[digest.Digest]bool{}
-		for _, l := range layers {
-			current[l] = true
-		}
-		for l := range idx.layers {
-			if !current[l] {
-				idx = newChunkIndex()
-				s.chunks = idx
-				break
-			}
-		}
-	}
-	added := false
+	// Records of deleted layers would pile up: drop those whose objects went with them.
+	added := idx.prune(layers, s.HasObject)
 	for _, l := range layers {
 		if idx.layers[l] {
 			continue
@@ -133,9 +124,42 @@ func newChunkIndex() *chunkIndex {
 	return &chunkIndex{layers: map[digest.Digest]bool{}, m: map[chunkKey]chunkRecord{}}
 }
 
-// add records the chunks of the multi-chunk files of a layer.
-func (idx *chunkIndex) add(layer digest.Digest, entries []layerfs.Entry) {
+// prune forgets the layers that are no longer stored and, if there were any, the records whose
+// objects are gone (one stat per object): the records left still point at stored bytes, which
+// is all a hint needs, and no TOC is decoded again. It reports whether it changed idx.
+func (idx *chunkIndex) prune(layers []digest.Digest, hasObject func(digest.Digest) bool) bool {
+	current := make(map[digest.Digest]bool, len(layers))
+	for _, l := range layers {
+		current[l] = true
+	}
+	gone := false
+	for l := range idx.layers {
+		if !current[l] {
+			delete(idx.layers, l)
+			gone = true
+		}
+	}
+	if !gone {
+		return false
+	}
+	stored := map[[sha256.Size]byte]bool{}
+	for k, r := range idx.m {
+		has, seen := stored[r.object]
+		if !seen {
+			has = hasObject(digestOfRaw(r.object[:]))
+			stored[r.object] = has
+		}
+		if !has {
+			delete(idx.m, k)
+		}
+	}
+	return true
+}
+
+// add records the chunks of the multi-chunk files of a layer, and returns the records it added.
+func (idx *chunkIndex) add(layer digest.Digest, entries []layerfs.Entry) []chunkEntry {
 	idx.layers[layer] = true
+	var added []chunkEntry
 	for i := range entries {
 		e := &entries[i]
 		// Only files cut into several chunks have chunks worth indexing.
@@ -158,10 +182,13 @@ func (idx *chunkIndex) add(layer digest.Digest, entries []layerfs.Entry) {
 			}
 			key := chunkKey{raw, c.Size}
 			if _, dup := idx.m[key]; !dup {
-				idx.m[key] = chunkRecord{object: obj, offset: c.Offset}
+				r := chunkRecord{object: obj, offset: c.Offset}
+				idx.m[key] = r
+				added = append(added, chunkEntry{key, r})
 			}
 		}
 	}
+	return added
 }
 
 // indexLayerChunks adds a newly recorded layer to the index file (loading the file first if this
@@ -172,14 +199,23 @@ func (s *Store) indexLayerChunks(layer digest.Digest, entries []layerfs.Entry) {
 	if s.chunks == nil {
 		s.chunks = s.loadChunkIndex()
 	}
-	s.chunks.add(layer, entries)
-	s.saveChunkIndex(s.chunks)
+	if s.chunks.layers[layer] {
+		return
+	}
+	s.journalLayer(s.chunks, layer, s.chunks.add(layer, entries))
 }
 
 const chunkRecordSize = sha256.Size + 8 + sha256.Size + 8
 
-// loadChunkIndex reads the index file; anything unreadable gives an empty index.
+// loadChunkIndex reads the index file and its journal.
 func (s *Store) loadChunkIndex() *chunkIndex {
+	idx := s.loadChunkIndexFile()
+	s.loadChunkJournal(idx)
+	return idx
+}
+
+// loadChunkIndexFile reads the index file; anything unreadable gives an empty index.
+func (s *Store) loadChunkIndexFile() *chunkIndex {
 	idx := newChunkIndex()
 	b, err := os.ReadFile(filepath.Join(s.root, chunkIndexFile))
 	if err != nil || len(b) < len(chunkIndexMagic)+8+sha256.Size || !bytes.HasPrefix(b, chunkIndexMagic) {
@@ -197,7 +233,7 @@ func (s *Store) loadChunkIndex() *chunkIndex {
 	}
 	layers := map[digest.Digest]bool{}
 	for range nl {
-		layers[digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(p[:sha256.Size]))] = true
+		layers[digestOfRaw(p)] = true
 		p = p[sha256.Size:]
 	}
 	nr := int(binary.LittleEndian.Uint32(p))
@@ -207,16 +243,11 @@ func (s *Store) loadChunkIndex() *chunkIndex {
 	}
 	m := make(map[chunkKey]chunkRecord, nr)
 	for range nr {
-		var k chunkKey
-		var r chunkRecord
-		copy(k.d[:], p)
-		k.size = int64(binary.LittleEndian.Uint64(p[32:]))
-		copy(r.object[:], p[40:])
-		r.offset = int64(binary.LittleEndian.Uint64(p[72:]))
+		k, r := decodeChunkRecord(p)
 		m[k] = r
 		p = p[chunkRecordSize:]
 	}
-	idx.layers, idx.m = layers, m
+	idx.layers, idx.m, idx.base = layers, m, int64(len(b))
 	return idx
 }
 
@@ -239,10 +270,7 @@ func (s *Store) saveChunkIndex(idx *chunkIndex) {
 	}
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(idx.m)))
 	for k, r := range idx.m {
-		b = append(b, k.d[:]...)
-		b = binary.LittleEndian.AppendUint64(b, uint64(k.size))
-		b = append(b, r.object[:]...)
-		b = binary.LittleEndian.AppendUint64(b, uint64(r.offset))
+		b = appendChunkRecord(b, k, r)
 	}
 	sum := sha256.Sum256(b)
 	b = append(b, sum[:]...)
@@ -259,7 +287,11 @@ func (s *Store) saveChunkIndex(idx *chunkIndex) {
 	}
 	if err != nil {
 		os.Remove(f.Name())
+		return
 	}
+	// The file now holds what the journal held (and what this handle knew besides).
+	s.removeChunkJournal()
+	idx.base, idx.journal = int64(len(b)), 0
 }
 
 func rawSHA256(d digest.Digest) ([sha256.Size]byte, bool) {

@@ -309,8 +309,9 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	}); err != nil {
 		return u, err
 	}
-	// Metadata is everything but objects: records, refs, the composefs images and the chunk index.
-	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile} {
+	// Metadata is everything but objects: records, refs, the composefs images and the chunk index
+	// (with its journal).
+	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile} {
 		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
 			if err == nil && !e.IsDir() {
 				if fi, err := e.Info(); err == nil {

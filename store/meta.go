@@ -1,12 +1,10 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -22,7 +20,6 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/internal/iocount"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/verity"
 )
@@ -121,41 +118,6 @@ func (s *Metadata) imageDir(id digest.Digest) (string, error) {
 		return "", err
 	}
 	return filepath.Join(s.root, dirImages, id.Encoded()), nil
-}
-
-// newMetadataEncoder is the encoder of the store's metadata files. Lower memory: fresh buffers
-// cost page faults, and metadata repeats within a short distance.
-func newMetadataEncoder(w io.Writer) (*zstd.Encoder, error) {
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
-		zstd.WithLowerEncoderMem(true))
-}
-
-// CompressMetadata compresses a metadata file (TOC, tar-split) as the store keeps it, for callers
-// of Batch.PutLayerCompressed that hold it uncompressed.
-func CompressMetadata(b []byte) []byte {
-	enc, _ := newMetadataEncoder(nil)
-	defer enc.Close()
-	return enc.EncodeAll(b, make([]byte, 0, len(b)/8))
-}
-
-// CompressMetadataStream compresses what write writes as CompressMetadata would, as it is
-// written: the uncompressed stream is never held whole. It returns the compressed bytes and the
-// uncompressed length.
-func CompressMetadataStream(write func(io.Writer) error) ([]byte, int64, error) {
-	var out bytes.Buffer
-	enc, err := newMetadataEncoder(&out)
-	if err != nil {
-		return nil, 0, err
-	}
-	cw := &iocount.Writer{W: enc}
-	if err := write(cw); err != nil {
-		enc.Close()
-		return nil, 0, err
-	}
-	if err := enc.Close(); err != nil {
-		return nil, 0, err
-	}
-	return out.Bytes(), cw.N, nil
 }
 
 // readZstd reads a zstd-compressed metadata file, bounded by maxMetaSize. The file is read whole

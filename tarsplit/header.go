@@ -109,7 +109,16 @@ func headerFromEntry(e *layerfs.Entry, tmpl *tar.Header, sameName bool, names ow
 var goFormats = []tar.Format{tar.FormatUnknown, tar.FormatUSTAR, tar.FormatPAX, tar.FormatGNU}
 
 // writeGo encodes hdr as Go's archive/tar writes it with the given format choice.
+// A header the writer would write as plain USTAR is encoded directly (ustar.go): same bytes.
 func writeGo(hdr *tar.Header, format tar.Format) ([]byte, error) {
+	if b, ok := ustarHeader(hdr, format); ok {
+		return b, nil
+	}
+	return writeGoTar(hdr, format)
+}
+
+// writeGoTar encodes hdr through archive/tar's Writer, the reference ustarHeader matches.
+func writeGoTar(hdr *tar.Header, format tar.Format) ([]byte, error) {
 	var buf bytes.Buffer
 	h := *hdr
 	h.Format = format
