@@ -1,6 +1,7 @@
 package interop
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry"
@@ -111,5 +118,78 @@ func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 	ref := host + "/interop/snap:v1"
 	if out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, "snap-again", "/bin/cat", "/etc/os-release"); out != release {
 		t.Fatalf("after a restart the container printed %q, want %q", out, release)
+	}
+}
+
+// TestSnapshotterRemote: the remote path, as the CRI plugin drives it. containerd's Go client
+// pulls with unpacking into "kura" and the handler CRI uses (snapshotters.AppendInfoHandlerWrapper:
+// the cri.* labels on each layer). Kura answers the layer's Prepare by pulling it into its store,
+// commits the chain ID's snapshot itself and answers AlreadyExists; containerd fetches no layer
+// blob from the registry (a logging proxy in front of it says so), holds the committed snapshot
+// Kura made, and a container runs on it.
+func TestSnapshotterRemote(t *testing.T) {
+	requireTools(t, "containerd", "ctr", "runc", "docker-registry", "go")
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "containerd and overlay mounts need root")
+	}
+	reg := startDebianRegistry(t)
+	front := newBlobLog(t, reg.Host) // what containerd uses; Kura goes to reg directly
+	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarBytes, release := runnableTar(t, 1, staticCat(t))
+	rep := pushFromStore(t, pusher, registry.New(registry.WithTLSVerify(false)), tarBytes, "snap:v1", reg.Host+"/interop/snap:v1")
+	img, err := pusher.ResolveImage(context.Background(), "snap:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, chainID := rep.Layers[0].Digest.String(), img.Layers[0].String() // one layer: chain ID = DiffID
+	base, err := os.MkdirTemp("/var/tmp", "kura-interop-snap-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(base, "snapshotter", "layers")) }) // after containerd
+	regConf := filepath.Join(base, "registries.conf")
+	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := startContainerd(t, base, "--registries-conf", regConf)
+	ref := front.Host + "/interop/snap:v1"
+	front.take()
+
+	criPull(t, e, ref, chainID)
+	if gets := front.take(); contains(gets, layer) {
+		t.Fatalf("containerd fetched the layer blob %s (GETs %v)", layer, gets)
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, "remote-v1", "/bin/cat", "/etc/os-release"); out != release {
+		t.Fatalf("container printed %q, want %q", out, release)
+	}
+}
+
+// criPull pulls ref as the CRI plugin does (unpack into "kura", CRI's snapshot labels) and
+// checks that the chain ID's snapshot is the one Kura's remote path committed.
+func criPull(t *testing.T, e *ctrEnv, ref, chainID string) {
+	t.Helper()
+	client, err := containerd.New(e.sock, containerd.WithDefaultNamespace("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err = client.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter("kura"),
+		containerd.WithResolver(docker.NewResolver(docker.ResolverOptions{PlainHTTP: true})),
+		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)))
+	if err != nil {
+		t.Fatalf("pull: %v\n%s", err, e.snap.log())
+	}
+	info, err := client.SnapshotService("kura").Stat(ctx, chainID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Kind != snapshots.KindCommitted || info.Labels["containerd.io/snapshot/kura.remote"] != "true" {
+		t.Fatalf("snapshot %s after the pull: %+v, want the committed snapshot of Kura's remote path\n%s", chainID, info, e.snap.log())
 	}
 }

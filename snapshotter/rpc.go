@@ -176,17 +176,20 @@ func updateLabels(have, in map[string]string, paths []string) (map[string]string
 	return out, nil
 }
 
-// List (containerd's Walk) sends every snapshot. Filters are not implemented: containerd's
-// metadata store walks its own database for ctr and CRI, and walks the snapshotter only for
-// garbage collection, without filters.
+// List (containerd's Walk) sends the snapshots any filter matches (see filter): containerd's
+// metadata store walks the snapshotter for garbage collection (no filter) and to find the
+// target of a remote Prepare (by label and parent).
 func (s *Service) List(req *snapshots.ListSnapshotsRequest, srv snapshots.Snapshots_ListServer) error {
-	if len(req.Filters) > 0 {
-		return grpcError(fmt.Errorf("snapshotter: list filters %q: %w", req.Filters, errdefs.ErrUnsupported))
+	fs, err := parseFilters(req.Filters)
+	if err != nil {
+		return grpcError(err)
 	}
 	s.mu.Lock()
 	var infos []*snapshots.Info
 	for k, r := range s.meta.Snapshots {
-		infos = append(infos, info(k, r))
+		if matchAny(fs, k, r) {
+			infos = append(infos, info(k, r))
+		}
 	}
 	s.mu.Unlock()
 	for len(infos) > 0 {
