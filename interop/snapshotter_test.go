@@ -105,6 +105,15 @@ func TestSnapshotterCtr(t *testing.T) {
 		t.Fatalf("kura holds %d committed snapshots, want 2 (one per single-layer image):\n%s", n, snaps)
 	}
 	checkSnapshotterRestart(t, e, reg.Host, releases[1])
+
+	// containerd's garbage collector removes the snapshots through Kura's Remove.
+	e.ctr(t, "image", "rm", "--sync", reg.Host+"/interop/snap:v1", reg.Host+"/interop/snap:v2")
+	if snaps := e.ctr(t, "snapshots", "--snapshotter", "kura", "ls"); strings.Count(snaps, "\n") != 1 {
+		t.Fatalf("snapshots left after the images were removed:\n%s", snaps)
+	}
+	if left, err := os.ReadDir(filepath.Join(e.state, "snapshots", "snapshots")); err != nil || len(left) != 0 {
+		t.Fatalf("snapshot directories left after containerd's gc: %v (%v)", left, err)
+	}
 }
 
 // checkSnapshotterRestart stops the snapshotter with SIGTERM (it must exit cleanly), starts it
