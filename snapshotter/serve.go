@@ -27,11 +27,16 @@ func Serve(ctx context.Context, address string, s *Service) error {
 	if err != nil {
 		return fmt.Errorf("snapshotter: %w", err)
 	}
+	return ServeListener(ctx, lis, s)
+}
+
+// ServeListener is Serve on a listener the caller made (and that it closes).
+func ServeListener(ctx context.Context, lis net.Listener, s *Service) error {
 	srv := grpc.NewServer()
 	snapshots.RegisterSnapshotsServer(srv, s)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	s.log.Info("snapshotter serving", "address", address, "root", s.root)
+	s.log.Info("snapshotter serving", "address", lis.Addr().String(), "root", s.root)
 	select {
 	case err := <-errc:
 		return fmt.Errorf("snapshotter: %w", err)
@@ -44,6 +49,6 @@ func Serve(ctx context.Context, address string, s *Service) error {
 	case <-time.After(10 * time.Second):
 		srv.Stop()
 	}
-	s.log.Info("snapshotter stopped", "address", address)
+	s.log.Info("snapshotter stopped", "address", lis.Addr().String())
 	return nil
 }
