@@ -123,8 +123,15 @@ func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 	if err := e.snap.stop(t, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "143") {
 		t.Fatalf("snapshotter on SIGTERM: %v\n%s", err, e.snap.log())
 	}
-	e.snap = startDaemon(t, exec.Command(testkit.Kura(t), e.snapArgs...), "snapshotter serving")
 	ref := host + "/interop/snap:v1"
+	// Down: containerd cannot reach the plugin, and says so (no container, no hang).
+	out, err := exec.Command("ctr", "--address", e.sock, "run", "--rm", "--snapshotter", "kura", ref, "snap-down", "/bin/cat", "/etc/os-release").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "kura.sock") {
+		t.Fatalf("ctr run with the snapshotter down: %v\n%s", err, out)
+	}
+	t.Logf("snapshotter down: %s", out)
+	e.snap = startDaemon(t, exec.Command(testkit.Kura(t), e.snapArgs...), "client connected") // containerd's backoff
+
 	if out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, "snap-again", "/bin/cat", "/etc/os-release"); out != release {
 		t.Fatalf("after a restart the container printed %q, want %q", out, release)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ func ServeListener(ctx context.Context, lis net.Listener, s *Service) error {
 	srv := grpc.NewServer()
 	snapshots.RegisterSnapshotsServer(srv, s)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(lis) }()
+	go func() { errc <- srv.Serve(loggingListener{lis, s.log}) }()
 	s.log.Info("snapshotter serving", "address", lis.Addr().String(), "root", s.root)
 	select {
 	case err := <-errc:
@@ -51,4 +52,20 @@ func ServeListener(ctx context.Context, lis net.Listener, s *Service) error {
 	}
 	s.log.Info("snapshotter stopped", "address", lis.Addr().String())
 	return nil
+}
+
+// loggingListener logs each connection: containerd keeps one, and after a restart of the
+// snapshotter it reconnects on its own backoff (calls fail until it has), so "client
+// connected" is when the snapshotter is usable again.
+type loggingListener struct {
+	net.Listener
+	log *slog.Logger
+}
+
+func (l loggingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.log.Info("client connected", "address", l.Addr().String())
+	}
+	return c, err
 }
