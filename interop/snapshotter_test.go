@@ -182,6 +182,20 @@ func TestSnapshotterRemote(t *testing.T) {
 	if out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, "remote-v1", "/bin/cat", "/etc/os-release"); out != release {
 		t.Fatalf("container printed %q, want %q", out, release)
 	}
+
+	// A reboot: the snapshotter stopped, its per-layer mounts gone. Restarted, it mounts the
+	// layer again from the store before it serves, and the container runs.
+	if err := e.snap.stop(t, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "143") {
+		t.Fatalf("snapshotter on SIGTERM: %v\n%s", err, e.snap.log())
+	}
+	unmountUnder(t, filepath.Join(base, "snapshotter", "layers"))
+	e.snap = startDaemon(t, exec.Command(testkit.Kura(t), e.snapArgs...), "client connected")
+	if !strings.Contains(e.snap.log(), "remote snapshot revived") {
+		t.Fatalf("restarted snapshotter did not revive the remote snapshot:\n%s", e.snap.log())
+	}
+	if out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, "remote-again", "/bin/cat", "/etc/os-release"); out != release {
+		t.Fatalf("container after a reboot printed %q, want %q", out, release)
+	}
 }
 
 // criPull pulls ref as the CRI plugin does (unpack into "kura", CRI's snapshot labels) and

@@ -86,3 +86,36 @@ func (s *Service) commitRemote(target, parent string, labels map[string]string, 
 	}
 	return nil
 }
+
+// Revive makes the layers of the remote path's snapshots present again: their per-layer
+// mounts do not survive a reboot, and a snapshot whose directory is gone would mount as an
+// empty lower. Each is looked up again by the image reference and layer digest of its labels
+// (the layer store's core serves it from the store, pulling only what is missing). A layer that
+// cannot be served is logged and left: containers on it fail to start rather than run wrong.
+func (s *Service) Revive(ctx context.Context) {
+	if s.remote == nil {
+		return
+	}
+	s.mu.Lock()
+	todo := map[string]*record{}
+	for k, r := range s.meta.Snapshots {
+		if r.Labels[LabelRemote] == "true" {
+			todo[k] = r.clone()
+		}
+	}
+	s.mu.Unlock()
+	for k, r := range todo {
+		dgst, err := digest.Parse(r.Labels[LabelLayerDigest])
+		if err == nil {
+			var l *layerstore.Layer
+			if l, err = s.remote.Lookup(ctx, r.Labels[LabelImageRef], dgst); err == nil && l.Diff != r.Dir {
+				err = fmt.Errorf("served at %s, recorded at %s: %w", l.Diff, r.Dir, errdefs.ErrInvalid)
+			}
+		}
+		if err != nil {
+			s.log.Error("remote snapshot not revived", "snapshot", k, "err", err)
+			continue
+		}
+		s.log.Info("remote snapshot revived", "snapshot", k, "dir", r.Dir)
+	}
+}
