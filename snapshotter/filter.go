@@ -8,21 +8,29 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// A filter is containerd's filter syntax reduced to what containerd asks a snapshotter for: a
-// comma-separated conjunction of FIELD==VALUE, where FIELD is name, parent, kind or
-// labels.KEY (KEY may be double-quoted), and VALUE may be double-quoted. containerd 1.6's
-// metadata store lists with `labels."containerd.io/snapshot.ref"==TARGET,parent==PARENT` after a
-// remote Prepare answered AlreadyExists. Other operators (!=, ~=) are refused, not ignored.
+// A filter is containerd's filter syntax reduced to what containerd and its snapshotter test
+// suite ask a snapshotter for: a comma-separated conjunction of FIELD==VALUE, FIELD!=VALUE or
+// FIELD alone (present and not empty), where FIELD is name, parent, kind or labels.KEY (KEY may
+// be double-quoted), and VALUE may be double-quoted. containerd 1.6's metadata store lists with
+// `labels."containerd.io/snapshot.ref"==TARGET,parent==PARENT` after a remote Prepare answered
+// AlreadyExists. The regular-expression operator ~= is refused, not ignored.
 type filter []condition
 
-type condition struct{ field, value string }
+type condition struct{ field, op, value string }
 
 func parseFilter(s string) (filter, error) {
 	var f filter
 	for _, part := range strings.Split(s, ",") {
-		field, value, ok := strings.Cut(part, "==")
+		op := "=="
+		field, value, ok := strings.Cut(part, op)
 		if !ok {
-			return nil, fmt.Errorf("snapshotter: filter %q: only FIELD==VALUE conditions are implemented: %w", s, errdefs.ErrUnsupported)
+			op = "!="
+			if field, value, ok = strings.Cut(part, op); !ok {
+				op, field = "", part
+			}
+		}
+		if strings.Contains(field, "~=") {
+			return nil, fmt.Errorf("snapshotter: filter %q: ~= is not implemented: %w", s, errdefs.ErrUnsupported)
 		}
 		field, value = strings.TrimSpace(field), strings.TrimSpace(value)
 		if k, ok := strings.CutPrefix(field, "labels."); ok {
@@ -30,7 +38,7 @@ func parseFilter(s string) (filter, error) {
 		} else if field != "name" && field != "parent" && field != "kind" {
 			return nil, fmt.Errorf("snapshotter: filter %q: field %q: %w", s, field, errdefs.ErrUnsupported)
 		}
-		f = append(f, condition{field: field, value: unquote(value)})
+		f = append(f, condition{field: field, op: op, value: unquote(value)})
 	}
 	return f, nil
 }
@@ -47,6 +55,7 @@ func unquote(s string) string {
 func (f filter) match(name string, r *record) bool {
 	for _, c := range f {
 		var have string
+		present := true
 		switch {
 		case c.field == "name":
 			have = name
@@ -55,14 +64,21 @@ func (f filter) match(name string, r *record) bool {
 		case c.field == "kind":
 			have = string(r.Kind)
 		default:
-			v, ok := r.Labels[strings.TrimPrefix(c.field, "labels.")]
-			if !ok {
+			have, present = r.Labels[strings.TrimPrefix(c.field, "labels.")]
+		}
+		switch c.op {
+		case "==":
+			if !present || have != c.value {
 				return false
 			}
-			have = v
-		}
-		if have != c.value {
-			return false
+		case "!=":
+			if present && have == c.value {
+				return false
+			}
+		default:
+			if !present || have == "" {
+				return false
+			}
 		}
 	}
 	return true

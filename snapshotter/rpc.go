@@ -79,7 +79,10 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 		return nil, grpcError(err)
 	}
 	c := r.clone()
-	c.Kind, c.Size, c.Inodes, c.Updated = KindCommitted, size, inodes, time.Now().UTC()
+	// A commit makes a new snapshot (containerd's suite checks Created == Updated after it).
+	c.Kind, c.Size, c.Inodes = KindCommitted, size, inodes
+	c.Created = time.Now().UTC()
+	c.Updated = c.Created
 	if len(req.Labels) > 0 {
 		c.Labels = maps.Clone(req.Labels)
 	}
@@ -104,7 +107,7 @@ func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotReque
 		return nil, grpcError(fmt.Errorf("snapshotter: snapshot %q: %w", req.Key, errdefs.ErrNotFound))
 	}
 	if s.meta.children(req.Key) {
-		return nil, grpcError(fmt.Errorf("snapshotter: snapshot %q has children: %w", req.Key, errFailedPrecondition))
+		return nil, grpcError(fmt.Errorf("snapshotter: cannot remove snapshot %q: it has children: %w", req.Key, errFailedPrecondition))
 	}
 	delete(s.meta.Snapshots, req.Key)
 	if err := s.meta.save(s.root); err != nil {
