@@ -144,37 +144,9 @@ func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 // blob from the registry (a logging proxy in front of it says so), holds the committed snapshot
 // Kura made, and a container runs on it.
 func TestSnapshotterRemote(t *testing.T) {
-	requireTools(t, "containerd", "ctr", "runc", "docker-registry", "go")
-	if os.Geteuid() != 0 {
-		testkit.Skip(t, "containerd and overlay mounts need root")
-	}
-	reg := startDebianRegistry(t)
-	front := newBlobLog(t, reg.Host) // what containerd uses; Kura goes to reg directly
-	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarBytes, release := runnableTar(t, 1, staticCat(t))
-	rep := pushFromStore(t, pusher, registry.New(registry.WithTLSVerify(false)), tarBytes, "snap:v1", reg.Host+"/interop/snap:v1")
-	img, err := pusher.ResolveImage(context.Background(), "snap:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer, chainID := rep.Layers[0].Digest.String(), img.Layers[0].String() // one layer: chain ID = DiffID
-	base, err := os.MkdirTemp("/var/tmp", "kura-interop-snap-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	t.Cleanup(func() { unmountUnder(t, filepath.Join(base, "snapshotter", "layers")) }) // after containerd
-	regConf := filepath.Join(base, "registries.conf")
-	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", front.Host, reg.Host)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e := startContainerd(t, base, "--registries-conf", regConf)
-	ref := front.Host + "/interop/snap:v1"
-	front.take()
-
+	r := newRemoteEnv(t)
+	e, front, ref := r.e, r.front, r.ref
+	base, layer, chainID, release := r.base, r.layer, r.chainID, r.release
 	criPull(t, e, ref, chainID)
 	if gets := front.take(); contains(gets, layer) {
 		t.Fatalf("containerd fetched the layer blob %s (GETs %v)", layer, gets)
@@ -198,6 +170,50 @@ func TestSnapshotterRemote(t *testing.T) {
 	}
 }
 
+// remoteEnv is a private containerd with Kura's snapshotter (remote path on) and a one-layer
+// runnable image in a registry behind a logging proxy: containerd uses the proxy, Kura the
+// registry itself (a registries.conf rewrite), so the proxy's log is what containerd fetched.
+type remoteEnv struct {
+	e                                  *ctrEnv
+	front                              *blobLog
+	base, ref, layer, chainID, release string
+}
+
+func newRemoteEnv(t *testing.T) *remoteEnv {
+	t.Helper()
+	requireTools(t, "containerd", "ctr", "runc", "docker-registry", "go")
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "containerd and overlay mounts need root")
+	}
+	reg := startDebianRegistry(t)
+	r := &remoteEnv{front: newBlobLog(t, reg.Host)}
+	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tarBytes []byte
+	tarBytes, r.release = runnableTar(t, 1, staticCat(t))
+	rep := pushFromStore(t, pusher, registry.New(registry.WithTLSVerify(false)), tarBytes, "snap:v1", reg.Host+"/interop/snap:v1")
+	img, err := pusher.ResolveImage(context.Background(), "snap:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.layer, r.chainID = rep.Layers[0].Digest.String(), img.Layers[0].String() // one layer: chain ID = DiffID
+	if r.base, err = os.MkdirTemp("/var/tmp", "kura-interop-snap-"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(r.base) })
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(r.base, "snapshotter", "layers")) }) // after containerd
+	regConf := filepath.Join(r.base, "registries.conf")
+	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", r.front.Host, reg.Host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.e = startContainerd(t, r.base, "--registries-conf", regConf)
+	r.ref = r.front.Host + "/interop/snap:v1"
+	r.front.take()
+	return r
+}
+
 // criPull pulls ref as the CRI plugin does (unpack into "kura", CRI's snapshot labels) and
 // checks that the chain ID's snapshot is the one Kura's remote path committed.
 func criPull(t *testing.T, e *ctrEnv, ref, chainID string) {
@@ -209,10 +225,7 @@ func criPull(t *testing.T, e *ctrEnv, ref, chainID string) {
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, err = client.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter("kura"),
-		containerd.WithResolver(docker.NewResolver(docker.ResolverOptions{PlainHTTP: true})),
-		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)))
-	if err != nil {
+	if err := clientPull(ctx, client, ref); err != nil {
 		t.Fatalf("pull: %v\n%s", err, e.snap.log())
 	}
 	info, err := client.SnapshotService("kura").Stat(ctx, chainID)
@@ -221,5 +234,54 @@ func criPull(t *testing.T, e *ctrEnv, ref, chainID string) {
 	}
 	if info.Kind != snapshots.KindCommitted || info.Labels["containerd.io/snapshot/kura.remote"] != "true" {
 		t.Fatalf("snapshot %s after the pull: %+v, want the committed snapshot of Kura's remote path\n%s", chainID, info, e.snap.log())
+	}
+}
+
+// clientPull pulls as the CRI plugin does: unpack into "kura", CRI's snapshot labels.
+func clientPull(ctx context.Context, client *containerd.Client, ref string) error {
+	_, err := client.Pull(ctx, ref, containerd.WithPullUnpack, containerd.WithPullSnapshotter("kura"),
+		containerd.WithResolver(docker.NewResolver(docker.ResolverOptions{PlainHTTP: true})),
+		containerd.WithImageHandlerWrapper(snapshotters.AppendInfoHandlerWrapper(ref)))
+	return err
+}
+
+// TestSnapshotterKilledDuringPull: the snapshotter killed with SIGKILL while the remote path
+// pulls a layer. containerd's pull fails (it is not left waiting); the snapshotter restarted,
+// the next pull completes through the remote path without containerd fetching the layer blob,
+// a container runs, and Kura's store is fsck-clean.
+func TestSnapshotterKilledDuringPull(t *testing.T) {
+	r := newRemoteEnv(t)
+	client, err := containerd.New(r.e.sock, containerd.WithDefaultNamespace("default"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pulling := r.e.snap.when("pulling for the layer store")
+	errc := make(chan error, 1)
+	go func() { errc <- clientPull(ctx, client, r.ref) }()
+	select {
+	case <-pulling:
+	case err := <-errc:
+		t.Fatalf("pull ended (%v) before the snapshotter pulled\n%s", err, r.e.snap.log())
+	}
+	r.e.snap.stop(t, syscall.SIGKILL)
+	if err := <-errc; err == nil {
+		t.Fatalf("pull succeeded though the snapshotter was killed while answering it")
+	} else {
+		t.Logf("pull with the snapshotter killed: %v", err)
+	}
+	r.e.snap = startDaemon(t, exec.Command(testkit.Kura(t), r.e.snapArgs...), "client connected")
+	r.front.take()
+	criPull(t, r.e, r.ref, r.chainID)
+	if gets := r.front.take(); contains(gets, r.layer) {
+		t.Fatalf("containerd fetched the layer blob %s (GETs %v)", r.layer, gets)
+	}
+	if out := r.e.ctr(t, "run", "--rm", "--snapshotter", "kura", r.ref, "after-kill", "/bin/cat", "/etc/os-release"); out != r.release {
+		t.Fatalf("container printed %q, want %q", out, r.release)
+	}
+	if out, err := exec.Command(testkit.Kura(t), "--root", filepath.Join(r.base, "store"), "fsck").CombinedOutput(); err != nil {
+		t.Fatalf("kura fsck after the kill: %v\n%s", err, out)
 	}
 }
