@@ -285,3 +285,39 @@ func TestSnapshotterKilledDuringPull(t *testing.T) {
 		t.Fatalf("kura fsck after the kill: %v\n%s", err, out)
 	}
 }
+
+// TestSnapshotterKilledWithContainerRunning: a container on a remote-path layer runs (blocked
+// reading a FIFO bound in from the host); the snapshotter is killed with SIGKILL and
+// containerd restarted under it. The container is still running and reads the image's bytes
+// (an exec in it prints its file); with the snapshotter back, containerd removes it.
+func TestSnapshotterKilledWithContainerRunning(t *testing.T) {
+	r := newRemoteEnv(t)
+	criPull(t, r.e, r.ref, r.chainID)
+	fifo := filepath.Join(r.base, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id := fmt.Sprintf("kura-interop-running-%d", os.Getpid()) // runc's state directory is shared
+	r.e.ctr(t, "run", "-d", "--snapshotter", "kura", "--mount", "type=bind,src="+fifo+",dst=/fifo,options=rbind:ro",
+		r.ref, id, "/bin/cat", "/fifo")
+	t.Cleanup(func() { // on failure: no container outlives the test (before containerd stops)
+		exec.Command("ctr", "--address", r.e.sock, "task", "delete", "--force", id).Run()
+	})
+	r.e.snap.stop(t, syscall.SIGKILL)
+	if err := r.e.ctd.stop(t, syscall.SIGTERM); err != nil {
+		t.Fatalf("containerd on SIGTERM: %v", err)
+	}
+	r.e.ctd = startDaemon(t, exec.Command("containerd", r.e.ctd.cmd.Args[1:]...), "containerd successfully booted")
+	if out := r.e.ctr(t, "task", "exec", "--exec-id", "check", id, "/bin/cat", "/etc/os-release"); out != r.release {
+		t.Fatalf("exec in the running container printed %q, want %q", out, r.release)
+	}
+	if out := r.e.ctr(t, "task", "ls"); !strings.Contains(out, "RUNNING") {
+		t.Fatalf("task list after the drill:\n%s", out)
+	}
+	r.e.snap = startDaemon(t, exec.Command(testkit.Kura(t), r.e.snapArgs...), "client connected") // containerd's backoff
+	r.e.ctr(t, "task", "delete", "--force", id)
+	r.e.ctr(t, "container", "rm", id)
+	if out := r.e.ctr(t, "snapshots", "--snapshotter", "kura", "ls"); strings.Contains(out, "Active") {
+		t.Fatalf("the container's snapshot is left:\n%s", out)
+	}
+}
