@@ -12,6 +12,7 @@ require (
 	go.podman.io/storage v1.65.0
 	golang.org/x/sys v0.50.0
 	google.golang.org/grpc v1.83.2
+	k8s.io/cri-api v0.37.2
 )
 
 require (

@@ -15,6 +15,9 @@ import (
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/registry"
@@ -32,6 +35,13 @@ type ctrEnv struct {
 // with its own root and sockets under base; it returns once both serve.
 func startContainerd(t *testing.T, base string, snapArgs ...string) *ctrEnv {
 	t.Helper()
+	return startContainerdConf(t, base, `disabled_plugins = ["io.containerd.grpc.v1.cri"]`, "", snapArgs...)
+}
+
+// startContainerdConf is startContainerd with top-level settings top and tables added to the
+// configuration.
+func startContainerdConf(t *testing.T, base, top, tables string, snapArgs ...string) *ctrEnv {
+	t.Helper()
 	e := &ctrEnv{sock: filepath.Join(base, "containerd.sock"), kuraSock: filepath.Join(base, "kura.sock"), state: filepath.Join(base, "snapshotter")}
 	e.snapArgs = append([]string{"--log-level", "info", "--root", filepath.Join(base, "store"), "snapshotter",
 		"--address", e.kuraSock, "--state", e.state}, snapArgs...)
@@ -40,7 +50,7 @@ func startContainerd(t *testing.T, base string, snapArgs ...string) *ctrEnv {
 	conf := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+`+top+`
 [grpc]
   address = %q
 [ttrpc]
@@ -48,7 +58,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [proxy_plugins.kura]
   type = "snapshot"
   address = %q
-`, filepath.Join(base, "root"), filepath.Join(base, "run"), e.sock, e.sock+".ttrpc", e.kuraSock)
+`, filepath.Join(base, "root"), filepath.Join(base, "run"), e.sock, e.sock+".ttrpc", e.kuraSock) + tables
 	confPath := filepath.Join(base, "containerd.toml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -144,7 +154,7 @@ func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 // blob from the registry (a logging proxy in front of it says so), holds the committed snapshot
 // Kura made, and a container runs on it.
 func TestSnapshotterRemote(t *testing.T) {
-	r := newRemoteEnv(t)
+	r := newRemoteEnv(t, false)
 	e, front, ref := r.e, r.front, r.ref
 	base, layer, chainID, release := r.base, r.layer, r.chainID, r.release
 	criPull(t, e, ref, chainID)
@@ -179,7 +189,7 @@ type remoteEnv struct {
 	base, ref, layer, chainID, release string
 }
 
-func newRemoteEnv(t *testing.T) *remoteEnv {
+func newRemoteEnv(t *testing.T, cri bool) *remoteEnv {
 	t.Helper()
 	requireTools(t, "containerd", "ctr", "runc", "docker-registry", "go")
 	if os.Geteuid() != 0 {
@@ -208,7 +218,11 @@ func newRemoteEnv(t *testing.T) *remoteEnv {
 	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", r.front.Host, reg.Host)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.e = startContainerd(t, r.base, "--registries-conf", regConf)
+	if cri {
+		r.e = startContainerdConf(t, r.base, "", criConf(r.front.Host), "--registries-conf", regConf)
+	} else {
+		r.e = startContainerd(t, r.base, "--registries-conf", regConf)
+	}
 	r.ref = r.front.Host + "/interop/snap:v1"
 	r.front.take()
 	return r
@@ -250,7 +264,7 @@ func clientPull(ctx context.Context, client *containerd.Client, ref string) erro
 // the next pull completes through the remote path without containerd fetching the layer blob,
 // a container runs, and Kura's store is fsck-clean.
 func TestSnapshotterKilledDuringPull(t *testing.T) {
-	r := newRemoteEnv(t)
+	r := newRemoteEnv(t, false)
 	client, err := containerd.New(r.e.sock, containerd.WithDefaultNamespace("default"))
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +305,7 @@ func TestSnapshotterKilledDuringPull(t *testing.T) {
 // containerd restarted under it. The container is still running and reads the image's bytes
 // (an exec in it prints its file); with the snapshotter back, containerd removes it.
 func TestSnapshotterKilledWithContainerRunning(t *testing.T) {
-	r := newRemoteEnv(t)
+	r := newRemoteEnv(t, false)
 	criPull(t, r.e, r.ref, r.chainID)
 	fifo := filepath.Join(r.base, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
@@ -319,5 +333,54 @@ func TestSnapshotterKilledWithContainerRunning(t *testing.T) {
 	r.e.ctr(t, "container", "rm", id)
 	if out := r.e.ctr(t, "snapshots", "--snapshotter", "kura", "ls"); strings.Contains(out, "Active") {
 		t.Fatalf("the container's snapshot is left:\n%s", out)
+	}
+}
+
+// criConf makes the CRI plugin use Kura's snapshotter and pass it the image labels (the
+// set-up docs/snapshotter.md gives), and reach the test's plain-HTTP registry at host.
+func criConf(host string) string {
+	return fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "kura"
+  disable_snapshot_annotations = false
+[plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+  endpoint = ["http://%s"]
+`, host, host)
+}
+
+// TestSnapshotterCRI: the CRI plugin of containerd 1.6, configured as docs/snapshotter.md
+// says, pulls an image through the CRI API (PullImage, as the kubelet does): the layer comes
+// through Kura's remote path and containerd fetches no layer blob; ImageFsInfo answers; and
+// RemoveImage removes the image.
+func TestSnapshotterCRI(t *testing.T) {
+	r := newRemoteEnv(t, true)
+	conn, err := grpc.NewClient("unix://"+r.e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	images := runtimeapi.NewImageServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pulled, err := images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: r.ref}})
+	if err != nil {
+		t.Fatalf("PullImage: %v\n%s", err, r.e.snap.log())
+	}
+	if gets := r.front.take(); contains(gets, r.layer) {
+		t.Fatalf("containerd fetched the layer blob %s (GETs %v)", r.layer, gets)
+	}
+	if !strings.Contains(r.e.snap.log(), "layer served from the store") {
+		t.Fatalf("the layer did not come through the remote path:\n%s", r.e.snap.log())
+	}
+	fs, err := images.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+	if err != nil || len(fs.ImageFilesystems) == 0 {
+		t.Fatalf("ImageFsInfo: %v %v", fs, err)
+	}
+	t.Logf("ImageFsInfo: %v", fs.ImageFilesystems)
+	if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: pulled.ImageRef}}); err != nil {
+		t.Fatalf("RemoveImage: %v", err)
+	}
+	st, err := images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: r.ref}})
+	if err != nil || st.Image != nil {
+		t.Fatalf("image after RemoveImage: %v %v", st, err)
 	}
 }
