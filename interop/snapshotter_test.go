@@ -1,6 +1,7 @@
 package interop
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -19,7 +20,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/ociimport"
+	"github.com/kura-oci/kura/push"
 	"github.com/kura-oci/kura/registry"
 	"github.com/kura-oci/kura/store"
 )
@@ -186,10 +192,43 @@ func TestSnapshotterRemote(t *testing.T) {
 type remoteEnv struct {
 	e                                  *ctrEnv
 	front                              *blobLog
-	base, ref, layer, chainID, release string
+	base, ref, layer, chainID, release string   // layer: the first; release: of the default image
+	layers                             []string // the layers' digests
 }
 
-func newRemoteEnv(t *testing.T, cri bool) *remoteEnv {
+// pushLayers pushes an image of the given layer tars to ref and returns its layers' digests
+// and its top layer's chain ID (what containerd names the top snapshot).
+func pushLayers(t *testing.T, pusher *store.Store, layers [][]byte, ref string) ([]string, string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := ociimport.Import(ctx, pusher, writeLayout(t, layers), "merge", "snap:v1"); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := imageref.Parse(ref)
+	dest, err := push.NewDestination(r, registry.New(registry.WithTLSVerify(false)), pusher.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := push.Push(ctx, pusher, "snap:v1", dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := pusher.ResolveImage(ctx, "snap:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var digests []string
+	for _, l := range rep.Layers {
+		digests = append(digests, l.Digest.String())
+	}
+	chain := img.Layers[0]
+	for _, d := range img.Layers[1:] {
+		chain = digest.FromString(chain.String() + " " + d.String())
+	}
+	return digests, chain.String()
+}
+
+func newRemoteEnv(t *testing.T, cri bool, layers ...[]byte) *remoteEnv {
 	t.Helper()
 	requireTools(t, "containerd", "ctr", "runc", "docker-registry", "go")
 	if os.Geteuid() != 0 {
@@ -201,14 +240,13 @@ func newRemoteEnv(t *testing.T, cri bool) *remoteEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var tarBytes []byte
-	tarBytes, r.release = runnableTar(t, 1, staticCat(t))
-	rep := pushFromStore(t, pusher, registry.New(registry.WithTLSVerify(false)), tarBytes, "snap:v1", reg.Host+"/interop/snap:v1")
-	img, err := pusher.ResolveImage(context.Background(), "snap:v1")
-	if err != nil {
-		t.Fatal(err)
+	if len(layers) == 0 {
+		var tarBytes []byte
+		tarBytes, r.release = runnableTar(t, 1, staticCat(t))
+		layers = [][]byte{tarBytes}
 	}
-	r.layer, r.chainID = rep.Layers[0].Digest.String(), img.Layers[0].String() // one layer: chain ID = DiffID
+	r.layers, r.chainID = pushLayers(t, pusher, layers, reg.Host+"/interop/snap:v1")
+	r.layer = r.layers[0]
 	if r.base, err = os.MkdirTemp("/var/tmp", "kura-interop-snap-"); err != nil {
 		t.Fatal(err)
 	}
@@ -382,5 +420,37 @@ func TestSnapshotterCRI(t *testing.T) {
 	st, err := images.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: r.ref}})
 	if err != nil || st.Image != nil {
 		t.Fatalf("image after RemoveImage: %v %v", st, err)
+	}
+}
+
+// TestSnapshotterRemoteWhiteouts: a two-layer image whose top layer deletes a file and makes a
+// directory opaque, pulled as CRI does: both layers come through the remote path (no layer
+// GET), and the container sees the merged tree: the deleted file and the opaque directory's
+// lower contents are gone.
+func TestSnapshotterRemoteWhiteouts(t *testing.T) {
+	base, _ := runnableTar(t, 1, staticCat(t))
+	top := mergeTar(t, []tar.Header{
+		{Name: "app/.wh.version", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "app/lib/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "app/lib/.wh..wh..opq", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "app/lib/only", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644},
+	}, []string{"", "", "", "the only file\n", "ID=top\n"})
+	r := newRemoteEnv(t, false, base, top)
+	criPull(t, r.e, r.ref, r.chainID)
+	gets := r.front.take()
+	for _, l := range r.layers {
+		if contains(gets, l) {
+			t.Fatalf("containerd fetched the layer blob %s (GETs %v)", l, gets)
+		}
+	}
+	if out := r.e.ctr(t, "run", "--rm", "--snapshotter", "kura", r.ref, "wh-top", "/bin/cat", "/etc/os-release", "/app/lib/only"); out != "ID=top\nthe only file\n" {
+		t.Fatalf("the upper layer's files read %q", out)
+	}
+	for i, gone := range []string{"/app/version", "/app/lib/conf-000.txt"} {
+		out, err := exec.Command("ctr", "--address", r.e.sock, "run", "--rm", "--snapshotter", "kura", r.ref, fmt.Sprintf("wh-%d", i), "/bin/cat", gone).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "no such file") {
+			t.Fatalf("%s in the container: %v %q, want no such file", gone, err, out)
+		}
 	}
 }
