@@ -17,10 +17,9 @@ import (
 // the name the layer's snapshot will be committed under. These are the labels
 // stargz-snapshotter's remote path reads.
 const (
-	LabelTargetRef      = "containerd.io/snapshot.ref"
-	LabelImageRef       = "containerd.io/snapshot/cri.image-ref"
-	LabelLayerDigest    = "containerd.io/snapshot/cri.layer-digest"
-	LabelManifestDigest = "containerd.io/snapshot/cri.manifest-digest"
+	LabelTargetRef   = "containerd.io/snapshot.ref"
+	LabelImageRef    = "containerd.io/snapshot/cri.image-ref"
+	LabelLayerDigest = "containerd.io/snapshot/cri.layer-digest"
 	// LabelRemote marks a snapshot the remote path committed.
 	LabelRemote = "containerd.io/snapshot/kura.remote"
 )
