@@ -35,6 +35,7 @@ func TestSnapshotterSuite(t *testing.T) {
 		}
 		lis, err := net.Listen("unix", filepath.Join(root, "kura.sock"))
 		if err != nil {
+			svc.Close()
 			return nil, nil, err
 		}
 		sctx, cancel := context.WithCancel(context.Background())
@@ -43,13 +44,16 @@ func TestSnapshotterSuite(t *testing.T) {
 		conn, err := grpc.NewClient("unix://"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			cancel()
+			svc.Close()
 			return nil, nil, err
 		}
 		sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "kura")
 		return sn, func() error {
 			conn.Close()
 			cancel()
-			return <-done
+			err := <-done
+			svc.Close()
+			return err
 		}, nil
 	})
 }

@@ -1,6 +1,7 @@
 package snapshotter
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	snapshots "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/api/types"
@@ -33,6 +36,7 @@ type Service struct {
 
 	mu   sync.Mutex // guards meta and the directories it names
 	meta *meta
+	lock *os.File // flock'ed while the Service lives: one server per root
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.
@@ -46,12 +50,37 @@ func New(opts Options) (*Service, error) {
 	if err := os.MkdirAll(filepath.Join(opts.Root, dirSnapshots), 0o700); err != nil {
 		return nil, fmt.Errorf("snapshotter: %w", err)
 	}
-	m, err := loadMeta(opts.Root)
+	lock, err := lockRoot(opts.Root)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{root: opts.Root, remote: opts.Remote, log: opts.Log, meta: m}, nil
+	m, err := loadMeta(opts.Root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &Service{root: opts.Root, remote: opts.Remote, log: opts.Log, meta: m, lock: lock}, nil
 }
+
+// lockRoot takes the root's lock: two servers on one root would each rewrite the metadata
+// file from their own copy and lose the other's snapshots. A killed server's lock goes with it.
+func lockRoot(root string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("snapshotter: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("snapshotter: %s is used by another server: %w", root, errdefs.ErrInUse)
+		}
+		return nil, fmt.Errorf("snapshotter: locking %s: %w", root, err)
+	}
+	return f, nil
+}
+
+// Close releases the root for another server.
+func (s *Service) Close() error { return s.lock.Close() }
 
 const dirSnapshots = "snapshots"
 

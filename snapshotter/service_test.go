@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 
 	snapshots "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -16,10 +17,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	"github.com/kura-oci/kura/errdefs"
 )
 
-// serve runs a Service on a unix socket, as kura snapshotter does, and returns a client.
-func serve(t *testing.T, root string) snapshots.SnapshotsClient {
+// serve runs a Service on a unix socket, as kura snapshotter does, and returns a client and
+// a function that stops the server (also called at the test's end).
+func serve(t *testing.T, root string) (snapshots.SnapshotsClient, func()) {
 	t.Helper()
 	svc, err := New(Options{Root: root})
 	if err != nil {
@@ -37,14 +41,19 @@ func serve(t *testing.T, root string) snapshots.SnapshotsClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	return snapshots.NewSnapshotsClient(conn)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			conn.Close()
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			svc.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return snapshots.NewSnapshotsClient(conn), stop
 }
 
 func wantCode(t *testing.T, err error, code codes.Code) {
@@ -59,7 +68,7 @@ func wantCode(t *testing.T, err error, code codes.Code) {
 // a new server on the same root.
 func TestLifecycle(t *testing.T) {
 	root := t.TempDir()
-	c := serve(t, root)
+	c, stop := serve(t, root)
 	ctx := context.Background()
 	p, err := c.Prepare(ctx, &snapshots.PrepareSnapshotRequest{Key: "extract-1"})
 	if err != nil {
@@ -86,7 +95,11 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("usage of L1: %v %v, want ≥ 8192 bytes, 2 inodes", u, err)
 	}
 	checkChild(t, c, root)
-	checkRemoveAndCleanup(t, c, root)
+	if _, err := New(Options{Root: root}); !errors.Is(err, errdefs.ErrInUse) {
+		t.Fatalf("a second server on a root in use: %v, want ErrInUse", err)
+	}
+	stop()
+	checkRemoveAndCleanup(t, root)
 }
 
 // checkChild prepares a container's snapshot on L1 and a view, and checks their mount plans.
@@ -118,14 +131,14 @@ func checkChild(t *testing.T, c snapshots.SnapshotsClient, root string) {
 	}
 }
 
-// checkRemoveAndCleanup: a parent cannot go before its children; a new server on the root
-// knows every snapshot; Remove deletes directories and Cleanup what no snapshot names.
-func checkRemoveAndCleanup(t *testing.T, c snapshots.SnapshotsClient, root string) {
+// checkRemoveAndCleanup: a new server on the root knows every snapshot; a parent cannot go
+// before its children; Remove deletes directories and Cleanup what no snapshot names.
+func checkRemoveAndCleanup(t *testing.T, root string) {
 	t.Helper()
 	ctx := context.Background()
-	_, err := c.Remove(ctx, &snapshots.RemoveSnapshotRequest{Key: "L1"})
+	c2, _ := serve(t, root) // a restarted server reads the metadata file
+	_, err := c2.Remove(ctx, &snapshots.RemoveSnapshotRequest{Key: "L1"})
 	wantCode(t, err, codes.FailedPrecondition)
-	c2 := serve(t, root) // a restarted server reads the metadata file
 	if got := list(t, c2, `labels."a"==1,parent==""`); !slices.Equal(got, []string{"L1"}) {
 		t.Fatalf("list by label and parent: %v, want [L1]", got)
 	}

@@ -43,6 +43,7 @@ docs/snapshotter.md.`,
 			if err != nil {
 				return err
 			}
+			defer svc.Close()
 			svc.Revive(cmd.Context()) // before serving: a container must not mount a missing layer
 			return snapshotter.Serve(cmd.Context(), address, svc)
 		},
