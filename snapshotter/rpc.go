@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -93,7 +94,7 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 		s.meta.Snapshots[req.Key] = r
 		return nil, grpcError(err)
 	}
-	os.RemoveAll(s.dir(c) + "/work") // a committed snapshot is only ever a lower
+	os.RemoveAll(filepath.Join(s.dir(c), "work")) // a committed snapshot is only ever a lower
 	s.log.Debug("committed", "key", req.Key, "name", req.Name, "size", size)
 	return &emptypb.Empty{}, nil
 }
