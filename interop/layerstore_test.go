@@ -154,6 +154,12 @@ type layerStoreServer struct {
 func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 	t.Helper()
 	cmd := exec.Command(testkit.Kura(t), append([]string{"--log-level", "info"}, args...)...)
+	return startDaemon(t, cmd, "layer store serving")
+}
+
+// startDaemon starts cmd and returns once its stderr has a line containing ready.
+func startDaemon(t *testing.T, cmd *exec.Cmd, ready string) *layerStoreServer {
+	t.Helper()
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -161,9 +167,10 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 		t.Fatal(err)
 	}
 	s := &layerStoreServer{waiters: map[string]chan struct{}{}, cmd: cmd, exited: make(chan struct{}), stderr: &bytes.Buffer{}, mu: &sync.Mutex{}}
-	ready := make(chan struct{})
+	readyc := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		once := sync.Once{}
 		for sc.Scan() {
 			s.mu.Lock()
@@ -175,18 +182,18 @@ func startLayerStore(t *testing.T, args ...string) *layerStoreServer {
 				}
 			}
 			s.mu.Unlock()
-			if strings.Contains(sc.Text(), "layer store serving") {
-				once.Do(func() { close(ready) })
+			if strings.Contains(sc.Text(), ready) {
+				once.Do(func() { close(readyc) })
 			}
 		}
 	}()
 	go func() { s.err = cmd.Wait(); pw.Close(); close(s.exited) }()
 	select {
-	case <-ready:
+	case <-readyc:
 	case <-s.exited:
-		t.Fatalf("kura layer-store serve exited: %v\n%s", s.err, s.log())
+		t.Fatalf("%s exited: %v\n%s", cmd.Path, s.err, s.log())
 	case <-time.After(time.Minute):
-		t.Fatalf("kura layer-store serve did not start\n%s", s.log())
+		t.Fatalf("%s did not start\n%s", cmd.Path, s.log())
 	}
 	return s
 }

@@ -7,7 +7,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # util-linux: setpriv (tests as an unprivileged user), mount; e2fsprogs: mkfs.ext4 (full-disk drill);
 # time: GNU time measures peak RSS of the pull bombs (reliability).
-pkgs=(zstd tar jq curl fsverity erofs-utils skopeo podman docker-registry xfsprogs e2fsprogs util-linux mount time runc debootstrap)
+# containerd: Debian's containerd 1.6 and ctr, for the snapshotter's interop tests.
+pkgs=(zstd tar jq curl fsverity erofs-utils skopeo podman docker-registry xfsprogs e2fsprogs util-linux mount time runc containerd debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"log/slog"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kura-oci/kura/layerstore"
+	"github.com/kura-oci/kura/snapshotter"
+)
+
+func init() {
+	var rf registryFlags
+	var address, state string
+	var noRemote bool
+	cmd := &cobra.Command{
+		Use:   "snapshotter",
+		Short: "Serve containerd's snapshots API (a proxy plugin) until SIGTERM or SIGINT",
+		Long: `Answer containerd's snapshots API on a unix socket (containerd config: a proxy_plugins entry
+of type "snapshot" at --address). Active snapshots are overlay mounts over their committed
+parents. A Prepare that carries the CRI plugin's labels (image reference and layer digest) is
+served from Kura's store: Kura pulls the image (partially, verified; registries.conf and
+podman's auth files, as kura pull), mounts the layer as the layer store does, commits the
+snapshot and tells containerd it exists, so containerd does not download the layer. See
+docs/snapshotter.md.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
+			if !noRemote {
+				s, err := openStore()
+				if err != nil {
+					return err
+				}
+				ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s},
+					layerstore.Options{State: filepath.Join(state, "layers"), Log: slog.Default()})
+				if err != nil {
+					return err
+				}
+				opts.Remote = ls
+			}
+			svc, err := snapshotter.New(opts)
+			if err != nil {
+				return err
+			}
+			defer svc.Close()
+			svc.Revive(cmd.Context()) // before serving: a container must not mount a missing layer
+			return snapshotter.Serve(cmd.Context(), address, svc)
+		},
+	}
+	rf.register(cmd)
+	cmd.Flags().StringVar(&address, "address", "/run/kura/snapshotter.sock", "unix socket containerd connects to")
+	cmd.Flags().StringVar(&state, "state", "/var/lib/kura/snapshotter",
+		"directory of the snapshots (snapshots/) and of the layers the remote path serves (layers/, on the store's file system)")
+	cmd.Flags().BoolVar(&noRemote, "no-remote", false, "never serve a layer from Kura's store: containerd downloads every layer")
+	rootCmd.AddCommand(cmd)
+}

@@ -1,0 +1,59 @@
+package interop
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/proxy"
+	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/snapshotter"
+)
+
+// TestSnapshotterSuite runs containerd's own snapshotter test suite against Kura's
+// snapshotter, over gRPC through containerd's proxy client (what containerd uses for a proxy
+// plugin): each test gets a fresh server on its own root. The suite is told the snapshotter is
+// "overlayfs", which is what Kura's plain path is: the one expectation that name changes is
+// that a directory of a lower layer cannot be renamed (EXDEV without overlayfs's redirect_dir),
+// an overlayfs limit containerd's own overlayfs and EROFS snapshotters share.
+func TestSnapshotterSuite(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "the suite mounts overlayfs: needs root")
+	}
+	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
+		svc, err := snapshotter.New(snapshotter.Options{Root: filepath.Join(root, "kura")})
+		if err != nil {
+			return nil, nil, err
+		}
+		lis, err := net.Listen("unix", filepath.Join(root, "kura.sock"))
+		if err != nil {
+			svc.Close()
+			return nil, nil, err
+		}
+		sctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- snapshotter.ServeListener(sctx, lis, svc) }()
+		conn, err := grpc.NewClient("unix://"+lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			cancel()
+			svc.Close()
+			return nil, nil, err
+		}
+		sn := proxy.NewSnapshotter(snapshotsapi.NewSnapshotsClient(conn), "kura")
+		return sn, func() error {
+			conn.Close()
+			cancel()
+			err := <-done
+			svc.Close()
+			return err
+		}, nil
+	})
+}

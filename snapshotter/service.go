@@ -1,0 +1,154 @@
+package snapshotter
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	snapshots "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/api/types"
+
+	"github.com/kura-oci/kura/errdefs"
+)
+
+// Options configure a Service.
+type Options struct {
+	// Root holds the metadata file and the snapshots' directories (snapshots/<id>/{fs,work}).
+	Root string
+	// Remote answers the remote path (a Prepare with the CRI labels); nil: every Prepare is plain.
+	Remote Remote
+	Log    *slog.Logger
+}
+
+// Service implements containerd's snapshots service. It is safe for concurrent use.
+type Service struct {
+	snapshots.UnimplementedSnapshotsServer
+	root   string
+	remote Remote
+	log    *slog.Logger
+
+	mu   sync.Mutex // guards meta and the directories it names
+	meta *meta
+	lock *os.File // flock'ed while the Service lives: one server per root
+}
+
+// New opens (or makes) the snapshotter's root and its metadata.
+func New(opts Options) (*Service, error) {
+	if opts.Root == "" {
+		return nil, fmt.Errorf("snapshotter: no root directory: %w", errdefs.ErrInvalid)
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Root, dirSnapshots), 0o700); err != nil {
+		return nil, fmt.Errorf("snapshotter: %w", err)
+	}
+	lock, err := lockRoot(opts.Root)
+	if err != nil {
+		return nil, err
+	}
+	m, err := loadMeta(opts.Root)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &Service{root: opts.Root, remote: opts.Remote, log: opts.Log, meta: m, lock: lock}, nil
+}
+
+// lockRoot takes the root's lock: two servers on one root would each rewrite the metadata
+// file from their own copy and lose the other's snapshots. A killed server's lock goes with it.
+func lockRoot(root string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(root, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("snapshotter: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("snapshotter: %s is used by another server: %w", root, errdefs.ErrInUse)
+		}
+		return nil, fmt.Errorf("snapshotter: locking %s: %w", root, err)
+	}
+	return f, nil
+}
+
+// Close releases the root for another server.
+func (s *Service) Close() error { return s.lock.Close() }
+
+const dirSnapshots = "snapshots"
+
+func (s *Service) dir(r *record) string {
+	return filepath.Join(s.root, dirSnapshots, strconv.FormatInt(r.ID, 10))
+}
+
+// fsDir is the directory holding a snapshot's files (its upper directory while active).
+func (s *Service) fsDir(r *record) string {
+	if r.Dir != "" {
+		return r.Dir
+	}
+	return filepath.Join(s.dir(r), "fs")
+}
+
+// create records a new active or view snapshot under key and makes its directories.
+// Called with mu held.
+func (s *Service) create(kind Kind, key, parent string, labels map[string]string) (*record, error) {
+	if key == "" {
+		return nil, fmt.Errorf("snapshotter: empty key: %w", errdefs.ErrInvalid)
+	}
+	if _, ok := s.meta.Snapshots[key]; ok {
+		return nil, fmt.Errorf("snapshotter: snapshot %q: %w", key, errdefs.ErrAlreadyExists)
+	}
+	if parent != "" {
+		p, ok := s.meta.Snapshots[parent]
+		if !ok {
+			return nil, fmt.Errorf("snapshotter: parent %q: %w", parent, errdefs.ErrNotFound)
+		}
+		if p.Kind != KindCommitted {
+			return nil, fmt.Errorf("snapshotter: parent %q is %s, not committed: %w", parent, p.Kind, errFailedPrecondition)
+		}
+	}
+	now := time.Now().UTC()
+	r := &record{ID: s.meta.NextID, Kind: kind, Parent: parent, Labels: labels, Created: now, Updated: now}
+	// A directory of this number is a crash's leftover (made, never recorded): start afresh.
+	if err := os.RemoveAll(s.dir(r)); err != nil {
+		return nil, fmt.Errorf("snapshotter: %w", err)
+	}
+	for _, d := range []string{"fs", "work"} {
+		if err := os.MkdirAll(filepath.Join(s.dir(r), d), 0o755); err != nil {
+			return nil, fmt.Errorf("snapshotter: %w", err)
+		}
+	}
+	s.meta.NextID++
+	s.meta.Snapshots[key] = r
+	if err := s.meta.save(s.root); err != nil {
+		delete(s.meta.Snapshots, key)
+		os.RemoveAll(s.dir(r))
+		return nil, err
+	}
+	return r, nil
+}
+
+// mounts is the mount plan of the snapshot key. Called with mu held.
+func (s *Service) mounts(key string) ([]*types.Mount, error) {
+	r, ok := s.meta.Snapshots[key]
+	if !ok {
+		return nil, fmt.Errorf("snapshotter: snapshot %q: %w", key, errdefs.ErrNotFound)
+	}
+	var lowers []string
+	for p := r.Parent; p != ""; {
+		pr, ok := s.meta.Snapshots[p]
+		if !ok {
+			return nil, fmt.Errorf("snapshotter: parent %q of %q: %w", p, key, errdefs.ErrNotFound)
+		}
+		lowers = append(lowers, s.fsDir(pr))
+		p = pr.Parent
+	}
+	return mountPlan(r.Kind, s.fsDir(r), filepath.Join(s.dir(r), "work"), lowers), nil
+}
