@@ -14,14 +14,15 @@ base=$(mktemp -d /var/tmp/kura-demo-als.XXXXXX)
 als=$base/als server_pid=""
 
 cleanup() {
+	set +e # every step runs, whatever failed before
 	for p in kura plain; do
 		[ -f "$base/$p/env" ] || continue
-		(set +e; . "$base/$p/env"; podman rmi --all --force; podman image unmount --all --force) >/dev/null 2>&1 || true
-		umount -R "$base/$p/root/overlay" 2>/dev/null || true
+		(. "$base/$p/env"; podman rmi --all --force; podman image unmount --all --force) >/dev/null 2>&1
+		umount -R "$base/$p/root/overlay" 2>/dev/null
 	done
-	if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+	if [ -n "$server_pid" ]; then kill -TERM "$server_pid"; wait "$server_pid"; fi
 	# The per-layer composefs mounts outlive the server (podman's images used them).
-	findmnt -rn -o TARGET | grep "^$base/" | sort -r | while read -r m; do umount -l "$m" || true; done
+	findmnt -rn -o TARGET | grep "^$base/" | sort -r | while read -r m; do umount -l "$m"; done
 	rm -rf "$base"
 }
 trap cleanup EXIT
