@@ -2,7 +2,9 @@
 # Kura's main job end to end, offline, on one machine:
 #   a local registry (Debian docker-registry on loopback), two versions of a sample image made from
 #   files already on the machine, push of both as zstd:chunked, a pull of version 1 and then of
-#   version 2 into a fresh store, the savings report, and (as root) a composefs mount of version 2.
+#   version 2 into a fresh store, the savings report, and (as root) a composefs mount of version 2,
+#   then (as root, with podman) podman pulling and running both versions through `kura layer-store
+#   serve` against plain podman (scripts/demo-layerstore.sh).
 # Usage: scripts/demo.sh  (make demo builds bin/kura and installs packages first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,9 +53,12 @@ mkdir -p "$work/v1" "$work/v2"
 cp -a "$sample/." "$work/v1/"
 cp -a "$sample/." "$work/v2/"
 # Version 2 changes about 5% of the files and adds a few new ones.
-find "$work/v2" -type f -name '*.go' | sort | awk 'NR % 20 == 0' | while read -r f; do
+find "$work/v2" -type f -name '*.go' | sort | awk 'NR % 20 == 0' >"$work/changed.txt"
+while read -r f; do
 	printf '\n// changed in version 2\n' >>"$f"
-done
+done <"$work/changed.txt"
+changed=$(head -n 1 "$work/changed.txt")
+changed=${changed#"$work/v2/"}
 head -c 2000000 /dev/urandom >"$work/v2/new-asset.bin"
 tar -C "$work/v1" --sort=name -cf "$work/v1.tar" .
 tar -C "$work/v2" --sort=name -cf "$work/v2.tar" .
@@ -86,5 +91,8 @@ if [ "$(id -u)" = 0 ] && "$kura" mount --help >/dev/null 2>&1; then
 	findmnt "$work/mnt" || true
 	ls "$work/mnt" | head
 	cmp "$work/mnt/new-asset.bin" <(tar -xOf "$work/v2.tar" ./new-asset.bin) && echo "new-asset.bin reads back identical through the mount"
+fi
+if [ "$(id -u)" = 0 ] && command -v podman >/dev/null && command -v runc >/dev/null && "$kura" layer-store --help >/dev/null 2>&1; then
+	bash scripts/demo-layerstore.sh "$kura" "$reg" "$work/registry.log" "$changed"
 fi
 step "Done"
