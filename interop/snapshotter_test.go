@@ -109,6 +109,7 @@ func TestSnapshotterCtr(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(base, "snapshotter", "layers")) }) // after containerd
 	e := startContainerd(t, base, "--no-remote")
 	storeRoot := filepath.Join(base, "store")
 	objects := map[int]int{0: countObjects(t, storeRoot)}
@@ -157,13 +158,17 @@ func TestSnapshotterCtr(t *testing.T) {
 	}
 }
 
-// checkSnapshotterRestart stops the snapshotter with SIGTERM (it must exit cleanly), starts it
-// again, and runs a container from what it had committed before.
+// checkSnapshotterRestart stops the snapshotter with SIGTERM (it must exit cleanly), drops its
+// layer mounts as a reboot does, starts it again, and runs a container from what it had
+// committed before.
 func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 	t.Helper()
 	if err := e.snap.stop(t, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "143") {
 		t.Fatalf("snapshotter on SIGTERM: %v\n%s", err, e.snap.log())
 	}
+	// A reboot: the committed snapshots' per-layer mounts are gone; restarted, the snapshotter
+	// mounts their layers from the store again before it serves.
+	unmountUnder(t, filepath.Join(e.state, "layers"))
 	ref := host + "/interop/snap:v1"
 	// Down: containerd cannot reach the plugin, and says so (no container, no hang).
 	out, err := exec.Command("ctr", "--address", e.sock, "run", "--rm", "--snapshotter", "kura", ref, "snap-down", "/bin/cat", "/etc/os-release").CombinedOutput()

@@ -64,13 +64,28 @@ func (s *Service) reviveIngested(ctx context.Context) {
 			continue
 		}
 		dir, err := s.ingester.MountLayer(ctx, r.Image, r.DiffID)
-		if err == nil && dir != r.Dir {
-			err = fmt.Errorf("served at %s, recorded at %s", dir, r.Dir)
+		if err == nil {
+			err = symlink(dir, r.Dir) // the same link, unless a crash came before it was made
 		}
 		if err != nil {
 			s.log.Error("ingested snapshot not revived", "snapshot", k, "err", err)
 			continue
 		}
 		s.dropUpper(r)
+		s.log.Info("ingested snapshot revived", "snapshot", k, "dir", dir)
 	}
+}
+
+// symlink makes link point at target, replacing what link was (a new link, then a rename).
+func symlink(target, link string) error {
+	tmp := link + ".tmp"
+	os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("snapshotter: %w", err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("snapshotter: %w", err)
+	}
+	return nil
 }

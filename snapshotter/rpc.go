@@ -107,7 +107,10 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 }
 
 // intoStore moves the committed snapshot c into the store (ingest) and points c at the mount
-// that serves it; a failure leaves c on its directory. Called with mu held.
+// that serves it, through a symlink snapshots/<id>/layer: a child's overlay names its lowers
+// by that short path (containerd shortens lowerdir options to paths relative to their common
+// directory; the mount points' full paths would not fit a 128-layer image in the one page of
+// mount options). A failure leaves c on its directory. Called with mu held.
 func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 	if s.ingester == nil {
 		return
@@ -118,7 +121,13 @@ func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 		s.log.Warn("commit kept as a directory: ingest into the store failed", "key", key, "err", err)
 		return
 	}
-	c.Dir = dir
+	link := filepath.Join(s.dir(c), "layer")
+	if err := symlink(dir, link); err != nil {
+		c.Image, c.DiffID = "", ""
+		s.log.Warn("commit kept as a directory: linking its layer", "key", key, "err", err)
+		return
+	}
+	c.Dir = link
 	s.log.Info("commit ingested into the store", "key", key, "diffID", c.DiffID, "dir", dir)
 }
 
