@@ -2,8 +2,10 @@ package interop
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,20 +99,24 @@ func TestSnapshotterCtr(t *testing.T) {
 	}
 	c := registry.New(registry.WithTLSVerify(false))
 	releases := map[int]string{}
+	tars := map[int][]byte{}
 	for v := 1; v <= 2; v++ {
-		var tarBytes []byte
-		tarBytes, releases[v] = runnableTar(t, v, cat)
-		pushFromStore(t, pusher, c, tarBytes, fmt.Sprintf("snap:v%d", v), fmt.Sprintf("%s/interop/snap:v%d", reg.Host, v))
+		tars[v], releases[v] = runnableTar(t, v, cat)
+		pushFromStore(t, pusher, c, tars[v], fmt.Sprintf("snap:v%d", v), fmt.Sprintf("%s/interop/snap:v%d", reg.Host, v))
 	}
 	base, err := os.MkdirTemp("/var/tmp", "kura-interop-snap-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(base) })
+	t.Cleanup(func() { unmountUnder(t, filepath.Join(base, "snapshotter", "layers")) }) // after containerd
 	e := startContainerd(t, base, "--no-remote")
+	storeRoot := filepath.Join(base, "store")
+	objects := map[int]int{0: countObjects(t, storeRoot)}
 	for v := 1; v <= 2; v++ {
 		ref := fmt.Sprintf("%s/interop/snap:v%d", reg.Host, v)
 		e.ctr(t, "image", "pull", "--plain-http", "--snapshotter", "kura", ref)
+		objects[v] = countObjects(t, storeRoot)
 		out := e.ctr(t, "run", "--rm", "--snapshotter", "kura", ref, fmt.Sprintf("snap-v%d", v), "/bin/cat", "/etc/os-release")
 		if out != releases[v] {
 			t.Fatalf("container of v%d printed %q, want %q", v, out, releases[v])
@@ -120,6 +126,26 @@ func TestSnapshotterCtr(t *testing.T) {
 	if n := strings.Count(snaps, "Committed"); n != 2 {
 		t.Fatalf("kura holds %d committed snapshots, want 2 (one per single-layer image):\n%s", n, snaps)
 	}
+	// The commits moved the files into Kura's store: v1 added its contents, v2 only the
+	// contents v1 lacks (file-level dedup across images), and the store is consistent.
+	if n := strings.Count(e.snap.log(), "commit ingested into the store"); n != 2 {
+		t.Fatalf("%d commits ingested into the store, want 2:\n%s", n, e.snap.log())
+	}
+	v1, v2 := tarContents(t, tars[1]), tarContents(t, tars[2])
+	if got := objects[1] - objects[0]; got != len(v1) {
+		t.Errorf("v1's pull added %d objects to the store, want %d (its distinct file contents)", got, len(v1))
+	}
+	newInV2 := 0
+	for d := range v2 {
+		if !v1[d] {
+			newInV2++
+		}
+	}
+	t.Logf("store objects: %d after v1, %d after v2 (v2 has %d contents, %d new)", objects[1], objects[2], len(v2), newInV2)
+	if got := objects[2] - objects[1]; got != newInV2 || newInV2 >= len(v2) {
+		t.Errorf("v2's pull added %d objects, want %d: only the contents v1 lacks (of %d)", got, newInV2, len(v2))
+	}
+	kuraFsck(t, storeRoot)
 	checkSnapshotterRestart(t, e, reg.Host, releases[1])
 
 	// containerd's garbage collector removes the snapshots through Kura's Remove.
@@ -132,13 +158,17 @@ func TestSnapshotterCtr(t *testing.T) {
 	}
 }
 
-// checkSnapshotterRestart stops the snapshotter with SIGTERM (it must exit cleanly), starts it
-// again, and runs a container from what it had committed before.
+// checkSnapshotterRestart stops the snapshotter with SIGTERM (it must exit cleanly), drops its
+// layer mounts as a reboot does, starts it again, and runs a container from what it had
+// committed before.
 func checkSnapshotterRestart(t *testing.T, e *ctrEnv, host, release string) {
 	t.Helper()
 	if err := e.snap.stop(t, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "143") {
 		t.Fatalf("snapshotter on SIGTERM: %v\n%s", err, e.snap.log())
 	}
+	// A reboot: the committed snapshots' per-layer mounts are gone; restarted, the snapshotter
+	// mounts their layers from the store again before it serves.
+	unmountUnder(t, filepath.Join(e.state, "layers"))
 	ref := host + "/interop/snap:v1"
 	// Down: containerd cannot reach the plugin, and says so (no container, no hang).
 	out, err := exec.Command("ctr", "--address", e.sock, "run", "--rm", "--snapshotter", "kura", ref, "snap-down", "/bin/cat", "/etc/os-release").CombinedOutput()
@@ -452,5 +482,49 @@ func TestSnapshotterRemoteWhiteouts(t *testing.T) {
 		if err == nil || !strings.Contains(string(out), "no such file") {
 			t.Fatalf("%s in the container: %v %q, want no such file", gone, err, out)
 		}
+	}
+}
+
+// countObjects is the number of objects in the store at root.
+func countObjects(t *testing.T, root string) int {
+	t.Helper()
+	s, err := store.Open(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := s.Walk(context.Background(), func(store.Info) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// tarContents is the set of distinct regular-file contents of a layer tar.
+func tarContents(t *testing.T, b []byte) map[digest.Digest]bool {
+	t.Helper()
+	out := map[digest.Digest]bool{}
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			d, err := digest.FromReader(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[d] = true
+		}
+	}
+}
+
+func kuraFsck(t *testing.T, root string) {
+	t.Helper()
+	if out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput(); err != nil {
+		t.Errorf("kura fsck: %v\n%s", err, out)
 	}
 }

@@ -15,7 +15,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/layerstore"
 	"github.com/kura-oci/kura/snapshotter"
+	"github.com/kura-oci/kura/store"
 )
 
 // TestSnapshotterSuite runs containerd's own snapshotter test suite against Kura's
@@ -23,13 +25,25 @@ import (
 // plugin): each test gets a fresh server on its own root. The suite is told the snapshotter is
 // "overlayfs", which is what Kura's plain path is: the one expectation that name changes is
 // that a directory of a lower layer cannot be renamed (EXDEV without overlayfs's redirect_dir),
-// an overlayfs limit containerd's own overlayfs and EROFS snapshotters share.
+// an overlayfs limit containerd's own overlayfs and EROFS snapshotters share. Every commit
+// moves into a store of the test's own and is served from a per-layer composefs mount, as
+// kura snapshotter does: what the suite reads back of a committed snapshot comes from Kura's
+// store.
 func TestSnapshotterSuite(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "the suite mounts overlayfs: needs root")
 	}
 	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
-		svc, err := snapshotter.New(snapshotter.Options{Root: filepath.Join(root, "kura")})
+		st, err := store.Open(filepath.Join(root, "store"), store.WithoutSync())
+		if err != nil {
+			return nil, nil, err
+		}
+		layers := filepath.Join(root, "layers")
+		ls, err := layerstore.New(st, nil, layerstore.Options{State: layers})
+		if err != nil {
+			return nil, nil, err
+		}
+		svc, err := snapshotter.New(snapshotter.Options{Root: filepath.Join(root, "kura"), Ingester: ls})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -53,6 +67,7 @@ func TestSnapshotterSuite(t *testing.T) {
 			cancel()
 			err := <-done
 			svc.Close()
+			unmountUnder(t, layers) // the committed snapshots' per-layer mounts
 			return err
 		}, nil
 	})

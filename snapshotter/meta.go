@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/kura-oci/kura/errdefs"
 )
 
@@ -36,6 +38,10 @@ type record struct {
 	// Dir, when set, is the snapshot's file system outside the snapshotter's directory: a layer
 	// served by the layer store's core (remote path). It is not removed with the snapshot.
 	Dir string `json:"dir,omitempty"`
+	// Image and DiffID, when set, are the store's one-layer image and layer a plain-path commit
+	// ingested the snapshot into (see ingest); Dir is then that layer's mount.
+	Image  digest.Digest `json:"image,omitempty"`
+	DiffID digest.Digest `json:"diffID,omitempty"`
 	// Size and Inodes are a committed snapshot's usage, measured once at commit.
 	Size   int64 `json:"size,omitempty"`
 	Inodes int64 `json:"inodes,omitempty"`

@@ -91,7 +91,10 @@ func (s *Service) commitRemote(target, parent string, labels map[string]string, 
 // empty lower. Each is looked up again by the image reference and layer digest of its labels
 // (the layer store's core serves it from the store, pulling only what is missing). A layer that
 // cannot be served is logged and left: containers on it fail to start rather than run wrong.
+//
+// The snapshots plain-path commits moved into the store are mounted again too (reviveIngested).
 func (s *Service) Revive(ctx context.Context) {
+	s.reviveIngested(ctx)
 	if s.remote == nil {
 		return
 	}

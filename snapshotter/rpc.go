@@ -60,8 +60,10 @@ func (s *Service) Mounts(ctx context.Context, req *snapshots.MountsRequest) (*sn
 	return &snapshots.MountsResponse{Mounts: m}, nil
 }
 
-// Commit turns the active snapshot key into the committed snapshot name. Its directory stays
-// where it is (it becomes a lower of its children); its usage is measured once, here.
+// Commit turns the active snapshot key into the committed snapshot name; its usage is measured
+// once, here. With an Ingester its files move into Kura's store and it is served from there
+// (intoStore); otherwise, or if that fails, its directory stays where it is (it becomes a
+// lower of its children).
 func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -87,6 +89,7 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 	if len(req.Labels) > 0 {
 		c.Labels = maps.Clone(req.Labels)
 	}
+	s.intoStore(ctx, req.Key, c)
 	delete(s.meta.Snapshots, req.Key)
 	s.meta.Snapshots[req.Name] = c
 	if err := s.meta.save(s.root); err != nil {
@@ -94,9 +97,38 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 		s.meta.Snapshots[req.Key] = r
 		return nil, grpcError(err)
 	}
-	os.RemoveAll(filepath.Join(s.dir(c), "work")) // a committed snapshot is only ever a lower
+	if c.DiffID != "" {
+		s.dropUpper(c) // only now: the saved record names the mount a restart restores
+	} else {
+		os.RemoveAll(filepath.Join(s.dir(c), "work")) // a committed snapshot is only ever a lower
+	}
 	s.log.Debug("committed", "key", req.Key, "name", req.Name, "size", size)
 	return &emptypb.Empty{}, nil
+}
+
+// intoStore moves the committed snapshot c into the store (ingest) and points c at the mount
+// that serves it, through a symlink snapshots/<id>/layer: a child's overlay names its lowers
+// by that short path (containerd shortens lowerdir options to paths relative to their common
+// directory; the mount points' full paths would not fit a 128-layer image in the one page of
+// mount options). A failure leaves c on its directory. Called with mu held.
+func (s *Service) intoStore(ctx context.Context, key string, c *record) {
+	if s.ingester == nil {
+		return
+	}
+	dir, err := s.ingest(ctx, c)
+	if err != nil {
+		c.Image, c.DiffID = "", ""
+		s.log.Warn("commit kept as a directory: ingest into the store failed", "key", key, "err", err)
+		return
+	}
+	link := filepath.Join(s.dir(c), "layer")
+	if err := symlink(dir, link); err != nil {
+		c.Image, c.DiffID = "", ""
+		s.log.Warn("commit kept as a directory: linking its layer", "key", key, "err", err)
+		return
+	}
+	c.Dir = link
+	s.log.Info("commit ingested into the store", "key", key, "diffID", c.DiffID, "dir", dir)
 }
 
 // Remove forgets a snapshot no other snapshot is built on and deletes its directory.

@@ -24,15 +24,19 @@ type Options struct {
 	Root string
 	// Remote answers the remote path (a Prepare with the CRI labels); nil: every Prepare is plain.
 	Remote Remote
-	Log    *slog.Logger
+	// Ingester, when set, moves each plain-path commit into Kura's store; nil: a committed
+	// snapshot keeps its directory.
+	Ingester Ingester
+	Log      *slog.Logger
 }
 
 // Service implements containerd's snapshots service. It is safe for concurrent use.
 type Service struct {
 	snapshots.UnimplementedSnapshotsServer
-	root   string
-	remote Remote
-	log    *slog.Logger
+	root     string
+	remote   Remote
+	ingester Ingester
+	log      *slog.Logger
 
 	mu   sync.Mutex // guards meta and the directories it names
 	meta *meta
@@ -59,7 +63,7 @@ func New(opts Options) (*Service, error) {
 		lock.Close()
 		return nil, err
 	}
-	return &Service{root: opts.Root, remote: opts.Remote, log: opts.Log, meta: m, lock: lock}, nil
+	return &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, log: opts.Log, meta: m, lock: lock}, nil
 }
 
 // lockRoot takes the root's lock: two servers on one root would each rewrite the metadata

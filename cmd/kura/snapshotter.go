@@ -22,21 +22,24 @@ of type "snapshot" at --address). Active snapshots are overlay mounts over their
 parents. A Prepare that carries the CRI plugin's labels (image reference and layer digest) is
 served from Kura's store: Kura pulls the image (partially, verified; registries.conf and
 podman's auth files, as kura pull), mounts the layer as the layer store does, commits the
-snapshot and tells containerd it exists, so containerd does not download the layer. See
+snapshot and tells containerd it exists, so containerd does not download the layer. A layer
+containerd unpacks itself (plain path) moves into Kura's store when committed and is mounted
+from there. See
 docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
+			s, err := openStore()
+			if err != nil {
+				return err
+			}
+			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s},
+				layerstore.Options{State: filepath.Join(state, "layers"), Log: slog.Default()})
+			if err != nil {
+				return err
+			}
+			opts.Ingester = ls
 			if !noRemote {
-				s, err := openStore()
-				if err != nil {
-					return err
-				}
-				ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s},
-					layerstore.Options{State: filepath.Join(state, "layers"), Log: slog.Default()})
-				if err != nil {
-					return err
-				}
 				opts.Remote = ls
 			}
 			svc, err := snapshotter.New(opts)
