@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +95,53 @@ func TestDigestStoreName(t *testing.T) {
 	}
 	if got := DigestStoreName(d); got != "ab/"+strings.Repeat("ab", 31) {
 		t.Fatalf("bad object path %s", got)
+	}
+}
+
+// TestFromDirManyFiles: FromDir reads contents on several workers in batches; every node must
+// still get its own file's content or digest, across more files and bytes than one batch holds.
+func TestFromDirManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	want := map[string][]byte{}
+	for i := 0; i < 3*batchFiles+5; i++ {
+		sub := filepath.Join(dir, "d"+strconv.Itoa(i%7))
+		if err := os.MkdirAll(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		size := (i * 977) % 200
+		if i%50 == 0 {
+			size = batchBytes/2 + i
+		}
+		data := bytes.Repeat([]byte{byte(i), byte(i >> 8), 7}, size/3+1)[:size]
+		name := filepath.Join(sub, "f"+strconv.Itoa(i))
+		if err := os.WriteFile(name, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, name)
+		want[rel] = data
+	}
+	root, err := FromDir(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rel, data := range want {
+		n := root.LookupPath("/" + rel)
+		if n == nil {
+			t.Fatalf("%s missing from the tree", rel)
+		}
+		switch {
+		case len(data) == 0:
+			if n.Content != nil || n.Digest != nil {
+				t.Errorf("%s: empty file has content or digest", rel)
+			}
+		case len(data) <= InlineThreshold:
+			if !bytes.Equal(n.Content, data) {
+				t.Errorf("%s: inline content %q, want %q", rel, n.Content, data)
+			}
+		default:
+			if d := verity.FromBytes(data); n.Digest == nil || *n.Digest != d || n.Payload != DigestStoreName(d) {
+				t.Errorf("%s: digest %v payload %q, want %s", rel, n.Digest, n.Payload, d)
+			}
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"sync"
 
 	"github.com/kura-oci/kura/errdefs"
 )
@@ -112,23 +113,26 @@ func (v *Hasher) Size() uint64 { return v.size }
 
 // Digest returns the fs-verity digest of what was written. It does not change the state, so
 // writing may continue.
-func (v *Hasher) Digest() Digest {
-	c := v.clone()
+func (v *Hasher) Digest() Digest { return v.clone().finish() }
+
+// finish completes the tree in place and returns the digest; v is spent afterwards (until Reset).
+// FromReader uses it directly to avoid Digest's copy of the partial blocks.
+func (v *Hasher) finish() Digest {
 	var root [64]byte
-	if len(c.block) > 0 {
-		c.addHash(0, c.hashBlock(c.block))
+	if len(v.block) > 0 {
+		v.addHash(0, v.hashBlock(v.block))
 	}
 	// The root is the single hash of the first level that has exactly one; every level below it
 	// gets its last partial block hashed (zero-padded) into the next.
-	for level := 0; level < len(c.levels); level++ {
-		if c.counts[level] == 1 {
-			copy(root[:], c.levels[level][:Size])
+	for level := 0; level < len(v.levels); level++ {
+		if v.counts[level] == 1 {
+			copy(root[:], v.levels[level][:Size])
 			break
 		}
-		if len(c.levels[level]) > 0 {
-			partial := c.levels[level]
-			c.levels[level] = partial[:0]
-			c.addHash(level+1, c.hashBlock(partial))
+		if len(v.levels[level]) > 0 {
+			partial := v.levels[level]
+			v.levels[level] = partial[:0]
+			v.addHash(level+1, v.hashBlock(partial))
 		}
 	}
 	// struct fsverity_descriptor: version, hash algorithm, log2(block size), salt size,
@@ -142,6 +146,17 @@ func (v *Hasher) Digest() Digest {
 	return sha256.Sum256(desc[:])
 }
 
+// Reset returns v to the state of New, keeping its buffers, so that one Hasher can digest many
+// files without allocating for each.
+func (v *Hasher) Reset() {
+	v.size = 0
+	v.block = v.block[:0]
+	for i := range v.levels {
+		v.levels[i] = v.levels[i][:0]
+		v.counts[i] = 0
+	}
+}
+
 func (v *Hasher) clone() *Hasher {
 	c := &Hasher{h: sha256.New(), size: v.size, block: append(make([]byte, 0, BlockSize), v.block...)}
 	for i := range v.levels {
@@ -151,13 +166,37 @@ func (v *Hasher) clone() *Hasher {
 	return c
 }
 
+// copyBufSize is the read size of FromReader: large enough that a file costs few read calls.
+const copyBufSize = 256 << 10
+
+// readers pools what FromReader needs per call (a Hasher and a read buffer): digesting a tree of
+// many small files otherwise allocates a quarter megabyte per file, and the garbage collector
+// then costs more CPU than the hashing.
+var readers = sync.Pool{New: func() any {
+	return &reader{h: New(), buf: make([]byte, copyBufSize)}
+}}
+
+type reader struct {
+	h   *Hasher
+	buf []byte
+}
+
 // FromReader returns the digest of everything r yields.
 func FromReader(r io.Reader) (Digest, error) {
-	h := New()
-	if _, err := io.CopyBuffer(h, r, make([]byte, 256<<10)); err != nil {
-		return Digest{}, fmt.Errorf("computing fs-verity digest: %w", err)
+	rd := readers.Get().(*reader)
+	defer readers.Put(rd)
+	rd.h.Reset()
+	for {
+		n, err := r.Read(rd.buf)
+		rd.h.Write(rd.buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return Digest{}, fmt.Errorf("computing fs-verity digest: %w", err)
+		}
 	}
-	return h.Digest(), nil
+	return rd.h.finish(), nil
 }
 
 // FromBytes returns the digest of b.

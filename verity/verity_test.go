@@ -82,3 +82,22 @@ func TestMetacopyXattr(t *testing.T) {
 		t.Fatal("bad digest accepted")
 	}
 }
+
+// TestFromReaderReusesHasher: FromReader reuses pooled hashers, so a digest after a larger file
+// (more tree levels left over) or after an empty one must equal that of a fresh Hasher.
+func TestFromReaderReusesHasher(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	for _, size := range []int{128*128*4096 + 4096, 1, 0, 129 * 4096, 4096, 3<<20 + 17, 0, 4097, 65} {
+		data := make([]byte, size)
+		rng.Read(data)
+		got, err := FromReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := New()
+		h.Write(data)
+		if want := h.Digest(); got != want {
+			t.Errorf("size %d: FromReader %s, a fresh Hasher %s", size, got, want)
+		}
+	}
+}
