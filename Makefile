@@ -57,6 +57,7 @@ test-race:
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./chunked ./verity
 	$(GO) test -run '^$$' -bench 'BuildCS9/kura' -benchtime 1x ./composefs/dump
+	$(GO) test -run '^$$' -bench 'PullUpdate|PullFirst' -benchtime 1x ./pull
 
 # Every fuzz target for a few seconds (the seed corpora already run in test-unit). Not part of
 # make test: go's fuzzer sometimes ends a very short run with "context deadline exceeded".

@@ -336,6 +336,7 @@ type worker struct {
 	// answered, if not nil, is told once whether the first answer was the whole blob (200)
 	// rather than ranges (206).
 	answered chan bool
+	discard  []byte // skipTo's buffer, made on the first skip and reused by the worker's spans
 }
 
 func (w *worker) tellAnswer(full bool) {
@@ -373,11 +374,15 @@ func (w *worker) run(spans []Span) error {
 	return nil
 }
 
-// skipTo reads and discards up to blob offset off within the current span.
+// skipTo reads and discards up to blob offset off within the current span. Its buffer belongs
+// to the worker: a fresh one per call (it escapes through Read) cost a partial pull 32 KiB of new
+// memory per span, even for the many spans with nothing to skip.
 func (w *worker) skipTo(off int64) error {
-	var buf [32 << 10]byte
+	if w.pos < off && w.discard == nil {
+		w.discard = make([]byte, 32<<10)
+	}
 	for w.pos < off {
-		if _, err := w.Read(buf[:min(int64(len(buf)), off-w.pos)]); err != nil {
+		if _, err := w.Read(w.discard[:min(int64(len(w.discard)), off-w.pos)]); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
