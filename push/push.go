@@ -159,8 +159,9 @@ type ImageStore interface {
 
 // Push writes the stored image named nameOrID (a ref, an ID or a unique ID prefix) to dest.
 // Layers are rebuilt from the store's objects and recompressed; the config is sent unchanged
-// (the DiffIDs of recompressed layers are those of the same tars). It holds the store's shared
-// lock, so gc cannot remove what is being read.
+// (the DiffIDs of recompressed layers are those of the same tars), except for an image recorded
+// with configDiffIDs (pulled with --allow-diffid-mismatch), whose config gets the true DiffIDs. It
+// holds the store's shared lock, so gc cannot remove what is being read.
 func Push(ctx context.Context, s ImageStore, nameOrID string, dest Destination, opts ...Option) (*Report, error) {
 	unlock, err := s.RLock(ctx)
 	if err != nil {
