@@ -769,42 +769,9 @@ func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error
 	return nil
 }
 
-// SameMetadata compares the fields the reference compares (not digests, offsets, chunks): the
-// metadata a tar header holds. It says which field differs.
-func SameMetadata(a, b *Entry) error {
-	switch {
-	case a.Type != b.Type:
-		return fmt.Errorf("type %q != %q", a.Type, b.Type)
-	case a.Name != b.Name:
-		return fmt.Errorf("name %q != %q", a.Name, b.Name)
-	case a.Linkname != b.Linkname:
-		return fmt.Errorf("linkName %q != %q", a.Linkname, b.Linkname)
-	case a.Mode != b.Mode:
-		return fmt.Errorf("mode %#o != %#o", a.Mode, b.Mode)
-	case a.Size != b.Size:
-		return fmt.Errorf("size %d != %d", a.Size, b.Size)
-	case a.UID != b.UID:
-		return fmt.Errorf("uid %d != %d", a.UID, b.UID)
-	case a.GID != b.GID:
-		return fmt.Errorf("gid %d != %d", a.GID, b.GID)
-	case !sameTime(a.ModTime, b.ModTime):
-		return fmt.Errorf("modtime %v != %v", a.ModTime, b.ModTime)
-	case !sameTime(a.AccessTime, b.AccessTime):
-		return fmt.Errorf("accesstime %v != %v", a.AccessTime, b.AccessTime)
-	case !sameTime(a.ChangeTime, b.ChangeTime):
-		return fmt.Errorf("changetime %v != %v", a.ChangeTime, b.ChangeTime)
-	case a.Devmajor != b.Devmajor:
-		return fmt.Errorf("devMajor %d != %d", a.Devmajor, b.Devmajor)
-	case a.Devminor != b.Devminor:
-		return fmt.Errorf("devMinor %d != %d", a.Devminor, b.Devminor)
-	case !maps.Equal(a.Xattrs, b.Xattrs):
-		return fmt.Errorf("xattrs %q != %q", a.Xattrs, b.Xattrs)
-	}
-	return nil
-}
-
-// SameEntryMetadata is SameMetadata for the model's entries (xattrs compared decoded): the
-// metadata a tar header holds, which a TOC and a tar-split must agree on.
+// SameEntryMetadata compares the fields the reference compares (not digests or chunks): the
+// metadata a tar header holds, which a TOC and a tar-split must agree on (xattrs compared
+// decoded). It says which field differs.
 func SameEntryMetadata(a, b *layerfs.Entry) error {
 	switch {
 	case a.Type != b.Type:
