@@ -34,19 +34,7 @@ func WriteOCIArchive(dir, path string) error {
 		}
 		return addFile(tw, p, filepath.ToSlash(rel), d)
 	})
-	if err == nil {
-		err = tw.Close()
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return finishArchive(tmp, tw, err, path)
 }
 
 func addFile(tw *tar.Writer, p, name string, d fs.DirEntry) error {
