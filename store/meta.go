@@ -221,15 +221,20 @@ func (s *Metadata) PutLayer(ctx context.Context, l Layer, toc *chunked.TOC, tarS
 	if err != nil {
 		return err
 	}
+	entries, err := chunked.DecodeEntries(toc)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.DiffID, err)
+	}
 	l.TOCSize, l.TarSplitSize = int64(len(tocJSON)), int64(len(tarSplit))
-	return s.putLayer(ctx, l, toc, nil, func() ([]byte, []byte, error) {
+	return s.putLayer(ctx, l, entries, nil, func() ([]byte, []byte, error) {
 		return CompressMetadata(tocJSON), CompressMetadata(tarSplit), nil
 	})
 }
 
-// putLayer records a layer once every object its TOC names is found stored: those the
-// committed batch b (if any) wrote by its record, the others by a stat each.
-func (s *Metadata) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *Batch, encode func() (tocZst, tarSplitZst []byte, err error)) error {
+// putLayer records a layer once every object its entries (the TOC being recorded, decoded)
+// name is found stored: those the committed batch b (if any) wrote by its record, the others by
+// a stat each. The object list and the chunk index both come from entries.
+func (s *Metadata) putLayer(ctx context.Context, l Layer, entries []layerfs.Entry, b *Batch, encode func() (tocZst, tarSplitZst []byte, err error)) error {
 	if err := s.requireLock(); err != nil {
 		return err
 	}
@@ -239,11 +244,6 @@ func (s *Metadata) putLayer(ctx context.Context, l Layer, toc *chunked.TOC, b *B
 	}
 	if exists(dir) {
 		return nil
-	}
-	// Decoded once: the object list and the chunk index both come from these entries.
-	entries, err := chunked.DecodeEntries(toc)
-	if err != nil {
-		return fmt.Errorf("layer %s: %w", l.DiffID, err)
 	}
 	objs := layerfs.Objects(entries)
 	if err := s.checkObjects(l.DiffID, objs, b); err != nil {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/verity"
 )
@@ -133,14 +133,15 @@ func storeTwo(t *testing.T, s *store.Store) (b *store.Batch, old, fresh []byte) 
 	return b, old, fresh
 }
 
-// tocOf is a TOC of one regular file per content.
-func tocOf(contents ...[]byte) *chunked.TOC {
-	toc := &chunked.TOC{Version: 1}
+// tocOf is the entries of one regular file per content.
+func tocOf(contents ...[]byte) []layerfs.Entry {
+	var entries []layerfs.Entry
 	for i, c := range contents {
-		toc.Entries = append(toc.Entries, chunked.Entry{Type: chunked.TypeReg, Name: string(rune('a' + i)),
-			Size: int64(len(c)), Digest: digest.FromBytes(c).String()})
+		d := digest.FromBytes(c)
+		entries = append(entries, layerfs.Entry{Type: layerfs.TypeReg, Name: string(rune('a' + i)),
+			Size: int64(len(c)), Digest: d, Chunks: []layerfs.Chunk{{Size: int64(len(c)), Digest: d}}})
 	}
-	return toc
+	return entries
 }
 
 // lockedStore opens a store and holds its shared lock for the test.

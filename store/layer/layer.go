@@ -113,7 +113,7 @@ func Import(ctx context.Context, s *store.Store, r io.Reader, opts Options) (Imp
 	}
 	committed = true
 	l := store.Layer{DiffID: diffID, TarSize: counted.N, ContentSize: w.content}
-	if err := batch.PutLayer(ctx, l, chunked.EncodeTOC(w.entries), tarSplit.Bytes()); err != nil {
+	if err := batch.PutLayer(ctx, l, w.entries, tarSplit.Bytes()); err != nil {
 		if errors.Is(err, layername.ErrTOCInexact) {
 			// Not a reason to pull whole (this is the whole layer): the store cannot record it.
 			return Imported{}, fmt.Errorf("layer: %v: %w", err, errdefs.ErrUnsupported)

@@ -107,7 +107,7 @@ func ImportPartial(ctx context.Context, s *store.Store, p Partial, diffID digest
 		TOCSize: p.TOCSize, TarSplitSize: rec.size}
 	// The blob's own TOC frame, verified by the parse, is the layer's record, with the blob's
 	// tar-split frame (or the predicted one, verified by the DiffID).
-	return imp, batch.PutLayerCompressed(ctx, imp.Layer, p.Layer.TOC, p.TOCZst, rec.zst)
+	return imp, batch.PutLayerCompressed(ctx, imp.Layer, p.Layer.Entries, p.TOCZst, rec.zst)
 }
 
 // partialImport is one layer's import between planning and recording.
