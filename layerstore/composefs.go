@@ -17,6 +17,7 @@ import (
 	"github.com/kura-oci/kura/composefs/storeimage"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -130,22 +131,24 @@ func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.
 // escapes) into its composefs tree: the merge the tree was built from drops them.
 func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 	for _, e := range entries {
-		name := strings.TrimPrefix(path.Clean("/"+e.Name), "/")
-		dir, base := path.Split(name)
-		if !strings.HasPrefix(base, whiteoutPrefix) {
-			continue
-		}
-		parent, err := treeDir(root, dir)
+		n, err := layername.Parse(e.Name)
 		if err != nil {
 			return fmt.Errorf("whiteout %s: %w", e.Name, err)
 		}
-		if base == opaqueMarker {
+		if n.Kind == layername.Plain {
+			continue
+		}
+		parent, err := treeDir(root, subdir(n))
+		if err != nil {
+			return fmt.Errorf("whiteout %s: %w", e.Name, err)
+		}
+		if n.Kind == layername.Opaque {
 			if err := parent.SetXattr("trusted.overlay.opaque", []byte("y")); err != nil {
 				return err
 			}
 			continue
 		}
-		target := strings.TrimPrefix(base, whiteoutPrefix)
+		target := path.Base(n.Target)
 		if parent.Lookup(target) != nil {
 			continue // the layer has the file and its whiteout: the file wins, as in diffDir
 		}

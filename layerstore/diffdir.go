@@ -15,6 +15,7 @@ import (
 
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/layername"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -55,13 +56,9 @@ func (l *Layers) diffDir(ctx context.Context, img store.Image, diffID digest.Dig
 	return dir, nil
 }
 
-const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
-)
-
 // addWhiteouts writes a layer's whiteouts and opaque markers in overlayfs's form. A checkout
-// merges layers and so drops them; a lower layer of overlayfs must carry them.
+// merges layers and so drops them; a lower layer of overlayfs must carry them. What a name means
+// is layername's rule (Parse), as for every other reader of layer entries.
 func addWhiteouts(dir string, entries []layerfs.Entry) error {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -69,35 +66,46 @@ func addWhiteouts(dir string, entries []layerfs.Entry) error {
 	}
 	defer unix.Close(root)
 	for _, e := range entries {
-		name := strings.TrimPrefix(path.Clean("/"+e.Name), "/")
-		parent, base := path.Split(name)
-		if !strings.HasPrefix(base, whiteoutPrefix) {
+		n, err := layername.Parse(e.Name)
+		if err != nil {
+			return fmt.Errorf("whiteout %s: %w", e.Name, err)
+		}
+		if n.Kind == layername.Plain {
 			continue
 		}
-		if err := addWhiteout(root, parent, base, e); err != nil {
+		if err := addWhiteout(root, n, e); err != nil {
 			return fmt.Errorf("whiteout %s: %w", e.Name, err)
 		}
 	}
 	return nil
 }
 
-func addWhiteout(root int, parent, base string, e layerfs.Entry) error {
-	fd, err := mkdirInRoot(root, parent)
+func addWhiteout(root int, n layername.Name, e layerfs.Entry) error {
+	fd, err := mkdirInRoot(root, subdir(n))
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	if base == opaqueMarker {
+	if n.Kind == layername.Opaque {
 		return unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0)
 	}
-	err = unix.Mknodat(fd, strings.TrimPrefix(base, whiteoutPrefix), unix.S_IFCHR, 0)
+	target := path.Base(n.Target)
+	err = unix.Mknodat(fd, target, unix.S_IFCHR, 0)
 	if errors.Is(err, unix.EEXIST) {
 		return nil // the layer has the file and its whiteout: the file wins, as podman refuses it
 	}
 	if err == nil {
-		err = unix.Fchownat(fd, strings.TrimPrefix(base, whiteoutPrefix), e.UID, e.GID, unix.AT_SYMLINK_NOFOLLOW)
+		err = unix.Fchownat(fd, target, e.UID, e.GID, unix.AT_SYMLINK_NOFOLLOW)
 	}
 	return err
+}
+
+// subdir is the directory holding a whiteout, relative to the layer's root ("" at the top).
+func subdir(n layername.Name) string {
+	if n.Dir == "." {
+		return ""
+	}
+	return n.Dir
 }
 
 // mkdirInRoot opens dir below root, making missing directories (0755, as tar does); every
