@@ -230,8 +230,14 @@ type remoteEnv struct {
 // and its top layer's chain ID (what containerd names the top snapshot).
 func pushLayers(t *testing.T, pusher *store.Store, layers [][]byte, ref string) ([]string, string) {
 	t.Helper()
+	return pushImage(t, pusher, layers, ref, "/none")
+}
+
+// pushImage is pushLayers of an image whose command is cmd.
+func pushImage(t *testing.T, pusher *store.Store, layers [][]byte, ref string, cmd ...string) ([]string, string) {
+	t.Helper()
 	ctx := context.Background()
-	if _, err := ociimport.Import(ctx, pusher, writeLayout(t, layers), "merge", "snap:v1"); err != nil {
+	if _, err := ociimport.Import(ctx, pusher, writeLayoutCmd(t, layers, cmd...), "merge", "snap:v1"); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := imageref.Parse(ref)

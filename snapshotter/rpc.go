@@ -239,7 +239,9 @@ func (s *Service) List(req *snapshots.ListSnapshotsRequest, srv snapshots.Snapsh
 }
 
 // Usage is what a snapshot holds on disk: measured now for an active one, at commit for a
-// committed one; a remote-path snapshot's files are in Kura's store, shared, and count 0 here.
+// committed one (its upper directory) and for a remote-path one (its layer's files, read
+// through the mount Kura serves them from; containerd's CRI plugin sums these figures into
+// ImageFsInfo, which is what the kubelet sees of the image file system).
 func (s *Service) Usage(ctx context.Context, req *snapshots.UsageRequest) (*snapshots.UsageResponse, error) {
 	s.mu.Lock()
 	r, ok := s.meta.Snapshots[req.Key]
