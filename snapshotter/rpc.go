@@ -115,6 +115,7 @@ func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 	if s.ingester == nil {
 		return
 	}
+	s.log.Info("ingesting a commit into the store", "key", key)
 	dir, err := s.ingest(ctx, c)
 	if err != nil {
 		c.Image, c.DiffID = "", ""
