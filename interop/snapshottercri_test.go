@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/store"
 )
@@ -222,10 +223,30 @@ func TestSnapshotterCRIPod(t *testing.T) {
 	if out := p.e.ctr(t, "--namespace", "k8s.io", "snapshots", "--snapshotter", "kura", "ls"); strings.Count(out, "\n") != 1 {
 		t.Fatalf("snapshots left after RemoveImage:\n%s", out)
 	}
+	// containerd's gc removed the snapshots through Kura, which took their layer mounts down.
+	if left := mountsUnder(t, filepath.Join(p.base, "snapshotter", "layers")); len(left) != 0 {
+		t.Fatalf("layer mounts left after RemoveImage: %v", left)
+	}
 	if gets := p.front.take(); p.anyBlob(gets) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 	kuraFsck(t, filepath.Join(p.base, "store"))
+}
+
+// mountsUnder lists the mount points below dir.
+func mountsUnder(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Point, dir+"/") {
+			out = append(out, e.Point)
+		}
+	}
+	return out
 }
 
 // pull is the kubelet's PullImage: the image's layers come through Kura's remote path.

@@ -47,6 +47,10 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 	}
 	s.mu.Lock()
 	_, exists := s.meta.Snapshots[target]
+	if !exists {
+		s.lookups++ // no layer mount is taken down until this one is recorded
+		defer func() { s.mu.Lock(); s.lookups--; s.mu.Unlock() }()
+	}
 	s.mu.Unlock()
 	if exists {
 		return true, fmt.Errorf("snapshotter: target %q: %w", target, errdefs.ErrAlreadyExists)

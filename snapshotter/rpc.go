@@ -132,7 +132,8 @@ func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 	s.log.Info("commit ingested into the store", "key", key, "diffID", c.DiffID, "dir", dir)
 }
 
-// Remove forgets a snapshot no other snapshot is built on and deletes its directory.
+// Remove forgets a snapshot no other snapshot is built on, deletes its directory, and takes
+// down the layer mount it was on if no other snapshot is on it (releaseMount).
 func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -148,9 +149,11 @@ func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotReque
 		s.meta.Snapshots[req.Key] = r
 		return nil, grpcError(err)
 	}
+	mnt := s.layerMount(r)                         // before the directory goes: a commit's is a link to its mount
 	if err := os.RemoveAll(s.dir(r)); err != nil { // Cleanup retries what is left
 		s.log.Warn("removing a snapshot's directory", "key", req.Key, "err", err)
 	}
+	s.releaseMount(mnt)
 	return &emptypb.Empty{}, nil
 }
 

@@ -38,7 +38,7 @@ docs/snapshotter.md.`,
 			if err != nil {
 				return err
 			}
-			opts.Ingester = ls
+			opts.Ingester, opts.Unmounter = ls, ls
 			if !noRemote {
 				opts.Remote = ls
 			}
