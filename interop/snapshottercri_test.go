@@ -144,11 +144,17 @@ func newCRIPodEnv(t *testing.T) *criPodEnv {
 	}
 	t.Cleanup(func() { os.RemoveAll(p.base) })
 	t.Cleanup(func() { unmountUnder(t, filepath.Join(p.base, "snapshotter", "layers")) }) // after containerd
-	regConf := filepath.Join(p.base, "registries.conf")
-	if err := os.WriteFile(regConf, []byte(fmt.Sprintf("[[registry]]\nprefix = %q\nlocation = %q\ninsecure = true\n", p.front.Host, reg.Host)), 0o644); err != nil {
+	// Kura reaches the registry itself, not through the logging proxy containerd uses, by a
+	// mirror in containerd's hosts.toml format (what a node's config_path holds).
+	hosts := filepath.Join(p.base, "certs.d")
+	if err := os.MkdirAll(filepath.Join(hosts, p.front.Host), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), "--registries-conf", regConf)
+	hostsTOML := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "https://"+p.front.Host, "http://"+reg.Host)
+	if err := os.WriteFile(filepath.Join(hosts, p.front.Host, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), "--hosts-dir", hosts)
 	conn, err := grpc.NewClient("unix://"+p.e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +182,7 @@ func criPodConf(host, base string) string {
 }
 
 // TestSnapshotterCRIPod: the kubelet's calls over the CRI API against containerd 1.6.20's CRI
-// plugin on Kura's snapshotter: PullImage, RunPodSandbox (its pause image pulled by containerd
+// plugin on Kura's snapshotter, whose pulls use a hosts.toml mirror: PullImage, RunPodSandbox (its pause image pulled by containerd
 // through Kura), CreateContainer and StartContainer of an HTTP server that answers a GET with
 // its image's page, ImageFsInfo (Kura's figures), an update to v2 (a new container from the
 // second version, sharing the base layer), then StopContainer, RemoveContainer,
@@ -187,6 +193,9 @@ func TestSnapshotterCRIPod(t *testing.T) {
 	defer cancel()
 	ref := func(v int) string { return fmt.Sprintf("%s/interop/web:v%d", p.front.Host, v) }
 	p.pull(ctx, t, ref(1))
+	if !strings.Contains(p.e.snap.log(), "msg=hosts.toml host="+p.front.Host+" location="+p.front.Host+" mirrors=1 used=true") {
+		t.Fatalf("the snapshotter did not take the hosts.toml mirror:\n%s", p.e.snap.log())
+	}
 	logDir := filepath.Join(p.base, "pod-logs")
 	sbConfig := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "web", Uid: "kura-web-uid", Namespace: "default"},
