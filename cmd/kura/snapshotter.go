@@ -24,11 +24,11 @@ func init() {
 of type "snapshot" at --address). Active snapshots are overlay mounts over their committed
 parents. A Prepare that carries the CRI plugin's labels (image reference and layer digest) is
 served from Kura's store: Kura pulls the image (partially, verified; registries.conf and
-podman's auth files, as kura pull), mounts the layer as the layer store does, commits the
+podman's auth files, as kura pull, plus containerd's hosts.toml mirrors under --hosts-dir),
+mounts the layer as the layer store does, commits the
 snapshot and tells containerd it exists, so containerd does not download the layer. A layer
 containerd unpacks itself (plain path) moves into Kura's store when committed and is mounted
-from there. See
-docs/snapshotter.md.`,
+from there. Remove unmounts a layer no snapshot is on any more. See docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
