@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,13 +211,14 @@ func TestSnapshotterCRIPod(t *testing.T) {
 	if gets := p.front.take(); p.anyBlob(gets) {
 		t.Fatalf("containerd fetched a layer blob for the pull or the sandbox (GETs %v)", gets)
 	}
-	id := p.runWeb(ctx, t, sb.PodSandboxId, sbConfig, ref(1), 1)
+	id, _ := p.runWeb(ctx, t, sb.PodSandboxId, sbConfig, ref(1), 1)
 	p.checkImageFs(ctx, t)
 
 	// The update: v2 pulled (only its page layer is new), the v1 container replaced.
 	p.pull(ctx, t, ref(2))
 	p.removeContainer(ctx, t, id)
-	id = p.runWeb(ctx, t, sb.PodSandboxId, sbConfig, ref(2), 2)
+	id, addr := p.runWeb(ctx, t, sb.PodSandboxId, sbConfig, ref(2), 2)
+	p.checkSnapshotterDown(ctx, t, "http://"+addr+"/index.html", ref(1))
 	p.removeContainer(ctx, t, id)
 	if _, err := p.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId}); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)
@@ -280,8 +282,8 @@ func (p *criPodEnv) anyBlob(gets []string) bool {
 
 // runWeb creates and starts the web server of image ref on a free port of the node's network,
 // and checks it answers a GET with version v's page, read from the image through Kura, and
-// that an exec in it reads the same file. It returns the container's ID.
-func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) string {
+// that an exec in it reads the same file. It returns the container's ID and address.
+func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
 	t.Helper()
 	addr := freeAddr(t)
 	c, err := p.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandbox, SandboxConfig: sbConfig,
@@ -305,7 +307,27 @@ func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sb
 	if err != nil || !strings.Contains(string(log), "serving /srv on "+addr) {
 		t.Fatalf("the v%d container's log: %q %v", v, log, err)
 	}
-	return c.ContainerId
+	return c.ContainerId, addr
+}
+
+// checkSnapshotterDown stops the snapshotter (SIGTERM) under the running v2 server: the server
+// still answers url with v2's page, and a PullImage fails (the kubelet retries it); the
+// snapshotter restarted, the same PullImage succeeds through the remote path.
+func (p *criPodEnv) checkSnapshotterDown(ctx context.Context, t *testing.T, url, ref string) {
+	t.Helper()
+	if err := p.e.snap.stop(t, syscall.SIGTERM); err != nil && !strings.Contains(err.Error(), "143") {
+		t.Fatalf("snapshotter on SIGTERM: %v\n%s", err, p.e.snap.log())
+	}
+	if got := httpGet(ctx, t, url); got != webPage(2) {
+		t.Fatalf("with the snapshotter down the v2 server answered %q", got)
+	}
+	_, err := p.images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	if err == nil {
+		t.Fatalf("PullImage succeeded with the snapshotter down")
+	}
+	t.Logf("PullImage with the snapshotter down: %v", err)
+	p.e.snap = startDaemon(t, exec.Command(testkit.Kura(t), p.e.snapArgs...), "client connected") // containerd's backoff
+	p.pull(ctx, t, ref)
 }
 
 func (p *criPodEnv) removeContainer(ctx context.Context, t *testing.T, id string) {
