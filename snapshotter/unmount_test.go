@@ -42,49 +42,16 @@ func TestRemoveUnmountsLayer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	commit := func(name, content string) *record {
-		t.Helper()
-		p, err := svc.Prepare(ctx, &snapshots.PrepareSnapshotRequest{Key: "extract-" + name})
-		if err != nil {
-			t.Fatal(err)
-		}
-		upper := p.Mounts[0].Source
-		if err := os.Mkdir(filepath.Join(upper, "d"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(upper, "f"), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range []string{"f", "d", "."} { // the same files make the same layer
-			if err := os.Chtimes(filepath.Join(upper, p), time.Unix(1e9, 0), time.Unix(1e9, 0)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := svc.Commit(ctx, &snapshots.CommitSnapshotRequest{Key: "extract-" + name, Name: name}); err != nil {
-			t.Fatal(err)
-		}
-		r := svc.meta.Snapshots[name].clone()
-		if r.DiffID == "" {
-			t.Fatalf("%s not committed into the store", name)
-		}
-		return r
-	}
-	remove := func(key string) {
-		t.Helper()
-		if _, err := svc.Remove(ctx, &snapshots.RemoveSnapshotRequest{Key: key}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	a, b := commit("a", "same"), commit("b", "same")
+	a, b := commitFiles(t, svc, "a", "same"), commitFiles(t, svc, "b", "same")
 	mnt := svc.layerMount(a)
 	if mnt == "" || mnt != svc.layerMount(b) || !mounted(t, mnt) {
 		t.Fatalf("commits of the same files on mounts %q and %q, want one mount", mnt, svc.layerMount(b))
 	}
-	remove("a")
+	removeSnapshot(t, svc, "a")
 	if !mounted(t, mnt) {
 		t.Fatalf("Remove of a took down the mount b is on")
 	}
-	remove("b")
+	removeSnapshot(t, svc, "b")
 	if mounted(t, mnt) {
 		t.Fatalf("the layer mount is still there after both snapshots on it were removed")
 	}
@@ -94,12 +61,11 @@ func TestRemoveUnmountsLayer(t *testing.T) {
 
 	// Busy: a mount inside the layer's mount keeps Remove from taking it down; Cleanup does,
 	// once it is free.
-	c := commit("c", "other")
-	busy := svc.layerMount(c)
+	busy := svc.layerMount(commitFiles(t, svc, "c", "other"))
 	if err := unix.Mount("tmpfs", filepath.Join(busy, "d"), "tmpfs", 0, ""); err != nil {
 		t.Fatal(err)
 	}
-	remove("c")
+	removeSnapshot(t, svc, "c")
 	if !mounted(t, busy) {
 		t.Fatalf("a busy layer mount was taken down (lazily?)")
 	}
@@ -111,6 +77,44 @@ func TestRemoveUnmountsLayer(t *testing.T) {
 	}
 	if mounted(t, busy) {
 		t.Fatalf("Cleanup left the layer mount no snapshot is on")
+	}
+}
+
+// commitFiles commits a snapshot name of a directory d and a file f holding content, with
+// fixed times (the same content makes the same layer), into the store.
+func commitFiles(t *testing.T, svc *Service, name, content string) *record {
+	t.Helper()
+	ctx := context.Background()
+	p, err := svc.Prepare(ctx, &snapshots.PrepareSnapshotRequest{Key: "extract-" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upper := p.Mounts[0].Source
+	if err := os.Mkdir(filepath.Join(upper, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(upper, "f"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"f", "d", "."} {
+		if err := os.Chtimes(filepath.Join(upper, p), time.Unix(1e9, 0), time.Unix(1e9, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := svc.Commit(ctx, &snapshots.CommitSnapshotRequest{Key: "extract-" + name, Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	r := svc.meta.Snapshots[name].clone()
+	if r.DiffID == "" {
+		t.Fatalf("%s not committed into the store", name)
+	}
+	return r
+}
+
+func removeSnapshot(t *testing.T, svc *Service, key string) {
+	t.Helper()
+	if _, err := svc.Remove(context.Background(), &snapshots.RemoveSnapshotRequest{Key: key}); err != nil {
+		t.Fatal(err)
 	}
 }
 
