@@ -117,7 +117,10 @@ func podmanCorpus(t *testing.T) [][]byte {
 }
 
 // writeLayout writes an OCI layout holding one image of uncompressed layers.
-func writeLayout(t *testing.T, layers [][]byte) string {
+func writeLayout(t *testing.T, layers [][]byte) string { return writeLayoutCmd(t, layers, "/none") }
+
+// writeLayoutCmd is writeLayout with the image's command cmd.
+func writeLayoutCmd(t *testing.T, layers [][]byte, cmd ...string) string {
 	// podman names the pulled image after the path, which must be lowercase.
 	dir, err := os.MkdirTemp("", "kura-merge-layout-")
 	if err != nil {
@@ -139,7 +142,7 @@ func writeLayout(t *testing.T, layers [][]byte) string {
 		descs, diffIDs = append(descs, d), append(diffIDs, d.Digest)
 	}
 	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
-		Config: ocispec.ImageConfig{Cmd: []string{"/none"}}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
+		Config: ocispec.ImageConfig{Cmd: cmd}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
 	cd, _ := w.PutBlob(cfg)
 	cd.MediaType = ocispec.MediaTypeImageConfig
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: descs}

@@ -51,8 +51,9 @@ func startContainerd(t *testing.T, base string, snapArgs ...string) *ctrEnv {
 func startContainerdConf(t *testing.T, base, top, tables string, snapArgs ...string) *ctrEnv {
 	t.Helper()
 	e := &ctrEnv{sock: filepath.Join(base, "containerd.sock"), kuraSock: filepath.Join(base, "kura.sock"), state: filepath.Join(base, "snapshotter")}
+	// --hosts-dir "": the machine's /etc/containerd/certs.d is not the test's (a later flag wins).
 	e.snapArgs = append([]string{"--log-level", "info", "--root", filepath.Join(base, "store"), "snapshotter",
-		"--address", e.kuraSock, "--state", e.state}, snapArgs...)
+		"--address", e.kuraSock, "--state", e.state, "--hosts-dir", ""}, snapArgs...)
 	e.snap = startDaemon(t, exec.Command(testkit.Kura(t), e.snapArgs...), "snapshotter serving")
 	t.Cleanup(func() { e.snap.stop(t, syscall.SIGTERM) })
 	conf := fmt.Sprintf(`version = 2
@@ -230,8 +231,14 @@ type remoteEnv struct {
 // and its top layer's chain ID (what containerd names the top snapshot).
 func pushLayers(t *testing.T, pusher *store.Store, layers [][]byte, ref string) ([]string, string) {
 	t.Helper()
+	return pushImage(t, pusher, layers, ref, "/none")
+}
+
+// pushImage is pushLayers of an image whose command is cmd.
+func pushImage(t *testing.T, pusher *store.Store, layers [][]byte, ref string, cmd ...string) ([]string, string) {
+	t.Helper()
 	ctx := context.Background()
-	if _, err := ociimport.Import(ctx, pusher, writeLayout(t, layers), "merge", "snap:v1"); err != nil {
+	if _, err := ociimport.Import(ctx, pusher, writeLayoutCmd(t, layers, cmd...), "merge", "snap:v1"); err != nil {
 		t.Fatal(err)
 	}
 	r, _ := imageref.Parse(ref)

@@ -27,8 +27,8 @@ import (
 // that a directory of a lower layer cannot be renamed (EXDEV without overlayfs's redirect_dir),
 // an overlayfs limit containerd's own overlayfs and EROFS snapshotters share. Every commit
 // moves into a store of the test's own and is served from a per-layer composefs mount, as
-// kura snapshotter does: what the suite reads back of a committed snapshot comes from Kura's
-// store.
+// kura snapshotter does (and Remove and Cleanup take down the mounts no snapshot is on): what
+// the suite reads back of a committed snapshot comes from Kura's store.
 func TestSnapshotterSuite(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "the suite mounts overlayfs: needs root")
@@ -43,7 +43,7 @@ func TestSnapshotterSuite(t *testing.T) {
 		if err != nil {
 			return nil, nil, err
 		}
-		svc, err := snapshotter.New(snapshotter.Options{Root: filepath.Join(root, "kura"), Ingester: ls})
+		svc, err := snapshotter.New(snapshotter.Options{Root: filepath.Join(root, "kura"), Ingester: ls, Unmounter: ls})
 		if err != nil {
 			return nil, nil, err
 		}

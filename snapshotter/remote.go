@@ -47,6 +47,10 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 	}
 	s.mu.Lock()
 	_, exists := s.meta.Snapshots[target]
+	if !exists {
+		s.lookups++ // no layer mount is taken down until this one is recorded
+		defer func() { s.mu.Lock(); s.lookups--; s.mu.Unlock() }()
+	}
 	s.mu.Unlock()
 	if exists {
 		return true, fmt.Errorf("snapshotter: target %q: %w", target, errdefs.ErrAlreadyExists)
@@ -56,17 +60,24 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 		s.log.Warn("remote path failed; containerd will download the layer", "ref", ref, "layer", dgst, "err", err)
 		return false, nil
 	}
+	// Measured once, here, as a plain commit is: the kubelet's image file-system stats
+	// (ImageFsInfo) are the sum of the snapshots' Usage.
+	size, inodes, err := diskUsage(l.Diff)
+	if err != nil {
+		s.log.Warn("remote layer's usage not measured", "dir", l.Diff, "err", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.commitRemote(target, parent, labels, l.Diff); err != nil {
+	if err := s.commitRemote(target, parent, labels, l.Diff, size, inodes); err != nil {
 		return true, err
 	}
 	s.log.Info("layer served from the store", "ref", ref, "layer", dgst, "snapshot", target, "dir", l.Diff)
 	return true, fmt.Errorf("snapshotter: target %q: %w", target, errdefs.ErrAlreadyExists)
 }
 
-// commitRemote records the committed snapshot target on dir. Called with mu held.
-func (s *Service) commitRemote(target, parent string, labels map[string]string, dir string) error {
+// commitRemote records the committed snapshot target on dir, whose files use size bytes in
+// inodes inodes. Called with mu held.
+func (s *Service) commitRemote(target, parent string, labels map[string]string, dir string, size, inodes int64) error {
 	if _, ok := s.meta.Snapshots[target]; ok {
 		return nil // made meanwhile by a concurrent Prepare of the same layer
 	}
@@ -77,7 +88,7 @@ func (s *Service) commitRemote(target, parent string, labels map[string]string, 
 	l := maps.Clone(labels)
 	l[LabelRemote] = "true"
 	s.meta.Snapshots[target] = &record{ID: s.meta.NextID, Kind: KindCommitted, Parent: parent, Labels: l,
-		Created: now, Updated: now, Dir: dir}
+		Created: now, Updated: now, Dir: dir, Size: size, Inodes: inodes}
 	s.meta.NextID++
 	if err := s.meta.save(s.root); err != nil {
 		delete(s.meta.Snapshots, target)

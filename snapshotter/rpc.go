@@ -115,6 +115,7 @@ func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 	if s.ingester == nil {
 		return
 	}
+	s.log.Info("ingesting a commit into the store", "key", key)
 	dir, err := s.ingest(ctx, c)
 	if err != nil {
 		c.Image, c.DiffID = "", ""
@@ -131,7 +132,8 @@ func (s *Service) intoStore(ctx context.Context, key string, c *record) {
 	s.log.Info("commit ingested into the store", "key", key, "diffID", c.DiffID, "dir", dir)
 }
 
-// Remove forgets a snapshot no other snapshot is built on and deletes its directory.
+// Remove forgets a snapshot no other snapshot is built on, deletes its directory, and takes
+// down the layer mount it was on if no other snapshot is on it (releaseMount).
 func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -147,9 +149,11 @@ func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotReque
 		s.meta.Snapshots[req.Key] = r
 		return nil, grpcError(err)
 	}
+	mnt := s.layerMount(r)                         // before the directory goes: a commit's is a link to its mount
 	if err := os.RemoveAll(s.dir(r)); err != nil { // Cleanup retries what is left
 		s.log.Warn("removing a snapshot's directory", "key", req.Key, "err", err)
 	}
+	s.releaseMount(mnt)
 	return &emptypb.Empty{}, nil
 }
 
@@ -239,7 +243,9 @@ func (s *Service) List(req *snapshots.ListSnapshotsRequest, srv snapshots.Snapsh
 }
 
 // Usage is what a snapshot holds on disk: measured now for an active one, at commit for a
-// committed one; a remote-path snapshot's files are in Kura's store, shared, and count 0 here.
+// committed one (its upper directory) and for a remote-path one (its layer's files, read
+// through the mount Kura serves them from; containerd's CRI plugin sums these figures into
+// ImageFsInfo, which is what the kubelet sees of the image file system).
 func (s *Service) Usage(ctx context.Context, req *snapshots.UsageRequest) (*snapshots.UsageResponse, error) {
 	s.mu.Lock()
 	r, ok := s.meta.Snapshots[req.Key]

@@ -27,20 +27,25 @@ type Options struct {
 	// Ingester, when set, moves each plain-path commit into Kura's store; nil: a committed
 	// snapshot keeps its directory.
 	Ingester Ingester
-	Log      *slog.Logger
+	// Unmounter, when set, takes down the per-layer mounts of the remote path and of commits
+	// moved into the store once no snapshot is on them (Remove, Cleanup).
+	Unmounter Unmounter
+	Log       *slog.Logger
 }
 
 // Service implements containerd's snapshots service. It is safe for concurrent use.
 type Service struct {
 	snapshots.UnimplementedSnapshotsServer
-	root     string
-	remote   Remote
-	ingester Ingester
-	log      *slog.Logger
+	root      string
+	remote    Remote
+	ingester  Ingester
+	unmounter Unmounter
+	log       *slog.Logger
 
-	mu   sync.Mutex // guards meta and the directories it names
-	meta *meta
-	lock *os.File // flock'ed while the Service lives: one server per root
+	mu      sync.Mutex // guards meta, the directories it names, and lookups
+	meta    *meta
+	lookups int      // remote-path Prepares between their lookup and their record
+	lock    *os.File // flock'ed while the Service lives: one server per root
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.
@@ -63,7 +68,7 @@ func New(opts Options) (*Service, error) {
 		lock.Close()
 		return nil, err
 	}
-	return &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, log: opts.Log, meta: m, lock: lock}, nil
+	return &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, unmounter: opts.Unmounter, log: opts.Log, meta: m, lock: lock}, nil
 }
 
 // lockRoot takes the root's lock: two servers on one root would each rewrite the metadata

@@ -41,11 +41,13 @@ func diskUsage(dir string) (size, inodes int64, err error) {
 	return size, inodes, nil
 }
 
-// Cleanup deletes the directories no snapshot names: what a Remove could not delete, or a
-// crash between a directory's creation and its record.
+// Cleanup deletes the directories no snapshot names (what a Remove could not delete, or a
+// crash between a directory's creation and its record) and takes down the layer mounts no
+// snapshot is on (a Remove's unmount that failed, or a server killed before it).
 func (s *Service) Cleanup(ctx context.Context, req *snapshots.CleanupRequest) (*emptypb.Empty, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.cleanupMounts()
 	keep := map[string]bool{}
 	for _, r := range s.meta.Snapshots {
 		keep[strconv.FormatInt(r.ID, 10)] = true

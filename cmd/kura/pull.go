@@ -31,8 +31,10 @@ type registryFlags struct {
 	idleTimeout time.Duration
 	idleSet     func() bool // --idle-timeout was given
 
-	conf     *registriesconf.Config // loaded on first use
-	insecure map[string]bool        // hosts of the chosen pull sources marked insecure
+	conf *registriesconf.Config // loaded on first use
+	// extend, when set, adds entries to conf once it is loaded (the snapshotter's hosts.toml).
+	extend   func(*registriesconf.Config) error
+	insecure map[string]bool // hosts of the chosen pull sources marked insecure
 }
 
 // idleTimeoutEnv sets the default of --idle-timeout.

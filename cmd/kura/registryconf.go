@@ -36,6 +36,11 @@ func (f *registryFlags) config() (*registriesconf.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	if f.extend != nil {
+		if err := f.extend(c); err != nil {
+			return nil, err
+		}
+	}
 	f.conf = c
 	return c, nil
 }

@@ -1,18 +1,21 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/kura-oci/kura/hoststoml"
 	"github.com/kura-oci/kura/layerstore"
+	"github.com/kura-oci/kura/registriesconf"
 	"github.com/kura-oci/kura/snapshotter"
 )
 
 func init() {
 	var rf registryFlags
-	var address, state string
+	var address, state, hostsDir string
 	var noRemote bool
 	cmd := &cobra.Command{
 		Use:   "snapshotter",
@@ -21,14 +24,15 @@ func init() {
 of type "snapshot" at --address). Active snapshots are overlay mounts over their committed
 parents. A Prepare that carries the CRI plugin's labels (image reference and layer digest) is
 served from Kura's store: Kura pulls the image (partially, verified; registries.conf and
-podman's auth files, as kura pull), mounts the layer as the layer store does, commits the
+podman's auth files, as kura pull, plus containerd's hosts.toml mirrors under --hosts-dir),
+mounts the layer as the layer store does, commits the
 snapshot and tells containerd it exists, so containerd does not download the layer. A layer
 containerd unpacks itself (plain path) moves into Kura's store when committed and is mounted
-from there. See
-docs/snapshotter.md.`,
+from there. Remove unmounts a layer no snapshot is on any more. See docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
+			rf.extend = hostsTOML(hostsDir)
 			s, err := openStore()
 			if err != nil {
 				return err
@@ -38,7 +42,7 @@ docs/snapshotter.md.`,
 			if err != nil {
 				return err
 			}
-			opts.Ingester = ls
+			opts.Ingester, opts.Unmounter = ls, ls
 			if !noRemote {
 				opts.Remote = ls
 			}
@@ -55,6 +59,34 @@ docs/snapshotter.md.`,
 	cmd.Flags().StringVar(&address, "address", "/run/kura/snapshotter.sock", "unix socket containerd connects to")
 	cmd.Flags().StringVar(&state, "state", "/var/lib/kura/snapshotter",
 		"directory of the snapshots (snapshots/) and of the layers the remote path serves (layers/, on the store's file system)")
+	cmd.Flags().StringVar(&hostsDir, "hosts-dir", "/etc/containerd/certs.d",
+		"containerd's registry host directory (the CRI plugin's config_path: HOST/hosts.toml): its mirrors are used by the remote path's pulls, after registries.conf's entries of the same host (\"\": none)")
 	cmd.Flags().BoolVar(&noRemote, "no-remote", false, "never serve a layer from Kura's store: containerd downloads every layer")
 	rootCmd.AddCommand(cmd)
+}
+
+// hostsTOML adds containerd's hosts.toml mirrors under dir to registries.conf's entries (a host
+// registries.conf configures keeps its entry), so that the remote path pulls from where
+// containerd would.
+func hostsTOML(dir string) func(*registriesconf.Config) error {
+	return func(c *registriesconf.Config) error {
+		if dir == "" {
+			return nil
+		}
+		regs, notes, err := hoststoml.Load(dir)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			slog.Warn("hosts.toml", "note", n)
+		}
+		for _, r := range regs {
+			added, err := c.AddDefault(r)
+			if err != nil {
+				return fmt.Errorf("%s: %w", dir, err)
+			}
+			slog.Info("hosts.toml", "host", r.Prefix, "location", r.Location, "mirrors", len(r.Mirrors), "used", added)
+		}
+		return nil
+	}
 }
