@@ -152,6 +152,9 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 		res.Objects++
 		res.BytesFreed += i.Size
 	}
+	if res.Layers > 0 {
+		x.pruneChunkIndex(r)
+	}
 	n, err := x.removeTemps()
 	if err != nil {
 		return res, err
