@@ -152,7 +152,10 @@ func (e *scaleEnv) buildStores(ctx context.Context) error {
 		if err := e.sc.shape.writeScaleLayout(layout, scaleRef(b, v), b, v); err != nil {
 			return err
 		}
-		r, err := e.kura(ctx, target, "import", "oci:"+layout+":"+scaleRef(b, v), "scale/"+scaleRef(b, v))
+		// Named as if pulled from the registry (REG/scale/bN:vM), so that the update pull finds
+		// the newest version of its repository to predict its tar-split from, as a user's would.
+		name := fmt.Sprintf("%s/scale/b%d:v%d", e.reg, b, v)
+		r, err := e.kura(ctx, target, "import", "oci:"+layout+":"+scaleRef(b, v), name)
 		if err != nil {
 			return err
 		}
