@@ -169,26 +169,41 @@ func (e *scaleEnv) buildStores(ctx context.Context) error {
 	return nil
 }
 
-// pushUpdates pushes the update image (base 0) and one new image per base
-// for the concurrency run, with kura copy, to the registry.
+// pushUpdates pushes, for each store, the next version of base 0 after the
+// newest one it holds (its update: about 1 % new files and three new chunks,
+// as between any two versions), and one new image per base for the
+// concurrency run, with kura copy, to the registry.
 func (e *scaleEnv) pushUpdates(ctx context.Context) error {
 	tmp := filepath.Join(e.dir, "push-store")
-	for b := -1; b < min(4, e.sc.bases); b++ {
-		base, rel, tag := 0, updateRelease, "update"
-		if b >= 0 {
-			base, rel, tag = b, updateRelease+1+b, fmt.Sprintf("next%d", b)
-		}
+	type push struct {
+		base, version int
+		tag           string
+	}
+	var pushes []push
+	for _, label := range e.labels() {
+		pushes = append(pushes, push{0, e.nextVersion(label), "update-" + label})
+	}
+	for b := 0; b < min(4, e.sc.bases); b++ {
+		pushes = append(pushes, push{b, updateRelease + 1 + b, fmt.Sprintf("next%d", b)})
+	}
+	for _, p := range pushes {
 		layout := filepath.Join(e.dir, "layout")
-		if err := e.sc.shape.writeScaleLayout(layout, tag, base, rel); err != nil {
+		if err := e.sc.shape.writeScaleLayout(layout, p.tag, p.base, p.version); err != nil {
 			return err
 		}
 		args := append(append([]string{"--root", tmp, kuraPushCmd}, kuraRegistryFlags...),
-			"oci:"+layout+":"+tag, "docker://"+e.reg+"/scale/b"+strconv.Itoa(base)+":"+tag)
+			"oci:"+layout+":"+p.tag, "docker://"+e.reg+"/scale/b"+strconv.Itoa(p.base)+":"+p.tag)
 		if out, err := exec.CommandContext(ctx, e.sc.kura, args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("kura copy %s: %v: %s", tag, err, out)
+			return fmt.Errorf("kura copy %s: %v: %s", p.tag, err, out)
 		}
 	}
 	return os.RemoveAll(tmp)
+}
+
+// nextVersion is the version of base 0 after the newest the store holds.
+func (e *scaleEnv) nextVersion(label string) int {
+	n, _ := strconv.Atoi(label)
+	return (n + e.sc.bases - 1) / e.sc.bases
 }
 
 // kura runs one kura command on store and measures it.

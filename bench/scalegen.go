@@ -37,9 +37,9 @@ func defaultScaleShape(seed uint64) scaleShape {
 	return scaleShape{Files: 3000, Large: 3, ChangePct: 1, Seed: seed, PerDir: 40, LargeBytes: 2 << 20}
 }
 
-// updateRelease is the release number of the update image: version 0 of base
-// 0 with its own change set, content no other version has, so the update pull
-// fetches the same bytes whatever the store holds.
+// updateRelease and above are releases derived from version 0 with a change
+// set of their own (the images of the concurrency run), content no other
+// version has.
 const updateRelease = 1000
 
 // scaleRand is the PRNG of (seed, kind, base, item, release).
@@ -80,12 +80,12 @@ func (sh scaleShape) changed(base, j, u int) bool {
 	return sh.rand(kindChange, base, j, u).IntN(100) < sh.ChangePct
 }
 
-// fileRelease is the last release <= v in which small file j changed; for the
-// update image (v == updateRelease) it is version 0's, or the update's own.
+// fileRelease is the last release <= v in which small file j changed; for a
+// release derived from version 0 (v >= updateRelease) it is version 0's, or v.
 func (sh scaleShape) fileRelease(base, j, v int) int {
-	if v == updateRelease {
-		if sh.changed(base, j, updateRelease) {
-			return updateRelease
+	if v >= updateRelease {
+		if sh.changed(base, j, v) {
+			return v
 		}
 		return 0
 	}

@@ -16,12 +16,12 @@ var scaleOps = []string{"update pull", "images", "df", "fsck", "mount", "umount"
 	"gc, one image removed", "gc, nothing to free"}
 
 // cycle runs every operation once on one store: the update pull (a partial
-// pull: version 0 of base 0 is stored, the update's new files are not), the
-// read-only commands, a mount of the update, then rmi of it and gc twice, which
-// leaves the store as it was for the next cycle.
+// pull of the next version of base 0: its previous version is stored, its new
+// files are not), the read-only commands, a mount of the update, then rmi of it
+// and gc twice, which leaves the store as it was for the next cycle.
 func (e *scaleEnv) cycle(ctx context.Context, label string, run int) error {
 	store := e.store(label)
-	ref := e.reg + "/scale/b0:update"
+	ref := e.reg + "/scale/b0:update-" + label
 	mp := filepath.Join(e.dir, "mnt-"+label)
 	if err := os.MkdirAll(mp, 0o755); err != nil {
 		return err
