@@ -57,7 +57,12 @@ func main() {
 	flag.DurationVar(&cfg.pairsBudget, "pairs-budget", 20*time.Minute, "wall time allowed for the timed comparison")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
+	scale := scaleFlags()
 	flag.Parse()
+	if scale.enabled {
+		runScaleMain(cfg, scale)
+		return
+	}
 	if *reportOnly {
 		if err := rewriteReport(cfg); err != nil {
 			log.Fatal(err)

@@ -120,6 +120,27 @@ func (s *Store) refreshChunks(ctx context.Context) error {
 	return nil
 }
 
+// pruneChunkIndex drops from the index file the layers gc deleted and the records whose objects
+// went with them, and rewrites it once. gc knows every object it kept, so this costs no stat;
+// left to the next pull, the prune would stat every record's object and rewrite the file there,
+// in the pull's time, after every gc that freed a layer.
+func (x *Exclusive) pruneChunkIndex(r *reach) {
+	x.chunksMu.Lock()
+	defer x.chunksMu.Unlock()
+	idx := x.chunks
+	if idx == nil {
+		idx = x.loadChunkIndex()
+	}
+	kept := make([]digest.Digest, 0, len(r.layers))
+	for l := range r.layers {
+		kept = append(kept, l)
+	}
+	if idx.prune(kept, func(o digest.Digest) bool { return r.objects[o] }) {
+		x.saveChunkIndex(idx)
+	}
+	x.chunks = idx
+}
+
 func newChunkIndex() *chunkIndex {
 	return &chunkIndex{layers: map[digest.Digest]bool{}, m: map[chunkKey]chunkRecord{}}
 }

@@ -9,3 +9,6 @@ func ObjectDirSize(o *ObjectDir, d digest.Digest) (int64, error) { return o.size
 func ObjectDirHas(o *ObjectDir, d digest.Digest) bool { return o.has(d) }
 
 func ObjectDirMissing(o *ObjectDir, ds []digest.Digest) digest.Digest { return o.missing(ds) }
+
+// SetLockWaitHook makes s call f each time a lock it asks for cannot be had at once.
+func SetLockWaitHook(s *Store, f func()) { s.onLockWait = f }

@@ -152,6 +152,9 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 		res.Objects++
 		res.BytesFreed += i.Size
 	}
+	if res.Layers > 0 {
+		x.pruneChunkIndex(r)
+	}
 	n, err := x.removeTemps()
 	if err != nil {
 		return res, err
@@ -325,43 +328,20 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	u.Physical = u.ObjectBytes + u.MetadataBytes
 	u.Allocated += u.ObjectAllocated
 
-	refs, err := s.Refs(ctx)
-	if err != nil {
-		return u, err
-	}
-	names := map[digest.Digest][]string{}
-	for n, id := range refs {
-		names[id] = append(names[id], n)
-	}
-	ids, err := s.Images(ctx)
-	if err != nil {
+	if u.Images, err = s.imageSummaries(ctx); err != nil {
 		return u, err
 	}
 	layerObjs := map[digest.Digest][]digest.Digest{}
-	layerSize := map[digest.Digest]int64{}
 	users := map[digest.Digest]int{} // object → number of images using it
-	imgObjs := make([]map[digest.Digest]bool, len(ids))
-	for i, id := range ids {
-		img, err := s.Image(ctx, id)
-		if err != nil {
-			return u, err
-		}
-		sort.Strings(names[id])
-		iu := ImageUsage{Image: img, Names: names[id]}
+	imgObjs := make([]map[digest.Digest]bool, len(u.Images))
+	for i, iu := range u.Images {
 		imgObjs[i] = map[digest.Digest]bool{}
-		for _, l := range img.Layers {
+		for _, l := range iu.Image.Layers {
 			if _, ok := layerObjs[l]; !ok {
-				meta, err := s.Layer(ctx, l)
-				if err != nil {
+				if layerObjs[l], err = s.LayerObjects(ctx, l); err != nil {
 					return u, err
 				}
-				objs, err := s.LayerObjects(ctx, l)
-				if err != nil {
-					return u, err
-				}
-				layerObjs[l], layerSize[l] = objs, meta.ContentSize
 			}
-			iu.Logical += layerSize[l]
 			for _, o := range layerObjs[l] {
 				imgObjs[i][o] = true
 			}
@@ -370,7 +350,6 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 			users[o]++
 		}
 		u.Logical += iu.Logical
-		u.Images = append(u.Images, iu)
 	}
 	for i := range u.Images {
 		for o := range imgObjs[i] {
@@ -380,4 +359,56 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 		}
 	}
 	return u, nil
+}
+
+// ImageSummaries lists the images with their names and logical sizes (Unique is left zero): what
+// `kura images` shows, from the image and layer records alone, with no object walk and no TOC
+// decoded, so listing costs the number of images and layers, not the bytes of the store's
+// metadata as Usage does. It takes the shared lock.
+func (s *Store) ImageSummaries(ctx context.Context) ([]ImageUsage, error) {
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.imageSummaries(ctx)
+}
+
+// imageSummaries is ImageSummaries under a lock the caller holds.
+func (s *Store) imageSummaries(ctx context.Context) ([]ImageUsage, error) {
+	refs, err := s.Refs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := map[digest.Digest][]string{}
+	for n, id := range refs {
+		names[id] = append(names[id], n)
+	}
+	ids, err := s.Images(ctx)
+	if err != nil {
+		return nil, err
+	}
+	layerSize := map[digest.Digest]int64{}
+	out := make([]ImageUsage, 0, len(ids))
+	for _, id := range ids {
+		img, err := s.Image(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(names[id])
+		iu := ImageUsage{Image: img, Names: names[id]}
+		for _, l := range img.Layers {
+			size, ok := layerSize[l]
+			if !ok {
+				meta, err := s.Layer(ctx, l)
+				if err != nil {
+					return nil, err
+				}
+				size, layerSize[l] = meta.ContentSize, meta.ContentSize
+			}
+			iu.Logical += size
+		}
+		out = append(out, iu)
+	}
+	return out, nil
 }

@@ -73,34 +73,41 @@ func (x *Exclusive) check() error {
 
 // lock opens the lock file anew for every lock: flock locks belong to the open file description,
 // so two locks in one process conflict exactly as two processes' locks do.
+//
+// flock alone would let gc starve: a shared lock is granted whenever no exclusive one is held, so
+// pulls that overlap back to back keep the exclusive lock out for ever. An exclusive locker
+// therefore first takes the gate (see gate) and holds it until it unlocks, and a shared locker
+// waits while the gate is held: gc waits for the shared holders there when it asked, never for
+// those that arrive after.
 func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 	f, err := s.openLockFile(how)
 	if err != nil {
 		return nil, fmt.Errorf("opening store lock: %w", err)
 	}
-	// Poll with LOCK_NB so that a cancelled context stops the wait; a blocking flock cannot be
-	// interrupted.
-	wait := time.Millisecond
-	for {
+	gate := gateFree
+	if how&unix.LOCK_EX != 0 {
+		gate = gateTake
+	} else if s.held.Load() > 0 {
+		// This handle holds the lock already: waiting behind a gc that waits for us would
+		// deadlock, and one more shared lock makes gc wait no longer than it does anyway.
+		gate = nil
+	}
+	if gate != nil {
+		if err := s.poll(ctx, func() (bool, error) { return gate(f) }); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	err = s.poll(ctx, func() (bool, error) {
 		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
-		if err == nil {
-			break
+		if errors.Is(err, unix.EWOULDBLOCK) || errors.Is(err, unix.EINTR) {
+			return false, nil
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
-			f.Close()
-			return nil, fmt.Errorf("locking store %s: %w", s.root, err)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			f.Close()
-			return nil, fmt.Errorf("waiting for store lock: %w", ctx.Err())
-		case <-t.C:
-		}
-		if wait < 100*time.Millisecond {
-			wait *= 2
-		}
+		return err == nil, err
+	})
+	if err != nil {
+		f.Close()
+		return nil, err
 	}
 	s.held.Add(1)
 	var done bool
@@ -110,8 +117,67 @@ func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 		}
 		done = true
 		s.held.Add(-1)
-		f.Close() // closing the description drops the flock
+		f.Close() // closing the description drops the flock and the gate
 	}, nil
+}
+
+// poll calls try until it succeeds, fails or ctx ends. It polls rather than blocks so that a
+// cancelled context stops the wait (a blocking flock cannot be interrupted): from 1 ms, doubling
+// up to 128 ms. try is called once before ctx is looked at, so a cancelled ctx tries once.
+func (s *Store) poll(ctx context.Context, try func() (bool, error)) error {
+	wait := time.Millisecond
+	for waited := false; ; waited = true {
+		ok, err := try()
+		if err != nil {
+			return fmt.Errorf("locking store %s: %w", s.root, err)
+		}
+		if ok {
+			return nil
+		}
+		if !waited && s.onLockWait != nil {
+			s.onLockWait()
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("waiting for store lock: %w", ctx.Err())
+		case <-t.C:
+		}
+		if wait < 100*time.Millisecond {
+			wait *= 2
+		}
+	}
+}
+
+// The gate is an open-file-description (OFD) record lock on the first byte of the lock file,
+// independent of the flock on the same file. Only exclusive lockers take it (a write lock, held
+// on the lock's own description, so closing it at unlock drops both); shared lockers only ask
+// whether it is held (F_OFD_GETLK) and so never hold it, and never delay an exclusive locker.
+// Binaries that predate the gate ignore it: they can still starve gc, as before.
+var gateRange = unix.Flock_t{Whence: 0, Start: 0, Len: 1}
+
+// gateTake tries to take the gate (false, nil: another exclusive locker holds it).
+func gateTake(f *os.File) (bool, error) {
+	lk := gateRange
+	lk.Type = unix.F_WRLCK
+	err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EINTR) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// gateFree reports whether no exclusive locker holds the gate. A descriptor that cannot carry
+// record locks (the root directory of a read-only store without a lock file, where no writer
+// can be) counts as free.
+func gateFree(f *os.File) (bool, error) {
+	lk := gateRange
+	lk.Type = unix.F_RDLCK
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return true, nil
+	}
+	return lk.Type == unix.F_UNLCK, nil
 }
 
 // openLockFile opens the lock file for flock, which works on a read-only descriptor too: a

@@ -320,24 +320,22 @@ const verityLine = 64 + 1 + 2*verity.Size + 1
 
 // recordedVerity finds the fs-verity digests that stored layers recorded for objs[i], i in need.
 // It reads one layer's table at a time until all are found, searching each (sorted lines of one
-// width) in place: an update's objects are nearly all in the first table read, and a store of
-// many layers costs no more than one. A table it cannot search is skipped: the digests it would
-// have given are computed instead.
+// width) in place, newest table first: an update's objects are nearly all in its previous
+// version's table, which is among the newest, so the tables read are those recorded since that
+// version, not the store's (in digest order, a store of 200 layers of 4 images had an update
+// read 45 tables, 17 MB). A table it cannot search is skipped: the digests it would have given
+// are computed instead.
 func (s *Metadata) recordedVerity(ctx context.Context, objs []digest.Digest, need []int) map[digest.Digest]verity.Digest {
 	found := map[digest.Digest]verity.Digest{}
 	if len(need) == 0 {
 		return found
 	}
-	layers, err := s.Layers(ctx)
+	tables, err := s.verityTablesNewestFirst(ctx)
 	if err != nil {
 		return found
 	}
-	for _, l := range layers {
-		dir, err := s.layerDir(l)
-		if err != nil {
-			continue
-		}
-		tab, err := os.ReadFile(filepath.Join(dir, layerVerity))
+	for _, p := range tables {
+		tab, err := os.ReadFile(p)
 		if err != nil || len(tab)%verityLine != 0 {
 			continue
 		}
@@ -360,6 +358,36 @@ func (s *Metadata) recordedVerity(ctx context.Context, objs []digest.Digest, nee
 		}
 	}
 	return found
+}
+
+// verityTablesNewestFirst lists the layers' fs-verity tables, the most recently written first
+// (one stat each: far less than reading a table).
+func (s *Metadata) verityTablesNewestFirst(ctx context.Context) ([]string, error) {
+	layers, err := s.Layers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	type table struct {
+		path string
+		mod  time.Time
+	}
+	tables := make([]table, 0, len(layers))
+	for _, l := range layers {
+		dir, err := s.layerDir(l)
+		if err != nil {
+			continue
+		}
+		p := filepath.Join(dir, layerVerity)
+		if fi, err := os.Stat(p); err == nil {
+			tables = append(tables, table{p, fi.ModTime()})
+		}
+	}
+	sort.SliceStable(tables, func(i, j int) bool { return tables[i].mod.After(tables[j].mod) })
+	out := make([]string, len(tables))
+	for i, t := range tables {
+		out[i] = t.path
+	}
+	return out, nil
 }
 
 // VerityDigests returns the fs-verity digest of each object of a layer, as recorded when the

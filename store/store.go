@@ -95,6 +95,8 @@ type Store struct {
 	readOnly bool
 
 	held atomic.Int32 // locks held through this handle; writes require one
+	// onLockWait, when set (by tests), is called when a lock cannot be had at once.
+	onLockWait func()
 
 	chunksMu sync.Mutex
 	chunks   *chunkIndex

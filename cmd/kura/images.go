@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"path"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/store"
 )
 
 // imagesOptions are kura images' flags, as podman images has them.
@@ -90,12 +92,22 @@ func runImages(cmd *cobra.Command, o imagesOptions) error {
 	if err != nil {
 		return err
 	}
-	u, err := s.Usage(cmd.Context())
+	jsonOut := global.json || o.format == "json"
+	// Only the JSON has uniqueBytes, which needs every layer's objects (Usage); the table and
+	// templates list from the records alone, at a cost that does not grow with the store's bytes.
+	list := s.ImageSummaries
+	if jsonOut {
+		list = func(ctx context.Context) ([]store.ImageUsage, error) {
+			u, err := s.Usage(ctx)
+			return u.Images, err
+		}
+	}
+	images, err := list(cmd.Context())
 	if err != nil {
 		return err
 	}
-	rows := make([]imageRow, 0, len(u.Images))
-	for _, iu := range u.Images {
+	rows := make([]imageRow, 0, len(images))
+	for _, iu := range images {
 		rows = append(rows, imageRow{Names: orEmpty(iu.Names), ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
 	}
 	// Newest first, as podman lists them; then by name for a stable order.
@@ -110,7 +122,7 @@ func runImages(cmd *cobra.Command, o imagesOptions) error {
 	}
 	out := cmd.OutOrStdout()
 	switch {
-	case global.json || o.format == "json":
+	case jsonOut:
 		return printJSON(out, rows)
 	case o.quiet:
 		for _, r := range rows {
