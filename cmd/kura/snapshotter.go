@@ -37,7 +37,7 @@ from there. Remove unmounts a layer no snapshot is on any more. See docs/snapsho
 			if err != nil {
 				return err
 			}
-			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s},
+			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s, noRef: true},
 				layerstore.Options{State: filepath.Join(state, "layers"), Log: slog.Default()})
 			if err != nil {
 				return err
