@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	snapshots "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -60,6 +61,8 @@ func (r *unnamedResolver) Resolve(ctx context.Context, ref string) (layerstore.P
 // snapshotter whose remote path serves them.
 type remoteFixture struct {
 	st     *store.Store
+	ls     *layerstore.Layers
+	root   string
 	svc    *Service
 	v1, v2 *imagetest.Image
 	host   string
@@ -69,8 +72,9 @@ func newRemoteFixture(t *testing.T) *remoteFixture {
 	t.Helper()
 	reg := registrytest.New(t)
 	base := tartest.Tar(t, tartest.Dir("etc/"), tartest.File("etc/base", "shared by v1 and v2"))
-	v1 := imagetest.Chunked(t, base, tartest.Tar(t, tartest.File("app", "version 1 only")))
-	v2 := imagetest.Chunked(t, base, tartest.Tar(t, tartest.File("app", "version 2 only")))
+	lib := tartest.File("lib", strings.Repeat("in both versions' top layers ", 1000))
+	v1 := imagetest.Chunked(t, base, tartest.Tar(t, tartest.File("app", "version 1 only"), lib))
+	v2 := imagetest.Chunked(t, base, tartest.Tar(t, tartest.File("app", "version 2 only"), lib))
 	v1.Push(t, reg, "test/app", "v1")
 	v2.Push(t, reg, "test/app", "v2")
 	st := teststore.Open(t)
@@ -86,12 +90,20 @@ func newRemoteFixture(t *testing.T) *remoteFixture {
 			unix.Unmount(d, unix.MNT_DETACH)
 		}
 	})
-	svc, err := New(Options{Root: t.TempDir(), Remote: ls, Ingester: ls, Unmounter: ls})
+	f := &remoteFixture{st: st, ls: ls, root: t.TempDir(), v1: v1, v2: v2, host: reg.Host}
+	f.open(t)
+	t.Cleanup(func() { f.svc.Close() })
+	return f
+}
+
+// open starts the snapshotter on the fixture's root (again, after Close: a restart).
+func (f *remoteFixture) open(t *testing.T) {
+	t.Helper()
+	svc, err := New(Options{Root: f.root, Remote: f.ls, Ingester: f.ls, Unmounter: f.ls, Objects: f.ls})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { svc.Close() })
-	return &remoteFixture{st: st, svc: svc, v1: v1, v2: v2, host: reg.Host}
+	f.svc = svc
 }
 
 // prepareImage asks for the image's layers as containerd's CRI plugin does (the labels, each
@@ -175,5 +187,65 @@ func (f *remoteFixture) checkFsck(t *testing.T) {
 	rep, err := f.st.Fsck(context.Background(), false)
 	if err != nil || len(rep.Problems) != 0 {
 		t.Fatalf("fsck: %v %v", rep.Problems, err)
+	}
+}
+
+// TestUsageChargesEachObjectOnce: the snapshots' Usage (whose sum is containerd's ImageFsInfo)
+// counts each object of the store once, however many layers hold it: the sum is the bytes and
+// number of the distinct objects of the layers served; an object whose snapshot is removed is
+// charged to the next snapshot of a layer holding it, also across a restart.
+func TestUsageChargesEachObjectOnce(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "composefs mounts need root")
+	}
+	f := newRemoteFixture(t)
+	f.prepareImage(t, "v1", f.v1)
+	f.prepareImage(t, "v2", f.v2)
+	f.checkUsage(t, f.v1, f.v2)
+	// v1-1 was charged for lib, which v2-1 holds too: lib is now counted nowhere (containerd
+	// reads a committed snapshot's Usage once), until a layer holding it is served again.
+	removeSnapshot(t, f.svc, "v1-1")
+	if u, _ := f.svc.Usage(context.Background(), &snapshots.UsageRequest{Key: "v2-1"}); u.GetInodes() != 1 {
+		t.Fatalf("v2-1's Usage after v1-1's removal: %v, want its own app only", u)
+	}
+	f.prepareImage(t, "v1", f.v1)
+	f.checkUsage(t, f.v1, f.v2)
+	f.svc.Close()
+	f.open(t)
+	removeSnapshot(t, f.svc, "v2-1")
+	f.prepareImage(t, "v2", f.v2)
+	f.checkUsage(t, f.v1, f.v2)
+}
+
+// checkUsage wants the Usage sum over the snapshots to be the distinct objects of the images'
+// layers, and the shared lib counted.
+func (f *remoteFixture) checkUsage(t *testing.T, imgs ...*imagetest.Image) {
+	t.Helper()
+	ctx := context.Background()
+	want := map[string]int64{}
+	for _, img := range imgs {
+		for _, d := range img.DiffIDs {
+			objs, err := f.ls.Objects(ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for o, n := range objs {
+				want[o.String()] = n
+			}
+		}
+	}
+	var wantSize, size, inodes int64
+	for _, n := range want {
+		wantSize += n
+	}
+	for k := range f.svc.meta.Snapshots {
+		u, err := f.svc.Usage(ctx, &snapshots.UsageRequest{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size, inodes = size+u.Size, inodes+u.Inodes
+	}
+	if size != wantSize || inodes != int64(len(want)) || wantSize < 28000 {
+		t.Fatalf("Usage sums to %d bytes, %d inodes; the distinct objects are %d bytes, %d objects", size, inodes, wantSize, len(want))
 	}
 }

@@ -42,7 +42,7 @@ from there. Remove unmounts a layer no snapshot is on any more. See docs/snapsho
 			if err != nil {
 				return err
 			}
-			opts.Ingester, opts.Unmounter = ls, ls
+			opts.Ingester, opts.Unmounter, opts.Objects = ls, ls, ls
 			if !noRemote {
 				opts.Remote = ls
 			}
