@@ -52,7 +52,7 @@ type Service struct {
 	meta    *meta
 	charged map[digest.Digest]string // object: the snapshot whose Usage counts it
 	lookups int                      // remote-path Prepares between their lookup and their record
-	lock    *os.File // flock'ed while the Service lives: one server per root
+	lock    *os.File                 // flock'ed while the Service lives: one server per root
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.
