@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -219,6 +220,7 @@ func TestSnapshotterCRIPod(t *testing.T) {
 	p.removeContainer(ctx, t, id)
 	id, addr := p.runWeb(ctx, t, sb.PodSandboxId, sbConfig, ref(2), 2)
 	p.checkSnapshotterDown(ctx, t, "http://"+addr+"/index.html", ref(1))
+	p.checkGC(ctx, t, "http://"+addr+"/index.html", ref(1))
 	p.removeContainer(ctx, t, id)
 	if _, err := p.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.PodSandboxId}); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)
@@ -242,6 +244,56 @@ func TestSnapshotterCRIPod(t *testing.T) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 	kuraFsck(t, filepath.Join(p.base, "store"))
+	kuraGC(t, filepath.Join(p.base, "store"))
+	if n := countObjects(t, filepath.Join(p.base, "store")); n != 0 {
+		t.Fatalf("kura gc after every image was removed from containerd left %d objects", n)
+	}
+	kuraFsck(t, filepath.Join(p.base, "store"))
+}
+
+// checkGC removes image ref (v1) while the v2 server runs, which containerd's gc follows by
+// removing v1's page snapshot through Kura: kura gc then frees v1's page, and nothing of the
+// running v2 (its page, the tool of the shared base); the server still answers url.
+func (p *criPodEnv) checkGC(ctx context.Context, t *testing.T, url, ref string) {
+	t.Helper()
+	root := filepath.Join(p.base, "store")
+	kuraGC(t, root)
+	if !hasObject(t, root, webPage(1)) || !hasObject(t, root, webPage(2)) {
+		t.Fatalf("kura gc freed a page while both images were in containerd")
+	}
+	if _, err := p.images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		t.Fatalf("RemoveImage %s: %v", ref, err)
+	}
+	kuraGC(t, root)
+	if hasObject(t, root, webPage(1)) {
+		t.Fatalf("kura gc kept v1's page after containerd removed v1:\n%s", p.e.snap.log())
+	}
+	if !hasObject(t, root, webPage(2)) || !hasObject(t, root, string(p.tool)) {
+		t.Fatalf("kura gc freed a file of the running v2 container")
+	}
+	if got := httpGet(ctx, t, url); got != webPage(2) {
+		t.Fatalf("after kura gc the v2 server answered %q", got)
+	}
+	kuraFsck(t, root)
+}
+
+// kuraGC runs kura gc on the store at root.
+func kuraGC(t *testing.T, root string) {
+	t.Helper()
+	if out, err := exec.Command(testkit.Kura(t), "--root", root, "gc").CombinedOutput(); err != nil {
+		t.Fatalf("kura gc: %v\n%s", err, out)
+	}
+}
+
+// hasObject says whether the store at root holds the object of content.
+func hasObject(t *testing.T, root, content string) bool {
+	t.Helper()
+	h := digest.FromString(content).Encoded()
+	_, err := os.Stat(filepath.Join(root, "objects", h[:2], h[2:]))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return err == nil
 }
 
 // mountsUnder lists the mount points below dir.

@@ -43,7 +43,7 @@ const (
 // overlayfs shows them to the overlay that stacks on this one, kernel 6.7 or later), mounted
 // read-only, nosuid and nodev with the object directory as its data-only layer. No file of the
 // layer has an inode of its own: every image and container shares the store's objects, on disk
-// and in the page cache. The mount is a use of img (gc keeps it while mounted) and outlives the
+// and in the page cache. The mount is a use of the layer (gc keeps it while mounted) and outlives the
 // server: images podman made from it keep working across restarts; a mount found at start is
 // reused.
 func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
@@ -58,6 +58,14 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 		return "", err
 	}
 	defer unlock()
+	// The mount's use names the layer's own one-layer image, not img: it keeps this layer and
+	// its objects, and nothing of the image it came in (which may be gone, or pulled without a
+	// name: the containerd snapshotter's layers live exactly as long as snapshots are on them).
+	// Recording it first also checks, under the lock, that the layer is still stored.
+	rec, err := l.layerRecord(ctx, diffID)
+	if err != nil {
+		return "", err
+	}
 	image, err := l.layerImage(ctx, img, diffID)
 	if err != nil {
 		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
@@ -69,7 +77,7 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	if err != nil {
 		return "", err
 	}
-	use, err := l.s.AddUse(ctx, store.Use{Kind: store.UseMount, Image: img.ID, Target: target, FSType: mount.FSType, Source: mount.Source})
+	use, err := l.s.AddUse(ctx, store.Use{Kind: store.UseMount, Image: rec.ID, Target: target, FSType: mount.FSType, Source: mount.Source})
 	if err != nil {
 		return "", err
 	}

@@ -29,11 +29,7 @@ func (l *Layers) Ingest(ctx context.Context, r io.Reader, keep string) (store.Im
 	if err != nil {
 		return store.Image{}, "", fmt.Errorf("layer store: ingesting a layer: %w", err)
 	}
-	manifest, config, err := layerImage(im.Layer)
-	if err != nil {
-		return store.Image{}, "", err
-	}
-	img, err := l.s.PutImage(ctx, manifest, config)
+	img, err := l.layerRecord(ctx, im.DiffID)
 	if err != nil {
 		return store.Image{}, "", fmt.Errorf("layer store: recording layer %s: %w", im.DiffID, err)
 	}
@@ -41,6 +37,25 @@ func (l *Layers) Ingest(ctx context.Context, r io.Reader, keep string) (store.Im
 		return store.Image{}, "", err
 	}
 	return img, im.DiffID, nil
+}
+
+// layerRecord records (once) the one-layer image of the stored layer diffID and returns it:
+// what a per-layer mount's or an ingest's use names, so that the use keeps exactly that layer.
+// The caller holds the store's shared lock. ErrNotFound if the layer is not stored (gc freed it).
+func (l *Layers) layerRecord(ctx context.Context, diffID digest.Digest) (store.Image, error) {
+	sl, err := l.s.Layer(ctx, diffID)
+	if err != nil {
+		return store.Image{}, fmt.Errorf("layer store: %w", err)
+	}
+	manifest, config, err := layerImage(sl)
+	if err != nil {
+		return store.Image{}, err
+	}
+	img, err := l.s.PutImage(ctx, manifest, config)
+	if err != nil {
+		return store.Image{}, fmt.Errorf("layer store: recording layer %s: %w", diffID, err)
+	}
+	return img, nil
 }
 
 // layerImage is the manifest and config of an image holding only sl: the uncompressed tar as

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -156,7 +157,39 @@ func DecodeRef(name string) (string, error) {
 // A layer once served is served again without asking the registry (its digest fixes its
 // content): every podman run of the image resolves the diff symlink through a lookup, and it must
 // neither wait for nor depend on the registry.
+//
+// The store's shared lock is held from the pull to the mount's use: an image pulled without a
+// name (the containerd snapshotter's) is kept by nothing else in between. A remembered
+// resolution or layer that gc freed since (ErrNotFound) is forgotten and looked up once more.
 func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
+	unlock, err := l.s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	layer, err := l.lookupServed(ctx, ref, dgst)
+	if errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errNotInImage) {
+		l.forgetRef(ref, dgst)
+		layer, err = l.lookupServed(ctx, ref, dgst)
+	}
+	return layer, err
+}
+
+// errNotInImage: the image has no such layer; looking it up again would not help.
+var errNotInImage = fmt.Errorf("not in the image: %w", errdefs.ErrNotFound)
+
+// forgetRef drops the resolution of ref and the layer dgst served from it.
+func (l *Layers) forgetRef(ref string, dgst digest.Digest) {
+	l.mu.Lock()
+	delete(l.resolved, ref)
+	l.mu.Unlock()
+	l.smu.Lock()
+	delete(l.served, ref+"\x00"+dgst.String())
+	l.smu.Unlock()
+}
+
+// lookupServed is Lookup under the shared lock: a layer served before, or a first lookup.
+func (l *Layers) lookupServed(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
 	key := ref + "\x00" + dgst.String()
 	l.smu.Lock()
 	c, ok := l.served[key]
@@ -190,7 +223,7 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	}
 	i := layerIndex(p.Manifest, dgst)
 	if i < 0 {
-		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
+		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errNotInImage)
 	}
 	if len(p.Image.Layers) != len(p.Manifest.Layers) {
 		return nil, store.Image{}, fmt.Errorf("layer store: image %s: %d stored layers for %d in the manifest: %w",

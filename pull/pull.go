@@ -70,6 +70,8 @@ type options struct {
 	progress  progress.Reporter
 	noPartial bool
 	noPredict bool // tests: always fetch the tar-split
+	noRef     bool
+	prev      []digest.Digest // WithPredecessors
 	// metaBudget bounds the memory all layer jobs of a pull hold for metadata (see budget.go).
 	metaBudget int64
 	budget     *metaBudget // made once per pull from metaBudget
@@ -96,6 +98,17 @@ func WithJobs(n int) Option {
 // WithName sets the ref the image is stored under (default: the source's name).
 func WithName(name string) Option { return func(o *options) { o.name = name } }
 
+// WithoutRef stores the image record and sets no ref: the caller keeps the image by a use it
+// records while it still holds the store's shared lock, taken before Pull (an image without a
+// name or a use is gc's). The containerd snapshotter pulls so: its layers live exactly as long
+// as snapshots use them.
+func WithoutRef() Option { return func(o *options) { o.noRef = true } }
+
+// WithPredecessors gives the stored layers the image's layers are likely updates of, by
+// position (the last one stands for any further layer), instead of the newest stored image of
+// the same repository's, which an image pulled WithoutRef has no ref to be found by.
+func WithPredecessors(layers []digest.Digest) Option { return func(o *options) { o.prev = layers } }
+
 // WithProgress reports per-layer progress.
 func WithProgress(r progress.Reporter) Option { return func(o *options) { o.progress = r } }
 
@@ -109,6 +122,23 @@ func WithMaxMetadataSize(n int64) Option { return func(o *options) { o.maxMeta =
 
 // WithoutPartial pulls every layer whole (for comparison and as a last resort).
 func WithoutPartial() Option { return func(o *options) { o.noPartial = true } }
+
+// predecessors are the stored layers each of n layers is likely an update of ("" for none).
+func (o options) predecessors(ctx context.Context, s *store.Store, name string, n int) []digest.Digest {
+	prev := make([]digest.Digest, n)
+	switch {
+	case o.noPredict:
+	case o.prev != nil:
+		for i := range prev {
+			if len(o.prev) > 0 {
+				prev[i] = o.prev[min(i, len(o.prev)-1)]
+			}
+		}
+	default:
+		prev = predecessors(ctx, s, name, n)
+	}
+	return prev
+}
 
 // Pull brings the image src names into the store: layers (partially where they are
 // zstd:chunked), then the image record, then the ref. It holds the store's shared lock.
@@ -141,10 +171,7 @@ func Pull(ctx context.Context, s *store.Store, src source.Source, opts ...Option
 	defer unlock()
 
 	rep := &Report{Name: name, Layers: make([]LayerReport, len(diffIDs))}
-	prev := make([]digest.Digest, len(diffIDs))
-	if !o.noPredict {
-		prev = predecessors(ctx, s, name, len(diffIDs))
-	}
+	prev := o.predecessors(ctx, s, name, len(diffIDs))
 	o.budget = newMetaBudget(o.metaBudget)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
@@ -173,8 +200,10 @@ func Pull(ctx context.Context, s *store.Store, src source.Source, opts ...Option
 	if err != nil {
 		return nil, err
 	}
-	if err := s.SetRef(ctx, name, stored.ID); err != nil {
-		return nil, err
+	if !o.noRef {
+		if err := s.SetRef(ctx, name, stored.ID); err != nil {
+			return nil, err
+		}
 	}
 	rep.Image = stored.ID
 	for _, l := range rep.Layers {

@@ -42,6 +42,9 @@ type record struct {
 	// ingested the snapshot into (see ingest); Dir is then that layer's mount.
 	Image  digest.Digest `json:"image,omitempty"`
 	DiffID digest.Digest `json:"diffID,omitempty"`
+	// Layer is the DiffID of the stored layer a remote-path snapshot is on (Dir is its mount):
+	// a restart mounts it again from the store before asking the registry.
+	Layer digest.Digest `json:"layer,omitempty"`
 	// Size and Inodes are a committed snapshot's usage, measured once at commit.
 	Size   int64 `json:"size,omitempty"`
 	Inodes int64 `json:"inodes,omitempty"`

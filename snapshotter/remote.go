@@ -60,24 +60,26 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 		s.log.Warn("remote path failed; containerd will download the layer", "ref", ref, "layer", dgst, "err", err)
 		return false, nil
 	}
-	// Measured once, here, as a plain commit is: the kubelet's image file-system stats
-	// (ImageFsInfo) are the sum of the snapshots' Usage.
-	size, inodes, err := diskUsage(l.Diff)
-	if err != nil {
-		s.log.Warn("remote layer's usage not measured", "dir", l.Diff, "err", err)
+	var size, inodes int64
+	if s.objects == nil {
+		// Measured once, here, as a plain commit is: the kubelet's image file-system stats
+		// (ImageFsInfo) are the sum of the snapshots' Usage.
+		if size, inodes, err = diskUsage(l.Diff); err != nil {
+			s.log.Warn("remote layer's usage not measured", "dir", l.Diff, "err", err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.commitRemote(target, parent, labels, l.Diff, size, inodes); err != nil {
+	if err := s.commitRemote(ctx, target, parent, labels, l, size, inodes); err != nil {
 		return true, err
 	}
 	s.log.Info("layer served from the store", "ref", ref, "layer", dgst, "snapshot", target, "dir", l.Diff)
 	return true, fmt.Errorf("snapshotter: target %q: %w", target, errdefs.ErrAlreadyExists)
 }
 
-// commitRemote records the committed snapshot target on dir, whose files use size bytes in
-// inodes inodes. Called with mu held.
-func (s *Service) commitRemote(target, parent string, labels map[string]string, dir string, size, inodes int64) error {
+// commitRemote records the committed snapshot target on the served layer ly, whose Usage is
+// its charge (with Objects) or else size bytes in inodes inodes. Called with mu held.
+func (s *Service) commitRemote(ctx context.Context, target, parent string, labels map[string]string, ly *layerstore.Layer, size, inodes int64) error {
 	if _, ok := s.meta.Snapshots[target]; ok {
 		return nil // made meanwhile by a concurrent Prepare of the same layer
 	}
@@ -88,10 +90,17 @@ func (s *Service) commitRemote(target, parent string, labels map[string]string, 
 	l := maps.Clone(labels)
 	l[LabelRemote] = "true"
 	s.meta.Snapshots[target] = &record{ID: s.meta.NextID, Kind: KindCommitted, Parent: parent, Labels: l,
-		Created: now, Updated: now, Dir: dir, Size: size, Inodes: inodes}
+		Created: now, Updated: now, Dir: ly.Diff, Layer: ly.DiffID, Size: size, Inodes: inodes}
+	r := s.meta.Snapshots[target]
 	s.meta.NextID++
+	if s.objects != nil {
+		if err := s.charge(ctx, target, r, ly.DiffID); err != nil {
+			s.log.Warn("remote layer's usage not charged", "layer", ly.DiffID, "err", err)
+		}
+	}
 	if err := s.meta.save(s.root); err != nil {
 		delete(s.meta.Snapshots, target)
+		s.uncharge(target)
 		return err
 	}
 	return nil
@@ -118,17 +127,31 @@ func (s *Service) Revive(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	for k, r := range todo {
-		dgst, err := digest.Parse(r.Labels[LabelLayerDigest])
-		if err == nil {
-			var l *layerstore.Layer
-			if l, err = s.remote.Lookup(ctx, r.Labels[LabelImageRef], dgst); err == nil && l.Diff != r.Dir {
-				err = fmt.Errorf("served at %s, recorded at %s: %w", l.Diff, r.Dir, errdefs.ErrInvalid)
-			}
-		}
-		if err != nil {
+		if err := s.reviveRemote(ctx, r); err != nil {
 			s.log.Error("remote snapshot not revived", "snapshot", k, "err", err)
 			continue
 		}
 		s.log.Info("remote snapshot revived", "snapshot", k, "dir", r.Dir)
 	}
+}
+
+// reviveRemote mounts a remote-path snapshot's layer again: from the store when it still holds
+// the layer (no registry needed: a node restarted offline), else by a lookup, which pulls.
+func (s *Service) reviveRemote(ctx context.Context, r *record) error {
+	if s.ingester != nil && r.Layer != "" {
+		dir, err := s.ingester.MountLayer(ctx, "", r.Layer)
+		if err == nil && dir == r.Dir {
+			return nil
+		}
+		s.log.Info("remote snapshot's layer not mounted from the store; looking it up", "dir", r.Dir, "err", err)
+	}
+	dgst, err := digest.Parse(r.Labels[LabelLayerDigest])
+	if err != nil {
+		return err
+	}
+	l, err := s.remote.Lookup(ctx, r.Labels[LabelImageRef], dgst)
+	if err == nil && l.Diff != r.Dir {
+		err = fmt.Errorf("served at %s, recorded at %s: %w", l.Diff, r.Dir, errdefs.ErrInvalid)
+	}
+	return err
 }

@@ -90,11 +90,17 @@ func (s *Service) Commit(ctx context.Context, req *snapshots.CommitSnapshotReque
 		c.Labels = maps.Clone(req.Labels)
 	}
 	s.intoStore(ctx, req.Key, c)
+	if c.DiffID != "" && s.objects != nil {
+		if err := s.charge(ctx, req.Name, c, c.DiffID); err != nil {
+			s.log.Warn("committed layer's usage not charged; measured as a directory", "key", req.Key, "err", err)
+		}
+	}
 	delete(s.meta.Snapshots, req.Key)
 	s.meta.Snapshots[req.Name] = c
 	if err := s.meta.save(s.root); err != nil {
 		delete(s.meta.Snapshots, req.Name)
 		s.meta.Snapshots[req.Key] = r
+		s.uncharge(req.Name)
 		return nil, grpcError(err)
 	}
 	if c.DiffID != "" {
@@ -149,6 +155,7 @@ func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotReque
 		s.meta.Snapshots[req.Key] = r
 		return nil, grpcError(err)
 	}
+	s.uncharge(req.Key)
 	mnt := s.layerMount(r)                         // before the directory goes: a commit's is a link to its mount
 	if err := os.RemoveAll(s.dir(r)); err != nil { // Cleanup retries what is left
 		s.log.Warn("removing a snapshot's directory", "key", req.Key, "err", err)

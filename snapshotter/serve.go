@@ -16,8 +16,9 @@ import (
 
 // Serve answers containerd on the unix socket address until ctx is done, then stops: calls in
 // flight get up to ten seconds to finish (a remote-path pull is cut short by ctx). A socket
-// file left by a killed server is replaced.
-func Serve(ctx context.Context, address string, s *Service) error {
+// file left by a killed server is replaced. also registers further services on the same
+// server (the CRI image service proxy of package crikeychain).
+func Serve(ctx context.Context, address string, s *Service, also ...func(*grpc.Server)) error {
 	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
 		return fmt.Errorf("snapshotter: %w", err)
 	}
@@ -28,13 +29,16 @@ func Serve(ctx context.Context, address string, s *Service) error {
 	if err != nil {
 		return fmt.Errorf("snapshotter: %w", err)
 	}
-	return ServeListener(ctx, lis, s)
+	return ServeListener(ctx, lis, s, also...)
 }
 
 // ServeListener is Serve on a listener the caller made (and that it closes).
-func ServeListener(ctx context.Context, lis net.Listener, s *Service) error {
+func ServeListener(ctx context.Context, lis net.Listener, s *Service, also ...func(*grpc.Server)) error {
 	srv := grpc.NewServer()
 	snapshots.RegisterSnapshotsServer(srv, s)
+	for _, register := range also {
+		register(srv)
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(loggingListener{lis, s.log}) }()
 	s.log.Info("snapshotter serving", "address", lis.Addr().String(), "root", s.root)

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	snapshots "github.com/containerd/containerd/api/services/snapshots/v1"
@@ -30,7 +31,11 @@ type Options struct {
 	// Unmounter, when set, takes down the per-layer mounts of the remote path and of commits
 	// moved into the store once no snapshot is on them (Remove, Cleanup).
 	Unmounter Unmounter
-	Log       *slog.Logger
+	// Objects, when set, lists a stored layer's objects: a committed snapshot on a stored layer
+	// (remote path, or a commit moved into the store) then has as Usage the objects of its layer
+	// no other snapshot is charged for (see charge); nil: its files measured as a directory.
+	Objects ObjectLister
+	Log     *slog.Logger
 }
 
 // Service implements containerd's snapshots service. It is safe for concurrent use.
@@ -40,12 +45,14 @@ type Service struct {
 	remote    Remote
 	ingester  Ingester
 	unmounter Unmounter
+	objects   ObjectLister
 	log       *slog.Logger
 
 	mu      sync.Mutex // guards meta, the directories it names, and lookups
 	meta    *meta
-	lookups int      // remote-path Prepares between their lookup and their record
-	lock    *os.File // flock'ed while the Service lives: one server per root
+	charged map[digest.Digest]string // object: the snapshot whose Usage counts it
+	lookups int                      // remote-path Prepares between their lookup and their record
+	lock    *os.File                 // flock'ed while the Service lives: one server per root
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.
@@ -68,7 +75,13 @@ func New(opts Options) (*Service, error) {
 		lock.Close()
 		return nil, err
 	}
-	return &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, unmounter: opts.Unmounter, log: opts.Log, meta: m, lock: lock}, nil
+	s := &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, unmounter: opts.Unmounter,
+		objects: opts.Objects, log: opts.Log, meta: m, lock: lock}
+	if err := s.loadCharges(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // lockRoot takes the root's lock: two servers on one root would each rewrite the metadata

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -76,9 +77,43 @@ removed; a stale mount of a killed server at PATH is removed at start. See docs/
 // pullResolver is the layer store's way to an image: kura pull's sources (registries.conf's
 // mirrors and rewrites, podman's credentials), and the store's image of that name when no
 // source answers (a registry down, a server restarted offline).
+//
+// With noRef (the containerd snapshotter) an image is stored without a name: the layer store's
+// mounts keep its layers (their uses), and gc frees them once containerd has removed the
+// snapshots. The tar-split prediction then comes from the last image pulled of the same
+// repository by this process (last), as refs would give it.
 type pullResolver struct {
-	rf *registryFlags
-	s  *store.Store
+	rf    *registryFlags
+	s     *store.Store
+	noRef bool
+
+	mu   sync.Mutex
+	last map[string][]digest.Digest // repository: layers of the last image pulled
+}
+
+// pullOptions are the options of a pull of ref (whose repository is repo).
+func (p *pullResolver) pullOptions(name, repo string) []pull.Option {
+	opts := []pull.Option{pull.WithLogger(slog.Default())}
+	if name != "" {
+		opts = append(opts, pull.WithName(name))
+	}
+	if p.noRef {
+		p.mu.Lock()
+		prev := p.last[repo]
+		p.mu.Unlock()
+		opts = append(opts, pull.WithoutRef(), pull.WithPredecessors(prev))
+	}
+	return opts
+}
+
+// pulledLayers remembers img's layers as the predecessors of the next pull of repo.
+func (p *pullResolver) pulledLayers(repo string, img layerstore.Pulled) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.last == nil {
+		p.last = map[string][]digest.Digest{}
+	}
+	p.last[repo] = img.Image.Layers
 }
 
 func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pulled, error) {
@@ -92,13 +127,14 @@ func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pull
 	chosen, err := p.rf.pullSource(ctx, ref)
 	if err == nil {
 		var rep *pull.Report
-		opts := []pull.Option{pull.WithLogger(slog.Default())}
-		if chosen.name != "" {
-			opts = append(opts, pull.WithName(chosen.name))
-		}
-		if rep, err = pull.Pull(ctx, p.s, chosen.src, opts...); err == nil {
+		repo := r.Repository().String()
+		if rep, err = pull.Pull(ctx, p.s, chosen.src, p.pullOptions(chosen.name, repo)...); err == nil {
 			slog.Info("pulled for the layer store", "ref", ref, "image", rep.Image, "bytesReceived", rep.BytesReceived)
-			return p.pulled(ctx, rep.Image, chosen.src)
+			img, err := p.pulled(ctx, rep.Image, chosen.src)
+			if err == nil {
+				p.pulledLayers(repo, img)
+			}
+			return img, err
 		}
 	}
 	img, serr := p.s.ResolveImage(ctx, storedName(r))

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
@@ -21,6 +22,9 @@ import (
 
 // registryFlags are the options every command that talks to a registry shares.
 type registryFlags struct {
+	// refKeychain, when set, puts credentials for one reference in front of the keychain of a
+	// client pulling that reference (the snapshotter's CRI pull secrets).
+	refKeychain func(ref string, next authn.Keychain) authn.Keychain
 	creds       string
 	authfile    string
 	tlsVerify   bool
@@ -75,6 +79,11 @@ func (f *registryFlags) client() (*registry.Client, error) { return f.newClient(
 // newClient builds a registry client; withCreds false leaves --creds out (for mirrors, which
 // must not receive the primary registry's credentials, as in containers/image).
 func (f *registryFlags) newClient(withCreds bool) (*registry.Client, error) {
+	return f.newClientFor("", withCreds)
+}
+
+// newClientFor is newClient for pulling ref (refKeychain's credentials for it first).
+func (f *registryFlags) newClientFor(ref string, withCreds bool) (*registry.Client, error) {
 	if err := f.prepareCreds(withCreds); err != nil {
 		return nil, err
 	}
@@ -89,7 +98,11 @@ func (f *registryFlags) newClient(withCreds bool) (*registry.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []registry.Option{registry.WithKeychain(trackKeychain(auth.NewKeychain(kopts...))), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
+	var kc authn.Keychain = trackKeychain(auth.NewKeychain(kopts...))
+	if f.refKeychain != nil && ref != "" {
+		kc = f.refKeychain(ref, kc)
+	}
+	opts := []registry.Option{registry.WithKeychain(kc), registry.WithHostTLS(f.hostTLS), registry.WithIdleTimeout(idle)}
 	if f.platform != "" {
 		p, err := parsePlatform(f.platform)
 		if err != nil {

@@ -117,7 +117,7 @@ func (f *registryFlags) pullSource(ctx context.Context, arg string) (chosenSourc
 	}
 	var failures []error
 	for i, s := range sources {
-		client, err := f.newClient(s.Ref.Domain == s.Name.Domain)
+		client, err := f.newClientFor(arg, s.Ref.Domain == s.Name.Domain)
 		if err != nil {
 			return chosenSource{}, err
 		}

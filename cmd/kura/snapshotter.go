@@ -6,7 +6,11 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/kura-oci/kura/crikeychain"
 	"github.com/kura-oci/kura/hoststoml"
 	"github.com/kura-oci/kura/layerstore"
 	"github.com/kura-oci/kura/registriesconf"
@@ -15,7 +19,7 @@ import (
 
 func init() {
 	var rf registryFlags
-	var address, state, hostsDir string
+	var address, state, hostsDir, criUpstream string
 	var noRemote bool
 	cmd := &cobra.Command{
 		Use:   "snapshotter",
@@ -28,7 +32,10 @@ podman's auth files, as kura pull, plus containerd's hosts.toml mirrors under --
 mounts the layer as the layer store does, commits the
 snapshot and tells containerd it exists, so containerd does not download the layer. A layer
 containerd unpacks itself (plain path) moves into Kura's store when committed and is mounted
-from there. Remove unmounts a layer no snapshot is on any more. See docs/snapshotter.md.`,
+from there. Remove unmounts a layer no snapshot is on any more, and kura gc then frees what no
+snapshot uses. With --cri-image-service-path the socket also serves the CRI image service as a
+proxy of containerd's (the kubelet's --image-service-endpoint), so the remote path's pulls use
+the image pull secrets the kubelet passes (kept in memory only). See docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
@@ -37,12 +44,12 @@ from there. Remove unmounts a layer no snapshot is on any more. See docs/snapsho
 			if err != nil {
 				return err
 			}
-			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s},
+			ls, err := layerstore.New(s, &pullResolver{rf: &rf, s: s, noRef: true},
 				layerstore.Options{State: filepath.Join(state, "layers"), Log: slog.Default()})
 			if err != nil {
 				return err
 			}
-			opts.Ingester, opts.Unmounter = ls, ls
+			opts.Ingester, opts.Unmounter, opts.Objects = ls, ls, ls
 			if !noRemote {
 				opts.Remote = ls
 			}
@@ -51,8 +58,18 @@ from there. Remove unmounts a layer no snapshot is on any more. See docs/snapsho
 				return err
 			}
 			defer svc.Close()
+			var also []func(*grpc.Server)
+			if criUpstream != "" {
+				proxy, closeProxy, err := criProxy(criUpstream)
+				if err != nil {
+					return err
+				}
+				defer closeProxy()
+				rf.refKeychain = proxy.Keychain
+				also = append(also, func(srv *grpc.Server) { runtimeapi.RegisterImageServiceServer(srv, proxy) })
+			}
 			svc.Revive(cmd.Context()) // before serving: a container must not mount a missing layer
-			return snapshotter.Serve(cmd.Context(), address, svc)
+			return snapshotter.Serve(cmd.Context(), address, svc, also...)
 		},
 	}
 	rf.register(cmd)
@@ -61,6 +78,8 @@ from there. Remove unmounts a layer no snapshot is on any more. See docs/snapsho
 		"directory of the snapshots (snapshots/) and of the layers the remote path serves (layers/, on the store's file system)")
 	cmd.Flags().StringVar(&hostsDir, "hosts-dir", "/etc/containerd/certs.d",
 		"containerd's registry host directory (the CRI plugin's config_path: HOST/hosts.toml): its mirrors are used by the remote path's pulls, after registries.conf's entries of the same host (\"\": none)")
+	cmd.Flags().StringVar(&criUpstream, "cri-image-service-path", "",
+		"containerd's CRI socket: serve the CRI image service on --address as a proxy of it (the kubelet's --image-service-endpoint), keeping PullImage's credentials (image pull secrets) in memory for the remote path's pulls of that image (stargz-snapshotter's cri_keychain image_service_path)")
 	cmd.Flags().BoolVar(&noRemote, "no-remote", false, "never serve a layer from Kura's store: containerd downloads every layer")
 	rootCmd.AddCommand(cmd)
 }
@@ -89,4 +108,14 @@ func hostsTOML(dir string) func(*registriesconf.Config) error {
 		}
 		return nil
 	}
+}
+
+// criProxy connects to containerd's CRI image service at sock and returns the proxy that
+// captures pull credentials in front of it. gRPC connects lazily: containerd may start later.
+func criProxy(sock string) (*crikeychain.Proxy, func(), error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, fmt.Errorf("--cri-image-service-path %s: %w", sock, err)
+	}
+	return crikeychain.New(runtimeapi.NewImageServiceClient(conn)), func() { conn.Close() }, nil
 }
