@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // CtdResults is the containerd comparison (-containerd): two private
@@ -50,10 +54,11 @@ type CtdPageCache struct {
 	// Overhead: the same with every container running `true` (the exec's
 	// own cost); Resident: mincore over the snapshotter's files (containerd's
 	// overlayfs snapshot directories; Kura's store and composefs images).
-	CachedDelta int64  `json:"cachedDelta"`
-	Overhead    int64  `json:"overhead"`
-	Resident    int64  `json:"resident"`
-	Error       string `json:"error,omitempty"`
+	CachedDelta int64            `json:"cachedDelta"`
+	Overhead    int64            `json:"overhead"`
+	Resident    int64            `json:"resident"`
+	ResidentBy  map[string]int64 `json:"residentBy"`
+	Error       string           `json:"error,omitempty"`
 }
 
 func loadAvg() string {
@@ -145,6 +150,9 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 		}
 	}
 	for i, v := range res.Versions {
+		if err := warmBlobs(ctx, regAddr, kuraRepo, v); err != nil {
+			return err
+		}
 		for j := range setups {
 			s := setups[pairOrder(round, i, j, len(setups))]
 			st := s.startVersion(ctx, alog, regAddr+"/"+kuraRepo+":"+v, v)
@@ -155,11 +163,14 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 		}
 	}
 	for j := range setups {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		s := setups[(round+j)%len(setups)]
 		res.Disk = append(res.Disk, s.disk(round))
 		pc := s.pageCache(ctx, round, cfg.readSet)
-		log.Printf("containerd round %d %s: page cache +%.1f MB (exec alone +%.1f MB), resident %.1f MB %s",
-			round, s.name, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Resident), pc.Error)
+		log.Printf("containerd round %d %s: page cache +%.1f MB (exec alone +%.1f MB), resident %.1f MB %v %s",
+			round, s.name, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Resident), pc.ResidentBy, pc.Error)
 		res.PageCache = append(res.PageCache, pc)
 	}
 	return nil
@@ -200,24 +211,67 @@ func (s *ctdSetup) pageCache(ctx context.Context, round int, readSet []string) C
 		pc.Error = err.Error()
 		return pc
 	}
-	for _, root := range s.residentRoots() {
+	pc.ResidentBy = map[string]int64{}
+	for part, root := range s.residentRoots() {
 		n, err := residentBytes(root)
 		if err != nil {
 			pc.Error = err.Error()
 		}
 		pc.Resident += n
+		pc.ResidentBy[part] = n
 	}
 	return pc
+}
+
+// warmBlobs reads a version's manifest and blobs from the registry before
+// the two setups pull it, so that neither pays for the registry's disk
+// reads: the one going first would, whichever it is (untimed, before the
+// access-log mark).
+func warmBlobs(ctx context.Context, regAddr, repo, tag string) error {
+	get := func(path string, accept string) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+regAddr+"/v2/"+repo+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Accept", accept)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+		}
+		if accept == "" {
+			_, err = io.Copy(io.Discard, resp.Body)
+			return nil, err
+		}
+		return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	}
+	b, err := get("/manifests/"+tag, "application/vnd.oci.image.manifest.v1+json")
+	if err != nil {
+		return fmt.Errorf("warming the registry: %w", err)
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("warming the registry: manifest of %s: %w", tag, err)
+	}
+	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+		if _, err := get("/blobs/"+d.Digest.String(), ""); err != nil {
+			return fmt.Errorf("warming the registry: %w", err)
+		}
+	}
+	return nil
 }
 
 // residentRoots are the files whose pages are the snapshotter's: overlayfs's
 // snapshot directories; Kura's store (objects) and composefs images (not
 // the mount points: the walk would meet the same pages through the mounts).
-func (s *ctdSetup) residentRoots() []string {
+func (s *ctdSetup) residentRoots() map[string]string {
 	if s.name == ctdKura {
-		return []string{s.kuraStore, filepath.Join(s.kuraState, "layers", "composefs")}
+		return map[string]string{"store": s.kuraStore, "composefs images": filepath.Join(s.kuraState, "layers", "composefs")}
 	}
-	return []string{filepath.Join(s.root(), "io.containerd.snapshotter.v1.overlayfs")}
+	return map[string]string{"snapshots": filepath.Join(s.root(), "io.containerd.snapshotter.v1.overlayfs")}
 }
 
 // writeCtdReport writes containerd.json and containerd.md in the out directory.
