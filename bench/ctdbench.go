@@ -54,11 +54,16 @@ type CtdPageCache struct {
 	// Overhead: the same with every container running `true` (the exec's
 	// own cost); Resident: mincore over the snapshotter's files (containerd's
 	// overlayfs snapshot directories; Kura's store and composefs images).
-	CachedDelta int64            `json:"cachedDelta"`
-	Overhead    int64            `json:"overhead"`
-	Resident    int64            `json:"resident"`
-	ResidentBy  map[string]int64 `json:"residentBy"`
-	Error       string           `json:"error,omitempty"`
+	CachedDelta int64 `json:"cachedDelta"`
+	// Charged: growth of the page cache charged to the containers' memory
+	// cgroups (memory.stat cache, v1; file, v2) while they read: a page is
+	// charged to the cgroup that brings it in, so this counts exactly the
+	// pages the ten readers brought in, whatever else the machine does.
+	Charged    int64            `json:"charged"`
+	Overhead   int64            `json:"overhead"`
+	Resident   int64            `json:"resident"`
+	ResidentBy map[string]int64 `json:"residentBy"`
+	Error      string           `json:"error,omitempty"`
 }
 
 func loadAvg() string {
@@ -169,8 +174,8 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 		s := setups[(round+j)%len(setups)]
 		res.Disk = append(res.Disk, s.disk(round))
 		pc := s.pageCache(ctx, round, cfg.readSet)
-		log.Printf("containerd round %d %s: page cache +%.1f MB (exec alone +%.1f MB), resident %.1f MB %v %s",
-			round, s.name, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Resident), pc.ResidentBy, pc.Error)
+		log.Printf("containerd round %d %s: page cache +%.1f MB (exec alone +%.1f MB), charged to the containers %.1f MB, resident %.1f MB %v %s",
+			round, s.name, mb(pc.CachedDelta), mb(pc.Overhead), mb(pc.Charged), mb(pc.Resident), pc.ResidentBy, pc.Error)
 		res.PageCache = append(res.PageCache, pc)
 	}
 	return nil
@@ -207,10 +212,22 @@ func (s *ctdSetup) pageCache(ctx context.Context, round int, readSet []string) C
 		pc.Error = err.Error()
 		return pc
 	}
-	if pc.CachedDelta, err = cachedDelta(func() error { return s.execAll(ctx, read) }); err != nil {
+	var before int64
+	if pc.CachedDelta, err = cachedDelta(func() error {
+		if before, err = s.cgroupCache(); err != nil {
+			return err
+		}
+		return s.execAll(ctx, read)
+	}); err != nil {
 		pc.Error = err.Error()
 		return pc
 	}
+	after, err := s.cgroupCache()
+	if err != nil {
+		pc.Error = err.Error()
+		return pc
+	}
+	pc.Charged = after - before
 	pc.ResidentBy = map[string]int64{}
 	for part, root := range s.residentRoots() {
 		n, err := residentBytes(root)
@@ -221,6 +238,42 @@ func (s *ctdSetup) pageCache(ctx context.Context, round int, readSet []string) C
 		pc.ResidentBy[part] = n
 	}
 	return pc
+}
+
+// cgroupCache sums the page cache charged to the setup's containers' memory
+// cgroups (the CRI plugin puts each in /k8s.io/ID with cgroupfs).
+func (s *ctdSetup) cgroupCache() (int64, error) {
+	var sum int64
+	for _, id := range s.ctrs {
+		n, err := cgroupStat(id)
+		if err != nil {
+			return 0, err
+		}
+		sum += n
+	}
+	return sum, nil
+}
+
+// cgroupStat is the page cache of one cgroup: "cache" of cgroup v1's
+// memory.stat, else "file" of cgroup v2's.
+func cgroupStat(id string) (int64, error) {
+	for _, c := range []struct{ path, key string }{
+		{"/sys/fs/cgroup/memory/k8s.io/" + id + "/memory.stat", "cache"},
+		{"/sys/fs/cgroup/k8s.io/" + id + "/memory.stat", "file"},
+	} {
+		b, err := os.ReadFile(c.path)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, c.key+" "); ok {
+				var n int64
+				_, err := fmt.Sscan(v, &n)
+				return n, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no memory cgroup for container %s", id)
 }
 
 // warmBlobs reads a version's manifest and blobs from the registry before

@@ -162,17 +162,19 @@ func ctdDiskReport(w func(string, ...any), res *CtdResults) {
 func ctdPageCacheReport(w func(string, ...any), res *CtdResults) {
 	w("## Page cache: every running container (one per version) reads the read set (MB)")
 	w("")
-	w("| setup | containers | Cached growth | exec alone | snapshotter's files resident (mincore) |")
-	w("|---|---:|---:|---:|---:|")
+	w("| setup | containers | charged to the containers' cgroups | Cached growth | exec alone (Cached) | snapshotter's files resident (mincore) |")
+	w("|---|---:|---:|---:|---:|---:|")
 	for _, setup := range []string{ctdOverlay, ctdKura} {
-		var delta, over, resid []float64
+		var charged, delta, over, resid []float64
 		n := 0
 		for _, p := range res.PageCache {
 			if p.Setup == setup && p.Error == "" {
-				delta, over, resid = append(delta, float64(p.CachedDelta)), append(over, float64(p.Overhead)), append(resid, float64(p.Resident))
+				charged, delta = append(charged, float64(p.Charged)), append(delta, float64(p.CachedDelta))
+				over, resid = append(over, float64(p.Overhead)), append(resid, float64(p.Resident))
 				n = p.Containers
 			}
 		}
-		w("| %s | %d | %s | %s | %s |", setup, n, ctdSpread(delta, 1e6, 1), ctdSpread(over, 1e6, 1), ctdSpread(resid, 1e6, 1))
+		w("| %s | %d | %s | %s | %s | %s |", setup, n, ctdSpread(charged, 1e6, 1), ctdSpread(delta, 1e6, 1),
+			ctdSpread(over, 1e6, 1), ctdSpread(resid, 1e6, 1))
 	}
 }
