@@ -407,8 +407,14 @@ func comparePaths(a, b string) int {
 
 func mb(n int64) float64 { return float64(n) / 1e6 }
 
-// writeLayout writes an OCI image layout with one uncompressed layer.
+// writeLayout writes an OCI image layout with one uncompressed layer (a
+// corpus version: its command is /bin/sh).
 func writeLayout(dir, ref string, layer func(io.Writer) error) (digest.Digest, int64, error) {
+	return writeLayoutCmd(dir, ref, []string{"/bin/sh"}, layer)
+}
+
+// writeLayoutCmd is writeLayout for an image whose command is cmd.
+func writeLayoutCmd(dir, ref string, cmd []string, layer func(io.Writer) error) (digest.Digest, int64, error) {
 	blobs := filepath.Join(dir, "blobs", "sha256")
 	if err := os.MkdirAll(blobs, 0o755); err != nil {
 		return "", 0, err
@@ -431,7 +437,7 @@ func writeLayout(dir, ref string, layer func(io.Writer) error) (digest.Digest, i
 	if err := os.Rename(tmp.Name(), filepath.Join(blobs, layerDigest.Encoded())); err != nil {
 		return "", 0, err
 	}
-	if err := writeImageMetadata(dir, ref, layerDigest, cw.n); err != nil {
+	if err := writeImageMetadata(dir, ref, cmd, layerDigest, cw.n); err != nil {
 		return "", 0, err
 	}
 	return layerDigest, cw.n, nil

@@ -39,6 +39,10 @@ type config struct {
 	kuraBudget    time.Duration // wall time allowed for all kura steps
 	pairs         int           // rounds of fresh stores in the timed comparison
 	pairsBudget   time.Duration // wall time allowed for the timed comparison
+
+	containerd bool   // run only the containerd comparison (ctdbench.go)
+	ctdRounds  int    // rounds of fresh containerds in it
+	ctdProfile string // kura snapshotter CPU profile file prefix (one per round)
 }
 
 func main() {
@@ -56,6 +60,9 @@ func main() {
 	flag.IntVar(&cfg.pairs, "pairs", 5, "rounds of the timed kura/podman comparison (each: new stores, every version)")
 	flag.DurationVar(&cfg.pairsBudget, "pairs-budget", 20*time.Minute, "wall time allowed for the timed comparison")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
+	flag.BoolVar(&cfg.containerd, "containerd", false, "run only the containerd comparison: overlayfs against Kura's snapshotter, through the CRI API (needs the registry of an earlier run)")
+	flag.IntVar(&cfg.ctdRounds, "ctd-rounds", 5, "rounds of the containerd comparison (each: fresh daemons, every version on both)")
+	flag.StringVar(&cfg.ctdProfile, "ctd-kura-profile", "", "write the kura snapshotter's CPU profile to this path plus .roundN")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	scale := scaleFlags()
 	flag.Parse()
@@ -83,6 +90,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.containerd {
+		if err := runContainerdBench(ctx, cfg); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := run(ctx, cfg); err != nil {
 		log.Fatal(err)
 	}

@@ -11,15 +11,16 @@ import (
 )
 
 // writeImageMetadata writes config, manifest, index.json and oci-layout for
-// an image whose single uncompressed layer is already in blobs/.
-func writeImageMetadata(dir, ref string, layer digest.Digest, layerSize int64) error {
+// an image whose single uncompressed layer is already in blobs/, its command
+// cmd.
+func writeImageMetadata(dir, ref string, cmd []string, layer digest.Digest, layerSize int64) error {
 	created := epoch
 	cfg := ocispec.Image{
 		Created:  &created,
 		Platform: ocispec.Platform{Architecture: "amd64", OS: "linux"},
 		Config: ocispec.ImageConfig{
 			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			Cmd: []string{"/bin/sh"},
+			Cmd: cmd,
 		},
 		RootFS:  ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layer}},
 		History: []ocispec.History{{Created: &created, CreatedBy: "kura bench corpus " + ref}},

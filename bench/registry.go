@@ -59,6 +59,13 @@ storage:
 http:
   addr: %s
 `, filepath.Join(root, "data"), addr)
+	// The files the registry writes are made new, never written through: a
+	// work dir seeded with `cp -al` shares them with the one it came from.
+	for _, f := range []string{"config.yml", "registry.log", "access.log"} {
+		if err := os.Remove(filepath.Join(root, f)); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
+	}
 	confPath := filepath.Join(root, "config.yml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err

@@ -14,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 missing=()
-for t in debootstrap skopeo podman docker-registry runc script du; do
+for t in debootstrap skopeo podman docker-registry runc script du ldd; do
 	command -v "$t" >/dev/null || missing+=("$t")
 done
 if [ ${#missing[@]} -gt 0 ]; then

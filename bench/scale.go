@@ -253,11 +253,6 @@ func selfIO() (rchar, wchar int64) {
 	return rchar, wchar
 }
 
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	return time.Now().UTC().Format("15:04:05") + " " + strings.TrimSpace(string(b))
-}
-
 // indexFile is what identifies one version of a chunk-index file.
 type indexFile struct {
 	ino, size int64

@@ -172,5 +172,5 @@ func (sh scaleShape) writeScaleLayout(dir, ref string, base, v int) error {
 	if err := os.Rename(f.Name(), filepath.Join(blobs, d.Encoded())); err != nil {
 		return err
 	}
-	return writeImageMetadata(dir, ref, d, cw.n)
+	return writeImageMetadata(dir, ref, []string{"/bin/sh"}, d, cw.n)
 }
