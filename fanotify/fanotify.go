@@ -91,19 +91,38 @@ func (g *Group) Unmark(f *os.File) error {
 	return g.mark(unix.FAN_MARK_REMOVE, f)
 }
 
+// MarkPath marks the inode path names (the path, not a descriptor: opening a file to mark it
+// would be an access of its own).
+func (g *Group) MarkPath(path string) error {
+	return g.markAt(unix.FAN_MARK_ADD, unix.AT_FDCWD, path)
+}
+
+// UnmarkPath removes the mark of the inode path names.
+func (g *Group) UnmarkPath(path string) error {
+	return g.markAt(unix.FAN_MARK_REMOVE, unix.AT_FDCWD, path)
+}
+
 func (g *Group) mark(flags uint, f *os.File) error {
+	err := g.markAt(flags, int(f.Fd()), "")
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+func (g *Group) markAt(flags uint, dirfd int, path string) error {
 	rc, err := g.f.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var merr error
 	if err := rc.Control(func(gfd uintptr) {
-		merr = unix.FanotifyMark(int(gfd), flags, PreAccess, int(f.Fd()), "")
+		merr = unix.FanotifyMark(int(gfd), flags, PreAccess, dirfd, path)
 	}); err != nil {
 		return err
 	}
 	if merr != nil {
-		return classify("fanotify_mark "+f.Name(), merr)
+		return classify("fanotify_mark "+path, merr)
 	}
 	return nil
 }
