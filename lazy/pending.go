@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
@@ -133,6 +134,24 @@ func FindByName(s *store.Store, name string) (*Pending, error) {
 		}
 	}
 	return nil, fmt.Errorf("no image or lazy pull named %s: %w", name, errdefs.ErrNotFound)
+}
+
+// LockServe takes the pending pull for one fill service (flock on its record, released when
+// the process ends, crash included): two services would both mark and fill the placeholders.
+// ErrInUse if another holds it.
+func (p *Pending) LockServe() (release func(), err error) {
+	f, err := os.Open(filepath.Join(p.Dir, recordName))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lazy pull %s is being served by another process: %w", p.ID, errdefs.ErrInUse)
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }
 
 // DataDir is the placeholder directory of a pending layer, laid out as objects/ (xx/rest): the

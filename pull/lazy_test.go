@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
@@ -156,6 +158,13 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 		t.Fatalf("a placeholder read %d bytes with no filler", len(b))
 	}
 	checkFsck(t, e.s)
+	// gc between the services keeps what the pending pull fetched (the inlined small files).
+	if _, err := e.s.GC(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if small := digest.FromBytes(e.files["etc/version"]); !e.s.HasObject(small) {
+		t.Fatalf("gc removed object %s of the pending pull", small)
+	}
 	p2, err := PullLazy(context.Background(), e.s, e.source(t)) // restart: the same pending pull
 	if err != nil || p2.Dir != p.Dir {
 		t.Fatalf("resume: %v, %v", p2, err)

@@ -51,6 +51,11 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		return err
 	}
 	defer unlock()
+	release, err := p.LockServe()
+	if err != nil {
+		return err
+	}
+	defer release()
 	layers, err := pendingLayers(ctx, s, src, p, o)
 	if err != nil {
 		return err
