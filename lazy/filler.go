@@ -39,6 +39,7 @@ type Filler struct {
 	byIno map[[2]uint64]*placeholder
 
 	writes    chan writeJob
+	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
 	writerTID int
 }
 
@@ -68,7 +69,7 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{},
-		writes: make(chan writeJob)}
+		writes: make(chan writeJob), closed: make(chan struct{})}
 	tid := make(chan int)
 	go f.writer(tid)
 	f.writerTID = <-tid
@@ -187,6 +188,8 @@ func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
 	case f.writes <- writeJob{ph: ph, done: done}:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-f.closed:
+		return errors.New("lazy: the filler is closed")
 	}
 	if err := <-done; err != nil {
 		return err
@@ -203,8 +206,13 @@ func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
 func (f *Filler) writer(tid chan<- int) {
 	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 	tid <- unix.Gettid()
-	for job := range f.writes {
-		job.done <- f.copyObject(job.ph)
+	for {
+		select {
+		case job := <-f.writes:
+			job.done <- f.copyObject(job.ph)
+		case <-f.closed:
+			return
+		}
 	}
 }
 
@@ -235,7 +243,7 @@ func (f *Filler) copyObject(ph *placeholder) error {
 // Close ends the group (its marks go; the kernel lets pending and later accesses through) and
 // the writer thread. Call it after Run returned.
 func (f *Filler) Close() error {
-	close(f.writes)
+	close(f.closed)
 	return f.g.Close()
 }
 
