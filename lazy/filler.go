@@ -76,9 +76,9 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 	return f, nil
 }
 
-// Watch marks the placeholders of a pending layer's objects that the store lacks. Objects the
-// store holds already get their placeholder filled at once (a crash between storing and
-// copying leaves that).
+// Watch marks the placeholders of a pending layer's objects. Objects the store holds already
+// get their placeholder filled at once (a crash between storing and copying leaves that): Run
+// must be running, as the copy's own events need answering.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
 	for _, d := range objs {
 		path, err := p.PlaceholderPath(f.s, diffID, d)
@@ -93,12 +93,13 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 			}
 			return fmt.Errorf("placeholder of %s: %w", d, err)
 		}
-		if err := f.markPath(path, true); err != nil {
-			return err
-		}
+		// Known before marked: an event on it must never be taken for a stranger's.
 		f.mu.Lock()
 		f.byIno[[2]uint64{st.Dev, st.Ino}] = ph
 		f.mu.Unlock()
+		if err := f.markPath(path, true); err != nil {
+			return err
+		}
 		if f.s.HasObject(d) {
 			if err := f.fillOne(ctx, ph); err != nil {
 				return err

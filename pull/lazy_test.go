@@ -182,15 +182,18 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 	e.checkComplete(t, p)
 }
 
-// TestLazyFetchErrorFailsRead: a registry that fails answers the reader with EIO within the
-// fill timeout, never a hang; once it is back, the next read fills.
+// TestLazyFetchErrorFailsRead: a registry that fails, or sends wrong bytes, answers the reader
+// with EIO within the fill timeout, never a hang nor the wrong bytes; once it is back, the next
+// read fills.
 func TestLazyFetchErrorFailsRead(t *testing.T) {
 	e, p := newLazyEnv(t)
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold), WithFillTimeout(10*time.Second))
-	e.reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.ServerError})
-	if _, err := e.readMounted(t, "usr/lib/big.so"); !errors.Is(err, syscall.EIO) {
-		t.Fatalf("read with the registry failing: %v, want EIO", err)
+	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody} {
+		e.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
+		if _, err := e.readMounted(t, "usr/lib/big.so"); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read with fault %v: %v, want EIO", fault, err)
+		}
 	}
 	e.reg.Proxy.SetFault(registrytest.Fault{})
 	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {

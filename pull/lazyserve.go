@@ -78,24 +78,31 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		return err
 	}
 	defer filler.Close()
-	for _, l := range layers {
-		if err := filler.Watch(ctx, p, l.diffID, layerfs.Objects(l.part.Layer.Entries)); err != nil {
-			return err
-		}
-	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	runErr := make(chan error, 1)
 	go func() { runErr <- filler.Run(runCtx) }()
-	if ready != nil {
-		ready()
+	err = watchAll(ctx, p, layers, filler)
+	if err == nil {
+		if ready != nil {
+			ready()
+		}
+		err = completeLazy(ctx, s, src, p, layers, filler, o)
 	}
-	err = completeLazy(ctx, s, src, p, layers, filler, o)
 	stop()
 	if rerr := <-runErr; err == nil {
 		err = rerr
 	}
 	return err
+}
+
+func watchAll(ctx context.Context, p *lazy.Pending, layers []*lazyLayer, filler *lazy.Filler) error {
+	for _, l := range layers {
+		if err := filler.Watch(ctx, p, l.diffID, layerfs.Objects(l.part.Layer.Entries)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // completeLazy fetches the rest of each layer and records it, fills what is left, records the

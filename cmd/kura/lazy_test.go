@@ -30,6 +30,7 @@ func startLazyPull(t *testing.T, root, ref string, extra ...string) *exec.Cmd {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { cmd.Process.Kill() }) // a test that fails leaves no server behind
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if !strings.Contains(line, "mountable") {
 		cmd.Process.Kill()
@@ -48,8 +49,12 @@ func TestLazyPullCLIKilledAndResumed(t *testing.T) {
 	reg := registrytest.New(t)
 	data := make([]byte, 400<<10)
 	rand.New(rand.NewSource(17)).Read(data)
-	imagetest.Chunked(t, tartest.Tar(t, tartest.Bytes("data", data), tartest.Bytes("small", []byte("hi\n")))).
-		Push(t, reg, "lazy/app", "v1")
+	trueBin, err := os.ReadFile("/usr/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imagetest.Chunked(t, tartest.Tar(t, tartest.Bytes("data", data), tartest.Bytes("small", []byte("hi\n")),
+		tartest.Bytes("true", trueBin).Mode(0o755))).Push(t, reg, "lazy/app", "v1")
 	ref := "docker://" + reg.Host + "/lazy/app:v1"
 	root, scratch := filepath.Join(t.TempDir(), "store"), t.TempDir()
 	target := mountTarget(t, scratch, "mnt")
@@ -67,11 +72,20 @@ func TestLazyPullCLIKilledAndResumed(t *testing.T) {
 	}
 	kuraOK(t, root, "fsck")
 
-	second := startLazyPull(t, root, ref)
+	// Restarted, still holding the bulk fetch back: the reads are filled on demand, and a
+	// program of the image runs from the mount (exec reads its header, then maps it).
+	second := startLazyPull(t, root, ref, "--background-after", "1h")
 	if b, err := os.ReadFile(filepath.Join(target, "data")); err != nil || !bytes.Equal(b, data) {
 		t.Fatalf("after restart: %d of %d bytes, %v", len(b), len(data), err)
 	}
-	if err := second.Wait(); err != nil {
+	if out, err := exec.Command(filepath.Join(target, "true")).CombinedOutput(); err != nil {
+		t.Fatalf("running a program of the lazily pulled image: %v\n%s", err, out)
+	}
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+
+	third := startLazyPull(t, root, ref)
+	if err := third.Wait(); err != nil {
 		t.Fatalf("resumed kura pull --lazy: %v", err)
 	}
 	if out := kuraOK(t, root, "images"); !strings.Contains(out, "app") {
