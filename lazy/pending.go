@@ -201,6 +201,7 @@ func (p *Pending) Remove(ctx context.Context) error {
 // hold it). Placeholders stay at length 0 until filled, so a read the fill service does not
 // answer is short, never zeros.
 func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []digest.Digest) error {
+	made := map[string]bool{} // fan-out directories, each made once
 	for _, d := range objs {
 		if s.HasObject(d) {
 			continue
@@ -209,8 +210,11 @@ func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []
 		if err != nil {
 			return err
 		}
-		if err := os.MkdirAll(filepath.Dir(ph), 0o755); err != nil {
-			return err
+		if dir := filepath.Dir(ph); !made[dir] {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			made[dir] = true
 		}
 		f, err := os.OpenFile(ph, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
 		if errors.Is(err, fs.ErrExist) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -61,10 +62,12 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		opt[0](&si)
 		rec.Source = si.Source
 	}
+	start := time.Now()
 	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, o)
 	if err != nil {
 		return nil, err
 	}
+	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
 	for _, d := range diffIDs {
 		if _, ok := tocs[d]; ok && !contains(rec.Pending, d) {
 			rec.Pending = append(rec.Pending, d)
@@ -79,6 +82,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 			return nil, err
 		}
 	}
+	o.log.Debug("lazy: pending pull recorded, placeholders made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }
 

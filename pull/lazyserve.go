@@ -56,10 +56,12 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		return err
 	}
 	defer release()
+	start := time.Now()
 	layers, err := pendingLayers(ctx, s, src, p, o)
 	if err != nil {
 		return err
 	}
+	o.log.Debug("lazy: metadata fetched for serving", "layers", len(layers), "seconds", time.Since(start).Seconds())
 	byDiffID := map[digest.Digest]*lazyLayer{}
 	for _, l := range layers {
 		byDiffID[l.diffID] = l
@@ -83,6 +85,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	runErr := make(chan error, 1)
 	go func() { runErr <- filler.Run(runCtx) }()
 	err = watchAll(ctx, p, layers, filler)
+	o.log.Debug("lazy: placeholders marked", "seconds", time.Since(start).Seconds())
 	if err == nil {
 		if ready != nil {
 			ready()
