@@ -79,6 +79,8 @@ type options struct {
 	// allowMismatch, when set, stores a layer whose tar is not its config DiffID under its true
 	// DiffID, and is told of it (see WithDiffIDMismatchAllowed).
 	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
+	fillTimeout   time.Duration   // lazy pulls: bound of one on-demand fill (0: lazy's default)
+	lazyHold      <-chan struct{} // lazy pulls: the background fetch waits until it is closed
 }
 
 func defaultOptions() options {

@@ -82,7 +82,7 @@ func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
 			}
 		}
 	}
-	return r, nil
+	return r, x.markPendingLazy(ctx, r)
 }
 
 // GC removes every image that no ref names and no live mount or checkout uses (see Uses), the

@@ -7,6 +7,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/lazy"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -86,6 +88,11 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 	}
 	defer unlock()
 	img, err := s.ResolveImage(ctx, image)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		if p, lerr := lazy.FindByName(s, image); lerr == nil {
+			return mountPending(cmd, s, p, target, opts)
+		}
+	}
 	if err != nil {
 		return err
 	}

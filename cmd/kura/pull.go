@@ -128,8 +128,9 @@ func parsePlatform(s string) (ocispec.Platform, error) {
 func init() {
 	var rf registryFlags
 	var jobs int
-	var full, quiet, allowMismatch bool
+	var full, quiet, allowMismatch, lazyPull bool
 	var name string
+	var backgroundAfter time.Duration
 	cmd := &cobra.Command{
 		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH",
 		Short: "Pull an image into the store, fetching only the files it lacks",
@@ -173,6 +174,12 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 				opts = append(opts, pull.WithDiffIDMismatchAllowed(diffIDWarner(os.Stderr,
 					"stored under its true DiffID; the image record keeps the config's (kura push writes a corrected config)")))
 			}
+			if lazyPull {
+				if full {
+					return usageError{fmt.Errorf("--lazy and --full exclude each other")}
+				}
+				return runLazyPull(cmd, s, src, opts, backgroundAfter)
+			}
 			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(newBars()))
 			}
@@ -190,6 +197,8 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
 	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
 	cmd.Flags().BoolVar(&allowMismatch, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
+	cmd.Flags().BoolVar(&lazyPull, "lazy", false, "fetch only the metadata, make the image mountable at once (kura mount), and serve its files on first read until complete (runs in the foreground; Linux 6.14+, root)")
+	cmd.Flags().DurationVar(&backgroundAfter, "background-after", 0, "with --lazy: answer only reads for this long before fetching the rest of the image, so that start-up reads have the network to themselves")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID on stdout, no progress (notes still go to stderr)")
 	rootCmd.AddCommand(cmd)
 }

@@ -33,6 +33,12 @@ type Store interface {
 	ObjectPath(d digest.Digest) (string, error)
 }
 
+// Placeholders is implemented by a Store some of whose objects are placeholders of a lazy pull
+// (package lazy): their files refer to the object by name but carry no fs-verity digest.
+type Placeholders interface {
+	Placeholder(d digest.Digest) bool
+}
+
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
 // composefs tree.
 func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error) {
@@ -175,6 +181,9 @@ func (b *builder) content(out *composefs.Node, e *layerfs.Entry) error {
 	var err error
 	if out.Payload, err = b.s.ObjectName(d); err != nil {
 		return err
+	}
+	if ph, ok := b.s.(Placeholders); ok && ph.Placeholder(d) {
+		return nil // no content yet, so no fs-verity digest: the metacopy xattr carries none
 	}
 	v, ok := b.verity[d]
 	if !ok {

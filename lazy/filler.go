@@ -1,0 +1,267 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/fanotify"
+	"github.com/kura-oci/kura/store"
+)
+
+// FillFunc makes sure object obj of layer diffID is stored (fetched and verified, through the
+// store's verified ingest); the filler then copies it into the placeholder.
+type FillFunc func(ctx context.Context, diffID, obj digest.Digest) error
+
+// DefaultFillTimeout bounds one fill: a reader waits at most this long before its read fails
+// with EIO (and the next access tries again).
+const DefaultFillTimeout = 30 * time.Second
+
+// Filler answers the pre-content events of one pending pull's placeholders.
+type Filler struct {
+	s       *store.Store
+	fill    FillFunc
+	timeout time.Duration
+	log     *slog.Logger
+	g       *fanotify.Group
+
+	mu    sync.Mutex
+	byIno map[[2]uint64]*placeholder
+
+	writes    chan writeJob
+	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
+	writerTID int
+}
+
+type placeholder struct {
+	path        string
+	diffID, obj digest.Digest
+	mu          sync.Mutex
+	filled      bool
+}
+
+type writeJob struct {
+	ph   *placeholder
+	done chan error
+}
+
+// NewFiller creates the fanotify group (ErrUnsupported without pre-content events) and the
+// writer thread whose own accesses to marked placeholders it lets through.
+func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.Logger) (*Filler, error) {
+	g, err := fanotify.NewPreContent()
+	if err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		timeout = DefaultFillTimeout
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{},
+		writes: make(chan writeJob), closed: make(chan struct{})}
+	tid := make(chan int)
+	go f.writer(tid)
+	f.writerTID = <-tid
+	return f, nil
+}
+
+// Watch marks the placeholders of a pending layer's objects. Objects the store holds already
+// get their placeholder filled at once (a crash between storing and copying leaves that): Run
+// must be running, as the copy's own events need answering.
+func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
+	for _, d := range objs {
+		path, err := p.PlaceholderPath(f.s, diffID, d)
+		if err != nil {
+			return err
+		}
+		ph := &placeholder{path: path, diffID: diffID, obj: d}
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // the object was stored before the pull: no placeholder
+			}
+			return fmt.Errorf("placeholder of %s: %w", d, err)
+		}
+		// Known before marked: an event on it must never be taken for a stranger's.
+		f.mu.Lock()
+		f.byIno[[2]uint64{st.Dev, st.Ino}] = ph
+		f.mu.Unlock()
+		if err := f.markPath(path, true); err != nil {
+			return err
+		}
+		if f.s.HasObject(d) {
+			if err := f.fillOne(ctx, ph); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (f *Filler) markPath(path string, add bool) error {
+	if add {
+		return f.g.MarkPath(path)
+	}
+	return f.g.UnmarkPath(path)
+}
+
+// Run answers events until ctx ends or the group is closed. Each access is answered on a
+// goroutine of its own, so a slow fetch holds up only the readers of that file.
+func (f *Filler) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { f.g.Close() })
+	defer stop()
+	buf := make([]byte, 64<<10)
+	for {
+		evs, err := f.g.Read(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		for _, ev := range evs {
+			if ev.File == nil {
+				continue
+			}
+			if ev.PID == f.writerTID {
+				f.g.Allow(ev)
+				continue
+			}
+			go f.answer(ctx, ev)
+		}
+	}
+}
+
+// answer fills the placeholder the event is about and lets the reader go, or fails its access
+// with EIO once the fill failed or took longer than the timeout.
+func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ev.File.Fd()), &st); err != nil {
+		f.g.Deny(ev, syscall.EIO)
+		return
+	}
+	f.mu.Lock()
+	ph := f.byIno[[2]uint64{st.Dev, st.Ino}]
+	f.mu.Unlock()
+	if ph == nil { // not a placeholder of ours: nothing to fill
+		f.g.Allow(ev)
+		return
+	}
+	if err := f.fillOne(ctx, ph); err != nil {
+		f.log.Warn("lazy: fill failed; the read fails with EIO", "object", ph.obj, "err", err)
+		f.g.Deny(ev, syscall.EIO)
+		return
+	}
+	f.g.Allow(ev)
+}
+
+// fillOne stores the object (once per placeholder, concurrent accesses waiting for the first),
+// copies it into the placeholder and unmarks it, so later accesses go straight through.
+func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
+	ph.mu.Lock()
+	defer ph.mu.Unlock()
+	if ph.filled {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	if !f.s.HasObject(ph.obj) {
+		if err := f.fill(ctx, ph.diffID, ph.obj); err != nil {
+			return err
+		}
+		if !f.s.HasObject(ph.obj) {
+			return fmt.Errorf("object %s: not stored after its fill", ph.obj)
+		}
+	}
+	done := make(chan error, 1)
+	select {
+	case f.writes <- writeJob{ph: ph, done: done}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-f.closed:
+		return errors.New("lazy: the filler is closed")
+	}
+	if err := <-done; err != nil {
+		return err
+	}
+	if err := f.markPath(ph.path, false); err != nil {
+		return err
+	}
+	ph.filled = true
+	return nil
+}
+
+// writer copies objects into placeholders on one locked OS thread: its writes raise events on
+// the marked placeholders, which Run recognises by the thread ID and allows.
+func (f *Filler) writer(tid chan<- int) {
+	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	tid <- unix.Gettid()
+	for {
+		select {
+		case job := <-f.writes:
+			job.done <- f.copyObject(job.ph)
+		case <-f.closed:
+			return
+		}
+	}
+}
+
+func (f *Filler) copyObject(ph *placeholder) error {
+	src, err := f.s.Open(context.Background(), ph.obj)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(ph.path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	st, err := src.Stat()
+	if err == nil {
+		var n int64
+		n, err = io.Copy(dst, src)
+		if err == nil && n != st.Size() {
+			err = fmt.Errorf("placeholder of %s: copied %d of %d bytes", ph.obj, n, st.Size())
+		}
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Close ends the group (its marks go; the kernel lets pending and later accesses through) and
+// the writer thread. Call it after Run returned.
+func (f *Filler) Close() error {
+	close(f.closed)
+	return f.g.Close()
+}
+
+// FillAll fills every watched placeholder that is still empty from its stored object (a
+// placeholder a mount resolved keeps being read after the pending pull is removed). Objects
+// the store lacks are fetched through the FillFunc.
+func (f *Filler) FillAll(ctx context.Context) error {
+	f.mu.Lock()
+	phs := make([]*placeholder, 0, len(f.byIno))
+	for _, ph := range f.byIno {
+		phs = append(phs, ph)
+	}
+	f.mu.Unlock()
+	for _, ph := range phs {
+		if err := f.fillOne(ctx, ph); err != nil {
+			return err
+		}
+	}
+	return nil
+}

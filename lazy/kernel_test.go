@@ -1,0 +1,131 @@
+package lazy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/fanotify"
+)
+
+// composefsWithPlaceholder builds a composefs image of one 300 KiB file, moves its object from
+// the first data directory to a length-0 placeholder at the same name in a second one (what a
+// lazy layer's placeholder directory holds) and mounts the image over both. It returns the
+// file's content, its path in the mount and the placeholder's path.
+func composefsWithPlaceholder(t *testing.T) (content []byte, inMount, ph string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	src, objects, placeholders, target := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	content = make([]byte, 300<<10)
+	rand.New(rand.NewSource(1)).Read(content)
+	if err := os.WriteFile(filepath.Join(src, "f"), content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	root, err := composefs.FromDir(context.Background(), src, composefs.WithDigestStore(objects))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := composefs.BuildImage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := filepath.Join(t.TempDir(), "image.cfs")
+	if err := os.WriteFile(image, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := filepath.Glob(filepath.Join(objects, "*", "*"))
+	if len(objs) != 1 {
+		t.Fatalf("objects %v", objs)
+	}
+	rel, _ := filepath.Rel(objects, objs[0])
+	ph = filepath.Join(placeholders, rel)
+	if err := os.MkdirAll(filepath.Dir(ph), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ph, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(objs[0]); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := mount.NewPlan(image, []string{objects, placeholders}, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mount.Mount(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.Unmount(target) })
+	return content, filepath.Join(target, "f"), ph
+}
+
+// TestLengthZeroPlaceholderReadsShort: what this kernel does when the metadata says N bytes and
+// the data file is empty: stat shows N, a read gets nothing (EOF), never zeros.
+func TestLengthZeroPlaceholderReadsShort(t *testing.T) {
+	content, inMount, _ := composefsWithPlaceholder(t)
+	st, err := os.Stat(inMount)
+	if err != nil || st.Size() != int64(len(content)) {
+		t.Fatalf("stat through the mount: %v, %v; want size %d", st, err, len(content))
+	}
+	b, err := os.ReadFile(inMount)
+	if err != nil {
+		t.Logf("read error %v", err)
+	}
+	if len(b) != 0 {
+		t.Fatalf("read %d bytes of an empty placeholder; want a short read, never zeros", len(b))
+	}
+}
+
+// TestPlaceholderFilledThroughComposefs: a read through the mount raises FAN_PRE_ACCESS on the
+// placeholder in the second data directory; filling it and allowing gives the reader the bytes.
+func TestPlaceholderFilledThroughComposefs(t *testing.T) {
+	content, inMount, ph := composefsWithPlaceholder(t)
+	g, err := fanotify.NewPreContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	w, err := os.OpenFile(ph, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := g.Mark(w); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		f, err := os.Open(inMount)
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer f.Close()
+		b, _ := io.ReadAll(f)
+		got <- b
+	}()
+	evs, err := g.Read(make([]byte, 4096))
+	if err != nil || len(evs) != 1 || !evs[0].HasRange {
+		t.Fatalf("events %+v, %v", evs, err)
+	}
+	if _, err := w.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Unmark(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Allow(evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, content) {
+		t.Fatalf("reader got %d bytes; want the %d filled", len(b), len(content))
+	}
+}

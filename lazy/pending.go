@@ -1,0 +1,240 @@
+// Package lazy keeps the state of lazy pulls and fills their placeholders on demand: an image
+// whose layers are not all stored yet can be mounted with composefs, each missing object being
+// an empty placeholder in a directory of its own that the mount adds as a second data-only
+// layer; the first access to a placeholder raises a fanotify pre-content event, and the fill
+// service stores the object (fetched and verified), copies it into the placeholder and lets the
+// reader go. docs/design.md (Lazy pulls) is the normative description.
+package lazy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/store"
+)
+
+// DirName is the store's directory of pending lazy pulls: lazy/<manifest hex>/.
+const DirName = "lazy"
+
+const (
+	recordName = "pull.json"
+	tocName    = "toc.json.zst"
+	dataName   = "objects"
+	maxTOCZst  = 1 << 30 // decoded bound, as the store's own metadata
+)
+
+// Record is pull.json: what a pending lazy pull must end as.
+type Record struct {
+	Name     string `json:"name"`     // the ref set when the image is complete
+	Source   string `json:"source"`   // HOST/REPO@sha256:… the fill service fetches from
+	Manifest []byte `json:"manifest"` // the manifest bytes (sha256 = the directory name)
+	Config   []byte `json:"config"`
+	// Pending are the DiffIDs of the layers not stored when the pull began, each with a
+	// directory <DiffID hex>/ holding its TOC frame and its placeholders.
+	Pending []digest.Digest `json:"pending"`
+}
+
+// Pending is one pending lazy pull in a store.
+type Pending struct {
+	ID  digest.Digest // the manifest digest
+	Dir string
+	Record
+}
+
+// Root is the directory of pending lazy pulls of s.
+func Root(s *store.Store) string { return filepath.Join(s.Root(), DirName) }
+
+// Create records a pending lazy pull: each pending layer's verified TOC frame, then pull.json,
+// in a temp directory renamed into place. An existing pending pull of the same manifest is
+// returned as it is: its placeholders may be what a live mount reads, so they are never made
+// anew.
+func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest][]byte) (*Pending, error) {
+	if p, err := Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
+		return p, err
+	}
+	if err := os.MkdirAll(Root(s), 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(s.TempDir(), "dir-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	for _, d := range rec.Pending {
+		if err := os.MkdirAll(filepath.Join(tmp, d.Encoded(), dataName), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(tmp, d.Encoded(), tocName), tocs[d], 0o444); err != nil {
+			return nil, err
+		}
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, recordName), b, 0o444); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, filepath.Join(Root(s), id.Encoded())); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	return Open(s, id)
+}
+
+// Open reads the pending lazy pull of manifest id: ErrNotFound if there is none.
+func Open(s *store.Store, id digest.Digest) (*Pending, error) {
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("lazy pull %q: %w", id, errdefs.ErrInvalid)
+	}
+	dir := filepath.Join(Root(s), id.Encoded())
+	b, err := os.ReadFile(filepath.Join(dir, recordName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("lazy pull %s: %w", id, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	p := &Pending{ID: id, Dir: dir}
+	if err := json.Unmarshal(b, &p.Record); err != nil {
+		return nil, fmt.Errorf("lazy pull %s: %v: %w", id, err, errdefs.ErrInvalid)
+	}
+	if digest.FromBytes(p.Manifest) != id {
+		return nil, fmt.Errorf("lazy pull %s: the manifest does not hash to its name: %w", id, errdefs.ErrDigestMismatch)
+	}
+	for _, d := range p.Pending {
+		if d.Validate() != nil || d.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("lazy pull %s: pending layer %q: %w", id, d, errdefs.ErrInvalid)
+		}
+	}
+	return p, nil
+}
+
+// FindByName returns the pending lazy pull whose ref will be name.
+func FindByName(s *store.Store, name string) (*Pending, error) {
+	ents, err := os.ReadDir(Root(s))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	for _, e := range ents {
+		p, err := Open(s, digest.NewDigestFromEncoded(digest.SHA256, e.Name()))
+		if err == nil && (p.Name == name || p.ID.String() == name) {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("no image or lazy pull named %s: %w", name, errdefs.ErrNotFound)
+}
+
+// LockServe takes the pending pull for one fill service (flock on its record, released when
+// the process ends, crash included): two services would both mark and fill the placeholders.
+// ErrInUse if another holds it.
+func (p *Pending) LockServe() (release func(), err error) {
+	f, err := os.Open(filepath.Join(p.Dir, recordName))
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lazy pull %s is being served by another process: %w", p.ID, errdefs.ErrInUse)
+		}
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+// DataDir is the placeholder directory of a pending layer, laid out as objects/ (xx/rest): the
+// mount adds it as a data-only layer after the store's objects/.
+func (p *Pending) DataDir(diffID digest.Digest) string {
+	return filepath.Join(p.Dir, diffID.Encoded(), dataName)
+}
+
+// Entries decodes a pending layer's TOC.
+func (p *Pending) Entries(diffID digest.Digest) ([]layerfs.Entry, error) {
+	z, err := os.ReadFile(filepath.Join(p.Dir, diffID.Encoded(), tocName))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxTOCZst))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	b, err := dec.DecodeAll(z, nil)
+	if err != nil {
+		return nil, fmt.Errorf("TOC of pending layer %s: %v: %w", diffID, err, errdefs.ErrInvalid)
+	}
+	toc, err := chunked.ParseTOC(b)
+	if err != nil {
+		return nil, fmt.Errorf("TOC of pending layer %s: %w", diffID, err)
+	}
+	return chunked.DecodeEntries(toc)
+}
+
+// Remove deletes the pending pull (renamed into the store's tmp/ first, so it disappears at
+// once). A live mount keeps reading the placeholders it opened: unlinked, not gone.
+func (p *Pending) Remove(ctx context.Context) error {
+	tmp, err := os.MkdirTemp(filepath.Dir(p.Dir), ".rm-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.Rename(p.Dir, filepath.Join(tmp, "x")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// MakePlaceholders creates an empty placeholder for each object of a pending layer that the
+// store lacks and that has none yet; an existing placeholder is kept as it is (a live mount may
+// hold it). Placeholders stay at length 0 until filled, so a read the fill service does not
+// answer is short, never zeros.
+func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []digest.Digest) error {
+	made := map[string]bool{} // fan-out directories, each made once
+	for _, d := range objs {
+		if s.HasObject(d) {
+			continue
+		}
+		ph, err := p.PlaceholderPath(s, diffID, d)
+		if err != nil {
+			return err
+		}
+		if dir := filepath.Dir(ph); !made[dir] {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			made[dir] = true
+		}
+		f, err := os.OpenFile(ph, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PlaceholderPath is where object d's placeholder of a pending layer lives.
+func (p *Pending) PlaceholderPath(s *store.Store, diffID, d digest.Digest) (string, error) {
+	name, err := s.ObjectName(d)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(p.DataDir(diffID), name), nil
+}

@@ -1,0 +1,159 @@
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/lazy"
+	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+// PullLazy begins a lazy pull: layers that are not zstd:chunked are pulled as usual; of the
+// others only the metadata (TOC, tar-split) and the files small enough for composefs to inline
+// are fetched, and every other missing object gets an empty placeholder. It returns the pending
+// pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. A pending pull
+// of the same manifest is resumed as it is. It holds the store's shared lock while it runs.
+func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Option) (*lazy.Pending, error) {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	img, err := src.Resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	name := o.name
+	if name == "" {
+		name = img.Name
+	}
+	if name == "" {
+		return nil, fmt.Errorf("the image has no name; give one: %w", errdefs.ErrInvalid)
+	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(img.Manifest.Layers) {
+		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	}
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	o.budget = newMetaBudget(o.metaBudget)
+	id := digest.FromBytes(img.ManifestBytes)
+	if p, err := lazy.Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
+		return p, err
+	}
+	rec := lazy.Record{Name: name, Manifest: img.ManifestBytes, Config: img.ConfigBytes}
+	if opt := sourceOf(src, img); len(opt) > 0 {
+		var si store.Image
+		opt[0](&si)
+		rec.Source = si.Source
+	}
+	start := time.Now()
+	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, o)
+	if err != nil {
+		return nil, err
+	}
+	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	for _, d := range diffIDs {
+		if _, ok := tocs[d]; ok && !contains(rec.Pending, d) {
+			rec.Pending = append(rec.Pending, d)
+		}
+	}
+	p, err := lazy.Create(s, id, rec, tocs)
+	if err != nil {
+		return nil, err
+	}
+	for d, part := range parts {
+		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+			return nil, err
+		}
+	}
+	o.log.Debug("lazy: pending pull recorded, placeholders made", "seconds", time.Since(start).Seconds())
+	return p, nil
+}
+
+func contains(ds []digest.Digest, d digest.Digest) bool {
+	for _, x := range ds {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+// lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
+// and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
+func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
+	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	for i, desc := range descs {
+		diffID := diffIDs[i]
+		if s.HasLayer(diffID) {
+			continue
+		}
+		g.Go(func() error {
+			part, err := lazyMetadata(gctx, s, src, desc, o)
+			if errors.Is(err, errdefs.ErrNeedFull) {
+				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
+				return err
+			}
+			if err == nil {
+				err = fetchSmallFiles(gctx, s, src, desc, part)
+			}
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", desc.Digest, err)
+			}
+			mu.Lock()
+			tocs[diffID], parts[diffID] = part.TOCZst, part
+			mu.Unlock()
+			return nil
+		})
+	}
+	return tocs, parts, g.Wait()
+}
+
+// lazyMetadata fetches and parses a layer's TOC and tar-split; ErrNeedFull when the layer cannot
+// be pulled file by file (not zstd:chunked, or the old format, whose DiffID cannot be checked).
+func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, o options) (layer.Partial, error) {
+	if !chunked.IsChunked(desc.Annotations) {
+		return layer.Partial{}, needFull("not zstd:chunked")
+	}
+	lr := &LayerReport{}
+	bound := chunked.WithMaxMetadataSize(o.maxMeta)
+	loc, err := locate(ctx, src, desc, lr, bound)
+	if err != nil {
+		return layer.Partial{}, err
+	}
+	if loc.TarSplit.Length == 0 {
+		return layer.Partial{}, needFull("zstd:chunked layer in the old format (no tar-split)")
+	}
+	return fetchMetadata(ctx, s, src, desc, loc, "", lr, bound)
+}
+
+// fetchSmallFiles stores the files a composefs image inlines: building the image reads them.
+func fetchSmallFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
+	var small []chunked.File
+	for _, f := range part.Layer.Files {
+		if f.Entry.Size > 0 && f.Entry.Size <= composefs.InlineThreshold {
+			small = append(small, f)
+		}
+	}
+	_, err := layer.FetchFiles(ctx, s, small, rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
+	return err
+}

@@ -1,0 +1,207 @@
+package pull
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/imageref"
+	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/lazy"
+	"github.com/kura-oci/kura/lazy/lazymount"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/store"
+)
+
+type lazyEnv struct {
+	reg    *registrytest.Registry
+	s      *store.Store
+	img    *testImage
+	files  map[string][]byte
+	target string
+}
+
+func (e *lazyEnv) source(t *testing.T) *registry.Source {
+	r, err := imageref.Parse("docker://" + e.reg.Host + "/app:v0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registry.NewSource(registryClient(registry.WithTLSVerify(false)), r)
+}
+
+// newLazyEnv pushes a zstd:chunked image, pulls it lazily into a fresh store and mounts the
+// pending pull.
+func newLazyEnv(t *testing.T) (*lazyEnv, *lazy.Pending) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
+	}
+	e := &lazyEnv{reg: registrytest.New(t), s: teststore.Open(t), files: map[string][]byte{}, target: t.TempDir()}
+	tree := genTree(0)
+	for _, f := range tree {
+		switch {
+		case f.content != nil:
+			e.files[f.name] = f.content
+		case f.typ == tar.TypeLink:
+			e.files[f.name] = e.files[f.linkname]
+		}
+	}
+	e.img = buildImage(t, tarOf(t, tree))
+	e.img.push(t, e.reg, "app", "v0")
+	p, err := PullLazy(context.Background(), e.s, e.source(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.s.ResolveImage(context.Background(), p.Name); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("the image is recorded before its layers are complete: %v", err)
+	}
+	plan, done, err := lazymount.MountPlan(context.Background(), e.s, p, e.target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	if err := mount.Mount(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mount.Unmount(e.target) })
+	return e, p
+}
+
+// serve runs ServeLazy until it returns; it waits until the placeholders are marked.
+func (e *lazyEnv) serve(t *testing.T, ctx context.Context, p *lazy.Pending, opts ...Option) chan error {
+	ready, done := make(chan struct{}), make(chan error, 1)
+	go func() { done <- ServeLazy(ctx, e.s, e.source(t), p, func() { close(ready) }, opts...) }()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("ServeLazy ended before it was ready: %v", err)
+	}
+	return done
+}
+
+// readMounted reads a file through the mount; what it gets must be a prefix of the content
+// (short is allowed where the test says so, wrong bytes never).
+func (e *lazyEnv) readMounted(t *testing.T, name string) ([]byte, error) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.target, name))
+	if !bytes.HasPrefix(e.files[name], b) {
+		t.Fatalf("%s: read %d bytes that are not the file's content", name, len(b))
+	}
+	return b, err
+}
+
+func (e *lazyEnv) checkComplete(t *testing.T, p *lazy.Pending) {
+	t.Helper()
+	img, err := e.s.ResolveImage(context.Background(), p.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := exportDigest(t, e.s, img.Layers[0]); got != e.img.diffIDs[0] {
+		t.Fatalf("layer rebuilt to %s, want DiffID %s", got, e.img.diffIDs[0])
+	}
+	if _, err := os.Stat(p.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the pending pull is still there: %v", err)
+	}
+	checkFsck(t, e.s)
+}
+
+func TestLazyPullMountReadComplete(t *testing.T) {
+	e, p := newLazyEnv(t)
+	checkFsck(t, e.s) // placeholders are not objects
+	before := e.reg.Proxy.BytesServed()
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	for _, name := range []string{"usr/lib/big.so", "usr/lib/small-07", "usr/lib/hard"} {
+		b, err := e.readMounted(t, name)
+		if err != nil || len(b) != len(e.files[name]) {
+			t.Fatalf("%s through the mount: %d of %d bytes, %v", name, len(b), len(e.files[name]), err)
+		}
+	}
+	if on := e.reg.Proxy.BytesServed() - before; on >= int64(len(e.img.layers[0])) {
+		t.Fatalf("the on-demand reads fetched %d bytes, the whole blob is %d", on, len(e.img.layers[0]))
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+	for name := range e.files { // every file, read after completion, through the same mount
+		if b, err := e.readMounted(t, name); err != nil || len(b) != len(e.files[name]) {
+			t.Fatalf("%s after completion: %d bytes, %v", name, len(b), err)
+		}
+	}
+}
+
+// TestLazyFillerKilledThenResumed: with no filler, a placeholder reads short (never zeros); a
+// new service resumes the same pending pull, placeholders and mount included.
+func TestLazyFillerKilledThenResumed(t *testing.T) {
+	e, p := newLazyEnv(t)
+	ctx, kill := context.WithCancel(context.Background())
+	hold := make(chan struct{})
+	done := e.serve(t, ctx, p, WithBackgroundHeld(hold))
+	kill()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed service: %v", err)
+	}
+	if b, _ := e.readMounted(t, "usr/lib/blob.bin"); len(b) != 0 {
+		t.Fatalf("a placeholder read %d bytes with no filler", len(b))
+	}
+	checkFsck(t, e.s)
+	// gc between the services keeps what the pending pull fetched (the inlined small files).
+	if _, err := e.s.GC(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if small := digest.FromBytes(e.files["etc/version"]); !e.s.HasObject(small) {
+		t.Fatalf("gc removed object %s of the pending pull", small)
+	}
+	p2, err := PullLazy(context.Background(), e.s, e.source(t)) // restart: the same pending pull
+	if err != nil || p2.Dir != p.Dir {
+		t.Fatalf("resume: %v, %v", p2, err)
+	}
+	hold2 := make(chan struct{})
+	done = e.serve(t, context.Background(), p2, WithBackgroundHeld(hold2))
+	// The dentry the short read left still resolves to the same placeholder: filled now.
+	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
+		t.Fatalf("after restart: %d bytes, %v", len(b), err)
+	}
+	close(hold2)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
+
+// TestLazyFetchErrorFailsRead: a registry that fails, or sends wrong bytes, answers the reader
+// with EIO within the fill timeout, never a hang nor the wrong bytes; once it is back, the next
+// read fills.
+func TestLazyFetchErrorFailsRead(t *testing.T) {
+	e, p := newLazyEnv(t)
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold), WithFillTimeout(10*time.Second))
+	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody} {
+		e.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
+		if _, err := e.readMounted(t, "usr/lib/big.so"); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read with fault %v: %v, want EIO", fault, err)
+		}
+	}
+	e.reg.Proxy.SetFault(registrytest.Fault{})
+	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
+		t.Fatalf("read after the registry is back: %d bytes, %v", len(b), err)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}

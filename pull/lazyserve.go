@@ -1,0 +1,183 @@
+package pull
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/lazy"
+	"github.com/kura-oci/kura/source"
+	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/store/layer"
+)
+
+// WithFillTimeout bounds one on-demand fill of a lazy pull (default lazy.DefaultFillTimeout):
+// past it the reader's access fails with EIO.
+func WithFillTimeout(d time.Duration) Option { return func(o *options) { o.fillTimeout = d } }
+
+// WithBackgroundHeld makes ServeLazy answer reads only until hold is closed, and only then fetch
+// the rest of the layers: for tests of the on-demand path, and for a caller that wants the
+// network for start-up reads first.
+func WithBackgroundHeld(hold <-chan struct{}) Option { return func(o *options) { o.lazyHold = hold } }
+
+// lazyLayer is one pending layer while it is served.
+type lazyLayer struct {
+	diffID digest.Digest
+	desc   ocispec.Descriptor
+	part   layer.Partial
+	files  map[digest.Digest]chunked.File // object → the first file holding it
+}
+
+// ServeLazy completes a pending lazy pull: it answers the pre-content events of its
+// placeholders (fetching that file's frames, verifying, storing and copying the object in),
+// while it fetches every layer's remaining files in the background with ImportPartial, which
+// verifies the DiffID and records the layer. Then it fills the placeholders left, records the
+// image and its ref, and removes the pending pull. ready is called once the placeholders are
+// marked. It holds the store's shared lock throughout.
+func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, ready func(), opts ...Option) error {
+	o := defaultOptions()
+	for _, f := range opts {
+		f(&o)
+	}
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	release, err := p.LockServe()
+	if err != nil {
+		return err
+	}
+	defer release()
+	start := time.Now()
+	layers, err := pendingLayers(ctx, s, src, p, o)
+	if err != nil {
+		return err
+	}
+	o.log.Debug("lazy: metadata fetched for serving", "layers", len(layers), "seconds", time.Since(start).Seconds())
+	byDiffID := map[digest.Digest]*lazyLayer{}
+	for _, l := range layers {
+		byDiffID[l.diffID] = l
+	}
+	fill := func(ctx context.Context, diffID, obj digest.Digest) error {
+		l := byDiffID[diffID]
+		f, ok := l.files[obj]
+		if !ok {
+			return fmt.Errorf("object %s is in no file of layer %s: %w", obj, diffID, errdefs.ErrNotFound)
+		}
+		_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
+		return err
+	}
+	filler, err := lazy.NewFiller(s, fill, o.fillTimeout, o.log)
+	if err != nil {
+		return err
+	}
+	defer filler.Close()
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	runErr := make(chan error, 1)
+	go func() { runErr <- filler.Run(runCtx) }()
+	err = watchAll(ctx, p, layers, filler)
+	o.log.Debug("lazy: placeholders marked", "seconds", time.Since(start).Seconds())
+	if err == nil {
+		if ready != nil {
+			ready()
+		}
+		err = completeLazy(ctx, s, src, p, layers, filler, o)
+	}
+	stop()
+	if rerr := <-runErr; err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func watchAll(ctx context.Context, p *lazy.Pending, layers []*lazyLayer, filler *lazy.Filler) error {
+	for _, l := range layers {
+		if err := filler.Watch(ctx, p, l.diffID, layerfs.Objects(l.part.Layer.Entries)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// completeLazy fetches the rest of each layer and records it, fills what is left, records the
+// image and its ref, and removes the pending pull.
+func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, filler *lazy.Filler, o options) error {
+	if o.lazyHold != nil {
+		select {
+		case <-o.lazyHold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, l := range layers {
+		if s.HasLayer(l.diffID) {
+			continue
+		}
+		_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}},
+			layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", l.desc.Digest, explainDiffID(l.desc, err))
+		}
+	}
+	if err := filler.FillAll(ctx); err != nil {
+		return err
+	}
+	img, err := s.PutImage(ctx, p.Manifest, p.Config, store.WithSource(p.Source))
+	if err != nil {
+		return err
+	}
+	if err := s.SetRef(ctx, p.Name, img.ID); err != nil {
+		return err
+	}
+	return p.Remove(ctx)
+}
+
+// pendingLayers fetches the metadata of each pending layer again (a restarted service has only
+// the record), checked against the manifest the pending pull recorded.
+func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, o options) ([]*lazyLayer, error) {
+	var m ocispec.Manifest
+	var c ocispec.Image
+	if err := json.Unmarshal(p.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("lazy pull %s: manifest: %v: %w", p.ID, err, errdefs.ErrInvalid)
+	}
+	if err := json.Unmarshal(p.Config, &c); err != nil || len(c.RootFS.DiffIDs) != len(m.Layers) {
+		return nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
+	}
+	var out []*lazyLayer
+	for _, d := range p.Pending {
+		i := indexOf(c.RootFS.DiffIDs, d)
+		if i < 0 {
+			return nil, fmt.Errorf("lazy pull %s: pending layer %s is not in the config: %w", p.ID, d, errdefs.ErrInvalid)
+		}
+		part, err := lazyMetadata(ctx, s, src, m.Layers[i], o)
+		if err != nil {
+			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
+		}
+		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{}}
+		for _, f := range part.Layer.Files {
+			if _, ok := l.files[f.Entry.Digest]; !ok {
+				l.files[f.Entry.Digest] = f
+			}
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func indexOf(ds []digest.Digest, d digest.Digest) int {
+	for i, x := range ds {
+		if x == d {
+			return i
+		}
+	}
+	return -1
+}
