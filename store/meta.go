@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -488,6 +489,56 @@ func (s *Metadata) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]b
 		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
 	}
 	return b, nil
+}
+
+// LayerTarSplitReader streams a stored layer's tar-split JSON, for a reader that needs it once
+// and not whole (a prediction keeps only its headers): the stream is decompressed as it is read,
+// bounded by the same size as LayerTarSplit. Close releases the file and the decoder.
+func (s *Metadata) LayerTarSplitReader(ctx context.Context, diffID digest.Digest) (io.ReadCloser, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(dir, layerTarSplit))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
+	}
+	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(maxMetaSize))
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &metaStream{dec: dec, f: f, r: io.LimitReader(dec, maxMetaSize+1), path: f.Name()}, nil
+}
+
+// metaStream is a metadata file decompressed as it is read; a corrupt frame or a stream past
+// maxMetaSize is invalid.
+type metaStream struct {
+	dec  *zstd.Decoder
+	f    *os.File
+	r    io.Reader
+	n    int64
+	path string
+}
+
+func (m *metaStream) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.n += int64(n)
+	if m.n > maxMetaSize {
+		return n, fmt.Errorf("%s: over %d bytes: %w", m.path, maxMetaSize, errdefs.ErrInvalid)
+	}
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%s: %v: %w", m.path, err, errdefs.ErrInvalid)
+	}
+	return n, err
+}
+
+func (m *metaStream) Close() error {
+	m.dec.Close()
+	return m.f.Close()
 }
 
 // Layers lists the DiffIDs of all stored layers.

@@ -223,10 +223,14 @@ func (p *predicted) settle(ctx context.Context, l *chunked.Layer, diffID digest.
 	return tarSplitRecord{zst: real.Zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
 }
 
-// knownLayer is a stored layer to predict a tar-split from.
+// knownLayer is a stored layer to predict a tar-split from: its entries, read beside the
+// fetch of the TOC, and its tar-split, streamed by the prediction (openTarSplit) so that the
+// prediction keeps only the headers it reuses, not the whole JSON (a dozen megabytes for a
+// base image, several times those headers).
 type knownLayer struct {
-	tarsplit.Known
-	err error
+	entries      []layerfs.Entry
+	openTarSplit func() (io.ReadCloser, error)
+	err          error
 }
 
 func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
@@ -234,8 +238,7 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 	if err != nil {
 		return knownLayer{err: err}
 	}
-	ts, err := s.LayerTarSplit(ctx, prev)
-	return knownLayer{Known: tarsplit.Known{Entries: entries, TarSplit: ts}, err: err}
+	return knownLayer{entries: entries, openTarSplit: func() (io.ReadCloser, error) { return s.LayerTarSplitReader(ctx, prev) }}
 }
 
 // prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
@@ -248,16 +251,22 @@ type prediction struct {
 }
 
 // predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
-// It consumes the stored layer's tar-split: the entries share its memory.
+// The stored layer's tar-split is streamed: the entries keep only the headers they reuse.
 func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 	if k.err != nil {
 		p.err = k.err
 		return
 	}
-	if err := enoughShared(k.Entries, entries); err != nil {
+	if err := enoughShared(k.entries, entries); err != nil {
 		p.err = err
 		return
 	}
+	ts, err := k.openTarSplit()
+	if err != nil {
+		p.err = err
+		return
+	}
+	defer ts.Close()
 	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
 	// get a placeholder, known by its address, and their real CRC afterwards.
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
@@ -265,8 +274,8 @@ func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
 		return b, nil
 	}
-	var err error
-	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{k.Known}, placeholder); err != nil {
+	known := tarsplit.Known{Entries: k.entries, Stream: ts}
+	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{known}, placeholder); err != nil {
 		p.err = fmt.Errorf("predicting the tar-split: %w", err)
 	}
 }
