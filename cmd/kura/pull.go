@@ -161,6 +161,7 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(newBars()))
 			}
+			softHeapLimit()
 			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
 			progress.Finish(bars) // the last frame before the report and its notes
 			logCredentials()

@@ -140,16 +140,15 @@ type FetchFunc func(ctx context.Context) (*FetchedTarSplit, error)
 // PredictTarSplit returns a tar-split source that predicts the layer's tar-split from stored
 // layer prev's (package tarsplit) and verifies the prediction with the DiffID, so that an update
 // of a stored layer needs no tar-split from the registry; only a wrong prediction costs fetch,
-// the real one. It starts reading prev's metadata at once, beside the caller's fetch of the TOC.
+// the real one. prev's metadata is read once the layer's own TOC is parsed (begin), not beside
+// that parse: decoding two base images' TOCs at once was the pull's peak of memory.
 func PredictTarSplit(ctx context.Context, s *store.Store, prev digest.Digest, fetch FetchFunc) TarSplitSource {
-	p := &predicted{known: make(chan knownLayer, 1), fetch: fetch}
-	go func() { p.known <- loadKnown(ctx, s, prev) }()
-	return p
+	return &predicted{load: func() knownLayer { return loadKnown(ctx, s, prev) }, fetch: fetch}
 }
 
 // predicted is a tar-split predicted from a stored layer.
 type predicted struct {
-	known chan knownLayer
+	load  func() knownLayer
 	pred  *prediction
 	fetch FetchFunc
 }
@@ -159,7 +158,7 @@ func (p *predicted) begin(l *chunked.Layer) {
 	p.pred = &prediction{done: make(chan struct{})}
 	go func() {
 		defer close(p.pred.done)
-		predictTarSplit(p.pred, <-p.known, l.Entries)
+		predictTarSplit(p.pred, p.load(), l.Entries)
 	}()
 }
 
@@ -223,8 +222,8 @@ func (p *predicted) settle(ctx context.Context, l *chunked.Layer, diffID digest.
 	return tarSplitRecord{zst: real.Zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
 }
 
-// knownLayer is a stored layer to predict a tar-split from: its entries, read beside the
-// fetch of the TOC, and its tar-split, streamed by the prediction (openTarSplit) so that the
+// knownLayer is a stored layer to predict a tar-split from: its entries, and its tar-split,
+// streamed by the prediction (openTarSplit) so that the
 // prediction keeps only the headers it reuses, not the whole JSON (a dozen megabytes for a
 // base image, several times those headers).
 type knownLayer struct {

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+)
+
+// Go's default pacing lets the heap grow to twice what the last collection found live before
+// collecting again. For an update pull, whose live heap is a few dozen megabytes for a whole
+// base image's metadata, that doubling is most of the process's peak RSS (89 MB where 27 MB is
+// live): the garbage of a few hundred milliseconds is kept because nothing asked for it back.
+// softHeapLimit keeps the heap within max(heapFloor, live×3/2) instead: a memory limit, raised
+// after every collection that finds more live, so that a pull whose live heap is large (a cold
+// pull of a big layer) is paced as with GOGC=50, never collected over and over against a fixed
+// limit it cannot meet. An explicit GOMEMLIMIT or GOGC in the environment wins.
+
+// heapFloor is the limit below which the heap is never pushed: under it, collecting more
+// often saves no memory worth the CPU.
+const heapFloor = 44 << 20
+
+// softHeapLimit sets the first limit and re-arms itself after each collection.
+func softHeapLimit() {
+	if os.Getenv("GOMEMLIMIT") != "" || os.Getenv("GOGC") != "" {
+		return
+	}
+	debug.SetMemoryLimit(heapFloor)
+	armHeapLimit()
+}
+
+// gcTick is allocated to be collected: its cleanup runs after the collection that freed it.
+type gcTick struct{ _ [64]byte }
+
+func armHeapLimit() {
+	runtime.AddCleanup(new(gcTick), func(struct{}) { adjustHeapLimit(); armHeapLimit() }, struct{}{})
+}
+
+// adjustHeapLimit sets the limit from the live heap the last collection measured.
+func adjustHeapLimit() {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return
+	}
+	live := s[0].Value.Uint64()
+	debug.SetMemoryLimit(int64(max(heapFloor, live+live/2)))
+}
