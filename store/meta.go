@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -491,9 +492,11 @@ func (s *Metadata) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]b
 	return b, nil
 }
 
-// LayerTarSplitReader streams a stored layer's tar-split JSON, for a reader that needs it once
-// and not whole (a prediction keeps only its headers): the stream is decompressed as it is read,
-// bounded by the same size as LayerTarSplit. Close releases the file and the decoder.
+// LayerTarSplitReader returns a stored layer's tar-split JSON for a reader that needs it once
+// and not whole (a prediction keeps only its headers). A tar-split larger than its frame's window
+// is decompressed as it is read, so that only the window is held, never the whole JSON; a smaller
+// one costs less decoded whole, as LayerTarSplit does. Either is bounded as LayerTarSplit is.
+// Close releases the file and the decoder.
 func (s *Metadata) LayerTarSplitReader(ctx context.Context, diffID digest.Digest) (io.ReadCloser, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
@@ -506,12 +509,37 @@ func (s *Metadata) LayerTarSplitReader(ctx context.Context, diffID digest.Digest
 		}
 		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
 	}
+	if size := s.layerSizes(dir).TarSplitSize; !worthStreaming(f, size) {
+		f.Close()
+		b, err := s.LayerTarSplit(ctx, diffID)
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
 	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(maxMetaSize))
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return &metaStream{dec: dec, f: f, r: io.LimitReader(dec, maxMetaSize+1), path: f.Name()}, nil
+}
+
+// worthStreaming says whether decompressing f as a stream holds less than decoding it whole:
+// whether its first frame declares a window smaller than the recorded size (a streaming decoder
+// holds a window, a whole decode the content). It leaves f at its start.
+func worthStreaming(f *os.File, size int64) bool {
+	hdr := make([]byte, zstd.HeaderMaxSize)
+	n, _ := f.ReadAt(hdr, 0)
+	var h zstd.Header
+	if size <= 0 || h.Decode(hdr[:n]) != nil {
+		return true // no size to compare: streaming is bounded either way
+	}
+	window := h.WindowSize
+	if h.SingleSegment {
+		window = h.FrameContentSize
+	}
+	return window < uint64(size)
 }
 
 // metaStream is a metadata file decompressed as it is read; a corrupt frame or a stream past
