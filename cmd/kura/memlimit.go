@@ -8,13 +8,15 @@ import (
 )
 
 // Go's default pacing lets the heap grow to twice what the last collection found live before
-// collecting again. For an update pull, whose live heap is a few dozen megabytes for a whole
-// base image's metadata, that doubling is most of the process's peak RSS (89 MB where 27 MB is
-// live): the garbage of a few hundred milliseconds is kept because nothing asked for it back.
-// softHeapLimit keeps the heap within max(heapFloor, live×3/2) instead: a memory limit, raised
-// after every collection that finds more live, so that a pull whose live heap is large (a cold
-// pull of a big layer) is paced as with GOGC=50, never collected over and over against a fixed
-// limit it cannot meet. An explicit GOMEMLIMIT or GOGC in the environment wins.
+// collecting again. For an update pull, whose live heap is a few dozen megabytes of two
+// versions' metadata and which allocates little else, that doubling is most of the process's
+// peak RSS (89 MB where 27 MB is live). softHeapLimit keeps the heap within
+// max(heapFloor, live×3/2) instead: a memory limit, raised after every collection that finds
+// more live, so that a pull whose live heap grows is paced as with GOGC=50, never collected over
+// and over against a fixed limit. kura pull sets it for updates only (pull.IsUpdate): a cold pull
+// allocates gigabytes of buffers passing file contents through, and with this little headroom
+// it collected 139 times instead of a dozen and took twice the time. An explicit GOMEMLIMIT or
+// GOGC in the environment wins.
 
 // heapFloor is the limit below which the heap is never pushed: under it, collecting more
 // often saves no memory worth the CPU.
