@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync/atomic"
 )
 
 // Go's default pacing lets the heap grow to twice what the last collection found live before
@@ -27,15 +28,25 @@ func softHeapLimit() {
 	if os.Getenv("GOMEMLIMIT") != "" || os.Getenv("GOGC") != "" {
 		return
 	}
+	heapLimitOn.Store(true)
 	debug.SetMemoryLimit(heapFloor)
 	armHeapLimit()
 }
+
+// heapLimitOn keeps the limit following the live heap; cleared, the next collection stops it
+// (tests, which share the process).
+var heapLimitOn atomic.Bool
 
 // gcTick is allocated to be collected: its cleanup runs after the collection that freed it.
 type gcTick struct{ _ [64]byte }
 
 func armHeapLimit() {
-	runtime.AddCleanup(new(gcTick), func(struct{}) { adjustHeapLimit(); armHeapLimit() }, struct{}{})
+	runtime.AddCleanup(new(gcTick), func(struct{}) {
+		if heapLimitOn.Load() {
+			adjustHeapLimit()
+			armHeapLimit()
+		}
+	}, struct{}{})
 }
 
 // adjustHeapLimit sets the limit from the live heap the last collection measured.
