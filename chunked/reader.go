@@ -841,7 +841,7 @@ func DecodeFrames(r io.Reader, size int64, want digest.Digest, w io.Writer) erro
 // store writer given the expected digest does): it decompresses exactly size bytes, and no
 // more, without hashing them.
 func DecodeFramesUnverified(r io.Reader, size int64, w io.Writer) error {
-	d, err := getDecoder(r)
+	d, err := getDecoder(boundedWindow(r, size))
 	if err != nil {
 		return err
 	}

@@ -55,3 +55,23 @@ func repository(name string) string {
 	}
 	return name
 }
+
+// IsUpdate says whether pulling name updates an image the store holds: whether a stored ref
+// names the same repository. Such a pull reuses most of its content and its cost is the
+// metadata of the versions it compares; a caller may tune for that (kura pull paces its heap).
+func IsUpdate(ctx context.Context, s *store.Store, name string) bool {
+	if name == "" {
+		return false
+	}
+	refs, err := s.Refs(ctx)
+	if err != nil {
+		return false
+	}
+	repo := repository(name)
+	for ref := range refs {
+		if repository(ref) == repo {
+			return true
+		}
+	}
+	return false
+}

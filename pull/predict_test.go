@@ -147,3 +147,24 @@ func TestRepository(t *testing.T) {
 		}
 	}
 }
+
+// A pull updates the store's image when a stored ref names the same repository, whatever the tag.
+func TestIsUpdate(t *testing.T) {
+	ctx := context.Background()
+	s := teststore.Open(t)
+	if IsUpdate(ctx, s, "host:5000/app:v1") {
+		t.Error("an empty store holds nothing to update")
+	}
+	teststore.Named(t, s, "host:5000/app:v1", tarOf(t, []treeFile{{name: "a", typ: tar.TypeReg, content: []byte("a"), mode: 0o644}}))
+	for name, want := range map[string]bool{
+		"host:5000/app:v2":       true,
+		"host:5000/app@sha256:0": true,
+		"host:5000/other:v1":     false,
+		"other:5000/app:v1":      false,
+		"":                       false,
+	} {
+		if got := IsUpdate(ctx, s, name); got != want {
+			t.Errorf("IsUpdate(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

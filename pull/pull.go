@@ -360,7 +360,11 @@ func fetchMetadata(ctx context.Context, s *store.Store, src source.Source, desc 
 		}
 		tocBlob = meta[loc.TOC.Offset]
 		l, err := chunked.ParseTOCOnly(loc, tocBlob, bound)
-		return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: predicted}, newerFormat(err)
+		if err != nil {
+			return layer.Partial{}, newerFormat(err)
+		}
+		dropWire(l)
+		return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: predicted}, nil
 	}
 	meta, err := fetchMeta(ctx, src, desc, loc.Ranges(), lr)
 	if err != nil {
@@ -371,8 +375,16 @@ func fetchMetadata(ctx context.Context, s *store.Store, src source.Source, desc 
 	if err != nil {
 		return layer.Partial{}, err
 	}
+	dropWire(l)
 	return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: fetched}, nil
 }
+
+// dropWire lets go of what a parse keeps that a partial import does not read: the TOC's wire
+// form (the layer record keeps the blob's compressed TOC frame, and everything else works on
+// Entries) and the tar-split's JSON (its entries are decoded apart from it). For a base image
+// that is ten megabytes that would otherwise live until the layer is recorded, at the pull's
+// peak of memory.
+func dropWire(l *chunked.Layer) { l.TOC, l.TarSplit = nil, nil }
 
 // rangeFetcher fetches a layer's file ranges for layer.ImportPartial, counting the bytes in the
 // layer's report.

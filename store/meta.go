@@ -1,10 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -516,6 +518,83 @@ func (s *Metadata) LayerTarSplit(ctx context.Context, diffID digest.Digest) ([]b
 		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
 	}
 	return b, nil
+}
+
+// LayerTarSplitReader returns a stored layer's tar-split JSON for a reader that needs it once
+// and not whole (a prediction keeps only its headers). A tar-split larger than its frame's window
+// is decompressed as it is read, so that only the window is held, never the whole JSON; a smaller
+// one costs less decoded whole, as LayerTarSplit does. Either is bounded as LayerTarSplit is.
+// Close releases the file and the decoder.
+func (s *Metadata) LayerTarSplitReader(ctx context.Context, diffID digest.Digest) (io.ReadCloser, error) {
+	dir, err := s.layerDir(diffID)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(filepath.Join(dir, layerTarSplit))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+		}
+		return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
+	}
+	if size := s.layerSizes(dir).TarSplitSize; !worthStreaming(f, size) {
+		f.Close()
+		b, err := s.LayerTarSplit(ctx, diffID)
+		if err != nil {
+			return nil, err
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(maxMetaSize))
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &metaStream{dec: dec, f: f, r: io.LimitReader(dec, maxMetaSize+1), path: f.Name()}, nil
+}
+
+// worthStreaming says whether decompressing f as a stream holds less than decoding it whole:
+// whether its first frame declares a window smaller than the recorded size (a streaming decoder
+// holds a window, a whole decode the content). It leaves f at its start.
+func worthStreaming(f *os.File, size int64) bool {
+	hdr := make([]byte, zstd.HeaderMaxSize)
+	n, _ := f.ReadAt(hdr, 0)
+	var h zstd.Header
+	if size <= 0 || h.Decode(hdr[:n]) != nil {
+		return true // no size to compare: streaming is bounded either way
+	}
+	window := h.WindowSize
+	if h.SingleSegment {
+		window = h.FrameContentSize
+	}
+	return window < uint64(size)
+}
+
+// metaStream is a metadata file decompressed as it is read; a corrupt frame or a stream past
+// maxMetaSize is invalid.
+type metaStream struct {
+	dec  *zstd.Decoder
+	f    *os.File
+	r    io.Reader
+	n    int64
+	path string
+}
+
+func (m *metaStream) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	m.n += int64(n)
+	if m.n > maxMetaSize {
+		return n, fmt.Errorf("%s: over %d bytes: %w", m.path, maxMetaSize, errdefs.ErrInvalid)
+	}
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("%s: %v: %w", m.path, err, errdefs.ErrInvalid)
+	}
+	return n, err
+}
+
+func (m *metaStream) Close() error {
+	m.dec.Close()
+	return m.f.Close()
 }
 
 // Layers lists the DiffIDs of all stored layers.

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
@@ -210,4 +211,45 @@ func checkEntries(t *testing.T, js []byte, entries []layerfs.Entry, known []Know
 		diffTarSplit(t, out.Bytes(), js)
 		t.Fatal("WriteTarSplit of the predicted entries differs from PredictJSON")
 	}
+	checkStreamed(t, predicted, entries, known, crc)
+}
+
+// checkStreamed checks that PredictEntries from the known tar-splits as streams (read in odd
+// pieces, so lines straddle reads) predicts what it does from them whole.
+func checkStreamed(t *testing.T, whole []storage.Entry, entries []layerfs.Entry, known []Known, crc CRCFunc) {
+	t.Helper()
+	streams := make([]Known, len(known))
+	for i, k := range known {
+		streams[i] = Known{Entries: k.Entries, Stream: &pieceReader{b: bytes.Clone(k.TarSplit)}}
+	}
+	streamed, _, err := PredictEntries(entries, streams, crc)
+	if err != nil {
+		t.Fatalf("PredictEntries from whole tar-splits succeeded, from streams: %v", err)
+	}
+	if len(streamed) != len(whole) {
+		t.Fatalf("PredictEntries from streams gave %d entries, from whole tar-splits %d", len(streamed), len(whole))
+	}
+	for i := range whole {
+		g, w := streamed[i], whole[i]
+		if g.Type != w.Type || g.GetName() != w.GetName() || g.Size != w.Size || !bytes.Equal(g.Payload, w.Payload) || g.Position != w.Position {
+			t.Fatalf("entry %d: from streams %+v, from whole tar-splits %+v", i, g, w)
+		}
+	}
+}
+
+// pieceReader reads b in pieces of 1 to 97 bytes, and never hands out b itself.
+type pieceReader struct {
+	b   []byte
+	off int
+	n   int
+}
+
+func (r *pieceReader) Read(p []byte) (int, error) {
+	if r.off >= len(r.b) {
+		return 0, io.EOF
+	}
+	r.n = r.n%97 + 1
+	n := copy(p[:min(len(p), r.n)], r.b[r.off:])
+	r.off += n
+	return n, nil
 }

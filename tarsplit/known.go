@@ -16,10 +16,60 @@ import (
 )
 
 // Known is a layer already in the store: its entries (store.LayerEntries) and its uncompressed
-// tar-split JSON stream.
+// tar-split JSON stream, whole in TarSplit or to be read from Stream.
 type Known struct {
 	Entries  []layerfs.Entry
 	TarSplit []byte
+	// Stream, when set, is read instead of TarSplit, once, and the segments a prediction keeps
+	// are copied out of it: the known tar-split is never held whole (it is several times the
+	// size of the headers a prediction reuses), and nothing keeps its text alive afterwards.
+	// PredictJSON, which reuses the text, wants TarSplit.
+	Stream io.Reader
+}
+
+// segmentDecoder decodes a known tar-split's base64 segments into memory that outlives the
+// text: one fixed buffer, the text itself (in place), or, for a stream, blocks allocated as
+// needed. Decoded segments are never moved, so slices of them stay valid.
+type segmentDecoder struct {
+	inPlace bool
+	stream  bool
+	slab    []byte
+	scratch []byte
+}
+
+// segmentBlock is the size of the blocks a streamed tar-split's segments are decoded into.
+const segmentBlock = 256 << 10
+
+func newSegmentDecoder(k Known, inPlace bool) *segmentDecoder {
+	d := &segmentDecoder{inPlace: inPlace && k.Stream == nil, stream: k.Stream != nil}
+	if !d.inPlace && !d.stream {
+		d.slab = make([]byte, 0, len(k.TarSplit)/4*3)
+	}
+	return d
+}
+
+// keepsText says whether the decoded segments leave the base64 text as it was, to be reused.
+func (d *segmentDecoder) keepsText() bool { return !d.inPlace && !d.stream }
+
+// decode decodes one segment's base64 text.
+func (d *segmentDecoder) decode(text []byte) ([]byte, error) {
+	n := base64.StdEncoding.DecodedLen(len(text))
+	d.scratch = slices.Grow(d.scratch[:0], n)[:n]
+	n, err := base64.StdEncoding.Decode(d.scratch, text)
+	if err != nil {
+		return nil, err
+	}
+	if d.inPlace {
+		return text[:copy(text, d.scratch[:n])], nil // n < len(text): the text is consumed
+	}
+	if len(d.slab)+n > cap(d.slab) {
+		if !d.stream {
+			return nil, fmt.Errorf("segments decode to more than their text allows")
+		}
+		d.slab = make([]byte, 0, max(n, segmentBlock))
+	}
+	d.slab = append(d.slab, d.scratch[:n]...)
+	return d.slab[len(d.slab)-n:], nil
 }
 
 // record is one tar entry of a known layer as its tar-split stores it.
@@ -65,34 +115,15 @@ func padding(n int64) int64 { return (512 - n%512) % 512 }
 // indexKnown splits a known tar-split into per-entry records and pairs them with the TOC's
 // entries, which list the same tar entries in the same order (plus chunk entries). It adds the
 // CRCs of the layer's content to crcs, by content digest. Segments are decoded into one new
-// buffer, or with inPlace into the tar-split's own memory, whose JSON is then lost.
+// buffer, or with inPlace into the tar-split's own memory, whose JSON is then lost, or, from a
+// Stream, into blocks of their own (segmentDecoder).
 func indexKnown(k Known, crcs map[digest.Digest][]byte, inPlace bool) (*layerIndex, error) {
 	if k.Entries == nil {
 		return nil, fmt.Errorf("known layer without entries (no TOC): %w", errdefs.ErrInvalid)
 	}
 	tocEntries := k.Entries
 	idx := &layerIndex{records: make([]record, 0, len(tocEntries))}
-	var slab []byte // decoded segments, unless in place; never grown, so slices of it stay valid
-	if !inPlace {
-		slab = make([]byte, 0, len(k.TarSplit)/4*3)
-	}
-	var scratch []byte
-	// decode decodes one segment's base64 text.
-	decode := func(text []byte) ([]byte, error) {
-		scratch = slices.Grow(scratch[:0], base64.StdEncoding.DecodedLen(len(text)))[:base64.StdEncoding.DecodedLen(len(text))]
-		n, err := base64.StdEncoding.Decode(scratch, text)
-		if err != nil {
-			return nil, err
-		}
-		if inPlace {
-			return text[:copy(text, scratch[:n])], nil // n < len(text): the text is consumed
-		}
-		if len(slab)+n > cap(slab) {
-			return nil, fmt.Errorf("segments decode to more than their text allows")
-		}
-		slab = append(slab, scratch[:n]...)
-		return slab[len(slab)-n:], nil
-	}
+	dec := newSegmentDecoder(k, inPlace)
 	var (
 		segs     [][]byte // decoded segments since the last file entry
 		seg64    []byte   // the text of the first of them
@@ -100,6 +131,9 @@ func indexKnown(k Known, crcs map[digest.Digest][]byte, inPlace bool) (*layerInd
 		prevSize int64 // payload size of the last file entry
 	)
 	up := tarstream.NewLineReader(k.TarSplit, tarstream.MaxTarSplitLines)
+	if k.Stream != nil {
+		up = tarstream.NewLineReaderFrom(k.Stream, tarstream.MaxTarSplitLines)
+	}
 	for {
 		l, err := up.Next()
 		if err == io.EOF {
@@ -117,10 +151,10 @@ func indexKnown(k Known, crcs map[digest.Digest][]byte, inPlace bool) (*layerInd
 			if segText > maxHeaderBytes/3*4+8192 {
 				return nil, fmt.Errorf("tar-split has more than %d bytes between entries: %w", maxHeaderBytes, errdefs.ErrInvalid)
 			}
-			if len(segs) == 0 && !inPlace {
+			if len(segs) == 0 && dec.keepsText() {
 				seg64 = l.Payload
 			}
-			b, err := decode(l.Payload)
+			b, err := dec.decode(l.Payload)
 			if err != nil {
 				return nil, fmt.Errorf("tar-split segment: %w: %w", errdefs.ErrInvalid, err)
 			}

@@ -83,7 +83,8 @@ func PredictJSON(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]byte, S
 
 // PredictEntries is PredictJSON for a caller that wants the tar-split decoded, as
 // tarstream.DecodeTarSplit would return it: it writes no JSON. It consumes the known layers'
-// TarSplit: their memory is reused for the decoded segments, which the entries share. File
+// TarSplit: their memory is reused for the decoded segments, which the entries share; a known
+// layer given as a Stream is read once, and only the segments are kept. File
 // entries carry their CRC as the payload; tarstream.WriteTarSplit turns the entries into the tar-split.
 func PredictEntries(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
 	n := len(entries) // tar entries: a segment and a file line each, and a few segments at the end

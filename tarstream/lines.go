@@ -50,6 +50,10 @@ type LineReader struct {
 	line     int
 	lines    int // every line read, blank ones included: each costs a step
 	maxLines int
+	// br, when set, is the stream read instead of rest; long holds a line longer than its
+	// buffer.
+	br   *bufio.Reader
+	long []byte
 }
 
 // NewLineReader reads the lines of b, at most maxLines of them, blank lines included.
@@ -57,26 +61,29 @@ func NewLineReader(b []byte, maxLines int) *LineReader {
 	return &LineReader{rest: b, maxLines: maxLines}
 }
 
+// MaxStreamLine bounds one line that NewLineReaderFrom reads: a tar-split line is one read of
+// the tar stream (a header and its extension headers, base64) or one file entry, far smaller.
+const MaxStreamLine = 16 << 20
+
+// NewLineReaderFrom reads the lines of a stream as NewLineReader reads a buffer's, holding only
+// the line at hand: a tar-split can be indexed without being held whole. A Line's Payload is
+// valid only until the next call of Next.
+func NewLineReaderFrom(r io.Reader, maxLines int) *LineReader {
+	return &LineReader{br: bufio.NewReaderSize(r, 64<<10), maxLines: maxLines}
+}
+
 // Next returns the next non-blank line, io.EOF after the last, or an error wrapping
 // errdefs.ErrInvalid past the line bound; a line that is no tar-split entry is an error too.
 func (u *LineReader) Next() (Line, error) {
-	for len(u.rest) > 0 && (u.rest[0] == '\n' || u.rest[0] == ' ' || u.rest[0] == '\t' || u.rest[0] == '\r') {
-		if u.rest[0] == '\n' {
-			u.lines++
-		}
-		u.rest = u.rest[1:]
-	}
-	if u.lines+u.line >= u.maxLines {
-		return Line{}, fmt.Errorf("more than %d tar-split lines: %w", u.maxLines, errdefs.ErrInvalid)
-	}
-	if len(u.rest) == 0 {
-		return Line{}, io.EOF
-	}
-	text := u.rest
-	if i := bytes.IndexByte(text, '\n'); i >= 0 {
-		text, u.rest = text[:i], text[i+1:]
+	var text []byte
+	var err error
+	if u.br != nil {
+		text, err = u.nextStreamed()
 	} else {
-		u.rest = nil
+		text, err = u.nextBuffered()
+	}
+	if err != nil {
+		return Line{}, err
 	}
 	u.line++
 	l, err := DecodeLine(text)
@@ -84,6 +91,87 @@ func (u *LineReader) Next() (Line, error) {
 		return Line{}, fmt.Errorf("line %d: %w", u.line, err)
 	}
 	return l, nil
+}
+
+func (u *LineReader) overBound() error {
+	if u.lines+u.line >= u.maxLines {
+		return fmt.Errorf("more than %d tar-split lines: %w", u.maxLines, errdefs.ErrInvalid)
+	}
+	return nil
+}
+
+// nextBuffered returns the text of the next non-blank line of the buffer.
+func (u *LineReader) nextBuffered() ([]byte, error) {
+	for len(u.rest) > 0 && (u.rest[0] == '\n' || u.rest[0] == ' ' || u.rest[0] == '\t' || u.rest[0] == '\r') {
+		if u.rest[0] == '\n' {
+			u.lines++
+		}
+		u.rest = u.rest[1:]
+	}
+	if err := u.overBound(); err != nil {
+		return nil, err
+	}
+	if len(u.rest) == 0 {
+		return nil, io.EOF
+	}
+	text := u.rest
+	if i := bytes.IndexByte(text, '\n'); i >= 0 {
+		text, u.rest = text[:i], text[i+1:]
+	} else {
+		u.rest = nil
+	}
+	return text, nil
+}
+
+// nextStreamed is nextBuffered for a stream: blank lines count alike, and so does the bound.
+func (u *LineReader) nextStreamed() ([]byte, error) {
+	for {
+		raw, nl, err := u.readRaw()
+		if err == io.EOF {
+			if err := u.overBound(); err != nil {
+				return nil, err
+			}
+			return nil, io.EOF
+		}
+		if err != nil {
+			return nil, err
+		}
+		text := bytes.TrimLeft(raw, " \t\r")
+		if len(text) > 0 {
+			return text, u.overBound()
+		}
+		if nl {
+			u.lines++
+		}
+		if err := u.overBound(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// readRaw reads one line without its newline (nl says there was one); io.EOF when none is left.
+func (u *LineReader) readRaw() (line []byte, nl bool, err error) {
+	b, err := u.br.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		u.long = append(u.long[:0], b...)
+		for err == bufio.ErrBufferFull && len(u.long) <= MaxStreamLine {
+			b, err = u.br.ReadSlice('\n')
+			u.long = append(u.long, b...)
+		}
+		if len(u.long) > MaxStreamLine {
+			return nil, false, fmt.Errorf("tar-split line over %d bytes: %w", MaxStreamLine, errdefs.ErrInvalid)
+		}
+		b = u.long
+	}
+	switch {
+	case err == io.EOF && len(b) == 0:
+		return nil, false, io.EOF
+	case err == io.EOF:
+		return b, false, nil
+	case err != nil:
+		return nil, false, err
+	}
+	return b[:len(b)-1], true, nil
 }
 
 // DecodeLine decodes one tar-split JSON line. Lines as storage's packer writes them (fields in

@@ -31,6 +31,7 @@ type globalOptions struct {
 	logLevel     string
 	cpuProfile   string
 	allocProfile string
+	memProfile   string
 }
 
 var global globalOptions
@@ -62,16 +63,24 @@ func init() {
 	rootCmd.PersistentFlags().MarkHidden("cpu-profile")
 	rootCmd.PersistentFlags().StringVar(&global.allocProfile, "alloc-profile", "", "write a Go allocation profile to this file")
 	rootCmd.PersistentFlags().MarkHidden("alloc-profile")
+	rootCmd.PersistentFlags().StringVar(&global.memProfile, "mem-profile", "", "write the Go heap profile of the largest live heap to this file")
+	rootCmd.PersistentFlags().MarkHidden("mem-profile")
 	rootCmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 }
 
-// startProfile starts the profiles asked for with --cpu-profile and --alloc-profile; the returned
-// function writes them.
+// startProfile starts the profiles asked for with --cpu-profile, --alloc-profile and
+// --mem-profile; the returned function writes them.
 func startProfile() (func(), error) {
 	stop := func() {}
+	if global.memProfile != "" {
+		runtime.MemProfileRate = 16 << 10
+		stop = peakHeapProfile(global.memProfile)
+	}
 	if global.allocProfile != "" {
 		runtime.MemProfileRate = 16 << 10
+		prev := stop
 		stop = func() {
+			prev()
 			if f, err := os.Create(global.allocProfile); err == nil {
 				pprof.Lookup("allocs").WriteTo(f, 0)
 				f.Close()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
@@ -182,6 +183,9 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 			}
 			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(newBars()))
+			}
+			if stored := cmp.Or(name, storedName(chosen.ref)); pull.IsUpdate(cmd.Context(), s, stored) {
+				softHeapLimit()
 			}
 			rep, err := pull.Pull(cmd.Context(), s, src, opts...)
 			progress.Finish(bars) // the last frame before the report and its notes

@@ -140,16 +140,15 @@ type FetchFunc func(ctx context.Context) (*FetchedTarSplit, error)
 // PredictTarSplit returns a tar-split source that predicts the layer's tar-split from stored
 // layer prev's (package tarsplit) and verifies the prediction with the DiffID, so that an update
 // of a stored layer needs no tar-split from the registry; only a wrong prediction costs fetch,
-// the real one. It starts reading prev's metadata at once, beside the caller's fetch of the TOC.
+// the real one. prev's metadata is read once the layer's own TOC is parsed (begin), not beside
+// that parse: decoding two base images' TOCs at once was the pull's peak of memory.
 func PredictTarSplit(ctx context.Context, s *store.Store, prev digest.Digest, fetch FetchFunc) TarSplitSource {
-	p := &predicted{known: make(chan knownLayer, 1), fetch: fetch}
-	go func() { p.known <- loadKnown(ctx, s, prev) }()
-	return p
+	return &predicted{load: func() knownLayer { return loadKnown(ctx, s, prev) }, fetch: fetch}
 }
 
 // predicted is a tar-split predicted from a stored layer.
 type predicted struct {
-	known chan knownLayer
+	load  func() knownLayer
 	pred  *prediction
 	fetch FetchFunc
 }
@@ -159,7 +158,7 @@ func (p *predicted) begin(l *chunked.Layer) {
 	p.pred = &prediction{done: make(chan struct{})}
 	go func() {
 		defer close(p.pred.done)
-		predictTarSplit(p.pred, <-p.known, l.Entries)
+		predictTarSplit(p.pred, p.load(), l.Entries)
 	}()
 }
 
@@ -223,10 +222,14 @@ func (p *predicted) settle(ctx context.Context, l *chunked.Layer, diffID digest.
 	return tarSplitRecord{zst: real.Zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
 }
 
-// knownLayer is a stored layer to predict a tar-split from.
+// knownLayer is a stored layer to predict a tar-split from: its entries, and its tar-split,
+// streamed by the prediction (openTarSplit) so that the
+// prediction keeps only the headers it reuses, not the whole JSON (a dozen megabytes for a
+// base image, several times those headers).
 type knownLayer struct {
-	tarsplit.Known
-	err error
+	entries      []layerfs.Entry
+	openTarSplit func() (io.ReadCloser, error)
+	err          error
 }
 
 func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
@@ -234,8 +237,7 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 	if err != nil {
 		return knownLayer{err: err}
 	}
-	ts, err := s.LayerTarSplit(ctx, prev)
-	return knownLayer{Known: tarsplit.Known{Entries: entries, TarSplit: ts}, err: err}
+	return knownLayer{entries: entries, openTarSplit: func() (io.ReadCloser, error) { return s.LayerTarSplitReader(ctx, prev) }}
 }
 
 // prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
@@ -248,16 +250,22 @@ type prediction struct {
 }
 
 // predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
-// It consumes the stored layer's tar-split: the entries share its memory.
+// The stored layer's tar-split is streamed: the entries keep only the headers they reuse.
 func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 	if k.err != nil {
 		p.err = k.err
 		return
 	}
-	if err := enoughShared(k.Entries, entries); err != nil {
+	if err := enoughShared(k.entries, entries); err != nil {
 		p.err = err
 		return
 	}
+	ts, err := k.openTarSplit()
+	if err != nil {
+		p.err = err
+		return
+	}
+	defer ts.Close()
 	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
 	// get a placeholder, known by its address, and their real CRC afterwards.
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
@@ -265,8 +273,8 @@ func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
 		return b, nil
 	}
-	var err error
-	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{k.Known}, placeholder); err != nil {
+	known := tarsplit.Known{Entries: k.entries, Stream: ts}
+	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{known}, placeholder); err != nil {
 		p.err = fmt.Errorf("predicting the tar-split: %w", err)
 	}
 }
