@@ -56,6 +56,8 @@ func main() {
 	flag.IntVar(&cfg.pairs, "pairs", 5, "rounds of the timed kura/podman comparison (each: new stores, every version)")
 	flag.DurationVar(&cfg.pairsBudget, "pairs-budget", 20*time.Minute, "wall time allowed for the timed comparison")
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
+	als := flag.Bool("als", false, "only the layer-store comparison (issue 15): podman with Kura as its additional layer store against podman alone; needs -kura and Kura's pushes in the registry (README.md)")
+	alsRounds := flag.Int("als-rounds", 5, "rounds of the -als comparison (each: new installations, every version)")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	flag.Parse()
 	if *reportOnly {
@@ -70,6 +72,9 @@ func main() {
 			cfg.versions = 3
 		}
 	}
+	if *als && cfg.versions != 10 {
+		log.Fatal("-als runs on the ten-version corpus")
+	}
 	if cfg.versions < 2 || cfg.versions > 50 {
 		log.Fatalf("-versions %d: want 2..50", cfg.versions)
 	}
@@ -78,6 +83,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *als {
+		if err := runALS(ctx, cfg, *alsRounds); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := run(ctx, cfg); err != nil {
 		log.Fatal(err)
 	}
