@@ -66,7 +66,11 @@ type ALSSide struct {
 	DiskParts []string   `json:"diskParts"`
 	OSRelease string     `json:"osRelease,omitempty"`
 	PageCache *Residency `json:"pageCache,omitempty"`
-	Error     string     `json:"error,omitempty"`
+	// MetaDelta is the growth of Buffers (ext4's metadata: podman's directories and inodes,
+	// and those of Kura's objects) and SReclaimable (dentry and inode caches) while the ten
+	// containers read: file system metadata that mincore over files does not see.
+	MetaDelta map[string]int64 `json:"metaDelta,omitempty"`
+	Error     string           `json:"error,omitempty"`
 }
 
 // ALSResults is the -als run (als.json).
@@ -184,6 +188,7 @@ type alsEnv struct {
 	port      int
 	server    *exec.Cmd
 	serverErr chan error
+	metaDelta map[string]int64 // set by pageCache
 }
 
 func newALSEnv(cfg config, base, dir string, t alsTool, regAddr string) (*alsEnv, error) {

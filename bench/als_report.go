@@ -84,7 +84,7 @@ func alsSidesTable(w func(string, ...any), res *ALSResults) {
 		return
 	}
 	w("\n#### After ten versions (first round)\n\n")
-	w("| | disk MB (du -sbcx) | ten containers: Cached delta MB | resident in the storage MB (mincore) |\n|---|---:|---:|---:|\n")
+	w("| | disk MB (du -sbcx) | ten containers: Cached delta MB | resident in the storage MB (mincore) | Buffers delta MB | SReclaimable delta MB |\n|---|---:|---:|---:|---:|---:|\n")
 	for _, s := range res.Sides {
 		cached, resident := "—", "—"
 		if pc := s.PageCache; pc != nil && pc.Error == "" {
@@ -97,7 +97,7 @@ func alsSidesTable(w func(string, ...any), res *ALSResults) {
 				resident += " (" + strings.Join(parts, ", ") + ")"
 			}
 		}
-		w("| %s | %s | %s | %s |\n", s.Tool, mbs(s.Disk), cached, resident)
+		w("| %s | %s | %s | %s | %s | %s |\n", s.Tool, mbs(s.Disk), cached, resident, mbs(s.MetaDelta["Buffers"]), mbs(s.MetaDelta["SReclaimable"]))
 	}
 	for _, s := range res.Sides {
 		w("\n%s: disk = %s. `podman run %s:c9 cat /etc/os-release`: %q", s.Tool, strings.Join(s.DiskParts, " + "), res.Repo, firstLine(s.OSRelease))

@@ -132,7 +132,7 @@ func (e *alsEnv) side(ctx context.Context, c *Corpus, last string, refs []string
 	}
 	if common := c.commonSet(); common != nil {
 		pc := e.pageCache(ctx, common, refs)
-		s.PageCache = &pc
+		s.PageCache, s.MetaDelta = &pc, e.metaDelta
 	}
 	return s
 }
@@ -171,10 +171,16 @@ func (e *alsEnv) pageCache(ctx context.Context, common *ReadSet, refs []string) 
 	for attempt := 1; attempt <= 4; attempt++ {
 		r = Residency{Readers: len(refs), ResidentBy: map[string]int64{}}
 		var drops int64
+		var before map[string]int64
 		delta, err := cachedDelta(func() error {
-			drops = vmstat("drop_pagecache")
+			drops, before = vmstat("drop_pagecache"), meminfo()
 			return eachRef(refs, read)
 		})
+		after := meminfo()
+		e.metaDelta = map[string]int64{}
+		for _, k := range []string{"Buffers", "SReclaimable"} {
+			e.metaDelta[k] = after[k] - before[k]
+		}
 		if err != nil {
 			r.Error = err.Error()
 			return r
@@ -195,6 +201,23 @@ func (e *alsEnv) pageCache(ctx context.Context, common *ReadSet, refs []string) 
 		r.Error = "the caches were dropped by other work during every attempt"
 	}
 	return r
+}
+
+// meminfo is /proc/meminfo in bytes.
+func meminfo() map[string]int64 {
+	out := map[string]int64{}
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return out
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		var k string
+		var n int64
+		if _, err := fmt.Sscanf(l, "%s %d kB", &k, &n); err == nil {
+			out[strings.TrimSuffix(k, ":")] = n * 1024
+		}
+	}
+	return out
 }
 
 // vmstat is a counter of /proc/vmstat (-1 if it cannot be read).
