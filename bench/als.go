@@ -95,6 +95,9 @@ func runALS(ctx context.Context, cfg config, rounds int) error {
 	if cfg.kura == "" {
 		return errors.New("-als needs -kura")
 	}
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return err
+	}
 	base, err := ensureRootfs(ctx, cfg)
 	if err != nil {
 		return err
@@ -124,7 +127,9 @@ func runALS(ctx context.Context, cfg config, rounds int) error {
 			res.Notes = append(res.Notes, fmt.Sprintf("round %d: %v", r, err))
 			log.Printf("als round %d: %v", r, err)
 		}
-		writeALS(cfg, res)
+		if err := writeALS(cfg, res); err != nil {
+			return err
+		}
 	}
 	res.Load = append(res.Load, loadAvg())
 	res.Finished = time.Now()
