@@ -63,6 +63,8 @@ func main() {
 	flag.BoolVar(&cfg.containerd, "containerd", false, "run only the containerd comparison: overlayfs against Kura's snapshotter, through the CRI API (needs the registry of an earlier run)")
 	flag.IntVar(&cfg.ctdRounds, "ctd-rounds", 5, "rounds of the containerd comparison (each: fresh daemons, every version on both)")
 	flag.StringVar(&cfg.ctdProfile, "ctd-kura-profile", "", "write the kura snapshotter's CPU profile to this path plus .roundN")
+	als := flag.Bool("als", false, "only the layer-store comparison (issue 15): podman with Kura as its additional layer store against podman alone; needs -kura and Kura's pushes in the registry (README.md)")
+	alsRounds := flag.Int("als-rounds", 5, "rounds of the -als comparison (each: new installations, every version)")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	scale := scaleFlags()
 	flag.Parse()
@@ -82,6 +84,9 @@ func main() {
 			cfg.versions = 3
 		}
 	}
+	if *als && cfg.versions != 10 {
+		log.Fatal("-als runs on the ten-version corpus")
+	}
 	if cfg.versions < 2 || cfg.versions > 50 {
 		log.Fatalf("-versions %d: want 2..50", cfg.versions)
 	}
@@ -90,6 +95,12 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *als {
+		if err := runALS(ctx, cfg, *alsRounds); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if cfg.containerd {
 		if err := runContainerdBench(ctx, cfg); err != nil {
 			log.Fatal(err)

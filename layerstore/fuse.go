@@ -48,20 +48,29 @@ type layerNode struct {
 	layer *Layer
 }
 
+// diffNode is the diff symlink. The kernel asks for its target at every resolution (symlink
+// caching is off), which is where a use waits for the layer's directory (Layers.DiffTarget).
+type diffNode struct {
+	node
+	layer *Layer
+}
+
 type blobNode struct {
 	node
 	layer *Layer
 }
 
 var (
-	_ fs.NodeLookuper  = (*rootNode)(nil)
-	_ fs.NodeLookuper  = (*refNode)(nil)
-	_ fs.NodeRmdirer   = (*refNode)(nil)
-	_ fs.NodeLookuper  = (*layerNode)(nil)
-	_ fs.NodeCreater   = (*layerNode)(nil)
-	_ fs.NodeReaddirer = (*layerNode)(nil)
-	_ fs.NodeGetattrer = (*blobNode)(nil)
-	_ fs.NodeOpener    = (*blobNode)(nil)
+	_ fs.NodeLookuper   = (*rootNode)(nil)
+	_ fs.NodeLookuper   = (*refNode)(nil)
+	_ fs.NodeRmdirer    = (*refNode)(nil)
+	_ fs.NodeLookuper   = (*layerNode)(nil)
+	_ fs.NodeCreater    = (*layerNode)(nil)
+	_ fs.NodeReaddirer  = (*layerNode)(nil)
+	_ fs.NodeReadlinker = (*diffNode)(nil)
+	_ fs.NodeGetattrer  = (*diffNode)(nil)
+	_ fs.NodeGetattrer  = (*blobNode)(nil)
+	_ fs.NodeOpener     = (*blobNode)(nil)
 )
 
 func (n *node) dir(ctx context.Context, child fs.InodeEmbedder) *fs.Inode {
@@ -84,7 +93,7 @@ func (r *refNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	lctx, cancel := context.WithTimeout(r.ctx, r.timeout)
 	defer cancel()
-	layer, err := r.ls.Lookup(lctx, r.ref, dgst)
+	layer, err := r.ls.lookupEarly(lctx, r.ref, dgst)
 	if err != nil {
 		// ENOENT is what containers/storage takes for "not here": it pulls the layer itself.
 		r.ls.opts.Log.Warn("lookup failed; podman pulls the layer itself", "ref", r.ref, "digest", dgst, "err", err)
@@ -100,8 +109,8 @@ func (r *refNode) Rmdir(ctx context.Context, name string) syscall.Errno { return
 func (n *layerNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	switch name {
 	case "diff":
-		out.Mode = syscall.S_IFLNK | 0o777
-		return n.NewInode(ctx, &fs.MemSymlink{Data: []byte(n.layer.Diff)}, fs.StableAttr{Mode: syscall.S_IFLNK}), 0
+		out.Mode, out.Size = syscall.S_IFLNK|0o777, uint64(len(n.layer.Diff))
+		return n.NewInode(ctx, &diffNode{node: node{server: n.server}, layer: n.layer}, fs.StableAttr{Mode: syscall.S_IFLNK}), 0
 	case "info":
 		out.Mode, out.Size = syscall.S_IFREG|0o444, uint64(len(n.layer.Info))
 		f := &fs.MemRegularFile{Data: n.layer.Info, Attr: fuse.Attr{Mode: 0o444}}
@@ -127,6 +136,22 @@ func (n *layerNode) Create(ctx context.Context, name string, flags, mode uint32,
 		return nil, nil, 0, syscall.ENOENT
 	}
 	return nil, nil, 0, syscall.EROFS
+}
+
+func (d *diffNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	lctx, cancel := context.WithTimeout(d.ctx, d.timeout)
+	defer cancel()
+	dir, err := d.ls.DiffTarget(lctx, d.layer)
+	if err != nil {
+		d.ls.opts.Log.Warn("layer directory unavailable", "diffID", d.layer.DiffID, "err", err)
+		return nil, syscall.EIO
+	}
+	return []byte(dir), 0
+}
+
+func (d *diffNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode, out.Size = syscall.S_IFLNK|0o777, uint64(len(d.layer.Diff))
+	return 0
 }
 
 func (b *blobNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -142,3 +142,32 @@ func TestCleanStale(t *testing.T) {
 		t.Errorf("CleanStale touched the tmpfs: %q mounted now", got)
 	}
 }
+
+// TestMountComposefsAnswersBeforeMounting: with composefs diffs, the first lookup through FUSE
+// answers once the layer is pulled, and the stat containers/storage makes of diff right after it
+// succeeds; every later resolution of diff (here: reading a file through it, as overlayfs reads
+// a container's lower layer) waits for the mount and sees the layer's files.
+func TestMountComposefsAnswersBeforeMounting(t *testing.T) {
+	requireFUSE(t)
+	f := newFixtureWith(t, Options{Diff: DiffComposefs})
+	dir := searchableDir(t)
+	m, err := Mount(context.Background(), dir, f.ls, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	layerDir := filepath.Join(dir, base64.StdEncoding.EncodeToString([]byte(f.ref)), f.img.Descs[0].Digest.String())
+	fi, err := os.Stat(filepath.Join(layerDir, "diff"))
+	if err != nil || !fi.IsDir() {
+		t.Fatalf("stat diff: %v, %v; want a directory", fi, err)
+	}
+	checkFile(t, filepath.Join(layerDir, "diff", "etc/os-release"), "ID=base\n")
+	target, err := os.Readlink(filepath.Join(layerDir, "diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(target, syscall.MNT_DETACH) })
+	if got := mountType(t, target); got == "" {
+		t.Errorf("after a read through diff, %s is not mounted", target)
+	}
+}

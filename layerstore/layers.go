@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/kura-oci/kura/checkout"
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
@@ -50,6 +52,18 @@ type Layer struct {
 	Diff   string // the directory diff points at
 	Info   []byte // the info file
 	src    source.Source
+	img    store.Image
+	// pending is set when the first lookup left the diff's mount to the background
+	// (startLayerDir); nil when the diff was made before answering.
+	pending *pendingDir
+}
+
+// pendingDir is a layer diff being made in the background.
+type pendingDir struct {
+	done chan struct{} // closed when made (or failed)
+	// answered is set by the first readlink of diff: containers/storage's stat of diff at the
+	// lookup, the one access that does not wait (see Layers.DiffTarget).
+	answered atomic.Bool
 }
 
 // Info is the info file: the fields of containers/storage's Layer (layers.go) that
@@ -158,15 +172,47 @@ func DecodeRef(name string) (string, error) {
 // content): every podman run of the image resolves the diff symlink through a lookup, and it must
 // neither wait for nor depend on the registry.
 //
-// The store's shared lock is held from the pull to the mount's use: an image pulled without a
-// name (the containerd snapshotter's) is kept by nothing else in between. A remembered
-// resolution or layer that gc freed since (ErrNotFound) is forgotten and looked up once more.
+// The layer's directory is there when Lookup returns (the snapshotter uses it at once); the FUSE
+// server answers earlier (lookupEarly). The store's shared lock is held from the pull to the
+// mount's use: an image pulled without a name (the containerd snapshotter's) is kept by nothing
+// else in between.
 func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
 	unlock, err := l.s.RLock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	layer, err := l.lookupAgainIfFreed(ctx, ref, dgst)
+	if err != nil {
+		return nil, err
+	}
+	if layer.pending == nil {
+		return layer, nil
+	}
+	if err := layer.pending.wait(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := l.layerDir(ctx, layer.img, layer.DiffID); err != nil { // made again if that failed
+		return nil, err
+	}
+	return layer, nil
+}
+
+// lookupEarly is Lookup without waiting for a composefs diff's mount on a first lookup
+// (startLayerDir): what containers/storage's lookup needs. It holds the store's shared lock
+// while it pulls and makes the layer's directory.
+func (l *Layers) lookupEarly(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
+	unlock, err := l.s.RLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return l.lookupAgainIfFreed(ctx, ref, dgst)
+}
+
+// lookupAgainIfFreed is lookupServed, once more after forgetting a remembered resolution or
+// layer that gc freed since (ErrNotFound).
+func (l *Layers) lookupAgainIfFreed(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
 	layer, err := l.lookupServed(ctx, ref, dgst)
 	if errors.Is(err, errdefs.ErrNotFound) && !errors.Is(err, errNotInImage) {
 		l.forgetRef(ref, dgst)
@@ -188,13 +234,16 @@ func (l *Layers) forgetRef(ref string, dgst digest.Digest) {
 	l.smu.Unlock()
 }
 
-// lookupServed is Lookup under the shared lock: a layer served before, or a first lookup.
+// lookupServed is a layer served before, or a first lookup, under the shared lock.
 func (l *Layers) lookupServed(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
 	key := ref + "\x00" + dgst.String()
 	l.smu.Lock()
 	c, ok := l.served[key]
 	l.smu.Unlock()
 	if ok {
+		if c.layer.pending.busy() {
+			return c.layer, nil // readlink of diff waits for it (DiffTarget)
+		}
 		if _, err := l.layerDir(ctx, c.img, c.layer.DiffID); err != nil { // remade if removed
 			return nil, err
 		}
@@ -234,7 +283,7 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	if err != nil {
 		return nil, store.Image{}, fmt.Errorf("layer store: %w", err)
 	}
-	dir, err := l.layerDir(ctx, p.Image, diffID)
+	dir, pending, err := l.startLayerDir(ctx, p.Image, diffID)
 	if err != nil {
 		return nil, store.Image{}, err
 	}
@@ -244,7 +293,7 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 		return nil, store.Image{}, err
 	}
 	l.opts.Log.Info("layer served", "ref", ref, "digest", dgst, "diffID", diffID, "dir", dir)
-	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source}, p.Image, nil
+	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source, img: p.Image, pending: pending}, p.Image, nil
 }
 
 // layerDir makes the diff of one layer as Options.Diff says.
@@ -253,6 +302,81 @@ func (l *Layers) layerDir(ctx context.Context, img store.Image, diffID digest.Di
 		return l.composefsDir(ctx, img, diffID)
 	}
 	return l.diffDir(ctx, img, diffID)
+}
+
+// startLayerDir makes the diff of a layer's first lookup. A composefs diff not mounted yet is
+// mounted in the background, after its mount point is made: podman's pull goes on (it stats
+// diff, which resolves to the mount point, then commits the image) while Kura builds the layer's
+// composefs image (a few hundred ms for 10,000 files), so the build overlaps podman's own work
+// and the start of its next command instead of adding to the pull. Every later use of diff
+// waits for the mount (DiffTarget). A checkout is made before answering: its directory is made
+// whole in place, and its mount point cannot exist early.
+func (l *Layers) startLayerDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, *pendingDir, error) {
+	target := filepath.Join(l.opts.State, dirMounts, diffID.Encoded())
+	if l.opts.Diff != DiffComposefs {
+		dir, err := l.layerDir(ctx, img, diffID)
+		return dir, nil, err
+	}
+	if _, ok, err := mount.Find(target); err != nil || ok {
+		return target, nil, err
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", nil, fmt.Errorf("layer store: %w", err)
+	}
+	p := &pendingDir{done: make(chan struct{})}
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultLookupTimeout)
+	go func() {
+		defer close(p.done)
+		defer cancel()
+		if _, err := l.composefsDir(bg, img, diffID); err != nil {
+			l.opts.Log.Warn("mounting a layer failed; the next use tries again", "diffID", diffID, "err", err)
+		}
+	}()
+	return target, p, nil
+}
+
+// busy reports whether the background mount is still being made.
+func (p *pendingDir) busy() bool {
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// wait waits until the background mount is made or has failed (a nil p is made).
+func (p *pendingDir) wait(ctx context.Context) error {
+	if p == nil {
+		return nil
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("layer store: waiting for a layer's mount: %w", ctx.Err())
+	}
+}
+
+// DiffTarget is what the diff symlink resolves to, when it is resolved: the layer's directory,
+// made (or made again if removed) before it is returned. The one exception is the first
+// resolution after a first lookup that left the mount to the background: containers/storage
+// stats diff right after looking the layer up (LookupAdditionalLayer, before it commits the
+// layer), and only needs it to exist; the mount point does. Nothing can use the layer's files
+// before that stat: no image holds the layer until it succeeds.
+func (l *Layers) DiffTarget(ctx context.Context, layer *Layer) (string, error) {
+	if p := layer.pending; p != nil {
+		if p.answered.CompareAndSwap(false, true) && p.busy() {
+			return layer.Diff, nil
+		}
+	}
+	if err := layer.pending.wait(ctx); err != nil {
+		return "", err
+	}
+	return l.layerDir(ctx, layer.img, layer.DiffID)
 }
 
 // resolve pulls ref, once per ResolveTTL (concurrent lookups of one image wait for one pull).
