@@ -72,7 +72,7 @@ func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
 			if r.layers[l] {
 				continue
 			}
-			objs, err := s.LayerObjects(ctx, l)
+			objs, err := x.layerObjectsBackfill(ctx, l)
 			if err != nil {
 				return nil, fmt.Errorf("gc: image %s: %w (run fsck)", id, err)
 			}
