@@ -68,7 +68,6 @@ func encodeObjectList(objs []ObjectRef) ([]byte, error) {
 	return append(b, sum[:]...), nil
 }
 
-
 // decodeObjectList parses an object list file, checking its magic, length, checksum and order:
 // a list that fails any check is ErrInvalid, and its readers fall back to the TOC.
 func decodeObjectList(b []byte) ([]ObjectRef, error) {
