@@ -68,9 +68,10 @@ func encodeObjectList(objs []ObjectRef) ([]byte, error) {
 	return append(b, sum[:]...), nil
 }
 
-// decodeObjectList parses an object list file, checking its magic, length, checksum and order:
-// a list that fails any check is ErrInvalid, and its readers fall back to the TOC.
-func decodeObjectList(b []byte) ([]ObjectRef, error) {
+// objectListRecords checks an object list file's magic, length, checksum, order and sizes and
+// returns its records: a list that fails any check is ErrInvalid, and its readers fall back to
+// the TOC.
+func objectListRecords(b []byte) ([]byte, error) {
 	n := len(b) - len(objListMagic) - sha256.Size
 	if n < 0 || n%objListRecord != 0 || !bytes.HasPrefix(b, []byte(objListMagic)) {
 		return nil, fmt.Errorf("object list: bad header or length %d: %w", len(b), errdefs.ErrInvalid)
@@ -80,24 +81,40 @@ func decodeObjectList(b []byte) ([]ObjectRef, error) {
 		return nil, fmt.Errorf("object list: checksum mismatch: %w", errdefs.ErrInvalid)
 	}
 	recs := body[len(objListMagic):]
-	out := make([]ObjectRef, 0, n/objListRecord)
 	for i := 0; i < len(recs); i += objListRecord {
 		r := recs[i : i+objListRecord]
 		if i > 0 && bytes.Compare(recs[i-objListRecord:i-8], r[:sha256.Size]) >= 0 {
 			return nil, fmt.Errorf("object list: records out of order: %w", errdefs.ErrInvalid)
 		}
-		size := binary.BigEndian.Uint64(r[sha256.Size:])
-		if size > 1<<62 {
+		if size := binary.BigEndian.Uint64(r[sha256.Size:]); size > 1<<62 {
 			return nil, fmt.Errorf("object list: size %d: %w", size, errdefs.ErrInvalid)
 		}
-		out = append(out, ObjectRef{digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(r[:sha256.Size])), int64(size)})
 	}
-	return out, nil
+	return recs, nil
 }
 
-// readObjectList reads a layer's object list: ErrNotFound if the layer has none (recorded
-// before lists existed), ErrInvalid if it fails its checks.
-func (s *Metadata) readObjectList(diffID digest.Digest) ([]ObjectRef, error) {
+// recordRefs decodes checked records (see objectListRecords).
+func recordRefs(recs []byte) []ObjectRef {
+	out := make([]ObjectRef, 0, len(recs)/objListRecord)
+	for i := 0; i < len(recs); i += objListRecord {
+		r := recs[i : i+objListRecord]
+		d := digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(r[:sha256.Size]))
+		out = append(out, ObjectRef{d, int64(binary.BigEndian.Uint64(r[sha256.Size:]))})
+	}
+	return out
+}
+
+// objKey is an object's raw sha256: what gc's mark and df key their sets by, so that the
+// hundreds of thousands of references a large store's lists hold cost no digest strings.
+type objKey [sha256.Size]byte
+
+func (k objKey) digest() digest.Digest {
+	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(k[:]))
+}
+
+// readObjectListFile reads a layer's object list file: ErrNotFound if the layer has none
+// (recorded before lists existed), ErrInvalid if it fails its checks. It returns the records.
+func (s *Metadata) readObjectListFile(diffID digest.Digest) ([]byte, error) {
 	dir, err := s.layerDir(diffID)
 	if err != nil {
 		return nil, err
@@ -109,11 +126,20 @@ func (s *Metadata) readObjectList(diffID digest.Digest) ([]ObjectRef, error) {
 		}
 		return nil, fmt.Errorf("layer %s: %w", diffID, err)
 	}
-	objs, err := decodeObjectList(b)
+	recs, err := objectListRecords(b)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", diffID, err)
 	}
-	return objs, nil
+	return recs, nil
+}
+
+// readObjectList is readObjectListFile, decoded.
+func (s *Metadata) readObjectList(diffID digest.Digest) ([]ObjectRef, error) {
+	recs, err := s.readObjectListFile(diffID)
+	if err != nil {
+		return nil, err
+	}
+	return recordRefs(recs), nil
 }
 
 // LayerObjectRefs lists the distinct objects a stored layer's files need, sorted, with their
@@ -159,20 +185,40 @@ func (x *Exclusive) writeObjectList(diffID digest.Digest, objs []ObjectRef) erro
 	return nil
 }
 
-// layerObjectsBackfill is LayerObjects for gc's mark: a layer whose list is missing or bad gets
-// its objects from the TOC, and the list is written so the next gc reads that instead.
-func (x *Exclusive) layerObjectsBackfill(ctx context.Context, diffID digest.Digest) ([]digest.Digest, error) {
-	objs, err := x.readObjectList(diffID)
-	if err != nil {
-		entries, terr := x.LayerEntries(ctx, diffID)
-		if terr != nil {
-			return nil, terr
+// layerObjectKeys calls fn with each object a layer needs (see LayerObjectRefs), from the
+// records of its list as they are, or from its TOC when the list is missing or bad. It returns
+// the objects from the TOC in that case (nil otherwise), for a caller that writes the list.
+func (s *Metadata) layerObjectKeys(ctx context.Context, diffID digest.Digest, fn func(k objKey, size int64)) ([]ObjectRef, error) {
+	if recs, err := s.readObjectListFile(diffID); err == nil {
+		for i := 0; i < len(recs); i += objListRecord {
+			fn(objKey(recs[i:i+sha256.Size]), int64(binary.BigEndian.Uint64(recs[i+sha256.Size:i+objListRecord])))
 		}
-		objs = entryObjects(entries)
-		// Best effort: a list that cannot be written costs the next gc a TOC decode, no more.
-		_ = x.writeObjectList(diffID, objs)
+		return nil, nil
 	}
-	return refDigests(objs), nil
+	entries, err := s.LayerEntries(ctx, diffID)
+	if err != nil {
+		return nil, err
+	}
+	objs := entryObjects(entries)
+	for _, o := range objs {
+		k, ok := rawSHA256(o.Digest)
+		if !ok {
+			return nil, fmt.Errorf("layer %s: object %q: %w", diffID, o.Digest, errdefs.ErrInvalid)
+		}
+		fn(k, o.Size)
+	}
+	return objs, nil
+}
+
+// layerObjectsBackfill is layerObjectKeys for gc's mark: a layer whose list is missing or bad
+// gets its objects from the TOC, and the list is written so the next gc reads that instead.
+func (x *Exclusive) layerObjectsBackfill(ctx context.Context, diffID digest.Digest, fn func(k objKey, size int64)) error {
+	fromTOC, err := x.layerObjectKeys(ctx, diffID, fn)
+	if err == nil && fromTOC != nil {
+		// Best effort: a list that cannot be written costs the next gc a TOC decode, no more.
+		_ = x.writeObjectList(diffID, fromTOC)
+	}
+	return err
 }
 
 func refDigests(objs []ObjectRef) []digest.Digest {

@@ -198,3 +198,29 @@ func checkDamage(t *testing.T, name string, damage func([]byte) []byte, repair b
 		t.Fatalf("fsck after: %+v, %v", rep, err)
 	}
 }
+
+// TestUsageSharedLayers: df's unique bytes from object lists, with a layer two images share, an
+// object an image's own layer repeats from the shared one, and a layer whose list is missing
+// (read from its TOC instead).
+func TestUsageSharedLayers(t *testing.T) {
+	ctx := context.Background()
+	s := teststore.Open(t)
+	base := tarOf(t, map[string][]byte{"a": []byte("base a"), "b": []byte("base b")})
+	a := teststore.Named(t, s, "a", base, tarOf(t, map[string][]byte{"a": []byte("base a"), "c": []byte("only in a")}))
+	b := teststore.Named(t, s, "b", base, tarOf(t, map[string][]byte{"c": []byte("only in b, longer")}))
+	for _, legacy := range []bool{false, true} {
+		if legacy {
+			damageList(t, s, a.Layers[1], func([]byte) []byte { return nil })
+		}
+		u, err := s.Usage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[digest.Digest]int64{a.ID: int64(len("only in a")), b.ID: int64(len("only in b, longer"))}
+		for _, iu := range u.Images {
+			if iu.Unique != want[iu.Image.ID] {
+				t.Errorf("legacy %v: image %v unique %d, want %d", legacy, iu.Names, iu.Unique, want[iu.Image.ID])
+			}
+		}
+	}
+}
