@@ -135,9 +135,11 @@ func TestObjectListDamage(t *testing.T) {
 	damages := map[string]func([]byte) []byte{
 		"missing":   func([]byte) []byte { return nil },
 		"empty":     func([]byte) []byte { return []byte{} },
-		"truncated": func(b []byte) []byte { return b[:len(b)-41] },
-		"bit flip":  func(b []byte) []byte { b[20] ^= 1; return b },
-		"garbage":   func(b []byte) []byte { return []byte(strings.Repeat("x", len(b))) },
+		"truncated": func(b []byte) []byte { return b[:len(b)-5] },
+		// One record fewer, of a valid length: only the checksum finds it.
+		"record cut": func(b []byte) []byte { return append(b[:len(b)-44:len(b)-44], b[len(b)-4:]...) },
+		"bit flip":   func(b []byte) []byte { b[20] ^= 1; return b },
+		"garbage":    func(b []byte) []byte { return []byte(strings.Repeat("x", len(b))) },
 	}
 	for name, damage := range damages {
 		t.Run(name, func(t *testing.T) {
