@@ -139,13 +139,8 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 			res.Layers++
 		}
 	}
-	var dead []Info
-	if err := x.Walk(ctx, func(i Info) error {
-		if !r.objects[i.Digest] {
-			dead = append(dead, i)
-		}
-		return nil
-	}); err != nil {
+	dead, err := x.deadObjects(ctx, r)
+	if err != nil {
 		return res, err
 	}
 	for _, i := range dead {
