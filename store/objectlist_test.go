@@ -182,7 +182,7 @@ func checkDamage(t *testing.T, name string, damage func([]byte) []byte, repair b
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Objects != 1 || res.Layers != 1 {
+		if res.Objects != 1 || res.Layers != 1 || res.BytesFreed != int64(len("garbage c")) {
 			t.Fatalf("gc removed %+v, want the unnamed image's layer and object only", res)
 		}
 	}
