@@ -37,6 +37,9 @@ type FsckReport struct {
 	LegacyVariants int
 	// Unreadable counts variants fsck --deep could not open (e.g. mode 0 without root).
 	Unreadable int
+	// LegacyLayers counts layers recorded without an object list (before lists existed): not
+	// damage, their readers decode the TOC instead. Repair, and gc, write their lists.
+	LegacyLayers int
 }
 
 // Clean says whether fsck found no problems.
@@ -438,7 +441,10 @@ func (f *fsck) layers(ctx context.Context, images map[digest.Digest]*Image, user
 	good := map[digest.Digest]bool{}
 	for _, l := range layers {
 		f.r.Layers++
-		missing, err := f.s.checkLayer(ctx, l)
+		objs, missing, err := f.s.checkLayer(ctx, l)
+		if err == nil {
+			f.objectList(l, objs)
+		}
 		if err == nil && len(missing) == 0 {
 			good[l] = true
 			continue
@@ -476,7 +482,7 @@ func (f *fsck) refetch(ctx context.Context, l digest.Digest, users []*Image) (bo
 		err := f.opts.Refetch(ctx, f.s, *img, l)
 		if err == nil {
 			var missing []digest.Digest
-			if missing, err = f.s.checkLayer(ctx, l); err == nil && len(missing) > 0 {
+			if _, missing, err = f.s.checkLayer(ctx, l); err == nil && len(missing) > 0 {
 				err = fmt.Errorf("object %s still missing: %w", missing[0], errdefs.ErrNotFound)
 			}
 		}
@@ -530,26 +536,53 @@ func (f *fsck) temps(context.Context) error {
 	return err
 }
 
-// checkLayer checks a layer's record (error) and lists the objects its TOC names that are not
-// stored.
-func (s *Store) checkLayer(ctx context.Context, l digest.Digest) ([]digest.Digest, error) {
+// checkLayer checks a layer's record (error), returns the objects its TOC names (decoded from
+// the TOC itself, which fsck checks, not from the derived object list) and lists those that
+// are not stored.
+func (s *Store) checkLayer(ctx context.Context, l digest.Digest) ([]ObjectRef, []digest.Digest, error) {
 	if _, err := s.Layer(ctx, l); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	objs, err := s.LayerObjects(ctx, l)
+	entries, err := s.LayerEntries(ctx, l)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	objs := entryObjects(entries)
 	if _, err := s.LayerTarSplit(ctx, l); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var missing []digest.Digest
 	for _, o := range objs {
-		if !s.HasObject(o) {
-			missing = append(missing, o)
+		if !s.HasObject(o.Digest) {
+			missing = append(missing, o.Digest)
 		}
 	}
-	return missing, nil
+	return objs, missing, nil
+}
+
+// objectList checks a layer's object list against the objects its TOC names. A missing list
+// (a layer recorded before lists existed) is counted, not a problem; a bad or disagreeing one
+// is. Repair writes the list from the TOC in both cases.
+func (f *fsck) objectList(l digest.Digest, want []ObjectRef) {
+	got, err := f.s.readObjectList(l)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		f.r.LegacyLayers++
+		if f.opts.Repair {
+			if err := f.x.writeObjectList(l, want); err != nil {
+				f.unrepaired("layer %s: writing object list: %v", l, err)
+			}
+		}
+		return
+	case err == nil && slices.Equal(got, want):
+		return
+	case err == nil:
+		err = fmt.Errorf("object list names %d objects, TOC %d, or sizes differ: %w", len(got), len(want), errdefs.ErrInvalid)
+	}
+	f.problem("layer %s: %v", l, err)
+	if f.opts.Repair {
+		f.fix(fmt.Sprintf("layer %s: object list", l), f.x.writeObjectList(l, want))
+	}
 }
 
 func (s *Store) imageExists(id digest.Digest) bool {

@@ -62,6 +62,13 @@ func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
 		return nil, err
 	}
 	s := x.Store
+	seen := map[objKey]struct{}{} // only a new object costs a digest string
+	mark := func(k objKey, _ int64) {
+		if _, ok := seen[k]; !ok {
+			seen[k] = struct{}{}
+			r.objects[k.digest()] = true
+		}
+	}
 	for id, by := range roots {
 		img, err := s.Image(ctx, id)
 		if err != nil {
@@ -72,14 +79,10 @@ func (x *Exclusive) mark(ctx context.Context) (*reach, error) {
 			if r.layers[l] {
 				continue
 			}
-			objs, err := s.LayerObjects(ctx, l)
-			if err != nil {
+			if err := x.layerObjectsBackfill(ctx, l, mark); err != nil {
 				return nil, fmt.Errorf("gc: image %s: %w (run fsck)", id, err)
 			}
 			r.layers[l] = true
-			for _, o := range objs {
-				r.objects[o] = true
-			}
 		}
 	}
 	return r, x.markPendingLazy(ctx, r)
@@ -136,13 +139,8 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 			res.Layers++
 		}
 	}
-	var dead []Info
-	if err := x.Walk(ctx, func(i Info) error {
-		if !r.objects[i.Digest] {
-			dead = append(dead, i)
-		}
-		return nil
-	}); err != nil {
+	dead, err := x.deadObjects(ctx, r)
+	if err != nil {
 		return res, err
 	}
 	for _, i := range dead {
@@ -302,9 +300,7 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	}
 	defer unlock()
 	var u Usage
-	sizes := map[digest.Digest]int64{}
 	if err := s.Walk(ctx, func(i Info) error {
-		sizes[i.Digest] = i.Size
 		u.ObjectBytes += i.Size
 		u.ObjectAllocated += i.Allocated
 		u.Objects++
@@ -331,34 +327,55 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	if u.Images, err = s.imageSummaries(ctx); err != nil {
 		return u, err
 	}
-	layerObjs := map[digest.Digest][]digest.Digest{}
-	users := map[digest.Digest]int{} // object → number of images using it
-	imgObjs := make([]map[digest.Digest]bool, len(u.Images))
-	for i, iu := range u.Images {
-		imgObjs[i] = map[digest.Digest]bool{}
-		for _, l := range iu.Image.Layers {
-			if _, ok := layerObjs[l]; !ok {
-				if layerObjs[l], err = s.LayerObjects(ctx, l); err != nil {
-					return u, err
-				}
-			}
-			for _, o := range layerObjs[l] {
-				imgObjs[i][o] = true
-			}
-		}
-		for o := range imgObjs[i] {
-			users[o]++
-		}
+	for _, iu := range u.Images {
 		u.Logical += iu.Logical
 	}
-	for i := range u.Images {
-		for o := range imgObjs[i] {
-			if users[o] == 1 {
-				u.Images[i].Unique += sizes[o]
+	return u, s.uniqueBytes(ctx, u.Images)
+}
+
+// uniqueBytes sets each image's Unique: the sizes of the objects no other image's layers name.
+// Objects are keyed raw and read from the layers' object lists (see layerObjectKeys), so the
+// cost is the lists' bytes and one map entry per reference, with no digest strings and no TOC
+// decoded.
+func (s *Store) uniqueBytes(ctx context.Context, imgs []ImageUsage) error {
+	type use struct {
+		image int // the first image that names the object
+		size  int64
+		many  bool // another image names it too
+	}
+	// Each layer is read once: a layer two images share makes all its objects shared.
+	var layers []digest.Digest
+	users := map[digest.Digest][]int{}
+	for i, iu := range imgs {
+		for _, l := range iu.Image.Layers {
+			if _, ok := users[l]; !ok {
+				layers = append(layers, l)
+			}
+			if u := users[l]; len(u) == 0 || u[len(u)-1] != i {
+				users[l] = append(u, i)
 			}
 		}
 	}
-	return u, nil
+	uses := map[objKey]*use{}
+	for _, l := range layers {
+		i, shared := users[l][0], len(users[l]) > 1
+		_, err := s.layerObjectKeys(ctx, l, func(k objKey, size int64) {
+			if u, ok := uses[k]; !ok {
+				uses[k] = &use{image: i, size: size, many: shared}
+			} else if shared || u.image != i {
+				u.many = true
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, u := range uses {
+		if !u.many {
+			imgs[u.image].Unique += u.size
+		}
+	}
+	return nil
 }
 
 // ImageSummaries lists the images with their names and logical sizes (Unique is left zero): what

@@ -247,7 +247,8 @@ func (s *Metadata) putLayer(ctx context.Context, l Layer, entries []layerfs.Entr
 	if exists(dir) {
 		return nil
 	}
-	objs := layerfs.Objects(entries)
+	refs := entryObjects(entries)
+	objs := refDigests(refs)
 	if err := s.checkObjects(l.DiffID, objs, b); err != nil {
 		return err
 	}
@@ -262,10 +263,17 @@ func (s *Metadata) putLayer(ctx context.Context, l Layer, entries []layerfs.Entr
 	if err != nil {
 		return err
 	}
+	list, err := encodeObjectList(refs)
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.DiffID, err)
+	}
+	// The object list is committed with the record, in the same directory rename: a layer is
+	// never published without it.
 	files := map[string][]byte{
-		layerJSON:     meta,
-		layerTOC:      tocZst,
-		layerTarSplit: tarSplitZst,
+		layerJSON:       meta,
+		layerTOC:        tocZst,
+		layerTarSplit:   tarSplitZst,
+		layerObjectList: list,
 	}
 	if s.verity {
 		tab, err := s.verityTable(ctx, objs, b)
@@ -495,13 +503,14 @@ func (s *Metadata) LayerEntries(ctx context.Context, diffID digest.Digest) ([]la
 	return entries, nil
 }
 
-// LayerObjects lists the distinct objects a stored layer's files need, sorted.
+// LayerObjects lists the distinct objects a stored layer's files need, sorted: from the
+// layer's object list, or its TOC when the list is missing or bad (see LayerObjectRefs).
 func (s *Metadata) LayerObjects(ctx context.Context, diffID digest.Digest) ([]digest.Digest, error) {
-	entries, err := s.LayerEntries(ctx, diffID)
+	refs, err := s.LayerObjectRefs(ctx, diffID)
 	if err != nil {
 		return nil, err
 	}
-	return layerfs.Objects(entries), nil
+	return refDigests(refs), nil
 }
 
 // LayerTarSplit returns a stored layer's tar-split JSON stream.
