@@ -35,8 +35,9 @@ type FUSEServer struct {
 }
 
 type fuseMount struct {
-	dir string
-	srv *fuse.Server
+	dir  string
+	conn uint32 // the FUSE connection's number (fusectl), to abort it even once detached
+	srv  *fuse.Server
 }
 
 type fuseShared struct {
@@ -90,8 +91,13 @@ func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerf
 	if err != nil {
 		return fmt.Errorf("FUSE mount of pending layer %s: %w", diffID, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		srv.Unmount()
+		return fmt.Errorf("FUSE mount of pending layer %s: %w", diffID, err)
+	}
 	f.mu.Lock()
-	f.mounted = append(f.mounted, fuseMount{dir: dir, srv: srv})
+	f.mounted = append(f.mounted, fuseMount{dir: dir, conn: unix.Minor(st.Dev), srv: srv})
 	f.mu.Unlock()
 	return nil
 }
@@ -153,29 +159,31 @@ func (f *FUSEServer) Kill() error {
 	f.mu.Unlock()
 	var errs []error
 	for _, m := range ms {
-		errs = append(errs, abortFUSE(m.dir))
-		if err := unix.Unmount(m.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, err)
+		errs = append(errs, abortFUSE(m.conn))
+		err := unix.Unmount(m.dir, unix.MNT_DETACH)
+		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, err) // EINVAL, ENOENT: released already
 		}
 		m.srv.Wait()
 	}
 	return errors.Join(errs...)
 }
 
-// abortFUSE aborts the FUSE connection mounted at dir through fusectl, as the kernel does when
-// the server's /dev/fuse descriptor closes.
-func abortFUSE(dir string) error {
-	var st unix.Stat_t
-	if err := unix.Stat(dir, &st); err != nil {
-		return fmt.Errorf("FUSE mount at %s: %w", dir, err)
-	}
-	ctl := fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", unix.Minor(st.Dev))
-	if _, err := os.Stat(ctl); errors.Is(err, os.ErrNotExist) {
-		if err := unix.Mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, ""); err != nil {
+// abortFUSE aborts FUSE connection conn through fusectl, as the kernel does when the server's
+// /dev/fuse descriptor closes. A connection already ended has no fusectl directory: nothing to do.
+func abortFUSE(conn uint32) error {
+	const ctlDir, fusectlMagic = "/sys/fs/fuse/connections", 0x65735543
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(ctlDir, &sfs); err == nil && sfs.Type != fusectlMagic {
+		if err := unix.Mount("fusectl", ctlDir, "fusectl", 0, ""); err != nil {
 			return fmt.Errorf("mounting fusectl: %w", err)
 		}
 	}
-	return os.WriteFile(ctl, []byte("1"), 0)
+	err := os.WriteFile(fmt.Sprintf("%s/%d/abort", ctlDir, conn), []byte("1"), 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // fuseDir is a directory of the static tree (the root and its xx/ fan-out directories).
