@@ -60,14 +60,14 @@ func NewFUSEServer(ctx context.Context, s *store.Store, fill FillFunc, timeout t
 }
 
 // Serve mounts the file system of pending layer diffID (its content entries) over the layer's
-// placeholder directory. A FUSE mount left there by a service that died (answering ENOTCONN)
-// is detached first: mounts made over it keep failing, new ones see the new server.
+// placeholder directory. A FUSE mount left there by a service that died is detached first
+// (DetachMounts): mounts made over it keep failing, new ones see the new server.
 func (f *FUSEServer) Serve(p *Pending, diffID digest.Digest, entries []layerfs.Entry) error {
 	return f.serveDir(p.DataDir(diffID), diffID, entries)
 }
 
 func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerfs.Entry) error {
-	if err := detachStale(dir); err != nil {
+	if err := DetachMounts(dir); err != nil {
 		return err
 	}
 	root := &fuseDir{}
@@ -102,17 +102,20 @@ func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerf
 	return nil
 }
 
-// detachStale lazily unmounts a dead FUSE mount at dir (a stat answering ENOTCONN).
-func detachStale(dir string) error {
-	var st unix.Stat_t
-	err := unix.Stat(dir, &st)
-	if !errors.Is(err, unix.ENOTCONN) {
-		return nil
+// DetachMounts lazily unmounts whatever is mounted at dir, stacked mounts included: at a
+// pending layer's placeholder directory that can only be the FUSE mount of a service that died
+// (the caller holds LockServe). Its stat cannot tell: the root's attributes are cached. Mounts
+// made over it keep failing with ENOTCONN; new ones see what is mounted next.
+func DetachMounts(dir string) error {
+	for {
+		err := unix.Unmount(dir, unix.MNT_DETACH)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			return nil // not a mount point (any more)
+		}
+		if err != nil {
+			return fmt.Errorf("detaching the dead FUSE mount at %s: %w", dir, err)
+		}
 	}
-	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("detaching the dead FUSE mount at %s: %w", dir, err)
-	}
-	return nil
 }
 
 // Release detaches the FUSE mounts from the placeholder directories (so the pending pull can be

@@ -88,6 +88,10 @@ func (svc *fanotifyService) mode() LazyMode { return LazyFanotify }
 
 func (svc *fanotifyService) start(ctx context.Context, p *lazy.Pending, layers []*lazyLayer) error {
 	for _, l := range layers {
+		// A FUSE service that died may have left its mount over the placeholders.
+		if err := lazy.DetachMounts(p.DataDir(l.diffID)); err != nil {
+			return err
+		}
 		if err := svc.f.Watch(ctx, p, l.diffID, layerfs.Objects(l.part.Layer.Entries)); err != nil {
 			return err
 		}
