@@ -97,8 +97,9 @@ func TestLazyPullCLIKilledAndResumed(t *testing.T) {
 
 // TestLazyPullCLIFUSEKilledAndResumed: kura pull --lazy --lazy-mode=fuse serves the image
 // through FUSE: a mount reads the bytes and runs a program of it; the server killed (SIGKILL),
-// the mount's reads fail with ENOTCONN, never zeros; run again, it replaces the dead FUSE mount,
-// completes the image (ending by itself, no mount being left over it) and fsck is clean.
+// the mount's reads fail with ENOTCONN, never zeros; run again, it replaces the dead FUSE mount
+// and a new mount reads through it; killed again, the fanotify service (auto) completes the
+// image over the dead mount, leaving nothing in lazy/, and fsck is clean.
 func TestLazyPullCLIFUSEKilledAndResumed(t *testing.T) {
 	needRootCLI(t)
 	reg := registrytest.New(t)
@@ -133,9 +134,20 @@ func TestLazyPullCLIFUSEKilledAndResumed(t *testing.T) {
 	kuraOK(t, root, "fsck")
 	kuraOK(t, root, "umount", target)
 
-	second := startLazyPull(t, root, ref, "--lazy-mode=fuse")
-	if err := second.Wait(); err != nil {
-		t.Fatalf("resumed kura pull --lazy --lazy-mode=fuse: %v", err)
+	// Resumed over the dead FUSE mount: a new mount reads through the new server.
+	second := startLazyPull(t, root, ref, "--lazy-mode=fuse", "--background-after", "1h")
+	kuraOK(t, root, "mount", "app", target)
+	if b, err := os.ReadFile(filepath.Join(target, "data")); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("after restart: %d of %d bytes, %v", len(b), len(data), err)
+	}
+	kuraOK(t, root, "umount", target)
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+
+	// Completed by the fanotify service (auto), which detaches the dead FUSE mount first.
+	third := startLazyPull(t, root, ref)
+	if err := third.Wait(); err != nil {
+		t.Fatalf("resumed kura pull --lazy: %v", err)
 	}
 	if left, _ := os.ReadDir(filepath.Join(root, "lazy")); len(left) != 0 {
 		t.Fatalf("the pending pull left %v in lazy/ (a FUSE mount kept over it?)", left)
