@@ -63,7 +63,7 @@ func TestLazyFUSEMountReadComplete(t *testing.T) {
 	before := e.reg.Proxy.BytesServed()
 	hold, complete := make(chan struct{}), make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithLazyMode(LazyFUSE), WithBackgroundHeld(hold),
-		WithLazyComplete(func() { close(complete) }))
+		WithLazyComplete(func(LazyMode) { close(complete) }))
 	e.mountAt(t, p)
 	for _, name := range []string{"usr/lib/big.so", "usr/lib/small-07", "usr/lib/hard"} {
 		b, err := e.readMounted(t, name)
@@ -121,7 +121,7 @@ func TestLazyFUSEKilledThenResumed(t *testing.T) {
 	}
 	hold, complete := make(chan struct{}), make(chan struct{})
 	done = e.serve(t, context.Background(), p2, WithLazyMode(LazyFUSE), WithBackgroundHeld(hold),
-		WithLazyComplete(func() { close(complete) }))
+		WithLazyComplete(func(LazyMode) { close(complete) }))
 	e.mountAt(t, p2)
 	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
 		t.Fatalf("after restart, a new mount: %d bytes, %v", len(b), err)

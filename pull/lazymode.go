@@ -38,10 +38,10 @@ func ParseLazyMode(s string) (LazyMode, error) {
 // WithLazyMode chooses the fill service of ServeLazy (default LazyAuto).
 func WithLazyMode(m LazyMode) Option { return func(o *options) { o.lazyMode = m } }
 
-// WithLazyComplete has ServeLazy call fn once the image is recorded and the pending pull
-// removed: in FUSE mode ServeLazy goes on serving the mounts made over it until they are
-// unmounted.
-func WithLazyComplete(fn func()) Option { return func(o *options) { o.lazyComplete = fn } }
+// WithLazyComplete has ServeLazy call fn, with the mode it served in, once the image is recorded
+// and the pending pull removed: in FUSE mode ServeLazy goes on serving the mounts made over it
+// until they are unmounted.
+func WithLazyComplete(fn func(LazyMode)) Option { return func(o *options) { o.lazyComplete = fn } }
 
 // fillService is what ServeLazy needs of a fill service: serve the placeholders, make them
 // independent of the pending pull once every layer is stored (finish), outlive it while

@@ -98,7 +98,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	if err == nil {
 		unlock()
 		if o.lazyComplete != nil {
-			o.lazyComplete()
+			o.lazyComplete(svc.mode())
 		}
 		err = svc.wait(ctx)
 	}

@@ -82,7 +82,7 @@ type options struct {
 	fillTimeout   time.Duration   // lazy pulls: bound of one on-demand fill (0: lazy's default)
 	lazyHold      <-chan struct{} // lazy pulls: the background fetch waits until it is closed
 	lazyMode      LazyMode        // lazy pulls: the fill service (zero: LazyAuto)
-	lazyComplete  func()          // lazy pulls: called once the image is recorded
+	lazyComplete  func(LazyMode)  // lazy pulls: called once the image is recorded
 }
 
 func defaultOptions() options {

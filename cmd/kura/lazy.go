@@ -37,9 +37,9 @@ func runLazyPull(cmd *cobra.Command, s *store.Store, src source.Source, opts []p
 	ready := func() {
 		fmt.Fprintf(cmd.OutOrStdout(), "%s mountable as %s (kura mount); serving its files until complete\n", p.ID, p.Name)
 	}
-	complete := func() {
+	complete := func(served pull.LazyMode) {
 		fmt.Fprintf(cmd.OutOrStdout(), "%s complete\n", p.ID)
-		if mode == pull.LazyFUSE {
+		if served == pull.LazyFUSE {
 			fmt.Fprintf(cmd.OutOrStdout(), "serving the mounts made over FUSE until they are unmounted\n")
 		}
 	}
