@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,6 +43,7 @@ type fuseMount struct {
 
 type fuseShared struct {
 	ctx     context.Context // the service's: a fill outlives the open that started it
+	reads   atomic.Int64    // reads the server answered itself (0 while passthrough works)
 	s       *store.Store
 	fill    FillFunc
 	timeout time.Duration
@@ -264,5 +266,17 @@ func (n *fuseObject) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 		n.sh.log.Warn("lazy: stored object does not open", "object", n.obj, "err", err)
 		return nil, 0, syscall.EIO
 	}
-	return fs.NewLoopbackFileFromOS(f), fuse.FOPEN_KEEP_CACHE, 0
+	return &objectFile{LoopbackFile: fs.NewLoopbackFileFromOS(f), sh: n.sh}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// objectFile is an open stored object: the kernel reads it directly (passthrough) where it
+// accepts the backing file; otherwise the server does, counting.
+type objectFile struct {
+	*fs.LoopbackFile
+	sh *fuseShared
+}
+
+func (f *objectFile) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.sh.reads.Add(1)
+	return f.LoopbackFile.Read(ctx, dest, off)
 }

@@ -64,7 +64,8 @@ func overlayOverFUSE(t *testing.T, s *store.Store, srv *FUSEServer, contents [][
 // TestOverlayOverFUSEDataLayer: what this kernel does with a FUSE directory as overlay's last
 // data-only layer (the FUSE fallback of lazy pulls): overlay takes it; stat shows the final
 // size before any fill; the first open fills through the FillFunc once and the reader gets the
-// bytes; a failed fill fails the read with EIO; once the server is killed, opens fail with
+// bytes, read by the kernel from the store's object file (passthrough, no read reaches the
+// server); a failed fill fails the read with EIO; once the server is killed, opens fail with
 // ENOTCONN, never zeros.
 func TestOverlayOverFUSEDataLayer(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -108,6 +109,9 @@ func TestOverlayOverFUSEDataLayer(t *testing.T) {
 	}
 	if fills.Load() != 1 {
 		t.Fatalf("%d fills for one object read twice", fills.Load())
+	}
+	if n := srv.sh.reads.Load(); n != 0 { // this kernel and go-fuse agree on FUSE passthrough
+		t.Fatalf("the server answered %d reads itself; want all through passthrough", n)
 	}
 	if b, err := os.ReadFile(filepath.Join(target, "f1")); !errors.Is(err, syscall.EIO) || len(b) != 0 {
 		t.Fatalf("read of an object whose fill failed: %d bytes, %v; want EIO", len(b), err)
