@@ -4,17 +4,21 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/lazy"
 	"github.com/kura-oci/kura/lazy/lazymount"
 	"github.com/kura-oci/kura/registry/registrytest"
+	"github.com/kura-oci/kura/store"
 )
 
 // newLazyEnvFUSE pushes the image and pulls it lazily into a fresh store, unmounted: in FUSE
@@ -180,4 +184,37 @@ func TestLazyModeAuto(t *testing.T) {
 	if _, err := ParseLazyMode("nfs"); err == nil {
 		t.Fatal("mode nfs accepted")
 	}
+}
+
+// TestLazyModeAutoFallsBackToFUSE: where the kernel refuses pre-content events (ErrUnsupported),
+// auto serves with FUSE and reads through the mount get the bytes; fanotify mode fails instead;
+// any other failure of the fanotify group is not a reason to fall back.
+func TestLazyModeAutoFallsBackToFUSE(t *testing.T) {
+	e, p := newLazyEnvFUSE(t)
+	refuse := func(err error) {
+		newFiller = func(*store.Store, lazy.FillFunc, time.Duration, *slog.Logger) (*lazy.Filler, error) { return nil, err }
+	}
+	t.Cleanup(func() { newFiller = lazy.NewFiller })
+	refuse(fmt.Errorf("fanotify_init: %w", errdefs.ErrUnsupported))
+	if err := ServeLazy(context.Background(), e.s, e.source(t), p, nil, WithLazyMode(LazyFanotify)); !errors.Is(err, errdefs.ErrUnsupported) {
+		t.Fatalf("fanotify mode without pre-content events: %v", err)
+	}
+	refuse(errors.New("out of memory"))
+	if err := ServeLazy(context.Background(), e.s, e.source(t), p, nil); err == nil || errors.Is(err, errdefs.ErrUnsupported) {
+		t.Fatalf("auto with a fanotify group failing otherwise: %v", err)
+	}
+	refuse(fmt.Errorf("fanotify_init: %w", errdefs.ErrUnsupported))
+	var served LazyMode
+	done := e.serve(t, context.Background(), p, WithLazyComplete(func(m LazyMode) { served = m }))
+	e.mountAt(t, p)
+	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
+		t.Fatalf("read through the mount in auto mode: %d bytes, %v", len(b), err)
+	}
+	if err := mount.Unmount(e.target); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil || served != LazyFUSE {
+		t.Fatalf("auto served in mode %q: %v", served, err)
+	}
+	e.checkComplete(t, p)
 }

@@ -54,11 +54,15 @@ type fillService interface {
 	close() error
 }
 
+// newFiller is lazy.NewFiller; tests of auto's fallback replace it (this kernel grants
+// pre-content events).
+var newFiller = lazy.NewFiller
+
 // newFillService makes the service of mode o.lazyMode; auto falls back to FUSE only when the
 // kernel refuses pre-content events (ErrUnsupported).
 func newFillService(ctx context.Context, s *store.Store, fill lazy.FillFunc, o options) (fillService, error) {
 	if o.lazyMode != LazyFUSE {
-		f, err := lazy.NewFiller(s, fill, o.fillTimeout, o.log)
+		f, err := newFiller(s, fill, o.fillTimeout, o.log)
 		if err == nil {
 			return newFanotifyService(ctx, f), nil
 		}
