@@ -164,12 +164,15 @@ func (f *FUSEServer) Kill() error {
 	f.mu.Unlock()
 	var errs []error
 	for _, m := range ms {
-		errs = append(errs, abortFUSE(m.conn))
+		aerr := abortFUSE(m.conn)
+		errs = append(errs, aerr)
 		err := unix.Unmount(m.dir, unix.MNT_DETACH)
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, err) // EINVAL, ENOENT: released already
 		}
-		m.srv.Wait()
+		if aerr == nil { // a connection not aborted may serve on: do not wait for it
+			m.srv.Wait()
+		}
 	}
 	return errors.Join(errs...)
 }
