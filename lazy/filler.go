@@ -176,13 +176,8 @@ func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	if !f.s.HasObject(ph.obj) {
-		if err := f.fill(ctx, ph.diffID, ph.obj); err != nil {
-			return err
-		}
-		if !f.s.HasObject(ph.obj) {
-			return fmt.Errorf("object %s: not stored after its fill", ph.obj)
-		}
+	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
+		return err
 	}
 	done := make(chan error, 1)
 	select {
@@ -199,6 +194,22 @@ func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
 		return err
 	}
 	ph.filled = true
+	return nil
+}
+
+// storeObject is the one fill path of both fill services (fanotify's Filler and the FUSE
+// server): the object is fetched and verified through fill unless the store holds it already.
+// The caller bounds ctx and makes concurrent fills of one object wait for the first.
+func storeObject(ctx context.Context, s *store.Store, fill FillFunc, diffID, obj digest.Digest) error {
+	if s.HasObject(obj) {
+		return nil
+	}
+	if err := fill(ctx, diffID, obj); err != nil {
+		return err
+	}
+	if !s.HasObject(obj) {
+		return fmt.Errorf("object %s: not stored after its fill", obj)
+	}
 	return nil
 }
 

@@ -3,7 +3,9 @@
 // an empty placeholder in a directory of its own that the mount adds as a second data-only
 // layer; the first access to a placeholder raises a fanotify pre-content event, and the fill
 // service stores the object (fetched and verified), copies it into the placeholder and lets the
-// reader go. docs/design.md (Lazy pulls) is the normative description.
+// reader go. Where pre-content events are missing, FUSEServer covers the placeholder directory
+// with a FUSE file system that fills on open and serves the stored object. docs/design.md (Lazy
+// pulls) is the normative description.
 package lazy
 
 import (

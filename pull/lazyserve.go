@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
-	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/lazy"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
@@ -40,16 +40,19 @@ type lazyLayer struct {
 // while it fetches every layer's remaining files in the background with ImportPartial, which
 // verifies the DiffID and records the layer. Then it fills the placeholders left, records the
 // image and its ref, and removes the pending pull. ready is called once the placeholders are
-// marked. It holds the store's shared lock throughout.
-func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, ready func(), opts ...Option) error {
+// served. It holds the store's shared lock until the image is recorded. The fill service is
+// fanotify's or FUSE's (WithLazyMode); a FUSE service then goes on serving the mounts made over
+// it until they are unmounted or ctx ends.
+func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, ready func(), opts ...Option) (err error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
 	}
-	unlock, err := s.RLock(ctx)
+	rlock, err := s.RLock(ctx)
 	if err != nil {
 		return err
 	}
+	unlock := sync.OnceFunc(rlock)
 	defer unlock()
 	release, err := p.LockServe()
 	if err != nil {
@@ -75,42 +78,36 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
 		return err
 	}
-	filler, err := lazy.NewFiller(s, fill, o.fillTimeout, o.log)
+	svc, err := newFillService(ctx, s, fill, o)
 	if err != nil {
 		return err
 	}
-	defer filler.Close()
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	runErr := make(chan error, 1)
-	go func() { runErr <- filler.Run(runCtx) }()
-	err = watchAll(ctx, p, layers, filler)
-	o.log.Debug("lazy: placeholders marked", "seconds", time.Since(start).Seconds())
+	defer func() {
+		if cerr := svc.close(); err == nil {
+			err = cerr
+		}
+	}()
+	err = svc.start(ctx, p, layers)
+	o.log.Debug("lazy: placeholders served", "mode", svc.mode(), "seconds", time.Since(start).Seconds())
 	if err == nil {
 		if ready != nil {
 			ready()
 		}
-		err = completeLazy(ctx, s, src, p, layers, filler, o)
+		err = completeLazy(ctx, s, src, p, layers, svc, o)
 	}
-	stop()
-	if rerr := <-runErr; err == nil {
-		err = rerr
+	if err == nil {
+		unlock()
+		if o.lazyComplete != nil {
+			o.lazyComplete(svc.mode())
+		}
+		err = svc.wait(ctx)
 	}
 	return err
 }
 
-func watchAll(ctx context.Context, p *lazy.Pending, layers []*lazyLayer, filler *lazy.Filler) error {
-	for _, l := range layers {
-		if err := filler.Watch(ctx, p, l.diffID, layerfs.Objects(l.part.Layer.Entries)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // completeLazy fetches the rest of each layer and records it, fills what is left, records the
 // image and its ref, and removes the pending pull.
-func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, filler *lazy.Filler, o options) error {
+func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, o options) error {
 	if o.lazyHold != nil {
 		select {
 		case <-o.lazyHold:
@@ -128,7 +125,7 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 			return fmt.Errorf("layer %s: %w", l.desc.Digest, explainDiffID(l.desc, err))
 		}
 	}
-	if err := filler.FillAll(ctx); err != nil {
+	if err := svc.finish(ctx); err != nil {
 		return err
 	}
 	img, err := s.PutImage(ctx, p.Manifest, p.Config, store.WithSource(p.Source))

@@ -81,6 +81,8 @@ type options struct {
 	allowMismatch func(layer, trueDiffID, configDiffID digest.Digest)
 	fillTimeout   time.Duration   // lazy pulls: bound of one on-demand fill (0: lazy's default)
 	lazyHold      <-chan struct{} // lazy pulls: the background fetch waits until it is closed
+	lazyMode      LazyMode        // lazy pulls: the fill service (zero: LazyAuto)
+	lazyComplete  func(LazyMode)  // lazy pulls: called once the image is recorded
 }
 
 func defaultOptions() options {

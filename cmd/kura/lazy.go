@@ -15,9 +15,15 @@ import (
 )
 
 // runLazyPull is kura pull --lazy: the pending pull is recorded (or resumed), announced once
-// its placeholders are marked, and served in the foreground until the image is complete.
-func runLazyPull(cmd *cobra.Command, s *store.Store, src source.Source, opts []pull.Option, backgroundAfter time.Duration) error {
+// its placeholders are served, and served in the foreground until the image is complete (in
+// FUSE mode, until the mounts made meanwhile are unmounted too).
+func runLazyPull(cmd *cobra.Command, s *store.Store, src source.Source, opts []pull.Option, backgroundAfter time.Duration, modeName string) error {
 	ctx := cmd.Context()
+	mode, err := pull.ParseLazyMode(modeName)
+	if err != nil {
+		return usageError{err}
+	}
+	opts = append(opts, pull.WithLazyMode(mode))
 	if backgroundAfter > 0 {
 		hold := make(chan struct{})
 		t := time.AfterFunc(backgroundAfter, func() { close(hold) })
@@ -31,11 +37,13 @@ func runLazyPull(cmd *cobra.Command, s *store.Store, src source.Source, opts []p
 	ready := func() {
 		fmt.Fprintf(cmd.OutOrStdout(), "%s mountable as %s (kura mount); serving its files until complete\n", p.ID, p.Name)
 	}
-	if err := pull.ServeLazy(ctx, s, src, p, ready, opts...); err != nil {
-		return err
+	complete := func(served pull.LazyMode) {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s complete\n", p.ID)
+		if served == pull.LazyFUSE {
+			fmt.Fprintf(cmd.OutOrStdout(), "serving the mounts made over FUSE until they are unmounted\n")
+		}
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "%s complete\n", p.ID)
-	return nil
+	return pull.ServeLazy(ctx, s, src, p, ready, append(opts, pull.WithLazyComplete(complete))...)
 }
 
 // mountPending mounts a pending lazy pull. No use is recorded: the store holds no image record

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -87,6 +88,69 @@ func TestLazyPullCLIKilledAndResumed(t *testing.T) {
 	third := startLazyPull(t, root, ref)
 	if err := third.Wait(); err != nil {
 		t.Fatalf("resumed kura pull --lazy: %v", err)
+	}
+	if out := kuraOK(t, root, "images"); !strings.Contains(out, "app") {
+		t.Fatalf("kura images after completion:\n%s", out)
+	}
+	kuraOK(t, root, "fsck")
+}
+
+// TestLazyPullCLIFUSEKilledAndResumed: kura pull --lazy --lazy-mode=fuse serves the image
+// through FUSE: a mount reads the bytes and runs a program of it; the server killed (SIGKILL),
+// the mount's reads fail with ENOTCONN, never zeros; run again, it replaces the dead FUSE mount
+// and a new mount reads through it; killed again, the fanotify service (auto) completes the
+// image over the dead mount, leaving nothing in lazy/, and fsck is clean.
+func TestLazyPullCLIFUSEKilledAndResumed(t *testing.T) {
+	needRootCLI(t)
+	reg := registrytest.New(t)
+	data := make([]byte, 400<<10)
+	rand.New(rand.NewSource(18)).Read(data)
+	trueBin, err := os.ReadFile("/usr/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imagetest.Chunked(t, tartest.Tar(t, tartest.Bytes("data", data), tartest.Bytes("true", trueBin).Mode(0o755))).
+		Push(t, reg, "lazy/fuse", "v1")
+	ref := "docker://" + reg.Host + "/lazy/fuse:v1"
+	root, scratch := filepath.Join(t.TempDir(), "store"), t.TempDir()
+	target := mountTarget(t, scratch, "mnt")
+
+	first := startLazyPull(t, root, ref, "--lazy-mode=fuse", "--background-after", "1h")
+	kuraOK(t, root, "mount", "app", target)
+	t.Cleanup(func() { kuraRun(t, root, "umount", target) })
+	if b, err := os.ReadFile(filepath.Join(target, "data")); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("read through FUSE: %d of %d bytes, %v", len(b), len(data), err)
+	}
+	if out, err := exec.Command(filepath.Join(target, "true")).CombinedOutput(); err != nil {
+		t.Fatalf("running a program of the image through FUSE: %v\n%s", err, out)
+	}
+	first.Process.Signal(syscall.SIGKILL)
+	first.Wait()
+	for _, name := range []string{"data", "true"} {
+		if b, err := os.ReadFile(filepath.Join(target, name)); !errors.Is(err, syscall.ENOTCONN) || len(b) != 0 {
+			t.Fatalf("%s with the FUSE server killed: %d bytes, %v; want ENOTCONN", name, len(b), err)
+		}
+	}
+	kuraOK(t, root, "fsck")
+	kuraOK(t, root, "umount", target)
+
+	// Resumed over the dead FUSE mount: a new mount reads through the new server.
+	second := startLazyPull(t, root, ref, "--lazy-mode=fuse", "--background-after", "1h")
+	kuraOK(t, root, "mount", "app", target)
+	if b, err := os.ReadFile(filepath.Join(target, "data")); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("after restart: %d of %d bytes, %v", len(b), len(data), err)
+	}
+	kuraOK(t, root, "umount", target)
+	second.Process.Signal(syscall.SIGKILL)
+	second.Wait()
+
+	// Completed by the fanotify service (auto), which detaches the dead FUSE mount first.
+	third := startLazyPull(t, root, ref)
+	if err := third.Wait(); err != nil {
+		t.Fatalf("resumed kura pull --lazy: %v", err)
+	}
+	if left, _ := os.ReadDir(filepath.Join(root, "lazy")); len(left) != 0 {
+		t.Fatalf("the pending pull left %v in lazy/ (a FUSE mount kept over it?)", left)
 	}
 	if out := kuraOK(t, root, "images"); !strings.Contains(out, "app") {
 		t.Fatalf("kura images after completion:\n%s", out)
