@@ -122,7 +122,8 @@ type criPodEnv struct {
 	tool    []byte
 }
 
-func newCRIPodEnv(t *testing.T) *criPodEnv {
+// newCRIPodEnv starts the environment; snapArgs are added to the snapshotter's flags.
+func newCRIPodEnv(t *testing.T, snapArgs ...string) *criPodEnv {
 	t.Helper()
 	requireTools(t, "containerd", "containerd-shim-runc-v2", "runc", "docker-registry", "go")
 	if os.Geteuid() != 0 {
@@ -156,7 +157,7 @@ func newCRIPodEnv(t *testing.T) *criPodEnv {
 	if err := os.WriteFile(filepath.Join(hosts, p.front.Host, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), "--hosts-dir", hosts)
+	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), append([]string{"--hosts-dir", hosts}, snapArgs...)...)
 	conn, err := grpc.NewClient("unix://"+p.e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
