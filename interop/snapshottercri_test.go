@@ -109,7 +109,11 @@ func webLayers(t *testing.T, tool []byte) (base []byte, top func(v int) []byte) 
 	}
 }
 
-func webPage(v int) string { return fmt.Sprintf("kura web v%d\n", v) }
+// webPage is version v's page, longer than the files a composefs image inlines (64 bytes): its
+// content is an object (a placeholder until fetched, in a lazy pull).
+func webPage(v int) string {
+	return fmt.Sprintf("kura web v%d\n%s\n", v, strings.Repeat("an object, not inlined; ", 4))
+}
 
 // criPodEnv is a containerd 1.6 with its CRI plugin on Kura's snapshotter, and three images
 // in a registry behind a logging proxy: pause (the base layer), web:v1 and web:v2 (base plus

@@ -3,6 +3,8 @@ package interop
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,18 +54,36 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 	if hasLayerRecords(t, root) {
 		t.Fatalf("a layer was recorded while the background fetch was held")
 	}
+	// A v2 server started, its page never read: its placeholder stays empty.
+	ref2 := fmt.Sprintf("%s/interop/web:v2", p.front.Host)
+	p.pull(ctx, t, ref2)
+	id2, url2 := p.startWeb(ctx, t, sb.PodSandboxId, sbConfig, ref2, 2)
 	if gets := p.front.take(); p.anyBlob(gets) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 
-	// The snapshotter killed under the running server, then started without the hold.
+	// The snapshotter killed under the running servers: the v1 page, filled, still reads; the
+	// v2 page's read fails (a short read) and never gives zeros. Then it is started without the
+	// hold, resumes the pending pulls and fills the v2 page for the running server.
 	p.e.snap.stop(t, syscall.SIGKILL)
+	if got := httpGet(ctx, t, "http://"+addr+"/index.html"); got != webPage(1) {
+		t.Fatalf("with the snapshotter killed the v1 server answered %q", got)
+	}
+	if body, err := getOnce(url2); err == nil && body == webPage(2) || strings.Contains(body, "\x00") {
+		t.Fatalf("with the snapshotter killed an unfilled page read %q (err %v): want an error, never zeros", body, err)
+	} else {
+		t.Logf("unfilled page with the filler killed: %q, %v", body, err)
+	}
 	args := slicesWithout(p.e.snapArgs, "--lazy-background-after", "1h")
 	p.e.snap = startDaemon(t, exec.Command(testkit.Kura(t), args...), "client connected") // containerd's backoff
 	waitLazyDone(ctx, t, p, root)
 	if got := httpGet(ctx, t, "http://"+addr+"/index.html"); got != webPage(1) {
 		t.Fatalf("after the pull completed the running server answered %q", got)
 	}
+	if got := httpGet(ctx, t, url2); got != webPage(2) {
+		t.Fatalf("after the pull completed the v2 server answered %q", got)
+	}
+	p.removeContainer(ctx, t, id2)
 	if left := mountsUnder(t, filepath.Join(p.base, "snapshotter", "layers", "pending")); len(left) != 0 {
 		t.Fatalf("pending layer mounts left attached after completion: %v", left)
 	}
@@ -81,6 +101,52 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 	kuraFsck(t, root)
+}
+
+// startWeb creates and starts the web server of image ref without reading its page: it waits
+// for the server to answer a GET of a missing file (a lookup: metadata only). It returns the container's ID and
+// its page's URL.
+func (p *criPodEnv) startWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
+	t.Helper()
+	addr := freeAddr(t)
+	c, err := p.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandbox, SandboxConfig: sbConfig,
+		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprintf("web-v%d", v)},
+			Image: &runtimeapi.ImageSpec{Image: ref}, Command: []string{"/bin/tool", "serve", addr, "/srv"},
+			LogPath: fmt.Sprintf("web-v%d.log", v)}})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v\n%s", err, p.e.snap.log())
+	}
+	if _, err := p.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for { // a missing file's 404: the server listens (FileServer serves a directory's index.html)
+		_, err := getOnce("http://" + addr + "/missing")
+		if err != nil && strings.Contains(err.Error(), "404") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the v%d server does not answer: %v", v, err)
+		case <-tick.C:
+		}
+	}
+	return c.ContainerId, "http://" + addr + "/index.html"
+}
+
+// getOnce GETs url once and returns what of the body arrived.
+func getOnce(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s", resp.Status)
+	}
+	return string(b), err
 }
 
 // waitLazyDone waits until the store has no pending lazy pull and no snapshot is on a pending

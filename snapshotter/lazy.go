@@ -102,21 +102,29 @@ func (s *Service) moveToComplete(ctx context.Context, key string, l *layerstore.
 	return nil
 }
 
-// detachPending lazily unmounts the pending layers' mounts no snapshot is on any more.
+// detachPending detaches the pending layers' mounts no snapshot is on any more.
 func (s *Service) detachPending(dirs map[string]bool) {
 	s.mu.Lock()
-	for _, r := range s.meta.Snapshots {
-		delete(dirs, r.Dir)
-	}
-	s.mu.Unlock()
+	defer s.mu.Unlock()
 	for dir := range dirs {
-		err := unix.Unmount(dir, unix.MNT_DETACH)
-		if err != nil && !errors.Is(err, unix.EINVAL) { // EINVAL: not mounted
-			s.log.Warn("pending layer's mount not detached", "dir", dir, "err", fmt.Errorf("%w", err))
-			continue
-		}
-		os.Remove(dir)
+		s.releasePending(dir)
 	}
+}
+
+// releasePending detaches the pending layer's mount dir unless a snapshot is on it or a
+// remote-path Prepare may be about to record it (as releaseMount). A detached mount lives on for
+// the containers stacked on it. The pending pull goes on: gc keeps it until it completes, and
+// then nothing keeps its layers but snapshots. Called with mu held.
+func (s *Service) releasePending(dir string) {
+	if dir == "" || s.lookups > 0 || s.mountsInUse()[dir] {
+		return
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) { // EINVAL: not mounted
+		s.log.Warn("pending layer's mount not detached", "dir", dir, "err", fmt.Errorf("%w", err))
+		return
+	}
+	os.Remove(dir)
+	s.log.Info("pending layer's mount detached", "dir", dir)
 }
 
 // reviveLazy resumes the pending pulls of the snapshots on pending layers, or moves those whose
