@@ -25,8 +25,8 @@ import (
 // fetched on first access, while the pending pulls are still in the store; containerd fetched
 // no layer blob. Then the snapshotter is killed (SIGKILL) under the running server and started
 // again without the hold: it resumes the pending pulls, which complete (each layer's DiffID
-// verified by the partial import), the snapshots move onto the complete layers, the running
-// server still answers, a new container starts on the complete layers, and kura fsck is clean.
+// verified by the partial import), the snapshots move onto the complete layers, the pulls'
+// private names go and kura gc keeps what the snapshots use, the running servers still answer, a new container starts on the complete layers, and kura fsck is clean.
 func TestSnapshotterLazyCRIPod(t *testing.T) {
 	p := newCRIPodEnv(t, "--lazy", "--lazy-background-after", "1h")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -82,6 +82,17 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 	}
 	if got := httpGet(ctx, t, url2); got != webPage(2) {
 		t.Fatalf("after the pull completed the v2 server answered %q", got)
+	}
+	// The pulls' private names are gone: the snapshots' layer mounts alone keep what runs.
+	if out, err := exec.Command(testkit.Kura(t), "--root", root, "images").CombinedOutput(); err != nil || strings.Contains(string(out), "kura-snapshotter-lazy") {
+		t.Fatalf("kura images after completion: %v\n%s", err, out)
+	}
+	kuraGC(t, root)
+	if !hasObject(t, root, webPage(1)) || !hasObject(t, root, webPage(2)) || !hasObject(t, root, string(p.tool)) {
+		t.Fatalf("kura gc after completion freed a file of a running container")
+	}
+	if got := httpGet(ctx, t, url2); got != webPage(2) {
+		t.Fatalf("after kura gc the v2 server answered %q", got)
 	}
 	p.removeContainer(ctx, t, id2)
 	if left := mountsUnder(t, filepath.Join(p.base, "snapshotter", "layers", "pending")); len(left) != 0 {
