@@ -33,6 +33,7 @@ type lazyLayers struct {
 	// completed is called when a pending pull completes (Service.CompleteLazy).
 	completed func(context.Context)
 
+	rmu     sync.Mutex // serialises resolutions: registryFlags.pullSource is not safe for concurrent use
 	mu      sync.Mutex
 	known   map[string]lazyKnown         // ref NUL layer digest → what resolving it found
 	serving map[digest.Digest]*lazyServe // pending pull ID → its fill service
@@ -118,6 +119,8 @@ func (l *lazyLayers) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if r.Transport != imageref.Docker {
 		return k, fmt.Errorf("%s is not a registry reference: %w", ref, errdefs.ErrInvalid)
 	}
+	l.rmu.Lock()
+	defer l.rmu.Unlock()
 	chosen, err := l.rf.pullSource(ctx, ref)
 	if err != nil {
 		return k, err
