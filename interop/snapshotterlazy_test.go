@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/store"
 )
 
 // TestSnapshotterLazyCRIPod: kura snapshotter --lazy under containerd 1.6.20's CRI plugin, the
@@ -62,6 +63,8 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 
+	p.checkRemovedWhilePending(ctx, t)
+
 	// The snapshotter killed under the running servers: the v1 page, filled, still reads; the
 	// v2 page's read fails (a short read) and never gives zeros. Then it is started without the
 	// hold, resumes the pending pulls and fills the v2 page for the running server.
@@ -91,6 +94,9 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 	if !hasObject(t, root, webPage(1)) || !hasObject(t, root, webPage(2)) || !hasObject(t, root, string(p.tool)) {
 		t.Fatalf("kura gc after completion freed a file of a running container")
 	}
+	if hasObject(t, root, webPage(3)) {
+		t.Fatalf("kura gc kept the page of v3, which containerd removed while its pull was pending")
+	}
 	if got := httpGet(ctx, t, url2); got != webPage(2) {
 		t.Fatalf("after kura gc the v2 server answered %q", got)
 	}
@@ -112,6 +118,34 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 		t.Fatalf("containerd fetched a layer blob (GETs %v)", gets)
 	}
 	kuraFsck(t, root)
+}
+
+// checkRemovedWhilePending pushes web:v3, pulls it (lazily, held) and removes it through the
+// CRI before any container used it: the pending mount of its page layer is detached at once;
+// its pull stays pending until the restarted snapshotter resumes it (no snapshot is left on it).
+func (p *criPodEnv) checkRemovedWhilePending(ctx context.Context, t *testing.T) {
+	t.Helper()
+	pusher, err := store.Open(t.TempDir(), store.WithoutSync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, top := webLayers(t, p.tool)
+	ref3 := fmt.Sprintf("%s/interop/web:v3", p.front.Host)
+	d, _ := pushImage(t, pusher, [][]byte{base, top(3)}, ref3, "/bin/tool", "serve", ":80", "/srv")
+	p.blobs = append(p.blobs, d...)
+	p.front.take()
+	pending := filepath.Join(p.base, "snapshotter", "layers", "pending")
+	before := len(mountsUnder(t, pending))
+	p.pull(ctx, t, ref3)
+	if n := len(mountsUnder(t, pending)); n != before+1 {
+		t.Fatalf("%d pending layer mounts after pulling v3, want %d\n%s", n, before+1, p.e.snap.log())
+	}
+	if _, err := p.images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref3}}); err != nil {
+		t.Fatalf("RemoveImage %s: %v", ref3, err)
+	}
+	if n := len(mountsUnder(t, pending)); n != before {
+		t.Fatalf("%d pending layer mounts after removing v3, want %d\n%s", n, before, p.e.snap.log())
+	}
 }
 
 // startWeb creates and starts the web server of image ref without reading its page: it waits

@@ -57,7 +57,7 @@ the image pull secrets the kubelet passes (kept in memory only). See docs/snapsh
 			}
 			var lz *lazyLayers
 			if lazyPulls && !noRemote {
-				lz = newLazyLayers(cmd.Context(), &rf, s, ls, lazyHold)
+				lz = newLazyLayers(cmd.Context(), &rf, s, ls, lazyHold, filepath.Join(state, "lazy-refs"))
 				opts.Lazy = lz
 			}
 			svc, err := snapshotter.New(opts)
@@ -79,6 +79,9 @@ the image pull secrets the kubelet passes (kept in memory only). See docs/snapsh
 				also = append(also, func(srv *grpc.Server) { runtimeapi.RegisterImageServiceServer(srv, proxy) })
 			}
 			svc.Revive(cmd.Context()) // before serving: a container must not mount a missing layer
+			if lz != nil {
+				lz.resumeOrphans(cmd.Context())
+			}
 			return snapshotter.Serve(cmd.Context(), address, svc, also...)
 		},
 	}

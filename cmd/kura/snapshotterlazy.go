@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -30,6 +32,7 @@ type lazyLayers struct {
 	s    *store.Store
 	ls   *layerstore.Layers
 	hold time.Duration // the background fetch of each pull waits this long (0: not at all)
+	refs string        // directory: <manifest hex> holds the image reference a pending pull began for
 	// completed is called when a pending pull completes (Service.CompleteLazy).
 	completed func(context.Context)
 
@@ -44,6 +47,7 @@ type lazyKnown struct {
 	id     digest.Digest // the manifest's digest: the pending pull's ID
 	diffID digest.Digest
 	src    source.Source
+	ref    string // the image reference containerd named
 }
 
 // lazyServe is one pending pull being served; ready is closed once its placeholders are marked
@@ -54,8 +58,8 @@ type lazyServe struct {
 	err   error
 }
 
-func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *layerstore.Layers, hold time.Duration) *lazyLayers {
-	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, hold: hold, completed: func(context.Context) {},
+func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *layerstore.Layers, hold time.Duration, refs string) *lazyLayers {
+	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, hold: hold, refs: refs, completed: func(context.Context) {},
 		known: map[string]lazyKnown{}, serving: map[digest.Digest]*lazyServe{}}
 }
 
@@ -133,7 +137,7 @@ func (l *lazyLayers) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if i < 0 || i >= len(img.Config.RootFS.DiffIDs) {
 		return k, fmt.Errorf("image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
 	}
-	k = lazyKnown{id: digest.FromBytes(img.ManifestBytes), diffID: img.Config.RootFS.DiffIDs[i], src: chosen.src}
+	k = lazyKnown{id: digest.FromBytes(img.ManifestBytes), diffID: img.Config.RootFS.DiffIDs[i], src: chosen.src, ref: ref}
 	l.mu.Lock()
 	l.known[key] = k
 	l.mu.Unlock()
@@ -196,6 +200,7 @@ func (l *lazyLayers) run(k lazyKnown, sv *lazyServe) {
 	if _, err := l.s.RemoveImage(l.ctx, name, true); err != nil {
 		slog.Warn("lazy pull's private name not removed", "name", name, "err", err)
 	}
+	os.Remove(filepath.Join(l.refs, k.id.Encoded()))
 	slog.Info("lazy pull complete", "pull", k.id)
 }
 
@@ -208,6 +213,9 @@ func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready func
 		defer t.Stop()
 		opts = append(opts, pull.WithBackgroundHeld(hold))
 	}
+	if err := l.keepRef(k); err != nil {
+		return err
+	}
 	p, err := pull.PullLazy(l.ctx, l.s, k.src, opts...)
 	if err != nil {
 		return err
@@ -218,4 +226,53 @@ func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready func
 	}
 	l.mu.Unlock()
 	return pull.ServeLazy(l.ctx, l.s, k.src, p, ready, opts...)
+}
+
+// keepRef records the image reference of k's pull before the pull begins, so that a restart can
+// resume it though no snapshot is left on its layers (resumeOrphans).
+func (l *lazyLayers) keepRef(k lazyKnown) error {
+	if k.ref == "" {
+		return nil // resumed from the recorded reference
+	}
+	if err := os.MkdirAll(l.refs, 0o700); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(l.refs, k.id.Encoded()), []byte(k.ref), 0o600)
+}
+
+// resumeOrphans serves the pending pulls this snapshotter began that no lookup resumed at start
+// (their snapshots were all removed before a restart): each completes, its private name goes,
+// and gc frees what no snapshot uses. A pull whose reference cannot be resolved is logged and
+// left (the next lookup of that image resumes it).
+func (l *lazyLayers) resumeOrphans(ctx context.Context) {
+	entries, err := os.ReadDir(l.refs)
+	if err != nil && !os.IsNotExist(err) {
+		slog.Warn("pending lazy pulls not listed", "dir", l.refs, "err", err)
+	}
+	for _, e := range entries {
+		id := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
+		b, err := os.ReadFile(filepath.Join(l.refs, e.Name()))
+		if id.Validate() != nil || err != nil {
+			continue
+		}
+		if _, err := lazy.Open(l.s, id); errors.Is(err, errdefs.ErrNotFound) {
+			os.Remove(filepath.Join(l.refs, e.Name())) // completed
+			continue
+		}
+		l.mu.Lock()
+		_, ok := l.serving[id]
+		l.mu.Unlock()
+		if ok {
+			continue
+		}
+		l.rmu.Lock()
+		chosen, err := l.rf.pullSource(ctx, string(b))
+		l.rmu.Unlock()
+		if err != nil {
+			slog.Warn("pending lazy pull not resumed", "pull", id, "ref", string(b), "err", err)
+			continue
+		}
+		slog.Info("resuming a pending lazy pull no snapshot is on", "pull", id, "ref", string(b))
+		l.serve(lazyKnown{id: id, src: chosen.src})
+	}
 }
