@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/kura-oci/kura/internal/testkit"
@@ -103,6 +104,13 @@ func TestSnapshotterLazyCRIPod(t *testing.T) {
 	p.removeContainer(ctx, t, id2)
 	if left := mountsUnder(t, filepath.Join(p.base, "snapshotter", "layers", "pending")); len(left) != 0 {
 		t.Fatalf("pending layer mounts left attached after completion: %v", left)
+	}
+	// Each layer is recorded under its DiffID (the sha256 of its tar), which the completion checked.
+	base, top := webLayers(t, p.tool)
+	for _, l := range [][]byte{base, top(1), top(2)} {
+		if _, err := os.Stat(filepath.Join(root, "layers", digest.FromBytes(l).Encoded(), "layer.json")); err != nil {
+			t.Fatalf("layer %s after completion: %v", digest.FromBytes(l), err)
+		}
 	}
 	kuraFsck(t, root)
 	p.removeContainer(ctx, t, id)
