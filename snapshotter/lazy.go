@@ -41,8 +41,11 @@ func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Diges
 // filled and every object stored before the pull completed. A snapshot still pending is left;
 // on a snapshotter's start (Revive) the lookup resumes its pull and remounts its pending layer.
 // The Lazy calls it when a pending pull completes.
+//
+// Without a Lazy (the snapshotter restarted without --lazy), the remote path's lookup pulls each
+// such layer whole and the snapshot moves onto it.
 func (s *Service) CompleteLazy(ctx context.Context) {
-	if s.lazy == nil {
+	if s.lazy == nil && s.remote == nil {
 		return
 	}
 	s.mu.Lock()
@@ -60,7 +63,7 @@ func (s *Service) CompleteLazy(ctx context.Context) {
 			s.log.Error("lazy snapshot has no layer digest", "snapshot", k, "err", err)
 			continue
 		}
-		l, pending, err := s.lazy.LookupLazy(ctx, r.Labels[LabelImageRef], dgst)
+		l, pending, err := s.lookupLayer(ctx, r.Labels[LabelImageRef], dgst)
 		switch {
 		case err != nil:
 			s.log.Error("lazy snapshot's layer not served", "snapshot", k, "err", err)
