@@ -37,7 +37,10 @@ containerd unpacks itself (plain path) moves into Kura's store when committed an
 from there. Remove unmounts a layer no snapshot is on any more, and kura gc then frees what no
 snapshot uses. With --cri-image-service-path the socket also serves the CRI image service as a
 proxy of containerd's (the kubelet's --image-service-endpoint), so the remote path's pulls use
-the image pull secrets the kubelet passes (kept in memory only). See docs/snapshotter.md.`,
+the image pull secrets the kubelet passes (kept in memory only). With --lazy the remote path
+pulls lazily: a layer is mountable once its metadata is in, its files are fetched on first
+access and in the background by this process, and a restart resumes the pending pulls. See
+docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
