@@ -168,6 +168,7 @@ func newCRIPodEnv(t *testing.T, snapArgs ...string) *criPodEnv {
 	}
 	t.Cleanup(func() { conn.Close() })
 	p.runtime, p.images = runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	waitCRIReady(t, p.images)
 	p.front.take()
 	return p
 }

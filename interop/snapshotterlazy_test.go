@@ -202,6 +202,27 @@ func getOnce(url string) (string, error) {
 	return string(b), err
 }
 
+// waitCRIReady waits until containerd's CRI plugin answers: it initialises after containerd
+// logs that it booted, and answers "server is not initialized yet" until then.
+func waitCRIReady(t *testing.T, images runtimeapi.ImageServiceClient) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := images.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the CRI plugin does not answer: %v", err)
+		case <-tick.C:
+		}
+	}
+}
+
 // waitLazyDone waits until the store has no pending lazy pull and no snapshot is on a pending
 // layer, then checks each layer was recorded by the completion (its DiffID checked).
 func waitLazyDone(ctx context.Context, t *testing.T, p *criPodEnv, root string) {
