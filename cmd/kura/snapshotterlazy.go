@@ -92,6 +92,12 @@ func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Dig
 		return l.complete(ctx, k) // stored before, or pulled whole (not zstd:chunked)
 	}
 	dir, err := l.ls.PendingDir(ctx, sv.p, k.diffID)
+	l.mu.Lock()
+	done := l.serving[k.id] != sv
+	l.mu.Unlock()
+	if done && l.s.HasLayer(k.diffID) { // completed meanwhile: its CompleteLazy may have run
+		return l.complete(ctx, k)
+	}
 	if err != nil {
 		return nil, false, err
 	}
