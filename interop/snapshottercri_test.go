@@ -109,7 +109,11 @@ func webLayers(t *testing.T, tool []byte) (base []byte, top func(v int) []byte) 
 	}
 }
 
-func webPage(v int) string { return fmt.Sprintf("kura web v%d\n", v) }
+// webPage is version v's page, longer than the files a composefs image inlines (64 bytes): its
+// content is an object (a placeholder until fetched, in a lazy pull).
+func webPage(v int) string {
+	return fmt.Sprintf("kura web v%d\n%s\n", v, strings.Repeat("an object, not inlined; ", 4))
+}
 
 // criPodEnv is a containerd 1.6 with its CRI plugin on Kura's snapshotter, and three images
 // in a registry behind a logging proxy: pause (the base layer), web:v1 and web:v2 (base plus
@@ -122,7 +126,8 @@ type criPodEnv struct {
 	tool    []byte
 }
 
-func newCRIPodEnv(t *testing.T) *criPodEnv {
+// newCRIPodEnv starts the environment; snapArgs are added to the snapshotter's flags.
+func newCRIPodEnv(t *testing.T, snapArgs ...string) *criPodEnv {
 	t.Helper()
 	requireTools(t, "containerd", "containerd-shim-runc-v2", "runc", "docker-registry", "go")
 	if os.Geteuid() != 0 {
@@ -156,13 +161,14 @@ func newCRIPodEnv(t *testing.T) *criPodEnv {
 	if err := os.WriteFile(filepath.Join(hosts, p.front.Host, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), "--hosts-dir", hosts)
+	p.e = startContainerdConf(t, p.base, "", criPodConf(p.front.Host, p.base), append([]string{"--hosts-dir", hosts}, snapArgs...)...)
 	conn, err := grpc.NewClient("unix://"+p.e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	p.runtime, p.images = runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	waitCRIReady(t, p.images)
 	p.front.take()
 	return p
 }

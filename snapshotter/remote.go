@@ -55,13 +55,16 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 	if exists {
 		return true, fmt.Errorf("snapshotter: target %q: %w", target, errdefs.ErrAlreadyExists)
 	}
-	l, err := s.remote.Lookup(ctx, ref, dgst)
+	l, pending, err := s.lookupLayer(ctx, ref, dgst)
 	if err != nil {
 		s.log.Warn("remote path failed; containerd will download the layer", "ref", ref, "layer", dgst, "err", err)
 		return false, nil
 	}
 	var size, inodes int64
-	if s.objects == nil {
+	if pending {
+		labels = maps.Clone(labels)
+		labels[LabelLazy] = "pending"
+	} else if s.objects == nil {
 		// Measured once, here, as a plain commit is: the kubelet's image file-system stats
 		// (ImageFsInfo) are the sum of the snapshots' Usage.
 		if size, inodes, err = diskUsage(l.Diff); err != nil {
@@ -93,7 +96,7 @@ func (s *Service) commitRemote(ctx context.Context, target, parent string, label
 		Created: now, Updated: now, Dir: ly.Diff, Layer: ly.DiffID, Size: size, Inodes: inodes}
 	r := s.meta.Snapshots[target]
 	s.meta.NextID++
-	if s.objects != nil {
+	if s.objects != nil && l[LabelLazy] == "" { // a pending layer is charged when complete
 		if err := s.charge(ctx, target, r, ly.DiffID); err != nil {
 			s.log.Warn("remote layer's usage not charged", "layer", ly.DiffID, "err", err)
 		}
@@ -112,16 +115,18 @@ func (s *Service) commitRemote(ctx context.Context, target, parent string, label
 // (the layer store's core serves it from the store, pulling only what is missing). A layer that
 // cannot be served is logged and left: containers on it fail to start rather than run wrong.
 //
-// The snapshots plain-path commits moved into the store are mounted again too (reviveIngested).
+// The snapshots plain-path commits moved into the store are mounted again too (reviveIngested),
+// and those on layers of pending lazy pulls (reviveLazy, which resumes the pulls).
 func (s *Service) Revive(ctx context.Context) {
 	s.reviveIngested(ctx)
+	s.reviveLazy(ctx)
 	if s.remote == nil {
 		return
 	}
 	s.mu.Lock()
 	todo := map[string]*record{}
 	for k, r := range s.meta.Snapshots {
-		if r.Labels[LabelRemote] == "true" {
+		if r.Labels[LabelRemote] == "true" && r.Labels[LabelLazy] == "" {
 			todo[k] = r.clone()
 		}
 	}

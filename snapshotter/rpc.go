@@ -160,7 +160,11 @@ func (s *Service) Remove(ctx context.Context, req *snapshots.RemoveSnapshotReque
 	if err := os.RemoveAll(s.dir(r)); err != nil { // Cleanup retries what is left
 		s.log.Warn("removing a snapshot's directory", "key", req.Key, "err", err)
 	}
-	s.releaseMount(mnt)
+	if r.Labels[LabelLazy] != "" {
+		s.releasePending(r.Dir)
+	} else {
+		s.releaseMount(mnt)
+	}
 	return &emptypb.Empty{}, nil
 }
 

@@ -25,6 +25,9 @@ type Options struct {
 	Root string
 	// Remote answers the remote path (a Prepare with the CRI labels); nil: every Prepare is plain.
 	Remote Remote
+	// Lazy, when set, answers the remote path before the layer is downloaded (see Lazy); Remote
+	// is then used for layers a pending pull completed.
+	Lazy Lazy
 	// Ingester, when set, moves each plain-path commit into Kura's store; nil: a committed
 	// snapshot keeps its directory.
 	Ingester Ingester
@@ -43,6 +46,7 @@ type Service struct {
 	snapshots.UnimplementedSnapshotsServer
 	root      string
 	remote    Remote
+	lazy      Lazy
 	ingester  Ingester
 	unmounter Unmounter
 	objects   ObjectLister
@@ -75,7 +79,7 @@ func New(opts Options) (*Service, error) {
 		lock.Close()
 		return nil, err
 	}
-	s := &Service{root: opts.Root, remote: opts.Remote, ingester: opts.Ingester, unmounter: opts.Unmounter,
+	s := &Service{root: opts.Root, remote: opts.Remote, lazy: opts.Lazy, ingester: opts.Ingester, unmounter: opts.Unmounter,
 		objects: opts.Objects, log: opts.Log, meta: m, lock: lock}
 	if err := s.loadCharges(); err != nil {
 		lock.Close()

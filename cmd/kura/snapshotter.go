@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
@@ -20,7 +21,8 @@ import (
 func init() {
 	var rf registryFlags
 	var address, state, hostsDir, criUpstream string
-	var noRemote bool
+	var noRemote, lazyPulls bool
+	var lazyHold time.Duration
 	cmd := &cobra.Command{
 		Use:   "snapshotter",
 		Short: "Serve containerd's snapshots API (a proxy plugin) until SIGTERM or SIGINT",
@@ -35,7 +37,10 @@ containerd unpacks itself (plain path) moves into Kura's store when committed an
 from there. Remove unmounts a layer no snapshot is on any more, and kura gc then frees what no
 snapshot uses. With --cri-image-service-path the socket also serves the CRI image service as a
 proxy of containerd's (the kubelet's --image-service-endpoint), so the remote path's pulls use
-the image pull secrets the kubelet passes (kept in memory only). See docs/snapshotter.md.`,
+the image pull secrets the kubelet passes (kept in memory only). With --lazy the remote path
+pulls lazily: a layer is mountable once its metadata is in, its files are fetched on first
+access and in the background by this process, and a restart resumes the pending pulls. See
+docs/snapshotter.md.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts := snapshotter.Options{Root: filepath.Join(state, "snapshots"), Log: slog.Default()}
@@ -53,11 +58,19 @@ the image pull secrets the kubelet passes (kept in memory only). See docs/snapsh
 			if !noRemote {
 				opts.Remote = ls
 			}
+			var lz *lazyLayers
+			if lazyPulls && !noRemote {
+				lz = newLazyLayers(cmd.Context(), &rf, s, ls, lazyHold, filepath.Join(state, "lazy-refs"))
+				opts.Lazy = lz
+			}
 			svc, err := snapshotter.New(opts)
 			if err != nil {
 				return err
 			}
 			defer svc.Close()
+			if lz != nil {
+				lz.completed = svc.CompleteLazy
+			}
 			var also []func(*grpc.Server)
 			if criUpstream != "" {
 				proxy, closeProxy, err := criProxy(criUpstream)
@@ -69,6 +82,9 @@ the image pull secrets the kubelet passes (kept in memory only). See docs/snapsh
 				also = append(also, func(srv *grpc.Server) { runtimeapi.RegisterImageServiceServer(srv, proxy) })
 			}
 			svc.Revive(cmd.Context()) // before serving: a container must not mount a missing layer
+			if lz != nil {
+				lz.resumeOrphans(cmd.Context())
+			}
 			return snapshotter.Serve(cmd.Context(), address, svc, also...)
 		},
 	}
@@ -81,6 +97,10 @@ the image pull secrets the kubelet passes (kept in memory only). See docs/snapsh
 	cmd.Flags().StringVar(&criUpstream, "cri-image-service-path", "",
 		"containerd's CRI socket: serve the CRI image service on --address as a proxy of it (the kubelet's --image-service-endpoint), keeping PullImage's credentials (image pull secrets) in memory for the remote path's pulls of that image (stargz-snapshotter's cri_keychain image_service_path)")
 	cmd.Flags().BoolVar(&noRemote, "no-remote", false, "never serve a layer from Kura's store: containerd downloads every layer")
+	cmd.Flags().BoolVar(&lazyPulls, "lazy", false,
+		"remote path by lazy pulls: a layer is mountable once its metadata is fetched, its files are fetched on first access and in the background by this process (fanotify pre-content events; see docs/snapshotter.md)")
+	cmd.Flags().DurationVar(&lazyHold, "lazy-background-after", 0,
+		"with --lazy: fetch only what containers read for this long after each lazy pull begins, then the rest (0: at once)")
 	rootCmd.AddCommand(cmd)
 }
 

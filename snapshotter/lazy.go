@@ -1,0 +1,135 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/layerstore"
+)
+
+// LabelLazy marks a remote-path snapshot on a layer of a pending lazy pull (value "pending"):
+// its Dir is that pending layer's mount until CompleteLazy moves it onto the complete layer.
+const LabelLazy = "containerd.io/snapshot/kura.lazy"
+
+// Lazy serves the remote path's layers before they are downloaded (kura snapshotter --lazy).
+type Lazy interface {
+	// LookupLazy serves layer dgst of image ref. When the store holds the layer and no pending
+	// pull of ref is being served, it is the complete layer's mount (pending false). Otherwise a
+	// lazy pull of ref is begun or resumed, its fill service runs in the background, and once
+	// its placeholders are marked the pending layer's mount is returned (pending true).
+	LookupLazy(ctx context.Context, ref string, dgst digest.Digest) (l *layerstore.Layer, pending bool, err error)
+}
+
+// lookupLayer is the remote path's lookup: lazy when a Lazy is set.
+func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Digest) (*layerstore.Layer, bool, error) {
+	if s.lazy != nil {
+		return s.lazy.LookupLazy(ctx, ref, dgst)
+	}
+	l, err := s.remote.Lookup(ctx, ref, dgst)
+	return l, false, err
+}
+
+// CompleteLazy moves every snapshot on a pending layer that is complete now onto the complete
+// layer's mount (whose use keeps the layer from gc): the mounts containerd asks for later, for
+// new containers, stack on it. The pending layer's mount is then detached: running containers
+// keep it (their overlay holds its root), and it stays right for them, as every placeholder was
+// filled and every object stored before the pull completed. A snapshot still pending is left;
+// on a snapshotter's start (Revive) the lookup resumes its pull and remounts its pending layer.
+// The Lazy calls it when a pending pull completes.
+//
+// Without a Lazy (the snapshotter restarted without --lazy), the remote path's lookup pulls each
+// such layer whole and the snapshot moves onto it.
+func (s *Service) CompleteLazy(ctx context.Context) {
+	if s.lazy == nil && s.remote == nil {
+		return
+	}
+	s.mu.Lock()
+	todo := map[string]*record{}
+	for k, r := range s.meta.Snapshots {
+		if r.Labels[LabelLazy] != "" {
+			todo[k] = r.clone()
+		}
+	}
+	s.mu.Unlock()
+	old := map[string]bool{}
+	for k, r := range todo {
+		dgst, err := digest.Parse(r.Labels[LabelLayerDigest])
+		if err != nil {
+			s.log.Error("lazy snapshot has no layer digest", "snapshot", k, "err", err)
+			continue
+		}
+		l, pending, err := s.lookupLayer(ctx, r.Labels[LabelImageRef], dgst)
+		switch {
+		case err != nil:
+			s.log.Error("lazy snapshot's layer not served", "snapshot", k, "err", err)
+		case pending && l.Diff != r.Dir:
+			s.log.Error("lazy snapshot's pending layer served elsewhere", "snapshot", k, "dir", l.Diff, "recorded", r.Dir)
+		case !pending:
+			if err := s.moveToComplete(ctx, k, l); err != nil {
+				s.log.Error("lazy snapshot not moved to its complete layer", "snapshot", k, "err", err)
+				continue
+			}
+			old[r.Dir] = true
+			s.log.Info("lazy snapshot on its complete layer", "snapshot", k, "dir", l.Diff)
+		}
+	}
+	s.detachPending(old)
+}
+
+// moveToComplete points the snapshot key at the complete layer l and charges its Usage.
+func (s *Service) moveToComplete(ctx context.Context, key string, l *layerstore.Layer) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.meta.Snapshots[key]
+	if !ok || r.Labels[LabelLazy] == "" {
+		return nil // removed, or moved by a concurrent call
+	}
+	prev := r.clone()
+	r.Dir, r.Layer = l.Diff, l.DiffID
+	delete(r.Labels, LabelLazy)
+	if s.objects != nil {
+		if err := s.charge(ctx, key, r, l.DiffID); err != nil {
+			s.log.Warn("remote layer's usage not charged", "layer", l.DiffID, "err", err)
+		}
+	}
+	if err := s.meta.save(s.root); err != nil {
+		s.meta.Snapshots[key] = prev
+		s.uncharge(key)
+		return err
+	}
+	return nil
+}
+
+// detachPending detaches the pending layers' mounts no snapshot is on any more.
+func (s *Service) detachPending(dirs map[string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for dir := range dirs {
+		s.releasePending(dir)
+	}
+}
+
+// releasePending detaches the pending layer's mount dir unless a snapshot is on it or a
+// remote-path Prepare may be about to record it (as releaseMount). A detached mount lives on for
+// the containers stacked on it. The pending pull goes on: gc keeps it until it completes, and
+// then nothing keeps its layers but snapshots. Called with mu held.
+func (s *Service) releasePending(dir string) {
+	if dir == "" || s.lookups > 0 || s.mountsInUse()[dir] {
+		return
+	}
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) { // EINVAL: not mounted
+		s.log.Warn("pending layer's mount not detached", "dir", dir, "err", fmt.Errorf("%w", err))
+		return
+	}
+	os.Remove(dir)
+	s.log.Info("pending layer's mount detached", "dir", dir)
+}
+
+// reviveLazy resumes the pending pulls of the snapshots on pending layers, or moves those whose
+// pull completed (in an earlier run) onto their complete layer.
+func (s *Service) reviveLazy(ctx context.Context) { s.CompleteLazy(ctx) }
