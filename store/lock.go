@@ -38,6 +38,9 @@ func (s *Store) TryLock(ctx context.Context) (*Exclusive, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.held.Load() > 0 {
+		return nil, nil // held through this handle (another goroutine of a server): taken now
+	}
 	// lock tries once before it looks at the context: a cancelled one makes it not wait.
 	now, cancel := context.WithCancel(ctx)
 	cancel()

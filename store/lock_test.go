@@ -196,3 +196,28 @@ func TestSharedLockWaitingAtGateJoinsHandleHolder(t *testing.T) {
 		t.Fatalf("gc: %v", err)
 	}
 }
+
+// TestRemoveImageWhileHandleHoldsLock: a long-running server (the snapshotter removes its lazy
+// pulls' private names) calls RemoveImage on a handle other goroutines hold shared locks
+// through. The name goes and the unnamed record is left to gc, as when another process holds
+// the lock: rmi's TryLock must find the lock taken, not fail the removal.
+func TestRemoveImageWhileHandleHoldsLock(t *testing.T) {
+	ctx := context.Background()
+	s := teststore.Open(t)
+	img := teststore.Named(t, s, "x", tarOf(t, map[string][]byte{"a": []byte("a")}))
+	unlock, err := s.RLock(ctx) // another goroutine's pull, lookup or fill
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.RemoveImage(ctx, "x", false)
+	unlock()
+	if err != nil {
+		t.Fatalf("rmi while the handle holds a shared lock: %v", err)
+	}
+	if len(r.Untagged) != 1 || r.Deleted {
+		t.Fatalf("rmi: %+v, want the name removed and the record left to gc", r)
+	}
+	if res, err := s.GC(ctx); err != nil || res.Images != 1 {
+		t.Fatalf("gc after: %+v, %v, want the unnamed image %s removed", res, err, img.ID)
+	}
+}
