@@ -12,3 +12,7 @@ func ObjectDirMissing(o *ObjectDir, ds []digest.Digest) digest.Digest { return o
 
 // SetLockWaitHook makes s call f each time a lock it asks for cannot be had at once.
 func SetLockWaitHook(s *Store, f func()) { s.onLockWait = f }
+
+// SetGatePassedHook makes s call f each time a lock it asks for is past the gate, before its
+// flock: the window in which another of its locks can see the handle hold nothing yet.
+func SetGatePassedHook(s *Store, f func()) { s.onGatePassed = f }

@@ -158,6 +158,10 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 		return res, err
 	}
 	res.TempFiles = n
+	if n, err = x.removeLazyLeftovers(); err != nil {
+		return res, err
+	}
+	res.TempFiles += n
 	v, freed, err := x.sweepVariants()
 	res.Variants, res.BytesFreed = v, res.BytesFreed+freed
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 
@@ -84,4 +85,33 @@ func pendingObjects(tocPath string) ([]digest.Digest, error) {
 		return nil, err
 	}
 	return TOCObjects(toc)
+}
+
+// removeLazyLeftovers deletes lazy/.rm-*: a completed pull's directory that a crash left between
+// its rename and its delete (package lazy, Pending.Remove), with its filled placeholders, a copy
+// of the pulled layers' file data that nothing else would ever remove. Only under the exclusive
+// lock: a completion renames and deletes under the shared one. It returns how many it removed.
+func (x *Exclusive) removeLazyLeftovers() (int, error) {
+	if err := x.check(); err != nil {
+		return 0, err
+	}
+	dir := filepath.Join(x.root, dirLazy)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("gc: %w", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".rm-") {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return n, fmt.Errorf("gc: removing a lazy pull's leftover: %w", err)
+		}
+		n++
+	}
+	return n, nil
 }

@@ -38,6 +38,9 @@ func (s *Store) TryLock(ctx context.Context) (*Exclusive, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.held.Load() > 0 {
+		return nil, nil // held through this handle (another goroutine of a server): taken now
+	}
 	// lock tries once before it looks at the context: a cancelled one makes it not wait.
 	now, cancel := context.WithCancel(ctx)
 	cancel()
@@ -93,10 +96,22 @@ func (s *Store) lock(ctx context.Context, how int) (func(), error) {
 		gate = nil
 	}
 	if gate != nil {
-		if err := s.poll(ctx, func() (bool, error) { return gate(f) }); err != nil {
+		shared := how&unix.LOCK_EX == 0
+		err := s.poll(ctx, func() (bool, error) {
+			if shared && s.held.Load() > 0 {
+				// Another lock of this handle got in meanwhile (through the gate before gc took
+				// it): gc now waits for that holder, which may wait for us.
+				return true, nil
+			}
+			return gate(f)
+		})
+		if err != nil {
 			f.Close()
 			return nil, err
 		}
+	}
+	if s.onGatePassed != nil {
+		s.onGatePassed()
 	}
 	err = s.poll(ctx, func() (bool, error) {
 		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -135,4 +137,87 @@ func writeObject(t *testing.T, s *store.Store, data []byte) digest.Digest {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestSharedLockWaitingAtGateJoinsHandleHolder: a goroutine that asked for a shared lock when its
+// handle held none waits at the gate behind a gc; if another goroutine of that handle gets its
+// shared lock meanwhile (it was through the gate before gc took it), gc now waits for that holder,
+// and the waiter must notice and go on, or a holder that waits for the waiter (the layer store's
+// Lookup waits for its background mount, which waits for the layer-directory mutex held by a
+// DiffTarget stuck at the gate) deadlocks with gc.
+func TestSharedLockWaitingAtGateJoinsHandleHolder(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	h := teststore.Open(t, teststore.At(root))
+	other := teststore.Open(t, teststore.At(root))
+	gcs := teststore.Open(t, teststore.At(root))
+	keep, err := other.RLock(ctx) // keeps gc waiting for the flock once it holds the gate
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcWaiting := make(chan struct{})
+	store.SetLockWaitHook(gcs, sync.OnceFunc(func() { close(gcWaiting) }))
+	gcDone := make(chan error, 1)
+	yWaiting := make(chan struct{})
+	store.SetLockWaitHook(h, sync.OnceFunc(func() { close(yWaiting) }))
+	yGot := make(chan pullStep, 1)
+	// X is through the gate; before it takes its flock, gc takes the gate and Y asks.
+	store.SetGatePassedHook(h, sync.OnceFunc(func() {
+		go func() {
+			x, err := gcs.Lock(ctx)
+			if err == nil {
+				x.Unlock()
+			}
+			gcDone <- err
+		}()
+		<-gcWaiting
+		go func() { u, err := h.RLock(ctx); yGot <- pullStep{u, err} }()
+		<-yWaiting
+	}))
+	unlockX, err := h.RLock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep()
+	// gc now waits for X alone; X's release waits for Y here, as a Lookup waits for its mount.
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	select {
+	case y := <-yGot:
+		if y.err != nil {
+			t.Fatal(y.err)
+		}
+		y.unlock()
+	case <-wait.Done():
+		t.Fatal("deadlock: a shared lock waits at the gate behind a gc that waits for its own handle's holder")
+	}
+	unlockX()
+	if err := <-gcDone; err != nil {
+		t.Fatalf("gc: %v", err)
+	}
+}
+
+// TestRemoveImageWhileHandleHoldsLock: a long-running server (the snapshotter removes its lazy
+// pulls' private names) calls RemoveImage on a handle other goroutines hold shared locks
+// through. The name goes and the unnamed record is left to gc, as when another process holds
+// the lock: rmi's TryLock must find the lock taken, not fail the removal.
+func TestRemoveImageWhileHandleHoldsLock(t *testing.T) {
+	ctx := context.Background()
+	s := teststore.Open(t)
+	img := teststore.Named(t, s, "x", tarOf(t, map[string][]byte{"a": []byte("a")}))
+	unlock, err := s.RLock(ctx) // another goroutine's pull, lookup or fill
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.RemoveImage(ctx, "x", false)
+	unlock()
+	if err != nil {
+		t.Fatalf("rmi while the handle holds a shared lock: %v", err)
+	}
+	if len(r.Untagged) != 1 || r.Deleted {
+		t.Fatalf("rmi: %+v, want the name removed and the record left to gc", r)
+	}
+	if res, err := s.GC(ctx); err != nil || res.Images != 1 {
+		t.Fatalf("gc after: %+v, %v, want the unnamed image %s removed", res, err, img.ID)
+	}
 }

@@ -226,3 +226,37 @@ func TestUsageSharedLayers(t *testing.T) {
 		}
 	}
 }
+
+// TestObjectListBackfillCrashMode: gc and fsck --repair write a missing list by making the
+// read-only layer directory 0700, renaming the list in, and making it 0500 again; a crash in
+// between leaves it 0700 (with or without the list). fsck must call that clean, and gc must go
+// on as before, backfilling a missing list (the directory read-only again).
+func TestObjectListBackfillCrashMode(t *testing.T) {
+	ctx := context.Background()
+	for _, withList := range []bool{false, true} {
+		s := teststore.Open(t)
+		img := teststore.Named(t, s, "keep", tarOf(t, map[string][]byte{"a": []byte("kept a")}))
+		dir := filepath.Dir(listPath(s, img.Layers[0]))
+		if err := os.Chmod(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if !withList {
+			if err := os.Remove(listPath(s, img.Layers[0])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rep, err := s.Fsck(ctx, false)
+		if err != nil || len(rep.Problems) != 0 {
+			t.Fatalf("fsck of a layer directory left 0700 (list %v): %+v, %v", withList, rep, err)
+		}
+		if _, err := s.GC(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err = s.Fsck(ctx, false); err != nil || !rep.Clean() || rep.LegacyLayers != 0 {
+			t.Fatalf("fsck after gc (list %v): %+v, %v", withList, rep, err)
+		}
+		if fi, err := os.Stat(dir); !withList && (err != nil || fi.Mode().Perm() != 0o500) {
+			t.Fatalf("layer directory after gc's backfill: %v, %v", fi.Mode(), err)
+		}
+	}
+}

@@ -97,6 +97,8 @@ type Store struct {
 	held atomic.Int32 // locks held through this handle; writes require one
 	// onLockWait, when set (by tests), is called when a lock cannot be had at once.
 	onLockWait func()
+	// onGatePassed, when set (by tests), is called between a lock's gate and its flock.
+	onGatePassed func()
 
 	chunksMu sync.Mutex
 	chunks   *chunkIndex
