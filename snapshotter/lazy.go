@@ -44,9 +44,13 @@ func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Diges
 //
 // Without a Lazy (the snapshotter restarted without --lazy), the remote path's lookup pulls each
 // such layer whole and the snapshot moves onto it.
-func (s *Service) CompleteLazy(ctx context.Context) {
+//
+// It returns how many snapshots it failed to move (their layer not served, served elsewhere, or
+// the move not saved): the caller must then keep what holds their layers, since a pending mount
+// records no use of its own.
+func (s *Service) CompleteLazy(ctx context.Context) (failed int) {
 	if s.lazy == nil && s.remote == nil {
-		return
+		return 0
 	}
 	s.mu.Lock()
 	todo := map[string]*record{}
@@ -61,17 +65,21 @@ func (s *Service) CompleteLazy(ctx context.Context) {
 		dgst, err := digest.Parse(r.Labels[LabelLayerDigest])
 		if err != nil {
 			s.log.Error("lazy snapshot has no layer digest", "snapshot", k, "err", err)
+			failed++
 			continue
 		}
 		l, pending, err := s.lookupLayer(ctx, r.Labels[LabelImageRef], dgst)
 		switch {
 		case err != nil:
 			s.log.Error("lazy snapshot's layer not served", "snapshot", k, "err", err)
+			failed++
 		case pending && l.Diff != r.Dir:
 			s.log.Error("lazy snapshot's pending layer served elsewhere", "snapshot", k, "dir", l.Diff, "recorded", r.Dir)
+			failed++
 		case !pending:
 			if err := s.moveToComplete(ctx, k, l); err != nil {
 				s.log.Error("lazy snapshot not moved to its complete layer", "snapshot", k, "err", err)
+				failed++
 				continue
 			}
 			old[r.Dir] = true
@@ -79,6 +87,7 @@ func (s *Service) CompleteLazy(ctx context.Context) {
 		}
 	}
 	s.detachPending(old)
+	return failed
 }
 
 // moveToComplete points the snapshot key at the complete layer l and charges its Usage.

@@ -33,8 +33,9 @@ type lazyLayers struct {
 	ls   *layerstore.Layers
 	hold time.Duration // the background fetch of each pull waits this long (0: not at all)
 	refs string        // directory: <manifest hex> holds the image reference a pending pull began for
-	// completed is called when a pending pull completes (Service.CompleteLazy).
-	completed func(context.Context)
+	// completed is called when a pending pull completes (Service.CompleteLazy); it returns how
+	// many snapshots it could not move onto their complete layers.
+	completed func(context.Context) int
 
 	rmu     sync.Mutex // serialises resolutions: registryFlags.pullSource is not safe for concurrent use
 	mu      sync.Mutex
@@ -59,7 +60,7 @@ type lazyServe struct {
 }
 
 func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *layerstore.Layers, hold time.Duration, refs string) *lazyLayers {
-	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, hold: hold, refs: refs, completed: func(context.Context) {},
+	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, hold: hold, refs: refs, completed: func(context.Context) int { return 0 },
 		known: map[string]lazyKnown{}, serving: map[digest.Digest]*lazyServe{}}
 }
 
@@ -202,7 +203,12 @@ func (l *lazyLayers) run(k lazyKnown, sv *lazyServe) {
 		}
 	}
 	done() // lookups from now on find the complete layers
-	l.completed(l.ctx)
+	if failed := l.completed(l.ctx); failed > 0 {
+		// A snapshot left on its pending mount has no use of its own: the name keeps its layers
+		// from gc until a restart moves it (Revive) and `kura rmi` removes the name.
+		slog.Error("lazy pull complete, but snapshots are still on its pending mounts; its private name stays", "pull", k.id, "name", name, "snapshots", failed)
+		return
+	}
 	if _, err := l.s.RemoveImage(l.ctx, name, true); err != nil {
 		slog.Warn("lazy pull's private name not removed", "name", name, "err", err)
 	}
