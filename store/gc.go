@@ -150,9 +150,9 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 		res.Objects++
 		res.BytesFreed += i.Size
 	}
-	if res.Layers > 0 {
-		x.pruneChunkIndex(r)
-	}
+	// Also when this gc deleted no layer: a gc killed after deleting layers left the index
+	// naming them, and its retry must leave what an uninterrupted gc leaves.
+	x.pruneChunkIndex(r)
 	n, err := x.removeTemps()
 	if err != nil {
 		return res, err
