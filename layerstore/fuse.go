@@ -38,6 +38,15 @@ type node struct {
 
 type rootNode struct{ node }
 
+// rootAttrTimeout is how long the kernel may answer a stat of PATH itself from its cache: for
+// good. containers/storage stats PATH whenever it opens the store (podman pull, rmi, run, info
+// ...) and fails every command if that stat fails; a killed server's dead mount answers
+// ENOTCONN to anything the kernel must ask it, so with the one-second default podman stopped
+// working a second after a kill -9. The root's attributes never change (a directory that lists
+// nothing), so the cached ones stay true; lookups below it still fail (ENOTCONN), which
+// containers/storage takes for "not here" and pulls normally.
+const rootAttrTimeout = 100 * 365 * 24 * time.Hour
+
 type refNode struct {
 	node
 	ref string
@@ -62,6 +71,7 @@ type blobNode struct {
 
 var (
 	_ fs.NodeLookuper   = (*rootNode)(nil)
+	_ fs.NodeGetattrer  = (*rootNode)(nil)
 	_ fs.NodeLookuper   = (*refNode)(nil)
 	_ fs.NodeRmdirer    = (*refNode)(nil)
 	_ fs.NodeLookuper   = (*layerNode)(nil)
@@ -84,6 +94,12 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	out.Mode = syscall.S_IFDIR | 0o755
 	return r.dir(ctx, &refNode{node: node{server: r.server}, ref: ref}), 0
+}
+
+func (r *rootNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o755
+	out.SetTimeout(rootAttrTimeout)
+	return 0
 }
 
 func (r *refNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {

@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/mountinfo"
@@ -111,6 +115,45 @@ func TestMountAnswersContainersStorage(t *testing.T) {
 	closed = true
 	if got := mountType(t, dir); got != "" {
 		t.Errorf("after Close, %s is still mounted (%s)", dir, got)
+	}
+}
+
+// TestDeadMountKeepsItsRoot: a server that dies (here its FUSE connection is aborted, which is
+// what a kill -9 leaves) leaves a mount whose lookups fail ENOTCONN, and containers/storage then
+// pulls normally; but it also stats PATH itself whenever podman opens its store (pull, rmi, run)
+// and fails the command if that stat fails. The kernel answers it from the root's cached
+// attributes, which must not expire: with the one-second default every podman command failed a
+// second after a kill (TestLayerStorePodman in interop/ was flaky under load because of it).
+func TestDeadMountKeepsItsRoot(t *testing.T) {
+	requireFUSE(t)
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), "als")
+	m, err := Mount(context.Background(), dir, f.ls, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH); m.Wait() })
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	conn := filepath.Join("/sys/fs/fuse/connections", fmt.Sprint(unix.Major(st.Dev)<<20|unix.Minor(st.Dev)), "abort")
+	if _, err := os.Stat(conn); err != nil {
+		testkit.Skip(t, "no fusectl file system to abort the connection with: %v", err)
+	}
+	if err := os.WriteFile(conn, []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	diff := filepath.Join(dir, base64.StdEncoding.EncodeToString([]byte(f.ref)), f.img.Descs[0].Digest.String(), "diff")
+	if _, err := os.Stat(diff); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("stat of a layer through the aborted mount: %v; want ENOTCONN", err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Errorf("stat of the aborted mount's root: %v, %v; want the directory", fi, err)
+	}
+	var out fuse.AttrOut
+	if errno := (&rootNode{}).Getattr(context.Background(), nil, &out); errno != 0 || out.Timeout() < 24*time.Hour {
+		t.Errorf("the root's attributes are cached for %v (%v); want them kept for good", out.Timeout(), errno)
 	}
 }
 

@@ -71,6 +71,13 @@ func Mount(ctx context.Context, dir string, ls *Layers, lookupTimeout time.Durat
 	if err != nil {
 		return nil, fmt.Errorf("layer store: mounting at %s: %w", dir, err)
 	}
+	// The kernel caches the root's attributes from its first GETATTR (rootAttrTimeout): make it
+	// now, so that PATH stays stat-able for containers/storage even if the server is killed
+	// before anyone else has looked at it.
+	if _, err := os.Stat(dir); err != nil {
+		srv.Unmount()
+		return nil, fmt.Errorf("layer store: the mount at %s does not answer: %w", dir, err)
+	}
 	return &Mounted{srv: srv, dir: dir, log: ls.opts.Log.Warn}, nil
 }
 
