@@ -46,9 +46,27 @@ type Filler struct {
 type placeholder struct {
 	path        string
 	diffID, obj digest.Digest
-	mu          sync.Mutex
+	gate        fillGate // held while filling; guards filled
 	filled      bool
 }
+
+// fillGate makes concurrent fills of one object wait for the first, each waiter only until its
+// own deadline: a sync.Mutex made the k-th reader of a stalled file wait k fill timeouts (each
+// holder's whole timeout, then its own).
+type fillGate chan struct{}
+
+func newFillGate() fillGate { return make(fillGate, 1) }
+
+func (g fillGate) lock(ctx context.Context) error {
+	select {
+	case g <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g fillGate) unlock() { <-g }
 
 type writeJob struct {
 	ph   *placeholder
@@ -85,7 +103,7 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 		if err != nil {
 			return err
 		}
-		ph := &placeholder{path: path, diffID: diffID, obj: d}
+		ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
 		var st unix.Stat_t
 		if err := unix.Stat(path, &st); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -167,15 +185,18 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 }
 
 // fillOne stores the object (once per placeholder, concurrent accesses waiting for the first),
-// copies it into the placeholder and unmarks it, so later accesses go straight through.
+// copies it into the placeholder and unmarks it, so later accesses go straight through. The
+// fill timeout bounds the wait for a fill in flight too.
 func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
-	ph.mu.Lock()
-	defer ph.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	if err := ph.gate.lock(ctx); err != nil {
+		return fmt.Errorf("waiting for the fill of %s in flight: %w", ph.obj, err)
+	}
+	defer ph.gate.unlock()
 	if ph.filled {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
-	defer cancel()
 	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
 		return err
 	}
