@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/fanotify"
 	"github.com/kura-oci/kura/store"
 )
@@ -249,28 +250,44 @@ func (f *Filler) writer(tid chan<- int) {
 	}
 }
 
+// copyObject copies the stored object into its placeholder, in place (the placeholder's inode
+// is what marks and live mounts hold). The object is hashed before the first byte is written,
+// so a stored object that no longer matches its name (bit rot, a file swapped under objects/)
+// never reaches a placeholder, and hashed again as it is copied: a change in between empties
+// the placeholder again before the reader is answered.
 func (f *Filler) copyObject(ph *placeholder) error {
 	src, err := f.s.Open(context.Background(), ph.obj)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	if err := checkObject(io.NewSectionReader(src, 0, 1<<62), ph.obj); err != nil {
+		return err
+	}
 	dst, err := os.OpenFile(ph.path, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	st, err := src.Stat()
-	if err == nil {
-		var n int64
-		n, err = io.Copy(dst, src)
-		if err == nil && n != st.Size() {
-			err = fmt.Errorf("placeholder of %s: copied %d of %d bytes", ph.obj, n, st.Size())
-		}
+	err = checkObject(io.TeeReader(io.NewSectionReader(src, 0, 1<<62), dst), ph.obj)
+	if err != nil {
+		err = errors.Join(err, dst.Truncate(0))
 	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// checkObject reads r to its end and checks that it hashes to obj.
+func checkObject(r io.Reader, obj digest.Digest) error {
+	v := obj.Verifier()
+	if _, err := io.Copy(v, r); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("stored object %s does not hash to its name: %w", obj, errdefs.ErrDigestMismatch)
+	}
+	return nil
 }
 
 // Close ends the group (its marks go; the kernel lets pending and later accesses through) and

@@ -1,6 +1,7 @@
 package lazy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/store"
 )
 
 // TestStalledFillBoundsEveryReader: two readers of one placeholder whose fetch stalls (the
@@ -63,5 +66,50 @@ func TestStalledFillBoundsEveryReader(t *testing.T) {
 			t.Fatalf("a fill ran until %v after the first access; every reader must be answered within the %v timeout of its own access",
 				dl.Sub(first).Round(time.Millisecond), timeout)
 		}
+	}
+}
+
+// TestCopyFromCorruptObjectNeverFills: the copy into a placeholder hashes what it copies, so a
+// stored object that no longer matches its name (bit rot, or a file swapped under objects/) is
+// never handed to a reader as content: the read fails and the placeholder stays empty.
+func TestCopyFromCorruptObjectNeverFills(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("fanotify pre-content groups need root")
+	}
+	s := teststore.Open(t, teststore.Locked())
+	content := bytes.Repeat([]byte("lazy object "), 10<<10)
+	obj, diffID := digest.FromBytes(content), digest.FromString("layer")
+	p := &Pending{Dir: t.TempDir()}
+	if err := p.MakePlaceholders(s, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := store.WriteObject(ctx, s, bytes.NewReader(content), obj, int64(len(content))); err != nil {
+		t.Fatal(err)
+	}
+	path, _ := s.ObjectPath(obj)
+	bad := bytes.Clone(content)
+	bad[len(bad)/2] ^= 1
+	if err := os.WriteFile(path, bad, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFiller(s, func(context.Context, digest.Digest, digest.Digest) error { return nil }, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	defer func() { cancel(); <-ran; f.Close() }()
+	werr := f.Watch(ctx, p, diffID, []digest.Digest{obj})
+	ph, _ := p.PlaceholderPath(s, diffID, obj)
+	b, rerr := os.ReadFile(ph)
+	if rerr == nil || len(b) != 0 {
+		t.Fatalf("placeholder of a corrupt object read %d bytes (err %v, Watch: %v); want a failed read, never wrong bytes", len(b), rerr, werr)
+	}
+	if !errors.Is(werr, errdefs.ErrDigestMismatch) {
+		t.Errorf("Watch over a corrupt stored object: %v; want ErrDigestMismatch", werr)
+	}
+	if st, err := os.Stat(ph); err != nil || st.Size() != 0 {
+		t.Fatalf("placeholder after a failed copy: %v, %v; want length 0", st, err)
 	}
 }
