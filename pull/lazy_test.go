@@ -182,14 +182,14 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 	e.checkComplete(t, p)
 }
 
-// TestLazyFetchErrorFailsRead: a registry that fails, or sends wrong bytes, answers the reader
-// with EIO within the fill timeout, never a hang nor the wrong bytes; once it is back, the next
-// read fills.
+// TestLazyFetchErrorFailsRead: a registry that fails, sends wrong bytes, or accepts and then
+// stalls, answers the reader with EIO within the fill timeout, never a hang nor the wrong
+// bytes; once it is back, the next read fills.
 func TestLazyFetchErrorFailsRead(t *testing.T) {
 	e, p := newLazyEnv(t)
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold), WithFillTimeout(10*time.Second))
-	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody} {
+	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody, registrytest.Stall} {
 		e.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
 		if _, err := e.readMounted(t, "usr/lib/big.so"); !errors.Is(err, syscall.EIO) {
 			t.Fatalf("read with fault %v: %v, want EIO", fault, err)
