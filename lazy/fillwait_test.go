@@ -16,11 +16,11 @@ import (
 	"github.com/kura-oci/kura/store"
 )
 
-// TestStalledFillBoundsEveryReader: two readers of one placeholder whose fetch stalls (the
+// TestLazyStalledFillBoundsEveryReader: two readers of one placeholder whose fetch stalls (the
 // registry accepted and sends nothing) each get EIO within the fill timeout of their own
 // access. The second used to wait for the first fill's whole timeout and only then start its
 // own, so its fill's deadline lay two timeouts after the first access (k timeouts for the k-th).
-func TestStalledFillBoundsEveryReader(t *testing.T) {
+func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("fanotify pre-content groups need root")
 	}
@@ -69,10 +69,10 @@ func TestStalledFillBoundsEveryReader(t *testing.T) {
 	}
 }
 
-// TestCopyFromCorruptObjectNeverFills: the copy into a placeholder hashes what it copies, so a
+// TestLazyCopyFromCorruptObjectNeverFills: the copy into a placeholder hashes what it copies, so a
 // stored object that no longer matches its name (bit rot, or a file swapped under objects/) is
 // never handed to a reader as content: the read fails and the placeholder stays empty.
-func TestCopyFromCorruptObjectNeverFills(t *testing.T) {
+func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("fanotify pre-content groups need root")
 	}
