@@ -97,8 +97,13 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 
 // Watch marks the placeholders of a pending layer's objects. Objects the store holds already
 // get their placeholder filled at once (a crash between storing and copying leaves that): Run
-// must be running, as the copy's own events need answering.
+// must be running, as the copy's own events need answering. Placeholders missing for objects
+// the store lacks (a pull killed while it made them, after its record was written) are made
+// first: without one such a file would fail to open until the whole layer is in.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
+	if err := p.MakePlaceholders(f.s, diffID, objs); err != nil {
+		return err
+	}
 	for _, d := range objs {
 		path, err := p.PlaceholderPath(f.s, diffID, d)
 		if err != nil {
