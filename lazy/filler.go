@@ -200,6 +200,11 @@ func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
 		return fmt.Errorf("waiting for the fill of %s in flight: %w", ph.obj, err)
 	}
 	defer ph.gate.unlock()
+	return f.fillLocked(ctx, ph)
+}
+
+// fillLocked is fillOne once the placeholder's gate is held.
+func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) error {
 	if ph.filled {
 		return nil
 	}
@@ -313,9 +318,22 @@ func (f *Filler) FillAll(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	for _, ph := range phs {
-		if err := f.fillOne(ctx, ph); err != nil {
+		if err := f.fillWaiting(ctx, ph); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fillWaiting is fillOne for completion: it waits for a reader's fill in flight for as long as
+// ctx allows (that fill may be copying a large object past the fill timeout), and bounds only
+// its own fill by the timeout.
+func (f *Filler) fillWaiting(ctx context.Context, ph *placeholder) error {
+	if err := ph.gate.lock(ctx); err != nil {
+		return err
+	}
+	defer ph.gate.unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	return f.fillLocked(ctx, ph)
 }
