@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/fanotify"
 	"github.com/kura-oci/kura/store"
 )
@@ -46,9 +47,27 @@ type Filler struct {
 type placeholder struct {
 	path        string
 	diffID, obj digest.Digest
-	mu          sync.Mutex
+	gate        fillGate // held while filling; guards filled
 	filled      bool
 }
+
+// fillGate makes concurrent fills of one object wait for the first, each waiter only until its
+// own deadline: a sync.Mutex made the k-th reader of a stalled file wait k fill timeouts (each
+// holder's whole timeout, then its own).
+type fillGate chan struct{}
+
+func newFillGate() fillGate { return make(fillGate, 1) }
+
+func (g fillGate) lock(ctx context.Context) error {
+	select {
+	case g <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (g fillGate) unlock() { <-g }
 
 type writeJob struct {
 	ph   *placeholder
@@ -78,14 +97,19 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 
 // Watch marks the placeholders of a pending layer's objects. Objects the store holds already
 // get their placeholder filled at once (a crash between storing and copying leaves that): Run
-// must be running, as the copy's own events need answering.
+// must be running, as the copy's own events need answering. Placeholders missing for objects
+// the store lacks (a pull killed while it made them, after its record was written) are made
+// first: without one such a file would fail to open until the whole layer is in.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
+	if err := p.MakePlaceholders(f.s, diffID, objs); err != nil {
+		return err
+	}
 	for _, d := range objs {
 		path, err := p.PlaceholderPath(f.s, diffID, d)
 		if err != nil {
 			return err
 		}
-		ph := &placeholder{path: path, diffID: diffID, obj: d}
+		ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
 		var st unix.Stat_t
 		if err := unix.Stat(path, &st); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -167,15 +191,23 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 }
 
 // fillOne stores the object (once per placeholder, concurrent accesses waiting for the first),
-// copies it into the placeholder and unmarks it, so later accesses go straight through.
+// copies it into the placeholder and unmarks it, so later accesses go straight through. The
+// fill timeout bounds the wait for a fill in flight too.
 func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
-	ph.mu.Lock()
-	defer ph.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	if err := ph.gate.lock(ctx); err != nil {
+		return fmt.Errorf("waiting for the fill of %s in flight: %w", ph.obj, err)
+	}
+	defer ph.gate.unlock()
+	return f.fillLocked(ctx, ph)
+}
+
+// fillLocked is fillOne once the placeholder's gate is held.
+func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) error {
 	if ph.filled {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
-	defer cancel()
 	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
 		return err
 	}
@@ -228,28 +260,44 @@ func (f *Filler) writer(tid chan<- int) {
 	}
 }
 
+// copyObject copies the stored object into its placeholder, in place (the placeholder's inode
+// is what marks and live mounts hold). The object is hashed before the first byte is written,
+// so a stored object that no longer matches its name (bit rot, a file swapped under objects/)
+// never reaches a placeholder, and hashed again as it is copied: a change in between empties
+// the placeholder again before the reader is answered.
 func (f *Filler) copyObject(ph *placeholder) error {
 	src, err := f.s.Open(context.Background(), ph.obj)
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	if err := checkObject(io.NewSectionReader(src, 0, 1<<62), ph.obj); err != nil {
+		return err
+	}
 	dst, err := os.OpenFile(ph.path, os.O_WRONLY, 0)
 	if err != nil {
 		return err
 	}
-	st, err := src.Stat()
-	if err == nil {
-		var n int64
-		n, err = io.Copy(dst, src)
-		if err == nil && n != st.Size() {
-			err = fmt.Errorf("placeholder of %s: copied %d of %d bytes", ph.obj, n, st.Size())
-		}
+	err = checkObject(io.TeeReader(io.NewSectionReader(src, 0, 1<<62), dst), ph.obj)
+	if err != nil {
+		err = errors.Join(err, dst.Truncate(0))
 	}
 	if cerr := dst.Close(); err == nil {
 		err = cerr
 	}
 	return err
+}
+
+// checkObject reads r to its end and checks that it hashes to obj.
+func checkObject(r io.Reader, obj digest.Digest) error {
+	v := obj.Verifier()
+	if _, err := io.Copy(v, r); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("stored object %s does not hash to its name: %w", obj, errdefs.ErrDigestMismatch)
+	}
+	return nil
 }
 
 // Close ends the group (its marks go; the kernel lets pending and later accesses through) and
@@ -270,9 +318,22 @@ func (f *Filler) FillAll(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	for _, ph := range phs {
-		if err := f.fillOne(ctx, ph); err != nil {
+		if err := f.fillWaiting(ctx, ph); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fillWaiting is fillOne for completion: it waits for a reader's fill in flight for as long as
+// ctx allows (that fill may be copying a large object past the fill timeout), and bounds only
+// its own fill by the timeout.
+func (f *Filler) fillWaiting(ctx context.Context, ph *placeholder) error {
+	if err := ph.gate.lock(ctx); err != nil {
+		return err
+	}
+	defer ph.gate.unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	return f.fillLocked(ctx, ph)
 }

@@ -82,7 +82,7 @@ func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerf
 		if err != nil {
 			return err
 		}
-		root.add(name, &fuseObject{sh: f.sh, diffID: diffID, obj: e.Digest, size: e.Size})
+		root.add(name, &fuseObject{sh: f.sh, diffID: diffID, obj: e.Digest, size: e.Size, gate: newFillGate()})
 	}
 	long := time.Hour // the tree never changes while mounted
 	srv, err := fs.Mount(dir, root, &fs.Options{
@@ -234,7 +234,7 @@ type fuseObject struct {
 	sh          *fuseShared
 	diffID, obj digest.Digest
 	size        int64
-	mu          sync.Mutex // concurrent opens wait for the first fill
+	gate        fillGate // concurrent opens wait for the first fill, each until its deadline
 }
 
 var (
@@ -255,11 +255,13 @@ func (n *fuseObject) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
-	n.mu.Lock()
 	fctx, cancel := context.WithTimeout(n.sh.ctx, n.sh.timeout)
-	err := storeObject(fctx, n.sh.s, n.sh.fill, n.diffID, n.obj)
+	err := n.gate.lock(fctx)
+	if err == nil {
+		err = storeObject(fctx, n.sh.s, n.sh.fill, n.diffID, n.obj)
+		n.gate.unlock()
+	}
 	cancel()
-	n.mu.Unlock()
 	if err != nil {
 		n.sh.log.Warn("lazy: FUSE fill failed; the open fails with EIO", "object", n.obj, "err", err)
 		return nil, 0, syscall.EIO

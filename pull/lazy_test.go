@@ -182,14 +182,14 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 	e.checkComplete(t, p)
 }
 
-// TestLazyFetchErrorFailsRead: a registry that fails, or sends wrong bytes, answers the reader
-// with EIO within the fill timeout, never a hang nor the wrong bytes; once it is back, the next
-// read fills.
+// TestLazyFetchErrorFailsRead: a registry that fails, sends wrong bytes, or accepts and then
+// stalls, answers the reader with EIO within the fill timeout, never a hang nor the wrong
+// bytes; once it is back, the next read fills.
 func TestLazyFetchErrorFailsRead(t *testing.T) {
 	e, p := newLazyEnv(t)
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold), WithFillTimeout(10*time.Second))
-	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody} {
+	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody, registrytest.Stall} {
 		e.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
 		if _, err := e.readMounted(t, "usr/lib/big.so"); !errors.Is(err, syscall.EIO) {
 			t.Fatalf("read with fault %v: %v, want EIO", fault, err)
@@ -198,6 +198,37 @@ func TestLazyFetchErrorFailsRead(t *testing.T) {
 	e.reg.Proxy.SetFault(registrytest.Fault{})
 	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
 		t.Fatalf("read after the registry is back: %d bytes, %v", len(b), err)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
+
+// TestLazyPlaceholdersMadeOnResume: a pull killed after its record was written but before all
+// its placeholders were (MakePlaceholders runs after lazy.Create) is resumed as it is; the
+// resumed service makes the missing placeholders before it marks them, so a read of such a
+// file is filled on demand rather than failing until the whole layer is in.
+func TestLazyPlaceholdersMadeOnResume(t *testing.T) {
+	e, p := newLazyEnv(t)
+	phs, err := filepath.Glob(filepath.Join(p.DataDir(p.Pending[0]), "*", "*"))
+	if err != nil || len(phs) == 0 {
+		t.Fatalf("placeholders %v, %v", phs, err)
+	}
+	for _, ph := range phs {
+		if err := os.Remove(ph); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p2, err := PullLazy(context.Background(), e.s, e.source(t)) // restart: the same pending pull
+	if err != nil || p2.Dir != p.Dir {
+		t.Fatalf("resume: %v, %v", p2, err)
+	}
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p2, WithBackgroundHeld(hold))
+	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
+		t.Fatalf("read of a file whose placeholder the killed pull had not made: %d bytes, %v", len(b), err)
 	}
 	close(hold)
 	if err := <-done; err != nil {

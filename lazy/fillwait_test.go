@@ -1,0 +1,116 @@
+package lazy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/store"
+)
+
+// TestLazyStalledFillBoundsEveryReader: two readers of one placeholder whose fetch stalls (the
+// registry accepted and sends nothing) each get EIO within the fill timeout of their own
+// access. The second used to wait for the first fill's whole timeout and only then start its
+// own, so its fill's deadline lay two timeouts after the first access (k timeouts for the k-th).
+func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("fanotify pre-content groups need root")
+	}
+	const timeout = 3 * time.Second
+	s := teststore.Open(t)
+	obj, diffID := digest.FromString("object content"), digest.FromString("layer")
+	p := &Pending{Dir: t.TempDir()}
+	if err := p.MakePlaceholders(s, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	deadlines := make(chan time.Time, 16)
+	stall := func(ctx context.Context, _, _ digest.Digest) error {
+		dl, _ := ctx.Deadline()
+		deadlines <- dl
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	f, err := NewFiller(s, stall, timeout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	defer func() { cancel(); <-ran; f.Close() }()
+	if err := f.Watch(ctx, p, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	ph, _ := p.PlaceholderPath(s, diffID, obj)
+	errs := make(chan error, 2)
+	read := func() { _, err := os.ReadFile(ph); errs <- err }
+	go read()
+	<-deadlines // the first fill is in flight: the second reader arrives while it stalls
+	second := time.Now()
+	go read()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, syscall.EIO) {
+			t.Fatalf("read of a stalled placeholder: %v; want EIO", err)
+		}
+	}
+	for len(deadlines) > 0 {
+		// Half a timeout of slack for the second access's event to reach the filler.
+		if dl := <-deadlines; dl.After(second.Add(timeout * 3 / 2)) {
+			t.Fatalf("a fill ran until %v after the second access; every reader must be answered within the %v timeout of its own access",
+				dl.Sub(second).Round(time.Millisecond), timeout)
+		}
+	}
+}
+
+// TestLazyCopyFromCorruptObjectNeverFills: the copy into a placeholder hashes what it copies, so a
+// stored object that no longer matches its name (bit rot, or a file swapped under objects/) is
+// never handed to a reader as content: the read fails and the placeholder stays empty.
+func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("fanotify pre-content groups need root")
+	}
+	s := teststore.Open(t, teststore.Locked())
+	content := bytes.Repeat([]byte("lazy object "), 10<<10)
+	obj, diffID := digest.FromBytes(content), digest.FromString("layer")
+	p := &Pending{Dir: t.TempDir()}
+	if err := p.MakePlaceholders(s, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := store.WriteObject(ctx, s, bytes.NewReader(content), obj, int64(len(content))); err != nil {
+		t.Fatal(err)
+	}
+	path, _ := s.ObjectPath(obj)
+	bad := bytes.Clone(content)
+	bad[len(bad)/2] ^= 1
+	if err := os.WriteFile(path, bad, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewFiller(s, func(context.Context, digest.Digest, digest.Digest) error { return nil }, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	defer func() { cancel(); <-ran; f.Close() }()
+	werr := f.Watch(ctx, p, diffID, []digest.Digest{obj})
+	ph, _ := p.PlaceholderPath(s, diffID, obj)
+	b, rerr := os.ReadFile(ph)
+	if rerr == nil || len(b) != 0 {
+		t.Fatalf("placeholder of a corrupt object read %d bytes (err %v, Watch: %v); want a failed read, never wrong bytes", len(b), rerr, werr)
+	}
+	if !errors.Is(werr, errdefs.ErrDigestMismatch) {
+		t.Errorf("Watch over a corrupt stored object: %v; want ErrDigestMismatch", werr)
+	}
+	if st, err := os.Stat(ph); err != nil || st.Size() != 0 {
+		t.Fatalf("placeholder after a failed copy: %v, %v; want length 0", st, err)
+	}
+}
