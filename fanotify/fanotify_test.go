@@ -7,12 +7,14 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 func newGroup(t *testing.T) *Group {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("fanotify pre-content events need CAP_SYS_ADMIN")
+		testkit.Skip(t, "fanotify pre-content events need CAP_SYS_ADMIN")
 	}
 	g, err := NewPreContent()
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
@@ -22,7 +23,7 @@ import (
 // own, so its fill's deadline lay two timeouts after the first access (k timeouts for the k-th).
 func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("fanotify pre-content groups need root")
+		testkit.Skip(t, "fanotify pre-content groups need root")
 	}
 	const timeout = 3 * time.Second
 	s := teststore.Open(t)
@@ -75,7 +76,7 @@ func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
 // never handed to a reader as content: the read fails and the placeholder stays empty.
 func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("fanotify pre-content groups need root")
+		testkit.Skip(t, "fanotify pre-content groups need root")
 	}
 	s := teststore.Open(t, teststore.Locked())
 	content := bytes.Repeat([]byte("lazy object "), 10<<10)

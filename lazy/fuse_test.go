@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
@@ -69,7 +70,7 @@ func overlayOverFUSE(t *testing.T, s *store.Store, srv *FUSEServer, contents [][
 // ENOTCONN, never zeros.
 func TestOverlayOverFUSEDataLayer(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		testkit.Skip(t, "mounting needs root")
 	}
 	s := teststore.Open(t)
 	unlock, err := s.RLock(context.Background())

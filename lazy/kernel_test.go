@@ -12,6 +12,7 @@ import (
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/fanotify"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // composefsWithPlaceholder builds a composefs image of one 300 KiB file, moves its object from
@@ -21,7 +22,7 @@ import (
 func composefsWithPlaceholder(t *testing.T) (content []byte, inMount, ph string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("mounting needs root")
+		testkit.Skip(t, "mounting needs root")
 	}
 	src, objects, placeholders, target := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
 	content = make([]byte, 300<<10)
