@@ -65,7 +65,19 @@ func main() {
 	flag.StringVar(&cfg.ctdProfile, "ctd-kura-profile", "", "write the kura snapshotter's CPU profile to this path plus .roundN")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	scale := scaleFlags()
+	var la lazyApacheCfg
+	flag.StringVar(&la.regData, "lazy-apache", "", "run only the lazy-pull comparison (issue 17): a registry root directory holding lazy/c0:latest pushed by kura; apache2 of the image answers on 127.0.0.1:80")
+	flag.IntVar(&la.runs, "lazy-apache-runs", 5, "rounds of the lazy-pull comparison")
 	flag.Parse()
+	if la.regData != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := runLazyApache(ctx, cfg, la)
+		stop()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if scale.enabled {
 		runScaleMain(cfg, scale)
 		return
