@@ -31,6 +31,7 @@ import (
 type lazyApacheCfg struct {
 	regData string // a registry rootdirectory holding lazy/c0:latest (zstd:chunked, kura-pushed)
 	runs    int
+	modes   string // comma-separated subset of kura-lazy, podman, kura-full, kura-lazy-held
 }
 
 // apacheCmd starts apache2 in the foreground the way apache2ctl would, without systemd.
@@ -63,7 +64,7 @@ func runLazyApache(ctx context.Context, cfg config, la lazyApacheCfg) error {
 	defer reg.Stop()
 	alog := newAccessLog(reg.Log, reg.Addr)
 	ref := reg.Addr + "/lazy/c0:latest"
-	modes := []string{"kura-lazy", "podman", "kura-full", "kura-lazy-held"}
+	modes := strings.Split(la.modes, ",")
 	var all []lazyRun
 	for i := 0; i < la.runs; i++ {
 		for j := range modes {
