@@ -67,7 +67,20 @@ func main() {
 	alsRounds := flag.Int("als-rounds", 5, "rounds of the -als comparison (each: new installations, every version)")
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	scale := scaleFlags()
+	var la lazyApacheCfg
+	flag.StringVar(&la.regData, "lazy-apache", "", "run only the lazy-pull comparison (issue 17): a registry root directory holding lazy/c0:latest pushed by kura; apache2 of the image answers on 127.0.0.1:80")
+	flag.IntVar(&la.runs, "lazy-apache-runs", 5, "rounds of the lazy-pull comparison")
+	flag.StringVar(&la.modes, "lazy-apache-modes", "kura-lazy,podman,kura-full,kura-lazy-held", "modes of the lazy-pull comparison, in the order of the first round (rotated each round)")
 	flag.Parse()
+	if la.regData != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := runLazyApache(ctx, cfg, la)
+		stop()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if scale.enabled {
 		runScaleMain(cfg, scale)
 		return
