@@ -35,16 +35,9 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	name := o.name
-	if name == "" {
-		name = img.Name
-	}
-	if name == "" {
-		return nil, fmt.Errorf("the image has no name; give one: %w", errdefs.ErrInvalid)
-	}
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(img.Manifest.Layers) {
-		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	name, diffIDs, err := nameAndDiffIDs(o, img)
+	if err != nil {
+		return nil, err
 	}
 	unlock, err := s.RLock(ctx)
 	if err != nil {

@@ -157,16 +157,9 @@ func Pull(ctx context.Context, s *store.Store, src source.Source, opts ...Option
 		return nil, err
 	}
 	o.log.Debug("resolved", "source", img.Name, "config", img.Manifest.Config.Digest, "layers", len(img.Manifest.Layers), "seconds", time.Since(start).Seconds())
-	name := o.name
-	if name == "" {
-		name = img.Name
-	}
-	if name == "" {
-		return nil, fmt.Errorf("the image has no name; give one: %w", errdefs.ErrInvalid)
-	}
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(img.Manifest.Layers) {
-		return nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	name, diffIDs, err := nameAndDiffIDs(o, img)
+	if err != nil {
+		return nil, err
 	}
 	unlock, err := s.RLock(ctx)
 	if err != nil {
@@ -441,4 +434,21 @@ func addRangeReport(lr *LayerReport, r source.Fetched) {
 	lr.BytesRequested += r.BytesRequested
 	lr.BytesReceived += r.BytesReceived
 	lr.RangesIgnored = lr.RangesIgnored || r.RangesIgnored
+}
+
+// nameAndDiffIDs is the name a pull records img under (WithName's, else the source's) and the
+// config's DiffIDs, one per manifest layer: what Pull and PullLazy check before they touch the store.
+func nameAndDiffIDs(o options, img *source.Image) (string, []digest.Digest, error) {
+	name := o.name
+	if name == "" {
+		name = img.Name
+	}
+	if name == "" {
+		return "", nil, fmt.Errorf("the image has no name; give one: %w", errdefs.ErrInvalid)
+	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(img.Manifest.Layers) {
+		return "", nil, fmt.Errorf("config lists %d diff_ids for %d layers: %w", len(diffIDs), len(img.Manifest.Layers), errdefs.ErrInvalid)
+	}
+	return name, diffIDs, nil
 }
