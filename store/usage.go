@@ -204,7 +204,7 @@ func (x *Exclusive) writeTotals(t Totals) error {
 	if err := x.check(); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(x.root, dirTmp), filepath.Join(x.root, usageFile), encodeUsageRecord(usageBase, 0, t), 0o600)
+	return writeFileAtomic(filepath.Join(x.root, dirTmp), filepath.Join(x.root, usageFile), encodeUsageRecord(usageBase, 0, t), 0o644)
 }
 
 // dropTotals removes the usage file before a change no delta describes (gc deleting objects,
@@ -240,6 +240,9 @@ func createZeroTotals(root string) error {
 		return err
 	}
 	_, err = f.Write(encodeUsageRecord(usageBase, 0, Totals{}))
+	if err == nil {
+		err = f.Chmod(0o644) // readable by whoever may read the store (df of a read-only store)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
