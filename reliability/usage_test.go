@@ -2,8 +2,10 @@ package reliability
 
 import (
 	"encoding/json"
+	"fmt"
 	"io/fs"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -48,4 +50,33 @@ func totalsRight(t testing.TB, root string, known bool) {
 	if !fsck.Clean || (known && fsck.TotalsNote != "") {
 		t.Fatalf("fsck: clean %v, problems %v, totals note %q", fsck.Clean, fsck.Problems, fsck.TotalsNote)
 	}
+}
+
+// TestTotalsFourConcurrentPulls: four pulls at once into one store, of images sharing layers
+// pairwise (so the same objects race to be placed), leave df's totals equal to a walk, known;
+// and again after rmi of two and a gc.
+func TestTotalsFourConcurrentPulls(t *testing.T) {
+	reg, imgs := drillSetup(t)
+	imgs = append(imgs, pushDrillImage(t, reg, "d", genLayer(t, 2, 40), genLayer(t, 4, 40)))
+	root := filepath.Join(t.TempDir(), "store")
+	var wg sync.WaitGroup
+	errs := make(chan string, len(imgs))
+	for _, img := range imgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, err := run(t, pullArgs(root, img)...); err != nil {
+				errs <- fmt.Sprintf("pull %s: %v\n%s", img.name, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	totalsRight(t, root, true)
+	mustRun(t, "rmi", "--root", root, imgs[0].name, imgs[3].name)
+	mustRun(t, "gc", "--root", root)
+	totalsRight(t, root, true)
 }
