@@ -40,9 +40,8 @@ type lazyLayer struct {
 // verifies the DiffID and records the layer. Then it fills the placeholders left, records the
 // image and its ref, and removes the pending pull. ready is called once the placeholders are
 // served. It holds the store's shared lock only while it writes to the store (see locked). The
-// fill service is
-// fanotify's or FUSE's (WithLazyMode); a FUSE service then goes on serving the mounts made over
-// it until they are unmounted or ctx ends.
+// fill service is fanotify's or FUSE's (WithLazyMode); a FUSE service then goes on serving the
+// mounts made over it until they are unmounted or ctx ends.
 func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, ready func(), opts ...Option) (err error) {
 	o := defaultOptions()
 	for _, f := range opts {
