@@ -3,9 +3,10 @@
 // an empty placeholder in a directory of its own that the mount adds as a second data-only
 // layer; the first open of a placeholder (overlay opens it when the mounted file is opened)
 // raises a fanotify permission event, and the fill service stores the object (fetched and
-// verified), copies it into the placeholder and lets the opener go. Where pre-content events are missing, FUSEServer covers the placeholder directory
-// with a FUSE file system that fills on open and serves the stored object. docs/design.md (Lazy
-// pulls) is the normative description.
+// verified), copies it into the placeholder and lets the opener go. Where pre-content events
+// are missing, FUSEServer covers the placeholder directory with a FUSE file system that fills
+// on open and serves the stored object. docs/design.md (Lazy pulls) is the normative
+// description.
 package lazy
 
 import (
