@@ -266,7 +266,8 @@ func (l *lazyLayers) finish(k lazyKnown, sv *lazyServe, name string) {
 
 // runOnce is one PullLazy and ServeLazy of k.
 func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready, complete func()) error {
-	opts := []pull.Option{pull.WithName(name), pull.WithLogger(slog.Default()), pull.WithLazyMode(l.mode)}
+	// The pending layer mounts have containerd's or podman's overlay stacked on them.
+	opts := []pull.Option{pull.WithName(name), pull.WithLogger(slog.Default()), pull.WithLazyMode(l.mode), pull.WithLazyStacked()}
 	if l.hold > 0 {
 		hold := make(chan struct{})
 		t := time.AfterFunc(l.hold, func() { close(hold) })

@@ -1,0 +1,182 @@
+package interop
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// TestLayerStoreLazyPodman: kura layer-store serve --lazy (FUSE fill service) under Debian's
+// podman 4.3.1, the background fetch held back: podman pulls through the layer store without
+// fetching a layer blob, the layer's diff is the pending layer's mount and its info carries the
+// layer's digests and sizes; podman runs the image's static cat on a file of the layer and gets
+// the right bytes while the pull is still pending (both files fetched on first access). Then
+// the server is killed (SIGKILL) mid-pull: podman fails cleanly or reads the right bytes, never
+// wrong ones, and kura fsck is clean. Restarted without the hold, the server resumes the pull,
+// which completes with the layer's DiffID; diff now points at the complete layer's mount, new
+// containers read the right bytes, blob hashes to the layer digest, kura gc keeps what podman
+// uses, and kura fsck is clean.
+func TestLayerStoreLazyPodman(t *testing.T) {
+	lazyArgs := []string{"--lazy", "--lazy-mode", "fuse"}
+	e := newALSEnv(t, "composefs", append(lazyArgs, "--lazy-background-after", "1h")...)
+	v1 := e.front.Host + "/interop/ls:v1"
+	diffID := digest.FromBytes(e.tars[1])
+	name, want := largestFile(t, e.tars[1])
+	alsPodman(t, e.p, "pull", "--tls-verify=false", v1)
+	if !strings.Contains(e.srv.log(), "pending layer mounted") {
+		t.Fatalf("the layer was not served from a lazy pull\n%s", e.srv.log())
+	}
+	checkAdditionalLayers(t, e.p, e.mnt, 1)
+	layerDir := filepath.Join(e.mnt, base64.StdEncoding.EncodeToString([]byte(v1)), e.layers[1])
+	checkLazyInfo(t, layerDir, e.layers[1], e.blobSizes[1], diffID, int64(len(e.tars[1])))
+	checkDiffUnder(t, layerDir, "pending")
+	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+name)...); got != string(want) {
+		t.Fatalf("podman run of the pending image printed %d bytes; want /%s's %d", len(got), name, len(want))
+	}
+	root := e.root
+	if pendingPulls(t, root) == 0 || hasLayerRecord(root, diffID) {
+		t.Fatalf("the layer was complete when the container read it: not a lazy read\n%s", e.srv.log())
+	}
+
+	// Killed mid-pull: podman fails cleanly (the diff does not resolve) or reads the right bytes.
+	e.srv.stop(t, syscall.SIGKILL)
+	runUntil(t, e.p, runArgs(v1, "/bin/cat", "/"+name), string(want))
+	kuraFsck(t, root)
+
+	e.srv = startLayerStore(t, slicesWithout(e.serveArgs, "--lazy-background-after", "1h")...)
+	waitPulled(t, root, e.srv)
+	if !hasLayerRecord(root, diffID) {
+		t.Fatalf("the lazy pull completed without recording layer %s\n%s", diffID, e.srv.log())
+	}
+	checkDiffUnder(t, layerDir, "mnt")
+	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+name, "/etc/os-release")...); got != string(want)+e.releases[1] {
+		t.Fatalf("podman run on the complete layer printed %d bytes; want %d", len(got), len(want)+len(e.releases[1]))
+	}
+	checkBlob(t, e.mnt, v1, e.layers[1])
+	kuraGC(t, root)
+	if !hasLayerRecord(root, diffID) {
+		t.Fatalf("kura gc freed the layer podman's image uses")
+	}
+	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+name)...); got != string(want) {
+		t.Fatalf("podman run after kura gc printed %d bytes; want %d", len(got), len(want))
+	}
+	checkNoLayerGET(t, e.front.take(), e.layers[1], e.srv)
+	kuraFsck(t, root)
+	alsPodman(t, e.p, "rmi", v1)
+}
+
+// largestFile is the largest regular file of a tar other than bin/cat: one a composefs image
+// does not inline, so the pending layer holds a placeholder for it.
+func largestFile(t *testing.T, b []byte) (string, []byte) {
+	t.Helper()
+	var name string
+	var data []byte
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg && h.Name != "bin/cat" && h.Size > int64(len(data)) {
+			if data, err = io.ReadAll(tr); err != nil {
+				t.Fatal(err)
+			}
+			name = h.Name
+		}
+	}
+	if len(data) <= 64 {
+		t.Fatalf("no file of the image is larger than composefs inlines")
+	}
+	return name, data
+}
+
+// checkLazyInfo checks the info of a layer served before it is complete: what
+// containers/storage records of it.
+func checkLazyInfo(t *testing.T, layerDir, layer string, size int64, diffID digest.Digest, tarSize int64) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(layerDir, "info"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct {
+		CompressedDigest string `json:"compressed-diff-digest"`
+		CompressedSize   int64  `json:"compressed-size"`
+		DiffDigest       string `json:"diff-digest"`
+		DiffSize         int64  `json:"diff-size"`
+		Compression      int    `json:"compression"`
+	}
+	if err := json.Unmarshal(b, &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.CompressedDigest != layer || info.CompressedSize != size || info.DiffDigest != diffID.String() || info.DiffSize != tarSize || info.Compression != 4 {
+		t.Fatalf("info of the pending layer: %s; want %s, %d bytes, DiffID %s, %d bytes of tar, zstd", b, layer, size, diffID, tarSize)
+	}
+}
+
+// checkDiffUnder checks that the layer's diff resolves into the server's state directory dir
+// (pending: a pending layer's mount; mnt: a complete layer's).
+func checkDiffUnder(t *testing.T, layerDir, dir string) {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(layerDir, "diff"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Base(filepath.Dir(target)) != dir {
+		t.Fatalf("diff points at %s; want a directory under %s/", target, dir)
+	}
+}
+
+// runUntil runs a container with no server: it must fail, or print want; never other bytes.
+func runUntil(t *testing.T, p *podmanEnv, args []string, want string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "podman", args...)
+	cmd.Env = p.env
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if ctx.Err() != nil {
+		t.Fatalf("podman run hung with the layer store killed")
+	}
+	if err == nil && string(out) != want {
+		t.Fatalf("with the layer store killed podman run printed %d other bytes", len(out))
+	}
+	t.Logf("podman run with the layer store killed: %v %s", err, stderr.String())
+}
+
+// waitPulled waits until the store at root has no pending lazy pull and the server says one
+// completed.
+func waitPulled(t *testing.T, root string, srv *layerStoreServer) {
+	t.Helper()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(3 * time.Minute)
+	for pendingPulls(t, root) > 0 || !strings.Contains(srv.log(), "lazy pull complete") {
+		select {
+		case <-deadline:
+			t.Fatalf("the lazy pull did not complete\n%s", srv.log())
+		case <-tick.C:
+		}
+	}
+}
+
+func hasLayerRecord(root string, diffID digest.Digest) bool {
+	_, err := os.Stat(filepath.Join(root, "layers", diffID.Encoded(), "layer.json"))
+	return err == nil
+}
