@@ -106,6 +106,48 @@ func testLayerStoreLazy(t *testing.T, mode string) {
 	kuraFsck(t, root)
 	alsPodman(t, e.p, "rm", "-f", "lazy-running")
 	alsPodman(t, e.p, "rmi", v1)
+	killDuringLazyLookup(t, e)
+}
+
+// killDuringLazyLookup kills the server (SIGKILL) as a podman pull's lookup begins a lazy pull:
+// podman completes (pulling the layer itself) or fails, never hangs; the store is fsck-clean; a
+// restarted server resumes what was recorded, and serves the image.
+func killDuringLazyLookup(t *testing.T, e *alsEnv) {
+	t.Helper()
+	v2 := e.front.Host + "/interop/ls:v2"
+	begun := e.srv.when("lazy pull served")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pull := exec.CommandContext(ctx, "podman", "pull", "--tls-verify=false", v2)
+	pull.Env = e.p.env
+	var out bytes.Buffer
+	pull.Stdout, pull.Stderr = &out, &out
+	if err := pull.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-begun
+	e.srv.stop(t, syscall.SIGKILL)
+	err := pull.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("podman pull hung after the server was killed\n%s", out.String())
+	}
+	t.Logf("podman pull with the server killed as its lazy pull began: %v\n%s", err, out.String())
+	kuraFsck(t, e.root)
+	if err == nil { // pulled by podman itself: its own layer
+		if got := alsPodman(t, e.p, runArgs(v2, "/bin/cat", "/etc/os-release")...); got != e.releases[2] {
+			t.Fatalf("podman run of the image pulled while the server died printed %q; want %q", got, e.releases[2])
+		}
+		alsPodman(t, e.p, "rmi", v2)
+	}
+	e.front.take()
+	e.srv = startLayerStore(t, slicesWithout(e.serveArgs, "--lazy-background-after", "1h")...)
+	alsPodman(t, e.p, "pull", "--tls-verify=false", v2)
+	checkNoLayerGET(t, e.front.take(), e.layers[2], e.srv)
+	if got := alsPodman(t, e.p, runArgs(v2, "/bin/cat", "/etc/os-release")...); got != e.releases[2] {
+		t.Fatalf("podman run of v2 from the restarted server printed %q; want %q", got, e.releases[2])
+	}
+	waitPulled(t, e.root, e.srv)
+	kuraFsck(t, e.root)
 }
 
 // tarFile is a regular file of a tar.

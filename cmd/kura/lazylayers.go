@@ -179,6 +179,7 @@ func (l *lazyLayers) serve(k lazyKnown) *lazyServe {
 	}
 	sv := &lazyServe{ready: make(chan struct{})}
 	l.serving[k.id] = sv
+	slog.Info("lazy pull served", "pull", k.id, "ref", k.ref)
 	go l.run(k, sv)
 	return sv
 }
