@@ -56,6 +56,7 @@ func testLayerStoreLazy(t *testing.T, mode string) {
 	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+name)...); got != string(want) {
 		t.Fatalf("podman run of the pending image printed %d bytes; want /%s's %d", len(got), name, len(want))
 	}
+	checkBlob(t, e.mnt, v1, e.layers[1]) // fetched whole by Kura, verified: the layer digest
 	root := e.root
 	if pendingPulls(t, root) == 0 || hasLayerRecord(root, diffID) {
 		t.Fatalf("the layer was complete when the container read it: not a lazy read\n%s", e.srv.log())
