@@ -105,9 +105,47 @@ func testLayerStoreLazy(t *testing.T, mode string) {
 	}
 	checkNoLayerGET(t, e.front.take(), e.layers[1], e.srv)
 	kuraFsck(t, root)
+	checkOffline(t, e, v1, "/"+name, string(want))
 	alsPodman(t, e.p, "rm", "-f", "lazy-running")
 	alsPodman(t, e.p, "rmi", v1)
 	killDuringLazyLookup(t, e)
+}
+
+// checkOffline restarts the server with the registry unreachable and the layer's mount gone
+// (a reboot): podman run of the image it completed reads the right bytes, served from the
+// store. The server is then restarted as before.
+func checkOffline(t *testing.T, e *alsEnv, ref, file, want string) {
+	t.Helper()
+	e.srv.stop(t, syscall.SIGTERM)
+	state := argAfter(t, e.serveArgs, "--state")
+	unmountUnder(t, filepath.Join(state, "mnt"))
+	offline := filepath.Join(t.TempDir(), "registries.conf")
+	host := strings.Split(ref, "/")[0]
+	if err := os.WriteFile(offline, []byte("[[registry]]\nprefix = \""+host+"\"\nlocation = \"127.0.0.1:1\"\ninsecure = true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := slicesWithout(e.serveArgs, "--registries-conf", argAfter(t, e.serveArgs, "--registries-conf"))
+	e.srv = startLayerStore(t, append(slicesWithout(args, "--lazy-background-after", "1h"), "--registries-conf", offline)...)
+	if got := alsPodman(t, e.p, runArgs(ref, "/bin/cat", file)...); got != want {
+		t.Fatalf("podman run with the registry unreachable printed %d bytes; want %d\n%s", len(got), len(want), e.srv.log())
+	}
+	if !strings.Contains(e.srv.log(), "serving the stored image") {
+		t.Fatalf("the offline server did not serve the stored image\n%s", e.srv.log())
+	}
+	e.srv.stop(t, syscall.SIGTERM)
+	e.srv = startLayerStore(t, slicesWithout(e.serveArgs, "--lazy-background-after", "1h")...)
+}
+
+// argAfter is the value following flag in args.
+func argAfter(t *testing.T, args []string, flag string) string {
+	t.Helper()
+	for i, a := range args[:len(args)-1] {
+		if a == flag {
+			return args[i+1]
+		}
+	}
+	t.Fatalf("no %s in %v", flag, args)
+	return ""
 }
 
 // killDuringLazyLookup kills the server (SIGKILL) as a podman pull's lookup begins a lazy pull:

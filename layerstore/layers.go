@@ -212,7 +212,16 @@ func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 // while it pulls and makes the layer's directory.
 func (l *Layers) lookupEarly(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
 	if l.lazy != nil {
-		return l.lookupLazy(ctx, ref, dgst)
+		layer, err := l.lookupLazy(ctx, ref, dgst)
+		if err == nil {
+			return layer, nil
+		}
+		// As without --lazy: a pull, or, with the registry unreachable, the image the store
+		// holds under that name (a server restarted offline serves what it has). Lookup waits
+		// for the layer's mount: this may be a use's resolution (podman run after a restart),
+		// not the stat of a first lookup that may be answered early.
+		l.opts.Log.Warn("lazy lookup failed; looking the layer up as without --lazy", "ref", ref, "digest", dgst, "err", err)
+		return l.Lookup(ctx, ref, dgst)
 	}
 	unlock, err := l.s.RLock(ctx)
 	if err != nil {

@@ -64,10 +64,17 @@ func (l *Layers) lookupLazy(ctx context.Context, ref string, dgst digest.Digest)
 // lazyTarget is DiffTarget of a layer a Lazy served: the pending layer's mount while its pull
 // is pending, the complete layer's once complete (new containers stack on it; those running
 // keep the pending mount, which stays right).
+//
+// If the Lazy fails (the registry unreachable after a restart), the layer is looked up as
+// without --lazy, which serves the image the store holds under that name.
 func (l *Layers) lazyTarget(ctx context.Context, layer *Layer) (string, error) {
 	nl, _, err := l.lazy.LookupLazy(ctx, layer.lazyRef, layer.lazyDigest)
 	if err != nil {
-		return "", err
+		l.opts.Log.Warn("lazy lookup failed; looking the layer up as without --lazy", "ref", layer.lazyRef, "digest", layer.lazyDigest, "err", err)
+		// Lookup, not lookupEarly: this resolution is a use, it must get the layer mounted.
+		if nl, err = l.Lookup(ctx, layer.lazyRef, layer.lazyDigest); err != nil {
+			return "", err
+		}
 	}
 	if nl.DiffID != layer.DiffID {
 		return "", fmt.Errorf("layer store: %s of %s is now layer %s, was %s: %w", layer.lazyDigest, layer.lazyRef, nl.DiffID, layer.DiffID, errdefs.ErrInvalid)
