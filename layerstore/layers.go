@@ -291,7 +291,7 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	if err != nil {
 		return nil, store.Image{}, err
 	}
-	i := layerIndex(p.Manifest, dgst)
+	i := LayerIndex(p.Manifest, dgst)
 	if i < 0 {
 		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errNotInImage)
 	}
@@ -424,7 +424,9 @@ func (l *Layers) resolve(ctx context.Context, ref string) (Pulled, error) {
 	return p, nil
 }
 
-func layerIndex(m ocispec.Manifest, dgst digest.Digest) int {
+// LayerIndex is the index in m of the layer a lookup names by dgst: its digest, or its
+// zstd:chunked TOC digest (current containers/storage looks chunked layers up by it); -1 if none.
+func LayerIndex(m ocispec.Manifest, dgst digest.Digest) int {
 	for i, d := range m.Layers {
 		if d.Digest == dgst || d.Annotations[chunked.AnnotationTOCDigest] == dgst.String() {
 			return i

@@ -78,7 +78,7 @@ func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *l
 		known: map[string]lazyKnown{}, serving: map[digest.Digest]*lazyServe{}}
 }
 
-// LookupLazy implements snapshotter.Lazy.
+// LookupLazy implements layerstore.Lazy.
 func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Digest) (*layerstore.Layer, bool, error) {
 	k, err := l.resolve(ctx, ref, dgst)
 	if err != nil {
@@ -158,7 +158,7 @@ func (l *lazyLayers) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if err != nil {
 		return k, err
 	}
-	i := slices.IndexFunc(img.Manifest.Layers, func(d ocispec.Descriptor) bool { return d.Digest == dgst })
+	i := layerstore.LayerIndex(img.Manifest, dgst)
 	if i < 0 || i >= len(img.Config.RootFS.DiffIDs) {
 		return k, fmt.Errorf("image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
 	}
