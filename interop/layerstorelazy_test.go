@@ -81,6 +81,19 @@ func testLayerStoreLazy(t *testing.T, mode string) {
 	}
 	kuraFsck(t, root)
 
+	// Restarted with the hold: the pull is still pending, and a new container runs on the
+	// pending mount the killed server left (fanotify: reused, its placeholders marked again;
+	// FUSE: made again over the new server's FUSE mount).
+	e.srv = startLayerStore(t, e.serveArgs...)
+	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+files[1].name)...); got != string(files[1].data) {
+		t.Fatalf("podman run on the pending layer after a restart printed %d bytes; want %d", len(got), len(files[1].data))
+	}
+	if pendingPulls(t, root) == 0 || hasLayerRecord(root, diffID) {
+		t.Fatalf("the layer was complete after the restart with the hold\n%s", e.srv.log())
+	}
+	checkDiffUnder(t, layerDir, "pending")
+	e.srv.stop(t, syscall.SIGTERM)
+
 	e.srv = startLayerStore(t, slicesWithout(e.serveArgs, "--lazy-background-after", "1h")...)
 	waitPulled(t, root, e.srv)
 	if !hasLayerRecord(root, diffID) {
