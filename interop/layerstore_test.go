@@ -439,7 +439,7 @@ type alsEnv struct {
 	blobSizes        map[int]int64
 }
 
-func newALSEnv(t *testing.T, mode string) *alsEnv {
+func newALSEnv(t *testing.T, mode string, extra ...string) *alsEnv {
 	t.Helper()
 	requireTools(t, "podman", "docker-registry", "runc", "conmon", "go")
 	if os.Geteuid() != 0 {
@@ -478,6 +478,7 @@ func newALSEnv(t *testing.T, mode string) *alsEnv {
 		t.Fatal(err)
 	}
 	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf, "--diff", mode}
+	serveArgs = append(serveArgs, extra...)
 	e := &alsEnv{front: front, mnt: mnt, root: root, serveArgs: serveArgs, tars: tars, releases: releases, layers: layers, blobSizes: blobSizes}
 	e.srv = startLayerStore(t, serveArgs...)
 	t.Cleanup(func() { e.srv.stop(t, syscall.SIGTERM) })

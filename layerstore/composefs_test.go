@@ -86,3 +86,15 @@ func TestDiffModes(t *testing.T) {
 		t.Errorf("diff mode tarball: %v; want invalid", err)
 	}
 }
+
+// TestSetLazyNeedsComposefs: a pending layer is a composefs mount; a checkout layer store
+// refuses lazy pulls rather than serve them some other way.
+func TestSetLazyNeedsComposefs(t *testing.T) {
+	ls, err := New(nil, nil, Options{State: t.TempDir(), Diff: DiffCheckout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ls.SetLazy(nil); !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("SetLazy on a checkout layer store: %v; want ErrInvalid", err)
+	}
+}

@@ -144,10 +144,10 @@ func (l *Layers) OpenBlob(ctx context.Context, layer *Layer) (*os.File, error) {
 	if f, err := os.Open(p); err == nil {
 		return f, nil
 	}
-	if layer.src == nil {
+	if layer.Source == nil {
 		return nil, fmt.Errorf("layer store: blob %s: no source to fetch it from: %w", layer.Desc.Digest, os.ErrNotExist)
 	}
-	rc, err := layer.src.OpenBlob(ctx, layer.Desc)
+	rc, err := layer.Source.OpenBlob(ctx, layer.Desc)
 	if err != nil {
 		return nil, fmt.Errorf("layer store: fetching blob %s: %w", layer.Desc.Digest, err)
 	}

@@ -51,8 +51,15 @@ type Layer struct {
 	DiffID digest.Digest
 	Diff   string // the directory diff points at
 	Info   []byte // the info file
-	src    source.Source
+	// TarSize is the size of the layer's tar (info's diff-size); 0 when unknown.
+	TarSize int64
+	// Source serves the layer's blob (for blob); nil when it cannot be fetched again.
+	Source source.Source
 	img    store.Image
+	// lazyRef is set on a layer a Lazy served: the reference it was looked up with, to ask the
+	// Lazy again where diff points (the pending mount, then the complete layer's).
+	lazyRef    string
+	lazyDigest digest.Digest
 	// pending is set when the first lookup left the diff's mount to the background
 	// (startLayerDir); nil when the diff was made before answering.
 	pending *pendingDir
@@ -106,6 +113,8 @@ type Layers struct {
 	blobs    sync.Mutex        // held while a blob is fetched
 	umu      sync.Mutex
 	uses     map[digest.Digest]int
+	lazy     Lazy            // set by SetLazy: lookups serve lazy pulls
+	ownMnts  map[string]bool // pending layer mounts this process made (under dirs)
 }
 
 type resolution struct {
@@ -146,7 +155,7 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 			return nil, fmt.Errorf("layer store: %w", err)
 		}
 	}
-	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, served: map[string]served{}, uses: map[digest.Digest]int{}}, nil
+	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, served: map[string]served{}, uses: map[digest.Digest]int{}, ownMnts: map[string]bool{}}, nil
 }
 
 const (
@@ -202,6 +211,18 @@ func (l *Layers) Lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 // (startLayerDir): what containers/storage's lookup needs. It holds the store's shared lock
 // while it pulls and makes the layer's directory.
 func (l *Layers) lookupEarly(ctx context.Context, ref string, dgst digest.Digest) (*Layer, error) {
+	if l.lazy != nil {
+		layer, err := l.lookupLazy(ctx, ref, dgst)
+		if err == nil {
+			return layer, nil
+		}
+		// As without --lazy: a pull, or, with the registry unreachable, the image the store
+		// holds under that name (a server restarted offline serves what it has). Lookup waits
+		// for the layer's mount: this may be a use's resolution (podman run after a restart),
+		// not the stat of a first lookup that may be answered early.
+		l.opts.Log.Warn("lazy lookup failed; looking the layer up as without --lazy", "ref", ref, "digest", dgst, "err", err)
+		return l.Lookup(ctx, ref, dgst)
+	}
 	unlock, err := l.s.RLock(ctx)
 	if err != nil {
 		return nil, err
@@ -270,7 +291,7 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	if err != nil {
 		return nil, store.Image{}, err
 	}
-	i := layerIndex(p.Manifest, dgst)
+	i := LayerIndex(p.Manifest, dgst)
 	if i < 0 {
 		return nil, store.Image{}, fmt.Errorf("layer store: image %s has no layer %s: %w", ref, dgst, errNotInImage)
 	}
@@ -287,13 +308,18 @@ func (l *Layers) lookup(ctx context.Context, ref string, dgst digest.Digest) (*L
 	if err != nil {
 		return nil, store.Image{}, err
 	}
-	info, err := json.Marshal(Info{CompressedDigest: desc.Digest, CompressedSize: desc.Size,
-		UncompressedDigest: diffID, UncompressedSize: sl.TarSize, CompressionType: compressionType(desc.MediaType)})
-	if err != nil {
+	layer := &Layer{Desc: desc, DiffID: diffID, Diff: dir, TarSize: sl.TarSize, Source: p.Source, img: p.Image, pending: pending}
+	if layer.Info, err = infoOf(layer); err != nil {
 		return nil, store.Image{}, err
 	}
 	l.opts.Log.Info("layer served", "ref", ref, "digest", dgst, "diffID", diffID, "dir", dir)
-	return &Layer{Desc: desc, DiffID: diffID, Diff: dir, Info: info, src: p.Source, img: p.Image, pending: pending}, p.Image, nil
+	return layer, p.Image, nil
+}
+
+// infoOf is the info file of a layer.
+func infoOf(layer *Layer) ([]byte, error) {
+	return json.Marshal(Info{CompressedDigest: layer.Desc.Digest, CompressedSize: layer.Desc.Size,
+		UncompressedDigest: layer.DiffID, UncompressedSize: layer.TarSize, CompressionType: compressionType(layer.Desc.MediaType)})
 }
 
 // layerDir makes the diff of one layer as Options.Diff says.
@@ -368,6 +394,9 @@ func (p *pendingDir) wait(ctx context.Context) error {
 // layer), and only needs it to exist; the mount point does. Nothing can use the layer's files
 // before that stat: no image holds the layer until it succeeds.
 func (l *Layers) DiffTarget(ctx context.Context, layer *Layer) (string, error) {
+	if layer.lazyRef != "" {
+		return l.lazyTarget(ctx, layer)
+	}
 	if p := layer.pending; p != nil {
 		if p.answered.CompareAndSwap(false, true) && p.busy() {
 			return layer.Diff, nil
@@ -395,7 +424,9 @@ func (l *Layers) resolve(ctx context.Context, ref string) (Pulled, error) {
 	return p, nil
 }
 
-func layerIndex(m ocispec.Manifest, dgst digest.Digest) int {
+// LayerIndex is the index in m of the layer a lookup names by dgst: its digest, or its
+// zstd:chunked TOC digest (current containers/storage looks chunked layers up by it); -1 if none.
+func LayerIndex(m ocispec.Manifest, dgst digest.Digest) int {
 	for i, d := range m.Layers {
 		if d.Digest == dgst || d.Annotations[chunked.AnnotationTOCDigest] == dgst.String() {
 			return i

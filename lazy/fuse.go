@@ -33,7 +33,15 @@ type FUSEServer struct {
 	sh      *fuseShared
 	mu      sync.Mutex
 	mounted []fuseMount
+	// noPassthrough: reads are answered by the server (DisablePassthrough).
+	noPassthrough bool
 }
+
+// DisablePassthrough makes the mounts made after it answer reads from the server, never by FUSE
+// passthrough: a passthrough FUSE mount counts as one level of file system stacking, and
+// overlayfs refuses a third level (an overlay over a composefs overlay over this mount, as
+// podman stacks on a layer store's pending layer).
+func (f *FUSEServer) DisablePassthrough() { f.noPassthrough = true }
 
 type fuseMount struct {
 	dir  string
@@ -85,11 +93,15 @@ func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerf
 		root.add(name, &fuseObject{sh: f.sh, diffID: diffID, obj: e.Digest, size: e.Size, gate: newFillGate()})
 	}
 	long := time.Hour // the tree never changes while mounted
-	srv, err := fs.Mount(dir, root, &fs.Options{
+	opts := &fs.Options{
 		EntryTimeout: &long, AttrTimeout: &long, NegativeTimeout: &long,
 		MountOptions: fuse.MountOptions{FsName: "kura-lazy", Name: "kura", DirectMount: true,
 			AllowOther: os.Geteuid() == 0, MaxReadAhead: 1 << 20},
-	})
+	}
+	if f.noPassthrough {
+		opts.DisabledCapabilities = fuse.CAP_PASSTHROUGH
+	}
+	srv, err := fs.Mount(dir, root, opts)
 	if err != nil {
 		return fmt.Errorf("FUSE mount of pending layer %s: %w", diffID, err)
 	}

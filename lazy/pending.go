@@ -47,6 +47,10 @@ type Record struct {
 	// Pending are the DiffIDs of the layers not stored when the pull began, each with a
 	// directory <DiffID hex>/ holding its TOC frame and its placeholders.
 	Pending []digest.Digest `json:"pending"`
+	// TarSizes are the sizes of the pending layers' tars, from their tar-splits: what a layer
+	// store tells containers/storage (info's diff-size) before the layer is complete. Missing
+	// in records written before it was added.
+	TarSizes map[digest.Digest]int64 `json:"tarSizes,omitempty"`
 }
 
 // Pending is one pending lazy pull in a store.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/vbatts/tar-split/tar/storage"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
@@ -61,9 +62,13 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		return nil, err
 	}
 	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	rec.TarSizes = map[digest.Digest]int64{}
 	for _, d := range diffIDs {
 		if _, ok := tocs[d]; ok && !contains(rec.Pending, d) {
 			rec.Pending = append(rec.Pending, d)
+			if ts, ok := parts[d].TarSplit.(*layer.FetchedTarSplit); ok {
+				rec.TarSizes[d] = tarSize(ts.Entries)
+			}
 		}
 	}
 	p, err := lazy.Create(s, id, rec, tocs)
@@ -149,4 +154,19 @@ func fetchSmallFiles(ctx context.Context, s *store.Store, src source.Source, des
 	}
 	_, err := layer.FetchFiles(ctx, s, small, rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
 	return err
+}
+
+// tarSize is the size of the tar a tar-split rebuilds: its raw segments (headers, padding, the
+// end blocks) and its files' contents.
+func tarSize(entries []storage.Entry) int64 {
+	var n int64
+	for i := range entries {
+		switch e := &entries[i]; e.Type {
+		case storage.SegmentType:
+			n += int64(len(e.Payload))
+		case storage.FileType:
+			n += e.Size
+		}
+	}
+	return n
 }

@@ -61,11 +61,16 @@ func newLazyEnvOf(t *testing.T, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 			e.files[f.name] = e.files[f.linkname]
 		}
 	}
-	e.img = buildImage(t, tarOf(t, tree))
+	layerTar := tarOf(t, tree)
+	e.img = buildImage(t, layerTar)
 	e.img.push(t, e.reg, "app", "v0")
 	p, err := PullLazy(context.Background(), e.s, e.source(t))
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The tar's size, from the tar-split: what a layer store's info says before completion.
+	if got := p.TarSizes[e.img.diffIDs[0]]; got != int64(len(layerTar)) {
+		t.Fatalf("the pending pull records a tar of %d bytes; the layer's tar has %d", got, len(layerTar))
 	}
 	if _, err := e.s.ResolveImage(context.Background(), p.Name); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("the image is recorded before its layers are complete: %v", err)

@@ -43,6 +43,13 @@ func WithLazyMode(m LazyMode) Option { return func(o *options) { o.lazyMode = m 
 // until they are unmounted.
 func WithLazyComplete(fn func(LazyMode)) Option { return func(o *options) { o.lazyComplete = fn } }
 
+// WithLazyStacked says that the mounts made over the placeholders will have another overlay
+// stacked on them (a layer store's pending layer mounts, under podman's overlay): a FUSE fill
+// service then answers reads itself instead of passing the stored files to the kernel, as FUSE
+// passthrough makes its mount one more level of file system stacking, and overlayfs allows
+// two (the pending composefs overlay over passthrough FUSE leaves none for podman's).
+func WithLazyStacked() Option { return func(o *options) { o.lazyStacked = true } }
+
 // fillService is what ServeLazy needs of a fill service: serve the placeholders, make them
 // independent of the pending pull once every layer is stored (finish), outlive it while
 // mounts need it (wait), and end.
@@ -71,7 +78,11 @@ func newFillService(ctx context.Context, s *store.Store, fill lazy.FillFunc, o o
 		}
 		o.log.Info("lazy: no fanotify pre-content events; serving placeholders with FUSE", "err", err)
 	}
-	return &fuseService{srv: lazy.NewFUSEServer(ctx, s, fill, o.fillTimeout, o.log)}, nil
+	srv := lazy.NewFUSEServer(ctx, s, fill, o.fillTimeout, o.log)
+	if o.lazyStacked {
+		srv.DisablePassthrough()
+	}
+	return &fuseService{srv: srv}, nil
 }
 
 // fanotifyService runs the Filler's event loop from start to close.

@@ -16,14 +16,9 @@ import (
 // its Dir is that pending layer's mount until CompleteLazy moves it onto the complete layer.
 const LabelLazy = "containerd.io/snapshot/kura.lazy"
 
-// Lazy serves the remote path's layers before they are downloaded (kura snapshotter --lazy).
-type Lazy interface {
-	// LookupLazy serves layer dgst of image ref. When the store holds the layer and no pending
-	// pull of ref is being served, it is the complete layer's mount (pending false). Otherwise a
-	// lazy pull of ref is begun or resumed, its fill service runs in the background, and once
-	// its placeholders are marked the pending layer's mount is returned (pending true).
-	LookupLazy(ctx context.Context, ref string, dgst digest.Digest) (l *layerstore.Layer, pending bool, err error)
-}
+// Lazy serves the remote path's layers before they are downloaded (kura snapshotter --lazy): the
+// layer store's Lazy, which kura layer-store serve --lazy shares.
+type Lazy = layerstore.Lazy
 
 // lookupLayer is the remote path's lookup: lazy when a Lazy is set.
 func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Digest) (*layerstore.Layer, bool, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -25,7 +26,9 @@ import (
 func init() {
 	var rf registryFlags
 	var state, link, diff string
-	var timeout time.Duration
+	var timeout, lazyHold time.Duration
+	var lazyPulls bool
+	var lazyMode string
 	lsCmd := &cobra.Command{
 		Use:   "layer-store",
 		Short: "Serve the store to podman and CRI-O as a containers/storage additional layer store",
@@ -39,7 +42,13 @@ image, each layer is looked up by image reference and digest: Kura pulls the ima
 store (partially, verified; podman's auth files and registries.conf) and serves the layer as a
 read-only directory, so podman neither downloads nor unpacks it. A lookup that fails is
 answered "not here", and podman pulls that layer itself. On SIGTERM or SIGINT the mount is
-removed; a stale mount of a killed server at PATH is removed at start. See docs/layerstore.md.`,
+removed; a stale mount of a killed server at PATH is removed at start.
+
+With --lazy a layer is answered as soon as a lazy pull of its image can be mounted: its diff is
+a composefs mount over placeholders whose files this process fetches on first access (fill
+service: --lazy-mode) and in the background; once the pull is complete and verified, diff
+points at the complete layer. Pending pulls are resumed when the server starts again.
+See docs/layerstore.md.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mode, err := checkout.ParseLinkMode(link)
@@ -59,6 +68,11 @@ removed; a stale mount of a killed server at PATH is removed at start. See docs/
 			if err != nil {
 				return err
 			}
+			if lazyPulls {
+				if err := serveLazy(cmd, &rf, s, ls, state, lazyMode, lazyHold); err != nil {
+					return err
+				}
+			}
 			return layerstore.Serve(cmd.Context(), args[0], ls, timeout)
 		},
 	}
@@ -70,8 +84,34 @@ removed; a stale mount of a killed server at PATH is removed at start. See docs/
 	serveCmd.Flags().StringVar(&link, "link", string(checkout.LinkHardlink), "how layer directories get file contents: hardlink, reflink, copy or auto")
 	serveCmd.Flags().DurationVar(&timeout, "lookup-timeout", layerstore.DefaultLookupTimeout,
 		"longest a lookup (a pull) or a blob fetch may take before podman is told the layer is not here")
+	serveCmd.Flags().BoolVar(&lazyPulls, "lazy", false,
+		"answer a lookup as soon as a lazy pull of the image can be mounted: files are fetched on first access and in the background by this process (needs --diff composefs; see docs/layerstore.md)")
+	serveCmd.Flags().StringVar(&lazyMode, "lazy-mode", string(pull.LazyAuto),
+		"with --lazy: how first reads are answered: fanotify (pre-content events, Linux 6.14+), fuse (a FUSE file system over the placeholders) or auto (fanotify where the kernel grants it)")
+	serveCmd.Flags().DurationVar(&lazyHold, "lazy-background-after", 0,
+		"with --lazy: fetch only what containers read for this long after each lazy pull begins, then the rest (0: at once)")
 	lsCmd.AddCommand(serveCmd)
 	rootCmd.AddCommand(lsCmd)
+}
+
+// serveLazy makes ls's lookups lazy (kura layer-store serve --lazy) and resumes the pending
+// pulls an earlier server began. Pulls are recorded under the name kura pull gives them: as
+// without --lazy, the image stays in the store under its name once complete.
+func serveLazy(cmd *cobra.Command, rf *registryFlags, s *store.Store, ls *layerstore.Layers, state, modeName string, hold time.Duration) error {
+	mode, err := pull.ParseLazyMode(modeName)
+	if err != nil {
+		return usageError{err}
+	}
+	lz := newLazyLayers(cmd.Context(), rf, s, ls, lazyConfig{hold: hold, mode: mode, refs: filepath.Join(state, "lazy-refs"), named: true})
+	lz.completed = func(_ context.Context, layers []digest.Digest) int {
+		ls.ReleasePending(layers)
+		return 0
+	}
+	if err := ls.SetLazy(lz); err != nil {
+		return usageError{err}
+	}
+	lz.resumeOrphans(cmd.Context())
+	return nil
 }
 
 // pullResolver is the layer store's way to an image: kura pull's sources (registries.conf's

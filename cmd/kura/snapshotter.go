@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -14,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/crikeychain"
 	"github.com/kura-oci/kura/hoststoml"
 	"github.com/kura-oci/kura/layerstore"
+	"github.com/kura-oci/kura/pull"
 	"github.com/kura-oci/kura/registriesconf"
 	"github.com/kura-oci/kura/snapshotter"
 )
@@ -60,7 +63,9 @@ docs/snapshotter.md.`,
 			}
 			var lz *lazyLayers
 			if lazyPulls && !noRemote {
-				lz = newLazyLayers(cmd.Context(), &rf, s, ls, lazyHold, filepath.Join(state, "lazy-refs"))
+				// fanotify only: the FUSE fill service's mounts and lifetime are not made for the
+				// pending layer mounts this snapshotter builds (docs/snapshotter.md).
+				lz = newLazyLayers(cmd.Context(), &rf, s, ls, lazyConfig{hold: lazyHold, mode: pull.LazyFanotify, refs: filepath.Join(state, "lazy-refs")})
 				opts.Lazy = lz
 			}
 			svc, err := snapshotter.New(opts)
@@ -69,7 +74,7 @@ docs/snapshotter.md.`,
 			}
 			defer svc.Close()
 			if lz != nil {
-				lz.completed = svc.CompleteLazy
+				lz.completed = func(ctx context.Context, _ []digest.Digest) int { return svc.CompleteLazy(ctx) }
 			}
 			var also []func(*grpc.Server)
 			if criUpstream != "" {

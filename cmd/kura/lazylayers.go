@@ -23,19 +23,20 @@ import (
 	"github.com/kura-oci/kura/store"
 )
 
-// lazyLayers is kura snapshotter --lazy's snapshotter.Lazy: the remote path's layers come from
-// lazy pulls (pull.PullLazy) whose fill services (pull.ServeLazy) run in this process, one per
-// pending pull, for as long as the server runs (ctx).
+// lazyLayers is the layerstore.Lazy of kura snapshotter --lazy (the remote path's layers) and
+// kura layer-store serve --lazy (podman's lookups): layers come from lazy pulls (pull.PullLazy)
+// whose fill services (pull.ServeLazy) run in this process, one per pending pull, for as long
+// as the server runs (ctx).
 type lazyLayers struct {
-	ctx  context.Context
-	rf   *registryFlags
-	s    *store.Store
-	ls   *layerstore.Layers
-	hold time.Duration // the background fetch of each pull waits this long (0: not at all)
-	refs string        // directory: <manifest hex> holds the image reference a pending pull began for
-	// completed is called when a pending pull completes (Service.CompleteLazy); it returns how
-	// many snapshots it could not move onto their complete layers.
-	completed func(context.Context) int
+	ctx context.Context
+	rf  *registryFlags
+	s   *store.Store
+	ls  *layerstore.Layers
+	lazyConfig
+	// completed is called when a pending pull completes, with its pending layers (the
+	// snapshotter's Service.CompleteLazy, the layer store's ReleasePending); it returns how many
+	// users of the pending mounts it could not move onto the complete layers.
+	completed func(ctx context.Context, layers []digest.Digest) int
 
 	rmu     sync.Mutex // serialises resolutions: registryFlags.pullSource is not safe for concurrent use
 	mu      sync.Mutex
@@ -43,12 +44,25 @@ type lazyLayers struct {
 	serving map[digest.Digest]*lazyServe // pending pull ID → its fill service
 }
 
+// lazyConfig is what differs between the servers that use lazyLayers.
+type lazyConfig struct {
+	hold time.Duration // the background fetch of each pull waits this long (0: not at all)
+	mode pull.LazyMode // the fill service
+	refs string        // directory: <manifest hex> holds the image reference a pending pull began for
+	// named: a pull is recorded under the name kura pull gives it, which stays (the layer
+	// store: podman's images, as without --lazy). Otherwise under a private name removed once
+	// complete (the snapshotter: its snapshots' layer mounts alone keep what runs).
+	named bool
+}
+
 // lazyKnown is a resolved (ref, layer digest): later lookups of it need no registry.
 type lazyKnown struct {
 	id     digest.Digest // the manifest's digest: the pending pull's ID
 	diffID digest.Digest
+	desc   ocispec.Descriptor // the manifest's descriptor of the layer
 	src    source.Source
-	ref    string // the image reference containerd named
+	ref    string // the image reference containerd or podman named
+	name   string // the name kura pull gives the image
 }
 
 // lazyServe is one pending pull being served; ready is closed once its placeholders are marked
@@ -59,12 +73,12 @@ type lazyServe struct {
 	err   error
 }
 
-func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *layerstore.Layers, hold time.Duration, refs string) *lazyLayers {
-	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, hold: hold, refs: refs, completed: func(context.Context) int { return 0 },
+func newLazyLayers(ctx context.Context, rf *registryFlags, s *store.Store, ls *layerstore.Layers, cfg lazyConfig) *lazyLayers {
+	return &lazyLayers{ctx: ctx, rf: rf, s: s, ls: ls, lazyConfig: cfg, completed: func(context.Context, []digest.Digest) int { return 0 },
 		known: map[string]lazyKnown{}, serving: map[digest.Digest]*lazyServe{}}
 }
 
-// LookupLazy implements snapshotter.Lazy.
+// LookupLazy implements layerstore.Lazy.
 func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Digest) (*layerstore.Layer, bool, error) {
 	k, err := l.resolve(ctx, ref, dgst)
 	if err != nil {
@@ -102,7 +116,7 @@ func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Dig
 	if err != nil {
 		return nil, false, err
 	}
-	return &layerstore.Layer{DiffID: k.diffID, Diff: dir}, true, nil
+	return &layerstore.Layer{Desc: k.desc, DiffID: k.diffID, Diff: dir, TarSize: sv.p.TarSizes[k.diffID], Source: k.src}, true, nil
 }
 
 // complete mounts the stored layer as the remote path does, recording its use.
@@ -111,7 +125,11 @@ func (l *lazyLayers) complete(ctx context.Context, k lazyKnown) (*layerstore.Lay
 	if err != nil {
 		return nil, false, err
 	}
-	return &layerstore.Layer{DiffID: k.diffID, Diff: dir}, false, nil
+	sl, err := l.s.Layer(ctx, k.diffID)
+	if err != nil {
+		return nil, false, err
+	}
+	return &layerstore.Layer{Desc: k.desc, DiffID: k.diffID, Diff: dir, TarSize: sl.TarSize, Source: k.src}, false, nil
 }
 
 // resolve finds the manifest and the DiffID of layer dgst of ref, once per (ref, dgst).
@@ -140,11 +158,12 @@ func (l *lazyLayers) resolve(ctx context.Context, ref string, dgst digest.Digest
 	if err != nil {
 		return k, err
 	}
-	i := slices.IndexFunc(img.Manifest.Layers, func(d ocispec.Descriptor) bool { return d.Digest == dgst })
+	i := layerstore.LayerIndex(img.Manifest, dgst)
 	if i < 0 || i >= len(img.Config.RootFS.DiffIDs) {
 		return k, fmt.Errorf("image %s has no layer %s: %w", ref, dgst, errdefs.ErrNotFound)
 	}
-	k = lazyKnown{id: digest.FromBytes(img.ManifestBytes), diffID: img.Config.RootFS.DiffIDs[i], src: chosen.src, ref: ref}
+	k = lazyKnown{id: digest.FromBytes(img.ManifestBytes), diffID: img.Config.RootFS.DiffIDs[i], desc: img.Manifest.Layers[i],
+		src: chosen.src, ref: ref, name: chosen.name}
 	l.mu.Lock()
 	l.known[key] = k
 	l.mu.Unlock()
@@ -160,17 +179,21 @@ func (l *lazyLayers) serve(k lazyKnown) *lazyServe {
 	}
 	sv := &lazyServe{ready: make(chan struct{})}
 	l.serving[k.id] = sv
+	slog.Info("lazy pull served", "pull", k.id, "ref", k.ref)
 	go l.run(k, sv)
 	return sv
 }
 
 // run begins (or resumes) the lazy pull k.id and serves it until it completes, trying again
 // after a failure (registry unreachable: the reads of files not yet filled fail meanwhile) until
-// the server stops. The pull is recorded under a private name, removed once the snapshots on
-// its layers are moved onto the complete layers: as in the remote path, a layer is then kept
-// exactly while a snapshot is on it.
+// the server stops. Unless named, the pull is recorded under a private name, removed once the
+// snapshots on its layers are moved onto the complete layers: as in the remote path, a layer is
+// then kept exactly while a snapshot is on it.
 func (l *lazyLayers) run(k lazyKnown, sv *lazyServe) {
 	name := "localhost/kura-snapshotter-lazy:" + k.id.Encoded()[:16]
+	if l.named {
+		name = k.name
+	}
 	served := false // the placeholders were marked once: the lookups waiting have their answer
 	ready := func() {
 		if !served {
@@ -178,18 +201,21 @@ func (l *lazyLayers) run(k lazyKnown, sv *lazyServe) {
 			close(sv.ready)
 		}
 	}
-	done := func() {
-		l.mu.Lock()
-		delete(l.serving, k.id)
-		l.mu.Unlock()
-	}
-	defer done()
+	// A FUSE service's ServeLazy returns only once the mounts made over it are gone: the pull
+	// is complete when it says so.
+	var completed bool
+	var once sync.Once
+	complete := func() { once.Do(func() { completed = true; l.finish(k, sv, name) }) }
+	defer l.forget(k.id, sv)
 	for try := 0; ; try++ {
-		err := l.runOnce(k, sv, name, ready)
-		if err == nil {
+		err := l.runOnce(k, sv, name, ready, complete)
+		if err == nil || completed {
+			if err != nil {
+				slog.Warn("lazy pull's fill service ended with an error after completing", "pull", k.id, "err", err)
+			}
 			break
 		}
-		if !served { // the lookups fail (containerd downloads the layer); the next one tries again
+		if !served { // the lookups fail (containerd or podman downloads the layer); the next one tries again
 			sv.err = err
 			close(sv.ready)
 			return
@@ -202,25 +228,47 @@ func (l *lazyLayers) run(k lazyKnown, sv *lazyServe) {
 		case <-time.After(wait):
 		}
 	}
-	done() // lookups from now on find the complete layers
-	if failed := l.completed(l.ctx); failed > 0 {
+	complete()
+}
+
+// forget drops sv from the services being run, if it still is there.
+func (l *lazyLayers) forget(id digest.Digest, sv *lazyServe) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.serving[id] == sv {
+		delete(l.serving, id)
+	}
+}
+
+// finish is what follows a pull's completion: lookups from now on find the complete layers,
+// the users of the pending mounts move onto them, and the private name goes.
+func (l *lazyLayers) finish(k lazyKnown, sv *lazyServe, name string) {
+	l.forget(k.id, sv)
+	var pending []digest.Digest
+	l.mu.Lock()
+	if sv.p != nil {
+		pending = sv.p.Pending
+	}
+	l.mu.Unlock()
+	if failed := l.completed(l.ctx, pending); failed > 0 {
 		// A snapshot left on its pending mount has no use of its own: the name keeps its layers
 		// from gc until a restart moves it (Revive) and `kura rmi` removes the name.
 		slog.Error("lazy pull complete, but snapshots are still on its pending mounts; its private name stays", "pull", k.id, "name", name, "snapshots", failed)
 		return
 	}
-	if _, err := l.s.RemoveImage(l.ctx, name, true); err != nil {
-		slog.Warn("lazy pull's private name not removed", "name", name, "err", err)
+	if !l.named {
+		if _, err := l.s.RemoveImage(l.ctx, name, true); err != nil {
+			slog.Warn("lazy pull's private name not removed", "name", name, "err", err)
+		}
 	}
 	os.Remove(filepath.Join(l.refs, k.id.Encoded()))
 	slog.Info("lazy pull complete", "pull", k.id)
 }
 
 // runOnce is one PullLazy and ServeLazy of k.
-func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready func()) error {
-	// fanotify only: the FUSE fill service's mounts and lifetime are not made for the pending
-	// layer mounts this snapshotter builds (docs/snapshotter.md).
-	opts := []pull.Option{pull.WithName(name), pull.WithLogger(slog.Default()), pull.WithLazyMode(pull.LazyFanotify)}
+func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready, complete func()) error {
+	// The pending layer mounts have containerd's or podman's overlay stacked on them.
+	opts := []pull.Option{pull.WithName(name), pull.WithLogger(slog.Default()), pull.WithLazyMode(l.mode), pull.WithLazyStacked()}
 	if l.hold > 0 {
 		hold := make(chan struct{})
 		t := time.AfterFunc(l.hold, func() { close(hold) })
@@ -239,6 +287,7 @@ func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready func
 		sv.p = p
 	}
 	l.mu.Unlock()
+	opts = append(opts, pull.WithLazyComplete(func(pull.LazyMode) { complete() }))
 	return pull.ServeLazy(l.ctx, l.s, k.src, p, ready, opts...)
 }
 
@@ -254,10 +303,11 @@ func (l *lazyLayers) keepRef(k lazyKnown) error {
 	return os.WriteFile(filepath.Join(l.refs, k.id.Encoded()), []byte(k.ref), 0o600)
 }
 
-// resumeOrphans serves the pending pulls this snapshotter began that no lookup resumed at start
-// (their snapshots were all removed before a restart): each completes, its private name goes,
-// and gc frees what no snapshot uses. A pull whose reference cannot be resolved is logged and
-// left (the next lookup of that image resumes it).
+// resumeOrphans serves, at start, the pending pulls this server began before a restart: the
+// snapshotter's that no lookup resumed (their snapshots were all removed: each completes, its
+// private name goes, and gc frees what no snapshot uses), and every pending pull of the layer
+// store (podman asks only at pull time: nothing else would resume them). A pull whose reference
+// cannot be resolved is logged and left (the next lookup of that image resumes it).
 func (l *lazyLayers) resumeOrphans(ctx context.Context) {
 	entries, err := os.ReadDir(l.refs)
 	if err != nil && !os.IsNotExist(err) {
