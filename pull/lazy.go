@@ -70,6 +70,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
+	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
 	for d, part := range parts {
 		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
 			return nil, err
@@ -149,4 +150,23 @@ func fetchSmallFiles(ctx context.Context, s *store.Store, src source.Source, des
 	}
 	_, err := layer.FetchFiles(ctx, s, small, rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
 	return err
+}
+
+// fetchedMeta keeps the metadata (TOC, tar-split) PullLazy fetched and verified, per store
+// and pending pull, for the ServeLazy of the same process: without it the fill service fetched
+// both again before the first fill. A restarted service, in a new process, fetches them.
+var fetchedMeta sync.Map // metaKey → map[digest.Digest]layer.Partial
+
+type metaKey struct {
+	root string
+	id   digest.Digest
+}
+
+// takeFetchedMeta returns (and forgets) what PullLazy fetched for pending pull id of s.
+func takeFetchedMeta(s *store.Store, id digest.Digest) map[digest.Digest]layer.Partial {
+	v, ok := fetchedMeta.LoadAndDelete(metaKey{s.Root(), id})
+	if !ok {
+		return nil
+	}
+	return v.(map[digest.Digest]layer.Partial)
 }

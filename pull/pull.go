@@ -83,6 +83,7 @@ type options struct {
 	lazyHold      <-chan struct{} // lazy pulls: the background fetch waits until it is closed
 	lazyMode      LazyMode        // lazy pulls: the fill service (zero: LazyAuto)
 	lazyComplete  func(LazyMode)  // lazy pulls: called once the image is recorded
+	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
 }
 
 func defaultOptions() options {
