@@ -182,7 +182,7 @@ func (b *lazyBench) timedStep(ctx context.Context, inst *install, version string
 		return s
 	}
 	start := time.Now()
-	run, err := inst.start(ctx, b, version, "")
+	run, err := inst.start(ctx, b, version)
 	if err == nil {
 		err = waitFirstAnswer(ctx, fmt.Sprintf("http://127.0.0.1:%d/", b.port), 3*time.Minute, run.exited)
 	}
@@ -295,10 +295,17 @@ func newLineWaiter(r io.Reader) *lineWaiter {
 	return w
 }
 
-// wait returns once a line holding word came, or fails when the output ends or limit passes.
-func (w *lineWaiter) wait(word string, limit time.Duration) error {
+// kura pull --lazy's lines: "<id> mountable as NAME ... until complete", then "<id> complete".
+func isMountable(line string) bool { return strings.Contains(line, " mountable as ") }
+func isComplete(line string) bool {
+	f := strings.Fields(line)
+	return len(f) == 2 && f[1] == "complete"
+}
+
+// wait returns once a line matching word came, or fails when the output ends or limit passes.
+func (w *lineWaiter) wait(word func(string) bool, limit time.Duration) error {
 	for _, line := range w.seen {
-		if strings.Contains(line, word) {
+		if word(line) {
 			return nil
 		}
 	}
@@ -308,14 +315,14 @@ func (w *lineWaiter) wait(word string, limit time.Duration) error {
 		select {
 		case line, ok := <-w.lines:
 			if !ok {
-				return fmt.Errorf("the command ended before saying %q", word)
+				return fmt.Errorf("the command ended before the line awaited (it said %q)", w.seen)
 			}
 			w.seen = append(w.seen, line)
-			if strings.Contains(line, word) {
+			if word(line) {
 				return nil
 			}
 		case <-timer.C:
-			return fmt.Errorf("no %q within %v", word, limit)
+			return fmt.Errorf("no line awaited within %v (it said %q)", limit, w.seen)
 		}
 	}
 }

@@ -146,7 +146,7 @@ func (in *install) kuraPull(ctx context.Context, b *lazyBench, version string, r
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait(); errLog.Close() }()
 	run.stops = append(run.stops, func() error { return endLazyPull(cmd, exited, run.pull) })
-	if err := run.pull.wait("mountable", 3*time.Minute); err != nil {
+	if err := run.pull.wait(isMountable, 3*time.Minute); err != nil {
 		return fmt.Errorf("kura pull --lazy: %w (log %s)", err, errLog.Name())
 	}
 	return nil
@@ -155,7 +155,7 @@ func (in *install) kuraPull(ctx context.Context, b *lazyBench, version string, r
 // endLazyPull waits until the lazy pull says complete (apache2 stopped by then) and, once
 // the mount is gone (the stop before it in finish's order is the umount), until it exits.
 func endLazyPull(cmd *exec.Cmd, exited chan error, w *lineWaiter) error {
-	err := w.wait("complete", 5*time.Minute)
+	err := w.wait(isComplete, 5*time.Minute)
 	select {
 	case <-exited:
 	case <-time.After(time.Minute):
@@ -272,7 +272,7 @@ func (b *lazyBench) traceRun(ctx context.Context, tr *lazyTrace) error {
 	for _, q := range reqs {
 		tr.Fetched += q.Received
 	}
-	if err := run.pull.wait("complete", 5*time.Minute); err != nil {
+	if err := run.pull.wait(isComplete, 5*time.Minute); err != nil {
 		return err
 	}
 	return tr.readProfile(in.store, run.mnt)

@@ -54,7 +54,9 @@ func TestLazyProfileRecordedAndReused(t *testing.T) {
 	}
 	hold1 := make(chan struct{})
 	ready, done1 := make(chan struct{}), make(chan error, 1)
-	go func() { done1 <- ServeLazy(context.Background(), e.s, src, p1, func() { close(ready) }, WithBackgroundHeld(hold1)) }()
+	go func() {
+		done1 <- ServeLazy(context.Background(), e.s, src, p1, func() { close(ready) }, WithBackgroundHeld(hold1))
+	}()
 	select {
 	case <-ready:
 	case err := <-done1:

@@ -192,6 +192,7 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 		return nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
 	}
 	known := takeFetchedMeta(s, p.ID)
+	prev := o.predecessors(ctx, s, p.Name, len(m.Layers))
 	var out []*lazyLayer
 	for _, d := range p.Pending {
 		i := indexOf(c.RootFS.DiffIDs, d)
@@ -201,7 +202,7 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 		part, ok := known[d]
 		var err error
 		if !ok {
-			part, err = lazyMetadata(ctx, s, src, m.Layers[i], o)
+			part, err = lazyMetadata(ctx, s, src, m.Layers[i], prev[i], o)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
