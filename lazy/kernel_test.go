@@ -99,7 +99,7 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if err := g.Mark(w); err != nil {
+	if err := g.Mark(w, fanotify.PreAccess); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan []byte, 1)
