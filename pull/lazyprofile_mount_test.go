@@ -11,8 +11,10 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/imageref"
 	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/registry/registrytest"
 )
 
 // The files read on demand during the first start are saved as the repository's profile, in
@@ -114,4 +116,57 @@ func fileDigest(t *testing.T, tree []treeFile, name string) digest.Digest {
 	}
 	t.Fatalf("no %s in the tree", name)
 	return ""
+}
+
+// A lazy pull fetches no byte of the tar-split before the image is mountable: only the
+// completing import needs it (and fetches it here, with no stored predecessor to predict from).
+func TestLazyTarSplitDeferred(t *testing.T) {
+	e, p := newLazyEnv(t)
+	loc, err := chunked.LocateFromAnnotations(e.img.descs[0].Annotations, e.img.descs[0].Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := loc.TarSplit
+	layerDigest := e.img.descs[0].Digest
+	if n := tarSplitRequests(t, e.reg.Proxy.BlobRequests(), layerDigest, ts.Offset, ts.Offset+ts.Length); n != 0 {
+		t.Fatalf("%d blob requests before mounting covered the tar-split", n)
+	}
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+	if n := tarSplitRequests(t, e.reg.Proxy.BlobRequests(), layerDigest, ts.Offset, ts.Offset+ts.Length); n == 0 {
+		t.Fatal("the layer completed without fetching its tar-split: the test shows nothing")
+	}
+}
+
+// tarSplitRequests counts the GETs of blob d whose Range (or lack of one) covers a byte of
+// [from, to).
+func tarSplitRequests(t *testing.T, reqs []registrytest.BlobRequest, d digest.Digest, from, to int64) int {
+	t.Helper()
+	n := 0
+	for _, r := range reqs {
+		if r.Digest != d {
+			continue
+		}
+		spec, ok := strings.CutPrefix(r.Range, "bytes=")
+		if !ok {
+			n++ // the whole blob
+			continue
+		}
+		for _, part := range strings.Split(spec, ",") {
+			var a, b int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(part), "%d-%d", &a, &b); err != nil {
+				t.Fatalf("range %q: %v", r.Range, err)
+			}
+			if a < to && b >= from {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }
