@@ -1,8 +1,7 @@
 // Package fanotify binds the kernel's fanotify pre-content events (Linux 6.14+): a listener
 // marks files, and the first access to any range of a marked file (or its open, with
 // OpenPerm) blocks until the listener answers, so it can fill the file before the reader sees
-// it. Package lazy builds its fill
-// service on it.
+// it. Package lazy builds its fill service on it.
 package fanotify
 
 import (

@@ -28,7 +28,8 @@ type FillFunc func(ctx context.Context, diffID, obj digest.Digest) error
 // with EIO (and the next access tries again).
 const DefaultFillTimeout = 30 * time.Second
 
-// Filler answers the pre-content events of one pending pull's placeholders.
+// Filler answers the open-permission and pre-content events of one pending pull's
+// placeholders.
 type Filler struct {
 	s       *store.Store
 	fill    FillFunc

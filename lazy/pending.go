@@ -1,11 +1,12 @@
 // Package lazy keeps the state of lazy pulls and fills their placeholders on demand: an image
 // whose layers are not all stored yet can be mounted with composefs, each missing object being
 // an empty placeholder in a directory of its own that the mount adds as a second data-only
-// layer; the first access to a placeholder raises a fanotify pre-content event, and the fill
-// service stores the object (fetched and verified), copies it into the placeholder and lets the
-// reader go. Where pre-content events are missing, FUSEServer covers the placeholder directory
-// with a FUSE file system that fills on open and serves the stored object. docs/design.md (Lazy
-// pulls) is the normative description.
+// layer; the first open of a placeholder (overlay opens it when the mounted file is opened)
+// raises a fanotify permission event, and the fill service stores the object (fetched and
+// verified), copies it into the placeholder and lets the opener go. Where pre-content events
+// are missing, FUSEServer covers the placeholder directory with a FUSE file system that fills
+// on open and serves the stored object. docs/design.md (Lazy pulls) is the normative
+// description.
 package lazy
 
 import (

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -130,10 +129,13 @@ func TestLazyRunProgramFromFreshMount(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	done := e.serve(t, ctx, p, WithBackgroundHeld(make(chan struct{})))
-	cmd := exec.Command("/bin/sh", "-c", "ls /etc")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C.UTF-8", "LC_ALL=C.UTF-8"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: e.target}
+	// The host's chroot, not SysProcAttr.Chroot: a child forked from this process holds the
+	// fill service's fanotify descriptor until its first exec, so if it blocked on a
+	// placeholder there and the service went away (the test killed), the group would never be
+	// released and the child would wait on it for ever. chroot(8) is a host binary: by the time
+	// /bin/sh is opened in the mount, the descriptor was closed on exec.
+	cmd := exec.Command("chroot", e.target, "/bin/sh", "-c", "ls /etc")
+	cmd.Env = []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin", "LANG=C.UTF-8", "LC_ALL=C.UTF-8"}
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ld.so.cache") {
 		t.Fatalf("/bin/sh -c 'ls /etc' from a fresh lazy mount: %v, output %q", err, out)

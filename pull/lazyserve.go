@@ -34,7 +34,7 @@ type lazyLayer struct {
 	files  map[digest.Digest]chunked.File // object → the first file holding it
 }
 
-// ServeLazy completes a pending lazy pull: it answers the pre-content events of its
+// ServeLazy completes a pending lazy pull: it answers the first open (or read) of each of its
 // placeholders (fetching that file's frames, verifying, storing and copying the object in),
 // while it fetches every layer's remaining files in the background with ImportPartial, which
 // verifies the DiffID and records the layer. Then it fills the placeholders left, records the

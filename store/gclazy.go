@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
@@ -126,8 +127,15 @@ func (f *fsck) lazy(ctx context.Context) error {
 }
 
 // removeLazyDir renames dir to a .rm-* sibling (gone from the pending pulls at once), then
-// deletes it.
+// deletes it; not while a fill service holds its record's flock (package lazy, LockServe: the
+// service no longer holds the store's lock between its steps).
 func removeLazyDir(dir string) error {
+	if f, err := os.Open(filepath.Join(dir, "pull.json")); err == nil {
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			return fmt.Errorf("a fill service serves it (stop it first): %w", errdefs.ErrInUse)
+		}
+	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".rm-")
 	if err != nil {
 		return err
