@@ -3,221 +3,231 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 )
 
-// The lazy-apache comparison (issue 17): time from the start of a pull to apache2 of bench
-// image c0 answering its first HTTP request, for kura pull --lazy, kura pull (whole image) and
-// podman 4.3.1 (pull + run), alternating, and the registry bytes each fetched until then (the
+// The lazy-apache comparison (issue 17; README.md, "Lazy pull: apache2's first answer"): time
+// from the start of a pull to apache2 of bench image c0 answering its first HTTP request, then
+// of the update c1 pulled after c0 into the same installation, for kura pull --lazy, kura pull
+// (whole image) and podman 4.3.1 (pull + run, zstd:chunked partial pulls as newPodmanEnv
+// configures them), alternating, and the registry bytes each fetched until then (the
 // registry's own access log). Kura's apache2 runs chrooted into the mount in a private mount
-// namespace (unshare -m, tmpfs on /run, /var/log, /tmp), not in a podman container: podman's
-// side pays its container start (runc, network namespace setup skipped with --net=host), Kura's
-// does not. A fourth mode, kura pull --lazy with the bulk fetch held
-// back (--background-after 10m), gives the bytes of the on-demand path alone and the size of
-// the placeholders filled by then: the bytes of the files the container read.
+// namespace (tmpfs on /run, /var/log, /tmp), podman's in a container on the host's network;
+// both get the base rootfs's apache2 and libapr bound in (the corpus patches them so that
+// they crash from c1 on: als_step.go) and a ports.conf for a free loopback port. An untimed
+// trace run per version then gives the files apache2 read: a lazy pull with the bulk fetch
+// held back, whose start-up profile lists the files filled on demand.
 
 // lazyApacheCfg is the -lazy-apache run.
 type lazyApacheCfg struct {
-	regData string // a registry rootdirectory holding lazy/c0:latest (zstd:chunked, kura-pushed)
-	runs    int
-	modes   string // comma-separated subset of kura-lazy, podman, kura-full, kura-lazy-held
+	enabled  bool
+	runs     int
+	tools    string // comma-separated subset of kura-lazy, kura-full, podman
+	mode     string // kura pull --lazy-mode
+	preRead  bool   // read the mmap-first files before starting apache2 (fanotify's defect)
+	versions string // the cold version, then the update
 }
 
 // apacheCmd starts apache2 in the foreground the way apache2ctl would, without systemd.
 // /run/lock first: /var/lock links to it, and mkdir -p fails on the dangling link.
 const apacheCmd = `mkdir -p /run/lock && . /etc/apache2/envvars && mkdir -p "$APACHE_RUN_DIR" "$APACHE_LOCK_DIR" "$APACHE_LOG_DIR" && exec /usr/sbin/apache2 -DFOREGROUND`
 
-type lazyRun struct {
-	Mode    string
-	Seconds float64
-	Bytes   int64 // registry body bytes until the first answer
-	Filled  int64 // lazy: bytes of the placeholders filled by then
-	Files   int
+// lazyStep is one timed step: one tool, one version, pull start to first answer.
+type lazyStep struct {
+	Tool    string  `json:"tool"`
+	Version string  `json:"version"`
+	Round   int     `json:"round"`
+	Seconds float64 `json:"seconds"`
+	Bytes   int64   `json:"bytes"` // registry body bytes until the first answer
+	Error   string  `json:"error,omitempty"`
+}
+
+// lazyTrace is what apache2 read from one version (untimed, bulk fetch held back).
+type lazyTrace struct {
+	Version   string   `json:"version"`
+	Files     int      `json:"files"`     // regular files filled on demand until its first answer
+	ReadBytes int64    `json:"readBytes"` // their sizes
+	Fetched   int64    `json:"fetched"`   // registry bytes until the first answer
+	TOC       int64    `json:"toc"`       // the layer's compressed TOC
+	TarSplit  int64    `json:"tarSplit"`  // and tar-split (fetched too)
+	Paths     []string `json:"paths"`
+	Error     string   `json:"error,omitempty"`
+}
+
+// lazyResults is lazy-apache.json.
+type lazyResults struct {
+	Started  time.Time   `json:"started"`
+	Finished time.Time   `json:"finished"`
+	Tools    []string    `json:"tools"`
+	Mode     string      `json:"lazyMode"`
+	PreRead  bool        `json:"preRead"`
+	Steps    []lazyStep  `json:"steps"`
+	Traces   []lazyTrace `json:"traces"`
+	Load     []string    `json:"load"`
+}
+
+// lazyBench is the running comparison's shared state.
+type lazyBench struct {
+	cfg     config
+	la      lazyApacheCfg
+	base    string // the base rootfs (pristine apache2, libapr)
+	regAddr string
+	alog    *accessLog
+	root    string
+	ports   string // ports.conf bound into every apache2
+	port    int
 }
 
 func runLazyApache(ctx context.Context, cfg config, la lazyApacheCfg) error {
-	root := filepath.Join(cfg.work, "lazy-apache")
-	regRoot := filepath.Join(root, "registry")
-	if _, err := os.Stat(filepath.Join(regRoot, "data")); err != nil {
-		if err := os.MkdirAll(regRoot, 0o755); err != nil {
-			return err
-		}
-		if out, err := exec.Command("cp", "-al", la.regData, filepath.Join(regRoot, "data")).CombinedOutput(); err != nil {
-			return fmt.Errorf("cp -al %s: %v: %s", la.regData, err, out)
-		}
+	if cfg.kura == "" {
+		return errors.New("-lazy-apache needs -kura")
+	}
+	base, err := ensureRootfs(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	regRoot := filepath.Join(cfg.work, "registry-full")
+	if _, err := os.Stat(filepath.Join(regRoot, "pushed-kura.json")); err != nil {
+		return fmt.Errorf("-lazy-apache pulls Kura's pushes of the corpus; run the main bench first: %w", err)
 	}
 	reg, err := startRegistry(ctx, regRoot, false)
 	if err != nil {
 		return err
 	}
 	defer reg.Stop()
-	alog := newAccessLog(reg.Log, reg.Addr)
-	ref := reg.Addr + "/lazy/c0:latest"
-	modes := strings.Split(la.modes, ",")
-	var all []lazyRun
-	for i := 0; i < la.runs; i++ {
-		for j := range modes {
-			mode := modes[(i+j)%len(modes)] // rotate the order each round
-			r, err := lazyApacheOnce(ctx, cfg, root, ref, reg.Addr, mode, alog)
-			if err != nil {
-				return fmt.Errorf("round %d, %s: %w", i+1, mode, err)
-			}
-			log.Printf("lazy-apache round %d %s: %.2f s, %d bytes fetched, %d bytes in %d placeholders filled",
-				i+1, mode, r.Seconds, r.Bytes, r.Filled, r.Files)
-			all = append(all, r)
+	b := &lazyBench{cfg: cfg, la: la, base: base, regAddr: reg.Addr, alog: newAccessLog(reg.Log, reg.Addr),
+		root: filepath.Join(cfg.work, "lazy-apache")}
+	if err := b.writePorts(); err != nil {
+		return err
+	}
+	tools := strings.Split(la.tools, ",")
+	res := &lazyResults{Started: time.Now(), Tools: tools, Mode: la.mode, PreRead: la.preRead}
+	for i := 0; i < la.runs && ctx.Err() == nil; i++ {
+		res.Load = append(res.Load, loadAvg())
+		for j := range tools {
+			tool := tools[(i+j)%len(tools)] // rotate the order each round
+			res.Steps = append(res.Steps, b.toolRound(ctx, tool, i+1)...)
 		}
 	}
-	printLazySummary(os.Stdout, modes, all)
-	return nil
+	for _, v := range strings.Split(la.versions, ",") {
+		res.Traces = append(res.Traces, b.trace(ctx, v))
+	}
+	res.Load = append(res.Load, loadAvg())
+	res.Finished = time.Now()
+	return writeLazyResults(cfg, res)
 }
 
-// lazyApacheOnce is one timed start: fresh store, pull, run, first answer, clean-up.
-func lazyApacheOnce(ctx context.Context, cfg config, root, ref, regAddr, mode string, alog *accessLog) (lazyRun, error) {
-	r := lazyRun{Mode: mode}
-	dir := filepath.Join(root, "run")
-	if err := removeTree(dir); err != nil {
-		return r, err
+// writePorts makes the apache2 configuration override: listen on a free loopback port only.
+func (b *lazyBench) writePorts() error {
+	if err := os.MkdirAll(b.root, 0o755); err != nil {
+		return err
 	}
-	pe, err := newPodmanEnv(filepath.Join(dir, "podman"), false, regAddr)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return r, err
+		return err
 	}
-	defer pe.remove()
-	mark, err := alog.Mark(ctx)
+	b.port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	b.ports = filepath.Join(b.root, "ports.conf")
+	conf := fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n", b.port, b.port)
+	return os.WriteFile(b.ports, []byte(conf), 0o644)
+}
+
+func (b *lazyBench) ref(version string) string { return b.regAddr + "/" + kuraRepo + ":" + version }
+
+// toolRound is one tool's round: a new installation, the cold version, then the update.
+func (b *lazyBench) toolRound(ctx context.Context, tool string, round int) []lazyStep {
+	dir := filepath.Join(b.root, "run")
+	inst, err := b.newInstall(dir, tool)
+	var steps []lazyStep
 	if err != nil {
-		return r, err
+		return append(steps, lazyStep{Tool: tool, Round: round, Error: err.Error()})
+	}
+	defer inst.close()
+	for _, v := range strings.Split(b.la.versions, ",") {
+		s := b.timedStep(ctx, inst, v)
+		s.Tool, s.Round = tool, round
+		log.Printf("lazy-apache round %d %s %s: %.2f s, %.2f MB fetched %s", round, tool, v, s.Seconds, float64(s.Bytes)/1e6, s.Error)
+		steps = append(steps, s)
+		if s.Error != "" {
+			break
+		}
+	}
+	return steps
+}
+
+// timedStep pulls and starts one version and times its first answer; then it stops apache2
+// and, for a lazy pull, waits (untimed) until the pull completed.
+func (b *lazyBench) timedStep(ctx context.Context, inst *install, version string) lazyStep {
+	s := lazyStep{Version: version}
+	if err := exec.CommandContext(ctx, "sync").Run(); err != nil { // untimed, as in pairs.go
+		s.Error = "sync: " + err.Error()
+		return s
+	}
+	mark, err := b.alog.Mark(ctx)
+	if err != nil {
+		s.Error = err.Error()
+		return s
 	}
 	start := time.Now()
-	exited := make(chan struct{})
-	stop, err := startApache(ctx, cfg, pe, dir, ref, mode, exited)
-	if stop != nil {
-		defer stop()
+	run, err := inst.start(ctx, b, version)
+	if err == nil {
+		err = waitFirstAnswer(ctx, fmt.Sprintf("http://127.0.0.1:%d/", b.port), 3*time.Minute, run.exited)
+	}
+	s.Seconds = time.Since(start).Seconds()
+	if reqs, lerr := b.alog.Since(ctx, mark); lerr == nil {
+		for _, q := range reqs {
+			s.Bytes += q.Received
+		}
+	} else if err == nil {
+		err = lerr
+	}
+	if run != nil {
+		if cerr := run.finish(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
-		return r, err
+		s.Error = err.Error()
 	}
-	if err := waitFirstAnswer(ctx, "http://127.0.0.1/", 3*time.Minute, exited); err != nil {
-		return r, err
-	}
-	r.Seconds = time.Since(start).Seconds()
-	reqs, err := alog.Since(ctx, mark)
-	if err != nil {
-		return r, err
-	}
-	for _, q := range reqs {
-		r.Bytes += q.Received
-	}
-	r.Filled, r.Files, err = filledPlaceholders(filepath.Join(dir, "store", "lazy"))
-	return r, err
+	return s
 }
 
-// startApache pulls and starts apache2 for mode; stop undoes what was started.
-// exited is closed if Kura's apache2 ends.
-func startApache(ctx context.Context, cfg config, pe *podmanEnv, dir, ref, mode string, exited chan struct{}) (func(), error) {
-	name := "lazy-apache"
-	if mode == "podman" {
-		if out, err := pe.command(ctx, "pull", "-q", "--tls-verify=false", ref).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("podman pull: %v: %s", err, tail(string(out), 400))
-		}
-		stop := func() { pe.command(context.Background(), "rm", "-f", name).Run() }
-		out, err := pe.command(ctx, "run", "-d", "--name", name, "--net=host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", ref, "/bin/sh", "-c", apacheCmd).CombinedOutput()
-		if err != nil {
-			return stop, fmt.Errorf("podman run: %v: %s", err, tail(string(out), 400))
-		}
-		return stop, nil
+func writeLazyResults(cfg config, res *lazyResults) error {
+	if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+		return err
 	}
-	store, mnt := filepath.Join(dir, "store"), filepath.Join(dir, "mnt")
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		return nil, err
-	}
-	var stops []func()
-	stop := func() {
-		for i := len(stops) - 1; i >= 0; i-- {
-			stops[i]()
-		}
-	}
-	if err := kuraPullFor(ctx, cfg, store, ref, mode, &stops); err != nil {
-		return stop, err
-	}
-	if out, err := exec.CommandContext(ctx, cfg.kura, "--root", store, "mount", "c0", mnt).CombinedOutput(); err != nil {
-		return stop, fmt.Errorf("kura mount: %v: %s", err, out)
-	}
-	stops = append(stops, func() { exec.Command("umount", mnt).Run() })
-	// apache2 chrooted into the mount, in its own mount namespace with tmpfs where it writes
-	// (the mount is read-only): /run (also /var/run, /var/lock) and /var/log.
-	script := fmt.Sprintf(`set -e; for d in run var/log tmp; do mount -t tmpfs tmpfs %[1]s/$d; done; exec chroot %[1]s /bin/sh -c '%[2]s'`, mnt, apacheCmd)
-	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script)
-	var errBuf strings.Builder
-	cmd.Stderr = &errBuf
-	if err := cmd.Start(); err != nil {
-		return stop, err
-	}
-	go func() {
-		cmd.Wait()
-		log.Printf("lazy-apache %s: apache2 ended: %s", mode, tail(errBuf.String(), 200))
-		close(exited)
-	}()
-	stops = append(stops, func() {
-		cmd.Process.Signal(syscall.SIGTERM) // apache2 stops its children on SIGTERM
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	return stop, nil
-}
-
-// kuraPullFor runs the pull of mode: whole, or lazy until kura says the image is mountable
-// (the service keeps running; its stop is appended to stops).
-func kuraPullFor(ctx context.Context, cfg config, store, ref, mode string, stops *[]func()) error {
-	common := []string{"docker://" + ref, "--tls-verify=false", "--name", "c0"}
-	if mode == "kura-full" {
-		args := append([]string{"--root", store, "pull", "-q"}, common...)
-		if out, err := exec.CommandContext(ctx, cfg.kura, args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("kura pull: %v: %s", err, out)
-		}
-		return nil
-	}
-	args := append([]string{"--root", store, "pull", "--lazy"}, common...)
-	if mode == "kura-lazy-held" {
-		args = append(args, "--background-after", "10m")
-	}
-	cmd := exec.CommandContext(ctx, cfg.kura, args...)
-	var errBuf strings.Builder
-	cmd.Stderr = &errBuf
-	out, err := cmd.StdoutPipe()
+	js, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
+	if err := os.WriteFile(filepath.Join(cfg.out, "lazy-apache.json"), js, 0o644); err != nil {
 		return err
 	}
-	*stops = append(*stops, func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	br := bufio.NewReader(out)
-	line, err := br.ReadString('\n')
-	if !strings.Contains(line, "mountable") {
-		return fmt.Errorf("kura pull --lazy said %q (%v): %s", line, err, errBuf.String())
+	f, err := os.Create(filepath.Join(cfg.out, "lazy-apache.md"))
+	if err != nil {
+		return err
 	}
-	go io.Copy(io.Discard, br)
+	defer f.Close()
+	printLazySummary(io.MultiWriter(f, os.Stdout), res)
 	return nil
 }
 
 // waitFirstAnswer polls u until it answers 200: the first HTTP answer of the container.
 func waitFirstAnswer(ctx context.Context, u string, limit time.Duration, exited <-chan struct{}) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		if resp, err := client.Get(u); err == nil {
@@ -231,46 +241,10 @@ func waitFirstAnswer(ctx context.Context, u string, limit time.Duration, exited 
 			return ctx.Err()
 		case <-exited:
 			return fmt.Errorf("apache2 ended before answering")
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond): // polling the server under test
 		}
 	}
 	return fmt.Errorf("%s did not answer within %v", u, limit)
-}
-
-// filledPlaceholders sums the placeholders of the pending pulls under lazyRoot that hold
-// content: with the bulk fetch held back, the files read since the pull began.
-func filledPlaceholders(lazyRoot string) (int64, int, error) {
-	var n int64
-	files := 0
-	err := filepath.WalkDir(lazyRoot, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if os.IsNotExist(err) {
-				return nil
-			}
-			return err
-		}
-		if d.Type().IsRegular() && strings.Contains(p, "/objects/") {
-			if fi, err := d.Info(); err == nil && fi.Size() > 0 {
-				n += fi.Size()
-				files++
-			}
-		}
-		return nil
-	})
-	return n, files, err
-}
-
-func printLazySummary(w io.Writer, modes []string, runs []lazyRun) {
-	for _, m := range modes {
-		var secs, bytes, filled []float64
-		for _, r := range runs {
-			if r.Mode == m {
-				secs, bytes, filled = append(secs, r.Seconds), append(bytes, float64(r.Bytes)), append(filled, float64(r.Filled))
-			}
-		}
-		fmt.Fprintf(w, "%-15s n=%d  time to first answer median %.2f s (%.2f–%.2f)  bytes median %.1f MiB (%.1f–%.1f)  filled median %.2f MiB\n",
-			m, len(secs), med(secs), minOf(secs), maxOf(secs), med(bytes)/(1<<20), minOf(bytes)/(1<<20), maxOf(bytes)/(1<<20), med(filled)/(1<<20))
-	}
 }
 
 func med(v []float64) float64 {
@@ -301,4 +275,54 @@ func maxOf(v []float64) float64 {
 		return 0
 	}
 	return s[len(s)-1]
+}
+
+// lineWaiter reads a kura command's stdout and tells when a line containing a word came.
+type lineWaiter struct {
+	lines chan string
+	seen  []string // lines consumed by earlier waits
+}
+
+func newLineWaiter(r io.Reader) *lineWaiter {
+	w := &lineWaiter{lines: make(chan string, 16)}
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			w.lines <- sc.Text()
+		}
+		close(w.lines)
+	}()
+	return w
+}
+
+// kura pull --lazy's lines: "<id> mountable as NAME ... until complete", then "<id> complete".
+func isMountable(line string) bool { return strings.Contains(line, " mountable as ") }
+func isComplete(line string) bool {
+	f := strings.Fields(line)
+	return len(f) == 2 && f[1] == "complete"
+}
+
+// wait returns once a line matching word came, or fails when the output ends or limit passes.
+func (w *lineWaiter) wait(word func(string) bool, limit time.Duration) error {
+	for _, line := range w.seen {
+		if word(line) {
+			return nil
+		}
+	}
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for {
+		select {
+		case line, ok := <-w.lines:
+			if !ok {
+				return fmt.Errorf("the command ended before the line awaited (it said %q)", w.seen)
+			}
+			w.seen = append(w.seen, line)
+			if word(line) {
+				return nil
+			}
+		case <-timer.C:
+			return fmt.Errorf("no line awaited within %v (it said %q)", limit, w.seen)
+		}
+	}
 }

@@ -68,11 +68,14 @@ func main() {
 	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
 	scale := scaleFlags()
 	var la lazyApacheCfg
-	flag.StringVar(&la.regData, "lazy-apache", "", "run only the lazy-pull comparison (issue 17): a registry root directory holding lazy/c0:latest pushed by kura; apache2 of the image answers on 127.0.0.1:80")
-	flag.IntVar(&la.runs, "lazy-apache-runs", 5, "rounds of the lazy-pull comparison")
-	flag.StringVar(&la.modes, "lazy-apache-modes", "kura-lazy,podman,kura-full,kura-lazy-held", "modes of the lazy-pull comparison, in the order of the first round (rotated each round)")
+	flag.BoolVar(&la.enabled, "lazy-apache", false, "run only the lazy-pull comparison (issue 17): kura pull --lazy, kura pull and podman pull+run of bench/kura:c0 then c1 until apache2 answers; needs -kura and Kura's pushes in the registry (README.md)")
+	flag.IntVar(&la.runs, "lazy-apache-runs", 5, "rounds of the lazy-pull comparison (each tool: a new installation, c0 then c1)")
+	flag.StringVar(&la.tools, "lazy-apache-tools", "kura-lazy,kura-full,podman", "tools of the lazy-pull comparison, in the order of the first round (rotated each round)")
+	flag.StringVar(&la.mode, "lazy-apache-mode", "fanotify", "kura pull --lazy-mode of the lazy-pull comparison (fanotify, fuse, auto)")
+	flag.BoolVar(&la.preRead, "lazy-apache-preread", false, "read the files apache2's start-up maps first before starting it (fanotify mode without fill at mmap)")
+	flag.StringVar(&la.versions, "lazy-apache-versions", "c0,c1", "the cold version, then the update pulled after it")
 	flag.Parse()
-	if la.regData != "" {
+	if la.enabled {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := runLazyApache(ctx, cfg, la)
 		stop()

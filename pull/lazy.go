@@ -57,7 +57,8 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		rec.Source = si.Source
 	}
 	start := time.Now()
-	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, o)
+	prev := o.predecessors(ctx, s, name, len(diffIDs))
+	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +76,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
+	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
 	for d, part := range parts {
 		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
 			return nil, err
@@ -95,7 +97,7 @@ func contains(ds []digest.Digest, d digest.Digest) bool {
 
 // lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
 // and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
-func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
+func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
 	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
@@ -106,7 +108,7 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 			continue
 		}
 		g.Go(func() error {
-			part, err := lazyMetadata(gctx, s, src, desc, o)
+			part, err := lazyMetadata(gctx, s, src, desc, prev[i], o)
 			if errors.Is(err, errdefs.ErrNeedFull) {
 				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
 				return err
@@ -126,9 +128,11 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 	return tocs, parts, g.Wait()
 }
 
-// lazyMetadata fetches and parses a layer's TOC and tar-split; ErrNeedFull when the layer cannot
-// be pulled file by file (not zstd:chunked, or the old format, whose DiffID cannot be checked).
-func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, o options) (layer.Partial, error) {
+// lazyMetadata fetches and parses a layer's TOC; ErrNeedFull when the layer cannot be pulled
+// file by file (not zstd:chunked, or the old format, whose DiffID cannot be checked). The
+// tar-split waits for the import that completes the layer, after the start-up (predicted from
+// stored layer prev's when there is one, fetched otherwise): nothing before needs it.
+func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, prev digest.Digest, o options) (layer.Partial, error) {
 	if !chunked.IsChunked(desc.Annotations) {
 		return layer.Partial{}, needFull("not zstd:chunked")
 	}
@@ -141,7 +145,10 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 	if loc.TarSplit.Length == 0 {
 		return layer.Partial{}, needFull("zstd:chunked layer in the old format (no tar-split)")
 	}
-	return fetchMetadata(ctx, s, src, desc, loc, "", lr, bound)
+	if o.lazyTarSizes {
+		return fetchMetadata(ctx, s, src, desc, loc, prev, lr, bound)
+	}
+	return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 }
 
 // fetchSmallFiles stores the files a composefs image inlines: building the image reads them.
@@ -169,4 +176,23 @@ func tarSize(entries []storage.Entry) int64 {
 		}
 	}
 	return n
+}
+
+// fetchedMeta keeps the metadata (TOC, tar-split) PullLazy fetched and verified, per store
+// and pending pull, for the ServeLazy of the same process: without it the fill service fetched
+// both again before the first fill. A restarted service, in a new process, fetches them.
+var fetchedMeta sync.Map // metaKey → map[digest.Digest]layer.Partial
+
+type metaKey struct {
+	root string
+	id   digest.Digest
+}
+
+// takeFetchedMeta returns (and forgets) what PullLazy fetched for pending pull id of s.
+func takeFetchedMeta(s *store.Store, id digest.Digest) map[digest.Digest]layer.Partial {
+	v, ok := fetchedMeta.LoadAndDelete(metaKey{s.Root(), id})
+	if !ok {
+		return nil
+	}
+	return v.(map[digest.Digest]layer.Partial)
 }

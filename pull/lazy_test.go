@@ -68,10 +68,6 @@ func newLazyEnvOf(t *testing.T, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The tar's size, from the tar-split: what a layer store's info says before completion.
-	if got := p.TarSizes[e.img.diffIDs[0]]; got != int64(len(layerTar)) {
-		t.Fatalf("the pending pull records a tar of %d bytes; the layer's tar has %d", got, len(layerTar))
-	}
 	if _, err := e.s.ResolveImage(context.Background(), p.Name); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("the image is recorded before its layers are complete: %v", err)
 	}
@@ -244,4 +240,32 @@ func TestLazyPlaceholdersMadeOnResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.checkComplete(t, p)
+}
+
+// With WithLazyTarSizes the pending record has each layer's tar size from its tar-split (what
+// the layer store's info says before completion); without it the tar-split waits for the
+// completing import and no size is recorded.
+func TestLazyTarSizes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "lazy pulls need root")
+	}
+	reg := registrytest.New(t)
+	layerTar := tarOf(t, genTree(0))
+	img := buildImage(t, layerTar)
+	img.push(t, reg, "app", "v0")
+	for _, withSizes := range []bool{false, true} {
+		e := &lazyEnv{reg: reg, s: teststore.Open(t), img: img}
+		var opts []Option
+		want := int64(0)
+		if withSizes {
+			opts, want = []Option{WithLazyTarSizes()}, int64(len(layerTar))
+		}
+		p, err := PullLazy(context.Background(), e.s, e.source(t), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.TarSizes[img.diffIDs[0]]; got != want {
+			t.Fatalf("WithLazyTarSizes %v: the pending pull records a tar of %d bytes; want %d", withSizes, got, want)
+		}
+	}
 }

@@ -50,6 +50,12 @@ func WithLazyComplete(fn func(LazyMode)) Option { return func(o *options) { o.la
 // two (the pending composefs overlay over passthrough FUSE leaves none for podman's).
 func WithLazyStacked() Option { return func(o *options) { o.lazyStacked = true } }
 
+// WithLazyTarSizes makes a lazy pull fetch each layer's tar-split with its TOC, before the image
+// is mountable, unless a stored predecessor predicts it, so that the pending record has the
+// size of each layer's tar: what a layer store's info (diff-size) says before completion. By
+// default the tar-split waits for the import that completes the layer.
+func WithLazyTarSizes() Option { return func(o *options) { o.lazyTarSizes = true } }
+
 // fillService is what ServeLazy needs of a fill service: serve the placeholders, make them
 // independent of the pending pull once every layer is stored (finish), outlive it while
 // mounts need it (wait), and end.

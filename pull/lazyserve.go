@@ -62,17 +62,23 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	for _, l := range layers {
 		byDiffID[l.diffID] = l
 	}
+	fetcher := func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
+	act, rec := newFillActivity(time.Now, time.After), &profileRecorder{}
 	fill := func(ctx context.Context, diffID, obj digest.Digest) error {
 		l := byDiffID[diffID]
 		f, ok := l.files[obj]
 		if !ok {
 			return fmt.Errorf("object %s is in no file of layer %s: %w", obj, diffID, errdefs.ErrNotFound)
 		}
+		act.begin()
+		defer act.end()
+		rec.add(f.Entry.Name)
 		return locked(ctx, s, func() error {
-			_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
+			_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
 			return err
 		})
 	}
+	startupOver := useProfile(ctx, s, p, layers, fetcher, act, rec, o)
 	svc, err := newFillService(ctx, s, fill, o)
 	if err != nil {
 		return err
@@ -88,7 +94,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		if ready != nil {
 			ready()
 		}
-		err = completeLazy(ctx, s, src, p, layers, svc, o)
+		err = completeLazy(ctx, s, src, p, layers, svc, startupOver, o)
 	}
 	if err == nil {
 		if o.lazyComplete != nil {
@@ -114,15 +120,53 @@ func locked(ctx context.Context, s *store.Store, fn func() error) error {
 	return fn()
 }
 
-// completeLazy fetches the rest of each layer and records it, fills what is left, records the
-// image and its ref, and removes the pending pull.
-func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, o options) error {
+// profileFetchTimeout bounds the fetch of a start-up profile's files before the placeholders
+// are served: past it the rest are filled on demand.
+const profileFetchTimeout = 30 * time.Second
+
+// useProfile fetches the files of the pull's start-up profile, if there is one, and returns
+// what completeLazy calls to wait for the start-up window: it then saves the profile with the
+// paths filled on demand that it lacked.
+func useProfile(ctx context.Context, s *store.Store, p *lazy.Pending, layers []*lazyLayer, fetcher sourceFetch, act *fillActivity, rec *profileRecorder, o options) func(context.Context) error {
+	repo := profileRepo(p.Source, p.Name)
+	profile := loadProfile(s, repo, o.log)
+	pctx, cancel := context.WithTimeout(ctx, profileFetchTimeout)
+	if err := locked(pctx, s, func() error { prefetchProfile(pctx, s, fetcher, layers, profile, o.log); return nil }); err != nil {
+		o.log.Warn("lazy: start-up profile's files not fetched", "err", err)
+	}
+	cancel()
+	return func(ctx context.Context) error {
+		err := waitStartup(ctx, act, o)
+		if merged, added := rec.stop(profile); added > 0 && err == nil {
+			if serr := saveProfile(s, repo, merged); serr != nil {
+				o.log.Warn("lazy: start-up profile not saved", "repository", repo, "err", serr)
+			}
+		}
+		return err
+	}
+}
+
+// waitStartup waits until the hold is released (WithBackgroundHeld) or, without one, until the
+// start-up window ends (see StartupWindow).
+func waitStartup(ctx context.Context, act *fillActivity, o options) error {
 	if o.lazyHold != nil {
 		select {
 		case <-o.lazyHold:
+			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+	capped, err := act.waitQuiet(ctx, o.startup)
+	o.log.Debug("lazy: start-up window over; fetching the rest", "capped", capped)
+	return err
+}
+
+// completeLazy waits for the start-up window, then fetches the rest of each layer and records
+// it, fills what is left, records the image and its ref, and removes the pending pull.
+func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, startupOver func(context.Context) error, o options) error {
+	if err := startupOver(ctx); err != nil {
+		return err
 	}
 	for _, l := range layers {
 		if s.HasLayer(l.diffID) {
@@ -163,13 +207,19 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 	if err := json.Unmarshal(p.Config, &c); err != nil || len(c.RootFS.DiffIDs) != len(m.Layers) {
 		return nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
 	}
+	known := takeFetchedMeta(s, p.ID)
+	prev := o.predecessors(ctx, s, p.Name, len(m.Layers))
 	var out []*lazyLayer
 	for _, d := range p.Pending {
 		i := indexOf(c.RootFS.DiffIDs, d)
 		if i < 0 {
 			return nil, fmt.Errorf("lazy pull %s: pending layer %s is not in the config: %w", p.ID, d, errdefs.ErrInvalid)
 		}
-		part, err := lazyMetadata(ctx, s, src, m.Layers[i], o)
+		part, ok := known[d]
+		var err error
+		if !ok {
+			part, err = lazyMetadata(ctx, s, src, m.Layers[i], prev[i], o)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
 		}

@@ -84,6 +84,8 @@ type options struct {
 	lazyMode      LazyMode        // lazy pulls: the fill service (zero: LazyAuto)
 	lazyComplete  func(LazyMode)  // lazy pulls: called once the image is recorded
 	lazyStacked   bool            // lazy pulls: mounts over the placeholders get an overlay on top
+	lazyTarSizes  bool            // lazy pulls: fetch the tar-split before mountable, for the tars' sizes
+	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
 }
 
 func defaultOptions() options {
@@ -340,39 +342,46 @@ func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc oc
 // tar-split from the registry, and only a wrong prediction costs a second request for the real
 // one.
 func fetchMetadata(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, loc chunked.Location, prev digest.Digest, lr *LayerReport, bound chunked.ReadOption) (layer.Partial, error) {
-	var tocBlob []byte
 	if prev != "" && s.HasLayer(prev) {
-		predicted := layer.PredictTarSplit(ctx, s, prev, func(ctx context.Context) (*layer.FetchedTarSplit, error) {
-			meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TarSplit}, lr)
-			if err != nil {
-				return nil, err
-			}
-			_, ts, err := parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
-			return ts, err
-		})
-		meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TOC}, lr)
-		if err != nil {
-			return layer.Partial{}, err
-		}
-		tocBlob = meta[loc.TOC.Offset]
-		l, err := chunked.ParseTOCOnly(loc, tocBlob, bound)
-		if err != nil {
-			return layer.Partial{}, newerFormat(err)
-		}
-		dropWire(l)
-		return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: predicted}, nil
+		return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 	}
 	meta, err := fetchMeta(ctx, src, desc, loc.Ranges(), lr)
 	if err != nil {
 		return layer.Partial{}, err
 	}
-	tocBlob = meta[loc.TOC.Offset]
+	tocBlob := meta[loc.TOC.Offset]
 	l, fetched, err := parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
 	if err != nil {
 		return layer.Partial{}, err
 	}
 	dropWire(l)
 	return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: fetched}, nil
+}
+
+// fetchTOCPredicted fetches only the TOC; the tar-split is predicted from stored layer prev's
+// (layer.PredictTarSplit), and fetched only when the import finds the prediction wrong, or
+// when prev is "" or not stored: a lazy pull so puts off the tar-split until its completion.
+func fetchTOCPredicted(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, loc chunked.Location, prev digest.Digest, lr *LayerReport, bound chunked.ReadOption) (layer.Partial, error) {
+	var tocBlob []byte
+	predicted := layer.PredictTarSplit(ctx, s, prev, func(ctx context.Context) (*layer.FetchedTarSplit, error) {
+		meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TarSplit}, lr)
+		if err != nil {
+			return nil, err
+		}
+		_, ts, err := parseFetched(loc, tocBlob, meta[loc.TarSplit.Offset], bound)
+		return ts, err
+	})
+	meta, err := fetchMeta(ctx, src, desc, []source.Range{loc.TOC}, lr)
+	if err != nil {
+		return layer.Partial{}, err
+	}
+	tocBlob = meta[loc.TOC.Offset]
+	l, err := chunked.ParseTOCOnly(loc, tocBlob, bound)
+	if err != nil {
+		return layer.Partial{}, newerFormat(err)
+	}
+	dropWire(l)
+	return layer.Partial{Layer: l, TOCZst: tocBlob, TOCSize: loc.TOCUncompressed, TarSplit: predicted}, nil
 }
 
 // dropWire lets go of what a parse keeps that a partial import does not read: the TOC's wire

@@ -269,6 +269,9 @@ func (l *lazyLayers) finish(k lazyKnown, sv *lazyServe, name string) {
 func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready, complete func()) error {
 	// The pending layer mounts have containerd's or podman's overlay stacked on them.
 	opts := []pull.Option{pull.WithName(name), pull.WithLogger(slog.Default()), pull.WithLazyMode(l.mode), pull.WithLazyStacked()}
+	if l.named {
+		opts = append(opts, pull.WithLazyTarSizes()) // the layer store's info says the tar's size
+	}
 	if l.hold > 0 {
 		hold := make(chan struct{})
 		t := time.AfterFunc(l.hold, func() { close(hold) })
