@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // The page cache of ten running containers, one per version, each reading the files common to
@@ -172,7 +174,7 @@ func (e *alsEnv) resident() (int64, map[string]int64) {
 	by := map[string]int64{}
 	var total int64
 	for k, dir := range roots {
-		n, err := residentBytes(dir)
+		n, err := residentBytesXdev(dir)
 		if err != nil {
 			log.Printf("als page cache %s: mincore %s: %v", e.tool.name, dir, err)
 		}
@@ -180,6 +182,55 @@ func (e *alsEnv) resident() (int64, map[string]int64) {
 		total += n
 	}
 	return total, by
+}
+
+// residentBytesXdev is residentBytes within root's file system: the running containers' merged
+// overlays are mounted inside podman's storage, and walking them would count the store's pages
+// once per container (an overlay file's mapping is the file's below it).
+func residentBytesXdev(root string) (int64, error) {
+	rfi, err := os.Stat(root)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	rootDev := uint64(rfi.Sys().(*syscall.Stat_t).Dev)
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) || os.IsPermission(err) {
+				return nil
+			}
+			return err
+		}
+		if !d.IsDir() && !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if uint64(st.Dev) != rootDev {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		key := inode{uint64(st.Dev), st.Ino}
+		if d.IsDir() || fi.Size() == 0 || seen[key] {
+			return nil
+		}
+		seen[key] = true
+		if n, err := residentInFile(p, fi.Size()); err == nil {
+			total += n * int64(os.Getpagesize())
+		}
+		return nil
+	})
+	return total, err
 }
 
 // cgroupMem is what a memory cgroup and its descendants are charged.
