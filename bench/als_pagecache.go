@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // The page cache of ten running containers, one per version, each reading the files common to
@@ -96,20 +97,40 @@ func (e *alsEnv) startReaders(ctx context.Context, common *ReadSet, refs []strin
 	return nil
 }
 
-// stopReaders removes the containers and their cgroup parent (every controller's).
+// stopReaders removes the containers and their cgroup parent (every controller's). conmon's
+// cgroup empties a moment after `podman rm` returns (conmon exits after its container), so the
+// removal is tried again for a few seconds.
 func (e *alsEnv) stopReaders() {
 	_ = e.podman(context.Background(), "rm", "--all", "--force", "--time", "0").Run()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		left := e.removeCgroups()
+		if left == nil || time.Now().After(deadline) {
+			if left != nil {
+				log.Printf("als page cache %s: cgroups left: %v", e.tool.name, left)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // polling for conmon's exit, which nothing signals to us
+	}
+}
+
+// removeCgroups removes the cgroup parent's directories and returns those that remain.
+func (e *alsEnv) removeCgroups() []string {
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", e.cgroupParent()))
 	if d := filepath.Join("/sys/fs/cgroup", e.cgroupParent()); dirExists(d) {
 		dirs = append(dirs, d)
 	}
+	var left []string
 	for _, d := range dirs {
 		subs, _ := filepath.Glob(filepath.Join(d, "*", "cgroup.procs"))
 		for _, s := range subs {
 			_ = os.Remove(filepath.Dir(s))
 		}
-		_ = os.Remove(d)
+		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+			left = append(left, d)
+		}
 	}
+	return left
 }
 
 func dirExists(p string) bool {
