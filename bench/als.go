@@ -25,20 +25,25 @@ import (
 
 // The three set-ups of the comparison, as they appear in the report.
 const (
-	alsKura      = "podman + Kura layer store"
-	alsPodman    = "podman use_hard_links=false"
-	alsPodmanHL  = "podman use_hard_links=true"
-	alsUserAgent = "kura" // Kura's requests carry a User-Agent starting with this
+	alsKura = "podman + Kura layer store"
+	// alsKuraCheckout is the layer store's other diff mode (hard-linked per-layer checkouts, as
+	// podman's use_hard_links makes), measured for the page cache figures it trades disk for.
+	alsKuraCheckout = "podman + Kura layer store --diff checkout"
+	alsPodman       = "podman use_hard_links=false"
+	alsPodmanHL     = "podman use_hard_links=true"
+	alsUserAgent    = "kura" // Kura's requests carry a User-Agent starting with this
 )
 
 // alsTool is one set-up: which podman storage.conf, with or without the layer store.
 type alsTool struct {
 	name      string
 	kura      bool
+	diff      string // the server's --diff ("": its default, composefs on this kernel)
 	hardLinks bool
 }
 
-var alsTools = []alsTool{{name: alsKura, kura: true}, {name: alsPodman}, {name: alsPodmanHL, hardLinks: true}}
+var alsTools = []alsTool{{name: alsKura, kura: true}, {name: alsPodman}, {name: alsPodmanHL, hardLinks: true},
+	{name: alsKuraCheckout, kura: true, diff: "checkout"}}
 
 // ALSStep is one timed step: pull one version, then start apache2 from it until it answers.
 type ALSStep struct {
@@ -61,16 +66,11 @@ type ALSStep struct {
 
 // ALSSide is what one set-up holds after ten versions (first round).
 type ALSSide struct {
-	Tool      string     `json:"tool"`
-	Disk      int64      `json:"disk"` // du -sbcx of podman's storage (+ Kura's store and state)
-	DiskParts []string   `json:"diskParts"`
-	OSRelease string     `json:"osRelease,omitempty"`
-	PageCache *Residency `json:"pageCache,omitempty"`
-	// MetaDelta is the growth of Buffers (ext4's metadata: podman's directories and inodes,
-	// and those of Kura's objects) and SReclaimable (dentry and inode caches) while the ten
-	// containers read: file system metadata that mincore over files does not see.
-	MetaDelta map[string]int64 `json:"metaDelta,omitempty"`
-	Error     string           `json:"error,omitempty"`
+	Tool      string   `json:"tool"`
+	Disk      int64    `json:"disk"` // du -sbcx of podman's storage (+ Kura's store and state)
+	DiskParts []string `json:"diskParts"`
+	OSRelease string   `json:"osRelease,omitempty"`
+	Error     string   `json:"error,omitempty"`
 }
 
 // ALSResults is the -als run (als.json).
@@ -83,6 +83,7 @@ type ALSResults struct {
 	Versions  []Version         `json:"versions"`
 	Steps     []ALSStep         `json:"steps"`
 	Sides     []ALSSide         `json:"sides"`
+	PageCache []ALSPageCache    `json:"pageCache,omitempty"` // first round, two passes
 	CommonSet *ReadSet          `json:"commonSet,omitempty"`
 	Load      []string          `json:"load"` // /proc/loadavg at the start of each round and at the end
 	Notes     []string          `json:"notes,omitempty"`
@@ -138,7 +139,8 @@ func runALS(ctx context.Context, cfg config, rounds int) error {
 
 // alsRound gives every set-up a new empty installation and pulls c0..c9 in order, the set-up
 // that goes first rotating with the version and the round; after the first round's last
-// version it takes the disk, the os-release check and the page cache.
+// version it takes the disk, the os-release check and the page cache (two passes, the second
+// in the reverse order).
 func alsRound(ctx context.Context, cfg config, base string, c *Corpus, regAddr string, alog *accessLog, root string, round int, res *ALSResults) error {
 	envs := make([]*alsEnv, len(alsTools))
 	defer func() {
@@ -175,7 +177,10 @@ func alsRound(ctx context.Context, cfg config, base string, c *Corpus, regAddr s
 			refs = append(refs, regAddr+"/"+kuraRepo+":"+v.Name)
 		}
 		for _, e := range envs {
-			res.Sides = append(res.Sides, e.side(ctx, c, refs[len(refs)-1], refs))
+			res.Sides = append(res.Sides, e.side(ctx, refs[len(refs)-1]))
+		}
+		if common := c.commonSet(); common != nil {
+			res.PageCache = alsPageCachePasses(ctx, envs, common, refs)
 		}
 	}
 	return nil
@@ -193,7 +198,6 @@ type alsEnv struct {
 	port      int
 	server    *exec.Cmd
 	serverErr chan error
-	metaDelta map[string]int64 // set by pageCache
 }
 
 func newALSEnv(cfg config, base, dir string, t alsTool, regAddr string) (*alsEnv, error) {
@@ -235,6 +239,9 @@ func (e *alsEnv) startServer(cfg config, regAddr string) error {
 	}
 	cmd := exec.Command(cfg.kura, "--root", filepath.Join(e.dir, "store"), "--log-level", "info",
 		"layer-store", "serve", filepath.Join(e.dir, "als"), "--state", filepath.Join(e.dir, "state"), "--registries-conf", regConf)
+	if e.tool.diff != "" {
+		cmd.Args = append(cmd.Args, "--diff", e.tool.diff)
+	}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = logf, pw
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}

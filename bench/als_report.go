@@ -78,36 +78,49 @@ func alsBytesTable(w func(string, ...any), res *ALSResults) {
 	w("| **all updates** | %.2f | **%.2f** | | | **%.2f** | **%.2f** |\n", sums[0], sums[1], sums[2], sums[3])
 }
 
-// alsSidesTable gives disk, page cache and the os-release check after ten versions.
+// alsSidesTable gives disk and the os-release check after ten versions, then the page cache.
 func alsSidesTable(w func(string, ...any), res *ALSResults) {
 	if len(res.Sides) == 0 {
 		return
 	}
-	w("\n#### After ten versions (first round)\n\n")
-	w("| | disk MB (du -sbcx) | ten containers: Cached delta MB | resident in the storage MB (mincore) | Buffers delta MB | SReclaimable delta MB |\n|---|---:|---:|---:|---:|---:|\n")
+	w("\n#### After ten versions (first round)\n\n| | disk MB (du -sbcx) |\n|---|---:|\n")
 	for _, s := range res.Sides {
-		cached, resident := "—", "—"
-		if pc := s.PageCache; pc != nil && pc.Error == "" {
-			cached, resident = mbs(pc.CachedDelta), mbs(pc.Resident)
-			if len(pc.ResidentBy) > 1 {
-				var parts []string
-				for _, k := range slices.Sorted(maps.Keys(pc.ResidentBy)) {
-					parts = append(parts, fmt.Sprintf("%s %s", k, mbs(pc.ResidentBy[k])))
-				}
-				resident += " (" + strings.Join(parts, ", ") + ")"
-			}
-		}
-		w("| %s | %s | %s | %s | %s | %s |\n", s.Tool, mbs(s.Disk), cached, resident, mbs(s.MetaDelta["Buffers"]), mbs(s.MetaDelta["SReclaimable"]))
+		w("| %s | %s |\n", s.Tool, mbs(s.Disk))
 	}
 	for _, s := range res.Sides {
 		w("\n%s: disk = %s. `podman run %s:c9 cat /etc/os-release`: %q", s.Tool, strings.Join(s.DiskParts, " + "), res.Repo, firstLine(s.OSRelease))
 		if s.Error != "" {
 			w(" (error: %s)", s.Error)
 		}
-		if s.PageCache != nil && s.PageCache.Error != "" {
-			w(" (page cache error: %s)", s.PageCache.Error)
-		}
 		w("\n")
+	}
+	alsPageCacheTable(w, res.PageCache)
+}
+
+// alsPageCacheTable gives each measure of the ten reading containers, pass by pass.
+func alsPageCacheTable(w func(string, ...any), pcs []ALSPageCache) {
+	if len(pcs) == 0 {
+		return
+	}
+	w("\n#### Ten running containers (one per version) reading the same %s files: charged to their memory cgroups\n\n", "common")
+	w("| pass | set-up (order in the pass) | page cache MB | kernel memory MB (dentries, inodes) | both MB | resident in the storage MB (mincore) | Cached delta MB (whole machine) |\n|---|---|---:|---:|---:|---:|---:|\n")
+	for _, pc := range pcs {
+		if pc.Error != "" {
+			w("| %d | %s (%d) | error: %s | | | | |\n", pc.Pass, pc.Tool, pc.Order+1, pc.Error)
+			continue
+		}
+		resident := mbs(pc.Resident)
+		if len(pc.ResidentBy) > 1 {
+			var parts []string
+			for _, k := range slices.Sorted(maps.Keys(pc.ResidentBy)) {
+				if pc.ResidentBy[k] > 0 {
+					parts = append(parts, fmt.Sprintf("%s %s", k, mbs(pc.ResidentBy[k])))
+				}
+			}
+			resident += " (" + strings.Join(parts, ", ") + ")"
+		}
+		w("| %d | %s (%d) | %s | %s | %s | %s | %s |\n", pc.Pass, pc.Tool, pc.Order+1, mbs(pc.Charged), mbs(pc.Kernel),
+			mbs(pc.Charged+pc.Kernel), resident, mbs(pc.CachedDelta))
 	}
 }
 

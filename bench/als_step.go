@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log"
 	"net/http"
 	"os"
 	"os/exec"
@@ -113,9 +112,9 @@ func (s *ALSStep) countBytes(reqs []Request) {
 	}
 }
 
-// side takes what the set-up holds after ten versions: disk, the os-release check, and the
-// page cache of ten containers (one per version) reading the files common to all versions.
-func (e *alsEnv) side(ctx context.Context, c *Corpus, last string, refs []string) ALSSide {
+// side takes what the set-up holds after ten versions: disk and the os-release check (the page
+// cache is measured apart, alsPageCachePasses).
+func (e *alsEnv) side(ctx context.Context, last string) ALSSide {
 	s := ALSSide{Tool: e.tool.name, DiskParts: []string{e.pod.root}}
 	if e.tool.kura {
 		s.DiskParts = append(s.DiskParts, filepath.Join(e.dir, "store"), filepath.Join(e.dir, "state"))
@@ -130,77 +129,7 @@ func (e *alsEnv) side(ctx context.Context, c *Corpus, last string, refs []string
 	if err != nil {
 		s.Error = strings.TrimSpace(s.Error + fmt.Sprintf(" podman run cat /etc/os-release: %v", err))
 	}
-	if common := c.commonSet(); common != nil {
-		pc := e.pageCache(ctx, common, refs)
-		s.PageCache, s.MetaDelta = &pc, e.metaDelta
-	}
 	return s
-}
-
-// pageCache drops the caches, runs one container per version, each reading the common files
-// (a NUL-separated list bound in, as podman.go does), and takes the growth of Cached and the
-// pages resident in the set-up's storage (mincore; for Kura: its store, where the composefs
-// layers' files are, and its composefs images).
-func (e *alsEnv) pageCache(ctx context.Context, common *ReadSet, refs []string) Residency {
-	r := Residency{Readers: len(refs)}
-	list := filepath.Join(e.dir, "common.list")
-	if err := writeFileList(list, common.Files); err != nil {
-		r.Error = err.Error()
-		return r
-	}
-	run := func(ref, script string) error {
-		args := append(append([]string{"run", "--rm", "--network", "none"}, alsUlimits...),
-			"-v", list+":/kura-bench-common.list:ro", ref, "sh", "-c", script)
-		if out, err := e.podman(ctx, args...).CombinedOutput(); err != nil {
-			return fmt.Errorf("podman run %s: %v: %s", ref, err, tail(string(out), 300))
-		}
-		return nil
-	}
-	if err := run(refs[0], "true"); err != nil { // podman's own binaries do not count
-		r.Error = err.Error()
-		return r
-	}
-	roots := map[string]string{"podman storage": filepath.Join(e.pod.root, "overlay")}
-	if e.tool.kura {
-		roots["Kura store"] = filepath.Join(e.dir, "store")
-		roots["composefs images"] = filepath.Join(e.dir, "state", "composefs")
-	}
-	read := func(ref string) error { return run(ref, "xargs -0 -a /kura-bench-common.list cat > /dev/null") }
-	// Other work on the machine drops caches too (other benches): a measure during which the
-	// kernel's drop count moved is taken again.
-	for attempt := 1; attempt <= 4; attempt++ {
-		r = Residency{Readers: len(refs), ResidentBy: map[string]int64{}}
-		var drops int64
-		var before map[string]int64
-		delta, err := cachedDelta(func() error {
-			drops, before = vmstat("drop_pagecache"), meminfo()
-			return eachRef(refs, read)
-		})
-		after := meminfo()
-		e.metaDelta = map[string]int64{}
-		for _, k := range []string{"Buffers", "SReclaimable"} {
-			e.metaDelta[k] = after[k] - before[k]
-		}
-		if err != nil {
-			r.Error = err.Error()
-			return r
-		}
-		r.CachedDelta = delta
-		for k, dir := range roots {
-			n, err := residentBytes(dir)
-			if err != nil {
-				r.Error = err.Error()
-			}
-			r.ResidentBy[k] = n
-			r.Resident += n
-		}
-		if vmstat("drop_pagecache") == drops {
-			return r
-		}
-		log.Printf("als page cache %s: someone dropped the caches during the measure (attempt %d); again", e.tool.name, attempt)
-		r.Error = "the caches were dropped by other work during every attempt"
-	}
-	return r
 }
 
 // meminfo is /proc/meminfo in bytes.

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -41,5 +45,45 @@ func TestALSRatios(t *testing.T) {
 	got := alsRatios(steps, alsPodmanHL, all, func(s ALSStep) float64 { return s.Running })
 	if want := []float64{0.5, 1.5}; !slices.Equal(got, want) {
 		t.Errorf("ratios %v; want %v", got, want)
+	}
+}
+
+// TestALSCgroupStat: memory.stat files are read as "key value" lines (v1's total_cache, v2's
+// file and kernel); an empty or missing file is an error, not zeros.
+func TestALSCgroupStat(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "memory.stat")
+	if err := os.WriteFile(p, []byte("cache 4096\ntotal_cache 311779328\nfile 8192\nkernel 12288\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := readKeyed(p)
+	if err != nil || st["total_cache"] != 311779328 || st["file"] != 8192 || st["kernel"] != 12288 {
+		t.Errorf("readKeyed: %v, %v", st, err)
+	}
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readKeyed(p); err == nil {
+		t.Error("readKeyed of an empty file: no error")
+	}
+	if _, err := readCgroupMem("/kura-bench-no-such-cgroup"); err == nil {
+		t.Error("readCgroupMem of a missing cgroup: no error")
+	}
+}
+
+// TestALSPageCacheTable: every measure appears with its pass and order, an error in its row.
+func TestALSPageCacheTable(t *testing.T) {
+	var b strings.Builder
+	w := func(f string, a ...any) { fmt.Fprintf(&b, f, a...) }
+	alsPageCacheTable(w, []ALSPageCache{
+		{Tool: alsKura, Pass: 1, Charged: 297 << 20, Kernel: 233 << 20, Resident: 249 << 20,
+			ResidentBy: map[string]int64{"Kura store": 231 << 20, "composefs images": 18 << 20}},
+		{Tool: alsPodmanHL, Pass: 2, Order: 1, Error: "boom"},
+	})
+	out := b.String()
+	for _, want := range []string{"| 1 | podman + Kura layer store (1) | 311.43 | 244.32 | 555.75 |", "composefs images 18.87", "| 2 | podman use_hard_links=true (2) | error: boom"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -1,18 +1,22 @@
 package layerstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/store"
+	"github.com/kura-oci/kura/verity"
 )
 
 func TestCheckKernel(t *testing.T) {
@@ -96,5 +100,42 @@ func TestSetLazyNeedsComposefs(t *testing.T) {
 	}
 	if err := ls.SetLazy(nil); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("SetLazy on a checkout layer store: %v; want ErrInvalid", err)
+	}
+}
+
+// TestDropDigests: a per-layer tree without fs-verity digests still redirects every file to its
+// object, and its image is smaller (the metacopy xattr becomes one shared value).
+func TestDropDigests(t *testing.T) {
+	build := func(drop bool) ([]byte, *composefs.Node) {
+		root := composefs.NewDir(0o755)
+		for i := 0; i < 200; i++ {
+			d := verity.Digest{byte(i), 1}
+			f := &composefs.Node{Mode: composefs.ModeRegular | 0o644, Nlink: 1, Size: 4096, Payload: fmt.Sprintf("%02x/%062x", i, i), Digest: &d}
+			if err := root.AddChild(fmt.Sprintf("f%03d", i), f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if drop {
+			dropDigests(root)
+		}
+		var buf bytes.Buffer
+		if err := composefs.WriteImage(&buf, root); err != nil {
+			t.Fatal(err)
+		}
+		back, err := composefs.ReadImage(buf.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes(), back
+	}
+	with, _ := build(false)
+	without, back := build(true)
+	if len(without) >= len(with) {
+		t.Errorf("image without digests %d bytes, with %d; want smaller", len(without), len(with))
+	}
+	for i, f := range back.Children() {
+		if f.Digest != nil || f.Payload != fmt.Sprintf("%02x/%062x", i, i) {
+			t.Fatalf("%s: digest %v, payload %q; want no digest and its object", f.Name(), f.Digest, f.Payload)
+		}
 	}
 }
