@@ -18,7 +18,7 @@ func TestCtdRatiosPairByRoundAndVersion(t *testing.T) {
 		{Setup: ctdKura, Version: "c1", Round: 2, Seconds: 2, Error: "failed"}, // no pair
 		{Setup: ctdKura, Version: "c2", Round: 1, Seconds: 3},                  // no overlayfs start
 	}
-	got := ctdRatios(starts, func(CtdStart) bool { return true }, startSecs)
+	got := ctdRatios(starts, func(CtdStart) bool { return true }, startSecs, ctdOverlay, ctdKura)
 	if len(got) != 1 || got[0] != 0.25 {
 		t.Fatalf("ratios %v, want [0.25]", got)
 	}
@@ -59,6 +59,16 @@ func TestCtdConfig(t *testing.T) {
 				t.Errorf("config lacks %s:\n%s", want, c)
 			}
 		}
+	}
+	stargz := (&ctdSetup{name: ctdStargz, base: "/b", run: "/r", sock: "/r/c.sock"}).ctdConfig("127.0.0.1:5000", "127.0.0.1:5000/bench/pause:1")
+	lazy := (&ctdSetup{name: ctdKuraLazy, base: "/b", run: "/r", sock: "/r/c.sock"}).ctdConfig("127.0.0.1:5000", "127.0.0.1:5000/bench/pause:1")
+	for _, want := range []string{`[proxy_plugins.stargz]`, `address = "/r/stargz.sock"`, `snapshotter = "stargz"`, `disable_snapshot_annotations = false`} {
+		if !strings.Contains(stargz, want) {
+			t.Errorf("stargz config lacks %s:\n%s", want, stargz)
+		}
+	}
+	if lazy != kura {
+		t.Errorf("kura-lazy config differs from kura's (only the snapshotter's flag should):\n%s", lazy)
 	}
 	if !strings.Contains(ovl, `snapshotter = "overlayfs"`) {
 		t.Errorf("overlayfs config does not use overlayfs:\n%s", ovl)
