@@ -130,8 +130,12 @@ func (s *ctdSetup) pullAndStart(ctx context.Context, pod string, pc *runtimeapi.
 	if _, err := s.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
 		return fmt.Errorf("StartContainer: %w", err)
 	}
-	s.ctrs = append(s.ctrs, c.ContainerId)
-	return waitAnswer(ctx, "http://"+addr+"/", s.exitedCheck(ctx, c.ContainerId))
+	err = waitAnswer(ctx, "http://"+addr+"/", s.exitedCheck(ctx, c.ContainerId))
+	if err == nil {
+		// Only answering containers take part in the page-cache measure.
+		s.ctrs = append(s.ctrs, c.ContainerId)
+	}
+	return err
 }
 
 // exitedCheck returns an error once the container has exited (a server
