@@ -131,3 +131,14 @@ func TestDuOnceCountsHardLinksOnce(t *testing.T) {
 		t.Fatalf("du of a: %d, of a and b (b a hard link of a's file): %d; want the file counted once", na, both)
 	}
 }
+
+// A start's bytes are its own clients': another set-up's background fetch
+// logged in the same span is not counted.
+func TestRecvCountsOwnAgents(t *testing.T) {
+	by := map[string]int64{"containerd": 1, "kura": 10, "Go-http-client": 100}
+	for setup, want := range map[string]float64{ctdOverlay: 1, ctdKura: 11, ctdKuraLazy: 11, ctdStargz: 101} {
+		if got := recv(CtdStart{Setup: setup, ByAgent: by}); got != want {
+			t.Errorf("recv(%s) = %v, want %v", setup, got, want)
+		}
+	}
+}

@@ -331,6 +331,7 @@ func warmBlobs(ctx context.Context, regAddr, repo, tag string) error {
 			return nil, err
 		}
 		req.Header.Set("Accept", accept)
+		req.Header.Set("User-Agent", benchAgent)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return nil, err

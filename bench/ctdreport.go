@@ -58,7 +58,35 @@ func ctdSpread(xs []float64, scale float64, prec int) string {
 
 func startSecs(s CtdStart) float64 { return s.Seconds }
 func pullSecs(s CtdStart) float64  { return s.PullSeconds }
-func recv(s CtdStart) float64      { return float64(s.Traffic.Received) }
+
+// recv is the bytes the start's own clients received: the registry's log
+// between PullImage and the answer also holds another set-up's background
+// fetches (stargz-snapshotter's, as Go-http-client; a lazy Kura's), which
+// belong to that set-up. Kura and kura-lazy share a User-Agent, so between
+// the two this split cannot be made.
+func recv(s CtdStart) float64 {
+	if len(s.ByAgent) == 0 {
+		return float64(s.Traffic.Received)
+	}
+	var n int64
+	for agent, b := range s.ByAgent {
+		if ownAgent(s.Setup, agent) {
+			n += b
+		}
+	}
+	return float64(n)
+}
+
+// ownAgent says whether requests with this User-Agent name are the set-up's.
+func ownAgent(setup, agent string) bool {
+	switch snapshotterOf(setup) {
+	case ctdKura:
+		return agent == "containerd" || agent == "kura"
+	case ctdStargz:
+		return agent == "containerd" || agent == "Go-http-client"
+	}
+	return agent == "containerd"
+}
 
 // ctdMarkdown renders the comparison: per version, then cold and update
 // pulls together, then disk and page cache.

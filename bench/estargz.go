@@ -25,6 +25,11 @@ import (
 // stargz-snapshotter (-ctd-setups with stargz).
 const estargzRepo = "bench/estargz"
 
+// benchAgent is the User-Agent of the harness's own registry requests
+// (warming, conversion), so that they are not taken for stargz-snapshotter's,
+// which come as Go's default Go-http-client.
+const benchAgent = "kura-bench"
+
 // EstargzPush is one version converted and pushed.
 type EstargzPush struct {
 	Version      string        `json:"version"`
@@ -200,6 +205,7 @@ func regGet(ctx context.Context, regAddr, repo, path, accept string) (*http.Resp
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
+	req.Header.Set("User-Agent", benchAgent)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
@@ -265,6 +271,7 @@ func regSend(ctx context.Context, method, u, ctype string, body io.Reader, size 
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
 	}
+	req.Header.Set("User-Agent", benchAgent)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
