@@ -376,6 +376,20 @@ func (s *ctdSetup) residentRoots() map[string]string {
 	return map[string]string{"snapshots": filepath.Join(s.root(), "io.containerd.snapshotter.v1.overlayfs")}
 }
 
+// rewriteCtdReport renders containerd.md again from containerd.json in the
+// out directory (-containerd -report-only).
+func rewriteCtdReport(cfg config) error {
+	b, err := os.ReadFile(filepath.Join(cfg.out, "containerd.json"))
+	if err != nil {
+		return err
+	}
+	var res CtdResults
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("containerd.json: %w", err)
+	}
+	return os.WriteFile(filepath.Join(cfg.out, "containerd.md"), []byte(ctdMarkdown(&res)), 0o644)
+}
+
 // writeCtdReport writes containerd.json and containerd.md in the out directory.
 func writeCtdReport(cfg config, res *CtdResults) error {
 	b, err := json.MarshalIndent(res, "", "  ")

@@ -70,7 +70,7 @@ func main() {
 	flag.StringVar(&cfg.ctdProfile, "ctd-kura-profile", "", "write the kura snapshotter's CPU profile to this path plus .roundN")
 	als := flag.Bool("als", false, "only the layer-store comparison (issue 15): podman with Kura as its additional layer store against podman alone; needs -kura and Kura's pushes in the registry (README.md)")
 	alsRounds := flag.Int("als-rounds", 5, "rounds of the -als comparison (each: new installations, every version)")
-	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
+	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out (with -containerd: containerd.md from containerd.json)")
 	scale := scaleFlags()
 	var la lazyApacheCfg
 	flag.StringVar(&la.regData, "lazy-apache", "", "run only the lazy-pull comparison (issue 17): a registry root directory holding lazy/c0:latest pushed by kura; apache2 of the image answers on 127.0.0.1:80")
@@ -88,6 +88,12 @@ func main() {
 	}
 	if scale.enabled {
 		runScaleMain(cfg, scale)
+		return
+	}
+	if *reportOnly && cfg.containerd {
+		if err := rewriteCtdReport(cfg); err != nil {
+			log.Fatal(err)
+		}
 		return
 	}
 	if *reportOnly {
