@@ -154,9 +154,6 @@ func startApache(ctx context.Context, cfg config, pe *podmanEnv, dir, ref, mode 
 		return stop, fmt.Errorf("kura mount: %v: %s", err, out)
 	}
 	stops = append(stops, func() { exec.Command("umount", mnt).Run() })
-	if mode != "kura-full" {
-		preReadMmapFirst(mnt)
-	}
 	// apache2 chrooted into the mount, in its own mount namespace with tmpfs where it writes
 	// (the mount is read-only): /run (also /var/run, /var/lock) and /var/log.
 	script := fmt.Sprintf(`set -e; for d in run var/log tmp; do mount -t tmpfs tmpfs %[1]s/$d; done; exec chroot %[1]s /bin/sh -c '%[2]s'`, mnt, apacheCmd)
@@ -181,24 +178,6 @@ func startApache(ctx context.Context, cfg config, pe *podmanEnv, dir, ref, mode 
 		}
 	})
 	return stop, nil
-}
-
-// mmapFirst are the files of c0 that apache2's start-up (ld.so, glibc's locale and iconv)
-// maps before any read(): in the first slice a first access by mmap is not filled (SIGBUS; see
-// BENCHMARKS.md), so the lazy modes read them first, inside the timed path.
-var mmapFirst = []string{"etc/ld.so.cache", "usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
-	"usr/lib/locale/C.utf8/LC_*", "usr/lib/locale/C.utf8/LC_MESSAGES/*"}
-
-func preReadMmapFirst(mnt string) {
-	for _, pat := range mmapFirst {
-		matches, _ := filepath.Glob(filepath.Join(mnt, pat))
-		for _, m := range matches {
-			if f, err := os.Open(m); err == nil {
-				io.Copy(io.Discard, f)
-				f.Close()
-			}
-		}
-	}
 }
 
 // kuraPullFor runs the pull of mode: whole, or lazy until kura says the image is mountable

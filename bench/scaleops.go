@@ -12,7 +12,7 @@ import (
 )
 
 // scaleOps are the measured operations, in the order of one cycle.
-var scaleOps = []string{"update pull", "images", "df", "fsck", "mount", "umount", "rmi",
+var scaleOps = []string{"update pull", "images", "df", "df -v", "fsck", "mount", "umount", "rmi",
 	"gc, one image removed", "gc, nothing to free"}
 
 // cycle runs every operation once on one store: the update pull (a partial
@@ -30,6 +30,7 @@ func (e *scaleEnv) cycle(ctx context.Context, label string, run int) error {
 		"update pull":           append(append([]string{"pull"}, kuraRegistryFlags...), ref),
 		"images":                {"images"},
 		"df":                    {"df"},
+		"df -v":                 {"df", "-v"},
 		"fsck":                  {"fsck"},
 		"mount":                 {"mount", ref, mp},
 		"umount":                {"umount", mp},

@@ -1,7 +1,7 @@
 // Package fanotify binds the kernel's fanotify pre-content events (Linux 6.14+): a listener
-// marks files, and the first access to any range of a marked file blocks until the listener
-// answers, so it can fill the file before the reader sees it. Package lazy builds its fill
-// service on it.
+// marks files, and the first access to any range of a marked file (or its open, with
+// OpenPerm) blocks until the listener answers, so it can fill the file before the reader sees
+// it. Package lazy builds its fill service on it.
 package fanotify
 
 import (
@@ -21,6 +21,10 @@ const (
 	// PreAccess is FAN_PRE_ACCESS: raised before any read or write of a range of a marked
 	// file, on a group of class FAN_CLASS_PRE_CONTENT.
 	PreAccess = 0x00100000
+	// OpenPerm is FAN_OPEN_PERM: raised before a marked file is opened. Opening a file of a
+	// composefs mount opens its data-only lower file (the object) on the opener's behalf, so
+	// it raises OpenPerm on the object before the opener can read or map it.
+	OpenPerm = unix.FAN_OPEN_PERM
 	// classPreContent is FAN_CLASS_PRE_CONTENT.
 	classPreContent = 0x00000008
 	// infoTypeRange is FAN_EVENT_INFO_TYPE_RANGE: the record after the metadata of a
@@ -38,10 +42,10 @@ const (
 	errnoShift      = 24   // FAN_DENY_ERRNO(err): FAN_DENY | (err & 0xff) << 24
 )
 
-// Event is one pre-content event. File is the kernel's descriptor of the accessed file
-// (read-only; when the access came through an overlay mount it is opened on overlay's private
-// clone of the lower mount, so it cannot be written through). The caller answers it with
-// Group.Allow or Group.Deny, which also closes File.
+// Event is one pre-content or open-permission event (Mask says which). File is the kernel's
+// descriptor of the accessed file (read-only; when the access came through an overlay mount
+// it is opened on overlay's private clone of the lower mount, so it cannot be written
+// through). The caller answers it with Group.Allow or Group.Deny, which also closes File.
 type Event struct {
 	Mask uint64
 	File *os.File
@@ -80,44 +84,47 @@ func classify(what string, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// Mark adds FAN_PRE_ACCESS to the inode of f. Only descriptors opened after the mark raise
-// events: the kernel decides at open time.
-func (g *Group) Mark(f *os.File) error {
-	return g.mark(unix.FAN_MARK_ADD, f)
+// marked is every event a mark may ask for; Unmark removes them all.
+const marked = PreAccess | OpenPerm
+
+// Mark adds the events of mask (PreAccess, OpenPerm) to the inode of f. PreAccess is raised
+// only on descriptors opened after the mark: the kernel decides at open time.
+func (g *Group) Mark(f *os.File, mask uint64) error {
+	return g.mark(unix.FAN_MARK_ADD, mask, f)
 }
 
 // Unmark removes the mark of f's inode; later opens raise no events.
 func (g *Group) Unmark(f *os.File) error {
-	return g.mark(unix.FAN_MARK_REMOVE, f)
+	return g.mark(unix.FAN_MARK_REMOVE, marked, f)
 }
 
-// MarkPath marks the inode path names (the path, not a descriptor: opening a file to mark it
-// would be an access of its own).
-func (g *Group) MarkPath(path string) error {
-	return g.markAt(unix.FAN_MARK_ADD, unix.AT_FDCWD, path)
+// MarkPath marks the inode path names for the events of mask (the path, not a descriptor:
+// opening a file to mark it would be an access of its own).
+func (g *Group) MarkPath(path string, mask uint64) error {
+	return g.markAt(unix.FAN_MARK_ADD, mask, unix.AT_FDCWD, path)
 }
 
 // UnmarkPath removes the mark of the inode path names.
 func (g *Group) UnmarkPath(path string) error {
-	return g.markAt(unix.FAN_MARK_REMOVE, unix.AT_FDCWD, path)
+	return g.markAt(unix.FAN_MARK_REMOVE, marked, unix.AT_FDCWD, path)
 }
 
-func (g *Group) mark(flags uint, f *os.File) error {
-	err := g.markAt(flags, int(f.Fd()), "")
+func (g *Group) mark(flags uint, mask uint64, f *os.File) error {
+	err := g.markAt(flags, mask, int(f.Fd()), "")
 	if err != nil {
 		return fmt.Errorf("%s: %w", f.Name(), err)
 	}
 	return nil
 }
 
-func (g *Group) markAt(flags uint, dirfd int, path string) error {
+func (g *Group) markAt(flags uint, mask uint64, dirfd int, path string) error {
 	rc, err := g.f.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var merr error
 	if err := rc.Control(func(gfd uintptr) {
-		merr = unix.FanotifyMark(int(gfd), flags, PreAccess, dirfd, path)
+		merr = unix.FanotifyMark(int(gfd), flags, mask, dirfd, path)
 	}); err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ func placeholder(t *testing.T, g *Group) (string, *os.File) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	if err := g.Mark(w); err != nil {
+	if err := g.Mark(w, PreAccess); err != nil {
 		t.Fatal(err)
 	}
 	return p, w
@@ -128,4 +128,54 @@ func TestParseRejectsMalformed(t *testing.T) {
 	if _, err := parse(b); err == nil {
 		t.Fatal("parse accepted an event longer than its buffer")
 	}
+}
+
+// TestOpenPermFillsBeforeMap: a file marked with OpenPerm raises the event at open, before
+// the opener holds a descriptor, so a listener fills it there and a mapping made after the
+// open sees the bytes (a first access by mmap raises no pre-content event of its own).
+func TestOpenPermFillsBeforeMap(t *testing.T) {
+	g := newGroup(t)
+	p := filepath.Join(t.TempDir(), "obj")
+	w, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := g.Mark(w, OpenPerm|PreAccess); err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("mapped "), 3000)
+	got := make(chan readResult, 1)
+	go func() { got <- mapFile(p, len(content)) }()
+	ev := nextEvent(t, g)
+	if ev.Mask&OpenPerm == 0 || ev.HasRange {
+		t.Fatalf("event %+v: want FAN_OPEN_PERM, with no range", ev)
+	}
+	if _, err := w.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Unmark(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Allow(ev); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.err != nil || !bytes.Equal(r.b, content) {
+		t.Fatalf("mapping gave %d bytes, err %v; want the %d filled bytes", len(r.b), r.err, len(content))
+	}
+}
+
+// mapFile opens p, maps n bytes of it and copies them out of the mapping.
+func mapFile(p string, n int) readResult {
+	f, err := os.Open(p)
+	if err != nil {
+		return readResult{err: err}
+	}
+	defer f.Close()
+	m, err := syscall.Mmap(int(f.Fd()), 0, n, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return readResult{err: err}
+	}
+	defer syscall.Munmap(m)
+	return readResult{b: bytes.Clone(m)}
 }

@@ -28,7 +28,8 @@ type FillFunc func(ctx context.Context, diffID, obj digest.Digest) error
 // with EIO (and the next access tries again).
 const DefaultFillTimeout = 30 * time.Second
 
-// Filler answers the pre-content events of one pending pull's placeholders.
+// Filler answers the open-permission and pre-content events of one pending pull's
+// placeholders.
 type Filler struct {
 	s       *store.Store
 	fill    FillFunc
@@ -133,15 +134,20 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 	return nil
 }
 
+// markPath marks a placeholder for its open as well as its reads: a composefs mount opens
+// the object when its file is opened, before the opener can map it, and a first access by mmap
+// raises no event of its own (the kernel's mmap hook sees the overlay file, not the object, and
+// a page fault raises nothing), so the open is where a mapped file is filled.
 func (f *Filler) markPath(path string, add bool) error {
 	if add {
-		return f.g.MarkPath(path)
+		return f.g.MarkPath(path, fanotify.PreAccess|fanotify.OpenPerm)
 	}
 	return f.g.UnmarkPath(path)
 }
 
 // Run answers events until ctx ends or the group is closed. Each access is answered on a
-// goroutine of its own, so a slow fetch holds up only the readers of that file.
+// goroutine of its own, so a slow fetch holds up only the readers of that file, and the loop
+// goes on answering the writer's own opens and writes while fills run.
 func (f *Filler) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { f.g.Close() })
 	defer stop()
@@ -168,7 +174,8 @@ func (f *Filler) Run(ctx context.Context) error {
 }
 
 // answer fills the placeholder the event is about and lets the reader go, or fails its access
-// with EIO once the fill failed or took longer than the timeout.
+// with EIO once the fill failed or took longer than the timeout. An open (OpenPerm) and a read
+// (PreAccess) are answered alike: the whole object is filled before either goes on.
 func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(ev.File.Fd()), &st); err != nil {
@@ -245,8 +252,8 @@ func storeObject(ctx context.Context, s *store.Store, fill FillFunc, diffID, obj
 	return nil
 }
 
-// writer copies objects into placeholders on one locked OS thread: its writes raise events on
-// the marked placeholders, which Run recognises by the thread ID and allows.
+// writer copies objects into placeholders on one locked OS thread: its opens and writes raise
+// events on the marked placeholders, which Run recognises by the thread ID and allows.
 func (f *Filler) writer(tid chan<- int) {
 	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
 	tid <- unix.Gettid()

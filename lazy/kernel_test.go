@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/kura-oci/kura/composefs"
@@ -99,7 +100,7 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if err := g.Mark(w); err != nil {
+	if err := g.Mark(w, fanotify.PreAccess); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan []byte, 1)
@@ -129,4 +130,58 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 	if b := <-got; !bytes.Equal(b, content) {
 		t.Fatalf("reader got %d bytes; want the %d filled", len(b), len(content))
 	}
+}
+
+// TestOpenThroughComposefsRaisesOpenPerm: what fill at open rests on. Opening a file of a
+// composefs mount makes overlay open the data-only lower file, which raises FAN_OPEN_PERM on
+// the placeholder before the opener holds a descriptor; filled there, a mapping made after the
+// open (with no read, which raises no event of its own) gives the bytes.
+func TestOpenThroughComposefsRaisesOpenPerm(t *testing.T) {
+	content, inMount, ph := composefsWithPlaceholder(t)
+	g, err := fanotify.NewPreContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	w, err := os.OpenFile(ph, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := g.Mark(w, fanotify.OpenPerm); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() { got <- mapMounted(inMount, len(content)) }()
+	evs, err := g.Read(make([]byte, 4096))
+	if err != nil || len(evs) != 1 || evs[0].Mask&fanotify.OpenPerm == 0 {
+		t.Fatalf("events %+v, %v; want one FAN_OPEN_PERM", evs, err)
+	}
+	if _, err := w.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Unmark(w); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Allow(evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; !bytes.Equal(b, content) {
+		t.Fatalf("the mapping gave %d bytes; want the %d filled", len(b), len(content))
+	}
+}
+
+// mapMounted opens p, maps n bytes and copies them out of the mapping (nil on an error).
+func mapMounted(p string, n int) []byte {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	m, err := syscall.Mmap(int(f.Fd()), 0, n, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		return nil
+	}
+	defer syscall.Munmap(m)
+	return bytes.Clone(m)
 }

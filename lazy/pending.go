@@ -1,11 +1,12 @@
 // Package lazy keeps the state of lazy pulls and fills their placeholders on demand: an image
 // whose layers are not all stored yet can be mounted with composefs, each missing object being
 // an empty placeholder in a directory of its own that the mount adds as a second data-only
-// layer; the first access to a placeholder raises a fanotify pre-content event, and the fill
-// service stores the object (fetched and verified), copies it into the placeholder and lets the
-// reader go. Where pre-content events are missing, FUSEServer covers the placeholder directory
-// with a FUSE file system that fills on open and serves the stored object. docs/design.md (Lazy
-// pulls) is the normative description.
+// layer; the first open of a placeholder (overlay opens it when the mounted file is opened)
+// raises a fanotify permission event, and the fill service stores the object (fetched and
+// verified), copies it into the placeholder and lets the opener go. Where pre-content events
+// are missing, FUSEServer covers the placeholder directory with a FUSE file system that fills
+// on open and serves the stored object. docs/design.md (Lazy pulls) is the normative
+// description.
 package lazy
 
 import (
@@ -59,9 +60,11 @@ type Pending struct {
 func Root(s *store.Store) string { return filepath.Join(s.Root(), DirName) }
 
 // Create records a pending lazy pull: each pending layer's verified TOC frame, then pull.json,
-// in a temp directory renamed into place. An existing pending pull of the same manifest is
-// returned as it is: its placeholders may be what a live mount reads, so they are never made
-// anew.
+// in a temp directory renamed into place, as the store writes its records: every file and
+// directory is fsynced before the rename and lazy/ after it, so a power loss leaves either no
+// pending pull or a whole one (a truncated pull.json would stop gc). An existing pending pull
+// of the same manifest is returned as it is: its placeholders may be what a live mount reads,
+// so they are never made anew.
 func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest][]byte) (*Pending, error) {
 	if p, err := Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
 		return p, err
@@ -69,30 +72,80 @@ func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest
 	if err := os.MkdirAll(Root(s), 0o700); err != nil {
 		return nil, err
 	}
+	if err := syncDir(s.Root()); err != nil { // lazy/ itself may be new
+		return nil, err
+	}
 	tmp, err := os.MkdirTemp(s.TempDir(), "dir-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	for _, d := range rec.Pending {
-		if err := os.MkdirAll(filepath.Join(tmp, d.Encoded(), dataName), 0o755); err != nil {
+	if err := writeRecord(tmp, rec, tocs); err != nil {
+		return nil, fmt.Errorf("recording lazy pull %s: %w", id, err)
+	}
+	err = os.Rename(tmp, filepath.Join(Root(s), id.Encoded()))
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, err
+	}
+	if err == nil {
+		if err := syncDir(Root(s)); err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(filepath.Join(tmp, d.Encoded(), tocName), tocs[d], 0o444); err != nil {
-			return nil, err
+	}
+	return Open(s, id)
+}
+
+// writeRecord writes a pending pull's files into dir, each fsynced, and fsyncs every directory
+// it made.
+func writeRecord(dir string, rec Record, tocs map[digest.Digest][]byte) error {
+	for _, d := range rec.Pending {
+		layerDir := filepath.Join(dir, d.Encoded())
+		if err := os.MkdirAll(filepath.Join(layerDir, dataName), 0o755); err != nil {
+			return err
+		}
+		if err := writeSynced(filepath.Join(layerDir, tocName), tocs[d]); err != nil {
+			return err
+		}
+		if err := syncDir(layerDir); err != nil {
+			return err
 		}
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, recordName), b, 0o444); err != nil {
-		return nil, err
+	if err := writeSynced(filepath.Join(dir, recordName), b); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(Root(s), id.Encoded())); err != nil && !errors.Is(err, fs.ErrExist) {
-		return nil, err
+	return syncDir(dir)
+}
+
+// writeSynced creates the read-only file p with b and fsyncs it.
+func writeSynced(p string, b []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
 	}
-	return Open(s, id)
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
 }
 
 // Open reads the pending lazy pull of manifest id: ErrNotFound if there is none.
@@ -110,7 +163,7 @@ func Open(s *store.Store, id digest.Digest) (*Pending, error) {
 	}
 	p := &Pending{ID: id, Dir: dir}
 	if err := json.Unmarshal(b, &p.Record); err != nil {
-		return nil, fmt.Errorf("lazy pull %s: %v: %w", id, err, errdefs.ErrInvalid)
+		return nil, fmt.Errorf("lazy pull %s: %s: %v (kura fsck --repair removes a pending pull that cannot be read): %w", id, recordName, err, errdefs.ErrInvalid)
 	}
 	if digest.FromBytes(p.Manifest) != id {
 		return nil, fmt.Errorf("lazy pull %s: the manifest does not hash to its name: %w", id, errdefs.ErrDigestMismatch)

@@ -44,11 +44,15 @@ func (e *lazyEnv) source(t *testing.T) *registry.Source {
 // newLazyEnv pushes a zstd:chunked image, pulls it lazily into a fresh store and mounts the
 // pending pull.
 func newLazyEnv(t *testing.T) (*lazyEnv, *lazy.Pending) {
+	return newLazyEnvOf(t, genTree(0))
+}
+
+// newLazyEnvOf is newLazyEnv with an image of one layer of tree.
+func newLazyEnvOf(t *testing.T, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
 	}
 	e := &lazyEnv{reg: registrytest.New(t), s: teststore.Open(t), files: map[string][]byte{}, target: t.TempDir()}
-	tree := genTree(0)
 	for _, f := range tree {
 		switch {
 		case f.content != nil:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -35,32 +34,26 @@ type lazyLayer struct {
 	files  map[digest.Digest]chunked.File // object → the first file holding it
 }
 
-// ServeLazy completes a pending lazy pull: it answers the pre-content events of its
+// ServeLazy completes a pending lazy pull: it answers the first open (or read) of each of its
 // placeholders (fetching that file's frames, verifying, storing and copying the object in),
 // while it fetches every layer's remaining files in the background with ImportPartial, which
 // verifies the DiffID and records the layer. Then it fills the placeholders left, records the
 // image and its ref, and removes the pending pull. ready is called once the placeholders are
-// served. It holds the store's shared lock until the image is recorded. The fill service is
-// fanotify's or FUSE's (WithLazyMode); a FUSE service then goes on serving the mounts made over
-// it until they are unmounted or ctx ends.
+// served. It holds the store's shared lock only while it writes to the store (see locked). The
+// fill service is fanotify's or FUSE's (WithLazyMode); a FUSE service then goes on serving the
+// mounts made over it until they are unmounted or ctx ends.
 func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, ready func(), opts ...Option) (err error) {
 	o := defaultOptions()
 	for _, f := range opts {
 		f(&o)
 	}
-	rlock, err := s.RLock(ctx)
-	if err != nil {
-		return err
-	}
-	unlock := sync.OnceFunc(rlock)
-	defer unlock()
 	release, err := p.LockServe()
 	if err != nil {
 		return err
 	}
 	defer release()
 	start := time.Now()
-	layers, err := pendingLayers(ctx, s, src, p, o)
+	layers, err := pendingLayers(ctx, s, src, p, o) // from the registry: no store work
 	if err != nil {
 		return err
 	}
@@ -75,8 +68,10 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		if !ok {
 			return fmt.Errorf("object %s is in no file of layer %s: %w", obj, diffID, errdefs.ErrNotFound)
 		}
-		_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
-		return err
+		return locked(ctx, s, func() error {
+			_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
+			return err
+		})
 	}
 	svc, err := newFillService(ctx, s, fill, o)
 	if err != nil {
@@ -96,13 +91,27 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		err = completeLazy(ctx, s, src, p, layers, svc, o)
 	}
 	if err == nil {
-		unlock()
 		if o.lazyComplete != nil {
 			o.lazyComplete(svc.mode())
 		}
 		err = svc.wait(ctx)
 	}
 	return err
+}
+
+// locked runs fn under the store's shared lock. The fill service takes it for each step that
+// writes to the store (a fill, a layer's import, the image and its ref), not for the whole pull:
+// a gc asked meanwhile waits at the gate for one step, and holds back other pulls only while it
+// runs, not for as long as the lazy pull does. Between steps gc keeps what the pending pull needs
+// (store/gclazy.go: its stored layers and every object its TOCs name), and placeholders live
+// outside objects/.
+func locked(ctx context.Context, s *store.Store, fn func() error) error {
+	unlock, err := s.RLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn()
 }
 
 // completeLazy fetches the rest of each layer and records it, fills what is left, records the
@@ -119,8 +128,11 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 		if s.HasLayer(l.diffID) {
 			continue
 		}
-		_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}},
-			layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
+		err := locked(ctx, s, func() error {
+			_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}},
+				layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", l.desc.Digest, explainDiffID(l.desc, err))
 		}
@@ -128,14 +140,16 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 	if err := svc.finish(ctx); err != nil {
 		return err
 	}
-	img, err := s.PutImage(ctx, p.Manifest, p.Config, store.WithSource(p.Source))
-	if err != nil {
-		return err
-	}
-	if err := s.SetRef(ctx, p.Name, img.ID); err != nil {
-		return err
-	}
-	return p.Remove(ctx)
+	return locked(ctx, s, func() error {
+		img, err := s.PutImage(ctx, p.Manifest, p.Config, store.WithSource(p.Source))
+		if err != nil {
+			return err
+		}
+		if err := s.SetRef(ctx, p.Name, img.ID); err != nil {
+			return err
+		}
+		return p.Remove(ctx)
+	})
 }
 
 // pendingLayers fetches the metadata of each pending layer again (a restarted service has only

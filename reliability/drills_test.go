@@ -212,9 +212,12 @@ func TestCrashDuringPull(t *testing.T) {
 			c.killed++
 		}
 		fsckClean(t, root)
+		totalsRight(t, root, false)
 		mustRun(t, pullArgs(root, imgs[0])...)
 		fsckClean(t, root)
 		checkImage(t, root, imgs[0])
+		mustRun(t, "gc", "--root", root)
+		totalsRight(t, root, true)
 		c.passed++
 		os.RemoveAll(root)
 	}
@@ -247,8 +250,10 @@ func TestCrashDuringGC(t *testing.T) {
 			c.killed++
 		}
 		fsckClean(t, root)
+		totalsRight(t, root, false)
 		mustRun(t, "gc", "--root", root)
 		fsckClean(t, root)
+		totalsRight(t, root, true)
 		if got := objectSet(t, root); got != want {
 			t.Fatalf("after a killed and a retried gc the store differs from an uninterrupted gc:\n%s\nwant\n%s", got, want)
 		}
@@ -411,6 +416,7 @@ func TestConcurrentPullsAndGC(t *testing.T) {
 			t.Fatal(err)
 		}
 		fsckClean(t, root)
+		totalsRight(t, root, true) // every placement closed, across the gc runs
 		for _, img := range imgs {
 			checkImage(t, root, img)
 		}

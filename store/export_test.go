@@ -1,6 +1,10 @@
 package store
 
-import "github.com/opencontainers/go-digest"
+import (
+	"context"
+
+	"github.com/opencontainers/go-digest"
+)
 
 // The lookups of ObjectDir that the store keeps to itself, for its external tests.
 
@@ -16,3 +20,15 @@ func SetLockWaitHook(s *Store, f func()) { s.onLockWait = f }
 // SetGatePassedHook makes s call f each time a lock it asks for is past the gate, before its
 // flock: the window in which another of its locks can see the handle hold nothing yet.
 func SetGatePassedHook(s *Store, f func()) { s.onGatePassed = f }
+
+// ReadTotals returns the store's maintained object totals (see usageFile).
+func ReadTotals(s *Store) (Totals, error) { return s.readTotals() }
+
+// WalkTotals counts the objects by a walk: what ReadTotals must equal.
+func WalkTotals(s *Store) (Totals, error) { return s.walkTotals(context.Background()) }
+
+// UsageFile is the name of the totals file in the store's root.
+const UsageFile = usageFile
+
+// OpenRecord is an open placement record with no close, as a crash leaves one.
+func OpenRecord(id uint64) []byte { return encodeUsageRecord(usageOpen, id, Totals{}) }

@@ -40,6 +40,10 @@ type FsckReport struct {
 	// LegacyLayers counts layers recorded without an object list (before lists existed): not
 	// damage, their readers decode the TOC instead. Repair, and gc, write their lists.
 	LegacyLayers int
+	// TotalsNote says why the store usage totals (what df reports) were not compared, when they
+	// were not: unknown (missing, or a placement of objects in progress or interrupted; not
+	// damage: the next gc, or repair, writes them) or changing while fsck walked the objects.
+	TotalsNote string
 }
 
 // Clean says whether fsck found no problems.
@@ -86,7 +90,7 @@ func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, err
 	}
 	defer unlock()
 	f := &fsck{s: s, x: x, opts: opts}
-	for _, step := range []func(context.Context) error{f.objects, f.variants, f.records, f.temps} {
+	for _, step := range []func(context.Context) error{f.objects, f.variants, f.records, f.lazy, f.temps, f.totals} {
 		if err := step(ctx); err != nil {
 			return f.r, err
 		}

@@ -143,12 +143,8 @@ func (x *Exclusive) GC(ctx context.Context) (GCResult, error) {
 	if err != nil {
 		return res, err
 	}
-	for _, i := range dead {
-		if err := x.Delete(ctx, i.Digest); err != nil {
-			return res, err
-		}
-		res.Objects++
-		res.BytesFreed += i.Size
+	if err := x.sweepObjects(ctx, dead, &res); err != nil {
+		return res, err
 	}
 	// Also when this gc deleted no layer: a gc killed after deleting layers left the index
 	// naming them, and its retry must leave what an uninterrupted gc leaves.
@@ -296,35 +292,37 @@ func (u Usage) DedupRatio() float64 {
 	return float64(u.Logical) / float64(u.Physical)
 }
 
-// Usage computes df figures. It takes the shared lock.
-func (s *Store) Usage(ctx context.Context) (Usage, error) {
+// UsageOption selects what Usage computes beyond the totals and the image list.
+type UsageOption func(*usageOptions)
+
+type usageOptions struct{ unique bool }
+
+// WithUniqueBytes makes Usage compute each image's Unique bytes (df -v): that reads every
+// layer's object list, a cost that grows with the images' objects, not the store's.
+func WithUniqueBytes() UsageOption { return func(o *usageOptions) { o.unique = true } }
+
+// Usage computes df figures: the object totals maintained in usageFile (a walk of objects/ only
+// when they are missing or damaged), the metadata files' sizes, and the images with their logical
+// sizes from the records. It takes the shared lock.
+func (s *Store) Usage(ctx context.Context, opts ...UsageOption) (Usage, error) {
+	var o usageOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	unlock, err := s.RLock(ctx)
 	if err != nil {
 		return Usage{}, err
 	}
 	defer unlock()
 	var u Usage
-	if err := s.Walk(ctx, func(i Info) error {
-		u.ObjectBytes += i.Size
-		u.ObjectAllocated += i.Allocated
-		u.Objects++
-		return nil
-	}); err != nil {
-		return u, err
+	t, err := s.readTotals()
+	if err != nil {
+		if t, err = s.walkTotals(ctx); err != nil {
+			return u, err
+		}
 	}
-	// Metadata is everything but objects: records, refs, the composefs images and the chunk index
-	// (with its journal).
-	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile} {
-		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
-			if err == nil && !e.IsDir() {
-				if fi, err := e.Info(); err == nil {
-					u.MetadataBytes += fi.Size()
-					u.Allocated += allocated(fi)
-				}
-			}
-			return nil
-		})
-	}
+	u.Objects, u.ObjectBytes, u.ObjectAllocated = int(t.Objects), t.Bytes, t.Allocated
+	u.MetadataBytes, u.Allocated = s.metadataBytes()
 	u.Physical = u.ObjectBytes + u.MetadataBytes
 	u.Allocated += u.ObjectAllocated
 
@@ -334,7 +332,28 @@ func (s *Store) Usage(ctx context.Context) (Usage, error) {
 	for _, iu := range u.Images {
 		u.Logical += iu.Logical
 	}
+	if !o.unique {
+		return u, nil
+	}
 	return u, s.uniqueBytes(ctx, u.Images)
+}
+
+// metadataBytes sums the apparent and allocated sizes of everything but objects: records, refs,
+// the composefs images and the chunk index (with its journal). It costs a stat per record, which
+// grows with the images and layers, not with their objects.
+func (s *Store) metadataBytes() (size, alloc int64) {
+	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile} {
+		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
+			if err == nil && !e.IsDir() {
+				if fi, err := e.Info(); err == nil {
+					size += fi.Size()
+					alloc += allocated(fi)
+				}
+			}
+			return nil
+		})
+	}
+	return size, alloc
 }
 
 // uniqueBytes sets each image's Unique: the sizes of the objects no other image's layers name.

@@ -13,6 +13,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/store"
 )
 
 // tarOf writes the files among a, b, c and big, in that order.
@@ -36,7 +37,7 @@ func TestUsageGCFsck(t *testing.T) {
 	img1 := teststore.Named(t, s, "one", tarOf(t, map[string][]byte{"a": shared, "b": []byte("only in one"), "big": big}))
 	teststore.Named(t, s, "two", tarOf(t, map[string][]byte{"a": shared, "c": []byte("only in two!")}))
 
-	u, err := s.Usage(ctx)
+	u, err := s.Usage(ctx, store.WithUniqueBytes())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,8 +11,10 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/errdefs"
 )
 
 // dirLazy holds pending lazy pulls (package lazy writes them; docs/design.md, Lazy pulls): gc
@@ -24,28 +26,53 @@ const dirLazy = "lazy"
 // which live outside objects/ and which gc never touches). A record it cannot read stops gc: what
 // it protects cannot be guessed.
 func (x *Exclusive) markPendingLazy(ctx context.Context, r *reach) error {
-	ents, err := os.ReadDir(filepath.Join(x.root, dirLazy))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+	dirs, err := pendingLazyDirs(x.root)
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
-	for _, e := range ents {
-		if _, err := digest.Parse("sha256:" + e.Name()); err != nil {
-			continue // a pending pull being removed (.rm-*)
+	for _, dir := range dirs {
+		layers, objs, err := x.pendingNeeds(ctx, dir)
+		if err != nil {
+			return fmt.Errorf("gc: lazy pull %s: %w (kura fsck --repair removes a pending pull that cannot be read; pull the image again)", filepath.Base(dir), err)
 		}
-		dir := filepath.Join(x.root, dirLazy, e.Name())
-		if err := x.markPending(ctx, r, dir); err != nil {
-			return fmt.Errorf("gc: lazy pull %s: %w", e.Name(), err)
+		for _, l := range layers {
+			r.layers[l] = true
+		}
+		for _, o := range objs {
+			r.objects[o] = true
 		}
 	}
 	return nil
 }
 
-func (x *Exclusive) markPending(ctx context.Context, r *reach, dir string) error {
+// pendingLazyDirs lists the directories of the pending lazy pulls under root (not the .rm-*
+// leftovers of completions).
+func pendingLazyDirs(root string) ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(root, dirLazy))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, e := range ents {
+		if _, err := digest.Parse("sha256:" + e.Name()); err != nil {
+			continue // a pending pull being removed (.rm-*)
+		}
+		dirs = append(dirs, filepath.Join(root, dirLazy, e.Name()))
+	}
+	return dirs, nil
+}
+
+// pendingNeeds reads what the pending pull in dir needs kept: the layers of its image that are
+// stored, and the objects of every layer of it (stored layers' lists, pending layers' TOCs). A
+// record that is truncated, not JSON, or whose manifest does not hash to the directory's name is
+// ErrInvalid.
+func (s *Store) pendingNeeds(ctx context.Context, dir string) (layers, objs []digest.Digest, err error) {
 	var rec struct {
-		Config []byte `json:"config"`
+		Manifest []byte `json:"manifest"`
+		Config   []byte `json:"config"`
 	}
 	var cfg struct {
 		RootFS struct {
@@ -53,26 +80,70 @@ func (x *Exclusive) markPending(ctx context.Context, r *reach, dir string) error
 		} `json:"rootfs"`
 	}
 	if err := readJSON(filepath.Join(dir, "pull.json"), &rec); err != nil {
-		return err
+		return nil, nil, err
+	}
+	if digest.FromBytes(rec.Manifest).Encoded() != filepath.Base(dir) {
+		return nil, nil, fmt.Errorf("pull.json: the manifest does not hash to the directory's name: %w", errdefs.ErrInvalid)
 	}
 	if err := json.Unmarshal(rec.Config, &cfg); err != nil {
-		return err
+		return nil, nil, fmt.Errorf("pull.json: config: %v: %w", err, errdefs.ErrInvalid)
 	}
 	for _, l := range cfg.RootFS.DiffIDs {
 		if err := l.Validate(); err != nil {
-			return err
+			return nil, nil, fmt.Errorf("pull.json: config: DiffID %q: %w", l, errdefs.ErrInvalid)
 		}
-		objs, err := x.LayerObjects(ctx, l)
+		lo, err := s.LayerObjects(ctx, l)
 		if err == nil {
-			r.layers[l] = true
-		} else if objs, err = pendingObjects(filepath.Join(dir, l.Encoded(), "toc.json.zst")); err != nil {
-			return fmt.Errorf("layer %s is neither stored nor pending: %w", l, err)
+			layers = append(layers, l)
+		} else if lo, err = pendingObjects(filepath.Join(dir, l.Encoded(), "toc.json.zst")); err != nil {
+			return nil, nil, fmt.Errorf("layer %s is neither stored nor pending: %w", l, err)
 		}
-		for _, o := range objs {
-			r.objects[o] = true
+		objs = append(objs, lo...)
+	}
+	return layers, objs, nil
+}
+
+// lazy checks that every pending lazy pull's record and TOCs can be read (gc stops on one that
+// cannot). Repair removes such a pending pull, renamed to lazy/.rm-* first as a completion
+// removes one: it can never resume (its record is what it would resume from), and a mount that
+// reads its placeholders keeps the files it opened. The image can be pulled again.
+func (f *fsck) lazy(ctx context.Context) error {
+	dirs, err := pendingLazyDirs(f.s.root)
+	if err != nil {
+		return err
+	}
+	for _, dir := range dirs {
+		if _, _, err := f.s.pendingNeeds(ctx, dir); err != nil {
+			if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+				continue // completed meanwhile (fsck without repair holds only the shared lock)
+			}
+			f.problem("lazy pull %s cannot be read (gc stops on it): %v", filepath.Base(dir), err)
+			if f.opts.Repair {
+				f.fix("removing lazy pull "+filepath.Base(dir), removeLazyDir(dir))
+			}
 		}
 	}
 	return nil
+}
+
+// removeLazyDir renames dir to a .rm-* sibling (gone from the pending pulls at once), then
+// deletes it; not while a fill service holds its record's flock (package lazy, LockServe: the
+// service no longer holds the store's lock between its steps).
+func removeLazyDir(dir string) error {
+	if f, err := os.Open(filepath.Join(dir, "pull.json")); err == nil {
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			return fmt.Errorf("a fill service serves it (stop it first): %w", errdefs.ErrInUse)
+		}
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".rm-")
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, filepath.Join(tmp, "x")); err != nil {
+		return err
+	}
+	return os.RemoveAll(tmp)
 }
 
 func pendingObjects(tocPath string) ([]digest.Digest, error) {

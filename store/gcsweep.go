@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/kura-oci/kura/errdefs"
 )
 
 // walkNames calls fn with the digest of every stored object, from the directory listings alone:
@@ -47,22 +46,55 @@ func (o *Objects) walkNames(ctx context.Context, fn func(digest.Digest) error) e
 	return nil
 }
 
-// deadObjects lists the stored objects r did not mark, with their sizes (stat only for them).
+// deadObjects lists the stored objects r did not mark, with their sizes and allocated bytes
+// (stat only for them).
 func (x *Exclusive) deadObjects(ctx context.Context, r *reach) ([]Info, error) {
 	var dead []Info
 	err := x.walkNames(ctx, func(d digest.Digest) error {
 		if r.objects[d] {
 			return nil
 		}
-		i, err := x.Stat(ctx, d)
-		if errors.Is(err, errdefs.ErrNotFound) {
-			return nil
-		}
+		p, err := x.ObjectPath(d)
 		if err != nil {
 			return err
 		}
-		dead = append(dead, i)
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("object %s: %w", d, err)
+		}
+		dead = append(dead, Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)})
 		return nil
 	})
 	return dead, err
+}
+
+// sweepObjects deletes the dead objects and writes the store's new totals: the maintained ones
+// less what it deleted, or, when they are missing or damaged, a walk's. The totals file is
+// removed before the first deletion, so a gc killed half way leaves no totals rather than wrong
+// ones (see usageFile).
+func (x *Exclusive) sweepObjects(ctx context.Context, dead []Info, res *GCResult) error {
+	t, terr := x.readTotals()
+	if len(dead) > 0 {
+		if err := x.dropTotals(); err != nil {
+			return err
+		}
+	}
+	for _, i := range dead {
+		if err := x.Delete(ctx, i.Digest); err != nil {
+			return err
+		}
+		res.Objects++
+		res.BytesFreed += i.Size
+		t = t.minus(Totals{Objects: 1, Bytes: i.Size, Allocated: i.Allocated})
+	}
+	if terr != nil || t.Objects < 0 || t.Bytes < 0 || t.Allocated < 0 {
+		var err error
+		if t, err = x.walkTotals(ctx); err != nil {
+			return err
+		}
+	}
+	return x.writeTotals(t)
 }

@@ -342,9 +342,15 @@ func (w *writer) place(d digest.Digest, tmp, dst string) (digest.Digest, error) 
 		w.batch.add(d, tmp)
 		return d, nil
 	}
-	if err := placeObject(tmp, dst, true); err != nil {
+	pl := w.s.openPlacement()
+	defer pl.close()
+	created, err := placeObject(tmp, dst, true)
+	if err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("object %s: %w", d, err)
+	}
+	if created {
+		pl.created(dst)
 	}
 	return d, nil
 }
@@ -426,32 +432,34 @@ func exists(p string) bool {
 }
 
 // placeObject renames a verified temp file to its object name without replacing an existing
-// object (another process may have committed the same content: that is success). With sync, the
-// fan-out directory is fsynced so the name survives a crash.
-func placeObject(tmp, dst string, sync bool) error {
+// object (another process may have committed the same content: that is success, with created
+// false). With sync, the fan-out directory is fsynced so the name survives a crash. created says
+// this call gave the object its name: the caller, and only it, counts it in the store's totals
+// (see usageFile).
+func placeObject(tmp, dst string, sync bool) (created bool, err error) {
 	dir := filepath.Dir(dst)
-	err := renameNoReplace(tmp, dst)
+	err = renameNoReplace(tmp, dst)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-			return err
+			return false, err
 		}
 		if sync {
 			if err := syncDir(filepath.Dir(dir)); err != nil {
-				return err
+				return false, err
 			}
 		}
 		err = renameNoReplace(tmp, dst)
 	}
 	if errors.Is(err, fs.ErrExist) {
-		return os.Remove(tmp)
+		return false, os.Remove(tmp)
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if sync {
-		return syncDir(dir)
+		return true, syncDir(dir)
 	}
-	return nil
+	return true, nil
 }
 
 func renameNoReplace(from, to string) error {
@@ -606,6 +614,8 @@ func (b *Batch) Commit(ctx context.Context) (err error) {
 		return err
 	}
 	dirs := map[string]bool{}
+	pl := b.s.openPlacement() // counts what this batch creates (see usageFile)
+	defer pl.close()
 	for d, tmp := range b.pending {
 		if err := ctx.Err(); err != nil {
 			b.abortLocked()
@@ -615,13 +625,18 @@ func (b *Batch) Commit(ctx context.Context) (err error) {
 		if !exists(filepath.Dir(dst)) {
 			dirs[filepath.Join(b.s.root, dirObjects)] = true
 		}
-		if err := placeObject(tmp, dst, false); err != nil {
+		created, err := placeObject(tmp, dst, false)
+		if err != nil {
 			b.abortLocked()
 			return fmt.Errorf("object %s: %w", d, err)
+		}
+		if created {
+			pl.created(dst)
 		}
 		dirs[filepath.Dir(dst)] = true
 		delete(b.pending, d)
 	}
+	pl.close()
 	if bulk {
 		return b.s.syncfs()
 	}

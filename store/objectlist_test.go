@@ -214,7 +214,7 @@ func TestUsageSharedLayers(t *testing.T) {
 		if legacy {
 			damageList(t, s, a.Layers[1], func([]byte) []byte { return nil })
 		}
-		u, err := s.Usage(ctx)
+		u, err := s.Usage(ctx, store.WithUniqueBytes())
 		if err != nil {
 			t.Fatal(err)
 		}

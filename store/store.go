@@ -147,6 +147,10 @@ func Open(root string, opts ...Option) (*Store, error) {
 		}
 	}
 	if !exists(vpath) {
+		// A new store starts with known totals: zero objects (see usageFile).
+		if err := createZeroTotals(abs); err != nil {
+			return nil, fmt.Errorf("creating store %s: %w", abs, err)
+		}
 		// The temp file goes in the root, not tmp/: Open holds no lock yet, and a gc running in
 		// another process empties tmp/ under its exclusive lock.
 		if err := writeFileAtomic(abs, vpath, []byte(formatVersion), 0o444); err != nil {

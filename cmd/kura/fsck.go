@@ -88,6 +88,9 @@ func printFsck(cmd *cobra.Command, r store.FsckReport, repair bool) {
 	if r.LegacyVariants > 0 || r.Unreadable > 0 {
 		fmt.Fprintf(out, "not checked: %d checkout copies in the older layout, %d unreadable\n", r.LegacyVariants, r.Unreadable)
 	}
+	if r.TotalsNote != "" {
+		fmt.Fprintln(out, "note:", r.TotalsNote)
+	}
 }
 
 // registryRefetcher restores a layer's missing objects by fetching the layer's blob whole from

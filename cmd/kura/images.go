@@ -98,7 +98,7 @@ func runImages(cmd *cobra.Command, o imagesOptions) error {
 	list := s.ImageSummaries
 	if jsonOut {
 		list = func(ctx context.Context) ([]store.ImageUsage, error) {
-			u, err := s.Usage(ctx)
+			u, err := s.Usage(ctx, store.WithUniqueBytes())
 			return u.Images, err
 		}
 	}

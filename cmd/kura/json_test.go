@@ -134,6 +134,7 @@ func TestJSONSchemas(t *testing.T) {
 		{"checkout --release", []string{"--root", st, "checkout", "--release", co}},
 		{"umount", []string{"--root", st, "umount", mnt}},
 		{"df", []string{"--root", st, "df"}},
+		{"df -v", []string{"--root", st, "df", "-v"}},
 		{"inspect", []string{"--root", st, "inspect", "img2"}},
 		{"inspect", append([]string{"inspect", "docker://" + ref}, creds...)},
 		{"rmi", []string{"--root", st, "rmi", "fromlayout", "img2"}},

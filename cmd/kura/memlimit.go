@@ -20,8 +20,11 @@ import (
 // GOGC in the environment wins.
 
 // heapFloor is the limit below which the heap is never pushed: under it, collecting more
-// often saves no memory worth the CPU.
-const heapFloor = 44 << 20
+// often saves no memory worth the CPU. 40 MiB since the stored tar-splits' small zstd window
+// (store.NarrowMetadataFrame) took the update pull's live heap at its peak from ~36 to ~31 MB:
+// on the bench's c4 → c5 update 13 collections instead of 11 at 44 MiB, where 36 MiB took 15–18
+// and 32 MiB from 47 to several hundred.
+const heapFloor = 40 << 20
 
 // softHeapLimit sets the first limit and re-arms itself after each collection.
 func softHeapLimit() {

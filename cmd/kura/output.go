@@ -110,14 +110,19 @@ type imageUsage struct {
 	Names   []string      `json:"names"`
 	ID      digest.Digest `json:"id"`
 	Logical int64         `json:"logicalBytes"`
-	Unique  int64         `json:"uniqueBytes"`
-	Layers  int           `json:"layers"`
+	// Unique is present only with df -v, which computes it.
+	Unique *int64 `json:"uniqueBytes,omitempty"`
+	Layers int    `json:"layers"`
 }
 
-func dfOutput(u store.Usage) dfJSON {
+func dfOutput(u store.Usage, verbose bool) dfJSON {
 	imgs := []imageUsage{}
 	for _, iu := range u.Images {
-		imgs = append(imgs, imageUsage{Names: orEmpty(iu.Names), ID: iu.Image.ID, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
+		i := imageUsage{Names: orEmpty(iu.Names), ID: iu.Image.ID, Logical: iu.Logical, Layers: len(iu.Image.Layers)}
+		if verbose {
+			i.Unique = &iu.Unique
+		}
+		imgs = append(imgs, i)
 	}
 	return dfJSON{LogicalBytes: u.Logical, PhysicalBytes: u.Physical, ObjectBytes: u.ObjectBytes, MetadataBytes: u.MetadataBytes,
 		Objects: u.Objects, AllocatedBytes: u.Allocated, ObjectAllocatedBytes: u.ObjectAllocated, DedupRatio: u.DedupRatio(), Images: imgs}
@@ -151,12 +156,14 @@ type fsckJSON struct {
 	TempFiles      int      `json:"tempFiles"`
 	LegacyVariants int      `json:"legacyVariants"`
 	Unreadable     int      `json:"unreadable"`
+	// TotalsNote says why df's maintained totals were not compared (empty when they were).
+	TotalsNote string `json:"totalsNote,omitempty"`
 }
 
 func fsckOutput(r store.FsckReport) fsckJSON {
 	return fsckJSON{Clean: r.Clean(), Objects: r.Objects, Layers: r.Layers, Images: r.Images, Refs: r.Refs, Variants: r.Variants,
 		Problems: orEmpty(r.Problems), Repaired: r.Repaired, Unrepaired: orEmpty(r.Unrepaired), TempFiles: r.TempFiles,
-		LegacyVariants: r.LegacyVariants, Unreadable: r.Unreadable}
+		LegacyVariants: r.LegacyVariants, Unreadable: r.Unreadable, TotalsNote: r.TotalsNote}
 }
 
 type mountJSON struct {

@@ -202,7 +202,7 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
 	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
 	cmd.Flags().BoolVar(&allowMismatch, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
-	cmd.Flags().BoolVar(&lazyPull, "lazy", false, "fetch only the metadata, make the image mountable at once (kura mount), and serve its files on first read until complete (runs in the foreground; Linux 6.14+, root)")
+	cmd.Flags().BoolVar(&lazyPull, "lazy", false, "fetch only the metadata, make the image mountable at once (kura mount), and serve its files on first open until complete (runs in the foreground; Linux 6.14+, root)")
 	cmd.Flags().StringVar(&lazyMode, "lazy-mode", "auto", "with --lazy: how first reads are answered: fanotify (pre-content events, Linux 6.14+), fuse (a FUSE file system over the placeholders; it serves the mounts made over it until they are unmounted) or auto (fanotify where the kernel grants it)")
 	cmd.Flags().DurationVar(&backgroundAfter, "background-after", 0, "with --lazy: answer only reads for this long before fetching the rest of the image, so that start-up reads have the network to themselves")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID on stdout, no progress (notes still go to stderr)")

@@ -80,12 +80,18 @@ and --release DIR ends it while keeping the tree.`,
 		"e.g. as an overlay lower directory; a copy written through a checkout is replaced before the next checkout links it)")
 	checkoutCmd.Flags().BoolVar(&skipDevices, "skip-devices", false, "leave out device nodes where mknod is not permitted")
 
+	var dfVerbose bool
 	dfCmd := &cobra.Command{
-		Use:   "df",
+		Use:   "df [-v]",
 		Short: "Show logical and physical store usage and the deduplication ratio",
-		Args:  exactArgs(0),
-		RunE:  func(cmd *cobra.Command, _ []string) error { return runDf(cmd) },
+		Long: `Show the store's totals (objects, bytes, allocated blocks, metadata, logical size, dedup ratio)
+and its images with their logical sizes. -v also computes each image's unique bytes (the objects
+no other image uses), which reads every layer's object list, as podman system df -v does the
+per-image detail.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error { return runDf(cmd, dfVerbose) },
 	}
+	dfCmd.Flags().BoolVarP(&dfVerbose, "verbose", "v", false, "also show each image's unique bytes")
 
 	gcCmd := &cobra.Command{
 		Use:   "gc",
@@ -336,17 +342,21 @@ func runPs(cmd *cobra.Command) error {
 	return tw.Flush()
 }
 
-func runDf(cmd *cobra.Command) error {
+func runDf(cmd *cobra.Command, verbose bool) error {
 	s, err := openStore()
 	if err != nil {
 		return err
 	}
-	u, err := s.Usage(cmd.Context())
+	var opts []store.UsageOption
+	if verbose {
+		opts = append(opts, store.WithUniqueBytes())
+	}
+	u, err := s.Usage(cmd.Context(), opts...)
 	if err != nil {
 		return err
 	}
 	if global.json {
-		return printJSON(cmd.OutOrStdout(), dfOutput(u))
+		return printJSON(cmd.OutOrStdout(), dfOutput(u, verbose))
 	}
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "images:   %d, logical %s\n", len(u.Images), progress.HumanBytes(u.Logical))
@@ -354,13 +364,21 @@ func runDf(cmd *cobra.Command) error {
 	fmt.Fprintf(out, "on disk:  %s allocated (objects %s; holes take none)\n", progress.HumanBytes(u.Allocated), progress.HumanBytes(u.ObjectAllocated))
 	fmt.Fprintf(out, "dedup:    %.2fx\n", u.DedupRatio())
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")
+	if verbose {
+		fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")
+	} else {
+		fmt.Fprintln(tw, "NAME\tID\tLOGICAL")
+	}
 	for _, iu := range u.Images {
 		name := "<none>"
 		if len(iu.Names) > 0 {
 			name = strings.Join(iu.Names, ",")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, iu.Image.ID.Encoded()[:12], progress.HumanBytes(iu.Logical), progress.HumanBytes(iu.Unique))
+		fmt.Fprintf(tw, "%s\t%s\t%s", name, iu.Image.ID.Encoded()[:12], progress.HumanBytes(iu.Logical))
+		if verbose {
+			fmt.Fprintf(tw, "\t%s", progress.HumanBytes(iu.Unique))
+		}
+		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
 }

@@ -84,13 +84,20 @@ func (f *FetchedTarSplit) verify(ctx context.Context, l *chunked.Layer, diffID d
 	return verdict{size: n, err: err, metadataErr: cerr}
 }
 
+// record keeps the blob's frame, re-framed with the store's small window if it declares a
+// larger one (store.NarrowMetadataFrame), so that later updates predicting from this layer
+// stream it in little memory.
 func (f *FetchedTarSplit) record(opener) tarSplitRecord {
-	return tarSplitRecord{zst: f.Zst, size: f.Size}
+	zst, err := store.NarrowMetadataFrame(f.Zst)
+	return tarSplitRecord{zst: zst, size: f.Size, err: err}
 }
 
 // settle: an early rebuild that could not read something (an object another layer of the same
 // pull was still writing, say) is done again, now that everything is stored.
 func (f *FetchedTarSplit) settle(ctx context.Context, l *chunked.Layer, diffID digest.Digest, v verdict, rec tarSplitRecord, open opener) (tarSplitRecord, error) {
+	if rec.err != nil {
+		return rec, rec.err
+	}
 	if v.err != nil {
 		v.size, v.err = checkDiffID(ctx, l.Files, f.Entries, diffID, open)
 	}
@@ -218,8 +225,12 @@ func (p *predicted) settle(ctx context.Context, l *chunked.Layer, diffID digest.
 	if err := real.Check(); err != nil {
 		return tarSplitRecord{}, err
 	}
+	zst, err := store.NarrowMetadataFrame(real.Zst)
+	if err != nil {
+		return tarSplitRecord{}, err
+	}
 	size, err := checkDiffID(ctx, l.Files, real.Entries, diffID, open)
-	return tarSplitRecord{zst: real.Zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
+	return tarSplitRecord{zst: zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
 }
 
 // knownLayer is a stored layer to predict a tar-split from: its entries, and its tar-split,

@@ -1,0 +1,70 @@
+package pull
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/store"
+)
+
+// TestLazyGCWhilePending: a gc asked (through a handle of its own, as `kura gc` would) while a
+// lazy pull is served with its bulk fetch held back completes while the pull is still pending
+// (the service holds the store's shared lock only per fill, so gc's gate does not wait for the
+// whole pull, nor make every other pull wait that long), frees no object the pending pull's TOC
+// names, and the pull then fills more files and completes with its DiffID.
+func TestLazyGCWhilePending(t *testing.T) {
+	e, p := newLazyEnv(t)
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
+		t.Fatalf("big.so: %d bytes, %v", len(b), err)
+	}
+	entries, err := p.Entries(e.img.diffIDs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []digest.Digest
+	for _, d := range layerfs.Objects(entries) {
+		if e.s.HasObject(d) {
+			stored = append(stored, d)
+		}
+	}
+	if len(stored) == 0 {
+		t.Fatal("no object of the pending layer is stored after a fill")
+	}
+
+	gcStore, err := store.Open(e.s.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcDone := make(chan error, 1)
+	go func() {
+		_, err := gcStore.GC(context.Background())
+		gcDone <- err
+	}()
+	select {
+	case err := <-gcDone:
+		if err != nil {
+			t.Fatalf("gc while a lazy pull is pending: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("gc still waits after a minute: the pending lazy pull holds the store's lock")
+	}
+	for _, d := range stored {
+		if !e.s.HasObject(d) {
+			t.Fatalf("gc freed object %s, which the pending pull needs", d)
+		}
+	}
+	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
+		t.Fatalf("blob.bin after gc: %d bytes, %v", len(b), err)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
