@@ -16,11 +16,31 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// The two sides of the containerd comparison, as the report names them.
+// The set-ups of the containerd comparison, as the report names them
+// (-ctd-setups picks them; overlayfs and kura by default).
 const (
-	ctdOverlay = "overlayfs"
-	ctdKura    = "kura"
+	ctdOverlay  = "overlayfs"
+	ctdKura     = "kura"
+	ctdKuraLazy = "kura-lazy" // kura snapshotter --lazy
+	ctdStargz   = "stargz"    // stargz-snapshotter (stargz-grpc) on the eStargz images
 )
+
+// snapshotterOf is the containerd snapshotter a set-up runs on.
+func snapshotterOf(setup string) string {
+	if setup == ctdKuraLazy {
+		return ctdKura
+	}
+	return setup
+}
+
+// repoOf is the repository a set-up pulls: stargz-snapshotter the eStargz
+// conversions, the others kura's zstd:chunked pushes.
+func repoOf(setup string) string {
+	if setup == ctdStargz {
+		return estargzRepo
+	}
+	return kuraRepo
+}
 
 // daemon is a long-running process of the comparison (containerd, kura
 // snapshotter), its output in a log file.
@@ -92,12 +112,14 @@ func tailFile(path string) string {
 // state, sockets, runc root), on the overlayfs snapshotter or on Kura's.
 type ctdSetup struct {
 	name      string
+	snap      string // snapshotterOf(name)
 	base      string // on disk: containerd's root, Kura's store and state, logs
 	run       string // tmpfs: sockets, containerd's state, runc's root
 	sock      string
 	kuraStore string // kura only
 	kuraState string
 	kura, ctd *daemon
+	stargz    *daemon // stargz only
 	conn      *grpc.ClientConn
 	rt        runtimeapi.RuntimeServiceClient
 	img       runtimeapi.ImageServiceClient
@@ -118,12 +140,12 @@ func (s *ctdSetup) root() string { return filepath.Join(s.base, "root") }
 // oom_score_adj, which the CRI plugin does for sandboxes: -998).
 func (s *ctdSetup) ctdConfig(regAddr, pauseRef string) string {
 	cri := `plugins."io.containerd.grpc.v1.cri"`
-	snap := "overlayfs"
+	snap := snapshotterOf(s.name)
 	annotations := ""
 	proxy := ""
-	if s.name == ctdKura {
-		snap, annotations = "kura", "\n  disable_snapshot_annotations = false"
-		proxy = fmt.Sprintf("[proxy_plugins.kura]\n  type = \"snapshot\"\n  address = %q\n", filepath.Join(s.run, "kura.sock"))
+	if snap != ctdOverlay {
+		annotations = "\n  disable_snapshot_annotations = false"
+		proxy = fmt.Sprintf("[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n", snap, filepath.Join(s.run, snap+".sock"))
 	}
 	return fmt.Sprintf(`version = 2
 root = %q
@@ -157,7 +179,7 @@ state = %q
 // daemons (Kura's snapshotter first: containerd connects to it lazily, but
 // the CRI plugin's first pull must find it serving).
 func startCtdSetup(ctx context.Context, cfg config, name, work, runDir, regAddr, pauseRef string, kuraArgs []string) (*ctdSetup, error) {
-	s := &ctdSetup{name: name, base: filepath.Join(work, name), run: filepath.Join(runDir, name), keepLogs: filepath.Join(cfg.out, "ctd-logs", name)}
+	s := &ctdSetup{name: name, snap: snapshotterOf(name), base: filepath.Join(work, name), run: filepath.Join(runDir, name), keepLogs: filepath.Join(cfg.out, "ctd-logs", name)}
 	s.sock = filepath.Join(s.run, "containerd.sock")
 	for _, d := range []string{s.base, s.run} {
 		if err := removeTree(d); err != nil {
@@ -169,8 +191,13 @@ func startCtdSetup(ctx context.Context, cfg config, name, work, runDir, regAddr,
 			return nil, err
 		}
 	}
-	if name == ctdKura {
+	switch {
+	case s.snap == ctdKura:
 		if err := s.startKura(ctx, cfg, kuraArgs); err != nil {
+			return s, err
+		}
+	case s.snap == ctdStargz:
+		if err := s.startStargz(ctx, cfg); err != nil {
 			return s, err
 		}
 	}
@@ -195,12 +222,32 @@ func (s *ctdSetup) startKura(ctx context.Context, cfg config, extra []string) er
 	sock := filepath.Join(s.run, "kura.sock")
 	argv := append([]string{cfg.kura, "--root", s.kuraStore}, extra...)
 	argv = append(argv, "snapshotter", "--address", sock, "--state", s.kuraState, "--tls-verify=false")
+	if s.name == ctdKuraLazy {
+		argv = append(argv, "--lazy")
+	}
 	var err error
 	if s.kura, err = startDaemon(argv, filepath.Join(s.base, "kura-snapshotter.log")); err != nil {
 		return err
 	}
 	return s.kura.waitSocket(ctx, sock)
 }
+
+// startStargz starts stargz-snapshotter's daemon (bench/cmd/stargz-grpc) with
+// upstream's default configuration (no config file: background fetch on,
+// prefetch of the landmarked files, the FUSE mounts and its cache under its
+// root) and a root of its own; it reaches the loopback registry by plain
+// HTTP as upstream does for localhost.
+func (s *ctdSetup) startStargz(ctx context.Context, cfg config) error {
+	sock := filepath.Join(s.run, "stargz.sock")
+	argv := []string{cfg.stargzGrpc, "--address", sock, "--root", s.stargzRoot()}
+	var err error
+	if s.stargz, err = startDaemon(argv, filepath.Join(s.base, "stargz-grpc.log")); err != nil {
+		return err
+	}
+	return s.stargz.waitSocket(ctx, sock)
+}
+
+func (s *ctdSetup) stargzRoot() string { return filepath.Join(s.base, "stargz-root") }
 
 // connect dials containerd's CRI service and waits until it answers Version
 // (the CRI plugin finishes its start after the socket is up).
@@ -249,7 +296,8 @@ func (s *ctdSetup) stop() []string {
 	}
 	s.ctd.stop()
 	s.kura.stop()
-	for _, l := range []string{"containerd.log", "kura-snapshotter.log"} {
+	s.stargz.stop()
+	for _, l := range []string{"containerd.log", "kura-snapshotter.log", "stargz-grpc.log"} {
 		if b, err := os.ReadFile(filepath.Join(s.base, l)); err == nil && s.keepLogs != "" {
 			_ = os.WriteFile(s.keepLogs+"-"+l, b, 0o644)
 		}
@@ -267,8 +315,11 @@ func (s *ctdSetup) stop() []string {
 // its store and snapshotter state.
 func (s *ctdSetup) diskDirs() map[string]string {
 	d := map[string]string{"containerd root": s.root()}
-	if s.name == ctdKura {
+	switch s.snap {
+	case ctdKura:
 		d["kura store"], d["kura snapshotter state"] = s.kuraStore, s.kuraState
+	case ctdStargz:
+		d["stargz root"] = s.stargzRoot()
 	}
 	return d
 }

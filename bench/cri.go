@@ -130,16 +130,38 @@ func (s *ctdSetup) pullAndStart(ctx context.Context, pod string, pc *runtimeapi.
 	if _, err := s.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
 		return fmt.Errorf("StartContainer: %w", err)
 	}
-	s.ctrs = append(s.ctrs, c.ContainerId)
-	return waitAnswer(ctx, "http://"+addr+"/")
+	err = waitAnswer(ctx, "http://"+addr+"/", s.exitedCheck(ctx, c.ContainerId))
+	if err == nil {
+		// Only answering containers take part in the page-cache measure.
+		s.ctrs = append(s.ctrs, c.ContainerId)
+	}
+	return err
 }
 
-// waitAnswer polls u every 5 ms until it answers 200 with an HTML page.
-func waitAnswer(ctx context.Context, u string) error {
+// exitedCheck returns an error once the container has exited (a server
+// that crashed, e.g. on SIGBUS, will never answer).
+func (s *ctdSetup) exitedCheck(ctx context.Context, id string) func() error {
+	return func() error {
+		st, err := s.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+		if err != nil || st.Status == nil || st.Status.State != runtimeapi.ContainerState_CONTAINER_EXITED {
+			return nil
+		}
+		return fmt.Errorf("container exited: code %d, reason %q, message %q", st.Status.ExitCode, st.Status.Reason, st.Status.Message)
+	}
+}
+
+// waitAnswer polls u every 5 ms until it answers 200 with an HTML page; every
+// 50th poll it asks exited whether the server is gone.
+func waitAnswer(ctx context.Context, u string, exited func() error) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	deadline := time.Now().Add(3 * time.Minute)
 	var last error
-	for time.Now().Before(deadline) {
+	for i := 0; time.Now().Before(deadline); i++ {
+		if i%50 == 49 {
+			if err := exited(); err != nil {
+				return fmt.Errorf("no answer from %s: %w", u, err)
+			}
+		}
 		resp, err := client.Get(u)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)

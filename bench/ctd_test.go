@@ -18,7 +18,7 @@ func TestCtdRatiosPairByRoundAndVersion(t *testing.T) {
 		{Setup: ctdKura, Version: "c1", Round: 2, Seconds: 2, Error: "failed"}, // no pair
 		{Setup: ctdKura, Version: "c2", Round: 1, Seconds: 3},                  // no overlayfs start
 	}
-	got := ctdRatios(starts, func(CtdStart) bool { return true }, startSecs)
+	got := ctdRatios(starts, func(CtdStart) bool { return true }, startSecs, ctdOverlay, ctdKura)
 	if len(got) != 1 || got[0] != 0.25 {
 		t.Fatalf("ratios %v, want [0.25]", got)
 	}
@@ -59,6 +59,16 @@ func TestCtdConfig(t *testing.T) {
 				t.Errorf("config lacks %s:\n%s", want, c)
 			}
 		}
+	}
+	stargz := (&ctdSetup{name: ctdStargz, base: "/b", run: "/r", sock: "/r/c.sock"}).ctdConfig("127.0.0.1:5000", "127.0.0.1:5000/bench/pause:1")
+	lazy := (&ctdSetup{name: ctdKuraLazy, base: "/b", run: "/r", sock: "/r/c.sock"}).ctdConfig("127.0.0.1:5000", "127.0.0.1:5000/bench/pause:1")
+	for _, want := range []string{`[proxy_plugins.stargz]`, `address = "/r/stargz.sock"`, `snapshotter = "stargz"`, `disable_snapshot_annotations = false`} {
+		if !strings.Contains(stargz, want) {
+			t.Errorf("stargz config lacks %s:\n%s", want, stargz)
+		}
+	}
+	if lazy != kura {
+		t.Errorf("kura-lazy config differs from kura's (only the snapshotter's flag should):\n%s", lazy)
 	}
 	if !strings.Contains(ovl, `snapshotter = "overlayfs"`) {
 		t.Errorf("overlayfs config does not use overlayfs:\n%s", ovl)
@@ -119,5 +129,16 @@ func TestDuOnceCountsHardLinksOnce(t *testing.T) {
 	}
 	if na < 1<<20 || both >= na+1<<20 {
 		t.Fatalf("du of a: %d, of a and b (b a hard link of a's file): %d; want the file counted once", na, both)
+	}
+}
+
+// A start's bytes are its own clients': another set-up's background fetch
+// logged in the same span is not counted.
+func TestRecvCountsOwnAgents(t *testing.T) {
+	by := map[string]int64{"containerd": 1, "kura": 10, "Go-http-client": 100}
+	for setup, want := range map[string]float64{ctdOverlay: 1, ctdKura: 11, ctdKuraLazy: 11, ctdStargz: 101} {
+		if got := recv(CtdStart{Setup: setup, ByAgent: by}); got != want {
+			t.Errorf("recv(%s) = %v, want %v", setup, got, want)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 // images, in rounds of fresh daemons.
 type CtdResults struct {
 	Started      time.Time         `json:"started"`
+	Setups       []string          `json:"setups,omitempty"` // the first is the ratios' baseline; empty: overlayfs, kura
 	Tools        map[string]string `json:"tools"`
 	Load         []string          `json:"load"` // /proc/loadavg at the start of each round and at the end
 	Repo         string            `json:"repo"`
@@ -88,10 +90,10 @@ func runContainerdBench(ctx context.Context, cfg config) error {
 	if _, err := os.Stat(filepath.Join(regRoot, "pushed-kura.json")); err != nil {
 		return fmt.Errorf("-containerd needs kura's pushes in %s (run bench/run.sh first): %w", regRoot, err)
 	}
-	if cfg.kura == "" || !kuraHas(cfg.kura, "snapshotter") {
-		return fmt.Errorf("-containerd needs a kura binary with the snapshotter command (-kura %q)", cfg.kura)
+	if err := checkCtdSetups(cfg); err != nil {
+		return err
 	}
-	res := &CtdResults{Started: start, Repo: kuraRepo, Rounds: cfg.ctdRounds, ReadSet: cfg.readSet, Tools: toolVersions()}
+	res := &CtdResults{Started: start, Setups: cfg.ctdSetups, Repo: kuraRepo, Rounds: cfg.ctdRounds, ReadSet: cfg.readSet, Tools: toolVersions()}
 	if b, err := exec.Command("containerd", "--version").Output(); err == nil {
 		res.Tools["containerd"] = firstLine(string(b))
 	}
@@ -104,6 +106,12 @@ func runContainerdBench(ctx context.Context, cfg config) error {
 	}
 	defer reg.Stop()
 	work := filepath.Join(cfg.work, "ctd")
+	if slices.Contains(cfg.ctdSetups, ctdStargz) {
+		if err := ensureEstargz(ctx, regRoot, reg.Addr, filepath.Join(cfg.work, "estargz-tmp"), res.Versions); err != nil {
+			return err
+		}
+		res.Tools["stargz-snapshotter"] = "v0.19.1 (library module, bench/cmd/stargz-grpc)"
+	}
 	pauseRef, err := pushPauseImage(ctx, cfg.work, reg.Addr)
 	if err != nil {
 		return err
@@ -128,6 +136,29 @@ func runContainerdBench(ctx context.Context, cfg config) error {
 	return writeCtdReport(cfg, res)
 }
 
+// checkCtdSetups checks the -ctd-setups names and the binaries they need.
+func checkCtdSetups(cfg config) error {
+	for _, name := range cfg.ctdSetups {
+		switch name {
+		case ctdOverlay:
+		case ctdKura, ctdKuraLazy:
+			if cfg.kura == "" || !kuraHas(cfg.kura, "snapshotter") {
+				return fmt.Errorf("-containerd needs a kura binary with the snapshotter command (-kura %q)", cfg.kura)
+			}
+		case ctdStargz:
+			if cfg.stargzGrpc == "" {
+				return fmt.Errorf("-ctd-setups %s needs -stargz-grpc (go build ./cmd/stargz-grpc in bench/)", name)
+			}
+		default:
+			return fmt.Errorf("-ctd-setups: unknown set-up %q (overlayfs, kura, kura-lazy, stargz)", name)
+		}
+	}
+	if len(cfg.ctdSetups) < 2 {
+		return fmt.Errorf("-ctd-setups %v: want two set-ups or more", cfg.ctdSetups)
+	}
+	return nil
+}
+
 // runCtdRound starts both setups afresh, runs every version on each (the
 // setup that goes first alternating with the version and the round), then
 // takes the disk and page-cache figures of both, and removes everything.
@@ -140,9 +171,9 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 			}
 		}
 	}()
-	for _, name := range []string{ctdOverlay, ctdKura} {
+	for _, name := range cfg.ctdSetups {
 		var extra []string
-		if name == ctdKura && cfg.ctdProfile != "" {
+		if snapshotterOf(name) == ctdKura && cfg.ctdProfile != "" {
 			extra = []string{"--cpu-profile", fmt.Sprintf("%s.round%d", cfg.ctdProfile, round)}
 		}
 		s, err := startCtdSetup(ctx, cfg, name, work, runDir, regAddr, pauseRef, extra)
@@ -155,12 +186,14 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 		}
 	}
 	for i, v := range res.Versions {
-		if err := warmBlobs(ctx, regAddr, kuraRepo, v); err != nil {
-			return err
+		for _, repo := range reposOf(cfg.ctdSetups) {
+			if err := warmBlobs(ctx, regAddr, repo, v); err != nil {
+				return err
+			}
 		}
 		for j := range setups {
 			s := setups[pairOrder(round, i, j, len(setups))]
-			st := s.startVersion(ctx, alog, regAddr+"/"+kuraRepo+":"+v, v)
+			st := s.startVersion(ctx, alog, regAddr+"/"+repoOf(s.name)+":"+v, v)
 			st.Round, st.First = round, j == 0
 			log.Printf("containerd round %d %s %-9s: pull %.2fs, to first answer %.2fs, received %.2f MB %v %s",
 				round, v, s.name, st.PullSeconds, st.Seconds, mb(st.Traffic.Received), st.ByAgent, st.Error)
@@ -179,6 +212,17 @@ func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, wo
 		res.PageCache = append(res.PageCache, pc)
 	}
 	return nil
+}
+
+// reposOf is the repositories the set-ups pull, each once.
+func reposOf(setups []string) []string {
+	var repos []string
+	for _, s := range setups {
+		if r := repoOf(s); !slices.Contains(repos, r) {
+			repos = append(repos, r)
+		}
+	}
+	return repos
 }
 
 // disk measures the setup's directories, together and each alone.
@@ -287,6 +331,7 @@ func warmBlobs(ctx context.Context, regAddr, repo, tag string) error {
 			return nil, err
 		}
 		req.Header.Set("Accept", accept)
+		req.Header.Set("User-Agent", benchAgent)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return nil, err
@@ -321,10 +366,28 @@ func warmBlobs(ctx context.Context, regAddr, repo, tag string) error {
 // snapshot directories; Kura's store (objects) and composefs images (not
 // the mount points: the walk would meet the same pages through the mounts).
 func (s *ctdSetup) residentRoots() map[string]string {
-	if s.name == ctdKura {
+	switch s.snap {
+	case ctdKura:
 		return map[string]string{"store": s.kuraStore, "composefs images": filepath.Join(s.kuraState, "layers", "composefs")}
+	case ctdStargz:
+		// Its layer cache (fetched chunks, on disk), not the FUSE mounts.
+		return map[string]string{"stargz cache": filepath.Join(s.stargzRoot(), "stargz")}
 	}
 	return map[string]string{"snapshots": filepath.Join(s.root(), "io.containerd.snapshotter.v1.overlayfs")}
+}
+
+// rewriteCtdReport renders containerd.md again from containerd.json in the
+// out directory (-containerd -report-only).
+func rewriteCtdReport(cfg config) error {
+	b, err := os.ReadFile(filepath.Join(cfg.out, "containerd.json"))
+	if err != nil {
+		return err
+	}
+	var res CtdResults
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("containerd.json: %w", err)
+	}
+	return os.WriteFile(filepath.Join(cfg.out, "containerd.md"), []byte(ctdMarkdown(&res)), 0o644)
 }
 
 // writeCtdReport writes containerd.json and containerd.md in the out directory.

@@ -17,22 +17,31 @@ func ctdValues(starts []CtdStart, keep func(CtdStart) bool, f func(CtdStart) flo
 	return out
 }
 
-// ctdRatios is, for the starts selected by keep, kura/overlayfs of f taken
-// pair by pair (same round, same version).
-func ctdRatios(starts []CtdStart, keep func(CtdStart) bool, f func(CtdStart) float64) []float64 {
+// ctdSetupsOf is the report's set-ups, the baseline first (results written
+// before -ctd-setups existed compared overlayfs and kura).
+func ctdSetupsOf(res *CtdResults) []string {
+	if len(res.Setups) == 0 {
+		return []string{ctdOverlay, ctdKura}
+	}
+	return res.Setups
+}
+
+// ctdRatios is, for the starts selected by keep, other/base of f taken pair
+// by pair (same round, same version).
+func ctdRatios(starts []CtdStart, keep func(CtdStart) bool, f func(CtdStart) float64, base, other string) []float64 {
 	type key struct {
 		round   int
 		version string
 	}
 	ovl := map[key]float64{}
 	for _, s := range starts {
-		if s.Setup == ctdOverlay && s.Error == "" && keep(s) {
+		if s.Setup == base && s.Error == "" && keep(s) {
 			ovl[key{s.Round, s.Version}] = f(s)
 		}
 	}
 	var out []float64
 	for _, s := range starts {
-		if o, ok := ovl[key{s.Round, s.Version}]; ok && s.Setup == ctdKura && s.Error == "" && keep(s) && o > 0 {
+		if o, ok := ovl[key{s.Round, s.Version}]; ok && s.Setup == other && s.Error == "" && keep(s) && o > 0 {
 			out = append(out, f(s)/o)
 		}
 	}
@@ -49,14 +58,43 @@ func ctdSpread(xs []float64, scale float64, prec int) string {
 
 func startSecs(s CtdStart) float64 { return s.Seconds }
 func pullSecs(s CtdStart) float64  { return s.PullSeconds }
-func recv(s CtdStart) float64      { return float64(s.Traffic.Received) }
+
+// recv is the bytes the start's own clients received: the registry's log
+// between PullImage and the answer also holds another set-up's background
+// fetches (stargz-snapshotter's, as Go-http-client; a lazy Kura's), which
+// belong to that set-up. Kura and kura-lazy share a User-Agent, so between
+// the two this split cannot be made.
+func recv(s CtdStart) float64 {
+	if len(s.ByAgent) == 0 {
+		return float64(s.Traffic.Received)
+	}
+	var n int64
+	for agent, b := range s.ByAgent {
+		if ownAgent(s.Setup, agent) {
+			n += b
+		}
+	}
+	return float64(n)
+}
+
+// ownAgent says whether requests with this User-Agent name are the set-up's.
+func ownAgent(setup, agent string) bool {
+	switch snapshotterOf(setup) {
+	case ctdKura:
+		return agent == "containerd" || agent == "kura"
+	case ctdStargz:
+		return agent == "containerd" || agent == "Go-http-client"
+	}
+	return agent == "containerd"
+}
 
 // ctdMarkdown renders the comparison: per version, then cold and update
 // pulls together, then disk and page cache.
 func ctdMarkdown(res *CtdResults) string {
 	var b strings.Builder
 	w := func(f string, a ...any) { fmt.Fprintf(&b, f+"\n", a...) }
-	w("# containerd: Kura's snapshotter against overlayfs")
+	setups := ctdSetupsOf(res)
+	w("# containerd: %s", strings.Join(setups, " against "))
 	w("")
 	w("%s; %d rounds of fresh daemons, %d versions of %s; read set %v; %.0f s in all.", res.Started.UTC().Format("2006-01-02 15:04 MST"),
 		res.Rounds, len(res.Versions), res.Repo, res.ReadSet, res.TotalSeconds)
@@ -65,15 +103,21 @@ func ctdMarkdown(res *CtdResults) string {
 	w("")
 	w("## Per version: PullImage to the first HTTP answer (s), and bytes received (MB)")
 	w("")
-	w("| version | overlayfs s | kura s | kura/overlayfs (pairwise) | overlayfs MB | kura MB (containerd + kura) |")
-	w("|---|---:|---:|---:|---:|---:|")
+	w("| version |%s |%s |%s |", ctdCols(setups, "%s s"), ctdRatioCols(setups), ctdCols(setups, "%s MB"))
+	w("|---|%s", strings.Repeat("---:|", 3*len(setups)-1))
 	for _, v := range res.Versions {
 		is := func(setup string) func(CtdStart) bool {
 			return func(s CtdStart) bool { return s.Version == v && (setup == "" || s.Setup == setup) }
 		}
-		w("| %s | %s | %s | %s | %s | %s |", v, ctdSpread(ctdValues(res.Starts, is(ctdOverlay), startSecs), 1, 2),
-			ctdSpread(ctdValues(res.Starts, is(ctdKura), startSecs), 1, 2), ctdSpread(ctdRatios(res.Starts, is(""), startSecs), 1, 2),
-			ctdSpread(ctdValues(res.Starts, is(ctdOverlay), recv), 1e6, 2), ctdSpread(ctdValues(res.Starts, is(ctdKura), recv), 1e6, 2))
+		var secs, ratios, mbs []string
+		for i, setup := range setups {
+			secs = append(secs, ctdSpread(ctdValues(res.Starts, is(setup), startSecs), 1, 2))
+			mbs = append(mbs, ctdSpread(ctdValues(res.Starts, is(setup), recv), 1e6, 2))
+			if i > 0 {
+				ratios = append(ratios, ctdSpread(ctdRatios(res.Starts, is(""), startSecs, setups[0], setup), 1, 2))
+			}
+		}
+		w("| %s | %s | %s | %s |", v, strings.Join(secs, " | "), strings.Join(ratios, " | "), strings.Join(mbs, " | "))
 	}
 	w("")
 	ctdSummary(w, res)
@@ -91,6 +135,24 @@ func ctdMarkdown(res *CtdResults) string {
 	return b.String()
 }
 
+// ctdCols is one column header per set-up.
+func ctdCols(setups []string, format string) string {
+	var cols []string
+	for _, s := range setups {
+		cols = append(cols, " "+fmt.Sprintf(format, s))
+	}
+	return strings.Join(cols, " |")
+}
+
+// ctdRatioCols is one column header per set-up but the baseline.
+func ctdRatioCols(setups []string) string {
+	var cols []string
+	for _, s := range setups[1:] {
+		cols = append(cols, fmt.Sprintf(" %s/%s (pairwise)", s, setups[0]))
+	}
+	return strings.Join(cols, " |")
+}
+
 func ctdSummary(w func(string, ...any), res *CtdResults) {
 	cold := func(s CtdStart) bool { return s.Version == res.Versions[0] }
 	update := func(s CtdStart) bool { return s.Version != res.Versions[0] }
@@ -99,8 +161,9 @@ func ctdSummary(w func(string, ...any), res *CtdResults) {
 	}
 	w("## Cold start (%s) and update starts (the other versions, each after the one before)", res.Versions[0])
 	w("")
-	w("| | overlayfs | kura | kura/overlayfs (pairwise) |")
-	w("|---|---:|---:|---:|")
+	setups := ctdSetupsOf(res)
+	w("| |%s |%s |", ctdCols(setups, "%s"), ctdRatioCols(setups))
+	w("|---|%s", strings.Repeat("---:|", 2*len(setups)-1))
 	for _, row := range []struct {
 		name  string
 		keep  func(CtdStart) bool
@@ -115,9 +178,14 @@ func ctdSummary(w func(string, ...any), res *CtdResults) {
 		{"update: PullImage alone, s", update, pullSecs, 1, 2},
 		{"update: MB received per pull", update, recv, 1e6, 2},
 	} {
-		w("| %s | %s | %s | %s |", row.name, ctdSpread(ctdValues(res.Starts, and(row.keep, ctdOverlay), row.f), row.scale, row.prec),
-			ctdSpread(ctdValues(res.Starts, and(row.keep, ctdKura), row.f), row.scale, row.prec),
-			ctdSpread(ctdRatios(res.Starts, and(row.keep, ""), row.f), 1, 3))
+		var vals, ratios []string
+		for i, setup := range setups {
+			vals = append(vals, ctdSpread(ctdValues(res.Starts, and(row.keep, setup), row.f), row.scale, row.prec))
+			if i > 0 {
+				ratios = append(ratios, ctdSpread(ctdRatios(res.Starts, and(row.keep, ""), row.f, setups[0], setup), 1, 3))
+			}
+		}
+		w("| %s | %s | %s |", row.name, strings.Join(vals, " | "), strings.Join(ratios, " | "))
 	}
 	var agents []string
 	for _, s := range res.Starts {
@@ -138,7 +206,7 @@ func ctdDiskReport(w func(string, ...any), res *CtdResults) {
 	w("")
 	w("| setup | total | parts |")
 	w("|---|---:|---|")
-	for _, setup := range []string{ctdOverlay, ctdKura} {
+	for _, setup := range ctdSetupsOf(res) {
 		var tot []float64
 		parts := map[string][]float64{}
 		for _, d := range res.Disk {
@@ -164,7 +232,7 @@ func ctdPageCacheReport(w func(string, ...any), res *CtdResults) {
 	w("")
 	w("| setup | containers | charged to the containers' cgroups | Cached growth | exec alone (Cached) | snapshotter's files resident (mincore) |")
 	w("|---|---:|---:|---:|---:|---:|")
-	for _, setup := range []string{ctdOverlay, ctdKura} {
+	for _, setup := range ctdSetupsOf(res) {
 		var charged, delta, over, resid []float64
 		n := 0
 		for _, p := range res.PageCache {

@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -40,9 +41,11 @@ type config struct {
 	pairs         int           // rounds of fresh stores in the timed comparison
 	pairsBudget   time.Duration // wall time allowed for the timed comparison
 
-	containerd bool   // run only the containerd comparison (ctdbench.go)
-	ctdRounds  int    // rounds of fresh containerds in it
-	ctdProfile string // kura snapshotter CPU profile file prefix (one per round)
+	containerd bool     // run only the containerd comparison (ctdbench.go)
+	ctdRounds  int      // rounds of fresh containerds in it
+	ctdProfile string   // kura snapshotter CPU profile file prefix (one per round)
+	ctdSetups  []string // set-ups compared, the first the baseline of the ratios
+	stargzGrpc string   // stargz-snapshotter daemon (bench/cmd/stargz-grpc), for the stargz set-up
 }
 
 func main() {
@@ -62,10 +65,12 @@ func main() {
 	flag.BoolVar(&cfg.freshRegistry, "fresh-registry", false, "wipe the registry and push again even if it holds this corpus")
 	flag.BoolVar(&cfg.containerd, "containerd", false, "run only the containerd comparison: overlayfs against Kura's snapshotter, through the CRI API (needs the registry of an earlier run)")
 	flag.IntVar(&cfg.ctdRounds, "ctd-rounds", 5, "rounds of the containerd comparison (each: fresh daemons, every version on both)")
+	ctdSetups := flag.String("ctd-setups", "overlayfs,kura", "set-ups of the containerd comparison, the first the baseline of the ratios: overlayfs, kura, kura-lazy (kura snapshotter --lazy), stargz (stargz-snapshotter on the versions converted to eStargz; needs -stargz-grpc)")
+	flag.StringVar(&cfg.stargzGrpc, "stargz-grpc", "", "stargz-snapshotter daemon binary (go build ./cmd/stargz-grpc in bench/)")
 	flag.StringVar(&cfg.ctdProfile, "ctd-kura-profile", "", "write the kura snapshotter's CPU profile to this path plus .roundN")
 	als := flag.Bool("als", false, "only the layer-store comparison (issue 15): podman with Kura as its additional layer store against podman alone; needs -kura and Kura's pushes in the registry (README.md)")
 	alsRounds := flag.Int("als-rounds", 5, "rounds of the -als comparison (each: new installations, every version)")
-	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out")
+	reportOnly := flag.Bool("report-only", false, "only redraw results.md and chart.png from results.json in -out (with -containerd: containerd.md from containerd.json)")
 	scale := scaleFlags()
 	var la lazyApacheCfg
 	flag.BoolVar(&la.enabled, "lazy-apache", false, "run only the lazy-pull comparison (issue 17): kura pull --lazy, kura pull and podman pull+run of bench/kura:c0 then c1 until apache2 answers; needs -kura and Kura's pushes in the registry (README.md)")
@@ -86,6 +91,12 @@ func main() {
 	}
 	if scale.enabled {
 		runScaleMain(cfg, scale)
+		return
+	}
+	if *reportOnly && cfg.containerd {
+		if err := rewriteCtdReport(cfg); err != nil {
+			log.Fatal(err)
+		}
 		return
 	}
 	if *reportOnly {
@@ -118,6 +129,7 @@ func main() {
 		return
 	}
 	if cfg.containerd {
+		cfg.ctdSetups = strings.Split(*ctdSetups, ",")
 		if err := runContainerdBench(ctx, cfg); err != nil {
 			log.Fatal(err)
 		}

@@ -33,4 +33,11 @@ else
 	echo "run.sh: building ./cmd/kura failed (see $work/kura-build.log); kura hooks will be skipped" >&2
 fi
 
+# stargz-snapshotter's daemon, only for a containerd comparison that uses it
+# (-ctd-setups ...stargz...; heavy dependencies, built in this module).
+case " $* " in
+*stargz*) (cd "$here" && go build -o "$work/bin/stargz-grpc" ./cmd/stargz-grpc)
+	set -- -stargz-grpc "$work/bin/stargz-grpc" "$@" ;;
+esac
+
 exec "$work/bin/kura-bench" -work "$work" -out "$here/out" -mirror "$mirror" -kura "$kura" "$@"
