@@ -110,7 +110,9 @@ func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Dig
 	l.mu.Lock()
 	done := l.serving[k.id] != sv
 	l.mu.Unlock()
-	if done && l.s.HasLayer(k.diffID) { // completed meanwhile: its CompleteLazy may have run
+	// Completed meanwhile: its CompleteLazy may have run. Or PendingDir failed because the pull
+	// removed its pending record (the layer is then stored) before it said it was complete.
+	if (done || err != nil) && l.s.HasLayer(k.diffID) {
 		return l.complete(ctx, k)
 	}
 	if err != nil {
