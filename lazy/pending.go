@@ -298,15 +298,13 @@ func makePlaceholdersIn(dir string, phs []string) error {
 		return err
 	}
 	for _, ph := range phs {
-		fd, err := unix.Open(ph, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o444)
+		// mknod makes the empty file in one call, with no open file to close.
+		err := unix.Mknod(ph, unix.S_IFREG|0o444, 0)
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
 		if err != nil {
-			return &fs.PathError{Op: "create", Path: ph, Err: err}
-		}
-		if err := unix.Close(fd); err != nil {
-			return &fs.PathError{Op: "close", Path: ph, Err: err}
+			return &fs.PathError{Op: "mknod", Path: ph, Err: err}
 		}
 	}
 	return nil
