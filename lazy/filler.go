@@ -98,25 +98,23 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 
 // Watch marks the placeholders of a pending layer's objects. Objects the store holds already
 // get their placeholder filled at once (a crash between storing and copying leaves that): Run
-// must be running, as the copy's own events need answering. Placeholders missing for objects
-// the store lacks (a pull killed while it made them, after its record was written) are made
-// first: without one such a file would fail to open until the whole layer is in.
+// must be running, as the copy's own events need answering. A placeholder missing for an
+// object the store lacks (a pull killed while it made them, after its record was written) is
+// made here: without one such a file would fail to open until the whole layer is in. The stat
+// each placeholder needs anyway finds those, so a whole pull costs no second pass of creations.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
-	if err := p.MakePlaceholders(f.s, diffID, objs); err != nil {
-		return err
-	}
 	for _, d := range objs {
 		path, err := p.PlaceholderPath(f.s, diffID, d)
 		if err != nil {
 			return err
 		}
 		ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
-			if errors.Is(err, unix.ENOENT) {
-				continue // the object was stored before the pull: no placeholder
-			}
-			return fmt.Errorf("placeholder of %s: %w", d, err)
+		st, ok, err := f.placeholderStat(p, diffID, d, path)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // the object was stored before the pull: no placeholder
 		}
 		// Known before marked: an event on it must never be taken for a stranger's.
 		f.mu.Lock()
@@ -132,6 +130,25 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 		}
 	}
 	return nil
+}
+
+// placeholderStat stats object d's placeholder at path, making it first when it is missing
+// and the store lacks d; ok is false when there is none because the store holds d.
+func (f *Filler) placeholderStat(p *Pending, diffID, d digest.Digest, path string) (unix.Stat_t, bool, error) {
+	var st unix.Stat_t
+	err := unix.Stat(path, &st)
+	if errors.Is(err, unix.ENOENT) {
+		if f.s.HasObject(d) {
+			return st, false, nil
+		}
+		if err = p.MakePlaceholders(f.s, diffID, []digest.Digest{d}); err == nil {
+			err = unix.Stat(path, &st)
+		}
+	}
+	if err != nil {
+		return st, false, fmt.Errorf("placeholder of %s: %w", d, err)
+	}
+	return st, true, nil
 }
 
 // markPath marks a placeholder for its open as well as its reads: a composefs mount opens

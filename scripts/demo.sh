@@ -80,7 +80,7 @@ jq -r '"blob bytes:      \(.blobBytes)\nbytes requested: \(.bytesRequested)\nbyt
 
 step "Store usage: ten versions would cost their unique bytes, not ten copies"
 "$kura" --root "$work/node" images
-"$kura" --root "$work/node" df
+"$kura" --root "$work/node" df -v
 "$kura" --root "$work/node" fsck
 
 if [ "$(id -u)" = 0 ] && "$kura" mount --help >/dev/null 2>&1; then

@@ -57,7 +57,26 @@ func checkTotals(t *testing.T, s *store.Store, when string) {
 		t.Fatal(err)
 	}
 	if int64(u.Objects) != want.Objects || u.ObjectBytes != want.Bytes || u.ObjectAllocated != want.Allocated {
-		t.Fatalf("%s: df says %d objects, %d bytes, %d allocated; a walk %+v", when, u.Objects, u.ObjectBytes, u.ObjectAllocated, want)
+		t.Fatalf("%s: df -v says %d objects, %d bytes, %d allocated; a walk %+v", when, u.Objects, u.ObjectBytes, u.ObjectAllocated, want)
+	}
+	checkSummary(t, s, when, want, false)
+}
+
+// checkSummary asserts the default df's summary reports the walked totals and the image count,
+// and says whether it had to walk.
+func checkSummary(t *testing.T, s *store.Store, when string, want store.Totals, walked bool) {
+	t.Helper()
+	sum, err := s.Summary(context.Background())
+	if err != nil {
+		t.Fatalf("%s: summary: %v", when, err)
+	}
+	ids, err := s.Images(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := store.Totals{Objects: sum.Objects, Bytes: sum.ObjectBytes, Allocated: sum.ObjectAllocated}
+	if got != want || sum.Images != len(ids) || sum.Walked != walked {
+		t.Fatalf("%s: summary %+v; a walk finds %+v and %d images, walked should be %v", when, sum, want, len(ids), walked)
 	}
 }
 
@@ -145,6 +164,7 @@ func TestTotalsDamaged(t *testing.T) {
 			if err != nil || int64(u.Objects) != want.Objects || u.ObjectBytes != want.Bytes {
 				t.Fatalf("df on damaged totals: %+v, %v; want %+v", u, err, want)
 			}
+			checkSummary(t, s, "damaged totals", want, true)
 			rep, err := s.Fsck(ctx, false)
 			if err != nil || rep.Clean() {
 				t.Fatalf("fsck of damaged totals: clean %v, %v", rep.Clean(), err)
@@ -180,6 +200,7 @@ func TestTotalsUnknown(t *testing.T) {
 			if u, err := s.Usage(ctx); err != nil || int64(u.Objects) != want.Objects {
 				t.Fatalf("df on unknown totals: %+v, %v; want %+v", u, err, want)
 			}
+			checkSummary(t, s, "unknown totals", want, true)
 			rep, err := s.Fsck(ctx, false)
 			if err != nil || !rep.Clean() || rep.TotalsNote == "" {
 				t.Fatalf("fsck of unknown totals: %+v, %v", rep, err)

@@ -68,12 +68,15 @@ See docs/layerstore.md.`,
 			if err != nil {
 				return err
 			}
+			released := func() {}
 			if lazyPulls {
-				if err := serveLazy(cmd, &rf, s, ls, state, lazyMode, lazyHold); err != nil {
+				if released, err = serveLazy(cmd, &rf, s, ls, state, lazyMode, lazyHold); err != nil {
 					return err
 				}
 			}
-			return layerstore.Serve(cmd.Context(), args[0], ls, timeout)
+			err = layerstore.Serve(cmd.Context(), args[0], ls, timeout)
+			released() // the pending mounts of completed pulls are detached before the process ends
+			return err
 		},
 	}
 	rf.register(serveCmd)
@@ -94,24 +97,77 @@ See docs/layerstore.md.`,
 	rootCmd.AddCommand(lsCmd)
 }
 
+// pendingReleaseGrace is how long a pending layer's mount stays once its pull is complete. A
+// resolution of diff answered just before the completion (the readlink of containers/storage's
+// stat of diff in LookupAdditionalLayer, or of an overlay mount) is followed by the kernel's walk
+// of the answer, in the same system call but after the server has replied: detached and its
+// directory removed at once, the mount would be gone for that walk, and podman, its stat failing,
+// pulls the layer itself. Every resolution made after the completion points at the complete
+// layer's mount, so the grace only covers walks already under way: their scheduling delay.
+const pendingReleaseGrace = 10 * time.Second
+
 // serveLazy makes ls's lookups lazy (kura layer-store serve --lazy) and resumes the pending
 // pulls an earlier server began. Pulls are recorded under the name kura pull gives them: as
-// without --lazy, the image stays in the store under its name once complete.
-func serveLazy(cmd *cobra.Command, rf *registryFlags, s *store.Store, ls *layerstore.Layers, state, modeName string, hold time.Duration) error {
+// without --lazy, the image stays in the store under its name once complete. released waits
+// for the pending mounts of completed pulls to be detached (at once when the server stops).
+func serveLazy(cmd *cobra.Command, rf *registryFlags, s *store.Store, ls *layerstore.Layers, state, modeName string, hold time.Duration) (released func(), err error) {
 	mode, err := pull.ParseLazyMode(modeName)
 	if err != nil {
-		return usageError{err}
+		return nil, usageError{err}
 	}
 	lz := newLazyLayers(cmd.Context(), rf, s, ls, lazyConfig{hold: hold, mode: mode, refs: filepath.Join(state, "lazy-refs"), named: true})
-	lz.completed = func(_ context.Context, layers []digest.Digest) int {
-		ls.ReleasePending(layers)
+	r := &pendingReleases{ls: ls, grace: pendingReleaseGrace}
+	lz.completed = func(ctx context.Context, layers []digest.Digest) int {
+		r.release(ctx, layers)
 		return 0
 	}
 	if err := ls.SetLazy(lz); err != nil {
-		return usageError{err}
+		return nil, usageError{err}
 	}
 	lz.resumeOrphans(cmd.Context())
-	return nil
+	return r.wait, nil
+}
+
+// pendingReleases detaches the pending mounts of completed pulls after a grace
+// (pendingReleaseGrace), and before the server's process ends.
+type pendingReleases struct {
+	ls    *layerstore.Layers
+	grace time.Duration
+
+	mu      sync.Mutex
+	stopped bool // wait was called: release at once
+	wg      sync.WaitGroup
+}
+
+// release detaches the pending mounts of layers once the grace has passed, or at once when ctx
+// (the server's) ends or the server is stopping.
+func (r *pendingReleases) release(ctx context.Context, layers []digest.Digest) {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		r.ls.ReleasePending(layers)
+		return
+	}
+	r.wg.Add(1)
+	r.mu.Unlock()
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTimer(r.grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		r.ls.ReleasePending(layers)
+	}()
+}
+
+// wait releases at once what is left and returns once every release is done.
+func (r *pendingReleases) wait() {
+	r.mu.Lock()
+	r.stopped = true
+	r.mu.Unlock()
+	r.wg.Wait()
 }
 
 // pullResolver is the layer store's way to an image: kura pull's sources (registries.conf's

@@ -110,9 +110,9 @@ func (l *lazyLayers) LookupLazy(ctx context.Context, ref string, dgst digest.Dig
 	l.mu.Lock()
 	done := l.serving[k.id] != sv
 	l.mu.Unlock()
-	// Completed meanwhile: its CompleteLazy may have run, or its directory went before the
-	// mount was made (the service removes it before it says it is complete).
-	if (done || errors.Is(err, layerstore.ErrPendingGone)) && l.s.HasLayer(k.diffID) {
+	// Completed meanwhile: its CompleteLazy may have run. Or PendingDir failed because the pull
+	// removed its pending record (the layer is then stored) before it said it was complete.
+	if (done || err != nil) && l.s.HasLayer(k.diffID) {
 		return l.complete(ctx, k)
 	}
 	if err != nil {

@@ -128,6 +128,18 @@ func dfOutput(u store.Usage, verbose bool) dfJSON {
 		Objects: u.Objects, AllocatedBytes: u.Allocated, ObjectAllocatedBytes: u.ObjectAllocated, DedupRatio: u.DedupRatio(), Images: imgs}
 }
 
+// dfSummaryJSON is the default df --json: the figures store.Summary maintains.
+type dfSummaryJSON struct {
+	Images               int   `json:"imageCount"`
+	Objects              int64 `json:"objects"`
+	ObjectBytes          int64 `json:"objectBytes"`
+	ObjectAllocatedBytes int64 `json:"objectAllocatedBytes"`
+}
+
+func dfSummaryOutput(s store.Summary) dfSummaryJSON {
+	return dfSummaryJSON{Images: s.Images, Objects: s.Objects, ObjectBytes: s.ObjectBytes, ObjectAllocatedBytes: s.ObjectAllocated}
+}
+
 type gcJSON struct {
 	Images     int   `json:"images"`
 	Layers     int   `json:"layers"`

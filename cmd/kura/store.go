@@ -83,15 +83,16 @@ and --release DIR ends it while keeping the tree.`,
 	var dfVerbose bool
 	dfCmd := &cobra.Command{
 		Use:   "df [-v]",
-		Short: "Show logical and physical store usage and the deduplication ratio",
-		Long: `Show the store's totals (objects, bytes, allocated blocks, metadata, logical size, dedup ratio)
-and its images with their logical sizes. -v also computes each image's unique bytes (the objects
-no other image uses), which reads every layer's object list, as podman system df -v does the
-per-image detail.`,
+		Short: "Show store usage: a summary; -v adds metadata, logical sizes, dedup and per-image rows",
+		Long: `Show a summary of the store: its image count and its objects (count, bytes, allocated blocks),
+read from the store's maintained totals, so its cost does not grow with the images (as podman
+system df summarises). -v adds the metadata bytes, each image with its logical and unique bytes
+(the objects no other image uses), the logical total and the dedup ratio: it reads every image
+and layer record and every layer's object list.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDf(cmd, dfVerbose) },
 	}
-	dfCmd.Flags().BoolVarP(&dfVerbose, "verbose", "v", false, "also show each image's unique bytes")
+	dfCmd.Flags().BoolVarP(&dfVerbose, "verbose", "v", false, "also show metadata, logical sizes, dedup ratio and each image with its unique bytes")
 
 	gcCmd := &cobra.Command{
 		Use:   "gc",
@@ -347,11 +348,10 @@ func runDf(cmd *cobra.Command, verbose bool) error {
 	if err != nil {
 		return err
 	}
-	var opts []store.UsageOption
-	if verbose {
-		opts = append(opts, store.WithUniqueBytes())
+	if !verbose {
+		return runDfSummary(cmd, s)
 	}
-	u, err := s.Usage(cmd.Context(), opts...)
+	u, err := s.Usage(cmd.Context(), store.WithUniqueBytes())
 	if err != nil {
 		return err
 	}
@@ -364,23 +364,32 @@ func runDf(cmd *cobra.Command, verbose bool) error {
 	fmt.Fprintf(out, "on disk:  %s allocated (objects %s; holes take none)\n", progress.HumanBytes(u.Allocated), progress.HumanBytes(u.ObjectAllocated))
 	fmt.Fprintf(out, "dedup:    %.2fx\n", u.DedupRatio())
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	if verbose {
-		fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")
-	} else {
-		fmt.Fprintln(tw, "NAME\tID\tLOGICAL")
-	}
+	fmt.Fprintln(tw, "NAME\tID\tLOGICAL\tUNIQUE")
 	for _, iu := range u.Images {
 		name := "<none>"
 		if len(iu.Names) > 0 {
 			name = strings.Join(iu.Names, ",")
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s", name, iu.Image.ID.Encoded()[:12], progress.HumanBytes(iu.Logical))
-		if verbose {
-			fmt.Fprintf(tw, "\t%s", progress.HumanBytes(iu.Unique))
-		}
-		fmt.Fprintln(tw)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, iu.Image.ID.Encoded()[:12], progress.HumanBytes(iu.Logical), progress.HumanBytes(iu.Unique))
 	}
 	return tw.Flush()
+}
+
+// runDfSummary is the default df: the figures whose cost does not grow with the images (see
+// store.Summary), as podman system df summarises; the rest is behind -v.
+func runDfSummary(cmd *cobra.Command, s *store.Store) error {
+	sum, err := s.Summary(cmd.Context())
+	if err != nil {
+		return err
+	}
+	if global.json {
+		return printJSON(cmd.OutOrStdout(), dfSummaryOutput(sum))
+	}
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "images:   %d\n", sum.Images)
+	fmt.Fprintf(out, "objects:  %d, %s (%s allocated; holes take none)\n", sum.Objects, progress.HumanBytes(sum.ObjectBytes), progress.HumanBytes(sum.ObjectAllocated))
+	fmt.Fprintln(out, "(metadata, logical sizes, dedup ratio and per-image rows: kura df -v)")
+	return nil
 }
 
 func runGC(cmd *cobra.Command) error {
