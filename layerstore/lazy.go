@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -169,14 +170,14 @@ func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.
 	defer unlock()
 	entries, err := p.Entries(diffID)
 	if err != nil {
-		return "", err
+		return "", pendingMountError(p, diffID, err)
 	}
 	root, err := storeimage.Tree(ctx, pendingLayer{l.s, p, diffID}, store.Image{ID: p.ID, Layers: []digest.Digest{diffID}})
 	if err == nil {
 		err = treeWhiteouts(root, entries)
 	}
 	if err != nil {
-		return "", fmt.Errorf("layer store: composefs image of pending layer %s: %w", diffID, err)
+		return "", pendingMountError(p, diffID, err)
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return "", err
@@ -198,9 +199,25 @@ func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.
 		err = mount.Mount(ctx, plan)
 	}
 	if err != nil {
-		return "", fmt.Errorf("layer store: mounting pending layer %s: %w", diffID, err)
+		return "", pendingMountError(p, diffID, err)
 	}
 	l.ownMnts[target] = true
 	l.opts.Log.Info("pending layer mounted", "diffID", diffID, "pull", p.ID, "dir", target)
 	return target, nil
 }
+
+// pendingMountError explains a failed mount of a pending layer. A pull completes by removing its
+// directory, placeholders included (lazy.Pending.Remove), and nothing holds that back while a
+// lookup mounts one of its layers: the mount then fails on the missing placeholder directory
+// (fsconfig datadir+: ENOENT). That case is ErrPendingGone, so the caller serves the complete
+// layer, which the pull stored before removing its directory.
+func pendingMountError(p *lazy.Pending, diffID digest.Digest, err error) error {
+	if _, serr := os.Stat(p.Dir); errors.Is(serr, fs.ErrNotExist) {
+		return fmt.Errorf("layer store: mounting pending layer %s: %w (%v)", diffID, ErrPendingGone, err)
+	}
+	return fmt.Errorf("layer store: mounting pending layer %s: %w", diffID, err)
+}
+
+// ErrPendingGone says that the pending pull of a layer being mounted completed (or was removed)
+// meanwhile: look the layer up as complete.
+var ErrPendingGone = fmt.Errorf("its lazy pull is no longer pending: %w", errdefs.ErrNotFound)
