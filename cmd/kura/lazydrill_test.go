@@ -48,7 +48,7 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 		t.Fatalf("the program read %d bytes of a placeholder with its filler killed (zeros: %v); want a short read",
 			len(out), bytes.Count(out, []byte{0}) == len(out))
 	}
-	got, err := exec.Command(filepath.Join(target, "echo"), "hi").Output()
+	got, err := runFromMount(filepath.Join(target, "echo"), "hi").Output()
 	if err == nil || len(got) != 0 {
 		t.Fatalf("a program whose binary is an unfilled placeholder ran: %q, %v", got, err)
 	}
@@ -56,10 +56,10 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 	kuraOK(t, root, "fsck")
 
 	second := startLazyPull(t, root, ref, "--background-after", "1h")
-	if got, err := exec.Command(filepath.Join(target, "cat"), filepath.Join(target, "data")).Output(); err != nil || !bytes.Equal(got, data) {
+	if got, err := runFromMount(filepath.Join(target, "cat"), filepath.Join(target, "data")).Output(); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after restart: %d of %d bytes, %v", len(got), len(data), err)
 	}
-	if got, err := exec.Command(filepath.Join(target, "echo"), "hi").Output(); err != nil || string(got) != "hi\n" {
+	if got, err := runFromMount(filepath.Join(target, "echo"), "hi").Output(); err != nil || string(got) != "hi\n" {
 		t.Fatalf("after restart, echo from the mount: %q, %v", got, err)
 	}
 	second.Process.Signal(syscall.SIGKILL)
@@ -77,7 +77,7 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 // It returns what cat printed after the echoed line.
 func startupThenKill(t *testing.T, catPath, dataPath string, filler *exec.Cmd) []byte {
 	t.Helper()
-	cmd := exec.Command(catPath, "-", dataPath)
+	cmd := runFromMount(catPath, "-", dataPath)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
