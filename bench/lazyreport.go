@@ -51,21 +51,21 @@ func printLazySummary(w io.Writer, res *lazyResults) {
 	fmt.Fprintln(w, "| version | tool | n | time to first answer, median (range) | registry MB until then, median (range) | time / podman's |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, v := range versionsOf(res) {
-		podman := med(stepValues(res, "podman", v, func(s lazyStep) float64 { return s.Seconds }))
+		podman := spreadOf(stepValues(res, "podman", v, func(s lazyStep) float64 { return s.Seconds })).Median
 		for _, t := range res.Tools {
-			secs := stepValues(res, t, v, func(s lazyStep) float64 { return s.Seconds })
-			mbs := stepValues(res, t, v, func(s lazyStep) float64 { return float64(s.Bytes) / 1e6 })
+			secs := spreadOf(stepValues(res, t, v, func(s lazyStep) float64 { return s.Seconds }))
+			mbs := spreadOf(stepValues(res, t, v, func(s lazyStep) float64 { return float64(s.Bytes) / 1e6 }))
 			ratio := "–"
-			if podman > 0 && len(secs) > 0 {
-				ratio = fmt.Sprintf("%.2f", med(secs)/podman)
+			if podman > 0 && secs.N > 0 {
+				ratio = fmt.Sprintf("%.2f", secs.Median/podman)
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %.2f s (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s |\n", v, t, len(secs),
-				med(secs), minOf(secs), maxOf(secs), med(mbs), minOf(mbs), maxOf(mbs), ratio)
+			fmt.Fprintf(w, "| %s | %s | %d | %.2f s (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s |\n", v, t, secs.N,
+				secs.Median, secs.Min, secs.Max, mbs.Median, mbs.Min, mbs.Max, ratio)
 		}
 	}
 	fmt.Fprintln(w)
 	for _, tr := range res.Traces {
-		lazy := med(stepValues(res, "kura-lazy", tr.Version, func(s lazyStep) float64 { return float64(s.Bytes) }))
+		lazy := spreadOf(stepValues(res, "kura-lazy", tr.Version, func(s lazyStep) float64 { return float64(s.Bytes) })).Median
 		base := float64(tr.ReadBytes + tr.TOC)
 		ratio := 0.0
 		if base > 0 {
