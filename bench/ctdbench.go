@@ -230,7 +230,7 @@ func (s *ctdSetup) disk(round int) CtdDisk {
 	d := CtdDisk{Setup: s.name, Round: round, Parts: map[string]int64{}}
 	var all []string
 	for name, dir := range s.diskDirs() {
-		n, err := duOnce(dir)
+		n, err := duTotal([]string{dir})
 		if err != nil {
 			d.Error = err.Error()
 		}
@@ -238,7 +238,7 @@ func (s *ctdSetup) disk(round int) CtdDisk {
 		all = append(all, dir)
 	}
 	var err error
-	if d.Total, err = duOnce(all...); err != nil {
+	if d.Total, err = duTotal(all); err != nil {
 		d.Error = err.Error()
 	}
 	log.Printf("containerd round %d %s: disk %.1f MB %v", round, s.name, mb(d.Total), d.Parts)
