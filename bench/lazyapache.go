@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -133,15 +132,9 @@ func (b *lazyBench) writePorts() error {
 	if err := os.MkdirAll(b.root, 0o755); err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	b.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	b.ports = filepath.Join(b.root, "ports.conf")
-	conf := fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n", b.port, b.port)
-	return os.WriteFile(b.ports, []byte(conf), 0o644)
+	var err error
+	b.port, b.ports, err = writeApachePorts(b.root)
+	return err
 }
 
 func (b *lazyBench) ref(version string) string { return b.regAddr + "/" + kuraRepo + ":" + version }
