@@ -2,32 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 )
 
 // metadataSizes reads the compressed TOC and tar-split sizes of version's (one) layer from its
 // manifest's annotations.
 func (b *lazyBench) metadataSizes(ctx context.Context, version string) (toc, tarSplit int64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.regAddr+"/v2/"+kuraRepo+"/manifests/"+version, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
 	var m struct {
 		Layers []struct {
 			Annotations map[string]string `json:"annotations"`
 		} `json:"layers"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&m); err != nil {
+	if err := regJSON(ctx, b.regAddr, kuraRepo, "/manifests/"+version, &m); err != nil {
 		return 0, 0, fmt.Errorf("manifest of %s: %w", version, err)
 	}
 	for _, l := range m.Layers {
