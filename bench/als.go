@@ -275,16 +275,24 @@ func (e *alsEnv) startServer(cfg config, regAddr string) error {
 
 // writePorts makes the apache2 configuration override: listen on a free loopback port only
 // (the containers use the host's network) with the default document root, the app's pages.
-func (e *alsEnv) writePorts() error {
+func (e *alsEnv) writePorts() (err error) {
+	e.port, e.ports, err = writeApachePorts(e.dir)
+	return err
+}
+
+// writeApachePorts writes dir/ports.conf, the apache2 configuration override of the -als and
+// -lazy-apache runs: listen on a free loopback port only, with the default document root. It
+// returns the port and the file.
+func writeApachePorts(dir string) (int, string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return 0, "", err
 	}
-	e.port = l.Addr().(*net.TCPAddr).Port
+	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	e.ports = filepath.Join(e.dir, "ports.conf")
-	conf := fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n", e.port, e.port)
-	return os.WriteFile(e.ports, []byte(conf), 0o644)
+	path := filepath.Join(dir, "ports.conf")
+	conf := fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n", port, port)
+	return port, path, os.WriteFile(path, []byte(conf), 0o644)
 }
 
 // close stops what the set-up runs and removes it: containers and images' mounts, the server

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -322,18 +321,4 @@ func (s *ctdSetup) diskDirs() map[string]string {
 		d["stargz root"] = s.stargzRoot()
 	}
 	return d
-}
-
-// duOnce is `du -sbx` over several directories together: apparent sizes,
-// each hard-linked inode once across all of them, mounts (Kura's per-layer
-// composefs mounts, the containers' root file systems) not entered.
-func duOnce(dirs ...string) (int64, error) {
-	b, err := exec.Command("du", append([]string{"-sbxc"}, dirs...)...).Output()
-	if err != nil {
-		return 0, fmt.Errorf("du %v: %w", dirs, err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	var n int64
-	_, err = fmt.Sscan(lines[len(lines)-1], &n)
-	return n, err
 }

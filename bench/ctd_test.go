@@ -119,11 +119,11 @@ func TestDuOnceCountsHardLinksOnce(t *testing.T) {
 	if err := os.Link(filepath.Join(a, "f"), filepath.Join(b, "f")); err != nil {
 		t.Fatal(err)
 	}
-	na, err := duOnce(a)
+	na, err := duTotal([]string{a})
 	if err != nil {
 		t.Fatal(err)
 	}
-	both, err := duOnce(a, b)
+	both, err := duTotal([]string{a, b})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,7 +229,7 @@ func (s *ctdSetup) disk(round int) CtdDisk {
 	d := CtdDisk{Setup: s.name, Round: round, Parts: map[string]int64{}}
 	var all []string
 	for name, dir := range s.diskDirs() {
-		n, err := duOnce(dir)
+		n, err := duTotal([]string{dir})
 		if err != nil {
 			d.Error = err.Error()
 		}
@@ -238,7 +237,7 @@ func (s *ctdSetup) disk(round int) CtdDisk {
 		all = append(all, dir)
 	}
 	var err error
-	if d.Total, err = duOnce(all...); err != nil {
+	if d.Total, err = duTotal(all); err != nil {
 		d.Error = err.Error()
 	}
 	log.Printf("containerd round %d %s: disk %.1f MB %v", round, s.name, mb(d.Total), d.Parts)
@@ -325,37 +324,17 @@ func cgroupStat(id string) (int64, error) {
 // reads: the one going first would, whichever it is (untimed, before the
 // access-log mark).
 func warmBlobs(ctx context.Context, regAddr, repo, tag string) error {
-	get := func(path string, accept string) ([]byte, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+regAddr+"/v2/"+repo+path, nil)
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set("Accept", accept)
-		req.Header.Set("User-Agent", benchAgent)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
-		}
-		if accept == "" {
-			_, err = io.Copy(io.Discard, resp.Body)
-			return nil, err
-		}
-		return io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	}
-	b, err := get("/manifests/"+tag, "application/vnd.oci.image.manifest.v1+json")
-	if err != nil {
-		return fmt.Errorf("warming the registry: %w", err)
-	}
 	var m ocispec.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
+	if err := regJSON(ctx, regAddr, repo, "/manifests/"+tag, &m); err != nil {
 		return fmt.Errorf("warming the registry: manifest of %s: %w", tag, err)
 	}
 	for _, d := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
-		if _, err := get("/blobs/"+d.Digest.String(), ""); err != nil {
+		resp, err := regGet(ctx, regAddr, repo, "/blobs/"+d.Digest.String(), "")
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if err != nil {
 			return fmt.Errorf("warming the registry: %w", err)
 		}
 	}

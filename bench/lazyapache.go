@@ -8,12 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 )
@@ -134,15 +132,9 @@ func (b *lazyBench) writePorts() error {
 	if err := os.MkdirAll(b.root, 0o755); err != nil {
 		return err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	b.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	b.ports = filepath.Join(b.root, "ports.conf")
-	conf := fmt.Sprintf("Listen 127.0.0.1:%d\n<VirtualHost 127.0.0.1:%d>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n", b.port, b.port)
-	return os.WriteFile(b.ports, []byte(conf), 0o644)
+	var err error
+	b.port, b.ports, err = writeApachePorts(b.root)
+	return err
 }
 
 func (b *lazyBench) ref(version string) string { return b.regAddr + "/" + kuraRepo + ":" + version }
@@ -245,36 +237,6 @@ func waitFirstAnswer(ctx context.Context, u string, limit time.Duration, exited 
 		}
 	}
 	return fmt.Errorf("%s did not answer within %v", u, limit)
-}
-
-func med(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func minOf(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[0]
-}
-
-func maxOf(v []float64) float64 {
-	s := append([]float64(nil), v...)
-	sort.Float64s(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)-1]
 }
 
 // lineWaiter reads a kura command's stdout and tells when a line containing a word came.

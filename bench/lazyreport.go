@@ -2,32 +2,20 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 )
 
 // metadataSizes reads the compressed TOC and tar-split sizes of version's (one) layer from its
 // manifest's annotations.
 func (b *lazyBench) metadataSizes(ctx context.Context, version string) (toc, tarSplit int64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.regAddr+"/v2/"+kuraRepo+"/manifests/"+version, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
 	var m struct {
 		Layers []struct {
 			Annotations map[string]string `json:"annotations"`
 		} `json:"layers"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&m); err != nil {
+	if err := regJSON(ctx, b.regAddr, kuraRepo, "/manifests/"+version, &m); err != nil {
 		return 0, 0, fmt.Errorf("manifest of %s: %w", version, err)
 	}
 	for _, l := range m.Layers {
@@ -51,21 +39,21 @@ func printLazySummary(w io.Writer, res *lazyResults) {
 	fmt.Fprintln(w, "| version | tool | n | time to first answer, median (range) | registry MB until then, median (range) | time / podman's |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, v := range versionsOf(res) {
-		podman := med(stepValues(res, "podman", v, func(s lazyStep) float64 { return s.Seconds }))
+		podman := spreadOf(stepValues(res, "podman", v, func(s lazyStep) float64 { return s.Seconds })).Median
 		for _, t := range res.Tools {
-			secs := stepValues(res, t, v, func(s lazyStep) float64 { return s.Seconds })
-			mbs := stepValues(res, t, v, func(s lazyStep) float64 { return float64(s.Bytes) / 1e6 })
+			secs := spreadOf(stepValues(res, t, v, func(s lazyStep) float64 { return s.Seconds }))
+			mbs := spreadOf(stepValues(res, t, v, func(s lazyStep) float64 { return float64(s.Bytes) / 1e6 }))
 			ratio := "–"
-			if podman > 0 && len(secs) > 0 {
-				ratio = fmt.Sprintf("%.2f", med(secs)/podman)
+			if podman > 0 && secs.N > 0 {
+				ratio = fmt.Sprintf("%.2f", secs.Median/podman)
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %.2f s (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s |\n", v, t, len(secs),
-				med(secs), minOf(secs), maxOf(secs), med(mbs), minOf(mbs), maxOf(mbs), ratio)
+			fmt.Fprintf(w, "| %s | %s | %d | %.2f s (%.2f–%.2f) | %.2f (%.2f–%.2f) | %s |\n", v, t, secs.N,
+				secs.Median, secs.Min, secs.Max, mbs.Median, mbs.Min, mbs.Max, ratio)
 		}
 	}
 	fmt.Fprintln(w)
 	for _, tr := range res.Traces {
-		lazy := med(stepValues(res, "kura-lazy", tr.Version, func(s lazyStep) float64 { return float64(s.Bytes) }))
+		lazy := spreadOf(stepValues(res, "kura-lazy", tr.Version, func(s lazyStep) float64 { return float64(s.Bytes) })).Median
 		base := float64(tr.ReadBytes + tr.TOC)
 		ratio := 0.0
 		if base > 0 {

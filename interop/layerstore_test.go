@@ -379,6 +379,30 @@ func TestLayerStoreKilledDuringPull(t *testing.T) {
 	}
 }
 
+// pullKillingServer runs podman pull of ref and kills the server (SIGKILL) as its log first
+// says marker: podman must end (pulled or failed), never hang. It returns podman's output and
+// error.
+func pullKillingServer(t *testing.T, e *alsEnv, ref, marker string) (string, error) {
+	t.Helper()
+	reached := e.srv.when(marker)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pull := exec.CommandContext(ctx, "podman", "pull", "--tls-verify=false", ref)
+	pull.Env = e.p.env
+	var out bytes.Buffer
+	pull.Stdout, pull.Stderr = &out, &out
+	if err := pull.Start(); err != nil {
+		t.Fatal(err)
+	}
+	<-reached
+	e.srv.stop(t, syscall.SIGKILL)
+	err := pull.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("podman pull hung after the server was killed\n%s", out.String())
+	}
+	return out.String(), err
+}
+
 func testKilledDuringPull(t *testing.T, mode string) {
 	e := newALSEnv(t, mode)
 	v1, v2 := e.front.Host+"/interop/ls:v1", e.front.Host+"/interop/ls:v2"
@@ -387,27 +411,10 @@ func testKilledDuringPull(t *testing.T, mode string) {
 	m2 := strings.TrimSpace(alsPodman(t, e.p, "image", "mount", v2))
 	t.Cleanup(func() { exec.Command("podman", "image", "unmount", "--all", "--force").Run() })
 
-	pulling := e.srv.when("pulling for the layer store")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pull := exec.CommandContext(ctx, "podman", "pull", "--tls-verify=false", v1)
-	pull.Env = e.p.env
-	var out bytes.Buffer
-	pull.Stdout, pull.Stderr = &out, &out
-	if err := pull.Start(); err != nil {
-		t.Fatal(err)
-	}
-	<-pulling
-	e.srv.stop(t, syscall.SIGKILL)
-	err := pull.Wait()
-	if ctx.Err() != nil {
-		t.Fatalf("podman pull hung after the server was killed\n%s", out.String())
-	}
-	t.Logf("podman pull with the server killed mid-pull: %v; layer GETs %v\n%s", err, e.front.take(), out.String())
+	out, err := pullKillingServer(t, e, v1, "pulling for the layer store")
+	t.Logf("podman pull with the server killed mid-pull: %v; layer GETs %v\n%s", err, e.front.take(), out)
 	checkTreeAgainstTar(t, m2, e.tars[2]) // mounted before the kill: still the right bytes
-	if b, err := exec.Command(testkit.Kura(t), "--root", e.root, "fsck").CombinedOutput(); err != nil {
-		t.Errorf("kura fsck after the kill: %v\n%s", err, b)
-	}
+	kuraFsck(t, e.root)
 	// podman makes containers with the dead mount there from images it pulled itself; the
 	// restart removes the mount.
 	checkDeadMount(t, e.mnt)

@@ -169,23 +169,8 @@ func argAfter(t *testing.T, args []string, flag string) string {
 func killDuringLazyLookup(t *testing.T, e *alsEnv) {
 	t.Helper()
 	v2 := e.front.Host + "/interop/ls:v2"
-	begun := e.srv.when("lazy pull served")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pull := exec.CommandContext(ctx, "podman", "pull", "--tls-verify=false", v2)
-	pull.Env = e.p.env
-	var out bytes.Buffer
-	pull.Stdout, pull.Stderr = &out, &out
-	if err := pull.Start(); err != nil {
-		t.Fatal(err)
-	}
-	<-begun
-	e.srv.stop(t, syscall.SIGKILL)
-	err := pull.Wait()
-	if ctx.Err() != nil {
-		t.Fatalf("podman pull hung after the server was killed\n%s", out.String())
-	}
-	t.Logf("podman pull with the server killed as its lazy pull began: %v\n%s", err, out.String())
+	out, err := pullKillingServer(t, e, v2, "lazy pull served")
+	t.Logf("podman pull with the server killed as its lazy pull began: %v\n%s", err, out)
 	kuraFsck(t, e.root)
 	if err == nil { // pulled by podman itself: its own layer
 		if got := alsPodman(t, e.p, runArgs(v2, "/bin/cat", "/etc/os-release")...); got != e.releases[2] {

@@ -338,10 +338,9 @@ func (p *criPodEnv) anyBlob(gets []string) bool {
 	return false
 }
 
-// runWeb creates and starts the web server of image ref on a free port of the node's network,
-// and checks it answers a GET with version v's page, read from the image through Kura, and
-// that an exec in it reads the same file. It returns the container's ID and address.
-func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
+// createWeb creates and starts the web server of image ref (version v) serving /srv on a free
+// port of the node's network, logging to web-v<v>.log. It returns the container's ID and address.
+func (p *criPodEnv) createWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
 	t.Helper()
 	addr := freeAddr(t)
 	c, err := p.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandbox, SandboxConfig: sbConfig,
@@ -354,10 +353,19 @@ func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sb
 	if _, err := p.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
 		t.Fatalf("StartContainer: %v", err)
 	}
+	return c.ContainerId, addr
+}
+
+// runWeb creates and starts the web server of image ref on a free port of the node's network,
+// and checks it answers a GET with version v's page, read from the image through Kura, and
+// that an exec in it reads the same file. It returns the container's ID and address.
+func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
+	t.Helper()
+	id, addr := p.createWeb(ctx, t, sandbox, sbConfig, ref, v)
 	if got := httpGet(ctx, t, "http://"+addr+"/index.html"); got != webPage(v) {
 		t.Fatalf("the v%d server answered %q, want %q", v, got, webPage(v))
 	}
-	ex, err := p.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c.ContainerId, Cmd: []string{"/bin/tool", "cat", "/srv/index.html"}, Timeout: 30})
+	ex, err := p.runtime.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: []string{"/bin/tool", "cat", "/srv/index.html"}, Timeout: 30})
 	if err != nil || ex.ExitCode != 0 || string(ex.Stdout) != webPage(v) {
 		t.Fatalf("exec in the v%d container: %v, exit %d, %q %q", v, err, ex.GetExitCode(), ex.GetStdout(), ex.GetStderr())
 	}
@@ -365,7 +373,7 @@ func (p *criPodEnv) runWeb(ctx context.Context, t *testing.T, sandbox string, sb
 	if err != nil || !strings.Contains(string(log), "serving /srv on "+addr) {
 		t.Fatalf("the v%d container's log: %q %v", v, log, err)
 	}
-	return c.ContainerId, addr
+	return id, addr
 }
 
 // checkSnapshotterDown stops the snapshotter (SIGTERM) under the running v2 server: the server

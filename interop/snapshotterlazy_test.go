@@ -161,17 +161,7 @@ func (p *criPodEnv) checkRemovedWhilePending(ctx context.Context, t *testing.T) 
 // its page's URL.
 func (p *criPodEnv) startWeb(ctx context.Context, t *testing.T, sandbox string, sbConfig *runtimeapi.PodSandboxConfig, ref string, v int) (string, string) {
 	t.Helper()
-	addr := freeAddr(t)
-	c, err := p.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sandbox, SandboxConfig: sbConfig,
-		Config: &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprintf("web-v%d", v)},
-			Image: &runtimeapi.ImageSpec{Image: ref}, Command: []string{"/bin/tool", "serve", addr, "/srv"},
-			LogPath: fmt.Sprintf("web-v%d.log", v)}})
-	if err != nil {
-		t.Fatalf("CreateContainer: %v\n%s", err, p.e.snap.log())
-	}
-	if _, err := p.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.ContainerId}); err != nil {
-		t.Fatalf("StartContainer: %v", err)
-	}
+	id, addr := p.createWeb(ctx, t, sandbox, sbConfig, ref, v)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for { // a missing file's 404: the server listens (FileServer serves a directory's index.html)
@@ -185,7 +175,7 @@ func (p *criPodEnv) startWeb(ctx context.Context, t *testing.T, sandbox string, 
 		case <-tick.C:
 		}
 	}
-	return c.ContainerId, "http://" + addr + "/index.html"
+	return id, "http://" + addr + "/index.html"
 }
 
 // getOnce GETs url once and returns what of the body arrived.
