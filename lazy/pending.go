@@ -230,8 +230,9 @@ func (p *Pending) Entries(diffID digest.Digest) ([]layerfs.Entry, error) {
 	return chunked.DecodeEntries(toc)
 }
 
-// Remove deletes the pending pull (renamed into the store's tmp/ first, so it disappears at
-// once). A live mount keeps reading the placeholders it opened: unlinked, not gone.
+// Remove deletes the pending pull (renamed to a lazy/.rm-* sibling first, so it disappears at
+// once; gc removes one a crash left). A live mount keeps reading the placeholders it opened:
+// unlinked, not gone.
 func (p *Pending) Remove(ctx context.Context) error {
 	tmp, err := os.MkdirTemp(filepath.Dir(p.Dir), ".rm-")
 	if err != nil {
