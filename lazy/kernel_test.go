@@ -90,19 +90,7 @@ func TestLengthZeroPlaceholderReadsShort(t *testing.T) {
 // placeholder in the second data directory; filling it and allowing gives the reader the bytes.
 func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 	content, inMount, ph := composefsWithPlaceholder(t)
-	g, err := fanotify.NewPreContent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	w, err := os.OpenFile(ph, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	if err := g.Mark(w, fanotify.PreAccess); err != nil {
-		t.Fatal(err)
-	}
+	g, w := markPlaceholder(t, ph, fanotify.PreAccess)
 	got := make(chan []byte, 1)
 	go func() {
 		f, err := os.Open(inMount)
@@ -118,15 +106,7 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 	if err != nil || len(evs) != 1 || !evs[0].HasRange {
 		t.Fatalf("events %+v, %v", evs, err)
 	}
-	if _, err := w.WriteAt(content, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Unmark(w); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Allow(evs[0]); err != nil {
-		t.Fatal(err)
-	}
+	fillAndAllow(t, g, w, content, evs[0])
 	if b := <-got; !bytes.Equal(b, content) {
 		t.Fatalf("reader got %d bytes; want the %d filled", len(b), len(content))
 	}
@@ -138,36 +118,50 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 // open (with no read, which raises no event of its own) gives the bytes.
 func TestOpenThroughComposefsRaisesOpenPerm(t *testing.T) {
 	content, inMount, ph := composefsWithPlaceholder(t)
-	g, err := fanotify.NewPreContent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	w, err := os.OpenFile(ph, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	if err := g.Mark(w, fanotify.OpenPerm); err != nil {
-		t.Fatal(err)
-	}
+	g, w := markPlaceholder(t, ph, fanotify.OpenPerm)
 	got := make(chan []byte, 1)
 	go func() { got <- mapMounted(inMount, len(content)) }()
 	evs, err := g.Read(make([]byte, 4096))
 	if err != nil || len(evs) != 1 || evs[0].Mask&fanotify.OpenPerm == 0 {
 		t.Fatalf("events %+v, %v; want one FAN_OPEN_PERM", evs, err)
 	}
+	fillAndAllow(t, g, w, content, evs[0])
+	if b := <-got; !bytes.Equal(b, content) {
+		t.Fatalf("the mapping gave %d bytes; want the %d filled", len(b), len(content))
+	}
+}
+
+// markPlaceholder opens placeholder ph for writing and marks it in a new pre-content group
+// with mask; both are closed when the test ends.
+func markPlaceholder(t *testing.T, ph string, mask uint64) (*fanotify.Group, *os.File) {
+	t.Helper()
+	g, err := fanotify.NewPreContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	w, err := os.OpenFile(ph, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	if err := g.Mark(w, mask); err != nil {
+		t.Fatal(err)
+	}
+	return g, w
+}
+
+// fillAndAllow writes content into the marked placeholder w, unmarks it and allows ev.
+func fillAndAllow(t *testing.T, g *fanotify.Group, w *os.File, content []byte, ev fanotify.Event) {
+	t.Helper()
 	if _, err := w.WriteAt(content, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.Unmark(w); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.Allow(evs[0]); err != nil {
+	if err := g.Allow(ev); err != nil {
 		t.Fatal(err)
-	}
-	if b := <-got; !bytes.Equal(b, content) {
-		t.Fatalf("the mapping gave %d bytes; want the %d filled", len(b), len(content))
 	}
 }
 

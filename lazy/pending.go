@@ -77,7 +77,7 @@ func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest
 	if err := os.MkdirAll(Root(s), 0o700); err != nil {
 		return nil, err
 	}
-	if err := syncDir(s.Root()); err != nil { // lazy/ itself may be new
+	if err := store.SyncDir(s.Root()); err != nil { // lazy/ itself may be new
 		return nil, err
 	}
 	tmp, err := os.MkdirTemp(s.TempDir(), "dir-")
@@ -93,7 +93,7 @@ func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest
 		return nil, err
 	}
 	if err == nil {
-		if err := syncDir(Root(s)); err != nil {
+		if err := store.SyncDir(Root(s)); err != nil {
 			return nil, err
 		}
 	}
@@ -111,7 +111,7 @@ func writeRecord(dir string, rec Record, tocs map[digest.Digest][]byte) error {
 		if err := writeSynced(filepath.Join(layerDir, tocName), tocs[d]); err != nil {
 			return err
 		}
-		if err := syncDir(layerDir); err != nil {
+		if err := store.SyncDir(layerDir); err != nil {
 			return err
 		}
 	}
@@ -122,7 +122,7 @@ func writeRecord(dir string, rec Record, tocs map[digest.Digest][]byte) error {
 	if err := writeSynced(filepath.Join(dir, recordName), b); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return store.SyncDir(dir)
 }
 
 // writeSynced creates the read-only file p with b and fsyncs it.
@@ -139,18 +139,6 @@ func writeSynced(p string, b []byte) error {
 		err = cerr
 	}
 	return err
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
 }
 
 // Open reads the pending lazy pull of manifest id: ErrNotFound if there is none.
@@ -242,8 +230,9 @@ func (p *Pending) Entries(diffID digest.Digest) ([]layerfs.Entry, error) {
 	return chunked.DecodeEntries(toc)
 }
 
-// Remove deletes the pending pull (renamed into the store's tmp/ first, so it disappears at
-// once). A live mount keeps reading the placeholders it opened: unlinked, not gone.
+// Remove deletes the pending pull (renamed to a lazy/.rm-* sibling first, so it disappears at
+// once; gc removes one a crash left). A live mount keeps reading the placeholders it opened:
+// unlinked, not gone.
 func (p *Pending) Remove(ctx context.Context) error {
 	tmp, err := os.MkdirTemp(filepath.Dir(p.Dir), ".rm-")
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,7 +66,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
 	rec.TarSizes = map[digest.Digest]int64{}
 	for _, d := range diffIDs {
-		if _, ok := tocs[d]; ok && !contains(rec.Pending, d) {
+		if _, ok := tocs[d]; ok && !slices.Contains(rec.Pending, d) {
 			rec.Pending = append(rec.Pending, d)
 			if ts, ok := parts[d].TarSplit.(*layer.FetchedTarSplit); ok {
 				rec.TarSizes[d] = tarSize(ts.Entries)
@@ -84,15 +85,6 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	}
 	o.log.Debug("lazy: pending pull recorded, placeholders made", "seconds", time.Since(start).Seconds())
 	return p, nil
-}
-
-func contains(ds []digest.Digest, d digest.Digest) bool {
-	for _, x := range ds {
-		if x == d {
-			return true
-		}
-	}
-	return false
 }
 
 // lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,

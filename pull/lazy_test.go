@@ -106,6 +106,27 @@ func (e *lazyEnv) readMounted(t *testing.T, name string) ([]byte, error) {
 	return b, err
 }
 
+// readWhole reads name through the mount and fails the test unless it gets the whole content;
+// when says at what point of the test.
+func (e *lazyEnv) readWhole(t *testing.T, name, when string) {
+	t.Helper()
+	if b, err := e.readMounted(t, name); err != nil || len(b) != len(e.files[name]) {
+		t.Fatalf("%s %s: %d of %d bytes, %v", name, when, len(b), len(e.files[name]), err)
+	}
+}
+
+// readOnDemand reads a few files through the mount with the bulk fetch held; the registry must
+// have served less than the whole blob since before.
+func (e *lazyEnv) readOnDemand(t *testing.T, before int64) {
+	t.Helper()
+	for _, name := range []string{"usr/lib/big.so", "usr/lib/small-07", "usr/lib/hard"} {
+		e.readWhole(t, name, "through the mount")
+	}
+	if on := e.reg.Proxy.BytesServed() - before; on >= int64(len(e.img.layers[0])) {
+		t.Fatalf("the on-demand reads fetched %d bytes, the whole blob is %d", on, len(e.img.layers[0]))
+	}
+}
+
 func (e *lazyEnv) checkComplete(t *testing.T, p *lazy.Pending) {
 	t.Helper()
 	img, err := e.s.ResolveImage(context.Background(), p.Name)
@@ -127,24 +148,14 @@ func TestLazyPullMountReadComplete(t *testing.T) {
 	before := e.reg.Proxy.BytesServed()
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
-	for _, name := range []string{"usr/lib/big.so", "usr/lib/small-07", "usr/lib/hard"} {
-		b, err := e.readMounted(t, name)
-		if err != nil || len(b) != len(e.files[name]) {
-			t.Fatalf("%s through the mount: %d of %d bytes, %v", name, len(b), len(e.files[name]), err)
-		}
-	}
-	if on := e.reg.Proxy.BytesServed() - before; on >= int64(len(e.img.layers[0])) {
-		t.Fatalf("the on-demand reads fetched %d bytes, the whole blob is %d", on, len(e.img.layers[0]))
-	}
+	e.readOnDemand(t, before)
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	e.checkComplete(t, p)
 	for name := range e.files { // every file, read after completion, through the same mount
-		if b, err := e.readMounted(t, name); err != nil || len(b) != len(e.files[name]) {
-			t.Fatalf("%s after completion: %d bytes, %v", name, len(b), err)
-		}
+		e.readWhole(t, name, "after completion")
 	}
 }
 
@@ -177,9 +188,7 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 	hold2 := make(chan struct{})
 	done = e.serve(t, context.Background(), p2, WithBackgroundHeld(hold2))
 	// The dentry the short read left still resolves to the same placeholder: filled now.
-	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
-		t.Fatalf("after restart: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/blob.bin", "after restart")
 	close(hold2)
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -201,9 +210,7 @@ func TestLazyFetchErrorFailsRead(t *testing.T) {
 		}
 	}
 	e.reg.Proxy.SetFault(registrytest.Fault{})
-	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
-		t.Fatalf("read after the registry is back: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/big.so", "read after the registry is back")
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -232,9 +239,7 @@ func TestLazyPlaceholdersMadeOnResume(t *testing.T) {
 	}
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p2, WithBackgroundHeld(hold))
-	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
-		t.Fatalf("read of a file whose placeholder the killed pull had not made: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/big.so", "read of a file whose placeholder the killed pull had not made")
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)

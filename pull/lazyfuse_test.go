@@ -69,15 +69,7 @@ func TestLazyFUSEMountReadComplete(t *testing.T) {
 	done := e.serve(t, context.Background(), p, WithLazyMode(LazyFUSE), WithBackgroundHeld(hold),
 		WithLazyComplete(func(LazyMode) { close(complete) }))
 	e.mountAt(t, p)
-	for _, name := range []string{"usr/lib/big.so", "usr/lib/small-07", "usr/lib/hard"} {
-		b, err := e.readMounted(t, name)
-		if err != nil || len(b) != len(e.files[name]) {
-			t.Fatalf("%s through the mount: %d of %d bytes, %v", name, len(b), len(e.files[name]), err)
-		}
-	}
-	if on := e.reg.Proxy.BytesServed() - before; on >= int64(len(e.img.layers[0])) {
-		t.Fatalf("the on-demand reads fetched %d bytes, the whole blob is %d", on, len(e.img.layers[0]))
-	}
+	e.readOnDemand(t, before)
 	close(hold)
 	select {
 	case <-complete:
@@ -86,9 +78,7 @@ func TestLazyFUSEMountReadComplete(t *testing.T) {
 	}
 	e.checkComplete(t, p)
 	for name := range e.files { // every file, after completion, through the same mount
-		if b, err := e.readMounted(t, name); err != nil || len(b) != len(e.files[name]) {
-			t.Fatalf("%s after completion: %d bytes, %v", name, len(b), err)
-		}
+		e.readWhole(t, name, "after completion")
 	}
 	if err := mount.Unmount(e.target); err != nil {
 		t.Fatal(err)
@@ -106,9 +96,7 @@ func TestLazyFUSEKilledThenResumed(t *testing.T) {
 	ctx, kill := context.WithCancel(context.Background())
 	done := e.serve(t, ctx, p, WithLazyMode(LazyFUSE), WithBackgroundHeld(make(chan struct{})))
 	e.mountAt(t, p)
-	if b, err := e.readMounted(t, "usr/lib/small-07"); err != nil || len(b) != len(e.files["usr/lib/small-07"]) {
-		t.Fatalf("read before the kill: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/small-07", "read before the kill")
 	kill()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("killed service: %v", err)
@@ -127,9 +115,7 @@ func TestLazyFUSEKilledThenResumed(t *testing.T) {
 	done = e.serve(t, context.Background(), p2, WithLazyMode(LazyFUSE), WithBackgroundHeld(hold),
 		WithLazyComplete(func(LazyMode) { close(complete) }))
 	e.mountAt(t, p2)
-	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
-		t.Fatalf("after restart, a new mount: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/blob.bin", "after restart, a new mount")
 	close(hold)
 	<-complete
 	e.checkComplete(t, p)
@@ -156,9 +142,7 @@ func TestLazyFUSEFetchErrorFailsRead(t *testing.T) {
 		}
 	}
 	e.reg.Proxy.SetFault(registrytest.Fault{})
-	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
-		t.Fatalf("read after the registry is back: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/big.so", "read after the registry is back")
 	stop()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("stopped service: %v", err)
@@ -207,9 +191,7 @@ func TestLazyModeAutoFallsBackToFUSE(t *testing.T) {
 	var served LazyMode
 	done := e.serve(t, context.Background(), p, WithLazyComplete(func(m LazyMode) { served = m }))
 	e.mountAt(t, p)
-	if b, err := e.readMounted(t, "usr/lib/big.so"); err != nil || len(b) != len(e.files["usr/lib/big.so"]) {
-		t.Fatalf("read through the mount in auto mode: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/big.so", "read through the mount in auto mode")
 	if err := mount.Unmount(e.target); err != nil {
 		t.Fatal(err)
 	}

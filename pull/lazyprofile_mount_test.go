@@ -26,9 +26,7 @@ func TestLazyProfileRecordedAndReused(t *testing.T) {
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
 	read := []string{"usr/lib/big.so", "usr/lib/small-07"}
 	for _, name := range read {
-		if b, err := e.readMounted(t, name); err != nil || len(b) != len(e.files[name]) {
-			t.Fatalf("%s through the mount: %d bytes, %v", name, len(b), err)
-		}
+		e.readWhole(t, name, "through the mount")
 	}
 	close(hold)
 	if err := <-done; err != nil {
@@ -91,9 +89,7 @@ func TestLazyGarbageProfileIgnored(t *testing.T) {
 	var logBuf bytes.Buffer
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold), WithLogger(slog.New(slog.NewTextHandler(&logBuf, nil))))
-	if b, err := e.readMounted(t, "usr/lib/blob.bin"); err != nil || len(b) != len(e.files["usr/lib/blob.bin"]) {
-		t.Fatalf("blob.bin through the mount: %d bytes, %v", len(b), err)
-	}
+	e.readWhole(t, "usr/lib/blob.bin", "through the mount")
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)

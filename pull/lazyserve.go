@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -211,7 +212,7 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 	prev := o.predecessors(ctx, s, p.Name, len(m.Layers))
 	var out []*lazyLayer
 	for _, d := range p.Pending {
-		i := indexOf(c.RootFS.DiffIDs, d)
+		i := slices.Index(c.RootFS.DiffIDs, d)
 		if i < 0 {
 			return nil, fmt.Errorf("lazy pull %s: pending layer %s is not in the config: %w", p.ID, d, errdefs.ErrInvalid)
 		}
@@ -232,13 +233,4 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-func indexOf(ds []digest.Digest, d digest.Digest) int {
-	for i, x := range ds {
-		if x == d {
-			return i
-		}
-	}
-	return -1
 }

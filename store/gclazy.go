@@ -21,6 +21,10 @@ import (
 // keeps what each will need, as it keeps what a ref needs.
 const dirLazy = "lazy"
 
+// SyncDir fsyncs directory dir, so that the names just made in it survive a crash: for package
+// lazy, which writes its pending pulls under the store's root with the store's rule.
+func SyncDir(dir string) error { return syncDir(dir) }
+
 // markPendingLazy marks, for every pending lazy pull, the stored layers of its image and the
 // objects its pending layers' TOCs name (those already fetched; the others are placeholders,
 // which live outside objects/ and which gc never touches). A record it cannot read stops gc: what
