@@ -30,11 +30,11 @@ import (
 )
 
 // DirName is the store's directory of pending lazy pulls: lazy/<manifest hex>/.
-const DirName = "lazy"
+const DirName = store.LazyDir
 
 const (
-	recordName = "pull.json"
-	tocName    = "toc.json.zst"
+	recordName = store.LazyRecord
+	tocName    = store.LazyTOC
 	dataName   = "objects"
 	maxTOCZst  = 1 << 30 // decoded bound, as the store's own metadata
 )
@@ -234,7 +234,7 @@ func (p *Pending) Entries(diffID digest.Digest) ([]layerfs.Entry, error) {
 // once; gc removes one a crash left). A live mount keeps reading the placeholders it opened:
 // unlinked, not gone.
 func (p *Pending) Remove(ctx context.Context) error {
-	tmp, err := os.MkdirTemp(filepath.Dir(p.Dir), ".rm-")
+	tmp, err := os.MkdirTemp(filepath.Dir(p.Dir), store.LazyRemovedPrefix)
 	if err != nil {
 		return err
 	}

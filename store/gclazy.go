@@ -17,9 +17,19 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// dirLazy holds pending lazy pulls (package lazy writes them; docs/design.md, Lazy pulls): gc
-// keeps what each will need, as it keeps what a ref needs.
-const dirLazy = "lazy"
+// The layout of pending lazy pulls (package lazy writes them; docs/design.md, Lazy pulls),
+// named once here for gc and fsck, which read them, and for package lazy: gc keeps what each
+// will need, as it keeps what a ref needs.
+const (
+	// LazyDir holds the pending pulls: lazy/<manifest hex>/.
+	LazyDir = "lazy"
+	// LazyRecord is a pending pull's record, lazy/<manifest hex>/pull.json.
+	LazyRecord = "pull.json"
+	// LazyTOC is a pending layer's TOC frame, lazy/<manifest hex>/<DiffID hex>/toc.json.zst.
+	LazyTOC = "toc.json.zst"
+	// LazyRemovedPrefix names a pending pull being removed (renamed to lazy/.rm-* first).
+	LazyRemovedPrefix = ".rm-"
+)
 
 // SyncDir fsyncs directory dir, so that the names just made in it survive a crash: for package
 // lazy, which writes its pending pulls under the store's root with the store's rule.
@@ -52,7 +62,7 @@ func (x *Exclusive) markPendingLazy(ctx context.Context, r *reach) error {
 // pendingLazyDirs lists the directories of the pending lazy pulls under root (not the .rm-*
 // leftovers of completions).
 func pendingLazyDirs(root string) ([]string, error) {
-	ents, err := os.ReadDir(filepath.Join(root, dirLazy))
+	ents, err := os.ReadDir(filepath.Join(root, LazyDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -64,7 +74,7 @@ func pendingLazyDirs(root string) ([]string, error) {
 		if _, err := digest.Parse("sha256:" + e.Name()); err != nil {
 			continue // a pending pull being removed (.rm-*)
 		}
-		dirs = append(dirs, filepath.Join(root, dirLazy, e.Name()))
+		dirs = append(dirs, filepath.Join(root, LazyDir, e.Name()))
 	}
 	return dirs, nil
 }
@@ -83,7 +93,7 @@ func (s *Store) pendingNeeds(ctx context.Context, dir string) (layers, objs []di
 			DiffIDs []digest.Digest `json:"diff_ids"`
 		} `json:"rootfs"`
 	}
-	if err := readJSON(filepath.Join(dir, "pull.json"), &rec); err != nil {
+	if err := readJSON(filepath.Join(dir, LazyRecord), &rec); err != nil {
 		return nil, nil, err
 	}
 	if digest.FromBytes(rec.Manifest).Encoded() != filepath.Base(dir) {
@@ -99,7 +109,7 @@ func (s *Store) pendingNeeds(ctx context.Context, dir string) (layers, objs []di
 		lo, err := s.LayerObjects(ctx, l)
 		if err == nil {
 			layers = append(layers, l)
-		} else if lo, err = pendingObjects(filepath.Join(dir, l.Encoded(), "toc.json.zst")); err != nil {
+		} else if lo, err = pendingObjects(filepath.Join(dir, l.Encoded(), LazyTOC)); err != nil {
 			return nil, nil, fmt.Errorf("layer %s is neither stored nor pending: %w", l, err)
 		}
 		objs = append(objs, lo...)
@@ -134,13 +144,13 @@ func (f *fsck) lazy(ctx context.Context) error {
 // deletes it; not while a fill service holds its record's flock (package lazy, LockServe: the
 // service no longer holds the store's lock between its steps).
 func removeLazyDir(dir string) error {
-	if f, err := os.Open(filepath.Join(dir, "pull.json")); err == nil {
+	if f, err := os.Open(filepath.Join(dir, LazyRecord)); err == nil {
 		defer f.Close()
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			return fmt.Errorf("a fill service serves it (stop it first): %w", errdefs.ErrInUse)
 		}
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".rm-")
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), LazyRemovedPrefix)
 	if err != nil {
 		return err
 	}
@@ -170,7 +180,7 @@ func (x *Exclusive) removeLazyLeftovers() (int, error) {
 	if err := x.check(); err != nil {
 		return 0, err
 	}
-	dir := filepath.Join(x.root, dirLazy)
+	dir := filepath.Join(x.root, LazyDir)
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -180,7 +190,7 @@ func (x *Exclusive) removeLazyLeftovers() (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if !strings.HasPrefix(e.Name(), ".rm-") {
+		if !strings.HasPrefix(e.Name(), LazyRemovedPrefix) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
