@@ -38,6 +38,13 @@ const (
 	dirMounts    = "mnt"       // mnt/<hex of DiffID>: their mount points
 )
 
+// mountPoint is where layer diffID is mounted under the state directory's dir (dirMounts for
+// complete layers, dirPending for pending ones): the path a lookup answers before the mount is
+// made (startLayerDir) and the one the mount is made at.
+func (l *Layers) mountPoint(dir string, diffID digest.Digest) string {
+	return filepath.Join(l.opts.State, dir, diffID.Encoded())
+}
+
 // composefsDir returns a composefs mount of one layer: an EROFS image of that layer's entries
 // (files redirecting to the store's objects, whiteouts and opaque directories escaped so that
 // overlayfs shows them to the overlay that stacks on this one, kernel 6.7 or later), mounted
@@ -49,7 +56,7 @@ const (
 func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
 	l.dirs.Lock()
 	defer l.dirs.Unlock()
-	target := filepath.Join(l.opts.State, dirMounts, diffID.Encoded())
+	target := l.mountPoint(dirMounts, diffID)
 	if _, ok, err := mount.Find(target); err != nil || ok {
 		return target, err
 	}

@@ -338,7 +338,7 @@ func (l *Layers) layerDir(ctx context.Context, img store.Image, diffID digest.Di
 // waits for the mount (DiffTarget). A checkout is made before answering: its directory is made
 // whole in place, and its mount point cannot exist early.
 func (l *Layers) startLayerDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, *pendingDir, error) {
-	target := filepath.Join(l.opts.State, dirMounts, diffID.Encoded())
+	target := l.mountPoint(dirMounts, diffID)
 	if l.opts.Diff != DiffComposefs {
 		dir, err := l.layerDir(ctx, img, diffID)
 		return dir, nil, err

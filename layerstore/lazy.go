@@ -92,7 +92,7 @@ func (l *Layers) ReleasePending(diffIDs []digest.Digest) {
 	l.dirs.Lock()
 	defer l.dirs.Unlock()
 	for _, d := range diffIDs {
-		target := filepath.Join(l.opts.State, dirPending, d.Encoded())
+		target := l.mountPoint(dirPending, d)
 		if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			l.opts.Log.Warn("pending layer's mount not detached", "dir", target, "err", err)
 			continue
@@ -151,7 +151,7 @@ func (pl pendingLayer) Placeholder(d digest.Digest) bool { return !pl.Store.HasO
 func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.Digest) (string, error) {
 	l.dirs.Lock()
 	defer l.dirs.Unlock()
-	target := filepath.Join(l.opts.State, dirPending, diffID.Encoded())
+	target := l.mountPoint(dirPending, diffID)
 	if _, ok, err := mount.Find(target); err != nil {
 		return "", err
 	} else if ok {

@@ -315,11 +315,9 @@ func (s *Store) Usage(ctx context.Context, opts ...UsageOption) (Usage, error) {
 	}
 	defer unlock()
 	var u Usage
-	t, err := s.readTotals()
+	t, _, err := s.totals(ctx)
 	if err != nil {
-		if t, err = s.walkTotals(ctx); err != nil {
-			return u, err
-		}
+		return u, err
 	}
 	u.Objects, u.ObjectBytes, u.ObjectAllocated = int(t.Objects), t.Bytes, t.Allocated
 	u.MetadataBytes, u.Allocated = s.metadataBytes()

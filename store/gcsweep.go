@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -54,19 +52,11 @@ func (x *Exclusive) deadObjects(ctx context.Context, r *reach) ([]Info, error) {
 		if r.objects[d] {
 			return nil
 		}
-		p, err := x.ObjectPath(d)
-		if err != nil {
-			return err
+		i, ok, err := x.lstatInfo(d)
+		if ok {
+			dead = append(dead, i)
 		}
-		fi, err := os.Lstat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("object %s: %w", d, err)
-		}
-		dead = append(dead, Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)})
-		return nil
+		return err
 	})
 	return dead, err
 }

@@ -548,9 +548,12 @@ func (s *Metadata) LayerTarSplitReader(ctx context.Context, diffID digest.Digest
 	}
 	if size := s.layerSizes(dir).TarSplitSize; !worthStreaming(f, size) {
 		f.Close()
-		b, err := s.LayerTarSplit(ctx, diffID)
+		b, err := readZstd(f.Name(), size) // as LayerTarSplit, without reading layer.json again
 		if err != nil {
-			return nil, err
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("layer %s: %w", diffID, errdefs.ErrNotFound)
+			}
+			return nil, fmt.Errorf("tar-split of layer %s: %w", diffID, err)
 		}
 		return io.NopCloser(bytes.NewReader(b)), nil
 	}

@@ -183,41 +183,32 @@ func objectErr(d digest.Digest, err error) error {
 	return fmt.Errorf("object %s: %w", d, err)
 }
 
-// Walk calls fn for every object, in no particular order.
+// Walk calls fn for every object, in no particular order: walkNames, then an lstat per object
+// for its sizes.
 func (o *Objects) Walk(ctx context.Context, fn func(Info) error) error {
-	fans, err := os.ReadDir(o.dir)
+	return o.walkNames(ctx, func(d digest.Digest) error {
+		i, ok, err := o.lstatInfo(d)
+		if err != nil || !ok {
+			return err
+		}
+		return fn(i)
+	})
+}
+
+// lstatInfo is a listed object's sizes; ok is false if it is gone since it was listed.
+func (o *Objects) lstatInfo(d digest.Digest) (i Info, ok bool, err error) {
+	p, err := o.ObjectPath(d)
 	if err != nil {
-		return fmt.Errorf("listing objects: %w", err)
+		return Info{}, false, err
 	}
-	for _, fan := range fans {
-		if !fan.IsDir() || !isFan(fan.Name()) {
-			continue
-		}
-		ents, err := os.ReadDir(filepath.Join(o.dir, fan.Name()))
-		if err != nil {
-			return fmt.Errorf("listing objects: %w", err)
-		}
-		for _, e := range ents {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			d, ok := objectFromName(fan.Name(), e.Name())
-			if !ok {
-				continue // fsck reports stray names
-			}
-			fi, err := e.Info()
-			if err != nil {
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				return fmt.Errorf("object %s: %w", d, err)
-			}
-			if err := fn(Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)}); err != nil {
-				return err
-			}
-		}
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Info{}, false, nil
 	}
-	return nil
+	if err != nil {
+		return Info{}, false, fmt.Errorf("object %s: %w", d, err)
+	}
+	return Info{Digest: d, Size: fi.Size(), Allocated: allocated(fi)}, true, nil
 }
 
 // Delete removes object d. Only under the exclusive lock: a concurrent import may be about to

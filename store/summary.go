@@ -27,12 +27,10 @@ func (s *Store) Summary(ctx context.Context) (Summary, error) {
 	}
 	defer unlock()
 	var sum Summary
-	t, err := s.readTotals()
+	t, walked, err := s.totals(ctx)
+	sum.Walked = walked
 	if err != nil {
-		sum.Walked = true
-		if t, err = s.walkTotals(ctx); err != nil {
-			return sum, err
-		}
+		return sum, err
 	}
 	sum.Objects, sum.ObjectBytes, sum.ObjectAllocated = t.Objects, t.Bytes, t.Allocated
 	ids, err := listDigests(filepath.Join(s.root, dirImages))

@@ -130,6 +130,16 @@ func (s *Store) readTotals() (Totals, error) {
 	return parseUsage(b)
 }
 
+// totals is df's object figures: the maintained totals, or, when they are unknown or damaged,
+// a walk of objects/ (walked true). The caller holds the shared lock.
+func (s *Store) totals(ctx context.Context) (t Totals, walked bool, err error) {
+	if t, err = s.readTotals(); err == nil {
+		return t, false, nil
+	}
+	t, err = s.walkTotals(ctx)
+	return t, true, err
+}
+
 // placement counts the objects one writer creates, between an open and a close record.
 type placement struct {
 	s    *Store
