@@ -135,7 +135,9 @@ func (x *Exclusive) pruneChunkIndex(r *reach) {
 	for l := range r.layers {
 		kept = append(kept, l)
 	}
-	if idx.prune(kept, func(o digest.Digest) bool { return r.objects[o] }) {
+	// A journal is folded in too: a gc killed between its rewrite of the index and the journal's
+	// removal leaves one, and the retry must leave what an uninterrupted gc leaves.
+	if idx.prune(kept, func(o digest.Digest) bool { return r.objects[o] }) || idx.journal > 0 {
 		x.saveChunkIndex(idx)
 	}
 	x.chunks = idx
