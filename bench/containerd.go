@@ -274,7 +274,12 @@ func (s *ctdSetup) connect(ctx context.Context) error {
 }
 
 // stop removes the pods (their containers and shims go with them), stops
-// the daemons and removes everything the setup made, mounts first.
+// the daemons and unmounts everything the setup mounted. Its files stay until
+// the run is over: on a file system without a journal (this machine's root),
+// ext4 skips the inodes freed in the last minute when it allocates new ones,
+// one by one, so a set-up started right after the last one's files were
+// removed would create each file in time proportional to the files just
+// removed (a lazy pull's 7,446 placeholders took 3.5 s instead of 0.2 s).
 func (s *ctdSetup) stop() []string {
 	var errs []string
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -302,7 +307,7 @@ func (s *ctdSetup) stop() []string {
 		}
 	}
 	for _, d := range []string{s.run, s.base} {
-		if err := removeTree(d); err != nil {
+		if err := unmountTree(d); err != nil {
 			errs = append(errs, fmt.Sprintf("%s: %v", s.name, err))
 		}
 	}

@@ -162,6 +162,10 @@ func checkCtdSetups(cfg config) error {
 // setup that goes first alternating with the version and the round), then
 // takes the disk and page-cache figures of both, and removes everything.
 func runCtdRound(ctx context.Context, cfg config, res *CtdResults, round int, work, runDir, regAddr, pauseRef string, alog *accessLog) error {
+	// Each round in directories of its own, all removed once the run is over: see
+	// ctdSetup.stop.
+	work = filepath.Join(work, fmt.Sprint("round-", round))
+	runDir = filepath.Join(runDir, fmt.Sprint("round-", round))
 	var setups []*ctdSetup
 	defer func() {
 		for _, s := range setups {

@@ -39,16 +39,29 @@ func (b *lazyBench) newInstall(dir, tool string) (*install, error) {
 	return in, os.MkdirAll(dir, 0o755)
 }
 
-func (in *install) close() {
+// close stops what the installation runs and unmounts what it mounted; its files stay until
+// removeInstalls (see lazyBench.used).
+func (in *install) close(b *lazyBench) {
 	if in.pe != nil {
 		_ = in.pe.command(context.Background(), "rm", "--all", "--force", "--time", "0").Run()
-		if err := in.pe.remove(); err != nil {
-			log.Printf("lazy-apache: removing podman's %s: %v", in.pe.dir, err)
+		if err := removeTree(in.pe.runroot); err != nil {
+			log.Printf("lazy-apache: removing podman's %s: %v", in.pe.runroot, err)
 		}
 	}
-	if err := removeTree(in.dir); err != nil {
-		log.Printf("lazy-apache: removing %s: %v", in.dir, err)
+	if err := unmountTree(in.dir); err != nil {
+		log.Printf("lazy-apache: %v", err)
 	}
+	b.used = append(b.used, in.dir)
+}
+
+// removeInstalls removes the installations of the run, once it is over.
+func (b *lazyBench) removeInstalls() {
+	for _, dir := range b.used {
+		if err := removeTree(dir); err != nil {
+			log.Printf("lazy-apache: removing %s: %v", dir, err)
+		}
+	}
+	b.used = nil
 }
 
 // apacheRun is a started apache2: exited is closed if it ends; finish stops it and undoes
@@ -58,6 +71,8 @@ type apacheRun struct {
 	pull   *lineWaiter // lazy: the pull's stdout
 	mnt    string
 	stops  []func() error
+	// pulled and mounted: when the pull returned and the mount (podman: the container) was made.
+	pulled, mounted time.Time
 }
 
 func (r *apacheRun) finish() error {
@@ -77,12 +92,14 @@ func (in *install) start(ctx context.Context, b *lazyBench, version string, extr
 	if err := in.kuraPull(ctx, b, version, run, extra); err != nil {
 		return run, err
 	}
+	run.pulled = time.Now()
 	if err := os.MkdirAll(run.mnt, 0o755); err != nil {
 		return run, err
 	}
 	if out, err := exec.CommandContext(ctx, b.cfg.kura, "--root", in.store, "mount", version, run.mnt).CombinedOutput(); err != nil {
 		return run, fmt.Errorf("kura mount: %v: %s", err, out)
 	}
+	run.mounted = time.Now()
 	run.stops = append(run.stops, func() error {
 		if out, err := exec.Command("umount", run.mnt).CombinedOutput(); err != nil {
 			return fmt.Errorf("umount %s: %v: %s", run.mnt, err, out)
@@ -102,6 +119,7 @@ func (in *install) startPodman(ctx context.Context, b *lazyBench, version string
 	if out, err := in.pe.command(ctx, "pull", "-q", "--tls-verify=false", ref).CombinedOutput(); err != nil {
 		return run, fmt.Errorf("podman pull: %v: %s", err, tail(string(out), 400))
 	}
+	run.pulled = time.Now()
 	name := "kura-bench-lazy-" + version
 	run.stops = append(run.stops, func() error {
 		return in.pe.command(context.Background(), "rm", "--force", "--time", "0", name).Run()
@@ -115,6 +133,7 @@ func (in *install) startPodman(ctx context.Context, b *lazyBench, version string
 	if out, err := in.pe.command(ctx, args...).CombinedOutput(); err != nil {
 		return run, fmt.Errorf("podman run: %v: %s", err, tail(string(out), 400))
 	}
+	run.mounted = time.Now()
 	return run, nil
 }
 
@@ -128,9 +147,11 @@ func (in *install) kuraPull(ctx context.Context, b *lazyBench, version string, r
 		}
 		return nil
 	}
-	args := append(append(common, "--lazy", "--lazy-mode", b.la.mode), extra...)
+	args := append(append(common, "--lazy", "--lazy-mode", b.la.mode, "--log-level", "debug"), extra...)
 	cmd := exec.Command(b.cfg.kura, args...)
-	errLog, err := os.Create(filepath.Join(in.dir, "pull-"+version+".log"))
+	// Kept beside the results (the installation is removed after each round): its debug lines
+	// time the stages of the pull (metadata, placeholders, serving, start-up window).
+	errLog, err := os.CreateTemp(b.cfg.out, "lazy-pull-"+version+"-*.log")
 	if err != nil {
 		return err
 	}
@@ -236,11 +257,11 @@ func (b *lazyBench) trace(ctx context.Context, version string) lazyTrace {
 }
 
 func (b *lazyBench) traceRun(ctx context.Context, tr *lazyTrace) error {
-	in, err := b.newInstall(filepath.Join(b.root, "trace"), "kura-lazy")
+	in, err := b.newInstall(filepath.Join(b.root, "trace-"+tr.Version), "kura-lazy")
 	if err != nil {
 		return err
 	}
-	defer in.close()
+	defer in.close(b)
 	versions := strings.Split(b.la.versions, ",")
 	if tr.Version != versions[0] { // the update: its predecessor whole first
 		full := &install{tool: "kura-full", dir: in.dir, store: in.store}

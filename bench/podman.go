@@ -485,6 +485,14 @@ func podmanMountPageCache(ctx context.Context, cfg config, e *podmanEnv, refs []
 // removeTree unmounts anything left mounted below dir by an earlier run
 // (overlay mounts of podman) and removes it.
 func removeTree(dir string) error {
+	if err := unmountTree(dir); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+// unmountTree detaches every mount at or under dir, the deepest first.
+func unmountTree(dir string) error {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return err
@@ -503,7 +511,7 @@ func removeTree(dir string) error {
 			return fmt.Errorf("unmounting %s: %w", mounts[i], err)
 		}
 	}
-	return os.RemoveAll(dir)
+	return nil
 }
 
 // duBytes is `du -sb`: apparent sizes, each hard-linked inode counted once.
