@@ -232,9 +232,14 @@ func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) error {
 	if ph.filled {
 		return nil
 	}
+	start := time.Now()
 	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
 		return err
 	}
+	stored := time.Now()
+	defer func() {
+		f.log.Debug("lazy: filled", "object", ph.obj, "store_ms", stored.Sub(start).Milliseconds(), "copy_ms", time.Since(stored).Milliseconds())
+	}()
 	done := make(chan error, 1)
 	select {
 	case f.writes <- writeJob{ph: ph, done: done}:

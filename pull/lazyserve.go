@@ -33,6 +33,7 @@ type lazyLayer struct {
 	desc   ocispec.Descriptor
 	part   layer.Partial
 	files  map[digest.Digest]chunked.File // object → the first file holding it
+	ahead  *readahead
 }
 
 // ServeLazy completes a pending lazy pull: it answers the first open (or read) of each of its
@@ -75,7 +76,12 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		defer act.end()
 		rec.add(f.Entry.Name)
 		return locked(ctx, s, func() error {
-			_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
+			ahead := l.ahead.pick(f, s.HasObject)
+			_, err := layer.FetchFiles(ctx, s, append([]chunked.File{f}, ahead...), fetcher(l))
+			if err != nil && len(ahead) > 0 && ctx.Err() == nil {
+				// A file fetched ahead must not fail the reader's: try its own alone.
+				_, err = layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
+			}
 			return err
 		})
 	}
@@ -224,7 +230,8 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
 		}
-		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{}}
+		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{},
+			ahead: newReadahead(part.Layer.Files)}
 		for _, f := range part.Layer.Files {
 			if _, ok := l.files[f.Entry.Digest]; !ok {
 				l.files[f.Entry.Digest] = f
