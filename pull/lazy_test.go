@@ -274,3 +274,14 @@ func TestLazyTarSizes(t *testing.T) {
 		}
 	}
 }
+
+// TestLazyMountRefusesVerityRequire: a pending pull's composefs image carries no fs-verity
+// digests, so a mount that requires them is refused with a clear error, not mounted to fail
+// every read.
+func TestLazyMountRefusesVerityRequire(t *testing.T) {
+	e, p := newLazyEnv(t)
+	_, _, err := lazymount.MountPlan(context.Background(), e.s, p, t.TempDir(), mount.WithVerity(mount.VerityRequire))
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("mount of a pending pull with verity required: %v, want ErrInvalid", err)
+	}
+}

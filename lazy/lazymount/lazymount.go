@@ -49,7 +49,11 @@ func (ps pendingStore) VerityDigests(ctx context.Context, d digest.Digest) (map[
 	return ps.Store.VerityDigests(ctx, d)
 }
 
-func (ps pendingStore) Placeholder(d digest.Digest) bool { return !ps.Store.HasObject(d) }
+// OmitDigest leaves every file's fs-verity digest out of a pending pull's image: a placeholder
+// has no content to digest, and the mount runs with verity off, so the digests of the objects
+// stored already would only cost a read of each (the whole image, for an update whose objects
+// an earlier version stored: 0.3 s of the bench's 0.45 s mount).
+func (ps pendingStore) OmitDigest(digest.Digest) bool { return true }
 
 // MountPlan builds the composefs image of a pending pull into a temp file (never the store's
 // cache: its files without content carry no fs-verity digest) and plans its mount at target over
@@ -83,6 +87,10 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 	if err != nil {
 		done()
 		return nil, nil, fmt.Errorf("composefs image of lazy pull %s: %w", p.ID, err)
+	}
+	if plan.Verity == mount.VerityRequire {
+		done()
+		return nil, nil, fmt.Errorf("lazy pull %s is pending: its composefs image carries no fs-verity digests until it completes; mount it with verity off or on: %w", p.ID, errdefs.ErrInvalid)
 	}
 	return plan, done, nil
 }
