@@ -59,8 +59,9 @@ type lazyStep struct {
 // lazyTrace is what apache2 read from one version (untimed, bulk fetch held back).
 type lazyTrace struct {
 	Version   string   `json:"version"`
-	Files     int      `json:"files"`     // regular files filled on demand until its first answer
+	Files     int      `json:"files"`     // regular files of the image opened until its first answer
 	ReadBytes int64    `json:"readBytes"` // their sizes
+	Filled    int      `json:"filled"`    // those that needed a fill (the start-up profile)
 	Fetched   int64    `json:"fetched"`   // registry bytes until the first answer
 	TOC       int64    `json:"toc"`       // the layer's compressed TOC
 	TarSplit  int64    `json:"tarSplit"`  // and tar-split (fetched too)
