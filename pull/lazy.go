@@ -18,6 +18,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/lazy"
+	"github.com/kura-oci/kura/lazy/lazymount"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -78,12 +79,20 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		return nil, err
 	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
+	// The composefs image is built beside the placeholders (CPU against the file system's
+	// creates), so that kura mount only mounts it.
+	var g errgroup.Group
+	g.Go(func() error { return lazymount.BuildImage(ctx, s, p) })
 	for d, part := range parts {
 		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+			g.Wait()
 			return nil, err
 		}
 	}
-	o.log.Debug("lazy: pending pull recorded, placeholders made", "seconds", time.Since(start).Seconds())
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }
 
