@@ -43,10 +43,22 @@ func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Diges
 // It returns how many snapshots it failed to move (their layer not served, served elsewhere, or
 // the move not saved): the caller must then keep what holds their layers, since a pending mount
 // records no use of its own.
+//
+// A remote-path Prepare whose lookup answered a pending layer just before the pull completed
+// records its snapshot after that answer: CompleteLazy first waits for the Prepares under way
+// (lazyGate), so that such a snapshot is in the list it moves. Without that wait it was left on
+// its pending mount, with no use on the complete layer, while the caller (its move not failed)
+// dropped the private name that kept the layer from gc. A Prepare that looks up after the
+// completion is answered the complete layer.
 func (s *Service) CompleteLazy(ctx context.Context) (failed int) {
 	if s.lazy == nil && s.remote == nil {
 		return 0
 	}
+	if s.beforeLazyGate != nil {
+		s.beforeLazyGate()
+	}
+	s.lazyGate.Lock()
+	s.lazyGate.Unlock() // a barrier: only the wait matters
 	s.mu.Lock()
 	todo := map[string]*record{}
 	for k, r := range s.meta.Snapshots {

@@ -57,6 +57,11 @@ type Service struct {
 	charged map[digest.Digest]string // object: the snapshot whose Usage counts it
 	lookups int                      // remote-path Prepares between their lookup and their record
 	lock    *os.File                 // flock'ed while the Service lives: one server per root
+	// lazyGate is held shared by a lazy remote-path Prepare from its lookup to its record, and
+	// taken once by CompleteLazy before it lists the snapshots (see CompleteLazy).
+	lazyGate sync.RWMutex
+	// beforeLazyGate, if set (tests), runs as CompleteLazy is about to take lazyGate.
+	beforeLazyGate func()
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.
