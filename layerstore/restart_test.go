@@ -3,8 +3,10 @@ package layerstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -73,4 +75,64 @@ func TestRestartedWithoutLazyWaitsForMount(t *testing.T) {
 	}
 	dir = firstDiff(restart(), "pull complete, mount point left by a reboot")
 	unix.Unmount(dir, unix.MNT_DETACH)
+}
+
+// TestDetachStalePending: a pending layer's mount left by a server that died (its Layers gone
+// without ReleasePending) is detached, and its directory and a composefs image a crash left
+// beside it removed, by the next server's DetachStalePending, which also finds the pending
+// pull's layer mountable again there. A mount there that is not Kura's is left, and reported.
+func TestDetachStalePending(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
+	}
+	ctx := context.Background()
+	reg := registrytest.New(t)
+	s := teststore.Open(t)
+	sp := startLazyPull(t, reg, s, 0)
+	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
+	dead, err := New(s, nil, Options{State: state, Diff: DiffComposefs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := dead.PendingDir(ctx, sp.p, sp.diffID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	crashed := filepath.Join(state, dirPending, ".cfs-123")
+	if err := os.WriteFile(crashed, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	foreign := filepath.Join(state, dirPending, "not-kuras")
+	if err := os.Mkdir(foreign, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", foreign, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(foreign, unix.MNT_DETACH) })
+
+	next, err := New(s, nil, Options{State: state, Diff: DiffComposefs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := next.DetachStalePending(); err == nil || !strings.Contains(err.Error(), foreign) {
+		t.Fatalf("DetachStalePending with a tmpfs under pending/: %v; want it named", err)
+	}
+	if _, ok, _ := mount.Find(dir); ok {
+		t.Fatalf("the dead server's pending mount %s is still there", dir)
+	}
+	for _, p := range []string{dir, crashed} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s left: %v", p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(foreign, ".")); err != nil {
+		t.Fatalf("the foreign mount point went: %v", err)
+	}
+	again, err := next.PendingDir(ctx, sp.p, sp.diffID)
+	if err != nil || again != dir {
+		t.Fatalf("pending layer mounted again: %q, %v; want %s", again, err, dir)
+	}
+	checkFiles(t, again, sp.files)
 }
