@@ -46,8 +46,7 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 		return false, nil
 	}
 	if s.lazy != nil { // a pull completing meanwhile moves this snapshot once it is recorded
-		s.lazyGate.RLock()
-		defer s.lazyGate.RUnlock()
+		defer s.lazyGate.enter()()
 	}
 	s.mu.Lock()
 	_, exists := s.meta.Snapshots[target]
