@@ -371,9 +371,10 @@ func (l *Layers) startLayerDir(ctx context.Context, img store.Image, diffID dige
 }
 
 // servedBefore reports whether podman may hold the layer from an earlier server's answer: its
-// mount point is there from before (a restart after a reboot took the mount, not the
-// directory), or a pending lazy pull of the image lists it (a server with --lazy answered it from
-// its pending mount; this one, restarted without --lazy, pulled it whole). Then the layer's
+// mount point is there from before (a reboot took the mount, not the directory; a --lazy server
+// makes it when it serves the pending layer, PendingDir), or a pending lazy pull of the image
+// lists it (a server with --lazy answered it from its pending mount; this one, restarted
+// without --lazy, pulled it whole). Then the layer's
 // first lookup here is no proof of a pull in progress: it may be a container's.
 func (l *Layers) servedBefore(img store.Image, diffID digest.Digest) bool {
 	if _, err := os.Lstat(l.mountPoint(dirMounts, diffID)); err == nil {

@@ -99,6 +99,9 @@ func TestDetachStalePending(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	if _, err := os.Stat(dead.mountPoint(dirMounts, sp.diffID)); err != nil {
+		t.Fatalf("serving the pending layer made no mount point for the complete one (servedBefore's mark): %v", err)
+	}
 	crashed := filepath.Join(state, dirPending, ".cfs-123")
 	if err := os.WriteFile(crashed, nil, 0o600); err != nil {
 		t.Fatal(err)
