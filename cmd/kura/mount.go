@@ -131,12 +131,12 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 var mountRaceHook func(stage string)
 
 // resolveMountable resolves image for kura mount: the stored image, or else the pending lazy
-// pull of that name, which it mounts itself (pending true). A lazy pull's completion needs only the
-// shared lock a mount holds too, so it can record the image and remove the pending pull at any
-// point of this: between the two looks (the image was missing, the pending pull is gone), or
-// while the pending pull is mounted (its TOC or placeholder directory gone). Either is looked up
-// once more, and finds the image recorded.
-func resolveMountable(cmd *cobra.Command, s *store.Store, image, target string, opts []mount.Option) (img store.Image, pending bool, err error) {
+// pull of that name, which it mounts itself (pending true). A lazy pull's completion needs only
+// the shared lock a mount holds too, so it can record the image and remove the pending pull at
+// any point of this: between the two looks (the image was missing, the pending pull is gone),
+// or while the pending pull is mounted (its TOC or placeholder directory gone). Either is looked
+// up once more, and finds the image recorded.
+func resolveMountable(cmd *cobra.Command, s *store.Store, image, target string, opts []mount.Option) (store.Image, bool, error) {
 	for try := 0; ; try++ {
 		img, err := s.ResolveImage(cmd.Context(), image)
 		if !errors.Is(err, errdefs.ErrNotFound) {
