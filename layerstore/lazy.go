@@ -181,8 +181,13 @@ func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.
 	if err != nil {
 		return "", pendingMountError(p, diffID, err)
 	}
-	if err := os.MkdirAll(target, 0o755); err != nil {
-		return "", err
+	// The complete layer's mount point too, made now: it outlives this process and a reboot,
+	// and says to a server restarted without --lazy that podman may hold this layer already
+	// (servedBefore), so that its first lookup there waits for the mount.
+	for _, dir := range []string{target, l.mountPoint(dirMounts, diffID)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(target), ".cfs-*")
 	if err != nil {

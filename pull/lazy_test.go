@@ -33,7 +33,7 @@ type lazyEnv struct {
 	target string
 }
 
-func (e *lazyEnv) source(t *testing.T) *registry.Source {
+func (e *lazyEnv) source(t testing.TB) *registry.Source {
 	r, err := imageref.Parse("docker://" + e.reg.Host + "/app:v0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func newLazyEnv(t *testing.T) (*lazyEnv, *lazy.Pending) {
 }
 
 // newLazyEnvOf is newLazyEnv with an image of one layer of tree.
-func newLazyEnvOf(t *testing.T, tree []treeFile) (*lazyEnv, *lazy.Pending) {
+func newLazyEnvOf(t testing.TB, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
 	}

@@ -101,7 +101,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		if ready != nil {
 			ready()
 		}
-		err = completeLazy(ctx, s, src, p, layers, svc, startupOver, o)
+		err = completeLazy(ctx, s, src, p, layers, svc, startupOver, act.waitIdle, o)
 	}
 	if err == nil {
 		if o.lazyComplete != nil {
@@ -170,8 +170,9 @@ func waitStartup(ctx context.Context, act *fillActivity, o options) error {
 }
 
 // completeLazy waits for the start-up window, then fetches the rest of each layer and records
-// it, fills what is left, records the image and its ref, and removes the pending pull.
-func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, startupOver func(context.Context) error, o options) error {
+// it, fills what is left, records the image and its ref, and removes the pending pull. The
+// fetch of the rest yields to on-demand fills (idle; see bulkFetcher).
+func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, startupOver, idle func(context.Context) error, o options) error {
 	if err := startupOver(ctx); err != nil {
 		return err
 	}
@@ -180,8 +181,9 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 			continue
 		}
 		err := locked(ctx, s, func() error {
-			_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}},
-				layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
+			inner := func() layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
+			bulk := bulkFetcher{inner: inner, idle: idle, limits: o.bulk}
+			_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, bulk, layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
 			return err
 		})
 		if err != nil {

@@ -86,6 +86,7 @@ type options struct {
 	lazyStacked   bool            // lazy pulls: mounts over the placeholders get an overlay on top
 	lazyTarSizes  bool            // lazy pulls: fetch the tar-split before mountable, for the tars' sizes
 	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
+	bulk          bulkLimits      // lazy pulls: the background fetch's batches (zero: defaults)
 }
 
 func defaultOptions() options {
