@@ -4,7 +4,6 @@ package lazymount
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 
@@ -26,24 +25,12 @@ type pendingStore struct {
 	p *lazy.Pending
 }
 
-func (ps pendingStore) pending(d digest.Digest) bool {
-	for _, x := range ps.p.Pending {
-		if x == d {
-			return !ps.Store.HasLayer(d)
-		}
-	}
-	return false
-}
-
 func (ps pendingStore) LayerEntries(ctx context.Context, d digest.Digest) ([]layerfs.Entry, error) {
-	if ps.pending(d) {
-		return ps.p.Entries(d)
-	}
-	return ps.Store.LayerEntries(ctx, d)
+	return ps.p.LayerEntries(ctx, ps.Store, d)
 }
 
 func (ps pendingStore) VerityDigests(ctx context.Context, d digest.Digest) (map[digest.Digest]verity.Digest, error) {
-	if ps.pending(d) {
+	if ps.p.IsPending(ps.Store, d) {
 		return nil, fmt.Errorf("pending layer %s: %w", d, errdefs.ErrNotFound)
 	}
 	return ps.Store.VerityDigests(ctx, d)
@@ -56,20 +43,16 @@ func (ps pendingStore) Placeholder(d digest.Digest) bool { return !ps.Store.HasO
 // the store's objects, then each pending layer's placeholders. done removes the temp file (the
 // EROFS mount holds it open). The caller holds the store's shared lock.
 func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target string, opts ...mount.Option) (plan *mount.Plan, done func(), err error) {
-	var c struct {
-		RootFS struct {
-			DiffIDs []digest.Digest `json:"diff_ids"`
-		} `json:"rootfs"`
-	}
-	if err := json.Unmarshal(p.Config, &c); err != nil {
-		return nil, nil, fmt.Errorf("lazy pull %s: config: %v: %w", p.ID, err, errdefs.ErrInvalid)
+	diffIDs, err := p.DiffIDs()
+	if err != nil {
+		return nil, nil, err
 	}
 	f, err := os.CreateTemp("", "kura-lazy-composefs-")
 	if err != nil {
 		return nil, nil, err
 	}
 	done = func() { os.Remove(f.Name()) }
-	err = storeimage.Build(ctx, pendingStore{s, p}, store.Image{ID: p.ID, Layers: c.RootFS.DiffIDs}, f)
+	err = storeimage.Build(ctx, pendingStore{s, p}, store.Image{ID: p.ID, Layers: diffIDs}, f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
