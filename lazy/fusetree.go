@@ -109,6 +109,9 @@ func MountTree(ctx context.Context, s *store.Store, tree *Tree, dir string, fill
 	if err := DetachDeadFUSE(dir); err != nil {
 		return nil, err
 	}
+	if err := checkUserFUSE(); err != nil {
+		return nil, err
+	}
 	shared := NewFUSEServer(ctx, s, fill, timeout, log).sh
 	root := &treeNode{sh: shared, tree: tree}
 	long := time.Hour // the tree never changes while mounted
@@ -118,15 +121,28 @@ func MountTree(ctx context.Context, s *store.Store, tree *Tree, dir string, fill
 			AllowOther: os.Geteuid() == 0, MaxReadAhead: 1 << 20, Options: []string{"ro"}},
 	}
 	srv, err := fs.Mount(dir, root, opts)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "fusermount") {
-			return nil, fmt.Errorf("FUSE mount at %s (without root it needs fusermount3, Debian package fuse3): %v: %w", dir, err, errdefs.ErrUnsupported)
-		}
-		return nil, fmt.Errorf("FUSE mount at %s: %w", dir, err)
+	if err != nil { // fusermount3 said why on stderr
+		return nil, fmt.Errorf("FUSE mount at %s: %s", dir, strings.TrimSpace(err.Error()))
 	}
 	ts := &TreeServer{sh: shared, dir: dir, srv: srv, ended: make(chan struct{})}
 	go func() { srv.Wait(); close(ts.ended) }()
 	return ts, nil
+}
+
+// checkUserFUSE says what a user without root lacks to mount FUSE: fusermount3, or a /dev/fuse
+// they may open (fusermount3 opens it as the user; Debian's udev makes it 0666, but where no
+// udev runs devtmpfs leaves it 0600).
+func checkUserFUSE() error {
+	if os.Geteuid() == 0 {
+		return nil
+	}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		return fmt.Errorf("a FUSE mount without root needs fusermount3 (Debian package fuse3): %v: %w", err, errdefs.ErrUnsupported)
+	}
+	if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
+		return fmt.Errorf("a FUSE mount without root needs /dev/fuse open to the user (mode 0666, as udev makes it): %v: %w", err, errdefs.ErrPermission)
+	}
+	return nil
 }
 
 // Reads is how many reads the server answered itself (none where FUSE passthrough works).

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -151,6 +152,16 @@ func TestLazyPullRootless(t *testing.T) {
 	ref, files := rootlessImage(t, reg)
 	mnt := u.mnt
 
+	// Without --mount there is nothing a user can serve: refused before anything is recorded.
+	refused, err := testkit.Unprivileged(t, u.home, u.bin, "pull", "--lazy", ref, "--tls-verify=false",
+		"--creds", registrytest.Username+":"+registrytest.Password).CombinedOutput()
+	if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 77 || !strings.Contains(string(refused), "--mount") {
+		t.Fatalf("kura pull --lazy without root or --mount: %v\n%s", err, refused)
+	}
+	if left, _ := os.ReadDir(filepath.Join(u.storeDir, "lazy")); len(left) != 0 {
+		t.Fatalf("the refused pull left %v in lazy/", left)
+	}
+
 	first, _ := u.lazyPull(ref, "--background-after", "1h")
 	out, err := u.sh(fmt.Sprintf("cd %s && stat -c '%%n %%a %%u:%%g' etc/secret data && readlink etc/link && test ! -e old && cat etc/new", mnt))
 	if want := "etc/secret 600 0:0\ndata 755 0:0\nmsg\n" + string(files["etc/new"]); err != nil || out != want {
@@ -194,6 +205,21 @@ func TestLazyPullRootless(t *testing.T) {
 		t.Fatalf("kura pull --lazy --mount after its mount was unmounted: %v", err)
 	}
 	io.Copy(io.Discard, rest)
+	u.kura("fsck")
+
+	// The image complete, the same command is a rootless read-only view of it, which SIGINT
+	// takes down.
+	third, _ := u.lazyPull(ref)
+	if out, err := u.sh("sha256sum < " + filepath.Join(mnt, "data")); err != nil || !strings.HasPrefix(out, sha(files["data"])) {
+		t.Fatalf("data through a mount of the complete image: %v %q", err, out)
+	}
+	third.Process.Signal(syscall.SIGINT)
+	if err := third.Wait(); third.ProcessState.ExitCode() != 130 {
+		t.Fatalf("kura pull --lazy --mount interrupted: %v, want exit 130", err)
+	}
+	if out, err := u.sh("grep -c ' " + mnt + " ' /proc/self/mountinfo"); err == nil {
+		t.Fatalf("%s is still mounted after SIGINT: %s", mnt, out)
+	}
 	u.kura("fsck")
 }
 
