@@ -93,9 +93,10 @@ func (p *Pending) MergedTree(ctx context.Context, s *store.Store) (*Tree, error)
 // verified and stored on its first open by the fill path of the other services (storeObject).
 // It needs no root: an unprivileged user's mount goes through fusermount3 (nosuid, nodev, only
 // that user may enter it); reads are then answered by the server, as FUSE passthrough needs
-// CAP_SYS_ADMIN. The kernel checks no permissions (no default_permissions): the mount is its
-// owner's view of their own store, and a container in their user namespace must read files
-// the image gives to owners it does not map.
+// CAP_SYS_ADMIN. There the kernel checks no permissions (no default_permissions): the mount is
+// its owner's view of their own store, and a container in their user namespace must read files
+// the image gives to owners it does not map. Root's mount is open to every user
+// (allow_other), so the kernel checks the image's modes and owners (default_permissions).
 type TreeServer struct {
 	sh    *fuseShared
 	dir   string
@@ -118,7 +119,11 @@ func MountTree(ctx context.Context, s *store.Store, tree *Tree, dir string, fill
 	opts := &fs.Options{
 		EntryTimeout: &long, AttrTimeout: &long, NegativeTimeout: &long,
 		MountOptions: fuse.MountOptions{FsName: "kura-lazy", Name: "kura", DirectMount: true,
-			AllowOther: os.Geteuid() == 0, MaxReadAhead: 1 << 20, Options: []string{"ro"}},
+			MaxReadAhead: 1 << 20, Options: []string{"ro"}},
+	}
+	if os.Geteuid() == 0 { // every user may enter root's mount: the kernel checks the image's modes
+		opts.AllowOther = true
+		opts.Options = append(opts.Options, "default_permissions")
 	}
 	srv, err := fs.Mount(dir, root, opts)
 	if err != nil { // fusermount3 said why on stderr
@@ -277,6 +282,7 @@ func (n *treeNode) OnAdd(ctx context.Context) {
 // subdirectories plus its own two names.
 func (n *treeNode) setEntry(m *merge.Node) {
 	n.e, n.nlink = m.Entry, 1
+	n.e.Chunks = nil // not needed to serve the file: the object is filled whole
 	switch {
 	case m.Inode != nil:
 		n.nlink = m.Inode.Names

@@ -62,6 +62,9 @@ func newTreeEnv(t *testing.T, layers [][]byte) (*lazyEnv, *lazy.Pending) {
 		testkit.Skip(t, "this test makes device nodes in a checkout and compares owners: it needs root")
 	}
 	e := &lazyEnv{reg: registrytest.New(t), s: teststore.Open(t), target: t.TempDir()}
+	if err := os.Chmod(filepath.Dir(e.target), 0o711); err != nil { // other users reach the mount
+		t.Fatal(err)
+	}
 	e.img = buildImage(t, layers...)
 	e.img.push(t, e.reg, "app", "v0")
 	p, err := PullLazy(context.Background(), e.s, e.source(t))
@@ -202,6 +205,13 @@ func TestLazyMountTreeMatchesCheckout(t *testing.T) {
 		}
 	}
 	checkFsck(t, e.s)
+	// Root's mount is open to every user, with the image's modes enforced by the kernel.
+	for name, want := range map[string]string{"n": "new in the second layer\n", "a/f1": "Permission denied"} {
+		out, _ := testkit.Unprivileged(t, t.TempDir(), "cat", filepath.Join(e.target, name)).CombinedOutput()
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("uid %d reading %s through root's tree mount: %q, want %q", testkit.NobodyID, name, out, want)
+		}
+	}
 	if err := unix.Unmount(e.target, 0); err != nil {
 		t.Fatal(err)
 	}
