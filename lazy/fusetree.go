@@ -84,6 +84,17 @@ func (p *Pending) MergedTree(ctx context.Context, s *store.Store) (*Tree, error)
 			}
 		}
 	}
+	// The tree is served as it is: refuse here what no inode can be (checkouts and composefs
+	// refuse it as they make it).
+	err = t.Walk(func(p string, n *merge.Node) error {
+		if _, ok := typeBits[n.Entry.Type]; !ok {
+			return fmt.Errorf("%s: entry type %q: %w", p, n.Entry.Type, errdefs.ErrInvalid)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
