@@ -220,15 +220,15 @@ func TestLazyMountTreeMatchesCheckout(t *testing.T) {
 	}
 }
 
-// TestLazyMountTreeFetchErrorFailsOpen: a registry that fails or sends wrong bytes fails the
-// open with EIO within the fill timeout, never zeros; once it is back the next open fills. A
+// TestLazyMountTreeFetchErrorFailsOpen: a registry that fails, sends wrong bytes or stalls
+// fails the open with EIO within the fill timeout, never zeros nor an endless hang; once it is back the next open fills. A
 // service that ends takes its mount down.
 func TestLazyMountTreeFetchErrorFailsOpen(t *testing.T) {
 	e, p := newTreeEnv(t, treeLayers(t))
 	ctx, stop := context.WithCancel(context.Background())
 	done := e.serve(t, ctx, p, WithLazyMount(e.target), WithBackgroundHeld(make(chan struct{})), WithFillTimeout(10*time.Second))
 	name := filepath.Join(e.target, "a/f1")
-	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody} {
+	for _, fault := range []registrytest.FaultKind{registrytest.ServerError, registrytest.CorruptBody, registrytest.Stall} {
 		e.reg.Proxy.SetFault(registrytest.Fault{Kind: fault})
 		if b, err := os.ReadFile(name); !errors.Is(err, syscall.EIO) || len(b) != 0 {
 			t.Fatalf("read with fault %v: %d bytes, %v; want EIO", fault, len(b), err)
