@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/merge"
 	"github.com/kura-oci/kura/store"
@@ -186,6 +188,30 @@ func (ts *TreeServer) Unmount() error {
 		if derr := unmountFUSE(ts.dir, true); derr != nil {
 			return errors.Join(err, derr)
 		}
+	}
+	return nil
+}
+
+// UnmountTree unmounts the tree mount at dir (kura umount), dead or alive, and only a tree mount
+// (the kernel's type fuse.kura, source kura-lazy): ErrNotFound when dir is none, so that the
+// caller can look for its other kinds of mount.
+func UnmountTree(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if parent, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil { // not dir itself: a dead mount fails
+		abs = filepath.Join(parent, filepath.Base(abs))
+	}
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		return fmt.Errorf("reading mountinfo: %w", err)
+	}
+	if e, ok := mountinfo.Top(entries, abs); !ok || e.FSType != "fuse.kura" || e.Source != "kura-lazy" {
+		return fmt.Errorf("%s is no tree mount of a lazy pull: %w", dir, errdefs.ErrNotFound)
+	}
+	if err := unmountFUSE(abs, false); err != nil {
+		return fmt.Errorf("unmounting %s: %w", dir, err)
 	}
 	return nil
 }

@@ -91,7 +91,7 @@ func runLazyPull(cmd *cobra.Command, s *store.Store, src source.Source, opts []p
 		case pull.LazyFUSE:
 			fmt.Fprintf(out, "serving the mounts made over FUSE until they are unmounted\n")
 		case pull.LazyTree:
-			fmt.Fprintf(out, "serving %s until it is unmounted (fusermount3 -u %s)\n", lf.mount, lf.mount)
+			fmt.Fprintf(out, "serving %s until it is unmounted (kura umount %s)\n", lf.mount, lf.mount)
 		}
 	}
 	return pull.ServeLazy(ctx, s, src, p, ready, append(opts, pull.WithLazyComplete(complete))...)

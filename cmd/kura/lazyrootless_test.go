@@ -145,7 +145,7 @@ func sha(b []byte) string { return fmt.Sprintf("%x", sha256.Sum256(b)) }
 // chrooted in a user namespace. Killed (SIGKILL), the mount fails every read with ENOTCONN,
 // never zeros, and fsck is clean; run again, it replaces the dead mount, reads the right bytes,
 // and completes to an ordinary image (DiffIDs checked by the import; fsck clean, a checkout
-// holds the same bytes); it serves the mount until the user unmounts it.
+// holds the same bytes); it serves the mount until the user unmounts it (kura umount).
 func TestLazyPullRootless(t *testing.T) {
 	u := newRootlessUser(t)
 	reg := registrytest.New(t)
@@ -198,9 +198,7 @@ func TestLazyPullRootless(t *testing.T) {
 		t.Fatalf("kura pull --lazy --mount said %q (%v), want complete", line, err)
 	}
 	u.checkComplete(files)
-	if out, err := u.sh("fusermount3 -u " + mnt); err != nil {
-		t.Fatalf("fusermount3 -u: %v %s", err, out)
-	}
+	u.kura("umount", mnt)
 	if err := second.Wait(); err != nil {
 		t.Fatalf("kura pull --lazy --mount after its mount was unmounted: %v", err)
 	}
