@@ -122,6 +122,13 @@ func runALS(ctx context.Context, cfg config, rounds int) error {
 	defer reg.Stop()
 	alog := newAccessLog(reg.Log, reg.Addr)
 	root := filepath.Join(cfg.work, "als")
+	// Each round's installations stay until the run is over (see lazyBench.used: on this
+	// machine's journal-less ext4, files made right after many removals are slow to create).
+	defer func() {
+		if err := removeTree(root); err != nil {
+			log.Printf("als: removing %s: %v", root, err)
+		}
+	}()
 	for r := 1; r <= rounds && ctx.Err() == nil; r++ {
 		res.Load = append(res.Load, loadAvg())
 		if err := alsRound(ctx, cfg, base, corpus, reg.Addr, alog, root, r, res); err != nil {
@@ -151,7 +158,7 @@ func alsRound(ctx context.Context, cfg config, base string, c *Corpus, regAddr s
 		}
 	}()
 	for k, t := range alsTools {
-		e, err := newALSEnv(cfg, base, filepath.Join(root, fmt.Sprintf("t%d", k)), t, regAddr)
+		e, err := newALSEnv(cfg, base, filepath.Join(root, fmt.Sprintf("r%d-t%d", round, k)), t, regAddr)
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
@@ -295,8 +302,9 @@ func writeApachePorts(dir string) (int, string, error) {
 	return port, path, os.WriteFile(path, []byte(conf), 0o644)
 }
 
-// close stops what the set-up runs and removes it: containers and images' mounts, the server
-// (SIGTERM: it unmounts its FUSE mount), the per-layer composefs mounts that outlive it.
+// close stops what the set-up runs and unmounts what it mounted: containers and images' mounts,
+// the server (SIGTERM: it unmounts its FUSE mount), the per-layer composefs mounts that outlive
+// it. Its files stay until the run is over.
 func (e *alsEnv) close() {
 	_ = e.podman(context.Background(), "rm", "--all", "--force", "--time", "0").Run()
 	if e.server != nil {
@@ -308,8 +316,8 @@ func (e *alsEnv) close() {
 			<-e.serverErr
 		}
 	}
-	if err := e.pod.remove(); err != nil {
-		log.Printf("als: removing %s: %v", e.dir, err)
+	if err := errors.Join(unmountTree(e.pod.dir), removeTree(e.pod.runroot)); err != nil {
+		log.Printf("als: closing %s: %v", e.dir, err)
 	}
 }
 

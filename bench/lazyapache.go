@@ -36,6 +36,10 @@ type lazyApacheCfg struct {
 	mode     string // kura pull --lazy-mode
 	preRead  bool   // read the mmap-first files before starting apache2 (fanotify's defect)
 	versions string // the cold version, then the update
+	// backgroundAfter, if set, is kura-lazy's --background-after in the timed rounds: the bulk
+	// fetch starts then instead of after the start-up window (apache2 starts with it running).
+	backgroundAfter string
+	noTraces        bool // skip the untimed traces
 }
 
 // apacheCmd starts apache2 in the foreground the way apache2ctl would, without systemd.
@@ -59,8 +63,9 @@ type lazyStep struct {
 // lazyTrace is what apache2 read from one version (untimed, bulk fetch held back).
 type lazyTrace struct {
 	Version   string   `json:"version"`
-	Files     int      `json:"files"`     // regular files filled on demand until its first answer
+	Files     int      `json:"files"`     // regular files of the image opened until its first answer
 	ReadBytes int64    `json:"readBytes"` // their sizes
+	Filled    int      `json:"filled"`    // those that needed a fill (the start-up profile)
 	Fetched   int64    `json:"fetched"`   // registry bytes until the first answer
 	TOC       int64    `json:"toc"`       // the layer's compressed TOC
 	TarSplit  int64    `json:"tarSplit"`  // and tar-split (fetched too)
@@ -134,6 +139,9 @@ func runLazyApache(ctx context.Context, cfg config, la lazyApacheCfg) error {
 		}
 	}
 	for _, v := range strings.Split(la.versions, ",") {
+		if la.noTraces {
+			break
+		}
 		res.Traces = append(res.Traces, b.trace(ctx, v))
 	}
 	res.Load = append(res.Load, loadAvg())
@@ -187,8 +195,12 @@ func (b *lazyBench) timedStep(ctx context.Context, inst *install, version string
 		s.Error = err.Error()
 		return s
 	}
+	var extra []string // kura-lazy's only: the others ignore it
+	if b.la.backgroundAfter != "" {
+		extra = []string{"--background-after", b.la.backgroundAfter}
+	}
 	start := time.Now()
-	run, err := inst.start(ctx, b, version)
+	run, err := inst.start(ctx, b, version, extra...)
 	if run != nil {
 		s.Pulled, s.Mounted = run.pulled.Sub(start).Seconds(), run.mounted.Sub(start).Seconds()
 	}

@@ -22,6 +22,9 @@ type install struct {
 	dir   string
 	pe    *podmanEnv
 	store string
+	// onMounted, if set, runs once the mount is made, before apache2 starts (the trace run's
+	// open trace).
+	onMounted func(mnt string) error
 }
 
 func (b *lazyBench) newInstall(dir, tool string) (*install, error) {
@@ -106,6 +109,11 @@ func (in *install) start(ctx context.Context, b *lazyBench, version string, extr
 		}
 		return nil
 	})
+	if in.onMounted != nil {
+		if err := in.onMounted(run.mnt); err != nil {
+			return run, err
+		}
+	}
 	if in.tool == "kura-lazy" && b.la.preRead {
 		preReadMmapFirst(run.mnt)
 	}
@@ -251,8 +259,8 @@ func (b *lazyBench) trace(ctx context.Context, version string) lazyTrace {
 	if err != nil {
 		tr.Error = err.Error()
 	}
-	log.Printf("lazy-apache trace %s: %d files, %.2f MB read; %.2f MB fetched until the answer; TOC %.2f MB %s",
-		version, tr.Files, float64(tr.ReadBytes)/1e6, float64(tr.Fetched)/1e6, float64(tr.TOC)/1e6, tr.Error)
+	log.Printf("lazy-apache trace %s: %d files, %.2f MB opened (%d filled); %.2f MB fetched until the answer; TOC %.2f MB %s",
+		version, tr.Files, float64(tr.ReadBytes)/1e6, tr.Filled, float64(tr.Fetched)/1e6, float64(tr.TOC)/1e6, tr.Error)
 	return tr
 }
 
@@ -276,12 +284,23 @@ func (b *lazyBench) traceRun(ctx context.Context, tr *lazyTrace) error {
 	if err != nil {
 		return err
 	}
+	var opens *openTrace
+	in.onMounted = func(mnt string) (err error) {
+		opens, err = startOpenTrace(mnt)
+		return err
+	}
 	run, err := in.start(ctx, b, tr.Version, "--background-after", "20s")
 	if run != nil {
 		defer run.finish()
 	}
 	if err == nil {
 		err = waitFirstAnswer(ctx, fmt.Sprintf("http://127.0.0.1:%d/", b.port), 3*time.Minute, run.exited)
+	}
+	if err == nil {
+		tr.Paths, tr.ReadBytes, err = opens.stop()
+		tr.Files = len(tr.Paths)
+	} else if opens != nil {
+		opens.stop()
 	}
 	if err != nil {
 		return err
@@ -296,12 +315,12 @@ func (b *lazyBench) traceRun(ctx context.Context, tr *lazyTrace) error {
 	if err := run.pull.wait(isComplete, 5*time.Minute); err != nil {
 		return err
 	}
-	return tr.readProfile(in.store, run.mnt)
+	return tr.readProfile(in.store)
 }
 
-// readProfile takes the paths of the store's one start-up profile and their sizes (stat
-// through the mount).
-func (tr *lazyTrace) readProfile(store, mnt string) error {
+// readProfile counts the paths of the store's one start-up profile: the files that needed a fill
+// (read-ahead served the others).
+func (tr *lazyTrace) readProfile(store string) error {
 	files, err := filepath.Glob(filepath.Join(store, "lazy-profiles", "*.json"))
 	if err != nil || len(files) != 1 {
 		return fmt.Errorf("start-up profiles in %s: %v (%v)", store, files, err)
@@ -316,14 +335,6 @@ func (tr *lazyTrace) readProfile(store, mnt string) error {
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return err
 	}
-	tr.Paths = p.Paths
-	for _, path := range p.Paths {
-		fi, err := os.Lstat(filepath.Join(mnt, path))
-		if err != nil {
-			return err
-		}
-		tr.Files++
-		tr.ReadBytes += fi.Size()
-	}
+	tr.Filled = len(p.Paths)
 	return nil
 }

@@ -59,8 +59,8 @@ func printLazySummary(w io.Writer, res *lazyResults) {
 		if base > 0 {
 			ratio = lazy / base
 		}
-		fmt.Fprintf(w, "trace %s: apache2 read %d files, %.2f MB, filled on demand; TOC %.2f MB, tar-split %.2f MB; the trace run fetched %.2f MB until the answer; kura-lazy's median %.2f MB = %.2f × (read + TOC) %s\n",
-			tr.Version, tr.Files, float64(tr.ReadBytes)/1e6, float64(tr.TOC)/1e6, float64(tr.TarSplit)/1e6, float64(tr.Fetched)/1e6, lazy/1e6, ratio, tr.Error)
+		fmt.Fprintf(w, "trace %s: apache2 opened %d files of the image, %.2f MB (%d needed a fill, read-ahead or the store served the others); TOC %.2f MB, tar-split %.2f MB; the trace run fetched %.2f MB until the answer; kura-lazy's median %.2f MB = %.2f × (read + TOC) %s\n",
+			tr.Version, tr.Files, float64(tr.ReadBytes)/1e6, tr.Filled, float64(tr.TOC)/1e6, float64(tr.TarSplit)/1e6, float64(tr.Fetched)/1e6, lazy/1e6, ratio, tr.Error)
 	}
 	for _, s := range res.Steps {
 		if s.Error != "" {

@@ -79,6 +79,8 @@ func main() {
 	flag.StringVar(&la.mode, "lazy-apache-mode", "fanotify", "kura pull --lazy-mode of the lazy-pull comparison (fanotify, fuse, auto)")
 	flag.BoolVar(&la.preRead, "lazy-apache-preread", false, "read the files apache2's start-up maps first before starting it (fanotify mode without fill at mmap)")
 	flag.StringVar(&la.versions, "lazy-apache-versions", "c0,c1", "the cold version, then the update pulled after it")
+	flag.StringVar(&la.backgroundAfter, "lazy-apache-background-after", "", "kura-lazy's --background-after in the timed rounds (e.g. 1ms: apache2 starts while the bulk fetch runs; default: the start-up window)")
+	flag.BoolVar(&la.noTraces, "lazy-apache-no-traces", false, "skip the untimed traces of the files apache2 reads")
 	flag.Parse()
 	if la.enabled {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/lazy"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 )
@@ -115,6 +117,8 @@ type Layers struct {
 	uses     map[digest.Digest]int
 	lazy     Lazy            // set by SetLazy: lookups serve lazy pulls
 	ownMnts  map[string]bool // pending layer mounts this process made (under dirs)
+	// beforeBackgroundMount, if set (tests), runs before a first lookup's mount in the background.
+	beforeBackgroundMount func()
 }
 
 type resolution struct {
@@ -336,10 +340,12 @@ func (l *Layers) layerDir(ctx context.Context, img store.Image, diffID digest.Di
 // composefs image (a few hundred ms for 10,000 files), so the build overlaps podman's own work
 // and the start of its next command instead of adding to the pull. Every later use of diff
 // waits for the mount (DiffTarget). A checkout is made before answering: its directory is made
-// whole in place, and its mount point cannot exist early.
+// whole in place, and its mount point cannot exist early. So is the mount of a layer podman may
+// hold already (servedBefore): its first lookup in this process may be a container's, whose
+// overlay must not stack on an empty mount point.
 func (l *Layers) startLayerDir(ctx context.Context, img store.Image, diffID digest.Digest) (string, *pendingDir, error) {
 	target := l.mountPoint(dirMounts, diffID)
-	if l.opts.Diff != DiffComposefs {
+	if l.opts.Diff != DiffComposefs || l.servedBefore(img, diffID) {
 		dir, err := l.layerDir(ctx, img, diffID)
 		return dir, nil, err
 	}
@@ -354,11 +360,28 @@ func (l *Layers) startLayerDir(ctx context.Context, img store.Image, diffID dige
 	go func() {
 		defer close(p.done)
 		defer cancel()
+		if l.beforeBackgroundMount != nil {
+			l.beforeBackgroundMount()
+		}
 		if _, err := l.composefsDir(bg, img, diffID); err != nil {
 			l.opts.Log.Warn("mounting a layer failed; the next use tries again", "diffID", diffID, "err", err)
 		}
 	}()
 	return target, p, nil
+}
+
+// servedBefore reports whether podman may hold the layer from an earlier server's answer: its
+// mount point is there from before (a reboot took the mount, not the directory; a --lazy server
+// makes it when it serves the pending layer, PendingDir), or a pending lazy pull of the image
+// lists it (a server with --lazy answered it from its pending mount; this one, restarted
+// without --lazy, pulled it whole). Then the layer's
+// first lookup here is no proof of a pull in progress: it may be a container's.
+func (l *Layers) servedBefore(img store.Image, diffID digest.Digest) bool {
+	if _, err := os.Lstat(l.mountPoint(dirMounts, diffID)); err == nil {
+		return true
+	}
+	p, err := lazy.Open(l.s, img.ID)
+	return err == nil && slices.Contains(p.Pending, diffID)
 }
 
 // busy reports whether the background mount is still being made.

@@ -136,7 +136,9 @@ func (pl pendingLayer) VerityDigests(ctx context.Context, d digest.Digest) (map[
 	return nil, fmt.Errorf("pending layer %s: %w", d, errdefs.ErrNotFound)
 }
 
-func (pl pendingLayer) Placeholder(d digest.Digest) bool { return !pl.Store.HasObject(d) }
+// OmitDigest leaves the fs-verity digests out, as for every per-layer image (dropDigests): the
+// placeholders have no content to digest, and the stored objects would each be read for one.
+func (pl pendingLayer) OmitDigest(digest.Digest) bool { return true }
 
 // PendingDir mounts one layer of a pending lazy pull alone, as composefsDir mounts a stored one
 // (whiteouts escaped for the overlay stacked on it), over the store's objects and then the
@@ -179,8 +181,13 @@ func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.
 	if err != nil {
 		return "", pendingMountError(p, diffID, err)
 	}
-	if err := os.MkdirAll(target, 0o755); err != nil {
-		return "", err
+	// The complete layer's mount point too, made now: it outlives this process and a reboot,
+	// and says to a server restarted without --lazy that podman may hold this layer already
+	// (servedBefore), so that its first lookup there waits for the mount.
+	for _, dir := range []string{target, l.mountPoint(dirMounts, diffID)} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
 	}
 	f, err := os.CreateTemp(filepath.Dir(target), ".cfs-*")
 	if err != nil {

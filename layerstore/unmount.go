@@ -11,6 +11,7 @@ import (
 
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/mountinfo"
 )
 
 // Mounts lists the per-layer composefs mounts in place (directories under the state's mnt/),
@@ -75,4 +76,61 @@ func (l *Layers) forget(dir string) {
 			delete(l.served, k)
 		}
 	}
+}
+
+// DetachStalePending detaches the pending layers' mounts an earlier server left under the
+// state's pending/ (killed between a pull's completion and the grace that detaches them, or
+// mid-pull) and removes their directories and temporary composefs images. Servers call it at
+// start, before serving: a lookup mounts a pending layer afresh, over the fill service now
+// running, and a complete one is looked up as complete. Containers still running on a left
+// mount keep it (MNT_DETACH). Only mountinfo is read, never the mounts themselves, so a mount
+// whose fill service died cannot hang it. Anything there that is not a composefs mount of
+// Kura's is left, and reported.
+func (l *Layers) DetachStalePending() error {
+	dir := filepath.Join(l.opts.State, dirPending)
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	} else if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	l.dirs.Lock()
+	defer l.dirs.Unlock()
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		return fmt.Errorf("layer store: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if filepath.Dir(e.Point) != dir {
+			continue
+		}
+		if e.FSType != mount.FSType || e.Source != mount.Source {
+			errs = append(errs, fmt.Errorf("layer store: %s is a %s mount, not a pending layer's: %w", e.Point, e.FSType, errdefs.ErrAlreadyExists))
+			continue
+		}
+		if err := unix.Unmount(e.Point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("layer store: detaching the stale pending mount %s: %w", e.Point, err))
+			continue
+		}
+		delete(l.ownMnts, e.Point)
+		l.opts.Log.Info("stale pending layer's mount detached", "dir", e.Point)
+	}
+	return errors.Join(append(errs, removeUnmounted(dir))...)
+}
+
+// removeUnmounted removes what is left in dir once its mounts are detached: empty mount points
+// and the temporary composefs images of mounts a crash interrupted. A directory still mounted
+// is not empty, or busy, and stays.
+func removeUnmounted(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("layer store: %w", err)
+	}
+	for _, e := range ents {
+		os.Remove(filepath.Join(dir, e.Name()))
+	}
+	return nil
 }

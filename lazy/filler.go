@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -102,32 +104,49 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 // object the store lacks (a pull killed while it made them, after its record was written) is
 // made here: without one such a file would fail to open until the whole layer is in. The stat
 // each placeholder needs anyway finds those, so a whole pull costs no second pass of creations.
+// The objects are shared out between placeholderWorkers goroutines, as their creation is: the
+// stats, path lookups and marks of thousands of placeholders are most of the time between a
+// lazy pull's placeholders and its "mountable".
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
-	for _, d := range objs {
-		path, err := p.PlaceholderPath(f.s, diffID, d)
-		if err != nil {
-			return err
-		}
-		ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
-		st, ok, err := f.placeholderStat(p, diffID, d, path)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			continue // the object was stored before the pull: no placeholder
-		}
-		// Known before marked: an event on it must never be taken for a stranger's.
-		f.mu.Lock()
-		f.byIno[[2]uint64{st.Dev, st.Ino}] = ph
-		f.mu.Unlock()
-		if err := f.markPath(path, true); err != nil {
-			return err
-		}
-		if f.s.HasObject(d) {
-			if err := f.fillOne(ctx, ph); err != nil {
-				return err
+	var g errgroup.Group
+	n := (len(objs) + watchWorkers - 1) / watchWorkers
+	for part := range slices.Chunk(objs, max(n, 1)) {
+		g.Go(func() error {
+			for _, d := range part {
+				if err := f.watchOne(ctx, p, diffID, d); err != nil {
+					return err
+				}
 			}
-		}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// watchWorkers is how many goroutines Watch marks placeholders on.
+const watchWorkers = 4
+
+// watchOne registers and marks object d's placeholder, and fills it at once if the store holds
+// d already.
+func (f *Filler) watchOne(ctx context.Context, p *Pending, diffID, d digest.Digest) error {
+	path, err := p.PlaceholderPath(f.s, diffID, d)
+	if err != nil {
+		return err
+	}
+	ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
+	st, ok, err := f.placeholderStat(p, diffID, d, path)
+	if err != nil || !ok {
+		return err // !ok: the object was stored before the pull, no placeholder
+	}
+	// Known before marked: an event on it must never be taken for a stranger's.
+	f.mu.Lock()
+	f.byIno[[2]uint64{st.Dev, st.Ino}] = ph
+	f.mu.Unlock()
+	if err := f.markPath(path, true); err != nil {
+		return err
+	}
+	if f.s.HasObject(d) {
+		return f.fillOne(ctx, ph)
 	}
 	return nil
 }
@@ -232,9 +251,14 @@ func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) error {
 	if ph.filled {
 		return nil
 	}
+	start := time.Now()
 	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
 		return err
 	}
+	stored := time.Now()
+	defer func() {
+		f.log.Debug("lazy: filled", "object", ph.obj, "store_ms", stored.Sub(start).Milliseconds(), "copy_ms", time.Since(stored).Milliseconds())
+	}()
 	done := make(chan error, 1)
 	select {
 	case f.writes <- writeJob{ph: ph, done: done}:

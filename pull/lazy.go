@@ -18,6 +18,7 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/lazy"
+	"github.com/kura-oci/kura/lazy/lazymount"
 	"github.com/kura-oci/kura/source"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
@@ -27,7 +28,7 @@ import (
 // others only the metadata (TOC, tar-split) and the files small enough for composefs to inline
 // are fetched, and every other missing object gets an empty placeholder. It returns the pending
 // pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. With
-// WithLazyMount no placeholders are made. A pending pull
+// WithLazyMount neither placeholders nor its composefs image are made. A pending pull
 // of the same manifest is resumed as it is. It holds the store's shared lock while it runs.
 func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Option) (*lazy.Pending, error) {
 	o := defaultOptions()
@@ -80,17 +81,26 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
 	if o.lazyMountDir != "" {
-		// The tree mount never reads placeholders, and making them is most of a start-up's
-		// time; a service of another mode makes the missing ones before it serves them.
+		// The tree mount never reads placeholders nor the composefs image, and making the
+		// placeholders is most of a start-up's time; a service of another mode makes the
+		// missing ones before it serves them, and kura mount builds a missing image.
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
 	}
+	// The composefs image is built beside the placeholders (CPU against the file system's
+	// creates), so that kura mount only mounts it.
+	var g errgroup.Group
+	g.Go(func() error { return lazymount.BuildImage(ctx, s, p) })
 	for d, part := range parts {
 		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+			g.Wait()
 			return nil, err
 		}
 	}
-	o.log.Debug("lazy: pending pull recorded, placeholders made", "seconds", time.Since(start).Seconds())
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }
 

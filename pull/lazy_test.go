@@ -33,7 +33,7 @@ type lazyEnv struct {
 	target string
 }
 
-func (e *lazyEnv) source(t *testing.T) *registry.Source {
+func (e *lazyEnv) source(t testing.TB) *registry.Source {
 	r, err := imageref.Parse("docker://" + e.reg.Host + "/app:v0")
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ func newLazyEnv(t *testing.T) (*lazyEnv, *lazy.Pending) {
 }
 
 // newLazyEnvOf is newLazyEnv with an image of one layer of tree.
-func newLazyEnvOf(t *testing.T, tree []treeFile) (*lazyEnv, *lazy.Pending) {
+func newLazyEnvOf(t testing.TB, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
 	}
@@ -272,5 +272,16 @@ func TestLazyTarSizes(t *testing.T) {
 		if got := p.TarSizes[img.diffIDs[0]]; got != want {
 			t.Fatalf("WithLazyTarSizes %v: the pending pull records a tar of %d bytes; want %d", withSizes, got, want)
 		}
+	}
+}
+
+// TestLazyMountRefusesVerityRequire: a pending pull's composefs image carries no fs-verity
+// digests, so a mount that requires them is refused with a clear error, not mounted to fail
+// every read.
+func TestLazyMountRefusesVerityRequire(t *testing.T) {
+	e, p := newLazyEnv(t)
+	_, _, err := lazymount.MountPlan(context.Background(), e.s, p, t.TempDir(), mount.WithVerity(mount.VerityRequire))
+	if !errors.Is(err, errdefs.ErrInvalid) {
+		t.Fatalf("mount of a pending pull with verity required: %v, want ErrInvalid", err)
 	}
 }

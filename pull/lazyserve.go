@@ -33,6 +33,7 @@ type lazyLayer struct {
 	desc   ocispec.Descriptor
 	part   layer.Partial
 	files  map[digest.Digest]chunked.File // object → the first file holding it
+	ahead  *readahead
 }
 
 // ServeLazy completes a pending lazy pull: it answers the first open (or read) of each of its
@@ -75,7 +76,12 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		defer act.end()
 		rec.add(f.Entry.Name)
 		return locked(ctx, s, func() error {
-			_, err := layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
+			ahead := l.ahead.pick(f, s.HasObject)
+			_, err := layer.FetchFiles(ctx, s, append([]chunked.File{f}, ahead...), fetcher(l))
+			if err != nil && len(ahead) > 0 && ctx.Err() == nil {
+				// A file fetched ahead must not fail the reader's: try its own alone.
+				_, err = layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
+			}
 			return err
 		})
 	}
@@ -95,7 +101,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 		if ready != nil {
 			ready()
 		}
-		err = completeLazy(ctx, s, src, p, layers, svc, startupOver, o)
+		err = completeLazy(ctx, s, src, p, layers, svc, startupOver, act.waitIdle, o)
 	}
 	if err == nil {
 		if o.lazyComplete != nil {
@@ -164,8 +170,9 @@ func waitStartup(ctx context.Context, act *fillActivity, o options) error {
 }
 
 // completeLazy waits for the start-up window, then fetches the rest of each layer and records
-// it, fills what is left, records the image and its ref, and removes the pending pull.
-func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, startupOver func(context.Context) error, o options) error {
+// it, fills what is left, records the image and its ref, and removes the pending pull. The
+// fetch of the rest yields to on-demand fills (idle; see bulkFetcher).
+func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, layers []*lazyLayer, svc fillService, startupOver, idle func(context.Context) error, o options) error {
 	if err := startupOver(ctx); err != nil {
 		return err
 	}
@@ -174,8 +181,9 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 			continue
 		}
 		err := locked(ctx, s, func() error {
-			_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}},
-				layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
+			inner := func() layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
+			bulk := bulkFetcher{inner: inner, idle: idle, limits: o.bulk}
+			_, err := layer.ImportPartial(ctx, s, l.part, l.diffID, bulk, layer.PartialOptions{Log: o.log.With("layer", l.desc.Digest)})
 			return err
 		})
 		if err != nil {
@@ -224,7 +232,8 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 		if err != nil {
 			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
 		}
-		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{}}
+		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{},
+			ahead: newReadahead(part.Layer.Files)}
 		for _, f := range part.Layer.Files {
 			if _, ok := l.files[f.Entry.Digest]; !ok {
 				l.files[f.Entry.Digest] = f

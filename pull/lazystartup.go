@@ -77,6 +77,24 @@ func (a *fillActivity) signal() {
 	a.changed = make(chan struct{})
 }
 
+// waitIdle returns once no on-demand fill is in flight, or when ctx ends: the background
+// fetch's batches wait for it (see bulkFetcher).
+func (a *fillActivity) waitIdle(ctx context.Context) error {
+	for {
+		a.mu.Lock()
+		inflight, changed := a.inflight, a.changed
+		a.mu.Unlock()
+		if inflight == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
 // waitQuiet returns once start-up looks over (see StartupWindow), or when ctx ends. It tells
 // whether the cap cut the wait short.
 func (a *fillActivity) waitQuiet(ctx context.Context, w StartupWindow) (capped bool, err error) {

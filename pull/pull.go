@@ -87,6 +87,7 @@ type options struct {
 	lazyMountDir  string          // lazy pulls: serve the image's merged tree there (WithLazyMount)
 	lazyTarSizes  bool            // lazy pulls: fetch the tar-split before mountable, for the tars' sizes
 	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
+	bulk          bulkLimits      // lazy pulls: the background fetch's batches (zero: defaults)
 }
 
 func defaultOptions() options {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
@@ -43,10 +44,21 @@ func (s *Service) lookupLayer(ctx context.Context, ref string, dgst digest.Diges
 // It returns how many snapshots it failed to move (their layer not served, served elsewhere, or
 // the move not saved): the caller must then keep what holds their layers, since a pending mount
 // records no use of its own.
+//
+// A remote-path Prepare whose lookup answered a pending layer just before the pull completed
+// records its snapshot after that answer: CompleteLazy first waits for the Prepares under way
+// (lazyGate; new Prepares do not wait for it), so that such a snapshot is in the list it moves.
+// Without that wait it was left on its pending mount, with no use on the complete layer, while
+// the caller (its move not failed) dropped the private name that kept the layer from gc. A
+// Prepare that looks up after the completion is answered the complete layer.
 func (s *Service) CompleteLazy(ctx context.Context) (failed int) {
 	if s.lazy == nil && s.remote == nil {
 		return 0
 	}
+	if s.beforeLazyGate != nil {
+		s.beforeLazyGate()
+	}
+	s.lazyGate.wait()
 	s.mu.Lock()
 	todo := map[string]*record{}
 	for k, r := range s.meta.Snapshots {
@@ -83,6 +95,37 @@ func (s *Service) CompleteLazy(ctx context.Context) (failed int) {
 	}
 	s.detachPending(old)
 	return failed
+}
+
+// prepareGate lets CompleteLazy wait for the Prepares under way when it is called, and only
+// for those: a Prepare that enters later joins the next wait, so a steady flow of Prepares never
+// holds a completion back, nor does a completion hold back new Prepares.
+type prepareGate struct {
+	mu  sync.Mutex
+	cur *sync.WaitGroup
+}
+
+// enter counts a Prepare in; call the returned function when its snapshot is recorded.
+func (g *prepareGate) enter() (leave func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cur == nil {
+		g.cur = &sync.WaitGroup{}
+	}
+	wg := g.cur
+	wg.Add(1)
+	return wg.Done
+}
+
+// wait returns once every Prepare that entered before it has left.
+func (g *prepareGate) wait() {
+	g.mu.Lock()
+	wg := g.cur
+	g.cur = nil
+	g.mu.Unlock()
+	if wg != nil {
+		wg.Wait()
+	}
 }
 
 // moveToComplete points the snapshot key at the complete layer l and charges its Usage.

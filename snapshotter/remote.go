@@ -45,6 +45,9 @@ func (s *Service) prepareRemote(ctx context.Context, key, parent string, labels 
 	if err != nil {
 		return false, nil
 	}
+	if s.lazy != nil { // a pull completing meanwhile moves this snapshot once it is recorded
+		defer s.lazyGate.enter()()
+	}
 	s.mu.Lock()
 	_, exists := s.meta.Snapshots[target]
 	if !exists {

@@ -57,6 +57,11 @@ type Service struct {
 	charged map[digest.Digest]string // object: the snapshot whose Usage counts it
 	lookups int                      // remote-path Prepares between their lookup and their record
 	lock    *os.File                 // flock'ed while the Service lives: one server per root
+	// lazyGate counts the lazy remote-path Prepares between their lookup and their record;
+	// CompleteLazy waits for those under way before it lists the snapshots.
+	lazyGate prepareGate
+	// beforeLazyGate, if set (tests), runs as CompleteLazy is about to wait at lazyGate.
+	beforeLazyGate func()
 }
 
 // New opens (or makes) the snapshotter's root and its metadata.

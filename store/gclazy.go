@@ -27,6 +27,9 @@ const (
 	LazyRecord = "pull.json"
 	// LazyTOC is a pending layer's TOC frame, lazy/<manifest hex>/<DiffID hex>/toc.json.zst.
 	LazyTOC = "toc.json.zst"
+	// LazyImage is the composefs image of a pending pull, lazy/<manifest hex>/composefs.img,
+	// built while its placeholders are made (a cache: a mount builds it when it is missing).
+	LazyImage = "composefs.img"
 	// LazyRemovedPrefix names a pending pull being removed (renamed to lazy/.rm-* first).
 	LazyRemovedPrefix = ".rm-"
 )

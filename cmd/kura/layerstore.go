@@ -68,6 +68,9 @@ See docs/layerstore.md.`,
 			if err != nil {
 				return err
 			}
+			if err := ls.DetachStalePending(); err != nil {
+				slog.Warn("stale pending layer mounts left", "err", err)
+			}
 			released := func() {}
 			if lazyPulls {
 				if released, err = serveLazy(cmd, &rf, s, ls, state, lazyMode, lazyHold); err != nil {

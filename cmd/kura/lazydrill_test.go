@@ -34,8 +34,9 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// echo in a directory of its own: read-ahead of cat's fill would fetch a neighbour.
 	imagetest.Chunked(t, tartest.Tar(t, tartest.Bytes("data", data), tartest.Bytes("cat", catBin).Mode(0o755),
-		tartest.Bytes("echo", echoBin).Mode(0o755))).Push(t, reg, "lazy/startup", "v1")
+		tartest.Dir("sbin"), tartest.Bytes("sbin/echo", echoBin).Mode(0o755))).Push(t, reg, "lazy/startup", "v1")
 	ref := "docker://" + reg.Host + "/lazy/startup:v1"
 	root, scratch := filepath.Join(t.TempDir(), "store"), t.TempDir()
 	target := mountTarget(t, scratch, "mnt")
@@ -48,7 +49,7 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 		t.Fatalf("the program read %d bytes of a placeholder with its filler killed (zeros: %v); want a short read",
 			len(out), bytes.Count(out, []byte{0}) == len(out))
 	}
-	got, err := runFromMount(filepath.Join(target, "echo"), "hi").Output()
+	got, err := runFromMount(filepath.Join(target, "sbin/echo"), "hi").Output()
 	if err == nil || len(got) != 0 {
 		t.Fatalf("a program whose binary is an unfilled placeholder ran: %q, %v", got, err)
 	}
@@ -59,7 +60,7 @@ func TestLazyDrillFillerKilledDuringStartup(t *testing.T) {
 	if got, err := runFromMount(filepath.Join(target, "cat"), filepath.Join(target, "data")).Output(); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after restart: %d of %d bytes, %v", len(got), len(data), err)
 	}
-	if got, err := runFromMount(filepath.Join(target, "echo"), "hi").Output(); err != nil || string(got) != "hi\n" {
+	if got, err := runFromMount(filepath.Join(target, "sbin/echo"), "hi").Output(); err != nil || string(got) != "hi\n" {
 		t.Fatalf("after restart, echo from the mount: %q, %v", got, err)
 	}
 	second.Process.Signal(syscall.SIGKILL)

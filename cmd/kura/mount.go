@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -93,13 +95,8 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 		return err
 	}
 	defer unlock()
-	img, err := s.ResolveImage(ctx, image)
-	if errors.Is(err, errdefs.ErrNotFound) {
-		if p, lerr := lazy.FindByName(s, image); lerr == nil {
-			return mountPending(cmd, s, p, target, opts)
-		}
-	}
-	if err != nil {
+	img, pending, err := resolveMountable(cmd, s, image, target, opts)
+	if err != nil || pending {
 		return err
 	}
 	cfs, done, err := composefsImage(ctx, s, img)
@@ -133,6 +130,51 @@ func runMount(cmd *cobra.Command, image, target string, opts []mount.Option) (er
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%s mounted at %s\n", img.ID, target)
 	return nil
+}
+
+// mountRaceHook, if set (tests), is called at each point of resolveMountable where a lazy
+// pull's completion changes the answer: "image missing" and "pending found".
+var mountRaceHook func(stage string)
+
+// resolveMountable resolves image for kura mount: the stored image, or else the pending lazy
+// pull of that name, which it mounts itself (pending true). A lazy pull's completion needs only
+// the shared lock a mount holds too, so it can record the image and remove the pending pull at
+// any point of this: between the two looks (the image was missing, the pending pull is gone),
+// or while the pending pull is mounted (its TOC or placeholder directory gone). Either is looked
+// up once more, and finds the image recorded.
+func resolveMountable(cmd *cobra.Command, s *store.Store, image, target string, opts []mount.Option) (store.Image, bool, error) {
+	for try := 0; ; try++ {
+		img, err := s.ResolveImage(cmd.Context(), image)
+		if !errors.Is(err, errdefs.ErrNotFound) {
+			return img, false, err
+		}
+		raceHook("image missing")
+		p, lerr := lazy.FindByName(s, image)
+		if lerr != nil {
+			if try == 0 {
+				continue
+			}
+			return img, false, err
+		}
+		raceHook("pending found")
+		err = mountPending(cmd, s, p, target, opts)
+		if err != nil && try == 0 && pendingGone(p) {
+			continue
+		}
+		return img, true, err
+	}
+}
+
+func raceHook(stage string) {
+	if mountRaceHook != nil {
+		mountRaceHook(stage)
+	}
+}
+
+// pendingGone reports whether pending pull p was completed (or removed) since it was found.
+func pendingGone(p *lazy.Pending) bool {
+	_, err := os.Stat(p.Dir)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 // recordMountID completes a mount's use record with the mount's ID: the metadata role only.

@@ -57,6 +57,9 @@ docs/snapshotter.md.`,
 			if err != nil {
 				return err
 			}
+			if err := ls.DetachStalePending(); err != nil { // before Revive, which mounts them again
+				slog.Warn("stale pending layer mounts left", "err", err)
+			}
 			opts.Ingester, opts.Unmounter, opts.Objects = ls, ls, ls
 			if !noRemote {
 				opts.Remote = ls

@@ -33,10 +33,11 @@ type Store interface {
 	ObjectPath(d digest.Digest) (string, error)
 }
 
-// Placeholders is implemented by a Store some of whose objects are placeholders of a lazy pull
-// (package lazy): their files refer to the object by name but carry no fs-verity digest.
-type Placeholders interface {
-	Placeholder(d digest.Digest) bool
+// DigestOmitter is implemented by a Store whose images leave out the fs-verity digest of some
+// files, which then refer to their object by name only: a pending lazy pull's (package lazy),
+// whose placeholders have no content to digest yet and whose mounts run with verity off.
+type DigestOmitter interface {
+	OmitDigest(d digest.Digest) bool
 }
 
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
@@ -182,8 +183,8 @@ func (b *builder) content(out *composefs.Node, e *layerfs.Entry) error {
 	if out.Payload, err = b.s.ObjectName(d); err != nil {
 		return err
 	}
-	if ph, ok := b.s.(Placeholders); ok && ph.Placeholder(d) {
-		return nil // no content yet, so no fs-verity digest: the metacopy xattr carries none
+	if o, ok := b.s.(DigestOmitter); ok && o.OmitDigest(d) {
+		return nil // the metacopy xattr carries no fs-verity digest
 	}
 	v, ok := b.verity[d]
 	if !ok {

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/checkout"
@@ -24,8 +21,6 @@ import (
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/internal/testkit/treetest"
-	"github.com/kura-oci/kura/ociimport"
-	"github.com/kura-oci/kura/ocilayout"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -69,41 +64,11 @@ func testLayers(t *testing.T) [][]byte {
 	return [][]byte{l1, l2}
 }
 
-// importImage stores an image of uncompressed tar layers through an OCI layout.
+// importImage stores an image of uncompressed tar layers named "test" (teststore: package pull,
+// which the OCI importer uses, imports this package).
 func importImage(t *testing.T, s *store.Store, layers [][]byte) store.Image {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := ocilayout.Create(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var descs []ocispec.Descriptor
-	var diffIDs []digest.Digest
-	for _, l := range layers {
-		d, err := w.PutBlob(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d.MediaType = ocispec.MediaTypeImageLayer
-		descs = append(descs, d)
-		diffIDs = append(diffIDs, d.Digest)
-	}
-	cfg, _ := json.Marshal(ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}, RootFS: ocispec.RootFS{Type: "layers", DiffIDs: diffIDs}})
-	cd, _ := w.PutBlob(cfg)
-	cd.MediaType = ocispec.MediaTypeImageConfig
-	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: descs}
-	m.SchemaVersion = 2
-	mb, _ := json.Marshal(m)
-	md, _ := w.PutBlob(mb)
-	md.MediaType = ocispec.MediaTypeImageManifest
-	if err := w.AddManifest(md, "test"); err != nil {
-		t.Fatal(err)
-	}
-	res, err := ociimport.Import(context.Background(), s, dir, "test", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Image
+	return teststore.Named(t, s, "test", layers...)
 }
 
 func TestTreeAppliesWhiteoutsAndOpaqueDirs(t *testing.T) {

@@ -1,0 +1,100 @@
+package pull
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/chunked"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/source"
+)
+
+// raLayer makes the files of a layer laid out one after another in the blob, each of size
+// bytes compressed.
+func raLayer(names []string, size int64) []chunked.File {
+	var files []chunked.File
+	for i, n := range names {
+		e := &layerfs.Entry{Name: n, Digest: digest.FromString(n)}
+		files = append(files, chunked.File{Entry: e, Range: source.Range{Offset: int64(i) * size, Length: size}})
+	}
+	return files
+}
+
+func raNames(fs []chunked.File) []string {
+	var out []string
+	for _, f := range fs {
+		out = append(out, f.Entry.Name)
+	}
+	return out
+}
+
+// TestReadaheadWindows: a fill fetches the files after it in its own directory (never those of
+// a subdirectory or past the directory, never one stored or fetched ahead already) within a
+// window that doubles while fills go through the directory in order and starts small again
+// when they jump.
+func TestReadaheadWindows(t *testing.T) {
+	var names []string
+	for i := range 40 {
+		names = append(names, fmt.Sprintf("lib/m%02d", i))
+		if i == 2 {
+			names = append(names, "lib/sub/x", "lib/sub/y")
+		}
+	}
+	names = append(names, "share/a")
+	files := raLayer(names, 8<<10) // four files make a first window
+	r := newReadahead(files)
+	stored := map[digest.Digest]bool{digest.FromString("lib/m03"): true}
+	have := func(d digest.Digest) bool { return stored[d] }
+	byName := func(n string) chunked.File { return files[slices.Index(names, n)] }
+
+	got := raNames(r.pick(byName("lib/m00"), have))
+	if want := []string{"lib/m01", "lib/m02", "lib/m04", "lib/m05"}; !slices.Equal(got, want) {
+		t.Fatalf("first window: %v, want %v (subdirectory and stored file skipped)", got, want)
+	}
+	got = raNames(r.pick(byName("lib/m06"), have)) // right after it: doubled
+	if len(got) != 8 || got[0] != "lib/m07" {
+		t.Fatalf("sequential window: %v, want the 8 files from lib/m07", got)
+	}
+	got = raNames(r.pick(byName("lib/m30"), have)) // a jump: small again
+	if len(got) != 4 || got[0] != "lib/m31" {
+		t.Fatalf("window after a jump: %v, want 4 files from lib/m31", got)
+	}
+	got = raNames(r.pick(byName("lib/m36"), have))
+	if !slices.Equal(got, []string{"lib/m37", "lib/m38", "lib/m39"}) {
+		t.Fatalf("window at the directory's end: %v, want up to lib/m39 and not share/a", got)
+	}
+	if got = raNames(r.pick(byName("lib/m05"), have)); slices.Contains(got, "lib/m07") {
+		t.Fatalf("a file fetched ahead once was picked again: %v", got)
+	}
+	if got := r.pick(chunked.File{Entry: &layerfs.Entry{Name: "other", Digest: digest.FromString("?")}}, have); got != nil {
+		t.Fatalf("a file not in the layer: %v", got)
+	}
+}
+
+// TestLazyReadaheadServesNeighbours: the on-demand fill of one small file stores the files after
+// it in its directory too, so opening the next one costs no request to the registry, and every
+// byte read is right.
+func TestLazyReadaheadServesNeighbours(t *testing.T) {
+	e, p := newLazyEnv(t)
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	e.readWhole(t, "usr/lib/small-10", "on demand")
+	requests := len(e.reg.Proxy.BlobRequests())
+	next := digest.FromBytes(e.files["usr/lib/small-11"])
+	if !e.s.HasObject(next) {
+		t.Fatal("the next file of the directory was not fetched with the first")
+	}
+	e.readWhole(t, "usr/lib/small-11", "after read-ahead")
+	if n := len(e.reg.Proxy.BlobRequests()) - requests; n != 0 {
+		t.Fatalf("reading a file fetched ahead made %d blob requests", n)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
