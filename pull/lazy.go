@@ -27,7 +27,8 @@ import (
 // PullLazy begins a lazy pull: layers that are not zstd:chunked are pulled as usual; of the
 // others only the metadata (TOC, tar-split) and the files small enough for composefs to inline
 // are fetched, and every other missing object gets an empty placeholder. It returns the pending
-// pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. A pending pull
+// pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. With
+// WithLazyMount neither placeholders nor its composefs image are made. A pending pull
 // of the same manifest is resumed as it is. It holds the store's shared lock while it runs.
 func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Option) (*lazy.Pending, error) {
 	o := defaultOptions()
@@ -79,6 +80,13 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		return nil, err
 	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
+	if o.lazyMountDir != "" {
+		// The tree mount never reads placeholders nor the composefs image, and making the
+		// placeholders is most of a start-up's time; a service of another mode makes the
+		// missing ones before it serves them, and kura mount builds a missing image.
+		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
+		return p, nil
+	}
 	// The composefs image is built beside the placeholders (CPU against the file system's
 	// creates), so that kura mount only mounts it.
 	var g errgroup.Group

@@ -72,8 +72,12 @@ type fillService interface {
 var newFiller = lazy.NewFiller
 
 // newFillService makes the service of mode o.lazyMode; auto falls back to FUSE only when the
-// kernel refuses pre-content events (ErrUnsupported).
+// kernel refuses pre-content events (ErrUnsupported). WithLazyMount's tree service replaces
+// them all: it fills on open itself.
 func newFillService(ctx context.Context, s *store.Store, fill lazy.FillFunc, o options) (fillService, error) {
+	if o.lazyMountDir != "" {
+		return &treeService{ctx: ctx, s: s, fill: fill, dir: o.lazyMountDir, o: o}, nil
+	}
 	if o.lazyMode != LazyFUSE {
 		f, err := newFiller(s, fill, o.fillTimeout, o.log)
 		if err == nil {

@@ -84,6 +84,7 @@ type options struct {
 	lazyMode      LazyMode        // lazy pulls: the fill service (zero: LazyAuto)
 	lazyComplete  func(LazyMode)  // lazy pulls: called once the image is recorded
 	lazyStacked   bool            // lazy pulls: mounts over the placeholders get an overlay on top
+	lazyMountDir  string          // lazy pulls: serve the image's merged tree there (WithLazyMount)
 	lazyTarSizes  bool            // lazy pulls: fetch the tar-split before mountable, for the tars' sizes
 	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
 	bulk          bulkLimits      // lazy pulls: the background fetch's batches (zero: defaults)

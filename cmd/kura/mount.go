@@ -53,9 +53,15 @@ The store records the mount (kura ps): rmi refuses and gc keeps the image until 
 
 	umountCmd := &cobra.Command{
 		Use:   "umount TARGET",
-		Short: "Unmount an image mounted with kura mount (and only such a mount)",
+		Short: "Unmount an image mounted with kura mount or kura pull --lazy --mount (and only such a mount)",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := lazy.UnmountTree(args[0]); !errors.Is(err, errdefs.ErrNotFound) {
+				if err == nil && global.json {
+					return printJSON(cmd.OutOrStdout(), pathJSON{Path: args[0]})
+				}
+				return err // a tree mount records no use: nothing more to do
+			}
 			if err := mount.Unmount(args[0]); err != nil {
 				return err
 			}

@@ -131,8 +131,7 @@ func init() {
 	var jobs int
 	var full, quiet, allowMismatch, lazyPull bool
 	var name string
-	var backgroundAfter time.Duration
-	var lazyMode string
+	var lf lazyFlags
 	cmd := &cobra.Command{
 		Use:   "pull [docker://]HOST/REPO[:TAG|@DIGEST] | oci:DIR[:TAG] | docker-archive:PATH[:REF] | oci-archive:PATH[:REF] | dir:PATH",
 		Short: "Pull an image into the store, fetching only the files it lacks",
@@ -180,7 +179,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 				if full {
 					return usageError{fmt.Errorf("--lazy and --full exclude each other")}
 				}
-				return runLazyPull(cmd, s, src, opts, backgroundAfter, lazyMode)
+				return runLazyPull(cmd, s, src, opts, lf)
+			}
+			if lf.mount != "" {
+				return usageError{fmt.Errorf("--mount goes with --lazy")}
 			}
 			if !global.json && !quiet {
 				opts = append(opts, pull.WithProgress(newBars()))
@@ -202,9 +204,10 @@ A connection that delivers less than 1 KiB in --idle-timeout is aborted and retr
 	cmd.Flags().BoolVar(&full, "full", false, "pull every layer whole (no partial pulls)")
 	cmd.Flags().StringVar(&name, "name", "", "name to store the image under (default: the reference)")
 	cmd.Flags().BoolVar(&allowMismatch, "allow-diffid-mismatch", false, allowDiffIDMismatchUsage)
-	cmd.Flags().BoolVar(&lazyPull, "lazy", false, "fetch only the metadata, make the image mountable at once (kura mount), and serve its files on first open until complete (runs in the foreground; Linux 6.14+, root)")
-	cmd.Flags().StringVar(&lazyMode, "lazy-mode", "auto", "with --lazy: how first reads are answered: fanotify (pre-content events, Linux 6.14+), fuse (a FUSE file system over the placeholders; it serves the mounts made over it until they are unmounted) or auto (fanotify where the kernel grants it)")
-	cmd.Flags().DurationVar(&backgroundAfter, "background-after", 0, "with --lazy: answer only reads for this long before fetching the rest of the image, so that start-up reads have the network to themselves")
+	cmd.Flags().BoolVar(&lazyPull, "lazy", false, "fetch only the metadata, make the image mountable at once (kura mount, root; or --mount DIR, any user), and serve its files on first open until complete (runs in the foreground)")
+	cmd.Flags().StringVar(&lf.mode, "lazy-mode", "auto", "with --lazy: how first reads are answered: fanotify (pre-content events, Linux 6.14+), fuse (a FUSE file system over the placeholders; it serves the mounts made over it until they are unmounted) or auto (fanotify where the kernel grants it)")
+	cmd.Flags().StringVar(&lf.mount, "mount", "", "with --lazy: serve the image's whole tree read-only at this directory with FUSE (no root needed: fusermount3), each file fetched on first open; kura runs until it is unmounted (kura umount DIR)")
+	cmd.Flags().DurationVar(&lf.backgroundAfter, "background-after", 0, "with --lazy: answer only reads for this long before fetching the rest of the image, so that start-up reads have the network to themselves")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the image ID on stdout, no progress (notes still go to stderr)")
 	rootCmd.AddCommand(cmd)
 }

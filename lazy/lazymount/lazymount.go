@@ -4,7 +4,6 @@ package lazymount
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -28,24 +27,12 @@ type pendingStore struct {
 	p *lazy.Pending
 }
 
-func (ps pendingStore) pending(d digest.Digest) bool {
-	for _, x := range ps.p.Pending {
-		if x == d {
-			return !ps.Store.HasLayer(d)
-		}
-	}
-	return false
-}
-
 func (ps pendingStore) LayerEntries(ctx context.Context, d digest.Digest) ([]layerfs.Entry, error) {
-	if ps.pending(d) {
-		return ps.p.Entries(d)
-	}
-	return ps.Store.LayerEntries(ctx, d)
+	return ps.p.LayerEntries(ctx, ps.Store, d)
 }
 
 func (ps pendingStore) VerityDigests(ctx context.Context, d digest.Digest) (map[digest.Digest]verity.Digest, error) {
-	if ps.pending(d) {
+	if ps.p.IsPending(ps.Store, d) {
 		return nil, fmt.Errorf("pending layer %s: %w", d, errdefs.ErrNotFound)
 	}
 	return ps.Store.VerityDigests(ctx, d)
@@ -121,15 +108,11 @@ func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending) error {
 
 // build writes the composefs image of a pending pull to w.
 func build(ctx context.Context, s *store.Store, p *lazy.Pending, w io.Writer) error {
-	var c struct {
-		RootFS struct {
-			DiffIDs []digest.Digest `json:"diff_ids"`
-		} `json:"rootfs"`
+	diffIDs, err := p.DiffIDs()
+	if err != nil {
+		return err
 	}
-	if err := json.Unmarshal(p.Config, &c); err != nil {
-		return fmt.Errorf("lazy pull %s: config: %v: %w", p.ID, err, errdefs.ErrInvalid)
-	}
-	if err := storeimage.Build(ctx, pendingStore{s, p}, store.Image{ID: p.ID, Layers: c.RootFS.DiffIDs}, w); err != nil {
+	if err := storeimage.Build(ctx, pendingStore{s, p}, store.Image{ID: p.ID, Layers: diffIDs}, w); err != nil {
 		return fmt.Errorf("composefs image of lazy pull %s: %w", p.ID, err)
 	}
 	return nil
