@@ -65,7 +65,11 @@ func composefsWithPlaceholder(t *testing.T) (content []byte, inMount, ph string)
 	if err := mount.Mount(context.Background(), plan); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { mount.Unmount(target) })
+	t.Cleanup(func() {
+		if err := mount.Unmount(target); err != nil {
+			t.Errorf("unmounting the test's composefs mount: %v", err)
+		}
+	})
 	return content, filepath.Join(target, "f"), ph
 }
 
@@ -98,8 +102,8 @@ func TestPlaceholderFilledThroughComposefs(t *testing.T) {
 			got <- nil
 			return
 		}
-		defer f.Close()
 		b, _ := io.ReadAll(f)
+		f.Close() // before the answer: the test's unmount follows it
 		got <- b
 	}()
 	evs, err := g.Read(make([]byte, 4096))
