@@ -128,6 +128,11 @@ func runContainerdBench(ctx context.Context, cfg config) error {
 		if err := writeCtdReport(cfg, res); err != nil {
 			return err
 		}
+		if round < cfg.ctdRounds {
+			if err := settleRemovals(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	res.Load = append(res.Load, loadAvg())
 	res.TotalSeconds = time.Since(start).Seconds()
