@@ -242,9 +242,11 @@ func TestCrashDuringPull(t *testing.T) {
 	t.Logf("pull (uninterrupted %v): %v", d.Round(time.Millisecond), c)
 }
 
-// TestCrashDuringGC kills kura gc at random points in a store where gc has much to remove. After
-// each kill fsck is clean, the retried gc succeeds, and the store holds exactly what an
-// uninterrupted gc leaves.
+// TestCrashDuringGC kills kura gc at random points in a store where gc has much to remove
+// (images, a layer, objects). After each kill fsck is clean, the retried gc succeeds, and the
+// store holds exactly what an uninterrupted gc leaves. At every other kill point a removed image
+// is pulled and removed again before the retry, so that what the killed gc left (in tmp/, in
+// the chunk index) meets the same names again.
 func TestCrashDuringGC(t *testing.T) {
 	_, imgs := drillSetup(t)
 	work := t.TempDir()
@@ -252,7 +254,10 @@ func TestCrashDuringGC(t *testing.T) {
 	for _, img := range imgs {
 		mustRun(t, pullArgs(template, img)...)
 	}
-	mustRun(t, "rmi", "--root", template, imgs[0].name, imgs[2].name)
+	rmiLeavingImages(t, template, imgs[0].name, imgs[2].name)
+	if ents, err := os.ReadDir(filepath.Join(template, "images")); err != nil || len(ents) != 3 {
+		t.Fatalf("rmi under a held lock left %d image records, want all 3 for gc: %v", len(ents), err)
+	}
 	d := fastest(func(k int) time.Duration {
 		ref := filepath.Join(work, fmt.Sprint("ref", k))
 		copyDir(t, template, ref)
@@ -270,6 +275,10 @@ func TestCrashDuringGC(t *testing.T) {
 		}
 		fsckClean(t, root)
 		totalsRight(t, root, false)
+		if i%2 == 1 {
+			mustRun(t, pullArgs(root, imgs[0])...)
+			rmiLeavingImages(t, root, imgs[0].name)
+		}
 		mustRun(t, "gc", "--root", root)
 		fsckClean(t, root)
 		totalsRight(t, root, true)
@@ -282,6 +291,18 @@ func TestCrashDuringGC(t *testing.T) {
 	}
 	c.check(t, "gc")
 	t.Logf("gc (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
+// rmiLeavingImages runs kura rmi of names while this process holds the store's shared lock, so
+// that rmi cannot drop the images at once (its TryLock fails) and leaves their removal to gc.
+func rmiLeavingImages(t testing.TB, root string, names ...string) {
+	t.Helper()
+	unlock, err := teststore.Open(t, teststore.At(root)).RLock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	mustRun(t, append([]string{"rmi", "--root", root}, names...)...)
 }
 
 // TestCrashDuringComposefsBuild kills kura composefs build (with a digest store) at random points.
