@@ -206,9 +206,10 @@ func (d drillCount) String() string {
 	return fmt.Sprintf("%d kill points tried (%d landed before the end), %d recovered", d.tried, d.killed, d.passed)
 }
 
-// TestCrashDuringPull kills kura pull at random points. After each kill fsck is clean, and the
-// retried pull stores the identical image. Half of the points pull into a store that holds a
-// sibling image (a partial pull with reuse); the other half into an empty store.
+// TestCrashDuringPull kills kura pull at random points. After each kill fsck is clean, the
+// retried pull stores the identical image, and after a gc the store holds exactly what an
+// uninterrupted pull and a gc leave (what the kill left is gone). Half of the points pull into a
+// store that holds a sibling image (a partial pull with reuse); the other half into an empty one.
 func TestCrashDuringPull(t *testing.T) {
 	_, imgs := drillSetup(t)
 	work := t.TempDir()
@@ -217,6 +218,10 @@ func TestCrashDuringPull(t *testing.T) {
 	d := fastest(func(k int) time.Duration {
 		return timed(t, pullArgs(filepath.Join(work, fmt.Sprint("measure", k)), imgs[0])...)
 	})
+	want := [2]string{ // by i%2: into an empty store, into the seeded one
+		uninterruptedPull(t, "", filepath.Join(work, "want0"), imgs[0]),
+		uninterruptedPull(t, seeded, filepath.Join(work, "want1"), imgs[0]),
+	}
 	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
 	var c drillCount
 	for i := 0; c.more(); i++ {
@@ -235,11 +240,26 @@ func TestCrashDuringPull(t *testing.T) {
 		checkImage(t, root, imgs[0])
 		mustRun(t, "gc", "--root", root)
 		totalsRight(t, root, true)
+		if got := objectSet(t, root); got != want[i%2] {
+			t.Fatalf("after a killed and a retried pull and a gc the store differs from an uninterrupted pull's:\n%s\nwant\n%s", got, want[i%2])
+		}
 		c.passed++
 		os.RemoveAll(root)
 	}
 	c.check(t, "pull")
 	t.Logf("pull (uninterrupted %v): %v", d.Round(time.Millisecond), c)
+}
+
+// uninterruptedPull pulls img into root (a copy of from, unless from is empty), runs gc, and
+// returns what the store then holds.
+func uninterruptedPull(t testing.TB, from, root string, img drillImage) string {
+	t.Helper()
+	if from != "" {
+		copyDir(t, from, root)
+	}
+	mustRun(t, pullArgs(root, img)...)
+	mustRun(t, "gc", "--root", root)
+	return objectSet(t, root)
 }
 
 // TestCrashDuringGC kills kura gc at random points in a store where gc has much to remove
