@@ -387,12 +387,15 @@ func TestCrashDuringComposefsBuild(t *testing.T) {
 // TestCrashDuringPush kills kura push (store → registry, recompressing to zstd:chunked) at random
 // points, each into a fresh repository. After each kill the store's fsck is clean (push only
 // reads it, but holds its lock and writes temp files), and the retried push writes the same
-// manifest digest as an uninterrupted push, which then pulls back to the same image.
+// manifest digest as an uninterrupted push, which then pulls back to the same image. At the end
+// a gc leaves the store as it was before the pushes.
 func TestCrashDuringPush(t *testing.T) {
 	reg, imgs := drillSetup(t)
 	work := t.TempDir()
 	root := filepath.Join(work, "store")
 	mustRun(t, pullArgs(root, imgs[0])...)
+	mustRun(t, "gc", "--root", root)
+	before := objectSet(t, root)
 	push := func(repo string) []string {
 		return []string{"push", imgs[0].name, "docker://" + reg.Host + "/" + repo + ":latest", "--creds",
 			registrytest.Username + ":" + registrytest.Password, "--tls-verify=false", "--root", root, "--json",
@@ -430,6 +433,13 @@ func TestCrashDuringPush(t *testing.T) {
 			t.Fatalf("retried push wrote manifest %s, an uninterrupted one %s", got, want)
 		}
 		c.passed++
+	}
+	// Push only reads the store: after a gc it holds what it held before, whatever the kills left.
+	mustRun(t, "gc", "--root", root)
+	fsckClean(t, root)
+	totalsRight(t, root, true)
+	if got := objectSet(t, root); got != before {
+		t.Fatalf("after killed and retried pushes and a gc the store differs from before:\n%s\nwant\n%s", got, before)
 	}
 	// The last pushed copy pulls back to the same image (same DiffIDs; the manifest differs from
 	// the original because the layers were recompressed).
