@@ -200,14 +200,21 @@ func (s *Metadata) commitDir(dst string, files map[string][]byte) error {
 }
 
 // removeDir makes a metadata directory disappear atomically (rename into tmp), then deletes it.
+// The rename goes into a fresh directory of tmp/, not to a name made from dir's: a removal killed
+// before its delete leaves that name taken until gc empties tmp/, and the same record stored again
+// meanwhile must still be removable (else every gc fails before it gets to tmp/).
 func (s *Metadata) removeDir(dir string) error {
-	tmp := filepath.Join(s.root, dirTmp, "rm-"+filepath.Base(filepath.Dir(dir))+"-"+filepath.Base(dir))
 	// Writable first, for the rename to rewrite its ".." entry as an unprivileged user (see
 	// commitDir) and for RemoveAll to empty it.
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return err
 	}
-	if err := os.Rename(dir, tmp); err != nil {
+	tmp, err := os.MkdirTemp(filepath.Join(s.root, dirTmp), "rm-"+filepath.Base(filepath.Dir(dir))+"-")
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, filepath.Join(tmp, filepath.Base(dir))); err != nil {
+		os.Remove(tmp)
 		return err
 	}
 	if err := syncDir(filepath.Dir(dir)); err != nil {

@@ -5,9 +5,12 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -147,13 +150,7 @@ func Open(root string, opts ...Option) (*Store, error) {
 		}
 	}
 	if !exists(vpath) {
-		// A new store starts with known totals: zero objects (see usageFile).
-		if err := createZeroTotals(abs); err != nil {
-			return nil, fmt.Errorf("creating store %s: %w", abs, err)
-		}
-		// The temp file goes in the root, not tmp/: Open holds no lock yet, and a gc running in
-		// another process empties tmp/ under its exclusive lock.
-		if err := writeFileAtomic(abs, vpath, []byte(formatVersion), 0o444); err != nil {
+		if err := createStore(abs, vpath); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	}
@@ -161,6 +158,52 @@ func Open(root string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// createStore writes a new store's usage and version files, the version last. Their temp files
+// go in the root, not tmp/: Open holds no store lock yet, and a gc running in another process
+// empties tmp/ under its exclusive lock. A creation killed before its renames leaves them there,
+// and the version missing, so the next Open creates again: it removes them then. It holds an
+// flock of the root directory meanwhile, so that processes creating one store at once never
+// remove each other's temp files (no other lock is taken on a writable store's root).
+func createStore(root, vpath string) error {
+	d, err := os.Open(root)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+		return err
+	}
+	if exists(vpath) {
+		return nil // made by another process meanwhile
+	}
+	if err := removeCreationTemps(root); err != nil {
+		return err
+	}
+	// A new store starts with known totals: zero objects (see usageFile).
+	if err := createZeroTotals(root); err != nil {
+		return err
+	}
+	return writeFileAtomic(root, vpath, []byte(formatVersion), 0o444)
+}
+
+// removeCreationTemps removes the temp files of a killed creation from the root: usage-* of
+// createZeroTotals and meta-* of writeFileAtomic.
+func removeCreationTemps(root string) error {
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if e.Type().IsRegular() && (strings.HasPrefix(n, "usage-") || strings.HasPrefix(n, "meta-")) {
+			if err := os.Remove(filepath.Join(root, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Store) checkVersion(vpath string) error {

@@ -74,16 +74,34 @@ func encodeUsageRecord(kind byte, id uint64, t Totals) []byte {
 	return b
 }
 
-// parseUsage sums a usage file: its base plus every close record. A defect (no base first, a torn
-// or damaged record, a later base, a close without its open, an open with totals, negative
-// totals) is an error wrapping ErrInvalid; an open without its close is errTotalsUnknown. The
-// totals are then unknown, never guessed.
+// errTotalsCut: the last record is cut short, as an append being written, or one a kill cut
+// (a write(2) of a killed process may stop at a page boundary), leaves it.
+var errTotalsCut = fmt.Errorf("store usage totals are unknown: the last record is being appended or its append was cut short: %w", errdefs.ErrNotFound)
+
+// parseUsage sums a usage file: its base plus every close record. A defect (no base first, a
+// damaged record, a later base, a close without its open, an open with totals, negative totals)
+// is an error wrapping ErrInvalid; an open without its close is errTotalsUnknown, and a last
+// record cut short (with whole, sound records before it) errTotalsCut. The totals are then
+// unknown, never guessed.
 func parseUsage(b []byte) (Totals, error) {
 	bad := func(why string, args ...any) (Totals, error) {
 		return Totals{}, fmt.Errorf("store usage totals: "+why+": %w", append(args, errdefs.ErrInvalid)...)
 	}
-	if len(b) == 0 || len(b)%usageRecLen != 0 {
+	cut := len(b) % usageRecLen
+	if len(b) < usageRecLen {
 		return bad("%d bytes, not whole records", len(b))
+	}
+	t, err := parseUsageRecords(b[:len(b)-cut])
+	if err == nil && cut > 0 {
+		return Totals{}, errTotalsCut
+	}
+	return t, err
+}
+
+// parseUsageRecords is parseUsage for whole records.
+func parseUsageRecords(b []byte) (Totals, error) {
+	bad := func(why string, args ...any) (Totals, error) {
+		return Totals{}, fmt.Errorf("store usage totals: "+why+": %w", append(args, errdefs.ErrInvalid)...)
 	}
 	var t Totals
 	open := map[uint64]bool{}
@@ -181,11 +199,18 @@ func (p *placement) close() {
 	}
 }
 
-// appendUsage appends one record to an existing usage file; false if it did not.
+// appendUsage appends one record to an existing usage file; false if it did not. A file that
+// does not hold whole records ends in an append a kill cut short: it is removed rather than
+// appended to, as every record after the cut would be read out of step (damage).
 func (s *Store) appendUsage(rec []byte) bool {
 	path := filepath.Join(s.root, usageFile)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
+		return false
+	}
+	if fi, serr := f.Stat(); serr != nil || fi.Size()%usageRecLen != 0 {
+		f.Close()
+		os.Remove(path)
 		return false
 	}
 	_, err = f.Write(rec)

@@ -147,11 +147,14 @@ func appendFile(t *testing.T, p string, b []byte) {
 	}
 }
 
-// TestTotalsDamaged: a torn or garbage record makes the totals unknown (df walks, and is right),
-// fsck reports it and repair rewrites it.
+// TestTotalsDamaged: a torn record with records after it, or a garbage record, makes the totals
+// unknown (df walks, and is right), fsck reports it and repair rewrites it.
 func TestTotalsDamaged(t *testing.T) {
 	ctx := context.Background()
-	for name, junk := range map[string][]byte{"torn": []byte("KUS1C"), "garbage": []byte(strings.Repeat("x", 44))} {
+	for name, junk := range map[string][]byte{
+		"torn inside": append([]byte("KUS1C"), store.OpenRecord(42)...),
+		"garbage":     []byte(strings.Repeat("x", 44)),
+	} {
 		t.Run(name, func(t *testing.T) {
 			s := teststore.Open(t)
 			teststore.Named(t, s, "one", versionTar(t, 1, 10, 0))
@@ -180,12 +183,15 @@ func TestTotalsDamaged(t *testing.T) {
 	}
 }
 
-// TestTotalsUnknown: a placement a crash left open, or no totals file, is not damage: df walks,
-// fsck is clean with a note, and gc writes the totals again.
+// TestTotalsUnknown: a placement a crash left open, an append a kill cut short (a write of a
+// killed process may stop at a page boundary), or no totals file, is not damage: df walks, fsck
+// is clean with a note, the next placement does not append after the cut, and gc writes the
+// totals again.
 func TestTotalsUnknown(t *testing.T) {
 	ctx := context.Background()
 	for name, spoil := range map[string]func(t *testing.T, p string){
 		"open placement": func(t *testing.T, p string) { appendFile(t, p, store.OpenRecord(42)) },
+		"cut append":     func(t *testing.T, p string) { appendFile(t, p, store.OpenRecord(42)[:5]) },
 		"missing":        func(t *testing.T, p string) { os.Remove(p) },
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -297,7 +297,11 @@ func (l *lazyLayers) runOnce(k lazyKnown, sv *lazyServe, name string, ready, com
 }
 
 // keepRef records the image reference of k's pull before the pull begins, so that a restart can
-// resume it though no snapshot is left on its layers (resumeOrphans).
+// resume it though no snapshot is left on its layers (resumeOrphans). The record is rewritten on
+// each run of a pull that may be pending already, so it is replaced whole (a temp file renamed
+// over it): a server killed while writing it in place left it empty or cut, and the restart could
+// not resume the pull, or resumed it from a cut reference. A temp file a kill leaves has no
+// digest for a name, so resumeOrphans skips it.
 func (l *lazyLayers) keepRef(k lazyKnown) error {
 	if k.ref == "" {
 		return nil // resumed from the recorded reference
@@ -305,7 +309,19 @@ func (l *lazyLayers) keepRef(k lazyKnown) error {
 	if err := os.MkdirAll(l.refs, 0o700); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(l.refs, k.id.Encoded()), []byte(k.ref), 0o600)
+	f, err := os.CreateTemp(l.refs, ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // nothing left to remove after the rename
+	_, err = f.WriteString(k.ref)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), filepath.Join(l.refs, k.id.Encoded()))
 }
 
 // resumeOrphans serves, at start, the pending pulls this server began before a restart: the
