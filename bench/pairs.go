@@ -70,7 +70,7 @@ func runPairs(ctx context.Context, cfg config, c *Corpus, reg *registry, alog *a
 		dirs := make([]string, len(tools))
 		envs := make([][]string, len(tools))
 		for k, t := range tools {
-			dirs[k] = filepath.Join(root, fmt.Sprintf("store-%d", k))
+			dirs[k] = filepath.Join(root, fmt.Sprintf("store-%d-%d", s, k))
 			env, err := t.setup(dirs[k])
 			if err != nil {
 				res.Notes = append(res.Notes, fmt.Sprintf("store %d, %s: %v", s, t.name, err))
@@ -89,8 +89,10 @@ func runPairs(ctx context.Context, cfg config, c *Corpus, reg *registry, alog *a
 				res.Pulls = append(res.Pulls, p)
 			}
 		}
+		// Unmounted now, removed with root once every round is done: the next round's cold
+		// pulls must not create their files right after these removals (see settleRemovals).
 		for k := range dirs {
-			_ = removeTree(dirs[k])
+			_ = unmountTree(dirs[k])
 			_ = removeTree(podmanRunroot(dirs[k]))
 		}
 	}
