@@ -136,9 +136,9 @@ func (pl pendingLayer) VerityDigests(ctx context.Context, d digest.Digest) (map[
 	return nil, fmt.Errorf("pending layer %s: %w", d, errdefs.ErrNotFound)
 }
 
-// OmitDigest leaves the fs-verity digests out, as for every per-layer image (dropDigests): the
+// OmitDigests leaves the fs-verity digests out, as for every per-layer image (layerImage): the
 // placeholders have no content to digest, and the stored objects would each be read for one.
-func (pl pendingLayer) OmitDigest(digest.Digest) bool { return true }
+func (pl pendingLayer) OmitDigests() bool { return true }
 
 // PendingDir mounts one layer of a pending lazy pull alone, as composefsDir mounts a stored one
 // (whiteouts escaped for the overlay stacked on it), over the store's objects and then the

@@ -33,12 +33,20 @@ type Store interface {
 	ObjectPath(d digest.Digest) (string, error)
 }
 
-// DigestOmitter is implemented by a Store whose images leave out the fs-verity digest of some
-// files, which then refer to their object by name only: a pending lazy pull's (package lazy),
-// whose placeholders have no content to digest yet and whose mounts run with verity off.
+// DigestOmitter is implemented by a Store whose images carry no fs-verity digests: their files
+// refer to their object by name only, for mounts that run with verity off (a pending lazy pull's,
+// whose placeholders have no content to digest yet; the layer store's per-layer images). Without
+// digests every file's metacopy xattr is the same value, which the writer stores once.
 type DigestOmitter interface {
-	OmitDigest(d digest.Digest) bool
+	OmitDigests() bool
 }
+
+// WithoutDigests is s for images that carry no fs-verity digests (see DigestOmitter).
+func WithoutDigests(s Store) Store { return noDigests{s} }
+
+type noDigests struct{ Store }
+
+func (noDigests) OmitDigests() bool { return true }
 
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
 // composefs tree.
@@ -53,8 +61,12 @@ func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error
 			return nil, fmt.Errorf("layer %s: %w", diffID, err)
 		}
 	}
-	b := &builder{ctx: ctx, s: s, verity: map[digest.Digest]verity.Digest{}, inodes: map[*merge.Inode]*composefs.Node{}}
+	o, ok := s.(DigestOmitter)
+	b := &builder{ctx: ctx, s: s, omit: ok && o.OmitDigests(), verity: map[digest.Digest]verity.Digest{}, inodes: map[*merge.Inode]*composefs.Node{}}
 	for _, diffID := range img.Layers {
+		if b.omit {
+			break // no digest is read or computed
+		}
 		m, err := s.VerityDigests(ctx, diffID)
 		if errors.Is(err, errdefs.ErrNotFound) {
 			continue
@@ -72,6 +84,7 @@ func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error
 type builder struct {
 	ctx    context.Context
 	s      Store
+	omit   bool // no fs-verity digests (DigestOmitter)
 	verity map[digest.Digest]verity.Digest
 	// inodes holds the composefs inode of each hard-linked inode's first name.
 	inodes map[*merge.Inode]*composefs.Node
@@ -183,7 +196,7 @@ func (b *builder) content(out *composefs.Node, e *layerfs.Entry) error {
 	if out.Payload, err = b.s.ObjectName(d); err != nil {
 		return err
 	}
-	if o, ok := b.s.(DigestOmitter); ok && o.OmitDigest(d) {
+	if b.omit {
 		return nil // the metacopy xattr carries no fs-verity digest
 	}
 	v, ok := b.verity[d]

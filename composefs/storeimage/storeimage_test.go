@@ -199,3 +199,40 @@ func TestMountEqualsCheckout(t *testing.T) {
 		t.Error("a whited-out file shows through the mount")
 	}
 }
+
+// TestTreeWithoutDigests: a tree built through WithoutDigests gives no file an fs-verity digest
+// and still names every file's object; the same image built from the store itself digests them.
+func TestTreeWithoutDigests(t *testing.T) {
+	s := teststore.Open(t, teststore.With(store.WithVerity()))
+	img := importImage(t, s, testLayers(t))
+	count := func(root *composefs.Node) (files, digests int) {
+		var walk func(n *composefs.Node)
+		walk = func(n *composefs.Node) {
+			if n.Payload != "" && n.Mode&unix.S_IFMT == unix.S_IFREG {
+				files++
+				if n.Digest != nil {
+					digests++
+				}
+			}
+			for _, c := range n.Children() {
+				walk(c)
+			}
+		}
+		walk(root)
+		return files, digests
+	}
+	with, err := Tree(context.Background(), s, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := Tree(context.Background(), WithoutDigests(s), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, d := count(with); f == 0 || d != f {
+		t.Fatalf("from the store: %d of %d files carry a digest; want all", d, f)
+	}
+	if f, d := count(without); f == 0 || d != 0 {
+		t.Fatalf("without digests: %d of %d files carry a digest; want none", d, f)
+	}
+}
