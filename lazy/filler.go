@@ -22,9 +22,42 @@ import (
 	"github.com/kura-oci/kura/store"
 )
 
-// FillFunc makes sure object obj of layer diffID is stored (fetched and verified, through the
-// store's verified ingest); the filler then copies it into the placeholder.
-type FillFunc func(ctx context.Context, diffID, obj digest.Digest) error
+// FillFunc fetches and verifies object obj of layer diffID (with whatever it fetches along)
+// through the store's verified ingest, and returns it before it is committed: see Fetched. It
+// is called only when the store lacks obj.
+type FillFunc func(ctx context.Context, diffID, obj digest.Digest) (Fetched, error)
+
+// Fetched is a fill's objects, fetched and verified but not yet committed to the store. The
+// fanotify filler copies the reader's object into its placeholder from here and lets the reader
+// go before the commit, whose fsyncs were a third of a small fill's time; Store then commits.
+// The placeholder's bytes are verified either way: a crash before the commit leaves the store
+// without the object, which the next fill or the layer's import fetches again.
+type Fetched interface {
+	// Open opens fetched object obj (ErrNotFound when this fill did not write it: it was
+	// stored meanwhile, say).
+	Open(obj digest.Digest) (*os.File, error)
+	// Store commits the objects and releases what the fill holds (the store's shared lock).
+	// It is called exactly once.
+	Store(ctx context.Context) error
+}
+
+// Stored adapts a function that stores the object itself (fetches, verifies and commits) to a
+// FillFunc: its Fetched opens nothing and has nothing left to store.
+func Stored(fn func(ctx context.Context, diffID, obj digest.Digest) error) FillFunc {
+	return func(ctx context.Context, diffID, obj digest.Digest) (Fetched, error) {
+		if err := fn(ctx, diffID, obj); err != nil {
+			return nil, err
+		}
+		return storedFill{}, nil
+	}
+}
+
+type storedFill struct{}
+
+func (storedFill) Open(obj digest.Digest) (*os.File, error) {
+	return nil, fmt.Errorf("object %s: %w", obj, errdefs.ErrNotFound)
+}
+func (storedFill) Store(context.Context) error { return nil }
 
 // DefaultFillTimeout bounds one fill: a reader waits at most this long before its read fails
 // with EIO (and the next access tries again).
@@ -73,8 +106,10 @@ func (g fillGate) lock(ctx context.Context) error {
 func (g fillGate) unlock() { <-g }
 
 type writeJob struct {
-	ph   *placeholder
-	done chan error
+	ph *placeholder
+	// fetched holds the object when the fill just fetched it, verified; nil: the store does.
+	fetched Fetched
+	done    chan error
 }
 
 // NewFiller creates the fanotify group (ErrUnsupported without pre-content events) and the
@@ -146,7 +181,7 @@ func (f *Filler) watchOne(ctx context.Context, p *Pending, diffID, d digest.Dige
 		return err
 	}
 	if f.s.HasObject(d) {
-		return f.fillOne(ctx, ph)
+		return f.fillNow(ctx, ph, f.fillOne)
 	}
 	return nil
 }
@@ -225,56 +260,79 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 		f.g.Allow(ev)
 		return
 	}
-	if err := f.fillOne(ctx, ph); err != nil {
+	fetched, err := f.fillOne(ctx, ph)
+	if err != nil {
 		f.log.Warn("lazy: fill failed; the read fails with EIO", "object", ph.obj, "err", err)
 		f.g.Deny(ev, syscall.EIO)
-		return
+	} else {
+		f.g.Allow(ev)
 	}
-	f.g.Allow(ev)
+	if serr := commitFill(ctx, fetched); serr != nil {
+		f.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "object", ph.obj, "err", serr)
+	}
 }
 
-// fillOne stores the object (once per placeholder, concurrent accesses waiting for the first),
-// copies it into the placeholder and unmarks it, so later accesses go straight through. The
-// fill timeout bounds the wait for a fill in flight too.
-func (f *Filler) fillOne(ctx context.Context, ph *placeholder) error {
+// commitFill commits a fill's objects, if it fetched any (fetched is nil when it did not).
+func commitFill(ctx context.Context, fetched Fetched) error {
+	if fetched == nil {
+		return nil
+	}
+	return fetched.Store(ctx)
+}
+
+// fillNow fills ph with fill (fillOne or fillWaiting) and commits what it fetched before
+// returning: for fills no reader waits on.
+func (f *Filler) fillNow(ctx context.Context, ph *placeholder, fill func(context.Context, *placeholder) (Fetched, error)) error {
+	fetched, err := fill(ctx, ph)
+	return errors.Join(err, commitFill(ctx, fetched))
+}
+
+// fillOne fetches the object unless the store holds it (once per placeholder, concurrent
+// accesses waiting for the first), copies it into the placeholder and unmarks it, so later
+// accesses go straight through. The fill timeout bounds the wait for a fill in flight too. What
+// the fill fetched is returned uncommitted, even with an error: the caller lets the reader go,
+// then stores it.
+func (f *Filler) fillOne(ctx context.Context, ph *placeholder) (Fetched, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	if err := ph.gate.lock(ctx); err != nil {
-		return fmt.Errorf("waiting for the fill of %s in flight: %w", ph.obj, err)
+		return nil, fmt.Errorf("waiting for the fill of %s in flight: %w", ph.obj, err)
 	}
 	defer ph.gate.unlock()
 	return f.fillLocked(ctx, ph)
 }
 
 // fillLocked is fillOne once the placeholder's gate is held.
-func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) error {
+func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) (fetched Fetched, err error) {
 	if ph.filled {
-		return nil
+		return nil, nil
 	}
 	start := time.Now()
-	if err := storeObject(ctx, f.s, f.fill, ph.diffID, ph.obj); err != nil {
-		return err
+	if !f.s.HasObject(ph.obj) {
+		if fetched, err = f.fill(ctx, ph.diffID, ph.obj); err != nil {
+			return nil, err
+		}
 	}
-	stored := time.Now()
+	got := time.Now()
 	defer func() {
-		f.log.Debug("lazy: filled", "object", ph.obj, "store_ms", stored.Sub(start).Milliseconds(), "copy_ms", time.Since(stored).Milliseconds())
+		f.log.Debug("lazy: filled", "object", ph.obj, "store_ms", got.Sub(start).Milliseconds(), "copy_ms", time.Since(got).Milliseconds())
 	}()
 	done := make(chan error, 1)
 	select {
-	case f.writes <- writeJob{ph: ph, done: done}:
+	case f.writes <- writeJob{ph: ph, fetched: fetched, done: done}:
 	case <-ctx.Done():
-		return ctx.Err()
+		return fetched, ctx.Err()
 	case <-f.closed:
-		return errors.New("lazy: the filler is closed")
+		return fetched, errors.New("lazy: the filler is closed")
 	}
 	if err := <-done; err != nil {
-		return err
+		return fetched, err
 	}
 	if err := f.markPath(ph.path, false); err != nil {
-		return err
+		return fetched, err
 	}
 	ph.filled = true
-	return nil
+	return fetched, nil
 }
 
 // storeObject is the one fill path of both fill services (fanotify's Filler and the FUSE
@@ -284,7 +342,11 @@ func storeObject(ctx context.Context, s *store.Store, fill FillFunc, diffID, obj
 	if s.HasObject(obj) {
 		return nil
 	}
-	if err := fill(ctx, diffID, obj); err != nil {
+	fetched, err := fill(ctx, diffID, obj)
+	if err != nil {
+		return err
+	}
+	if err := fetched.Store(ctx); err != nil {
 		return err
 	}
 	if !s.HasObject(obj) {
@@ -301,25 +363,34 @@ func (f *Filler) writer(tid chan<- int) {
 	for {
 		select {
 		case job := <-f.writes:
-			job.done <- f.copyObject(job.ph)
+			job.done <- f.copyObject(job.ph, job.fetched)
 		case <-f.closed:
 			return
 		}
 	}
 }
 
-// copyObject copies the stored object into its placeholder, in place (the placeholder's inode
-// is what marks and live mounts hold). The object is hashed before the first byte is written,
-// so a stored object that no longer matches its name (bit rot, a file swapped under objects/)
-// never reaches a placeholder, and hashed again as it is copied: a change in between empties
-// the placeholder again before the reader is answered.
-func (f *Filler) copyObject(ph *placeholder) error {
-	src, err := f.s.Open(context.Background(), ph.obj)
-	if err != nil {
-		return err
+// copyObject copies the object into its placeholder, in place (the placeholder's inode is what
+// marks and live mounts hold), from the fill that just fetched and verified it, or else from the
+// store. A stored object is hashed before the first byte is written, so one that no longer
+// matches its name (bit rot, a file swapped under objects/) never reaches a placeholder; every
+// object is hashed again as it is copied: a change in between empties the placeholder again
+// before the reader is answered.
+func (f *Filler) copyObject(ph *placeholder, fetched Fetched) error {
+	var src *os.File
+	err := errdefs.ErrNotFound
+	if fetched != nil {
+		src, err = fetched.Open(ph.obj)
 	}
-	defer src.Close()
-	if err := checkObject(io.NewSectionReader(src, 0, 1<<62), ph.obj); err != nil {
+	if errors.Is(err, errdefs.ErrNotFound) {
+		if src, err = f.s.Open(context.Background(), ph.obj); err == nil {
+			err = checkObject(io.NewSectionReader(src, 0, 1<<62), ph.obj)
+		}
+	}
+	if src != nil {
+		defer src.Close()
+	}
+	if err != nil {
 		return err
 	}
 	dst, err := os.OpenFile(ph.path, os.O_WRONLY, 0)
@@ -381,7 +452,8 @@ func (f *Filler) fillWaiting(ctx context.Context, ph *placeholder) error {
 		return err
 	}
 	defer ph.gate.unlock()
-	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	fctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	return f.fillLocked(ctx, ph)
+	fetched, err := f.fillLocked(fctx, ph)
+	return errors.Join(err, commitFill(ctx, fetched))
 }

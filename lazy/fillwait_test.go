@@ -39,7 +39,7 @@ func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	f, err := NewFiller(s, stall, timeout, nil)
+	f, err := NewFiller(s, Stored(stall), timeout, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 	if err := os.WriteFile(path, bad, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	f, err := NewFiller(s, func(context.Context, digest.Digest, digest.Digest) error { return nil }, 0, nil)
+	f, err := NewFiller(s, Stored(func(context.Context, digest.Digest, digest.Digest) error { return nil }), 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,3 +115,70 @@ func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 		t.Fatalf("placeholder after a failed copy: %v, %v; want length 0", st, err)
 	}
 }
+
+// TestLazyReaderGoesBeforeCommit: the reader of a placeholder gets the fetched, verified bytes
+// before the fill's objects are committed (the commit's fsyncs are not the reader's to wait
+// for), and the commit follows. Store waits for the read to end: had the filler committed
+// before answering, it would wait out its bound and say so.
+func TestLazyReaderGoesBeforeCommit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "fanotify pre-content groups need root")
+	}
+	s := teststore.Open(t, teststore.Locked())
+	content := bytes.Repeat([]byte("fetched, not yet committed "), 4<<10)
+	obj, diffID := digest.FromBytes(content), digest.FromString("layer")
+	p := &Pending{Dir: t.TempDir()}
+	if err := p.MakePlaceholders(s, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	fetchedPath := t.TempDir() + "/fetched"
+	if err := os.WriteFile(fetchedPath, content, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	readDone, stored := make(chan struct{}), make(chan error, 1)
+	fill := func(context.Context, digest.Digest, digest.Digest) (Fetched, error) {
+		return testFetched{path: fetchedPath, store: func(ctx context.Context) error {
+			select {
+			case <-readDone:
+			case <-time.After(10 * time.Second):
+				stored <- errors.New("the fill was committed while its reader still waited")
+				return nil
+			}
+			_, err := store.WriteObject(ctx, s, bytes.NewReader(content), obj, int64(len(content)))
+			stored <- err
+			return err
+		}}, nil
+	}
+	f, err := NewFiller(s, fill, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	defer func() { cancel(); <-ran; f.Close() }()
+	if err := f.Watch(ctx, p, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
+	ph, _ := p.PlaceholderPath(s, diffID, obj)
+	b, err := os.ReadFile(ph)
+	close(readDone)
+	if err != nil || !bytes.Equal(b, content) {
+		t.Fatalf("read of the placeholder: %d bytes, %v; want the object's %d bytes", len(b), err, len(content))
+	}
+	if err := <-stored; err != nil {
+		t.Fatal(err)
+	}
+	if !s.HasObject(obj) {
+		t.Fatal("the fill's object is not stored after its commit")
+	}
+}
+
+// testFetched is a fill's object in a file outside the store, committed by store.
+type testFetched struct {
+	path  string
+	store func(context.Context) error
+}
+
+func (f testFetched) Open(digest.Digest) (*os.File, error) { return os.Open(f.path) }
+func (f testFetched) Store(ctx context.Context) error      { return f.store(ctx) }

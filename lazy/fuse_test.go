@@ -97,7 +97,7 @@ func TestOverlayOverFUSEDataLayer(t *testing.T) {
 		}
 		return errors.New("unknown object")
 	}
-	srv := NewFUSEServer(context.Background(), s, fill, 0, slog.Default())
+	srv := NewFUSEServer(context.Background(), s, Stored(fill), 0, slog.Default())
 	target := overlayOverFUSE(t, s, srv, contents)
 	st, err := os.Stat(filepath.Join(target, "f0"))
 	if err != nil || st.Size() != int64(len(contents[0])) || fills.Load() != 0 {

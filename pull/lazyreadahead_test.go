@@ -84,13 +84,11 @@ func TestLazyReadaheadServesNeighbours(t *testing.T) {
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
 	e.readWhole(t, "usr/lib/small-10", "on demand")
 	requests := len(e.reg.Proxy.BlobRequests())
-	next := digest.FromBytes(e.files["usr/lib/small-11"])
-	if !e.s.HasObject(next) {
-		t.Fatal("the next file of the directory was not fetched with the first")
-	}
+	// The first fill may still be committing (the reader goes first): the next file is then
+	// served from its batch, and either way fetched no second time.
 	e.readWhole(t, "usr/lib/small-11", "after read-ahead")
 	if n := len(e.reg.Proxy.BlobRequests()) - requests; n != 0 {
-		t.Fatalf("reading a file fetched ahead made %d blob requests", n)
+		t.Fatalf("reading a file fetched ahead made %d blob requests: it was not fetched with the first", n)
 	}
 	close(hold)
 	if err := <-done; err != nil {

@@ -66,27 +66,9 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	}
 	fetcher := func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
 	act, rec := newFillActivity(time.Now, time.After), &profileRecorder{}
-	fill := func(ctx context.Context, diffID, obj digest.Digest) error {
-		l := byDiffID[diffID]
-		f, ok := l.files[obj]
-		if !ok {
-			return fmt.Errorf("object %s is in no file of layer %s: %w", obj, diffID, errdefs.ErrNotFound)
-		}
-		act.begin()
-		defer act.end()
-		rec.add(f.Entry.Name)
-		return locked(ctx, s, func() error {
-			ahead := l.ahead.pick(f, s.HasObject)
-			_, err := layer.FetchFiles(ctx, s, append([]chunked.File{f}, ahead...), fetcher(l))
-			if err != nil && len(ahead) > 0 && ctx.Err() == nil {
-				// A file fetched ahead must not fail the reader's: try its own alone.
-				_, err = layer.FetchFiles(ctx, s, []chunked.File{f}, fetcher(l))
-			}
-			return err
-		})
-	}
+	fills := &onDemand{s: s, layers: byDiffID, fetcher: fetcher, act: act, rec: rec, inflight: map[digest.Digest]*store.Batch{}}
 	startupOver := useProfile(ctx, s, p, layers, fetcher, act, rec, o)
-	svc, err := newFillService(ctx, s, fill, o)
+	svc, err := newFillService(ctx, s, fills.fill, o)
 	if err != nil {
 		return err
 	}

@@ -16,22 +16,28 @@ import (
 // succeeded; objects the store holds already are not fetched. The caller holds the store's
 // shared lock.
 func FetchFiles(ctx context.Context, s *store.Store, files []chunked.File, fetch RangeFetcher) (int64, error) {
+	batch, n, err := FetchObjects(ctx, s, files, fetch)
+	if err != nil {
+		return n, err
+	}
+	return n, batch.Commit(ctx)
+}
+
+// FetchObjects is FetchFiles without the commit: the verified objects are left in the batch it
+// returns (readable with OpenPending), which the caller commits or aborts, and until then holds
+// the store's shared lock. On an error nothing is left to commit.
+func FetchObjects(ctx context.Context, s *store.Store, files []chunked.File, fetch RangeFetcher) (*store.Batch, int64, error) {
 	od, err := s.OpenObjectDir()
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	defer od.Close()
 	batch := s.NewBatch()
-	committed := false
-	defer func() {
-		if !committed {
-			batch.Abort()
-		}
-	}()
 	plan := MakePlan(ctx, files, storeHave{s: s, od: od, batch: batch})
 	asm := &assembler{ctx: ctx, s: s, batch: batch, bar: progress.Nop.Bar("")}
 	if err := asm.prepare(plan); err != nil {
-		return 0, err
+		batch.Abort()
+		return nil, 0, err
 	}
 	var n int64
 	if ranges := plan.Ranges(); len(ranges) > 0 {
@@ -39,12 +45,9 @@ func FetchFiles(ctx context.Context, s *store.Store, files []chunked.File, fetch
 			n += r.Length
 		}
 		if err := fetch.FetchRanges(ctx, ranges, asm.receive); err != nil {
-			return n, fmt.Errorf("fetching files: %w", err)
+			batch.Abort()
+			return nil, n, fmt.Errorf("fetching files: %w", err)
 		}
 	}
-	if err := batch.Commit(ctx); err != nil {
-		return n, err
-	}
-	committed = true
-	return n, nil
+	return batch, n, nil
 }
