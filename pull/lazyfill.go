@@ -2,7 +2,9 @@ package pull
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -26,6 +28,11 @@ type onDemand struct {
 	fetcher sourceFetch
 	act     *fillActivity
 	rec     *profileRecorder
+
+	ordered  []*lazyLayer // the pending layers, lowest first
+	log      *slog.Logger
+	libsOnce sync.Once
+	libs     *imageFiles // made at the first fill of a program
 
 	mu       sync.Mutex
 	inflight map[digest.Digest]*store.Batch // object → the uncommitted batch holding it
@@ -59,8 +66,10 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 		unlock()
 		return nil, err
 	}
-	o.track(files, batch)
-	return fetchedFill{o: o, files: files, batch: batch, unlock: unlock}, nil
+	fl := &fetchedFill{o: o, unlock: unlock}
+	fl.add(files, batch)
+	o.fetchLibraries(ctx, f, fl)
+	return fl, nil
 }
 
 func (o *onDemand) inFlight(obj digest.Digest) *store.Batch {
@@ -91,20 +100,42 @@ func (o *onDemand) untrack(files []chunked.File, batch *store.Batch) {
 }
 
 // fetchedFill is an on-demand fill's verified objects until the filler stores them, after it
-// has let the reader go: the batch, and the store's shared lock.
+// has let the reader go: its batches (the reader's file and read-ahead's, then libraries), and
+// the store's shared lock.
 type fetchedFill struct {
 	o      *onDemand
-	files  []chunked.File
-	batch  *store.Batch
+	parts  []fillPart
 	unlock func()
 }
 
-func (f fetchedFill) Open(obj digest.Digest) (*os.File, error) { return f.batch.OpenPending(obj) }
+type fillPart struct {
+	files []chunked.File
+	batch *store.Batch
+}
 
-func (f fetchedFill) Store(ctx context.Context) error {
+// add keeps batch, which holds the objects of files, and makes it their fill in flight.
+func (f *fetchedFill) add(files []chunked.File, batch *store.Batch) {
+	f.parts = append(f.parts, fillPart{files: files, batch: batch})
+	f.o.track(files, batch)
+}
+
+func (f *fetchedFill) Open(obj digest.Digest) (*os.File, error) {
+	for _, p := range f.parts {
+		if r, err := p.batch.OpenPending(obj); err == nil {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("object %s is in no batch of the fill: %w", obj, errdefs.ErrNotFound)
+}
+
+func (f *fetchedFill) Store(ctx context.Context) error {
 	defer f.unlock()
-	defer f.o.untrack(f.files, f.batch)
-	return f.batch.Commit(ctx)
+	var errs []error
+	for _, p := range f.parts {
+		errs = append(errs, p.batch.Commit(ctx))
+		f.o.untrack(p.files, p.batch)
+	}
+	return errors.Join(errs...)
 }
 
 // inflightFill is a fill served by another's batch, not yet committed: once that commit has

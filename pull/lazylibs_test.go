@@ -1,0 +1,96 @@
+package pull
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"debug/elf"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/internal/testkit/elftest"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/lazy/ldso"
+)
+
+func TestImageFilesResolve(t *testing.T) {
+	l := &lazyLayer{}
+	ix := &imageFiles{byPath: map[string]imageEntry{}}
+	add := func(e layerfs.Entry) { ix.byPath[cleanPath(e.Name)] = imageEntry{l: l, e: &e} }
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "lib64", Linkname: "usr/lib64"})
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "lib", Linkname: "usr/lib"})
+	add(layerfs.Entry{Type: layerfs.TypeDir, Name: "usr/lib64/"})
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib64/ld-linux-x86-64.so.2", Linkname: "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"})
+	add(layerfs.Entry{Type: layerfs.TypeReg, Name: "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Digest: digest.FromString("ld")})
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib/x86_64-linux-gnu/libone.so.1", Linkname: "/usr/lib/x86_64-linux-gnu/libone.so.1.0"})
+	add(layerfs.Entry{Type: layerfs.TypeLink, Name: "usr/lib/x86_64-linux-gnu/libone.so.1.0", Linkname: "usr/lib/real-one"})
+	add(layerfs.Entry{Type: layerfs.TypeReg, Name: "usr/lib/real-one", Digest: digest.FromString("one")})
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib/loop", Linkname: "loop"})
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib/escape", Linkname: "../../../../etc/shadow"})
+	for p, want := range map[string]string{
+		"/lib64/ld-linux-x86-64.so.2":              "ld",
+		"lib/x86_64-linux-gnu/libone.so.1":         "one",
+		"usr/lib/x86_64-linux-gnu/libone.so.1":     "one",
+		"usr/lib/loop":                             "",
+		"usr/lib/escape":                           "",
+		"usr/lib/x86_64-linux-gnu/libmissing.so.1": "",
+		"lib64": "",
+	} {
+		ent, ok := ix.resolve(p)
+		if got := ""; ok {
+			got = string(ent.e.Digest)
+			if ent.e.Digest != digest.FromString(want) {
+				t.Errorf("resolve(%q) = %s; want the file %q", p, got, want)
+			}
+		} else if want != "" {
+			t.Errorf("resolve(%q) found nothing; want the file %q", p, want)
+		}
+	}
+	found := ix.loads(ldso.Info{Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libone.so.1", "libnone.so", "../evil.so"}, Machine: elf.EM_X86_64})
+	if len(found) != 2 || found[0].e.Digest != digest.FromString("ld") || found[1].e.Digest != digest.FromString("one") {
+		t.Fatalf("loads found %d files; want the interpreter and libone", len(found))
+	}
+}
+
+// TestLazyLibrariesFetchedWithProgram: the fill of a program also fetches the interpreter and
+// the libraries ld.so will load for it, and theirs, so their opens make no request of their
+// own: the whole chain cost the program's fill plus one request per level.
+func TestLazyLibrariesFetchedWithProgram(t *testing.T) {
+	libdir := "usr/lib/x86_64-linux-gnu/"
+	tree := []treeFile{
+		{name: "usr/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/prog", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/lib64/ld-linux-x86-64.so.2", "libone.so.1")},
+		{name: "usr/bin/other", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("other "), 9000)},
+		{name: "lib64", typ: tar.TypeSymlink, linkname: "usr/lib64", mode: 0o777},
+		{name: "usr/lib64/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib64/ld-linux-x86-64.so.2", typ: tar.TypeSymlink, linkname: "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", mode: 0o777},
+		{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
+		{name: libdir, typ: tar.TypeDir, mode: 0o755},
+		{name: libdir + "ld-linux-x86-64.so.2", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("ld.so "), 7000)},
+		{name: libdir + "libone.so.1", typ: tar.TypeSymlink, linkname: "libone.so.1.0", mode: 0o777},
+		{name: libdir + "libone.so.1.0", typ: tar.TypeReg, mode: 0o644, content: elftest.File("", "libtwo.so.2")},
+		{name: "usr/lib/libtwo.so.2", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("libtwo "), 8000)},
+	}
+	e, p := newLazyEnvOf(t, tree)
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	before := len(e.reg.Proxy.BlobRequests())
+	e.readWhole(t, "usr/bin/prog", "on demand")
+	if n := len(e.reg.Proxy.BlobRequests()) - before; n != 3 {
+		t.Errorf("the program's fill made %d blob requests; want 3 (the program, then the interpreter and libone, then libtwo)", n)
+	}
+	requests := len(e.reg.Proxy.BlobRequests())
+	for _, name := range []string{libdir + "ld-linux-x86-64.so.2", libdir + "libone.so.1.0", "usr/lib/libtwo.so.2"} {
+		e.readWhole(t, name, "after the program's fill")
+	}
+	if n := len(e.reg.Proxy.BlobRequests()) - requests; n != 0 {
+		t.Fatalf("reading the program's libraries made %d blob requests; want 0", n)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
