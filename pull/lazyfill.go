@@ -35,7 +35,7 @@ type onDemand struct {
 	libs     *imageFiles // made at the first fill of a program
 
 	mu       sync.Mutex
-	inflight map[digest.Digest]*store.Batch // object → the uncommitted batch holding it
+	inflight map[digest.Digest]*fetchedFill // object → the uncommitted fill holding it
 }
 
 // fill is the lazy.FillFunc of a lazy pull's fill service.
@@ -46,8 +46,8 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 		return nil, fmt.Errorf("object %s is in no file of layer %s: %w", obj, diffID, errdefs.ErrNotFound)
 	}
 	o.rec.add(f.Entry.Name)
-	if b := o.inFlight(obj); b != nil {
-		return inflightFill{batch: b}, nil
+	if fl := o.inFlight(obj); fl != nil {
+		return inflightFill{fl: fl}, nil
 	}
 	o.act.begin()
 	defer o.act.end()
@@ -66,34 +66,34 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 		unlock()
 		return nil, err
 	}
-	fl := &fetchedFill{o: o, unlock: unlock}
+	fl := &fetchedFill{o: o, unlock: unlock, opened: map[digest.Digest]*os.File{}}
 	fl.add(files, batch)
 	o.fetchLibraries(ctx, f, fl)
 	return fl, nil
 }
 
-func (o *onDemand) inFlight(obj digest.Digest) *store.Batch {
+func (o *onDemand) inFlight(obj digest.Digest) *fetchedFill {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.inflight[obj]
 }
 
-// track records the objects of files as held by batch until untrack.
-func (o *onDemand) track(files []chunked.File, batch *store.Batch) {
+// track records the objects of files as held by fl until untrack.
+func (o *onDemand) track(files []chunked.File, fl *fetchedFill) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, f := range files {
 		if _, ok := o.inflight[f.Entry.Digest]; !ok {
-			o.inflight[f.Entry.Digest] = batch
+			o.inflight[f.Entry.Digest] = fl
 		}
 	}
 }
 
-func (o *onDemand) untrack(files []chunked.File, batch *store.Batch) {
+func (o *onDemand) untrack(files []chunked.File, fl *fetchedFill) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for _, f := range files {
-		if o.inflight[f.Entry.Digest] == batch {
+		if o.inflight[f.Entry.Digest] == fl {
 			delete(o.inflight, f.Entry.Digest)
 		}
 	}
@@ -101,11 +101,16 @@ func (o *onDemand) untrack(files []chunked.File, batch *store.Batch) {
 
 // fetchedFill is an on-demand fill's verified objects until the filler stores them, after it
 // has let the reader go: its batches (the reader's file and read-ahead's, then libraries), and
-// the store's shared lock.
+// the store's shared lock. Each object is opened as soon as it is fetched, so that a reader of
+// it never waits for a commit in progress (which holds its batch): an open file stays the
+// object's whatever the commit renames.
 type fetchedFill struct {
 	o      *onDemand
-	parts  []fillPart
 	unlock func()
+	parts  []fillPart
+
+	mu     sync.Mutex
+	opened map[digest.Digest]*os.File // closed (and nil) once stored
 }
 
 type fillPart struct {
@@ -113,34 +118,57 @@ type fillPart struct {
 	batch *store.Batch
 }
 
-// add keeps batch, which holds the objects of files, and makes it their fill in flight.
-func (f *fetchedFill) add(files []chunked.File, batch *store.Batch) {
-	f.parts = append(f.parts, fillPart{files: files, batch: batch})
-	f.o.track(files, batch)
-}
-
-func (f *fetchedFill) Open(obj digest.Digest) (*os.File, error) {
-	for _, p := range f.parts {
-		if r, err := p.batch.OpenPending(obj); err == nil {
-			return r, nil
+// add keeps batch, which holds the objects of files, opens them and makes fl their fill in
+// flight.
+func (fl *fetchedFill) add(files []chunked.File, batch *store.Batch) {
+	fl.mu.Lock()
+	for _, f := range files {
+		d := f.Entry.Digest
+		if _, ok := fl.opened[d]; !ok {
+			if r, err := batch.OpenPending(d); err == nil {
+				fl.opened[d] = r
+			}
 		}
 	}
-	return nil, fmt.Errorf("object %s is in no batch of the fill: %w", obj, errdefs.ErrNotFound)
+	fl.mu.Unlock()
+	fl.parts = append(fl.parts, fillPart{files: files, batch: batch})
+	fl.o.track(files, fl)
 }
 
-func (f *fetchedFill) Store(ctx context.Context) error {
-	defer f.unlock()
-	var errs []error
-	for _, p := range f.parts {
-		errs = append(errs, p.batch.Commit(ctx))
-		f.o.untrack(p.files, p.batch)
+// Open opens obj anew (its own file description, through /proc/self/fd), while the fill
+// holds it.
+func (fl *fetchedFill) Open(obj digest.Digest) (*os.File, error) {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	r, ok := fl.opened[obj]
+	if !ok {
+		return nil, fmt.Errorf("object %s is not held by the fill: %w", obj, errdefs.ErrNotFound)
 	}
+	return os.Open(fmt.Sprintf("/proc/self/fd/%d", r.Fd()))
+}
+
+// Store commits the batches, then lets go of the objects (stored now) and the store's lock.
+func (fl *fetchedFill) Store(ctx context.Context) error {
+	defer fl.unlock()
+	var errs []error
+	for _, p := range fl.parts {
+		errs = append(errs, p.batch.Commit(ctx))
+	}
+	for _, p := range fl.parts {
+		fl.o.untrack(p.files, fl)
+	}
+	fl.mu.Lock()
+	for _, r := range fl.opened {
+		r.Close()
+	}
+	fl.opened = nil
+	fl.mu.Unlock()
 	return errors.Join(errs...)
 }
 
-// inflightFill is a fill served by another's batch, not yet committed: once that commit has
-// begun, Open says ErrNotFound and the filler reads the stored object.
-type inflightFill struct{ batch *store.Batch }
+// inflightFill is a fill served by another's objects, not yet committed: once they are stored,
+// Open says ErrNotFound and the filler reads the stored object.
+type inflightFill struct{ fl *fetchedFill }
 
-func (f inflightFill) Open(obj digest.Digest) (*os.File, error) { return f.batch.OpenPending(obj) }
+func (f inflightFill) Open(obj digest.Digest) (*os.File, error) { return f.fl.Open(obj) }
 func (inflightFill) Store(context.Context) error                { return nil }

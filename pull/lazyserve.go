@@ -67,7 +67,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	fetcher := func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
 	act, rec := newFillActivity(time.Now, time.After), &profileRecorder{}
 	fills := &onDemand{s: s, layers: byDiffID, ordered: layers, fetcher: fetcher, act: act, rec: rec, log: o.log,
-		inflight: map[digest.Digest]*store.Batch{}}
+		inflight: map[digest.Digest]*fetchedFill{}}
 	startupOver := useProfile(ctx, s, p, layers, fetcher, act, rec, o)
 	svc, err := newFillService(ctx, s, fills.fill, o)
 	if err != nil {
