@@ -87,29 +87,81 @@ func PredictJSON(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]byte, S
 // layer given as a Stream is read once, and only the segments are kept. File
 // entries carry their CRC as the payload; tarstream.WriteTarSplit turns the entries into the tar-split.
 func PredictEntries(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]storage.Entry, Stats, error) {
-	n := len(entries) // tar entries: a segment and a file line each, and a few segments at the end
-	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(tarstream.PathSet, n)}
-	st, err := predict(entries, known, crc, true, es)
+	ix, err := IndexKnown(known)
+	if err != nil {
+		return nil, Stats{}, err
+	}
+	feed := NewFeed(entries)
+	st, err := ix.PredictFeed(entries, crc, feed)
 	if err != nil {
 		return nil, st, err
 	}
-	return es.entries, st, nil
+	out, err := feed.Entries()
+	return out, st, err
 }
 
-func predict(entries []layerfs.Entry, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {
-	var st Stats
+// NewFeed returns a feed with room for the predicted tar-split of entries: a segment and a
+// file line each, and a few segments at the end.
+func NewFeed(entries []layerfs.Entry) *tarstream.Feed { return tarstream.NewFeed(2*len(entries) + 8) }
+
+// Index is known layers indexed for one prediction (PredictEntries' first half): a caller can
+// make it before it has the entries to predict, beside fetching them. It serves one prediction.
+type Index struct {
+	ix   *templates
+	used bool
+}
+
+// IndexKnown indexes known layers for PredictFeed, consuming them as PredictEntries does.
+func IndexKnown(known []Known) (*Index, error) {
+	ix, err := indexAll(known, true)
+	if err != nil {
+		return nil, err
+	}
+	return &Index{ix: ix}, nil
+}
+
+// PredictFeed is PredictEntries with the known layers indexed already: it appends the entries
+// to feed as it makes them, so that a reader (tarstream.RebuildStream) can use the first ones
+// beside the rest of the prediction, then closes feed with the error it returns.
+func (x *Index) PredictFeed(entries []layerfs.Entry, crc CRCFunc, feed *tarstream.Feed) (Stats, error) {
+	if x.used {
+		err := fmt.Errorf("an index of known layers serves one prediction")
+		feed.Close(err)
+		return Stats{}, err
+	}
+	x.used = true
+	st, err := predictWith(x.ix, entries, crc, &entrySink{feed: feed, seen: make(tarstream.PathSet, len(entries))})
+	feed.Close(err)
+	return st, err
+}
+
+// indexAll indexes the known layers, with the CRCs of their contents.
+func indexAll(known []Known, inPlace bool) (*templates, error) {
 	crcs := map[digest.Digest][]byte{}
 	layers := make([]*layerIndex, 0, len(known))
 	for i, k := range known {
 		idx, err := indexKnown(k, crcs, inPlace)
 		if err != nil {
-			return st, fmt.Errorf("known layer %d: %w", i, err)
+			return nil, fmt.Errorf("known layer %d: %w", i, err)
 		}
 		layers = append(layers, idx)
 	}
 	ix := newTemplates(layers)
 	ix.crcs = crcs
+	return ix, nil
+}
 
+func predict(entries []layerfs.Entry, known []Known, crc CRCFunc, inPlace bool, out sink) (Stats, error) {
+	ix, err := indexAll(known, inPlace)
+	if err != nil {
+		return Stats{}, err
+	}
+	return predictWith(ix, entries, crc, out)
+}
+
+// predictWith writes the predicted tar-split of entries to out, in tar order.
+func predictWith(ix *templates, entries []layerfs.Entry, crc CRCFunc, out sink) (Stats, error) {
+	var st Stats
 	var (
 		seg      []byte
 		prevSize int64

@@ -34,10 +34,11 @@ func (s jsonSink) segment(b []byte) { s.p.Segment(b) }
 
 func (s jsonSink) file(name string, size int64, crc []byte) error { return s.p.File(name, size, crc) }
 
-// entrySink collects a predicted tar-split as decoded entries.
+// entrySink appends a predicted tar-split to a feed as decoded entries.
 type entrySink struct {
-	entries []storage.Entry
-	seen    tarstream.PathSet
+	feed *tarstream.Feed
+	n    int // entries appended
+	seen tarstream.PathSet
 }
 
 func (s *entrySink) reuse(r *record) { s.add(storage.Entry{Type: storage.SegmentType, Payload: r.seg}) }
@@ -57,6 +58,7 @@ func (s *entrySink) file(name string, size int64, crc []byte) error {
 }
 
 func (s *entrySink) add(e storage.Entry) {
-	e.Position = len(s.entries)
-	s.entries = append(s.entries, e)
+	e.Position = s.n
+	s.n++
+	s.feed.Append(e)
 }

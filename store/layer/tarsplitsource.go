@@ -108,12 +108,27 @@ func (f *FetchedTarSplit) settle(ctx context.Context, l *chunked.Layer, diffID d
 // checkDiffID rebuilds the layer's tar from tar-split entries and objects (opened by open) and
 // compares its sha256 with the DiffID the config promises. It returns the tar's size.
 func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.Entry, diffID digest.Digest, open opener) (int64, error) {
+	err := rebuildDiffID(ctx, files, diffID, open, func(o tarOpener, w io.Writer) error {
+		return tarstream.RebuildEntries(entries, o, w)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return tarSize(entries), nil
+}
+
+// tarOpener opens a file's content by the name and size tar-split records.
+type tarOpener = func(name string, size int64) (io.ReadCloser, error)
+
+// rebuildDiffID rebuilds the layer's tar through rebuild, with the objects the TOC names for
+// the tar-split's files, and compares its sha256 with the DiffID the config promises.
+func rebuildDiffID(ctx context.Context, files []chunked.File, diffID digest.Digest, open opener, rebuild func(tarOpener, io.Writer) error) error {
 	byName := make(map[string]digest.Digest, len(files))
 	for _, f := range files {
 		byName[f.Entry.Name] = f.Entry.Digest
 	}
 	h := sha256.New()
-	err := tarstream.RebuildEntries(entries, func(name string, size int64) (io.ReadCloser, error) {
+	err := rebuild(func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)
@@ -124,12 +139,17 @@ func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.En
 		return open(d)
 	}, h)
 	if err != nil {
-		return 0, fmt.Errorf("rebuilding the tar: %w", err)
+		return fmt.Errorf("rebuilding the tar: %w", err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
-		return 0, fmt.Errorf("rebuilt tar: %w", &DiffIDMismatchError{Got: got, Want: diffID})
+		return fmt.Errorf("rebuilt tar: %w", &DiffIDMismatchError{Got: got, Want: diffID})
 	}
-	// The rebuild wrote every segment and exactly each file's size (else it failed).
+	return nil
+}
+
+// tarSize is the size of the tar entries rebuild, once a rebuild with them succeeded (it wrote
+// every segment and exactly each file's size, else it failed).
+func tarSize(entries []storage.Entry) int64 {
 	var size int64
 	for _, e := range entries {
 		if e.Type == storage.SegmentType {
@@ -138,7 +158,7 @@ func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.En
 			size += e.Size
 		}
 	}
-	return size, nil
+	return size
 }
 
 // FetchFunc fetches and parses a layer's real tar-split.
@@ -147,49 +167,69 @@ type FetchFunc func(ctx context.Context) (*FetchedTarSplit, error)
 // PredictTarSplit returns a tar-split source that predicts the layer's tar-split from stored
 // layer prev's (package tarsplit) and verifies the prediction with the DiffID, so that an update
 // of a stored layer needs no tar-split from the registry; only a wrong prediction costs fetch,
-// the real one. prev's metadata is read once the layer's own TOC is parsed (begin), not beside
-// that parse: decoding two base images' TOCs at once was the pull's peak of memory.
+// the real one. prev's entries are read and its tar-split indexed at once, beside the fetch and
+// parse of the layer's own TOC, which the prediction then waits for: that work was on the
+// pull's critical path, before the hash of the DiffID could start.
 func PredictTarSplit(ctx context.Context, s *store.Store, prev digest.Digest, fetch FetchFunc) TarSplitSource {
-	return &predicted{load: func() knownLayer { return loadKnown(ctx, s, prev) }, fetch: fetch}
+	p := &predicted{known: make(chan knownLayer, 1), fetch: fetch}
+	go func() { p.known <- loadKnown(ctx, s, prev) }()
+	return p
 }
 
 // predicted is a tar-split predicted from a stored layer.
 type predicted struct {
-	load  func() knownLayer
+	known chan knownLayer // sent once loaded
 	pred  *prediction
 	fetch FetchFunc
 }
 
-// begin predicts the tar-split from the TOC, beside the planning.
+// begin predicts the tar-split from the TOC, beside the planning, into a feed that the
+// rebuild reads as it grows.
 func (p *predicted) begin(l *chunked.Layer) {
-	p.pred = &prediction{done: make(chan struct{})}
+	p.pred = &prediction{done: make(chan struct{}), feed: tarsplit.NewFeed(l.Entries)}
 	go func() {
 		defer close(p.pred.done)
-		predictTarSplit(p.pred, p.load(), l.Entries)
+		k := <-p.known
+		if p.pred.err = predictTarSplit(p.pred, k, l.Entries); p.pred.err == nil {
+			p.pred.entries, p.pred.err = p.pred.feed.Entries()
+		}
 	}()
 }
 
 // verify checks the prediction against the TOC and rebuilds the tar with it for the DiffID. Any
 // error means: fetch the real one.
 //
-// The tar does not depend on tar-split's CRCs, which the prediction must compute for new
-// content, once fetched. So the prediction is made with placeholder CRCs and goes to the
+// The rebuild reads the prediction as it is made (a feed), so the hash starts with the first
+// entries, not after the last; a prediction that fails midway closes the feed with its error,
+// which ends the rebuild. The TOC check needs the whole prediction and runs beside the rest of
+// the hash. The tar does not depend on tar-split's CRCs, which the prediction must compute for
+// new content, once fetched. So the prediction is made with placeholder CRCs and goes to the
 // rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
 func (p *predicted) verify(ctx context.Context, l *chunked.Layer, diffID digest.Digest, open opener) verdict {
-	<-p.pred.done
+	checked := make(chan error, 1)
+	go func() {
+		<-p.pred.done
+		if p.pred.err != nil {
+			checked <- nil
+			return
+		}
+		checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries)
+	}()
+	next := p.pred.feed.Reader()
+	err := rebuildDiffID(ctx, l.Files, diffID, open, func(o tarOpener, w io.Writer) error {
+		return tarstream.RebuildStream(next, o, w)
+	})
+	cerr := <-checked
 	if p.pred.err != nil {
 		return verdict{wrongPrediction: p.pred.err}
 	}
-	checked := make(chan error, 1)
-	go func() { checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries) }()
-	n, err := checkDiffID(ctx, l.Files, p.pred.entries, diffID, open)
-	if cerr := <-checked; err == nil {
+	if err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return verdict{wrongPrediction: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return verdict{size: n}
+	return verdict{size: tarSize(p.pred.entries)}
 }
 
 // record turns the prediction into the layer record's tar-split once the new files are in:
@@ -233,14 +273,14 @@ func (p *predicted) settle(ctx context.Context, l *chunked.Layer, diffID digest.
 	return tarSplitRecord{zst: zst, size: real.Size, tarSize: size, note: "tar-split fetched: " + wrong.Error()}, err
 }
 
-// knownLayer is a stored layer to predict a tar-split from: its entries, and its tar-split,
-// streamed by the prediction (openTarSplit) so that the
-// prediction keeps only the headers it reuses, not the whole JSON (a dozen megabytes for a
-// base image, several times those headers).
+// knownLayer is a stored layer to predict a tar-split from: its entries, and its tar-split
+// indexed. The index is made from the tar-split streamed, so that it keeps only the headers a
+// prediction reuses, not the whole JSON (a dozen megabytes for a base image, several times
+// those headers).
 type knownLayer struct {
-	entries      []layerfs.Entry
-	openTarSplit func() (io.ReadCloser, error)
-	err          error
+	entries []layerfs.Entry
+	index   *tarsplit.Index
+	err     error
 }
 
 func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLayer {
@@ -248,35 +288,43 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 	if err != nil {
 		return knownLayer{err: err}
 	}
-	return knownLayer{entries: entries, openTarSplit: func() (io.ReadCloser, error) { return s.LayerTarSplitReader(ctx, prev) }}
+	ts, err := s.LayerTarSplitReader(ctx, prev)
+	if err != nil {
+		return knownLayer{err: err}
+	}
+	defer ts.Close()
+	ix, err := tarsplit.IndexKnown([]tarsplit.Known{{Entries: entries, Stream: ts}})
+	if err != nil {
+		return knownLayer{err: fmt.Errorf("predicting the tar-split: %w", err)}
+	}
+	return knownLayer{entries: entries, index: ix}
 }
 
-// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
-// fields are set when done closes.
+// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs: feed
+// grows as it is made; the other fields are set when done closes.
 type prediction struct {
 	done    chan struct{}
+	feed    *tarstream.Feed
 	entries []storage.Entry
 	pending []pendingCRC
 	err     error
 }
 
-// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
-// The stored layer's tar-split is streamed: the entries keep only the headers they reuse.
-func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
+// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs,
+// into p's feed, which it closes with the error it returns.
+func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) error {
+	err := predictFeed(p, k, entries)
+	p.feed.Close(err)
+	return err
+}
+
+func predictFeed(p *prediction, k knownLayer, entries []layerfs.Entry) error {
 	if k.err != nil {
-		p.err = k.err
-		return
+		return k.err
 	}
 	if err := enoughShared(k.entries, entries); err != nil {
-		p.err = err
-		return
+		return err
 	}
-	ts, err := k.openTarSplit()
-	if err != nil {
-		p.err = err
-		return
-	}
-	defer ts.Close()
 	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
 	// get a placeholder, known by its address, and their real CRC afterwards.
 	placeholder := func(d digest.Digest, size int64) ([]byte, error) {
@@ -284,10 +332,10 @@ func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
 		return b, nil
 	}
-	known := tarsplit.Known{Entries: k.entries, Stream: ts}
-	if p.entries, _, err = tarsplit.PredictEntries(entries, []tarsplit.Known{known}, placeholder); err != nil {
-		p.err = fmt.Errorf("predicting the tar-split: %w", err)
+	if _, err := k.index.PredictFeed(entries, placeholder, p.feed); err != nil {
+		return fmt.Errorf("predicting the tar-split: %w", err)
 	}
+	return nil
 }
 
 // enoughShared refuses to predict from a layer of another image, which shares too little. It
