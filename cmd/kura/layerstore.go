@@ -219,6 +219,9 @@ func (p *pullResolver) pulledLayers(repo string, img layerstore.Pulled) {
 	p.last[repo] = img.Image.Layers
 }
 
+// The layer store builds composefs images beside this resolver's pulls.
+var _ layerstore.EntriesResolver = (*pullResolver)(nil)
+
 func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pulled, error) {
 	return p.ResolveWithEntries(ctx, ref, nil)
 }
