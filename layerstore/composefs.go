@@ -134,6 +134,9 @@ func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.
 // escapes) into its composefs tree: the merge the tree was built from drops them.
 func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 	for _, e := range entries {
+		if !strings.Contains(e.Name, layername.WhiteoutPrefix) {
+			continue // neither a whiteout nor an opaque marker; merge has checked the name
+		}
 		n, err := layername.Parse(e.Name)
 		if err != nil {
 			return fmt.Errorf("whiteout %s: %w", e.Name, err)
