@@ -73,7 +73,7 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	if err != nil {
 		return "", err
 	}
-	image, err := l.layerImage(ctx, img, diffID)
+	image, err := l.layerImage(ctx, diffID)
 	if err != nil {
 		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
 	}
@@ -107,7 +107,7 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 
 // layerImage builds (once) the composefs image of one layer, unless a pull is building it
 // (layerEntries): then it waits for that one. The caller holds the store's shared lock.
-func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
+func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, error) {
 	if err := l.awaitPrebuild(ctx, diffID); err != nil {
 		return "", err
 	}

@@ -47,7 +47,7 @@ func TestImageBuiltBesideThePull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := other.layerImage(ctx, layer.img, diffID)
+	p, err := other.layerImage(ctx, diffID)
 	if err != nil {
 		t.Fatal(err)
 	}
