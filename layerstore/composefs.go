@@ -126,7 +126,7 @@ func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, 
 		return "", err
 	}
 	st := &entriesStore{Store: storeimage.WithoutDigests(l.s), diffID: diffID, entries: entries}
-	return p, l.writeLayerImage(ctx, st, diffID, entries, nil)
+	return p, l.writeLayerImage(ctx, st, diffID, entries)
 }
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into

@@ -11,11 +11,11 @@ import (
 	"github.com/kura-oci/kura/internal/testkit"
 )
 
-// TestImageBuiltBesideThePull: with composefs diffs, a first lookup's layer image is built from
-// the entries the pull hands over, beside the pull: it is in place before the layer's mount
-// begins (the mount is all that is left after the lookup answers), and it is byte for byte the
-// image built afterwards from the stored layer.
-func TestImageBuiltBesideThePull(t *testing.T) {
+// TestImageBuiltFromThePullsEntries: with composefs diffs, a first lookup's layer image is built
+// from the entries the pull handed over, as soon as the pull has recorded the layer: it is in
+// place before the layer's mount begins, and it is byte for byte the image built afterwards from
+// the stored layer.
+func TestImageBuiltFromThePullsEntries(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "composefs mounts need root")
 	}
@@ -36,7 +36,7 @@ func TestImageBuiltBesideThePull(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Unmount(layer.Diff, syscall.MNT_DETACH) })
 	if !builtFirst {
-		t.Errorf("the composefs image of %s was not in place when its mount began: built after the pull", diffID)
+		t.Errorf("the composefs image of %s was not in place when its mount began: not built from the pull's entries", diffID)
 	}
 	checkFile(t, filepath.Join(layer.Diff, "d/new"), "new in layer 2")
 	got, err := os.ReadFile(f.ls.imagePath(diffID))
