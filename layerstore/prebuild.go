@@ -108,7 +108,7 @@ func (pb *prebuild) wait(ctx context.Context) error {
 	return nil
 }
 
-// awaitPrebuild waits until an image being built beside a pull of diffID is in place or given
+// awaitPrebuild waits until an image to be built from a pull's entries of diffID is in place or given
 // up, so that a mount neither builds it a second time nor races the rename.
 func (l *Layers) awaitPrebuild(ctx context.Context, diffID digest.Digest) error {
 	l.pmu.Lock()

@@ -52,7 +52,7 @@ func TestImageBuiltFromThePullsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want, err := os.ReadFile(p); err != nil || !bytes.Equal(got, want) {
-		t.Errorf("the image built beside the pull (%d bytes) differs from the stored layer's (%d bytes, %v)", len(got), len(want), err)
+		t.Errorf("the image built from the pull's entries (%d bytes) differs from the stored layer's (%d bytes, %v)", len(got), len(want), err)
 	}
 }
 

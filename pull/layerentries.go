@@ -14,8 +14,8 @@ type LayerEntriesFunc func(diffID digest.Digest, entries []layerfs.Entry) (done 
 
 // WithLayerEntries has a partial pull hand each layer's entries to fn as soon as it has parsed
 // them, before it fetches the files the store lacks and checks the DiffID, so that work made
-// from the entries alone (the layer store's per-layer composefs image) runs beside the rest of
-// the pull instead of after it. The entries are not verified then: whatever is made from them
+// from the entries alone (the layer store's per-layer composefs image) need not decode the
+// layer's TOC again, and may start before the pull is over. The entries are not verified then: whatever is made from them
 // must stay invisible until done(true), and be dropped on done(false) (a layer that falls back
 // to a full pull is recorded with the entries of its tar, which may differ). Layers pulled
 // whole or already stored are not handed over. fn is called from the pull's layer jobs,

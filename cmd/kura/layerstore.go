@@ -219,7 +219,7 @@ func (p *pullResolver) pulledLayers(repo string, img layerstore.Pulled) {
 	p.last[repo] = img.Image.Layers
 }
 
-// The layer store builds composefs images beside this resolver's pulls.
+// The layer store builds composefs images from this resolver's pulls' entries.
 var _ layerstore.EntriesResolver = (*pullResolver)(nil)
 
 func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pulled, error) {
@@ -227,7 +227,7 @@ func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pull
 }
 
 // ResolveWithEntries is Resolve, its pull handing each layer's entries to entries as it parses
-// them: the layer store builds their composefs images beside the pull.
+// them: the layer store builds their composefs images from them.
 func (p *pullResolver) ResolveWithEntries(ctx context.Context, ref string, entries pull.LayerEntriesFunc) (layerstore.Pulled, error) {
 	r, err := imageref.Parse(ref)
 	if err != nil {
