@@ -61,6 +61,11 @@ type ALSStep struct {
 	PodmanBlobGets int    `json:"podmanBlobGets"`
 	PodmanBlobSize int64  `json:"podmanBlobBytes"`
 	Page           string `json:"page,omitempty"` // the <title> apache2 served
+	// Started is the wall clock at the start of the pull and Run the seconds from it to the
+	// return of `podman run -d`: with the layer store's log (kept with -keep), the timeline of
+	// a step.
+	Started time.Time `json:"started"`
+	Run     float64   `json:"run,omitempty"`
 	Error          string `json:"error,omitempty"`
 }
 
@@ -125,6 +130,10 @@ func runALS(ctx context.Context, cfg config, rounds int) error {
 	// Each round's installations stay until the run is over (see lazyBench.used: on this
 	// machine's journal-less ext4, files made right after many removals are slow to create).
 	defer func() {
+		if cfg.keep {
+			log.Printf("als: -keep: leaving %s (the servers' logs: */server.log)", root)
+			return
+		}
 		if err := removeTree(root); err != nil {
 			log.Printf("als: removing %s: %v", root, err)
 		}
@@ -173,8 +182,8 @@ func alsRound(ctx context.Context, cfg config, base string, c *Corpus, regAddr s
 			ref := regAddr + "/" + kuraRepo + ":" + v.Name
 			s := envs[k].step(ctx, alog, ref, fmt.Sprintf("App 1.%d.0", i))
 			s.Tool, s.Version, s.Round, s.First = alsTools[k].name, v.Name, round, j == 0
-			log.Printf("als round %d %s %s: pull %.2fs, running %.2fs, registry %.2f MB (podman %.2f MB, %d layer blob GETs) %s",
-				round, v.Name, s.Tool, s.Pull, s.Running, mb(s.Bytes), mb(s.ByPodman), s.PodmanBlobGets, s.Error)
+			log.Printf("als round %d %s %s: started %s, pull %.3fs, run -d %.3fs, running %.3fs, registry %.2f MB (podman %.2f MB, %d layer blob GETs) %s",
+				round, v.Name, s.Tool, s.Started.Format("15:04:05.000"), s.Pull, s.Run, s.Running, mb(s.Bytes), mb(s.ByPodman), s.PodmanBlobGets, s.Error)
 			res.Steps = append(res.Steps, s)
 		}
 	}

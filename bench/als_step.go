@@ -33,12 +33,13 @@ func (e *alsEnv) step(ctx context.Context, alog *accessLog, ref, want string) AL
 	}
 	const name = "kura-bench-als-apache"
 	start := time.Now()
+	s.Started = start
 	if out, err := e.podman(ctx, "pull", "-q", "--tls-verify=false", ref).CombinedOutput(); err != nil {
 		s.Error = fmt.Sprintf("podman pull: %v: %s", err, tail(string(out), 500))
 	}
 	s.Pull = time.Since(start).Seconds()
 	if s.Error == "" {
-		s.Page, err = e.serve(ctx, name, ref)
+		s.Page, err = e.serve(ctx, name, ref, func() { s.Run = time.Since(start).Seconds() })
 		s.Running = time.Since(start).Seconds()
 		if err != nil {
 			s.Error = err.Error()
@@ -68,8 +69,9 @@ const alsApacheScript = "chmod 755 / && mkdir -p /run/lock && exec apache2ctl -D
 var alsPristine = []string{"usr/sbin/apache2", "usr/lib/x86_64-linux-gnu/libapr-1.so.0.7.2"}
 
 // serve starts apache2 from ref (its own start script, which reads /etc/apache2/envvars, with
-// the port override bound in) and returns the <title> of its first successful answer.
-func (e *alsEnv) serve(ctx context.Context, name, ref string) (string, error) {
+// the port override bound in) and returns the <title> of its first successful answer; started
+// is called when `podman run -d` has returned.
+func (e *alsEnv) serve(ctx context.Context, name, ref string, started func()) (string, error) {
 	args := append([]string{"run", "-d", "--name", name, "--network", "host"}, alsUlimits...)
 	args = append(args, "-v", e.ports+":/etc/apache2/ports.conf:ro")
 	for _, f := range alsPristine {
@@ -80,6 +82,7 @@ func (e *alsEnv) serve(ctx context.Context, name, ref string) (string, error) {
 	if out, err := e.podman(ctx, args...).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("podman run apache2: %v: %s", err, tail(string(out), 500))
 	}
+	started()
 	url := fmt.Sprintf("http://127.0.0.1:%d/", e.port)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(60 * time.Second)

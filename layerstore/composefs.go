@@ -73,7 +73,7 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	if err != nil {
 		return "", err
 	}
-	image, err := l.layerImage(ctx, img, diffID)
+	image, err := l.layerImage(ctx, diffID)
 	if err != nil {
 		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
 	}
@@ -105,10 +105,13 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	return target, nil
 }
 
-// layerImage builds (once) the composefs image of one layer; the caller holds the store's
-// shared lock.
-func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.Digest) (string, error) {
-	p := filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+".cfs")
+// layerImage builds (once) the composefs image of one layer, unless a pull is building it
+// (layerEntries): then it waits for that one. The caller holds the store's shared lock.
+func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, error) {
+	if err := l.awaitPrebuild(ctx, diffID); err != nil {
+		return "", err
+	}
+	p := l.imagePath(diffID)
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
@@ -117,33 +120,13 @@ func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.
 	// Every file's metacopy xattr is then the same value, stored once: 52 bytes less per file,
 	// a layer's image about a fifth smaller, in the page cache of every container that looks its
 	// files up as on disk. A per-layer mount that turns verity on must keep them.
-	root, err := storeimage.Tree(ctx, storeimage.WithoutDigests(l.s), store.Image{ID: img.ID, Layers: []digest.Digest{diffID}})
-	if err != nil {
-		return "", err
-	}
+	// The entries are decoded once, for the tree and for its whiteouts.
 	entries, err := l.s.LayerEntries(ctx, diffID)
 	if err != nil {
 		return "", err
 	}
-	if err := treeWhiteouts(root, entries); err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return "", err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(f.Name())
-	err = composefs.WriteImage(f, root)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	return p, err
+	st := &entriesStore{Store: storeimage.WithoutDigests(l.s), diffID: diffID, entries: entries}
+	return p, l.writeLayerImage(ctx, st, diffID, entries)
 }
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into
@@ -151,6 +134,9 @@ func (l *Layers) layerImage(ctx context.Context, img store.Image, diffID digest.
 // escapes) into its composefs tree: the merge the tree was built from drops them.
 func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 	for _, e := range entries {
+		if !strings.Contains(e.Name, layername.WhiteoutPrefix) {
+			continue // neither a whiteout nor an opaque marker; merge has checked the name
+		}
 		n, err := layername.Parse(e.Name)
 		if err != nil {
 			return fmt.Errorf("whiteout %s: %w", e.Name, err)

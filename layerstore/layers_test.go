@@ -36,13 +36,22 @@ type registryResolver struct {
 }
 
 func (r *registryResolver) Resolve(ctx context.Context, ref string) (Pulled, error) {
+	return r.ResolveWithEntries(ctx, ref, nil)
+}
+
+// ResolveWithEntries makes registryResolver an EntriesResolver, as the command's is.
+func (r *registryResolver) ResolveWithEntries(ctx context.Context, ref string, fn pull.LayerEntriesFunc) (Pulled, error) {
 	r.pulls++
 	parsed, err := imageref.Parse(ref)
 	if err != nil {
 		return Pulled{}, err
 	}
 	src := registry.NewSource(r.client, parsed)
-	rep, err := pull.Pull(ctx, r.s, src)
+	var opts []pull.Option
+	if fn != nil {
+		opts = append(opts, pull.WithLayerEntries(fn))
+	}
+	rep, err := pull.Pull(ctx, r.s, src, opts...)
 	if err != nil {
 		return Pulled{}, err
 	}

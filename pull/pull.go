@@ -88,6 +88,9 @@ type options struct {
 	lazyTarSizes  bool            // lazy pulls: fetch the tar-split before mountable, for the tars' sizes
 	startup       StartupWindow   // lazy pulls: when the background fetch begins (zero: defaults)
 	bulk          bulkLimits      // lazy pulls: the background fetch's batches (zero: defaults)
+
+	// layerEntries, when set, is told each partially pulled layer's entries (WithLayerEntries).
+	layerEntries LayerEntriesFunc
 }
 
 func defaultOptions() options {
@@ -324,8 +327,10 @@ func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc oc
 	if err != nil {
 		return err
 	}
+	done := o.handEntries(diffID, part.Layer.Entries)
 	imp, err := layer.ImportPartial(ctx, s, part, diffID, rangeFetcher{src: src, desc: desc, lr: lr},
 		layer.PartialOptions{Bar: bar, Log: o.log.With("layer", desc.Digest)})
+	done(err == nil)
 	if err != nil {
 		return err
 	}

@@ -190,9 +190,13 @@ type pullResolver struct {
 	last map[string][]digest.Digest // repository: layers of the last image pulled
 }
 
-// pullOptions are the options of a pull of ref (whose repository is repo).
-func (p *pullResolver) pullOptions(name, repo string) []pull.Option {
+// pullOptions are the options of a pull of ref (whose repository is repo); entries, if not nil,
+// is handed each layer's entries as the pull parses them (layerstore.EntriesResolver).
+func (p *pullResolver) pullOptions(name, repo string, entries pull.LayerEntriesFunc) []pull.Option {
 	opts := []pull.Option{pull.WithLogger(slog.Default())}
+	if entries != nil {
+		opts = append(opts, pull.WithLayerEntries(entries))
+	}
 	if name != "" {
 		opts = append(opts, pull.WithName(name))
 	}
@@ -215,7 +219,16 @@ func (p *pullResolver) pulledLayers(repo string, img layerstore.Pulled) {
 	p.last[repo] = img.Image.Layers
 }
 
+// The layer store builds composefs images from this resolver's pulls' entries.
+var _ layerstore.EntriesResolver = (*pullResolver)(nil)
+
 func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pulled, error) {
+	return p.ResolveWithEntries(ctx, ref, nil)
+}
+
+// ResolveWithEntries is Resolve, its pull handing each layer's entries to entries as it parses
+// them: the layer store builds their composefs images from them.
+func (p *pullResolver) ResolveWithEntries(ctx context.Context, ref string, entries pull.LayerEntriesFunc) (layerstore.Pulled, error) {
 	r, err := imageref.Parse(ref)
 	if err != nil {
 		return layerstore.Pulled{}, refError(err)
@@ -227,7 +240,7 @@ func (p *pullResolver) Resolve(ctx context.Context, ref string) (layerstore.Pull
 	if err == nil {
 		var rep *pull.Report
 		repo := r.Repository().String()
-		if rep, err = pull.Pull(ctx, p.s, chosen.src, p.pullOptions(chosen.name, repo)...); err == nil {
+		if rep, err = pull.Pull(ctx, p.s, chosen.src, p.pullOptions(chosen.name, repo, entries)...); err == nil {
 			slog.Info("pulled for the layer store", "ref", ref, "image", rep.Image, "bytesReceived", rep.BytesReceived)
 			img, err := p.pulled(ctx, rep.Image, chosen.src)
 			if err == nil {

@@ -1,0 +1,197 @@
+package layerstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/storeimage"
+	"github.com/kura-oci/kura/layerfs"
+	"github.com/kura-oci/kura/pull"
+	"github.com/kura-oci/kura/store"
+)
+
+// EntriesResolver is a Resolver whose pulls hand each layer's entries over as they parse them
+// (pull.WithLayerEntries). With composefs diffs the layer store then builds a layer's composefs
+// image from them as soon as the pull has recorded the layer, without decoding its TOC again
+// (twice, before), and mounts it before podman's next use of diff (its container's overlay)
+// asks for it.
+type EntriesResolver interface {
+	Resolver
+	ResolveWithEntries(ctx context.Context, ref string, fn pull.LayerEntriesFunc) (Pulled, error)
+}
+
+// prebuild is one layer's composefs image to be built from the entries a pull handed over.
+type prebuild struct {
+	verified chan struct{} // closed by the pull's done: recorded is set then
+	recorded bool
+	done     chan struct{} // closed once the image is in place, or given up
+}
+
+// layerEntries is the pull.LayerEntriesFunc of the layer store's pulls: unless the layer's
+// image is there or being built, it keeps entries to build it from once the layer is recorded.
+func (l *Layers) layerEntries(diffID digest.Digest, entries []layerfs.Entry) func(recorded bool) {
+	if _, err := os.Stat(l.imagePath(diffID)); err == nil {
+		return nil
+	}
+	l.pmu.Lock()
+	if _, ok := l.prebuilds[diffID]; ok {
+		l.pmu.Unlock()
+		return nil
+	}
+	pb := &prebuild{verified: make(chan struct{}), done: make(chan struct{})}
+	l.prebuilds[diffID] = pb
+	l.pmu.Unlock()
+	go l.runPrebuild(diffID, entries, pb)
+	var once sync.Once
+	return func(recorded bool) {
+		once.Do(func() { pb.recorded = recorded; close(pb.verified) })
+	}
+}
+
+// runPrebuild builds the image once the pull has recorded the layer with these very entries
+// (an image made from entries that fail verification is never made), from the entries the pull
+// decoded: the layer's TOC is not decoded again. It starts then, not at once: built while the
+// pull runs, it took the pull's CPU (the pull, which fetches, assembles and hashes at once on
+// two cores, took about 45 ms longer on the bench's updates, all that podman run gained). Built
+// from the record on, it is done, and the layer mounted, before podman's container asks for
+// diff. It holds the store's shared lock for the objects it inlines.
+func (l *Layers) runPrebuild(diffID digest.Digest, entries []layerfs.Entry, pb *prebuild) {
+	defer func() {
+		l.pmu.Lock()
+		delete(l.prebuilds, diffID)
+		l.pmu.Unlock()
+		close(pb.done)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultLookupTimeout)
+	defer cancel()
+	err := pb.wait(ctx)
+	if errors.Is(err, errNotRecorded) {
+		return // built when mounted, from what the store recorded
+	}
+	start := time.Now()
+	if err == nil {
+		var unlock func()
+		if unlock, err = l.s.RLock(ctx); err == nil {
+			st := &entriesStore{Store: storeimage.WithoutDigests(l.s), diffID: diffID, entries: entries}
+			err = l.writeLayerImage(ctx, st, diffID, entries)
+			unlock()
+		}
+	}
+	if err != nil {
+		l.opts.Log.Warn("building a layer's composefs image from its pull's entries failed; it is built when mounted", "diffID", diffID, "err", err)
+		return
+	}
+	l.opts.Log.Info("layer image built from the pull's entries", "diffID", diffID, "took", time.Since(start))
+}
+
+// errNotRecorded: the pull did not record the layer with the entries an image was built from.
+var errNotRecorded = errors.New("the pull did not record the layer with the entries handed over")
+
+// wait waits for the pull's verdict on the entries.
+func (pb *prebuild) wait(ctx context.Context) error {
+	select {
+	case <-pb.verified:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if !pb.recorded {
+		return errNotRecorded
+	}
+	return nil
+}
+
+// awaitPrebuild waits until an image to be built from a pull's entries of diffID is in place or given
+// up, so that a mount neither builds it a second time nor races the rename.
+func (l *Layers) awaitPrebuild(ctx context.Context, diffID digest.Digest) error {
+	l.pmu.Lock()
+	pb := l.prebuilds[diffID]
+	l.pmu.Unlock()
+	if pb == nil {
+		return nil
+	}
+	select {
+	case <-pb.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("layer store: waiting for the composefs image of %s: %w", diffID, ctx.Err())
+	}
+}
+
+// entriesStore is the store as a layer image's build reads it: the layer's entries are the ones
+// given (decoded by the pull, or once from the store for both the tree and its whiteouts).
+type entriesStore struct {
+	storeimage.Store
+	diffID  digest.Digest
+	entries []layerfs.Entry
+}
+
+func (e *entriesStore) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
+	if diffID != e.diffID {
+		return e.Store.LayerEntries(ctx, diffID)
+	}
+	return e.entries, nil
+}
+
+// OmitDigests: the per-layer images carry no fs-verity digests (see layerImage).
+func (e *entriesStore) OmitDigests() bool { return true }
+
+// imagePath is where the composefs image of layer diffID is kept.
+func (l *Layers) imagePath(diffID digest.Digest) string {
+	return filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+".cfs")
+}
+
+// writeLayerImage builds the composefs image of one layer from its entries into a temp file
+// beside its place, and renames it there. A server killed meanwhile leaves only the temp file,
+// which the next one removes (removeTemps).
+func (l *Layers) writeLayerImage(ctx context.Context, st storeimage.Store, diffID digest.Digest, entries []layerfs.Entry) error {
+	root, err := storeimage.Tree(ctx, st, store.Image{ID: diffID, Layers: []digest.Digest{diffID}})
+	if err != nil {
+		return err
+	}
+	if err := treeWhiteouts(root, entries); err != nil {
+		return err
+	}
+	p := l.imagePath(diffID)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(p), tempPrefix+"*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	err = composefs.WriteImage(f, root)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), p)
+	}
+	return err
+}
+
+// tempPrefix names the temp files of composefs images being written.
+const tempPrefix = ".tmp-"
+
+// removeTemps removes the temp files a killed server left in the state's composefs directory.
+func removeTemps(state string) error {
+	tmps, err := filepath.Glob(filepath.Join(state, dirComposefs, tempPrefix+"*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
