@@ -66,7 +66,7 @@ type ALSStep struct {
 	// a step.
 	Started time.Time `json:"started"`
 	Run     float64   `json:"run,omitempty"`
-	Error          string `json:"error,omitempty"`
+	Error   string    `json:"error,omitempty"`
 }
 
 // ALSSide is what one set-up holds after ten versions (first round).
