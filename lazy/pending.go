@@ -69,11 +69,8 @@ func Root(s *store.Store) string { return filepath.Join(s.Root(), DirName) }
 // directory is fsynced before the rename and lazy/ after it, so a power loss leaves either no
 // pending pull or a whole one (a truncated pull.json would stop gc). An existing pending pull
 // of the same manifest is returned as it is: its placeholders may be what a live mount reads,
-// so they are never made anew. prepare, if not nil, runs on the pending pull while it is still
-// in its temp directory, after its record is written and before the rename: what it makes there
-// (placeholders, the composefs image) and stores (the inlined files) is there, or stored,
-// whenever the pending pull exists; if it fails nothing is published.
-func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest][]byte, prepare func(*Pending) error) (*Pending, error) {
+// so they are never made anew.
+func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest][]byte) (*Pending, error) {
 	if p, err := Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
 		return p, err
 	}
@@ -90,11 +87,6 @@ func Create(s *store.Store, id digest.Digest, rec Record, tocs map[digest.Digest
 	defer os.RemoveAll(tmp)
 	if err := writeRecord(tmp, rec, tocs); err != nil {
 		return nil, fmt.Errorf("recording lazy pull %s: %w", id, err)
-	}
-	if prepare != nil {
-		if err := prepare(&Pending{ID: id, Dir: tmp, Record: rec}); err != nil {
-			return nil, err
-		}
 	}
 	err = os.Rename(tmp, filepath.Join(Root(s), id.Encoded()))
 	if err != nil && !errors.Is(err, fs.ErrExist) {

@@ -19,7 +19,7 @@ func TestCreateThenDamagedRecord(t *testing.T) {
 	s := teststore.Open(t)
 	manifest := []byte(`{"schemaVersion":2}`)
 	id := digest.FromBytes(manifest)
-	p, err := Create(s, id, Record{Name: "x", Manifest: manifest, Config: []byte(`{}`)}, nil, nil)
+	p, err := Create(s, id, Record{Name: "x", Manifest: manifest, Config: []byte(`{}`)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/lazy"
 	"github.com/kura-oci/kura/lazy/lazymount"
 	"github.com/kura-oci/kura/source"
@@ -64,7 +65,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	o.log.Debug("lazy: metadata fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
 	rec.TarSizes = map[digest.Digest]int64{}
 	for _, d := range diffIDs {
 		if _, ok := tocs[d]; ok && !slices.Contains(rec.Pending, d) {
@@ -74,66 +75,37 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 			}
 		}
 	}
-	p, err := lazy.Create(s, id, rec, tocs, func(p *lazy.Pending) error {
-		return prepareLazy(ctx, s, src, img.Manifest.Layers, diffIDs, parts, p, o)
-	})
+	p, err := lazy.Create(s, id, rec, tocs)
 	if err != nil {
 		return nil, err
 	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
-	o.log.Debug("lazy: pending pull recorded, small files, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
+	if o.lazyMountDir != "" {
+		// The tree mount never reads placeholders nor the composefs image, and making the
+		// placeholders is most of a start-up's time; a service of another mode makes the
+		// missing ones before it serves them, and kura mount builds a missing image.
+		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
+		return p, nil
+	}
+	// The composefs image is built beside the placeholders (CPU against the file system's
+	// creates), so that kura mount only mounts it.
+	var g errgroup.Group
+	g.Go(func() error { return lazymount.BuildImage(ctx, s, p) })
+	for d, part := range parts {
+		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+			g.Wait()
+			return nil, err
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }
 
-// prepareLazy makes a pending pull ready to mount before it is published (lazy.Create's
-// prepare): it stores the files the composefs image inlines and then builds the image, while it
-// makes a placeholder for every other object the store lacks (the inlined files never get one:
-// the image holds their bytes). Fetching, building and the file system's creates overlap. With
-// WithLazyMount only the inlined files are stored: the tree mount reads neither placeholders
-// nor the image, and making the placeholders is most of a start-up's time (a service of another
-// mode makes them before it serves them, and kura mount builds a missing image).
-func prepareLazy(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs []digest.Digest, parts map[digest.Digest]layer.Partial, p *lazy.Pending, o options) error {
-	small := func() error {
-		for i, d := range diffIDs {
-			if part, ok := parts[d]; ok {
-				if err := fetchSmallFiles(ctx, s, src, descs[i], part); err != nil {
-					return fmt.Errorf("layer %s: %w", descs[i].Digest, err)
-				}
-			}
-		}
-		return nil
-	}
-	if o.lazyMountDir != "" {
-		return small()
-	}
-	var g errgroup.Group
-	g.Go(func() error {
-		if err := small(); err != nil {
-			return err
-		}
-		return lazymount.BuildImage(ctx, s, p)
-	})
-	for d, part := range parts {
-		if err := p.MakePlaceholders(s, d, notInlined(part.Layer.Files)); err != nil {
-			return errors.Join(err, g.Wait())
-		}
-	}
-	return g.Wait()
-}
-
-// notInlined lists the objects of files a composefs image does not inline.
-func notInlined(files []chunked.File) []digest.Digest {
-	out := make([]digest.Digest, 0, len(files))
-	for _, f := range files {
-		if f.Entry.Size > composefs.InlineThreshold {
-			out = append(out, f.Entry.Digest)
-		}
-	}
-	return out
-}
-
-// lazyLayers fetches the metadata of each zstd:chunked layer the store lacks, and pulls the
-// others whole. It returns the TOC frames and parsed metadata of the lazy ones.
+// lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
+// and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
 func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
 	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
 	var mu sync.Mutex
@@ -149,6 +121,9 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 			if errors.Is(err, errdefs.ErrNeedFull) {
 				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
 				return err
+			}
+			if err == nil {
+				err = fetchSmallFiles(gctx, s, src, desc, part)
 			}
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
