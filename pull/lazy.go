@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kura-oci/kura/chunked"
-	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/lazy"
@@ -25,8 +24,9 @@ import (
 )
 
 // PullLazy begins a lazy pull: layers that are not zstd:chunked are pulled as usual; of the
-// others only the metadata (TOC, tar-split) and the files small enough for composefs to inline
-// are fetched, and every other missing object gets an empty placeholder. It returns the pending
+// others only the metadata (TOC, tar-split), the files small enough for composefs to inline
+// and the start-up baseline (lazybaseline.go) are fetched, and every other missing object gets
+// an empty placeholder. It returns the pending
 // pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. With
 // WithLazyMount neither placeholders nor its composefs image are made. A pending pull
 // of the same manifest is resumed as it is. It holds the store's shared lock while it runs.
@@ -123,7 +123,7 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 				return err
 			}
 			if err == nil {
-				err = fetchSmallFiles(gctx, s, src, desc, part)
+				err = fetchFirstFiles(gctx, s, src, desc, part)
 			}
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
@@ -160,15 +160,11 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 	return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 }
 
-// fetchSmallFiles stores the files a composefs image inlines: building the image reads them.
-func fetchSmallFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
-	var small []chunked.File
-	for _, f := range part.Layer.Files {
-		if f.Entry.Size > 0 && f.Entry.Size <= composefs.InlineThreshold {
-			small = append(small, f)
-		}
-	}
-	_, err := layer.FetchFiles(ctx, s, small, rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
+// fetchFirstFiles stores the files fetched before a lazily pulled layer is mountable
+// (firstFiles): the ones its composefs image inlines, which building it reads, and the
+// start-up baseline.
+func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
+	_, err := layer.FetchFiles(ctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
 	return err
 }
 

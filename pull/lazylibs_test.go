@@ -94,3 +94,38 @@ func TestLazyLibrariesFetchedWithProgram(t *testing.T) {
 	}
 	e.checkComplete(t, p)
 }
+
+// TestLazyPullFetchesBaseline: the files every glibc program's start reads are stored by the
+// pull itself (no placeholder, no fill), whatever their size; others of their directories
+// are not.
+func TestLazyPullFetchesBaseline(t *testing.T) {
+	libdir := "usr/lib/x86_64-linux-gnu/"
+	tree := []treeFile{
+		{name: "etc/", typ: tar.TypeDir, mode: 0o755},
+		{name: "etc/ld.so.cache", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("ld.so.cache "), 900)},
+		{name: "etc/motd", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("welcome "), 900)},
+		{name: "usr/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
+		{name: libdir, typ: tar.TypeDir, mode: 0o755},
+		{name: libdir + "libc.so.6", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("libc "), 30000)},
+		{name: libdir + "libother.so.1", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("other "), 30000)},
+	}
+	e, p := newLazyEnvOf(t, tree)
+	for name, want := range map[string]bool{"etc/ld.so.cache": true, libdir + "libc.so.6": true, "etc/motd": false, libdir + "libother.so.1": false} {
+		if got := e.s.HasObject(digest.FromBytes(e.files[name])); got != want {
+			t.Errorf("%s stored by the lazy pull: %v; want %v", name, got, want)
+		}
+	}
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	before := len(e.reg.Proxy.BlobRequests())
+	e.readWhole(t, libdir+"libc.so.6", "stored by the pull")
+	if n := len(e.reg.Proxy.BlobRequests()) - before; n != 0 {
+		t.Errorf("reading a baseline file made %d blob requests; want 0", n)
+	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
