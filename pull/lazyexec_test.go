@@ -108,8 +108,9 @@ func (h *hostTree) findLib(name string) string {
 
 // TestLazyRunProgramFromFreshMount runs the host's dynamically linked /bin/sh, which runs ls in
 // a UTF-8 locale, chrooted into a fresh lazy mount (fanotify) with the bulk fetch held back:
-// ld.so maps ld.so.cache and the libraries, glibc maps gconv-modules.cache and the locale's
-// files, each one's first access being a mapping of a placeholder. It must run and list /etc.
+// the kernel executes /bin/sh from its placeholder, ld.so maps the libraries (ls's fetched with
+// ls), and the files glibc maps and never reads (ld.so.cache, gconv-modules.cache, the locale)
+// came with the pull (the start-up baseline). It must run and list /etc.
 func TestLazyRunProgramFromFreshMount(t *testing.T) {
 	h := &hostTree{t: t, seen: map[string]bool{}}
 	h.addProgram("/bin/sh")
@@ -140,17 +141,44 @@ func TestLazyRunProgramFromFreshMount(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "ld.so.cache") {
 		t.Fatalf("/bin/sh -c 'ls /etc' from a fresh lazy mount: %v, output %q", err, out)
 	}
-	// The program ran from placeholders: the layer is still pending, and the locale's
-	// LC_CTYPE, which glibc maps and never reads, was filled on the way.
+	// The program ran from placeholders: the layer is still pending; the locale's LC_CTYPE,
+	// which glibc maps and never reads, came with the pull (the start-up baseline: no
+	// placeholder), and ls's own libselinux, which ld.so maps, was filled on the way.
 	if e.s.HasLayer(e.img.diffIDs[0]) {
 		t.Fatal("the layer was stored before the program ran: the bulk fetch was not held")
 	}
-	ph, err := p.PlaceholderPath(e.s, e.img.diffIDs[0], digest.FromBytes(e.files["usr/lib/locale/C.utf8/LC_CTYPE"]))
+	ctype := digest.FromBytes(e.files["usr/lib/locale/C.utf8/LC_CTYPE"])
+	ctypePh, err := p.PlaceholderPath(e.s, e.img.diffIDs[0], ctype)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Stat(ph); err != nil || st.Size() != int64(len(e.files["usr/lib/locale/C.utf8/LC_CTYPE"])) {
-		t.Fatalf("LC_CTYPE's placeholder after the run: %v, %v; want it filled", st, err)
+	if _, err := os.Lstat(ctypePh); !e.s.HasObject(ctype) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("LC_CTYPE: stored %v, placeholder %v; want it stored by the pull, with no placeholder", e.s.HasObject(ctype), err)
+	}
+	// /bin/sh, executed from its placeholder, was filled there; ls's libselinux, fetched with
+	// ls (read-ahead of a program's libraries), is stored, or filled if ld.so's lookup came
+	// first.
+	for _, f := range []struct {
+		host         string
+		mayBeStored bool
+	}{{"/bin/sh", false}, {h.findLib("libselinux.so.1"), true}} {
+		real, err := filepath.EvalSymlinks(f.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(real)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ph, err := p.PlaceholderPath(e.s, e.img.diffIDs[0], digest.FromBytes(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(ph)
+		filled := err == nil && st.Size() == int64(len(b))
+		if !filled && !(f.mayBeStored && e.s.HasObject(digest.FromBytes(b))) {
+			t.Fatalf("%s after the run: placeholder %v, %v, stored %v; want it filled", f.host, st, err, e.s.HasObject(digest.FromBytes(b)))
+		}
 	}
 	stop()
 	if err := <-done; !errors.Is(err, context.Canceled) {
