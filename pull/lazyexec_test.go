@@ -159,7 +159,7 @@ func TestLazyRunProgramFromFreshMount(t *testing.T) {
 	// ls (read-ahead of a program's libraries), is stored, or filled if ld.so's lookup came
 	// first.
 	for _, f := range []struct {
-		host         string
+		host        string
 		mayBeStored bool
 	}{{"/bin/sh", false}, {h.findLib("libselinux.so.1"), true}} {
 		real, err := filepath.EvalSymlinks(f.host)
