@@ -41,24 +41,6 @@ type Fetched interface {
 	Store(ctx context.Context) error
 }
 
-// Stored adapts a function that stores the object itself (fetches, verifies and commits) to a
-// FillFunc: its Fetched opens nothing and has nothing left to store.
-func Stored(fn func(ctx context.Context, diffID, obj digest.Digest) error) FillFunc {
-	return func(ctx context.Context, diffID, obj digest.Digest) (Fetched, error) {
-		if err := fn(ctx, diffID, obj); err != nil {
-			return nil, err
-		}
-		return storedFill{}, nil
-	}
-}
-
-type storedFill struct{}
-
-func (storedFill) Open(obj digest.Digest) (*os.File, error) {
-	return nil, fmt.Errorf("object %s: %w", obj, errdefs.ErrNotFound)
-}
-func (storedFill) Store(context.Context) error { return nil }
-
 // DefaultFillTimeout bounds one fill: a reader waits at most this long before its read fails
 // with EIO (and the next access tries again).
 const DefaultFillTimeout = 30 * time.Second

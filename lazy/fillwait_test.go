@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"syscall"
 	"testing"
@@ -39,14 +40,7 @@ func TestLazyStalledFillBoundsEveryReader(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	}
-	f, err := NewFiller(s, Stored(stall), timeout, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- f.Run(ctx) }()
-	defer func() { cancel(); <-ran; f.Close() }()
+	f, ctx := runFiller(t, s, Stored(stall), timeout)
 	if err := f.Watch(ctx, p, diffID, []digest.Digest{obj}); err != nil {
 		t.Fatal(err)
 	}
@@ -85,8 +79,7 @@ func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 	if err := p.MakePlaceholders(s, diffID, []digest.Digest{obj}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := store.WriteObject(ctx, s, bytes.NewReader(content), obj, int64(len(content))); err != nil {
+	if _, err := store.WriteObject(context.Background(), s, bytes.NewReader(content), obj, int64(len(content))); err != nil {
 		t.Fatal(err)
 	}
 	path, _ := s.ObjectPath(obj)
@@ -95,13 +88,7 @@ func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 	if err := os.WriteFile(path, bad, 0o444); err != nil {
 		t.Fatal(err)
 	}
-	f, err := NewFiller(s, Stored(func(context.Context, digest.Digest, digest.Digest) error { return nil }), 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ran := make(chan error, 1)
-	go func() { ran <- f.Run(ctx) }()
-	defer func() { cancel(); <-ran; f.Close() }()
+	f, ctx := runFiller(t, s, Stored(func(context.Context, digest.Digest, digest.Digest) error { return nil }), 0)
 	werr := f.Watch(ctx, p, diffID, []digest.Digest{obj})
 	ph, _ := p.PlaceholderPath(s, diffID, obj)
 	b, rerr := os.ReadFile(ph)
@@ -149,14 +136,7 @@ func TestLazyReaderGoesBeforeCommit(t *testing.T) {
 			return err
 		}}, nil
 	}
-	f, err := NewFiller(s, fill, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- f.Run(ctx) }()
-	defer func() { cancel(); <-ran; f.Close() }()
+	f, ctx := runFiller(t, s, fill, 0)
 	if err := f.Watch(ctx, p, diffID, []digest.Digest{obj}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,3 +162,36 @@ type testFetched struct {
 
 func (f testFetched) Open(digest.Digest) (*os.File, error) { return os.Open(f.path) }
 func (f testFetched) Store(ctx context.Context) error      { return f.store(ctx) }
+
+// runFiller starts a Filler answering events until the test ends, and returns it with the
+// context its Run serves.
+func runFiller(t *testing.T, s *store.Store, fill FillFunc, timeout time.Duration) (*Filler, context.Context) {
+	t.Helper()
+	f, err := NewFiller(s, fill, timeout, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran; f.Close() })
+	return f, ctx
+}
+
+// Stored adapts a function that stores the object itself (fetches, verifies and commits) to a
+// FillFunc: its Fetched opens nothing and has nothing left to store.
+func Stored(fn func(ctx context.Context, diffID, obj digest.Digest) error) FillFunc {
+	return func(ctx context.Context, diffID, obj digest.Digest) (Fetched, error) {
+		if err := fn(ctx, diffID, obj); err != nil {
+			return nil, err
+		}
+		return storedFill{}, nil
+	}
+}
+
+type storedFill struct{}
+
+func (storedFill) Open(obj digest.Digest) (*os.File, error) {
+	return nil, fmt.Errorf("object %s: %w", obj, errdefs.ErrNotFound)
+}
+func (storedFill) Store(context.Context) error { return nil }
