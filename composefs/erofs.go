@@ -22,6 +22,9 @@ const (
 	compatMtime  = 0x2
 	compatFilter = 0x4
 
+	incompatXattrPrefixes = 0x40 // EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES: long name prefixes
+	xattrLongPrefix       = 0x80 // EROFS_XATTR_LONG_PREFIX: the name index is a long prefix's
+
 	layoutFlatPlain  = 0
 	layoutFlatInline = 2
 	layoutChunkBased = 4

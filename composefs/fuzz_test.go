@@ -13,7 +13,8 @@ import (
 
 func vectorDir(t testing.TB) string { return testdata.Dir(t, "composefs") }
 
-// FuzzReadImage feeds hostile images to the reader (seeded with images of the small vectors); it
+// FuzzReadImage feeds hostile images to the reader (seeded with images of the small vectors, in
+// both layouts); it
 // must never panic, and what it accepts must build again.
 func FuzzReadImage(f *testing.F) {
 	dir := vectorDir(f)
@@ -29,6 +30,9 @@ func FuzzReadImage(f *testing.F) {
 		}
 		if img, err := composefs.BuildImage(root); err == nil {
 			f.Add(img)
+		}
+		if img, err := composefs.BuildImage(root, composefs.WithDenseInodes()); err == nil {
+			f.Add(img) // long xattr prefixes and compact mtimes
 		}
 	}
 	f.Fuzz(func(t *testing.T, img []byte) {

@@ -89,6 +89,11 @@ func ReadImage(img []byte) (*Node, error) {
 	if r.meta >= uint64(len(img)) || r.xattrs >= uint64(len(img)) {
 		return nil, fmt.Errorf("EROFS metadata outside the image: %w", errdefs.ErrInvalid)
 	}
+	if le.Uint32(sb[80:])&incompatXattrPrefixes != 0 {
+		if err := r.readPrefixes(sb); err != nil {
+			return nil, err
+		}
+	}
 	root, err := r.node(uint64(le.Uint16(sb[14:])), 0)
 	if err != nil {
 		return nil, err
@@ -108,6 +113,7 @@ type reader struct {
 	xaccount int
 
 	img       []byte
+	prefixes  []string // long xattr name prefixes
 	meta      uint64
 	xattrs    uint64
 	buildTime Timespec
@@ -161,7 +167,8 @@ func (r *reader) node(nid uint64, depth int) (*Node, error) {
 		iu = le.Uint32(head[16:])
 		n.UID = uint32(le.Uint16(head[24:]))
 		n.GID = uint32(le.Uint16(head[26:]))
-		n.Mtime = r.buildTime
+		// Linux 6.15 made this field the seconds after the epoch; older writers leave it 0.
+		n.Mtime = Timespec{Sec: r.buildTime.Sec + int64(le.Uint32(head[12:])), Nsec: r.buildTime.Nsec}
 	} else {
 		isize = extendedSize
 		ext, err := r.span(off, extendedSize)
@@ -393,13 +400,45 @@ func (r *reader) readXattrs(n *Node, off, size uint64) error {
 	return nil
 }
 
+// readPrefixes reads the long xattr name prefix table (kept in the metadata, not in a packed
+// inode, which composefs images never have).
+func (r *reader) readPrefixes(sb []byte) error {
+	le := binary.LittleEndian
+	if le.Uint64(sb[96:]) != 0 {
+		return fmt.Errorf("EROFS long xattr prefixes in a packed inode: %w", errdefs.ErrUnsupported)
+	}
+	off := uint64(le.Uint32(sb[92:])) * 4
+	for i := 0; i < int(sb[91]); i++ {
+		h, err := r.span(off, 2)
+		if err != nil {
+			return err
+		}
+		n := uint64(le.Uint16(h))
+		e, err := r.span(off+2, n)
+		if err != nil {
+			return err
+		}
+		if n == 0 || e[0] == 0 || int(e[0]) >= len(xattrPrefixByIndex) {
+			return bad("long xattr prefix %d: %d bytes, base index %v", i, n, e[:min(n, 1)])
+		}
+		r.prefixes = append(r.prefixes, xattrPrefixByIndex[e[0]]+string(e[1:]))
+		off = roundUp(off+2+n, 4)
+	}
+	return nil
+}
+
 // addXattr undoes what the writer added: overlay xattrs become payload, digest and whiteouts,
 // escaped ones get their original names back.
 func (r *reader) addXattr(n *Node, idx uint8, suffix, value []byte) error {
-	if int(idx) >= len(xattrPrefixByIndex) {
+	var name string
+	switch {
+	case idx&xattrLongPrefix != 0 && int(idx&^xattrLongPrefix) < len(r.prefixes):
+		name = r.prefixes[idx&^xattrLongPrefix] + string(suffix)
+	case idx < xattrLongPrefix && int(idx) < len(xattrPrefixByIndex):
+		name = xattrPrefixByIndex[idx] + string(suffix)
+	default:
 		return bad("xattr name index %d", idx)
 	}
-	name := xattrPrefixByIndex[idx] + string(suffix)
 	typ := n.Mode & ModeTypeMask
 	switch {
 	case name == xRedirect:

@@ -3,6 +3,7 @@ package composefs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -84,6 +85,47 @@ func TestReadImageRejectsGarbage(t *testing.T) {
 	for _, img := range [][]byte{nil, make([]byte, 4096), bytes.Repeat([]byte{0xff}, 8192)} {
 		if _, err := ReadImage(img); err == nil {
 			t.Errorf("garbage of %d bytes accepted", len(img))
+		}
+	}
+}
+
+// TestDenseInodes: external files whose mtimes all differ take 128 bytes each with dense inodes
+// (a compact inode carrying its mtime, the redirect named by a long prefix) against mkcomposefs's
+// 192, and read back with the same mtimes and redirects.
+func TestDenseInodes(t *testing.T) {
+	const files = 1000
+	root := NewDir(0o755)
+	root.Mtime = Timespec{Sec: 1_700_000_000}
+	for i := 0; i < files; i++ {
+		d := verity.Digest{byte(i), byte(i >> 8)}
+		f := &Node{Mode: ModeRegular | 0o644, Size: 5000, Nlink: 1, Payload: d.String()[:2] + "/" + d.String()[2:],
+			Mtime: Timespec{Sec: 1_700_000_000 + int64(i)*86400}}
+		if err := root.AddChild(fmt.Sprintf("f%04d", i), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One mtime with other nanoseconds, one too far after the epoch: both stay extended.
+	root.Children()[1].Mtime.Nsec = 5
+	root.Children()[2].Mtime.Sec += 1 << 33
+	plain, err := BuildImage(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dense, err := BuildImage(root, WithDenseInodes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if saved := len(plain) - len(dense); saved < files*60 {
+		t.Errorf("dense image %d bytes, mkcomposefs's layout %d: saves %d, want at least %d", len(dense), len(plain), saved, files*60)
+	}
+	back, err := ReadImage(dense)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range root.Children() {
+		got := back.Lookup(want.Name())
+		if got == nil || got.Mtime != want.Mtime || got.Payload != want.Payload {
+			t.Fatalf("file %d reads back as %+v, want mtime %v payload %s", i, got, want.Mtime, want.Payload)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 // options of WriteImage; defaults are set in WriteImage only.
 type options struct {
 	minVersion, maxVersion int
+	dense                  bool
 }
 
 // Option changes how WriteImage writes an image.
@@ -29,6 +30,17 @@ func WithMinVersion(v int) Option { return func(o *options) { o.minVersion = v }
 // WithMaxVersion sets the highest format version to write (default 1). Version 1 is only
 // chosen when the tree has whiteouts.
 func WithMaxVersion(v int) Option { return func(o *options) { o.maxVersion = v } }
+
+// WithDenseInodes writes smaller inodes than mkcomposefs, for images only this machine's kernel
+// mounts (Linux 6.15 or later); the bytes then differ from mkcomposefs's:
+//   - every compact inode carries its mtime, as seconds after the image's epoch (the field Linux
+//     6.15 made i_mtime; older kernels show the epoch instead), so an inode takes 32 bytes instead
+//     of 64 whenever its mtime has the epoch's nanoseconds and lies within 2^32 s after it;
+//   - trusted.overlay.redirect, which every external file carries, is named by a long xattr name
+//     prefix (Linux 6.4 or later) instead of spelling out "overlay.redirect" in each inode.
+//
+// An external file's inode and xattrs then take 128 bytes instead of 192.
+func WithDenseInodes() Option { return func(o *options) { o.dense = true } }
 
 // wnode is one inode as the writer lays it out; the caller's tree is never modified.
 type wnode struct {
@@ -118,6 +130,9 @@ func (n *wnode) insert(e went) {
 // imageWriter holds the state of one image being written.
 type imageWriter struct {
 	version    int
+	dense      bool     // WithDenseInodes
+	prefixes   []string // long xattr name prefixes, whole names here (dense images only)
+	prefixSize uint64   // their table's bytes after the super block
 	nodes      []*wnode // breadth-first, the inode order
 	minMtime   Timespec
 	hasACL     bool
@@ -129,7 +144,8 @@ type imageWriter struct {
 }
 
 // WriteImage writes the composefs EROFS image of the tree at root to w. The same tree and
-// options always give the same bytes, equal to what mkcomposefs writes for the same tree.
+// options always give the same bytes, equal to what mkcomposefs writes for the same tree (but with
+// WithDenseInodes).
 func WriteImage(w io.Writer, root *Node, opts ...Option) error {
 	o := options{minVersion: 0, maxVersion: MaxVersion}
 	for _, f := range opts {
@@ -144,7 +160,14 @@ func WriteImage(w io.Writer, root *Node, opts ...Option) error {
 	if root == nil || !root.IsDir() {
 		return fmt.Errorf("composefs root must be a directory: %w", errdefs.ErrInvalid)
 	}
-	iw := &imageWriter{version: o.minVersion}
+	iw := &imageWriter{version: o.minVersion, dense: o.dense}
+	if iw.dense {
+		iw.prefixes = denseXattrPrefixes
+		for _, p := range iw.prefixes {
+			_, infix := xattrIndex(p)
+			iw.prefixSize += roundUp(2+1+uint64(len(infix)), 4)
+		}
+	}
 	// Version 1 changed how whiteouts are stored; use it only when there is one.
 	if iw.version < 1 && o.maxVersion >= 1 && hasWhiteout(root) {
 		iw.version = 1
@@ -403,6 +426,12 @@ func addWhiteoutStubs(root *wnode) {
 // computeTree numbers inodes breadth-first and gathers image-wide facts.
 func (iw *imageWriter) computeTree(root *wnode) {
 	iw.minMtime = root.mtime
+	nsecs := map[uint32]int{} // dense images: inodes by mtime nanoseconds
+	defer func() {
+		if iw.dense {
+			iw.minMtime = denseEpoch(iw.nodes, nsecs)
+		}
+	}()
 	iw.nodes = append(iw.nodes[:0], root)
 	for i := 0; i < len(iw.nodes); i++ {
 		n := iw.nodes[i]
@@ -418,6 +447,9 @@ func (iw *imageWriter) computeTree(root *wnode) {
 		slices.SortFunc(n.xattrs, func(a, b wxattr) int { return strings.Compare(a.name, b.name) })
 		if n.mtime.Sec < iw.minMtime.Sec || n.mtime.Sec == iw.minMtime.Sec && n.mtime.Nsec < iw.minMtime.Nsec {
 			iw.minMtime = n.mtime
+		}
+		if iw.dense {
+			nsecs[n.mtime.Nsec]++
 		}
 		n.ino = uint32(i)
 		for _, x := range n.xattrs {
@@ -474,7 +506,7 @@ func (iw *imageWriter) computeSharedXattrs() {
 			s.shared = true
 			s.offset = off
 			iw.shared = append(iw.shared, s)
-			off += xattrEntryLen(s.name, s.value)
+			off += iw.xattrEntryLen(s.name, s.value)
 		}
 	}
 	iw.sharedSize = off
@@ -491,17 +523,51 @@ func (iw *imageWriter) computeSharedXattrs() {
 	}
 }
 
-func xattrEntryLen(name string, value []byte) uint64 {
-	_, suffix := xattrIndex(name)
+// denseEpoch is a dense image's epoch: the earliest mtime among the inodes with the most common
+// nanoseconds (most often 0, as tar headers give), so the most inodes can be compact.
+func denseEpoch(nodes []*wnode, nsecs map[uint32]int) Timespec {
+	var nsec uint32
+	for ns, c := range nsecs {
+		if c > nsecs[nsec] || c == nsecs[nsec] && ns < nsec {
+			nsec = ns
+		}
+	}
+	epoch := Timespec{Sec: nodes[0].mtime.Sec, Nsec: nsec}
+	first := true
+	for _, n := range nodes {
+		if n.mtime.Nsec == nsec && (first || n.mtime.Sec < epoch.Sec) {
+			epoch.Sec, first = n.mtime.Sec, false
+		}
+	}
+	return epoch
+}
+
+// denseXattrPrefixes are the long xattr name prefixes of dense images: whole names, so the
+// entries that use them carry no name bytes at all.
+var denseXattrPrefixes = []string{xRedirect}
+
+// entryName is how an xattr entry names name: a name index (a long prefix's, with the
+// long-prefix bit, in dense images) and the rest of the name.
+func (iw *imageWriter) entryName(name string) (uint8, string) {
+	for i, p := range iw.prefixes {
+		if strings.HasPrefix(name, p) {
+			return xattrLongPrefix | uint8(i), name[len(p):]
+		}
+	}
+	return xattrIndex(name)
+}
+
+func (iw *imageWriter) xattrEntryLen(name string, value []byte) uint64 {
+	_, suffix := iw.entryName(name)
 	return roundUp(uint64(xattrEntrySize+len(suffix)+len(value)), 4)
 }
 
-func (n *wnode) xattrCounts() (nShared int, inlineSize uint64) {
+func (iw *imageWriter) xattrCounts(n *wnode) (nShared int, inlineSize uint64) {
 	for _, x := range n.xattrs {
 		if x.shared != nil {
 			nShared++
 		} else {
-			inlineSize += xattrEntryLen(x.name, x.value)
+			inlineSize += iw.xattrEntryLen(x.name, x.value)
 		}
 	}
 	return
@@ -571,7 +637,7 @@ func (iw *imageWriter) inodeDataSize(n *wnode) {
 }
 
 func (iw *imageWriter) fitsCompact(n *wnode) bool {
-	if n.mtime != iw.minMtime || n.nlink > 0xFFFF || n.uid > 0xFFFF || n.gid > 0xFFFF {
+	if !iw.mtimeFitsCompact(n.mtime) || n.nlink > 0xFFFF || n.uid > 0xFFFF || n.gid > 0xFFFF {
 		return false
 	}
 	size := n.size
@@ -579,6 +645,15 @@ func (iw *imageWriter) fitsCompact(n *wnode) bool {
 		size = n.nBlocks*blkSize + n.tail
 	}
 	return size <= 0xFFFFFFFF
+}
+
+// mtimeFitsCompact says whether a compact inode can carry mtime: it must be the epoch itself, or
+// in a dense image have its nanoseconds and lie within 2^32 s after it.
+func (iw *imageWriter) mtimeFitsCompact(t Timespec) bool {
+	if !iw.dense {
+		return t == iw.minMtime
+	}
+	return t.Nsec == iw.minMtime.Nsec && t.Sec >= iw.minMtime.Sec && t.Sec-iw.minMtime.Sec <= 0xFFFFFFFF
 }
 
 // tailPadding returns the padding before an inode at pos so its inline tail does not cross a
@@ -614,7 +689,7 @@ func (iw *imageWriter) tailPadding(n *wnode, pos, inodeSize, xsize uint64) uint6
 }
 
 func (iw *imageWriter) computeInodes() {
-	pos := uint64(superOffset + superSize)
+	pos := uint64(superOffset+superSize) + iw.prefixSize
 	metaStart := pos / blkSize * blkSize
 	for _, n := range iw.nodes {
 		iw.inodeDataSize(n)
@@ -623,7 +698,7 @@ func (iw *imageWriter) computeInodes() {
 		if n.compact {
 			inodeSize = compactSize
 		}
-		nShared, inlineSize := n.xattrCounts()
+		nShared, inlineSize := iw.xattrCounts(n)
 		n.xsize = xattrBodySize(nShared, inlineSize)
 		aligned := roundUp(pos, slotSize)
 		n.ipad = aligned - pos
@@ -684,6 +759,7 @@ func (iw *imageWriter) write(w *countWriter) {
 	w.pad(superOffset - cfsHeaderSize)
 
 	dataStart := roundUp(iw.inodesEnd+iw.sharedSize, blkSize)
+	buf := make([]byte, 0, 2*blkSize)
 	var sb [superSize]byte
 	le.PutUint32(sb[0:], erofsMagic)
 	le.PutUint32(sb[8:], compatMtime|compatFilter)
@@ -695,17 +771,28 @@ func (iw *imageWriter) write(w *countWriter) {
 	le.PutUint32(sb[36:], uint32(dataStart/blkSize+iw.dataBlocks))
 	le.PutUint32(sb[40:], uint32((superOffset+superSize)/blkSize))
 	le.PutUint32(sb[44:], uint32(iw.inodesEnd/blkSize))
+	if len(iw.prefixes) > 0 {
+		le.PutUint32(sb[80:], incompatXattrPrefixes)
+		sb[91] = byte(len(iw.prefixes))
+		le.PutUint32(sb[92:], (superOffset+superSize)/4)
+	}
 	w.Write(sb[:])
+	for _, p := range iw.prefixes { // the long prefix table: length, base index, infix
+		idx, infix := xattrIndex(p)
+		e := binary.LittleEndian.AppendUint16(buf[:0], uint16(1+len(infix)))
+		e = append(append(e, idx), infix...)
+		w.Write(e)
+		w.align(4)
+	}
 
 	iw.currentEnd = dataStart
-	buf := make([]byte, 0, 2*blkSize)
 	for _, n := range iw.nodes {
 		buf = iw.appendInode(buf[:0], n)
 		w.Write(buf)
 	}
 	w.align(slotSize)
 	for _, s := range iw.shared {
-		w.Write(appendXattrEntry(buf[:0], s.name, s.value))
+		w.Write(iw.appendXattrEntry(buf[:0], s.name, s.value))
 	}
 	w.align(blkSize)
 	for _, n := range iw.nodes {
@@ -717,8 +804,8 @@ func (iw *imageWriter) write(w *countWriter) {
 	}
 }
 
-func appendXattrEntry(b []byte, name string, value []byte) []byte {
-	idx, suffix := xattrIndex(name)
+func (iw *imageWriter) appendXattrEntry(b []byte, name string, value []byte) []byte {
+	idx, suffix := iw.entryName(name)
 	start := len(b)
 	b = append(b, byte(len(suffix)), idx, byte(len(value)), byte(len(value)>>8))
 	b = append(b, suffix...)
@@ -743,7 +830,7 @@ func (iw *imageWriter) appendInode(b []byte, n *wnode) []byte {
 	for i := uint64(0); i < n.ipad; i++ {
 		b = append(b, 0)
 	}
-	nShared, _ := n.xattrCounts()
+	nShared, _ := iw.xattrCounts(n)
 	var icount uint16
 	if n.xsize > 0 {
 		icount = uint16((n.xsize-xattrHdrSize)/4 + 1)
@@ -802,6 +889,9 @@ func (iw *imageWriter) appendInode(b []byte, n *wnode) []byte {
 		le.PutUint16(in[4:], uint16(n.mode))
 		le.PutUint16(in[6:], uint16(n.nlink))
 		le.PutUint32(in[8:], uint32(size))
+		if iw.dense {
+			le.PutUint32(in[12:], uint32(n.mtime.Sec-iw.minMtime.Sec))
+		}
 		le.PutUint32(in[16:], iu)
 		le.PutUint32(in[20:], n.ino)
 		le.PutUint16(in[24:], uint16(n.uid))
@@ -834,7 +924,7 @@ func (iw *imageWriter) appendInode(b []byte, n *wnode) []byte {
 		}
 		for _, x := range n.xattrs {
 			if x.shared == nil {
-				b = appendXattrEntry(b, x.name, x.value)
+				b = iw.appendXattrEntry(b, x.name, x.value)
 			}
 		}
 	}

@@ -34,7 +34,7 @@ const (
 )
 
 const (
-	dirComposefs = "composefs" // composefs/<hex of DiffID>.cfs: per-layer composefs images
+	dirComposefs = "composefs" // composefs/<hex of DiffID>{.cfs,.dense.cfs}: per-layer composefs images
 	dirMounts    = "mnt"       // mnt/<hex of DiffID>: their mount points
 )
 
@@ -188,6 +188,19 @@ func treeDir(root *composefs.Node, dir string) (*composefs.Node, error) {
 	return n, nil
 }
 
+// denseKernel is the first kernel that reads a compact inode's mtime (Linux 6.15), which the
+// per-layer images' dense inodes need (composefs.WithDenseInodes).
+var denseKernel = [2]int{6, 15}
+
+// kernelAtLeast says whether release is version v or later.
+func kernelAtLeast(release string, v [2]int) bool {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > v[0] || major == v[0] && minor >= v[1]
+}
+
 // xwhiteoutKernel is the first kernel whose overlayfs shows a lower overlay's escaped whiteouts
 // and opaque directories to the overlay stacked on it (Linux 6.7): without it, files a layer
 // deletes would reappear in containers.
@@ -195,11 +208,7 @@ var xwhiteoutKernel = [2]int{6, 7}
 
 // checkKernel refuses composefs diffs on a kernel older than xwhiteoutKernel.
 func checkKernel(release string) error {
-	var major, minor int
-	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
-		return fmt.Errorf("layer store: kernel release %q: %w", release, errdefs.ErrUnsupported)
-	}
-	if major < xwhiteoutKernel[0] || major == xwhiteoutKernel[0] && minor < xwhiteoutKernel[1] {
+	if !kernelAtLeast(release, xwhiteoutKernel) {
 		return fmt.Errorf("layer store: composefs diffs need Linux %d.%d or later for their whiteouts (this is %s; use --diff checkout): %w",
 			xwhiteoutKernel[0], xwhiteoutKernel[1], release, errdefs.ErrUnsupported)
 	}

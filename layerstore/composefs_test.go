@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -29,6 +30,11 @@ func TestCheckKernel(t *testing.T) {
 			t.Errorf("checkKernel(%q) = %v; want ok %v", release, err, ok)
 		}
 	}
+	for release, dense := range map[string]bool{"6.18.44-fc-v1300": true, "6.15.0": true, "7.0": true, "6.14.9": false, "": false} {
+		if got := kernelAtLeast(release, denseKernel); got != dense {
+			t.Errorf("dense images on %q: %v; want %v", release, got, dense)
+		}
+	}
 }
 
 // TestComposefsLayer: with --diff composefs, the second layer is a composefs mount showing its
@@ -48,6 +54,13 @@ func TestComposefsLayer(t *testing.T) {
 	t.Cleanup(func() { syscall.Unmount(l.Diff, syscall.MNT_DETACH) })
 	if _, ok, err := mount.Find(l.Diff); err != nil || !ok {
 		t.Fatalf("%s is not a composefs mount: %v", l.Diff, err)
+	}
+	// On this machine's kernel the image has dense inodes, under its own name.
+	if want := kernelAtLeast(kernelRelease(), denseKernel); f.ls.dense != want {
+		t.Errorf("dense images %v on %s; want %v", f.ls.dense, kernelRelease(), want)
+	}
+	if _, err := os.Stat(filepath.Join(f.ls.opts.State, dirComposefs, l.DiffID.Encoded()+imageSuffix(f.ls.dense))); err != nil {
+		t.Errorf("the layer's image: %v", err)
 	}
 	checkFile(t, filepath.Join(l.Diff, "d/new"), "new in layer 2")
 	checkFile(t, filepath.Join(l.Diff, "etc/os-release"), "ID=top\n")

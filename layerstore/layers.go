@@ -116,6 +116,7 @@ type Layers struct {
 	umu      sync.Mutex
 	uses     map[digest.Digest]int
 	lazy     Lazy            // set by SetLazy: lookups serve lazy pulls
+	dense    bool            // the per-layer images have dense inodes (denseKernel)
 	ownMnts  map[string]bool // pending layer mounts this process made (under dirs)
 	pmu      sync.Mutex
 	// prebuilds are the composefs images to be built from a pull's entries (layerEntries), by layer.
@@ -166,7 +167,8 @@ func New(s *store.Store, r Resolver, opts Options) (*Layers, error) {
 		return nil, fmt.Errorf("layer store: %w", err)
 	}
 	return &Layers{s: s, r: r, opts: opts, resolved: map[string]resolution{}, served: map[string]served{},
-		uses: map[digest.Digest]int{}, ownMnts: map[string]bool{}, prebuilds: map[digest.Digest]*prebuild{}}, nil
+		uses: map[digest.Digest]int{}, ownMnts: map[string]bool{}, prebuilds: map[digest.Digest]*prebuild{},
+		dense: kernelAtLeast(kernelRelease(), denseKernel)}, nil
 }
 
 const (

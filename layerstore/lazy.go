@@ -194,7 +194,7 @@ func (l *Layers) PendingDir(ctx context.Context, p *lazy.Pending, diffID digest.
 		return "", err
 	}
 	defer os.Remove(f.Name())
-	err = composefs.WriteImage(f, root)
+	err = composefs.WriteImage(f, root, l.imageOptions()...)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

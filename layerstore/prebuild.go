@@ -143,9 +143,28 @@ func (e *entriesStore) LayerEntries(ctx context.Context, diffID digest.Digest) (
 // OmitDigests: the per-layer images carry no fs-verity digests (see layerImage).
 func (e *entriesStore) OmitDigests() bool { return true }
 
-// imagePath is where the composefs image of layer diffID is kept.
+// imagePath is where the composefs image of layer diffID is kept. Dense images have a name of
+// their own: a server started on an older kernel never mounts one (it would show every compact
+// inode's mtime as the image's epoch), it builds the layer's image again.
 func (l *Layers) imagePath(diffID digest.Digest) string {
-	return filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+".cfs")
+	return filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+imageSuffix(l.dense))
+}
+
+func imageSuffix(dense bool) string {
+	if dense {
+		return ".dense.cfs"
+	}
+	return ".cfs"
+}
+
+// imageOptions are how the per-layer images are written: with dense inodes where the kernel
+// reads them, a third smaller (192 bytes an external file in mkcomposefs's layout, 128 dense),
+// which is the page cache every container that looks the layer's files up pays for.
+func (l *Layers) imageOptions() []composefs.Option {
+	if l.dense {
+		return []composefs.Option{composefs.WithDenseInodes()}
+	}
+	return nil
 }
 
 // writeLayerImage builds the composefs image of one layer from its entries into a temp file
@@ -168,7 +187,7 @@ func (l *Layers) writeLayerImage(ctx context.Context, st storeimage.Store, diffI
 		return err
 	}
 	defer os.Remove(f.Name())
-	err = composefs.WriteImage(f, root)
+	err = composefs.WriteImage(f, root, l.imageOptions()...)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

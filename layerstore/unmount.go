@@ -60,7 +60,9 @@ func (l *Layers) Unmount(dir string) error {
 	}
 	l.forget(dir)
 	os.Remove(dir)
-	os.Remove(filepath.Join(l.opts.State, dirComposefs, dgst.Encoded()+".cfs"))
+	for _, dense := range []bool{false, true} {
+		os.Remove(filepath.Join(l.opts.State, dirComposefs, dgst.Encoded()+imageSuffix(dense)))
+	}
 	l.opts.Log.Info("layer unmounted", "diffID", dgst, "dir", dir)
 	return nil
 }

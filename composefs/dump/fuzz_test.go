@@ -34,6 +34,13 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("image we wrote does not read back: %v", err)
 		}
+		dense, err := composefs.BuildImage(root, composefs.WithDenseInodes())
+		if err != nil {
+			t.Fatalf("the tree builds as mkcomposefs does but not with dense inodes: %v", err)
+		}
+		if err := sameTree(back, dense); err != nil {
+			t.Fatalf("dense image: %v", err)
+		}
 		img2, err := composefs.BuildImage(back)
 		if err != nil {
 			t.Fatalf("tree read back does not build: %v", err)

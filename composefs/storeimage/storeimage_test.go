@@ -143,8 +143,9 @@ func walk(t *testing.T, root string) (map[string]treetest.Node, map[string]strin
 	return tr.Nodes, tr.Links
 }
 
-// TestMountEqualsCheckout mounts the composefs image of a stored image for real and compares the
-// whole tree with kura checkout of the same image.
+// TestMountEqualsCheckout mounts the composefs image of a stored image for real, as mkcomposefs
+// lays it out and with dense inodes, and compares the whole tree with kura checkout of the same
+// image: mtimes, owners, modes, contents (through the redirects) and hard links.
 func TestMountEqualsCheckout(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "mounting needs root")
@@ -158,45 +159,62 @@ func TestMountEqualsCheckout(t *testing.T) {
 	}
 	layers = append([][]byte{b}, layers...)
 	img := importImage(t, s, layers)
-	cfs, err := Ensure(ctx, s, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := t.TempDir()
-	plan, err := mount.NewPlan(cfs, []string{s.ObjectsDir()}, target)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mount.Mount(ctx, plan); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mount.Unmount(target) })
 	co := filepath.Join(t.TempDir(), "co")
 	if _, err := checkout.Checkout(ctx, s, img, co, checkout.Options{Link: checkout.LinkCopy}); err != nil {
 		t.Fatal(err)
 	}
-	got, gotLinks := walk(t, target)
 	want, wantLinks := walk(t, co)
-	if len(got) != len(want) {
-		t.Errorf("mount has %d paths, checkout %d", len(got), len(want))
+	cfs, err := Ensure(ctx, s, img)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for p, w := range want {
-		if g, ok := got[p]; !ok {
-			t.Errorf("%s: missing in the mount", p)
-		} else if g != w {
-			t.Errorf("%s: mount %+v, checkout %+v", p, g, w)
+	dense := filepath.Join(t.TempDir(), "dense.cfs")
+	root, err := Tree(ctx, s, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	denseImg, err := composefs.BuildImage(root, composefs.WithDenseInodes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dense, denseImg, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(cfs); err != nil || int64(len(denseImg)) >= fi.Size() {
+		t.Errorf("dense image of %d bytes, mkcomposefs's layout %v: want it smaller", len(denseImg), fi)
+	}
+	for _, image := range []string{cfs, dense} {
+		target := t.TempDir()
+		plan, err := mount.NewPlan(image, []string{s.ObjectsDir()}, target)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	for p := range got {
-		if _, ok := want[p]; !ok {
-			t.Errorf("%s: only in the mount", p)
+		if err := mount.Mount(ctx, plan); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if fmt.Sprint(gotLinks) != fmt.Sprint(wantLinks) {
-		t.Errorf("hard links: mount %v, checkout %v", gotLinks, wantLinks)
-	}
-	if _, ok := got["usr/bin/removed"]; ok {
-		t.Error("a whited-out file shows through the mount")
+		t.Cleanup(func() { mount.Unmount(target) })
+		got, gotLinks := walk(t, target)
+		if len(got) != len(want) {
+			t.Errorf("%s: mount has %d paths, checkout %d", image, len(got), len(want))
+		}
+		for p, w := range want {
+			if g, ok := got[p]; !ok {
+				t.Errorf("%s: %s: missing in the mount", image, p)
+			} else if g != w {
+				t.Errorf("%s: %s: mount %+v, checkout %+v", image, p, g, w)
+			}
+		}
+		for p := range got {
+			if _, ok := want[p]; !ok {
+				t.Errorf("%s: %s: only in the mount", image, p)
+			}
+		}
+		if fmt.Sprint(gotLinks) != fmt.Sprint(wantLinks) {
+			t.Errorf("%s: hard links: mount %v, checkout %v", image, gotLinks, wantLinks)
+		}
+		if _, ok := got["usr/bin/removed"]; ok {
+			t.Errorf("%s: a whited-out file shows through the mount", image)
+		}
 	}
 }
 
