@@ -60,6 +60,7 @@ type Filler struct {
 	writes    chan writeJob
 	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
 	writerTID int
+	commits   commitQueue // readers' fills, committed once reads pause
 }
 
 type placeholder struct {
@@ -108,7 +109,7 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{},
-		writes: make(chan writeJob), closed: make(chan struct{})}
+		writes: make(chan writeJob), closed: make(chan struct{}), commits: commitQueue{log: log, quiet: commitQuiet, maxDelay: commitMaxDelay}}
 	tid := make(chan int)
 	go f.writer(tid)
 	f.writerTID = <-tid
@@ -249,8 +250,60 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 	} else {
 		f.g.Allow(ev)
 	}
-	if serr := commitFill(ctx, fetched); serr != nil {
-		f.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "object", ph.obj, "err", serr)
+	if fetched != nil {
+		f.commits.add(fetched)
+	}
+}
+
+// commitQueue holds the fills that let a reader go, and commits them together once reads
+// pause: commitQuiet after the last one, or commitMaxDelay after the first. A program starting
+// opens its files one after another, and each commit's fsyncs, run beside the next file's
+// fill, slowed that fill (placeholders made just before leave the file system much to flush);
+// one commit of the burst syncs once, after it. Until then each fill's objects stay open
+// files the next fills read (pull's in-flight fills), and a crash loses only the commit:
+// the placeholders keep their verified bytes (docs/reliability.md).
+type commitQueue struct {
+	log             *slog.Logger
+	quiet, maxDelay time.Duration // commitQuiet and commitMaxDelay but in tests
+
+	mu      sync.Mutex
+	pending []Fetched
+	first   time.Time   // when the oldest pending fill came
+	timer   *time.Timer // runs flush
+}
+
+const (
+	commitQuiet    = 100 * time.Millisecond
+	commitMaxDelay = time.Second
+)
+
+// add queues fetched and schedules the commit.
+func (q *commitQueue) add(fetched Fetched) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) == 0 {
+		q.first = time.Now()
+	}
+	q.pending = append(q.pending, fetched)
+	wait := min(q.quiet, max(0, q.maxDelay-time.Since(q.first)))
+	if q.timer == nil {
+		q.timer = time.AfterFunc(wait, q.flush)
+	} else {
+		q.timer.Reset(wait)
+	}
+}
+
+// flush commits every pending fill. The commits do not depend on the service's context: the
+// objects are verified, and storing them spares fetching them again.
+func (q *commitQueue) flush() {
+	q.mu.Lock()
+	pending := q.pending
+	q.pending = nil
+	q.mu.Unlock()
+	for _, fetched := range pending {
+		if err := fetched.Store(context.Background()); err != nil {
+			q.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "err", err)
+		}
 	}
 }
 
@@ -405,7 +458,9 @@ func checkObject(r io.Reader, obj digest.Digest) error {
 // the writer thread. Call it after Run returned.
 func (f *Filler) Close() error {
 	close(f.closed)
-	return f.g.Close()
+	err := f.g.Close()
+	f.commits.flush()
+	return err
 }
 
 // FillAll fills every watched placeholder that is still empty from its stored object (a
