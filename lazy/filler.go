@@ -251,25 +251,34 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 		f.g.Allow(ev)
 	}
 	if fetched != nil {
-		f.commits.add(fetched)
+		f.commits.add(ph.obj, fetched)
 	}
 }
 
-// commitQueue holds the fills that let a reader go, and commits them together once reads
-// pause: commitQuiet after the last one, or commitMaxDelay after the first. A program starting
-// opens its files one after another, and each commit's fsyncs, run beside the next file's
-// fill, slowed that fill (placeholders made just before leave the file system much to flush);
-// one commit of the burst syncs once, after it. Until then each fill's objects stay open
-// files the next fills read (pull's in-flight fills), and a crash loses only the commit:
-// the placeholders keep their verified bytes (docs/reliability.md).
+// commitQueue holds the fills that let a reader go, and commits them once reads pause:
+// commitQuiet after the last one, or commitMaxDelay after the first. A program starting opens
+// its files one after another, and each commit's fsyncs, run beside the next file's fill,
+// slowed that fill (placeholders made just before leave the file system much to flush); the
+// commits of a burst run after it. Until then each fill's objects stay open files the next
+// fills read (pull's in-flight fills), and a crash loses only the commits: the placeholders
+// keep their verified bytes (docs/reliability.md). A fill holds the store's shared lock until
+// its commit, so gc waits for the commits of a burst.
 type commitQueue struct {
 	log             *slog.Logger
 	quiet, maxDelay time.Duration // commitQuiet and commitMaxDelay but in tests
 
 	mu      sync.Mutex
-	pending []Fetched
+	pending []pendingCommit
 	first   time.Time   // when the oldest pending fill came
 	timer   *time.Timer // runs flush
+	closed  bool        // by close: later fills are committed at once
+
+	storing sync.Mutex // held by a flush while it commits
+}
+
+type pendingCommit struct {
+	obj     digest.Digest // the reader's object
+	fetched Fetched
 }
 
 const (
@@ -277,14 +286,19 @@ const (
 	commitMaxDelay = time.Second
 )
 
-// add queues fetched and schedules the commit.
-func (q *commitQueue) add(fetched Fetched) {
+// add queues fetched, the fill of obj, and schedules the commit.
+func (q *commitQueue) add(obj digest.Digest, fetched Fetched) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		q.store(pendingCommit{obj, fetched})
+		return
+	}
 	defer q.mu.Unlock()
 	if len(q.pending) == 0 {
 		q.first = time.Now()
 	}
-	q.pending = append(q.pending, fetched)
+	q.pending = append(q.pending, pendingCommit{obj, fetched})
 	wait := min(q.quiet, max(0, q.maxDelay-time.Since(q.first)))
 	if q.timer == nil {
 		q.timer = time.AfterFunc(wait, q.flush)
@@ -293,17 +307,35 @@ func (q *commitQueue) add(fetched Fetched) {
 	}
 }
 
-// flush commits every pending fill. The commits do not depend on the service's context: the
-// objects are verified, and storing them spares fetching them again.
+// flush commits every pending fill, after any flush in progress.
 func (q *commitQueue) flush() {
+	q.storing.Lock()
+	defer q.storing.Unlock()
 	q.mu.Lock()
 	pending := q.pending
 	q.pending = nil
 	q.mu.Unlock()
-	for _, fetched := range pending {
-		if err := fetched.Store(context.Background()); err != nil {
-			q.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "err", err)
-		}
+	for _, c := range pending {
+		q.store(c)
+	}
+}
+
+// close commits what is pending, and makes later fills commit at once.
+func (q *commitQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+	q.mu.Unlock()
+	q.flush()
+}
+
+// store commits one fill. It does not depend on the service's context: the objects are
+// verified, and storing them spares fetching them again.
+func (q *commitQueue) store(c pendingCommit) {
+	if err := c.fetched.Store(context.Background()); err != nil {
+		q.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "object", c.obj, "err", err)
 	}
 }
 
@@ -459,7 +491,7 @@ func checkObject(r io.Reader, obj digest.Digest) error {
 func (f *Filler) Close() error {
 	close(f.closed)
 	err := f.g.Close()
-	f.commits.flush()
+	f.commits.close()
 	return err
 }
 
