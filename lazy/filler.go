@@ -60,7 +60,6 @@ type Filler struct {
 	writes    chan writeJob
 	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
 	writerTID int
-	commits   commitQueue // readers' fills, committed once reads pause
 }
 
 type placeholder struct {
@@ -109,7 +108,7 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 		log = slog.New(slog.DiscardHandler)
 	}
 	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{},
-		writes: make(chan writeJob), closed: make(chan struct{}), commits: commitQueue{log: log, quiet: commitQuiet, maxDelay: commitMaxDelay}}
+		writes: make(chan writeJob), closed: make(chan struct{})}
 	tid := make(chan int)
 	go f.writer(tid)
 	f.writerTID = <-tid
@@ -250,92 +249,8 @@ func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
 	} else {
 		f.g.Allow(ev)
 	}
-	if fetched != nil {
-		f.commits.add(ph.obj, fetched)
-	}
-}
-
-// commitQueue holds the fills that let a reader go, and commits them once reads pause:
-// commitQuiet after the last one, or commitMaxDelay after the first. A program starting opens
-// its files one after another, and each commit's fsyncs, run beside the next file's fill,
-// slowed that fill (placeholders made just before leave the file system much to flush); the
-// commits of a burst run after it. Until then each fill's objects stay open files the next
-// fills read (pull's in-flight fills), and a crash loses only the commits: the placeholders
-// keep their verified bytes (docs/reliability.md). A fill holds the store's shared lock until
-// its commit, so gc waits for the commits of a burst.
-type commitQueue struct {
-	log             *slog.Logger
-	quiet, maxDelay time.Duration // commitQuiet and commitMaxDelay but in tests
-
-	mu      sync.Mutex
-	pending []pendingCommit
-	first   time.Time   // when the oldest pending fill came
-	timer   *time.Timer // runs flush
-	closed  bool        // by close: later fills are committed at once
-
-	storing sync.Mutex // held by a flush while it commits
-}
-
-type pendingCommit struct {
-	obj     digest.Digest // the reader's object
-	fetched Fetched
-}
-
-const (
-	commitQuiet    = 100 * time.Millisecond
-	commitMaxDelay = time.Second
-)
-
-// add queues fetched, the fill of obj, and schedules the commit.
-func (q *commitQueue) add(obj digest.Digest, fetched Fetched) {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		q.store(pendingCommit{obj, fetched})
-		return
-	}
-	defer q.mu.Unlock()
-	if len(q.pending) == 0 {
-		q.first = time.Now()
-	}
-	q.pending = append(q.pending, pendingCommit{obj, fetched})
-	wait := min(q.quiet, max(0, q.maxDelay-time.Since(q.first)))
-	if q.timer == nil {
-		q.timer = time.AfterFunc(wait, q.flush)
-	} else {
-		q.timer.Reset(wait)
-	}
-}
-
-// flush commits every pending fill, after any flush in progress.
-func (q *commitQueue) flush() {
-	q.storing.Lock()
-	defer q.storing.Unlock()
-	q.mu.Lock()
-	pending := q.pending
-	q.pending = nil
-	q.mu.Unlock()
-	for _, c := range pending {
-		q.store(c)
-	}
-}
-
-// close commits what is pending, and makes later fills commit at once.
-func (q *commitQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	if q.timer != nil {
-		q.timer.Stop()
-	}
-	q.mu.Unlock()
-	q.flush()
-}
-
-// store commits one fill. It does not depend on the service's context: the objects are
-// verified, and storing them spares fetching them again.
-func (q *commitQueue) store(c pendingCommit) {
-	if err := c.fetched.Store(context.Background()); err != nil {
-		q.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "object", c.obj, "err", err)
+	if serr := commitFill(ctx, fetched); serr != nil {
+		f.log.Warn("lazy: a fill's objects were not stored; they will be fetched again", "object", ph.obj, "err", serr)
 	}
 }
 
@@ -490,9 +405,7 @@ func checkObject(r io.Reader, obj digest.Digest) error {
 // the writer thread. Call it after Run returned.
 func (f *Filler) Close() error {
 	close(f.closed)
-	err := f.g.Close()
-	f.commits.close()
-	return err
+	return f.g.Close()
 }
 
 // FillAll fills every watched placeholder that is still empty from its stored object (a

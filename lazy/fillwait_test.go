@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -164,13 +163,6 @@ type testFetched struct {
 func (f testFetched) Open(digest.Digest) (*os.File, error) { return os.Open(f.path) }
 func (f testFetched) Store(ctx context.Context) error      { return f.store(ctx) }
 
-// setDelays sets the queue's pause and longest wait.
-func (q *commitQueue) setDelays(quiet, maxDelay time.Duration) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.quiet, q.maxDelay = quiet, maxDelay
-}
-
 // runFiller starts a Filler answering events until the test ends, and returns it with the
 // context its Run serves.
 func runFiller(t *testing.T, s *store.Store, fill FillFunc, timeout time.Duration) (*Filler, context.Context) {
@@ -203,67 +195,3 @@ func (storedFill) Open(obj digest.Digest) (*os.File, error) {
 	return nil, fmt.Errorf("object %s: %w", obj, errdefs.ErrNotFound)
 }
 func (storedFill) Store(context.Context) error { return nil }
-
-// TestLazyBurstCommittedTogether: the fills of a burst of reads are committed after the burst,
-// not each after its reader: no Store runs while the reads go on (the queue's pause is an hour
-// here), and the flush stores them all; with a short pause the commit follows by itself.
-func TestLazyBurstCommittedTogether(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testkit.Skip(t, "fanotify pre-content groups need root")
-	}
-	s := teststore.Open(t, teststore.Locked())
-	diffID := digest.FromString("layer")
-	contents := map[digest.Digest][]byte{}
-	var objs []digest.Digest
-	for i := range 3 {
-		c := bytes.Repeat([]byte(fmt.Sprintf("object %d ", i)), 1000)
-		d := digest.FromBytes(c)
-		contents[d] = c
-		objs = append(objs, d)
-	}
-	p := &Pending{Dir: t.TempDir()}
-	if err := p.MakePlaceholders(s, diffID, objs); err != nil {
-		t.Fatal(err)
-	}
-	stored := make(chan digest.Digest, len(objs))
-	fill := func(_ context.Context, _, obj digest.Digest) (Fetched, error) {
-		path := filepath.Join(t.TempDir(), "fetched")
-		if err := os.WriteFile(path, contents[obj], 0o444); err != nil {
-			return nil, err
-		}
-		return testFetched{path: path, store: func(context.Context) error { stored <- obj; return nil }}, nil
-	}
-	f, ctx := runFiller(t, s, fill, 0)
-	f.commits.setDelays(time.Hour, time.Hour)
-	if err := f.Watch(ctx, p, diffID, objs); err != nil {
-		t.Fatal(err)
-	}
-	read := func(obj digest.Digest) {
-		t.Helper()
-		ph, _ := p.PlaceholderPath(s, diffID, obj)
-		if b, err := os.ReadFile(ph); err != nil || !bytes.Equal(b, contents[obj]) {
-			t.Fatalf("read of %s: %d bytes, %v; want its %d bytes", obj, len(b), err, len(contents[obj]))
-		}
-	}
-	read(objs[0])
-	read(objs[1])
-	if n := len(stored); n != 0 {
-		t.Fatalf("%d fills committed while the reads went on; want none before the pause", n)
-	}
-	f.commits.flush()
-	if n := len(stored); n != 2 {
-		t.Fatalf("the flush committed %d fills; want both", n)
-	}
-	<-stored
-	<-stored
-	f.commits.setDelays(10*time.Millisecond, time.Hour)
-	read(objs[2])
-	select {
-	case d := <-stored:
-		if d != objs[2] {
-			t.Fatalf("committed %s; want %s", d, objs[2])
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a fill was not committed after the reads paused")
-	}
-}

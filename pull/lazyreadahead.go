@@ -23,8 +23,8 @@ import (
 // start-up profile records only the files that needed a fill; the pull after it, with those
 // fetched first, fills (and records) the files read-ahead had served.
 const (
-	readaheadMin = 128 << 10 // compressed bytes of a first window
-	readaheadMax = 2 << 20   // the most a window grows to
+	readaheadMin = 32 << 10  // compressed bytes of a first window
+	readaheadMax = 512 << 10 // the most a window grows to
 	// readaheadScan bounds the entries a window looks at past the file filled.
 	readaheadScan = 512
 )

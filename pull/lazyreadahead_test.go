@@ -45,7 +45,7 @@ func TestReadaheadWindows(t *testing.T) {
 		}
 	}
 	names = append(names, "share/a")
-	files := raLayer(names, readaheadMin/4) // four files make a first window
+	files := raLayer(names, 8<<10) // four files make a first window
 	r := newReadahead(files)
 	stored := map[digest.Digest]bool{digest.FromString("lib/m03"): true}
 	have := func(d digest.Digest) bool { return stored[d] }
