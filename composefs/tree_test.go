@@ -104,9 +104,11 @@ func TestDenseInodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// One mtime with other nanoseconds, one too far after the epoch: both stay extended.
+	// One mtime with other nanoseconds, one too far after the epoch, one more than 2^63 s
+	// before it (a gap int64 arithmetic wraps): all stay extended.
 	root.Children()[1].Mtime.Nsec = 5
 	root.Children()[2].Mtime.Sec += 1 << 33
+	root.Children()[3].Mtime.Sec = -(1 << 62) - (1 << 62)
 	plain, err := BuildImage(root)
 	if err != nil {
 		t.Fatal(err)

@@ -523,8 +523,9 @@ func (iw *imageWriter) computeSharedXattrs() {
 	}
 }
 
-// denseEpoch is a dense image's epoch: the earliest mtime among the inodes with the most common
-// nanoseconds (most often 0, as tar headers give), so the most inodes can be compact.
+// denseEpoch is a dense image's epoch: among the inodes with the most common nanoseconds (most
+// often 0, as tar headers give), the earliest mtime of the widest run that fits in 2^32 s, so
+// the most inodes can be compact whatever outliers the tree has.
 func denseEpoch(nodes []*wnode, nsecs map[uint32]int) Timespec {
 	var nsec uint32
 	for ns, c := range nsecs {
@@ -532,14 +533,26 @@ func denseEpoch(nodes []*wnode, nsecs map[uint32]int) Timespec {
 			nsec = ns
 		}
 	}
-	epoch := Timespec{Sec: nodes[0].mtime.Sec, Nsec: nsec}
-	first := true
+	var secs []int64
 	for _, n := range nodes {
-		if n.mtime.Nsec == nsec && (first || n.mtime.Sec < epoch.Sec) {
-			epoch.Sec, first = n.mtime.Sec, false
+		if n.mtime.Nsec == nsec {
+			secs = append(secs, n.mtime.Sec)
 		}
 	}
-	return epoch
+	if len(secs) == 0 {
+		return Timespec{Sec: nodes[0].mtime.Sec, Nsec: nsec}
+	}
+	slices.Sort(secs)
+	best, bestCount := secs[0], 0
+	for i, j := 0, 0; i < len(secs); i++ {
+		for j < len(secs) && uint64(secs[j])-uint64(secs[i]) <= 0xFFFFFFFF {
+			j++
+		}
+		if j-i > bestCount {
+			best, bestCount = secs[i], j-i
+		}
+	}
+	return Timespec{Sec: best, Nsec: nsec}
 }
 
 // denseXattrPrefixes are the long xattr name prefixes of dense images: whole names, so the
@@ -653,7 +666,8 @@ func (iw *imageWriter) mtimeFitsCompact(t Timespec) bool {
 	if !iw.dense {
 		return t == iw.minMtime
 	}
-	return t.Nsec == iw.minMtime.Nsec && t.Sec >= iw.minMtime.Sec && t.Sec-iw.minMtime.Sec <= 0xFFFFFFFF
+	// The difference as unsigned: two int64 seconds may lie more than 2^63 apart.
+	return t.Nsec == iw.minMtime.Nsec && t.Sec >= iw.minMtime.Sec && uint64(t.Sec)-uint64(iw.minMtime.Sec) <= 0xFFFFFFFF
 }
 
 // tailPadding returns the padding before an inode at pos so its inline tail does not cross a

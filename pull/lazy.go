@@ -90,7 +90,11 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	// The composefs image is built beside the placeholders (CPU against the file system's
 	// creates), so that kura mount only mounts it.
 	var g errgroup.Group
-	g.Go(func() error { return lazymount.BuildImage(ctx, s, p) })
+	known := map[digest.Digest][]layerfs.Entry{}
+	for d, part := range parts {
+		known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
+	}
+	g.Go(func() error { return lazymount.BuildImage(ctx, s, p, known) })
 	for d, part := range parts {
 		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
 			g.Wait()

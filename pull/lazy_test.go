@@ -285,3 +285,29 @@ func TestLazyMountRefusesVerityRequire(t *testing.T) {
 		t.Fatalf("mount of a pending pull with verity required: %v, want ErrInvalid", err)
 	}
 }
+
+// TestLazyImageFromThePullsEntries: the composefs image a lazy pull builds from the entries it
+// decoded with the TOC is byte for byte the one built from its record alone (what kura mount
+// builds when the image is missing).
+func TestLazyImageFromThePullsEntries(t *testing.T) {
+	e, p := newLazyEnv(t)
+	built, err := os.ReadFile(filepath.Join(p.Dir, store.LazyImage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(p.Dir, store.LazyImage)); err != nil {
+		t.Fatal(err)
+	}
+	plan, done, err := lazymount.MountPlan(context.Background(), e.s, p, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	fromRecord, err := os.ReadFile(plan.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(built) == 0 || !bytes.Equal(built, fromRecord) {
+		t.Fatalf("the pull's image (%d bytes) differs from the one built from its record (%d bytes)", len(built), len(fromRecord))
+	}
+}

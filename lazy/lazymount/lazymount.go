@@ -24,10 +24,14 @@ import (
 // entries come from their TOC, and objects the store lacks are placeholders.
 type pendingStore struct {
 	*store.Store
-	p *lazy.Pending
+	p     *lazy.Pending
+	known map[digest.Digest][]layerfs.Entry // the entries of layers the caller has decoded
 }
 
 func (ps pendingStore) LayerEntries(ctx context.Context, d digest.Digest) ([]layerfs.Entry, error) {
+	if entries, ok := ps.known[d]; ok {
+		return entries, nil
+	}
 	return ps.p.LayerEntries(ctx, ps.Store, d)
 }
 
@@ -57,7 +61,7 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 			return nil, nil, err
 		}
 		image, done = f.Name(), func() { os.Remove(f.Name()) }
-		err = build(ctx, s, p, f)
+		err = build(ctx, pendingStore{Store: s, p: p}, f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -85,15 +89,16 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 // BuildImage writes the composefs image of a pending pull into its directory (store.LazyImage),
 // through a synced temp file and a rename, so a mount finds it whole or not at all. The image depends
 // only on the entries and inlined small files the pull fetched first, never on which objects
-// are stored yet, so it stays right until the pull completes. The caller holds the store's
-// shared lock.
-func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending) error {
+// are stored yet, so it stays right until the pull completes. known are the entries of pending
+// layers the caller has decoded already (the pull's own), read from their TOCs otherwise. The
+// caller holds the store's shared lock.
+func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending, known map[digest.Digest][]layerfs.Entry) error {
 	f, err := os.CreateTemp(p.Dir, ".composefs-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	err = build(ctx, s, p, f)
+	err = build(ctx, pendingStore{Store: s, p: p, known: known}, f)
 	if err == nil {
 		err = f.Sync() // a crash must not leave a torn image under the name
 	}
@@ -107,12 +112,13 @@ func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending) error {
 }
 
 // build writes the composefs image of a pending pull to w.
-func build(ctx context.Context, s *store.Store, p *lazy.Pending, w io.Writer) error {
+func build(ctx context.Context, ps pendingStore, w io.Writer) error {
+	p := ps.p
 	diffIDs, err := p.DiffIDs()
 	if err != nil {
 		return err
 	}
-	if err := storeimage.Build(ctx, pendingStore{s, p}, store.Image{ID: p.ID, Layers: diffIDs}, w); err != nil {
+	if err := storeimage.Build(ctx, ps, store.Image{ID: p.ID, Layers: diffIDs}, w); err != nil {
 		return fmt.Errorf("composefs image of lazy pull %s: %w", p.ID, err)
 	}
 	return nil
