@@ -14,7 +14,6 @@ import (
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
-	"github.com/kura-oci/kura/composefs/storeimage"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/layername"
@@ -125,8 +124,7 @@ func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, 
 	if err != nil {
 		return "", err
 	}
-	st := &entriesStore{Store: storeimage.WithoutDigests(l.s), diffID: diffID, entries: entries}
-	return p, l.writeLayerImage(ctx, st, diffID, entries)
+	return p, l.writeLayerImage(ctx, diffID, entries)
 }
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into

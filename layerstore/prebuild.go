@@ -80,8 +80,7 @@ func (l *Layers) runPrebuild(diffID digest.Digest, entries []layerfs.Entry, pb *
 	if err == nil {
 		var unlock func()
 		if unlock, err = l.s.RLock(ctx); err == nil {
-			st := &entriesStore{Store: storeimage.WithoutDigests(l.s), diffID: diffID, entries: entries}
-			err = l.writeLayerImage(ctx, st, diffID, entries)
+			err = l.writeLayerImage(ctx, diffID, entries)
 			unlock()
 		}
 	}
@@ -125,24 +124,6 @@ func (l *Layers) awaitPrebuild(ctx context.Context, diffID digest.Digest) error 
 	}
 }
 
-// entriesStore is the store as a layer image's build reads it: the layer's entries are the ones
-// given (decoded by the pull, or once from the store for both the tree and its whiteouts).
-type entriesStore struct {
-	storeimage.Store
-	diffID  digest.Digest
-	entries []layerfs.Entry
-}
-
-func (e *entriesStore) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
-	if diffID != e.diffID {
-		return e.Store.LayerEntries(ctx, diffID)
-	}
-	return e.entries, nil
-}
-
-// OmitDigests: the per-layer images carry no fs-verity digests (see layerImage).
-func (e *entriesStore) OmitDigests() bool { return true }
-
 // imagePath is where the composefs image of layer diffID is kept. Dense images have a name of
 // their own: a server started on an older kernel never mounts one (it would show every compact
 // inode's mtime as the image's epoch), it builds the layer's image again.
@@ -167,10 +148,12 @@ func (l *Layers) imageOptions() []composefs.Option {
 	return nil
 }
 
-// writeLayerImage builds the composefs image of one layer from its entries into a temp file
+// writeLayerImage builds the composefs image of one layer from its entries (decoded once, for
+// the tree and for its whiteouts; no fs-verity digests, see layerImage) into a temp file
 // beside its place, and renames it there. A server killed meanwhile leaves only the temp file,
 // which the next one removes (removeTemps).
-func (l *Layers) writeLayerImage(ctx context.Context, st storeimage.Store, diffID digest.Digest, entries []layerfs.Entry) error {
+func (l *Layers) writeLayerImage(ctx context.Context, diffID digest.Digest, entries []layerfs.Entry) error {
+	st := storeimage.WithEntries(storeimage.WithoutDigests(l.s), map[digest.Digest][]layerfs.Entry{diffID: entries})
 	root, err := storeimage.Tree(ctx, st, store.Image{ID: diffID, Layers: []digest.Digest{diffID}})
 	if err != nil {
 		return err

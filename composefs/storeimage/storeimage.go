@@ -48,6 +48,30 @@ type noDigests struct{ Store }
 
 func (noDigests) OmitDigests() bool { return true }
 
+// WithEntries is s with the entries of the layers in entries given, decoded already by the
+// caller (a pull's own, say), instead of read again from s; s's other layers and its choice of
+// digests (DigestOmitter) are kept. Builds only read the entries.
+func WithEntries(s Store, entries map[digest.Digest][]layerfs.Entry) Store {
+	return knownEntries{s, entries}
+}
+
+type knownEntries struct {
+	Store
+	entries map[digest.Digest][]layerfs.Entry
+}
+
+func (k knownEntries) LayerEntries(ctx context.Context, diffID digest.Digest) ([]layerfs.Entry, error) {
+	if e, ok := k.entries[diffID]; ok {
+		return e, nil
+	}
+	return k.Store.LayerEntries(ctx, diffID)
+}
+
+func (k knownEntries) OmitDigests() bool {
+	o, ok := k.Store.(DigestOmitter)
+	return ok && o.OmitDigests()
+}
+
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
 // composefs tree.
 func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/checkout"
@@ -21,6 +22,7 @@ import (
 	"github.com/kura-oci/kura/internal/testkit/tartest"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/internal/testkit/treetest"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 )
 
@@ -252,5 +254,17 @@ func TestTreeWithoutDigests(t *testing.T) {
 	}
 	if f, d := count(without); f == 0 || d != 0 {
 		t.Fatalf("without digests: %d of %d files carry a digest; want none", d, f)
+	}
+	// Entries given over keep the wrapped store's choice of digests.
+	entries, err := s.LayerEntries(context.Background(), img.Layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	given, err := Tree(context.Background(), WithEntries(WithoutDigests(s), map[digest.Digest][]layerfs.Entry{img.Layers[0]: entries}), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f, d := count(given); f == 0 || d != 0 {
+		t.Fatalf("entries given, without digests: %d of %d files carry a digest; want none", d, f)
 	}
 }

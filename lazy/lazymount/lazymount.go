@@ -24,14 +24,10 @@ import (
 // entries come from their TOC, and objects the store lacks are placeholders.
 type pendingStore struct {
 	*store.Store
-	p     *lazy.Pending
-	known map[digest.Digest][]layerfs.Entry // the entries of layers the caller has decoded
+	p *lazy.Pending
 }
 
 func (ps pendingStore) LayerEntries(ctx context.Context, d digest.Digest) ([]layerfs.Entry, error) {
-	if entries, ok := ps.known[d]; ok {
-		return entries, nil
-	}
 	return ps.p.LayerEntries(ctx, ps.Store, d)
 }
 
@@ -61,7 +57,7 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 			return nil, nil, err
 		}
 		image, done = f.Name(), func() { os.Remove(f.Name()) }
-		err = build(ctx, pendingStore{Store: s, p: p}, f)
+		err = build(ctx, pendingStore{s, p}, p, f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -98,7 +94,7 @@ func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending, known map[
 		return err
 	}
 	defer os.Remove(f.Name())
-	err = build(ctx, pendingStore{Store: s, p: p, known: known}, f)
+	err = build(ctx, storeimage.WithEntries(pendingStore{s, p}, known), p, f)
 	if err == nil {
 		err = f.Sync() // a crash must not leave a torn image under the name
 	}
@@ -112,13 +108,12 @@ func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending, known map[
 }
 
 // build writes the composefs image of a pending pull to w.
-func build(ctx context.Context, ps pendingStore, w io.Writer) error {
-	p := ps.p
+func build(ctx context.Context, st storeimage.Store, p *lazy.Pending, w io.Writer) error {
 	diffIDs, err := p.DiffIDs()
 	if err != nil {
 		return err
 	}
-	if err := storeimage.Build(ctx, ps, store.Image{ID: p.ID, Layers: diffIDs}, w); err != nil {
+	if err := storeimage.Build(ctx, st, store.Image{ID: p.ID, Layers: diffIDs}, w); err != nil {
 		return fmt.Errorf("composefs image of lazy pull %s: %w", p.ID, err)
 	}
 	return nil
