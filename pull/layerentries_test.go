@@ -2,13 +2,11 @@ package pull
 
 import (
 	"context"
-	"encoding/json"
 	"reflect"
 	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/layerfs"
@@ -49,20 +47,13 @@ func TestLayerEntriesHandedOver(t *testing.T) {
 		t.Fatalf("handed %d entries, recorded %v; want the %d stored ones, recorded", len(h.entries[d]), h.recorded[d], len(stored))
 	}
 
-	var cfg ocispec.Image
-	json.Unmarshal(img.config, &cfg)
-	cfg.RootFS.DiffIDs[0] = digest.FromString("something else")
-	img.config, _ = json.Marshal(cfg)
-	var m ocispec.Manifest
-	json.Unmarshal(img.manifest, &m)
-	m.Config.Digest, m.Config.Size = digest.FromBytes(img.config), int64(len(img.config))
-	img.manifest, _ = json.Marshal(m)
+	bad := digest.FromString("something else")
+	img.promiseDiffID(bad)
 	img.writeLayout(t, dir, "bad")
 	h = &handed{entries: map[digest.Digest][]layerfs.Entry{}, recorded: map[digest.Digest]bool{}}
 	if _, err := pullRef(t, teststore.Open(t), "oci:"+dir+":bad", nil, WithLayerEntries(h.fn)); err == nil {
 		t.Fatal("a pull with a wrong DiffID succeeded")
 	}
-	bad := cfg.RootFS.DiffIDs[0]
 	if ok, told := h.recorded[bad]; !told || ok || h.entries[bad] == nil {
 		t.Fatalf("wrong DiffID: handed %d entries, told %v, recorded %v; want handed and told not recorded", len(h.entries[bad]), told, ok)
 	}

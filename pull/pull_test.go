@@ -132,6 +132,19 @@ func fromKit(b *imagetest.Image) *testImage {
 	return &testImage{layers: b.Blobs, descs: b.Descs, diffIDs: b.DiffIDs, config: b.Config, manifest: b.Manifest}
 }
 
+// promiseDiffID makes the image's config (and so its manifest) promise d as its first layer's
+// DiffID.
+func (img *testImage) promiseDiffID(d digest.Digest) {
+	var cfg ocispec.Image
+	json.Unmarshal(img.config, &cfg)
+	cfg.RootFS.DiffIDs[0] = d
+	img.config, _ = json.Marshal(cfg)
+	var m ocispec.Manifest
+	json.Unmarshal(img.manifest, &m)
+	m.Config.Digest, m.Config.Size = digest.FromBytes(img.config), int64(len(img.config))
+	img.manifest, _ = json.Marshal(m)
+}
+
 func (img *testImage) writeLayout(t testing.TB, dir, tag string) {
 	t.Helper()
 	w, err := ocilayout.Create(dir)
@@ -322,21 +335,15 @@ func TestPullOversizedMetadataFallsBackToFull(t *testing.T) {
 func TestPullRejectsWrongDiffID(t *testing.T) {
 	img := buildImage(t, tarOf(t, genTree(0)))
 	// A config that promises another DiffID: the rebuilt tar must not match.
-	var cfg ocispec.Image
-	json.Unmarshal(img.config, &cfg)
-	cfg.RootFS.DiffIDs[0] = digest.FromString("something else")
-	img.config, _ = json.Marshal(cfg)
-	var m ocispec.Manifest
-	json.Unmarshal(img.manifest, &m)
-	m.Config.Digest, m.Config.Size = digest.FromBytes(img.config), int64(len(img.config))
-	img.manifest, _ = json.Marshal(m)
+	promised := digest.FromString("something else")
+	img.promiseDiffID(promised)
 	dir := t.TempDir()
 	img.writeLayout(t, dir, "bad")
 	for _, opts := range [][]Option{nil, {WithoutPartial()}} {
 		s := teststore.Open(t)
 		_, err := pullRef(t, s, "oci:"+dir+":bad", nil, opts...)
 		var m *layer.DiffIDMismatchError
-		if !errors.Is(err, errdefs.ErrDigestMismatch) || !errors.As(err, &m) || m.Want != cfg.RootFS.DiffIDs[0] {
+		if !errors.Is(err, errdefs.ErrDigestMismatch) || !errors.As(err, &m) || m.Want != promised {
 			t.Fatalf("got %v, want a DiffID mismatch", err)
 		}
 		// The error explains itself: what the layer is, both digests, and what to do.
