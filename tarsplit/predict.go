@@ -91,18 +91,8 @@ func PredictEntries(entries []layerfs.Entry, known []Known, crc CRCFunc) ([]stor
 	if err != nil {
 		return nil, Stats{}, err
 	}
-	feed := NewFeed(entries)
-	st, err := ix.PredictFeed(entries, crc, feed)
-	if err != nil {
-		return nil, st, err
-	}
-	out, err := feed.Entries()
-	return out, st, err
+	return ix.Predict(entries, crc)
 }
-
-// NewFeed returns a feed with room for the predicted tar-split of entries: a segment and a
-// file line each, and a few segments at the end.
-func NewFeed(entries []layerfs.Entry) *tarstream.Feed { return tarstream.NewFeed(2*len(entries) + 8) }
 
 // Index is known layers indexed for one prediction (PredictEntries' first half): a caller can
 // make it before it has the entries to predict, beside fetching them. It serves one prediction.
@@ -111,7 +101,7 @@ type Index struct {
 	used bool
 }
 
-// IndexKnown indexes known layers for PredictFeed, consuming them as PredictEntries does.
+// IndexKnown indexes known layers for Predict, consuming them as PredictEntries does.
 func IndexKnown(known []Known) (*Index, error) {
 	ix, err := indexAll(known, true)
 	if err != nil {
@@ -120,19 +110,19 @@ func IndexKnown(known []Known) (*Index, error) {
 	return &Index{ix: ix}, nil
 }
 
-// PredictFeed is PredictEntries with the known layers indexed already: it appends the entries
-// to feed as it makes them, so that a reader (tarstream.RebuildStream) can use the first ones
-// beside the rest of the prediction, then closes feed with the error it returns.
-func (x *Index) PredictFeed(entries []layerfs.Entry, crc CRCFunc, feed *tarstream.Feed) (Stats, error) {
+// Predict is PredictEntries with the known layers indexed already.
+func (x *Index) Predict(entries []layerfs.Entry, crc CRCFunc) ([]storage.Entry, Stats, error) {
 	if x.used {
-		err := fmt.Errorf("an index of known layers serves one prediction")
-		feed.Close(err)
-		return Stats{}, err
+		return nil, Stats{}, fmt.Errorf("an index of known layers serves one prediction")
 	}
 	x.used = true
-	st, err := predictWith(x.ix, entries, crc, &entrySink{feed: feed, seen: make(tarstream.PathSet, len(entries))})
-	feed.Close(err)
-	return st, err
+	n := len(entries) // tar entries: a segment and a file line each, and a few segments at the end
+	es := &entrySink{entries: make([]storage.Entry, 0, 2*n+8), seen: make(tarstream.PathSet, n)}
+	st, err := predictWith(x.ix, entries, crc, es)
+	if err != nil {
+		return nil, st, err
+	}
+	return es.entries, st, nil
 }
 
 // indexAll indexes the known layers, with the CRCs of their contents.

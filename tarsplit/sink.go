@@ -34,11 +34,10 @@ func (s jsonSink) segment(b []byte) { s.p.Segment(b) }
 
 func (s jsonSink) file(name string, size int64, crc []byte) error { return s.p.File(name, size, crc) }
 
-// entrySink appends a predicted tar-split to a feed as decoded entries.
+// entrySink collects a predicted tar-split as decoded entries.
 type entrySink struct {
-	feed *tarstream.Feed
-	n    int // entries appended
-	seen tarstream.PathSet
+	entries []storage.Entry
+	seen    tarstream.PathSet
 }
 
 func (s *entrySink) reuse(r *record) { s.add(storage.Entry{Type: storage.SegmentType, Payload: r.seg}) }
@@ -58,7 +57,6 @@ func (s *entrySink) file(name string, size int64, crc []byte) error {
 }
 
 func (s *entrySink) add(e storage.Entry) {
-	e.Position = s.n
-	s.n++
-	s.feed.Append(e)
+	e.Position = len(s.entries)
+	s.entries = append(s.entries, e)
 }

@@ -30,22 +30,17 @@ func Rebuild(tarSplit []byte, open func(name string, size int64) (io.ReadCloser,
 // writeSlice bounds one write of the rebuilt tar: about 20 µs of sha256.
 const writeSlice = 32 << 10
 
-// RebuildEntries is Rebuild for a decoded tar-split. An invalid entry fails it before anything
-// is written.
+// RebuildEntries is Rebuild for a decoded tar-split.
 func RebuildEntries(entries []storage.Entry, open func(name string, size int64) (io.ReadCloser, error), w io.Writer) error {
 	for i := range entries {
-		if err := checkEntry(&entries[i]); err != nil {
-			return err
+		e := &entries[i]
+		switch {
+		case e.Type != storage.SegmentType && e.Type != storage.FileType:
+			return fmt.Errorf("tar-split entry type %d: %w", e.Type, errdefs.ErrInvalid)
+		case e.Type == storage.FileType && e.Size < 0:
+			return fmt.Errorf("tar-split entry %q has size %d: %w", e.GetName(), e.Size, errdefs.ErrInvalid)
 		}
 	}
-	return RebuildStream(sliceReader(entries), open, w)
-}
-
-// RebuildStream is Rebuild for a tar-split whose entries next returns one by one (io.EOF after
-// the last; Feed.Reader), so that the tar is written while the tar-split is still being made.
-// Each entry is checked as it comes: an invalid one, or an error of next, ends the rebuild
-// with that error after what came before it was written.
-func RebuildStream(next func() (*storage.Entry, error), open func(name string, size int64) (io.ReadCloser, error), w io.Writer) error {
 	const blockSize, blocks = 512 << 10, 6
 	free := make(chan []byte, blocks)
 	for range blocks {
@@ -56,7 +51,7 @@ func RebuildStream(next func() (*storage.Entry, error), open func(name string, s
 	var readErr error
 	go func() {
 		defer close(full)
-		readErr = fillBlocks(next, open, free, full, done)
+		readErr = fillBlocks(entries, open, free, full, done)
 	}()
 	var writeErr error
 	for b := range full {
@@ -75,24 +70,15 @@ func RebuildStream(next func() (*storage.Entry, error), open func(name string, s
 	return readErr
 }
 
-// fillBlocks lays the tar stream of the entries next returns into blocks taken from free and
-// sends each filled block to full, until done closes.
-func fillBlocks(next func() (*storage.Entry, error), open func(string, int64) (io.ReadCloser, error), free <-chan []byte, full chan<- []byte, done <-chan struct{}) error {
+// fillBlocks lays the tar stream of entries into blocks taken from free and sends each filled
+// block to full, until done closes.
+func fillBlocks(entries []storage.Entry, open func(string, int64) (io.ReadCloser, error), free <-chan []byte, full chan<- []byte, done <-chan struct{}) error {
 	f := &filler{free: free, full: full, done: done}
 	if !f.next() {
 		return nil
 	}
-	for {
-		e, err := next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if err := checkEntry(e); err != nil {
-			return err
-		}
+	for i := range entries {
+		e := &entries[i]
 		if e.Type == storage.SegmentType {
 			if !f.put(e.Payload) {
 				return nil
@@ -111,17 +97,6 @@ func fillBlocks(next func() (*storage.Entry, error), open func(string, int64) (i
 		case full <- f.block[:f.n]:
 		case <-done:
 		}
-	}
-	return nil
-}
-
-// checkEntry refuses an entry the rebuild cannot lay out.
-func checkEntry(e *storage.Entry) error {
-	switch {
-	case e.Type != storage.SegmentType && e.Type != storage.FileType:
-		return fmt.Errorf("tar-split entry type %d: %w", e.Type, errdefs.ErrInvalid)
-	case e.Type == storage.FileType && e.Size < 0:
-		return fmt.Errorf("tar-split entry %q has size %d: %w", e.GetName(), e.Size, errdefs.ErrInvalid)
 	}
 	return nil
 }

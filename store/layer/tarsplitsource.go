@@ -108,27 +108,12 @@ func (f *FetchedTarSplit) settle(ctx context.Context, l *chunked.Layer, diffID d
 // checkDiffID rebuilds the layer's tar from tar-split entries and objects (opened by open) and
 // compares its sha256 with the DiffID the config promises. It returns the tar's size.
 func checkDiffID(ctx context.Context, files []chunked.File, entries []storage.Entry, diffID digest.Digest, open opener) (int64, error) {
-	err := rebuildDiffID(ctx, files, diffID, open, func(o tarOpener, w io.Writer) error {
-		return tarstream.RebuildEntries(entries, o, w)
-	})
-	if err != nil {
-		return 0, err
-	}
-	return tarSize(entries), nil
-}
-
-// tarOpener opens a file's content by the name and size tar-split records.
-type tarOpener = func(name string, size int64) (io.ReadCloser, error)
-
-// rebuildDiffID rebuilds the layer's tar through rebuild, with the objects the TOC names for
-// the tar-split's files, and compares its sha256 with the DiffID the config promises.
-func rebuildDiffID(ctx context.Context, files []chunked.File, diffID digest.Digest, open opener, rebuild func(tarOpener, io.Writer) error) error {
 	byName := make(map[string]digest.Digest, len(files))
 	for _, f := range files {
 		byName[f.Entry.Name] = f.Entry.Digest
 	}
 	h := sha256.New()
-	err := rebuild(func(name string, size int64) (io.ReadCloser, error) {
+	err := tarstream.RebuildEntries(entries, func(name string, size int64) (io.ReadCloser, error) {
 		d, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("tar-split names %q, which the TOC has no content for: %w", name, errdefs.ErrInvalid)
@@ -139,16 +124,16 @@ func rebuildDiffID(ctx context.Context, files []chunked.File, diffID digest.Dige
 		return open(d)
 	}, h)
 	if err != nil {
-		return fmt.Errorf("rebuilding the tar: %w", err)
+		return 0, fmt.Errorf("rebuilding the tar: %w", err)
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != diffID {
-		return fmt.Errorf("rebuilt tar: %w", &DiffIDMismatchError{Got: got, Want: diffID})
+		return 0, fmt.Errorf("rebuilt tar: %w", &DiffIDMismatchError{Got: got, Want: diffID})
 	}
-	return nil
+	// The rebuild wrote every segment and exactly each file's size (else it failed).
+	return tarSize(entries), nil
 }
 
-// tarSize is the size of the tar entries rebuild, once a rebuild with them succeeded (it wrote
-// every segment and exactly each file's size, else it failed).
+// tarSize is the size of the tar entries rebuild.
 func tarSize(entries []storage.Entry) int64 {
 	var size int64
 	for _, e := range entries {
@@ -183,53 +168,37 @@ type predicted struct {
 	fetch FetchFunc
 }
 
-// begin predicts the tar-split from the TOC, beside the planning, into a feed that the
-// rebuild reads as it grows.
+// begin predicts the tar-split from the TOC, beside the planning.
 func (p *predicted) begin(l *chunked.Layer) {
-	p.pred = &prediction{done: make(chan struct{}), feed: tarsplit.NewFeed(l.Entries)}
+	p.pred = &prediction{done: make(chan struct{})}
 	go func() {
 		defer close(p.pred.done)
-		k := <-p.known
-		if p.pred.err = predictTarSplit(p.pred, k, l.Entries); p.pred.err == nil {
-			p.pred.entries, p.pred.err = p.pred.feed.Entries()
-		}
+		predictTarSplit(p.pred, <-p.known, l.Entries)
 	}()
 }
 
 // verify checks the prediction against the TOC and rebuilds the tar with it for the DiffID. Any
 // error means: fetch the real one.
 //
-// The rebuild reads the prediction as it is made (a feed), so the hash starts with the first
-// entries, not after the last; a prediction that fails midway closes the feed with its error,
-// which ends the rebuild. The TOC check needs the whole prediction and runs beside the rest of
-// the hash. The tar does not depend on tar-split's CRCs, which the prediction must compute for
-// new content, once fetched. So the prediction is made with placeholder CRCs and goes to the
-// rebuild right away, beside the fetch; the real CRCs replace the placeholders afterwards.
+// The TOC check runs beside the hash. The tar does not depend on tar-split's CRCs, which the
+// prediction must compute for new content, once fetched. So the prediction is made with
+// placeholder CRCs and goes to the rebuild right away, beside the fetch; the real CRCs replace
+// the placeholders afterwards.
 func (p *predicted) verify(ctx context.Context, l *chunked.Layer, diffID digest.Digest, open opener) verdict {
-	checked := make(chan error, 1)
-	go func() {
-		<-p.pred.done
-		if p.pred.err != nil {
-			checked <- nil
-			return
-		}
-		checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries)
-	}()
-	next := p.pred.feed.Reader()
-	err := rebuildDiffID(ctx, l.Files, diffID, open, func(o tarOpener, w io.Writer) error {
-		return tarstream.RebuildStream(next, o, w)
-	})
-	cerr := <-checked
+	<-p.pred.done
 	if p.pred.err != nil {
 		return verdict{wrongPrediction: p.pred.err}
 	}
-	if err == nil {
+	checked := make(chan error, 1)
+	go func() { checked <- chunked.CheckTarSplitEntries(l.Entries, p.pred.entries) }()
+	n, err := checkDiffID(ctx, l.Files, p.pred.entries, diffID, open)
+	if cerr := <-checked; err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return verdict{wrongPrediction: fmt.Errorf("predicted tar-split: %w", err)}
 	}
-	return verdict{size: tarSize(p.pred.entries)}
+	return verdict{size: n}
 }
 
 // record turns the prediction into the layer record's tar-split once the new files are in:
@@ -300,30 +269,24 @@ func loadKnown(ctx context.Context, s *store.Store, prev digest.Digest) knownLay
 	return knownLayer{entries: entries, index: ix}
 }
 
-// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs: feed
-// grows as it is made; the other fields are set when done closes.
+// prediction is a predicted tar-split whose new contents (pending) have placeholder CRCs; its
+// fields are set when done closes.
 type prediction struct {
 	done    chan struct{}
-	feed    *tarstream.Feed
 	entries []storage.Entry
 	pending []pendingCRC
 	err     error
 }
 
-// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs,
-// into p's feed, which it closes with the error it returns.
-func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) error {
-	err := predictFeed(p, k, entries)
-	p.feed.Close(err)
-	return err
-}
-
-func predictFeed(p *prediction, k knownLayer, entries []layerfs.Entry) error {
+// predictTarSplit predicts a layer's tar-split from a stored layer's, with placeholder CRCs.
+func predictTarSplit(p *prediction, k knownLayer, entries []layerfs.Entry) {
 	if k.err != nil {
-		return k.err
+		p.err = k.err
+		return
 	}
 	if err := enoughShared(k.entries, entries); err != nil {
-		return err
+		p.err = err
+		return
 	}
 	// The tar rebuilt for the DiffID does not depend on CRCs, so contents still to be fetched
 	// get a placeholder, known by its address, and their real CRC afterwards.
@@ -332,10 +295,10 @@ func predictFeed(p *prediction, k knownLayer, entries []layerfs.Entry) error {
 		p.pending = append(p.pending, pendingCRC{d: d, size: size, slot: &b[0]})
 		return b, nil
 	}
-	if _, err := k.index.PredictFeed(entries, placeholder, p.feed); err != nil {
-		return fmt.Errorf("predicting the tar-split: %w", err)
+	var err error
+	if p.entries, _, err = k.index.Predict(entries, placeholder); err != nil {
+		p.err = fmt.Errorf("predicting the tar-split: %w", err)
 	}
-	return nil
 }
 
 // enoughShared refuses to predict from a layer of another image, which shares too little. It
