@@ -37,9 +37,10 @@ const (
 	rangeInfoLen = 24
 	// metadataVersion is FANOTIFY_METADATA_VERSION.
 	metadataVersion = 3
-	allow           = 0x01 // FAN_ALLOW
-	deny            = 0x02 // FAN_DENY
-	errnoShift      = 24   // FAN_DENY_ERRNO(err): FAN_DENY | (err & 0xff) << 24
+	markIgnoreSurv  = 0x400 | unix.FAN_MARK_IGNORED_SURV_MODIFY // FAN_MARK_IGNORE_SURV
+	allow           = 0x01                                      // FAN_ALLOW
+	deny            = 0x02                                      // FAN_DENY
+	errnoShift      = 24                                        // FAN_DENY_ERRNO(err): FAN_DENY | (err & 0xff) << 24
 )
 
 // Event is one pre-content or open-permission event (Mask says which). File is the kernel's
@@ -91,6 +92,20 @@ const marked = PreAccess | OpenPerm
 // only on descriptors opened after the mark: the kernel decides at open time.
 func (g *Group) Mark(f *os.File, mask uint64) error {
 	return g.mark(unix.FAN_MARK_ADD, mask, f)
+}
+
+// MarkChildren marks the directory path names for the events of mask on the files in it
+// (FAN_EVENT_ON_CHILD): one mark stands for a directory of placeholders. A file in it stops
+// raising them once IgnorePath says so.
+func (g *Group) MarkChildren(path string, mask uint64) error {
+	return g.markAt(unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, mask|unix.FAN_EVENT_ON_CHILD, unix.AT_FDCWD, path)
+}
+
+// IgnorePath makes the inode path names raise none of the events of mask any more, whatever
+// mark (its own or its directory's) asks for them: an ignore mark that survives the inode's
+// modification (FAN_MARK_IGNORE_SURV, Linux 6.0+).
+func (g *Group) IgnorePath(path string, mask uint64) error {
+	return g.markAt(unix.FAN_MARK_ADD|markIgnoreSurv, mask, unix.AT_FDCWD, path)
 }
 
 // Unmark removes the mark of f's inode; later opens raise no events.

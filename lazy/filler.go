@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -54,8 +57,10 @@ type Filler struct {
 	log     *slog.Logger
 	g       *fanotify.Group
 
-	mu    sync.Mutex
-	byIno map[[2]uint64]*placeholder
+	mu     sync.Mutex
+	byName map[string][]*placeholder  // placeholderKey → the placeholders of that name
+	byIno  map[[2]uint64]*placeholder // device and inode → placeholder, as events find them
+	all    []*placeholder
 
 	writes    chan writeJob
 	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
@@ -107,7 +112,7 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{},
+	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{}, byName: map[string][]*placeholder{},
 		writes: make(chan writeJob), closed: make(chan struct{})}
 	tid := make(chan int)
 	go f.writer(tid)
@@ -115,87 +120,140 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 	return f, nil
 }
 
-// Watch marks the placeholders of a pending layer's objects. Objects the store holds already
-// get their placeholder filled at once (a crash between storing and copying leaves that): Run
-// must be running, as the copy's own events need answering. A placeholder missing for an
-// object the store lacks (a pull killed while it made them, after its record was written) is
-// made here: without one such a file would fail to open until the whole layer is in. The stat
-// each placeholder needs anyway finds those, so a whole pull costs no second pass of creations.
-// The objects are shared out between placeholderWorkers goroutines, as their creation is: the
-// stats, path lookups and marks of thousands of placeholders are most of the time between a
-// lazy pull's placeholders and its "mountable".
+// Watch marks the placeholder directories of a pending layer's objects: one mark for the
+// files of a directory (FAN_EVENT_ON_CHILD) rather than one per placeholder, whose path
+// lookups and marks were most of the time between a lazy pull's placeholders and its
+// "mountable". A placeholder missing for an object the store lacks (a pull killed while it made
+// them, after its record was written) is made here: without one such a file would fail to open
+// until the whole layer is in. A directory's listing finds those, so a whole pull costs no
+// second pass over its placeholders. A placeholder whose object the store holds already (a
+// crash between storing and copying leaves that) is filled from the store at its first access,
+// or by FillAll.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
+	byDir := map[string][]*placeholder{}
+	var dirs []string
+	for _, d := range objs {
+		path, err := p.PlaceholderPath(f.s, diffID, d)
+		if err != nil {
+			return err
+		}
+		dir := filepath.Dir(path)
+		if _, ok := byDir[dir]; !ok {
+			dirs = append(dirs, dir)
+		}
+		byDir[dir] = append(byDir[dir], &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()})
+	}
 	var g errgroup.Group
-	n := (len(objs) + watchWorkers - 1) / watchWorkers
-	for part := range slices.Chunk(objs, max(n, 1)) {
-		g.Go(func() error {
-			for _, d := range part {
-				if err := f.watchOne(ctx, p, diffID, d); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+	g.SetLimit(watchWorkers)
+	for _, dir := range dirs {
+		g.Go(func() error { return f.watchDir(p, diffID, dir, byDir[dir]) })
 	}
 	return g.Wait()
 }
 
-// watchWorkers is how many goroutines Watch marks placeholders on.
+// watchWorkers is how many directories Watch lists and marks at once.
 const watchWorkers = 4
 
-// watchOne registers and marks object d's placeholder, and fills it at once if the store holds
-// d already.
-func (f *Filler) watchOne(ctx context.Context, p *Pending, diffID, d digest.Digest) error {
-	path, err := p.PlaceholderPath(f.s, diffID, d)
+// watchDir makes the missing placeholders of phs, all in dir, registers them and marks dir.
+func (f *Filler) watchDir(p *Pending, diffID digest.Digest, dir string, phs []*placeholder) error {
+	names, err := listNames(dir)
 	if err != nil {
 		return err
 	}
-	ph := &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()}
-	st, ok, err := f.placeholderStat(p, diffID, d, path)
-	if err != nil || !ok {
-		return err // !ok: the object was stored before the pull, no placeholder
+	var missing []digest.Digest
+	kept := phs[:0]
+	for _, ph := range phs {
+		if !names[filepath.Base(ph.path)] {
+			if f.s.HasObject(ph.obj) {
+				continue // stored before the pull: no placeholder
+			}
+			missing = append(missing, ph.obj)
+		}
+		kept = append(kept, ph)
 	}
-	// Known before marked: an event on it must never be taken for a stranger's.
+	if len(kept) == 0 {
+		return nil
+	}
+	if err := p.MakePlaceholders(f.s, diffID, missing); err != nil {
+		return err
+	}
+	// Known before marked: an event on one must never be taken for a stranger's.
 	f.mu.Lock()
-	f.byIno[[2]uint64{st.Dev, st.Ino}] = ph
+	for _, ph := range kept {
+		key := placeholderKey(ph.path)
+		f.byName[key] = append(f.byName[key], ph)
+		f.all = append(f.all, ph)
+	}
 	f.mu.Unlock()
-	if err := f.markPath(path, true); err != nil {
-		return err
-	}
-	if f.s.HasObject(d) {
-		return f.fillNow(ctx, ph, f.fillOne)
-	}
-	return nil
+	return f.g.MarkChildren(dir, marked)
 }
 
-// placeholderStat stats object d's placeholder at path, making it first when it is missing
-// and the store lacks d; ok is false when there is none because the store holds d.
-func (f *Filler) placeholderStat(p *Pending, diffID, d digest.Digest, path string) (unix.Stat_t, bool, error) {
-	var st unix.Stat_t
-	err := unix.Stat(path, &st)
-	if errors.Is(err, unix.ENOENT) {
-		if f.s.HasObject(d) {
-			return st, false, nil
-		}
-		if err = p.MakePlaceholders(f.s, diffID, []digest.Digest{d}); err == nil {
-			err = unix.Stat(path, &st)
-		}
+// listNames returns the names in dir (none when it does not exist).
+func listNames(dir string) (map[string]bool, error) {
+	d, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
 	if err != nil {
-		return st, false, fmt.Errorf("placeholder of %s: %w", d, err)
+		return nil, err
 	}
-	return st, true, nil
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[n] = true
+	}
+	return set, nil
 }
 
-// markPath marks a placeholder for its open as well as its reads: a composefs mount opens
-// the object when its file is opened, before the opener can map it, and a first access by mmap
-// raises no event of its own (the kernel's mmap hook sees the overlay file, not the object, and
-// a page fault raises nothing), so the open is where a mapped file is filled.
-func (f *Filler) markPath(path string, add bool) error {
-	if add {
-		return f.g.MarkPath(path, fanotify.PreAccess|fanotify.OpenPerm)
+// placeholderKey is the fan-out directory and name of placeholder path p: what the kernel's
+// path of an event's descriptor ends in, whichever mount it was opened through (overlay opens a
+// data-only layer's files on a private clone of its mount, rooted at the layer's directory).
+func placeholderKey(p string) string {
+	return path.Join(path.Base(path.Dir(p)), path.Base(p))
+}
+
+// marked is what a placeholder raises until it is filled: its open, so that a file mapped
+// before any read is filled (a composefs mount opens the object when its file is opened, and a
+// first access by mmap raises no event of its own: the kernel's mmap hook sees the overlay file,
+// not the object, and a page fault raises nothing), and any read of it.
+const marked = fanotify.PreAccess | fanotify.OpenPerm
+
+// placeholderOf returns the placeholder that file (an event's descriptor) is, or nil when it is
+// none of the filler's: found by the name the kernel gives the descriptor, and confirmed by its
+// inode, which is remembered for the next event.
+func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
+		return nil, err
 	}
-	return f.g.UnmarkPath(path)
+	ino := [2]uint64{st.Dev, st.Ino}
+	f.mu.Lock()
+	ph := f.byIno[ino]
+	f.mu.Unlock()
+	if ph != nil {
+		return ph, nil
+	}
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", file.Fd()))
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	candidates := f.byName[placeholderKey(link)]
+	f.mu.Unlock()
+	for _, c := range candidates { // one per pending layer holding the object
+		var cst unix.Stat_t
+		if unix.Stat(c.path, &cst) == nil && cst.Dev == st.Dev && cst.Ino == st.Ino {
+			f.mu.Lock()
+			f.byIno[ino] = c
+			f.mu.Unlock()
+			return c, nil
+		}
+	}
+	return nil, nil
 }
 
 // Run answers events until ctx ends or the group is closed. Each access is answered on a
@@ -230,14 +288,11 @@ func (f *Filler) Run(ctx context.Context) error {
 // with EIO once the fill failed or took longer than the timeout. An open (OpenPerm) and a read
 // (PreAccess) are answered alike: the whole object is filled before either goes on.
 func (f *Filler) answer(ctx context.Context, ev fanotify.Event) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(ev.File.Fd()), &st); err != nil {
+	ph, err := f.placeholderOf(ev.File)
+	if err != nil {
 		f.g.Deny(ev, syscall.EIO)
 		return
 	}
-	f.mu.Lock()
-	ph := f.byIno[[2]uint64{st.Dev, st.Ino}]
-	f.mu.Unlock()
 	if ph == nil { // not a placeholder of ours: nothing to fill
 		f.g.Allow(ev)
 		return
@@ -310,7 +365,7 @@ func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) (fetched Fetch
 	if err := <-done; err != nil {
 		return fetched, err
 	}
-	if err := f.markPath(ph.path, false); err != nil {
+	if err := f.g.IgnorePath(ph.path, marked); err != nil {
 		return fetched, err
 	}
 	ph.filled = true
@@ -413,10 +468,7 @@ func (f *Filler) Close() error {
 // the store lacks are fetched through the FillFunc.
 func (f *Filler) FillAll(ctx context.Context) error {
 	f.mu.Lock()
-	phs := make([]*placeholder, 0, len(f.byIno))
-	for _, ph := range f.byIno {
-		phs = append(phs, ph)
-	}
+	phs := slices.Clone(f.all)
 	f.mu.Unlock()
 	for _, ph := range phs {
 		if err := f.fillWaiting(ctx, ph); err != nil {

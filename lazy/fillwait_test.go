@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,14 +91,16 @@ func TestLazyCopyFromCorruptObjectNeverFills(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, ctx := runFiller(t, s, Stored(func(context.Context, digest.Digest, digest.Digest) error { return nil }), 0)
-	werr := f.Watch(ctx, p, diffID, []digest.Digest{obj})
+	if err := f.Watch(ctx, p, diffID, []digest.Digest{obj}); err != nil {
+		t.Fatal(err)
+	}
 	ph, _ := p.PlaceholderPath(s, diffID, obj)
 	b, rerr := os.ReadFile(ph)
 	if rerr == nil || len(b) != 0 {
-		t.Fatalf("placeholder of a corrupt object read %d bytes (err %v, Watch: %v); want a failed read, never wrong bytes", len(b), rerr, werr)
+		t.Fatalf("placeholder of a corrupt object read %d bytes (err %v); want a failed read, never wrong bytes", len(b), rerr)
 	}
-	if !errors.Is(werr, errdefs.ErrDigestMismatch) {
-		t.Errorf("Watch over a corrupt stored object: %v; want ErrDigestMismatch", werr)
+	if err := f.FillAll(ctx); !errors.Is(err, errdefs.ErrDigestMismatch) {
+		t.Errorf("FillAll over a corrupt stored object: %v; want ErrDigestMismatch", err)
 	}
 	if st, err := os.Stat(ph); err != nil || st.Size() != 0 {
 		t.Fatalf("placeholder after a failed copy: %v, %v; want length 0", st, err)
@@ -195,3 +199,56 @@ func (storedFill) Open(obj digest.Digest) (*os.File, error) {
 	return nil, fmt.Errorf("object %s: %w", obj, errdefs.ErrNotFound)
 }
 func (storedFill) Store(context.Context) error { return nil }
+
+// TestWatchMarksDirectories: Watch marks each placeholder directory, not each placeholder. A
+// file of such a directory that is no placeholder goes through untouched (no fill asked); an
+// object in two pending layers has a placeholder in each, and each is filled (the event's
+// name is the same, its inode tells them apart); once filled, a placeholder is read again
+// without a fill.
+func TestWatchMarksDirectories(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.Skip(t, "fanotify pre-content groups need root")
+	}
+	s := teststore.Open(t, teststore.Locked())
+	content := bytes.Repeat([]byte("in two layers "), 1<<10)
+	obj := digest.FromBytes(content)
+	layers := []digest.Digest{digest.FromString("layer one"), digest.FromString("layer two")}
+	p := &Pending{Dir: t.TempDir()}
+	var fills atomic.Int32
+	fill := Stored(func(ctx context.Context, _, d digest.Digest) error {
+		fills.Add(1)
+		if s.HasObject(d) {
+			return nil
+		}
+		_, err := store.WriteObject(ctx, s, bytes.NewReader(content), d, int64(len(content)))
+		return err
+	})
+	f, ctx := runFiller(t, s, fill, 0)
+	for _, l := range layers {
+		if err := p.MakePlaceholders(s, l, []digest.Digest{obj}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Watch(ctx, p, l, []digest.Digest{obj}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, _ := p.PlaceholderPath(s, layers[0], obj)
+	stranger := filepath.Join(filepath.Dir(first), "not-a-placeholder")
+	if err := os.WriteFile(stranger, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(stranger); err != nil || string(b) != "mine" || fills.Load() != 0 {
+		t.Fatalf("a stranger in a marked directory: %q, %v, %d fills; want its bytes and no fill", b, err, fills.Load())
+	}
+	for _, l := range layers {
+		ph, _ := p.PlaceholderPath(s, l, obj)
+		for range 2 {
+			if b, err := os.ReadFile(ph); err != nil || !bytes.Equal(b, content) {
+				t.Fatalf("placeholder of layer %s: %d bytes, %v; want the object's %d", l, len(b), err, len(content))
+			}
+		}
+	}
+	if n := fills.Load(); n != 1 {
+		t.Fatalf("%d fills; want 1 (the second layer's placeholder is copied from the stored object, reads after a fill ask for none)", n)
+	}
+}

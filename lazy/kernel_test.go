@@ -2,6 +2,7 @@ package lazy
 
 import (
 	"bytes"
+	"fmt"
 	"context"
 	"io"
 	"math/rand"
@@ -182,4 +183,50 @@ func mapMounted(p string, n int) []byte {
 	}
 	defer syscall.Munmap(m)
 	return bytes.Clone(m)
+}
+
+// TestDirMarkUntilIgnored: what Watch rests on. A mark on a placeholder's directory raises
+// FAN_OPEN_PERM for the placeholder opened through the mount, on a descriptor whose path ends
+// in the placeholder's directory and name; once the placeholder has an ignore mark, opens and
+// reads of it raise nothing.
+func TestDirMarkUntilIgnored(t *testing.T) {
+	content, inMount, ph := composefsWithPlaceholder(t)
+	g, err := fanotify.NewPreContent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	w, err := os.OpenFile(ph, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := g.MarkChildren(filepath.Dir(ph), fanotify.OpenPerm|fanotify.PreAccess); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() { got <- mapMounted(inMount, len(content)) }()
+	evs, err := g.Read(make([]byte, 4096))
+	if err != nil || len(evs) != 1 || evs[0].Mask&fanotify.OpenPerm == 0 {
+		t.Fatalf("events %+v, %v; want one FAN_OPEN_PERM", evs, err)
+	}
+	// Opened through overlay's private clone of the data directory's mount: the path is
+	// relative to that directory, and ends in the placeholder's fan-out directory and name.
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", evs[0].File.Fd()))
+	if err != nil || placeholderKey(link) != placeholderKey(ph) {
+		t.Fatalf("the event's descriptor is %q (%v); want a path ending in %q", link, err, placeholderKey(ph))
+	}
+	if _, err := w.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.IgnorePath(ph, fanotify.OpenPerm|fanotify.PreAccess); err != nil {
+		t.Fatal(err)
+	}
+	g.Allow(evs[0])
+	if b := <-got; !bytes.Equal(b, content) {
+		t.Fatalf("the mapping gave %d bytes; want the %d filled", len(b), len(content))
+	}
+	if b, err := os.ReadFile(inMount); err != nil || !bytes.Equal(b, content) {
+		t.Fatalf("read again: %d bytes, %v", len(b), err)
+	}
 }
