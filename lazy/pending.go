@@ -202,6 +202,13 @@ func (p *Pending) LockServe() (release func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// HasImage says whether the pull's composefs image was built (lazymount.BuildImage), which
+// PullLazy does last.
+func (p *Pending) HasImage() bool {
+	_, err := os.Stat(filepath.Join(p.Dir, store.LazyImage))
+	return err == nil
+}
+
 // DataDir is the placeholder directory of a pending layer, laid out as objects/ (xx/rest): the
 // mount adds it as a data-only layer after the store's objects/.
 func (p *Pending) DataDir(diffID digest.Digest) string {

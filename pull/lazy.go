@@ -50,7 +50,9 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	defer unlock()
 	o.budget = newMetaBudget(o.metaBudget)
 	id := digest.FromBytes(img.ManifestBytes)
-	if p, err := lazy.Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
+	// A pending pull killed before its composefs image was built may lack its first files too
+	// (they are fetched beside the placeholders): that one is made again, keeping what it has.
+	if p, err := lazy.Open(s, id); err == nil && p.HasImage() || err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 		return p, err
 	}
 	rec := lazy.Record{Name: name, Manifest: img.ManifestBytes, Config: img.ConfigBytes}
@@ -61,11 +63,11 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	}
 	start := time.Now()
 	prev := o.predecessors(ctx, s, name, len(diffIDs))
-	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
+	tocs, descs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
 	if err != nil {
 		return nil, err
 	}
-	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	o.log.Debug("lazy: metadata fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
 	rec.TarSizes = map[digest.Digest]int64{}
 	for _, d := range diffIDs {
 		if _, ok := tocs[d]; ok && !slices.Contains(rec.Pending, d) {
@@ -84,19 +86,29 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		// The tree mount never reads placeholders nor the composefs image, and making the
 		// placeholders is most of a start-up's time; a service of another mode makes the
 		// missing ones before it serves them, and kura mount builds a missing image.
+		if err := fetchFirstFiles(ctx, s, src, descs, parts); err != nil {
+			return nil, err
+		}
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
 	}
-	// The composefs image is built beside the placeholders (CPU against the file system's
-	// creates), so that kura mount only mounts it.
+	// The placeholders are made while the first files are fetched and the composefs image is
+	// built from them (the file system's creates against the network and the CPU): the first
+	// files' objects need no placeholder, as they are stored before the pull is mountable.
 	var g errgroup.Group
-	known := map[digest.Digest][]layerfs.Entry{}
+	g.Go(func() error {
+		if err := fetchFirstFiles(ctx, s, src, descs, parts); err != nil {
+			return err
+		}
+		o.log.Debug("lazy: first files fetched", "seconds", time.Since(start).Seconds())
+		known := map[digest.Digest][]layerfs.Entry{}
+		for d, part := range parts {
+			known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
+		}
+		return lazymount.BuildImage(ctx, s, p, known)
+	})
 	for d, part := range parts {
-		known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
-	}
-	g.Go(func() error { return lazymount.BuildImage(ctx, s, p, known) })
-	for d, part := range parts {
-		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+		if err := p.MakePlaceholders(s, d, placeholderObjects(part)); err != nil {
 			g.Wait()
 			return nil, err
 		}
@@ -108,14 +120,24 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	return p, nil
 }
 
-// lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
-// and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
-func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
-	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
+// placeholderObjects are the objects of a lazily pulled layer that get a placeholder: all but
+// those of its first files.
+func placeholderObjects(part layer.Partial) []digest.Digest {
+	first := map[digest.Digest]bool{}
+	for _, f := range firstFiles(part.Layer.Files) {
+		first[f.Entry.Digest] = true
+	}
+	return slices.DeleteFunc(layerfs.Objects(part.Layer.Entries), func(d digest.Digest) bool { return first[d] })
+}
+
+// lazyLayers fetches the metadata of each zstd:chunked layer the store lacks, and pulls the
+// others whole. It returns the TOC frames and parsed metadata of the lazy ones.
+func lazyLayers(ctx context.Context, s *store.Store, src source.Source, layers []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]ocispec.Descriptor, map[digest.Digest]layer.Partial, error) {
+	tocs, descs, parts := map[digest.Digest][]byte{}, map[digest.Digest]ocispec.Descriptor{}, map[digest.Digest]layer.Partial{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
-	for i, desc := range descs {
+	for i, desc := range layers {
 		diffID := diffIDs[i]
 		if s.HasLayer(diffID) {
 			continue
@@ -126,19 +148,16 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
 				return err
 			}
-			if err == nil {
-				err = fetchFirstFiles(gctx, s, src, desc, part)
-			}
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
 			}
 			mu.Lock()
-			tocs[diffID], parts[diffID] = part.TOCZst, part
+			tocs[diffID], descs[diffID], parts[diffID] = part.TOCZst, desc, part
 			mu.Unlock()
 			return nil
 		})
 	}
-	return tocs, parts, g.Wait()
+	return tocs, descs, parts, g.Wait()
 }
 
 // lazyMetadata fetches and parses a layer's TOC; ErrNeedFull when the layer cannot be pulled
@@ -164,12 +183,21 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 	return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 }
 
-// fetchFirstFiles stores the files fetched before a lazily pulled layer is mountable
-// (firstFiles): the ones its composefs image inlines, which building it reads, and the
-// start-up baseline.
-func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
-	_, err := layer.FetchFiles(ctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
-	return err
+// fetchFirstFiles stores the files of the lazily pulled layers parts fetched before they are
+// mountable (firstFiles): the ones their composefs image inlines, which building it reads, and
+// the start-up baseline.
+func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, descs map[digest.Digest]ocispec.Descriptor, parts map[digest.Digest]layer.Partial) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for d, part := range parts {
+		g.Go(func() error {
+			_, err := layer.FetchFiles(gctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: descs[d], lr: &LayerReport{}})
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", descs[d].Digest, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // tarSize is the size of the tar a tar-split rebuilds: its raw segments (headers, padding, the

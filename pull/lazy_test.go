@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
@@ -245,6 +247,51 @@ func TestLazyPlaceholdersMadeOnResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.checkComplete(t, p)
+}
+
+// TestLazyResumedBeforeItsFirstFiles: the first files are fetched beside the placeholders,
+// after the pending pull is recorded, so a pull killed then leaves a record with neither them nor
+// the composefs image. Pulled again, it fetches and stores them and builds the image, and
+// keeps the same pending pull.
+func TestLazyResumedBeforeItsFirstFiles(t *testing.T) {
+	e, p := newLazyEnv(t)
+	entries, err := p.Entries(p.Pending[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inline []digest.Digest
+	for _, en := range entries {
+		if en.HasContent() && en.Size <= composefs.InlineThreshold {
+			inline = append(inline, en.Digest)
+		}
+	}
+	if len(inline) == 0 {
+		t.Fatal("the test image has no file small enough to be inlined")
+	}
+	for _, d := range inline {
+		path, err := e.s.ObjectPath(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(p.Dir, store.LazyImage)); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := PullLazy(context.Background(), e.s, e.source(t))
+	if err != nil || p2.Dir != p.Dir {
+		t.Fatalf("resume: %v, %v", p2, err)
+	}
+	if !p2.HasImage() {
+		t.Fatal("the resumed pull has no composefs image")
+	}
+	for _, d := range inline {
+		if !e.s.HasObject(d) {
+			t.Fatalf("inlined object %s not stored again by the resumed pull", d)
+		}
+	}
 }
 
 // With WithLazyTarSizes the pending record has each layer's tar size from its tar-split (what
