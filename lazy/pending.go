@@ -259,12 +259,9 @@ func (p *Pending) Remove(ctx context.Context) error {
 // (a few ms each on a busy ext4), so the fan-out directories are shared out between
 // placeholderWorkers goroutines, each directory to one of them, whose creations then overlap.
 func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []digest.Digest) error {
-	byDir := map[string][]string{} // fan-out directory → placeholders to make in it
+	byDir := map[string][]placeholderName{} // fan-out directory → placeholders to make in it
 	var dirs []string
 	for _, d := range objs {
-		if s.HasObject(d) {
-			continue
-		}
 		ph, err := p.PlaceholderPath(s, diffID, d)
 		if err != nil {
 			return err
@@ -273,12 +270,12 @@ func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []
 		if _, ok := byDir[dir]; !ok {
 			dirs = append(dirs, dir)
 		}
-		byDir[dir] = append(byDir[dir], ph)
+		byDir[dir] = append(byDir[dir], placeholderName{obj: d, name: filepath.Base(ph)})
 	}
 	var g errgroup.Group
 	g.SetLimit(placeholderWorkers)
 	for _, dir := range dirs {
-		g.Go(func() error { return makePlaceholdersIn(dir, byDir[dir]) })
+		g.Go(func() error { return makePlaceholdersIn(s, dir, byDir[dir]) })
 	}
 	return g.Wait()
 }
@@ -287,20 +284,35 @@ func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []
 // two-core VM, four overlap the file system's waits without queueing on its locks.
 const placeholderWorkers = 4
 
-// makePlaceholdersIn makes directory dir and the empty read-only files phs in it, keeping
-// those that exist.
-func makePlaceholdersIn(dir string, phs []string) error {
+// placeholderName is an object and the name of its placeholder in its fan-out directory.
+type placeholderName struct {
+	obj  digest.Digest
+	name string
+}
+
+// makePlaceholdersIn makes directory dir and the empty read-only files phs in it whose objects
+// the store lacks, keeping those that exist. The files are made relative to the directory, so
+// that each costs the kernel no walk of the store's path.
+func makePlaceholdersIn(s *store.Store, dir string, phs []placeholderName) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(dfd)
 	for _, ph := range phs {
+		if s.HasObject(ph.obj) {
+			continue
+		}
 		// mknod makes the empty file in one call, with no open file to close.
-		err := unix.Mknod(ph, unix.S_IFREG|0o444, 0)
+		err := unix.Mknodat(dfd, ph.name, unix.S_IFREG|0o444, 0)
 		if errors.Is(err, unix.EEXIST) {
 			continue
 		}
 		if err != nil {
-			return &fs.PathError{Op: "mknod", Path: ph, Err: err}
+			return &fs.PathError{Op: "mknod", Path: filepath.Join(dir, ph.name), Err: err}
 		}
 	}
 	return nil
