@@ -2,8 +2,8 @@ package lazy
 
 import (
 	"bytes"
-	"fmt"
 	"context"
+	"fmt"
 	"io"
 	"math/rand"
 	"os"
