@@ -37,10 +37,9 @@ const (
 	rangeInfoLen = 24
 	// metadataVersion is FANOTIFY_METADATA_VERSION.
 	metadataVersion = 3
-	markIgnoreSurv  = 0x400 | unix.FAN_MARK_IGNORED_SURV_MODIFY // FAN_MARK_IGNORE_SURV
-	allow           = 0x01                                      // FAN_ALLOW
-	deny            = 0x02                                      // FAN_DENY
-	errnoShift      = 24                                        // FAN_DENY_ERRNO(err): FAN_DENY | (err & 0xff) << 24
+	allow           = 0x01 // FAN_ALLOW
+	deny            = 0x02 // FAN_DENY
+	errnoShift      = 24   // FAN_DENY_ERRNO(err): FAN_DENY | (err & 0xff) << 24
 )
 
 // Event is one pre-content or open-permission event (Mask says which). File is the kernel's
@@ -66,8 +65,10 @@ type Group struct {
 // NewPreContent creates a pre-content group. Needs CAP_SYS_ADMIN; a kernel without
 // pre-content events refuses with ErrUnsupported.
 func NewPreContent() (*Group, error) {
+	// Unlimited marks: a fill service marks each placeholder it fills (an ignore mark), and
+	// fs.fanotify.max_user_marks (8192 and up, with the memory) is shared by all of root's groups.
 	fd, err := unix.FanotifyInit(classPreContent|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK|
-		unix.FAN_UNLIMITED_QUEUE|unix.FAN_REPORT_TID, unix.O_RDONLY|unix.O_LARGEFILE|unix.O_CLOEXEC)
+		unix.FAN_UNLIMITED_QUEUE|unix.FAN_UNLIMITED_MARKS|unix.FAN_REPORT_TID, unix.O_RDONLY|unix.O_LARGEFILE|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, classify("fanotify_init(FAN_CLASS_PRE_CONTENT)", err)
 	}
@@ -105,23 +106,12 @@ func (g *Group) MarkChildren(path string, mask uint64) error {
 // mark (its own or its directory's) asks for them: an ignore mark that survives the inode's
 // modification (FAN_MARK_IGNORE_SURV, Linux 6.0+).
 func (g *Group) IgnorePath(path string, mask uint64) error {
-	return g.markAt(unix.FAN_MARK_ADD|markIgnoreSurv, mask, unix.AT_FDCWD, path)
+	return g.markAt(unix.FAN_MARK_ADD|unix.FAN_MARK_IGNORE_SURV, mask, unix.AT_FDCWD, path)
 }
 
 // Unmark removes the mark of f's inode; later opens raise no events.
 func (g *Group) Unmark(f *os.File) error {
 	return g.mark(unix.FAN_MARK_REMOVE, marked, f)
-}
-
-// MarkPath marks the inode path names for the events of mask (the path, not a descriptor:
-// opening a file to mark it would be an access of its own).
-func (g *Group) MarkPath(path string, mask uint64) error {
-	return g.markAt(unix.FAN_MARK_ADD, mask, unix.AT_FDCWD, path)
-}
-
-// UnmarkPath removes the mark of the inode path names.
-func (g *Group) UnmarkPath(path string) error {
-	return g.markAt(unix.FAN_MARK_REMOVE, marked, unix.AT_FDCWD, path)
 }
 
 func (g *Group) mark(flags uint, mask uint64, f *os.File) error {

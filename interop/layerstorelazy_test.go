@@ -82,7 +82,7 @@ func testLayerStoreLazy(t *testing.T, mode string) {
 	kuraFsck(t, root)
 
 	// Restarted with the hold: the pull is still pending, and a new container runs on the
-	// pending mount the killed server left (fanotify: reused, its placeholders marked again;
+	// pending mount the killed server left (fanotify: reused, its placeholders' directories marked again;
 	// FUSE: made again over the new server's FUSE mount).
 	e.srv = startLayerStore(t, e.serveArgs...)
 	if got := alsPodman(t, e.p, runArgs(v1, "/bin/cat", "/"+files[1].name)...); got != string(files[1].data) {

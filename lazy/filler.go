@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -174,8 +175,15 @@ func (f *Filler) watchDir(p *Pending, diffID digest.Digest, dir string, phs []*p
 	if len(kept) == 0 {
 		return nil
 	}
-	if err := p.MakePlaceholders(f.s, diffID, missing); err != nil {
-		return err
+	if len(missing) > 0 {
+		if err := p.MakePlaceholders(f.s, diffID, missing); err != nil {
+			return err
+		}
+		// One stored meanwhile (by a fill of a directory marked already) was not made.
+		kept = slices.DeleteFunc(kept, func(ph *placeholder) bool {
+			_, err := os.Lstat(ph.path)
+			return errors.Is(err, fs.ErrNotExist)
+		})
 	}
 	// Known before marked: an event on one must never be taken for a stranger's.
 	f.mu.Lock()
@@ -242,7 +250,7 @@ func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
 		return nil, err
 	}
 	f.mu.Lock()
-	candidates := f.byName[placeholderKey(link)]
+	candidates := f.byName[placeholderKey(strings.TrimSuffix(link, " (deleted)"))]
 	f.mu.Unlock()
 	for _, c := range candidates { // one per pending layer holding the object
 		var cst unix.Stat_t
@@ -252,6 +260,10 @@ func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
 			f.mu.Unlock()
 			return c, nil
 		}
+	}
+	if len(candidates) > 0 {
+		// A placeholder's name in a marked directory, but not its inode: never let it through.
+		return nil, fmt.Errorf("%s: a placeholder's name on another file", link)
 	}
 	return nil, nil
 }
@@ -317,15 +329,8 @@ func commitFill(ctx context.Context, fetched Fetched) error {
 	return fetched.Store(ctx)
 }
 
-// fillNow fills ph with fill (fillOne or fillWaiting) and commits what it fetched before
-// returning: for fills no reader waits on.
-func (f *Filler) fillNow(ctx context.Context, ph *placeholder, fill func(context.Context, *placeholder) (Fetched, error)) error {
-	fetched, err := fill(ctx, ph)
-	return errors.Join(err, commitFill(ctx, fetched))
-}
-
 // fillOne fetches the object unless the store holds it (once per placeholder, concurrent
-// accesses waiting for the first), copies it into the placeholder and unmarks it, so later
+// accesses waiting for the first), copies it into the placeholder and ignore-marks it, so later
 // accesses go straight through. The fill timeout bounds the wait for a fill in flight too. What
 // the fill fetched is returned uncommitted, even with an error: the caller lets the reader go,
 // then stores it.
@@ -365,10 +370,10 @@ func (f *Filler) fillLocked(ctx context.Context, ph *placeholder) (fetched Fetch
 	if err := <-done; err != nil {
 		return fetched, err
 	}
+	ph.filled = true // later events are let through at once; the ignore mark spares them
 	if err := f.g.IgnorePath(ph.path, marked); err != nil {
-		return fetched, err
+		f.log.Warn("lazy: a filled placeholder still raises events", "object", ph.obj, "err", err)
 	}
-	ph.filled = true
 	return fetched, nil
 }
 

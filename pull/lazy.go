@@ -52,8 +52,15 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	id := digest.FromBytes(img.ManifestBytes)
 	// A pending pull killed before its composefs image was built may lack its first files too
 	// (they are fetched beside the placeholders): that one is made again, keeping what it has.
-	if p, err := lazy.Open(s, id); err == nil && p.HasImage() || err != nil && !errors.Is(err, errdefs.ErrNotFound) {
-		return p, err
+	// A tree mount fills whatever the store lacks, first files included, and has no image.
+	resumed := false
+	switch p, err := lazy.Open(s, id); {
+	case err == nil && (p.HasImage() || o.lazyMountDir != ""):
+		return p, nil
+	case err == nil:
+		resumed = true
+	case !errors.Is(err, errdefs.ErrNotFound):
+		return nil, err
 	}
 	rec := lazy.Record{Name: name, Manifest: img.ManifestBytes, Config: img.ConfigBytes}
 	if opt := sourceOf(src, img); len(opt) > 0 {
@@ -81,13 +88,23 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
+	// A pull that fails from here on (the registry gone while it fetches the first files, say)
+	// leaves nothing behind, as one failing before its record does; a resumed one stays, as it
+	// was, for the next try.
+	abandon := func(err error) (*lazy.Pending, error) {
+		fetchedMeta.Delete(metaKey{s.Root(), id})
+		if !resumed {
+			err = errors.Join(err, p.Remove(context.WithoutCancel(ctx)))
+		}
+		return nil, err
+	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
 	if o.lazyMountDir != "" {
 		// The tree mount never reads placeholders nor the composefs image, and making the
 		// placeholders is most of a start-up's time; a service of another mode makes the
 		// missing ones before it serves them, and kura mount builds a missing image.
-		if err := fetchFirstFiles(ctx, s, src, descs, parts); err != nil {
-			return nil, err
+		if err := fetchFirstFiles(ctx, s, src, descs, parts, o.jobs); err != nil {
+			return abandon(err)
 		}
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
@@ -95,9 +112,9 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	// The placeholders are made while the first files are fetched and the composefs image is
 	// built from them (the file system's creates against the network and the CPU): the first
 	// files' objects need no placeholder, as they are stored before the pull is mountable.
-	var g errgroup.Group
+	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := fetchFirstFiles(ctx, s, src, descs, parts); err != nil {
+		if err := fetchFirstFiles(gctx, s, src, descs, parts, o.jobs); err != nil {
 			return err
 		}
 		o.log.Debug("lazy: first files fetched", "seconds", time.Since(start).Seconds())
@@ -105,16 +122,18 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		for d, part := range parts {
 			known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
 		}
-		return lazymount.BuildImage(ctx, s, p, known)
+		return lazymount.BuildImage(gctx, s, p, known)
 	})
-	for d, part := range parts {
-		if err := p.MakePlaceholders(s, d, placeholderObjects(part)); err != nil {
-			g.Wait()
-			return nil, err
+	g.Go(func() error {
+		for d, part := range parts {
+			if err := p.MakePlaceholders(s, d, placeholderObjects(part)); err != nil {
+				return err
+			}
 		}
-	}
+		return nil
+	})
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return abandon(err)
 	}
 	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
@@ -186,8 +205,9 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 // fetchFirstFiles stores the files of the lazily pulled layers parts fetched before they are
 // mountable (firstFiles): the ones their composefs image inlines, which building it reads, and
 // the start-up baseline.
-func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, descs map[digest.Digest]ocispec.Descriptor, parts map[digest.Digest]layer.Partial) error {
+func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, descs map[digest.Digest]ocispec.Descriptor, parts map[digest.Digest]layer.Partial, jobs int) error {
 	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(jobs, 1))
 	for d, part := range parts {
 		g.Go(func() error {
 			_, err := layer.FetchFiles(gctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: descs[d], lr: &LayerReport{}})
