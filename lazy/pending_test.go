@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
@@ -45,5 +46,32 @@ func TestCreateThenDamagedRecord(t *testing.T) {
 	}
 	if _, err := FindByName(s, "x"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("FindByName over a truncated record: %v; want ErrNotFound", err)
+	}
+}
+
+// TestPlaceholderDirectoriesSpread: each pending layer's placeholder directory is the top of a
+// directory hierarchy for ext4's allocator (FS_TOPDIR_FL), so its fan-out directories, and
+// their placeholders, go to the emptiest block groups rather than to the ones a removal freed
+// last (the store under test lives on this machine's ext4).
+func TestPlaceholderDirectoriesSpread(t *testing.T) {
+	s := teststore.Open(t)
+	manifest := []byte(`{"schemaVersion":2}`)
+	layer := digest.FromString("layer")
+	p, err := Create(s, digest.FromBytes(manifest), Record{Name: "x", Manifest: manifest, Config: []byte(`{}`), Pending: []digest.Digest{layer}},
+		map[digest.Digest][]byte{layer: []byte("toc")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(p.DataDir(layer), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatalf("FS_IOC_GETFLAGS on the store's file system: %v", err)
+	}
+	if flags&fsTopdirFL == 0 {
+		t.Fatalf("placeholder directory flags %#x; want FS_TOPDIR_FL", flags)
 	}
 }

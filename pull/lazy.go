@@ -50,17 +50,8 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	defer unlock()
 	o.budget = newMetaBudget(o.metaBudget)
 	id := digest.FromBytes(img.ManifestBytes)
-	// A pending pull killed before its composefs image was built may lack its first files too
-	// (they are fetched beside the placeholders): that one is made again, keeping what it has.
-	// A tree mount fills whatever the store lacks, first files included, and has no image.
-	resumed := false
-	switch p, err := lazy.Open(s, id); {
-	case err == nil && (p.HasImage() || o.lazyMountDir != ""):
-		return p, nil
-	case err == nil:
-		resumed = true
-	case !errors.Is(err, errdefs.ErrNotFound):
-		return nil, err
+	if p, err := lazy.Open(s, id); err == nil || !errors.Is(err, errdefs.ErrNotFound) {
+		return p, err
 	}
 	rec := lazy.Record{Name: name, Manifest: img.ManifestBytes, Config: img.ConfigBytes}
 	if opt := sourceOf(src, img); len(opt) > 0 {
@@ -70,11 +61,11 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	}
 	start := time.Now()
 	prev := o.predecessors(ctx, s, name, len(diffIDs))
-	tocs, descs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
+	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
 	if err != nil {
 		return nil, err
 	}
-	o.log.Debug("lazy: metadata fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
 	rec.TarSizes = map[digest.Digest]int64{}
 	for _, d := range diffIDs {
 		if _, ok := tocs[d]; ok && !slices.Contains(rec.Pending, d) {
@@ -88,75 +79,43 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	// A pull that fails from here on (the registry gone while it fetches the first files, say)
-	// leaves nothing behind, as one failing before its record does; a resumed one stays, as it
-	// was, for the next try.
-	abandon := func(err error) (*lazy.Pending, error) {
-		fetchedMeta.Delete(metaKey{s.Root(), id})
-		if !resumed {
-			err = errors.Join(err, p.Remove(context.WithoutCancel(ctx)))
-		}
-		return nil, err
-	}
 	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
 	if o.lazyMountDir != "" {
 		// The tree mount never reads placeholders nor the composefs image, and making the
 		// placeholders is most of a start-up's time; a service of another mode makes the
 		// missing ones before it serves them, and kura mount builds a missing image.
-		if err := fetchFirstFiles(ctx, s, src, descs, parts, o.jobs); err != nil {
-			return abandon(err)
-		}
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
 	}
-	// The placeholders are made while the first files are fetched and the composefs image is
-	// built from them (the file system's creates against the network and the CPU): the first
-	// files' objects need no placeholder, as they are stored before the pull is mountable.
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := fetchFirstFiles(gctx, s, src, descs, parts, o.jobs); err != nil {
-			return err
+	// The composefs image is built beside the placeholders (CPU against the file system's
+	// creates), so that kura mount only mounts it.
+	var g errgroup.Group
+	known := map[digest.Digest][]layerfs.Entry{}
+	for d, part := range parts {
+		known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
+	}
+	g.Go(func() error { return lazymount.BuildImage(ctx, s, p, known) })
+	for d, part := range parts {
+		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+			g.Wait()
+			return nil, err
 		}
-		o.log.Debug("lazy: first files fetched", "seconds", time.Since(start).Seconds())
-		known := map[digest.Digest][]layerfs.Entry{}
-		for d, part := range parts {
-			known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
-		}
-		return lazymount.BuildImage(gctx, s, p, known)
-	})
-	g.Go(func() error {
-		for d, part := range parts {
-			if err := p.MakePlaceholders(s, d, placeholderObjects(part)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
 	if err := g.Wait(); err != nil {
-		return abandon(err)
+		return nil, err
 	}
 	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }
 
-// placeholderObjects are the objects of a lazily pulled layer that get a placeholder: all but
-// those of its first files.
-func placeholderObjects(part layer.Partial) []digest.Digest {
-	first := map[digest.Digest]bool{}
-	for _, f := range firstFiles(part.Layer.Files) {
-		first[f.Entry.Digest] = true
-	}
-	return slices.DeleteFunc(layerfs.Objects(part.Layer.Entries), func(d digest.Digest) bool { return first[d] })
-}
-
-// lazyLayers fetches the metadata of each zstd:chunked layer the store lacks, and pulls the
-// others whole. It returns the TOC frames and parsed metadata of the lazy ones.
-func lazyLayers(ctx context.Context, s *store.Store, src source.Source, layers []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]ocispec.Descriptor, map[digest.Digest]layer.Partial, error) {
-	tocs, descs, parts := map[digest.Digest][]byte{}, map[digest.Digest]ocispec.Descriptor{}, map[digest.Digest]layer.Partial{}
+// lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
+// and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
+func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
+	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
-	for i, desc := range layers {
+	for i, desc := range descs {
 		diffID := diffIDs[i]
 		if s.HasLayer(diffID) {
 			continue
@@ -167,16 +126,19 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, layers [
 				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
 				return err
 			}
+			if err == nil {
+				err = fetchFirstFiles(gctx, s, src, desc, part)
+			}
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
 			}
 			mu.Lock()
-			tocs[diffID], descs[diffID], parts[diffID] = part.TOCZst, desc, part
+			tocs[diffID], parts[diffID] = part.TOCZst, part
 			mu.Unlock()
 			return nil
 		})
 	}
-	return tocs, descs, parts, g.Wait()
+	return tocs, parts, g.Wait()
 }
 
 // lazyMetadata fetches and parses a layer's TOC; ErrNeedFull when the layer cannot be pulled
@@ -202,22 +164,12 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 	return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 }
 
-// fetchFirstFiles stores the files of the lazily pulled layers parts fetched before they are
-// mountable (firstFiles): the ones their composefs image inlines, which building it reads, and
-// the start-up baseline.
-func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, descs map[digest.Digest]ocispec.Descriptor, parts map[digest.Digest]layer.Partial, jobs int) error {
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(jobs, 1))
-	for d, part := range parts {
-		g.Go(func() error {
-			_, err := layer.FetchFiles(gctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: descs[d], lr: &LayerReport{}})
-			if err != nil {
-				return fmt.Errorf("layer %s: %w", descs[d].Digest, err)
-			}
-			return nil
-		})
-	}
-	return g.Wait()
+// fetchFirstFiles stores the files fetched before a lazily pulled layer is mountable
+// (firstFiles): the ones its composefs image inlines, which building it reads, and the
+// start-up baseline.
+func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
+	_, err := layer.FetchFiles(ctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
+	return err
 }
 
 // tarSize is the size of the tar a tar-split rebuilds: its raw segments (headers, padding, the

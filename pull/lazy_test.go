@@ -5,17 +5,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
@@ -248,104 +245,6 @@ func TestLazyPlaceholdersMadeOnResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.checkComplete(t, p)
-}
-
-// TestLazyResumedBeforeItsFirstFiles: the first files are fetched beside the placeholders,
-// after the pending pull is recorded, so a pull killed then leaves a record with neither them nor
-// the composefs image. Pulled again, it fetches and stores them and builds the image, and
-// keeps the same pending pull.
-func TestLazyResumedBeforeItsFirstFiles(t *testing.T) {
-	e, p := newLazyEnv(t)
-	entries, err := p.Entries(p.Pending[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var inline []digest.Digest
-	for _, en := range entries {
-		if en.HasContent() && en.Size <= composefs.InlineThreshold {
-			inline = append(inline, en.Digest)
-		}
-	}
-	if len(inline) == 0 {
-		t.Fatal("the test image has no file small enough to be inlined")
-	}
-	for _, d := range inline {
-		path, err := e.s.ObjectPath(d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Remove(filepath.Join(p.Dir, store.LazyImage)); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := lazymount.MountPlan(context.Background(), e.s, p, t.TempDir()); !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "pull --lazy again") {
-		t.Fatalf("mount of a pull stopped before its first files: %v; want ErrNotFound saying to pull again", err)
-	}
-	phs, err := filepath.Glob(filepath.Join(p.DataDir(p.Pending[0]), "*", "*"))
-	if err != nil || len(phs) == 0 {
-		t.Fatalf("placeholders %v, %v", phs, err)
-	}
-	before, err := os.Stat(phs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	p2, err := PullLazy(context.Background(), e.s, e.source(t))
-	if err != nil || p2.Dir != p.Dir {
-		t.Fatalf("resume: %v, %v", p2, err)
-	}
-	if after, err := os.Stat(phs[0]); err != nil || !os.SameFile(before, after) {
-		t.Fatalf("placeholder %s after the resume: %v; want the same file kept (a live mount may hold it)", phs[0], err)
-	}
-	if !p2.HasImage() {
-		t.Fatal("the resumed pull has no composefs image")
-	}
-	for _, d := range inline {
-		if !e.s.HasObject(d) {
-			t.Fatalf("inlined object %s not stored again by the resumed pull", d)
-		}
-	}
-}
-
-// TestLazyFailureAfterItsRecordLeavesNothing: the first files are fetched after the pending pull
-// is recorded; a pull whose first files cannot be fetched fails and removes its record and
-// placeholders, as one failing before its record leaves nothing.
-func TestLazyFailureAfterItsRecordLeavesNothing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testkit.Skip(t, "lazy pulls need root")
-	}
-	reg := registrytest.New(t)
-	img := buildImage(t, tarOf(t, genTree(0)))
-	img.push(t, reg, "app", "v0")
-	e := &lazyEnv{reg: reg, s: teststore.Open(t), img: img}
-	// A pull into another store: its last GET of the layer is the first files'.
-	reg.Proxy.SetFault(registrytest.Fault{})
-	if _, err := PullLazy(context.Background(), teststore.Open(t), e.source(t)); err != nil {
-		t.Fatal(err)
-	}
-	layerGETs := 0
-	for _, r := range reg.Proxy.BlobRequests() {
-		if r.Digest == img.descs[0].Digest {
-			layerGETs++
-		}
-	}
-	reg.Proxy.SetFault(registrytest.Fault{Kind: registrytest.CorruptBody, Digest: img.descs[0].Digest, Skip: layerGETs - 1})
-	if _, err := PullLazy(context.Background(), e.s, e.source(t)); err == nil {
-		t.Fatal("a lazy pull whose first files came corrupt succeeded")
-	}
-	if n := len(reg.Proxy.BlobRequests()); n < layerGETs {
-		t.Fatalf("the failing pull made %d blob GETs; want the %d of the metadata and the first files", n, layerGETs)
-	}
-	left, err := os.ReadDir(lazy.Root(e.s))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		t.Fatal(err)
-	}
-	if len(left) != 0 {
-		t.Fatalf("the failed pull left %v in %s", left, lazy.Root(e.s))
-	}
-	checkFsck(t, e.s)
 }
 
 // With WithLazyTarSizes the pending record has each layer's tar size from its tar-split (what

@@ -4,7 +4,6 @@ package lazymount
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -61,10 +60,6 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 		err = build(ctx, pendingStore{s, p}, p, f)
 		if cerr := f.Close(); err == nil {
 			err = cerr
-		}
-		if errors.Is(err, errdefs.ErrNotFound) {
-			// The files the image inlines are stored before the pull builds its image.
-			err = fmt.Errorf("lazy pull %s was stopped before its first files were stored; run kura pull --lazy again: %w", p.ID, err)
 		}
 		if err != nil {
 			done()

@@ -68,9 +68,6 @@ type Fault struct {
 	// Digest, if set, limits the fault to GETs of that blob; others pass (and do not count
 	// against Times).
 	Digest digest.Digest
-	// Skip lets the first Skip GETs the fault applies to pass first (a fault that begins
-	// later: after a pull's metadata, say).
-	Skip int
 }
 
 // BlobRequest records one blob GET the proxy answered.
@@ -91,7 +88,6 @@ type Proxy struct {
 	mu        sync.Mutex
 	fault     Fault
 	remaining int
-	skipped   int
 	blobReqs  []BlobRequest
 	// active counts blob GETs being answered; BlobRequests waits (on idle) until it is zero, since a
 	// client can see the end of a body before the handler has logged it.
@@ -134,7 +130,7 @@ func newProxy(t testing.TB, upstream string, tlsCfg *tls.Config) *Proxy {
 func (p *Proxy) SetFault(f Fault) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.fault, p.remaining, p.skipped, p.blobReqs = f, f.Times, 0, nil
+	p.fault, p.remaining, p.blobReqs = f, f.Times, nil
 	p.storeMu.Lock()
 	p.storeAuth = nil
 	p.storeMu.Unlock()
@@ -171,10 +167,6 @@ func (p *Proxy) take(d digest.Digest) (Fault, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.fault.Kind == None || p.fault.Kind == CorruptManifest || p.fault.Digest != "" && p.fault.Digest != d {
-		return p.fault, false
-	}
-	if p.skipped < p.fault.Skip {
-		p.skipped++
 		return p.fault, false
 	}
 	if p.fault.Times > 0 {
