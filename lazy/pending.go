@@ -108,7 +108,9 @@ func writeRecord(dir string, rec Record, tocs map[digest.Digest][]byte) error {
 		if err := os.MkdirAll(filepath.Join(layerDir, dataName), 0o755); err != nil {
 			return err
 		}
-		spreadSubdirs(filepath.Join(layerDir, dataName))
+		// The placeholders' fan-out directories, and the placeholders in them, away from the
+		// block groups a removed store (the last pull's placeholders) just freed.
+		store.SpreadSubdirs(filepath.Join(layerDir, dataName))
 		if err := writeSynced(filepath.Join(layerDir, tocName), tocs[d]); err != nil {
 			return err
 		}
@@ -124,30 +126,6 @@ func writeRecord(dir string, rec Record, tocs map[digest.Digest][]byte) error {
 		return err
 	}
 	return store.SyncDir(dir)
-}
-
-// fsTopdirFL is FS_TOPDIR_FL (chattr +T), which golang.org/x/sys lacks.
-const fsTopdirFL = 0x00020000
-
-// spreadSubdirs marks dir as the top of a directory hierarchy (FS_TOPDIR_FL), so that ext4
-// places each of its subdirectories, the placeholders' fan-out directories, and with them their
-// placeholders, in the block group with the fewest directories rather than in dir's own. A
-// pull's placeholders then stay out of the groups a removed store (the last pull's
-// placeholders, a removed image) just freed: ext4 without a journal skips every inode freed in
-// the last minute at each allocation, scanning from the group's start, which made 7,446
-// placeholders take 1-2 s instead of 0.15 s after such a removal. A hint: file systems without
-// the flag ignore it, and an error is ignored.
-func spreadSubdirs(dir string) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(fd)
-	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		return
-	}
-	unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags|fsTopdirFL))
 }
 
 // writeSynced creates the read-only file p with b and fsyncs it.

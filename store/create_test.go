@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
@@ -62,5 +64,25 @@ func TestOpenConcurrentCreation(t *testing.T) {
 	}
 	if _, err := store.ReadTotals(teststore.Open(t, teststore.At(root))); err != nil {
 		t.Fatalf("totals: %v", err)
+	}
+}
+
+// TestTmpSpreadsItsDirectories: a store's tmp/, where every object's inode is made (in its temp
+// shards), is the top of a directory hierarchy for ext4's allocator (FS_TOPDIR_FL), so the
+// shards go to the emptiest block groups (the store under test lives on this machine's ext4).
+func TestTmpSpreadsItsDirectories(t *testing.T) {
+	root := t.TempDir()
+	teststore.Open(t, teststore.At(root))
+	fd, err := unix.Open(filepath.Join(root, "tmp"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Fatalf("FS_IOC_GETFLAGS on the store's file system: %v", err)
+	}
+	if flags&0x00020000 == 0 { // FS_TOPDIR_FL
+		t.Fatalf("tmp/ flags %#x; want FS_TOPDIR_FL", flags)
 	}
 }

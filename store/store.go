@@ -149,6 +149,8 @@ func Open(root string, opts ...Option) (*Store, error) {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
 		}
 	}
+	// Every object's inode is made in a temp directory of tmp/ (the shards, records' dirs).
+	SpreadSubdirs(filepath.Join(abs, dirTmp))
 	if !exists(vpath) {
 		if err := createStore(abs, vpath); err != nil {
 			return nil, fmt.Errorf("creating store %s: %w", abs, err)
