@@ -59,9 +59,7 @@ type Filler struct {
 	g       *fanotify.Group
 
 	mu     sync.Mutex
-	byName map[string][]*placeholder  // placeholderKey → the placeholders of that name
-	byIno  map[[2]uint64]*placeholder // device and inode → placeholder, as events find them
-	all    []*placeholder
+	byName map[string][]*placeholder // placeholderKey → the placeholders of that name
 
 	writes    chan writeJob
 	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
@@ -113,7 +111,7 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byIno: map[[2]uint64]*placeholder{}, byName: map[string][]*placeholder{},
+	f := &Filler{s: s, fill: fill, timeout: timeout, log: log, g: g, byName: map[string][]*placeholder{},
 		writes: make(chan writeJob), closed: make(chan struct{})}
 	tid := make(chan int)
 	go f.writer(tid)
@@ -147,7 +145,7 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 	var g errgroup.Group
 	g.SetLimit(watchWorkers)
 	for _, dir := range dirs {
-		g.Go(func() error { return f.watchDir(p, diffID, dir, byDir[dir]) })
+		g.Go(func() error { return f.watchDir(dir, byDir[dir]) })
 	}
 	return g.Wait()
 }
@@ -156,41 +154,33 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 const watchWorkers = 4
 
 // watchDir makes the missing placeholders of phs, all in dir, registers them and marks dir.
-func (f *Filler) watchDir(p *Pending, diffID digest.Digest, dir string, phs []*placeholder) error {
+func (f *Filler) watchDir(dir string, phs []*placeholder) error {
 	names, err := listNames(dir)
 	if err != nil {
 		return err
 	}
-	var missing []digest.Digest
-	kept := phs[:0]
+	var missing []placeholderName
 	for _, ph := range phs {
-		if !names[filepath.Base(ph.path)] {
-			if f.s.HasObject(ph.obj) {
-				continue // stored before the pull: no placeholder
-			}
-			missing = append(missing, ph.obj)
+		if name := filepath.Base(ph.path); !names[name] {
+			missing = append(missing, placeholderName{obj: ph.obj, name: name})
 		}
-		kept = append(kept, ph)
-	}
-	if len(kept) == 0 {
-		return nil
 	}
 	if len(missing) > 0 {
-		if err := p.MakePlaceholders(f.s, diffID, missing); err != nil {
+		// None is made for an object the store holds (stored before the pull, or meanwhile).
+		stored, err := makePlaceholdersIn(f.s, dir, missing)
+		if err != nil {
 			return err
 		}
-		// One stored meanwhile (by a fill of a directory marked already) was not made.
-		kept = slices.DeleteFunc(kept, func(ph *placeholder) bool {
-			_, err := os.Lstat(ph.path)
-			return errors.Is(err, fs.ErrNotExist)
-		})
+		phs = slices.DeleteFunc(phs, func(ph *placeholder) bool { return stored[ph.obj] })
+	}
+	if len(phs) == 0 {
+		return nil
 	}
 	// Known before marked: an event on one must never be taken for a stranger's.
 	f.mu.Lock()
-	for _, ph := range kept {
+	for _, ph := range phs {
 		key := placeholderKey(ph.path)
 		f.byName[key] = append(f.byName[key], ph)
-		f.all = append(f.all, ph)
 	}
 	f.mu.Unlock()
 	return f.g.MarkChildren(dir, marked)
@@ -232,18 +222,11 @@ const marked = fanotify.PreAccess | fanotify.OpenPerm
 
 // placeholderOf returns the placeholder that file (an event's descriptor) is, or nil when it is
 // none of the filler's: found by the name the kernel gives the descriptor, and confirmed by its
-// inode, which is remembered for the next event.
+// inode.
 func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
 		return nil, err
-	}
-	ino := [2]uint64{st.Dev, st.Ino}
-	f.mu.Lock()
-	ph := f.byIno[ino]
-	f.mu.Unlock()
-	if ph != nil {
-		return ph, nil
 	}
 	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", file.Fd()))
 	if err != nil {
@@ -255,9 +238,6 @@ func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
 	for _, c := range candidates { // one per pending layer holding the object
 		var cst unix.Stat_t
 		if unix.Stat(c.path, &cst) == nil && cst.Dev == st.Dev && cst.Ino == st.Ino {
-			f.mu.Lock()
-			f.byIno[ino] = c
-			f.mu.Unlock()
 			return c, nil
 		}
 	}
@@ -473,7 +453,10 @@ func (f *Filler) Close() error {
 // the store lacks are fetched through the FillFunc.
 func (f *Filler) FillAll(ctx context.Context) error {
 	f.mu.Lock()
-	phs := slices.Clone(f.all)
+	var phs []*placeholder
+	for _, named := range f.byName {
+		phs = append(phs, named...)
+	}
 	f.mu.Unlock()
 	for _, ph := range phs {
 		if err := f.fillWaiting(ctx, ph); err != nil {

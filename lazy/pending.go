@@ -271,7 +271,10 @@ func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []
 	var g errgroup.Group
 	g.SetLimit(placeholderWorkers)
 	for _, dir := range dirs {
-		g.Go(func() error { return makePlaceholdersIn(s, dir, byDir[dir]) })
+		g.Go(func() error {
+			_, err := makePlaceholdersIn(s, dir, byDir[dir])
+			return err
+		})
 	}
 	return g.Wait()
 }
@@ -287,19 +290,22 @@ type placeholderName struct {
 }
 
 // makePlaceholdersIn makes directory dir and the empty read-only files phs in it whose objects
-// the store lacks, keeping those that exist. The files are made relative to the directory, so
-// that each costs the kernel no walk of the store's path.
-func makePlaceholdersIn(s *store.Store, dir string, phs []placeholderName) error {
+// the store lacks, keeping those that exist; it returns the objects it made none for because the
+// store holds them. The files are made relative to the directory, so that each costs the kernel
+// no walk of the store's path.
+func makePlaceholdersIn(s *store.Store, dir string, phs []placeholderName) (stored map[digest.Digest]bool, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return &fs.PathError{Op: "open", Path: dir, Err: err}
+		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
 	}
 	defer unix.Close(dfd)
+	stored = map[digest.Digest]bool{}
 	for _, ph := range phs {
 		if s.HasObject(ph.obj) {
+			stored[ph.obj] = true
 			continue
 		}
 		// mknod makes the empty file in one call, with no open file to close.
@@ -308,10 +314,10 @@ func makePlaceholdersIn(s *store.Store, dir string, phs []placeholderName) error
 			continue
 		}
 		if err != nil {
-			return &fs.PathError{Op: "mknod", Path: filepath.Join(dir, ph.name), Err: err}
+			return nil, &fs.PathError{Op: "mknod", Path: filepath.Join(dir, ph.name), Err: err}
 		}
 	}
-	return nil
+	return stored, nil
 }
 
 // PlaceholderPath is where object d's placeholder of a pending layer lives.
