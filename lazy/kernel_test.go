@@ -140,6 +140,17 @@ func TestOpenThroughComposefsRaisesOpenPerm(t *testing.T) {
 // with mask; both are closed when the test ends.
 func markPlaceholder(t *testing.T, ph string, mask uint64) (*fanotify.Group, *os.File) {
 	t.Helper()
+	g, w := groupAndWriter(t, ph)
+	if err := g.Mark(w, mask); err != nil {
+		t.Fatal(err)
+	}
+	return g, w
+}
+
+// groupAndWriter makes a new pre-content group and opens placeholder ph for writing (before
+// any mark, so the open raises no event); both are closed when the test ends.
+func groupAndWriter(t *testing.T, ph string) (*fanotify.Group, *os.File) {
+	t.Helper()
 	g, err := fanotify.NewPreContent()
 	if err != nil {
 		t.Fatal(err)
@@ -150,9 +161,6 @@ func markPlaceholder(t *testing.T, ph string, mask uint64) (*fanotify.Group, *os
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	if err := g.Mark(w, mask); err != nil {
-		t.Fatal(err)
-	}
 	return g, w
 }
 
@@ -191,16 +199,7 @@ func mapMounted(p string, n int) []byte {
 // reads of it raise nothing.
 func TestDirMarkUntilIgnored(t *testing.T) {
 	content, inMount, ph := composefsWithPlaceholder(t)
-	g, err := fanotify.NewPreContent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	w, err := os.OpenFile(ph, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	g, w := groupAndWriter(t, ph)
 	if err := g.MarkChildren(filepath.Dir(ph), fanotify.OpenPerm|fanotify.PreAccess); err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,9 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 )
 
@@ -62,16 +62,7 @@ func TestPlaceholderDirectoriesSpread(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd, err := unix.Open(p.DataDir(layer), unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		t.Fatalf("FS_IOC_GETFLAGS on the store's file system: %v", err)
-	}
-	if flags&0x00020000 == 0 { // FS_TOPDIR_FL
-		t.Fatalf("placeholder directory flags %#x; want FS_TOPDIR_FL", flags)
+	if !testkit.TopDir(t, p.DataDir(layer)) {
+		t.Fatal("the placeholder directory does not carry FS_TOPDIR_FL")
 	}
 }

@@ -7,8 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/teststore"
 	"github.com/kura-oci/kura/store"
 )
@@ -73,16 +72,7 @@ func TestOpenConcurrentCreation(t *testing.T) {
 func TestTmpSpreadsItsDirectories(t *testing.T) {
 	root := t.TempDir()
 	teststore.Open(t, teststore.At(root))
-	fd, err := unix.Open(filepath.Join(root, "tmp"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		t.Fatalf("FS_IOC_GETFLAGS on the store's file system: %v", err)
-	}
-	if flags&0x00020000 == 0 { // FS_TOPDIR_FL
-		t.Fatalf("tmp/ flags %#x; want FS_TOPDIR_FL", flags)
+	if !testkit.TopDir(t, filepath.Join(root, "tmp")) {
+		t.Fatal("tmp/ does not carry FS_TOPDIR_FL")
 	}
 }

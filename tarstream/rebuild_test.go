@@ -13,15 +13,15 @@ import (
 	"github.com/kura-oci/kura/errdefs"
 )
 
-// contentsOf opens the contents of a tar's files by name, as a rebuild asks for them.
-func contentsOf(t *testing.T, tarBytes []byte) func(string, int64) (io.ReadCloser, error) {
+// tarFiles returns the contents of a tar's files by name.
+func tarFiles(t testing.TB, tarBytes []byte) map[string][]byte {
 	t.Helper()
 	files := map[string][]byte{}
 	tr := tar.NewReader(bytes.NewReader(tarBytes))
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			return files
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -32,6 +32,12 @@ func contentsOf(t *testing.T, tarBytes []byte) func(string, int64) (io.ReadClose
 		}
 		files[h.Name] = b
 	}
+}
+
+// contentsOf opens the contents of a tar's files by name, as a rebuild asks for them.
+func contentsOf(t *testing.T, tarBytes []byte) func(string, int64) (io.ReadCloser, error) {
+	t.Helper()
+	files := tarFiles(t, tarBytes)
 	return func(name string, size int64) (io.ReadCloser, error) {
 		b, ok := files[name]
 		if !ok {

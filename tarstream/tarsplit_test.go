@@ -82,16 +82,7 @@ func TestDecodeTarSplitMatchesUnpacker(t *testing.T) {
 	if !reflect.DeepEqual(normEntries(got), normEntries(want)) {
 		t.Fatalf("DecodeTarSplit differs from the unpacker:\n got %+v\nwant %+v", got, want)
 	}
-	files := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(tarBytes))
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			break
-		}
-		b, _ := io.ReadAll(tr)
-		files[h.Name] = b
-	}
+	files := tarFiles(t, tarBytes)
 	var out bytes.Buffer
 	err = Rebuild(ts, func(name string, size int64) (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(files[name])), nil
