@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/fusectl"
 	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
 )
@@ -137,11 +137,7 @@ func TestDeadMountKeepsItsRoot(t *testing.T) {
 	if err := unix.Stat(dir, &st); err != nil {
 		t.Fatal(err)
 	}
-	conn := filepath.Join("/sys/fs/fuse/connections", fmt.Sprint(unix.Major(st.Dev)<<20|unix.Minor(st.Dev)), "abort")
-	if _, err := os.Stat(conn); err != nil {
-		testkit.Skip(t, "no fusectl file system to abort the connection with: %v", err)
-	}
-	if err := os.WriteFile(conn, []byte("1"), 0); err != nil {
+	if err := fusectl.Abort(fusectl.Conn(st.Dev)); err != nil {
 		t.Fatal(err)
 	}
 	diff := filepath.Join(dir, base64.StdEncoding.EncodeToString([]byte(f.ref)), f.img.Descs[0].Digest.String(), "diff")

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kura-oci/kura/internal/fusectl"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 )
@@ -111,7 +112,7 @@ func (f *FUSEServer) serveDir(dir string, diffID digest.Digest, entries []layerf
 		return fmt.Errorf("FUSE mount of pending layer %s: %w", diffID, err)
 	}
 	f.mu.Lock()
-	f.mounted = append(f.mounted, fuseMount{dir: dir, conn: unix.Minor(st.Dev), srv: srv})
+	f.mounted = append(f.mounted, fuseMount{dir: dir, conn: fusectl.Conn(st.Dev), srv: srv})
 	f.mu.Unlock()
 	return nil
 }
@@ -176,7 +177,7 @@ func (f *FUSEServer) Kill() error {
 	f.mu.Unlock()
 	var errs []error
 	for _, m := range ms {
-		aerr := abortFUSE(m.conn)
+		aerr := fusectl.Abort(m.conn)
 		errs = append(errs, aerr)
 		err := unix.Unmount(m.dir, unix.MNT_DETACH)
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
@@ -187,23 +188,6 @@ func (f *FUSEServer) Kill() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// abortFUSE aborts FUSE connection conn through fusectl, as the kernel does when the server's
-// /dev/fuse descriptor closes. A connection already ended has no fusectl directory: nothing to do.
-func abortFUSE(conn uint32) error {
-	const ctlDir, fusectlMagic = "/sys/fs/fuse/connections", 0x65735543
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(ctlDir, &sfs); err == nil && sfs.Type != fusectlMagic {
-		if err := unix.Mount("fusectl", ctlDir, "fusectl", 0, ""); err != nil {
-			return fmt.Errorf("mounting fusectl: %w", err)
-		}
-	}
-	err := os.WriteFile(fmt.Sprintf("%s/%d/abort", ctlDir, conn), []byte("1"), 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
 }
 
 // fuseDir is a directory of the static tree (the root and its xx/ fan-out directories).
