@@ -16,15 +16,19 @@ import (
 // registry that round trip, not the bytes, is most of a fill. Files read together mostly sit
 // together: in one directory, which a layer stores contiguously. So an on-demand fill also
 // fetches, in the same ranges, the files that follow it in its directory in the layer, up to a
-// window of compressed bytes: small at first, doubled each time the next fill in that directory
-// comes right after the last window (the directory is being read through), back to small when
-// it does not (the reads are scattered), as the kernel's read-ahead does within a file. Files
+// window of compressed bytes: small at first, four times larger each time the next fill in that
+// directory comes after the last one and near the last window (the directory is being read
+// through, some files skipped: apache2's enabled modules among all of them), back to small when
+// it does not (the reads are scattered), as the kernel's read-ahead ramps up within a file. Files
 // served by read-ahead are opened through their stored objects, which raises no event, so a
 // start-up profile records only the files that needed a fill; the pull after it, with those
 // fetched first, fills (and records) the files read-ahead had served.
 const (
-	readaheadMin = 32 << 10  // compressed bytes of a first window
-	readaheadMax = 512 << 10 // the most a window grows to
+	readaheadMin = 32 << 10 // compressed bytes of a first window
+	readaheadMax = 1 << 20  // the most a window grows to
+	// readaheadGrowth is how much a window grows from one sequential fill to the next, and how
+	// many of the last window's sizes past its end the next fill may be and still count as one.
+	readaheadGrowth = 4
 	// readaheadScan bounds the entries a window looks at past the file filled.
 	readaheadScan = 512
 )
@@ -67,10 +71,10 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	budget := int64(readaheadMin)
-	// Sequential: this fill lies after the last window's file, at most one window past its end
-	// (a reader skipping a few files of the directory still reads through it).
-	if w, ok := r.dirs[dir]; ok && i > w.start && f.Range.Offset <= w.endOff+w.size {
-		budget = min(2*w.size, readaheadMax)
+	// Sequential: this fill lies after the last window's file, at most readaheadGrowth windows
+	// past its end (a reader skipping files of the directory still reads through it).
+	if w, ok := r.dirs[dir]; ok && i > w.start && f.Range.Offset <= w.endOff+readaheadGrowth*w.size {
+		budget = min(readaheadGrowth*w.size, readaheadMax)
 	}
 	var out []chunked.File
 	seen := map[digest.Digest]bool{f.Entry.Digest: true}

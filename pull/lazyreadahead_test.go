@@ -34,11 +34,11 @@ func raNames(fs []chunked.File) []string {
 
 // TestReadaheadWindows: a fill fetches the files after it in its own directory (never those of
 // a subdirectory or past the directory, never one stored or fetched ahead already) within a
-// window that doubles while fills go through the directory in order and starts small again
-// when they jump.
+// window that grows fourfold while fills go forward through the directory, some files skipped,
+// and starts small again when they jump far.
 func TestReadaheadWindows(t *testing.T) {
 	var names []string
-	for i := range 40 {
+	for i := range 100 {
 		names = append(names, fmt.Sprintf("lib/m%02d", i))
 		if i == 2 {
 			names = append(names, "lib/sub/x", "lib/sub/y")
@@ -55,19 +55,25 @@ func TestReadaheadWindows(t *testing.T) {
 	if want := []string{"lib/m01", "lib/m02", "lib/m04", "lib/m05"}; !slices.Equal(got, want) {
 		t.Fatalf("first window: %v, want %v (subdirectory and stored file skipped)", got, want)
 	}
-	got = raNames(r.pick(byName("lib/m06"), have)) // right after it: doubled
-	if len(got) != 8 || got[0] != "lib/m07" {
-		t.Fatalf("sequential window: %v, want the 8 files from lib/m07", got)
+	got = raNames(r.pick(byName("lib/m06"), have)) // right after it: four times larger
+	if len(got) != 16 || got[0] != "lib/m07" {
+		t.Fatalf("sequential window: %v, want the 16 files from lib/m07", got)
 	}
-	got = raNames(r.pick(byName("lib/m30"), have)) // a jump: small again
-	if len(got) != 4 || got[0] != "lib/m31" {
-		t.Fatalf("window after a jump: %v, want 4 files from lib/m31", got)
+	got = raNames(r.pick(byName("lib/m30"), have)) // 7 files skipped: still going through
+	if len(got) != 64 || got[0] != "lib/m31" {
+		t.Fatalf("window after a skip: %d files from %v, want the 64 from lib/m31", len(got), got[:1])
 	}
-	got = raNames(r.pick(byName("lib/m36"), have))
-	if !slices.Equal(got, []string{"lib/m37", "lib/m38", "lib/m39"}) {
-		t.Fatalf("window at the directory's end: %v, want up to lib/m39 and not share/a", got)
+	r = newReadahead(files)
+	r.pick(byName("lib/m00"), have)
+	got = raNames(r.pick(byName("lib/m90"), have)) // a jump far past the window: small again
+	if len(got) != 4 || got[0] != "lib/m91" {
+		t.Fatalf("window after a jump: %v, want 4 files from lib/m91", got)
 	}
-	if got = raNames(r.pick(byName("lib/m05"), have)); slices.Contains(got, "lib/m07") {
+	got = raNames(r.pick(byName("lib/m96"), have))
+	if !slices.Equal(got, []string{"lib/m97", "lib/m98", "lib/m99"}) {
+		t.Fatalf("window at the directory's end: %v, want up to lib/m99 and not share/a", got)
+	}
+	if got = raNames(r.pick(byName("lib/m90"), have)); slices.Contains(got, "lib/m91") {
 		t.Fatalf("a file fetched ahead once was picked again: %v", got)
 	}
 	if got := r.pick(chunked.File{Entry: &layerfs.Entry{Name: "other", Digest: digest.FromString("?")}}, have); got != nil {
