@@ -140,6 +140,9 @@ func (pl pendingLayer) VerityDigests(ctx context.Context, d digest.Digest) (map[
 // placeholders have no content to digest, and the stored objects would each be read for one.
 func (pl pendingLayer) OmitDigests() bool { return true }
 
+// OmitInline: a pending layer's small files are placeholders too (lazymount.pendingStore).
+func (pl pendingLayer) OmitInline() bool { return true }
+
 // PendingDir mounts one layer of a pending lazy pull alone, as composefsDir mounts a stored one
 // (whiteouts escaped for the overlay stacked on it), over the store's objects and then the
 // layer's placeholders: a file whose object is stored is read from objects/, any other from its

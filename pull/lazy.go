@@ -24,9 +24,9 @@ import (
 )
 
 // PullLazy begins a lazy pull: layers that are not zstd:chunked are pulled as usual; of the
-// others only the metadata (TOC, tar-split), the files small enough for composefs to inline
-// and the start-up baseline (lazybaseline.go) are fetched, and every other missing object gets
-// an empty placeholder. It returns the pending
+// others only the metadata (TOC, tar-split), the start-up baseline (lazybaseline.go) and the
+// start-up program (lazyprogram.go) are fetched, and every other missing object gets an empty
+// placeholder. It returns the pending
 // pull, which can be mounted at once (lazy.Mount) and which ServeLazy completes. With
 // WithLazyMount neither placeholders nor its composefs image are made. A pending pull
 // of the same manifest is resumed as it is. It holds the store's shared lock while it runs.
@@ -61,42 +61,54 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	}
 	start := time.Now()
 	prev := o.predecessors(ctx, s, name, len(diffIDs))
-	tocs, parts, err := lazyLayers(ctx, s, src, img.Manifest.Layers, diffIDs, prev, o)
+	tocs, layers, st, err := lazyLayers(ctx, s, src, img, diffIDs, prev, o)
 	if err != nil {
 		return nil, err
 	}
-	o.log.Debug("lazy: metadata and small files fetched", "layers", len(parts), "seconds", time.Since(start).Seconds())
+	o.log.Debug("lazy: metadata fetched", "layers", len(layers), "seconds", time.Since(start).Seconds())
 	rec.TarSizes = map[digest.Digest]int64{}
-	for _, d := range diffIDs {
-		if _, ok := tocs[d]; ok && !slices.Contains(rec.Pending, d) {
-			rec.Pending = append(rec.Pending, d)
-			if ts, ok := parts[d].TarSplit.(*layer.FetchedTarSplit); ok {
-				rec.TarSizes[d] = tarSize(ts.Entries)
-			}
+	for _, l := range layers {
+		rec.Pending = append(rec.Pending, l.diffID)
+		if ts, ok := l.part.TarSplit.(*layer.FetchedTarSplit); ok {
+			rec.TarSizes[l.diffID] = tarSize(ts.Entries)
 		}
 	}
 	p, err := lazy.Create(s, id, rec, tocs)
 	if err != nil {
 		return nil, err
 	}
-	fetchedMeta.Store(metaKey{s.Root(), id}, parts)
+	fetchedMeta.Store(metaKey{s.Root(), id}, &pulledMeta{layers: layers, ix: st.ix})
+	// The first files are fetched beside the placeholders and the composefs image, which need
+	// none of them: the image inlines no file, and the first files' objects get no placeholder.
+	var g errgroup.Group
+	first, firstObjs := firstFetches(layers, st)
+	g.Go(func() error {
+		if err := fetchFirstFiles(ctx, s, src, first, o); err != nil {
+			return err
+		}
+		st.fetchLoads(ctx, s, func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }, o.log)
+		return nil
+	})
 	if o.lazyMountDir != "" {
 		// The tree mount never reads placeholders nor the composefs image, and making the
 		// placeholders is most of a start-up's time; a service of another mode makes the
 		// missing ones before it serves them, and kura mount builds a missing image.
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
 	}
 	// The composefs image is built beside the placeholders (CPU against the file system's
 	// creates), so that kura mount only mounts it.
-	var g errgroup.Group
 	known := map[digest.Digest][]layerfs.Entry{}
-	for d, part := range parts {
-		known[d] = part.Layer.Entries // decoded with the TOC: not again from the record
+	for _, l := range layers {
+		known[l.diffID] = l.part.Layer.Entries // decoded with the TOC: not again from the record
 	}
 	g.Go(func() error { return lazymount.BuildImage(ctx, s, p, known) })
-	for d, part := range parts {
-		if err := p.MakePlaceholders(s, d, layerfs.Objects(part.Layer.Entries)); err != nil {
+	for _, l := range layers {
+		objs := slices.DeleteFunc(layerfs.Objects(l.part.Layer.Entries), func(d digest.Digest) bool { return firstObjs[d] })
+		if err := p.MakePlaceholders(s, l.diffID, objs); err != nil {
 			g.Wait()
 			return nil, err
 		}
@@ -108,14 +120,15 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	return p, nil
 }
 
-// lazyLayers fetches the metadata and small files of each zstd:chunked layer the store lacks,
-// and pulls the others whole. It returns the TOC frames and parsed metadata of the lazy ones.
-func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []ocispec.Descriptor, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, map[digest.Digest]layer.Partial, error) {
-	tocs, parts := map[digest.Digest][]byte{}, map[digest.Digest]layer.Partial{}
+// lazyLayers fetches the metadata of each zstd:chunked layer the store lacks, and pulls the
+// other layers whole. It returns the TOC frames of the lazy ones and the layers themselves,
+// lowest first, with the image's start-up program found in them.
+func lazyLayers(ctx context.Context, s *store.Store, src source.Source, img *source.Image, diffIDs, prev []digest.Digest, o options) (map[digest.Digest][]byte, []*lazyLayer, *startup, error) {
 	var mu sync.Mutex
+	found := map[digest.Digest]*lazyLayer{}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(o.jobs)
-	for i, desc := range descs {
+	for i, desc := range img.Manifest.Layers {
 		diffID := diffIDs[i]
 		if s.HasLayer(diffID) {
 			continue
@@ -126,19 +139,60 @@ func lazyLayers(ctx context.Context, s *store.Store, src source.Source, descs []
 				_, err = pullLayer(gctx, s, src, desc, diffID, "", o)
 				return err
 			}
-			if err == nil {
-				err = fetchFirstFiles(gctx, s, src, desc, part)
-			}
 			if err != nil {
 				return fmt.Errorf("layer %s: %w", desc.Digest, err)
 			}
 			mu.Lock()
-			tocs[diffID], parts[diffID] = part.TOCZst, part
+			found[diffID] = newLazyLayer(diffID, desc, part)
 			mu.Unlock()
 			return nil
 		})
 	}
-	return tocs, parts, g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, nil, nil, err
+	}
+	var layers []*lazyLayer // lowest first
+	tocs := map[digest.Digest][]byte{}
+	for _, d := range diffIDs {
+		if l, ok := found[d]; ok && tocs[d] == nil {
+			layers = append(layers, l)
+			tocs[d] = l.part.TOCZst
+		}
+	}
+	return tocs, layers, newStartup(img.ConfigBytes, layers), nil
+}
+
+// firstFetches lists, per layer, the files a lazy pull stores before it is mountable: the
+// start-up baseline and the start-up program; and their objects.
+func firstFetches(layers []*lazyLayer, st *startup) (map[*lazyLayer][]chunked.File, map[digest.Digest]bool) {
+	files, objs := map[*lazyLayer][]chunked.File{}, map[digest.Digest]bool{}
+	for _, l := range layers {
+		fs := firstFiles(l.part.Layer.Files)
+		if f, ok := st.program(l); ok {
+			fs = append(fs, f)
+		}
+		for _, f := range fs {
+			objs[f.Entry.Digest] = true
+		}
+		files[l] = fs
+	}
+	return files, objs
+}
+
+// fetchFirstFiles stores the first files of each layer (firstFetches), the layers side by side.
+func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, first map[*lazyLayer][]chunked.File, o options) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.jobs)
+	for l, files := range first {
+		g.Go(func() error {
+			_, err := layer.FetchFiles(gctx, s, files, rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}})
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", l.desc.Digest, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 // lazyMetadata fetches and parses a layer's TOC; ErrNeedFull when the layer cannot be pulled
@@ -164,14 +218,6 @@ func lazyMetadata(ctx context.Context, s *store.Store, src source.Source, desc o
 	return fetchTOCPredicted(ctx, s, src, desc, loc, prev, lr, bound)
 }
 
-// fetchFirstFiles stores the files fetched before a lazily pulled layer is mountable
-// (firstFiles): the ones its composefs image inlines, which building it reads, and the
-// start-up baseline.
-func fetchFirstFiles(ctx context.Context, s *store.Store, src source.Source, desc ocispec.Descriptor, part layer.Partial) error {
-	_, err := layer.FetchFiles(ctx, s, firstFiles(part.Layer.Files), rangeFetcher{src: src, desc: desc, lr: &LayerReport{}})
-	return err
-}
-
 // tarSize is the size of the tar a tar-split rebuilds: its raw segments (headers, padding, the
 // end blocks) and its files' contents.
 func tarSize(entries []storage.Entry) int64 {
@@ -189,19 +235,27 @@ func tarSize(entries []storage.Entry) int64 {
 
 // fetchedMeta keeps the metadata (TOC, tar-split) PullLazy fetched and verified, per store
 // and pending pull, for the ServeLazy of the same process: without it the fill service fetched
-// both again before the first fill. A restarted service, in a new process, fetches them.
-var fetchedMeta sync.Map // metaKey → map[digest.Digest]layer.Partial
+// both again before the first fill, and indexed the image's files again for the libraries of
+// the first program filled. A restarted service, in a new process, fetches them.
+var fetchedMeta sync.Map // metaKey → *pulledMeta
 
 type metaKey struct {
 	root string
 	id   digest.Digest
 }
 
-// takeFetchedMeta returns (and forgets) what PullLazy fetched for pending pull id of s.
-func takeFetchedMeta(s *store.Store, id digest.Digest) map[digest.Digest]layer.Partial {
+// pulledMeta is what PullLazy keeps for ServeLazy: its pending layers, lowest first, and the
+// index of their files.
+type pulledMeta struct {
+	layers []*lazyLayer
+	ix     *imageFiles
+}
+
+// takeFetchedMeta returns (and forgets) what PullLazy fetched for pending pull id of s, or nil.
+func takeFetchedMeta(s *store.Store, id digest.Digest) *pulledMeta {
 	v, ok := fetchedMeta.LoadAndDelete(metaKey{s.Root(), id})
 	if !ok {
 		return nil
 	}
-	return v.(map[digest.Digest]layer.Partial)
+	return v.(*pulledMeta)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
@@ -48,7 +49,7 @@ func newLazyEnv(t *testing.T) (*lazyEnv, *lazy.Pending) {
 }
 
 // newLazyEnvOf is newLazyEnv with an image of one layer of tree.
-func newLazyEnvOf(t testing.TB, tree []treeFile) (*lazyEnv, *lazy.Pending) {
+func newLazyEnvOf(t testing.TB, tree []treeFile, configEdits ...func(*ocispec.Image)) (*lazyEnv, *lazy.Pending) {
 	if os.Geteuid() != 0 {
 		testkit.Skip(t, "lazy pulls mount composefs and use fanotify: they need root")
 	}
@@ -63,6 +64,9 @@ func newLazyEnvOf(t testing.TB, tree []treeFile) (*lazyEnv, *lazy.Pending) {
 	}
 	layerTar := tarOf(t, tree)
 	e.img = buildImage(t, layerTar)
+	for _, edit := range configEdits {
+		e.img.editConfig(edit)
+	}
 	e.img.push(t, e.reg, "app", "v0")
 	p, err := PullLazy(context.Background(), e.s, e.source(t))
 	if err != nil {
@@ -166,6 +170,7 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 	ctx, kill := context.WithCancel(context.Background())
 	hold := make(chan struct{})
 	done := e.serve(t, ctx, p, WithBackgroundHeld(hold))
+	e.readWhole(t, "etc/version", "before the kill") // a small file, filled on demand
 	kill()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("killed service: %v", err)
@@ -174,7 +179,7 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 		t.Fatalf("a placeholder read %d bytes with no filler", len(b))
 	}
 	checkFsck(t, e.s)
-	// gc between the services keeps what the pending pull fetched (the inlined small files).
+	// gc between the services keeps what the pending pull fetched (the file filled).
 	if _, err := e.s.GC(context.Background()); err != nil {
 		t.Fatal(err)
 	}

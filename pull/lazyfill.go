@@ -32,7 +32,7 @@ type onDemand struct {
 	ordered  []*lazyLayer // the pending layers, lowest first
 	log      *slog.Logger
 	libsOnce sync.Once
-	libs     *imageFiles // made at the first fill of a program
+	libs     *imageFiles // PullLazy's, or made at the first fill of a program
 
 	mu       sync.Mutex
 	inflight map[digest.Digest]*fetchedFill // object → the uncommitted fill holding it

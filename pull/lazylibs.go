@@ -119,7 +119,11 @@ func (ix *imageFiles) loads(info ldso.Info) []imageEntry {
 // fetchLibraries fetches, level by level, the files ld.so loads for first (fetched by fl)
 // that the store lacks and no fill holds, into fl.
 func (o *onDemand) fetchLibraries(ctx context.Context, first chunked.File, fl *fetchedFill) {
-	o.libsOnce.Do(func() { o.libs = newImageFiles(o.ordered) })
+	o.libsOnce.Do(func() {
+		if o.libs == nil { // PullLazy of this process made it (pendingLayers)
+			o.libs = newImageFiles(o.ordered)
+		}
+	})
 	queue := []chunked.File{first}
 	seen := map[digest.Digest]bool{first.Entry.Digest: true}
 	var spent int64

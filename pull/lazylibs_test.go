@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/internal/testkit/elftest"
 	"github.com/kura-oci/kura/layerfs"
@@ -123,6 +124,48 @@ func TestLazyPullFetchesBaseline(t *testing.T) {
 	if n := len(e.reg.Proxy.BlobRequests()) - before; n != 0 {
 		t.Errorf("reading a baseline file made %d blob requests; want 0", n)
 	}
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e.checkComplete(t, p)
+}
+
+// TestLazyPullFetchesStartupProgram: the pull stores the program the image's config runs (a
+// name looked up in its PATH, through the image's symlinks), the interpreter its #! line
+// names, and that one's loader and libraries; other programs are left to fills.
+func TestLazyPullFetchesStartupProgram(t *testing.T) {
+	libdir := "usr/lib/x86_64-linux-gnu/"
+	tree := []treeFile{
+		{name: "bin", typ: tar.TypeSymlink, linkname: "usr/bin", mode: 0o777},
+		{name: "usr/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/bin/entry", typ: tar.TypeReg, mode: 0o755, content: append([]byte("#! /bin/tool -e\n"), bytes.Repeat([]byte("echo start\n"), 90)...)},
+		{name: "usr/bin/tool", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/lib64/ld-linux-x86-64.so.2", "libthree.so.3")},
+		{name: "usr/bin/other", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/lib64/ld-linux-x86-64.so.2", "libfour.so.4")},
+		{name: "lib64", typ: tar.TypeSymlink, linkname: "usr/lib64", mode: 0o777},
+		{name: "usr/lib64/", typ: tar.TypeDir, mode: 0o755},
+		{name: "usr/lib64/ld-linux-x86-64.so.2", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("ld.so "), 7000)},
+		{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
+		{name: libdir, typ: tar.TypeDir, mode: 0o755},
+		{name: libdir + "libthree.so.3", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("libthree "), 8000)},
+		{name: libdir + "libfour.so.4", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("libfour "), 8000)},
+	}
+	e, p := newLazyEnvOf(t, tree, func(c *ocispec.Image) {
+		c.Config.Env = []string{"PATH=/usr/local/bin:/bin"}
+		c.Config.Cmd = []string{"entry", "arg"}
+	})
+	for name, want := range map[string]bool{
+		"usr/bin/entry": true, "usr/bin/tool": true, "usr/lib64/ld-linux-x86-64.so.2": true, libdir + "libthree.so.3": true,
+		"usr/bin/other": false, libdir + "libfour.so.4": false,
+	} {
+		if got := e.s.HasObject(digest.FromBytes(e.files[name])); got != want {
+			t.Errorf("%s stored by the lazy pull: %v; want %v", name, got, want)
+		}
+	}
+	hold := make(chan struct{})
+	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
+	e.readWhole(t, "usr/bin/entry", "stored by the pull")
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -17,7 +17,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/kura-oci/kura/chunked"
-	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -180,7 +179,7 @@ func (r *profileRecorder) stop(old []string) (merged []string, added int) {
 }
 
 // profiledFiles are the files of l that the profile names, in profile order, that the store
-// lacks and that composefs does not inline (those are fetched before mounting).
+// lacks (empty files have no object).
 func profiledFiles(s *store.Store, l *lazyLayer, paths []string) []chunked.File {
 	byPath := map[string]chunked.File{}
 	for _, f := range l.part.Layer.Files {
@@ -192,7 +191,7 @@ func profiledFiles(s *store.Store, l *lazyLayer, paths []string) []chunked.File 
 	taken := map[digest.Digest]bool{}
 	for _, p := range paths {
 		f, ok := byPath[p]
-		if !ok || f.Entry.Size <= composefs.InlineThreshold || taken[f.Entry.Digest] || s.HasObject(f.Entry.Digest) {
+		if !ok || f.Entry.Size <= 0 || taken[f.Entry.Digest] || s.HasObject(f.Entry.Digest) {
 			continue
 		}
 		taken[f.Entry.Digest] = true

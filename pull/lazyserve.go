@@ -55,7 +55,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	}
 	defer release()
 	start := time.Now()
-	layers, err := pendingLayers(ctx, s, src, p, o) // from the registry: no store work
+	layers, ix, err := pendingLayers(ctx, s, src, p, o) // from the registry: no store work
 	if err != nil {
 		return err
 	}
@@ -66,7 +66,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	}
 	fetcher := func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }
 	act, rec := newFillActivity(time.Now, time.After), &profileRecorder{}
-	fills := &onDemand{s: s, layers: byDiffID, ordered: layers, fetcher: fetcher, act: act, rec: rec, log: o.log,
+	fills := &onDemand{s: s, layers: byDiffID, ordered: layers, libs: ix, fetcher: fetcher, act: act, rec: rec, log: o.log,
 		inflight: map[digest.Digest]*fetchedFill{}}
 	startupOver := useProfile(ctx, s, p, layers, fetcher, act, rec, o)
 	svc, err := newFillService(ctx, s, fills.fill, o)
@@ -188,41 +188,45 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 	})
 }
 
+// newLazyLayer is a pending layer as it is served, from its parsed metadata.
+func newLazyLayer(diffID digest.Digest, desc ocispec.Descriptor, part layer.Partial) *lazyLayer {
+	l := &lazyLayer{diffID: diffID, desc: desc, part: part, files: map[digest.Digest]chunked.File{},
+		ahead: newReadahead(part.Layer.Files)}
+	for _, f := range part.Layer.Files {
+		if _, ok := l.files[f.Entry.Digest]; !ok {
+			l.files[f.Entry.Digest] = f
+		}
+	}
+	return l
+}
+
 // pendingLayers fetches the metadata of each pending layer again (a restarted service has only
-// the record), checked against the manifest the pending pull recorded.
-func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, o options) ([]*lazyLayer, error) {
+// the record), checked against the manifest the pending pull recorded, unless PullLazy of this
+// process kept it; then it also returns the index of the layers' files (nil otherwise).
+func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *lazy.Pending, o options) ([]*lazyLayer, *imageFiles, error) {
 	var m ocispec.Manifest
 	var c ocispec.Image
 	if err := json.Unmarshal(p.Manifest, &m); err != nil {
-		return nil, fmt.Errorf("lazy pull %s: manifest: %v: %w", p.ID, err, errdefs.ErrInvalid)
+		return nil, nil, fmt.Errorf("lazy pull %s: manifest: %v: %w", p.ID, err, errdefs.ErrInvalid)
 	}
 	if err := json.Unmarshal(p.Config, &c); err != nil || len(c.RootFS.DiffIDs) != len(m.Layers) {
-		return nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
+		return nil, nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
 	}
-	known := takeFetchedMeta(s, p.ID)
+	if known := takeFetchedMeta(s, p.ID); known != nil {
+		return known.layers, known.ix, nil
+	}
 	prev := o.predecessors(ctx, s, p.Name, len(m.Layers))
 	var out []*lazyLayer
 	for _, d := range p.Pending {
 		i := slices.Index(c.RootFS.DiffIDs, d)
 		if i < 0 {
-			return nil, fmt.Errorf("lazy pull %s: pending layer %s is not in the config: %w", p.ID, d, errdefs.ErrInvalid)
+			return nil, nil, fmt.Errorf("lazy pull %s: pending layer %s is not in the config: %w", p.ID, d, errdefs.ErrInvalid)
 		}
-		part, ok := known[d]
-		var err error
-		if !ok {
-			part, err = lazyMetadata(ctx, s, src, m.Layers[i], prev[i], o)
-		}
+		part, err := lazyMetadata(ctx, s, src, m.Layers[i], prev[i], o)
 		if err != nil {
-			return nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
+			return nil, nil, fmt.Errorf("layer %s: %w", m.Layers[i].Digest, err)
 		}
-		l := &lazyLayer{diffID: d, desc: m.Layers[i], part: part, files: map[digest.Digest]chunked.File{},
-			ahead: newReadahead(part.Layer.Files)}
-		for _, f := range part.Layer.Files {
-			if _, ok := l.files[f.Entry.Digest]; !ok {
-				l.files[f.Entry.Digest] = f
-			}
-		}
-		out = append(out, l)
+		out = append(out, newLazyLayer(d, m.Layers[i], part))
 	}
-	return out, nil
+	return out, nil, nil
 }

@@ -135,9 +135,14 @@ func fromKit(b *imagetest.Image) *testImage {
 // promiseDiffID makes the image's config (and so its manifest) promise d as its first layer's
 // DiffID.
 func (img *testImage) promiseDiffID(d digest.Digest) {
+	img.editConfig(func(c *ocispec.Image) { c.RootFS.DiffIDs[0] = d })
+}
+
+// editConfig changes the image's config with edit, and its manifest to name the new config.
+func (img *testImage) editConfig(edit func(*ocispec.Image)) {
 	var cfg ocispec.Image
 	json.Unmarshal(img.config, &cfg)
-	cfg.RootFS.DiffIDs[0] = d
+	edit(&cfg)
 	img.config, _ = json.Marshal(cfg)
 	var m ocispec.Manifest
 	json.Unmarshal(img.manifest, &m)

@@ -41,6 +41,14 @@ type DigestOmitter interface {
 	OmitDigests() bool
 }
 
+// InlineOmitter is implemented by a Store whose images inline no file: every regular file with
+// content refers to its object by name, whatever its size (a pending lazy pull's, built before
+// any object is fetched: its small files are placeholders like the others, and the image depends
+// on the TOCs alone).
+type InlineOmitter interface {
+	OmitInline() bool
+}
+
 // WithoutDigests is s for images that carry no fs-verity digests (see DigestOmitter).
 func WithoutDigests(s Store) Store { return noDigests{s} }
 
@@ -72,6 +80,11 @@ func (k knownEntries) OmitDigests() bool {
 	return ok && o.OmitDigests()
 }
 
+func (k knownEntries) OmitInline() bool {
+	o, ok := k.Store.(InlineOmitter)
+	return ok && o.OmitInline()
+}
+
 // Tree merges the image's layers (package merge: the same tree a checkout materialises) into a
 // composefs tree.
 func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error) {
@@ -86,7 +99,8 @@ func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error
 		}
 	}
 	o, ok := s.(DigestOmitter)
-	b := &builder{ctx: ctx, s: s, omit: ok && o.OmitDigests(), verity: map[digest.Digest]verity.Digest{}, inodes: map[*merge.Inode]*composefs.Node{}}
+	oi, iok := s.(InlineOmitter)
+	b := &builder{ctx: ctx, s: s, omit: ok && o.OmitDigests(), noInline: iok && oi.OmitInline(), verity: map[digest.Digest]verity.Digest{}, inodes: map[*merge.Inode]*composefs.Node{}}
 	for _, diffID := range img.Layers {
 		if b.omit {
 			break // no digest is read or computed
@@ -106,10 +120,11 @@ func Tree(ctx context.Context, s Store, img store.Image) (*composefs.Node, error
 }
 
 type builder struct {
-	ctx    context.Context
-	s      Store
-	omit   bool // no fs-verity digests (DigestOmitter)
-	verity map[digest.Digest]verity.Digest
+	ctx      context.Context
+	s        Store
+	omit     bool // no fs-verity digests (DigestOmitter)
+	noInline bool // no file inlined (InlineOmitter)
+	verity   map[digest.Digest]verity.Digest
 	// inodes holds the composefs inode of each hard-linked inode's first name.
 	inodes map[*merge.Inode]*composefs.Node
 }
@@ -197,14 +212,15 @@ func (b *builder) inode(n *merge.Node) (*composefs.Node, error) {
 	return out, nil
 }
 
-// content points a regular file at its object, or inlines it when it is small.
+// content points a regular file at its object, or inlines it when it is small (unless the
+// store's images inline nothing).
 func (b *builder) content(out *composefs.Node, e *layerfs.Entry) error {
 	out.Size = uint64(e.Size)
 	if e.Size == 0 {
 		return nil
 	}
 	d := e.Digest
-	if e.Size <= composefs.InlineThreshold {
+	if e.Size <= composefs.InlineThreshold && !b.noInline {
 		f, err := b.s.Open(b.ctx, d)
 		if err != nil {
 			return err

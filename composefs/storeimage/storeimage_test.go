@@ -268,3 +268,49 @@ func TestTreeWithoutDigests(t *testing.T) {
 		t.Fatalf("entries given, without digests: %d of %d files carry a digest; want none", d, f)
 	}
 }
+
+// noInline is a store whose images inline nothing (a pending lazy pull's).
+type noInline struct{ Store }
+
+func (noInline) OmitInline() bool { return true }
+
+// TestTreeWithoutInline: through an InlineOmitter (WithEntries keeping the choice) a file of
+// 1..64 bytes names its object instead of carrying its bytes; from the store itself it is inline.
+func TestTreeWithoutInline(t *testing.T) {
+	s := teststore.Open(t)
+	img := importImage(t, s, testLayers(t))
+	count := func(root *composefs.Node) (small, inline int) {
+		var walk func(n *composefs.Node)
+		walk = func(n *composefs.Node) {
+			if n.Mode&unix.S_IFMT == unix.S_IFREG && n.Size > 0 && n.Size <= composefs.InlineThreshold {
+				small++
+				if n.Content != nil && n.Payload == "" {
+					inline++
+				}
+			}
+			for _, c := range n.Children() {
+				walk(c)
+			}
+		}
+		walk(root)
+		return small, inline
+	}
+	with, err := Tree(context.Background(), s, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, in := count(with); n == 0 || in != n {
+		t.Fatalf("from the store: %d of %d small files inline; want all", in, n)
+	}
+	entries, err := s.LayerEntries(context.Background(), img.Layers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, err := Tree(context.Background(), WithEntries(noInline{s}, map[digest.Digest][]layerfs.Entry{img.Layers[0]: entries}), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, in := count(without); n == 0 || in != 0 {
+		t.Fatalf("without inlining: %d of %d small files inline; want none", in, n)
+	}
+}
