@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -129,23 +128,15 @@ func NewFiller(s *store.Store, fill FillFunc, timeout time.Duration, log *slog.L
 // crash between storing and copying leaves that) is filled from the store at its first access,
 // or by FillAll.
 func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, objs []digest.Digest) error {
-	byDir := map[string][]*placeholder{}
-	var dirs []string
-	for _, d := range objs {
-		path, err := p.PlaceholderPath(f.s, diffID, d)
-		if err != nil {
-			return err
-		}
-		dir := filepath.Dir(path)
-		if _, ok := byDir[dir]; !ok {
-			dirs = append(dirs, dir)
-		}
-		byDir[dir] = append(byDir[dir], &placeholder{path: path, diffID: diffID, obj: d, gate: newFillGate()})
+	fans, byFan, err := placeholderGroups(f.s, objs)
+	if err != nil {
+		return err
 	}
+	data := p.DataDir(diffID)
 	var g errgroup.Group
 	g.SetLimit(watchWorkers)
-	for _, dir := range dirs {
-		g.Go(func() error { return f.watchDir(dir, byDir[dir]) })
+	for _, fan := range fans {
+		g.Go(func() error { return f.watchDir(data, fan, diffID, byFan[fan]) })
 	}
 	return g.Wait()
 }
@@ -153,16 +144,18 @@ func (f *Filler) Watch(ctx context.Context, p *Pending, diffID digest.Digest, ob
 // watchWorkers is how many directories Watch lists and marks at once.
 const watchWorkers = 4
 
-// watchDir makes the missing placeholders of phs, all in dir, registers them and marks dir.
-func (f *Filler) watchDir(dir string, phs []*placeholder) error {
+// watchDir makes the missing placeholders of phs, all in fan-out directory fan of data,
+// registers them and marks the directory.
+func (f *Filler) watchDir(data, fan string, diffID digest.Digest, phs []placeholderName) error {
+	dir := data + "/" + fan
 	names, err := listNames(dir)
 	if err != nil {
 		return err
 	}
 	var missing []placeholderName
 	for _, ph := range phs {
-		if name := filepath.Base(ph.path); !names[name] {
-			missing = append(missing, placeholderName{obj: ph.obj, name: name})
+		if !names[ph.name] {
+			missing = append(missing, ph)
 		}
 	}
 	if len(missing) > 0 {
@@ -171,7 +164,7 @@ func (f *Filler) watchDir(dir string, phs []*placeholder) error {
 		if err != nil {
 			return err
 		}
-		phs = slices.DeleteFunc(phs, func(ph *placeholder) bool { return stored[ph.obj] })
+		phs = slices.DeleteFunc(phs, func(ph placeholderName) bool { return stored[ph.obj] })
 	}
 	if len(phs) == 0 {
 		return nil
@@ -179,8 +172,8 @@ func (f *Filler) watchDir(dir string, phs []*placeholder) error {
 	// Known before marked: an event on one must never be taken for a stranger's.
 	f.mu.Lock()
 	for _, ph := range phs {
-		key := placeholderKey(ph.path)
-		f.byName[key] = append(f.byName[key], ph)
+		key := fan + "/" + ph.name // placeholderKey of its path
+		f.byName[key] = append(f.byName[key], &placeholder{path: dir + "/" + ph.name, diffID: diffID, obj: ph.obj, gate: newFillGate()})
 	}
 	f.mu.Unlock()
 	return f.g.MarkChildren(dir, marked)

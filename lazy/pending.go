@@ -17,6 +17,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -255,28 +256,38 @@ func (p *Pending) Remove(ctx context.Context) error {
 // (a few ms each on a busy ext4), so the fan-out directories are shared out between
 // placeholderWorkers goroutines, each directory to one of them, whose creations then overlap.
 func (p *Pending) MakePlaceholders(s *store.Store, diffID digest.Digest, objs []digest.Digest) error {
-	byDir := map[string][]placeholderName{} // fan-out directory → placeholders to make in it
-	var dirs []string
-	for _, d := range objs {
-		ph, err := p.PlaceholderPath(s, diffID, d)
-		if err != nil {
-			return err
-		}
-		dir := filepath.Dir(ph)
-		if _, ok := byDir[dir]; !ok {
-			dirs = append(dirs, dir)
-		}
-		byDir[dir] = append(byDir[dir], placeholderName{obj: d, name: filepath.Base(ph)})
+	fans, byFan, err := placeholderGroups(s, objs)
+	if err != nil {
+		return err
 	}
+	data := p.DataDir(diffID)
 	var g errgroup.Group
 	g.SetLimit(placeholderWorkers)
-	for _, dir := range dirs {
+	for _, fan := range fans {
 		g.Go(func() error {
-			_, err := makePlaceholdersIn(s, dir, byDir[dir])
+			_, err := makePlaceholdersIn(s, data+"/"+fan, byFan[fan])
 			return err
 		})
 	}
 	return g.Wait()
+}
+
+// placeholderGroups sorts objs by fan-out directory (the store's, objects/ laid out as
+// <xx>/<62 hex>): the directories' names in order of first use, and each one's placeholders.
+func placeholderGroups(s *store.Store, objs []digest.Digest) (fans []string, byFan map[string][]placeholderName, err error) {
+	byFan = map[string][]placeholderName{}
+	for _, d := range objs {
+		name, err := s.ObjectName(d)
+		if err != nil {
+			return nil, nil, err
+		}
+		fan, base, _ := strings.Cut(name, "/")
+		if _, ok := byFan[fan]; !ok {
+			fans = append(fans, fan)
+		}
+		byFan[fan] = append(byFan[fan], placeholderName{obj: d, name: base})
+	}
+	return fans, byFan, nil
 }
 
 // placeholderWorkers is how many goroutines create placeholders at once: measured on a
