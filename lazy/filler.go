@@ -63,6 +63,7 @@ type Filler struct {
 	writes    chan writeJob
 	closed    chan struct{} // closed by Close: the writer ends, fills still in flight give up
 	writerTID int
+	answers   sync.WaitGroup // the accesses being answered, each with its fill's commit
 }
 
 type placeholder struct {
@@ -243,10 +244,13 @@ func (f *Filler) placeholderOf(file *os.File) (*placeholder, error) {
 
 // Run answers events until ctx ends or the group is closed. Each access is answered on a
 // goroutine of its own, so a slow fetch holds up only the readers of that file, and the loop
-// goes on answering the writer's own opens and writes while fills run.
+// goes on answering the writer's own opens and writes while fills run. It returns once the
+// answers in flight are over (their fills give up with ctx), so that no commit holds the
+// store's lock after it.
 func (f *Filler) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { f.g.Close() })
 	defer stop()
+	defer f.answers.Wait()
 	buf := make([]byte, 64<<10)
 	for {
 		evs, err := f.g.Read(buf)
@@ -264,7 +268,7 @@ func (f *Filler) Run(ctx context.Context) error {
 				f.g.Allow(ev)
 				continue
 			}
-			go f.answer(ctx, ev)
+			f.answers.Go(func() { f.answer(ctx, ev) })
 		}
 	}
 }

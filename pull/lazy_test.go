@@ -166,11 +166,11 @@ func TestLazyPullMountReadComplete(t *testing.T) {
 // TestLazyFillerKilledThenResumed: with no filler, a placeholder reads short (never zeros); a
 // new service resumes the same pending pull, placeholders and mount included.
 func TestLazyFillerKilledThenResumed(t *testing.T) {
-	e, p := newLazyEnv(t)
+	// The config's program is one the pull stores before the service starts.
+	e, p := newLazyEnvOf(t, genTree(0), func(c *ocispec.Image) { c.Config.Cmd = []string{"/etc/version"} })
 	ctx, kill := context.WithCancel(context.Background())
 	hold := make(chan struct{})
 	done := e.serve(t, ctx, p, WithBackgroundHeld(hold))
-	e.readWhole(t, "etc/version", "before the kill") // a small file, filled on demand
 	kill()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("killed service: %v", err)
@@ -179,7 +179,7 @@ func TestLazyFillerKilledThenResumed(t *testing.T) {
 		t.Fatalf("a placeholder read %d bytes with no filler", len(b))
 	}
 	checkFsck(t, e.s)
-	// gc between the services keeps what the pending pull fetched (the file filled).
+	// gc between the services keeps what the pending pull fetched (the program).
 	if _, err := e.s.GC(context.Background()); err != nil {
 		t.Fatal(err)
 	}
