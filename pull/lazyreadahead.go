@@ -23,6 +23,11 @@ import (
 // served by read-ahead are opened through their stored objects, which raises no event, so a
 // start-up profile records only the files that needed a fill; the pull after it, with those
 // fetched first, fills (and records) the files read-ahead had served.
+//
+// A program's configuration is a tree under etc/ (etc/apache2/: apache2.conf, then the .load
+// and .conf files of mods-enabled, conf-enabled and sites-enabled, each a link into a sibling
+// directory), read whole at start, file by file across its directories. So the first fill of a
+// file in etc/<name>/ also fetches that whole tree, within configBudget.
 const (
 	readaheadMin = 32 << 10 // compressed bytes of a first window
 	readaheadMax = 1 << 20  // the most a window grows to
@@ -31,6 +36,9 @@ const (
 	readaheadGrowth = 4
 	// readaheadScan bounds the entries a window looks at past the file filled.
 	readaheadScan = 512
+	// configBudget bounds the compressed bytes of a configuration tree fetched with its first
+	// fill.
+	configBudget = 256 << 10
 )
 
 // readahead chooses the files fetched with an on-demand fill of one layer.
@@ -39,6 +47,7 @@ type readahead struct {
 	pos   map[digest.Digest]int // object → index in files of the first file holding it
 	mu    sync.Mutex
 	dirs  map[string]readWindow  // directory → its last window
+	trees map[string]bool        // configuration trees fetched (configTree)
 	taken map[digest.Digest]bool // objects fetched ahead
 }
 
@@ -57,7 +66,7 @@ func newReadahead(files []chunked.File) *readahead {
 			pos[f.Entry.Digest] = i
 		}
 	}
-	return &readahead{files: files, pos: pos, dirs: map[string]readWindow{}, taken: map[digest.Digest]bool{}}
+	return &readahead{files: files, pos: pos, dirs: map[string]readWindow{}, trees: map[string]bool{}, taken: map[digest.Digest]bool{}}
 }
 
 // pick returns the files to fetch along with f: the files after it in its directory (not in
@@ -103,5 +112,50 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 		r.taken[d] = true
 	}
 	r.dirs[dir] = readWindow{start: i, endOff: endOff, size: budget}
+	if tree := configTree(f.Entry.Name); tree != "" && !r.trees[tree] {
+		r.trees[tree] = true
+		out = append(out, r.pickTree(tree, i, f.Entry.Digest, have)...)
+	}
+	return out
+}
+
+// configTree is the configuration tree (etc/<name>/) holding file name, or "" for a file
+// elsewhere (etc/'s own files included).
+func configTree(name string) string {
+	rest, ok := strings.CutPrefix(strings.TrimPrefix(name, "/"), "etc/")
+	if !ok {
+		return ""
+	}
+	top, _, ok := strings.Cut(rest, "/")
+	if !ok || top == "" || top == "." || top == ".." {
+		return ""
+	}
+	return "etc/" + top + "/"
+}
+
+// pickTree picks the files of configuration tree tree around files[i] (a layer stores a
+// directory's tree contiguously), the ones have is false for and not taken already, within
+// configBudget.
+func (r *readahead) pickTree(tree string, i int, filled digest.Digest, have func(digest.Digest) bool) []chunked.File {
+	in := func(j int) bool { return strings.HasPrefix(strings.TrimPrefix(r.files[j].Entry.Name, "/"), tree) }
+	first := i
+	for first > 0 && first > i-readaheadScan && in(first-1) {
+		first--
+	}
+	var out []chunked.File
+	var n int64
+	for j := first; j < len(r.files) && j <= i+readaheadScan && in(j); j++ {
+		g := r.files[j]
+		d := g.Entry.Digest
+		if d == filled || r.taken[d] || have(d) {
+			continue
+		}
+		if n+g.Range.Length > configBudget {
+			break
+		}
+		out = append(out, g)
+		n += g.Range.Length
+		r.taken[d] = true
+	}
 	return out
 }

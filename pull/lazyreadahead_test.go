@@ -61,7 +61,7 @@ func TestReadaheadWindows(t *testing.T) {
 	}
 	got = raNames(r.pick(byName("lib/m30"), have)) // 7 files skipped: still going through
 	if len(got) != 64 || got[0] != "lib/m31" {
-		t.Fatalf("window after a skip: %d files from %v, want the 64 from lib/m31", len(got), got[:1])
+		t.Fatalf("window after a skip: %d files (%v), want the 64 from lib/m31", len(got), got)
 	}
 	r = newReadahead(files)
 	r.pick(byName("lib/m00"), have)
@@ -78,6 +78,34 @@ func TestReadaheadWindows(t *testing.T) {
 	}
 	if got := r.pick(chunked.File{Entry: &layerfs.Entry{Name: "other", Digest: digest.FromString("?")}}, have); got != nil {
 		t.Fatalf("a file not in the layer: %v", got)
+	}
+}
+
+// TestReadaheadConfigTree: the first fill of a file in etc/<name>/ also fetches the rest of that
+// tree, subdirectories included, never another tree or etc/'s own files; later fills in the tree
+// fetch only their directory's window.
+func TestReadaheadConfigTree(t *testing.T) {
+	names := []string{"etc/aaa/x.conf", "etc/app/app.conf", "etc/app/mods/a.load", "etc/app/mods/b.load",
+		"etc/app/sites/s.conf", "etc/top.conf", "usr/bin/prog"}
+	files := raLayer(names, 1<<10)
+	r := newReadahead(files)
+	have := func(digest.Digest) bool { return false }
+	byName := func(n string) chunked.File { return files[slices.Index(names, n)] }
+	got := raNames(r.pick(byName("etc/app/mods/a.load"), have))
+	slices.Sort(got)
+	if want := []string{"etc/app/app.conf", "etc/app/mods/b.load", "etc/app/sites/s.conf"}; !slices.Equal(got, want) {
+		t.Fatalf("first fill in etc/app/: %v, want %v", got, want)
+	}
+	if got := r.pick(byName("etc/app/app.conf"), have); len(got) != 0 {
+		t.Fatalf("a later fill in the tree fetched %v again", raNames(got))
+	}
+	if got := raNames(r.pick(byName("etc/top.conf"), have)); len(got) != 0 {
+		t.Fatalf("a fill of etc/'s own file fetched %v", got)
+	}
+	for _, n := range []string{"etc/top.conf", "usr/etc/app/x", "etc/", "etc/../x/y", "/etc/app/x"} {
+		if tree := configTree(n); (n == "/etc/app/x") != (tree == "etc/app/") {
+			t.Errorf("configTree(%q) = %q", n, tree)
+		}
 	}
 }
 
