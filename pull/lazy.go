@@ -77,14 +77,16 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err != nil {
 		return nil, err
 	}
-	fetchedMeta.Store(metaKey{s.Root(), id}, &pulledMeta{layers: layers, ix: st.ix})
 	// The first files are fetched beside the placeholders and the composefs image, which need
 	// none of them: the image inlines no file, and the first files' objects get no placeholder.
+	// They are a guess made for speed: a failure is logged, and the service makes the missing
+	// placeholders before it serves.
 	var g errgroup.Group
 	first, firstObjs := firstFetches(layers, st)
 	g.Go(func() error {
 		if err := fetchFirstFiles(ctx, s, src, first, o); err != nil {
-			return err
+			o.log.Warn("lazy: the start-up files were not fetched first; they are filled on demand", "err", err)
+			return nil
 		}
 		st.fetchLoads(ctx, s, func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }, o.log)
 		return nil
@@ -93,9 +95,8 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 		// The tree mount never reads placeholders nor the composefs image, and making the
 		// placeholders is most of a start-up's time; a service of another mode makes the
 		// missing ones before it serves them, and kura mount builds a missing image.
-		if err := g.Wait(); err != nil {
-			return nil, err
-		}
+		g.Wait()
+		fetchedMeta.Store(metaKey{s.Root(), id}, &pulledMeta{layers: layers, ix: st.ix})
 		o.log.Debug("lazy: pending pull recorded; no placeholders for a tree mount", "seconds", time.Since(start).Seconds())
 		return p, nil
 	}
@@ -116,6 +117,7 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	fetchedMeta.Store(metaKey{s.Root(), id}, &pulledMeta{layers: layers, ix: st.ix})
 	o.log.Debug("lazy: pending pull recorded, placeholders and composefs image made", "seconds", time.Since(start).Seconds())
 	return p, nil
 }

@@ -51,14 +51,21 @@ func newImageFiles(layers []*lazyLayer) *imageFiles {
 
 func cleanPath(p string) string { return strings.TrimPrefix(path.Clean("/"+p), "/") }
 
-// maxSymlinkHops bounds a resolution, as the kernel's ELOOP does.
-const maxSymlinkHops = 40
+// maxSymlinkHops bounds a resolution, as the kernel's ELOOP does; maxPath the length of a path
+// resolved, as the kernel's PATH_MAX does.
+const (
+	maxSymlinkHops = 40
+	maxPath        = 4096
+)
 
 // resolve finds the regular file at p, following symlinks (and hard links) in every component;
 // directories the layers do not list are taken as plain directories.
 func (ix *imageFiles) resolve(p string) (imageEntry, bool) {
 	p = cleanPath(p)
 	for hops := 0; hops < maxSymlinkHops; hops++ {
+		if len(p) > maxPath { // ENAMETOOLONG; the walk below is quadratic in the components
+			return imageEntry{}, false
+		}
 		comps := strings.Split(p, "/")
 		next := ""
 		for i := range comps {

@@ -133,7 +133,8 @@ func TestLazyPullFetchesBaseline(t *testing.T) {
 
 // TestLazyPullFetchesStartupProgram: the pull stores the program the image's config runs (a
 // name looked up in its PATH, through the image's symlinks), the interpreter its #! line
-// names, and that one's loader and libraries; other programs are left to fills.
+// names, and that one's loader and libraries, so that running it makes no request; other
+// programs are left to fills.
 func TestLazyPullFetchesStartupProgram(t *testing.T) {
 	libdir := "usr/lib/x86_64-linux-gnu/"
 	tree := []treeFile{
@@ -141,11 +142,11 @@ func TestLazyPullFetchesStartupProgram(t *testing.T) {
 		{name: "usr/", typ: tar.TypeDir, mode: 0o755},
 		{name: "usr/bin/", typ: tar.TypeDir, mode: 0o755},
 		{name: "usr/bin/entry", typ: tar.TypeReg, mode: 0o755, content: append([]byte("#! /bin/tool -e\n"), bytes.Repeat([]byte("echo start\n"), 90)...)},
-		{name: "usr/bin/tool", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/lib64/ld-linux-x86-64.so.2", "libthree.so.3")},
-		{name: "usr/bin/other", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/lib64/ld-linux-x86-64.so.2", "libfour.so.4")},
-		{name: "lib64", typ: tar.TypeSymlink, linkname: "usr/lib64", mode: 0o777},
-		{name: "usr/lib64/", typ: tar.TypeDir, mode: 0o755},
-		{name: "usr/lib64/ld-linux-x86-64.so.2", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("ld.so "), 7000)},
+		{name: "usr/bin/tool", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/opt/rt/loader.so", "libthree.so.3")},
+		{name: "usr/bin/other", typ: tar.TypeReg, mode: 0o755, content: elftest.File("/opt/rt/loader.so", "libfour.so.4")},
+		{name: "opt/", typ: tar.TypeDir, mode: 0o755},
+		{name: "opt/rt/", typ: tar.TypeDir, mode: 0o755},
+		{name: "opt/rt/loader.so", typ: tar.TypeReg, mode: 0o755, content: bytes.Repeat([]byte("loader "), 7000)},
 		{name: "usr/lib/", typ: tar.TypeDir, mode: 0o755},
 		{name: libdir, typ: tar.TypeDir, mode: 0o755},
 		{name: libdir + "libthree.so.3", typ: tar.TypeReg, mode: 0o644, content: bytes.Repeat([]byte("libthree "), 8000)},
@@ -156,7 +157,7 @@ func TestLazyPullFetchesStartupProgram(t *testing.T) {
 		c.Config.Cmd = []string{"entry", "arg"}
 	})
 	for name, want := range map[string]bool{
-		"usr/bin/entry": true, "usr/bin/tool": true, "usr/lib64/ld-linux-x86-64.so.2": true, libdir + "libthree.so.3": true,
+		"usr/bin/entry": true, "usr/bin/tool": true, "opt/rt/loader.so": true, libdir + "libthree.so.3": true,
 		"usr/bin/other": false, libdir + "libfour.so.4": false,
 	} {
 		if got := e.s.HasObject(digest.FromBytes(e.files[name])); got != want {
@@ -165,7 +166,13 @@ func TestLazyPullFetchesStartupProgram(t *testing.T) {
 	}
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
-	e.readWhole(t, "usr/bin/entry", "stored by the pull")
+	before := len(e.reg.Proxy.BlobRequests())
+	for _, name := range []string{"usr/bin/entry", "usr/bin/tool", "opt/rt/loader.so", libdir + "libthree.so.3"} {
+		e.readWhole(t, name, "stored by the pull")
+	}
+	if n := len(e.reg.Proxy.BlobRequests()) - before; n != 0 {
+		t.Errorf("running the start-up program made %d blob requests; want 0", n)
+	}
 	close(hold)
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -28,6 +28,14 @@ import (
 // defaultPath is the PATH a runtime gives a container whose config sets none.
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+// maxPathDirs bounds the PATH directories searched for the program (a config is hostile);
+// programBudget the compressed size of a program fetched before the image is mountable (a
+// larger one is filled on demand, within the fill timeout).
+const (
+	maxPathDirs   = 64
+	programBudget = 16 << 20
+)
+
 // startup is a lazy pull's start-up program, found in its pending layers.
 type startup struct {
 	ix    *imageFiles
@@ -61,7 +69,10 @@ func newStartup(config []byte, layers []*lazyLayer) *startup {
 				dirs = v
 			}
 		}
-		for _, dir := range strings.Split(dirs, ":") {
+		for i, dir := range strings.Split(dirs, ":") {
+			if i == maxPathDirs {
+				break
+			}
 			if path.IsAbs(dir) {
 				if st.entry, st.found = st.ix.resolve(dir + "/" + name); st.found {
 					break
@@ -72,13 +83,13 @@ func newStartup(config []byte, layers []*lazyLayer) *startup {
 	return st
 }
 
-// program is the start-up program's file if layer l holds it.
+// program is the start-up program's file if layer l holds it and it is within programBudget.
 func (st *startup) program(l *lazyLayer) (chunked.File, bool) {
 	if !st.found || st.entry.l != l {
 		return chunked.File{}, false
 	}
 	f, ok := l.files[st.entry.e.Digest]
-	return f, ok
+	return f, ok && f.Range.Length <= programBudget
 }
 
 // fetchLoads fetches, level by level, the files the start-up program (stored by now) loads

@@ -212,7 +212,7 @@ func pendingLayers(ctx context.Context, s *store.Store, src source.Source, p *la
 	if err := json.Unmarshal(p.Config, &c); err != nil || len(c.RootFS.DiffIDs) != len(m.Layers) {
 		return nil, nil, fmt.Errorf("lazy pull %s: config does not list one DiffID per layer: %w", p.ID, errdefs.ErrInvalid)
 	}
-	if known := takeFetchedMeta(s, p.ID); known != nil {
+	if known := takeFetchedMeta(s, p.ID); known != nil && slices.EqualFunc(known.layers, p.Pending, func(l *lazyLayer, d digest.Digest) bool { return l.diffID == d }) {
 		return known.layers, known.ix, nil
 	}
 	prev := o.predecessors(ctx, s, p.Name, len(m.Layers))

@@ -97,7 +97,7 @@ func TestLazyPullCLIKilledAndResumed(t *testing.T) {
 	kuraOK(t, root, "mount", "app", target)
 	t.Cleanup(func() { kuraRun(t, root, "umount", target) })
 	if b, err := os.ReadFile(filepath.Join(target, "small")); err != nil || string(b) != "hi\n" {
-		t.Fatalf("inline file: %q, %v", b, err)
+		t.Fatalf("small file: %q, %v", b, err)
 	}
 	first.Process.Signal(syscall.SIGKILL)
 	first.Wait()

@@ -87,9 +87,9 @@ func MountPlan(ctx context.Context, s *store.Store, p *lazy.Pending, target stri
 }
 
 // BuildImage writes the composefs image of a pending pull into its directory (store.LazyImage),
-// through a synced temp file and a rename, so a mount finds it whole or not at all. The image depends
-// only on the entries and inlined small files the pull fetched first, never on which objects
-// are stored yet, so it stays right until the pull completes. known are the entries of pending
+// through a synced temp file and a rename, so a mount finds it whole or not at all. The image
+// inlines no file (pendingStore.OmitInline) and so depends only on the entries, never on which
+// objects are stored yet: it stays right until the pull completes. known are the entries of pending
 // layers the caller has decoded already (the pull's own), read from their TOCs otherwise. The
 // caller holds the store's shared lock.
 func BuildImage(ctx context.Context, s *store.Store, p *lazy.Pending, known map[digest.Digest][]layerfs.Entry) error {
