@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
@@ -17,7 +18,8 @@ import (
 // whole pull, nor make every other pull wait that long), frees no object the pending pull's TOC
 // names, and the pull then fills more files and completes with its DiffID.
 func TestLazyGCWhilePending(t *testing.T) {
-	e, p := newLazyEnv(t)
+	// The config's program is stored by the pull itself (a fill's commit follows its reader).
+	e, p := newLazyEnvOf(t, genTree(0), func(c *ocispec.Image) { c.Config.Cmd = []string{"/etc/version"} })
 	hold := make(chan struct{})
 	done := e.serve(t, context.Background(), p, WithBackgroundHeld(hold))
 	e.readWhole(t, "usr/lib/big.so", "through the mount")
@@ -32,7 +34,7 @@ func TestLazyGCWhilePending(t *testing.T) {
 		}
 	}
 	if len(stored) == 0 {
-		t.Fatal("no object of the pending layer is stored after a fill")
+		t.Fatal("no object of the pending layer is stored after the pull")
 	}
 
 	gcStore, err := store.Open(e.s.Root())
