@@ -226,19 +226,14 @@ func TestTreeWithoutDigests(t *testing.T) {
 	s := teststore.Open(t, teststore.With(store.WithVerity()))
 	img := importImage(t, s, testLayers(t))
 	count := func(root *composefs.Node) (files, digests int) {
-		var walk func(n *composefs.Node)
-		walk = func(n *composefs.Node) {
-			if n.Payload != "" && n.Mode&unix.S_IFMT == unix.S_IFREG {
+		walkRegular(root, func(n *composefs.Node) {
+			if n.Payload != "" {
 				files++
 				if n.Digest != nil {
 					digests++
 				}
 			}
-			for _, c := range n.Children() {
-				walk(c)
-			}
-		}
-		walk(root)
+		})
 		return files, digests
 	}
 	with, err := Tree(context.Background(), s, img)
@@ -280,19 +275,14 @@ func TestTreeWithoutInline(t *testing.T) {
 	s := teststore.Open(t)
 	img := importImage(t, s, testLayers(t))
 	count := func(root *composefs.Node) (small, inline int) {
-		var walk func(n *composefs.Node)
-		walk = func(n *composefs.Node) {
-			if n.Mode&unix.S_IFMT == unix.S_IFREG && n.Size > 0 && n.Size <= composefs.InlineThreshold {
+		walkRegular(root, func(n *composefs.Node) {
+			if n.Size > 0 && n.Size <= composefs.InlineThreshold {
 				small++
 				if n.Content != nil && n.Payload == "" {
 					inline++
 				}
 			}
-			for _, c := range n.Children() {
-				walk(c)
-			}
-		}
-		walk(root)
+		})
 		return small, inline
 	}
 	with, err := Tree(context.Background(), s, img)
@@ -312,5 +302,15 @@ func TestTreeWithoutInline(t *testing.T) {
 	}
 	if n, in := count(without); n == 0 || in != 0 {
 		t.Fatalf("without inlining: %d of %d small files inline; want none", in, n)
+	}
+}
+
+// walkRegular calls fn on every regular file of the tree under n.
+func walkRegular(n *composefs.Node, fn func(*composefs.Node)) {
+	if n.Mode&unix.S_IFMT == unix.S_IFREG {
+		fn(n)
+	}
+	for _, c := range n.Children() {
+		walkRegular(c, fn)
 	}
 }
