@@ -51,7 +51,7 @@ func inBaseline(name string) bool {
 		if !strings.HasPrefix(base, baselineBaseStarts[i]) {
 			continue
 		}
-		if ok, _ := path.Match(p, strings.TrimPrefix(path.Clean("/"+name), "/")); ok {
+		if ok, _ := path.Match(p, cleanPath(name)); ok {
 			return true
 		}
 	}

@@ -68,7 +68,7 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 	}
 	fl := &fetchedFill{o: o, unlock: unlock, opened: map[digest.Digest]*os.File{}}
 	fl.add(files, batch)
-	o.fetchLibraries(ctx, f, fl)
+	o.fetchLibraries(ctx, l, f, fl)
 	return fl, nil
 }
 

@@ -1,7 +1,9 @@
 package pull
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"path"
 	"strings"
 
@@ -17,8 +19,9 @@ import (
 // theirs, one after another, and each open of a file the store lacks is a fill: a round trip
 // to the registry while the program waits (dash, then ld.so and libc; libaprutil, then libexpat,
 // libcrypt and libuuid). So a fill of an ELF file also fetches, before the reader goes on, the
-// files ld.so will load for it that the store lacks, one request per level of dependencies
-// instead of one per library. The files are found as ld.so finds them by default (no
+// files ld.so will load for it that the store lacks (a script's: its #! interpreter and what that
+// loads), one request per level of dependencies instead of one per library; the lazy pull does
+// the same for the image's start-up program (lazyprogram.go). The files are found as ld.so finds them by default (no
 // ld.so.cache, RPATH or LD_LIBRARY_PATH): PT_INTERP by its path, DT_NEEDED names in the
 // machine's multiarch directories, then lib64, lib and their usr/ twins, following the image's
 // symlinks. All of it is a guess made for speed: a library not found, a file that is not ELF or a
@@ -99,9 +102,9 @@ func (ix *imageFiles) resolve(p string) (imageEntry, bool) {
 	return imageEntry{}, false
 }
 
-// loads lists the files ld.so would open for an ELF file with info: its interpreter, and the
+// loadsOf lists the files ld.so would open for an ELF file with info: its interpreter, and the
 // first file found for each needed library.
-func (ix *imageFiles) loads(info ldso.Info) []imageEntry {
+func (ix *imageFiles) loadsOf(info ldso.Info) []imageEntry {
 	var out []imageEntry
 	if info.Interp != "" {
 		if ent, ok := ix.resolve(info.Interp); ok {
@@ -123,61 +126,99 @@ func (ix *imageFiles) loads(info ldso.Info) []imageEntry {
 	return out
 }
 
-// fetchLibraries fetches, level by level, the files ld.so loads for first (fetched by fl)
-// that the store lacks and no fill holds, into fl.
-func (o *onDemand) fetchLibraries(ctx context.Context, first chunked.File, fl *fetchedFill) {
+// fetchLibraries fetches, level by level, the files running first (fetched by fl) loads that
+// the store lacks and no fill holds, into fl.
+func (o *onDemand) fetchLibraries(ctx context.Context, l *lazyLayer, first chunked.File, fl *fetchedFill) {
 	o.libsOnce.Do(func() {
 		if o.libs == nil { // PullLazy of this process made it (pendingLayers)
 			o.libs = newImageFiles(o.ordered)
 		}
 	})
-	queue := []chunked.File{first}
-	seen := map[digest.Digest]bool{first.Entry.Digest: true}
+	open := func(d digest.Digest) (*os.File, error) {
+		if r, err := fl.Open(d); err == nil {
+			return r, nil
+		}
+		return o.s.Open(ctx, d)
+	}
+	held := func(d digest.Digest) bool { return o.s.HasObject(d) || o.inFlight(d) != nil }
+	err := o.libs.fetchLoads(ctx, imageEntry{l: l, e: first.Entry}, open, held, func(l *lazyLayer, files []chunked.File) error {
+		batch, _, err := layer.FetchObjects(ctx, o.s, files, o.fetcher(l))
+		if err == nil {
+			fl.add(files, batch)
+		}
+		return err
+	})
+	if err != nil {
+		o.log.Debug("lazy: libraries not fetched ahead", "program", first.Entry.Name, "err", err)
+	}
+}
+
+// fetchLoads walks, level by level from first, what running it loads (loads) and hands each
+// level's files that held is false for to fetch, a layer at a time, within libraryLevels and
+// libraryBudget; open reads a file of the walk. A fetch error ends the walk.
+func (ix *imageFiles) fetchLoads(ctx context.Context, first imageEntry, open func(digest.Digest) (*os.File, error), held func(digest.Digest) bool, fetch func(*lazyLayer, []chunked.File) error) error {
+	queue := []imageEntry{first}
+	seen := map[digest.Digest]bool{first.e.Digest: true}
 	var spent int64
 	for level := 0; level < libraryLevels && len(queue) > 0 && ctx.Err() == nil; level++ {
 		byLayer := map[*lazyLayer][]chunked.File{}
 		var order []*lazyLayer
-		for _, f := range queue {
-			for _, ent := range o.libs.loads(o.elfOf(fl, f)) {
-				d := ent.e.Digest
-				g, ok := ent.l.files[d]
-				if !ok || seen[d] || o.s.HasObject(d) || o.inFlight(d) != nil || spent+g.Range.Length > libraryBudget {
+		var next []imageEntry
+		for _, ent := range queue {
+			for _, dep := range ix.loads(open, ent) {
+				d := dep.e.Digest
+				f, ok := dep.l.files[d]
+				if !ok || seen[d] || spent+f.Range.Length > libraryBudget {
 					continue
 				}
 				seen[d] = true
-				spent += g.Range.Length
-				if _, ok := byLayer[ent.l]; !ok {
-					order = append(order, ent.l)
+				next = append(next, dep) // a stored library's own libraries may be missing
+				if held(d) {
+					continue
 				}
-				byLayer[ent.l] = append(byLayer[ent.l], g)
+				spent += f.Range.Length
+				if _, ok := byLayer[dep.l]; !ok {
+					order = append(order, dep.l)
+				}
+				byLayer[dep.l] = append(byLayer[dep.l], f)
 			}
 		}
-		queue = nil
 		for _, l := range order {
-			files := byLayer[l]
-			batch, _, err := layer.FetchObjects(ctx, o.s, files, o.fetcher(l))
-			if err != nil {
-				o.log.Debug("lazy: libraries not fetched ahead", "program", first.Entry.Name, "err", err)
-				return
+			if err := fetch(l, byLayer[l]); err != nil {
+				return err
 			}
-			fl.add(files, batch)
-			queue = append(queue, files...)
 		}
+		queue = next
 	}
+	return nil
 }
 
-// elfOf reads what ld.so loads for f, from the fill that fetched it (or the store).
-func (o *onDemand) elfOf(fl *fetchedFill, f chunked.File) ldso.Info {
-	r, err := fl.Open(f.Entry.Digest)
+// maxShebang bounds the first line of a script read for its interpreter (the kernel's
+// BINPRM_BUF_SIZE is 256).
+const maxShebang = 256
+
+// loads lists what running file ent (read through open) loads: a script's interpreter, or an
+// ELF file's interpreter and libraries (loadsOf).
+func (ix *imageFiles) loads(open func(digest.Digest) (*os.File, error), ent imageEntry) []imageEntry {
+	r, err := open(ent.e.Digest)
 	if err != nil {
-		if r, err = o.s.Open(context.Background(), f.Entry.Digest); err != nil {
-			return ldso.Info{}
-		}
+		return nil
 	}
 	defer r.Close()
-	info, err := ldso.Needs(r, f.Entry.Size)
-	if err != nil {
-		o.log.Debug("lazy: not read as a program", "file", f.Entry.Name, "err", err)
+	head := make([]byte, maxShebang)
+	n, _ := r.ReadAt(head, 0)
+	if line, ok := bytes.CutPrefix(head[:n], []byte("#!")); ok {
+		line, _, _ = bytes.Cut(line, []byte("\n"))
+		if f := strings.Fields(string(line)); len(f) > 0 && path.IsAbs(f[0]) {
+			if interp, ok := ix.resolve(f[0]); ok {
+				return []imageEntry{interp}
+			}
+		}
+		return nil
 	}
-	return info
+	info, err := ldso.Needs(r, ent.e.Size)
+	if err != nil {
+		return nil // not read as a program: nothing to fetch with it
+	}
+	return ix.loadsOf(info)
 }

@@ -48,7 +48,7 @@ func TestImageFilesResolve(t *testing.T) {
 			t.Errorf("resolve(%q) found nothing; want the file %q", p, want)
 		}
 	}
-	found := ix.loads(ldso.Info{Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libone.so.1", "libnone.so", "../evil.so"}, Machine: elf.EM_X86_64})
+	found := ix.loadsOf(ldso.Info{Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libone.so.1", "libnone.so", "../evil.so"}, Machine: elf.EM_X86_64})
 	if len(found) != 2 || found[0].e.Digest != digest.FromString("ld") || found[1].e.Digest != digest.FromString("one") {
 		t.Fatalf("loads found %d files; want the interpreter and libone", len(found))
 	}

@@ -1,10 +1,10 @@
 package pull
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -13,7 +13,6 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/kura-oci/kura/chunked"
-	"github.com/kura-oci/kura/lazy/ldso"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/store/layer"
 )
@@ -21,8 +20,8 @@ import (
 // The start-up program of a lazy pull. A container runs its image's entrypoint (the config's
 // Entrypoint, else its Cmd) before anything else, so a lazy pull fetches that program with the
 // first files, and then, beside the placeholders, what it loads: a script's interpreter (#!)
-// and an ELF file's libraries, level by level, as fetchLibraries does for a program filled on
-// demand. Like the baseline it is a guess made for speed: a program not found or a file not
+// and an ELF file's libraries, level by level (imageFiles.fetchLoads, as for a program filled on
+// demand). Like the baseline it is a guess made for speed: a program not found or a file not
 // parsed costs a log line at most, and what was not fetched is filled on demand.
 
 // defaultPath is the PATH a runtime gives a container whose config sets none.
@@ -92,74 +91,18 @@ func (st *startup) program(l *lazyLayer) (chunked.File, bool) {
 	return f, ok && f.Range.Length <= programBudget
 }
 
-// fetchLoads fetches, level by level, the files the start-up program (stored by now) loads
-// that the store lacks: its interpreter, its libraries and theirs.
+// fetchLoads fetches what the start-up program (stored by now) loads that the store lacks: its
+// interpreter, its libraries and theirs (imageFiles.fetchLoads).
 func (st *startup) fetchLoads(ctx context.Context, s *store.Store, fetcher sourceFetch, log *slog.Logger) {
 	if !st.found {
 		return
 	}
-	queue := []imageEntry{st.entry}
-	seen := map[digest.Digest]bool{st.entry.e.Digest: true}
-	var spent int64
-	for level := 0; level < libraryLevels && len(queue) > 0 && ctx.Err() == nil; level++ {
-		byLayer := map[*lazyLayer][]chunked.File{}
-		var order []*lazyLayer
-		var next []imageEntry
-		for _, ent := range queue {
-			for _, dep := range st.loads(ctx, s, ent) {
-				d := dep.e.Digest
-				f, ok := dep.l.files[d]
-				if !ok || seen[d] || spent+f.Range.Length > libraryBudget {
-					continue
-				}
-				seen[d] = true
-				next = append(next, dep)
-				if s.HasObject(d) {
-					continue
-				}
-				spent += f.Range.Length
-				if _, ok := byLayer[dep.l]; !ok {
-					order = append(order, dep.l)
-				}
-				byLayer[dep.l] = append(byLayer[dep.l], f)
-			}
-		}
-		for _, l := range order {
-			if _, err := layer.FetchFiles(ctx, s, byLayer[l], fetcher(l)); err != nil {
-				log.Debug("lazy: the start-up program's libraries not fetched", "program", st.entry.e.Name, "err", err)
-				return
-			}
-		}
-		queue = next
-	}
-}
-
-// maxShebang bounds the first line of a script read for its interpreter (the kernel's
-// BINPRM_BUF_SIZE is 256).
-const maxShebang = 256
-
-// loads lists what running the stored file ent loads: a script's interpreter, or an ELF
-// file's interpreter and libraries.
-func (st *startup) loads(ctx context.Context, s *store.Store, ent imageEntry) []imageEntry {
-	r, err := s.Open(ctx, ent.e.Digest)
+	open := func(d digest.Digest) (*os.File, error) { return s.Open(ctx, d) }
+	err := st.ix.fetchLoads(ctx, st.entry, open, s.HasObject, func(l *lazyLayer, files []chunked.File) error {
+		_, err := layer.FetchFiles(ctx, s, files, fetcher(l))
+		return err
+	})
 	if err != nil {
-		return nil
+		log.Debug("lazy: the start-up program's libraries not fetched", "program", st.entry.e.Name, "err", err)
 	}
-	defer r.Close()
-	head := make([]byte, maxShebang)
-	n, _ := r.ReadAt(head, 0)
-	if line, ok := bytes.CutPrefix(head[:n], []byte("#!")); ok {
-		line, _, _ = bytes.Cut(line, []byte("\n"))
-		if f := strings.Fields(string(line)); len(f) > 0 && path.IsAbs(f[0]) {
-			if interp, ok := st.ix.resolve(f[0]); ok {
-				return []imageEntry{interp}
-			}
-		}
-		return nil
-	}
-	info, err := ldso.Needs(r, ent.e.Size)
-	if err != nil {
-		return nil
-	}
-	return st.ix.loads(info)
 }

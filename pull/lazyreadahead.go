@@ -122,12 +122,12 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 // configTree is the configuration tree (etc/<name>/) holding file name, or "" for a file
 // elsewhere (etc/'s own files included).
 func configTree(name string) string {
-	rest, ok := strings.CutPrefix(strings.TrimPrefix(name, "/"), "etc/")
+	rest, ok := strings.CutPrefix(cleanPath(name), "etc/")
 	if !ok {
 		return ""
 	}
 	top, _, ok := strings.Cut(rest, "/")
-	if !ok || top == "" || top == "." || top == ".." {
+	if !ok {
 		return ""
 	}
 	return "etc/" + top + "/"
