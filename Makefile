@@ -22,9 +22,8 @@ $(TESTCHECK): $(wildcard internal/testcheck/*.go)
 RACE_PKGS := ./chunked/... ./pull/... ./push/... ./registry/... ./store/... ./ociimport/... ./progress/...
 # Left out of the race step only (they run in test-unit): measurements and kill drills that are
 # single-threaded where it counts and take minutes under -race (dedup of ten /usr/bin trees, kill -9
-# of imports, the 512 MiB memory bound), and resident-memory bounds, which the race detector's
-# shadow memory makes meaningless (a refused tar-split bomb measured 90 MiB there, under 48 without).
-RACE_SKIP := ^(TestDedupVariants|TestCrashDuringImport|TestConvertMemoryBounded|TestTarSplitBlankLinesStreamed)$$
+# of imports, the 512 MiB memory bound).
+RACE_SKIP := ^(TestDedupVariants|TestCrashDuringImport|TestConvertMemoryBounded)$$
 
 all: build
 
