@@ -90,7 +90,7 @@ func (s *Store) FsckWith(ctx context.Context, opts FsckOptions) (FsckReport, err
 	}
 	defer unlock()
 	f := &fsck{s: s, x: x, opts: opts}
-	for _, step := range []func(context.Context) error{f.objects, f.variants, f.records, f.lazy, f.temps, f.totals} {
+	for _, step := range []func(context.Context) error{f.objects, f.variants, f.records, f.imageSummaries, f.lazy, f.temps, f.totals} {
 		if err := step(ctx); err != nil {
 			return f.r, err
 		}

@@ -324,7 +324,7 @@ func (s *Store) Usage(ctx context.Context, opts ...UsageOption) (Usage, error) {
 	u.Physical = u.ObjectBytes + u.MetadataBytes
 	u.Allocated += u.ObjectAllocated
 
-	if u.Images, err = s.imageSummaries(ctx); err != nil {
+	if u.Images, err = s.imageUsages(ctx); err != nil {
 		return u, err
 	}
 	for _, iu := range u.Images {
@@ -340,7 +340,7 @@ func (s *Store) Usage(ctx context.Context, opts ...UsageOption) (Usage, error) {
 // the composefs images and the chunk index (with its journal). It costs a stat per record, which
 // grows with the images and layers, not with their objects.
 func (s *Store) metadataBytes() (size, alloc int64) {
-	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile} {
+	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile, imageSummariesFile} {
 		filepath.WalkDir(filepath.Join(s.root, d), func(_ string, e os.DirEntry, err error) error {
 			if err == nil && !e.IsDir() {
 				if fi, err := e.Info(); err == nil {
@@ -399,21 +399,9 @@ func (s *Store) uniqueBytes(ctx context.Context, imgs []ImageUsage) error {
 	return nil
 }
 
-// ImageSummaries lists the images with their names and logical sizes (Unique is left zero): what
-// `kura images` shows, from the image and layer records alone, with no object walk and no TOC
-// decoded, so listing costs the number of images and layers, not the bytes of the store's
-// metadata as Usage does. It takes the shared lock.
-func (s *Store) ImageSummaries(ctx context.Context) ([]ImageUsage, error) {
-	unlock, err := s.RLock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	return s.imageSummaries(ctx)
-}
-
-// imageSummaries is ImageSummaries under a lock the caller holds.
-func (s *Store) imageSummaries(ctx context.Context) ([]ImageUsage, error) {
+// imageUsages lists the images with their names and logical sizes (Unique left zero), from
+// the records, under a lock the caller holds.
+func (s *Store) imageUsages(ctx context.Context) ([]ImageUsage, error) {
 	refs, err := s.Refs(ctx)
 	if err != nil {
 		return nil, err
@@ -435,16 +423,8 @@ func (s *Store) imageSummaries(ctx context.Context) ([]ImageUsage, error) {
 		}
 		sort.Strings(names[id])
 		iu := ImageUsage{Image: img, Names: names[id]}
-		for _, l := range img.Layers {
-			size, ok := layerSize[l]
-			if !ok {
-				meta, err := s.Layer(ctx, l)
-				if err != nil {
-					return nil, err
-				}
-				size, layerSize[l] = meta.ContentSize, meta.ContentSize
-			}
-			iu.Logical += size
+		if iu.Logical, err = s.logicalSize(ctx, img, layerSize); err != nil {
+			return nil, err
 		}
 		out = append(out, iu)
 	}

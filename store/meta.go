@@ -19,9 +19,11 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/internal/digests"
 	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/verity"
 )
@@ -638,14 +640,20 @@ func (x *Exclusive) DeleteLayer(ctx context.Context, diffID digest.Digest) error
 }
 
 func listDigests(dir string) ([]digest.Digest, error) {
-	ents, err := os.ReadDir(dir)
+	f, err := os.Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	var out []digest.Digest
-	for _, e := range ents {
-		d := digest.NewDigestFromEncoded(digest.SHA256, e.Name())
-		if d.Validate() == nil {
+	names, err := f.Readdirnames(-1) // names only: os.ReadDir makes an entry of each
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	out := make([]digest.Digest, 0, len(names))
+	for _, name := range names {
+		d := digest.NewDigestFromEncoded(digest.SHA256, name)
+		if digests.IsSHA256(d) {
 			out = append(out, d)
 		}
 	}
@@ -844,32 +852,84 @@ func (s *Metadata) Ref(ctx context.Context, name string) (digest.Digest, error) 
 		}
 		return "", fmt.Errorf("ref %s: %w", name, err)
 	}
-	d, err := digest.Parse(strings.TrimSpace(string(b)))
+	return parseRef(name, b)
+}
+
+// parseRef parses the content of ref name's file.
+func parseRef(name string, b []byte) (digest.Digest, error) {
+	d, err := digests.ParseSHA256(strings.TrimSpace(string(b)))
 	if err != nil {
 		return "", fmt.Errorf("ref %s: %v: %w", name, err, errdefs.ErrInvalid)
 	}
 	return d, nil
 }
 
-// Refs maps every ref name to its image.
+// Refs maps every ref name to its image. Each file is read with three system calls (open
+// relative to refs/, read, close): os.ReadFile's nine made listing a store's images grow with
+// its names.
 func (s *Metadata) Refs(ctx context.Context) (map[string]digest.Digest, error) {
-	ents, err := os.ReadDir(filepath.Join(s.root, dirRefs))
+	dir, err := os.Open(filepath.Join(s.root, dirRefs))
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]digest.Digest{}
-	for _, e := range ents {
-		name, err := url.PathUnescape(e.Name())
+	defer dir.Close()
+	files, err := dir.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	dirFD := int(dir.Fd())
+	out := make(map[string]digest.Digest, len(files))
+	var buf [2 * maxRefFile]byte
+	for _, file := range files {
+		name, err := url.PathUnescape(file)
 		if err != nil {
 			continue // fsck reports it
 		}
-		d, err := s.Ref(ctx, name)
-		if err != nil {
+		if err := checkRefName(name); err != nil {
 			return nil, err
 		}
-		out[name] = d
+		n, err := readSmall(dirFD, file, buf[:])
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			continue // removed since the listing
+		case err != nil:
+			return nil, fmt.Errorf("ref %s: %w", name, err)
+		case n == len(buf):
+			return nil, fmt.Errorf("ref %s: over %d bytes: %w", name, maxRefFile, errdefs.ErrInvalid)
+		}
+		if out[name], err = parseRef(name, buf[:n]); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
+}
+
+// maxRefFile is the size of a ref file: a digest and a newline.
+const maxRefFile = len("sha512:") + 128 + 1
+
+// readSmall reads file name of directory dirFD into buf, up to len(buf) bytes, without
+// following a symbolic link.
+func readSmall(dirFD int, name string, buf []byte) (int, error) {
+	fd, err := unix.Openat(dirFD, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		k, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if k == 0 {
+			break
+		}
+		n += k
+	}
+	return n, nil
 }
 
 // DeleteRef removes a ref; the image stays until gc. It needs only the shared lock: a ref is

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -93,22 +94,9 @@ func runImages(cmd *cobra.Command, o imagesOptions) error {
 		return err
 	}
 	jsonOut := global.json || o.format == "json"
-	// Only the JSON has uniqueBytes, which needs every layer's objects (Usage); the table and
-	// templates list from the records alone, at a cost that does not grow with the store's bytes.
-	list := s.ImageSummaries
-	if jsonOut {
-		list = func(ctx context.Context) ([]store.ImageUsage, error) {
-			u, err := s.Usage(ctx, store.WithUniqueBytes())
-			return u.Images, err
-		}
-	}
-	images, err := list(cmd.Context())
+	rows, err := listImages(cmd.Context(), s, jsonOut)
 	if err != nil {
 		return err
-	}
-	rows := make([]imageRow, 0, len(images))
-	for _, iu := range images {
-		rows = append(rows, imageRow{Names: orEmpty(iu.Names), ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
 	}
 	// Newest first, as podman lists them; then by name for a stable order.
 	sort.SliceStable(rows, func(i, j int) bool {
@@ -120,21 +108,50 @@ func runImages(cmd *cobra.Command, o imagesOptions) error {
 	if rows, err = match(rows); err != nil {
 		return err
 	}
-	out := cmd.OutOrStdout()
+	// Buffered: the table's writer writes each cell apart, a system call each on a terminal.
+	out := bufio.NewWriter(cmd.OutOrStdout())
 	switch {
 	case jsonOut:
-		return printJSON(out, rows)
+		err = printJSON(out, rows)
 	case o.quiet:
 		for _, r := range rows {
 			fmt.Fprintln(out, imageID(r.ID, o.noTrunc))
 		}
-		return nil
+	case tmpl == nil:
+		err = printImageTable(out, imageLines(rows, o.noTrunc, time.Now()), o.digests)
+	default:
+		err = printImageTemplate(out, tmpl, o.format, table, imageLines(rows, o.noTrunc, time.Now()))
 	}
-	lines := imageLines(rows, o.noTrunc, time.Now())
-	if tmpl == nil {
-		return printImageTable(out, lines, o.digests)
+	if err != nil {
+		return err
 	}
-	return printImageTemplate(out, tmpl, o.format, table, lines)
+	return out.Flush()
+}
+
+// listImages lists the rows of `kura images`. Only the JSON has uniqueBytes, which needs every
+// layer's objects (Usage); the table and templates list the store's image summaries, at a cost
+// that grows with neither the store's bytes nor its images' records.
+func listImages(ctx context.Context, s *store.Store, unique bool) ([]imageRow, error) {
+	if unique {
+		u, err := s.Usage(ctx, store.WithUniqueBytes())
+		if err != nil {
+			return nil, err
+		}
+		rows := make([]imageRow, 0, len(u.Images))
+		for _, iu := range u.Images {
+			rows = append(rows, imageRow{Names: orEmpty(iu.Names), ID: iu.Image.ID, Created: iu.Image.Created, Logical: iu.Logical, Unique: iu.Unique, Layers: len(iu.Image.Layers)})
+		}
+		return rows, nil
+	}
+	sums, err := s.ImageSummaries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]imageRow, 0, len(sums))
+	for _, is := range sums {
+		rows = append(rows, imageRow{Names: orEmpty(is.Names), ID: is.ID, Created: is.Created, Logical: is.Logical, Layers: is.Layers})
+	}
+	return rows, nil
 }
 
 // imageID is the ID as podman shows it: 12 hex digits, or the whole digest with --no-trunc.
