@@ -48,8 +48,8 @@ func TestImageSummaries(t *testing.T) {
 }
 
 // TestImageSummariesCached: the listing writes the summaries file and then reads it (a row
-// changed by hand shows, and fsck reports it; repair removes it); an image stored or removed
-// since, or a damaged file, makes the listing read the records and write the file anew.
+// changed by hand shows, and fsck reports it; repair removes it); recording an image adds its row;
+// an image removed since, or a damaged file, makes the listing write the file anew.
 func TestImageSummariesCached(t *testing.T) {
 	ctx := context.Background()
 	s := teststore.Open(t)
@@ -112,6 +112,9 @@ func TestImageSummariesCached(t *testing.T) {
 		t.Fatal(err)
 	}
 	three := teststore.Named(t, s, "three", tarOf(t, map[string][]byte{"b": []byte("third")}))
+	if rows := summaryRows(t, path); rows != 3 {
+		t.Fatalf("summaries file has %d rows after storing three; want one's left-over row, two's and three's", rows)
+	}
 	got := listed(t, s)
 	if _, ok := got[one.ID]; ok || len(got) != 2 || !sameSummary(got[two.ID], want[two.ID]) || got[three.ID].Logical != int64(len("third")) {
 		t.Fatalf("listing after removing one and storing three: %+v", got)

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -88,17 +90,36 @@ func (s *Store) ImageSummaries(ctx context.Context) ([]ImageSummary, error) {
 
 // imageSummary is an image's summary from its records (no names); layerSize caches the layers'
 // content sizes across calls.
-func (s *Store) imageSummary(ctx context.Context, id digest.Digest, layerSize map[digest.Digest]int64) (ImageSummary, error) {
+func (s *Metadata) imageSummary(ctx context.Context, id digest.Digest, layerSize map[digest.Digest]int64) (ImageSummary, error) {
 	img, err := s.Image(ctx, id)
 	if err != nil {
 		return ImageSummary{}, err
 	}
+	return s.summaryOf(ctx, img, layerSize)
+}
+
+func (s *Metadata) summaryOf(ctx context.Context, img Image, layerSize map[digest.Digest]int64) (ImageSummary, error) {
 	logical, err := s.logicalSize(ctx, img, layerSize)
-	return ImageSummary{ID: id, Created: img.Created, Layers: len(img.Layers), Logical: logical}, err
+	return ImageSummary{ID: img.ID, Created: img.Created, Layers: len(img.Layers), Logical: logical}, err
+}
+
+// addImageSummary adds the row of an image just recorded to imageSummariesFile, so that the
+// listing after a pull reads no record. Only a file that exists and parses is added to (else the
+// next listing writes it whole), and a failure only leaves the row to that listing.
+func (s *Metadata) addImageSummary(ctx context.Context, img Image) {
+	cached, err := s.readImageSummaries()
+	if err != nil {
+		return
+	}
+	if cached[img.ID], err = s.summaryOf(ctx, img, map[digest.Digest]int64{}); err != nil {
+		return
+	}
+	sums := slices.SortedFunc(maps.Values(cached), func(a, b ImageSummary) int { return strings.Compare(string(a.ID), string(b.ID)) })
+	_ = s.writeImageSummaries(sums)
 }
 
 // logicalSize is the sum of the content sizes of img's layers; layerSize caches them across calls.
-func (s *Store) logicalSize(ctx context.Context, img Image, layerSize map[digest.Digest]int64) (int64, error) {
+func (s *Metadata) logicalSize(ctx context.Context, img Image, layerSize map[digest.Digest]int64) (int64, error) {
 	var n int64
 	for _, l := range img.Layers {
 		size, ok := layerSize[l]
@@ -116,7 +137,7 @@ func (s *Store) logicalSize(ctx context.Context, img Image, layerSize map[digest
 
 // readImageSummaries reads imageSummariesFile: ErrNotExist when there is none, another error when
 // it does not parse.
-func (s *Store) readImageSummaries() (map[digest.Digest]ImageSummary, error) {
+func (s *Metadata) readImageSummaries() (map[digest.Digest]ImageSummary, error) {
 	b, err := os.ReadFile(filepath.Join(s.root, imageSummariesFile))
 	if err != nil {
 		return nil, err
@@ -199,7 +220,7 @@ func formatImageSummaries(sums []ImageSummary) []byte {
 	return append(b, '\n')
 }
 
-func (s *Store) writeImageSummaries(sums []ImageSummary) error {
+func (s *Metadata) writeImageSummaries(sums []ImageSummary) error {
 	return writeFileAtomic(filepath.Join(s.root, dirTmp), filepath.Join(s.root, imageSummariesFile), formatImageSummaries(sums), 0o444)
 }
 

@@ -710,6 +710,7 @@ func (s *Metadata) PutImage(ctx context.Context, manifest, config []byte, opts .
 	if err := s.commitDir(dir, map[string][]byte{imageJSON: meta, manifestJSON: manifest, configJSON: config}); err != nil {
 		return Image{}, fmt.Errorf("writing image %s: %w", img.ID, err)
 	}
+	s.addImageSummary(ctx, img)
 	return img, nil
 }
 
