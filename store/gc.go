@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -337,7 +336,7 @@ func (s *Store) Usage(ctx context.Context, opts ...UsageOption) (Usage, error) {
 }
 
 // metadataBytes sums the apparent and allocated sizes of everything but objects: records, refs,
-// the composefs images and the chunk index (with its journal). It costs a stat per record, which
+// the composefs images, the chunk index (with its journal) and the image summaries. It costs a stat per record, which
 // grows with the images and layers, not with their objects.
 func (s *Store) metadataBytes() (size, alloc int64) {
 	for _, d := range []string{dirLayers, dirImages, dirRefs, dirCompose, chunkIndexFile, chunkJournalFile, imageSummariesFile} {
@@ -402,13 +401,9 @@ func (s *Store) uniqueBytes(ctx context.Context, imgs []ImageUsage) error {
 // imageUsages lists the images with their names and logical sizes (Unique left zero), from
 // the records, under a lock the caller holds.
 func (s *Store) imageUsages(ctx context.Context) ([]ImageUsage, error) {
-	refs, err := s.Refs(ctx)
+	names, err := s.NamesByImage(ctx)
 	if err != nil {
 		return nil, err
-	}
-	names := map[digest.Digest][]string{}
-	for n, id := range refs {
-		names[id] = append(names[id], n)
 	}
 	ids, err := s.Images(ctx)
 	if err != nil {
@@ -421,7 +416,6 @@ func (s *Store) imageUsages(ctx context.Context) ([]ImageUsage, error) {
 		if err != nil {
 			return nil, err
 		}
-		sort.Strings(names[id])
 		iu := ImageUsage{Image: img, Names: names[id]}
 		if iu.Logical, err = s.logicalSize(ctx, img, layerSize); err != nil {
 			return nil, err

@@ -124,6 +124,23 @@ func TestImageSummariesCached(t *testing.T) {
 	}
 }
 
+// TestImageSummariesDamagedWithoutImages: a damaged file is written anew even when no image is
+// missing from it (there are none), so that fsck stops reporting it.
+func TestImageSummariesDamagedWithoutImages(t *testing.T) {
+	s := teststore.Open(t)
+	path := filepath.Join(s.Root(), "image-summaries")
+	writeForged(t, path, "kura-image-summaries 1\nend 7\n")
+	if got := listed(t, s); len(got) != 0 {
+		t.Fatalf("listed %d images in an empty store", len(got))
+	}
+	if b, err := os.ReadFile(path); err != nil || string(b) != "kura-image-summaries 1\nend 0\n" {
+		t.Fatalf("summaries file after the listing: %q, %v", b, err)
+	}
+	if r, err := s.Fsck(context.Background(), false); err != nil || !r.Clean() {
+		t.Fatalf("fsck: %v, problems %q", err, r.Problems)
+	}
+}
+
 // listed is ImageSummaries by ID, names left out.
 func listed(t *testing.T, s *store.Store) map[digest.Digest]store.ImageSummary {
 	t.Helper()
@@ -151,7 +168,7 @@ func summaryRows(t *testing.T, path string) int {
 
 func writeForged(t *testing.T, path, content string) {
 	t.Helper()
-	if err := os.Remove(path); err != nil {
+	if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(path, []byte(content), 0o444); err != nil {

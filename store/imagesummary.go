@@ -55,19 +55,15 @@ func (s *Store) ImageSummaries(ctx context.Context) ([]ImageSummary, error) {
 		return nil, err
 	}
 	defer unlock()
-	refs, err := s.Refs(ctx)
+	names, err := s.NamesByImage(ctx)
 	if err != nil {
 		return nil, err
-	}
-	names := map[digest.Digest][]string{}
-	for n, id := range refs {
-		names[id] = append(names[id], n)
 	}
 	ids, err := s.Images(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cached, _ := s.readImageSummaries()
+	cached, cerr := s.readImageSummaries()
 	layerSize := map[digest.Digest]int64{}
 	out := make([]ImageSummary, 0, len(ids))
 	hits := 0
@@ -79,13 +75,29 @@ func (s *Store) ImageSummaries(ctx context.Context) ([]ImageSummary, error) {
 			return nil, err
 		}
 		sum.Names = names[id]
-		slices.Sort(sum.Names)
 		out = append(out, sum)
 	}
-	if (hits != len(ids) || hits != len(cached)) && !s.readOnly {
+	damaged := cerr != nil && !errors.Is(cerr, fs.ErrNotExist)
+	if (damaged || hits != len(ids) || hits != len(cached)) && !s.readOnly {
 		_ = s.writeImageSummaries(out) // a cache: the next listing tries again
 	}
 	return out, nil
+}
+
+// NamesByImage maps each image a ref names to its names, sorted.
+func (s *Metadata) NamesByImage(ctx context.Context) (map[digest.Digest][]string, error) {
+	refs, err := s.Refs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := map[digest.Digest][]string{}
+	for n, id := range refs {
+		names[id] = append(names[id], n)
+	}
+	for _, ns := range names {
+		slices.Sort(ns)
+	}
+	return names, nil
 }
 
 // imageSummary is an image's summary from its records (no names); layerSize caches the layers'

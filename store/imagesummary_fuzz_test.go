@@ -9,7 +9,7 @@ import (
 )
 
 // FuzzParseImageSummaries: any bytes in the summaries file are either refused (the listing then
-// reads the records) or rows that write back to the same bytes; never a panic.
+// reads the records) or rows that, written back, parse to the same values; never a panic.
 func FuzzParseImageSummaries(f *testing.F) {
 	created := time.Date(2026, 12, 8, 1, 2, 3, 456, time.FixedZone("", 3600))
 	f.Add(formatImageSummaries([]ImageSummary{

@@ -846,28 +846,12 @@ func (s *Metadata) Ref(ctx context.Context, name string) (digest.Digest, error) 
 	if err := checkRefName(name); err != nil {
 		return "", err
 	}
-	b, err := os.ReadFile(s.refPath(name))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("ref %s: %w", name, errdefs.ErrNotFound)
-		}
-		return "", fmt.Errorf("ref %s: %w", name, err)
-	}
-	return parseRef(name, b)
+	return readRef(unix.AT_FDCWD, s.refPath(name), name)
 }
 
-// parseRef parses the content of ref name's file.
-func parseRef(name string, b []byte) (digest.Digest, error) {
-	d, err := digests.ParseSHA256(strings.TrimSpace(string(b)))
-	if err != nil {
-		return "", fmt.Errorf("ref %s: %v: %w", name, err, errdefs.ErrInvalid)
-	}
-	return d, nil
-}
-
-// Refs maps every ref name to its image. Each file is read with three system calls (open
-// relative to refs/, read, close): os.ReadFile's nine made listing a store's images grow with
-// its names.
+// Refs maps every ref name to its image. A file whose name does not unescape is left out, as is
+// one removed since refs/ was listed (rmi removes refs under the shared lock) or spelled other
+// than url.PathEscape spells its name (Ref cannot read it either); fsck reports those that stay.
 func (s *Metadata) Refs(ctx context.Context) (map[string]digest.Digest, error) {
 	dir, err := os.Open(filepath.Join(s.root, dirRefs))
 	if err != nil {
@@ -880,38 +864,66 @@ func (s *Metadata) Refs(ctx context.Context) (map[string]digest.Digest, error) {
 	}
 	dirFD := int(dir.Fd())
 	out := make(map[string]digest.Digest, len(files))
-	var buf [2 * maxRefFile]byte
 	for _, file := range files {
 		name, err := url.PathUnescape(file)
 		if err != nil {
-			continue // fsck reports it
+			continue
 		}
 		if err := checkRefName(name); err != nil {
 			return nil, err
 		}
-		n, err := readSmall(dirFD, file, buf[:])
-		switch {
-		case errors.Is(err, unix.ENOENT):
-			continue // removed since the listing
-		case err != nil:
-			return nil, fmt.Errorf("ref %s: %w", name, err)
-		case n == len(buf):
-			return nil, fmt.Errorf("ref %s: over %d bytes: %w", name, maxRefFile, errdefs.ErrInvalid)
+		d, err := readRef(dirFD, url.PathEscape(name), name)
+		if errors.Is(err, errdefs.ErrNotFound) {
+			continue
 		}
-		if out[name], err = parseRef(name, buf[:n]); err != nil {
+		if err != nil {
 			return nil, err
 		}
+		out[name] = d
 	}
 	return out, nil
 }
 
-// maxRefFile is the size of a ref file: a digest and a newline.
+// readRef reads ref name from its file, file in directory dirFD (or a path, with
+// unix.AT_FDCWD). It takes three system calls where os.ReadFile takes nine, which made listing a
+// store's images grow with its names. A missing file is ErrNotFound.
+func readRef(dirFD int, file, name string) (digest.Digest, error) {
+	var buf [2 * maxRefFile]byte
+	n, err := readSmall(dirFD, file, buf[:])
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Errorf("ref %s: %w", name, errdefs.ErrNotFound)
+	case err != nil:
+		return "", fmt.Errorf("ref %s: reading %s: %w", name, file, err)
+	case n == len(buf):
+		return "", fmt.Errorf("ref %s: file over %d bytes: %w", name, maxRefFile, errdefs.ErrInvalid)
+	}
+	return parseRef(name, buf[:n])
+}
+
+// parseRef parses the content of ref name's file.
+func parseRef(name string, b []byte) (digest.Digest, error) {
+	d, err := digests.ParseSHA256(strings.TrimSpace(string(b)))
+	if err != nil {
+		return "", fmt.Errorf("ref %s: %v: %w", name, err, errdefs.ErrInvalid)
+	}
+	return d, nil
+}
+
+// maxRefFile is the largest ref file: a digest and a newline.
 const maxRefFile = len("sha512:") + 128 + 1
 
-// readSmall reads file name of directory dirFD into buf, up to len(buf) bytes, without
-// following a symbolic link.
+// readSmall reads file name of directory dirFD into buf, up to len(buf) bytes. The open does not
+// block (a FIFO put there would hold the caller, and its lock, forever).
 func readSmall(dirFD int, name string, buf []byte) (int, error) {
-	fd, err := unix.Openat(dirFD, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	var fd int
+	var err error
+	for {
+		fd, err = unix.Openat(dirFD, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != unix.EINTR {
+			break
+		}
+	}
 	if err != nil {
 		return 0, err
 	}

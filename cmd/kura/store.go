@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 
 	"github.com/kura-oci/kura/archive"
@@ -315,17 +314,11 @@ func runPs(cmd *cobra.Command) error {
 		return err
 	}
 	sort.Slice(uses, func(i, j int) bool { return uses[i].Target < uses[j].Target })
-	names := map[digest.Digest][]string{}
-	if refs, err := s.Refs(cmd.Context()); err == nil {
-		for n, id := range refs {
-			names[id] = append(names[id], n)
-		}
-	}
+	names, _ := s.NamesByImage(cmd.Context()) // without names, uses are still listed
 	if global.json {
 		rows := []psJSON{}
 		for _, u := range uses {
 			n := orEmpty(names[u.Image])
-			sort.Strings(n)
 			rows = append(rows, psJSON{Kind: u.Kind, Image: u.Image, Names: n, Target: u.Target, Created: u.Created, PID: u.PID, MountID: u.MountID})
 		}
 		return printJSON(cmd.OutOrStdout(), rows)
@@ -335,7 +328,6 @@ func runPs(cmd *cobra.Command) error {
 	for _, u := range uses {
 		name := "<none>"
 		if n := names[u.Image]; len(n) > 0 {
-			sort.Strings(n)
 			name = strings.Join(n, ",")
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", u.Kind, name, u.Image.Encoded()[:12], u.Target, u.Created.Local().Format(time.DateTime))
