@@ -1,11 +1,14 @@
 package chunked
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -343,4 +346,72 @@ func TestTarSplitFileEntries(t *testing.T) {
 	es = fresh()
 	es = append(es[:a+1], es[a:]...)
 	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "doubled file entry")
+}
+
+// TestTarSplitHeadersAsReadersSeeThem: the check reads the tar a tar-split rebuilds as a tar
+// reader does, so a tar-split cannot hide from it what readers of that tar see: extension
+// records split off into a segment of their own still rename the entry that follows, bytes after
+// a header are content to a reader, a hard link takes no content whatever its size says, and
+// nothing but zeros may follow the end of the archive.
+func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
+	s := newSample(t)
+	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := func() []storage.Entry {
+		es, err := tarstream.DecodeTarSplit(js, tarstream.MaxTarSplitLines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return es
+	}
+	entries, err := DecodeEntries(s.toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckTarSplitEntries(entries, fresh()); err != nil {
+		t.Fatalf("genuine tar-split: %v", err)
+	}
+	// a: the first file with content, whose header is the segment before it.
+	a := slices.IndexFunc(fresh(), func(e storage.Entry) bool { return e.Type == storage.FileType && e.Size > 0 })
+	if a < 1 {
+		t.Fatal("sample has no file with content after a header")
+	}
+	insert := func(es []storage.Entry, at int, e ...storage.Entry) []storage.Entry {
+		return slices.Insert(es, at, e...)
+	}
+
+	// PAX records renaming a's entry, in a segment of their own before a's header.
+	var pax bytes.Buffer
+	tw := tar.NewWriter(&pax)
+	renamed := strings.Repeat("r", 120) // too long for a USTAR header: the writer puts it in a PAX record
+	if err := tw.WriteHeader(&tar.Header{Name: renamed, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+		t.Fatal(err)
+	}
+	records := pax.Bytes()[:1024] // the 'x' header and its records, not the entry's own header
+	es := fresh()
+	es = insert(es, a-1, storage.Entry{Type: storage.SegmentType, Payload: records})
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "PAX records in a segment of their own")
+
+	// Bytes after a's header, in its segment: a reader takes them for a's content.
+	es = fresh()
+	es[a-1].Payload = append(slices.Clip(es[a-1].Payload), bytes.Repeat([]byte("A"), 512)...)
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "bytes after a header")
+
+	// A hard link header whose file entry carries content: a reader takes none.
+	var link bytes.Buffer
+	tw = tar.NewWriter(&link)
+	if err := tw.WriteHeader(&tar.Header{Name: "link", Linkname: es[a].GetName(), Typeflag: tar.TypeLink, Size: 512, Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	es = fresh()
+	es = insert(es, a+1, storage.Entry{Type: storage.SegmentType, Payload: link.Bytes()[:512]},
+		storage.Entry{Type: storage.FileType, Name: "link", Size: 512})
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "a hard link with content")
+
+	// Data after the end of the archive.
+	es = fresh()
+	es = append(es, storage.Entry{Type: storage.SegmentType, Payload: []byte("trailing data")})
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "data after the end of the archive")
 }

@@ -725,55 +725,138 @@ func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
 	return nil
 }
 
-// tarSplitHeaders calls fn with the tar header each segment of a tar-split holds. As in
-// tar-split's asm.IterateHeaders, a segment is the previous file's padding followed by one
-// header with its extension records; segments after the last header hold the end of the archive.
-// Unlike IterateHeaders it also checks that every header is followed by its file entry, with
-// the same name and size: the rebuilt tar takes each file's content by that entry's name, so a
-// mismatch would put one file's content under another's header.
+// tarSplitHeaders calls fn with each header of the tar a tar-split rebuilds, as a tar reader
+// reads that tar: one reader over the segments and, for each file entry, as many bytes of
+// content (never read: skipped by seeking). So extension records apply to the header that
+// follows them wherever the segments split them, and a byte a reader would take for a header or
+// for content is one this check takes the same way. Each header must end its segment and be
+// followed by its own file entry, with the same name and the size of content the reader skips:
+// the rebuilt tar takes each file's content by that entry's name, so a mismatch would put one
+// file's content under another's header. Sparse files are refused (a full pull stores them).
+// After the end of the archive, only zero bytes may follow.
 func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error {
-	var padding int64
-	var r bytes.Reader
-	var open *vtar.Header // the last header, until its file entry
 	for i := range entries {
-		e := &entries[i]
-		switch e.Type {
-		case storage.FileType:
-			if open == nil {
-				return invalidf("tar-split file entry %q follows no header", e.GetName())
-			}
-			if e.GetName() != open.Name || e.Size != open.Size {
-				return invalidf("tar-split file entry %q (%d bytes) under the header of %q (%d bytes)", e.GetName(), e.Size, open.Name, open.Size)
-			}
-			open = nil
-		case storage.SegmentType:
-			p := e.Payload
-			if int64(len(p)) < padding {
-				return invalidf("tar-split segment of %d bytes, the previous file needs %d bytes of padding", len(p), padding)
-			}
-			r.Reset(p[padding:])
-			tr := vtar.NewReader(&r)
-			hdr, err := tr.Next()
-			if err == io.EOF {
-				padding = 0
-				continue
-			}
-			if err != nil {
-				return invalidf("tar header in tar-split: %v", err)
-			}
-			if open != nil {
-				return invalidf("tar-split header %q has no file entry", open.Name)
-			}
-			if err := fn(hdr); err != nil {
-				return err
-			}
-			open, padding = hdr, tr.ExpectedPadding()
-		default:
-			return invalidf("tar-split entry type %d", e.Type)
+		if t := entries[i].Type; t != storage.FileType && t != storage.SegmentType {
+			return invalidf("tar-split entry type %d", t)
 		}
 	}
-	if open != nil {
-		return invalidf("tar-split header %q has no file entry", open.Name)
+	v := &splitStream{entries: entries}
+	tr := vtar.NewReader(v)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return v.onlyZerosLeft()
+		}
+		if err != nil {
+			return invalidf("tar header in tar-split: %v", err)
+		}
+		if hdr.Typeflag == vtar.TypeGNUSparse {
+			return fmt.Errorf("tar-split: %q is a sparse file: %w", hdr.Name, errdefs.ErrNeedFull)
+		}
+		for k := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				return fmt.Errorf("tar-split: %q is a sparse file: %w", hdr.Name, errdefs.ErrNeedFull)
+			}
+		}
+		if v.i >= len(entries) || entries[v.i].Type != storage.SegmentType || v.off != int64(len(entries[v.i].Payload)) {
+			return invalidf("tar-split header %q does not end its segment", hdr.Name)
+		}
+		content := hdr.Size
+		if headerOnly(hdr.Typeflag) {
+			content = 0
+		}
+		if v.i+1 >= len(entries) || entries[v.i+1].Type != storage.FileType {
+			return invalidf("tar-split header %q has no file entry", hdr.Name)
+		}
+		if e := &entries[v.i+1]; e.GetName() != hdr.Name || e.Size != content {
+			return invalidf("tar-split file entry %q (%d bytes) under the header of %q (%d bytes of content)", e.GetName(), e.Size, hdr.Name, content)
+		}
+		if err := fn(hdr); err != nil {
+			return err
+		}
+	}
+}
+
+// headerOnly says whether a tar reader takes no content after a header of type flag, whatever
+// its size field says (archive/tar's isHeaderOnlyType).
+func headerOnly(flag byte) bool {
+	switch flag {
+	case vtar.TypeLink, vtar.TypeSymlink, vtar.TypeChar, vtar.TypeBlock, vtar.TypeDir, vtar.TypeFifo:
+		return true
+	}
+	return false
+}
+
+// splitStream is the tar a tar-split rebuilds, with every file's content as zero bytes that a
+// reader skips by seeking. Position: off bytes into entries[i], abs into the stream.
+type splitStream struct {
+	entries []storage.Entry
+	i       int
+	off     int64
+	abs     int64
+}
+
+func (v *splitStream) size(i int) int64 {
+	if e := &v.entries[i]; e.Type == storage.SegmentType {
+		return int64(len(e.Payload))
+	}
+	return v.entries[i].Size
+}
+
+func (v *splitStream) Read(p []byte) (int, error) {
+	for ; v.i < len(v.entries); v.i, v.off = v.i+1, 0 {
+		left := v.size(v.i) - v.off
+		if left <= 0 {
+			continue
+		}
+		var n int
+		if e := &v.entries[v.i]; e.Type == storage.SegmentType {
+			n = copy(p, e.Payload[v.off:])
+		} else {
+			n = int(min(int64(len(p)), left))
+			clear(p[:n])
+		}
+		v.off += int64(n)
+		v.abs += int64(n)
+		return n, nil
+	}
+	return 0, io.EOF
+}
+
+// Seek moves forward only (what a tar reader does to skip content), and not past the end.
+func (v *splitStream) Seek(offset int64, whence int) (int64, error) {
+	if whence != io.SeekCurrent || offset < 0 {
+		return 0, errors.New("tar-split stream: only forward seeks")
+	}
+	for offset > 0 && v.i < len(v.entries) {
+		step := min(offset, v.size(v.i)-v.off)
+		v.off += step
+		v.abs += step
+		offset -= step
+		if offset > 0 {
+			v.i, v.off = v.i+1, 0
+		}
+	}
+	return v.abs, nil
+}
+
+// onlyZerosLeft checks what follows the end of the archive: segments of zero bytes, and no file
+// entry (a reader stops at the end; content after it would be nobody's).
+func (v *splitStream) onlyZerosLeft() error {
+	for j := v.i; j < len(v.entries); j++ {
+		e := &v.entries[j]
+		if e.Type == storage.FileType {
+			return invalidf("tar-split file entry %q after the end of the archive", e.GetName())
+		}
+		rest := e.Payload
+		if j == v.i {
+			rest = rest[min(v.off, int64(len(rest))):]
+		}
+		for _, c := range rest {
+			if c != 0 {
+				return invalidf("tar-split has data after the end of the archive")
+			}
+		}
 	}
 	return nil
 }
