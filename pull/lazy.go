@@ -84,11 +84,13 @@ func PullLazy(ctx context.Context, s *store.Store, src source.Source, opts ...Op
 	var g errgroup.Group
 	first, firstObjs := firstFetches(layers, st)
 	g.Go(func() error {
-		if err := fetchFirstFiles(ctx, s, src, first, o); err != nil {
+		fctx, cancel := context.WithTimeout(ctx, firstFilesTimeout)
+		defer cancel()
+		if err := fetchFirstFiles(fctx, s, src, first, o); err != nil {
 			o.log.Warn("lazy: the start-up files were not fetched first; they are filled on demand", "err", err)
 			return nil
 		}
-		st.fetchLoads(ctx, s, func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }, o.log)
+		st.fetchLoads(fctx, s, func(l *lazyLayer) layer.RangeFetcher { return rangeFetcher{src: src, desc: l.desc, lr: &LayerReport{}} }, o.log)
 		return nil
 	})
 	if o.lazyMountDir != "" {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -68,7 +69,15 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 	}
 	fl := &fetchedFill{o: o, unlock: unlock, opened: map[digest.Digest]*os.File{}}
 	fl.add(files, batch)
-	o.fetchLibraries(ctx, l, f, fl)
+	// The libraries get half the fill's time left: the reader's own file, fetched, must still be
+	// served within it.
+	lctx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		lctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		defer cancel()
+	}
+	o.fetchLibraries(lctx, l, f, fl)
 	return fl, nil
 }
 

@@ -28,7 +28,7 @@ import (
 // failed fetch is only logged, and the reader's own file is served as without it.
 const (
 	libraryLevels = 8        // levels of libraries' libraries followed
-	libraryBudget = 32 << 20 // compressed bytes one fill fetches for libraries
+	libraryBudget = 64 << 20 // bytes (uncompressed) one fill fetches for libraries
 )
 
 // imageFiles indexes the entries of a pull's pending layers by path, upper layers over lower.
@@ -61,37 +61,60 @@ const (
 	maxPath        = 4096
 )
 
+// lookups bounds the work of the resolutions one walk makes, in bytes of path looked up in the
+// index: an image's symlinks, PATH and library names are hostile, and each resolution may look
+// up every prefix of a path of up to maxPath bytes through maxSymlinkHops links. Real walks
+// take kilobytes.
+type lookups struct{ left int }
+
+// lookupBudget is the budget of one walk: a start-up program's, or one fill's libraries.
+const lookupBudget = 8 << 20
+
+func newLookups() *lookups { return &lookups{left: lookupBudget} }
+
+func (b *lookups) take(n int) bool {
+	b.left -= n
+	return b.left >= 0
+}
+
 // resolve finds the regular file at p, following symlinks (and hard links) in every component;
-// directories the layers do not list are taken as plain directories.
-func (ix *imageFiles) resolve(p string) (imageEntry, bool) {
+// directories the layers do not list are taken as plain directories. It fails once b is spent.
+func (ix *imageFiles) resolve(p string, b *lookups) (imageEntry, bool) {
 	p = cleanPath(p)
 	for hops := 0; hops < maxSymlinkHops; hops++ {
-		if len(p) > maxPath { // ENAMETOOLONG; the walk below is quadratic in the components
+		if len(p) > maxPath { // ENAMETOOLONG
 			return imageEntry{}, false
 		}
-		comps := strings.Split(p, "/")
 		next := ""
-		for i := range comps {
-			prefix := strings.Join(comps[:i+1], "/")
-			ent, ok := ix.byPath[prefix]
+	walk:
+		for end := 0; ; end++ { // p[:end] is the prefix up to the next slash, or all of p
+			k := strings.IndexByte(p[end:], '/')
+			last := k < 0
+			if last {
+				end = len(p)
+			} else {
+				end += k
+			}
+			if !b.take(end) {
+				return imageEntry{}, false
+			}
+			ent, ok := ix.byPath[p[:end]]
 			switch {
-			case !ok && i == len(comps)-1:
+			case !ok && last:
 				return imageEntry{}, false
 			case !ok:
-				continue
 			case ent.e.Type == layerfs.TypeSymlink:
 				target := ent.e.Linkname
 				if !path.IsAbs(target) {
-					target = path.Join(path.Dir("/"+prefix), target)
+					target = path.Join(path.Dir("/"+p[:end]), target)
 				}
-				next = cleanPath(path.Join(append([]string{target}, comps[i+1:]...)...))
-			case ent.e.Type == layerfs.TypeLink && i == len(comps)-1:
+				next = cleanPath(target + p[end:])
+				break walk
+			case ent.e.Type == layerfs.TypeLink && last:
 				next = cleanPath(ent.e.Linkname)
-			case i == len(comps)-1:
+				break walk
+			case last:
 				return ent, ent.e.Type == layerfs.TypeReg
-			}
-			if next != "" {
-				break
 			}
 		}
 		if next == "" {
@@ -104,10 +127,10 @@ func (ix *imageFiles) resolve(p string) (imageEntry, bool) {
 
 // loadsOf lists the files ld.so would open for an ELF file with info: its interpreter, and the
 // first file found for each needed library.
-func (ix *imageFiles) loadsOf(info ldso.Info) []imageEntry {
+func (ix *imageFiles) loadsOf(info ldso.Info, b *lookups) []imageEntry {
 	var out []imageEntry
 	if info.Interp != "" {
-		if ent, ok := ix.resolve(info.Interp); ok {
+		if ent, ok := ix.resolve(info.Interp, b); ok {
 			out = append(out, ent)
 		}
 	}
@@ -117,7 +140,7 @@ func (ix *imageFiles) loadsOf(info ldso.Info) []imageEntry {
 			continue
 		}
 		for _, dir := range dirs {
-			if ent, ok := ix.resolve(dir + "/" + name); ok {
+			if ent, ok := ix.resolve(dir+"/"+name, b); ok {
 				out = append(out, ent)
 				break
 			}
@@ -155,28 +178,38 @@ func (o *onDemand) fetchLibraries(ctx context.Context, l *lazyLayer, first chunk
 
 // fetchLoads walks, level by level from first, what running it loads (loads) and hands each
 // level's files that held is false for to fetch, a layer at a time, within libraryLevels and
-// libraryBudget; open reads a file of the walk. A fetch error ends the walk.
+// libraryBudget (of uncompressed bytes: what the fetch writes); open reads a file of the walk.
+// Files held are walked through whatever their size. A fetch error, the context's end or a spent
+// lookup budget ends the walk.
 func (ix *imageFiles) fetchLoads(ctx context.Context, first imageEntry, open func(digest.Digest) (*os.File, error), held func(digest.Digest) bool, fetch func(*lazyLayer, []chunked.File) error) error {
 	queue := []imageEntry{first}
 	seen := map[digest.Digest]bool{first.e.Digest: true}
+	b := newLookups()
 	var spent int64
-	for level := 0; level < libraryLevels && len(queue) > 0 && ctx.Err() == nil; level++ {
+	for level := 0; level < libraryLevels && len(queue) > 0; level++ {
 		byLayer := map[*lazyLayer][]chunked.File{}
 		var order []*lazyLayer
 		var next []imageEntry
 		for _, ent := range queue {
-			for _, dep := range ix.loads(open, ent) {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			for _, dep := range ix.loads(open, ent, b) {
 				d := dep.e.Digest
 				f, ok := dep.l.files[d]
-				if !ok || seen[d] || spent+f.Range.Length > libraryBudget {
+				if !ok || seen[d] {
+					continue
+				}
+				stored := held(d)
+				if !stored && spent+f.Entry.Size > libraryBudget {
 					continue
 				}
 				seen[d] = true
 				next = append(next, dep) // a stored library's own libraries may be missing
-				if held(d) {
+				if stored {
 					continue
 				}
-				spent += f.Range.Length
+				spent += f.Entry.Size
 				if _, ok := byLayer[dep.l]; !ok {
 					order = append(order, dep.l)
 				}
@@ -199,7 +232,7 @@ const maxShebang = 256
 
 // loads lists what running file ent (read through open) loads: a script's interpreter, or an
 // ELF file's interpreter and libraries (loadsOf).
-func (ix *imageFiles) loads(open func(digest.Digest) (*os.File, error), ent imageEntry) []imageEntry {
+func (ix *imageFiles) loads(open func(digest.Digest) (*os.File, error), ent imageEntry, b *lookups) []imageEntry {
 	r, err := open(ent.e.Digest)
 	if err != nil {
 		return nil
@@ -210,7 +243,7 @@ func (ix *imageFiles) loads(open func(digest.Digest) (*os.File, error), ent imag
 	if line, ok := bytes.CutPrefix(head[:n], []byte("#!")); ok {
 		line, _, _ = bytes.Cut(line, []byte("\n"))
 		if f := strings.Fields(string(line)); len(f) > 0 && path.IsAbs(f[0]) {
-			if interp, ok := ix.resolve(f[0]); ok {
+			if interp, ok := ix.resolve(f[0], b); ok {
 				return []imageEntry{interp}
 			}
 		}
@@ -220,5 +253,5 @@ func (ix *imageFiles) loads(open func(digest.Digest) (*os.File, error), ent imag
 	if err != nil {
 		return nil // not read as a program: nothing to fetch with it
 	}
-	return ix.loadsOf(info)
+	return ix.loadsOf(info, b)
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -29,16 +30,17 @@ func TestImageFilesResolve(t *testing.T) {
 	add(layerfs.Entry{Type: layerfs.TypeReg, Name: "usr/lib/real-one", Digest: digest.FromString("one")})
 	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib/loop", Linkname: "loop"})
 	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: "usr/lib/escape", Linkname: "../../../../etc/shadow"})
+	add(layerfs.Entry{Type: layerfs.TypeReg, Name: "etc/shadow", Digest: digest.FromString("shadow")})
 	for p, want := range map[string]string{
 		"/lib64/ld-linux-x86-64.so.2":              "ld",
 		"lib/x86_64-linux-gnu/libone.so.1":         "one",
 		"usr/lib/x86_64-linux-gnu/libone.so.1":     "one",
 		"usr/lib/loop":                             "",
-		"usr/lib/escape":                           "",
+		"usr/lib/escape":                           "shadow", // the image's own: .. stops at its root
 		"usr/lib/x86_64-linux-gnu/libmissing.so.1": "",
 		"lib64": "",
 	} {
-		ent, ok := ix.resolve(p)
+		ent, ok := ix.resolve(p, newLookups())
 		if got := ""; ok {
 			got = string(ent.e.Digest)
 			if ent.e.Digest != digest.FromString(want) {
@@ -48,9 +50,31 @@ func TestImageFilesResolve(t *testing.T) {
 			t.Errorf("resolve(%q) found nothing; want the file %q", p, want)
 		}
 	}
-	found := ix.loadsOf(ldso.Info{Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libone.so.1", "libnone.so", "../evil.so"}, Machine: elf.EM_X86_64})
+	found := ix.loadsOf(ldso.Info{Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libone.so.1", "libnone.so", "../evil.so"}, Machine: elf.EM_X86_64}, newLookups())
 	if len(found) != 2 || found[0].e.Digest != digest.FromString("ld") || found[1].e.Digest != digest.FromString("one") {
 		t.Fatalf("loads found %d files; want the interpreter and libone", len(found))
+	}
+}
+
+// TestImageFilesResolveBounded: a resolution that would look up a long path's every prefix at
+// every one of its symlink hops stops once its budget is spent, and a budget too small for an
+// honest path finds nothing rather than going on.
+func TestImageFilesResolveBounded(t *testing.T) {
+	l := &lazyLayer{}
+	ix := &imageFiles{byPath: map[string]imageEntry{}}
+	add := func(e layerfs.Entry) { ix.byPath[cleanPath(e.Name)] = imageEntry{l: l, e: &e} }
+	deep := strings.Repeat("d/", 1500) // 3000 bytes of directories the index does not list
+	add(layerfs.Entry{Type: layerfs.TypeSymlink, Name: deep + "x", Linkname: "/" + deep + "x"})
+	add(layerfs.Entry{Type: layerfs.TypeReg, Name: "usr/bin/prog", Digest: digest.FromString("prog")})
+	b := newLookups()
+	if _, ok := ix.resolve(deep+"x", b); ok || b.left >= 0 {
+		t.Fatalf("a link to itself 1500 directories deep: resolved %v, budget left %d; want nothing, the budget spent", ok, b.left)
+	}
+	if _, ok := ix.resolve("usr/bin/prog", &lookups{left: 10}); ok {
+		t.Fatal("resolved usr/bin/prog within 10 bytes of lookups")
+	}
+	if ent, ok := ix.resolve("usr/bin/prog", newLookups()); !ok || ent.e.Digest != digest.FromString("prog") {
+		t.Fatal("usr/bin/prog not resolved with a whole budget")
 	}
 }
 

@@ -28,8 +28,8 @@ import (
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // maxPathDirs bounds the PATH directories searched for the program (a config is hostile);
-// programBudget the compressed size of a program fetched before the image is mountable (a
-// larger one is filled on demand, within the fill timeout).
+// programBudget the size of a program fetched before the image is mountable (a larger one is
+// filled on demand, within the fill timeout).
 const (
 	maxPathDirs   = 64
 	programBudget = 16 << 20
@@ -56,11 +56,12 @@ func newStartup(config []byte, layers []*lazyLayer) *startup {
 		return st
 	}
 	name := argv[0]
+	b := newLookups()
 	switch {
 	case path.IsAbs(name):
-		st.entry, st.found = st.ix.resolve(name)
+		st.entry, st.found = st.ix.resolve(name, b)
 	case strings.Contains(name, "/"):
-		st.entry, st.found = st.ix.resolve(path.Join("/", c.Config.WorkingDir, name))
+		st.entry, st.found = st.ix.resolve(path.Join("/", c.Config.WorkingDir, name), b)
 	default:
 		dirs := defaultPath
 		for _, kv := range c.Config.Env {
@@ -68,12 +69,12 @@ func newStartup(config []byte, layers []*lazyLayer) *startup {
 				dirs = v
 			}
 		}
-		for i, dir := range strings.Split(dirs, ":") {
+		for i, dir := range strings.SplitN(dirs, ":", maxPathDirs+1) {
 			if i == maxPathDirs {
 				break
 			}
 			if path.IsAbs(dir) {
-				if st.entry, st.found = st.ix.resolve(dir + "/" + name); st.found {
+				if st.entry, st.found = st.ix.resolve(dir+"/"+name, b); st.found {
 					break
 				}
 			}
@@ -88,7 +89,7 @@ func (st *startup) program(l *lazyLayer) (chunked.File, bool) {
 		return chunked.File{}, false
 	}
 	f, ok := l.files[st.entry.e.Digest]
-	return f, ok && f.Range.Length <= programBudget
+	return f, ok && f.Entry.Size <= programBudget
 }
 
 // fetchLoads fetches what the start-up program (stored by now) loads that the store lacks: its

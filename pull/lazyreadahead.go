@@ -76,7 +76,7 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 	if !ok {
 		return nil
 	}
-	dir := path.Dir(strings.TrimPrefix(f.Entry.Name, "/"))
+	dir := path.Dir(cleanPath(f.Entry.Name))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	budget := int64(readaheadMin)
@@ -91,7 +91,7 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 	endOff := f.Range.Offset + f.Range.Length
 	for j := i + 1; j < len(r.files) && j <= i+readaheadScan; j++ {
 		g := r.files[j]
-		name := strings.TrimPrefix(g.Entry.Name, "/")
+		name := cleanPath(g.Entry.Name)
 		if dir != "." && !strings.HasPrefix(name, dir+"/") {
 			break // past the directory
 		}
@@ -137,7 +137,7 @@ func configTree(name string) string {
 // directory's tree contiguously), the ones have is false for and not taken already, within
 // configBudget.
 func (r *readahead) pickTree(tree string, i int, filled digest.Digest, have func(digest.Digest) bool) []chunked.File {
-	in := func(j int) bool { return strings.HasPrefix(strings.TrimPrefix(r.files[j].Entry.Name, "/"), tree) }
+	in := func(j int) bool { return strings.HasPrefix(cleanPath(r.files[j].Entry.Name), tree) }
 	first := i
 	for first > 0 && first > i-readaheadScan && in(first-1) {
 		first--

@@ -102,6 +102,15 @@ func TestReadaheadConfigTree(t *testing.T) {
 	if got := raNames(r.pick(byName("etc/top.conf"), have)); len(got) != 0 {
 		t.Fatalf("a fill of etc/'s own file fetched %v", got)
 	}
+	// Names as a layer may spell them ("./etc/..."): the same tree, the same neighbours.
+	dotted := []string{"./etc/app/app.conf", "./etc/app/b.conf", "./etc/app/mods/c.load", "./usr/bin/prog"}
+	files = raLayer(dotted, 1<<10)
+	r = newReadahead(files)
+	got = raNames(r.pick(files[0], have))
+	slices.Sort(got)
+	if want := []string{"./etc/app/b.conf", "./etc/app/mods/c.load"}; !slices.Equal(got, want) {
+		t.Fatalf("first fill in ./etc/app/: %v, want %v", got, want)
+	}
 	for _, n := range []string{"etc/top.conf", "usr/etc/app/x", "etc/", "etc/../x/y", "/etc/app/x"} {
 		if tree := configTree(n); (n == "/etc/app/x") != (tree == "etc/app/") {
 			t.Errorf("configTree(%q) = %q", n, tree)

@@ -51,6 +51,7 @@ func ServeLazy(ctx context.Context, s *store.Store, src source.Source, p *lazy.P
 	}
 	release, err := p.LockServe()
 	if err != nil {
+		takeFetchedMeta(s, p.ID) // another service has the pull: a long-running caller must not keep it
 		return err
 	}
 	defer release()
@@ -111,8 +112,12 @@ func locked(ctx context.Context, s *store.Store, fn func() error) error {
 }
 
 // profileFetchTimeout bounds the fetch of a start-up profile's files before the placeholders
-// are served: past it the rest are filled on demand.
-const profileFetchTimeout = 30 * time.Second
+// are served, and firstFilesTimeout the first files' (baseline, start-up program and what it
+// loads) before a lazy pull is mountable: past them the rest are filled on demand.
+const (
+	profileFetchTimeout = 30 * time.Second
+	firstFilesTimeout   = 30 * time.Second
+)
 
 // useProfile fetches the files of the pull's start-up profile, if there is one, and returns
 // what completeLazy calls to wait for the start-up window: it then saves the profile with the

@@ -13,8 +13,16 @@ import (
 )
 
 // maxELFSize bounds the files Needs parses: larger ones are no program's libraries worth
-// fetching ahead, and debug/elf's reads stay within the file.
-const maxELFSize = 1 << 30
+// fetching ahead, and debug/elf's reads stay within the file. maxDynamic bounds the dynamic
+// section and its string table read (real ones take kilobytes; a file whose are larger is read
+// as needing nothing), maxNeeded the distinct libraries kept (programs need tens), maxName the
+// length of a library's name (NAME_MAX).
+const (
+	maxELFSize = 1 << 30
+	maxDynamic = 4 << 20
+	maxNeeded  = 256
+	maxName    = 255
+)
 
 // Info is what ld.so loads for an ELF file: its program interpreter (PT_INTERP; "" for none)
 // and the libraries it needs (DT_NEEDED), in order, and the file's machine.
@@ -54,11 +62,26 @@ func Needs(r io.ReaderAt, size int64) (info Info, err error) {
 			info.Interp = string(bytes.TrimRight(b, "\x00"))
 		}
 	}
-	if f.Section(".dynamic") == nil {
+	ds := f.Section(".dynamic")
+	if ds == nil {
 		return info, nil // static, or no section headers to find DT_NEEDED by
 	}
-	if info.Needed, err = f.ImportedLibraries(); err != nil {
+	if ds.Size > maxDynamic || int(ds.Link) >= len(f.Sections) || f.Sections[ds.Link].Size > maxDynamic {
+		return info, nil
+	}
+	needed, err := f.ImportedLibraries()
+	if err != nil {
 		return Info{}, fmt.Errorf("ELF file: needed libraries: %v: %w", err, errdefs.ErrInvalid)
+	}
+	seen := make(map[string]bool, min(len(needed), maxNeeded))
+	for _, name := range needed {
+		if len(info.Needed) == maxNeeded {
+			break
+		}
+		if name != "" && len(name) <= maxName && !seen[name] {
+			seen[name] = true
+			info.Needed = append(info.Needed, name)
+		}
 	}
 	return info, nil
 }

@@ -5,7 +5,9 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kura-oci/kura/errdefs"
@@ -29,6 +31,27 @@ func TestNeeds(t *testing.T) {
 	binary.LittleEndian.PutUint64(bad[40:], 1<<40) // section headers far past the end
 	if _, err := Needs(bytes.NewReader(bad), int64(len(bad))); !errors.Is(err, errdefs.ErrInvalid) {
 		t.Fatalf("a damaged ELF file: %v; want ErrInvalid", err)
+	}
+}
+
+// TestNeedsBounded: a file naming the same library over and over, or hundreds of them, yields
+// each name once and at most maxNeeded of them (each resolved in the image six times over).
+func TestNeedsBounded(t *testing.T) {
+	var names []string
+	for range 5000 {
+		names = append(names, "libsame.so")
+	}
+	for i := range 2 * maxNeeded {
+		names = append(names, fmt.Sprintf("lib%d.so", i))
+	}
+	names = append(names, strings.Repeat("n", maxName+1))
+	prog := elftest.File("", names...)
+	info, err := Needs(bytes.NewReader(prog), int64(len(prog)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.Needed) != maxNeeded || info.Needed[0] != "libsame.so" || info.Needed[1] != "lib0.so" {
+		t.Fatalf("Needed has %d names starting %q; want %d, libsame.so once, then lib0.so", len(info.Needed), info.Needed[:min(3, len(info.Needed))], maxNeeded)
 	}
 }
 
