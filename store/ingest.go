@@ -552,9 +552,11 @@ func (b *Batch) has(d digest.Digest) bool {
 }
 
 // OpenPending opens object d if it is pending in the batch: written and verified, not yet
-// committed. Otherwise the error wraps ErrNotFound. It is exported for the partial import
-// (package store/layer), which checks the DiffID of the tar rebuilt from the objects it
-// assembled before it commits them: the batch commits only if that check passes.
+// committed. Otherwise the error wraps ErrNotFound (a caller then opens the stored object). It
+// is exported for the partial import (package store/layer), which rebuilds the tar for the
+// DiffID from the objects it assembles while they are fetched and committed (a layer is
+// recorded only if the DiffID matches; objects committed for a layer that is not are gc's).
+// During a commit it waits for the commit's end.
 func (b *Batch) OpenPending(d digest.Digest) (*os.File, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
