@@ -19,8 +19,10 @@ import (
 
 // explainDiffID turns a DiffID mismatch into an error a user can act on: what the layer is, what
 // the two digests are, and what to do. Other errors pass unchanged. The error stays an
-// errdefs.ErrDigestMismatch (exit 5): the image is inconsistent and nothing is stored.
-func explainDiffID(desc ocispec.Descriptor, err error) error {
+// errdefs.ErrDigestMismatch (exit 5): the image is inconsistent and nothing is stored. partial
+// says the tar was rebuilt from files the store already held too, so a damaged store could be
+// the cause instead.
+func explainDiffID(desc ocispec.Descriptor, err error, partial bool) error {
 	var m *layer.DiffIDMismatchError
 	if !errors.As(err, &m) {
 		return err
@@ -39,6 +41,10 @@ func explainDiffID(desc ocispec.Descriptor, err error) error {
 		" (`podman push --compression-format=gzip`), or from its root file system tar with"+
 		" `kura import ROOTFS.tar NAME` and `kura push NAME HOST/REPO:TAG`; `kura copy` of this"+
 		" image refuses it the same way", what, m.Got, m.Want, errdefs.ErrDigestMismatch, origin)
+	if partial {
+		msg += ". This pull rebuilt the tar from files already in the store as well: if `kura fsck`" +
+			" finds damaged objects, the store is the cause (`kura fsck --repair`, then pull again)"
+	}
 	return &explained{msg: msg, err: err}
 }
 

@@ -175,7 +175,7 @@ func completeLazy(ctx context.Context, s *store.Store, src source.Source, p *laz
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("layer %s: %w", l.desc.Digest, explainDiffID(l.desc, err))
+			return fmt.Errorf("layer %s: %w", l.desc.Digest, explainDiffID(l.desc, err, true))
 		}
 	}
 	if err := svc.finish(ctx); err != nil {

@@ -255,7 +255,7 @@ func pullLayer(ctx context.Context, s *store.Store, src source.Source, desc ocis
 	if err != nil {
 		o.log.Debug("layer: failed", "layer", desc.Digest, "err", err)
 		bar.Done("failed: " + err.Error())
-		return lr, explainDiffID(desc, err)
+		return lr, explainDiffID(desc, err, lr.Mode == ModePartial)
 	}
 	bar.Done("")
 	lr.Seconds = time.Since(start).Seconds()

@@ -357,6 +357,11 @@ func TestPullRejectsWrongDiffID(t *testing.T) {
 				t.Errorf("error lacks %q: %v", want, err)
 			}
 		}
+		// Only the partial pull rebuilt the tar from files of the store too, and says so (which
+		// also shows it did not fall back to a full pull).
+		if partial := opts == nil; partial != strings.Contains(err.Error(), "kura fsck") {
+			t.Errorf("partial pull %v, error names kura fsck %v: %v", partial, !partial, err)
+		}
 		if ids, _ := s.Images(context.Background()); len(ids) != 0 {
 			t.Fatalf("an image was recorded: %v", ids)
 		}
