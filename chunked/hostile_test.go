@@ -351,8 +351,8 @@ func TestTarSplitFileEntries(t *testing.T) {
 // TestTarSplitHeadersAsReadersSeeThem: the check reads the tar a tar-split rebuilds as a tar
 // reader does, so a tar-split cannot hide from it what readers of that tar see: extension
 // records split off into a segment of their own still rename the entry that follows, bytes after
-// a header are content to a reader, a hard link takes no content whatever its size says, and
-// nothing but zeros may follow the end of the archive.
+// a header are content to a reader, a hard link takes no content whatever its size says, the
+// TOC lists entries in the tar's order, and nothing but zeros may follow the end of the archive.
 func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	s := newSample(t)
 	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
@@ -409,6 +409,11 @@ func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	es = insert(es, a+1, storage.Entry{Type: storage.SegmentType, Payload: link.Bytes()[:512]},
 		storage.Entry{Type: storage.FileType, Name: "link", Size: 512})
 	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "a hard link with content")
+
+	// A TOC listing the same entries in another order than the tar: entries apply in order.
+	reordered := slices.Clone(entries)
+	reordered[0], reordered[1] = reordered[1], reordered[0]
+	wantErr(t, CheckTarSplitEntries(reordered, fresh()), errdefs.ErrInvalid, "a TOC out of tar order")
 
 	// Data after the end of the archive.
 	es = fresh()

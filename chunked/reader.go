@@ -677,7 +677,8 @@ func CheckTarSplit(entries []layerfs.Entry, tarSplit []byte) error {
 }
 
 // CheckTarSplitEntries is CheckTarSplit for a decoded tar-split. It compares each header with
-// the entry of the same name as the model (HeaderEntry) gives it.
+// the entry of the same name as the model (HeaderEntry) gives it, and the TOC's order with the
+// tar's.
 func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
 	pending := make(map[string]*layerfs.Entry, len(entries))
 	for i := range entries {
@@ -687,6 +688,7 @@ func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
 		}
 		pending[e.Name] = e
 	}
+	next := 0 // the TOC lists entries in tar order: the order they apply in (whiteouts, links)
 	err := tarSplitHeaders(ts, func(hdr *vtar.Header) error {
 		if hdr.Typeflag == vtar.TypeXGlobalHeader {
 			return nil // no entry: the TOC has none for it either
@@ -704,6 +706,10 @@ func CheckTarSplitEntries(entries []layerfs.Entry, ts []storage.Entry) error {
 			return invalidf("tar-split has an entry for %q that the TOC lacks (or lists twice)", hdr.Name)
 		}
 		delete(pending, hdr.Name)
+		if e != &entries[next] {
+			return invalidf("the tar has %q where the TOC lists %q: the TOC is not in tar order", hdr.Name, entries[next].Name)
+		}
+		next++
 		want, err := HeaderEntry(tarstream.StdHeader(hdr))
 		if err != nil {
 			return fmt.Errorf("tar-split entry %q: %w", hdr.Name, err)
