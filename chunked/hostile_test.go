@@ -17,6 +17,7 @@ import (
 	"github.com/vbatts/tar-split/tar/storage"
 
 	"github.com/kura-oci/kura/errdefs"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/tarstream"
 )
 
@@ -351,8 +352,9 @@ func TestTarSplitFileEntries(t *testing.T) {
 // TestTarSplitHeadersAsReadersSeeThem: the check reads the tar a tar-split rebuilds as a tar
 // reader does, so a tar-split cannot hide from it what readers of that tar see: extension
 // records split off into a segment of their own still rename the entry that follows, bytes after
-// a header are content to a reader, a hard link takes no content whatever its size says, the
-// TOC lists entries in the tar's order, and nothing but zeros may follow the end of the archive.
+// a header are content to a reader, a hard link takes no content whatever its size says, content
+// belongs to the header before it only (not to a second file entry), the TOC lists entries in
+// the tar's order, and nothing but zeros may follow the end of the archive.
 func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	s := newSample(t)
 	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
@@ -378,8 +380,21 @@ func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	if a < 1 {
 		t.Fatal("sample has no file with content after a header")
 	}
-	insert := func(es []storage.Entry, at int, e ...storage.Entry) []storage.Entry {
-		return slices.Insert(es, at, e...)
+	// before puts entries e before the header of segment i, after the padding it opens with
+	// (the previous file's).
+	before := func(es []storage.Entry, i int, e ...storage.Entry) []storage.Entry {
+		pad := 0
+		if i > 0 && es[i-1].Type == storage.FileType {
+			pad = int((512 - es[i-1].Size%512) % 512)
+		}
+		seg := es[i].Payload
+		head := storage.Entry{Type: storage.SegmentType, Payload: slices.Clip(seg[:pad])}
+		es[i].Payload = seg[pad:]
+		if len(e) > 0 && e[0].Type == storage.SegmentType {
+			e[0].Payload = append(head.Payload, e[0].Payload...)
+			return slices.Insert(es, i, e...)
+		}
+		return slices.Insert(es, i, append([]storage.Entry{head}, e...)...)
 	}
 
 	// PAX records renaming a's entry, in a segment of their own before a's header.
@@ -391,7 +406,7 @@ func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	}
 	records := pax.Bytes()[:1024] // the 'x' header and its records, not the entry's own header
 	es := fresh()
-	es = insert(es, a-1, storage.Entry{Type: storage.SegmentType, Payload: records})
+	es = before(es, a-1, storage.Entry{Type: storage.SegmentType, Payload: records})
 	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "PAX records in a segment of their own")
 
 	// Bytes after a's header, in its segment: a reader takes them for a's content.
@@ -399,16 +414,49 @@ func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
 	es[a-1].Payload = append(slices.Clip(es[a-1].Payload), bytes.Repeat([]byte("A"), 512)...)
 	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "bytes after a header")
 
-	// A hard link header whose file entry carries content: a reader takes none.
+	// A hard link header with a size and a file entry carrying it, as tar-split records such a
+	// tar: a reader takes no content after it, so the layer is pulled whole; with content its
+	// header does not give, it is hostile.
 	var link bytes.Buffer
 	tw = tar.NewWriter(&link)
 	if err := tw.WriteHeader(&tar.Header{Name: "link", Linkname: es[a].GetName(), Typeflag: tar.TypeLink, Size: 512, Format: tar.FormatUSTAR}); err != nil {
 		t.Fatal(err)
 	}
 	es = fresh()
-	es = insert(es, a+1, storage.Entry{Type: storage.SegmentType, Payload: link.Bytes()[:512]},
+	es = before(es, a+1, storage.Entry{Type: storage.SegmentType, Payload: link.Bytes()[:512]},
 		storage.Entry{Type: storage.FileType, Name: "link", Size: 512})
+	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrNeedFull, "a hard link with a size")
+	es[a+2].Size = 1024
 	wantErr(t, CheckTarSplitEntries(entries, es), errdefs.ErrInvalid, "a hard link with content")
+
+	// A second file entry after a file's own: its content, read as headers by a reader of the
+	// rebuilt tar (here the header of a file "evil" that no TOC lists), is nobody's to the check.
+	var evil bytes.Buffer
+	tw = tar.NewWriter(&evil)
+	if err := tw.WriteHeader(&tar.Header{Name: "evil", Typeflag: tar.TypeReg, Mode: 0o644, Format: tar.FormatUSTAR}); err != nil {
+		t.Fatal(err)
+	}
+	b := tar.Header{Name: "b", Typeflag: tar.TypeReg, Mode: 0o644, Size: 512, ModTime: time.Unix(1700000000, 0), Format: tar.FormatUSTAR}
+	var hb bytes.Buffer
+	tw = tar.NewWriter(&hb)
+	if err := tw.WriteHeader(&b); err != nil {
+		t.Fatal(err)
+	}
+	bEntry, err := HeaderEntry(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bEntry.Digest = digest.FromBytes(evil.Bytes()[:512])
+	smuggled := []storage.Entry{
+		{Type: storage.SegmentType, Payload: hb.Bytes()[:512]},
+		{Type: storage.FileType, Name: "b", Size: 512},
+		{Type: storage.FileType, Name: "b", Size: 512},
+		{Type: storage.SegmentType, Payload: make([]byte, 1024)},
+	}
+	wantErr(t, CheckTarSplitEntries([]layerfs.Entry{bEntry}, smuggled), errdefs.ErrInvalid, "a second file entry")
+	if err := CheckTarSplitEntries([]layerfs.Entry{bEntry}, slices.Delete(slices.Clone(smuggled), 2, 3)); err != nil {
+		t.Fatalf("the same tar-split without the second file entry: %v", err)
+	}
 
 	// A TOC listing the same entries in another order than the tar: entries apply in order.
 	reordered := slices.Clone(entries)

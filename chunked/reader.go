@@ -746,7 +746,7 @@ func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error
 			return invalidf("tar-split entry type %d", t)
 		}
 	}
-	v := &splitStream{entries: entries}
+	v := &splitStream{entries: entries, content: -1}
 	tr := vtar.NewReader(v)
 	for {
 		hdr, err := tr.Next()
@@ -767,16 +767,23 @@ func tarSplitHeaders(entries []storage.Entry, fn func(*vtar.Header) error) error
 		if v.i >= len(entries) || entries[v.i].Type != storage.SegmentType || v.off != int64(len(entries[v.i].Payload)) {
 			return invalidf("tar-split header %q does not end its segment", hdr.Name)
 		}
-		content := hdr.Size
-		if headerOnly(hdr.Typeflag) {
-			content = 0
-		}
 		if v.i+1 >= len(entries) || entries[v.i+1].Type != storage.FileType {
 			return invalidf("tar-split header %q has no file entry", hdr.Name)
 		}
-		if e := &entries[v.i+1]; e.GetName() != hdr.Name || e.Size != content {
+		e := &entries[v.i+1]
+		content := hdr.Size
+		if headerOnly(hdr.Typeflag) {
+			if hdr.Size > 0 && e.Size == hdr.Size {
+				// As tar-split records such a header; the rebuilt tar would hold bytes a
+				// reader skips as nobody's content: a full pull stores it as readers see it.
+				return fmt.Errorf("tar-split: %q (type %q) has a size and content: %w", hdr.Name, hdr.Typeflag, errdefs.ErrNeedFull)
+			}
+			content = 0
+		}
+		if e.GetName() != hdr.Name || e.Size != content {
 			return invalidf("tar-split file entry %q (%d bytes) under the header of %q (%d bytes of content)", e.GetName(), e.Size, hdr.Name, content)
 		}
+		v.content = v.i + 1
 		if err := fn(hdr); err != nil {
 			return err
 		}
@@ -794,12 +801,26 @@ func headerOnly(flag byte) bool {
 }
 
 // splitStream is the tar a tar-split rebuilds, with every file's content as zero bytes that a
-// reader skips by seeking. Position: off bytes into entries[i], abs into the stream.
+// reader skips by seeking. Position: off bytes into entries[i], abs into the stream. Only
+// entries[content], the file entry of the header read last, may be read or skipped as content:
+// any other file entry met is a reading error (content no header owns, which readers of the
+// rebuilt tar would take for headers).
 type splitStream struct {
 	entries []storage.Entry
 	i       int
 	off     int64
 	abs     int64
+	content int
+}
+
+var errUnownedContent = errors.New("a file entry no header owns")
+
+// enter checks that the reader may go into entries[i].
+func (v *splitStream) enter(i int) error {
+	if v.entries[i].Type == storage.FileType && i != v.content {
+		return errUnownedContent
+	}
+	return nil
 }
 
 func (v *splitStream) size(i int) int64 {
@@ -811,6 +832,9 @@ func (v *splitStream) size(i int) int64 {
 
 func (v *splitStream) Read(p []byte) (int, error) {
 	for ; v.i < len(v.entries); v.i, v.off = v.i+1, 0 {
+		if err := v.enter(v.i); err != nil {
+			return 0, err
+		}
 		left := v.size(v.i) - v.off
 		if left <= 0 {
 			continue
@@ -835,6 +859,9 @@ func (v *splitStream) Seek(offset int64, whence int) (int64, error) {
 		return 0, errors.New("tar-split stream: only forward seeks")
 	}
 	for offset > 0 && v.i < len(v.entries) {
+		if err := v.enter(v.i); err != nil {
+			return 0, err
+		}
 		step := min(offset, v.size(v.i)-v.off)
 		v.off += step
 		v.abs += step

@@ -194,6 +194,9 @@ func (ix *imageFiles) fetchLoads(ctx context.Context, first imageEntry, open fun
 			if err := ctx.Err(); err != nil {
 				return err
 			}
+			if b.left < 0 {
+				return nil // the image's paths took the walk's budget: what is left is filled on demand
+			}
 			for _, dep := range ix.loads(open, ent, b) {
 				d := dep.e.Digest
 				f, ok := dep.l.files[d]

@@ -62,11 +62,13 @@ func Needs(r io.ReaderAt, size int64) (info Info, err error) {
 			info.Interp = string(bytes.TrimRight(b, "\x00"))
 		}
 	}
-	ds := f.Section(".dynamic")
+	// The sections ImportedLibraries reads: the dynamic section (by type, whatever its name)
+	// and its string table; compressed ones are refused, as their sizes are not what is read.
+	ds := f.SectionByType(elf.SHT_DYNAMIC)
 	if ds == nil {
 		return info, nil // static, or no section headers to find DT_NEEDED by
 	}
-	if ds.Size > maxDynamic || int(ds.Link) >= len(f.Sections) || f.Sections[ds.Link].Size > maxDynamic {
+	if int(ds.Link) >= len(f.Sections) || !smallSection(ds) || !smallSection(f.Sections[ds.Link]) {
 		return info, nil
 	}
 	needed, err := f.ImportedLibraries()
@@ -84,6 +86,11 @@ func Needs(r io.ReaderAt, size int64) (info Info, err error) {
 		}
 	}
 	return info, nil
+}
+
+// smallSection says whether s is read as it is stored and within maxDynamic.
+func smallSection(s *elf.Section) bool {
+	return s.Flags&elf.SHF_COMPRESSED == 0 && s.Size <= maxDynamic && s.FileSize <= maxDynamic
 }
 
 // SearchDirs are the directories, relative to the root, where ld.so looks for a needed library
