@@ -70,29 +70,6 @@ func (l Location) Ranges() []source.Range {
 	return []source.Range{l.TOC, l.TarSplit}
 }
 
-// Span is the one range that covers TOC and tar-split (they are adjacent in blobs we and the
-// reference write): a registry puller fetches it with a single ranged GET and hands it to Split.
-func (l Location) Span() source.Range {
-	if l.TarSplit.Length == 0 {
-		return l.TOC
-	}
-	start, end := min(l.TOC.Offset, l.TarSplit.Offset), max(l.TOC.End(), l.TarSplit.End())
-	return source.Range{Offset: start, Length: end - start}
-}
-
-// Split cuts the bytes of Span() into the TOC and tar-split (nil if none) for Parse.
-func (l Location) Split(span []byte) (toc, tarSplit []byte, err error) {
-	s := l.Span()
-	if int64(len(span)) != s.Length {
-		return nil, nil, invalidf("metadata span is %d bytes, expected %d", len(span), s.Length)
-	}
-	toc = span[l.TOC.Offset-s.Offset : l.TOC.End()-s.Offset]
-	if l.TarSplit.Length > 0 {
-		tarSplit = span[l.TarSplit.Offset-s.Offset : l.TarSplit.End()-s.Offset]
-	}
-	return toc, tarSplit, nil
-}
-
 // IsChunked reports whether the annotations mark a zstd:chunked layer (current or old names).
 func IsChunked(ann map[string]string) bool {
 	_, cur := ann[AnnotationTOCDigest]

@@ -29,12 +29,11 @@ func parseBlob(t testing.TB, blob []byte, ann map[string]string) (*Layer, error)
 	if err != nil {
 		return nil, err
 	}
-	span := loc.Span()
-	toc, ts, err := loc.Split(blob[span.Offset:span.End()])
-	if err != nil {
-		return nil, err
+	var ts []byte
+	if loc.TarSplit.Length > 0 {
+		ts = blob[loc.TarSplit.Offset:loc.TarSplit.End()]
 	}
-	return Parse(loc, toc, ts)
+	return Parse(loc, blob[loc.TOC.Offset:loc.TOC.End()], ts)
 }
 
 func TestReadReferenceBlobs(t *testing.T) {

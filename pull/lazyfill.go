@@ -60,6 +60,7 @@ func (o *onDemand) fill(ctx context.Context, diffID, obj digest.Digest) (lazy.Fe
 	batch, _, err := layer.FetchObjects(ctx, o.s, files, o.fetcher(l))
 	if err != nil && len(files) > 1 && ctx.Err() == nil {
 		// A file fetched ahead must not fail the reader's: try its own alone.
+		l.ahead.release(files[1:])
 		files = files[:1]
 		batch, _, err = layer.FetchObjects(ctx, o.s, files, o.fetcher(l))
 	}

@@ -119,6 +119,16 @@ func (r *readahead) pick(f chunked.File, have func(digest.Digest) bool) []chunke
 	return out
 }
 
+// release forgets that files were fetched ahead, after their fetch failed: a later fill may
+// fetch them again.
+func (r *readahead) release(files []chunked.File) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range files {
+		delete(r.taken, f.Entry.Digest)
+	}
+}
+
 // configTree is the configuration tree (etc/<name>/) holding file name, or "" for a file
 // elsewhere (etc/'s own files included).
 func configTree(name string) string {

@@ -76,6 +76,10 @@ func TestReadaheadWindows(t *testing.T) {
 	if got = raNames(r.pick(byName("lib/m90"), have)); slices.Contains(got, "lib/m91") {
 		t.Fatalf("a file fetched ahead once was picked again: %v", got)
 	}
+	r.release([]chunked.File{byName("lib/m91")}) // its fetch failed
+	if got = raNames(r.pick(byName("lib/m90"), have)); !slices.Contains(got, "lib/m91") {
+		t.Fatalf("a file whose fetch ahead failed was not picked again: %v", got)
+	}
 	if got := r.pick(chunked.File{Entry: &layerfs.Entry{Name: "other", Digest: digest.FromString("?")}}, have); got != nil {
 		t.Fatalf("a file not in the layer: %v", got)
 	}
