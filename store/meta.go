@@ -916,33 +916,17 @@ const maxRefFile = len("sha512:") + 128 + 1
 // readSmall reads file name of directory dirFD into buf, up to len(buf) bytes. The open does not
 // block (a FIFO put there would hold the caller, and its lock, forever).
 func readSmall(dirFD int, name string, buf []byte) (int, error) {
-	var fd int
-	var err error
-	for {
-		fd, err = unix.Openat(dirFD, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	fd, err := openat(dirFD, name, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
 		return 0, err
 	}
-	defer unix.Close(fd)
-	n := 0
-	for n < len(buf) {
-		k, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return n, err
-		}
-		if k == 0 {
-			break
-		}
-		n += k
+	r := &fdReader{fd: fd}
+	defer r.Close()
+	n, err := io.ReadFull(r, buf)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = nil
 	}
-	return n, nil
+	return n, err
 }
 
 // DeleteRef removes a ref; the image stays until gc. It needs only the shared lock: a ref is

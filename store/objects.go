@@ -162,18 +162,22 @@ func sizeAt(dirfd int, name string, d digest.Digest) (int64, error) {
 // openAt opens object d, named name relative to dirfd as for sizeAt, and returns the bare
 // descriptor; a symlink is refused.
 func openAt(dirfd int, name string, d digest.Digest) (int, error) {
-	var fd int
-	var err error
-	for {
-		fd, err = unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW)
 	if err != nil {
 		return -1, objectErr(d, err)
 	}
 	return fd, nil
+}
+
+// openat is openat(2) with O_CLOEXEC, retried when a signal interrupts it (as os.Open does: FUSE
+// and network file systems return EINTR under the runtime's preemption signals).
+func openat(dirfd int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, name, flags|unix.O_CLOEXEC, 0)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
 }
 
 func objectErr(d digest.Digest, err error) error {
