@@ -302,10 +302,10 @@ func TestVerifyDescriptor(t *testing.T) {
 	wantErr(t, err, errdefs.ErrDigestMismatch, "wrong digest")
 }
 
-// TestTarSplitFileEntries: every tar-split header must be followed by its own file entry. The
-// rebuilt tar takes content by the file entry's name, so a swapped name would put one file's
-// bytes under another's header.
-func TestTarSplitFileEntries(t *testing.T) {
+// sampleTarSplit returns the sample layer's entries and a function that decodes a fresh copy
+// of its tar-split (to be spoilt), having checked that the two agree.
+func sampleTarSplit(t *testing.T) ([]layerfs.Entry, func() []storage.Entry) {
+	t.Helper()
 	s := newSample(t)
 	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
 	if err != nil {
@@ -325,6 +325,14 @@ func TestTarSplitFileEntries(t *testing.T) {
 	if err := CheckTarSplitEntries(entries, fresh()); err != nil {
 		t.Fatalf("genuine tar-split: %v", err)
 	}
+	return entries, fresh
+}
+
+// TestTarSplitFileEntries: every tar-split header must be followed by its own file entry. The
+// rebuilt tar takes content by the file entry's name, so a swapped name would put one file's
+// bytes under another's header.
+func TestTarSplitFileEntries(t *testing.T) {
+	entries, fresh := sampleTarSplit(t)
 	var files []int
 	es := fresh()
 	for i, e := range es {
@@ -356,25 +364,7 @@ func TestTarSplitFileEntries(t *testing.T) {
 // belongs to the header before it only (not to a second file entry), the TOC lists entries in
 // the tar's order, and nothing but zeros may follow the end of the archive.
 func TestTarSplitHeadersAsReadersSeeThem(t *testing.T) {
-	s := newSample(t)
-	js, err := decompressBounded(s.ts, s.loc.TarSplitUncompressed, 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fresh := func() []storage.Entry {
-		es, err := tarstream.DecodeTarSplit(js, tarstream.MaxTarSplitLines)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return es
-	}
-	entries, err := DecodeEntries(s.toc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := CheckTarSplitEntries(entries, fresh()); err != nil {
-		t.Fatalf("genuine tar-split: %v", err)
-	}
+	entries, fresh := sampleTarSplit(t)
 	// a: the first file with content, whose header is the segment before it.
 	a := slices.IndexFunc(fresh(), func(e storage.Entry) bool { return e.Type == storage.FileType && e.Size > 0 })
 	if a < 1 {
