@@ -71,6 +71,12 @@ type Node struct {
 	// fields are then ignored.
 	HardlinkTo *Node
 
+	// HidesLower, on a 0/0 character device of an image written WithStacking, makes it
+	// overlayfs's own whiteout: it hides the same path of the image below instead of being an
+	// entry of this one (every other 0/0 character device is an escaped whiteout, an entry
+	// that overlayfs shows to the overlay stacked above).
+	HidesLower bool
+
 	name     string
 	parent   *Node
 	children []*Node // sorted bytewise by name

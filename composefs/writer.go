@@ -19,6 +19,7 @@ import (
 type options struct {
 	minVersion, maxVersion int
 	dense                  bool
+	stacked                bool
 }
 
 // Option changes how WriteImage writes an image.
@@ -42,6 +43,13 @@ func WithMaxVersion(v int) Option { return func(o *options) { o.maxVersion = v }
 // An external file's inode and xattrs then take 128 bytes instead of 192.
 func WithDenseInodes() Option { return func(o *options) { o.dense = true } }
 
+// WithStacking writes an image to be mounted above another composefs image in one overlay
+// (mount.WithBase), such as a DeltaTree's: its root is not opaque and has no 00..ff stubs, so
+// the overlay merges the image below into it, and nodes with HidesLower become overlayfs's own
+// whiteouts, hiding the entry below, instead of escaped ones. Such an image needs an overlay
+// with data-only object layers (Linux 6.5 or later).
+func WithStacking() Option { return func(o *options) { o.stacked = true } }
+
 // wnode is one inode as the writer lays it out; the caller's tree is never modified.
 type wnode struct {
 	mode, uid, gid, nlink, rdev uint32
@@ -54,6 +62,8 @@ type wnode struct {
 	xacct                       uint64 // the writer's xattr space account, see setXattr
 	parent                      *wnode
 	ents                        []went // directory entries including "." and "..", sorted
+
+	hidesLower bool // Node.HidesLower: written as overlayfs's own whiteout
 
 	ino     uint32
 	compact bool
@@ -172,17 +182,19 @@ func WriteImage(w io.Writer, root *Node, opts ...Option) error {
 	if iw.version < 1 && o.maxVersion >= 1 && hasWhiteout(root) {
 		iw.version = 1
 	}
-	wroot, err := iw.convert(root)
+	wroot, err := iw.convert(root, o.stacked)
 	if err != nil {
 		return err
 	}
 	if err := iw.rewrite(wroot, wroot); err != nil {
 		return err
 	}
-	if err := wroot.setXattr(xOpaque, []byte("y")); err != nil {
-		return err
+	if !o.stacked {
+		if err := wroot.setXattr(xOpaque, []byte("y")); err != nil {
+			return err
+		}
+		addWhiteoutStubs(wroot)
 	}
-	addWhiteoutStubs(wroot)
 	iw.computeTree(wroot)
 	iw.computeSharedXattrs()
 	iw.computeInodes()
@@ -212,7 +224,7 @@ func hasWhiteout(n *Node) bool {
 		if c.HardlinkTo != nil {
 			continue
 		}
-		if c.Mode&ModeTypeMask == ModeChar && c.Rdev == 0 {
+		if c.Mode&ModeTypeMask == ModeChar && c.Rdev == 0 && !c.HidesLower {
 			return true
 		}
 		if c.IsDir() && hasWhiteout(c) {
@@ -223,14 +235,18 @@ func hasWhiteout(n *Node) bool {
 }
 
 // convert copies the caller's tree into writer nodes, validating it on the way.
-func (iw *imageWriter) convert(root *Node) (*wnode, error) {
+func (iw *imageWriter) convert(root *Node, stacked bool) (*wnode, error) {
 	m := map[*Node]*wnode{}
 	var mk func(n *Node, parent *wnode) (*wnode, error)
 	mk = func(n *Node, parent *wnode) (*wnode, error) {
 		wn, err := newWnode(n)
+		if err == nil && n.HidesLower && (!stacked || wn.typ() != ModeChar || wn.rdev != 0) {
+			err = fmt.Errorf("HidesLower is for 0/0 character devices of stacked images: %w", errdefs.ErrInvalid)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", n.Path(), err)
 		}
+		wn.hidesLower = n.HidesLower
 		wn.parent = parent
 		m[n] = wn
 		for _, c := range n.children {
@@ -360,7 +376,7 @@ func (iw *imageWriter) rewrite(n, parent *wnode) error {
 				return err
 			}
 		}
-	case n.typ() == ModeChar && n.rdev == 0:
+	case n.typ() == ModeChar && n.rdev == 0 && !n.hidesLower:
 		// A whiteout in the tree becomes a regular file that overlayfs shows as a whiteout.
 		n.size = 0
 		n.mode = ModeRegular | n.mode&^ModeTypeMask

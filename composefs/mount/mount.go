@@ -69,6 +69,10 @@ type Plan struct {
 	// EROFS are the fsconfig parameters of the EROFS mount: source, ro, and noacl unless the
 	// image has ACLs.
 	EROFS []Param
+	// Base, when set, is the composefs image that Image was written above (WithBase), and
+	// BaseEROFS the parameters of its EROFS mount.
+	Base      string
+	BaseEROFS []Param
 }
 
 // Option changes a plan.
@@ -87,6 +91,11 @@ func WithSuid() Option { return func(p *Plan) { p.Suid = true } }
 
 // WithDev lets device nodes be opened (mount(8)'s dev).
 func WithDev() Option { return func(p *Plan) { p.Dev = true } }
+
+// WithBase mounts image above the composefs image base in one overlay: image is a stacked one
+// (composefs.WithStacking, such as a composefs.DeltaTree's image) and the mount shows what the
+// two merge to. It needs lowerdir+ and datadir+ (Linux 6.7 or later).
+func WithBase(base string) Option { return func(p *Plan) { p.Base = base } }
 
 // WithImageMountDir mounts the EROFS image at dir instead of a temporary directory.
 func WithImageMountDir(dir string) Option { return func(p *Plan) { p.ImageMountDir = dir } }
@@ -109,15 +118,29 @@ func NewPlan(image string, objectDirs []string, target string, opts ...Option) (
 	if (p.UpperDir == "") != (p.WorkDir == "") {
 		return nil, fmt.Errorf("composefs mount: upper and work directory go together: %w", errdefs.ErrInvalid)
 	}
+	var err error
+	if p.EROFS, err = erofsParams(image); err != nil {
+		return nil, err
+	}
+	if p.Base != "" {
+		if p.BaseEROFS, err = erofsParams(p.Base); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// erofsParams are the fsconfig parameters of an image's EROFS mount.
+func erofsParams(image string) ([]Param, error) {
 	info, err := readInfo(image)
 	if err != nil {
 		return nil, err
 	}
-	p.EROFS = []Param{{"source", image}, {"ro", ""}}
+	ps := []Param{{"source", image}, {"ro", ""}}
 	if !info.HasACL {
-		p.EROFS = append(p.EROFS, Param{"noacl", ""})
+		ps = append(ps, Param{"noacl", ""})
 	}
-	return p, nil
+	return ps, nil
 }
 
 func readInfo(image string) (composefs.ImageInfo, error) {
@@ -154,14 +177,17 @@ func (p *Plan) attrs() (attrs uint64, flags uintptr) {
 // ReadOnly reports whether the overlay is mounted read-only (it is unless it has an upper dir).
 func (p *Plan) ReadOnly() bool { return p.UpperDir == "" }
 
-// Overlay returns the fsconfig parameters of the overlay mount over the EROFS image mounted at
-// imageMount, for the new mount API (paths need no escaping there).
-func (p *Plan) Overlay(imageMount string) []Param {
+// Overlay returns the fsconfig parameters of the overlay mount over the EROFS images mounted at
+// imageMounts (the image's, then with WithBase its base's), for the new mount API (paths need no
+// escaping there).
+func (p *Plan) Overlay(imageMounts ...string) []Param {
 	ps := []Param{{"source", overlaySource}, {"metacopy", "on"}, {"redirect_dir", "on"}}
 	if p.Verity != VerityOff {
 		ps = append(ps, Param{"verity", string(p.Verity)})
 	}
-	ps = append(ps, Param{"lowerdir+", imageMount})
+	for _, m := range imageMounts {
+		ps = append(ps, Param{"lowerdir+", m})
+	}
 	for _, d := range p.ObjectDirs {
 		ps = append(ps, Param{"datadir+", d})
 	}
@@ -238,7 +264,7 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 		}
 		defer os.Remove(staging)
 	}
-	if err := mountEROFS(p, staging); err != nil {
+	if err := mountEROFS(p.Image, p.EROFS, staging); err != nil {
 		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Image), err)
 	}
 	defer func() {
@@ -246,6 +272,9 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 			err = fmt.Errorf("detaching EROFS mount %s: %w", staging, uerr)
 		}
 	}()
+	if p.Base != "" {
+		return mountStacked(p, staging)
+	}
 	if err := mountOverlay(p, staging); err != nil {
 		return wrapMountErr(fmt.Sprintf("mounting composefs overlay at %s", p.Target), err)
 	}
@@ -420,30 +449,53 @@ var (
 // erofsAttrs: the private EROFS mount is never used for anything but the overlay's lower layer.
 const erofsAttrs = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV
 
-func mountEROFS(p *Plan, target string) error {
+// mountStacked mounts the base image beside the image's EROFS mount at imageMount, then the
+// overlay of both over the objects (new mount API only).
+func mountStacked(p *Plan, imageMount string) (err error) {
+	baseMount, err := os.MkdirTemp("", ".composefs-base-")
+	if err != nil {
+		return fmt.Errorf("mounting composefs: %w", err)
+	}
+	defer os.Remove(baseMount)
+	if err := mountEROFS(p.Base, p.BaseEROFS, baseMount); err != nil {
+		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Base), err)
+	}
+	defer func() {
+		if uerr := unix.Unmount(baseMount, unix.MNT_DETACH); uerr != nil && err == nil {
+			err = fmt.Errorf("detaching EROFS mount %s: %w", baseMount, uerr)
+		}
+	}()
+	attrs, _ := p.attrs()
+	if err := fsMount("overlay", p.Overlay(imageMount, baseMount), attrs, p.Target); err != nil {
+		return wrapMountErr(fmt.Sprintf("mounting composefs overlay of %s above %s at %s", p.Image, p.Base, p.Target), err)
+	}
+	return nil
+}
+
+func mountEROFS(image string, params []Param, target string) error {
 	var err error = unix.ENOTBLK
 	if !forceLoop {
-		err = fsMount("erofs", p.EROFS, erofsAttrs, target)
+		err = fsMount("erofs", params, erofsAttrs, target)
 	}
 	if errors.Is(err, unix.ENOSYS) {
-		return legacyEROFS(p, p.Image, target)
+		return legacyEROFS(params, image, target)
 	}
 	if !errors.Is(err, unix.ENOTBLK) {
 		return err
 	}
 	// The kernel cannot mount EROFS from a file (before 6.12): go through a loop device.
-	loop, lerr := attachLoop(p.Image)
+	loop, lerr := attachLoop(image)
 	if lerr != nil {
 		return fmt.Errorf("%v; loop device: %w", err, lerr)
 	}
 	defer loop.Close() // autoclear: the device goes away with the mount
-	params := append([]Param{{"source", loop.Name()}}, p.EROFS[1:]...)
+	params = append([]Param{{"source", loop.Name()}}, params[1:]...)
 	return fsMount("erofs", params, erofsAttrs, target)
 }
 
-func legacyEROFS(p *Plan, source, target string) error {
+func legacyEROFS(params []Param, source, target string) error {
 	data := ""
-	for _, prm := range p.EROFS {
+	for _, prm := range params {
 		if prm.Key == "noacl" {
 			data = "noacl"
 		}
