@@ -19,8 +19,16 @@ import (
 //     of layer that base has not as a directory (overlayfs merges directories only);
 //   - a whiteout (HidesLower) for each entry of base that layer has not.
 //
-// nodes is the number of nodes in the result, to weigh it against layer's whole tree.
+// nodes is the number of nodes in the result, to weigh it against layer's whole tree. A base
+// whose root has an entry named like an object directory (00..ff) cannot be stacked on: the
+// overlay looks a redirect of the image above up in base before the data-only layers, and
+// finds only base's 00..ff whiteout stubs there. Then root is nil.
 func DeltaTree(layer, base *Node) (root *Node, nodes int) {
+	for _, c := range base.children {
+		if len(c.name) == 2 && isHex(c.name[0]) && isHex(c.name[1]) {
+			return nil, 0
+		}
+	}
 	d := &delta{copies: map[*Node]*Node{}, linked: map[*Node]bool{}}
 	d.markLinks(layer)
 	root = d.copyOf(layer)
@@ -115,6 +123,8 @@ func (d *delta) copyOf(n *Node) *Node {
 func (d *delta) multiple(n *Node) bool {
 	return n.HardlinkTo != nil || d.linked[n] || !n.IsDir() && n.Nlink > 1
 }
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
 
 func isWhiteout(n *Node) bool { return n.Mode&ModeTypeMask == ModeChar && n.Rdev == 0 }
 

@@ -72,14 +72,18 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	if err != nil {
 		return "", err
 	}
-	image, err := l.layerImage(ctx, diffID)
+	image, base, err := l.layerImage(ctx, diffID)
 	if err != nil {
 		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return "", err
 	}
-	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target)
+	var opts []mount.Option
+	if base != "" {
+		opts = append(opts, mount.WithBase(base))
+	}
+	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target, opts...)
 	if err != nil {
 		return "", err
 	}
@@ -105,14 +109,14 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 }
 
 // layerImage builds (once) the composefs image of one layer, unless a pull is building it
-// (layerEntries): then it waits for that one. The caller holds the store's shared lock.
-func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, error) {
+// (layerEntries): then it waits for that one. It returns the image and, for a stacked one, the
+// base image it goes above (stacked.go). The caller holds the store's shared lock.
+func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (image, base string, err error) {
 	if err := l.awaitPrebuild(ctx, diffID); err != nil {
-		return "", err
+		return "", "", err
 	}
-	p := l.imagePath(diffID)
-	if _, err := os.Stat(p); err == nil {
-		return p, nil
+	if image, base, ok := l.findImage(diffID); ok {
+		return image, base, nil
 	}
 	// No fs-verity digests: overlayfs reads them only with verity=on or require, which per-layer
 	// mounts do not use (mount.VerityOff: the object directory is Kura's, verified at ingest).
@@ -122,9 +126,12 @@ func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (string, 
 	// The entries are decoded once, for the tree and for its whiteouts.
 	entries, err := l.s.LayerEntries(ctx, diffID)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return p, l.writeLayerImage(ctx, diffID, entries)
+	if _, err := l.writeLayerImage(ctx, diffID, "", entries); err != nil {
+		return "", "", err
+	}
+	return l.imagePath(diffID), "", nil
 }
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into

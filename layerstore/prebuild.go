@@ -37,8 +37,8 @@ type prebuild struct {
 
 // layerEntries is the pull.LayerEntriesFunc of the layer store's pulls: unless the layer's
 // image is there or being built, it keeps entries to build it from once the layer is recorded.
-func (l *Layers) layerEntries(diffID digest.Digest, entries []layerfs.Entry) func(recorded bool) {
-	if _, err := os.Stat(l.imagePath(diffID)); err == nil {
+func (l *Layers) layerEntries(diffID, prev digest.Digest, entries []layerfs.Entry) func(recorded bool) {
+	if _, _, ok := l.findImage(diffID); ok {
 		return nil
 	}
 	l.pmu.Lock()
@@ -49,7 +49,7 @@ func (l *Layers) layerEntries(diffID digest.Digest, entries []layerfs.Entry) fun
 	pb := &prebuild{verified: make(chan struct{}), done: make(chan struct{})}
 	l.prebuilds[diffID] = pb
 	l.pmu.Unlock()
-	go l.runPrebuild(diffID, entries, pb)
+	go l.runPrebuild(diffID, prev, entries, pb)
 	var once sync.Once
 	return func(recorded bool) {
 		once.Do(func() { pb.recorded = recorded; close(pb.verified) })
@@ -63,7 +63,7 @@ func (l *Layers) layerEntries(diffID digest.Digest, entries []layerfs.Entry) fun
 // two cores, took about 45 ms longer on the bench's updates, all that podman run gained). Built
 // from the record on, it is done, and the layer mounted, before podman's container asks for
 // diff. It holds the store's shared lock for the objects it inlines.
-func (l *Layers) runPrebuild(diffID digest.Digest, entries []layerfs.Entry, pb *prebuild) {
+func (l *Layers) runPrebuild(diffID, prev digest.Digest, entries []layerfs.Entry, pb *prebuild) {
 	defer func() {
 		l.pmu.Lock()
 		delete(l.prebuilds, diffID)
@@ -80,15 +80,16 @@ func (l *Layers) runPrebuild(diffID digest.Digest, entries []layerfs.Entry, pb *
 	if err == nil {
 		var unlock func()
 		if unlock, err = l.s.RLock(ctx); err == nil {
-			err = l.writeLayerImage(ctx, diffID, entries)
+			var base digest.Digest
+			base, err = l.writeLayerImage(ctx, diffID, prev, entries)
 			unlock()
+			if err == nil {
+				l.opts.Log.Info("layer image built from the pull's entries", "diffID", diffID, "above", base, "took", time.Since(start))
+				return
+			}
 		}
 	}
-	if err != nil {
-		l.opts.Log.Warn("building a layer's composefs image from its pull's entries failed; it is built when mounted", "diffID", diffID, "err", err)
-		return
-	}
-	l.opts.Log.Info("layer image built from the pull's entries", "diffID", diffID, "took", time.Since(start))
+	l.opts.Log.Warn("building a layer's composefs image from its pull's entries failed; it is built when mounted", "diffID", diffID, "err", err)
 }
 
 // errNotRecorded: the pull did not record the layer with the entries an image was built from.
@@ -148,20 +149,40 @@ func (l *Layers) imageOptions() []composefs.Option {
 	return nil
 }
 
-// writeLayerImage builds the composefs image of one layer from its entries (decoded once, for
-// the tree and for its whiteouts; no fs-verity digests, see layerImage) into a temp file
-// beside its place, and renames it there. A server killed meanwhile leaves only the temp file,
-// which the next one removes (removeTemps).
-func (l *Layers) writeLayerImage(ctx context.Context, diffID digest.Digest, entries []layerfs.Entry) error {
+// writeLayerImage builds the image of one layer from its entries (decoded once, for the tree and
+// for its whiteouts; no fs-verity digests, see layerImage): stacked above the full image of the
+// layer prev is an update of, or of the base prev's image stacks above, where that is this
+// process's and the delta is small (stacked.go); else full, and then remembered as a base. It
+// writes a temp file beside its place and renames it there: a server killed meanwhile leaves
+// only the temp file, which the next one removes (removeTemps). It returns the base stacked
+// above, or "".
+func (l *Layers) writeLayerImage(ctx context.Context, diffID, prev digest.Digest, entries []layerfs.Entry) (digest.Digest, error) {
 	st := storeimage.WithEntries(storeimage.WithoutDigests(l.s), map[digest.Digest][]layerfs.Entry{diffID: entries})
 	root, err := storeimage.Tree(ctx, st, store.Image{ID: diffID, Layers: []digest.Digest{diffID}})
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := treeWhiteouts(root, entries); err != nil {
-		return err
+		return "", err
+	}
+	if base, broot := l.stackBase(prev); broot != nil && base != diffID {
+		if delta, nodes := composefs.DeltaTree(root, broot); delta != nil && nodes*maxDeltaShare <= countNodes(root) {
+			opts := append(l.imageOptions(), composefs.WithStacking())
+			return base, writeImageFile(l.stackedPath(diffID, base), delta, opts)
+		}
 	}
 	p := l.imagePath(diffID)
+	if err := writeImageFile(p, root, l.imageOptions()); err != nil {
+		return "", err
+	}
+	if l.dense {
+		l.base.remember(diffID, root, p)
+	}
+	return "", nil
+}
+
+// writeImageFile writes the image of root at p, through a temp file renamed into place.
+func writeImageFile(p string, root *composefs.Node, opts []composefs.Option) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
@@ -170,7 +191,7 @@ func (l *Layers) writeLayerImage(ctx context.Context, diffID digest.Digest, entr
 		return err
 	}
 	defer os.Remove(f.Name())
-	err = composefs.WriteImage(f, root, l.imageOptions()...)
+	err = composefs.WriteImage(f, root, opts...)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

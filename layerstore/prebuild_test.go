@@ -47,7 +47,7 @@ func TestImageBuiltFromThePullsEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := other.layerImage(ctx, diffID)
+	p, _, err := other.layerImage(ctx, diffID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestPrebuildNeedsTheRecord(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ls.layerEntries(diffID, entries)(false)
+	ls.layerEntries(diffID, "", entries)(false)
 	if err := ls.awaitPrebuild(ctx, diffID); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestPrebuildNeedsTheRecord(t *testing.T) {
 	if len(left) != 0 {
 		t.Fatalf("after a pull that did not record the layer: %v; want nothing", left)
 	}
-	ls.layerEntries(diffID, entries)(true)
+	ls.layerEntries(diffID, "", entries)(true)
 	if err := ls.awaitPrebuild(ctx, diffID); err != nil {
 		t.Fatal(err)
 	}

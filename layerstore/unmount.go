@@ -60,9 +60,7 @@ func (l *Layers) Unmount(dir string) error {
 	}
 	l.forget(dir)
 	os.Remove(dir)
-	for _, dense := range []bool{false, true} {
-		os.Remove(filepath.Join(l.opts.State, dirComposefs, dgst.Encoded()+imageSuffix(dense)))
-	}
+	l.removeImages(dgst)
 	l.opts.Log.Info("layer unmounted", "diffID", dgst, "dir", dir)
 	return nil
 }

@@ -9,8 +9,9 @@ import (
 // LayerEntriesFunc is given a layer's entries as a partial pull parses them from the TOC (see
 // WithLayerEntries). It returns done, which the pull calls once the layer's import is over:
 // recorded is true only if the layer was recorded with exactly these entries, its DiffID
-// checked. Neither may modify the entries.
-type LayerEntriesFunc func(diffID digest.Digest, entries []layerfs.Entry) (done func(recorded bool))
+// checked. Neither may modify the entries. prev is the stored layer the pull took this one for
+// an update of (its tar-split prediction's), or "".
+type LayerEntriesFunc func(diffID, prev digest.Digest, entries []layerfs.Entry) (done func(recorded bool))
 
 // WithLayerEntries has a partial pull hand each layer's entries to fn as soon as it has parsed
 // them, before it fetches the files the store lacks and checks the DiffID, so that work made
@@ -23,11 +24,11 @@ type LayerEntriesFunc func(diffID digest.Digest, entries []layerfs.Entry) (done 
 func WithLayerEntries(fn LayerEntriesFunc) Option { return func(o *options) { o.layerEntries = fn } }
 
 // handEntries gives fn the entries of a parsed layer; the returned done is never nil.
-func (o options) handEntries(diffID digest.Digest, entries []layerfs.Entry) func(recorded bool) {
+func (o options) handEntries(diffID, prev digest.Digest, entries []layerfs.Entry) func(recorded bool) {
 	if o.layerEntries == nil {
 		return func(bool) {}
 	}
-	if done := o.layerEntries(diffID, entries); done != nil {
+	if done := o.layerEntries(diffID, prev, entries); done != nil {
 		return done
 	}
 	return func(bool) {}

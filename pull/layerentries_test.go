@@ -19,7 +19,7 @@ type handed struct {
 	recorded map[digest.Digest]bool
 }
 
-func (h *handed) fn(diffID digest.Digest, entries []layerfs.Entry) func(bool) {
+func (h *handed) fn(diffID, _ digest.Digest, entries []layerfs.Entry) func(bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.entries[diffID] = entries

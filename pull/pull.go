@@ -327,7 +327,7 @@ func pullPartial(ctx context.Context, s *store.Store, src source.Source, desc oc
 	if err != nil {
 		return err
 	}
-	done := o.handEntries(diffID, part.Layer.Entries)
+	done := o.handEntries(diffID, prev, part.Layer.Entries)
 	imp, err := layer.ImportPartial(ctx, s, part, diffID, rangeFetcher{src: src, desc: desc, lr: lr},
 		layer.PartialOptions{Bar: bar, Log: o.log.With("layer", desc.Digest)})
 	done(err == nil)

@@ -1,0 +1,188 @@
+package layerstore
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/composefs/mount"
+)
+
+// Stacked images. Ten versions of an image are ten layers that share most of their files, and a
+// per-layer image of each gives each container its own inodes of the same files to look up: a
+// page cache cost podman's hard-linked layer directories do not pay. So a layer pulled as an
+// update of another (the pull's predecessor) whose full image this server wrote gets an image of
+// what it changes only (composefs.DeltaTree), mounted above the other's image in one overlay:
+// the inodes and directories the versions share are looked up in one image, and cached once.
+//
+// A stacked image is <hex>.above-<base hex>.dense.cfs beside the full ones. It is built only
+// against a base image this process wrote from the very tree the delta was taken from (baseTree),
+// and mounted only while that base image is there: one that went missing is never rebuilt
+// under a stacked image (its tree might differ); the layer gets a full image instead. Only dense
+// images are stacked (Linux 6.15 or later; stacking needs data-only layers, 6.5).
+
+// maxDeltaShare: a delta is used when it has at most a quarter of the layer's nodes; past that
+// the layer's own full image costs about as much, and becomes a base for later versions.
+const maxDeltaShare = 4
+
+// baseTree is the tree of the last full image this process wrote: the base a later version's
+// delta is taken from, while its image file is that very file.
+type baseTree struct {
+	mu     sync.Mutex
+	diffID digest.Digest
+	root   *composefs.Node
+	file   fileID
+}
+
+// fileID tells one file from another put in its place.
+type fileID struct{ dev, ino uint64 }
+
+func idOf(path string) (fileID, bool) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), st.Ino}, true
+}
+
+// remember keeps the tree a full image at path was just written from.
+func (b *baseTree) remember(diffID digest.Digest, root *composefs.Node, path string) {
+	id, ok := idOf(path)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !ok {
+		b.diffID, b.root = "", nil
+		return
+	}
+	b.diffID, b.root, b.file = diffID, root, id
+}
+
+// tree returns the tree of base's full image at path, if it is the one remembered.
+func (b *baseTree) tree(base digest.Digest, path string) *composefs.Node {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.root == nil || b.diffID != base {
+		return nil
+	}
+	if id, ok := idOf(path); !ok || id != b.file {
+		return nil
+	}
+	return b.root
+}
+
+func countNodes(n *composefs.Node) int {
+	k := 1
+	for _, c := range n.Children() {
+		k += countNodes(c)
+	}
+	return k
+}
+
+const stackedInfix = ".above-"
+
+// stackedPath is where the image of layer diffID stacked above base's full image is kept.
+func (l *Layers) stackedPath(diffID, base digest.Digest) string {
+	return filepath.Join(l.opts.State, dirComposefs, diffID.Encoded()+stackedInfix+base.Encoded()+imageSuffix(true))
+}
+
+// stackedImages lists the stacked images of layer diffID ("*": of every layer) above base
+// ("*": above any), with the base each names.
+func (l *Layers) stackedImages(diffID, base string) (map[string]digest.Digest, error) {
+	paths, err := filepath.Glob(filepath.Join(l.opts.State, dirComposefs, diffID+stackedInfix+base+imageSuffix(true)))
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]digest.Digest{}
+	for _, p := range paths {
+		name := strings.TrimSuffix(filepath.Base(p), imageSuffix(true))
+		_, hex, _ := strings.Cut(name, stackedInfix)
+		if d := digest.NewDigestFromEncoded(digest.SHA256, hex); d.Validate() == nil {
+			out[p] = d
+		}
+	}
+	return out, nil
+}
+
+// stackBase is the layer whose full image a new layer's image may stack above, with that
+// image's tree: prev, the layer the pull took the new one for an update of, or the base prev's
+// own image stacks above. None unless this process wrote that base image.
+func (l *Layers) stackBase(prev digest.Digest) (digest.Digest, *composefs.Node) {
+	if !l.dense || prev == "" {
+		return "", nil
+	}
+	base := prev
+	if _, err := os.Stat(l.imagePath(prev)); err != nil {
+		stacked, err := l.stackedImages(prev.Encoded(), "*")
+		if err != nil || len(stacked) != 1 {
+			return "", nil
+		}
+		for _, b := range stacked {
+			base = b
+		}
+	}
+	return base, l.base.tree(base, l.imagePath(base))
+}
+
+// findImage returns the image a layer has: its full image, or a stacked one whose base image
+// is in place (with that base's image). A stacked image whose base image is gone is removed.
+func (l *Layers) findImage(diffID digest.Digest) (image, base string, ok bool) {
+	p := l.imagePath(diffID)
+	if _, err := os.Stat(p); err == nil {
+		return p, "", true
+	}
+	if !l.dense {
+		return "", "", false
+	}
+	stacked, err := l.stackedImages(diffID.Encoded(), "*")
+	if err != nil {
+		return "", "", false
+	}
+	for s, b := range stacked {
+		bp := l.imagePath(b)
+		if _, err := os.Stat(bp); err == nil {
+			return s, bp, true
+		}
+		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
+			l.opts.Log.Warn("removing a stacked image whose base image is gone", "image", s, "err", err)
+		}
+	}
+	return "", "", false
+}
+
+// removeImages removes the images of layer diffID once it is unmounted: its full image unless a
+// stacked image stands on it, its stacked images, and then the base images they stood on that
+// nothing uses any more (no mount of that layer, no other stacked image above).
+func (l *Layers) removeImages(diffID digest.Digest) {
+	hex := diffID.Encoded()
+	if above, err := l.stackedImages("*", hex); err == nil && len(above) == 0 {
+		for _, dense := range []bool{false, true} {
+			os.Remove(filepath.Join(l.opts.State, dirComposefs, hex+imageSuffix(dense)))
+		}
+	}
+	stacked, err := l.stackedImages(hex, "*")
+	if err != nil {
+		return
+	}
+	for s, b := range stacked {
+		os.Remove(s)
+		if above, err := l.stackedImages("*", b.Encoded()); err != nil || len(above) > 0 {
+			continue
+		}
+		if l.mounted(b) {
+			continue
+		}
+		os.Remove(l.imagePath(b))
+	}
+}
+
+// mounted says whether layer diffID's per-layer mount is in place.
+func (l *Layers) mounted(diffID digest.Digest) bool {
+	_, ok, err := mount.Find(l.mountPoint(dirMounts, diffID))
+	return ok || err != nil
+}

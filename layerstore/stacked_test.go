@@ -1,0 +1,192 @@
+package layerstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kura-oci/kura/auth"
+	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/internal/testkit/imagetest"
+	"github.com/kura-oci/kura/internal/testkit/tartest"
+	"github.com/kura-oci/kura/internal/testkit/teststore"
+	"github.com/kura-oci/kura/registry"
+	"github.com/kura-oci/kura/registry/registrytest"
+)
+
+// versionTar is the one layer of version v of an image: 60 files that every version shares, and
+// one that each version changes, one that only version 1 has and one that only later ones have.
+func versionTar(t *testing.T, v int) []byte {
+	var es []tartest.Entry
+	es = append(es, tartest.Dir("usr/"), tartest.Dir("usr/lib/"))
+	for i := 0; i < 60; i++ {
+		es = append(es, tartest.File(fmt.Sprintf("usr/lib/f%02d", i), fmt.Sprint("shared by every version: ", i, strings.Repeat(".", 80))))
+	}
+	es = append(es, tartest.File("usr/lib/version", fmt.Sprint("version ", v, strings.Repeat("!", 80))))
+	if v == 1 {
+		es = append(es, tartest.File("usr/lib/only-v1", "gone in later versions"))
+	} else {
+		es = append(es, tartest.File("usr/new", "only in later versions"))
+	}
+	return tartest.Tar(t, tartest.At(time.Unix(1700000000, 0), es...)...)
+}
+
+// walkTree lists what a layer's diff shows: each path with its type, mode and content.
+func walkTree(t *testing.T, dir string) []string {
+	var out []string
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		line := fmt.Sprintf("%s %v %v", rel, fi.Mode(), fi.ModTime().Unix())
+		if fi.Mode().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			line += " " + string(b)
+		}
+		out = append(out, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestStackedLayerImages: the layer of a second version, pulled as an update of the first's,
+// gets an image of what it changes stacked above the first's full image; its diff shows the same
+// tree as a full image of it does. A server started again mounts it the same way. Unmounting
+// the first version's layer keeps its image while the second's stands on it; unmounting the
+// second removes both. A stacked image whose base image went missing gives way to a full one.
+func TestStackedLayerImages(t *testing.T) {
+	if unix.Geteuid() != 0 {
+		testkit.Skip(t, "composefs mounts need root")
+	}
+	ctx := context.Background()
+	reg := registrytest.New(t)
+	v1, v2 := imagetest.Chunked(t, versionTar(t, 1)), imagetest.Chunked(t, versionTar(t, 2))
+	v1.Push(t, reg, "test/stacked", "v1")
+	v2.Push(t, reg, "test/stacked", "v2")
+	s := teststore.Open(t)
+	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
+	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
+	ls, err := New(s, &registryResolver{s: s, client: client}, Options{State: state, Diff: DiffComposefs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ls.dense {
+		t.Fatalf("kernel %s: no dense images, so nothing is stacked", kernelRelease())
+	}
+	lookup := func(ls *Layers, tag string, img *imagetest.Image) *Layer {
+		t.Helper()
+		l, err := ls.Lookup(ctx, reg.Host+"/test/stacked:"+tag, img.Descs[0].Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ls.DiffTarget(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(l.Diff, unix.MNT_DETACH) })
+		return l
+	}
+	l1 := lookup(ls, "v1", v1)
+	l2 := lookup(ls, "v2", v2)
+	d1, d2 := v1.DiffIDs[0], v2.DiffIDs[0]
+	stacked := ls.stackedPath(d2, d1)
+	if _, err := os.Stat(stacked); err != nil {
+		t.Fatalf("v2's layer has no image stacked above v1's: %v", err)
+	}
+	if _, err := os.Stat(ls.imagePath(d2)); err == nil {
+		t.Errorf("v2's layer has a full image too")
+	}
+	if fi1, fi2 := statSize(t, ls.imagePath(d1)), statSize(t, stacked); fi2*2 > fi1 {
+		t.Errorf("the stacked image is %d bytes, the full one %d; want it much smaller", fi2, fi1)
+	}
+	got := walkTree(t, l2.Diff)
+
+	// The same layer with a full image, in a second layer store: the same tree.
+	other, err := New(s, nil, Options{State: t.TempDir(), Diff: DiffComposefs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := other.composefsDir(ctx, l2.img, d2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(full, unix.MNT_DETACH) })
+	if want := walkTree(t, full); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the stacked diff shows\n%s\nthe full image\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if len(got) < 60 {
+		t.Fatalf("only %d paths in the diff", len(got))
+	}
+
+	// A server started again (nothing remembered) mounts the stacked image above the same base.
+	if err := unix.Unmount(l2.Diff, 0); err != nil {
+		t.Fatal(err)
+	}
+	ls2, err := New(s, &registryResolver{s: s, client: client}, Options{State: state, Diff: DiffComposefs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remount := func() {
+		t.Helper()
+		if _, err := ls2.composefsDir(ctx, l2.img, d2); err != nil {
+			t.Fatal(err)
+		}
+		if again := walkTree(t, l2.Diff); strings.Join(got, "\n") != strings.Join(again, "\n") {
+			t.Fatalf("mounted again, the diff shows\n%s\nwant\n%s", strings.Join(again, "\n"), strings.Join(got, "\n"))
+		}
+	}
+	remount()
+	if _, err := os.Stat(stacked); err != nil {
+		t.Fatalf("the stacked image, mounted again: %v", err)
+	}
+	// Unmounting v1's layer keeps its image: v2's stands on it.
+	if err := ls2.Unmount(l1.Diff); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ls.imagePath(d1)); err != nil {
+		t.Errorf("v1's image, which v2's stands on, is gone with v1's mount: %v", err)
+	}
+	// Its base image gone, the stacked image gives way to a full one.
+	if err := unix.Unmount(l2.Diff, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(ls.imagePath(d1)); err != nil {
+		t.Fatal(err)
+	}
+	remount()
+	if _, err := os.Stat(stacked); !os.IsNotExist(err) {
+		t.Errorf("the stacked image whose base is gone: %v; want it removed", err)
+	}
+	if _, err := os.Stat(ls.imagePath(d2)); err != nil {
+		t.Errorf("v2's full image: %v", err)
+	}
+	if err := ls2.Unmount(l2.Diff); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(state, dirComposefs, "*")); len(left) != 0 {
+		t.Errorf("images left once nothing is mounted: %v", left)
+	}
+}
+
+func statSize(t *testing.T, p string) int64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
