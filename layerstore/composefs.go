@@ -1,6 +1,7 @@
 package layerstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ const (
 
 const (
 	dirComposefs = "composefs" // composefs/<hex of DiffID>{.cfs,.dense.cfs}: per-layer composefs images
-	dirMounts    = "mnt"       // mnt/<hex of DiffID>: their mount points
+	dirMounts    = "mnt"       // mnt/<hex of DiffID>: their mount points; mnt/<image file name>: shared EROFS mounts (stacked.go)
 )
 
 // mountPoint is where layer diffID is mounted under the state directory's dir (dirMounts for
@@ -82,6 +83,17 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	var opts []mount.Option
 	if base != "" {
 		opts = append(opts, mount.WithBase(base))
+	}
+	if l.dense { // the full image's EROFS mount is shared (stacked.go)
+		full, err := l.erofsDir(cmp.Or(base, image))
+		if err != nil {
+			return "", fmt.Errorf("layer store: mounting the image of layer %s: %w", diffID, err)
+		}
+		if base != "" {
+			opts = append(opts, mount.WithMountedImages("", full))
+		} else {
+			opts = append(opts, mount.WithMountedImages(full, ""))
+		}
 	}
 	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target, opts...)
 	if err != nil {

@@ -122,7 +122,9 @@ func TestPendingLayerAcrossCompletions(t *testing.T) {
 	ctx := context.Background()
 	reg := registrytest.New(t)
 	s := teststore.Open(t)
-	ls, err := New(s, nil, Options{State: filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root())), Diff: DiffComposefs})
+	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
+	cleanMounts(t, state)
+	ls, err := New(s, nil, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -172,6 +172,9 @@ func (l *Layers) writeLayerImage(ctx context.Context, diffID, prev digest.Digest
 		}
 	}
 	p := l.imagePath(diffID)
+	if l.dense {
+		l.detachEROFS(p) // of a file no longer there: the new one is mounted afresh
+	}
 	if err := writeImageFile(p, root, l.imageOptions()); err != nil {
 		return "", err
 	}

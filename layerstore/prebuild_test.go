@@ -43,7 +43,9 @@ func TestImageBuiltFromThePullsEntries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := New(f.s, nil, Options{State: t.TempDir(), Diff: DiffComposefs})
+	otherState := t.TempDir()
+	cleanMounts(t, otherState)
+	other, err := New(f.s, nil, Options{State: otherState, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +67,7 @@ func TestPrebuildNeedsTheRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := t.TempDir()
+	cleanMounts(t, state)
 	ls, err := New(f.s, nil, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kura-oci/kura/composefs"
 	"github.com/kura-oci/kura/composefs/mount"
+	"github.com/kura-oci/kura/internal/mountinfo"
 )
 
 // Stacked images. Ten versions of an image are ten layers that share most of their files, and a
@@ -26,6 +27,13 @@ import (
 // and mounted only while that base image is there: one that went missing is never rebuilt
 // under a stacked image (its tree might differ); the layer gets a full image instead. Only dense
 // images are stacked (Linux 6.15 or later; stacking needs data-only layers, 6.5).
+//
+// A full dense image's EROFS file system is mounted once, at mnt/<image file name> in the state
+// directory (beside the layers' mounts, mnt/<hex>: cleared with them), and every overlay over it takes it from there: its own layer's and those of the
+// layers stacked above it, which then share its inodes and dentries as well as its pages. It is
+// detached when its image is removed or written anew (before a new file takes the name), so
+// the mount there is always of the file in place. Overlays made from it keep it while they
+// last.
 
 // maxDeltaShare: a delta is used when it has at most a quarter of the layer's nodes; past that
 // the layer's own full image costs about as much, and becomes a base for later versions.
@@ -162,7 +170,9 @@ func (l *Layers) removeImages(diffID digest.Digest) {
 	hex := diffID.Encoded()
 	if above, err := l.stackedImages("*", hex); err == nil && len(above) == 0 {
 		for _, dense := range []bool{false, true} {
-			os.Remove(filepath.Join(l.opts.State, dirComposefs, hex+imageSuffix(dense)))
+			p := filepath.Join(l.opts.State, dirComposefs, hex+imageSuffix(dense))
+			l.detachEROFS(p)
+			os.Remove(p)
 		}
 	}
 	stacked, err := l.stackedImages(hex, "*")
@@ -177,8 +187,38 @@ func (l *Layers) removeImages(diffID digest.Digest) {
 		if l.mounted(b) {
 			continue
 		}
+		l.detachEROFS(l.imagePath(b))
 		os.Remove(l.imagePath(b))
 	}
+}
+
+// erofsDir returns where the full image at image (a dense one) is mounted for overlays to
+// share, mounting it there first if need be. The caller holds l.dirs.
+func (l *Layers) erofsDir(image string) (string, error) {
+	dir := filepath.Join(l.opts.State, dirMounts, filepath.Base(image))
+	entries, err := mountinfo.Read("self")
+	if err != nil {
+		return "", err
+	}
+	if e, ok := mountinfo.Top(entries, dir); ok && e.FSType == "erofs" {
+		return dir, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return dir, mount.MountImage(image, dir)
+}
+
+// detachEROFS detaches the shared EROFS mount of the image at image, if any, and removes its
+// mount point: the overlays made from it keep it.
+func (l *Layers) detachEROFS(image string) {
+	dir := filepath.Join(l.opts.State, dirMounts, filepath.Base(image))
+	for {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			break // EINVAL: not a mount (any more); ENOENT: no mount point
+		}
+	}
+	os.Remove(dir)
 }
 
 // mounted says whether layer diffID's per-layer mount is in place.

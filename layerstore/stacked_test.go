@@ -81,6 +81,7 @@ func TestStackedLayerImages(t *testing.T) {
 	s := teststore.Open(t)
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
+	cleanMounts(t, state)
 	ls, err := New(s, &registryResolver{s: s, client: client}, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +117,9 @@ func TestStackedLayerImages(t *testing.T) {
 	got := walkTree(t, l2.Diff)
 
 	// The same layer with a full image, in a second layer store: the same tree.
-	other, err := New(s, nil, Options{State: t.TempDir(), Diff: DiffComposefs})
+	otherState := t.TempDir()
+	cleanMounts(t, otherState)
+	other, err := New(s, nil, Options{State: otherState, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
 	}

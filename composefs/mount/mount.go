@@ -73,6 +73,10 @@ type Plan struct {
 	// BaseEROFS the parameters of its EROFS mount.
 	Base      string
 	BaseEROFS []Param
+	// ImageDir and BaseDir, when set, are where MountImage has mounted the image and the base
+	// already: the overlay takes them from there, and every overlay that does shares their
+	// EROFS file systems (inodes, dentries).
+	ImageDir, BaseDir string
 }
 
 // Option changes a plan.
@@ -96,6 +100,25 @@ func WithDev() Option { return func(p *Plan) { p.Dev = true } }
 // (composefs.WithStacking, such as a composefs.DeltaTree's image) and the mount shows what the
 // two merge to. It needs lowerdir+ and datadir+ (Linux 6.7 or later).
 func WithBase(base string) Option { return func(p *Plan) { p.Base = base } }
+
+// WithMountedImages takes the image's EROFS file system, and its base's (WithBase), from where
+// MountImage has mounted them ("" for one the mount makes itself, and detaches).
+func WithMountedImages(imageDir, baseDir string) Option {
+	return func(p *Plan) { p.ImageDir, p.BaseDir = imageDir, baseDir }
+}
+
+// MountImage mounts a composefs image's EROFS file system alone at target, read-only, nosuid and
+// nodev, for overlays to share (WithMountedImages).
+func MountImage(image, target string) error {
+	params, err := erofsParams(image)
+	if err != nil {
+		return err
+	}
+	if err := mountEROFS(image, params, target); err != nil {
+		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s at %s", image, target), err)
+	}
+	return nil
+}
 
 // WithImageMountDir mounts the EROFS image at dir instead of a temporary directory.
 func WithImageMountDir(dir string) Option { return func(p *Plan) { p.ImageMountDir = dir } }
@@ -257,6 +280,9 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 			return err
 		}
 	}
+	if p.ImageDir != "" {
+		return mountOverlays(p, p.ImageDir)
+	}
 	staging := p.ImageMountDir
 	if staging == "" {
 		if staging, err = os.MkdirTemp("", ".composefs-"); err != nil {
@@ -272,10 +298,16 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 			err = fmt.Errorf("detaching EROFS mount %s: %w", staging, uerr)
 		}
 	}()
+	return mountOverlays(p, staging)
+}
+
+// mountOverlays mounts the overlay over the image's EROFS mount at imageMount: stacked above
+// the base's where the plan has one.
+func mountOverlays(p *Plan, imageMount string) error {
 	if p.Base != "" {
-		return mountStacked(p, staging)
+		return mountStacked(p, imageMount)
 	}
-	if err := mountOverlay(p, staging); err != nil {
+	if err := mountOverlay(p, imageMount); err != nil {
 		return wrapMountErr(fmt.Sprintf("mounting composefs overlay at %s", p.Target), err)
 	}
 	return nil
@@ -452,19 +484,21 @@ const erofsAttrs = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_
 // mountStacked mounts the base image beside the image's EROFS mount at imageMount, then the
 // overlay of both over the objects (new mount API only).
 func mountStacked(p *Plan, imageMount string) (err error) {
-	baseMount, err := os.MkdirTemp("", ".composefs-base-")
-	if err != nil {
-		return fmt.Errorf("mounting composefs: %w", err)
-	}
-	defer os.Remove(baseMount)
-	if err := mountEROFS(p.Base, p.BaseEROFS, baseMount); err != nil {
-		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Base), err)
-	}
-	defer func() {
-		if uerr := unix.Unmount(baseMount, unix.MNT_DETACH); uerr != nil && err == nil {
-			err = fmt.Errorf("detaching EROFS mount %s: %w", baseMount, uerr)
+	baseMount := p.BaseDir
+	if baseMount == "" {
+		if baseMount, err = os.MkdirTemp("", ".composefs-base-"); err != nil {
+			return fmt.Errorf("mounting composefs: %w", err)
 		}
-	}()
+		defer os.Remove(baseMount)
+		if err := mountEROFS(p.Base, p.BaseEROFS, baseMount); err != nil {
+			return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Base), err)
+		}
+		defer func() {
+			if uerr := unix.Unmount(baseMount, unix.MNT_DETACH); uerr != nil && err == nil {
+				err = fmt.Errorf("detaching EROFS mount %s: %w", baseMount, uerr)
+			}
+		}()
+	}
 	attrs, _ := p.attrs()
 	if err := fsMount("overlay", p.Overlay(imageMount, baseMount), attrs, p.Target); err != nil {
 		return wrapMountErr(fmt.Sprintf("mounting composefs overlay of %s above %s at %s", p.Image, p.Base, p.Target), err)
