@@ -343,6 +343,14 @@ func testLayerStorePodman(t *testing.T, mode string) {
 	if out := alsPodman(t, p, runArgs(v2, "/bin/cat", "/etc/os-release")...); out != releases[2] {
 		t.Errorf("podman run of v2 through the layer store printed %q; want %q", out, releases[2])
 	}
+	// With composefs, v2's layer, an update of v1's, has an image of what it changes stacked
+	// above v1's (docs/layerstore.md, Stacked images): podman sees v2's whole tree.
+	m = strings.TrimSpace(alsPodman(t, p, "image", "mount", v2))
+	checkTreeAgainstTar(t, m, tars[2])
+	alsPodman(t, p, "image", "unmount", v2)
+	if stacked, _ := filepath.Glob(filepath.Join(e.state, "composefs", "*.above-*")); mode == "composefs" && len(stacked) != 1 {
+		t.Errorf("composefs images stacked above another: %v; want v2's", stacked)
+	}
 	out, err := exec.Command(testkit.Kura(t), "--root", root, "fsck").CombinedOutput()
 	if err != nil {
 		t.Errorf("kura fsck after the layer store's pulls: %v\n%s", err, out)
@@ -439,7 +447,7 @@ type alsEnv struct {
 	front            *blobLog
 	p                *podmanEnv
 	srv              *layerStoreServer
-	mnt, root        string
+	mnt, root, state string
 	serveArgs        []string
 	tars             map[int][]byte
 	releases, layers map[int]string
@@ -486,7 +494,7 @@ func newALSEnv(t *testing.T, mode string, extra ...string) *alsEnv {
 	}
 	serveArgs := []string{"--root", root, "layer-store", "serve", mnt, "--state", state, "--registries-conf", regConf, "--diff", mode}
 	serveArgs = append(serveArgs, extra...)
-	e := &alsEnv{front: front, mnt: mnt, root: root, serveArgs: serveArgs, tars: tars, releases: releases, layers: layers, blobSizes: blobSizes}
+	e := &alsEnv{front: front, mnt: mnt, root: root, state: state, serveArgs: serveArgs, tars: tars, releases: releases, layers: layers, blobSizes: blobSizes}
 	e.srv = startLayerStore(t, serveArgs...)
 	t.Cleanup(func() { e.srv.stop(t, syscall.SIGTERM) })
 	if fstype, ok := mountedAt(t, mnt); !ok || fstype != "fuse.kura-layer-store" {

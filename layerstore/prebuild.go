@@ -157,15 +157,11 @@ func (l *Layers) imageOptions() []composefs.Option {
 // only the temp file, which the next one removes (removeTemps). It returns the base stacked
 // above, or "".
 func (l *Layers) writeLayerImage(ctx context.Context, diffID, prev digest.Digest, entries []layerfs.Entry) (digest.Digest, error) {
-	st := storeimage.WithEntries(storeimage.WithoutDigests(l.s), map[digest.Digest][]layerfs.Entry{diffID: entries})
-	root, err := storeimage.Tree(ctx, st, store.Image{ID: diffID, Layers: []digest.Digest{diffID}})
+	root, err := l.layerTree(ctx, diffID, entries)
 	if err != nil {
 		return "", err
 	}
-	if err := treeWhiteouts(root, entries); err != nil {
-		return "", err
-	}
-	if base, broot := l.stackBase(prev); broot != nil && base != diffID {
+	if base, broot := l.stackBase(ctx, prev); broot != nil && base != diffID {
 		if delta, nodes := composefs.DeltaTree(root, broot); delta != nil && nodes*maxDeltaShare <= countNodes(root) {
 			opts := append(l.imageOptions(), composefs.WithStacking())
 			return base, writeImageFile(l.stackedPath(diffID, base), delta, opts)
@@ -182,6 +178,19 @@ func (l *Layers) writeLayerImage(ctx context.Context, diffID, prev digest.Digest
 		l.base.remember(diffID, root, p)
 	}
 	return "", nil
+}
+
+// layerTree is the composefs tree of one layer's image, from its entries.
+func (l *Layers) layerTree(ctx context.Context, diffID digest.Digest, entries []layerfs.Entry) (*composefs.Node, error) {
+	st := storeimage.WithEntries(storeimage.WithoutDigests(l.s), map[digest.Digest][]layerfs.Entry{diffID: entries})
+	root, err := storeimage.Tree(ctx, st, store.Image{ID: diffID, Layers: []digest.Digest{diffID}})
+	if err != nil {
+		return nil, err
+	}
+	if err := treeWhiteouts(root, entries); err != nil {
+		return nil, err
+	}
+	return root, nil
 }
 
 // writeImageFile writes the image of root at p, through a temp file renamed into place.

@@ -1,7 +1,11 @@
 package layerstore
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,9 +27,10 @@ import (
 // the inodes and directories the versions share are looked up in one image, and cached once.
 //
 // A stacked image is <hex>.above-<base hex>.dense.cfs beside the full ones. It is built only
-// against a base image this process wrote from the very tree the delta was taken from (baseTree),
-// and mounted only while that base image is there: one that went missing is never rebuilt
-// under a stacked image (its tree might differ); the layer gets a full image instead. Only dense
+// against the very tree the base image was written from (baseTree): one this process wrote, or
+// one built again from the stored layer whose image is byte for byte the file in place (the
+// writer is deterministic). It is mounted only while that base image is there: one that went
+// missing is never rebuilt under a stacked image; the layer gets a full image instead. Only dense
 // images are stacked (Linux 6.15 or later; stacking needs data-only layers, 6.5).
 //
 // A full dense image's EROFS file system is mounted once, at mnt/<image file name> in the state
@@ -62,12 +67,15 @@ func idOf(path string) (fileID, bool) {
 // remember keeps the tree a full image at path was just written from.
 func (b *baseTree) remember(diffID digest.Digest, root *composefs.Node, path string) {
 	id, ok := idOf(path)
+	if !ok {
+		root = nil
+	}
+	b.set(diffID, root, id)
+}
+
+func (b *baseTree) set(diffID digest.Digest, root *composefs.Node, id fileID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !ok {
-		b.diffID, b.root = "", nil
-		return
-	}
 	b.diffID, b.root, b.file = diffID, root, id
 }
 
@@ -120,7 +128,7 @@ func (l *Layers) stackedImages(diffID, base string) (map[string]digest.Digest, e
 // stackBase is the layer whose full image a new layer's image may stack above, with that
 // image's tree: prev, the layer the pull took the new one for an update of, or the base prev's
 // own image stacks above. None unless this process wrote that base image.
-func (l *Layers) stackBase(prev digest.Digest) (digest.Digest, *composefs.Node) {
+func (l *Layers) stackBase(ctx context.Context, prev digest.Digest) (digest.Digest, *composefs.Node) {
 	if !l.dense || prev == "" {
 		return "", nil
 	}
@@ -134,7 +142,67 @@ func (l *Layers) stackBase(prev digest.Digest) (digest.Digest, *composefs.Node) 
 			base = b
 		}
 	}
-	return base, l.base.tree(base, l.imagePath(base))
+	p := l.imagePath(base)
+	if root := l.base.tree(base, p); root != nil {
+		return base, root
+	}
+	root, err := l.treeOfImage(ctx, base, p)
+	if err != nil {
+		l.opts.Log.Info("no stacked image: the base's tree is not its image's", "base", base, "err", err)
+		return "", nil
+	}
+	return base, root
+}
+
+// treeOfImage builds the tree of layer diffID from the stored layer and remembers it as a base
+// if the image it writes is the file at p, byte for byte.
+func (l *Layers) treeOfImage(ctx context.Context, diffID digest.Digest, p string) (*composefs.Node, error) {
+	id, ok := idOf(p)
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	entries, err := l.s.LayerEntries(ctx, diffID)
+	if err != nil {
+		return nil, err
+	}
+	root, err := l.layerTree(ctx, diffID, entries)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cw := &compareWriter{r: bufio.NewReaderSize(f, 1<<16)}
+	if err := composefs.WriteImage(cw, root, l.imageOptions()...); err != nil {
+		return nil, err
+	}
+	if _, err := cw.r.ReadByte(); err != io.EOF {
+		return nil, errors.New("the image file is longer")
+	}
+	if now, ok := idOf(p); !ok || now != id {
+		return nil, errors.New("the image file was replaced meanwhile")
+	}
+	l.base.set(diffID, root, id)
+	return root, nil
+}
+
+// compareWriter fails a write that differs from what r reads.
+type compareWriter struct {
+	r   *bufio.Reader
+	buf []byte
+}
+
+func (c *compareWriter) Write(p []byte) (int, error) {
+	if cap(c.buf) < len(p) {
+		c.buf = make([]byte, len(p))
+	}
+	b := c.buf[:len(p)]
+	if _, err := io.ReadFull(c.r, b); err != nil || !bytes.Equal(b, p) {
+		return 0, errors.New("the image file differs")
+	}
+	return len(p), nil
 }
 
 // findImage returns the image a layer has: its full image, or a stacked one whose base image

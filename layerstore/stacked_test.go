@@ -66,7 +66,9 @@ func walkTree(t *testing.T, dir string) []string {
 
 // TestStackedLayerImages: the layer of a second version, pulled as an update of the first's,
 // gets an image of what it changes stacked above the first's full image; its diff shows the same
-// tree as a full image of it does. A server started again mounts it the same way. Unmounting
+// tree as a full image of it does. A server started again mounts it the same way, and stacks a
+// third version above the first's image, which it did not write, once it has checked that it
+// builds that very file. Unmounting
 // the first version's layer keeps its image while the second's stands on it; unmounting the
 // second removes both. A stacked image whose base image went missing gives way to a full one.
 func TestStackedLayerImages(t *testing.T) {
@@ -75,9 +77,10 @@ func TestStackedLayerImages(t *testing.T) {
 	}
 	ctx := context.Background()
 	reg := registrytest.New(t)
-	v1, v2 := imagetest.Chunked(t, versionTar(t, 1)), imagetest.Chunked(t, versionTar(t, 2))
+	v1, v2, v3 := imagetest.Chunked(t, versionTar(t, 1)), imagetest.Chunked(t, versionTar(t, 2)), imagetest.Chunked(t, versionTar(t, 3))
 	v1.Push(t, reg, "test/stacked", "v1")
 	v2.Push(t, reg, "test/stacked", "v2")
+	v3.Push(t, reg, "test/stacked", "v3")
 	s := teststore.Open(t)
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
@@ -156,6 +159,31 @@ func TestStackedLayerImages(t *testing.T) {
 	if _, err := os.Stat(stacked); err != nil {
 		t.Fatalf("the stacked image, mounted again: %v", err)
 	}
+	// This server wrote no image: v3 (an update of v2, whose image stands on v1's) is stacked
+	// above v1's image all the same, once the tree built from the stored v1 writes that very
+	// file; a file that differs by one byte is no base.
+	l3 := lookup(ls2, "v3", v3)
+	if _, err := os.Stat(ls2.stackedPath(v3.DiffIDs[0], d1)); err != nil {
+		t.Errorf("v3's layer, looked up by a server that wrote no image, is not stacked above v1's: %v", err)
+	}
+	checkFile(t, filepath.Join(l3.Diff, "usr/lib/version"), fmt.Sprint("version 3", strings.Repeat("!", 80)))
+	img1, err := os.ReadFile(ls.imagePath(d1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, flip := range []bool{false, true} {
+		p := filepath.Join(t.TempDir(), "image")
+		b := append([]byte(nil), img1...)
+		if flip {
+			b[len(b)/2] ^= 1
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ls2.treeOfImage(ctx, d1, p); (err == nil) == flip {
+			t.Errorf("case %d: v1's tree against its image with a byte flipped %v: %v", i, flip, err)
+		}
+	}
 	// Unmounting v1's layer keeps its image: v2's stands on it.
 	if err := ls2.Unmount(l1.Diff); err != nil {
 		t.Fatal(err)
@@ -177,8 +205,10 @@ func TestStackedLayerImages(t *testing.T) {
 	if _, err := os.Stat(ls.imagePath(d2)); err != nil {
 		t.Errorf("v2's full image: %v", err)
 	}
-	if err := ls2.Unmount(l2.Diff); err != nil {
-		t.Fatal(err)
+	for _, dir := range []string{l2.Diff, l3.Diff} {
+		if err := ls2.Unmount(dir); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if left, _ := filepath.Glob(filepath.Join(state, dirComposefs, "*")); len(left) != 0 {
 		t.Errorf("images left once nothing is mounted: %v", left)
