@@ -26,7 +26,7 @@ func TestRemoveUnmountsLayer(t *testing.T) {
 	}
 	ctx := context.Background()
 	st := teststore.Open(t)
-	ls, err := layerstore.New(st, nil, layerstore.Options{State: t.TempDir()})
+	ls, err := layerstore.New(st, nil, layerstore.Options{State: stateDir(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
