@@ -19,10 +19,11 @@ import (
 //     of layer that base has not as a directory (overlayfs merges directories only);
 //   - a whiteout (HidesLower) for each entry of base that layer has not.
 //
-// nodes is the number of nodes in the result, to weigh it against layer's whole tree. A base
-// whose root has an entry named like an object directory (00..ff) cannot be stacked on: the
-// overlay looks a redirect of the image above up in base before the data-only layers, and
-// finds only base's 00..ff whiteout stubs there. Then root is nil.
+// nodes is the number of nodes in the result, to weigh it against layer's whole tree. The
+// overlay looks the absolute redirect of a changed file up in base before the data-only layers,
+// where base's 00..ff whiteout stubs end the lookup; a base whose root has an entry of its own
+// named like an object directory could hold a file at that path, which the lookup would take
+// for the data. Such a base is not stacked on: root is nil.
 func DeltaTree(layer, base *Node) (root *Node, nodes int) {
 	for _, c := range base.children {
 		if len(c.name) == 2 && isHex(c.name[0]) && isHex(c.name[1]) {

@@ -113,6 +113,16 @@ func (n *Node) Target() *Node {
 	return t
 }
 
+// CountNodes returns the number of nodes in the tree at root, root and hard link entries
+// included.
+func CountNodes(root *Node) int {
+	k := 1
+	for _, c := range root.children {
+		k += CountNodes(c)
+	}
+	return k
+}
+
 // Path returns the absolute path of n in its tree ("/" for the root).
 func (n *Node) Path() string {
 	if n.parent == nil {

@@ -141,6 +141,7 @@ func (n *wnode) insert(e went) {
 type imageWriter struct {
 	version    int
 	dense      bool     // WithDenseInodes
+	stacked    bool     // WithStacking
 	prefixes   []string // long xattr name prefixes, whole names here (dense images only)
 	prefixSize uint64   // their table's bytes after the super block
 	nodes      []*wnode // breadth-first, the inode order
@@ -170,7 +171,7 @@ func WriteImage(w io.Writer, root *Node, opts ...Option) error {
 	if root == nil || !root.IsDir() {
 		return fmt.Errorf("composefs root must be a directory: %w", errdefs.ErrInvalid)
 	}
-	iw := &imageWriter{version: o.minVersion, dense: o.dense}
+	iw := &imageWriter{version: o.minVersion, dense: o.dense, stacked: o.stacked}
 	if iw.dense {
 		iw.prefixes = denseXattrPrefixes
 		for _, p := range iw.prefixes {
@@ -364,6 +365,10 @@ func (iw *imageWriter) rewrite(n, parent *wnode) error {
 	}
 	switch {
 	case n.typ() == ModeRegular && n.size > 0 && n.content == nil:
+		if n.payload == "" && iw.stacked {
+			// Without a redirect the overlay would read the image below's file at that path.
+			return fmt.Errorf("file of %d bytes without content or object in a stacked image: %w", n.size, errdefs.ErrInvalid)
+		}
 		var meta []byte
 		if n.digest != nil {
 			meta = verity.MetacopyXattr(*n.digest)

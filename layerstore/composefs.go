@@ -148,8 +148,16 @@ func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (image, b
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into
 // overlayfs's escaped whiteouts) and opaque markers (trusted.overlay.opaque, which the writer
-// escapes) into its composefs tree: the merge the tree was built from drops them.
+// escapes) into its composefs tree: the merge the tree was built from drops them. A whiteout
+// in an opaque directory is left out: the directory hides everything below it already, and the
+// writer would mark the directory as holding whiteouts with the same xattr, overwriting its
+// opaque mark.
 func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
+	type whiteout struct {
+		n        layername.Name
+		uid, gid uint32
+	}
+	var whiteouts []whiteout
 	for _, e := range entries {
 		if !strings.Contains(e.Name, layername.WhiteoutPrefix) {
 			continue // neither a whiteout nor an opaque marker; merge has checked the name
@@ -158,30 +166,43 @@ func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 		if err != nil {
 			return fmt.Errorf("whiteout %s: %w", e.Name, err)
 		}
-		if n.Kind == layername.Plain {
-			continue
-		}
-		parent, err := treeDir(root, subdir(n))
-		if err != nil {
-			return fmt.Errorf("whiteout %s: %w", e.Name, err)
-		}
-		if n.Kind == layername.Opaque {
-			if err := parent.SetXattr("trusted.overlay.opaque", []byte("y")); err != nil {
+		switch n.Kind {
+		case layername.Plain:
+		case layername.Opaque:
+			parent, err := treeDir(root, subdir(n))
+			if err != nil {
+				return fmt.Errorf("whiteout %s: %w", e.Name, err)
+			}
+			if err := parent.SetXattr(xattrOpaque, []byte("y")); err != nil {
 				return err
 			}
+		default:
+			whiteouts = append(whiteouts, whiteout{n, uint32(e.UID), uint32(e.GID)})
+		}
+	}
+	for _, w := range whiteouts {
+		n := w.n
+		parent, err := treeDir(root, subdir(n))
+		if err != nil {
+			return fmt.Errorf("whiteout %s: %w", n.Target, err)
+		}
+		if _, opaque := parent.Xattr(xattrOpaque); opaque {
 			continue
 		}
 		target := path.Base(n.Target)
 		if parent.Lookup(target) != nil {
 			continue // the layer has the file and its whiteout: the file wins, as in diffDir
 		}
-		wh := &composefs.Node{Mode: composefs.ModeChar, UID: uint32(e.UID), GID: uint32(e.GID), Nlink: 1}
+		wh := &composefs.Node{Mode: composefs.ModeChar, UID: w.uid, GID: w.gid, Nlink: 1}
 		if err := parent.AddChild(target, wh); err != nil {
-			return fmt.Errorf("whiteout %s: %w", e.Name, err)
+			return fmt.Errorf("whiteout %s: %w", n.Target, err)
 		}
 	}
 	return nil
 }
+
+// xattrOpaque marks an opaque directory of the layer (escaped by the writer).
+const xattrOpaque = "trusted.overlay.opaque"
 
 // treeDir finds the directory at dir, making missing ones (0755, as tar does).
 func treeDir(root *composefs.Node, dir string) (*composefs.Node, error) {

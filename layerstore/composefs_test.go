@@ -16,6 +16,7 @@ import (
 	"github.com/kura-oci/kura/composefs/mount"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/internal/testkit"
+	"github.com/kura-oci/kura/layerfs"
 	"github.com/kura-oci/kura/store"
 	"github.com/kura-oci/kura/verity"
 )
@@ -150,5 +151,39 @@ func TestImageWithoutDigests(t *testing.T) {
 		if f.Digest != nil || f.Payload != fmt.Sprintf("%02x/%062x", i, i) {
 			t.Fatalf("%s: digest %v, payload %q; want no digest and its object", f.Name(), f.Digest, f.Payload)
 		}
+	}
+}
+
+// TestTreeWhiteoutsInOpaqueDir: a whiteout inside a directory the same layer makes opaque is
+// left out of the composefs tree (the directory hides everything below it already): written,
+// it would make the writer mark the directory as holding whiteouts with the xattr that carries
+// its opaque mark, and the directory would no longer hide the layers below. A whiteout
+// elsewhere stays.
+func TestTreeWhiteoutsInOpaqueDir(t *testing.T) {
+	root := composefs.NewDir(0o755)
+	entries := []layerfs.Entry{{Name: "d/.wh.x"}, {Name: "d/.wh..wh..opq"}, {Name: "e/.wh.y"}}
+	if err := treeWhiteouts(root, entries); err != nil {
+		t.Fatal(err)
+	}
+	d := root.LookupPath("d")
+	if v, ok := d.Xattr(xattrOpaque); !ok || string(v) != "y" {
+		t.Errorf("d: opaque %q %v; want y", v, ok)
+	}
+	if len(d.Children()) != 0 {
+		t.Errorf("d holds %d entries; want its whiteout left out", len(d.Children()))
+	}
+	if wh := root.LookupPath("e/y"); wh == nil || wh.Mode != composefs.ModeChar {
+		t.Errorf("e/y: %+v; want a whiteout", wh)
+	}
+	img, err := composefs.BuildImage(root, composefs.WithMaxVersion(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := composefs.ReadImage(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := back.LookupPath("d").Xattr(xattrOpaque); !ok || string(v) != "y" {
+		t.Errorf("d in the image: opaque %q %v; want y", v, ok)
 	}
 }

@@ -87,7 +87,7 @@ func addWhiteout(root int, n layername.Name, e layerfs.Entry) error {
 	}
 	defer unix.Close(fd)
 	if n.Kind == layername.Opaque {
-		return unix.Fsetxattr(fd, "trusted.overlay.opaque", []byte("y"), 0)
+		return unix.Fsetxattr(fd, xattrOpaque, []byte("y"), 0)
 	}
 	target := path.Base(n.Target)
 	err = unix.Mknodat(fd, target, unix.S_IFCHR, 0)

@@ -151,8 +151,8 @@ func (l *Layers) imageOptions() []composefs.Option {
 
 // writeLayerImage builds the image of one layer from its entries (decoded once, for the tree and
 // for its whiteouts; no fs-verity digests, see layerImage): stacked above the full image of the
-// layer prev is an update of, or of the base prev's image stacks above, where that is this
-// process's and the delta is small (stacked.go); else full, and then remembered as a base. It
+// layer prev is an update of, or of the base prev's image stacks above, where the base's tree is
+// known and the delta small (stacked.go); else full, and then remembered as a base. It
 // writes a temp file beside its place and renames it there: a server killed meanwhile leaves
 // only the temp file, which the next one removes (removeTemps). It returns the base stacked
 // above, or "".
@@ -162,15 +162,12 @@ func (l *Layers) writeLayerImage(ctx context.Context, diffID, prev digest.Digest
 		return "", err
 	}
 	if base, broot := l.stackBase(ctx, prev); broot != nil && base != diffID {
-		if delta, nodes := composefs.DeltaTree(root, broot); delta != nil && nodes*maxDeltaShare <= countNodes(root) {
+		if delta, nodes := composefs.DeltaTree(root, broot); delta != nil && nodes*maxDeltaShare <= composefs.CountNodes(root) {
 			opts := append(l.imageOptions(), composefs.WithStacking())
 			return base, writeImageFile(l.stackedPath(diffID, base), delta, opts)
 		}
 	}
 	p := l.imagePath(diffID)
-	if l.dense {
-		l.detachEROFS(p) // of a file no longer there: the new one is mounted afresh
-	}
 	if err := writeImageFile(p, root, l.imageOptions()); err != nil {
 		return "", err
 	}

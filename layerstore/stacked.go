@@ -22,23 +22,25 @@ import (
 // Stacked images. Ten versions of an image are ten layers that share most of their files, and a
 // per-layer image of each gives each container its own inodes of the same files to look up: a
 // page cache cost podman's hard-linked layer directories do not pay. So a layer pulled as an
-// update of another (the pull's predecessor) whose full image this server wrote gets an image of
-// what it changes only (composefs.DeltaTree), mounted above the other's image in one overlay:
-// the inodes and directories the versions share are looked up in one image, and cached once.
+// update of another (the pull's predecessor) gets an image of what it changes only
+// (composefs.DeltaTree), mounted above the other's full image in one overlay: the inodes and
+// directories the versions share are looked up in one image, and cached once.
 //
-// A stacked image is <hex>.above-<base hex>.dense.cfs beside the full ones. It is built only
-// against the very tree the base image was written from (baseTree): one this process wrote, or
-// one built again from the stored layer whose image is byte for byte the file in place (the
-// writer is deterministic). It is mounted only while that base image is there: one that went
-// missing is never rebuilt under a stacked image; the layer gets a full image instead. Only dense
-// images are stacked (Linux 6.15 or later; stacking needs data-only layers, 6.5).
+// A stacked image is <hex>.above-<base hex>.dense.cfs beside the full ones. The delta is taken
+// from the tree of the base's image (baseTree): the one this process wrote, or one built again
+// from the stored layer and checked to write that very file, byte for byte. The writer is
+// deterministic and a layer's tree is the same from its pull's entries as from its record
+// (TestImageBuiltFromThePullsEntries), so any full image of the base layer shows the tree the
+// delta was taken from: a stacked image is mounted above whatever full image of its base is in
+// place, and only a stacked image whose base image is gone gives way to a full one (the base
+// image is never rebuilt under it). Only dense images are stacked (Linux 6.15 or later;
+// stacking needs data-only layers, 6.5).
 //
 // A full dense image's EROFS file system is mounted once, at mnt/<image file name> in the state
-// directory (beside the layers' mounts, mnt/<hex>: cleared with them), and every overlay over it takes it from there: its own layer's and those of the
-// layers stacked above it, which then share its inodes and dentries as well as its pages. It is
-// detached when its image is removed or written anew (before a new file takes the name), so
-// the mount there is always of the file in place. Overlays made from it keep it while they
-// last.
+// directory (beside the layers' mounts, mnt/<hex>: cleared with them), and every overlay over
+// it takes it from there: its own layer's and those of the layers stacked above it, which then
+// share its inodes and dentries as well as its pages. It is detached, under l.dirs, when its
+// image is removed; a mount there of an earlier file of the same name shows the same tree.
 
 // maxDeltaShare: a delta is used when it has at most a quarter of the layer's nodes; past that
 // the layer's own full image costs about as much, and becomes a base for later versions.
@@ -92,14 +94,6 @@ func (b *baseTree) tree(base digest.Digest, path string) *composefs.Node {
 	return b.root
 }
 
-func countNodes(n *composefs.Node) int {
-	k := 1
-	for _, c := range n.Children() {
-		k += countNodes(c)
-	}
-	return k
-}
-
 const stackedInfix = ".above-"
 
 // stackedPath is where the image of layer diffID stacked above base's full image is kept.
@@ -127,7 +121,7 @@ func (l *Layers) stackedImages(diffID, base string) (map[string]digest.Digest, e
 
 // stackBase is the layer whose full image a new layer's image may stack above, with that
 // image's tree: prev, the layer the pull took the new one for an update of, or the base prev's
-// own image stacks above. None unless this process wrote that base image.
+// own image stacks above. None if the base has no full image, or its tree does not write it.
 func (l *Layers) stackBase(ctx context.Context, prev digest.Digest) (digest.Digest, *composefs.Node) {
 	if !l.dense || prev == "" {
 		return "", nil
@@ -263,7 +257,16 @@ func (l *Layers) removeImages(diffID digest.Digest) {
 // erofsDir returns where the full image at image (a dense one) is mounted for overlays to
 // share, mounting it there first if need be. The caller holds l.dirs.
 func (l *Layers) erofsDir(image string) (string, error) {
-	dir := filepath.Join(l.opts.State, dirMounts, filepath.Base(image))
+	dir, err := filepath.Abs(filepath.Join(l.opts.State, dirMounts, filepath.Base(image)))
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if dir, err = filepath.EvalSymlinks(dir); err != nil { // as mountinfo spells it
+		return "", err
+	}
 	entries, err := mountinfo.Read("self")
 	if err != nil {
 		return "", err
@@ -271,14 +274,11 @@ func (l *Layers) erofsDir(image string) (string, error) {
 	if e, ok := mountinfo.Top(entries, dir); ok && e.FSType == "erofs" {
 		return dir, nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
 	return dir, mount.MountImage(image, dir)
 }
 
 // detachEROFS detaches the shared EROFS mount of the image at image, if any, and removes its
-// mount point: the overlays made from it keep it.
+// mount point: the overlays made from it keep it. The caller holds l.dirs.
 func (l *Layers) detachEROFS(image string) {
 	dir := filepath.Join(l.opts.State, dirMounts, filepath.Base(image))
 	for {

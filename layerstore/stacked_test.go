@@ -90,7 +90,7 @@ func TestStackedLayerImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !ls.dense {
-		t.Fatalf("kernel %s: no dense images, so nothing is stacked", kernelRelease())
+		testkit.Skip(t, "kernel %s: no dense images (Linux 6.15), so nothing is stacked", kernelRelease())
 	}
 	lookup := func(ls *Layers, tag string, img *imagetest.Image) *Layer {
 		t.Helper()

@@ -499,8 +499,12 @@ func mountStacked(p *Plan, imageMount string) (err error) {
 			}
 		}()
 	}
+	// xino: files come from two EROFS file systems whose inode numbers overlap; an overlay
+	// stacked on this one (a container's) shows one st_dev for all of them, so without the
+	// layer in the inode number's high bits two files could share (st_dev, st_ino), which
+	// ld.so, find -samefile and test -ef take for one file.
 	attrs, _ := p.attrs()
-	if err := fsMount("overlay", p.Overlay(imageMount, baseMount), attrs, p.Target); err != nil {
+	if err := fsMount("overlay", append(p.Overlay(imageMount, baseMount), Param{"xino", "on"}), attrs, p.Target); err != nil {
 		return wrapMountErr(fmt.Sprintf("mounting composefs overlay of %s above %s at %s", p.Image, p.Base, p.Target), err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package mount
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kura-oci/kura/composefs"
+	"github.com/kura-oci/kura/internal/testkit"
 )
 
 // TestStackedMountMatchesSource: the image of a DeltaTree, mounted above its base's image
@@ -23,7 +25,7 @@ func TestStackedMountMatchesSource(t *testing.T) {
 	needRoot(t)
 	src0, src1, objects := t.TempDir(), t.TempDir(), t.TempDir()
 	makeSource(t, src0)
-	for i := 0; i < 20; i++ { // files no version changes
+	for i := 0; i < 200; i++ { // files no version changes but the first
 		if err := os.MkdirAll(filepath.Join(src0, "keep"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -57,10 +59,18 @@ func TestStackedMountMatchesSource(t *testing.T) {
 	must(os.WriteFile(at("a/b/c"), []byte("a directory become a file"), 0o644))
 	must(unix.Mknod(at("a/b/whiteout2"), unix.S_IFCHR|0o600, 0))
 	must(os.Link(at("symlink"), at("a/symlink-link"))) // a new name for an unchanged inode
+	must(os.WriteFile(at("keep/0"), []byte("new content at the same path, more than sixty-four bytes long ........"), 0o644))
 
 	for _, dense := range []bool{false, true} {
 		var opts []composefs.Option
 		if dense {
+			var u unix.Utsname
+			must(unix.Uname(&u))
+			var major, minor int
+			fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+			if major < 6 || major == 6 && minor < 15 {
+				testkit.Skip(t, "dense images need Linux 6.15 (compact inodes' mtime)")
+			}
 			opts = append(opts, composefs.WithDenseInodes())
 		}
 		tree := func(src string) *composefs.Node {
@@ -78,13 +88,16 @@ func TestStackedMountMatchesSource(t *testing.T) {
 		}
 		base, layer := tree(src0), tree(src1)
 		delta, nodes := composefs.DeltaTree(layer, base)
-		if all := countNodes(layer); nodes >= all {
+		if all := composefs.CountNodes(layer); nodes >= all {
 			t.Errorf("dense %v: the delta has %d nodes, the layer %d; want fewer", dense, nodes, all)
 		}
-		for _, p := range []string{"keep", "same1", "a/long-symlink", "a/b/c/big"} {
+		for _, p := range []string{"keep/1", "same1", "a/long-symlink"} {
 			if delta.LookupPath(p) != nil {
-				t.Errorf("dense %v: the delta holds %s, unchanged or removed", dense, p)
+				t.Errorf("dense %v: the delta holds %s, unchanged", dense, p)
 			}
+		}
+		if delta.LookupPath("keep/0") == nil {
+			t.Errorf("dense %v: the delta lacks keep/0, changed", dense)
 		}
 		if wh := delta.LookupPath("same2"); wh == nil || !wh.HidesLower {
 			t.Errorf("dense %v: same2, removed, is not hidden in the delta: %+v", dense, wh)
@@ -101,13 +114,64 @@ func TestStackedMountMatchesSource(t *testing.T) {
 				t.Errorf("dense %v: %s: %v; want it hidden", dense, gone, err)
 			}
 		}
+		checkDistinctInodes(t, src1, target)
+		xino := false
+		for _, line := range strings.Split(string(mustRead(t, "/proc/self/mountinfo")), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && f[4] == target {
+				xino = strings.Contains(line, ",xino=on")
+			}
+		}
+		if !xino {
+			t.Errorf("dense %v: the stacked overlay is not mounted with xino=on: its files' inode numbers may meet", dense)
+		}
 		must(Unmount(target))
 	}
 }
 
-// TestStackingRefusesStrayWhiteouts: HidesLower belongs to 0/0 character devices of stacked
-// images only.
-func TestStackingRefusesStrayWhiteouts(t *testing.T) {
+// checkDistinctInodes checks, through an overlay stacked on the mount at target (as a
+// container's is), that the files of src with one name each show distinct inode numbers: the
+// overlay above shows one st_dev for files from the image and from its base, whose EROFS inode
+// numbers overlap.
+func checkDistinctInodes(t *testing.T, src, target string) {
+	t.Helper()
+	up, work, top := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := unix.Mount("overlay", top, "overlay", 0, "lowerdir="+target+",upperdir="+up+",workdir="+work); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(top, unix.MNT_DETACH)
+	seen := map[[2]uint64]string{}
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		var ss, ms unix.Stat_t
+		if err := unix.Lstat(p, &ss); err != nil || ss.Nlink > 1 || ss.Mode&unix.S_IFMT == unix.S_IFCHR && ss.Rdev == 0 {
+			return err // hard links share an inode; whiteouts hide themselves from the overlay above
+		}
+		if err := unix.Lstat(filepath.Join(top, rel), &ms); err != nil {
+			t.Errorf("%s through the overlay above: %v", rel, err)
+			return nil
+		}
+		k := [2]uint64{ms.Dev, ms.Ino}
+		if other, ok := seen[k]; ok {
+			t.Errorf("%s and %s show one inode (%d, %d) through the overlay above", rel, other, ms.Dev, ms.Ino)
+		}
+		seen[k] = rel
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) < 200 {
+		t.Fatalf("only %d files compared", len(seen))
+	}
+}
+
+// TestStackingRefuses: HidesLower belongs to 0/0 character devices of stacked images only; a
+// stacked image's file with content has it inline or names its object (else the overlay would
+// read the file below it).
+func TestStackingRefuses(t *testing.T) {
 	for _, c := range []struct {
 		node  composefs.Node
 		stack bool
@@ -115,6 +179,7 @@ func TestStackingRefusesStrayWhiteouts(t *testing.T) {
 		{composefs.Node{Mode: composefs.ModeChar, Nlink: 1, HidesLower: true}, false},
 		{composefs.Node{Mode: composefs.ModeRegular | 0o644, Nlink: 1, HidesLower: true}, true},
 		{composefs.Node{Mode: composefs.ModeChar, Rdev: 5, Nlink: 1, HidesLower: true}, true},
+		{composefs.Node{Mode: composefs.ModeRegular | 0o644, Nlink: 1, Size: 100}, true},
 	} {
 		root := composefs.NewDir(0o755)
 		n := c.node
@@ -129,12 +194,4 @@ func TestStackingRefusesStrayWhiteouts(t *testing.T) {
 			t.Errorf("mode %o rdev %d stacked %v: written; want refused", c.node.Mode, c.node.Rdev, c.stack)
 		}
 	}
-}
-
-func countNodes(n *composefs.Node) int {
-	k := 1
-	for _, c := range n.Children() {
-		k += countNodes(c)
-	}
-	return k
 }
