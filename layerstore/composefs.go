@@ -73,37 +73,14 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 	if err != nil {
 		return "", err
 	}
-	image, base, err := l.layerImage(ctx, diffID)
-	if err != nil {
-		return "", fmt.Errorf("layer store: composefs image of layer %s: %w", diffID, err)
-	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
-		return "", err
-	}
-	var opts []mount.Option
-	if base != "" {
-		opts = append(opts, mount.WithBase(base))
-	}
-	if l.dense { // the full image's EROFS mount is shared (stacked.go)
-		full, err := l.erofsDir(cmp.Or(base, image))
-		if err != nil {
-			return "", fmt.Errorf("layer store: mounting the image of layer %s: %w", diffID, err)
-		}
-		if base != "" {
-			opts = append(opts, mount.WithMountedImages("", full))
-		} else {
-			opts = append(opts, mount.WithMountedImages(full, ""))
-		}
-	}
-	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target, opts...)
-	if err != nil {
 		return "", err
 	}
 	use, err := l.s.AddUse(ctx, store.Use{Kind: store.UseMount, Image: rec.ID, Target: target, FSType: mount.FSType, Source: mount.Source})
 	if err != nil {
 		return "", err
 	}
-	if err := mount.Mount(ctx, plan); err != nil {
+	if err := l.mountImage(ctx, diffID, target); err != nil {
 		l.s.DropUse(use)
 		return "", fmt.Errorf("layer store: mounting layer %s: %w", diffID, err)
 	}
@@ -118,6 +95,53 @@ func (l *Layers) composefsDir(ctx context.Context, img store.Image, diffID diges
 		}
 	}
 	return target, nil
+}
+
+// mountImage mounts the image of layer diffID at target: a stacked one above its base's, whose
+// shared EROFS mount it takes, or a full one, whose shared EROFS mount it takes or makes
+// (stacked.go). A stacked image that cannot be mounted gives way to a full image. The caller
+// holds l.dirs and the store's shared lock.
+func (l *Layers) mountImage(ctx context.Context, diffID digest.Digest, target string) error {
+	image, base, err := l.layerImage(ctx, diffID)
+	if err != nil {
+		return fmt.Errorf("composefs image: %w", err)
+	}
+	err = l.mountPlanned(ctx, image, base, target)
+	if err == nil || base == "" {
+		return err
+	}
+	l.opts.Log.Warn("mounting a stacked image failed; the layer gets a full image", "diffID", diffID, "image", image, "err", err)
+	if err := os.Remove(image); err != nil {
+		return err
+	}
+	if image, base, err = l.layerImage(ctx, diffID); err != nil {
+		return fmt.Errorf("composefs image: %w", err)
+	}
+	return l.mountPlanned(ctx, image, base, target)
+}
+
+// mountPlanned mounts image (above the full image base, if not "") at target.
+func (l *Layers) mountPlanned(ctx context.Context, image, base, target string) error {
+	var opts []mount.Option
+	if base != "" {
+		opts = append(opts, mount.WithBase(base))
+	}
+	if l.dense {
+		full, err := l.erofsDir(cmp.Or(base, image))
+		if err != nil {
+			return err
+		}
+		if base != "" {
+			opts = append(opts, mount.WithMountedImages("", full))
+		} else {
+			opts = append(opts, mount.WithMountedImages(full, ""))
+		}
+	}
+	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target, opts...)
+	if err != nil {
+		return err
+	}
+	return mount.Mount(ctx, plan)
 }
 
 // layerImage builds (once) the composefs image of one layer, unless a pull is building it

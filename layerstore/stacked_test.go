@@ -68,7 +68,7 @@ func walkTree(t *testing.T, dir string) []string {
 // gets an image of what it changes stacked above the first's full image; its diff shows the same
 // tree as a full image of it does. A server started again mounts it the same way, and stacks a
 // third version above the first's image, which it did not write, once it has checked that it
-// builds that very file. Unmounting
+// builds that very file. A stacked image that cannot be mounted gives way to a full one. Unmounting
 // the first version's layer keeps its image while the second's stands on it; unmounting the
 // second removes both. A stacked image whose base image went missing gives way to a full one.
 func TestStackedLayerImages(t *testing.T) {
@@ -204,6 +204,26 @@ func TestStackedLayerImages(t *testing.T) {
 	}
 	if _, err := os.Stat(ls.imagePath(d2)); err != nil {
 		t.Errorf("v2's full image: %v", err)
+	}
+	// A stacked image that cannot be mounted (v3's, above a base image that is no EROFS file
+	// system any more) gives way to a full one.
+	d3 := v3.DiffIDs[0]
+	if err := unix.Unmount(l3.Diff, 0); err != nil {
+		t.Fatal(err)
+	}
+	unix.Unmount(filepath.Join(state, dirMounts, filepath.Base(ls.imagePath(d1))), unix.MNT_DETACH)
+	if err := os.WriteFile(ls.imagePath(d1), []byte("not an EROFS image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ls2.composefsDir(ctx, l3.img, d3); err != nil {
+		t.Fatalf("v3 above a broken base: %v; want it mounted from a full image", err)
+	}
+	checkFile(t, filepath.Join(l3.Diff, "usr/lib/version"), fmt.Sprint("version 3", strings.Repeat("!", 80)))
+	if _, err := os.Stat(ls.imagePath(d3)); err != nil {
+		t.Errorf("v3's full image after its stacked one failed to mount: %v", err)
+	}
+	if err := os.Remove(ls.imagePath(d1)); err != nil {
+		t.Fatal(err)
 	}
 	for _, dir := range []string{l2.Diff, l3.Diff} {
 		if err := ls2.Unmount(dir); err != nil {
