@@ -190,6 +190,19 @@ func (n *Node) AddChild(name string, child *Node) error {
 	return nil
 }
 
+// RemoveChild removes the entry called name from the directory n and reports whether it was
+// there. A hard link to the removed node elsewhere in the tree is the caller's to remove.
+func (n *Node) RemoveChild(name string) bool {
+	i, ok := n.search(name)
+	if !ok {
+		return false
+	}
+	c := n.children[i]
+	n.children = append(n.children[:i], n.children[i+1:]...)
+	c.name, c.parent = "", nil
+	return true
+}
+
 // LookupPath finds the node at an absolute or relative path below root ("/" is root itself).
 func (root *Node) LookupPath(path string) *Node {
 	n := root

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -107,13 +108,14 @@ func (l *Layers) mountImage(ctx context.Context, diffID digest.Digest, target st
 		return fmt.Errorf("composefs image: %w", err)
 	}
 	err = l.mountPlanned(ctx, image, base, target)
-	if err == nil || base == "" {
+	if err == nil || base == "" || ctx.Err() != nil {
 		return err
 	}
 	l.opts.Log.Warn("mounting a stacked image failed; the layer gets a full image", "diffID", diffID, "image", image, "err", err)
 	if err := os.Remove(image); err != nil {
 		return err
 	}
+	l.dropUnusedBase(baseOf(base))
 	if image, base, err = l.layerImage(ctx, diffID); err != nil {
 		return fmt.Errorf("composefs image: %w", err)
 	}
@@ -172,16 +174,17 @@ func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (image, b
 
 // treeWhiteouts puts a layer's whiteouts (0/0 character devices, which the writer turns into
 // overlayfs's escaped whiteouts) and opaque markers (trusted.overlay.opaque, which the writer
-// escapes) into its composefs tree: the merge the tree was built from drops them. A whiteout
-// in an opaque directory is left out: the directory hides everything below it already, and the
-// writer would mark the directory as holding whiteouts with the same xattr, overwriting its
-// opaque mark.
+// escapes) into its composefs tree: the merge the tree was built from drops them. An opaque
+// directory holds no whiteout: it hides everything below it already, and the writer would mark
+// a directory holding whiteouts with the same xattr as its opaque mark, overwriting it. So a
+// whiteout name in it is left out, and a 0/0 character device the tar has as such is removed.
 func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 	type whiteout struct {
 		n        layername.Name
 		uid, gid uint32
 	}
 	var whiteouts []whiteout
+	var opaque []*composefs.Node
 	for _, e := range entries {
 		if !strings.Contains(e.Name, layername.WhiteoutPrefix) {
 			continue // neither a whiteout nor an opaque marker; merge has checked the name
@@ -200,8 +203,16 @@ func treeWhiteouts(root *composefs.Node, entries []layerfs.Entry) error {
 			if err := parent.SetXattr(xattrOpaque, []byte("y")); err != nil {
 				return err
 			}
+			opaque = append(opaque, parent)
 		default:
 			whiteouts = append(whiteouts, whiteout{n, uint32(e.UID), uint32(e.GID)})
+		}
+	}
+	for _, d := range opaque {
+		for _, c := range slices.Clone(d.Children()) {
+			if c.HardlinkTo == nil && c.Mode&composefs.ModeTypeMask == composefs.ModeChar && c.Rdev == 0 {
+				d.RemoveChild(c.Name())
+			}
 		}
 	}
 	for _, w := range whiteouts {

@@ -154,23 +154,27 @@ func TestImageWithoutDigests(t *testing.T) {
 	}
 }
 
-// TestTreeWhiteoutsInOpaqueDir: a whiteout inside a directory the same layer makes opaque is
-// left out of the composefs tree (the directory hides everything below it already): written,
+// TestTreeWhiteoutsInOpaqueDir: a whiteout inside a directory the same layer makes opaque, named
+// or a 0/0 character device, is left out of the composefs tree (the directory hides everything below it already): written,
 // it would make the writer mark the directory as holding whiteouts with the xattr that carries
 // its opaque mark, and the directory would no longer hide the layers below. A whiteout
 // elsewhere stays.
 func TestTreeWhiteoutsInOpaqueDir(t *testing.T) {
 	root := composefs.NewDir(0o755)
+	d := composefs.NewDir(0o755)
+	// A 0/0 character device the tar has as such, which overlayfs also takes for a whiteout.
+	if err := errors.Join(root.AddChild("d", d), d.AddChild("c", &composefs.Node{Mode: composefs.ModeChar, Nlink: 1})); err != nil {
+		t.Fatal(err)
+	}
 	entries := []layerfs.Entry{{Name: "d/.wh.x"}, {Name: "d/.wh..wh..opq"}, {Name: "e/.wh.y"}}
 	if err := treeWhiteouts(root, entries); err != nil {
 		t.Fatal(err)
 	}
-	d := root.LookupPath("d")
 	if v, ok := d.Xattr(xattrOpaque); !ok || string(v) != "y" {
 		t.Errorf("d: opaque %q %v; want y", v, ok)
 	}
 	if len(d.Children()) != 0 {
-		t.Errorf("d holds %d entries; want its whiteout left out", len(d.Children()))
+		t.Errorf("d holds %d entries; want its whiteouts left out", len(d.Children()))
 	}
 	if wh := root.LookupPath("e/y"); wh == nil || wh.Mode != composefs.ModeChar {
 		t.Errorf("e/y: %+v; want a whiteout", wh)

@@ -121,7 +121,7 @@ type Layers struct {
 	pmu      sync.Mutex
 	// prebuilds are the composefs images to be built from a pull's entries (layerEntries), by layer.
 	prebuilds map[digest.Digest]*prebuild
-	base      baseTree // the tree of the last full image written, for stacked images
+	base      baseTrees // the trees of the last full images written, for stacked images
 	// beforeBackgroundMount, if set (tests), runs before a first lookup's mount in the background.
 	beforeBackgroundMount func()
 }

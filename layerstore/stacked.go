@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -34,7 +35,7 @@ import (
 // delta was taken from: a stacked image is mounted above whatever full image of its base is in
 // place, and only a stacked image whose base image is gone gives way to a full one (the base
 // image is never rebuilt under it). Only dense images are stacked (Linux 6.15 or later;
-// stacking needs data-only layers, 6.5).
+// stacking needs lowerdir+ and datadir+, 6.7).
 //
 // A full dense image's EROFS file system is mounted once, at mnt/<image file name> in the state
 // directory (beside the layers' mounts, mnt/<hex>: cleared with them), and every overlay over
@@ -46,14 +47,23 @@ import (
 // the layer's own full image costs about as much, and becomes a base for later versions.
 const maxDeltaShare = 4
 
-// baseTree is the tree of the last full image this process wrote: the base a later version's
-// delta is taken from, while its image file is that very file.
+// baseTrees are the trees of the last few full images written or checked (maxBaseTrees), the
+// bases later versions' deltas are taken from, each while its image file is that very file.
+// The trees are never modified (DeltaTree and the writer only read them).
+type baseTrees struct {
+	mu    sync.Mutex
+	trees []baseTree // newest last
+}
+
 type baseTree struct {
-	mu     sync.Mutex
 	diffID digest.Digest
 	root   *composefs.Node
 	file   fileID
 }
+
+// maxBaseTrees bounds the trees kept: an update usually changes one layer of an image, a few at
+// most; each tree is a few megabytes for a distribution's base layer.
+const maxBaseTrees = 4
 
 // fileID tells one file from another put in its place.
 type fileID struct{ dev, ino uint64 }
@@ -67,31 +77,36 @@ func idOf(path string) (fileID, bool) {
 }
 
 // remember keeps the tree a full image at path was just written from.
-func (b *baseTree) remember(diffID digest.Digest, root *composefs.Node, path string) {
+func (b *baseTrees) remember(diffID digest.Digest, root *composefs.Node, path string) {
+	if id, ok := idOf(path); ok {
+		b.set(diffID, root, id)
+	}
+}
+
+func (b *baseTrees) set(diffID digest.Digest, root *composefs.Node, id fileID) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.trees = slices.DeleteFunc(b.trees, func(t baseTree) bool { return t.diffID == diffID })
+	if len(b.trees) == maxBaseTrees {
+		b.trees = b.trees[1:]
+	}
+	b.trees = append(b.trees, baseTree{diffID, root, id})
+}
+
+// tree returns the tree of base's full image at path, if it is one remembered.
+func (b *baseTrees) tree(base digest.Digest, path string) *composefs.Node {
 	id, ok := idOf(path)
 	if !ok {
-		root = nil
-	}
-	b.set(diffID, root, id)
-}
-
-func (b *baseTree) set(diffID digest.Digest, root *composefs.Node, id fileID) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.diffID, b.root, b.file = diffID, root, id
-}
-
-// tree returns the tree of base's full image at path, if it is the one remembered.
-func (b *baseTree) tree(base digest.Digest, path string) *composefs.Node {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.root == nil || b.diffID != base {
 		return nil
 	}
-	if id, ok := idOf(path); !ok || id != b.file {
-		return nil
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, t := range b.trees {
+		if t.diffID == base && t.file == id {
+			return t.root
+		}
 	}
-	return b.root
+	return nil
 }
 
 const stackedInfix = ".above-"
@@ -243,15 +258,30 @@ func (l *Layers) removeImages(diffID digest.Digest) {
 	}
 	for s, b := range stacked {
 		os.Remove(s)
-		if above, err := l.stackedImages("*", b.Encoded()); err != nil || len(above) > 0 {
-			continue
-		}
-		if l.mounted(b) {
-			continue
-		}
-		l.detachEROFS(l.imagePath(b))
-		os.Remove(l.imagePath(b))
+		l.dropUnusedBase(b)
 	}
+}
+
+// dropUnusedBase removes the full image of layer b, and detaches its shared EROFS mount, if no
+// stacked image stands on it any more and its layer is not mounted. The caller holds l.dirs.
+func (l *Layers) dropUnusedBase(b digest.Digest) {
+	if b == "" || l.mounted(b) {
+		return
+	}
+	if above, err := l.stackedImages("*", b.Encoded()); err != nil || len(above) > 0 {
+		return
+	}
+	l.detachEROFS(l.imagePath(b))
+	os.Remove(l.imagePath(b))
+}
+
+// baseOf is the layer whose full image is at path ("" if path names none).
+func baseOf(path string) digest.Digest {
+	hex, _, _ := strings.Cut(filepath.Base(path), ".")
+	if d := digest.NewDigestFromEncoded(digest.SHA256, hex); d.Validate() == nil {
+		return d
+	}
+	return ""
 }
 
 // erofsDir returns where the full image at image (a dense one) is mounted for overlays to
