@@ -28,13 +28,13 @@ import (
 // directories the versions share are looked up in one image, and cached once.
 //
 // A stacked image is <hex>.above-<base hex>.dense.cfs beside the full ones. The delta is taken
-// from the tree of the base's image (baseTree): the one this process wrote, or one built again
+// from the tree of the base's image (baseTrees): the one this process wrote, or one built again
 // from the stored layer and checked to write that very file, byte for byte. The writer is
 // deterministic and a layer's tree is the same from its pull's entries as from its record
 // (TestImageBuiltFromThePullsEntries), so any full image of the base layer shows the tree the
 // delta was taken from: a stacked image is mounted above whatever full image of its base is in
-// place, and only a stacked image whose base image is gone gives way to a full one (the base
-// image is never rebuilt under it). Only dense images are stacked (Linux 6.15 or later;
+// place. A stacked image whose base image is gone, or that fails to mount, gives way to a full
+// one (the base image is never rebuilt under it). Only dense images are stacked (Linux 6.15 or later;
 // stacking needs lowerdir+ and datadir+, 6.7).
 //
 // A full dense image's EROFS file system is mounted once, at mnt/<image file name> in the state
