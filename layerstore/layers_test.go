@@ -7,7 +7,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/kura-oci/kura/chunked"
 	"github.com/kura-oci/kura/errdefs"
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
@@ -97,7 +95,7 @@ func newFixtureWith(t *testing.T, opts Options) *fixture {
 	r := &registryResolver{s: s, client: client}
 	// The state directory next to the store, on its file system (hardlinks).
 	opts.State = filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	cleanMounts(t, opts.State)
+	testkit.DetachMountsUnder(t, opts.State)
 	ls, err := New(s, r, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -233,23 +231,6 @@ func dropNamesAndGC(t *testing.T, f *fixture) {
 	if _, err := f.s.GC(ctx); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// cleanMounts detaches, once the test is over, every mount under the state directory: the
-// layers' mounts and the shared EROFS mounts beside them outlive a Layers by design.
-func cleanMounts(t *testing.T, state string) {
-	t.Cleanup(func() {
-		entries, err := mountinfo.Read("self")
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		for i := len(entries) - 1; i >= 0; i-- {
-			if strings.HasPrefix(entries[i].Point, state+"/") {
-				unix.Unmount(entries[i].Point, unix.MNT_DETACH)
-			}
-		}
-	})
 }
 
 func checkFile(t *testing.T, p, want string) {

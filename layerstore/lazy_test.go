@@ -123,7 +123,7 @@ func TestPendingLayerAcrossCompletions(t *testing.T) {
 	reg := registrytest.New(t)
 	s := teststore.Open(t)
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	cleanMounts(t, state)
+	testkit.DetachMountsUnder(t, state)
 	ls, err := New(s, nil, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)

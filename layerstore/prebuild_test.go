@@ -44,7 +44,7 @@ func TestImageBuiltFromThePullsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	otherState := t.TempDir()
-	cleanMounts(t, otherState)
+	testkit.DetachMountsUnder(t, otherState)
 	other, err := New(f.s, nil, Options{State: otherState, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +67,7 @@ func TestPrebuildNeedsTheRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	state := t.TempDir()
-	cleanMounts(t, state)
+	testkit.DetachMountsUnder(t, state)
 	ls, err := New(f.s, nil, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)

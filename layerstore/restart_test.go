@@ -41,7 +41,7 @@ func TestRestartedWithoutLazyWaitsForMount(t *testing.T) {
 	}
 	ref, dgst := reg.Host+"/app:v0", m.Layers[0].Digest
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	cleanMounts(t, state)
+	testkit.DetachMountsUnder(t, state)
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	held := make(chan struct{})
 	t.Cleanup(func() { close(held) })
@@ -91,7 +91,7 @@ func TestDetachStalePending(t *testing.T) {
 	s := teststore.Open(t)
 	sp := startLazyPull(t, reg, s, 0)
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	cleanMounts(t, state)
+	testkit.DetachMountsUnder(t, state)
 	dead, err := New(s, nil, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)

@@ -84,7 +84,7 @@ func TestStackedLayerImages(t *testing.T) {
 	s := teststore.Open(t)
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	cleanMounts(t, state)
+	testkit.DetachMountsUnder(t, state)
 	ls, err := New(s, &registryResolver{s: s, client: client}, Options{State: state, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ func TestStackedLayerImages(t *testing.T) {
 
 	// The same layer with a full image, in a second layer store: the same tree.
 	otherState := t.TempDir()
-	cleanMounts(t, otherState)
+	testkit.DetachMountsUnder(t, otherState)
 	other, err := New(s, nil, Options{State: otherState, Diff: DiffComposefs})
 	if err != nil {
 		t.Fatal(err)

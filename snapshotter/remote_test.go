@@ -17,7 +17,6 @@ import (
 
 	"github.com/kura-oci/kura/auth"
 	"github.com/kura-oci/kura/imageref"
-	"github.com/kura-oci/kura/internal/mountinfo"
 	"github.com/kura-oci/kura/internal/testkit"
 	"github.com/kura-oci/kura/internal/testkit/imagetest"
 	"github.com/kura-oci/kura/internal/testkit/tartest"
@@ -81,7 +80,7 @@ func newRemoteFixture(t *testing.T) *remoteFixture {
 	st := teststore.Open(t)
 	client := registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username + ":" + registrytest.Password))))
 	state := filepath.Join(filepath.Dir(st.Root()), "state-"+filepath.Base(st.Root()))
-	detachUnder(t, state)
+	testkit.DetachMountsUnder(t, state)
 	ls, err := layerstore.New(st, &unnamedResolver{s: st, client: client}, layerstore.Options{State: state})
 	if err != nil {
 		t.Fatal(err)
@@ -98,28 +97,11 @@ func newRemoteFixture(t *testing.T) *remoteFixture {
 	return f
 }
 
-// stateDir is a layer store state directory for one test (see detachUnder).
+// stateDir is a layer store state directory for one test, whose mounts go with it.
 func stateDir(t *testing.T) string {
 	dir := t.TempDir()
-	detachUnder(t, dir)
+	testkit.DetachMountsUnder(t, dir)
 	return dir
-}
-
-// detachUnder detaches, once the test is over, every mount left under dir: the layers' mounts
-// and the shared EROFS mounts of their images outlive a layer store by design.
-func detachUnder(t *testing.T, dir string) {
-	t.Cleanup(func() {
-		entries, err := mountinfo.Read("self")
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		for i := len(entries) - 1; i >= 0; i-- {
-			if strings.HasPrefix(entries[i].Point, dir+"/") {
-				unix.Unmount(entries[i].Point, unix.MNT_DETACH)
-			}
-		}
-	})
 }
 
 // open starts the snapshotter on the fixture's root (again, after Close: a restart).

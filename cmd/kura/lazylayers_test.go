@@ -39,11 +39,7 @@ func TestLookupLazyAfterOwnCompletion(t *testing.T) {
 	src := registry.NewSource(registry.New(registry.WithKeychain(auth.NewKeychain(auth.WithCreds(registrytest.Username+":"+registrytest.Password)))), r)
 	s := teststore.Open(t)
 	state := filepath.Join(filepath.Dir(s.Root()), "state-"+filepath.Base(s.Root()))
-	t.Cleanup(func() { // after the layer's own unmount: the shared EROFS mount beside it
-		for _, m := range mountsUnder(t, filepath.Join(state, "mnt")) {
-			syscall.Unmount(m, syscall.MNT_DETACH)
-		}
-	})
+	testkit.DetachMountsUnder(t, state)
 	ls, err := layerstore.New(s, nil, layerstore.Options{State: state, Diff: layerstore.DiffComposefs})
 	if err != nil {
 		t.Fatal(err)
