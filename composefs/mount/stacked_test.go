@@ -103,6 +103,7 @@ func TestStackedMountMatchesSource(t *testing.T) {
 			t.Errorf("dense %v: same2, removed, is not hidden in the delta: %+v", dense, wh)
 		}
 		target := t.TempDir()
+		t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) }) // a failed check leaves it
 		plan, err := NewPlan(write(delta, append(opts, composefs.WithStacking())...), []string{objects}, target, WithBase(write(base, opts...)))
 		must(err)
 		must(Mount(context.Background(), plan))
