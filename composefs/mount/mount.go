@@ -283,22 +283,44 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 	if p.ImageDir != "" {
 		return mountOverlays(p, p.ImageDir)
 	}
-	staging := p.ImageMountDir
-	if staging == "" {
-		if staging, err = os.MkdirTemp("", ".composefs-"); err != nil {
-			return fmt.Errorf("mounting composefs: %w", err)
-		}
-		defer os.Remove(staging)
-	}
-	if err := mountEROFS(p.Image, p.EROFS, staging); err != nil {
-		return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Image), err)
+	staging, done, err := stageEROFS(p.Image, p.EROFS, p.ImageMountDir)
+	if err != nil {
+		return err
 	}
 	defer func() {
-		if uerr := unix.Unmount(staging, unix.MNT_DETACH); uerr != nil && err == nil {
-			err = fmt.Errorf("detaching EROFS mount %s: %w", staging, uerr)
+		if derr := done(); derr != nil && err == nil {
+			err = derr
 		}
 	}()
 	return mountOverlays(p, staging)
+}
+
+// stageEROFS mounts an image's EROFS file system at dir, or at a fresh temporary directory when
+// dir is "", for an overlay to take as a lower layer. done detaches it (the overlay keeps it)
+// and removes the temporary directory.
+func stageEROFS(image string, params []Param, dir string) (mnt string, done func() error, err error) {
+	temp := dir == ""
+	if temp {
+		if dir, err = os.MkdirTemp("", ".composefs-"); err != nil {
+			return "", nil, fmt.Errorf("mounting composefs: %w", err)
+		}
+	}
+	if err := mountEROFS(image, params, dir); err != nil {
+		if temp {
+			os.Remove(dir)
+		}
+		return "", nil, wrapMountErr(fmt.Sprintf("mounting EROFS image %s", image), err)
+	}
+	return dir, func() error {
+		err := unix.Unmount(dir, unix.MNT_DETACH)
+		if temp {
+			os.Remove(dir)
+		}
+		if err != nil {
+			return fmt.Errorf("detaching EROFS mount %s: %w", dir, err)
+		}
+		return nil
+	}, nil
 }
 
 // mountOverlays mounts the overlay over the image's EROFS mount at imageMount: stacked above
@@ -486,16 +508,13 @@ const erofsAttrs = unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_
 func mountStacked(p *Plan, imageMount string) (err error) {
 	baseMount := p.BaseDir
 	if baseMount == "" {
-		if baseMount, err = os.MkdirTemp("", ".composefs-base-"); err != nil {
-			return fmt.Errorf("mounting composefs: %w", err)
-		}
-		defer os.Remove(baseMount)
-		if err := mountEROFS(p.Base, p.BaseEROFS, baseMount); err != nil {
-			return wrapMountErr(fmt.Sprintf("mounting EROFS image %s", p.Base), err)
+		var done func() error
+		if baseMount, done, err = stageEROFS(p.Base, p.BaseEROFS, ""); err != nil {
+			return err
 		}
 		defer func() {
-			if uerr := unix.Unmount(baseMount, unix.MNT_DETACH); uerr != nil && err == nil {
-				err = fmt.Errorf("detaching EROFS mount %s: %w", baseMount, uerr)
+			if derr := done(); derr != nil && err == nil {
+				err = derr
 			}
 		}()
 	}
