@@ -63,9 +63,6 @@ type Plan struct {
 	// default the mount is nosuid and nodev, as podman mounts image content: an image's setuid
 	// binary must not give a local user root, nor its device node raw access to a disk.
 	Suid, Dev bool
-	// ImageMountDir is where the EROFS image is mounted before the overlay takes it as a lower
-	// layer; it is detached right after. Empty means a fresh temporary directory.
-	ImageMountDir string
 	// EROFS are the fsconfig parameters of the EROFS mount: source, ro, and noacl unless the
 	// image has ACLs.
 	EROFS []Param
@@ -119,9 +116,6 @@ func MountImage(image, target string) error {
 	}
 	return nil
 }
-
-// WithImageMountDir mounts the EROFS image at dir instead of a temporary directory.
-func WithImageMountDir(dir string) Option { return func(p *Plan) { p.ImageMountDir = dir } }
 
 // NewPlan plans mounting image with its objects in objectDirs at target. It reads the image
 // header (for the ACL flag) but needs no privileges.
@@ -283,7 +277,7 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 	if p.ImageDir != "" {
 		return mountOverlays(p, p.ImageDir)
 	}
-	staging, done, err := stageEROFS(p.Image, p.EROFS, p.ImageMountDir)
+	staging, done, err := stageEROFS(p.Image, p.EROFS)
 	if err != nil {
 		return err
 	}
@@ -295,27 +289,19 @@ func Mount(ctx context.Context, p *Plan) (err error) {
 	return mountOverlays(p, staging)
 }
 
-// stageEROFS mounts an image's EROFS file system at dir, or at a fresh temporary directory when
-// dir is "", for an overlay to take as a lower layer. done detaches it (the overlay keeps it)
-// and removes the temporary directory.
-func stageEROFS(image string, params []Param, dir string) (mnt string, done func() error, err error) {
-	temp := dir == ""
-	if temp {
-		if dir, err = os.MkdirTemp("", ".composefs-"); err != nil {
-			return "", nil, fmt.Errorf("mounting composefs: %w", err)
-		}
+// stageEROFS mounts an image's EROFS file system at a fresh temporary directory, for an overlay
+// to take as a lower layer. done detaches it (the overlay keeps it) and removes the directory.
+func stageEROFS(image string, params []Param) (dir string, done func() error, err error) {
+	if dir, err = os.MkdirTemp("", ".composefs-"); err != nil {
+		return "", nil, fmt.Errorf("mounting composefs: %w", err)
 	}
 	if err := mountEROFS(image, params, dir); err != nil {
-		if temp {
-			os.Remove(dir)
-		}
+		os.Remove(dir)
 		return "", nil, wrapMountErr(fmt.Sprintf("mounting EROFS image %s", image), err)
 	}
 	return dir, func() error {
 		err := unix.Unmount(dir, unix.MNT_DETACH)
-		if temp {
-			os.Remove(dir)
-		}
+		os.Remove(dir)
 		if err != nil {
 			return fmt.Errorf("detaching EROFS mount %s: %w", dir, err)
 		}
@@ -509,7 +495,7 @@ func mountStacked(p *Plan, imageMount string) (err error) {
 	baseMount := p.BaseDir
 	if baseMount == "" {
 		var done func() error
-		if baseMount, done, err = stageEROFS(p.Base, p.BaseEROFS, ""); err != nil {
+		if baseMount, done, err = stageEROFS(p.Base, p.BaseEROFS); err != nil {
 			return err
 		}
 		defer func() {
