@@ -26,7 +26,7 @@ import (
 // for the data. Such a base is not stacked on: root is nil.
 func DeltaTree(layer, base *Node) (root *Node, nodes int) {
 	for _, c := range base.children {
-		if len(c.name) == 2 && isHex(c.name[0]) && isHex(c.name[1]) {
+		if isStubName(c.name) {
 			return nil, 0
 		}
 	}
@@ -124,8 +124,6 @@ func (d *delta) copyOf(n *Node) *Node {
 func (d *delta) multiple(n *Node) bool {
 	return n.HardlinkTo != nil || d.linked[n] || !n.IsDir() && n.Nlink > 1
 }
-
-func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
 
 func isWhiteout(n *Node) bool { return n.Mode&ModeTypeMask == ModeChar && n.Rdev == 0 }
 

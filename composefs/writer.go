@@ -421,6 +421,14 @@ func (iw *imageWriter) rewrite(n, parent *wnode) error {
 	return nil
 }
 
+const stubHex = "0123456789abcdef"
+
+// isStubName says whether a root entry called name takes the place of one of the whiteout stubs
+// 00..ff (addWhiteoutStubs), which the image then lacks.
+func isStubName(name string) bool {
+	return len(name) == 2 && strings.IndexByte(stubHex, name[0]) >= 0 && strings.IndexByte(stubHex, name[1]) >= 0
+}
+
 // addWhiteoutStubs adds whiteouts 00..ff to the root; with the legacy lowerdir=IMG:OBJECTS
 // mount they hide the object directories of the data layer.
 func addWhiteoutStubs(root *wnode) {
@@ -430,9 +438,8 @@ func addWhiteoutStubs(root *wnode) {
 			selinux, hasSelinux = x.value, true
 		}
 	}
-	const hex = "0123456789abcdef"
 	for i := 0; i < 256; i++ {
-		name := string([]byte{hex[i>>4], hex[i&15]})
+		name := string([]byte{stubHex[i>>4], stubHex[i&15]})
 		if root.lookup(name) {
 			continue
 		}
