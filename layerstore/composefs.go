@@ -1,7 +1,6 @@
 package layerstore
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -115,28 +114,30 @@ func (l *Layers) mountImage(ctx context.Context, diffID digest.Digest, target st
 	if err := os.Remove(image); err != nil {
 		return err
 	}
-	l.dropUnusedBase(baseOf(base))
+	l.dropUnusedBase(base)
 	if image, base, err = l.layerImage(ctx, diffID); err != nil {
 		return fmt.Errorf("composefs image: %w", err)
 	}
 	return l.mountPlanned(ctx, image, base, target)
 }
 
-// mountPlanned mounts image (above the full image base, if not "") at target.
-func (l *Layers) mountPlanned(ctx context.Context, image, base, target string) error {
+// mountPlanned mounts image (above the full image of layer base, if not "") at target.
+func (l *Layers) mountPlanned(ctx context.Context, image string, base digest.Digest, target string) error {
 	var opts []mount.Option
+	full := image
 	if base != "" {
-		opts = append(opts, mount.WithBase(base))
+		full = l.imagePath(base)
+		opts = append(opts, mount.WithBase(full))
 	}
-	if l.dense {
-		full, err := l.erofsDir(cmp.Or(base, image))
+	if l.dense { // the full image's EROFS mount is shared (stacked.go)
+		shared, err := l.erofsDir(full)
 		if err != nil {
 			return err
 		}
 		if base != "" {
-			opts = append(opts, mount.WithMountedImages("", full))
+			opts = append(opts, mount.WithMountedImages("", shared))
 		} else {
-			opts = append(opts, mount.WithMountedImages(full, ""))
+			opts = append(opts, mount.WithMountedImages(shared, ""))
 		}
 	}
 	plan, err := mount.NewPlan(image, []string{l.s.ObjectsDir()}, target, opts...)
@@ -148,8 +149,8 @@ func (l *Layers) mountPlanned(ctx context.Context, image, base, target string) e
 
 // layerImage builds (once) the composefs image of one layer, unless a pull is building it
 // (layerEntries): then it waits for that one. It returns the image and, for a stacked one, the
-// base image it goes above (stacked.go). The caller holds the store's shared lock.
-func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (image, base string, err error) {
+// layer whose full image it goes above (stacked.go). The caller holds the store's shared lock.
+func (l *Layers) layerImage(ctx context.Context, diffID digest.Digest) (image string, base digest.Digest, err error) {
 	if err := l.awaitPrebuild(ctx, diffID); err != nil {
 		return "", "", err
 	}

@@ -215,8 +215,8 @@ func (c *compareWriter) Write(p []byte) (int, error) {
 }
 
 // findImage returns the image a layer has: its full image, or a stacked one whose base image
-// is in place (with that base's image). A stacked image whose base image is gone is removed.
-func (l *Layers) findImage(diffID digest.Digest) (image, base string, ok bool) {
+// is in place (with that base). A stacked image whose base image is gone is removed.
+func (l *Layers) findImage(diffID digest.Digest) (image string, base digest.Digest, ok bool) {
 	p := l.imagePath(diffID)
 	if _, err := os.Stat(p); err == nil {
 		return p, "", true
@@ -229,9 +229,8 @@ func (l *Layers) findImage(diffID digest.Digest) (image, base string, ok bool) {
 		return "", "", false
 	}
 	for s, b := range stacked {
-		bp := l.imagePath(b)
-		if _, err := os.Stat(bp); err == nil {
-			return s, bp, true
+		if _, err := os.Stat(l.imagePath(b)); err == nil {
+			return s, b, true
 		}
 		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
 			l.opts.Log.Warn("removing a stacked image whose base image is gone", "image", s, "err", err)
@@ -273,15 +272,6 @@ func (l *Layers) dropUnusedBase(b digest.Digest) {
 	}
 	l.detachEROFS(l.imagePath(b))
 	os.Remove(l.imagePath(b))
-}
-
-// baseOf is the layer whose full image is at path ("" if path names none).
-func baseOf(path string) digest.Digest {
-	hex, _, _ := strings.Cut(filepath.Base(path), ".")
-	if d := digest.NewDigestFromEncoded(digest.SHA256, hex); d.Validate() == nil {
-		return d
-	}
-	return ""
 }
 
 // erofsDir returns where the full image at image (a dense one) is mounted for overlays to
